@@ -1,0 +1,36 @@
+//! Target capabilities: the only way target differences reach the lowering.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Subgroup / warp / wavefront width (0 if unknown).
+    pub subgroup_size: u32,
+    pub subgroups: bool,
+    pub max_invocations_per_workgroup: u32,
+    pub max_workgroup_size_x: u32,
+    pub workgroup_memory_bytes: u32,
+    pub max_storage_binding_bytes: u64,
+    pub max_workgroups_per_dim: u32,
+    pub max_storage_buffers_per_stage: u32,
+    pub f64: bool,
+    pub float_atomics: bool,
+}
+
+impl Capabilities {
+    /// WebGPU's guaranteed minimums (what a browser may offer and no more).
+    pub fn webgpu_min() -> Self {
+        Capabilities {
+            subgroup_size: 0,
+            subgroups: false,
+            max_invocations_per_workgroup: 256,
+            max_workgroup_size_x: 256,
+            workgroup_memory_bytes: 16384,
+            max_storage_binding_bytes: 128 << 20,
+            max_workgroups_per_dim: 65535,
+            max_storage_buffers_per_stage: 8,
+            f64: false,
+            float_atomics: false,
+        }
+    }
+}

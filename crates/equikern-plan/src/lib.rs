@@ -1,0 +1,227 @@
+//! The kernel plan: the one narrow waist between the tensor-product spec and every backend.
+//!
+//! `lower(tp, direction, dtype, caps)` turns a validated [`TensorProduct`] into a [`KernelPlan`]:
+//! plain data (printable, hashable, comparable) that the WGSL and CUDA/HIP writers only print
+//! and the runtimes only execute. Target differences enter only through [`Capabilities`].
+//!
+//! ## Execution model every backend implements
+//! A plan is a sequence of [`Kernel`]s run in order. A `Rows` kernel owns a *row space* per
+//! sample: the concatenation of its [`Segment`]s. One invocation (thread) computes one
+//! `(sample, row)` pair — or, for [`SampleMode::Chunk`], one `(chunk, row)` pair summing over the
+//! chunk's samples in ascending order. A row is `row_len` consecutive output elements
+//! (`2l+1` components of one multiplicity channel of an irrep block, or 1 for a weight).
+//! The row's value is the sum of its segment's [`Contribution`]s; each contribution loops
+//! `t in 0..count(r)`, evaluates its operands' row indices ([`Ix`] expressions of `r`, `t`),
+//! loads each operand row, and accumulates its unrolled [`Term`]s (CG nonzeros with the path
+//! coefficient folded in). Every output element is written exactly once, by one invocation, with
+//! a fixed summation order: results are deterministic and need no atomics.
+//!
+//! Global invocation id `g` (flattened from a 2-D grid, see [`Kernel::grid_width`]) maps to
+//! `sample = sample_begin + g / rows_per_sample`, `row = g % rows_per_sample`.
+
+pub mod caps;
+pub mod ix;
+
+pub use caps::Capabilities;
+pub use ix::Ix;
+
+use equikern_core::TensorProduct;
+use serde::{Deserialize, Serialize};
+
+/// Which pass of the tensor product a plan computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    Forward,
+    Backward,
+    DoubleBackward,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Dtype {
+    F32,
+    F64,
+}
+
+/// Logical tensors a plan reads or writes. Per-sample row lengths: X=dim_in1, Y=dim_in2,
+/// W=weight_numel, Z=dim_out; gradients and tangents match their primal.
+/// Double backward: given GZ and tangents HX, HY, HW, outputs DX, DY, DW (gradients of
+/// S = <GX,HX>+<GY,HY>+<GW,HW> w.r.t. x, y, w) and DGZ (w.r.t. grad_z).
+/// `WPartial` is scratch: `[num_chunks, weight_numel]` partial sums of a shared-weight gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Tensor {
+    X,
+    Y,
+    W,
+    Z,
+    GZ,
+    GX,
+    GY,
+    GW,
+    HX,
+    HY,
+    HW,
+    DX,
+    DY,
+    DW,
+    DGZ,
+    WPartial,
+}
+
+/// How a kernel's invocations map onto samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SampleMode {
+    /// One invocation per `(sample, row)`.
+    PerSample,
+    /// One invocation per `(chunk, row)`; it sums the chunk's `samples_per_chunk` samples in
+    /// ascending order and writes row `r` of chunk `c` to `[c, r]` of its (non-per-sample)
+    /// output. Used for shared-weight gradients (deterministic two-level reduction).
+    Chunk { samples_per_chunk: u32 },
+}
+
+/// Where an operand row of a sample lives. `Direct`: the sample's own row. The fused
+/// convolution (later) adds gathers by an index tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Addressing {
+    /// Element `sample * per_sample_len + offset + row * row_len + comp`.
+    PerSample,
+    /// Not batched (shared weights): element `offset + row * row_len + comp`.
+    Shared,
+}
+
+/// One factor of a contribution: a row of `tensor` selected by `row`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Operand {
+    pub tensor: Tensor,
+    pub addressing: Addressing,
+    /// Element offset of the irrep block (or weight slice) within one sample's row.
+    pub offset: u32,
+    /// Components per row (2l+1, or 1 for a weight).
+    pub row_len: u32,
+    /// Row index as a function of the output row `r` and the loop counter `t`.
+    pub row: Ix,
+}
+
+/// One unrolled product: `acc[out] += coeff * Π_k operand_k[comps[k]]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Term {
+    pub out: u32,
+    /// One component index per operand, same order as `Contribution::operands`.
+    pub comps: Vec<u32>,
+    /// CG value times the path coefficient.
+    pub coeff: f64,
+}
+
+/// One instruction's (or one operand set's) share of a segment's rows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contribution {
+    /// Index of the instruction in the spec (for naming and debugging).
+    pub path: u32,
+    /// Iterations of the channel loop for output row `r` (may depend on `r`, e.g. `u<v`).
+    pub count: Ix,
+    pub operands: Vec<Operand>,
+    /// If set, operand index whose row_len is 1 and which multiplies every term (a weight):
+    /// writers may factor it out of the term sum.
+    pub scalar_factor: Option<u32>,
+    pub terms: Vec<Term>,
+}
+
+/// A contiguous range of rows of one output tensor computed by one kernel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub out: Tensor,
+    /// Element offset of the block within one sample's output row.
+    pub out_offset: u32,
+    /// First row of this segment in the kernel's row space.
+    pub first_row: u32,
+    pub rows: u32,
+    pub row_len: u32,
+    pub contributions: Vec<Contribution>,
+}
+
+/// What a kernel does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Work {
+    /// Row kernel (see the crate docs).
+    Rows {
+        sample_mode: SampleMode,
+        rows_per_sample: u32,
+        segments: Vec<Segment>,
+    },
+    /// `out[r] = Σ_{c in 0..num_chunks} WPartial[c, r]` in ascending `c`, for `r < len`.
+    /// `num_chunks` is a run-time parameter (depends on the batch).
+    ReduceChunks {
+        input: Tensor,
+        output: Tensor,
+        len: u32,
+    },
+}
+
+/// One GPU kernel (one pipeline / one `__global__`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Kernel {
+    pub name: String,
+    /// Read-only bindings, in binding order.
+    pub inputs: Vec<Tensor>,
+    /// Written bindings, after the inputs in binding order.
+    pub outputs: Vec<Tensor>,
+    pub workgroup_size: u32,
+    /// Workgroups along x of the 2-D grid; `g = (wg.y * grid_width + wg.x) * workgroup_size + lid`.
+    pub grid_width: u32,
+    pub work: Work,
+}
+
+/// Per-sample row lengths of the logical tensors, copied from the spec for the writers and
+/// runtimes (so they never need the spec).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Dims {
+    pub dim_in1: u32,
+    pub dim_in2: u32,
+    pub dim_out: u32,
+    pub weight_numel: u32,
+    pub shared_weights: bool,
+}
+
+/// The whole plan for one direction of one tensor product on one target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelPlan {
+    pub direction: Direction,
+    pub dtype: Dtype,
+    pub dims: Dims,
+    pub caps: Capabilities,
+    /// Constant `u32` tables referenced by [`Ix::Table`].
+    pub tables: Vec<Vec<u32>>,
+    pub kernels: Vec<Kernel>,
+    /// Most samples one dispatch of any kernel may cover (binding-size and grid limits);
+    /// runtimes split larger batches into dispatches of at most this many samples.
+    pub max_samples_per_dispatch: u32,
+}
+
+impl Dims {
+    pub fn of(tp: &TensorProduct) -> Self {
+        Dims {
+            dim_in1: tp.dim_in1 as u32,
+            dim_in2: tp.dim_in2 as u32,
+            dim_out: tp.dim_out as u32,
+            weight_numel: tp.weight_numel as u32,
+            shared_weights: tp.spec.shared_weights,
+        }
+    }
+
+    /// Elements per sample of `t` (0 for non-per-sample tensors).
+    pub fn per_sample_len(&self, t: Tensor) -> u32 {
+        use Tensor::*;
+        match t {
+            X | GX | HX | DX => self.dim_in1,
+            Y | GY | HY | DY => self.dim_in2,
+            Z | GZ | DGZ => self.dim_out,
+            W | GW | HW | DW => {
+                if self.shared_weights {
+                    0
+                } else {
+                    self.weight_numel
+                }
+            }
+            WPartial => 0,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! wgpu runtime for equikern kernel plans.
