@@ -16,8 +16,12 @@
 //! coefficient folded in). Every output element is written exactly once, by one invocation, with
 //! a fixed summation order: results are deterministic and need no atomics.
 //!
-//! Global invocation id `g` (flattened from a 2-D grid, see [`Kernel::grid_width`]) maps to
-//! `sample = sample_begin + g / rows_per_sample`, `row = g % rows_per_sample`.
+//! Invocations are numbered `g = (wg_id.y * num_workgroups.x + wg_id.x) * workgroup_size + lid`
+//! (a 2-D grid so no dimension exceeds `max_workgroups_per_dim`); `g` maps to
+//! `sample = g / rows_per_sample`, `row = g % rows_per_sample` within the current dispatch, and
+//! invocations with `sample >= num_samples` (of that dispatch) do nothing. Runtimes split a batch
+//! into dispatches of at most [`KernelPlan::max_samples_per_dispatch`] samples and rebase the
+//! bindings for each.
 
 pub mod caps;
 pub mod ix;
@@ -165,8 +169,6 @@ pub struct Kernel {
     /// Written bindings, after the inputs in binding order.
     pub outputs: Vec<Tensor>,
     pub workgroup_size: u32,
-    /// Workgroups along x of the 2-D grid; `g = (wg.y * grid_width + wg.x) * workgroup_size + lid`.
-    pub grid_width: u32,
     pub work: Work,
 }
 
