@@ -8,6 +8,7 @@ mod cg;
 pub mod error;
 pub mod generators;
 pub mod rotation;
+pub mod sh;
 pub mod wigner3j;
 pub mod wigner_d;
 
@@ -17,5 +18,6 @@ pub use rotation::{
     angles_to_matrix, matrix_to_angles, matrix_x, matrix_y, matrix_z, uniform_angles,
     uniform_rotation, Mat3,
 };
+pub use sh::{spherical_harmonics, spherical_harmonics_with_grad, ShNormalization};
 pub use wigner3j::{wigner_3j, Wigner3j, MAX_L};
 pub use wigner_d::{d_from_matrix, irreps_d_from_matrix, wigner_d};
