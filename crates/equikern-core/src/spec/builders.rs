@@ -1,0 +1,1 @@
+//! Constructors mirroring e3nn's derived tensor products (§6).
