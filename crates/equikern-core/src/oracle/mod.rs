@@ -180,7 +180,9 @@ impl<T: Real> Oracle<T> {
 
     /// `batch · row` for an output buffer, or an overflow error naming it.
     fn out_len(arg: &'static str, batch: usize, row: usize) -> Result<usize, OracleError> {
-        batch.checked_mul(row).ok_or(OracleError::Overflow { arg, batch })
+        batch
+            .checked_mul(row)
+            .ok_or(OracleError::Overflow { arg, batch })
     }
 
     fn w_rows<'a>(&self, w: &'a [T]) -> Rows<'a, T> {
@@ -200,17 +202,25 @@ impl<T: Real> Oracle<T> {
     /// `z = TP(x, y; w)`, shape `[batch, dim_out]`.
     pub fn forward(&self, batch: usize, x: &[T], y: &[T], w: &[T]) -> Result<Vec<T>, OracleError> {
         self.check_xy(batch, x, y, w)?;
-        let (xr, yr, wr) = (self.rows(x, self.dim_in1), self.rows(y, self.dim_in2), self.w_rows(w));
+        let (xr, yr, wr) = (
+            self.rows(x, self.dim_in1),
+            self.rows(y, self.dim_in2),
+            self.w_rows(w),
+        );
         let mut z = vec![T::ZERO; Self::out_len("z", batch, self.dim_out)?];
-        for_chunks(batch, vec![(z.as_mut_slice(), self.dim_out)], |samples, outs| {
-            let mut t = vec![T::ZERO; self.scratch];
-            for (n, s) in samples.enumerate() {
-                let zs = &mut outs[0][n * self.dim_out..][..self.dim_out];
-                for p in &self.paths {
-                    p.forward(xr.at(s), yr.at(s), wr.at(s), zs, &mut t);
+        for_chunks(
+            batch,
+            vec![(z.as_mut_slice(), self.dim_out)],
+            |samples, outs| {
+                let mut t = vec![T::ZERO; self.scratch];
+                for (n, s) in samples.enumerate() {
+                    let zs = &mut outs[0][n * self.dim_out..][..self.dim_out];
+                    for p in &self.paths {
+                        p.forward(xr.at(s), yr.at(s), wr.at(s), zs, &mut t);
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok(z)
     }
 
@@ -225,7 +235,11 @@ impl<T: Real> Oracle<T> {
     ) -> Result<Grads<T>, OracleError> {
         self.check_xy(batch, x, y, w)?;
         check_len("grad_z", grad_z, batch, self.dim_out)?;
-        let (xr, yr, wr) = (self.rows(x, self.dim_in1), self.rows(y, self.dim_in2), self.w_rows(w));
+        let (xr, yr, wr) = (
+            self.rows(x, self.dim_in1),
+            self.rows(y, self.dim_in2),
+            self.w_rows(w),
+        );
         let gzr = self.rows(grad_z, self.dim_out);
         Self::out_len("gx", batch, self.dim_in1)?;
         Self::out_len("gy", batch, self.dim_in2)?;
@@ -243,16 +257,28 @@ impl<T: Real> Oracle<T> {
             |samples, outs| {
                 let (mut g, mut t) = (vec![T::ZERO; self.scratch], vec![T::ZERO; self.scratch]);
                 let mut partial = vec![T::ZERO; if shared { wn } else { 0 }];
-                let [gx_c, gy_c, gw_c] = outs else { unreachable!("three outputs") };
+                let [gx_c, gy_c, gw_c] = outs else {
+                    unreachable!("three outputs")
+                };
                 for (n, s) in samples.enumerate() {
                     let gx_s = &mut gx_c[n * self.dim_in1..][..self.dim_in1];
                     let gy_s = &mut gy_c[n * self.dim_in2..][..self.dim_in2];
-                    let gw_s: &mut [T] = if shared { &mut partial } else { &mut gw_c[n * wn..][..wn] };
+                    let gw_s: &mut [T] = if shared {
+                        &mut partial
+                    } else {
+                        &mut gw_c[n * wn..][..wn]
+                    };
                     for p in &self.paths {
                         p.backward(
-                            xr.at(s), yr.at(s), wr.at(s), gzr.at(s),
-                            Some(&mut *gx_s), Some(&mut *gy_s), Some(&mut *gw_s),
-                            &mut g, &mut t,
+                            xr.at(s),
+                            yr.at(s),
+                            wr.at(s),
+                            gzr.at(s),
+                            Some(&mut *gx_s),
+                            Some(&mut *gy_s),
+                            Some(&mut *gw_s),
+                            &mut g,
+                            &mut t,
                         );
                     }
                 }
@@ -287,8 +313,13 @@ impl<T: Real> Oracle<T> {
         check_len("hx", hx, batch, self.dim_in1)?;
         check_len("hy", hy, batch, self.dim_in2)?;
         self.check_w("hw", hw, batch)?;
-        let (d1, d2, dout, wn, shared) =
-            (self.dim_in1, self.dim_in2, self.dim_out, self.weight_numel, self.shared_weights);
+        let (d1, d2, dout, wn, shared) = (
+            self.dim_in1,
+            self.dim_in2,
+            self.dim_out,
+            self.weight_numel,
+            self.shared_weights,
+        );
         let (xr, yr, wr) = (self.rows(x, d1), self.rows(y, d2), self.w_rows(w));
         let (hxr, hyr, hwr) = (self.rows(hx, d1), self.rows(hy, d2), self.w_rows(hw));
         let gzr = self.rows(grad_z, dout);
@@ -308,12 +339,18 @@ impl<T: Real> Oracle<T> {
             |samples, outs| {
                 let (mut g, mut t) = (vec![T::ZERO; self.scratch], vec![T::ZERO; self.scratch]);
                 let mut partial = vec![T::ZERO; if shared { wn } else { 0 }];
-                let [dx_c, dy_c, dgz_c, dw_c] = outs else { unreachable!("four outputs") };
+                let [dx_c, dy_c, dgz_c, dw_c] = outs else {
+                    unreachable!("four outputs")
+                };
                 for (n, s) in samples.enumerate() {
                     let dx_s = &mut dx_c[n * d1..][..d1];
                     let dy_s = &mut dy_c[n * d2..][..d2];
                     let dgz_s = &mut dgz_c[n * dout..][..dout];
-                    let dw_s: &mut [T] = if shared { &mut partial } else { &mut dw_c[n * wn..][..wn] };
+                    let dw_s: &mut [T] = if shared {
+                        &mut partial
+                    } else {
+                        &mut dw_c[n * wn..][..wn]
+                    };
                     let (x, y, w, gz) = (xr.at(s), yr.at(s), wr.at(s), gzr.at(s));
                     let (hx, hy, hw) = (hxr.at(s), hyr.at(s), hwr.at(s));
                     for p in &self.paths {
@@ -321,11 +358,41 @@ impl<T: Real> Oracle<T> {
                         p.forward(x, hy, w, dgz_s, &mut t);
                         p.forward(x, y, hw, dgz_s, &mut t);
                         // Bx(gz;hy,w) and Bw(gz;x,hy)
-                        p.backward(x, hy, w, gz, Some(&mut *dx_s), None, Some(&mut *dw_s), &mut g, &mut t);
+                        p.backward(
+                            x,
+                            hy,
+                            w,
+                            gz,
+                            Some(&mut *dx_s),
+                            None,
+                            Some(&mut *dw_s),
+                            &mut g,
+                            &mut t,
+                        );
                         // By(gz;hx,w) and Bw(gz;hx,y)
-                        p.backward(hx, y, w, gz, None, Some(&mut *dy_s), Some(&mut *dw_s), &mut g, &mut t);
+                        p.backward(
+                            hx,
+                            y,
+                            w,
+                            gz,
+                            None,
+                            Some(&mut *dy_s),
+                            Some(&mut *dw_s),
+                            &mut g,
+                            &mut t,
+                        );
                         // Bx(gz;y,hw) and By(gz;x,hw)
-                        p.backward(x, y, hw, gz, Some(&mut *dx_s), Some(&mut *dy_s), None, &mut g, &mut t);
+                        p.backward(
+                            x,
+                            y,
+                            hw,
+                            gz,
+                            Some(&mut *dx_s),
+                            Some(&mut *dy_s),
+                            None,
+                            &mut g,
+                            &mut t,
+                        );
                     }
                 }
                 partial

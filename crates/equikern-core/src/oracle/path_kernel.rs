@@ -38,16 +38,23 @@ fn upper_pairs(m: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..m).flat_map(move |u| (u + 1..m).map(move |v| (u, v)))
 }
 
+/// `(u, v, [(o, wi), …])`: one input pair and the outputs/weights it feeds.
+type PairTerms = (usize, usize, Vec<(usize, usize)>);
+
 /// The `(u, v, o, wi)` enumeration of §3.2 for one mode.
-fn mode_terms(mode: ConnectionMode, m1: usize, m2: usize, mo: usize) -> Vec<(usize, usize, Vec<(usize, usize)>)> {
+fn mode_terms(mode: ConnectionMode, m1: usize, m2: usize, mo: usize) -> Vec<PairTerms> {
     use ConnectionMode::*;
     let all_uv = || (0..m1).flat_map(move |u| (0..m2).map(move |v| (u, v)));
     match mode {
         Uvw => all_uv()
             .map(|(u, v)| (u, v, (0..mo).map(|w| (w, (u * m2 + v) * mo + w)).collect()))
             .collect(),
-        Uvu => all_uv().map(|(u, v)| (u, v, vec![(u, u * m2 + v)])).collect(),
-        Uvv => all_uv().map(|(u, v)| (u, v, vec![(v, u * m2 + v)])).collect(),
+        Uvu => all_uv()
+            .map(|(u, v)| (u, v, vec![(u, u * m2 + v)]))
+            .collect(),
+        Uvv => all_uv()
+            .map(|(u, v)| (u, v, vec![(v, u * m2 + v)]))
+            .collect(),
         Uuw => (0..m1)
             .map(|u| (u, u, (0..mo).map(|w| (w, u * mo + w)).collect()))
             .collect(),
@@ -74,8 +81,13 @@ impl<T: Real> PathKernel<T> {
     /// Lowers path `k`, checking every index it will touch against the tensor product's dims
     /// (the fields are public, so a hand-made `TensorProduct` must not make us panic).
     pub(super) fn new(tp: &TensorProduct, k: usize, p: &Path) -> Result<Self, OracleError> {
-        let (d1, d2, dout) = (2 * p.l1 as usize + 1, 2 * p.l2 as usize + 1, 2 * p.lo as usize + 1);
-        let block_end = |off: usize, m: usize, d: usize| m.checked_mul(d).and_then(|n| n.checked_add(off));
+        let (d1, d2, dout) = (
+            2 * p.l1 as usize + 1,
+            2 * p.l2 as usize + 1,
+            2 * p.lo as usize + 1,
+        );
+        let block_end =
+            |off: usize, m: usize, d: usize| m.checked_mul(d).and_then(|n| n.checked_add(off));
         let fits = |end: Option<usize>, dim: usize| matches!(end, Some(e) if e <= dim);
         if !fits(block_end(p.in1_offset, p.m1, d1), tp.dim_in1)
             || !fits(block_end(p.in2_offset, p.m2, d2), tp.dim_in2)
@@ -84,14 +96,22 @@ impl<T: Real> PathKernel<T> {
             return Err(invalid(k, "block exceeds the irreps dimension".into()));
         }
         let mode = p.instruction.mode;
-        if mode.check_multiplicities(p.m1, p.m2, p.mo, p.instruction.has_weight).is_err()
+        if mode
+            .check_multiplicities(p.m1, p.m2, p.mo, p.instruction.has_weight)
+            .is_err()
             || p.path_shape != mode.path_shape(p.m1, p.m2, p.mo)
         {
-            return Err(invalid(k, "multiplicities or path_shape inconsistent with the mode".into()));
+            return Err(invalid(
+                k,
+                "multiplicities or path_shape inconsistent with the mode".into(),
+            ));
         }
         let w_off = match (p.instruction.has_weight, p.weight_offset) {
             (true, Some(off)) => {
-                let n = p.path_shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s));
+                let n = p
+                    .path_shape
+                    .iter()
+                    .try_fold(1usize, |a, &s| a.checked_mul(s));
                 if !fits(n.and_then(|n| n.checked_add(off)), tp.weight_numel) {
                     return Err(invalid(k, "weights exceed weight_numel".into()));
                 }
@@ -113,7 +133,11 @@ impl<T: Real> PathKernel<T> {
         for (u, v, ts) in mode_terms(mode, p.m1, p.m2, p.mo) {
             let start = terms.len();
             terms.extend(ts);
-            pairs.push(Pair { u, v, terms: start..terms.len() });
+            pairs.push(Pair {
+                u,
+                v,
+                terms: start..terms.len(),
+            });
         }
         Ok(PathKernel {
             x_off: p.in1_offset,

@@ -97,9 +97,8 @@ fn parse_instruction(index: usize, v: &Value) -> Result<Instruction, SpecError> 
 impl TryFrom<SpecJson> for TpSpec {
     type Error = SpecError;
     fn try_from(j: SpecJson) -> Result<TpSpec, SpecError> {
-        let irreps = |s: &str, field: &str| {
-            Irreps::parse(s).map_err(|e| field_err(field, e.to_string()))
-        };
+        let irreps =
+            |s: &str, field: &str| Irreps::parse(s).map_err(|e| field_err(field, e.to_string()));
         let spec = TpSpec {
             irreps_in1: irreps(&j.irreps_in1, "irreps_in1")?,
             irreps_in2: irreps(&j.irreps_in2, "irreps_in2")?,
@@ -220,9 +219,8 @@ pub fn load_suite(s: &str) -> Result<Vec<(String, TpSpec)>, SpecError> {
         .enumerate()
         .map(|(i, p)| {
             let label = p.label.clone().unwrap_or_else(|| format!("problem{i}"));
-            let spec = TpSpec::try_from(p).map_err(|e| {
-                field_err(&format!("problems[{i}] ({label})"), e.to_string())
-            })?;
+            let spec = TpSpec::try_from(p)
+                .map_err(|e| field_err(&format!("problems[{i}] ({label})"), e.to_string()))?;
             Ok((label, spec))
         })
         .collect()
