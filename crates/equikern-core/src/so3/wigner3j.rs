@@ -13,6 +13,7 @@ use num_bigint::BigInt;
 use num_rational::BigRational;
 use num_traits::ToPrimitive;
 
+use super::basis::q_row;
 use super::cg::{factorials, Coupling};
 pub use super::error::So3Error;
 
@@ -71,18 +72,6 @@ pub fn wigner_3j(l1: u32, l2: u32, l3: u32) -> Result<Arc<Wigner3j>, So3Error> {
     let built = Arc::new(build(l1, l2, l3));
     let mut map = cache().lock().unwrap_or_else(|e| e.into_inner());
     Ok(map.entry(key).or_insert(built).clone())
-}
-
-/// Nonzero entries of row `m` of e3nn's change of basis `Q_l` (complex = Q · real):
-/// `(real index a, k, h)` meaning `Q[m, a] = i^k · 2^(-h/2)`. Includes the `(-i)^l` phase.
-fn q_row(l: i64, m: i64) -> Vec<(usize, i64, u32)> {
-    let phase = 3 * l; // (-i)^l = i^(3l)
-    let (a_pos, a_neg) = ((l + m.abs()) as usize, (l - m.abs()) as usize);
-    match m.signum() {
-        0 => vec![(l as usize, phase, 0)],
-        -1 => vec![(a_pos, phase, 1), (a_neg, phase + 3, 1)],
-        _ => vec![(a_pos, phase + 2 * m, 1), (a_neg, phase + 1 + 2 * m, 1)],
-    }
 }
 
 fn build(l1: u32, l2: u32, l3: u32) -> Wigner3j {
