@@ -41,17 +41,22 @@ fn check(tp: &TensorProduct, dir: Direction, batch: usize, caps: &Capabilities) 
     let plan = lower(tp, dir, Dtype::F64, caps).unwrap_or_else(|e| panic!("{dir:?}: {e}"));
     let inp = inputs(tp, dir, batch, 7 + batch as u64);
     let got = interpret(&plan, batch, &inp).unwrap_or_else(|e| panic!("{dir:?}: {e}\n{plan}"));
-    let want = reference(tp, dir, batch, &inp);
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "{dir:?} outputs"
-    );
     let mut worst: f64 = 0.0;
-    for (t, w) in &want {
-        let e = rel_l2(&got[t], w);
-        assert!(e <= TOL, "{dir:?} {t:?}: rel L2 {e:e}\n{plan}");
-        worst = worst.max(e);
+    // Against the core oracle, and against the scatter-form reference of the tests.
+    for (name, want) in [
+        ("oracle", oracle(tp, dir, batch, &inp)),
+        ("scatter", reference(tp, dir, batch, &inp)),
+    ] {
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{dir:?} outputs"
+        );
+        for (t, w) in &want {
+            let e = rel_l2(&got[t], w);
+            assert!(e <= TOL, "{name} {dir:?} {t:?}: rel L2 {e:e}\n{plan}");
+            worst = worst.max(e);
+        }
     }
     worst
 }
@@ -339,16 +344,6 @@ fn hash_display_counts() {
     let json = serde_json::to_string(&a).unwrap();
     let back: equikern_plan::KernelPlan = serde_json::from_str(&json).unwrap();
     assert_eq!(back, a);
-}
-
-fn paper_suite() -> Vec<(String, TensorProduct)> {
-    let j: serde_json::Value = serde_json::from_str(include_str!("data/paper_suite.json")).unwrap();
-    j["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["label"].as_str().unwrap().to_string(), from_json(p)))
-        .collect()
 }
 
 #[test]

@@ -1,10 +1,10 @@
-//! Test helpers: a small TensorProduct builder (irreps parsing, path shapes, normalisation),
-//! an independent scatter-form reference of the trilinear form, seeded inputs.
+//! Test helpers: TensorProducts via `TpSpec::build`, an independent scatter-form reference of
+//! the trilinear form (besides `equikern_core::oracle`), seeded inputs.
 #![allow(dead_code)]
 
 use equikern_core::{
-    ConnectionMode, Instruction, Irrep, IrrepNormalization, Irreps, MulIr, Parity, Path,
-    PathNormalization, TensorProduct, TpSpec,
+    ConnectionMode, Instruction, IrrepNormalization, Irreps, Path, PathNormalization,
+    TensorProduct, TpSpec,
 };
 use equikern_plan::{Direction, Tensor};
 use rand::{Rng, SeedableRng};
@@ -12,60 +12,11 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
 pub fn irreps(s: &str) -> Irreps {
-    Irreps(
-        s.split('+')
-            .map(|t| {
-                let t = t.trim();
-                let (mul, ir) = t.split_once('x').unwrap_or(("1", t));
-                let p = if ir.ends_with('e') {
-                    Parity::Even
-                } else {
-                    Parity::Odd
-                };
-                MulIr {
-                    mul: mul.trim().parse().unwrap(),
-                    ir: Irrep {
-                        l: ir[..ir.len() - 1].parse().unwrap(),
-                        p,
-                    },
-                }
-            })
-            .collect(),
-    )
+    Irreps::parse(s).unwrap()
 }
 
 pub fn mode(s: &str) -> ConnectionMode {
-    use ConnectionMode::*;
-    match s {
-        "uvw" => Uvw,
-        "uvu" => Uvu,
-        "uvv" => Uvv,
-        "uuw" => Uuw,
-        "uuu" => Uuu,
-        "uvuv" => Uvuv,
-        "uvu<v" => UvuLtV,
-        "u<vw" => ULtVw,
-        _ => panic!("mode {s}"),
-    }
-}
-
-/// Deterministic stand-in for Wigner 3j nonzeros (the lowering only needs some sparse
-/// `(i, j, k, value)` list): about two thirds of the entries, values in (-1, 1).
-pub fn fake_cg(l1: u32, l2: u32, lo: u32) -> Vec<(u32, u32, u32, f64)> {
-    let mut rng = ChaCha8Rng::seed_from_u64((l1 * 10000 + l2 * 100 + lo) as u64);
-    let mut v = vec![];
-    for i in 0..2 * l1 + 1 {
-        for j in 0..2 * l2 + 1 {
-            for k in 0..2 * lo + 1 {
-                let keep = rng.random_range(0..3) != 0;
-                let c: f64 = rng.random_range(-1.0..1.0);
-                if keep {
-                    v.push((i, j, k, c));
-                }
-            }
-        }
-    }
-    v
+    ConnectionMode::parse(s).unwrap_or_else(|| panic!("mode {s}"))
 }
 
 pub struct Ins(
@@ -110,120 +61,16 @@ pub fn build(
 }
 
 pub fn build_spec(spec: TpSpec) -> TensorProduct {
-    use ConnectionMode::*;
-    let (s1, s2, so) = (
-        spec.irreps_in1.slices(),
-        spec.irreps_in2.slices(),
-        spec.irreps_out.slices(),
-    );
-    let shape_fanin = |i: &Instruction| {
-        let (m1, m2, mo) = (
-            spec.irreps_in1.0[i.i_in1].mul,
-            spec.irreps_in2.0[i.i_in2].mul,
-            spec.irreps_out.0[i.i_out].mul,
-        );
-        let p = m1 * m2.saturating_sub(1) / 2;
-        match i.mode {
-            Uvw => (vec![m1, m2, mo], m1 * m2),
-            Uvu => (vec![m1, m2], m2),
-            Uvv => (vec![m1, m2], m1),
-            Uuw => (vec![m1, mo], m1),
-            Uuu => (vec![m1], 1),
-            Uvuv => (vec![m1, m2], 1),
-            UvuLtV => (vec![p], 1),
-            ULtVw => (vec![p, mo], p),
-        }
-    };
-    let mut paths = vec![];
-    let mut woff = 0;
-    for i in &spec.instructions {
-        let (a, b, o) = (
-            spec.irreps_in1.0[i.i_in1],
-            spec.irreps_in2.0[i.i_in2],
-            spec.irreps_out.0[i.i_out],
-        );
-        let (shape, fanin) = shape_fanin(i);
-        let into: Vec<&Instruction> = spec
-            .instructions
-            .iter()
-            .filter(|j| j.i_out == i.i_out)
-            .collect();
-        let x = match spec.path_normalization {
-            PathNormalization::Element => into.iter().map(|j| shape_fanin(j).1).sum::<usize>(),
-            PathNormalization::Path => fanin * into.len(),
-            PathNormalization::None => 1,
-        } as f64;
-        let a_n = match spec.irrep_normalization {
-            IrrepNormalization::Component => o.ir.dim() as f64,
-            IrrepNormalization::Norm => (a.ir.dim() * b.ir.dim()) as f64,
-            IrrepNormalization::None => 1.0,
-        };
-        let alpha = a_n * i.path_weight / if x == 0.0 { 1.0 } else { x };
-        let n: usize = shape.iter().product();
-        let weight_offset = i.has_weight.then_some(woff);
-        if i.has_weight {
-            woff += n;
-        }
-        paths.push(Path {
-            instruction: *i,
-            l1: a.ir.l,
-            l2: b.ir.l,
-            lo: o.ir.l,
-            m1: a.mul,
-            m2: b.mul,
-            mo: o.mul,
-            in1_offset: s1[i.i_in1].start,
-            in2_offset: s2[i.i_in2].start,
-            out_offset: so[i.i_out].start,
-            path_shape: shape,
-            coefficient: alpha.sqrt(),
-            weight_offset,
-            cg: fake_cg(a.ir.l, b.ir.l, o.ir.l),
-        });
-    }
-    TensorProduct {
-        weight_numel: woff,
-        dim_in1: spec.irreps_in1.dim(),
-        dim_in2: spec.irreps_in2.dim(),
-        dim_out: spec.irreps_out.dim(),
-        spec,
-        paths,
-    }
+    spec.build().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Problem from the paper-suite JSON (tuple instructions), with fake CG values.
-pub fn from_json(p: &serde_json::Value) -> TensorProduct {
-    let ins = p["instructions"]
-        .as_array()
+/// The paper-suite problems (real e3nn semantics via `TpSpec::build`).
+pub fn paper_suite() -> Vec<(String, TensorProduct)> {
+    equikern_core::spec::load_suite(include_str!("../data/paper_suite.json"))
         .unwrap()
-        .iter()
-        .map(|i| Instruction {
-            i_in1: i[0].as_u64().unwrap() as usize,
-            i_in2: i[1].as_u64().unwrap() as usize,
-            i_out: i[2].as_u64().unwrap() as usize,
-            mode: mode(i[3].as_str().unwrap()),
-            has_weight: i[4].as_bool().unwrap(),
-            path_weight: i.get(5).and_then(|v| v.as_f64()).unwrap_or(1.0),
-        })
-        .collect();
-    let norm = |k: &str| p[k].as_str().unwrap_or("").to_string();
-    build_spec(TpSpec {
-        irreps_in1: irreps(p["irreps_in1"].as_str().unwrap()),
-        irreps_in2: irreps(p["irreps_in2"].as_str().unwrap()),
-        irreps_out: irreps(p["irreps_out"].as_str().unwrap()),
-        instructions: ins,
-        shared_weights: p["shared_weights"].as_bool().unwrap(),
-        irrep_normalization: match norm("irrep_normalization").as_str() {
-            "norm" => IrrepNormalization::Norm,
-            "none" => IrrepNormalization::None,
-            _ => IrrepNormalization::Component,
-        },
-        path_normalization: match norm("path_normalization").as_str() {
-            "path" => PathNormalization::Path,
-            "none" => PathNormalization::None,
-            _ => PathNormalization::Element,
-        },
-    })
+        .into_iter()
+        .map(|(l, s)| (l, build_spec(s)))
+        .collect()
 }
 
 /// Every tuple `(x_row, y_row, z_row, w_idx)` of a path, straight from the modes table.
@@ -480,4 +327,42 @@ pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
     } else {
         (num / den).sqrt()
     }
+}
+
+/// The same outputs from `equikern_core::oracle` (keys as the plan names them).
+pub fn oracle(
+    tp: &TensorProduct,
+    dir: Direction,
+    batch: usize,
+    inp: &BTreeMap<Tensor, Vec<f64>>,
+) -> BTreeMap<Tensor, Vec<f64>> {
+    use equikern_core::oracle as o;
+    use Tensor::*;
+    let g = |t| &inp[&t][..];
+    let mut m = BTreeMap::new();
+    let wn = tp.weight_numel > 0;
+    match dir {
+        Direction::Forward => {
+            m.insert(Z, o::forward(tp, batch, g(X), g(Y), g(W)).unwrap());
+        }
+        Direction::Backward => {
+            let r = o::backward(tp, batch, g(X), g(Y), g(W), g(GZ)).unwrap();
+            m.insert(GX, r.gx);
+            m.insert(GY, r.gy);
+            if wn {
+                m.insert(GW, r.gw);
+            }
+        }
+        Direction::DoubleBackward => {
+            let r = o::double_backward(tp, batch, g(X), g(Y), g(W), g(GZ), g(HX), g(HY), g(HW))
+                .unwrap();
+            m.insert(DX, r.dx);
+            m.insert(DY, r.dy);
+            m.insert(DGZ, r.dgz);
+            if wn {
+                m.insert(DW, r.dw);
+            }
+        }
+    }
+    m
 }
