@@ -58,6 +58,7 @@ fn check(tp: &TensorProduct, dir: Direction, batch: usize, caps: &Capabilities) 
             worst = worst.max(e);
         }
     }
+    eprintln!("rel-l2 {dir:?} batch {batch}: {worst:.3e}");
     worst
 }
 
