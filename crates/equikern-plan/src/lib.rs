@@ -52,7 +52,8 @@
 //! Chunk size (shared-weight gradients): `clamp(next_pow2(weight_numel) / 4, 16, 256)`
 //! samples: large weight vectors already give many rows per chunk, so they take long chunks
 //! (fewer partial sums, smaller `WPartial`); at batch 5·10^4 every suite problem still has
-//! >10^5 invocations. Halved until one chunk fits a dispatch.
+//! over 10^5 invocations. Halved until one chunk fits a dispatch.
+//!
 //! Workgroup size: `min(128, max_invocations_per_workgroup, max_workgroup_size_x)`, rounded
 //! down to a multiple of `subgroup_size` when known.
 //!
