@@ -87,6 +87,20 @@
 //! the reduction sums `num_chunks = ceil(batch / spc)` chunks.
 //!
 //! [`interpret`] executes a plan on the CPU exactly this way (see [`interp`]).
+//!
+//! ## Performance notes (ideas, not implemented)
+//! * Long gathers: a gradient row of a mul-1 `y` block sums over every `u` of every path
+//!   into it (MACE backward: 4 GY rows per sample, each ~17 paths × 128 iterations, next to
+//!   2 000+ one-iteration rows). Split such rows into k sub-rows over ranges of `t`, combined
+//!   in a fixed order (subgroup or workgroup reduction), or give them their own kernel.
+//! * Operand reuse: consecutive rows of a uvu/uvw segment read the same `y` (or `x`) rows;
+//!   staging a sample's operand blocks in workgroup memory would cut global loads.
+//! * uvw is a small matrix product per sample (`(x⊗y)[u,v,k] · W[uv, w]`); a tiled variant
+//!   (CG contraction once per `(u, v)`, then the weight contraction) saves the repeated CG work.
+//! * Weight-gradient rows (row_len 1) reload x, y and gz rows per weight; several weights per
+//!   invocation, or the `(u, v)` outer product staged once, would amortise that.
+//! * Contributions of different paths with equal operand rows (same `x`, `y` blocks into
+//!   several outputs) could share loads if their segments were fused.
 
 pub mod caps;
 mod display;
@@ -371,8 +385,8 @@ impl Kernel {
     /// `y = ceil(G / x)` with `G = ceil(invocations / workgroup_size)`. Every runtime uses
     /// this shape; invocations past the end exit early.
     pub fn grid(&self, invocations: u64, max_workgroups_per_dim: u32) -> [u32; 2] {
-        let g = invocations.div_ceil(self.workgroup_size as u64);
-        if g == 0 {
+        let g = invocations.div_ceil(self.workgroup_size.max(1) as u64);
+        if g == 0 || max_workgroups_per_dim == 0 {
             return [0, 0];
         }
         let x = g.min(max_workgroups_per_dim as u64);

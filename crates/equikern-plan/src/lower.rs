@@ -212,7 +212,7 @@ pub(crate) fn gather(p: &Path, out: Slot, tables: &mut Tables) -> Gather {
         // (u_q, v_q, w, q*mo+w)
         (ULtVw, S::Z) => {
             let (tu, tv) = tables.triu(m1);
-            let np = m1 * m1.saturating_sub(1) / 2;
+            let np = (m1 as u64 * m1.saturating_sub(1) as u64 / 2) as u32;
             g(
                 C(np),
                 Ix::Table(tu, Box::new(T)),
