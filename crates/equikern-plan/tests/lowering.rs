@@ -389,3 +389,36 @@ fn batch_beyond_partial_sum_buffer_is_an_error() {
     let plan = lower(&per, Direction::Backward, Dtype::F64, &tiny_caps(&per)).unwrap();
     assert_eq!(plan.max_batch(), None);
 }
+
+#[test]
+fn degenerate_specs() {
+    // No instructions at all: every output is zeros, nothing is read.
+    let tp = build(
+        "2x1o",
+        "1x0e",
+        "3x1o+1x0e",
+        &[],
+        false,
+        IN::Component,
+        PN::Element,
+    );
+    check_all(&tp, &[0, 3]);
+    let plan = lower(&tp, Direction::Forward, Dtype::F64, &caps64()).unwrap();
+    assert!(plan.kernels[0].inputs.is_empty());
+    // Zero-multiplicity blocks and an instruction without tuples (u<vw with m = 1).
+    let tp = build(
+        "0x1o+1x1o+2x0e",
+        "1x1o+0x0e+2x0e",
+        "0x0e+1x1e+1x0e+3x0e",
+        &[
+            Ins(0, 0, 0, "uvw", true, 1.0),
+            Ins(1, 0, 2, "u<vw", true, 1.0),
+            Ins(2, 2, 3, "uvw", true, 1.0),
+            Ins(1, 0, 1, "uvu", false, 1.0),
+        ],
+        false,
+        IN::Component,
+        PN::Element,
+    );
+    check_all(&tp, &[0, 1, 7]);
+}
