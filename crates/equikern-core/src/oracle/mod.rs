@@ -201,6 +201,7 @@ impl<T: Real> Oracle<T> {
 
     /// `z = TP(x, y; w)`, shape `[batch, dim_out]`.
     pub fn forward(&self, batch: usize, x: &[T], y: &[T], w: &[T]) -> Result<Vec<T>, OracleError> {
+        self.check_xy(batch, x, y, w)?;
         let mut z = vec![T::ZERO; Self::out_len("z", batch, self.dim_out)?];
         self.forward_into(batch, x, y, w, &mut z)?;
         Ok(z)
