@@ -243,11 +243,19 @@ fn binding_too_small_is_an_error() {
 #[test]
 fn binding_limit_splits_kernels() {
     let tp = mixed(false, IN::Component, PN::Element);
-    for max in [7u32, 8, 16] {
+    for max in [7u32, 8, 9, 10, 16] {
         let caps = Capabilities {
             max_storage_buffers_per_stage: max,
             ..caps64()
         };
+        // Double backward: DGZ, then DX, DY, DW packed greedily (7 inputs + outputs).
+        let plan = lower(&tp, Direction::DoubleBackward, Dtype::F64, &caps).unwrap();
+        let want = match max {
+            7 | 8 => 4,
+            9 => 3,
+            _ => 2,
+        };
+        assert_eq!(plan.kernels.len(), want, "max {max}");
         for dir in DIRS {
             let plan = lower(&tp, dir, Dtype::F64, &caps).unwrap();
             for k in &plan.kernels {
