@@ -430,3 +430,104 @@ fn degenerate_specs() {
     );
     check_all(&tp, &[0, 1, 7]);
 }
+
+/// Random valid specs (seeded): mixed modes, reused and fresh output blocks, random
+/// weights/sharing/normalisation, on default and tiny caps.
+#[test]
+fn random_specs() {
+    use equikern_core::{ConnectionMode as M, Instruction, Irrep, Irreps, MulIr, Parity, TpSpec};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
+    let modes = [
+        M::Uvw,
+        M::Uvu,
+        M::Uvv,
+        M::Uuw,
+        M::Uuu,
+        M::Uvuv,
+        M::UvuLtV,
+        M::ULtVw,
+    ];
+    for _ in 0..40 {
+        let mut block = |rng: &mut rand_chacha::ChaCha8Rng| MulIr {
+            mul: rng.random_range(1..5),
+            ir: Irrep {
+                l: rng.random_range(0..4),
+                p: if rng.random_bool(0.5) {
+                    Parity::Even
+                } else {
+                    Parity::Odd
+                },
+            },
+        };
+        let in1: Vec<MulIr> = (0..rng.random_range(1..4))
+            .map(|_| block(&mut rng))
+            .collect();
+        let in2: Vec<MulIr> = (0..rng.random_range(1..4))
+            .map(|_| block(&mut rng))
+            .collect();
+        let mut out: Vec<MulIr> = vec![];
+        let mut ins = vec![];
+        for _ in 0..rng.random_range(1..6) {
+            let (a, b) = (
+                rng.random_range(0..in1.len()),
+                rng.random_range(0..in2.len()),
+            );
+            let (m1, m2) = (in1[a].mul, in2[b].mul);
+            let mode = modes[rng.random_range(0..modes.len())];
+            let weighted = mode.requires_weight() || rng.random_bool(0.7);
+            let mo = match mode {
+                M::Uvw | M::ULtVw => rng.random_range(1..4),
+                M::Uvu => m1,
+                M::Uvv => m2,
+                M::Uuw if weighted => rng.random_range(1..4),
+                M::Uuw => 1,
+                M::Uuu => m1,
+                M::Uvuv => m1 * m2,
+                M::UvuLtV => m1 * (m1.max(1) - 1) / 2,
+            };
+            if matches!(mode, M::Uuw | M::Uuu | M::UvuLtV | M::ULtVw) && m1 != m2 {
+                continue;
+            }
+            let (l1, l2) = (in1[a].ir.l, in2[b].ir.l);
+            let lo = rng.random_range(l1.abs_diff(l2)..=l1 + l2);
+            let p = if in1[a].ir.p == in2[b].ir.p {
+                Parity::Even
+            } else {
+                Parity::Odd
+            };
+            let want = MulIr {
+                mul: mo,
+                ir: Irrep { l: lo, p },
+            };
+            let o = match out.iter().position(|m| *m == want) {
+                Some(o) if rng.random_bool(0.6) => o,
+                _ => {
+                    out.push(want);
+                    out.len() - 1
+                }
+            };
+            ins.push(
+                Instruction::new(a, b, o, mode, weighted)
+                    .with_path_weight(rng.random_range(0.5..2.0)),
+            );
+        }
+        if rng.random_bool(0.3) {
+            out.push(block(&mut rng)); // nobody writes it
+        }
+        let mut spec = TpSpec::new(
+            Irreps(in1),
+            Irreps(in2),
+            Irreps(out),
+            ins,
+            rng.random_bool(0.4),
+        );
+        spec.irrep_normalization = [IN::Component, IN::Norm, IN::None][rng.random_range(0..3)];
+        spec.path_normalization = [PN::Element, PN::Path, PN::None][rng.random_range(0..3)];
+        let tp = build_spec(spec);
+        for dir in DIRS {
+            check(&tp, dir, 3, &caps64());
+            check(&tp, dir, 5, &tiny_caps(&tp));
+        }
+    }
+}
