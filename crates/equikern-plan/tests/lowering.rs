@@ -449,7 +449,7 @@ fn random_specs() {
         M::ULtVw,
     ];
     for _ in 0..40 {
-        let mut block = |rng: &mut rand_chacha::ChaCha8Rng| MulIr {
+        let block = |rng: &mut rand_chacha::ChaCha8Rng| MulIr {
             mul: rng.random_range(1..5),
             ir: Irrep {
                 l: rng.random_range(0..4),
