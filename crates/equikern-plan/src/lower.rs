@@ -19,7 +19,7 @@ pub(crate) enum Slot {
     W,
 }
 
-/// Which tensor fills each slot for one contribution (`None`: slot unused or the output).
+/// Which tensor fills each slot for one contribution (the output slot names the output).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Binding {
     pub x: Tensor,
