@@ -295,7 +295,7 @@ impl Runtime {
             };
             let elems = tensor_elements(plan, *t, batch as u64).max(1);
             let need = b.offset + elems * 4;
-            if b.offset % 4 != 0 {
+            if !b.offset.is_multiple_of(4) {
                 return Err(WgpuError::Binding {
                     tensor: name,
                     why: format!("offset {} is not a multiple of 4", b.offset),

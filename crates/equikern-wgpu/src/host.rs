@@ -130,7 +130,7 @@ impl Runtime {
         if elements == 0 {
             return Ok(Vec::new());
         }
-        if offset % 4 != 0 || offset + elements * 4 > buffer.size() {
+        if !offset.is_multiple_of(4) || offset + elements * 4 > buffer.size() {
             return Err(WgpuError::Readback(format!(
                 "range {offset}+{} bytes outside buffer of {} bytes (or unaligned)",
                 elements * 4,
