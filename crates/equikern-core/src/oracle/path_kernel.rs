@@ -26,8 +26,10 @@ pub(super) struct PathKernel<T> {
     dout: usize,
     /// Offset of this path's weights in a sample's weight row; `None` = unweighted (W ≡ 1).
     w_off: Option<usize>,
-    /// CG nonzeros with the path coefficient folded in: `(i, j, k, c·C_ijk)`.
-    nz: Vec<(usize, usize, usize, T)>,
+    /// CG nonzeros with the path coefficient folded in, grouped by output component:
+    /// `nz[by_k[k]..by_k[k+1]]` are the `(i, j, c·C_ijk)` of component k.
+    nz: Vec<(usize, usize, T)>,
+    by_k: Vec<usize>,
     pairs: Vec<Pair>,
     /// `(o, wi)`, grouped by pair.
     terms: Vec<(usize, usize)>,
@@ -120,13 +122,19 @@ impl<T: Real> PathKernel<T> {
             (false, None) => None,
             _ => return Err(invalid(k, "weight_offset disagrees with has_weight".into())),
         };
-        let mut nz = Vec::with_capacity(p.cg.len());
+        let mut grouped: Vec<Vec<(usize, usize, T)>> = vec![Vec::new(); dout];
         for &(i, j, kk, c) in &p.cg {
             let (i, j, kk) = (i as usize, j as usize, kk as usize);
             if i >= d1 || j >= d2 || kk >= dout {
                 return Err(invalid(k, format!("CG index ({i},{j},{kk}) out of range")));
             }
-            nz.push((i, j, kk, T::from_f64(p.coefficient * c)));
+            grouped[kk].push((i, j, T::from_f64(p.coefficient * c)));
+        }
+        let mut by_k = vec![0];
+        let mut nz = Vec::with_capacity(p.cg.len());
+        for g in grouped {
+            nz.extend(g);
+            by_k.push(nz.len());
         }
         let mut pairs = Vec::new();
         let mut terms = Vec::new();
@@ -148,6 +156,7 @@ impl<T: Real> PathKernel<T> {
             dout,
             w_off,
             nz,
+            by_k,
             pairs,
             terms,
         })
@@ -173,9 +182,12 @@ impl<T: Real> PathKernel<T> {
     fn contract(&self, x: &[T], y: &[T], pair: &Pair, t: &mut [T]) {
         let xu = &x[self.x_off + pair.u * self.d1..][..self.d1];
         let yv = &y[self.y_off + pair.v * self.d2..][..self.d2];
-        t.fill(T::ZERO);
-        for &(i, j, k, c) in &self.nz {
-            t[k] += c * xu[i] * yv[j];
+        for (k, tk) in t.iter_mut().enumerate() {
+            let mut s = T::ZERO;
+            for &(i, j, c) in &self.nz[self.by_k[k]..self.by_k[k + 1]] {
+                s += c * xu[i] * yv[j];
+            }
+            *tk = s;
         }
     }
 
@@ -226,14 +238,18 @@ impl<T: Real> PathKernel<T> {
                 let yv = &y[self.y_off + pair.v * self.d2..][..self.d2];
                 if let Some(gx) = gx.as_deref_mut() {
                     let gxu = &mut gx[self.x_off + pair.u * self.d1..][..self.d1];
-                    for &(i, j, k, c) in &self.nz {
-                        gxu[i] += c * yv[j] * g[k];
+                    for (k, &gk) in g.iter().enumerate() {
+                        for &(i, j, c) in &self.nz[self.by_k[k]..self.by_k[k + 1]] {
+                            gxu[i] += c * yv[j] * gk;
+                        }
                     }
                 }
                 if let Some(gy) = gy.as_deref_mut() {
                     let gyv = &mut gy[self.y_off + pair.v * self.d2..][..self.d2];
-                    for &(i, j, k, c) in &self.nz {
-                        gyv[j] += c * xu[i] * g[k];
+                    for (k, &gk) in g.iter().enumerate() {
+                        for &(i, j, c) in &self.nz[self.by_k[k]..self.by_k[k + 1]] {
+                            gyv[j] += c * xu[i] * gk;
+                        }
                     }
                 }
             }
