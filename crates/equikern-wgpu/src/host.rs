@@ -6,7 +6,7 @@ use equikern_plan::{KernelPlan, Tensor};
 use wgpu::util::DeviceExt;
 
 use crate::dispatch::{plan_inputs, plan_outputs, tensor_elements, TensorBuffer};
-use crate::{oneshot, Result, Runtime, WgpuError};
+use crate::{oneshot, CompiledPlan, Result, Runtime, WgpuError};
 
 impl Runtime {
     /// A storage buffer initialised from `data` (at least 4 bytes, so empty tensors bind).
@@ -44,6 +44,17 @@ impl Runtime {
         inputs: &[(Tensor, &[f32])],
     ) -> Result<BTreeMap<Tensor, Vec<f32>>> {
         let compiled = self.prepare(plan).await?;
+        self.run_compiled(&compiled, batch, inputs).await
+    }
+
+    /// [`Runtime::run`] for an already compiled plan.
+    pub async fn run_compiled(
+        &self,
+        compiled: &CompiledPlan,
+        batch: u32,
+        inputs: &[(Tensor, &[f32])],
+    ) -> Result<BTreeMap<Tensor, Vec<f32>>> {
+        let plan = compiled.plan();
         let given: BTreeMap<Tensor, &[f32]> = inputs.iter().copied().collect();
         let mut owned: Vec<(Tensor, wgpu::Buffer)> = Vec::new();
         for t in plan_inputs(plan) {
@@ -81,7 +92,7 @@ impl Runtime {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("equikern run"),
             });
-        self.encode(&compiled, batch, &bufs, &mut enc)?;
+        self.encode(compiled, batch, &bufs, &mut enc)?;
         // All outputs go to one staging buffer, read with one mapping.
         let total: u64 = out_lens.iter().map(|n| n.max(&1)).sum();
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {

@@ -12,9 +12,11 @@ mod host;
 mod oneshot;
 mod pipelines;
 
-pub use context::{adapter_summary, RuntimeOptions};
+pub use context::{adapter_summary, capabilities_of, RuntimeOptions};
 pub use dispatch::TensorBuffer;
 pub use pipelines::CompiledPlan;
+/// The wgpu version this runtime is built on (its `Buffer`s cross the API).
+pub use wgpu;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -44,11 +44,6 @@ fn fits(plan: &Capabilities, dev: &Capabilities) -> bool {
         && (!plan.subgroups || (dev.subgroups && plan.subgroup_size == dev.subgroup_size))
 }
 
-fn cache_key(plan: &KernelPlan) -> String {
-    // The serialised plan is the identity of its kernels (and short next to the WGSL).
-    serde_json::to_string(plan).unwrap_or_else(|_| format!("{plan:?}"))
-}
-
 impl Runtime {
     /// Compile (or fetch from the cache) the pipelines of `plan`.
     pub async fn prepare(&self, plan: &KernelPlan) -> Result<Arc<CompiledPlan>> {
@@ -58,9 +53,12 @@ impl Runtime {
                 device: Box::new(self.caps),
             });
         }
-        let key = cache_key(plan);
+        // Keyed by the plan's stable hash; a hit is confirmed by comparing the plans.
+        let key = plan.hash_hex();
         if let Some(c) = self.lock_cache().get(&key) {
-            return Ok(c.clone());
+            if c.plan == *plan {
+                return Ok(c.clone());
+            }
         }
         let emitted = emit_wgsl(plan)?;
         let mut kernels = Vec::with_capacity(emitted.len());
