@@ -1,0 +1,1 @@
+//! Per-sample cost model (FLOPs and bytes).
