@@ -36,7 +36,7 @@ pub enum CudaError {
     #[error("plan: {0}")]
     Plan(String),
     #[error("emit: {0}")]
-    Emit(#[from] equikern_emit::cuda::EmitError),
+    Emit(#[from] equikern_emit::EmitError),
     #[error("argument {arg}: expected at least {expected} elements, got {actual}")]
     Length {
         arg: &'static str,

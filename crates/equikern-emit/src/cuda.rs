@@ -12,6 +12,7 @@
 use equikern_plan::{
     Addressing, Contribution, Dtype, Ix, Kernel, KernelPlan, SampleMode, Segment, Tensor, Work,
 };
+use crate::EmitError;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
@@ -38,7 +39,7 @@ pub enum Param {
 
 /// Launch facts of one emitted kernel (the runtime needs nothing else from the writer).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EmittedKernel {
+pub struct CudaKernel {
     /// Symbol name (`extern "C"`, so unmangled); equals the plan kernel's name.
     pub name: String,
     pub block_dim: u32,
@@ -49,14 +50,7 @@ pub struct EmittedKernel {
 pub struct EmittedCuda {
     pub target: Target,
     pub source: String,
-    pub kernels: Vec<EmittedKernel>,
-}
-
-/// A plan the writer cannot print (a lowering bug or a hand-made plan); never a panic.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EmitError {
-    #[error("kernel {kernel}: {why}")]
-    Invalid { kernel: String, why: String },
+    pub kernels: Vec<CudaKernel>,
 }
 
 /// CUDA C++ for NVRTC (or nvcc).
@@ -197,7 +191,7 @@ fn is_ident(s: &str) -> bool {
 
 /// Structural checks so printing cannot produce out-of-range code from a malformed plan.
 fn check_kernel(plan: &KernelPlan, k: &Kernel) -> Result<(), EmitError> {
-    let bad = |why: String| EmitError::Invalid {
+    let bad = |why: String| EmitError::InvalidPlan {
         kernel: k.name.clone(),
         why,
     };
@@ -298,7 +292,7 @@ fn print_signature(src: &mut String, plan: &KernelPlan, k: &Kernel, last: &str) 
     params
 }
 
-fn print_kernel(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Result<EmittedKernel, EmitError> {
+fn print_kernel(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Result<CudaKernel, EmitError> {
     let real = real_type(plan.dtype);
     let params = match &k.work {
         Work::ReduceChunks { input, output, len } => {
@@ -352,7 +346,7 @@ fn print_kernel(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Result<Emitt
             p
         }
     };
-    Ok(EmittedKernel {
+    Ok(CudaKernel {
         name: k.name.clone(),
         block_dim: k.workgroup_size,
         params,
