@@ -210,18 +210,30 @@ impl Irreps {
             };
             let t = term.trim();
             if t.is_empty() {
-                return Err(bad("empty term (stray '+')"));
+                return Err(IrrepsError::BadToken {
+                    input: input.to_string(),
+                    token: "+".to_string(),
+                    why: "empty term (stray '+')".to_string(),
+                });
             }
+            // An empty irrep part is reported with its whole term ("1x" rather than "").
+            let irrep = |part: &str| {
+                if part.trim().is_empty() {
+                    Err(bad("missing irrep (expected e.g. \"1o\")"))
+                } else {
+                    Irrep::parse_token(part, input)
+                }
+            };
             let parts: Vec<&str> = t.split('x').collect();
             let (mul, ir) = match parts.as_slice() {
-                [ir] => (1, Irrep::parse_token(ir, input)?),
+                [ir] => (1, irrep(ir)?),
                 [mul, ir] => {
                     let m = python_int(mul).ok_or_else(|| bad("multiplicity is not an integer"))?;
                     if m < 0 {
                         return Err(bad("multiplicity must be >= 0"));
                     }
                     let m = usize::try_from(m).map_err(|_| bad("multiplicity is too large"))?;
-                    (m, Irrep::parse_token(ir, input)?)
+                    (m, irrep(ir)?)
                 }
                 _ => return Err(bad("more than one 'x' in a term")),
             };

@@ -24,10 +24,15 @@
 //! bindings for each.
 
 pub mod caps;
+mod display;
+pub mod interp;
 pub mod ix;
+mod lower;
 
 pub use caps::Capabilities;
+pub use interp::interpret;
 pub use ix::Ix;
+pub use lower::lower;
 
 use equikern_core::TensorProduct;
 use serde::{Deserialize, Serialize};
@@ -225,5 +230,182 @@ impl Dims {
             }
             WPartial => 0,
         }
+    }
+}
+
+/// Why a plan could not be made or run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "tensor {tensor:?} needs {bytes_per_sample} bytes per sample but a storage binding holds \
+         at most {max_binding_bytes} bytes"
+    )]
+    BindingTooSmall {
+        tensor: Tensor,
+        bytes_per_sample: u64,
+        max_binding_bytes: u64,
+    },
+    #[error("kernel {kernel} needs {needed} storage buffers; the target allows {max}")]
+    TooManyBindings {
+        kernel: String,
+        needed: u32,
+        max: u32,
+    },
+    #[error("capabilities: {0}")]
+    Caps(String),
+    #[error("too large: {0}")]
+    TooLarge(&'static str),
+    #[error("batch {batch} exceeds this plan's limit of {max} samples (partial-sum buffer size)")]
+    BatchTooLarge { batch: u64, max: u64 },
+    #[error("missing input tensor {0:?}")]
+    MissingInput(Tensor),
+    #[error("input {tensor:?} has {got} elements, expected {expected}")]
+    InputLength {
+        tensor: Tensor,
+        expected: usize,
+        got: usize,
+    },
+    #[error("kernel {kernel}: {why}")]
+    Interp { kernel: String, why: String },
+}
+
+impl Dims {
+    /// Elements of buffer `t` for a batch: per-sample tensors `batch * len`, shared weights
+    /// and their gradients `weight_numel`, `WPartial` `num_chunks * weight_numel`.
+    pub fn buffer_len(&self, t: Tensor, batch: u64, num_chunks: u64) -> u64 {
+        match (t, self.per_sample_len(t)) {
+            (Tensor::WPartial, _) => num_chunks * self.weight_numel as u64,
+            (_, 0) => self.weight_numel as u64,
+            (_, len) => batch * len as u64,
+        }
+    }
+}
+
+impl Kernel {
+    /// Work items of one dispatch covering `n` samples (rows kernels) or of the reduction.
+    pub fn invocations(&self, n: u64) -> u64 {
+        match &self.work {
+            Work::Rows {
+                sample_mode,
+                rows_per_sample,
+                ..
+            } => {
+                let units = match sample_mode {
+                    SampleMode::PerSample => n,
+                    SampleMode::Chunk { samples_per_chunk } => {
+                        n.div_ceil(*samples_per_chunk as u64)
+                    }
+                };
+                units * *rows_per_sample as u64
+            }
+            Work::ReduceChunks { len, .. } => *len as u64,
+        }
+    }
+
+    /// The 2-D grid `[x, y]` of workgroups for `invocations` work items: `x = min(G, max)`,
+    /// `y = ceil(G / x)` with `G = ceil(invocations / workgroup_size)`. Every runtime uses
+    /// this shape; invocations past the end exit early.
+    pub fn grid(&self, invocations: u64, max_workgroups_per_dim: u32) -> [u32; 2] {
+        let g = invocations.div_ceil(self.workgroup_size as u64);
+        if g == 0 {
+            return [0, 0];
+        }
+        let x = g.min(max_workgroups_per_dim as u64);
+        [x as u32, g.div_ceil(x) as u32]
+    }
+}
+
+impl KernelPlan {
+    /// Samples per chunk of the shared-weight gradient kernels, if any.
+    pub fn chunk_size(&self) -> Option<u32> {
+        self.kernels.iter().find_map(|k| match k.work {
+            Work::Rows {
+                sample_mode: SampleMode::Chunk { samples_per_chunk },
+                ..
+            } => Some(samples_per_chunk),
+            _ => None,
+        })
+    }
+
+    /// Number of chunks (rows of `WPartial`) for a batch: `ceil(batch / samples_per_chunk)`.
+    pub fn num_chunks(&self, batch: u64) -> u64 {
+        self.chunk_size().map_or(0, |c| batch.div_ceil(c as u64))
+    }
+
+    /// Largest batch the plan can run (`WPartial` must fit one binding for the reduction);
+    /// `None` when unlimited.
+    pub fn max_batch(&self) -> Option<u64> {
+        let spc = self.chunk_size()? as u64;
+        let es = match self.dtype {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        };
+        let wn = self.dims.weight_numel.max(1) as u64;
+        let chunks = (self.caps.max_storage_binding_bytes / (wn * es)).min(u32::MAX as u64 / wn);
+        Some(chunks * spc)
+    }
+
+    /// `(first sample, samples)` of each dispatch of a batch.
+    pub fn dispatches(&self, batch: u64) -> impl Iterator<Item = (u64, u64)> {
+        let step = self.max_samples_per_dispatch.max(1) as u64;
+        (0..batch.div_ceil(step)).map(move |d| (d * step, step.min(batch - d * step)))
+    }
+
+    /// Stable hash of the plan's serde_json form (FNV-1a 64, hex): the kernel-cache key.
+    pub fn hash_hex(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+
+    /// Term evaluations per sample over all row kernels (each term: one product of
+    /// coefficient and operand components).
+    pub fn terms_per_sample(&self) -> u64 {
+        self.per_sample_sum(|c, _| c.terms.len() as u64)
+    }
+
+    /// Floating-point operations the plan executes for a batch, counting as writers evaluate
+    /// it: a term is `coeff * a * b (* w)` plus an add; with a scalar factor the weight is
+    /// multiplied once per loop iteration (2 flops) and terms skip it. Reductions add
+    /// `num_chunks * weight_numel`.
+    pub fn flops(&self, batch: u64) -> u64 {
+        let per = self.per_sample_sum(|c, _| {
+            let ops = c.operands.len() as u64;
+            match c.scalar_factor {
+                Some(_) => c.terms.len() as u64 * ops + 2,
+                None => c.terms.len() as u64 * (ops + 1),
+            }
+        });
+        let red: u64 = self
+            .kernels
+            .iter()
+            .filter_map(|k| match k.work {
+                Work::ReduceChunks { len, .. } => Some(len as u64 * self.num_chunks(batch)),
+                _ => None,
+            })
+            .sum();
+        per * batch + red
+    }
+
+    /// Σ over row kernels, segments, rows `r` and loop iterations of `f(contribution, r)`.
+    fn per_sample_sum(&self, f: impl Fn(&Contribution, u32) -> u64) -> u64 {
+        let mut total = 0;
+        for k in &self.kernels {
+            if let Work::Rows { segments, .. } = &k.work {
+                for s in segments {
+                    for c in &s.contributions {
+                        for r in 0..s.rows {
+                            let n = c.count.try_eval(r, 0, &self.tables).unwrap_or(0) as u64;
+                            total += n * f(c, r);
+                        }
+                    }
+                }
+            }
+        }
+        total
     }
 }

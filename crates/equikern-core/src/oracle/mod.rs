@@ -295,7 +295,8 @@ impl<T: Real> Oracle<T> {
     /// w.r.t. x, y, w and grad_z. TP is trilinear in (x, y, w), so with `F` = forward and
     /// `Bx, By, Bw` = the backward maps:
     /// `dgz = F(hx,y,w) + F(x,hy,w) + F(x,y,hw)`, `dx = Bx(gz;hy,w) + Bx(gz;y,hw)`,
-    /// `dy = By(gz;hx,w) + By(gz;x,hw)`, `dw = Bw(gz;hx,y) + Bw(gz;x,hy)`.
+    /// `dy = By(gz;hx,w) + By(gz;x,hw)`, `dw = Bw(gz;hx,y) + Bw(gz;x,hy)`. Unweighted paths are
+    /// bilinear (W ≡ 1 does not vary), so they drop out of the `hw` terms.
     #[allow(clippy::too_many_arguments)]
     pub fn double_backward(
         &self,
@@ -356,7 +357,9 @@ impl<T: Real> Oracle<T> {
                     for p in &self.paths {
                         p.forward(hx, y, w, dgz_s, &mut t);
                         p.forward(x, hy, w, dgz_s, &mut t);
-                        p.forward(x, y, hw, dgz_s, &mut t);
+                        if p.weighted() {
+                            p.forward(x, y, hw, dgz_s, &mut t);
+                        }
                         // Bx(gz;hy,w) and Bw(gz;x,hy)
                         p.backward(
                             x,
@@ -381,18 +384,20 @@ impl<T: Real> Oracle<T> {
                             &mut g,
                             &mut t,
                         );
-                        // Bx(gz;y,hw) and By(gz;x,hw)
-                        p.backward(
-                            x,
-                            y,
-                            hw,
-                            gz,
-                            Some(&mut *dx_s),
-                            Some(&mut *dy_s),
-                            None,
-                            &mut g,
-                            &mut t,
-                        );
+                        // Bx(gz;y,hw) and By(gz;x,hw); unweighted paths do not depend on w
+                        if p.weighted() {
+                            p.backward(
+                                x,
+                                y,
+                                hw,
+                                gz,
+                                Some(&mut *dx_s),
+                                Some(&mut *dy_s),
+                                None,
+                                &mut g,
+                                &mut t,
+                            );
+                        }
                     }
                 }
                 partial

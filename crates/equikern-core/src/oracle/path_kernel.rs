@@ -153,6 +153,11 @@ impl<T: Real> PathKernel<T> {
         })
     }
 
+    /// Whether this path reads weights (unweighted paths use W ≡ 1, constant in w).
+    pub(super) fn weighted(&self) -> bool {
+        self.w_off.is_some()
+    }
+
     fn weight(&self, w: &[T], wi: usize) -> T {
         match self.w_off {
             Some(off) => w[off + wi],

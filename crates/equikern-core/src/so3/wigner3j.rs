@@ -13,6 +13,7 @@ use num_bigint::BigInt;
 use num_rational::BigRational;
 use num_traits::ToPrimitive;
 
+use super::basis::q_row;
 use super::cg::{factorials, Coupling};
 pub use super::error::So3Error;
 
@@ -73,18 +74,6 @@ pub fn wigner_3j(l1: u32, l2: u32, l3: u32) -> Result<Arc<Wigner3j>, So3Error> {
     Ok(map.entry(key).or_insert(built).clone())
 }
 
-/// Nonzero entries of row `m` of e3nn's change of basis `Q_l` (complex = Q · real):
-/// `(real index a, k, h)` meaning `Q[m, a] = i^k · 2^(-h/2)`. Includes the `(-i)^l` phase.
-fn q_row(l: i64, m: i64) -> Vec<(usize, i64, u32)> {
-    let phase = 3 * l; // (-i)^l = i^(3l)
-    let (a_pos, a_neg) = ((l + m.abs()) as usize, (l - m.abs()) as usize);
-    match m.signum() {
-        0 => vec![(l as usize, phase, 0)],
-        -1 => vec![(a_pos, phase, 1), (a_neg, phase + 3, 1)],
-        _ => vec![(a_pos, phase + 2 * m, 1), (a_neg, phase + 1 + 2 * m, 1)],
-    }
-}
-
 fn build(l1: u32, l2: u32, l3: u32) -> Wigner3j {
     let (d1, d2, d3) = (
         2 * l1 as usize + 1,
@@ -102,20 +91,20 @@ fn build(l1: u32, l2: u32, l3: u32) -> Wigner3j {
             if m3.abs() > li3 {
                 continue;
             }
-            let (sign, square) = coupling.cg(m1, m2);
-            if sign == 0 {
+            let cg = coupling.cg(m1, m2);
+            if cg.sign == 0 {
                 continue;
             }
             let (r1, r2, r3) = (q_row(li1, m1), q_row(li2, m2), q_row(li3, m3));
-            // |Q1 Q2 Q3| = 2^(-h/2) with h fixed by which m's are nonzero; fold it and the
-            // Frobenius normalisation 1/(2l3+1) into the exact rational before rounding.
+            // |Q1 Q2 Q3| = 2^(-h/2) with h fixed by which m's are nonzero. CG² carries a factor
+            // 2l3+1 that the Frobenius normalisation cancels exactly, so the entry magnitude is
+            // sqrt(num / (den 2^h)): one correctly rounded quotient, one sqrt.
             let h = r1[0].2 + r2[0].2 + r3[0].2;
-            let den = BigInt::from(d3) << h;
-            let mag = (square / BigRational::from_integer(den))
+            let mag = BigRational::new_raw(cg.num, cg.den << h)
                 .to_f64()
                 .expect("finite rational")
                 .sqrt();
-            let v = f64::from(sign) * mag;
+            let v = f64::from(cg.sign) * mag;
             for &(a, k1, _) in &r1 {
                 for &(b, k2, _) in &r2 {
                     for &(c, k3, _) in &r3 {
