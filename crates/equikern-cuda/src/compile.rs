@@ -79,7 +79,12 @@ pub(crate) fn load(dev: &CudaDevice, plan: &KernelPlan) -> Result<Loaded> {
     let key = cache_key(plan, &emitted.source, &arch);
     let (mut nvrtc_ms, mut load_ms) = (0.0, 0.0);
 
-    let cached = dev.inner.modules.lock().ok().and_then(|m| m.get(&key).cloned());
+    let cached = dev
+        .inner
+        .modules
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).cloned());
     let (module, level) = match cached {
         Some(m) => (m, CacheLevel::Memory),
         None => {
@@ -173,7 +178,10 @@ pub(crate) fn nvrtc_cubin(src: &str, arch: &str) -> Result<Vec<u8>> {
     let csrc = CString::new(src).map_err(|_| err("source contains a NUL byte".into()))?;
     crate::device::guard(|| {
         let prog = nvrtc::create_program(&csrc, None).map_err(|e| err(format!("{e:?}")))?;
-        let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
+        let opts = [
+            format!("--gpu-architecture={arch}"),
+            "--std=c++17".to_string(),
+        ];
         // SAFETY: `prog` is a live program; it is destroyed exactly once below.
         let out = unsafe {
             match nvrtc::compile_program(prog, &opts) {
@@ -187,11 +195,9 @@ pub(crate) fn nvrtc_cubin(src: &str, arch: &str) -> Result<Vec<u8>> {
                     let mut size = 0usize;
                     let r = nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result();
                     let mut bin = vec![0u8; size];
-                    r.and_then(|_| {
-                        nvrtc_sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr().cast()).result()
-                    })
-                    .map(|_| bin)
-                    .map_err(|e| err(format!("reading the cubin: {e:?}")))
+                    r.and_then(|_| nvrtc_sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr().cast()).result())
+                        .map(|_| bin)
+                        .map_err(|e| err(format!("reading the cubin: {e:?}")))
                 }
             }
         };

@@ -48,13 +48,13 @@ impl std::fmt::Debug for CudaTensorProduct {
 
 impl CudaTensorProduct {
     /// Lowers forward, backward and double backward of `tp` for this device's capabilities.
-    #[cfg(any())] // TEMP until the plan branch lands
     pub fn new(dev: &CudaDevice, tp: &TensorProduct, dtype: Dtype) -> Result<Self> {
         let caps = dev.capabilities();
         let plans = DIRS
             .iter()
             .map(|&d| {
-                equikern_plan::lower(tp, d, dtype, &caps).map_err(|e| CudaError::Plan(e.to_string()))
+                equikern_plan::lower(tp, d, dtype, &caps)
+                    .map_err(|e| CudaError::Plan(e.to_string()))
             })
             .collect::<Result<Vec<_>>>()?;
         Self::from_plans(dev, plans)
@@ -106,7 +106,10 @@ impl CudaTensorProduct {
     /// Compiles (or loads from a cache) the module of direction `d` now; repeated calls are
     /// memory hits. Returns how the module was obtained.
     pub fn prepare(&self, d: Direction) -> Result<CompileInfo> {
-        let was_loaded = self.loaded[slot(d)].lock().map(|l| l.is_some()).unwrap_or(false);
+        let was_loaded = self.loaded[slot(d)]
+            .lock()
+            .map(|l| l.is_some())
+            .unwrap_or(false);
         let info = self.loaded(d)?.info.clone();
         Ok(if was_loaded {
             CompileInfo {
@@ -201,13 +204,15 @@ impl CudaTensorProduct {
             .scratch
             .lock()
             .map_err(|_| CudaError::Driver("poisoned lock".into()))?;
-        let bytes = (exec::wpartial_len(plan, batch).max(1) * std::mem::size_of::<T>() as u64)
-            as usize;
+        let bytes =
+            (exec::wpartial_len(plan, batch).max(1) * std::mem::size_of::<T>() as u64) as usize;
         if scratch.as_ref().is_none_or(|s| s.len() < bytes) {
             *scratch = None;
             *scratch = Some(stream.alloc_zeros::<u8>(bytes)?);
         }
-        let sbuf = scratch.as_mut().ok_or_else(|| CudaError::Driver("scratch".into()))?;
+        let sbuf = scratch
+            .as_mut()
+            .ok_or_else(|| CudaError::Driver("scratch".into()))?;
         let (sp, sg) = sbuf.device_ptr_mut(&stream);
         ptrs.push((Tensor::WPartial, sp));
         let r = exec::run(&self.dev, plan, &loaded, batch, &ptrs);
@@ -289,7 +294,12 @@ impl CudaTensorProduct {
                 (HY, "hy", hy),
                 (HW, "hw", hw),
             ],
-            &mut [(DX, "dx", dx), (DY, "dy", dy), (DW, "dw", dw), (DGZ, "dgz", dgz)],
+            &mut [
+                (DX, "dx", dx),
+                (DY, "dy", dy),
+                (DW, "dw", dw),
+                (DGZ, "dgz", dgz),
+            ],
         )
     }
 
@@ -383,8 +393,12 @@ impl CudaTensorProduct {
         let (bx, by, bw, bgz) = (up(x)?, up(y)?, up(w)?, up(gz)?);
         let (bhx, bhy, bhw) = (up(hx)?, up(hy)?, up(hw)?);
         let n = |t| self.host_len(t, batch);
-        let (mut dx, mut dy, mut dw, mut dgz) =
-            (d.zeros(n(DX))?, d.zeros(n(DY))?, d.zeros(n(DW))?, d.zeros(n(DGZ))?);
+        let (mut dx, mut dy, mut dw, mut dgz) = (
+            d.zeros(n(DX))?,
+            d.zeros(n(DY))?,
+            d.zeros(n(DW))?,
+            d.zeros(n(DGZ))?,
+        );
         self.double_backward_device(
             batch, &bx, &by, &bw, &bgz, &bhx, &bhy, &bhw, &mut dx, &mut dy, &mut dw, &mut dgz,
         )?;

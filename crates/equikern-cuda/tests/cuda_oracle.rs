@@ -75,22 +75,44 @@ fn poisoned<T: Num>(dev: &CudaDevice, n: usize) -> CudaSlice<T> {
 }
 
 fn down<T: Num>(dev: &CudaDevice, s: &CudaSlice<T>, n: usize) -> Vec<f64> {
-    dev.download(s, n).unwrap().into_iter().map(T::to64).collect()
+    dev.download(s, n)
+        .unwrap()
+        .into_iter()
+        .map(T::to64)
+        .collect()
 }
 
 fn expect(label: &str, what: &str, got: &[f64], want: &[f64], tol: f64) {
-    assert!(got.iter().all(|v| v.is_finite()), "{label} {what}: non-finite output (unwritten element?)");
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{label} {what}: non-finite output (unwritten element?)"
+    );
     let e = rel_l2(got, want);
     assert!(e <= tol, "{label} {what}: rel L2 {e:.3e} > {tol:.0e}");
 }
 
 /// Runs all three directions of `ctp` through the device API and compares with the oracle.
-fn check_all<T: Num>(dev: &CudaDevice, ctp: &CudaTensorProduct, tp: &TensorProduct, batch: usize, label: &str) {
+fn check_all<T: Num>(
+    dev: &CudaDevice,
+    ctp: &CudaTensorProduct,
+    tp: &TensorProduct,
+    batch: usize,
+    label: &str,
+) {
     let (tol_fb, tol_dd) = tol(T::DTYPE);
     let d = data(tp, batch, batch as u64 * 31 + 7);
     let label = format!("{label} {:?} batch {batch}", T::DTYPE);
-    let (x, y, w, gz) = (up::<T>(dev, &d.x), up::<T>(dev, &d.y), up::<T>(dev, &d.w), up::<T>(dev, &d.gz));
-    let (hx, hy, hw) = (up::<T>(dev, &d.hx), up::<T>(dev, &d.hy), up::<T>(dev, &d.hw));
+    let (x, y, w, gz) = (
+        up::<T>(dev, &d.x),
+        up::<T>(dev, &d.y),
+        up::<T>(dev, &d.w),
+        up::<T>(dev, &d.gz),
+    );
+    let (hx, hy, hw) = (
+        up::<T>(dev, &d.hx),
+        up::<T>(dev, &d.hy),
+        up::<T>(dev, &d.hw),
+    );
     let wl = w_len(tp, batch);
     let (n1, n2, no) = (batch * tp.dim_in1, batch * tp.dim_in2, batch * tp.dim_out);
 
@@ -100,17 +122,29 @@ fn check_all<T: Num>(dev: &CudaDevice, ctp: &CudaTensorProduct, tp: &TensorProdu
     expect(&label, "z", &down(dev, &z, no), &want, tol_fb);
 
     let g = oracle::backward(tp, batch, &d.x, &d.y, &d.w, &d.gz).unwrap();
-    let (mut gx, mut gy, mut gw) = (poisoned::<T>(dev, n1), poisoned::<T>(dev, n2), poisoned::<T>(dev, wl));
-    ctp.backward_device(batch, &x, &y, &w, &gz, &mut gx, &mut gy, &mut gw).unwrap();
+    let (mut gx, mut gy, mut gw) = (
+        poisoned::<T>(dev, n1),
+        poisoned::<T>(dev, n2),
+        poisoned::<T>(dev, wl),
+    );
+    ctp.backward_device(batch, &x, &y, &w, &gz, &mut gx, &mut gy, &mut gw)
+        .unwrap();
     expect(&label, "gx", &down(dev, &gx, n1), &g.gx, tol_fb);
     expect(&label, "gy", &down(dev, &gy, n2), &g.gy, tol_fb);
     expect(&label, "gw", &down(dev, &gw, wl), &g.gw, tol_fb);
 
-    let dd = oracle::double_backward(tp, batch, &d.x, &d.y, &d.w, &d.gz, &d.hx, &d.hy, &d.hw).unwrap();
-    let (mut dx, mut dy, mut dw, mut dgz) =
-        (poisoned::<T>(dev, n1), poisoned::<T>(dev, n2), poisoned::<T>(dev, wl), poisoned::<T>(dev, no));
-    ctp.double_backward_device(batch, &x, &y, &w, &gz, &hx, &hy, &hw, &mut dx, &mut dy, &mut dw, &mut dgz)
-        .unwrap();
+    let dd =
+        oracle::double_backward(tp, batch, &d.x, &d.y, &d.w, &d.gz, &d.hx, &d.hy, &d.hw).unwrap();
+    let (mut dx, mut dy, mut dw, mut dgz) = (
+        poisoned::<T>(dev, n1),
+        poisoned::<T>(dev, n2),
+        poisoned::<T>(dev, wl),
+        poisoned::<T>(dev, no),
+    );
+    ctp.double_backward_device(
+        batch, &x, &y, &w, &gz, &hx, &hy, &hw, &mut dx, &mut dy, &mut dw, &mut dgz,
+    )
+    .unwrap();
     expect(&label, "dx", &down(dev, &dx, n1), &dd.dx, tol_dd);
     expect(&label, "dy", &down(dev, &dy, n2), &dd.dy, tol_dd);
     expect(&label, "dw", &down(dev, &dw, wl), &dd.dw, tol_dd);
@@ -133,7 +167,8 @@ fn every_mode<T: Num>(batches: &[usize], max_paths: usize) {
         for (weighted, shared) in variants(m) {
             let tp = mode_spec(m, weighted, shared, max_paths);
             let label = format!("{m:?} weighted={weighted} shared={shared}");
-            let ctp = CudaTensorProduct::new(&dev, &tp, T::DTYPE).unwrap_or_else(|e| panic!("{label}: {e}"));
+            let ctp = CudaTensorProduct::new(&dev, &tp, T::DTYPE)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
             for &b in batches {
                 check_all::<T>(&dev, &ctp, &tp, b, &label);
                 n += 1;
@@ -161,7 +196,10 @@ fn every_mode_f64() {
 #[test]
 fn large_batch_f32() {
     let Some(dev) = device() else { return };
-    for (m, shared) in [(equikern_core::ConnectionMode::Uvu, true), (equikern_core::ConnectionMode::Uvw, false)] {
+    for (m, shared) in [
+        (equikern_core::ConnectionMode::Uvu, true),
+        (equikern_core::ConnectionMode::Uvw, false),
+    ] {
         let tp = mode_spec(m, true, shared, 6);
         let ctp = CudaTensorProduct::new(&dev, &tp, Dtype::F32).unwrap();
         check_all::<f32>(&dev, &ctp, &tp, 50_003, &format!("{m:?} shared={shared}"));
@@ -173,17 +211,24 @@ fn large_batch_f32() {
 fn split_dispatches() {
     let Some(dev) = device() else { return };
     for dtype in [Dtype::F32, Dtype::F64] {
-        for (m, shared) in [(equikern_core::ConnectionMode::Uvw, true), (equikern_core::ConnectionMode::Uvuv, false)] {
+        for (m, shared) in [
+            (equikern_core::ConnectionMode::Uvw, true),
+            (equikern_core::ConnectionMode::Uvuv, false),
+        ] {
             let tp = mode_spec(m, true, shared, 4);
             let caps = dev.capabilities();
-            let plans: Vec<_> = [Direction::Forward, Direction::Backward, Direction::DoubleBackward]
-                .into_iter()
-                .map(|d| {
-                    let mut p = equikern_plan::lower(&tp, d, dtype, &caps).unwrap();
-                    p.max_samples_per_dispatch = p.chunk_size().unwrap_or(16) * 2;
-                    p
-                })
-                .collect();
+            let plans: Vec<_> = [
+                Direction::Forward,
+                Direction::Backward,
+                Direction::DoubleBackward,
+            ]
+            .into_iter()
+            .map(|d| {
+                let mut p = equikern_plan::lower(&tp, d, dtype, &caps).unwrap();
+                p.max_samples_per_dispatch = p.chunk_size().unwrap_or(16) * 2;
+                p
+            })
+            .collect();
             let ctp = CudaTensorProduct::from_plans(&dev, plans).unwrap();
             match dtype {
                 Dtype::F32 => check_all::<f32>(&dev, &ctp, &tp, 1003, "split"),
@@ -201,17 +246,27 @@ fn host_api_matches_oracle() {
     let b = 77;
     let d = data(&tp, b, 5);
     let z = ctp.forward(b, &d.x, &d.y, &d.w).unwrap();
-    expect("host", "z", &z, &oracle::forward(&tp, b, &d.x, &d.y, &d.w).unwrap(), 1e-12);
+    expect(
+        "host",
+        "z",
+        &z,
+        &oracle::forward(&tp, b, &d.x, &d.y, &d.w).unwrap(),
+        1e-12,
+    );
     let g = ctp.backward(b, &d.x, &d.y, &d.w, &d.gz).unwrap();
     let o = oracle::backward(&tp, b, &d.x, &d.y, &d.w, &d.gz).unwrap();
     expect("host", "gw", &g.gw, &o.gw, 1e-12);
     expect("host", "gx", &g.gx, &o.gx, 1e-12);
-    let dd = ctp.double_backward(b, &d.x, &d.y, &d.w, &d.gz, &d.hx, &d.hy, &d.hw).unwrap();
+    let dd = ctp
+        .double_backward(b, &d.x, &d.y, &d.w, &d.gz, &d.hx, &d.hy, &d.hw)
+        .unwrap();
     let o = oracle::double_backward(&tp, b, &d.x, &d.y, &d.w, &d.gz, &d.hx, &d.hy, &d.hw).unwrap();
     expect("host", "dgz", &dd.dgz, &o.dgz, 1e-12);
     expect("host", "dw", &dd.dw, &o.dw, 1e-12);
     // Batch 0 is valid: empty outputs, zero shared-weight gradient.
-    let g0 = ctp.backward::<f64>(0, &[], &[], &d.w[..tp.weight_numel], &[]).unwrap();
+    let g0 = ctp
+        .backward::<f64>(0, &[], &[], &d.w[..tp.weight_numel], &[])
+        .unwrap();
     assert!(g0.gw.iter().all(|&v| v == 0.0) && g0.gx.is_empty());
 }
 
@@ -223,14 +278,27 @@ fn bad_arguments_are_errors() {
     let x = vec![0f32; 3 * tp.dim_in1];
     let y = vec![0f32; 3 * tp.dim_in2];
     let w = vec![0f32; 3 * tp.weight_numel];
-    assert!(matches!(ctp.forward(3, &x[1..], &y, &w), Err(CudaError::Length { arg: "x", .. })));
-    assert!(matches!(ctp.forward(3, &x, &y, &w[..2]), Err(CudaError::Length { .. })));
+    assert!(matches!(
+        ctp.forward(3, &x[1..], &y, &w),
+        Err(CudaError::Length { arg: "x", .. })
+    ));
+    assert!(matches!(
+        ctp.forward(3, &x, &y, &w[..2]),
+        Err(CudaError::Length { .. })
+    ));
     let x64 = vec![0f64; 3 * tp.dim_in1];
     let r = ctp.forward(3, &x64, &x64, &x64);
     assert!(matches!(r, Err(CudaError::Dtype { .. })), "{r:?}");
-    let (dx, dy, dw) = (dev.upload(&x).unwrap(), dev.upload(&y).unwrap(), dev.upload(&w).unwrap());
+    let (dx, dy, dw) = (
+        dev.upload(&x).unwrap(),
+        dev.upload(&y).unwrap(),
+        dev.upload(&w).unwrap(),
+    );
     let mut z = dev.zeros::<f32>(5).unwrap();
-    assert!(matches!(ctp.forward_device(3, &dx, &dy, &dw, &mut z), Err(CudaError::Length { arg: "z", .. })));
+    assert!(matches!(
+        ctp.forward_device(3, &dx, &dy, &dw, &mut z),
+        Err(CudaError::Length { arg: "z", .. })
+    ));
 }
 
 /// First call compiles with NVRTC; a fresh device handle on the same disk cache loads the
@@ -265,10 +333,20 @@ fn paper_suite_f32_small_batch() {
     let Some(dev) = device() else { return };
     for (label, tp) in paper_suite() {
         let ctp = CudaTensorProduct::new(&dev, &tp, Dtype::F32).unwrap();
-        for d in [Direction::Forward, Direction::Backward, Direction::DoubleBackward] {
+        for d in [
+            Direction::Forward,
+            Direction::Backward,
+            Direction::DoubleBackward,
+        ] {
             let i = ctp.prepare(d).unwrap();
-            println!("{label:24} {d:?}: {} kernels, {} KiB source, {:?} in {:.0} ms (nvrtc {:.0} ms)",
-                i.kernels, i.source_bytes / 1024, i.level, i.total_ms, i.nvrtc_ms);
+            println!(
+                "{label:24} {d:?}: {} kernels, {} KiB source, {:?} in {:.0} ms (nvrtc {:.0} ms)",
+                i.kernels,
+                i.source_bytes / 1024,
+                i.level,
+                i.total_ms,
+                i.nvrtc_ms
+            );
         }
         check_all::<f32>(&dev, &ctp, &tp, 3, &label);
     }
@@ -280,14 +358,21 @@ fn paper_suite_f32_small_batch() {
 fn bench_paper_suite() {
     let Some(dev) = device() else { return };
     let batch = 50_000;
-    println!("device {} ({}), batch {batch}, f32, median of 30 after 5 warm-up runs", dev.name(), dev.arch());
+    println!(
+        "device {} ({}), batch {batch}, f32, median of 30 after 5 warm-up runs",
+        dev.name(),
+        dev.arch()
+    );
     for (label, tp) in paper_suite() {
         let ctp = CudaTensorProduct::new(&dev, &tp, Dtype::F32).unwrap();
         let mut line = format!("{label:24}");
         for d in [Direction::Forward, Direction::Backward] {
             let c = ctp.prepare(d).unwrap();
             let t = ctp.time::<f32>(d, batch, 5, 30).unwrap();
-            line += &format!("  {d:?} {:8.3} ms (min {:.3}, compile {:.0} ms {:?})", t.median_ms, t.min_ms, c.total_ms, c.level);
+            line += &format!(
+                "  {d:?} {:8.3} ms (min {:.3}, compile {:.0} ms {:?})",
+                t.median_ms, t.min_ms, c.total_ms, c.level
+            );
         }
         println!("{line}");
     }

@@ -39,8 +39,21 @@ fn compile(src: &str, dir: &Path, name: &str) -> Result<(), String> {
     let out = dir.join(format!("{name}.hsaco"));
     std::fs::write(&hip, src).map_err(|e| e.to_string())?;
     let o = Command::new("clang++-15")
-        .args(["-x", "hip", "--cuda-device-only", "--no-gpu-bundle-output", "--offload-arch=gfx90a"])
-        .args(["-O3", "-std=c++14", "-Wall", "-Werror", "-munsafe-fp-atomics", "--rocm-path=/usr"])
+        .args([
+            "-x",
+            "hip",
+            "--cuda-device-only",
+            "--no-gpu-bundle-output",
+            "--offload-arch=gfx90a",
+        ])
+        .args([
+            "-O3",
+            "-std=c++14",
+            "-Wall",
+            "-Werror",
+            "-munsafe-fp-atomics",
+            "--rocm-path=/usr",
+        ])
         .arg(format!("--rocm-device-lib-path={BITCODE}"))
         .args(["-include", "hip/hip_runtime.h", "-c"])
         .arg(&hip)
@@ -49,7 +62,10 @@ fn compile(src: &str, dir: &Path, name: &str) -> Result<(), String> {
         .output()
         .map_err(|e| e.to_string())?;
     if !o.status.success() {
-        return Err(String::from_utf8_lossy(&o.stderr).chars().take(4000).collect());
+        return Err(String::from_utf8_lossy(&o.stderr)
+            .chars()
+            .take(4000)
+            .collect());
     }
     let elf = std::fs::read(&out).map_err(|e| e.to_string())?;
     if elf.len() < 20 || &elf[..4] != b"\x7fELF" || u16::from_le_bytes([elf[18], elf[19]]) != 0xE0 {
@@ -60,7 +76,10 @@ fn compile(src: &str, dir: &Path, name: &str) -> Result<(), String> {
 
 #[test]
 fn paper_suite_hip_compiles_for_gfx90a() {
-    let have = Command::new("clang++-15").arg("--version").output().is_ok_and(|o| o.status.success());
+    let have = Command::new("clang++-15")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !have {
         return skip_or_fail("clang++-15 not found");
     }
@@ -79,18 +98,22 @@ fn paper_suite_hip_compiles_for_gfx90a() {
             let plan = equikern_plan::lower(&tp, d, dt, &gfx90a_caps()).unwrap();
             let src = emit_hip(&plan).unwrap().source;
             assert!(!src.contains("#include") && !src.contains("_sync("));
-            jobs.push((format!("{label}-{d:?}-{dt:?}").replace(['=', '.'], "_"), src));
+            jobs.push((
+                format!("{label}-{d:?}-{dt:?}").replace(['=', '.'], "_"),
+                src,
+            ));
         }
     }
     // Two compilers at a time (the CI machine has two cores).
     let failures: Vec<String> = std::thread::scope(|s| {
         let (a, b) = jobs.split_at(jobs.len() / 2);
-        let run = |part: &[(String, String)]| {
+        let dir = &dir;
+        let run = move |part: &[(String, String)]| {
             part.iter()
                 .filter_map(|(n, src)| compile(src, &dir, n).err().map(|e| format!("{n}: {e}")))
                 .collect::<Vec<_>>()
         };
-        let h = s.spawn(|| run(a));
+        let h = s.spawn(move || run(a));
         let mut f = run(b);
         f.extend(h.join().unwrap());
         f

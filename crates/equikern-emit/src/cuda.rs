@@ -9,10 +9,10 @@
 //! Layouts: per-sample tensors `[sample, per_sample_len]`; `WPartial` `[chunk, weight_numel]`
 //! for row kernels and `[chunk, len]` for [`Work::ReduceChunks`].
 
+use crate::EmitError;
 use equikern_plan::{
     Addressing, Contribution, Dtype, Ix, Kernel, KernelPlan, SampleMode, Segment, Tensor, Work,
 };
-use crate::EmitError;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
@@ -198,8 +198,7 @@ fn check_kernel(plan: &KernelPlan, k: &Kernel) -> Result<(), EmitError> {
     if !is_ident(&k.name) {
         return Err(bad("name is not a C identifier".into()));
     }
-    if k.workgroup_size == 0 || k.workgroup_size > plan.caps.max_invocations_per_workgroup.max(1)
-    {
+    if k.workgroup_size == 0 || k.workgroup_size > plan.caps.max_invocations_per_workgroup.max(1) {
         return Err(bad(format!("workgroup size {}", k.workgroup_size)));
     }
     let all: BTreeSet<Tensor> = k.inputs.iter().chain(&k.outputs).copied().collect();
@@ -226,7 +225,10 @@ fn check_kernel(plan: &KernelPlan, k: &Kernel) -> Result<(), EmitError> {
                 if !k.outputs.contains(&s.out) {
                     return Err(bad(format!("segment output {:?} is not bound", s.out)));
                 }
-                if s.first_row.checked_add(s.rows).is_none_or(|e| e > *rows_per_sample) {
+                if s.first_row
+                    .checked_add(s.rows)
+                    .is_none_or(|e| e > *rows_per_sample)
+                {
                     return Err(bad("segment rows exceed rows_per_sample".into()));
                 }
                 for c in &s.contributions {
@@ -246,7 +248,10 @@ fn check_kernel(plan: &KernelPlan, k: &Kernel) -> Result<(), EmitError> {
                     for t in &c.terms {
                         if t.out >= s.row_len
                             || t.comps.len() != c.operands.len()
-                            || t.comps.iter().zip(&c.operands).any(|(&i, o)| i >= o.row_len)
+                            || t.comps
+                                .iter()
+                                .zip(&c.operands)
+                                .any(|(&i, o)| i >= o.row_len)
                         {
                             return Err(bad(format!("path {}: term out of range", c.path)));
                         }
@@ -359,10 +364,9 @@ fn base_expr(plan: &KernelPlan, t: Tensor, addressing: Addressing) -> String {
     match addressing {
         Addressing::Shared => tensor_name(t).to_string(),
         Addressing::PerSample if len == 0 => tensor_name(t).to_string(),
-        Addressing::PerSample => format!(
-            "({} + (unsigned long long)sample * {len}u)",
-            tensor_name(t)
-        ),
+        Addressing::PerSample => {
+            format!("({} + (unsigned long long)sample * {len}u)", tensor_name(t))
+        }
     }
 }
 
@@ -374,11 +378,19 @@ fn print_segment(src: &mut String, plan: &KernelPlan, s: &Segment, mode: &Sample
     let zero = literal(0.0, plan.dtype);
     let end = s.first_row + s.rows;
     let _ = writeln!(src, "    if (row < {end}u) {{");
-    let _ = writeln!(src, "        // {:?}[{}..] rows {}..{end}", s.out, s.out_offset, s.first_row);
+    let _ = writeln!(
+        src,
+        "        // {:?}[{}..] rows {}..{end}",
+        s.out, s.out_offset, s.first_row
+    );
     if s.first_row == 0 {
         let _ = writeln!(src, "        const unsigned int r = row;");
     } else {
-        let _ = writeln!(src, "        const unsigned int r = row - {}u;", s.first_row);
+        let _ = writeln!(
+            src,
+            "        const unsigned int r = row - {}u;",
+            s.first_row
+        );
     }
     for j in 0..s.row_len {
         let _ = writeln!(src, "        {real} acc{j} = {zero};");

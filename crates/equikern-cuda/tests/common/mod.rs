@@ -10,7 +10,8 @@ use rand_chacha::ChaCha8Rng;
 pub fn device() -> Option<CudaDevice> {
     match CudaDevice::new(0) {
         Ok(d) => {
-            let dir = std::env::temp_dir().join(format!("equikern-cuda-tests-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("equikern-cuda-tests-{}", std::process::id()));
             Some(d.with_cache_dir(Some(dir)))
         }
         Err(CudaError::NotAvailable(why)) => {
@@ -34,7 +35,12 @@ pub const MODES: [ConnectionMode; 8] = [
 
 /// A small tensor product exercising `mode`: one output block per allowed `(i1, i2, l_out)`
 /// (at most `max_paths`), with the multiplicity the mode dictates.
-pub fn mode_spec(mode: ConnectionMode, weighted: bool, shared: bool, max_paths: usize) -> TensorProduct {
+pub fn mode_spec(
+    mode: ConnectionMode,
+    weighted: bool,
+    shared: bool,
+    max_paths: usize,
+) -> TensorProduct {
     use ConnectionMode::*;
     let in1 = Irreps::parse("3x0e+2x1o+2x2e").unwrap();
     let in2 = Irreps::parse("3x0e+2x1o+1x1e+2x2o").unwrap();
@@ -66,7 +72,10 @@ pub fn mode_spec(mode: ConnectionMode, weighted: bool, shared: bool, max_paths: 
                 }
                 out.push_str(&format!("{mo}x{ir}"));
                 let w = weighted || mode.requires_weight();
-                ins.push(Instruction::new(i1, i2, ins.len(), mode, w).with_path_weight(0.5 + 0.25 * ins.len() as f64));
+                ins.push(
+                    Instruction::new(i1, i2, ins.len(), mode, w)
+                        .with_path_weight(0.5 + 0.25 * ins.len() as f64),
+                );
             }
         }
     }
