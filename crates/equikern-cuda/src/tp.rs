@@ -309,7 +309,19 @@ impl CudaTensorProduct {
         self.need(t, batch as u64) as usize
     }
 
-    fn check_host<T>(&self, t: Tensor, arg: &'static str, s: &[T], batch: usize) -> Result<()> {
+    fn check_host<T: Real>(
+        &self,
+        t: Tensor,
+        arg: &'static str,
+        s: &[T],
+        batch: usize,
+    ) -> Result<()> {
+        if T::DTYPE != self.dtype {
+            return Err(CudaError::Dtype {
+                plan: self.dtype,
+                data: T::DTYPE,
+            });
+        }
         let expected = self.host_len(t, batch);
         if s.len() != expected {
             return Err(CudaError::Length {

@@ -377,3 +377,35 @@ fn bench_paper_suite() {
         println!("{line}");
     }
 }
+
+/// Runs everywhere: every test spec builds, lowers for an H100-like target and prints.
+#[test]
+fn test_specs_lower_and_print_without_gpu() {
+    let caps = equikern_plan::Capabilities {
+        subgroup_size: 32,
+        subgroups: true,
+        max_invocations_per_workgroup: 1024,
+        max_workgroup_size_x: 1024,
+        workgroup_memory_bytes: 232_448,
+        max_storage_binding_bytes: 80 << 30,
+        max_workgroups_per_dim: 65535,
+        max_storage_buffers_per_stage: 256,
+        f64: true,
+        float_atomics: true,
+    };
+    let mut n = 0;
+    for m in MODES {
+        for (weighted, shared) in variants(m) {
+            let tp = mode_spec(m, weighted, shared, 6);
+            assert!(!tp.paths.is_empty(), "{m:?}");
+            for d in [Direction::Forward, Direction::Backward, Direction::DoubleBackward] {
+                for dt in [Dtype::F32, Dtype::F64] {
+                    let plan = equikern_plan::lower(&tp, d, dt, &caps).unwrap();
+                    equikern_emit::cuda::emit_cuda(&plan).unwrap();
+                    n += 1;
+                }
+            }
+        }
+    }
+    println!("{n} plans printed");
+}

@@ -10,8 +10,12 @@ use rand_chacha::ChaCha8Rng;
 pub fn device() -> Option<CudaDevice> {
     match CudaDevice::new(0) {
         Ok(d) => {
-            let dir =
-                std::env::temp_dir().join(format!("equikern-cuda-tests-{}", std::process::id()));
+            // A private disk cache unless the caller names one (to observe cached compiles).
+            let dir = std::env::var_os("EQUIKERN_CACHE_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("equikern-cuda-tests-{}", std::process::id()))
+                });
             Some(d.with_cache_dir(Some(dir)))
         }
         Err(CudaError::NotAvailable(why)) => {
@@ -54,6 +58,8 @@ pub fn mode_spec(
                 continue;
             }
             let mo = match mode {
+                // Unweighted uuw sums into a single channel.
+                Uuw if !weighted => 1,
                 Uvw | Uuw | ULtVw => 2,
                 Uvu | Uuu => m1,
                 Uvv => m2,
