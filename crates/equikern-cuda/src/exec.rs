@@ -89,7 +89,7 @@ pub(crate) fn run(
                     SampleMode::PerSample => 1,
                     SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
                 };
-                if spc > 1 && step % spc != 0 {
+                if spc > 1 && (step / spc) * spc != step {
                     return Err(CudaError::Plan(
                         "dispatch size is not a multiple of the chunk size".into(),
                     ));

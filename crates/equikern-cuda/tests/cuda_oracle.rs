@@ -398,7 +398,11 @@ fn test_specs_lower_and_print_without_gpu() {
         for (weighted, shared) in variants(m) {
             let tp = mode_spec(m, weighted, shared, 6);
             assert!(!tp.paths.is_empty(), "{m:?}");
-            for d in [Direction::Forward, Direction::Backward, Direction::DoubleBackward] {
+            for d in [
+                Direction::Forward,
+                Direction::Backward,
+                Direction::DoubleBackward,
+            ] {
                 for dt in [Dtype::F32, Dtype::F64] {
                     let plan = equikern_plan::lower(&tp, d, dt, &caps).unwrap();
                     equikern_emit::cuda::emit_cuda(&plan).unwrap();

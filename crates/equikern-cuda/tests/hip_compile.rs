@@ -110,7 +110,7 @@ fn paper_suite_hip_compiles_for_gfx90a() {
         let dir = &dir;
         let run = move |part: &[(String, String)]| {
             part.iter()
-                .filter_map(|(n, src)| compile(src, &dir, n).err().map(|e| format!("{n}: {e}")))
+                .filter_map(|(n, src)| compile(src, dir, n).err().map(|e| format!("{n}: {e}")))
                 .collect::<Vec<_>>()
         };
         let h = s.spawn(move || run(a));

@@ -440,19 +440,18 @@ fn print_contribution(src: &mut String, plan: &KernelPlan, c: &Contribution, ind
     let uses_t = c.operands.iter().any(|o| ix_uses_t(&o.row));
     let _ = writeln!(src, "{ind}{{ // path {}", c.path);
     let inner = format!("{ind}    ");
-    let body_ind;
-    match (&c.count, uses_t) {
-        (Ix::C(1), false) => body_ind = inner.clone(),
+    let body_ind = match (&c.count, uses_t) {
+        (Ix::C(1), false) => inner.clone(),
         (Ix::C(1), true) => {
             let _ = writeln!(src, "{inner}const unsigned int t = 0u;");
-            body_ind = inner.clone();
+            inner.clone()
         }
         (n, _) => {
             let _ = writeln!(src, "{inner}const unsigned int n = {};", ix(n));
             let _ = writeln!(src, "{inner}for (unsigned int t = 0u; t < n; ++t) {{");
-            body_ind = format!("{inner}    ");
+            format!("{inner}    ")
         }
-    }
+    };
     // Load only the components some term reads.
     for (k, o) in c.operands.iter().enumerate() {
         let used: BTreeSet<u32> = c.terms.iter().map(|t| t.comps[k]).collect();
