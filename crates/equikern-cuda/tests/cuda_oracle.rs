@@ -413,3 +413,72 @@ fn test_specs_lower_and_print_without_gpu() {
     }
     println!("{n} plans printed");
 }
+
+/// `plan` keeping only the segments that write one of `keep` (rows renumbered; kernels left
+/// without rows dropped, and the reduction with them): times each output's share.
+fn only(
+    plan: &equikern_plan::KernelPlan,
+    keep: &[equikern_plan::Tensor],
+) -> equikern_plan::KernelPlan {
+    use equikern_plan::Work;
+    let mut p = plan.clone();
+    for k in &mut p.kernels {
+        if let Work::Rows {
+            segments,
+            rows_per_sample,
+            ..
+        } = &mut k.work
+        {
+            segments.retain(|s| keep.contains(&s.out));
+            let mut first = 0;
+            for s in segments.iter_mut() {
+                s.first_row = first;
+                first += s.rows;
+            }
+            *rows_per_sample = first;
+        }
+    }
+    p.kernels.retain(|k| {
+        !matches!(
+            k.work,
+            Work::Rows {
+                rows_per_sample: 0,
+                ..
+            }
+        )
+    });
+    if p.chunk_size().is_none() {
+        p.kernels
+            .retain(|k| !matches!(k.work, Work::ReduceChunks { .. }));
+    }
+    p
+}
+
+/// Where backward time goes: each output tensor's rows timed alone (batch 50 000, f32).
+#[test]
+#[ignore]
+fn bench_backward_breakdown() {
+    use equikern_plan::Tensor::*;
+    let Some(dev) = device() else { return };
+    let batch = 50_000;
+    for (label, tp) in paper_suite() {
+        let full = equikern_plan::lower(&tp, Direction::Backward, Dtype::F32, &dev.capabilities())
+            .unwrap();
+        let mut line = format!("{label:24}");
+        for (name, keep) in [
+            ("all", vec![GX, GY, GW, WPartial]),
+            ("gx", vec![GX]),
+            ("gy", vec![GY]),
+            ("gw", vec![GW, WPartial]),
+        ] {
+            let p = only(&full, &keep);
+            if p.kernels.is_empty() {
+                continue;
+            }
+            let ctp = CudaTensorProduct::from_plans(&dev, vec![p]).unwrap();
+            let t = ctp.time::<f32>(Direction::Backward, batch, 3, 30).unwrap();
+            line += &format!("  {name} {:8.3} ms", t.median_ms);
+        }
+        println!("{line}");
+    }
+}

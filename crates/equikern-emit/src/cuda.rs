@@ -320,6 +320,15 @@ fn print_kernel(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Result<CudaK
         } => {
             let p = print_signature(src, plan, k, "num_samples");
             let rps = *rows_per_sample;
+            if rps == 0 {
+                // Nothing to compute (no rows); keep the symbol so launch tables stay uniform.
+                src.push_str("    (void)g;\n    (void)num_samples;\n}\n\n");
+                return Ok(CudaKernel {
+                    name: k.name.clone(),
+                    block_dim: k.workgroup_size,
+                    params: p,
+                });
+            }
             let item = match sample_mode {
                 SampleMode::PerSample => "sample",
                 SampleMode::Chunk { .. } => "chunk",
@@ -671,6 +680,22 @@ mod tests {
         assert_eq!(c.kernels, h.kernels);
         let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
         assert_eq!(body(&c.source), body(&h.source));
+    }
+
+    #[test]
+    fn empty_row_kernel_prints_no_division() {
+        let mut p = tiny_plan(Dtype::F32);
+        if let Work::Rows {
+            segments,
+            rows_per_sample,
+            ..
+        } = &mut p.kernels[0].work
+        {
+            segments.clear();
+            *rows_per_sample = 0;
+        }
+        let s = emit_cuda(&p).unwrap().source;
+        assert!(!s.contains("/ 0u"));
     }
 
     #[test]
