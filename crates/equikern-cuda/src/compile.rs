@@ -5,7 +5,7 @@ use crate::device::CudaDevice;
 use crate::{CudaError, Result};
 use cudarc::driver::{CudaFunction, CudaModule};
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
-use equikern_emit::cuda::{emit_cuda, EmittedCuda, EMITTER_VERSION};
+use equikern_emit::cuda::{emit_with, CudaOptions, EmittedCuda, Target, EMITTER_VERSION};
 use equikern_plan::{Direction, Dtype, KernelPlan};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -71,9 +71,9 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-pub(crate) fn load(dev: &CudaDevice, plan: &KernelPlan) -> Result<Loaded> {
+pub(crate) fn load(dev: &CudaDevice, plan: &KernelPlan, opts: CudaOptions) -> Result<Loaded> {
     let t0 = Instant::now();
-    let emitted = emit_cuda(plan)?;
+    let emitted = emit_with(plan, Target::Cuda, opts)?;
     let emit_ms = ms(t0);
     let arch = dev.arch();
     let key = cache_key(plan, &emitted.source, &arch);

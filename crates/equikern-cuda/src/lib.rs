@@ -22,6 +22,7 @@ pub use device::{availability, CudaDevice};
 pub use timing::Timing;
 pub use tp::CudaTensorProduct;
 
+pub use equikern_emit::cuda::CudaOptions;
 pub use equikern_plan::{Capabilities, Direction, Dtype};
 
 /// Everything that can go wrong in this crate.

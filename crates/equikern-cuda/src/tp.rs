@@ -7,6 +7,7 @@ use crate::{CudaError, Real, Result};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use equikern_core::oracle::{DoubleGrads, Grads};
 use equikern_core::TensorProduct;
+use equikern_emit::cuda::{CudaOptions, Target};
 use equikern_plan::{Dims, Direction, Dtype, KernelPlan, Tensor};
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +33,7 @@ pub struct CudaTensorProduct {
     dtype: Dtype,
     plans: [Option<KernelPlan>; 3],
     loaded: [Mutex<Option<Arc<Loaded>>>; 3],
+    opts: CudaOptions,
     /// `WPartial` scratch (bytes), grown on demand; its lock also serialises launches.
     scratch: Mutex<Option<CudaSlice<u8>>>,
 }
@@ -83,8 +85,20 @@ impl CudaTensorProduct {
             dtype,
             plans: slots,
             loaded: Default::default(),
+            opts: CudaOptions::default(),
             scratch: Mutex::new(None),
         })
+    }
+
+    /// Printing options for the kernels (before the first run; resets compiled modules).
+    pub fn with_options(mut self, opts: CudaOptions) -> Self {
+        self.opts = opts;
+        self.loaded = Default::default();
+        self
+    }
+
+    pub fn options(&self) -> CudaOptions {
+        self.opts
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -128,7 +142,7 @@ impl CudaTensorProduct {
     /// The CUDA source of direction `d` (what NVRTC compiles).
     pub fn source(&self, d: Direction) -> Result<String> {
         let plan = self.plan(d).ok_or(CudaError::MissingPlan(d))?;
-        Ok(equikern_emit::cuda::emit_cuda(plan)?.source)
+        Ok(equikern_emit::cuda::emit_with(plan, Target::Cuda, self.opts)?.source)
     }
 
     fn loaded(&self, d: Direction) -> Result<Arc<Loaded>> {
@@ -139,7 +153,7 @@ impl CudaTensorProduct {
         if let Some(l) = slot.as_ref() {
             return Ok(l.clone());
         }
-        let l = Arc::new(compile::load(&self.dev, plan)?);
+        let l = Arc::new(compile::load(&self.dev, plan, self.opts)?);
         *slot = Some(l.clone());
         Ok(l)
     }

@@ -7,7 +7,9 @@ mod common;
 use common::*;
 use equikern_core::oracle;
 use equikern_core::TensorProduct;
-use equikern_cuda::{CacheLevel, CudaDevice, CudaError, CudaSlice, CudaTensorProduct, Real};
+use equikern_cuda::{
+    CacheLevel, CudaDevice, CudaError, CudaOptions, CudaSlice, CudaTensorProduct, Real,
+};
 use equikern_plan::{Direction, Dtype};
 
 trait Num: Real {
@@ -161,6 +163,10 @@ fn variants(m: equikern_core::ConnectionMode) -> Vec<(bool, bool)> {
 }
 
 fn every_mode<T: Num>(batches: &[usize], max_paths: usize) {
+    every_mode_with::<T>(batches, max_paths, CudaOptions::default())
+}
+
+fn every_mode_with<T: Num>(batches: &[usize], max_paths: usize, opts: CudaOptions) {
     let Some(dev) = device() else { return };
     let mut n = 0;
     for m in MODES {
@@ -168,7 +174,8 @@ fn every_mode<T: Num>(batches: &[usize], max_paths: usize) {
             let tp = mode_spec(m, weighted, shared, max_paths);
             let label = format!("{m:?} weighted={weighted} shared={shared}");
             let ctp = CudaTensorProduct::new(&dev, &tp, T::DTYPE)
-                .unwrap_or_else(|e| panic!("{label}: {e}"));
+                .unwrap_or_else(|e| panic!("{label}: {e}"))
+                .with_options(opts);
             for &b in batches {
                 check_all::<T>(&dev, &ctp, &tp, b, &label);
                 n += 1;
@@ -186,6 +193,25 @@ fn small_corpus_f32() {
 #[test]
 fn every_mode_f32() {
     every_mode::<f32>(&[1, 7, 1000], 6);
+}
+
+const STAGED: CudaOptions = CudaOptions {
+    staged_stores: true,
+};
+
+#[test]
+fn small_corpus_staged_f32() {
+    every_mode_with::<f32>(&[1, 7], 3, STAGED);
+}
+
+#[test]
+fn every_mode_staged_f32() {
+    every_mode_with::<f32>(&[1, 7, 1000], 6, STAGED);
+}
+
+#[test]
+fn every_mode_staged_f64() {
+    every_mode_with::<f64>(&[1, 7, 333], 6, STAGED);
 }
 
 #[test]
@@ -349,6 +375,10 @@ fn paper_suite_f32_small_batch() {
             );
         }
         check_all::<f32>(&dev, &ctp, &tp, 3, &label);
+        let staged = CudaTensorProduct::new(&dev, &tp, Dtype::F32)
+            .unwrap()
+            .with_options(STAGED);
+        check_all::<f32>(&dev, &staged, &tp, 5, &format!("{label} staged"));
     }
 }
 
@@ -364,13 +394,20 @@ fn bench_paper_suite() {
         dev.arch()
     );
     for (label, tp) in paper_suite() {
-        let ctp = CudaTensorProduct::new(&dev, &tp, Dtype::F32).unwrap();
+        let plain = CudaTensorProduct::new(&dev, &tp, Dtype::F32).unwrap();
+        let staged = CudaTensorProduct::new(&dev, &tp, Dtype::F32)
+            .unwrap()
+            .with_options(STAGED);
         let mut line = format!("{label:24}");
-        for d in [Direction::Forward, Direction::Backward] {
+        for (d, ctp, name) in [
+            (Direction::Forward, &plain, "fwd"),
+            (Direction::Forward, &staged, "fwd-staged"),
+            (Direction::Backward, &plain, "bwd"),
+        ] {
             let c = ctp.prepare(d).unwrap();
             let t = ctp.time::<f32>(d, batch, 5, 30).unwrap();
             line += &format!(
-                "  {d:?} {:8.3} ms (min {:.3}, compile {:.0} ms {:?})",
+                "  {name} {:8.3} ms (min {:.3}, compile {:.0} ms {:?})",
                 t.median_ms, t.min_ms, c.total_ms, c.level
             );
         }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use equikern_emit::cuda::emit_hip;
+use equikern_emit::cuda::{emit_hip, emit_with, CudaOptions, Target};
 use equikern_plan::{Capabilities, Direction, Dtype};
 use std::path::Path;
 use std::process::Command;
@@ -102,6 +102,14 @@ fn paper_suite_hip_compiles_for_gfx90a() {
                 format!("{label}-{d:?}-{dt:?}").replace(['=', '.'], "_"),
                 src,
             ));
+            if d == Direction::Forward {
+                let staged = CudaOptions {
+                    staged_stores: true,
+                };
+                let src = emit_with(&plan, Target::Hip, staged).unwrap().source;
+                assert!(src.contains("ek_stage"));
+                jobs.push((format!("{label}-staged").replace(['=', '.'], "_"), src));
+            }
         }
     }
     // Two compilers at a time (the CI machine has two cores).

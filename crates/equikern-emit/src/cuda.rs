@@ -53,17 +53,34 @@ pub struct EmittedCuda {
     pub kernels: Vec<CudaKernel>,
 }
 
+/// How stores are printed (the plan's results are identical either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CudaOptions {
+    /// Where a per-sample row kernel's rows tile its single output in order, a block's
+    /// results form one contiguous range: stage them in shared memory and store them
+    /// coalesced (rows are 1..2l+1 elements wide, so direct stores are strided).
+    pub staged_stores: bool,
+}
+
 /// CUDA C++ for NVRTC (or nvcc).
 pub fn emit_cuda(plan: &KernelPlan) -> Result<EmittedCuda, EmitError> {
-    emit(plan, Target::Cuda)
+    emit_with(plan, Target::Cuda, CudaOptions::default())
 }
 
 /// HIP C++ for hipRTC (offline clang adds `-include hip/hip_runtime.h`).
 pub fn emit_hip(plan: &KernelPlan) -> Result<EmittedCuda, EmitError> {
-    emit(plan, Target::Hip)
+    emit_with(plan, Target::Hip, CudaOptions::default())
 }
 
 pub fn emit(plan: &KernelPlan, target: Target) -> Result<EmittedCuda, EmitError> {
+    emit_with(plan, target, CudaOptions::default())
+}
+
+pub fn emit_with(
+    plan: &KernelPlan,
+    target: Target,
+    opts: CudaOptions,
+) -> Result<EmittedCuda, EmitError> {
     let mut src = String::new();
     let real = real_type(plan.dtype);
     let _ = writeln!(
@@ -84,7 +101,12 @@ pub fn emit(plan: &KernelPlan, target: Target) -> Result<EmittedCuda, EmitError>
     let mut kernels = Vec::with_capacity(plan.kernels.len());
     for k in &plan.kernels {
         check_kernel(plan, k)?;
-        kernels.push(print_kernel(&mut src, plan, k)?);
+        let staged = if opts.staged_stores {
+            staged_width(plan, k)
+        } else {
+            None
+        };
+        kernels.push(print_kernel(&mut src, plan, k, staged)?);
     }
     Ok(EmittedCuda {
         target,
@@ -221,7 +243,13 @@ fn check_kernel(plan: &KernelPlan, k: &Kernel) -> Result<(), EmitError> {
                     return Err(bad("zero samples per chunk".into()));
                 }
             }
+            let mut next_row = 0u32;
             for s in segments {
+                // Printed as an ascending `row < end` chain.
+                if s.first_row < next_row {
+                    return Err(bad("segments overlap or are out of order".into()));
+                }
+                next_row = s.first_row.saturating_add(s.rows);
                 if !k.outputs.contains(&s.out) {
                     return Err(bad(format!("segment output {:?} is not bound", s.out)));
                 }
@@ -297,7 +325,43 @@ fn print_signature(src: &mut String, plan: &KernelPlan, k: &Kernel, last: &str) 
     params
 }
 
-fn print_kernel(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Result<CudaKernel, EmitError> {
+/// Widest row if `k` qualifies for staged stores: per-sample rows that tile its one output in
+/// order, with the staging buffer within the target's shared memory (and 48 KiB static).
+fn staged_width(plan: &KernelPlan, k: &Kernel) -> Option<u32> {
+    let Work::Rows {
+        sample_mode: SampleMode::PerSample,
+        rows_per_sample,
+        segments,
+    } = &k.work
+    else {
+        return None;
+    };
+    let [out] = k.outputs[..] else { return None };
+    let len = plan.dims.per_sample_len(out);
+    let (mut off, mut row, mut width) = (0u64, 0u32, 0u32);
+    for s in segments.iter().filter(|s| s.rows > 0) {
+        if s.out != out || s.out_offset as u64 != off || s.first_row != row {
+            return None;
+        }
+        off += s.rows as u64 * s.row_len as u64;
+        row = row.checked_add(s.rows)?;
+        width = width.max(s.row_len);
+    }
+    let es = match plan.dtype {
+        Dtype::F32 => 4,
+        Dtype::F64 => 8,
+    };
+    let bytes = k.workgroup_size as u64 * width as u64 * es + 16;
+    let fits = bytes <= (plan.caps.workgroup_memory_bytes as u64).min(48 << 10);
+    (len > 0 && off == len as u64 && row == *rows_per_sample && width > 0 && fits).then_some(width)
+}
+
+fn print_kernel(
+    src: &mut String,
+    plan: &KernelPlan,
+    k: &Kernel,
+    staged: Option<u32>,
+) -> Result<CudaKernel, EmitError> {
     let real = real_type(plan.dtype);
     let params = match &k.work {
         Work::ReduceChunks { input, output, len } => {
@@ -329,6 +393,14 @@ fn print_kernel(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Result<CudaK
                     params: p,
                 });
             }
+            if let Some(width) = staged {
+                print_staged_rows(src, plan, k, segments, rps, width);
+                return Ok(CudaKernel {
+                    name: k.name.clone(),
+                    block_dim: k.workgroup_size,
+                    params: p,
+                });
+            }
             let item = match sample_mode {
                 SampleMode::PerSample => "sample",
                 SampleMode::Chunk { .. } => "chunk",
@@ -354,7 +426,7 @@ fn print_kernel(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Result<CudaK
                 }
             }
             for s in segments {
-                print_segment(src, plan, s, sample_mode);
+                print_segment(src, plan, s, sample_mode, None);
             }
             src.push_str("}\n\n");
             p
@@ -379,14 +451,85 @@ fn base_expr(plan: &KernelPlan, t: Tensor, addressing: Addressing) -> String {
     }
 }
 
-fn print_segment(src: &mut String, plan: &KernelPlan, s: &Segment, mode: &SampleMode) {
+/// A per-sample row kernel whose block results are one contiguous range of its output:
+/// compute into registers, stage in shared memory, store coalesced.
+fn print_staged_rows(
+    src: &mut String,
+    plan: &KernelPlan,
+    k: &Kernel,
+    segments: &[Segment],
+    rps: u32,
+    width: u32,
+) {
+    let real = real_type(plan.dtype);
+    let zero = literal(0.0, plan.dtype);
+    let wg = k.workgroup_size;
+    let out = tensor_name(k.outputs[0]);
+    let _ = writeln!(src, "    __shared__ {real} ek_stage[{}];", wg * width);
+    src.push_str("    __shared__ unsigned long long ek_lo, ek_hi;\n");
+    // A block past the end (2-D grid padding) is dead as a whole: leave before any barrier.
+    let _ = writeln!(
+        src,
+        "    if ((g - threadIdx.x) / {rps}u >= num_samples) return;"
+    );
+    let _ = writeln!(src, "    const unsigned int sample = g / {rps}u;");
+    let _ = writeln!(src, "    const unsigned int row = g - sample * {rps}u;");
+    src.push_str("    const bool live = sample < num_samples;\n");
+    src.push_str("    unsigned long long e = 0ull;\n    unsigned int n_out = 0u;\n");
+    for j in 0..width {
+        let _ = writeln!(src, "    {real} out{j} = {zero};");
+    }
+    src.push_str("    if (live) {\n");
+    let mut first = true;
+    for s in segments.iter().filter(|s| s.rows > 0) {
+        print_segment(src, plan, s, &SampleMode::PerSample, Some(first));
+        first = false;
+    }
+    src.push_str("    }\n");
+    src.push_str("    if (threadIdx.x == 0u) ek_lo = e;\n");
+    let _ = writeln!(
+        src,
+        "    if (live && (threadIdx.x == {}u || (sample + 1u == num_samples && row == {}u))) ek_hi = e + n_out;",
+        wg - 1,
+        rps - 1
+    );
+    src.push_str("    __syncthreads();\n    const unsigned long long lo = ek_lo;\n");
+    src.push_str("    if (live) {\n        const unsigned int b = (unsigned int)(e - lo);\n");
+    for j in 0..width {
+        let _ = writeln!(
+            src,
+            "        if ({j}u < n_out) ek_stage[b + {j}u] = out{j};"
+        );
+    }
+    src.push_str("    }\n    __syncthreads();\n");
+    src.push_str("    const unsigned int total = (unsigned int)(ek_hi - lo);\n");
+    let _ = writeln!(
+        src,
+        "    for (unsigned int i = threadIdx.x; i < total; i += {wg}u) {out}[lo + i] = ek_stage[i];\n}}\n"
+    );
+}
+
+/// `staged`: `None` prints a store-and-return tail; `Some(first)` prints an `if`/`else if`
+/// arm that leaves the row in `out*`, `e` and `n_out` for [`print_staged_rows`].
+fn print_segment(
+    src: &mut String,
+    plan: &KernelPlan,
+    s: &Segment,
+    mode: &SampleMode,
+    staged: Option<bool>,
+) {
     if s.rows == 0 {
         return;
     }
     let real = real_type(plan.dtype);
     let zero = literal(0.0, plan.dtype);
     let end = s.first_row + s.rows;
-    let _ = writeln!(src, "    if (row < {end}u) {{");
+    let kw = if staged == Some(false) {
+        "else if"
+    } else {
+        "if"
+    };
+    let _ = writeln!(src, "    {kw} (row < {end}u) {{");
     let _ = writeln!(
         src,
         "        // {:?}[{}..] rows {}..{end}",
@@ -420,6 +563,20 @@ fn print_segment(src: &mut String, plan: &KernelPlan, s: &Segment, mode: &Sample
     }
     if let SampleMode::Chunk { .. } = mode {
         let _ = writeln!(src, "        }}");
+    }
+    if staged.is_some() {
+        let len = plan.dims.per_sample_len(s.out);
+        let _ = writeln!(
+            src,
+            "        e = (unsigned long long)sample * {len}u + ({}u + r * {}u);",
+            s.out_offset, s.row_len
+        );
+        let _ = writeln!(src, "        n_out = {}u;", s.row_len);
+        for j in 0..s.row_len {
+            let _ = writeln!(src, "        out{j} = acc{j};");
+        }
+        let _ = writeln!(src, "    }}");
+        return;
     }
     let out = tensor_name(s.out);
     let dst = match (mode, s.out) {
@@ -680,6 +837,22 @@ mod tests {
         assert_eq!(c.kernels, h.kernels);
         let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
         assert_eq!(body(&c.source), body(&h.source));
+    }
+
+    #[test]
+    fn staged_stores_only_where_rows_tile_one_output() {
+        let p = tiny_plan(Dtype::F32);
+        let opts = CudaOptions {
+            staged_stores: true,
+        };
+        let e = emit_with(&p, Target::Cuda, opts).unwrap();
+        // The forward kernel tiles z; the chunk kernel (Chunk mode) and reduction do not stage.
+        assert_eq!(
+            e.source.matches("__shared__ float ek_stage[128]").count(),
+            1
+        );
+        assert!(e.source.contains("__syncthreads();"));
+        assert_eq!(e.kernels, emit_cuda(&p).unwrap().kernels);
     }
 
     #[test]
