@@ -4,6 +4,69 @@
 //! plain data (printable, hashable, comparable) that the WGSL and CUDA/HIP writers only print
 //! and the runtimes only execute. Target differences enter only through [`Capabilities`].
 //!
+//! ## The model: one trilinear form, gathered per output row
+//! Every instruction is a set of index tuples `(x_row, y_row, z_row, w_idx)` fixed by its
+//! connection mode (`m1, m2, mo` multiplicities; `w_idx` within the instruction's weight slice):
+//!
+//! | mode | tuples |
+//! |---|---|
+//! | uvw | `(u, v, w, (u·m2+v)·mo+w)` |
+//! | uvu / uvv | `(u, v, u, u·m2+v)` / `(u, v, v, u·m2+v)` |
+//! | uuw / uuu | `(u, u, w, u·mo+w)` / `(u, u, u, u)` |
+//! | uvuv | `(u, v, u·m2+v, u·m2+v)` |
+//! | uvu<v / u<vw | `(u_q, v_q, q, q)` / `(u_q, v_q, w, q·mo+w)`, q-th pair of triu(m, 1) |
+//!
+//! and for each CG nonzero `(i, j, k, c)`: `z[z_row, k] += coef·c·W[w_idx]·x[x_row, i]·y[y_row, j]`
+//! (`W ≡ 1` when unweighted). Every pass is this form with one slot as output: forward writes
+//! z; backward writes x (operands gz, y, w), y (x, gz, w) and w (x, y, gz); double backward
+//! writes z from three operand sets (`F(hx,y,w) + F(x,hy,w) + F(x,y,hw)`) and x, y, w from two
+//! each. A row kernel *gathers*: for output row `r`, [`Contribution::count`] is the number of
+//! tuples with that row and each operand's row is an [`Ix`] of `(r, t)`, a closed form where
+//! one is simple (e.g. `q(u, v) = u·m − u(u+1)/2 + v − u − 1`), an [`Ix::Table`] otherwise
+//! (`u_q`, `v_q` from `q`). Terms carry `coef·c` (zero coefficients dropped) and component
+//! indices: out=z `(i, j[, 0])` → k; out=x `(k, j[, 0])` → i; out=y `(i, k[, 0])` → j;
+//! out=w `(i, j, k)` → 0. The weight operand, when present, is the contribution's
+//! `scalar_factor`.
+//!
+//! Segments: one per output block in irreps order (zero-multiplicity blocks skipped), every
+//! block present even if no instruction writes it (no contributions: the row is written as
+//! zeros); weight gradients get one segment per weighted instruction (rows = ∏ path_shape,
+//! row_len 1, `out_offset` = weight offset). Rows of one sample are consecutive invocations,
+//! so a workgroup touches one or two samples' contiguous memory.
+//!
+//! ## Kernels per direction
+//! * Forward: `forward` `[X, Y, W] → [Z]`.
+//! * Backward, per-sample weights: `backward` `[X, Y, W, GZ] → [GX, GY, GW]`. Shared weights:
+//!   `backward_xy` `→ [GX, GY]`; `backward_w_chunks` ([`SampleMode::Chunk`]) `→ [WPartial]`;
+//!   `reduce_gw` ([`Work::ReduceChunks`]) `→ [GW]`, chunks in ascending order (deterministic).
+//! * DoubleBackward: `double_backward_dgz` `→ [DGZ]`; `double_backward_dxdydw`
+//!   `→ [DX, DY, DW]` (per-sample) or `double_backward_dxdy` + `double_backward_dw_chunks` + `reduce_dw`.
+//! * Unweighted products (weight_numel 0) drop every W/HW/GW/DW part.
+//!
+//! A kernel binds exactly the tensors its contributions read (in [`Tensor`] order), then its
+//! outputs. If `inputs + outputs` exceeds `caps.max_storage_buffers_per_stage` the kernel's
+//! output tensors are packed in order, greedily, into kernels that fit (named
+//! `<kernel>_<tensors>`, e.g. `double_backward_dxdydw_dxdy` and `…_dw` with 9 bindings, one
+//! per output with WebGPU's 8); if one output alone still needs more, lowering fails with
+//! [`PlanError::TooManyBindings`] (DGZ needs 7).
+//! [`Ix::Table`]s are compile-time constants (`plan.tables`), not bindings.
+//!
+//! Chunk size (shared-weight gradients): `clamp(next_pow2(weight_numel) / 4, 16, 256)`
+//! samples: large weight vectors already give many rows per chunk, so they take long chunks
+//! (fewer partial sums, smaller `WPartial`); at batch 5·10^4 every suite problem still has
+//! over 10^5 invocations. Halved until one chunk fits a dispatch.
+//!
+//! Workgroup size: `min(128, max_invocations_per_workgroup, max_workgroup_size_x)`, rounded
+//! down to a multiple of `subgroup_size` when known.
+//!
+//! `max_samples_per_dispatch` is the largest `n` such that, for every row kernel, each
+//! per-sample tensor it binds fits one binding (`n·len·elem ≤ max_storage_binding_bytes`, else
+//! [`PlanError::BindingTooSmall`] at `n = 1`), the dispatch's `WPartial` rows fit one binding,
+//! the grid of [`Kernel::grid`] fits `max_workgroups_per_dim` in both dimensions and every
+//! invocation and element index (plus a small base-offset margin) fits in `u32`; it is a
+//! multiple of the chunk size when a chunk kernel exists. [`KernelPlan::max_batch`] bounds the
+//! whole batch when a reduction must bind all of `WPartial` at once.
+//!
 //! ## Execution model every backend implements
 //! A plan is a sequence of [`Kernel`]s run in order. A `Rows` kernel owns a *row space* per
 //! sample: the concatenation of its [`Segment`]s. One invocation (thread) computes one
@@ -21,7 +84,25 @@
 //! `sample = g / rows_per_sample`, `row = g % rows_per_sample` within the current dispatch, and
 //! invocations with `sample >= num_samples` (of that dispatch) do nothing. Runtimes split a batch
 //! into dispatches of at most [`KernelPlan::max_samples_per_dispatch`] samples and rebase the
-//! bindings for each.
+//! bindings for each. A chunk kernel's dispatch starts at a multiple of the chunk size; chunk
+//! `c` (global) covers samples `[c·spc, min((c+1)·spc, batch))` and writes `WPartial[c, ·]`;
+//! the reduction sums `num_chunks = ceil(batch / spc)` chunks.
+//!
+//! [`interpret`] executes a plan on the CPU exactly this way (see [`interp`]).
+//!
+//! ## Performance notes (ideas, not implemented)
+//! * Long gathers: a gradient row of a mul-1 `y` block sums over every `u` of every path
+//!   into it (MACE backward: 4 GY rows per sample, each ~17 paths × 128 iterations, next to
+//!   2 000+ one-iteration rows). Split such rows into k sub-rows over ranges of `t`, combined
+//!   in a fixed order (subgroup or workgroup reduction), or give them their own kernel.
+//! * Operand reuse: consecutive rows of a uvu/uvw segment read the same `y` (or `x`) rows;
+//!   staging a sample's operand blocks in workgroup memory would cut global loads.
+//! * uvw is a small matrix product per sample (`(x⊗y)[u,v,k] · W[uv, w]`); a tiled variant
+//!   (CG contraction once per `(u, v)`, then the weight contraction) saves the repeated CG work.
+//! * Weight-gradient rows (row_len 1) reload x, y and gz rows per weight; several weights per
+//!   invocation, or the `(u, v)` outer product staged once, would amortise that.
+//! * Contributions of different paths with equal operand rows (same `x`, `y` blocks into
+//!   several outputs) could share loads if their segments were fused.
 
 pub mod caps;
 mod display;
@@ -306,8 +387,8 @@ impl Kernel {
     /// `y = ceil(G / x)` with `G = ceil(invocations / workgroup_size)`. Every runtime uses
     /// this shape; invocations past the end exit early.
     pub fn grid(&self, invocations: u64, max_workgroups_per_dim: u32) -> [u32; 2] {
-        let g = invocations.div_ceil(self.workgroup_size as u64);
-        if g == 0 {
+        let g = invocations.div_ceil(self.workgroup_size.max(1) as u64);
+        if g == 0 || max_workgroups_per_dim == 0 {
             return [0, 0];
         }
         let x = g.min(max_workgroups_per_dim as u64);

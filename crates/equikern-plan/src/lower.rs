@@ -19,7 +19,7 @@ pub(crate) enum Slot {
     W,
 }
 
-/// Which tensor fills each slot for one contribution (`None`: slot unused or the output).
+/// Which tensor fills each slot for one contribution (the output slot names the output).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Binding {
     pub x: Tensor,
@@ -212,7 +212,7 @@ pub(crate) fn gather(p: &Path, out: Slot, tables: &mut Tables) -> Gather {
         // (u_q, v_q, w, q*mo+w)
         (ULtVw, S::Z) => {
             let (tu, tv) = tables.triu(m1);
-            let np = m1 * m1.saturating_sub(1) / 2;
+            let np = (m1 as u64 * m1.saturating_sub(1) as u64 / 2) as u32;
             g(
                 C(np),
                 Ix::Table(tu, Box::new(T)),
@@ -639,16 +639,33 @@ pub fn lower(
             kernels.push(k);
             continue;
         }
-        // Too many bindings: one kernel per output tensor.
-        for g in spec.groups {
-            let name = format!("{}_{}", spec.name, format!("{:?}", g.tensor).to_lowercase());
-            let one = KSpec {
-                name,
+        // Too many bindings: pack output tensors, in order, greedily into kernels that fit.
+        let named = |groups: Vec<OutGroup>| {
+            let tag: String = groups
+                .iter()
+                .map(|g| format!("{:?}", g.tensor).to_lowercase())
+                .collect();
+            KSpec {
+                name: format!("{}_{tag}", spec.name),
                 mode: spec.mode,
-                groups: vec![g],
-            };
-            kernels.push(build_kernel(tp, &one, &dims, wg, &mut tables)?);
+                groups,
+            }
+        };
+        let mut cur: Vec<OutGroup> = vec![];
+        for g in spec.groups {
+            let mut trial = cur.clone();
+            trial.push(g.clone());
+            let k = build_kernel(tp, &named(trial.clone()), &dims, wg, &mut tables)?;
+            if cur.is_empty()
+                || (k.inputs.len() + k.outputs.len()) as u32 <= caps.max_storage_buffers_per_stage
+            {
+                cur = trial;
+            } else {
+                kernels.push(build_kernel(tp, &named(cur), &dims, wg, &mut tables)?);
+                cur = vec![g];
+            }
         }
+        kernels.push(build_kernel(tp, &named(cur), &dims, wg, &mut tables)?);
     }
     for k in &kernels {
         let bound = (k.inputs.len() + k.outputs.len()) as u32;
@@ -716,6 +733,9 @@ pub fn lower(
     }
 }
 
+/// Elements kept free below `u32::MAX` for runtimes' binding base offsets (alignment rest).
+const INDEX_MARGIN: u64 = 1 << 16;
+
 const CHUNK_TOO_BIG: &str = "not even one chunk of samples fits one dispatch";
 
 /// Largest per-dispatch sample count that every kernel's bindings, grid and u32 indices allow
@@ -755,7 +775,7 @@ fn max_samples(plan: &KernelPlan) -> Result<u32, PlanError> {
             }
             n_max = n_max
                 .min(caps.max_storage_binding_bytes / bytes)
-                .min(u32::MAX as u64 / len);
+                .min((u32::MAX as u64 - INDEX_MARGIN) / len);
         }
         if *rows_per_sample == 0 {
             continue;
@@ -791,4 +811,124 @@ fn max_samples(plan: &KernelPlan) -> Result<u32, PlanError> {
         return Err(PlanError::TooLarge(CHUNK_TOO_BIG));
     }
     Ok(n.min(u32::MAX as u64) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use equikern_core::Instruction;
+
+    fn path(mode: ConnectionMode, m1: usize, m2: usize, mo: usize) -> Path {
+        Path {
+            instruction: Instruction::new(0, 0, 0, mode, true),
+            l1: 0,
+            l2: 0,
+            lo: 0,
+            m1,
+            m2,
+            mo,
+            in1_offset: 0,
+            in2_offset: 0,
+            out_offset: 0,
+            path_shape: mode.path_shape(m1, m2, mo),
+            coefficient: 1.0,
+            weight_offset: Some(0),
+            cg: vec![(0, 0, 0, 1.0)],
+        }
+    }
+
+    /// The tuples straight from the modes table.
+    fn tuples(p: &Path) -> Vec<[u32; 4]> {
+        use ConnectionMode::*;
+        let (m1, m2, mo) = (p.m1 as u32, p.m2 as u32, p.mo as u32);
+        let pairs: Vec<(u32, u32)> = (0..m1)
+            .flat_map(|u| (u + 1..m1).map(move |v| (u, v)))
+            .collect();
+        let mut out = vec![];
+        for u in 0..m1 {
+            for v in 0..m2 {
+                for w in 0..mo {
+                    match p.instruction.mode {
+                        Uvw => out.push([u, v, w, (u * m2 + v) * mo + w]),
+                        Uvu if w == 0 => out.push([u, v, u, u * m2 + v]),
+                        Uvv if w == 0 => out.push([u, v, v, u * m2 + v]),
+                        Uuw if v == 0 => out.push([u, u, w, u * mo + w]),
+                        Uuu if v == 0 && w == 0 => out.push([u, u, u, u]),
+                        Uvuv if w == 0 => out.push([u, v, u * m2 + v, u * m2 + v]),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for (q, &(u, v)) in pairs.iter().enumerate() {
+            let q = q as u32;
+            match p.instruction.mode {
+                UvuLtV => out.push([u, v, q, q]),
+                ULtVw => (0..mo).for_each(|w| out.push([u, v, w, q * mo + w])),
+                _ => {}
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Gathering over every row of every slot visits each tuple exactly once.
+    #[test]
+    fn gathers_enumerate_the_tuples() {
+        use ConnectionMode::*;
+        let mut cases = vec![];
+        for m1 in 1..5 {
+            for m2 in 1..4 {
+                for mo in 1..4 {
+                    cases.push((Uvw, m1, m2, mo));
+                    cases.push((Uvu, m1, m2, m1));
+                    cases.push((Uvv, m1, m2, m2));
+                    cases.push((Uuw, m1, m1, mo));
+                    cases.push((Uuu, m1, m1, m1));
+                    cases.push((Uvuv, m1, m2, m1 * m2));
+                    cases.push((ULtVw, m1, m1, mo));
+                }
+            }
+            if m1 > 1 {
+                cases.push((UvuLtV, m1, m1, m1 * (m1 - 1) / 2));
+            }
+        }
+        for (mode, m1, m2, mo) in cases {
+            let p = path(mode, m1, m2, mo);
+            let want = tuples(&p);
+            for (si, slot) in [Slot::X, Slot::Y, Slot::Z, Slot::W].into_iter().enumerate() {
+                let mut tables = Tables::default();
+                let g = gather(&p, slot, &mut tables);
+                let tb = &tables.0;
+                let mut got = vec![];
+                for r in 0..slot_rows(&p, slot) {
+                    for t in 0..g.count.eval(r, 0, tb) {
+                        let ev = |e: &Ix| e.try_eval(r, t, tb).expect("in range");
+                        let mut tup = [ev(&g.x), ev(&g.y), ev(&g.z), ev(&g.w)];
+                        tup[si] = r;
+                        got.push(tup);
+                    }
+                }
+                got.sort();
+                assert_eq!(got, want, "{mode:?} m=({m1},{m2},{mo}) slot {slot:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ix_simplify_and_print() {
+        let e = Ix::add(
+            Ix::mul(Ix::div(Ix::T, Ix::C(1)), Ix::C(3)),
+            Ix::rem(Ix::R, Ix::C(1)),
+        );
+        assert_eq!(e.to_string(), "t * 3");
+        let e = Ix::Div(Box::new(Ix::T), Box::new(Ix::C(4)));
+        assert_eq!(e.simplify(9, 3, None, &[]), Ix::C(0));
+        let e = Ix::Sub(
+            Box::new(Ix::R),
+            Box::new(Ix::Add(Box::new(Ix::T), Box::new(Ix::C(1)))),
+        );
+        assert_eq!(e.to_string(), "r - (t + 1)");
+        assert_eq!(e.try_eval(0, 0, &[]), None);
+    }
 }
