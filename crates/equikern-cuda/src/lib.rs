@@ -6,6 +6,10 @@
 //!   device-buffer ([`CudaSlice`]) entry points; batch splitting; deterministic shared-weight
 //!   gradients through the plan's chunk + reduce kernels.
 //!
+//! Modules are cubins compiled by NVRTC for the device's `sm_XY`, cached per device in memory
+//! and on disk in `$EQUIKERN_CACHE_DIR` (default `~/.cache/equikern/cuda/`), keyed by plan hash,
+//! dtype, arch, emitter version and source hash. Measurements: `PERF.md` beside this crate.
+//!
 //! libcuda and libnvrtc are loaded at run time: on a machine without them every constructor
 //! returns [`CudaError::NotAvailable`] (never a panic), so the workspace builds and tests
 //! everywhere.
