@@ -90,3 +90,27 @@ impl Real for f32 {
 impl Real for f64 {
     const DTYPE: Dtype = Dtype::F64;
 }
+
+#[cfg(test)]
+mod tests {
+    /// The facade shares devices and tensor products across threads.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::CudaDevice>();
+        check::<crate::CudaTensorProduct>();
+        check::<crate::CudaError>();
+    }
+
+    /// Without libcuda (CI, this machine) construction is a clean error, never a panic.
+    #[test]
+    fn no_gpu_is_an_error_not_a_panic() {
+        match crate::CudaDevice::new(0) {
+            Ok(d) => println!("CUDA device present: {}", d.name()),
+            Err(e) => {
+                assert!(matches!(e, crate::CudaError::NotAvailable(_)), "{e}");
+                assert!(e.to_string().starts_with("CUDA not available"));
+            }
+        }
+    }
+}
