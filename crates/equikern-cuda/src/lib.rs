@@ -16,7 +16,7 @@
 
 mod compile;
 mod device;
-mod exec;
+pub mod exec;
 mod timing;
 mod tp;
 
