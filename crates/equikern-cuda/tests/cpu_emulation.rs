@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use equikern_core::{oracle, ConnectionMode, TensorProduct};
 use equikern_cuda::exec::{schedule, wpartial_len};
-use equikern_emit::cuda::{emit_cuda, EmittedCuda, Param};
+use equikern_emit::cuda::{emit_with, CudaOptions, EmittedCuda, Param, Target};
 use equikern_plan::{Capabilities, Direction, Dtype, KernelPlan, Tensor};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -135,6 +135,7 @@ struct Case {
     dtype: Dtype,
     /// Force dispatches of this many chunks (or 16-sample blocks) to exercise splitting.
     split: bool,
+    opts: CudaOptions,
     label: String,
 }
 
@@ -150,7 +151,7 @@ fn plans(c: &Case) -> Vec<(KernelPlan, EmittedCuda)> {
         if c.split {
             p.max_samples_per_dispatch = p.chunk_size().unwrap_or(16) * 2;
         }
-        let e = emit_cuda(&p).unwrap();
+        let e = emit_with(&p, Target::Cuda, c.opts).unwrap();
         (p, e)
     })
     .collect()
@@ -256,14 +257,19 @@ fn cuda_text_runs_on_cpu_and_matches_oracle() {
             if !weighted && m.requires_weight() {
                 continue;
             }
-            let label = format!("{m:?} weighted={weighted} shared={shared}");
             let tp = mode_spec(m, weighted, shared, 4);
-            cases.push(Case {
-                tp,
-                dtype: Dtype::F64,
-                split: false,
-                label,
-            });
+            for segment_tree in [false, true] {
+                cases.push(Case {
+                    tp: tp.clone(),
+                    dtype: Dtype::F64,
+                    split: false,
+                    opts: CudaOptions {
+                        segment_tree,
+                        ..Default::default()
+                    },
+                    label: format!("{m:?} weighted={weighted} shared={shared} tree={segment_tree}"),
+                });
+            }
         }
     }
     for (m, shared) in [
@@ -276,13 +282,18 @@ fn cuda_text_runs_on_cpu_and_matches_oracle() {
             tp: tp.clone(),
             dtype: Dtype::F32,
             split: false,
+            opts: CudaOptions::default(),
             label: format!("{m:?} shared={shared} f32"),
         });
         cases.push(Case {
             tp,
             dtype: Dtype::F64,
             split: true,
-            label: format!("{m:?} shared={shared} split"),
+            opts: CudaOptions {
+                segment_tree: true,
+                ..Default::default()
+            },
+            label: format!("{m:?} shared={shared} split tree"),
         });
     }
     let dir = std::env::temp_dir().join(format!("equikern-cpu-emu-{}", std::process::id()));

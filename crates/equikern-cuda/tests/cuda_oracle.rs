@@ -197,11 +197,22 @@ fn every_mode_f32() {
 
 const STAGED: CudaOptions = CudaOptions {
     staged_stores: true,
+    segment_tree: false,
 };
 
 #[test]
 fn small_corpus_staged_f32() {
     every_mode_with::<f32>(&[1, 7], 3, STAGED);
+}
+
+const TREE: CudaOptions = CudaOptions {
+    staged_stores: false,
+    segment_tree: true,
+};
+
+#[test]
+fn every_mode_tree_f64() {
+    every_mode_with::<f64>(&[1, 7, 333], 6, TREE);
 }
 
 #[test]
@@ -379,6 +390,10 @@ fn paper_suite_f32_small_batch() {
             .unwrap()
             .with_options(STAGED);
         check_all::<f32>(&dev, &staged, &tp, 5, &format!("{label} staged"));
+        let tree = CudaTensorProduct::new(&dev, &tp, Dtype::F32)
+            .unwrap()
+            .with_options(TREE);
+        check_all::<f32>(&dev, &tree, &tp, 5, &format!("{label} tree"));
     }
 }
 
@@ -398,11 +413,15 @@ fn bench_paper_suite() {
         let staged = CudaTensorProduct::new(&dev, &tp, Dtype::F32)
             .unwrap()
             .with_options(STAGED);
+        let tree = CudaTensorProduct::new(&dev, &tp, Dtype::F32)
+            .unwrap()
+            .with_options(TREE);
         let mut line = format!("{label:24}");
         for (d, ctp, name) in [
             (Direction::Forward, &plain, "fwd"),
             (Direction::Forward, &staged, "fwd-staged"),
             (Direction::Backward, &plain, "bwd"),
+            (Direction::Backward, &tree, "bwd-tree"),
         ] {
             let c = ctp.prepare(d).unwrap();
             let t = ctp.time::<f32>(d, batch, 5, 30).unwrap();
