@@ -9,6 +9,34 @@ use oracle_common::*;
 use rand::Rng;
 use std::time::Instant;
 
+/// Process CPU time (user, system; all threads) in seconds, from /proc (Linux only), so that
+/// timings on a shared, loaded machine can be read next to the wall time.
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // After the command come state (not numeric, dropped), ppid, …: utime and stime (fields
+    // 14 and 15 of stat(5)) land at indices 10 and 11.
+    let tick = |i: usize| f.get(i).copied().unwrap_or(0.0) / 100.0;
+    (tick(10), tick(11))
+}
+
+fn timed<R>(what: &str, f: impl FnOnce() -> R) -> R {
+    let (t, c) = (Instant::now(), cpu_seconds());
+    let r = f();
+    let c2 = cpu_seconds();
+    eprintln!(
+        "{what}: wall {:.2} s, cpu user {:.2} s + sys {:.2} s",
+        t.elapsed().as_secs_f64(),
+        c2.0 - c.0,
+        c2.1 - c.1
+    );
+    r
+}
+
 #[test]
 #[ignore]
 fn mace_large_forward_time() {
@@ -33,42 +61,37 @@ fn mace_large_forward_time() {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    eprintln!("{threads} threads available");
     {
         let o = Oracle::<f32>::new(&tp).unwrap();
-        let t = Instant::now();
-        let z = o.forward(batch, &x, &y, &w).unwrap();
-        eprintln!(
-            "{label} f32 forward batch {batch}: {:.2} s ({threads} threads)",
-            t.elapsed().as_secs_f64()
-        );
+        let z = timed(&format!("{label} f32 forward batch {batch}"), || {
+            o.forward(batch, &x, &y, &w).unwrap()
+        });
         assert_eq!(z.len(), batch * tp.dim_out);
     }
     let up = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
     let (x, y, w) = (up(&x), up(&y), up(&w));
     let o = Oracle::<f64>::new(&tp).unwrap();
-    let t = Instant::now();
-    let z = o.forward(batch, &x, &y, &w).unwrap();
-    eprintln!(
-        "{label} f64 forward batch {batch}: {:.2} s ({threads} threads)",
-        t.elapsed().as_secs_f64()
+    let mut z = timed(&format!("{label} f64 forward batch {batch}"), || {
+        o.forward(batch, &x, &y, &w).unwrap()
+    });
+    timed(
+        &format!("{label} f64 forward_into (z reused) batch {batch}"),
+        || o.forward_into(batch, &x, &y, &w, &mut z).unwrap(),
     );
     drop(z);
     let nb = batch / 10;
     let gz = vec![0.5; nb * tp.dim_out];
-    let t = Instant::now();
-    let g = o
-        .backward(
+    let g = timed(&format!("{label} f64 backward batch {nb}"), || {
+        o.backward(
             nb,
             &x[..nb * tp.dim_in1],
             &y[..nb * tp.dim_in2],
             &w[..nb * tp.weight_numel],
             &gz,
         )
-        .unwrap();
-    eprintln!(
-        "{label} f64 backward batch {nb}: {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
+        .unwrap()
+    });
     assert_eq!(g.gx.len(), nb * tp.dim_in1);
 }
 

@@ -546,3 +546,18 @@ fn batching_and_weight_sharing_are_consistent() {
         .collect();
     assert!(rel_err(&ds.dw, &summed) < 1e-13);
 }
+
+#[test]
+fn forward_into_overwrites_the_buffer() {
+    let tp = build(&mixed_spec(false));
+    let batch = oracle::CHUNK + 3;
+    let (x, y, w) = random_inputs(&tp, batch, 31);
+    let o = Oracle::<f64>::new(&tp).unwrap();
+    let mut z = vec![f64::NAN; batch * tp.dim_out];
+    o.forward_into(batch, &x, &y, &w, &mut z).unwrap();
+    assert_eq!(z, o.forward(batch, &x, &y, &w).unwrap());
+    assert!(matches!(
+        o.forward_into(batch, &x, &y, &w, &mut z[1..]),
+        Err(OracleError::Length { arg: "z", .. })
+    ));
+}

@@ -202,26 +202,39 @@ impl<T: Real> Oracle<T> {
     /// `z = TP(x, y; w)`, shape `[batch, dim_out]`.
     pub fn forward(&self, batch: usize, x: &[T], y: &[T], w: &[T]) -> Result<Vec<T>, OracleError> {
         self.check_xy(batch, x, y, w)?;
+        let mut z = vec![T::ZERO; Self::out_len("z", batch, self.dim_out)?];
+        self.forward_into(batch, x, y, w, &mut z)?;
+        Ok(z)
+    }
+
+    /// As [`Oracle::forward`], overwriting a caller-provided `z` of `batch · dim_out` elements
+    /// (no allocation of the output: useful for large batches and timing).
+    pub fn forward_into(
+        &self,
+        batch: usize,
+        x: &[T],
+        y: &[T],
+        w: &[T],
+        z: &mut [T],
+    ) -> Result<(), OracleError> {
+        self.check_xy(batch, x, y, w)?;
+        check_len("z", z, batch, self.dim_out)?;
         let (xr, yr, wr) = (
             self.rows(x, self.dim_in1),
             self.rows(y, self.dim_in2),
             self.w_rows(w),
         );
-        let mut z = vec![T::ZERO; Self::out_len("z", batch, self.dim_out)?];
-        for_chunks(
-            batch,
-            vec![(z.as_mut_slice(), self.dim_out)],
-            |samples, outs| {
-                let mut t = vec![T::ZERO; self.scratch];
-                for (n, s) in samples.enumerate() {
-                    let zs = &mut outs[0][n * self.dim_out..][..self.dim_out];
-                    for p in &self.paths {
-                        p.forward(xr.at(s), yr.at(s), wr.at(s), zs, &mut t);
-                    }
+        for_chunks(batch, vec![(z, self.dim_out)], |samples, outs| {
+            let mut t = vec![T::ZERO; self.scratch];
+            for (n, s) in samples.enumerate() {
+                let zs = &mut outs[0][n * self.dim_out..][..self.dim_out];
+                zs.fill(T::ZERO); // untouched blocks must be exact zeros
+                for p in &self.paths {
+                    p.forward(xr.at(s), yr.at(s), wr.at(s), zs, &mut t);
                 }
-            },
-        );
-        Ok(z)
+            }
+        });
+        Ok(())
     }
 
     /// Gradients of `<grad_z, z>` w.r.t. x, y and w.
