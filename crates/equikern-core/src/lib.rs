@@ -12,8 +12,9 @@ pub mod oracle;
 pub mod so3;
 pub mod spec;
 
-pub use irreps::{Irrep, Irreps, IrrepsError, MulIr, Parity};
+pub use irreps::{Irrep, Irreps, IrrepsError, MulIr, Parity, Sorted};
+pub use oracle::{DoubleGrads, Grads, Oracle, OracleError, Real};
 pub use spec::{
-    ConnectionMode, Instruction, IrrepNormalization, Path, PathNormalization, SpecError,
-    TensorProduct, TpSpec,
+    load_suite, ConnectionMode, Instruction, IrrepNormalization, Path, PathNormalization,
+    SpecError, TensorProduct, TpSpec,
 };
