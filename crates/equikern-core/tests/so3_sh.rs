@@ -319,3 +319,65 @@ fn l_above_max_is_an_error() {
     assert!(matches!(e, So3Error::LTooLarge { .. }));
     assert!(spherical_harmonics_with_grad(&[MAX_L + 3], [1.0, 0.0, 0.0], true, Norm).is_err());
 }
+
+/// Independent sign check of wigner_3j: for l1+l2+l3 even it is +(Gaunt tensor
+/// `∫ Y^l1_a Y^l2_b Y^l3_c dΩ`) normalised to unit Frobenius norm (notes §2.3), l <= 6.
+#[test]
+fn wigner_3j_is_the_normalised_gaunt_tensor() {
+    use equikern_core::so3::wigner_3j;
+    let lmax = 6u32;
+    let dim = ((lmax + 1) * (lmax + 1)) as usize;
+    // Degree <= 3 lmax polynomials: exact with these node counts.
+    let nodes = gauss_legendre(2 * lmax as usize);
+    let n_phi = 3 * lmax as usize + 2;
+    let mut samples = Vec::new();
+    for &(ct, wt) in &nodes {
+        let st = (1.0 - ct * ct).sqrt();
+        for k in 0..n_phi {
+            let phi = 2.0 * PI * k as f64 / n_phi as f64;
+            let y = spherical_harmonics(
+                &all_ls(lmax),
+                [st * phi.sin(), ct, st * phi.cos()],
+                true,
+                Integral,
+            )
+            .unwrap();
+            samples.push((wt * 2.0 * PI / n_phi as f64, y));
+        }
+    }
+    assert_eq!(samples[0].1.len(), dim);
+    let mut worst = 0.0f64;
+    for l1 in 0..=lmax {
+        for l2 in 0..=lmax {
+            for l3 in l1.abs_diff(l2)..=(l1 + l2).min(lmax) {
+                if (l1 + l2 + l3) % 2 == 1 {
+                    continue;
+                }
+                let c = wigner_3j(l1, l2, l3).unwrap();
+                let (n1, n2, n3) = (
+                    2 * l1 as usize + 1,
+                    2 * l2 as usize + 1,
+                    2 * l3 as usize + 1,
+                );
+                let (o1, o2, o3) = ((l1 * l1) as usize, (l2 * l2) as usize, (l3 * l3) as usize);
+                let mut gaunt = vec![0.0; n1 * n2 * n3];
+                for (w, y) in &samples {
+                    for a in 0..n1 {
+                        for b in 0..n2 {
+                            let f = w * y[o1 + a] * y[o2 + b];
+                            for cc in 0..n3 {
+                                gaunt[(a * n2 + b) * n3 + cc] += f * y[o3 + cc];
+                            }
+                        }
+                    }
+                }
+                let norm = gaunt.iter().map(|x| x * x).sum::<f64>().sqrt();
+                let g: Vec<f64> = gaunt.iter().map(|x| x / norm).collect();
+                let err = max_abs_diff(&g, &c.dense);
+                assert!(err < 1e-12, "({l1},{l2},{l3}): {err:e}");
+                worst = worst.max(err);
+            }
+        }
+    }
+    eprintln!("wigner_3j vs normalised Gaunt tensor (l <= {lmax}): {worst:e}");
+}

@@ -245,6 +245,23 @@ fn invalid_inputs_are_errors() {
     assert!(e.to_string().contains("MAX_L"), "{e}");
 }
 
+/// Every triple up to MAX_L builds and has unit norm.
+#[test]
+fn all_triples_up_to_max_l() {
+    let start = std::time::Instant::now();
+    let all = triples(MAX_L);
+    for &(l1, l2, l3) in &all {
+        let c = wigner_3j(l1, l2, l3).unwrap();
+        let norm: f64 = c.dense.iter().map(|v| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-13, "{l1},{l2},{l3}: norm² {norm}");
+    }
+    eprintln!(
+        "built and checked {} triples (l <= {MAX_L}) in {:?}",
+        all.len(),
+        start.elapsed()
+    );
+}
+
 /// The largest supported triple builds and is normalised.
 #[test]
 fn max_l_triple() {

@@ -6,8 +6,9 @@ mod so3_common;
 use equikern_core::irreps::{Irrep, Irreps, MulIr, Parity};
 use equikern_core::so3::rotation::{det, matmul, transpose};
 use equikern_core::so3::{
-    angles_to_matrix, d_from_matrix, irreps_d_from_matrix, matrix_to_angles, matrix_x, matrix_y,
-    matrix_z, so3_generators, uniform_rotation, wigner_3j, wigner_d, Mat3, So3Error, MAX_L,
+    angles_to_matrix, angles_to_xyz, d_from_matrix, irreps_d_from_matrix, matrix_to_angles,
+    matrix_x, matrix_y, matrix_z, so3_generators, uniform_rotation, wigner_3j, wigner_d,
+    xyz_to_angles, Mat3, So3Error, MAX_L,
 };
 use so3_common::{f64s, golden, max_abs_diff, Uniform};
 
@@ -184,6 +185,23 @@ fn matrix_to_angles_round_trip() {
         let back = angles_to_matrix(a, b, g);
         assert!(max_abs_diff(&flat(&back), &flat(&r)) < 1e-14, "{r:?}");
         assert!((0.0..=std::f64::consts::PI).contains(&b));
+    }
+}
+
+/// `R(α, β, γ) ŷ = angles_to_xyz(α, β)` and `xyz_to_angles` inverts it (any length).
+#[test]
+fn polar_axis_angles() {
+    let mut u = Uniform(12);
+    for _ in 0..50 {
+        let (a, b, g) = (u.next() * 6.0 - 3.0, u.next() * 3.0, u.next() * 6.0);
+        let r = angles_to_matrix(a, b, g);
+        let v = angles_to_xyz(a, b);
+        assert!(max_abs_diff(&v, &[r[0][1], r[1][1], r[2][1]]) < 1e-15);
+        let (a2, b2) = xyz_to_angles(v.map(|x| 2.5 * x));
+        assert!(
+            (a2 - a).abs() < 1e-14 && (b2 - b).abs() < 1e-14,
+            "{a} {b} -> {a2} {b2}"
+        );
     }
 }
 

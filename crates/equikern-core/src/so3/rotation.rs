@@ -67,13 +67,23 @@ pub fn angles_to_matrix(alpha: f64, beta: f64, gamma: f64) -> Mat3 {
 /// gives meaningless (finite) angles rather than a panic.
 pub fn matrix_to_angles(r: &Mat3) -> (f64, f64, f64) {
     // v = R ŷ is where the polar axis goes: it fixes α and β.
-    let v = [r[0][1], r[1][1], r[2][1]];
-    let beta = v[0].hypot(v[2]).atan2(v[1]);
-    let alpha = v[0].atan2(v[2]);
+    let (alpha, beta) = xyz_to_angles([r[0][1], r[1][1], r[2][1]]);
     // What remains after undoing R_y(α) R_x(β) is R_y(γ).
     let rest = matmul(&transpose(&matmul(&matrix_y(alpha), &matrix_x(beta))), r);
     let gamma = rest[0][2].atan2(rest[0][0]);
     (alpha, beta, gamma)
+}
+
+/// The unit vector `R_y(α) R_x(β) ŷ = (sin β sin α, cos β, sin β cos α)`.
+pub fn angles_to_xyz(alpha: f64, beta: f64) -> [f64; 3] {
+    let (sa, ca) = alpha.sin_cos();
+    let (sb, cb) = beta.sin_cos();
+    [sb * sa, cb, sb * ca]
+}
+
+/// Inverse of [`angles_to_xyz`] for any nonzero vector: `(α, β)` with `β ∈ [0, π]`.
+pub fn xyz_to_angles(v: [f64; 3]) -> (f64, f64) {
+    (v[0].atan2(v[2]), v[0].hypot(v[2]).atan2(v[1]))
 }
 
 /// `(α, β, γ)` of a Haar-uniform random rotation from three numbers uniform in [0, 1):

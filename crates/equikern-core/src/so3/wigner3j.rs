@@ -91,20 +91,20 @@ fn build(l1: u32, l2: u32, l3: u32) -> Wigner3j {
             if m3.abs() > li3 {
                 continue;
             }
-            let (sign, square) = coupling.cg(m1, m2);
-            if sign == 0 {
+            let cg = coupling.cg(m1, m2);
+            if cg.sign == 0 {
                 continue;
             }
             let (r1, r2, r3) = (q_row(li1, m1), q_row(li2, m2), q_row(li3, m3));
-            // |Q1 Q2 Q3| = 2^(-h/2) with h fixed by which m's are nonzero; fold it and the
-            // Frobenius normalisation 1/(2l3+1) into the exact rational before rounding.
+            // |Q1 Q2 Q3| = 2^(-h/2) with h fixed by which m's are nonzero. CG² carries a factor
+            // 2l3+1 that the Frobenius normalisation cancels exactly, so the entry magnitude is
+            // sqrt(num / (den 2^h)): one correctly rounded quotient, one sqrt.
             let h = r1[0].2 + r2[0].2 + r3[0].2;
-            let den = BigInt::from(d3) << h;
-            let mag = (square / BigRational::from_integer(den))
+            let mag = BigRational::new_raw(cg.num, cg.den << h)
                 .to_f64()
                 .expect("finite rational")
                 .sqrt();
-            let v = f64::from(sign) * mag;
+            let v = f64::from(cg.sign) * mag;
             for &(a, k1, _) in &r1 {
                 for &(b, k2, _) in &r2 {
                     for &(c, k3, _) in &r3 {
