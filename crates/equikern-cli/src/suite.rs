@@ -35,7 +35,7 @@ pub struct SuiteArgs {
     #[arg(long, value_name = "FILE")]
     suite: Option<PathBuf>,
     /// Samples per timed run.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 2000)]
     batch: usize,
     /// Samples compared with the f64 oracle.
     #[arg(long, default_value_t = 16)]

@@ -284,10 +284,12 @@ pub fn run(args: &TpArgs) -> Result<()> {
                 shapes.weights("--hw", p, &hw)?;
                 Some(hw)
             }
-            None if tp.weight_numel > 0 => return Err(CliError::input(format!(
+            None if tp.weight_numel > 0 => {
+                return Err(CliError::input(format!(
                 "--dd-* requires --hw (the double-backward direction for w): weight_numel is {}",
                 tp.weight_numel
-            ))),
+            )))
+            }
             None => None,
         };
         h = vec![Some(hx), Some(hy), hw];
