@@ -338,6 +338,30 @@ impl Irreps {
         let irreps = Irreps(inv.iter().map(|&i| self.0[i]).collect());
         Sorted { irreps, p, inv }
     }
+    /// Keeps the entries whose irrep is in `keep` (e3nn's `filter(keep=…)`).
+    pub fn filter_keep(&self, keep: &[Irrep]) -> Irreps {
+        Irreps(
+            self.0
+                .iter()
+                .filter(|m| keep.contains(&m.ir))
+                .copied()
+                .collect(),
+        )
+    }
+    /// Drops the entries whose irrep is in `drop` (e3nn's `filter(drop=…)`).
+    pub fn filter_drop(&self, drop: &[Irrep]) -> Irreps {
+        Irreps(
+            self.0
+                .iter()
+                .filter(|m| !drop.contains(&m.ir))
+                .copied()
+                .collect(),
+        )
+    }
+    /// Keeps the entries with `l <= lmax` (e3nn's `filter(lmax=…)`).
+    pub fn filter_lmax(&self, lmax: u32) -> Irreps {
+        Irreps(self.0.iter().filter(|m| m.ir.l <= lmax).copied().collect())
+    }
     /// `sort().irreps.simplify()`.
     pub fn regroup(&self) -> Irreps {
         self.sort().irreps.simplify()

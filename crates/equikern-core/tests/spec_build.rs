@@ -552,3 +552,16 @@ fn cost_model_counts() {
     let t = traffic(&tp, 10, 8, false);
     assert_eq!(t.forward, 8 * (10 * (5 + 4 + 8) + 100));
 }
+
+#[test]
+fn weight_numel_may_be_any_json_number() {
+    let j = |n: &str| {
+        format!(
+            r#"{{"weight_numel": {n}, "irreps_in1": "0e", "irreps_in2": "0e", "irreps_out": "0e", "instructions": [[0,0,0,"uuu",true]]}}"#
+        )
+    };
+    assert!(TpSpec::from_json(&j("1")).is_ok());
+    assert!(TpSpec::from_json(&j("1.0")).is_ok());
+    assert!(TpSpec::from_json(&j("1.5")).is_err());
+    assert!(TpSpec::from_json(&j("\"1\"")).is_err());
+}

@@ -202,26 +202,39 @@ impl<T: Real> Oracle<T> {
     /// `z = TP(x, y; w)`, shape `[batch, dim_out]`.
     pub fn forward(&self, batch: usize, x: &[T], y: &[T], w: &[T]) -> Result<Vec<T>, OracleError> {
         self.check_xy(batch, x, y, w)?;
+        let mut z = vec![T::ZERO; Self::out_len("z", batch, self.dim_out)?];
+        self.forward_into(batch, x, y, w, &mut z)?;
+        Ok(z)
+    }
+
+    /// As [`Oracle::forward`], overwriting a caller-provided `z` of `batch · dim_out` elements
+    /// (no allocation of the output: useful for large batches and timing).
+    pub fn forward_into(
+        &self,
+        batch: usize,
+        x: &[T],
+        y: &[T],
+        w: &[T],
+        z: &mut [T],
+    ) -> Result<(), OracleError> {
+        self.check_xy(batch, x, y, w)?;
+        check_len("z", z, batch, self.dim_out)?;
         let (xr, yr, wr) = (
             self.rows(x, self.dim_in1),
             self.rows(y, self.dim_in2),
             self.w_rows(w),
         );
-        let mut z = vec![T::ZERO; Self::out_len("z", batch, self.dim_out)?];
-        for_chunks(
-            batch,
-            vec![(z.as_mut_slice(), self.dim_out)],
-            |samples, outs| {
-                let mut t = vec![T::ZERO; self.scratch];
-                for (n, s) in samples.enumerate() {
-                    let zs = &mut outs[0][n * self.dim_out..][..self.dim_out];
-                    for p in &self.paths {
-                        p.forward(xr.at(s), yr.at(s), wr.at(s), zs, &mut t);
-                    }
+        for_chunks(batch, vec![(z, self.dim_out)], |samples, outs| {
+            let mut t = vec![T::ZERO; self.scratch];
+            for (n, s) in samples.enumerate() {
+                let zs = &mut outs[0][n * self.dim_out..][..self.dim_out];
+                zs.fill(T::ZERO); // untouched blocks must be exact zeros
+                for p in &self.paths {
+                    p.forward(xr.at(s), yr.at(s), wr.at(s), zs, &mut t);
                 }
-            },
-        );
-        Ok(z)
+            }
+        });
+        Ok(())
     }
 
     /// Gradients of `<grad_z, z>` w.r.t. x, y and w.
@@ -295,7 +308,8 @@ impl<T: Real> Oracle<T> {
     /// w.r.t. x, y, w and grad_z. TP is trilinear in (x, y, w), so with `F` = forward and
     /// `Bx, By, Bw` = the backward maps:
     /// `dgz = F(hx,y,w) + F(x,hy,w) + F(x,y,hw)`, `dx = Bx(gz;hy,w) + Bx(gz;y,hw)`,
-    /// `dy = By(gz;hx,w) + By(gz;x,hw)`, `dw = Bw(gz;hx,y) + Bw(gz;x,hy)`.
+    /// `dy = By(gz;hx,w) + By(gz;x,hw)`, `dw = Bw(gz;hx,y) + Bw(gz;x,hy)`. Unweighted paths are
+    /// bilinear (W ≡ 1 does not vary), so they drop out of the `hw` terms.
     #[allow(clippy::too_many_arguments)]
     pub fn double_backward(
         &self,
@@ -356,7 +370,9 @@ impl<T: Real> Oracle<T> {
                     for p in &self.paths {
                         p.forward(hx, y, w, dgz_s, &mut t);
                         p.forward(x, hy, w, dgz_s, &mut t);
-                        p.forward(x, y, hw, dgz_s, &mut t);
+                        if p.weighted() {
+                            p.forward(x, y, hw, dgz_s, &mut t);
+                        }
                         // Bx(gz;hy,w) and Bw(gz;x,hy)
                         p.backward(
                             x,
@@ -381,18 +397,20 @@ impl<T: Real> Oracle<T> {
                             &mut g,
                             &mut t,
                         );
-                        // Bx(gz;y,hw) and By(gz;x,hw)
-                        p.backward(
-                            x,
-                            y,
-                            hw,
-                            gz,
-                            Some(&mut *dx_s),
-                            Some(&mut *dy_s),
-                            None,
-                            &mut g,
-                            &mut t,
-                        );
+                        // Bx(gz;y,hw) and By(gz;x,hw); unweighted paths do not depend on w
+                        if p.weighted() {
+                            p.backward(
+                                x,
+                                y,
+                                hw,
+                                gz,
+                                Some(&mut *dx_s),
+                                Some(&mut *dy_s),
+                                None,
+                                &mut g,
+                                &mut t,
+                            );
+                        }
                     }
                 }
                 partial

@@ -23,8 +23,9 @@ struct SpecJson {
     irrep_normalization: String,
     #[serde(default = "default_path_norm")]
     path_normalization: String,
+    /// Any JSON number; must equal the instructions' weight count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    weight_numel: Option<u64>,
+    weight_numel: Option<serde_json::Number>,
 }
 
 fn default_irrep_norm() -> String {
@@ -135,7 +136,7 @@ impl TryFrom<SpecJson> for TpSpec {
         };
         if let Some(given) = j.weight_numel {
             let actual = spec.weight_numel()?;
-            if given != actual as u64 {
+            if given.as_f64() != Some(actual as f64) {
                 return Err(field_err(
                     "weight_numel",
                     format!("given {given} but the instructions have {actual} weights"),
@@ -192,7 +193,7 @@ impl TpSpec {
     pub fn to_json_labeled(&self, label: &str) -> String {
         let mut j = SpecJson::from(self);
         j.label = Some(label.to_string());
-        j.weight_numel = self.weight_numel().ok().map(|n| n as u64);
+        j.weight_numel = self.weight_numel().ok().map(|n| (n as u64).into());
         serde_json::to_string(&j).unwrap_or_default()
     }
 }
