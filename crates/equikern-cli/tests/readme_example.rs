@@ -12,11 +12,12 @@ fn readme_rust_example() -> Result<(), Box<dyn std::error::Error>> {
     let (x, y) = ([1.0, 2.0, 3.0], [-1.0, 0.5, 2.0]); // batch 1, Cartesian vectors
     let z = oracle::forward(&tp, 1, &x, &y, &[])?; // no weights: weight_numel is 0
                                                    // z = [x·y/√3, (x × y)/√2]
-    let dot = -1.0 + 1.0 + 6.0;
+    let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+    let (a, b) = (x, y);
     let cross = [
-        2.0 * 2.0 - 3.0 * 0.5,
-        3.0 * -1.0 - 1.0 * 2.0,
-        1.0 * 0.5 - 2.0 * -1.0,
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
     ];
     let want = [
         dot / 3f64.sqrt(),
