@@ -58,11 +58,21 @@ fn main() {
             let _ = e.print();
             std::process::exit(0);
         }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // bare `equikern`: the help is the useful answer
+            let _ = e.print();
+            std::process::exit(error::EXIT_INPUT);
+        }
         Err(e) => {
-            // clap's message is several lines (usage, tips); keep the first, which names the flag.
+            // clap's message is several paragraphs (usage, tips); the first names the flag.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = first.join(" ");
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
             eprintln!("error: {first} (see --help)");
             std::process::exit(error::EXIT_INPUT);
         }

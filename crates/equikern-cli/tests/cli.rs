@@ -443,6 +443,18 @@ fn tp_bad_input_exits_2_with_one_line_naming_the_culprit() {
     // Unknown flag and value (clap).
     check(&["--bogus"], &["--bogus"]);
     check(&["--dtype", "f16"], &["f16"]);
+    let no_out = [
+        "tp",
+        "--spec",
+        "spec.json",
+        "--x",
+        "x.npy",
+        "--y",
+        "y.npy",
+        "--w",
+        "w.npy",
+    ];
+    assert_input_error(&c.run(&no_out), &["required", "--out"]);
     // Nothing was written by the failed runs.
     assert!(!d.join("z.npy").exists());
 }
