@@ -60,6 +60,7 @@ pub fn shape_str(shape: &[usize]) -> String {
 pub fn read(what: &str, path: &Path) -> Result<Array> {
     let ctx = |why: String| CliError::input(format!("{what} {}: {why}", path.display()));
     let f = File::open(path).map_err(|e| ctx(format!("cannot open: {e}")))?;
+    check_header_shape(path).map_err(ctx)?;
     let npy = npyz::NpyFile::new(BufReader::new(f))
         .map_err(|e| ctx(format!("not a valid .npy file: {e}")))?;
     if npy.order() == npyz::Order::Fortran {
@@ -88,6 +89,72 @@ pub fn read(what: &str, path: &Path) -> Result<Array> {
         }
     };
     Ok(Array { shape, data })
+}
+
+/// Rejects a header whose shape overflows or asks for more data than the file holds, before
+/// `npyz` sees it (it would overflow computing the element count, or allocate for it).
+fn check_header_shape(path: &Path) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| format!("cannot open: {e}"))?
+        .len();
+    let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut pre = [0u8; 12];
+    if f.read_exact(&mut pre[..10]).is_err() || &pre[..6] != b"\x93NUMPY" {
+        return Err("not a valid .npy file: bad magic string".into());
+    }
+    let (hlen, start) = if pre[6] == 1 {
+        (u16::from_le_bytes([pre[8], pre[9]]) as u64, 10u64)
+    } else {
+        f.read_exact(&mut pre[10..12])
+            .map_err(|_| "not a valid .npy file: truncated header".to_string())?;
+        (
+            u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]) as u64,
+            12u64,
+        )
+    };
+    if start + hlen > file_len {
+        return Err("not a valid .npy file: truncated header".into());
+    }
+    let mut header = vec![0u8; hlen as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| "not a valid .npy file: truncated header".to_string())?;
+    let header = String::from_utf8_lossy(&header);
+    // The shape is a tuple of integers: "'shape': (3, 12), ".
+    let Some(dims) = header
+        .split_once("'shape':")
+        .and_then(|(_, rest)| rest.split_once('('))
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(inside, _)| inside)
+    else {
+        return Ok(()); // let npyz report the malformed header
+    };
+    let mut count: u64 = 1;
+    let mut shape = Vec::new();
+    for d in dims.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let d: u64 = d
+            .parse()
+            .map_err(|_| format!("not a valid .npy file: shape ({dims})"))?;
+        shape.push(d as usize);
+        count = count
+            .checked_mul(d)
+            .ok_or_else(|| format!("shape {} is too large", shape_str(&shape)))?;
+    }
+    // Item size from the type string ('<f8' -> 8); 1 when it has no size (checked on read).
+    let item: u64 = header
+        .split_once("'descr':")
+        .and_then(|(_, rest)| rest.split('\'').nth(1))
+        .map(|d| d.trim_start_matches(|c: char| !c.is_ascii_digit()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let need = count.saturating_mul(item);
+    let have = file_len - start - hlen;
+    if need > have {
+        return Err(format!(
+            "truncated: shape ({dims}) needs {need} data bytes, the file has {have}"
+        ));
+    }
+    Ok(())
 }
 
 /// Writes a C-order little-endian array of `T` with the given shape.

@@ -57,6 +57,20 @@ fn write_npy_order<T: npyz::AutoSerialize + Copy>(
     w.finish().unwrap();
 }
 
+/// A hand-made .npy (version 1.0) with any header, for files numpy would not write.
+fn raw_npy(path: &Path, descr: &str, shape: &str, data_bytes: usize) {
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((h.len() as u16).to_le_bytes());
+    bytes.extend(h.as_bytes());
+    bytes.extend(vec![0u8; data_bytes]);
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// Reads an array, returning its shape, dtype string and values as f64.
 fn read_npy(path: &Path) -> (Vec<usize>, String, Vec<f64>) {
     let f = npyz::NpyFile::new(std::fs::File::open(path).unwrap()).unwrap();
@@ -340,6 +354,16 @@ fn tp_bad_input_exits_2_with_one_line_naming_the_culprit() {
         &[0.0f64; 20],
         npyz::Order::Fortran,
     );
+    raw_npy(&d.join("xbig.npy"), "<f8", "(1000000000000, 5)", 64);
+    raw_npy(
+        &d.join("xovf.npy"),
+        "<f8",
+        "(1099511627776, 1099511627776)",
+        64,
+    );
+    raw_npy(&d.join("xshort.npy"), "<f8", "(4, 5)", 100);
+    raw_npy(&d.join("xc16.npy"), "<c16", "(4, 5)", 320);
+    raw_npy(&d.join("xbe.npy"), ">f8", "(4, 5)", 160);
     write_npy(&d.join("y3.npy"), &[3, 4], &[0.0f64; 12]);
     write_npy(
         &d.join("wshared.npy"),
@@ -377,6 +401,17 @@ fn tp_bad_input_exits_2_with_one_line_naming_the_culprit() {
     );
     check(&["--x", "xint.npy"], &["--x", "xint.npy", "<i8", "float64"]);
     check(&["--x", "xf.npy"], &["--x", "xf.npy", "Fortran"]);
+    check(
+        &["--x", "xbig.npy"],
+        &["--x", "xbig.npy", "truncated", "data bytes"],
+    );
+    check(&["--x", "xovf.npy"], &["--x", "xovf.npy", "too large"]);
+    check(&["--x", "xshort.npy"], &["--x", "xshort.npy", "data bytes"]);
+    check(&["--x", "xc16.npy"], &["--x", "xc16.npy", "<c16"]);
+    check(
+        &["--x", "xbe.npy"],
+        &["--x", "xbe.npy", ">f8", "little-endian"],
+    );
     // Shapes.
     check(
         &["--x", "x48.npy"],
