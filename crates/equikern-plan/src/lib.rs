@@ -4,6 +4,67 @@
 //! plain data (printable, hashable, comparable) that the WGSL and CUDA/HIP writers only print
 //! and the runtimes only execute. Target differences enter only through [`Capabilities`].
 //!
+//! ## The model: one trilinear form, gathered per output row
+//! Every instruction is a set of index tuples `(x_row, y_row, z_row, w_idx)` fixed by its
+//! connection mode (`m1, m2, mo` multiplicities; `w_idx` within the instruction's weight slice):
+//!
+//! | mode | tuples |
+//! |---|---|
+//! | uvw | `(u, v, w, (u·m2+v)·mo+w)` |
+//! | uvu / uvv | `(u, v, u, u·m2+v)` / `(u, v, v, u·m2+v)` |
+//! | uuw / uuu | `(u, u, w, u·mo+w)` / `(u, u, u, u)` |
+//! | uvuv | `(u, v, u·m2+v, u·m2+v)` |
+//! | uvu<v / u<vw | `(u_q, v_q, q, q)` / `(u_q, v_q, w, q·mo+w)`, q-th pair of triu(m, 1) |
+//!
+//! and for each CG nonzero `(i, j, k, c)`: `z[z_row, k] += coef·c·W[w_idx]·x[x_row, i]·y[y_row, j]`
+//! (`W ≡ 1` when unweighted). Every pass is this form with one slot as output: forward writes
+//! z; backward writes x (operands gz, y, w), y (x, gz, w) and w (x, y, gz); double backward
+//! writes z from three operand sets (`F(hx,y,w) + F(x,hy,w) + F(x,y,hw)`) and x, y, w from two
+//! each. A row kernel *gathers*: for output row `r`, [`Contribution::count`] is the number of
+//! tuples with that row and each operand's row is an [`Ix`] of `(r, t)`, a closed form where
+//! one is simple (e.g. `q(u, v) = u·m − u(u+1)/2 + v − u − 1`), an [`Ix::Table`] otherwise
+//! (`u_q`, `v_q` from `q`). Terms carry `coef·c` (zero coefficients dropped) and component
+//! indices: out=z `(i, j[, 0])` → k; out=x `(k, j[, 0])` → i; out=y `(i, k[, 0])` → j;
+//! out=w `(i, j, k)` → 0. The weight operand, when present, is the contribution's
+//! `scalar_factor`.
+//!
+//! Segments: one per output block in irreps order (zero-multiplicity blocks skipped), every
+//! block present even if no instruction writes it (no contributions: the row is written as
+//! zeros); weight gradients get one segment per weighted instruction (rows = ∏ path_shape,
+//! row_len 1, `out_offset` = weight offset). Rows of one sample are consecutive invocations,
+//! so a workgroup touches one or two samples' contiguous memory.
+//!
+//! ## Kernels per direction
+//! * Forward: `forward` `[X, Y, W] → [Z]`.
+//! * Backward, per-sample weights: `backward` `[X, Y, W, GZ] → [GX, GY, GW]`. Shared weights:
+//!   `backward_xy` `→ [GX, GY]`; `backward_w_chunks` ([`SampleMode::Chunk`]) `→ [WPartial]`;
+//!   `reduce_gw` ([`Work::ReduceChunks`]) `→ [GW]`, chunks in ascending order (deterministic).
+//! * DoubleBackward: `double_backward_dgz` `→ [DGZ]`; `double_backward_dxdydw`
+//!   `→ [DX, DY, DW]` (per-sample) or `double_backward_dxdy` + `double_backward_dw_chunks` + `reduce_dw`.
+//! * Unweighted products (weight_numel 0) drop every W/HW/GW/DW part.
+//!
+//! A kernel binds exactly the tensors its contributions read (in [`Tensor`] order), then its
+//! outputs. If `inputs + outputs` exceeds `caps.max_storage_buffers_per_stage` the kernel is
+//! split into one kernel per output tensor (named `<kernel>_<tensor>`); if one output alone
+//! still needs more, lowering fails with [`PlanError::TooManyBindings`] (DGZ needs 7).
+//! [`Ix::Table`]s are compile-time constants (`plan.tables`), not bindings.
+//!
+//! Chunk size (shared-weight gradients): `clamp(next_pow2(weight_numel) / 4, 16, 256)`
+//! samples: large weight vectors already give many rows per chunk, so they take long chunks
+//! (fewer partial sums, smaller `WPartial`); at batch 5·10^4 every suite problem still has
+//! over 10^5 invocations. Halved until one chunk fits a dispatch.
+//!
+//! Workgroup size: `min(128, max_invocations_per_workgroup, max_workgroup_size_x)`, rounded
+//! down to a multiple of `subgroup_size` when known.
+//!
+//! `max_samples_per_dispatch` is the largest `n` such that, for every row kernel, each
+//! per-sample tensor it binds fits one binding (`n·len·elem ≤ max_storage_binding_bytes`, else
+//! [`PlanError::BindingTooSmall`] at `n = 1`), the dispatch's `WPartial` rows fit one binding,
+//! the grid of [`Kernel::grid`] fits `max_workgroups_per_dim` in both dimensions and every
+//! invocation and element index (plus a small base-offset margin) fits in `u32`; it is a
+//! multiple of the chunk size when a chunk kernel exists. [`KernelPlan::max_batch`] bounds the
+//! whole batch when a reduction must bind all of `WPartial` at once.
+//!
 //! ## Execution model every backend implements
 //! A plan is a sequence of [`Kernel`]s run in order. A `Rows` kernel owns a *row space* per
 //! sample: the concatenation of its [`Segment`]s. One invocation (thread) computes one
@@ -21,13 +82,36 @@
 //! `sample = g / rows_per_sample`, `row = g % rows_per_sample` within the current dispatch, and
 //! invocations with `sample >= num_samples` (of that dispatch) do nothing. Runtimes split a batch
 //! into dispatches of at most [`KernelPlan::max_samples_per_dispatch`] samples and rebase the
-//! bindings for each.
+//! bindings for each. A chunk kernel's dispatch starts at a multiple of the chunk size; chunk
+//! `c` (global) covers samples `[c·spc, min((c+1)·spc, batch))` and writes `WPartial[c, ·]`;
+//! the reduction sums `num_chunks = ceil(batch / spc)` chunks.
+//!
+//! [`interpret`] executes a plan on the CPU exactly this way (see [`interp`]).
+//!
+//! ## Performance notes (ideas, not implemented)
+//! * Long gathers: a gradient row of a mul-1 `y` block sums over every `u` of every path
+//!   into it (MACE backward: 4 GY rows per sample, each ~17 paths × 128 iterations, next to
+//!   2 000+ one-iteration rows). Split such rows into k sub-rows over ranges of `t`, combined
+//!   in a fixed order (subgroup or workgroup reduction), or give them their own kernel.
+//! * Operand reuse: consecutive rows of a uvu/uvw segment read the same `y` (or `x`) rows;
+//!   staging a sample's operand blocks in workgroup memory would cut global loads.
+//! * uvw is a small matrix product per sample (`(x⊗y)[u,v,k] · W[uv, w]`); a tiled variant
+//!   (CG contraction once per `(u, v)`, then the weight contraction) saves the repeated CG work.
+//! * Weight-gradient rows (row_len 1) reload x, y and gz rows per weight; several weights per
+//!   invocation, or the `(u, v)` outer product staged once, would amortise that.
+//! * Contributions of different paths with equal operand rows (same `x`, `y` blocks into
+//!   several outputs) could share loads if their segments were fused.
 
 pub mod caps;
+mod display;
+pub mod interp;
 pub mod ix;
+mod lower;
 
 pub use caps::Capabilities;
+pub use interp::interpret;
 pub use ix::Ix;
+pub use lower::lower;
 
 use equikern_core::TensorProduct;
 use serde::{Deserialize, Serialize};
@@ -225,5 +309,182 @@ impl Dims {
             }
             WPartial => 0,
         }
+    }
+}
+
+/// Why a plan could not be made or run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "tensor {tensor:?} needs {bytes_per_sample} bytes per sample but a storage binding holds \
+         at most {max_binding_bytes} bytes"
+    )]
+    BindingTooSmall {
+        tensor: Tensor,
+        bytes_per_sample: u64,
+        max_binding_bytes: u64,
+    },
+    #[error("kernel {kernel} needs {needed} storage buffers; the target allows {max}")]
+    TooManyBindings {
+        kernel: String,
+        needed: u32,
+        max: u32,
+    },
+    #[error("capabilities: {0}")]
+    Caps(String),
+    #[error("too large: {0}")]
+    TooLarge(&'static str),
+    #[error("batch {batch} exceeds this plan's limit of {max} samples (partial-sum buffer size)")]
+    BatchTooLarge { batch: u64, max: u64 },
+    #[error("missing input tensor {0:?}")]
+    MissingInput(Tensor),
+    #[error("input {tensor:?} has {got} elements, expected {expected}")]
+    InputLength {
+        tensor: Tensor,
+        expected: usize,
+        got: usize,
+    },
+    #[error("kernel {kernel}: {why}")]
+    Interp { kernel: String, why: String },
+}
+
+impl Dims {
+    /// Elements of buffer `t` for a batch: per-sample tensors `batch * len`, shared weights
+    /// and their gradients `weight_numel`, `WPartial` `num_chunks * weight_numel`.
+    pub fn buffer_len(&self, t: Tensor, batch: u64, num_chunks: u64) -> u64 {
+        match (t, self.per_sample_len(t)) {
+            (Tensor::WPartial, _) => num_chunks * self.weight_numel as u64,
+            (_, 0) => self.weight_numel as u64,
+            (_, len) => batch * len as u64,
+        }
+    }
+}
+
+impl Kernel {
+    /// Work items of one dispatch covering `n` samples (rows kernels) or of the reduction.
+    pub fn invocations(&self, n: u64) -> u64 {
+        match &self.work {
+            Work::Rows {
+                sample_mode,
+                rows_per_sample,
+                ..
+            } => {
+                let units = match sample_mode {
+                    SampleMode::PerSample => n,
+                    SampleMode::Chunk { samples_per_chunk } => {
+                        n.div_ceil(*samples_per_chunk as u64)
+                    }
+                };
+                units * *rows_per_sample as u64
+            }
+            Work::ReduceChunks { len, .. } => *len as u64,
+        }
+    }
+
+    /// The 2-D grid `[x, y]` of workgroups for `invocations` work items: `x = min(G, max)`,
+    /// `y = ceil(G / x)` with `G = ceil(invocations / workgroup_size)`. Every runtime uses
+    /// this shape; invocations past the end exit early.
+    pub fn grid(&self, invocations: u64, max_workgroups_per_dim: u32) -> [u32; 2] {
+        let g = invocations.div_ceil(self.workgroup_size.max(1) as u64);
+        if g == 0 || max_workgroups_per_dim == 0 {
+            return [0, 0];
+        }
+        let x = g.min(max_workgroups_per_dim as u64);
+        [x as u32, g.div_ceil(x) as u32]
+    }
+}
+
+impl KernelPlan {
+    /// Samples per chunk of the shared-weight gradient kernels, if any.
+    pub fn chunk_size(&self) -> Option<u32> {
+        self.kernels.iter().find_map(|k| match k.work {
+            Work::Rows {
+                sample_mode: SampleMode::Chunk { samples_per_chunk },
+                ..
+            } => Some(samples_per_chunk),
+            _ => None,
+        })
+    }
+
+    /// Number of chunks (rows of `WPartial`) for a batch: `ceil(batch / samples_per_chunk)`.
+    pub fn num_chunks(&self, batch: u64) -> u64 {
+        self.chunk_size().map_or(0, |c| batch.div_ceil(c as u64))
+    }
+
+    /// Largest batch the plan can run (`WPartial` must fit one binding for the reduction);
+    /// `None` when unlimited.
+    pub fn max_batch(&self) -> Option<u64> {
+        let spc = self.chunk_size()? as u64;
+        let es = match self.dtype {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        };
+        let wn = self.dims.weight_numel.max(1) as u64;
+        let chunks = (self.caps.max_storage_binding_bytes / (wn * es)).min(u32::MAX as u64 / wn);
+        Some(chunks * spc)
+    }
+
+    /// `(first sample, samples)` of each dispatch of a batch.
+    pub fn dispatches(&self, batch: u64) -> impl Iterator<Item = (u64, u64)> {
+        let step = self.max_samples_per_dispatch.max(1) as u64;
+        (0..batch.div_ceil(step)).map(move |d| (d * step, step.min(batch - d * step)))
+    }
+
+    /// Stable hash of the plan's serde_json form (FNV-1a 64, hex): the kernel-cache key.
+    pub fn hash_hex(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+
+    /// Term evaluations per sample over all row kernels (each term: one product of
+    /// coefficient and operand components).
+    pub fn terms_per_sample(&self) -> u64 {
+        self.per_sample_sum(|c, _| c.terms.len() as u64)
+    }
+
+    /// Floating-point operations the plan executes for a batch, counting as writers evaluate
+    /// it: a term is `coeff * a * b (* w)` plus an add; with a scalar factor the weight is
+    /// multiplied once per loop iteration (2 flops) and terms skip it. Reductions add
+    /// `num_chunks * weight_numel`.
+    pub fn flops(&self, batch: u64) -> u64 {
+        let per = self.per_sample_sum(|c, _| {
+            let ops = c.operands.len() as u64;
+            match c.scalar_factor {
+                Some(_) => c.terms.len() as u64 * ops + 2,
+                None => c.terms.len() as u64 * (ops + 1),
+            }
+        });
+        let red: u64 = self
+            .kernels
+            .iter()
+            .filter_map(|k| match k.work {
+                Work::ReduceChunks { len, .. } => Some(len as u64 * self.num_chunks(batch)),
+                _ => None,
+            })
+            .sum();
+        per * batch + red
+    }
+
+    /// Σ over row kernels, segments, rows `r` and loop iterations of `f(contribution, r)`.
+    fn per_sample_sum(&self, f: impl Fn(&Contribution, u32) -> u64) -> u64 {
+        let mut total = 0;
+        for k in &self.kernels {
+            if let Work::Rows { segments, .. } = &k.work {
+                for s in segments {
+                    for c in &s.contributions {
+                        for r in 0..s.rows {
+                            let n = c.count.try_eval(r, 0, &self.tables).unwrap_or(0) as u64;
+                            total += n * f(c, r);
+                        }
+                    }
+                }
+            }
+        }
+        total
     }
 }

@@ -1,0 +1,115 @@
+//! Human-readable form of a plan (`equikern emit --plan`).
+
+use crate::{Addressing, Contribution, KernelPlan, SampleMode, Segment, Work};
+use std::fmt;
+
+/// Terms printed per contribution before eliding the rest.
+const SHOW_TERMS: usize = 4;
+
+fn contribution(f: &mut fmt::Formatter<'_>, c: &Contribution, seg: &Segment) -> fmt::Result {
+    write!(f, "      path {}: for t < {}:", c.path, c.count)?;
+    for (i, o) in c.operands.iter().enumerate() {
+        let shared = if o.addressing == Addressing::Shared {
+            " shared"
+        } else {
+            ""
+        };
+        let factor = if c.scalar_factor == Some(i as u32) {
+            " (factor)"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            "  {:?}@{}x{}{}[{}]{}",
+            o.tensor, o.offset, o.row_len, shared, o.row, factor
+        )?;
+    }
+    writeln!(f, "  | {} terms", c.terms.len())?;
+    for t in c.terms.iter().take(SHOW_TERMS) {
+        write!(f, "        {:?}[{}] += {:+.12e}", seg.out, t.out, t.coeff)?;
+        for (o, k) in c.operands.iter().zip(&t.comps) {
+            write!(f, " * {:?}[{}]", o.tensor, k)?;
+        }
+        writeln!(f)?;
+    }
+    if c.terms.len() > SHOW_TERMS {
+        writeln!(f, "        ... {} more", c.terms.len() - SHOW_TERMS)?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for KernelPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &self.dims;
+        writeln!(
+            f,
+            "plan {:?} {:?}: x {} y {} z {} w {}{}; {} kernels; max {} samples/dispatch; hash {}",
+            self.direction,
+            self.dtype,
+            d.dim_in1,
+            d.dim_in2,
+            d.dim_out,
+            d.weight_numel,
+            if d.shared_weights { " (shared)" } else { "" },
+            self.kernels.len(),
+            self.max_samples_per_dispatch,
+            self.hash_hex()
+        )?;
+        writeln!(
+            f,
+            "terms/sample {}  flops/sample {}",
+            self.terms_per_sample(),
+            self.flops(1).saturating_sub(self.flops(0))
+        )?;
+        for (i, t) in self.tables.iter().enumerate() {
+            writeln!(f, "tab{i} = {t:?}")?;
+        }
+        for k in &self.kernels {
+            write!(
+                f,
+                "kernel {} (workgroup {}): {:?} -> {:?}",
+                k.name, k.workgroup_size, k.inputs, k.outputs
+            )?;
+            match &k.work {
+                Work::ReduceChunks { input, output, len } => {
+                    writeln!(f, "; {output:?}[r] = sum_c {input:?}[c, r] for r < {len}")?;
+                }
+                Work::Rows {
+                    sample_mode,
+                    rows_per_sample,
+                    segments,
+                } => {
+                    match sample_mode {
+                        SampleMode::PerSample => writeln!(f, "; {rows_per_sample} rows/sample")?,
+                        SampleMode::Chunk { samples_per_chunk } => writeln!(
+                            f,
+                            "; {rows_per_sample} rows/chunk of {samples_per_chunk} samples"
+                        )?,
+                    }
+                    for s in segments {
+                        writeln!(
+                            f,
+                            "  segment rows {}..{} -> {:?}@{} ({} x {}){}",
+                            s.first_row,
+                            s.first_row + s.rows,
+                            s.out,
+                            s.out_offset,
+                            s.rows,
+                            s.row_len,
+                            if s.contributions.is_empty() {
+                                " zeros"
+                            } else {
+                                ""
+                            }
+                        )?;
+                        for c in &s.contributions {
+                            contribution(f, c, s)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
