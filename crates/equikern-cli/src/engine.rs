@@ -4,18 +4,23 @@
 use equikern::core::oracle::{self, DoubleGrads, Grads, Real};
 use equikern::core::spec::cost;
 pub use equikern::core::{TensorProduct, TpSpec};
+use equikern::{Device, TensorProductOp};
+use std::sync::OnceLock;
 
 /// Scalar types the CLI reads, computes in and writes.
 pub trait Elem: Real + npyz::Serialize + npyz::Deserialize + npyz::AutoSerialize {
     const NPY_DESCR: &'static str;
+    const NAME: &'static str;
 }
 
 impl Elem for f32 {
     const NPY_DESCR: &'static str = "<f4";
+    const NAME: &'static str = "f32";
 }
 
 impl Elem for f64 {
     const NPY_DESCR: &'static str = "<f8";
+    const NAME: &'static str = "f64";
 }
 
 /// Execution backends the CLI knows by name, best first within [`Backend::ALL`].
@@ -39,12 +44,35 @@ impl Backend {
 
     /// `Ok` if the backend can run here; otherwise why not, in one line.
     pub fn check_available(self) -> Result<(), String> {
+        self.device().map(drop)
+    }
+
+    /// The facade device for this backend, opened once per process (adapter search is slow).
+    fn device(self) -> Result<&'static Device, String> {
+        static WGPU: OnceLock<Result<Device, String>> = OnceLock::new();
+        static CPU: OnceLock<Device> = OnceLock::new();
         match self {
-            Backend::Cpu => Ok(()),
-            Backend::Wgpu | Backend::Cuda => Err(format!(
-                "backend {} not available in this build/machine (available: cpu)",
-                self.name()
-            )),
+            Backend::Cpu => Ok(CPU.get_or_init(Device::cpu)),
+            Backend::Wgpu => WGPU
+                .get_or_init(|| {
+                    Device::new(equikern::Backend::Wgpu).map_err(|e| {
+                        format!("backend wgpu not available in this build/machine: {e}")
+                    })
+                })
+                .as_ref()
+                .map_err(Clone::clone),
+            Backend::Cuda => Err("backend cuda not available in this build/machine".into()),
+        }
+    }
+
+    /// What runs the kernels, for reports: "cpu (f64 oracle)" or the adapter name.
+    pub fn describe(self) -> String {
+        match self {
+            Backend::Cpu => "CPU oracle".into(),
+            _ => self
+                .device()
+                .map(|d| d.name())
+                .unwrap_or_else(|e| e.to_string()),
         }
     }
 
@@ -97,22 +125,48 @@ pub fn traffic(tp: &TensorProduct, batch: usize, elem_bytes: usize) -> (u64, u64
     (t.forward, t.backward, t.double_backward)
 }
 
-/// A tensor product prepared for repeated evaluation on one backend.
-pub struct Runner<T: Elem> {
-    oracle: oracle::Oracle<T>,
+/// A tensor product prepared for repeated evaluation on one backend, computing in `T`.
+pub enum Runner<T: Elem> {
+    /// The CPU oracle in `T` itself.
+    Oracle(oracle::Oracle<T>),
+    /// A facade op (GPU backends compute in f32; `T` is f32 there).
+    Op(TensorProductOp),
+}
+
+fn f32s<T: Elem>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|a| a.to_f64() as f32).collect()
+}
+
+fn ts<T: Elem>(v: Vec<f32>) -> Vec<T> {
+    v.into_iter().map(|a| T::from_f64(f64::from(a))).collect()
 }
 
 impl<T: Elem> Runner<T> {
     pub fn new(backend: Backend, tp: &TensorProduct) -> Result<Self, String> {
-        backend.check_available()?;
-        let oracle = oracle::Oracle::new(tp).map_err(|e| e.to_string())?;
-        Ok(Runner { oracle })
+        let device = backend.device()?;
+        match backend {
+            Backend::Cpu => Ok(Runner::Oracle(
+                oracle::Oracle::new(tp).map_err(|e| e.to_string())?,
+            )),
+            _ if T::NAME != "f32" => Err(format!(
+                "backend {} computes in f32 only: use --dtype f32",
+                backend.name()
+            )),
+            _ => Ok(Runner::Op(
+                TensorProductOp::from_tensor_product(tp.clone(), device)
+                    .map_err(|e| e.to_string())?,
+            )),
+        }
     }
 
     pub fn forward(&self, batch: usize, x: &[T], y: &[T], w: &[T]) -> Result<Vec<T>, String> {
-        self.oracle
-            .forward(batch, x, y, w)
-            .map_err(|e| e.to_string())
+        match self {
+            Runner::Oracle(o) => o.forward(batch, x, y, w).map_err(|e| e.to_string()),
+            Runner::Op(op) => op
+                .forward(batch, &f32s(x), &f32s(y), &f32s(w))
+                .map(ts)
+                .map_err(|e| e.to_string()),
+        }
     }
 
     pub fn backward(
@@ -123,9 +177,17 @@ impl<T: Elem> Runner<T> {
         w: &[T],
         gz: &[T],
     ) -> Result<Grads<T>, String> {
-        self.oracle
-            .backward(batch, x, y, w, gz)
-            .map_err(|e| e.to_string())
+        match self {
+            Runner::Oracle(o) => o.backward(batch, x, y, w, gz).map_err(|e| e.to_string()),
+            Runner::Op(op) => op
+                .backward(batch, &f32s(x), &f32s(y), &f32s(w), &f32s(gz))
+                .map(|g| Grads {
+                    gx: ts(g.gx),
+                    gy: ts(g.gy),
+                    gw: ts(g.gw),
+                })
+                .map_err(|e| e.to_string()),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -140,8 +202,28 @@ impl<T: Elem> Runner<T> {
         hy: &[T],
         hw: &[T],
     ) -> Result<DoubleGrads<T>, String> {
-        self.oracle
-            .double_backward(batch, x, y, w, gz, hx, hy, hw)
-            .map_err(|e| e.to_string())
+        match self {
+            Runner::Oracle(o) => o
+                .double_backward(batch, x, y, w, gz, hx, hy, hw)
+                .map_err(|e| e.to_string()),
+            Runner::Op(op) => op
+                .double_backward(
+                    batch,
+                    &f32s(x),
+                    &f32s(y),
+                    &f32s(w),
+                    &f32s(gz),
+                    &f32s(hx),
+                    &f32s(hy),
+                    &f32s(hw),
+                )
+                .map(|d| DoubleGrads {
+                    dx: ts(d.dx),
+                    dy: ts(d.dy),
+                    dw: ts(d.dw),
+                    dgz: ts(d.dgz),
+                })
+                .map_err(|e| e.to_string()),
+        }
     }
 }

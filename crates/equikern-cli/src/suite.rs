@@ -16,7 +16,8 @@ const DEFAULT_SUITE: &str = include_str!("../../../benches/paper_suite.json");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
-    /// The best backend present: cuda, then wgpu, then cpu.
+    /// The best backend present: cuda, then wgpu (any adapter, lavapipe included), then cpu;
+    /// cpu for --dtype f64.
     Auto,
     Cuda,
     Wgpu,
@@ -69,6 +70,8 @@ pub struct Row {
 
 pub fn run(args: &SuiteArgs) -> Result<()> {
     let backend = match args.backend {
+        // Only the CPU oracle computes in f64.
+        BackendChoice::Auto if args.dtype == Dtype::F64 => Backend::Cpu,
         BackendChoice::Auto => Backend::best(),
         BackendChoice::Cuda => Backend::Cuda,
         BackendChoice::Wgpu => Backend::Wgpu,
@@ -77,6 +80,12 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
     backend
         .check_available()
         .map_err(|e| CliError::input(format!("--backend {}: {e}", backend.name())))?;
+    if backend != Backend::Cpu && args.dtype != Dtype::F32 {
+        return Err(CliError::input(format!(
+            "--backend {}: computes in f32 only: use --dtype f32",
+            backend.name()
+        )));
+    }
     if args.repeat == 0 {
         return Err(CliError::input("--repeat must be at least 1"));
     }
@@ -114,7 +123,7 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
         "suite {source}: {} problems, backend {} ({}), dtype {}, batch {}, check batch {}",
         problems.len(),
         backend.name(),
-        backend_note(backend),
+        backend.describe(),
         args.dtype.name(),
         args.batch,
         args.check_batch.min(args.batch)
@@ -138,14 +147,6 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
     bar.finish_and_clear();
     print!("{}", table(&rows));
     Ok(())
-}
-
-fn backend_note(b: Backend) -> &'static str {
-    match b {
-        Backend::Cpu => "CPU oracle",
-        Backend::Wgpu => "wgpu",
-        Backend::Cuda => "CUDA",
-    }
 }
 
 /// Seeded inputs for one problem: x, y, w, grad_z.
@@ -239,23 +240,14 @@ fn run_problem<T: Elem>(
     tp: &TensorProduct,
 ) -> Result<Vec<Row>> {
     let err = |e: String| CliError::runtime(format!("{label}: {e}"));
-    let runner = Runner::<T>::new(backend, tp).map_err(err)?;
+    let runner = Runner::<T>::new(backend, tp)
+        .map_err(|e| CliError::input(format!("--backend {}: {e}", backend.name())))?;
     let reference = Runner::<f64>::new(Backend::Cpu, tp).map_err(err)?;
     let cost = engine::cost(tp);
     let n = args.batch;
     let inp = random_inputs::<T>(tp, n, args.seed);
 
-    let fwd_ms = best_ms(args.repeat, || {
-        runner.forward(n, &inp.x, &inp.y, &inp.w).map(drop)
-    })
-    .map_err(|e| err(e.msg))?;
-    let bwd_ms = best_ms(args.repeat, || {
-        runner
-            .backward(n, &inp.x, &inp.y, &inp.w, &inp.gz)
-            .map(drop)
-    })
-    .map_err(|e| err(e.msg))?;
-
+    // Accuracy first: it also warms up (compiles kernels) before anything is timed.
     let m = args.check_batch.min(n);
     let small = inp.head(tp, m);
     let small64 = small.to_f64();
@@ -273,6 +265,17 @@ fn run_problem<T: Elem>(
         .map_err(err)?;
     let fwd_err = rel_err::<T>(&[(&z, &z64)]);
     let bwd_err = rel_err::<T>(&[(&g.gx, &g64.gx), (&g.gy, &g64.gy), (&g.gw, &g64.gw)]);
+
+    let fwd_ms = best_ms(args.repeat, || {
+        runner.forward(n, &inp.x, &inp.y, &inp.w).map(drop)
+    })
+    .map_err(|e| err(e.msg))?;
+    let bwd_ms = best_ms(args.repeat, || {
+        runner
+            .backward(n, &inp.x, &inp.y, &inp.w, &inp.gz)
+            .map(drop)
+    })
+    .map_err(|e| err(e.msg))?;
 
     let gflops = |flops: u64, ms: f64| flops as f64 * n as f64 / (ms * 1e-3) / 1e9;
     Ok(vec![

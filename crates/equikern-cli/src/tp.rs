@@ -328,7 +328,8 @@ fn compute<T: Elem>(
     inp: &Inputs,
 ) -> Result<()> {
     let batch = shapes.batch;
-    let runner = Runner::<T>::new(args.backend, tp).map_err(CliError::runtime)?;
+    let runner = Runner::<T>::new(args.backend, tp)
+        .map_err(|e| CliError::input(format!("--backend {}: {e}", args.backend.name())))?;
     let x: Vec<T> = inp.x.to_vec();
     let y: Vec<T> = inp.y.to_vec();
     let w: Vec<T> = vec_or_empty(&inp.w);

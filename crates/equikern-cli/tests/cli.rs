@@ -91,6 +91,8 @@ fn read_npy(path: &Path) -> (Vec<usize>, String, Vec<f64>) {
 fn run(dir: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .current_dir(dir)
+        // libwayland (loaded while wgpu probes adapters) prints a line when this is unset.
+        .env("XDG_RUNTIME_DIR", dir)
         .args(args)
         .output()
         .expect("run equikern")
@@ -495,27 +497,42 @@ fn tp_bad_input_exits_2_with_one_line_naming_the_culprit() {
 }
 
 #[test]
-fn tp_unavailable_backend_is_a_clear_error() {
-    let c = Case::new("backend", SPEC, 2);
+fn tp_gpu_backends_run_in_f32_or_say_why_not() {
+    let c = Case::new("backend", SPEC, 3);
+    let base = [
+        "tp",
+        "--spec",
+        "spec.json",
+        "--x",
+        "x.npy",
+        "--y",
+        "y.npy",
+        "--w",
+        "w.npy",
+        "--out",
+        "z.npy",
+        "--backend",
+    ];
     for backend in ["wgpu", "cuda"] {
-        let out = c.run(&[
-            "tp",
-            "--spec",
-            "spec.json",
-            "--x",
-            "x.npy",
-            "--y",
-            "y.npy",
-            "--w",
-            "w.npy",
-            "--backend",
-            backend,
-            "--out",
-            "z.npy",
-        ]);
+        // f64 inputs and no --dtype: GPU backends compute in f32 only.
+        let out = c.run(&[&base[..], &[backend]].concat());
+        assert_input_error(&out, &["--backend", backend]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not available") || err.contains("--dtype f32"),
+            "{err}"
+        );
+
+        let out = c.run(&[&base[..], &[backend, "--dtype", "f32"]].concat());
         if !out.status.success() {
             assert_input_error(&out, &["--backend", backend, "not available"]);
+            continue;
         }
+        let (_, descr, z) = c.read("z.npy");
+        assert_eq!(descr, "'<f4'");
+        let want = oracle::forward(&c.tp, 3, &c.x, &c.y, &c.w).unwrap();
+        let e = max_rel(&z, &want);
+        assert!(e < 1e-5, "{backend}: rel err {e:.2e} vs the f64 oracle");
     }
 }
 
