@@ -35,9 +35,10 @@ pub struct SuiteArgs {
     /// Suite file ({"problems": [{"label", spec fields...}]}) [default: benches/paper_suite.json, built in].
     #[arg(long, value_name = "FILE")]
     suite: Option<PathBuf>,
-    /// Samples per timed run.
-    #[arg(long, default_value_t = 2000)]
-    batch: usize,
+    /// Samples per timed run [default: 50000 on a GPU (the paper's batch), 2000 on the CPU
+    /// oracle, 200 for wgpu on a CPU adapter such as lavapipe].
+    #[arg(long)]
+    batch: Option<usize>,
     /// Samples compared with the f64 oracle.
     #[arg(long, default_value_t = 16)]
     check_batch: usize,
@@ -86,6 +87,13 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
             backend.name()
         )));
     }
+    let batch = args.batch.unwrap_or(if backend.is_gpu() {
+        50_000
+    } else if backend == Backend::Cpu {
+        2000
+    } else {
+        200
+    });
     if args.repeat == 0 {
         return Err(CliError::input("--repeat must be at least 1"));
     }
@@ -125,8 +133,8 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
         backend.name(),
         backend.describe(),
         args.dtype.name(),
-        args.batch,
-        args.check_batch.min(args.batch)
+        batch,
+        args.check_batch.min(batch)
     );
 
     let bar = ProgressBar::new(problems.len() as u64);
@@ -138,8 +146,8 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
     for (label, tp) in &problems {
         bar.set_message(label.clone());
         let r = match args.dtype {
-            Dtype::F32 => run_problem::<f32>(args, backend, label, tp),
-            Dtype::F64 => run_problem::<f64>(args, backend, label, tp),
+            Dtype::F32 => run_problem::<f32>(args, batch, backend, label, tp),
+            Dtype::F64 => run_problem::<f64>(args, batch, backend, label, tp),
         }?;
         rows.extend(r);
         bar.inc(1);
@@ -235,6 +243,7 @@ fn best_ms(repeat: usize, mut f: impl FnMut() -> std::result::Result<(), String>
 
 fn run_problem<T: Elem>(
     args: &SuiteArgs,
+    batch: usize,
     backend: Backend,
     label: &str,
     tp: &TensorProduct,
@@ -244,7 +253,7 @@ fn run_problem<T: Elem>(
         .map_err(|e| CliError::input(format!("--backend {}: {e}", backend.name())))?;
     let reference = Runner::<f64>::new(Backend::Cpu, tp).map_err(err)?;
     let cost = engine::cost(tp);
-    let n = args.batch;
+    let n = batch;
     let inp = random_inputs::<T>(tp, n, args.seed);
 
     // Accuracy first: it also warms up (compiles kernels) before anything is timed.
