@@ -14,6 +14,11 @@ use std::time::Instant;
 /// The suite used when --suite is not given (benches/paper_suite.json, built in).
 const DEFAULT_SUITE: &str = include_str!("../../../benches/paper_suite.json");
 
+/// Largest accepted rel_err: f32 kernels round each product once per term (observed ~1e-6 on
+/// the paper suite); f64 ones should be near machine precision.
+const TOL_F32: f64 = 1e-4;
+const TOL_F64: f64 = 1e-10;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
     /// The best backend present: cuda, then wgpu (any adapter, lavapipe included), then cpu;
@@ -29,7 +34,8 @@ pub enum BackendChoice {
 /// Inputs are seeded uniform random numbers in [-1, 1). Each direction is timed on --batch
 /// samples (best of --repeat runs); GFLOP/s uses the FLOPs-per-sample counting of `equikern
 /// info`. "rel_err" is max over outputs of ||out - ref||_2 / ||ref||_2 on the first
-/// --check-batch samples, where ref is the f64 CPU oracle on the same (rounded) inputs.
+/// --check-batch samples, where ref is the f64 CPU oracle on the same (rounded) inputs; "check"
+/// is FAIL above 1e-4 (f32) or 1e-10 (f64), and any FAIL makes the exit status 1.
 #[derive(Args, Debug)]
 pub struct SuiteArgs {
     /// Suite file ({"problems": [{"label", spec fields...}]}) [default: benches/paper_suite.json, built in].
@@ -137,6 +143,10 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
         args.check_batch.min(batch)
     );
 
+    let tol = match args.dtype {
+        Dtype::F32 => TOL_F32,
+        Dtype::F64 => TOL_F64,
+    };
     let bar = ProgressBar::new(problems.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
@@ -153,7 +163,18 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    print!("{}", table(&rows));
+    print!("{}", table(&rows, tol));
+    let bad = rows.iter().filter(|r| !(r.rel_err <= tol)).count();
+    if bad > 0 {
+        return Err(CliError::runtime(format!(
+            "{bad} of {} results differ from the f64 oracle by more than {tol:.0e}",
+            rows.len()
+        )));
+    }
+    println!(
+        "all {} results within {tol:.0e} of the f64 oracle",
+        rows.len()
+    );
     Ok(())
 }
 
@@ -307,7 +328,7 @@ fn run_problem<T: Elem>(
     ])
 }
 
-pub fn table(rows: &[Row]) -> String {
+pub fn table(rows: &[Row], tol: f64) -> String {
     let w = rows
         .iter()
         .map(|r| r.problem.len())
@@ -315,12 +336,13 @@ pub fn table(rows: &[Row]) -> String {
         .unwrap_or(7)
         .max(7);
     let mut s = format!(
-        "{:<w$}  {:<9} {:>7} {:>10} {:>9} {:>10}\n",
+        "{:<w$}  {:<9} {:>7} {:>10} {:>9} {:>10}  check\n",
         "problem", "direction", "batch", "ms", "GFLOP/s", "rel_err"
     );
     for r in rows {
+        let check = if r.rel_err <= tol { "ok" } else { "FAIL" };
         s += &format!(
-            "{:<w$}  {:<9} {:>7} {:>10.3} {:>9.3} {:>10.2e}\n",
+            "{:<w$}  {:<9} {:>7} {:>10.3} {:>9.3} {:>10.2e}  {check}\n",
             r.problem, r.direction, r.batch, r.ms, r.gflops, r.rel_err
         );
     }
