@@ -164,7 +164,7 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     print!("{}", table(&rows, tol));
-    let bad = rows.iter().filter(|r| !(r.rel_err <= tol)).count();
+    let bad = rows.iter().filter(|r| !passes(r.rel_err, tol)).count();
     if bad > 0 {
         return Err(CliError::runtime(format!(
             "{bad} of {} results differ from the f64 oracle by more than {tol:.0e}",
@@ -328,6 +328,11 @@ fn run_problem<T: Elem>(
     ])
 }
 
+/// NaN fails too.
+fn passes(rel_err: f64, tol: f64) -> bool {
+    rel_err <= tol
+}
+
 pub fn table(rows: &[Row], tol: f64) -> String {
     let w = rows
         .iter()
@@ -340,7 +345,7 @@ pub fn table(rows: &[Row], tol: f64) -> String {
         "problem", "direction", "batch", "ms", "GFLOP/s", "rel_err"
     );
     for r in rows {
-        let check = if r.rel_err <= tol { "ok" } else { "FAIL" };
+        let check = if passes(r.rel_err, tol) { "ok" } else { "FAIL" };
         s += &format!(
             "{:<w$}  {:<9} {:>7} {:>10.3} {:>9.3} {:>10.2e}  {check}\n",
             r.problem, r.direction, r.batch, r.ms, r.gflops, r.rel_err
