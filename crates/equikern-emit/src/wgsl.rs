@@ -306,22 +306,32 @@ fn rows_body(
             );
         }
     }
-    for (i, seg) in segments.iter().enumerate() {
-        let end = seg.first_row + seg.rows;
-        let call = if seg.first_row == 0 {
-            format!("seg{i}(s, row);")
-        } else {
-            format!("seg{i}(s, row - {}u);", seg.first_row)
-        };
-        if i == 0 {
-            let _ = write!(m, "    if (row < {end}u) {{\n        {call}\n    }}");
-        } else {
-            let _ = write!(m, " else if (row < {end}u) {{\n        {call}\n    }}");
-        }
-    }
-    m.push_str("\n}\n");
+    // A balanced decision tree over segment starts: depth log2(#segments). An else-if chain
+    // 80 deep left its last segment unexecuted on lavapipe (Mesa 22.3, nequip-benzene GW).
+    select_segment(&mut m, segments, 0, segments.len(), 1);
+    m.push_str("}\n");
     fns.push_str(&m);
     Ok(fns)
+}
+
+/// Print the call of the segment owning `row`, among `segs[lo..hi]`.
+fn select_segment(m: &mut String, segs: &[Segment], lo: usize, hi: usize, depth: usize) {
+    let ind = "    ".repeat(depth);
+    if hi - lo == 1 {
+        let first = segs[lo].first_row;
+        if first == 0 {
+            let _ = writeln!(m, "{ind}seg{lo}(s, row);");
+        } else {
+            let _ = writeln!(m, "{ind}seg{lo}(s, row - {first}u);");
+        }
+        return;
+    }
+    let mid = (lo + hi) / 2;
+    let _ = writeln!(m, "{ind}if (row < {}u) {{", segs[mid].first_row);
+    select_segment(m, segs, lo, mid, depth + 1);
+    let _ = writeln!(m, "{ind}}} else {{");
+    select_segment(m, segs, mid, hi, depth + 1);
+    let _ = writeln!(m, "{ind}}}");
 }
 
 fn segment_fn(
