@@ -44,9 +44,11 @@
 //! * Unweighted products (weight_numel 0) drop every W/HW/GW/DW part.
 //!
 //! A kernel binds exactly the tensors its contributions read (in [`Tensor`] order), then its
-//! outputs. If `inputs + outputs` exceeds `caps.max_storage_buffers_per_stage` the kernel is
-//! split into one kernel per output tensor (named `<kernel>_<tensor>`); if one output alone
-//! still needs more, lowering fails with [`PlanError::TooManyBindings`] (DGZ needs 7).
+//! outputs. If `inputs + outputs` exceeds `caps.max_storage_buffers_per_stage` the kernel's
+//! output tensors are packed in order, greedily, into kernels that fit (named
+//! `<kernel>_<tensors>`, e.g. `double_backward_dxdydw_dxdy` and `…_dw` with 9 bindings, one
+//! per output with WebGPU's 8); if one output alone still needs more, lowering fails with
+//! [`PlanError::TooManyBindings`] (DGZ needs 7).
 //! [`Ix::Table`]s are compile-time constants (`plan.tables`), not bindings.
 //!
 //! Chunk size (shared-weight gradients): `clamp(next_pow2(weight_numel) / 4, 16, 256)`

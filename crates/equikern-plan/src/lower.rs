@@ -19,7 +19,7 @@ pub(crate) enum Slot {
     W,
 }
 
-/// Which tensor fills each slot for one contribution (`None`: slot unused or the output).
+/// Which tensor fills each slot for one contribution (the output slot names the output).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Binding {
     pub x: Tensor,
@@ -639,16 +639,33 @@ pub fn lower(
             kernels.push(k);
             continue;
         }
-        // Too many bindings: one kernel per output tensor.
-        for g in spec.groups {
-            let name = format!("{}_{}", spec.name, format!("{:?}", g.tensor).to_lowercase());
-            let one = KSpec {
-                name,
+        // Too many bindings: pack output tensors, in order, greedily into kernels that fit.
+        let named = |groups: Vec<OutGroup>| {
+            let tag: String = groups
+                .iter()
+                .map(|g| format!("{:?}", g.tensor).to_lowercase())
+                .collect();
+            KSpec {
+                name: format!("{}_{tag}", spec.name),
                 mode: spec.mode,
-                groups: vec![g],
-            };
-            kernels.push(build_kernel(tp, &one, &dims, wg, &mut tables)?);
+                groups,
+            }
+        };
+        let mut cur: Vec<OutGroup> = vec![];
+        for g in spec.groups {
+            let mut trial = cur.clone();
+            trial.push(g.clone());
+            let k = build_kernel(tp, &named(trial.clone()), &dims, wg, &mut tables)?;
+            if cur.is_empty()
+                || (k.inputs.len() + k.outputs.len()) as u32 <= caps.max_storage_buffers_per_stage
+            {
+                cur = trial;
+            } else {
+                kernels.push(build_kernel(tp, &named(cur), &dims, wg, &mut tables)?);
+                cur = vec![g];
+            }
         }
+        kernels.push(build_kernel(tp, &named(cur), &dims, wg, &mut tables)?);
     }
     for k in &kernels {
         let bound = (k.inputs.len() + k.outputs.len()) as u32;
