@@ -106,6 +106,15 @@ impl Device {
         }
     }
 
+    /// What kernels may use on this device (`None` for the CPU oracle).
+    pub fn capabilities(&self) -> Option<equikern_plan::Capabilities> {
+        match &self.inner {
+            DeviceInner::Cpu => None,
+            #[cfg(feature = "wgpu")]
+            DeviceInner::Wgpu(rt) => Some(rt.capabilities()),
+        }
+    }
+
     /// The wgpu runtime (device, queue, caches), if this is a wgpu device.
     #[cfg(feature = "wgpu")]
     pub fn wgpu_runtime(&self) -> Option<&Arc<equikern_wgpu::Runtime>> {
