@@ -11,6 +11,9 @@ pub enum Backend {
     Cpu,
     /// wgpu: Vulkan, Metal, DX12, or WebGPU in a browser.
     Wgpu,
+    /// CUDA through NVRTC (NVIDIA GPUs); f32 and f64. libcuda is loaded at run time: without
+    /// it, opening this backend is a clean "CUDA not available: …" error.
+    Cuda,
 }
 
 /// An open backend instance. Cheap to clone (shared handle); tensor products built on the
@@ -25,6 +28,8 @@ pub(crate) enum DeviceInner {
     Cpu,
     #[cfg(feature = "wgpu")]
     Wgpu(Arc<equikern_wgpu::Runtime>),
+    #[cfg(feature = "cuda")]
+    Cuda(equikern_cuda::CudaDevice),
 }
 
 /// Options for opening a wgpu device (adapter choice, test hooks).
@@ -50,6 +55,41 @@ impl Device {
                 backend: "wgpu",
                 why: "equikern was built without the `wgpu` feature".into(),
             }),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Device::cuda(0),
+            #[cfg(not(feature = "cuda"))]
+            Backend::Cuda => Err(Error::Unavailable {
+                backend: "cuda",
+                why: "CUDA not available: equikern was built without the `cuda` feature".into(),
+            }),
+        }
+    }
+
+    /// Open CUDA device `ordinal` (0: the first GPU). Without libcuda, libnvrtc or a GPU this
+    /// is [`Error::Unavailable`] whose message starts "CUDA not available: …".
+    #[cfg(feature = "cuda")]
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        let d = equikern_cuda::CudaDevice::new(ordinal).map_err(|e| Error::Unavailable {
+            backend: "cuda",
+            why: e.to_string(),
+        })?;
+        Ok(Device::from_cuda_device(d))
+    }
+
+    /// Wrap a CUDA device the caller opened (its `CudaSlice`s can then be passed directly).
+    #[cfg(feature = "cuda")]
+    pub fn from_cuda_device(d: equikern_cuda::CudaDevice) -> Device {
+        Device {
+            inner: DeviceInner::Cuda(d),
+        }
+    }
+
+    /// The CUDA device (context, stream, module cache), if this is a CUDA device.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_device(&self) -> Option<&equikern_cuda::CudaDevice> {
+        match &self.inner {
+            DeviceInner::Cuda(d) => Some(d),
+            _ => None,
         }
     }
 
@@ -94,6 +134,8 @@ impl Device {
             DeviceInner::Cpu => Backend::Cpu,
             #[cfg(feature = "wgpu")]
             DeviceInner::Wgpu(_) => Backend::Wgpu,
+            #[cfg(feature = "cuda")]
+            DeviceInner::Cuda(_) => Backend::Cuda,
         }
     }
 
@@ -103,6 +145,8 @@ impl Device {
             DeviceInner::Cpu => "cpu (f64 oracle)".into(),
             #[cfg(feature = "wgpu")]
             DeviceInner::Wgpu(rt) => rt.adapter_name(),
+            #[cfg(feature = "cuda")]
+            DeviceInner::Cuda(d) => format!("{} (CUDA, {})", d.name(), d.arch()),
         }
     }
 
@@ -112,6 +156,8 @@ impl Device {
             DeviceInner::Cpu => None,
             #[cfg(feature = "wgpu")]
             DeviceInner::Wgpu(rt) => Some(rt.capabilities()),
+            #[cfg(feature = "cuda")]
+            DeviceInner::Cuda(d) => Some(d.capabilities()),
         }
     }
 

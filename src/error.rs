@@ -38,6 +38,9 @@ pub enum Error {
     #[cfg(feature = "wgpu")]
     #[error("wgpu: {0}")]
     Wgpu(#[from] equikern_wgpu::WgpuError),
+    #[cfg(feature = "cuda")]
+    #[error("cuda: {0}")]
+    Cuda(#[from] equikern_cuda::CudaError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

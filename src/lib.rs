@@ -20,8 +20,12 @@
 //!
 //! Every call has an `_async` core (browsers must not block) and, on native targets, a
 //! blocking wrapper. On a wgpu device, `*_buffers` calls take `wgpu::Buffer`s the caller holds
-//! (created on [`Device::wgpu_runtime`]'s device), so layers chain without host copies.
+//! (created on [`Device::wgpu_runtime`]'s device), so layers chain without host copies; on a
+//! CUDA device, `*_cuda` calls take [`CudaSlice`]s (f32 or f64), and `*_f64` host calls
+//! compute in f64 (CUDA and the CPU oracle).
 
+#[cfg(feature = "cuda")]
+mod cuda_exec;
 mod device;
 mod error;
 mod op;
@@ -38,6 +42,11 @@ pub use equikern_core as core;
 pub use equikern_core::oracle::{DoubleGrads, Grads};
 pub use equikern_core::{irreps, oracle, so3, spec};
 pub use equikern_core::{Irrep, Irreps, TensorProduct, TpSpec};
+/// The CUDA runtime (devices, `CudaSlice` buffers, NVRTC module cache, event timing).
+#[cfg(feature = "cuda")]
+pub use equikern_cuda as cuda_runtime;
+#[cfg(feature = "cuda")]
+pub use equikern_cuda::CudaSlice;
 pub use equikern_emit as emit;
 pub use equikern_plan as plan;
 #[cfg(feature = "wgpu")]

@@ -27,6 +27,8 @@ enum Exec {
     Cpu(Box<Oracle<f64>>),
     #[cfg(feature = "wgpu")]
     Wgpu(crate::wgpu_exec::WgpuExec),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda_exec::CudaExec),
 }
 
 impl TensorProductOp {
@@ -46,6 +48,8 @@ impl TensorProductOp {
             DeviceInner::Cpu => Exec::Cpu(Box::new(Oracle::new(&tp)?)),
             #[cfg(feature = "wgpu")]
             DeviceInner::Wgpu(rt) => Exec::Wgpu(crate::wgpu_exec::WgpuExec::new(rt.clone())),
+            #[cfg(feature = "cuda")]
+            DeviceInner::Cuda(d) => Exec::Cuda(crate::cuda_exec::CudaExec::new(d.clone())),
         };
         Ok(TensorProductOp {
             tp: Arc::new(tp),
@@ -91,10 +95,10 @@ impl TensorProductOp {
         }
     }
 
-    fn check(
+    fn check<T>(
         &self,
         arg: &'static str,
-        v: &[f32],
+        v: &[T],
         batch: usize,
         per: usize,
         what: &str,
@@ -113,7 +117,7 @@ impl TensorProductOp {
         Ok(())
     }
 
-    fn check_w(&self, arg: &'static str, v: &[f32], batch: usize) -> Result<()> {
+    fn check_w<T>(&self, arg: &'static str, v: &[T], batch: usize) -> Result<()> {
         if self.shared_weights() {
             if v.len() != self.tp.weight_numel {
                 return Err(Error::Length {
@@ -129,7 +133,7 @@ impl TensorProductOp {
         }
     }
 
-    fn check_xyw(&self, batch: usize, x: &[f32], y: &[f32], w: &[f32]) -> Result<()> {
+    fn check_xyw<T>(&self, batch: usize, x: &[T], y: &[T], w: &[T]) -> Result<()> {
         self.check("x", x, batch, self.tp.dim_in1, "dim_in1")?;
         self.check("y", y, batch, self.tp.dim_in2, "dim_in2")?;
         self.check_w("w", w, batch)
@@ -148,6 +152,14 @@ impl TensorProductOp {
             Exec::Cpu(o) => Ok(f32v(o.forward(batch, &f64v(x), &f64v(y), &f64v(w))?)),
             #[cfg(feature = "wgpu")]
             Exec::Wgpu(e) => e.forward(&self.tp, batch, x, y, w).await,
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => crate::cuda_exec::forward(
+                c.get(&self.tp, equikern_plan::Dtype::F32)?,
+                batch,
+                x,
+                y,
+                w,
+            ),
         }
     }
 
@@ -173,6 +185,12 @@ impl TensorProductOp {
             }
             #[cfg(feature = "wgpu")]
             Exec::Wgpu(e) => e.backward(&self.tp, batch, x, y, w, grad_z).await,
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => crate::cuda_exec::backward(
+                c.get(&self.tp, equikern_plan::Dtype::F32)?,
+                batch,
+                [x, y, w, grad_z],
+            ),
         }
     }
 
@@ -219,7 +237,94 @@ impl TensorProductOp {
                 e.double_backward(&self.tp, batch, [x, y, w, grad_z, hx, hy, hw])
                     .await
             }
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => crate::cuda_exec::double_backward(
+                c.get(&self.tp, equikern_plan::Dtype::F32)?,
+                batch,
+                [x, y, w, grad_z, hx, hy, hw],
+            ),
         }
+    }
+
+    /// [`Self::forward`] computing in f64 (CUDA, or the CPU oracle; wgpu computes in f32 only).
+    pub fn forward_f64(&self, batch: usize, x: &[f64], y: &[f64], w: &[f64]) -> Result<Vec<f64>> {
+        self.check_xyw(batch, x, y, w)?;
+        match &self.exec {
+            Exec::Cpu(o) => Ok(o.forward(batch, x, y, w)?),
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => crate::cuda_exec::forward(
+                c.get(&self.tp, equikern_plan::Dtype::F64)?,
+                batch,
+                x,
+                y,
+                w,
+            ),
+            #[allow(unreachable_patterns)]
+            _ => Err(self.no_f64()),
+        }
+    }
+
+    /// [`Self::backward`] computing in f64 (CUDA, or the CPU oracle).
+    pub fn backward_f64(
+        &self,
+        batch: usize,
+        x: &[f64],
+        y: &[f64],
+        w: &[f64],
+        grad_z: &[f64],
+    ) -> Result<Grads<f64>> {
+        self.check_xyw(batch, x, y, w)?;
+        self.check("grad_z", grad_z, batch, self.tp.dim_out, "dim_out")?;
+        match &self.exec {
+            Exec::Cpu(o) => Ok(o.backward(batch, x, y, w, grad_z)?),
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => crate::cuda_exec::backward(
+                c.get(&self.tp, equikern_plan::Dtype::F64)?,
+                batch,
+                [x, y, w, grad_z],
+            ),
+            #[allow(unreachable_patterns)]
+            _ => Err(self.no_f64()),
+        }
+    }
+
+    /// [`Self::double_backward`] computing in f64 (CUDA, or the CPU oracle).
+    #[allow(clippy::too_many_arguments)]
+    pub fn double_backward_f64(
+        &self,
+        batch: usize,
+        x: &[f64],
+        y: &[f64],
+        w: &[f64],
+        grad_z: &[f64],
+        hx: &[f64],
+        hy: &[f64],
+        hw: &[f64],
+    ) -> Result<DoubleGrads<f64>> {
+        self.check_xyw(batch, x, y, w)?;
+        self.check("grad_z", grad_z, batch, self.tp.dim_out, "dim_out")?;
+        self.check("hx", hx, batch, self.tp.dim_in1, "dim_in1")?;
+        self.check("hy", hy, batch, self.tp.dim_in2, "dim_in2")?;
+        self.check_w("hw", hw, batch)?;
+        match &self.exec {
+            Exec::Cpu(o) => Ok(o.double_backward(batch, x, y, w, grad_z, hx, hy, hw)?),
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => crate::cuda_exec::double_backward(
+                c.get(&self.tp, equikern_plan::Dtype::F64)?,
+                batch,
+                [x, y, w, grad_z, hx, hy, hw],
+            ),
+            #[allow(unreachable_patterns)]
+            _ => Err(self.no_f64()),
+        }
+    }
+
+    #[allow(dead_code)]
+    fn no_f64(&self) -> Error {
+        Error::Unsupported(format!(
+            "f64 needs a CUDA device or the CPU oracle; this tensor product runs on {} (f32 only)",
+            self.device.name()
+        ))
     }
 
     /// Blocking [`Self::forward_async`] (native only).
@@ -268,7 +373,7 @@ impl TensorProductOp {
                     .map(|(n, s)| (n.to_string(), s.to_string()))
                     .collect())
             }
-            Exec::Cpu(_) => Err(Error::Unsupported(
+            _ => Err(Error::Unsupported(
                 "WGSL is only produced for a wgpu device".into(),
             )),
         }
@@ -286,6 +391,17 @@ impl TensorProductOp {
             Exec::Wgpu(e) => Ok(e),
             _ => Err(Error::Unsupported(format!(
                 "device buffers need a wgpu device; this tensor product runs on {}",
+                self.device.name()
+            ))),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_exec(&self) -> Result<&crate::cuda_exec::CudaExec> {
+        match &self.exec {
+            Exec::Cuda(c) => Ok(c),
+            _ => Err(Error::Unsupported(format!(
+                "CUDA buffers need a CUDA device; this tensor product runs on {}",
                 self.device.name()
             ))),
         }

@@ -50,6 +50,7 @@ impl Backend {
     /// The facade device for this backend, opened once per process (adapter search is slow).
     fn device(self) -> Result<&'static Device, String> {
         static WGPU: OnceLock<Result<Device, String>> = OnceLock::new();
+        static CUDA: OnceLock<Result<Device, String>> = OnceLock::new();
         static CPU: OnceLock<Device> = OnceLock::new();
         match self {
             Backend::Cpu => Ok(CPU.get_or_init(Device::cpu)),
@@ -61,8 +62,25 @@ impl Backend {
                 })
                 .as_ref()
                 .map_err(Clone::clone),
-            Backend::Cuda => Err("backend cuda not available in this build/machine".into()),
+            Backend::Cuda => CUDA
+                .get_or_init(|| {
+                    Device::new(equikern::Backend::Cuda).map_err(|e| {
+                        format!("backend cuda not available in this build/machine: {e}")
+                    })
+                })
+                .as_ref()
+                .map_err(Clone::clone),
         }
+    }
+
+    /// The opened facade device (for the benchmark, which needs backend-specific handles).
+    pub fn facade_device(self) -> Result<&'static Device, String> {
+        self.device()
+    }
+
+    /// True when this backend computes in f64 as well as f32 (the CPU oracle and CUDA).
+    pub fn has_f64(self) -> bool {
+        matches!(self, Backend::Cpu | Backend::Cuda)
     }
 
     /// What runs the kernels, for reports: "cpu (f64 oracle)" or the adapter name.
@@ -139,7 +157,7 @@ pub fn traffic(tp: &TensorProduct, batch: usize, elem_bytes: usize) -> (u64, u64
 pub enum Runner<T: Elem> {
     /// The CPU oracle in `T` itself.
     Oracle(oracle::Oracle<T>),
-    /// A facade op (GPU backends compute in f32; `T` is f32 there).
+    /// A facade op (wgpu computes in f32; CUDA in f32 or f64, as `T`).
     Op(TensorProductOp),
 }
 
@@ -151,6 +169,14 @@ fn ts<T: Elem>(v: Vec<f32>) -> Vec<T> {
     v.into_iter().map(|a| T::from_f64(f64::from(a))).collect()
 }
 
+fn f64s<T: Elem>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|a| a.to_f64()).collect()
+}
+
+fn tf<T: Elem>(v: Vec<f64>) -> Vec<T> {
+    v.into_iter().map(T::from_f64).collect()
+}
+
 impl<T: Elem> Runner<T> {
     pub fn new(backend: Backend, tp: &TensorProduct) -> Result<Self, String> {
         let device = backend.device()?;
@@ -158,7 +184,7 @@ impl<T: Elem> Runner<T> {
             Backend::Cpu => Ok(Runner::Oracle(
                 oracle::Oracle::new(tp).map_err(|e| e.to_string())?,
             )),
-            _ if T::NAME != "f32" => Err(format!(
+            _ if T::NAME != "f32" && !backend.has_f64() => Err(format!(
                 "backend {} computes in f32 only: use --dtype f32",
                 backend.name()
             )),
@@ -172,6 +198,10 @@ impl<T: Elem> Runner<T> {
     pub fn forward(&self, batch: usize, x: &[T], y: &[T], w: &[T]) -> Result<Vec<T>, String> {
         match self {
             Runner::Oracle(o) => o.forward(batch, x, y, w).map_err(|e| e.to_string()),
+            Runner::Op(op) if T::NAME == "f64" => op
+                .forward_f64(batch, &f64s(x), &f64s(y), &f64s(w))
+                .map(tf)
+                .map_err(|e| e.to_string()),
             Runner::Op(op) => op
                 .forward(batch, &f32s(x), &f32s(y), &f32s(w))
                 .map(ts)
@@ -189,6 +219,14 @@ impl<T: Elem> Runner<T> {
     ) -> Result<Grads<T>, String> {
         match self {
             Runner::Oracle(o) => o.backward(batch, x, y, w, gz).map_err(|e| e.to_string()),
+            Runner::Op(op) if T::NAME == "f64" => op
+                .backward_f64(batch, &f64s(x), &f64s(y), &f64s(w), &f64s(gz))
+                .map(|g| Grads {
+                    gx: tf(g.gx),
+                    gy: tf(g.gy),
+                    gw: tf(g.gw),
+                })
+                .map_err(|e| e.to_string()),
             Runner::Op(op) => op
                 .backward(batch, &f32s(x), &f32s(y), &f32s(w), &f32s(gz))
                 .map(|g| Grads {
@@ -215,6 +253,24 @@ impl<T: Elem> Runner<T> {
         match self {
             Runner::Oracle(o) => o
                 .double_backward(batch, x, y, w, gz, hx, hy, hw)
+                .map_err(|e| e.to_string()),
+            Runner::Op(op) if T::NAME == "f64" => op
+                .double_backward_f64(
+                    batch,
+                    &f64s(x),
+                    &f64s(y),
+                    &f64s(w),
+                    &f64s(gz),
+                    &f64s(hx),
+                    &f64s(hy),
+                    &f64s(hw),
+                )
+                .map(|d| DoubleGrads {
+                    dx: tf(d.dx),
+                    dy: tf(d.dy),
+                    dw: tf(d.dw),
+                    dgz: tf(d.dgz),
+                })
                 .map_err(|e| e.to_string()),
             Runner::Op(op) => op
                 .double_backward(

@@ -22,7 +22,7 @@ const TOL_F64: f64 = 1e-10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
     /// The best backend present: cuda, then wgpu (any adapter, lavapipe included), then cpu;
-    /// cpu for --dtype f64.
+    /// cuda or else cpu for --dtype f64.
     Auto,
     Cuda,
     Wgpu,
@@ -77,8 +77,14 @@ pub struct Row {
 
 pub fn run(args: &SuiteArgs) -> Result<()> {
     let backend = match args.backend {
-        // Only the CPU oracle computes in f64.
-        BackendChoice::Auto if args.dtype == Dtype::F64 => Backend::Cpu,
+        // Only CUDA and the CPU oracle compute in f64.
+        BackendChoice::Auto if args.dtype == Dtype::F64 => {
+            if Backend::Cuda.check_available().is_ok() {
+                Backend::Cuda
+            } else {
+                Backend::Cpu
+            }
+        }
         BackendChoice::Auto => Backend::best(),
         BackendChoice::Cuda => Backend::Cuda,
         BackendChoice::Wgpu => Backend::Wgpu,
@@ -87,7 +93,7 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
     backend
         .check_available()
         .map_err(|e| CliError::input(format!("--backend {}: {e}", backend.name())))?;
-    if backend != Backend::Cpu && args.dtype != Dtype::F32 {
+    if !backend.has_f64() && args.dtype != Dtype::F32 {
         return Err(CliError::input(format!(
             "--backend {}: computes in f32 only: use --dtype f32",
             backend.name()

@@ -146,9 +146,12 @@ impl Runtime {
         });
         let adapter = pick_adapter(&instance, wanted.as_deref()).await?;
         let info = adapter.get_info();
+        // Timestamp queries let benchmarks time kernels on the device (`equikern bench`).
         let optional = wgpu::Features::SHADER_F64
             | wgpu::Features::SHADER_FLOAT32_ATOMIC
-            | wgpu::Features::SUBGROUP;
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
         let features = adapter.features() & optional;
         let limits = adapter.limits();
         let (device, queue) = adapter
