@@ -1,5 +1,6 @@
 //! `equikern`: e3nn-exact Clebsch–Gordan tensor products from the command line.
 
+mod bench;
 mod engine;
 mod error;
 mod info;
@@ -26,6 +27,7 @@ enum Cmd {
     Tp(Box<tp::TpArgs>),
     Info(info::InfoArgs),
     Suite(suite::SuiteArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Any panic is a bug; still give the user one line, not a backtrace.
@@ -85,6 +87,7 @@ fn main() {
         Cmd::Tp(a) => tp::run(a),
         Cmd::Info(a) => info::run(a),
         Cmd::Suite(a) => suite::run(a),
+        Cmd::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
