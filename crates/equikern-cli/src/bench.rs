@@ -262,6 +262,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let header = json!({
+        "device": backend.describe(),
+        "backend": backend.name(),
+        "impl": imp,
+        "timing": timer.timing_name(),
+        "copy_gbps": copy_gbps,
+        "copy_bytes": 2 * (copy_mib << 20),
+        "copy_timing": copy_timing,
+        "batch": args.batch,
+        "dtype": dtype_name,
+        "reps": args.reps,
+        "warmup": args.warmup,
+    });
     let mut rows: Vec<Value> = Vec::new();
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     for (label, tp) in &problems {
@@ -324,31 +337,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 json!((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0),
             );
             rows.push(row);
+            // Rewritten after every row: a run cut short still leaves its rows.
+            if let Some(path) = &args.json {
+                write_json(path, &header, &rows)?;
+            }
             pb.inc(1);
         }
     }
     pb.finish_and_clear();
     let failed = rows.iter().filter(|r| r["ms"].is_null()).count();
     if let Some(path) = &args.json {
-        let doc = json!({
-            "device": backend.describe(),
-            "backend": backend.name(),
-            "impl": imp,
-            "timing": timer.timing_name(),
-            "copy_gbps": copy_gbps,
-            "copy_bytes": 2 * (copy_mib << 20),
-            "copy_timing": copy_timing,
-            "batch": args.batch,
-            "dtype": dtype_name,
-            "reps": args.reps,
-            "warmup": args.warmup,
-            "rows": rows,
-        });
-        let text = serde_json::to_string_pretty(&doc)
-            .map_err(|e| CliError::runtime(format!("--json: {e}")))?;
-        std::fs::write(path, text).map_err(|e| {
-            CliError::runtime(format!("--json {}: cannot write: {e}", path.display()))
-        })?;
         println!("wrote {} rows to {}", rows.len(), path.display());
     }
     if failed > 0 {
@@ -358,6 +356,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `header` with `"rows": rows`, pretty-printed to `path`.
+fn write_json(path: &std::path::Path, header: &Value, rows: &[Value]) -> Result<()> {
+    let mut doc = header.clone();
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("rows".into(), Value::Array(rows.to_vec()));
+    }
+    let text = serde_json::to_string_pretty(&doc)
+        .map_err(|e| CliError::runtime(format!("--json: {e}")))?;
+    std::fs::write(path, text)
+        .map_err(|e| CliError::runtime(format!("--json {}: cannot write: {e}", path.display())))
 }
 
 /// A line above the progress bar (or plain, when the bar is hidden: not a terminal).
