@@ -28,7 +28,7 @@ enum Exec {
     #[cfg(feature = "wgpu")]
     Wgpu(crate::wgpu_exec::WgpuExec),
     #[cfg(feature = "cuda")]
-    Cuda(crate::cuda_exec::CudaExec),
+    Cuda(Box<crate::cuda_exec::CudaExec>),
 }
 
 impl TensorProductOp {
@@ -49,7 +49,9 @@ impl TensorProductOp {
             #[cfg(feature = "wgpu")]
             DeviceInner::Wgpu(rt) => Exec::Wgpu(crate::wgpu_exec::WgpuExec::new(rt.clone())),
             #[cfg(feature = "cuda")]
-            DeviceInner::Cuda(d) => Exec::Cuda(crate::cuda_exec::CudaExec::new(d.clone())),
+            DeviceInner::Cuda(d) => {
+                Exec::Cuda(Box::new(crate::cuda_exec::CudaExec::new(d.clone())))
+            }
         };
         Ok(TensorProductOp {
             tp: Arc::new(tp),
