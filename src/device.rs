@@ -1,5 +1,6 @@
 //! Backends and devices: where a tensor product runs.
 
+#[cfg(feature = "wgpu")]
 use std::sync::Arc;
 
 use crate::{Error, Result};

@@ -1,10 +1,13 @@
 //! [`TensorProductOp`]: one tensor product bound to one device, with host-slice and
 //! device-buffer calls for forward, backward and double backward.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(feature = "wgpu")]
+use std::sync::Mutex;
 
 use equikern_core::oracle::{DoubleGrads, Grads, Oracle};
 use equikern_core::{TensorProduct, TpSpec};
+#[cfg(feature = "wgpu")]
 use equikern_plan::Direction;
 
 use crate::device::{Device, DeviceInner};
@@ -409,14 +412,17 @@ impl TensorProductOp {
         }
     }
 
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
     pub(crate) fn tp_arc(&self) -> &Arc<TensorProduct> {
         &self.tp
     }
 }
 
 /// Plans per direction, lowered once.
+#[cfg(feature = "wgpu")]
 pub(crate) type PlanSlots<T> = Mutex<[Option<T>; 3]>;
 
+#[cfg(feature = "wgpu")]
 pub(crate) fn slot(d: Direction) -> usize {
     match d {
         Direction::Forward => 0,
