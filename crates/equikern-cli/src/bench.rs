@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Seconds one (problem, direction) may take: slower directions get fewer timed runs
+    /// (at least 5; the row's "reps" says how many) [default: no limit].
+    #[arg(long, value_name = "SECONDS")]
+    row_limit_s: Option<f64>,
 }
 
 /// What one (problem, direction) measured.
@@ -157,17 +161,32 @@ fn input_sets(set_bytes: u64) -> usize {
 }
 
 fn random_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
-    // Uniform in [-1, 1), never exactly zero.
+    // Uniform in [-1, 1), never zero: a xorshift stream seeded from `rng` (fast enough for
+    // gigabytes of inputs; the seed keeps runs reproducible).
+    let mut s: u64 = rng.random::<u64>() | 1;
     (0..n)
         .map(|_| {
-            let v: f64 = rng.random_range(-1.0..1.0);
-            if v == 0.0 {
-                0.5
-            } else {
-                v
-            }
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            // 2^-23 steps in [-1, 1), shifted off zero by half a step.
+            ((s >> 40) as f64 + 0.5) / (1u64 << 23) as f64 - 1.0
         })
         .collect()
+}
+
+/// Warm-up and timed runs for a row, given one run's host time: with --row-limit-s, a
+/// direction whose runs would take longer is timed fewer times (at least 5; the row's
+/// `reps` says how many).
+fn plan_reps(args: &BenchArgs, probe_ms: f64) -> (usize, usize) {
+    match args.row_limit_s {
+        Some(limit) if probe_ms * (args.warmup + args.reps) as f64 > limit * 1e3 => {
+            let warmup = args.warmup.min(2);
+            let fit = (limit * 1e3 / probe_ms.max(1e-6)) as usize;
+            (warmup, fit.saturating_sub(warmup).clamp(5, args.reps))
+        }
+        _ => (args.warmup, args.reps),
+    }
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -524,11 +543,14 @@ fn cpu_measure<T: Elem>(
                 .map(drop),
         }
     };
-    for i in 0..args.warmup.min(2) {
+    let t0 = Instant::now();
+    once(&sets[0])?;
+    let (warmup, reps) = plan_reps(args, t0.elapsed().as_secs_f64() * 1e3);
+    for i in 0..warmup {
         once(&sets[i % nsets])?;
     }
-    let mut t = Vec::with_capacity(args.reps);
-    for i in 0..args.reps {
+    let mut t = Vec::with_capacity(reps);
+    for i in 0..reps {
         let t0 = Instant::now();
         once(&sets[i % nsets])?;
         t.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -537,7 +559,7 @@ fn cpu_measure<T: Elem>(
     Ok(Measured {
         ms,
         min_ms,
-        reps: args.reps,
+        reps,
         input_sets: nsets,
         timing: "host",
         compile_ms,
@@ -774,7 +796,7 @@ mod wgpu_timer {
                     )
                 })
                 .collect();
-            let t = self.time_runs(args.warmup, args.reps, &mut |i, enc| {
+            let mut encode = |i: usize, enc: &mut wgpu::CommandEncoder| {
                 let bufs: Vec<TensorBuffer> = sets[i % nsets]
                     .iter()
                     .chain(&out_bufs)
@@ -782,12 +804,22 @@ mod wgpu_timer {
                     .collect();
                 rt.encode(&compiled, batch, &bufs, enc)
                     .map_err(|e| e.to_string())
-            })?;
+            };
+            // One run on the host clock sizes the row (see --row-limit-s).
+            let t0 = Instant::now();
+            let mut enc = rt
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            encode(0, &mut enc)?;
+            rt.queue().submit([enc.finish()]);
+            rt.wait_idle().map_err(|e| e.to_string())?;
+            let (warmup, reps) = plan_reps(args, t0.elapsed().as_secs_f64() * 1e3);
+            let t = self.time_runs(warmup, reps, &mut encode)?;
             let (ms, min_ms) = median(t);
             Ok(Measured {
                 ms,
                 min_ms,
-                reps: args.reps,
+                reps,
                 input_sets: nsets,
                 timing: self.timing_name(),
                 compile_ms,
@@ -969,7 +1001,7 @@ mod cuda_timer {
                 .iter()
                 .map(|&t| self.dev.zeros::<T>(len(t)).map_err(err))
                 .collect::<std::result::Result<_, _>>()?;
-            let t = self.time_runs(args.warmup, args.reps, &mut |i| {
+            let mut run = |i: usize| -> std::result::Result<(), String> {
                 let s = &sets[i % nsets];
                 let r = match d {
                     Direction::Forward => op.forward_cuda(b, &s[0], &s[1], &s[2], &mut outs[0]),
@@ -991,7 +1023,13 @@ mod cuda_timer {
                     }
                 };
                 r.map_err(err)
-            })?;
+            };
+            // One run on the host clock sizes the row (see --row-limit-s).
+            let t0 = Instant::now();
+            run(0)?;
+            self.dev.synchronize().map_err(err)?;
+            let (warmup, reps) = plan_reps(args, t0.elapsed().as_secs_f64() * 1e3);
+            let t = self.time_runs(warmup, reps, &mut run)?;
             if t.iter().any(|x| !x.is_finite() || *x <= 0.0) {
                 return Err(format!("event timing gave non-positive intervals: {t:?}"));
             }
@@ -999,7 +1037,7 @@ mod cuda_timer {
             Ok(Measured {
                 ms,
                 min_ms,
-                reps: args.reps,
+                reps,
                 input_sets: nsets,
                 timing: "events",
                 compile_ms: info.total_ms,
