@@ -76,6 +76,16 @@ impl Backend {
         }
     }
 
+    /// True when the backend runs on a GPU (wgpu on a CPU adapter such as lavapipe is not).
+    pub fn is_gpu(self) -> bool {
+        match self {
+            Backend::Cpu => false,
+            // wgpu names an adapter "<name> (<api>, <device type>)"; lavapipe's type is Cpu.
+            Backend::Wgpu => self.device().is_ok_and(|d| !d.name().ends_with(", Cpu)")),
+            Backend::Cuda => true,
+        }
+    }
+
     /// The best backend that is available here.
     pub fn best() -> Backend {
         Backend::ALL

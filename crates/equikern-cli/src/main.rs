@@ -51,6 +51,10 @@ fn install_panic_hook() {
 
 fn main() {
     install_panic_hook();
+    // Lets the tests check the hook: no subcommand can be made to panic on purpose.
+    if std::env::var_os("EQUIKERN_CLI_TEST_PANIC").is_some() {
+        panic!("forced by EQUIKERN_CLI_TEST_PANIC\nsecond line");
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -14,6 +14,11 @@ use std::time::Instant;
 /// The suite used when --suite is not given (benches/paper_suite.json, built in).
 const DEFAULT_SUITE: &str = include_str!("../../../benches/paper_suite.json");
 
+/// Largest accepted rel_err: f32 kernels round each product once per term (observed ~1e-6 on
+/// the paper suite); f64 ones should be near machine precision.
+const TOL_F32: f64 = 1e-4;
+const TOL_F64: f64 = 1e-10;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
     /// The best backend present: cuda, then wgpu (any adapter, lavapipe included), then cpu;
@@ -29,15 +34,17 @@ pub enum BackendChoice {
 /// Inputs are seeded uniform random numbers in [-1, 1). Each direction is timed on --batch
 /// samples (best of --repeat runs); GFLOP/s uses the FLOPs-per-sample counting of `equikern
 /// info`. "rel_err" is max over outputs of ||out - ref||_2 / ||ref||_2 on the first
-/// --check-batch samples, where ref is the f64 CPU oracle on the same (rounded) inputs.
+/// --check-batch samples, where ref is the f64 CPU oracle on the same (rounded) inputs; "check"
+/// is FAIL above 1e-4 (f32) or 1e-10 (f64), and any FAIL makes the exit status 1.
 #[derive(Args, Debug)]
 pub struct SuiteArgs {
     /// Suite file ({"problems": [{"label", spec fields...}]}) [default: benches/paper_suite.json, built in].
     #[arg(long, value_name = "FILE")]
     suite: Option<PathBuf>,
-    /// Samples per timed run.
-    #[arg(long, default_value_t = 2000)]
-    batch: usize,
+    /// Samples per timed run [default: 50000 on a GPU (the paper's batch), 2000 on the CPU
+    /// oracle, 200 for wgpu on a CPU adapter such as lavapipe].
+    #[arg(long)]
+    batch: Option<usize>,
     /// Samples compared with the f64 oracle.
     #[arg(long, default_value_t = 16)]
     check_batch: usize,
@@ -86,6 +93,13 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
             backend.name()
         )));
     }
+    let batch = args.batch.unwrap_or(if backend.is_gpu() {
+        50_000
+    } else if backend == Backend::Cpu {
+        2000
+    } else {
+        200
+    });
     if args.repeat == 0 {
         return Err(CliError::input("--repeat must be at least 1"));
     }
@@ -125,10 +139,14 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
         backend.name(),
         backend.describe(),
         args.dtype.name(),
-        args.batch,
-        args.check_batch.min(args.batch)
+        batch,
+        args.check_batch.min(batch)
     );
 
+    let tol = match args.dtype {
+        Dtype::F32 => TOL_F32,
+        Dtype::F64 => TOL_F64,
+    };
     let bar = ProgressBar::new(problems.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
@@ -138,14 +156,25 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
     for (label, tp) in &problems {
         bar.set_message(label.clone());
         let r = match args.dtype {
-            Dtype::F32 => run_problem::<f32>(args, backend, label, tp),
-            Dtype::F64 => run_problem::<f64>(args, backend, label, tp),
+            Dtype::F32 => run_problem::<f32>(args, batch, backend, label, tp),
+            Dtype::F64 => run_problem::<f64>(args, batch, backend, label, tp),
         }?;
         rows.extend(r);
         bar.inc(1);
     }
     bar.finish_and_clear();
-    print!("{}", table(&rows));
+    print!("{}", table(&rows, tol));
+    let bad = rows.iter().filter(|r| !passes(r.rel_err, tol)).count();
+    if bad > 0 {
+        return Err(CliError::runtime(format!(
+            "{bad} of {} results differ from the f64 oracle by more than {tol:.0e}",
+            rows.len()
+        )));
+    }
+    println!(
+        "all {} results within {tol:.0e} of the f64 oracle",
+        rows.len()
+    );
     Ok(())
 }
 
@@ -235,6 +264,7 @@ fn best_ms(repeat: usize, mut f: impl FnMut() -> std::result::Result<(), String>
 
 fn run_problem<T: Elem>(
     args: &SuiteArgs,
+    batch: usize,
     backend: Backend,
     label: &str,
     tp: &TensorProduct,
@@ -244,7 +274,7 @@ fn run_problem<T: Elem>(
         .map_err(|e| CliError::input(format!("--backend {}: {e}", backend.name())))?;
     let reference = Runner::<f64>::new(Backend::Cpu, tp).map_err(err)?;
     let cost = engine::cost(tp);
-    let n = args.batch;
+    let n = batch;
     let inp = random_inputs::<T>(tp, n, args.seed);
 
     // Accuracy first: it also warms up (compiles kernels) before anything is timed.
@@ -298,7 +328,12 @@ fn run_problem<T: Elem>(
     ])
 }
 
-pub fn table(rows: &[Row]) -> String {
+/// NaN fails too.
+fn passes(rel_err: f64, tol: f64) -> bool {
+    rel_err <= tol
+}
+
+pub fn table(rows: &[Row], tol: f64) -> String {
     let w = rows
         .iter()
         .map(|r| r.problem.len())
@@ -306,12 +341,13 @@ pub fn table(rows: &[Row]) -> String {
         .unwrap_or(7)
         .max(7);
     let mut s = format!(
-        "{:<w$}  {:<9} {:>7} {:>10} {:>9} {:>10}\n",
+        "{:<w$}  {:<9} {:>7} {:>10} {:>9} {:>10}  check\n",
         "problem", "direction", "batch", "ms", "GFLOP/s", "rel_err"
     );
     for r in rows {
+        let check = if passes(r.rel_err, tol) { "ok" } else { "FAIL" };
         s += &format!(
-            "{:<w$}  {:<9} {:>7} {:>10.3} {:>9.3} {:>10.2e}\n",
+            "{:<w$}  {:<9} {:>7} {:>10.3} {:>9.3} {:>10.2e}  {check}\n",
             r.problem, r.direction, r.batch, r.ms, r.gflops, r.rel_err
         );
     }

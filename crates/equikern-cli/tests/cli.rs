@@ -683,3 +683,23 @@ fn tp_reproduces_an_e3nn_fixture_case() {
         assert!(e <= 1e-12, "{file} vs e3nn {key}: rel err {e:.2e}");
     }
 }
+
+#[test]
+fn a_panic_prints_one_line_and_exits_101() {
+    let dir = tmp("panic");
+    let out = Command::new(BIN)
+        .current_dir(&dir)
+        .env("EQUIKERN_CLI_TEST_PANIC", "1")
+        .env("RUST_BACKTRACE", "1")
+        .args(["info", "--spec", "x.json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: internal error"), "{err}");
+    assert!(
+        err.contains("forced by EQUIKERN_CLI_TEST_PANIC second line"),
+        "{err}"
+    );
+}
