@@ -1,5 +1,6 @@
 //! `equikern`: e3nn-exact Clebsch–Gordan tensor products from the command line.
 
+mod conformance_cmd;
 mod engine;
 mod error;
 mod info;
@@ -26,6 +27,7 @@ enum Cmd {
     Tp(Box<tp::TpArgs>),
     Info(info::InfoArgs),
     Suite(suite::SuiteArgs),
+    Conformance(conformance_cmd::ConformanceArgs),
 }
 
 /// Any panic is a bug; still give the user one line, not a backtrace.
@@ -85,6 +87,7 @@ fn main() {
         Cmd::Tp(a) => tp::run(a),
         Cmd::Info(a) => info::run(a),
         Cmd::Suite(a) => suite::run(a),
+        Cmd::Conformance(a) => conformance_cmd::run_cmd(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
