@@ -4,7 +4,7 @@
 //! same cases passes.
 
 use equikern_conformance::backends::cpu::CpuBackend;
-use equikern_conformance::backends::mutant::{Mutation, MutantBackend};
+use equikern_conformance::backends::mutant::{MutantBackend, Mutation};
 use equikern_conformance::corpus::{corpus, CorpusSize};
 use equikern_conformance::{run, ConformanceBackend, Tolerances};
 
@@ -69,7 +69,10 @@ fn mutated_plans_fail_and_honest_ones_pass() {
             }
         }
         let md = report.to_markdown();
-        assert!(md.contains("**FAIL**") && md.contains("## Failures"), "{md}");
+        assert!(
+            md.contains("**FAIL**") && md.contains("## Failures"),
+            "{md}"
+        );
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
         assert_eq!(json["pass"], serde_json::Value::Bool(false));
     }

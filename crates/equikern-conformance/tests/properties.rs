@@ -99,8 +99,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|v| Value::from(v)),
-        any::<u64>().prop_map(|v| Value::from(v)),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
         any::<f64>()
             .prop_map(|v| serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)),
         "[0-9x eo+\\-uvw<]{0,12}".prop_map(Value::String),

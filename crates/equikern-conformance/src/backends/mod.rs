@@ -131,10 +131,11 @@ fn open_cuda() -> Result<Box<dyn ConformanceBackend>> {
     })
 }
 
+/// Backends opened, and those skipped with the reason.
+pub type Opened = (Vec<Box<dyn ConformanceBackend>>, Vec<(BackendKind, String)>);
+
 /// Open every requested backend that is present; the others come back with the reason.
-pub fn available_backends(
-    kinds: &[BackendKind],
-) -> (Vec<Box<dyn ConformanceBackend>>, Vec<(BackendKind, String)>) {
+pub fn available_backends(kinds: &[BackendKind]) -> Opened {
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
     for &k in kinds {
