@@ -408,7 +408,7 @@ fn edge(b: &mut Builder, size: CorpusSize) -> Result<()> {
     b.push("edge", "one-instruction", s, batch, None);
     let fc = fully_connected(
         &irreps("1x0e+1x1o+1x2e+1x1e+1x2o+1x0o")?,
-        &irreps("1x0e+1x1o+1x2e")?,
+        &irreps("1x0e+1x1o+1x2e+1x1e+1x0o")?,
         &irreps("1x0e+1x1o+1x2e+1x1e+1x2o+1x0o+1x3o+1x3e")?,
         IrrepNormalization::Component,
         PathNormalization::Element,
@@ -482,4 +482,48 @@ pub fn corpus(size: CorpusSize, seed: u64) -> Result<Vec<Case>> {
     modes(&mut b, size)?;
     edge(&mut b, size)?;
     Ok(b.cases)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corpora_build_and_cover_the_edges() {
+        for size in [CorpusSize::Quick, CorpusSize::Full] {
+            let cases = corpus(size, 1).expect("corpus");
+            eprintln!("{size:?}: {} cases", cases.len());
+            for c in &cases {
+                c.spec.build().unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            }
+            let get = |n: &str| {
+                cases
+                    .iter()
+                    .find(|c| c.name == n)
+                    .unwrap_or_else(|| panic!("{n} missing"))
+            };
+            assert!(get("edge/many-instructions").spec.instructions.len() >= 50);
+            assert_eq!(get("edge/one-instruction").spec.instructions.len(), 1);
+            assert!(get("edge/mul256-uvu")
+                .spec
+                .irreps_in1
+                .iter()
+                .any(|m| m.mul >= 256));
+            assert!(get("edge/l8").spec.irreps_out.lmax() >= Some(8));
+            assert_eq!(get("edge/batch0").batch, 0);
+            assert_eq!(get("edge/batch1-shared").batch, 1);
+            let s = get("edge/split-shared");
+            assert!(s.spec.shared_weights && s.batch > 2 * s.split.unwrap_or(0) as usize);
+            for m in ConnectionMode::ALL {
+                let c = get(&format!("mode/{}", m.as_str()));
+                assert!(c.spec.instructions.iter().all(|i| i.mode == m));
+            }
+            // Deterministic in the seed.
+            let again = corpus(size, 1).expect("corpus");
+            assert!(cases
+                .iter()
+                .zip(&again)
+                .all(|(a, b)| a.spec == b.spec && a.seed == b.seed));
+        }
+    }
 }
