@@ -77,3 +77,39 @@ fn mutated_plans_fail_and_honest_ones_pass() {
         assert_eq!(json["pass"], serde_json::Value::Bool(false));
     }
 }
+
+/// The same on the real GPU path: mutated plans printed by the WGSL writer and run by the wgpu
+/// runtime (lavapipe in CI) fail; the unmutated plans on the same runtime pass.
+#[test]
+fn mutated_plans_fail_on_wgpu() {
+    use equikern_conformance::backends::wgpu_plan::WgpuPlanBackend;
+    let honest = match WgpuPlanBackend::open(None) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+    eprintln!("{}", honest.describe());
+    let mut backends: Vec<Box<dyn ConformanceBackend>> = vec![Box::new(honest)];
+    for m in [Mutation::FlipSign, Mutation::DropContribution] {
+        backends.push(Box::new(
+            WgpuPlanBackend::open(Some(m)).expect("second device"),
+        ));
+    }
+    let cases: Vec<_> = cases()
+        .into_iter()
+        .filter(|c| c.name != "edge/split-shared")
+        .collect();
+    let report = run(&cases, &backends, &Tolerances::default(), &mut |_| {});
+    assert!(!report.pass());
+    for c in &report.cases {
+        for r in &c.checks {
+            if r.backend == "wgpu-plan" {
+                assert!(r.pass, "{} honest {}: {r:?}", c.name, r.check);
+            } else if r.check.starts_with("oracle.") || r.check.starts_with("cross.") {
+                assert!(!r.pass, "{} {} {} passed", c.name, r.backend, r.check);
+            }
+        }
+    }
+}

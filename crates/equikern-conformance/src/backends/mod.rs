@@ -8,6 +8,8 @@ pub mod cuda;
 pub mod mutant;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu_plan;
 
 use std::sync::Arc;
 
