@@ -1,6 +1,7 @@
 //! `equikern conformance`: the cross-backend conformance suite (crate
 //! `equikern-conformance`) with a progress bar, markdown/JSON reports and an exit status.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -68,9 +69,16 @@ pub fn run_cmd(args: &ConformanceArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // Without a terminal (CI logs, GPU hosts) the bar is hidden: print a line now and then.
+    let tty = std::io::stderr().is_terminal();
+    let mut last = std::time::Instant::now();
     let mut report = run(&cases, &backends, &Tolerances::default(), &mut |p| {
         bar.set_position(p.done as u64);
         bar.set_message(format!("{} on {}", p.case, p.backend));
+        if !tty && (last.elapsed().as_secs() >= 10 || p.done == p.total) {
+            eprintln!("[{}/{}] {} on {}", p.done, p.total, p.case, p.backend);
+            last = std::time::Instant::now();
+        }
     });
     bar.finish_and_clear();
     report.skipped = skipped
