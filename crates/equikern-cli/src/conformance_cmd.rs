@@ -69,6 +69,11 @@ pub fn run_cmd(args: &ConformanceArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // A backend that panics fails its case; the run goes on (the tool's own hook would exit).
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("conformance: a backend panicked (recorded as a failure): {info}");
+    }));
     // Without a terminal (CI logs, GPU hosts) the bar is hidden: print a line now and then.
     let tty = std::io::stderr().is_terminal();
     let mut last = std::time::Instant::now();
@@ -81,6 +86,7 @@ pub fn run_cmd(args: &ConformanceArgs) -> Result<()> {
         }
     });
     bar.finish_and_clear();
+    std::panic::set_hook(hook);
     report.skipped = skipped
         .iter()
         .map(|(k, w)| (k.name().to_string(), w.clone()))

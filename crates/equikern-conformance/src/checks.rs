@@ -237,12 +237,35 @@ pub fn run_case(
                 rows: Vec::new(),
             };
             let reference = refs.get(&prec);
-            match check_backend(&mut ctx, b.as_ref(), case, &data, reference) {
-                Ok(outs) => {
+            // A panicking backend is a failed case, not the end of the run.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut sub = Ctx {
+                    backend: ctx.backend.clone(),
+                    prec,
+                    tol,
+                    rows: Vec::new(),
+                };
+                let r = check_backend(&mut sub, b.as_ref(), case, &data, reference);
+                (r, sub.rows)
+            }));
+            match result {
+                Ok((Ok(outs), mut r)) => {
+                    ctx.rows.append(&mut r);
                     refs.entry(prec)
                         .or_insert_with(|| (b.name().to_string(), outs));
                 }
-                Err(e) => ctx.push("run", Metric::inf(), 0.0, false, e.to_string()),
+                Ok((Err(e), mut r)) => {
+                    ctx.rows.append(&mut r);
+                    ctx.push("run", Metric::inf(), 0.0, false, e.to_string());
+                }
+                Err(p) => {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    ctx.push("run", Metric::inf(), 0.0, false, format!("panicked: {msg}"));
+                }
             }
             rows.append(&mut ctx.rows);
             tick(b.name());

@@ -113,3 +113,96 @@ fn mutated_plans_fail_on_wgpu() {
         }
     }
 }
+
+/// A backend that panics (or errors) fails its case; the run goes on.
+#[test]
+fn panicking_and_failing_backends_are_failures_not_crashes() {
+    use equikern_conformance::{BoundOp, Prec};
+    use equikern_core::oracle::{DoubleGrads, Grads};
+    use std::sync::Arc;
+
+    struct Bad(bool);
+    struct BadOp(bool);
+    impl BoundOp for BadOp {
+        fn forward(
+            &self,
+            _: usize,
+            _: &[f64],
+            _: &[f64],
+            _: &[f64],
+        ) -> equikern_conformance::Result<Vec<f64>> {
+            if self.0 {
+                panic!("deliberate");
+            }
+            Err(equikern_conformance::Error::Backend {
+                backend: "bad".into(),
+                why: "deliberate error".into(),
+            })
+        }
+        fn backward(
+            &self,
+            _: usize,
+            _: &[f64],
+            _: &[f64],
+            _: &[f64],
+            _: &[f64],
+        ) -> equikern_conformance::Result<Grads<f64>> {
+            unreachable!()
+        }
+        fn double_backward(
+            &self,
+            _: usize,
+            _: [&[f64]; 7],
+        ) -> equikern_conformance::Result<DoubleGrads<f64>> {
+            unreachable!()
+        }
+    }
+    impl ConformanceBackend for Bad {
+        fn name(&self) -> &str {
+            if self.0 {
+                "panics"
+            } else {
+                "errors"
+            }
+        }
+        fn describe(&self) -> String {
+            self.name().into()
+        }
+        fn precisions(&self) -> Vec<Prec> {
+            vec![Prec::F32]
+        }
+        fn deterministic(&self) -> bool {
+            true
+        }
+        fn splits(&self, _: Prec) -> bool {
+            false
+        }
+        fn bind(
+            &self,
+            _: &Arc<equikern_core::TensorProduct>,
+            _: Prec,
+            _: Option<u32>,
+        ) -> equikern_conformance::Result<Box<dyn BoundOp + '_>> {
+            Ok(Box::new(BadOp(self.0)))
+        }
+    }
+    let backends: Vec<Box<dyn ConformanceBackend>> = vec![
+        Box::new(Bad(true)),
+        Box::new(Bad(false)),
+        Box::new(CpuBackend),
+    ];
+    let cases: Vec<_> = cases().into_iter().take(2).collect();
+    let report = run(&cases, &backends, &Tolerances::default(), &mut |_| {});
+    assert!(!report.pass());
+    for c in &report.cases {
+        let run_rows: Vec<_> = c.checks.iter().filter(|r| r.check == "run").collect();
+        assert_eq!(run_rows.len(), 2, "{}", c.name);
+        assert!(run_rows[0].note.contains("panicked: deliberate"));
+        assert!(run_rows[1].note.contains("deliberate error"));
+        assert!(c
+            .checks
+            .iter()
+            .filter(|r| r.backend == "cpu")
+            .all(|r| r.pass));
+    }
+}
