@@ -62,6 +62,8 @@ impl Device {
     /// Open a wgpu device (adapter from `options.adapter` or `EQUIKERN_ADAPTER`, else the
     /// best one: discrete GPU first, then Vulkan/Metal/DX12 before GL).
     #[cfg(feature = "wgpu")]
+    // On wasm, wgpu objects are not Send: the browser's single thread shares the Arc.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub async fn wgpu_async(options: WgpuOptions) -> Result<Device> {
         let rt = equikern_wgpu::Runtime::new(options)
             .await
@@ -101,6 +103,15 @@ impl Device {
             DeviceInner::Cpu => "cpu (f64 oracle)".into(),
             #[cfg(feature = "wgpu")]
             DeviceInner::Wgpu(rt) => rt.adapter_name(),
+        }
+    }
+
+    /// What kernels may use on this device (`None` for the CPU oracle).
+    pub fn capabilities(&self) -> Option<equikern_plan::Capabilities> {
+        match &self.inner {
+            DeviceInner::Cpu => None,
+            #[cfg(feature = "wgpu")]
+            DeviceInner::Wgpu(rt) => Some(rt.capabilities()),
         }
     }
 

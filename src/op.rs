@@ -274,6 +274,12 @@ impl TensorProductOp {
         }
     }
 
+    /// Blocking [`Self::wgsl_async`] (native only).
+    #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+    pub fn wgsl(&self, direction: Direction) -> Result<Vec<(String, String)>> {
+        pollster::block_on(self.wgsl_async(direction))
+    }
+
     #[cfg(feature = "wgpu")]
     pub(crate) fn wgpu_exec(&self) -> Result<&crate::wgpu_exec::WgpuExec> {
         match &self.exec {

@@ -60,3 +60,24 @@ fn high_l() {
         }
     }
 }
+
+/// Plans lowered for WebGPU's minimum limits (8 storage buffers: kernels split by output,
+/// 256 invocations, 16 KiB workgroup memory) run on the native device unchanged.
+#[test]
+fn browser_limits() {
+    let Some(dev) = device(equikern::WgpuOptions {
+        clamp_caps: Some(equikern::plan::Capabilities::webgpu_min()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let caps = dev.capabilities().unwrap();
+    assert_eq!(caps.max_storage_buffers_per_stage, 8);
+    for shared in [false, true] {
+        for (label, spec) in corpus::mode_specs(shared) {
+            if ["mode-uvw", "mode-uvu", "mode-uvu<v"].contains(&label.as_str()) {
+                assert_spec(&dev, &format!("{label} (webgpu_min)"), &spec, 5, 31, true);
+            }
+        }
+    }
+}

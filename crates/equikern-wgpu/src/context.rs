@@ -17,6 +17,9 @@ pub struct RuntimeOptions {
     pub max_storage_binding_bytes: Option<u64>,
     /// Clamp the samples per dispatch below the plan's (forces batch splitting in tests).
     pub max_samples_per_dispatch: Option<u32>,
+    /// Clamp every capability to at most these values (e.g. [`Capabilities::webgpu_min`], to
+    /// run browser-shaped plans on a native device).
+    pub clamp_caps: Option<Capabilities>,
     /// Fill output buffers of host-slice runs with NaN before dispatch, so that any element
     /// the kernels fail to write shows up (testing aid; costs one extra write).
     pub poison_outputs: bool,
@@ -27,6 +30,7 @@ pub fn adapter_summary(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
     let ty = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -69,8 +73,7 @@ async fn pick_adapter(instance: &wgpu::Instance, wanted: Option<&str>) -> Result
         instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
-                force_fallback_adapter: false,
-                compatible_surface: None,
+                ..Default::default()
             })
             .await
             .map_err(|e| WgpuError::NoAdapter(format!(": {e}")))
@@ -91,7 +94,7 @@ pub fn capabilities_of(
     if let Some(b) = options.max_storage_binding_bytes {
         binding = binding.min(b);
     }
-    Capabilities {
+    let caps = Capabilities {
         subgroup_size: if subgroups { info.subgroup_min_size } else { 0 },
         subgroups,
         max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
@@ -102,6 +105,30 @@ pub fn capabilities_of(
         max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
         f64: features.contains(wgpu::Features::SHADER_F64),
         float_atomics: features.contains(wgpu::Features::SHADER_FLOAT32_ATOMIC),
+    };
+    match &options.clamp_caps {
+        Some(c) => clamp(caps, c),
+        None => caps,
+    }
+}
+
+fn clamp(a: Capabilities, b: &Capabilities) -> Capabilities {
+    let subgroups = a.subgroups && b.subgroups;
+    Capabilities {
+        subgroup_size: if subgroups { a.subgroup_size } else { 0 },
+        subgroups,
+        max_invocations_per_workgroup: a
+            .max_invocations_per_workgroup
+            .min(b.max_invocations_per_workgroup),
+        max_workgroup_size_x: a.max_workgroup_size_x.min(b.max_workgroup_size_x),
+        workgroup_memory_bytes: a.workgroup_memory_bytes.min(b.workgroup_memory_bytes),
+        max_storage_binding_bytes: a.max_storage_binding_bytes.min(b.max_storage_binding_bytes),
+        max_workgroups_per_dim: a.max_workgroups_per_dim.min(b.max_workgroups_per_dim),
+        max_storage_buffers_per_stage: a
+            .max_storage_buffers_per_stage
+            .min(b.max_storage_buffers_per_stage),
+        f64: a.f64 && b.f64,
+        float_atomics: a.float_atomics && b.float_atomics,
     }
 }
 
@@ -109,13 +136,14 @@ impl Runtime {
     /// Open the best adapter (see [`RuntimeOptions`]) and a device with its full limits.
     pub async fn new(options: RuntimeOptions) -> Result<Runtime> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-        let mut wanted = options.adapter.clone();
+        let wanted = options.adapter.clone();
+        // Native programs may also pick the adapter from the environment.
         #[cfg(not(target_arch = "wasm32"))]
-        if wanted.is_none() {
-            wanted = std::env::var("EQUIKERN_ADAPTER")
+        let wanted = wanted.or_else(|| {
+            std::env::var("EQUIKERN_ADAPTER")
                 .ok()
-                .filter(|s| !s.is_empty());
-        }
+                .filter(|s| !s.is_empty())
+        });
         let adapter = pick_adapter(&instance, wanted.as_deref()).await?;
         let info = adapter.get_info();
         let optional = wgpu::Features::SHADER_F64

@@ -372,7 +372,7 @@ impl Runtime {
         }
         // Grid: x and y each within the per-dimension limit; g must stay below 2^32.
         let wg = k.emitted.workgroup_size as u64;
-        let dim = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        let dim = self.caps.max_workgroups_per_dim.max(1) as u64;
         let max_inv = (dim * dim * wg).min(1 << 31);
         let per_group = rows.max(1);
         // Chunk kernels: grid counts chunks, so a dispatch of n samples has n/spc groups.
@@ -452,7 +452,7 @@ impl Runtime {
     /// 2-D grid for `inv` invocations.
     fn grid(&self, inv: u64, wg: u32) -> Result<(u32, u32)> {
         let groups = inv.div_ceil(wg as u64);
-        let dim = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        let dim = self.caps.max_workgroups_per_dim.max(1) as u64;
         let x = groups.min(dim);
         let y = if x == 0 { 0 } else { groups.div_ceil(x) };
         if y > dim {
