@@ -16,7 +16,8 @@ use crate::error::{CliError, Result};
 /// differences, equivariance, exact zeros, determinism. Exit status 1 on any failure.
 #[derive(Args, Debug)]
 pub struct ConformanceArgs {
-    /// Comma-separated backends to test; absent ones are skipped with the reason.
+    /// Comma-separated backends to test (cpu, wgpu, cuda; also wgpu-webgpu: wgpu with
+    /// WebGPU-minimum capabilities); absent ones are skipped with the reason.
     #[arg(long, default_value = "cpu,wgpu,cuda", value_name = "LIST")]
     backends: String,
     /// The quick corpus (CI size; the default).

@@ -57,7 +57,7 @@ pub enum Error {
     Unavailable { backend: String, why: String },
     #[error("corpus: {0}")]
     Corpus(String),
-    #[error("unknown backend {0:?} (expected cpu, wgpu or cuda)")]
+    #[error("unknown backend {0:?} (expected cpu, wgpu, cuda or wgpu-webgpu)")]
     UnknownBackend(String),
 }
 

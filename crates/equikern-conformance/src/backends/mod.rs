@@ -61,6 +61,8 @@ pub enum BackendKind {
     Cpu,
     Wgpu,
     Cuda,
+    /// wgpu with capabilities clamped to WebGPU's minimums (browser-shaped plans); opt-in.
+    WgpuWebgpu,
 }
 
 impl BackendKind {
@@ -71,6 +73,7 @@ impl BackendKind {
             BackendKind::Cpu => "cpu",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cuda => "cuda",
+            BackendKind::WgpuWebgpu => "wgpu-webgpu",
         }
     }
 
@@ -78,6 +81,7 @@ impl BackendKind {
         let s = s.trim().to_ascii_lowercase();
         Self::ALL
             .into_iter()
+            .chain([BackendKind::WgpuWebgpu])
             .find(|k| k.name() == s)
             .ok_or(Error::UnknownBackend(s))
     }
@@ -101,19 +105,24 @@ impl BackendKind {
     pub fn open(self) -> Result<Box<dyn ConformanceBackend>> {
         match self {
             BackendKind::Cpu => Ok(Box::new(cpu::CpuBackend)),
-            BackendKind::Wgpu => open_wgpu(),
+            BackendKind::Wgpu => open_wgpu(false),
+            BackendKind::WgpuWebgpu => open_wgpu(true),
             BackendKind::Cuda => open_cuda(),
         }
     }
 }
 
 #[cfg(feature = "wgpu")]
-fn open_wgpu() -> Result<Box<dyn ConformanceBackend>> {
-    Ok(Box::new(wgpu::WgpuBackend::open()?))
+fn open_wgpu(webgpu_shaped: bool) -> Result<Box<dyn ConformanceBackend>> {
+    Ok(Box::new(if webgpu_shaped {
+        wgpu::WgpuBackend::open_webgpu_shaped()?
+    } else {
+        wgpu::WgpuBackend::open()?
+    }))
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn open_wgpu() -> Result<Box<dyn ConformanceBackend>> {
+fn open_wgpu(_webgpu_shaped: bool) -> Result<Box<dyn ConformanceBackend>> {
     Err(Error::Unavailable {
         backend: "wgpu".into(),
         why: "built without the `wgpu` feature".into(),

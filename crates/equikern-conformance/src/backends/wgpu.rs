@@ -9,34 +9,51 @@ use std::sync::{Arc, Mutex};
 use equikern::{Device, TensorProductOp, WgpuOptions};
 use equikern_core::oracle::{DoubleGrads, Grads};
 use equikern_core::TensorProduct;
+use equikern_plan::Capabilities;
 
 use super::{backend_err, to_f32, BoundOp, ConformanceBackend};
 use crate::{Error, Prec, Result};
 
 pub struct WgpuBackend {
+    name: &'static str,
     device: Device,
     split_devices: Mutex<HashMap<u32, Device>>,
-}
-
-fn options(max_samples_per_dispatch: Option<u32>) -> WgpuOptions {
-    WgpuOptions {
-        poison_outputs: true,
-        max_samples_per_dispatch,
-        ..WgpuOptions::default()
-    }
+    clamp_caps: Option<Capabilities>,
 }
 
 impl WgpuBackend {
+    fn options(&self, max_samples_per_dispatch: Option<u32>) -> WgpuOptions {
+        WgpuOptions {
+            poison_outputs: true,
+            max_samples_per_dispatch,
+            clamp_caps: self.clamp_caps,
+            ..WgpuOptions::default()
+        }
+    }
+
     /// Open the best adapter (or `EQUIKERN_ADAPTER`).
     pub fn open() -> Result<Self> {
-        let device = Device::wgpu(options(None)).map_err(|e| Error::Unavailable {
-            backend: "wgpu".into(),
+        Self::open_with("wgpu", None)
+    }
+
+    /// The same adapter with its capabilities clamped to WebGPU's guaranteed minimums, so
+    /// the plans are the ones a browser gets (e.g. kernels split to 8 storage buffers).
+    pub fn open_webgpu_shaped() -> Result<Self> {
+        Self::open_with("wgpu-webgpu", Some(Capabilities::webgpu_min()))
+    }
+
+    fn open_with(name: &'static str, clamp_caps: Option<Capabilities>) -> Result<Self> {
+        let mut b = WgpuBackend {
+            name,
+            device: Device::cpu(),
+            split_devices: Mutex::new(HashMap::new()),
+            clamp_caps,
+        };
+        b.device = Device::wgpu(b.options(None)).map_err(|e| Error::Unavailable {
+            backend: name.into(),
             why: e.to_string(),
         })?;
-        Ok(WgpuBackend {
-            device,
-            split_devices: Mutex::new(HashMap::new()),
-        })
+        Ok(b)
     }
 
     fn device_for(&self, split: Option<u32>) -> Result<Device> {
@@ -47,7 +64,7 @@ impl WgpuBackend {
         if let Some(d) = m.get(&n) {
             return Ok(d.clone());
         }
-        let d = Device::wgpu(options(Some(n))).map_err(|e| backend_err("wgpu", e))?;
+        let d = Device::wgpu(self.options(Some(n))).map_err(|e| backend_err(self.name, e))?;
         m.insert(n, d.clone());
         Ok(d)
     }
@@ -55,11 +72,16 @@ impl WgpuBackend {
 
 impl ConformanceBackend for WgpuBackend {
     fn name(&self) -> &str {
-        "wgpu"
+        self.name
     }
 
     fn describe(&self) -> String {
-        format!("wgpu: {}", self.device.name())
+        let shaped = if self.clamp_caps.is_some() {
+            ", capabilities clamped to WebGPU's minimums"
+        } else {
+            ""
+        };
+        format!("{}: {}{shaped}", self.name, self.device.name())
     }
 
     fn precisions(&self) -> Vec<Prec> {
