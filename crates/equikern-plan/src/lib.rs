@@ -91,11 +91,20 @@
 //!
 //! [`interpret`] executes a plan on the CPU exactly this way (see [`interp`]).
 //!
+//! ## Split long gathers
+//! A gradient row of a mul-1 `y` block sums over every `u` of every path into it (MACE
+//! backward: 4 GY rows per sample, each ~17 paths × 128 iterations). Backward and double
+//! backward split such rows (longer than 4 forward rows of work) into `S` parts (power of
+//! two, ≤ subgroup width): kernel `<k>_parts` writes partial rows `r·S + s` to the per-sample
+//! [`Tensor::Scratch`] (`Dims::scratch` elements per sample; part `s` runs the iterations
+//! `t = s + S·t'`), and kernel `<k>` sums the `S` partial rows in ascending `s` (an ordinary
+//! one-operand contribution with coefficient-1 terms). Deterministic; runtimes own and
+//! rebase the scratch like any per-sample tensor. Details: `lower::split_long_gathers`.
+//!
 //! ## Performance notes (ideas, not implemented)
-//! * Long gathers: a gradient row of a mul-1 `y` block sums over every `u` of every path
-//!   into it (MACE backward: 4 GY rows per sample, each ~17 paths × 128 iterations, next to
-//!   2 000+ one-iteration rows). Split such rows into k sub-rows over ranges of `t`, combined
-//!   in a fixed order (subgroup or workgroup reduction), or give them their own kernel.
+//! * Parts are capped at the subgroup width; the longest problems (benzene double backward:
+//!   DY parts still ~90 forward rows of work) may want more, or a subgroup reduction instead
+//!   of the scratch round trip.
 //! * Operand reuse: consecutive rows of a uvu/uvw segment read the same `y` (or `x`) rows;
 //!   staging a sample's operand blocks in workgroup memory would cut global loads.
 //! * uvw is a small matrix product per sample (`(x⊗y)[u,v,k] · W[uv, w]`); a tiled variant

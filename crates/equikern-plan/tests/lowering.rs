@@ -575,3 +575,65 @@ fn long_gathers_split() {
     }
     assert!(split > 0);
 }
+
+/// Diagnostic: per kernel, rows per sample and loop work (Σ count × (terms + loads)) with the
+/// median and longest row, for three paper-suite problems (`--ignored --nocapture`).
+#[test]
+#[ignore]
+fn work_per_kernel() {
+    let caps = Capabilities {
+        subgroup_size: 32,
+        max_storage_buffers_per_stage: 256,
+        max_storage_binding_bytes: 1 << 34,
+        ..caps64()
+    };
+    for (label, tp) in paper_suite() {
+        if !(label.contains("benzene")
+            || label.contains("DiffDock-L=1")
+            || label.contains("mace-large"))
+        {
+            continue;
+        }
+        println!(
+            "{label}: in1 {} in2 {} out {} w {}",
+            tp.spec.irreps_in1, tp.spec.irreps_in2, tp.spec.irreps_out, tp.weight_numel
+        );
+        for d in DIRS {
+            let plan = lower(&tp, d, Dtype::F32, &caps).unwrap();
+            for k in &plan.kernels {
+                let Work::Rows {
+                    rows_per_sample,
+                    segments,
+                    ..
+                } = &k.work
+                else {
+                    continue;
+                };
+                let mut ws = vec![];
+                for s in segments {
+                    for r in 0..s.rows {
+                        let w: u64 = s
+                            .contributions
+                            .iter()
+                            .map(|c| {
+                                let n = c.count.try_eval(r, 0, &plan.tables).unwrap() as u64;
+                                n * (c.terms.len() as u64
+                                    + c.operands.iter().map(|o| o.row_len as u64).sum::<u64>())
+                            })
+                            .sum();
+                        ws.push(w);
+                    }
+                }
+                let tot: u64 = ws.iter().sum();
+                ws.sort();
+                println!(
+                    "  {:32} rows {rows_per_sample:6} work {tot:9} median {:6} max {:7} segs {}",
+                    k.name,
+                    ws[ws.len() / 2],
+                    ws.last().unwrap(),
+                    segments.len()
+                );
+            }
+        }
+    }
+}
