@@ -152,6 +152,7 @@ fn tensor_name(t: Tensor) -> &'static str {
         DW => "dw",
         DGZ => "dgz",
         WPartial => "wpartial",
+        Scratch => "scratch",
     }
 }
 
@@ -800,6 +801,7 @@ mod tests {
                 dim_out: 1,
                 weight_numel: 1,
                 shared_weights: true,
+                scratch: 0,
             },
             caps: Capabilities::webgpu_min(),
             tables: vec![vec![1]],

@@ -18,7 +18,7 @@ fn err(kernel: &str, why: String) -> PlanError {
 
 /// Run `plan` on a batch. `inputs` holds every tensor the plan reads and no kernel writes, as
 /// flat row-major `f64` vectors (see [`crate::Dims::buffer_len`]). Returns every tensor the
-/// plan writes except the `WPartial` scratch.
+/// plan writes except the `WPartial` and `Scratch` scratch tensors.
 pub fn interpret(
     plan: &KernelPlan,
     batch: usize,
@@ -241,7 +241,7 @@ pub fn interpret(
         .kernels
         .iter()
         .flat_map(|k| k.outputs.iter().copied())
-        .filter(|&t| t != Tensor::WPartial)
+        .filter(|&t| t != Tensor::WPartial && t != Tensor::Scratch)
         .collect();
     Ok(written
         .into_iter()

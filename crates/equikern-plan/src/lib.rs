@@ -35,20 +35,21 @@
 //! so a workgroup touches one or two samples' contiguous memory.
 //!
 //! ## Kernels per direction
+//! One row kernel per output tensor (rows of different outputs loop over very different
+//! channel counts; a warp mixing them waits for its longest lane).
 //! * Forward: `forward` `[X, Y, W] → [Z]`.
-//! * Backward, per-sample weights: `backward` `[X, Y, W, GZ] → [GX, GY, GW]`. Shared weights:
-//!   `backward_xy` `→ [GX, GY]`; `backward_w_chunks` ([`SampleMode::Chunk`]) `→ [WPartial]`;
-//!   `reduce_gw` ([`Work::ReduceChunks`]) `→ [GW]`, chunks in ascending order (deterministic).
-//! * DoubleBackward: `double_backward_dgz` `→ [DGZ]`; `double_backward_dxdydw`
-//!   `→ [DX, DY, DW]` (per-sample) or `double_backward_dxdy` + `double_backward_dw_chunks` + `reduce_dw`.
+//! * Backward: `backward_gx` `→ [GX]`, `backward_gy` `→ [GY]`, and per-sample weights
+//!   `backward_gw` `→ [GW]`, or shared weights `backward_gw_chunks` ([`SampleMode::Chunk`])
+//!   `→ [WPartial]` then `reduce_gw` ([`Work::ReduceChunks`]) `→ [GW]`, chunks in ascending
+//!   order (deterministic).
+//! * DoubleBackward: `double_backward_dgz` `→ [DGZ]`, `double_backward_dx`, `double_backward_dy`,
+//!   and `double_backward_dw` (per-sample) or `double_backward_dw_chunks` + `reduce_dw`.
 //! * Unweighted products (weight_numel 0) drop every W/HW/GW/DW part.
+//! * Long gathers split (see [`Tensor::Scratch`]): a kernel `<name>_parts` before `<name>`.
 //!
 //! A kernel binds exactly the tensors its contributions read (in [`Tensor`] order), then its
-//! outputs. If `inputs + outputs` exceeds `caps.max_storage_buffers_per_stage` the kernel's
-//! output tensors are packed in order, greedily, into kernels that fit (named
-//! `<kernel>_<tensors>`, e.g. `double_backward_dxdydw_dxdy` and `…_dw` with 9 bindings, one
-//! per output with WebGPU's 8); if one output alone still needs more, lowering fails with
-//! [`PlanError::TooManyBindings`] (DGZ needs 7).
+//! outputs. If `inputs + outputs` exceeds `caps.max_storage_buffers_per_stage` lowering fails
+//! with [`PlanError::TooManyBindings`] (DGZ needs 7).
 //! [`Ix::Table`]s are compile-time constants (`plan.tables`), not bindings.
 //!
 //! Chunk size (shared-weight gradients): `clamp(next_pow2(weight_numel) / 4, 16, 256)`
@@ -90,11 +91,20 @@
 //!
 //! [`interpret`] executes a plan on the CPU exactly this way (see [`interp`]).
 //!
+//! ## Split long gathers
+//! A gradient row of a mul-1 `y` block sums over every `u` of every path into it (MACE
+//! backward: 4 GY rows per sample, each ~17 paths × 128 iterations). Backward and double
+//! backward split such rows (longer than 4 forward rows of work) into `S` parts (power of
+//! two, ≤ subgroup width): kernel `<k>_parts` writes partial rows `r·S + s` to the per-sample
+//! [`Tensor::Scratch`] (`Dims::scratch` elements per sample; part `s` runs the iterations
+//! `t = s + S·t'`), and kernel `<k>` sums the `S` partial rows in ascending `s` (an ordinary
+//! one-operand contribution with coefficient-1 terms). Deterministic; runtimes own and
+//! rebase the scratch like any per-sample tensor. Details: `lower::split_long_gathers`.
+//!
 //! ## Performance notes (ideas, not implemented)
-//! * Long gathers: a gradient row of a mul-1 `y` block sums over every `u` of every path
-//!   into it (MACE backward: 4 GY rows per sample, each ~17 paths × 128 iterations, next to
-//!   2 000+ one-iteration rows). Split such rows into k sub-rows over ranges of `t`, combined
-//!   in a fixed order (subgroup or workgroup reduction), or give them their own kernel.
+//! * Parts are capped at the subgroup width; the longest problems (benzene double backward:
+//!   DY parts still ~90 forward rows of work) may want more, or a subgroup reduction instead
+//!   of the scratch round trip.
 //! * Operand reuse: consecutive rows of a uvu/uvw segment read the same `y` (or `x`) rows;
 //!   staging a sample's operand blocks in workgroup memory would cut global loads.
 //! * uvw is a small matrix product per sample (`(x⊗y)[u,v,k] · W[uv, w]`); a tiled variant
@@ -137,6 +147,9 @@ pub enum Dtype {
 /// Double backward: given GZ and tangents HX, HY, HW, outputs DX, DY, DW (gradients of
 /// S = <GX,HX>+<GY,HY>+<GW,HW> w.r.t. x, y, w) and DGZ (w.r.t. grad_z).
 /// `WPartial` is scratch: `[num_chunks, weight_numel]` partial sums of a shared-weight gradient.
+/// `Scratch` is per-sample scratch (`Dims::scratch` elements per sample): partial rows of
+/// split long gathers, written by a `<kernel>_parts` kernel and summed by the next kernel.
+/// Runtimes own both scratch tensors; callers never see them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Tensor {
     X,
@@ -155,6 +168,7 @@ pub enum Tensor {
     DW,
     DGZ,
     WPartial,
+    Scratch,
 }
 
 /// How a kernel's invocations map onto samples.
@@ -267,6 +281,9 @@ pub struct Dims {
     pub dim_out: u32,
     pub weight_numel: u32,
     pub shared_weights: bool,
+    /// Elements per sample of [`Tensor::Scratch`] (0 when no gather is split).
+    #[serde(default)]
+    pub scratch: u32,
 }
 
 /// The whole plan for one direction of one tensor product on one target.
@@ -292,6 +309,7 @@ impl Dims {
             dim_out: tp.dim_out as u32,
             weight_numel: tp.weight_numel as u32,
             shared_weights: tp.spec.shared_weights,
+            scratch: 0,
         }
     }
 
@@ -310,6 +328,7 @@ impl Dims {
                 }
             }
             WPartial => 0,
+            Scratch => self.scratch,
         }
     }
 }

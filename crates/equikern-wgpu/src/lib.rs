@@ -61,6 +61,8 @@ pub struct Runtime {
     options: RuntimeOptions,
     cache: Mutex<HashMap<String, Arc<CompiledPlan>>>,
     scratch: Mutex<Option<wgpu::Buffer>>,
+    /// Per-sample scratch (`Tensor::Scratch`) of split gathers.
+    sample_scratch: Mutex<Option<wgpu::Buffer>>,
 }
 
 impl Runtime {

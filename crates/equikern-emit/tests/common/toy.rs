@@ -85,6 +85,7 @@ impl Toy {
                 dim_out: z,
                 weight_numel: w,
                 shared_weights,
+                scratch: 0,
             },
             x_off: xo,
             y_off: yo,
