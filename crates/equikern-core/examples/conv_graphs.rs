@@ -44,7 +44,8 @@ fn main() {
     for cutoff in [5.0, 6.0] {
         report("adenylate kinase 4AKE (open)", &p, cutoff);
     }
-    for (nodes, edges) in [(100_000usize, 2_000_000usize)] {
+    {
+        let (nodes, edges) = (100_000usize, 2_000_000usize);
         let t = Instant::now();
         let (r, s) = random_skewed(nodes, edges, 1.1, 1).expect("random");
         let t_gen = t.elapsed();
