@@ -302,3 +302,28 @@ fn tp_plans_untouched() {
     assert_eq!(back, c);
     assert!(equikern_plan::interpret(&c, 1, &BTreeMap::new()).is_err());
 }
+
+/// Paper-suite products (uvu per-edge, uvw shared) on a radius graph of protein atoms.
+#[test]
+fn suite_problems_on_a_protein_graph() {
+    let text = include_str!("../../../tests/data/structures/adk_4ake.pdb");
+    let mut s = equikern_core::graph::read_pdb(text).unwrap();
+    s.positions.truncate(40);
+    let rg = radius_graph(&s, 4.0).unwrap();
+    let g = Csr::build(40, &rg.receiver, &rg.sender).unwrap();
+    eprintln!("protein slice: 40 atoms, {} edges", g.edges());
+    let suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
+    for (label, spec) in suite {
+        if !["nequip-water", "DiffDock-L=1", "tetris-poly-2"].contains(&label.as_str()) {
+            continue;
+        }
+        let tp = spec.build().unwrap();
+        for dir in DIRS {
+            for (caps, opts) in [(caps64(), DET), (caps_atomic(), ATOMIC)] {
+                let what = format!("{label} {dir:?} atomic={}", opts.atomic);
+                let (_, e) = check(&tp, &g, dir, &caps, opts, &what);
+                eprintln!("{what}: rel L2 {e:.2e}");
+            }
+        }
+    }
+}
