@@ -105,3 +105,37 @@ fn skewed_graph_is_seeded_and_skewed() {
     assert!(max > 1000, "hub degree {max}");
     assert!(isolated > 20);
 }
+
+#[test]
+fn pieces_tile_each_range() {
+    let (r, s) = random_skewed(50, 700, 1.4, 2).unwrap();
+    let g = Csr::build(50, &r, &s).unwrap();
+    for by in [End::Receiver, End::Sender] {
+        let off = match by {
+            End::Receiver => &g.recv_offsets,
+            End::Sender => &g.send_offsets,
+        };
+        for m in [1, 3, 16, 1000] {
+            let (po, ps, pn) = g.pieces(by, m);
+            assert_eq!(pn.len(), g.num_pieces(by, m));
+            assert_eq!(ps.len(), pn.len() + 1);
+            assert_eq!(*ps.last().unwrap() as usize, g.edges());
+            for n in 0..50 {
+                let ps_n = &ps[po[n] as usize..=po[n + 1] as usize];
+                // Pieces of node n tile exactly its range, each 1..=m long.
+                if po[n] == po[n + 1] {
+                    assert_eq!(off[n], off[n + 1]);
+                    continue;
+                }
+                assert_eq!(ps_n[0], off[n]);
+                assert_eq!(*ps_n.last().unwrap(), off[n + 1]);
+                assert!(ps_n.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= m));
+                assert!(pn[po[n] as usize..po[n + 1] as usize]
+                    .iter()
+                    .all(|&x| x == n as u32));
+            }
+            let packed = g.packed_pieces(by, m);
+            assert_eq!(packed.len(), 51 + 2 * pn.len() + 1 + 2 * g.edges());
+        }
+    }
+}

@@ -21,6 +21,7 @@
 
 use crate::lower::elem_size;
 use crate::{Addressing, KernelPlan, PlanError, SampleMode, Tensor, Work};
+use equikern_core::conv::{Csr, End};
 use serde::{Deserialize, Serialize};
 
 /// What [`crate::lower_conv`] is asked for.
@@ -29,12 +30,27 @@ pub struct ConvOptions {
     /// Per-edge invocations with float atomic adds (unsorted edges; needs
     /// `caps.float_atomics`; not bit-reproducible). Default: deterministic CSR reductions.
     pub atomic: bool,
+    /// Deterministic only: cut each node's edge range into pieces of at most this many edges
+    /// (two-level sum: `Pieces` kernels, then `ReducePieces`), so a hub node of a skewed
+    /// graph is spread over many invocations. `None`: one invocation per node row.
+    pub max_piece_edges: Option<u32>,
 }
 
-/// Marks a plan as a convolution plan.
+/// Marks a plan as a convolution plan (and how it was asked for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConvInfo {
     pub atomic: bool,
+    pub max_piece_edges: Option<u32>,
+}
+
+/// The sizes of a graph that a convolution plan's buffers and dispatches depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GraphSize {
+    pub nodes: u64,
+    pub edges: u64,
+    /// Pieces of the receiver / sender views (0 unless the plan uses pieces).
+    pub recv_pieces: u64,
+    pub send_pieces: u64,
 }
 
 /// What a kernel's invocations (units) run over.
@@ -42,7 +58,9 @@ pub struct ConvInfo {
 pub enum Units {
     Nodes,
     Edges,
-    /// Reductions: `len` invocations, independent of the graph.
+    /// Pieces of the given table.
+    Pieces(Tensor),
+    /// Reductions of `WPartial`: `len` invocations, independent of the graph.
     Fixed,
 }
 
@@ -52,10 +70,18 @@ impl Tensor {
         use Tensor::*;
         matches!(self, X | GX | HX | DX | Z | GZ | DGZ)
     }
+    /// Scratch partial sums (never returned to callers).
+    pub fn is_scratch(self) -> bool {
+        use Tensor::*;
+        matches!(self, WPartial | RecvPartial | SendPartial)
+    }
     /// `u32` index tensors of a convolution.
     pub fn is_index(self) -> bool {
         use Tensor::*;
-        matches!(self, RecvCsr | SendCsr | Receiver | Sender)
+        matches!(
+            self,
+            RecvCsr | SendCsr | Receiver | Sender | RecvPieces | SendPieces
+        )
     }
 }
 
@@ -66,9 +92,37 @@ impl KernelPlan {
             Work::Rows {
                 sample_mode: SampleMode::Segments { .. },
                 ..
-            } => Units::Nodes,
+            }
+            | Work::ReducePieces { .. } => Units::Nodes,
+            Work::Rows {
+                sample_mode: SampleMode::Pieces { pieces },
+                ..
+            } => Units::Pieces(*pieces),
             Work::Rows { .. } => Units::Edges,
             Work::ReduceChunks { .. } => Units::Fixed,
+        }
+    }
+
+    /// Units of kernel `k` (what [`KernelPlan::dispatches`] splits) for a graph.
+    pub fn conv_unit_count(&self, k: usize, g: &GraphSize) -> u64 {
+        match self.conv_units(k) {
+            Units::Nodes => g.nodes,
+            Units::Edges => g.edges,
+            Units::Pieces(Tensor::RecvPieces) => g.recv_pieces,
+            Units::Pieces(_) => g.send_pieces,
+            Units::Fixed => 0,
+        }
+    }
+
+    /// The sizes of graph `g` for this plan (piece counts by the plan's piece length).
+    pub fn graph_size(&self, g: &Csr) -> GraphSize {
+        let m = self.conv.and_then(|c| c.max_piece_edges);
+        let pieces = |by| m.map_or(0, |m| g.num_pieces(by, m) as u64);
+        GraphSize {
+            nodes: g.nodes as u64,
+            edges: g.edges() as u64,
+            recv_pieces: pieces(End::Receiver),
+            send_pieces: pieces(End::Sender),
         }
     }
 
@@ -78,9 +132,15 @@ impl KernelPlan {
     }
 
     /// Elements of buffer `t` for a graph (index tensors count `u32`s).
-    pub fn conv_buffer_len(&self, t: Tensor, nodes: u64, edges: u64) -> u64 {
+    pub fn conv_buffer_len(&self, t: Tensor, g: &GraphSize) -> u64 {
         let d = &self.dims;
+        let (nodes, edges) = (g.nodes, g.edges);
+        let table = |p: u64| nodes + 1 + 2 * p + 1 + 2 * edges;
         match t {
+            Tensor::RecvPieces => table(g.recv_pieces),
+            Tensor::SendPieces => table(g.send_pieces),
+            Tensor::RecvPartial => g.recv_pieces * d.dim_out as u64,
+            Tensor::SendPartial => g.send_pieces * d.dim_in1 as u64,
             Tensor::RecvCsr | Tensor::SendCsr => nodes + 1 + 2 * edges,
             Tensor::Receiver | Tensor::Sender => edges,
             Tensor::WPartial => self.conv_num_chunks(edges) * d.weight_numel as u64,
@@ -93,8 +153,8 @@ impl KernelPlan {
     }
 
     /// Errors unless every tensor the plan binds fits one storage binding and `u32` element
-    /// indices for a graph of `nodes` nodes and `edges` edges.
-    pub fn check_graph(&self, nodes: u64, edges: u64) -> Result<(), PlanError> {
+    /// indices for graph `g`.
+    pub fn check_graph(&self, g: &GraphSize) -> Result<(), PlanError> {
         if self.conv.is_none() {
             return Err(PlanError::NotConv);
         }
@@ -104,7 +164,7 @@ impl KernelPlan {
                 let bytes = if t.is_index() { 4 } else { es };
                 let max_elements = (self.caps.max_storage_binding_bytes / bytes)
                     .min(u32::MAX as u64 - crate::lower::INDEX_MARGIN);
-                let elements = self.conv_buffer_len(t, nodes, edges);
+                let elements = self.conv_buffer_len(t, g);
                 if elements > max_elements {
                     return Err(PlanError::GraphTooLarge {
                         tensor: t,

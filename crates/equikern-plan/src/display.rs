@@ -75,6 +75,15 @@ impl fmt::Display for KernelPlan {
                 Work::ReduceChunks { input, output, len } => {
                     writeln!(f, "; {output:?}[r] = sum_c {input:?}[c, r] for r < {len}")?;
                 }
+                Work::ReducePieces {
+                    input,
+                    output,
+                    pieces,
+                    len,
+                } => writeln!(
+                    f,
+                    "; {output:?}[n, i] = sum over pieces p of n in {pieces:?}: {input:?}[p, i], i < {len}"
+                )?,
                 Work::Rows {
                     sample_mode,
                     rows_per_sample,
@@ -88,6 +97,9 @@ impl fmt::Display for KernelPlan {
                         )?,
                         SampleMode::Segments { csr } => {
                             writeln!(f, "; {rows_per_sample} rows/node, edges of {csr:?}")?
+                        }
+                        SampleMode::Pieces { pieces } => {
+                            writeln!(f, "; {rows_per_sample} rows/piece of {pieces:?}")?
                         }
                         SampleMode::Scatter { index } => writeln!(
                             f,

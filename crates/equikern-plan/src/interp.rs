@@ -59,6 +59,7 @@ pub fn interpret(
     }
     for k in &plan.kernels {
         match &k.work {
+            Work::ReducePieces { .. } => return Err(err(&k.name, "piece reduction".into())),
             Work::ReduceChunks { input, output, len } => {
                 let items = k.invocations(0);
                 let inp = &bufs[input];

@@ -16,14 +16,28 @@ fn err(kernel: &str, why: String) -> PlanError {
     }
 }
 
-/// The `u32` index tensors of a graph, as a convolution plan binds them.
-pub fn conv_index_tensors(g: &Csr) -> BTreeMap<Tensor, Vec<u32>> {
-    BTreeMap::from([
-        (Tensor::RecvCsr, g.packed(End::Receiver)),
-        (Tensor::SendCsr, g.packed(End::Sender)),
-        (Tensor::Receiver, g.receiver.clone()),
-        (Tensor::Sender, g.sender.clone()),
-    ])
+/// The `u32` index tensors of graph `g` that convolution `plan` binds.
+pub fn conv_index_tensors(plan: &KernelPlan, g: &Csr) -> BTreeMap<Tensor, Vec<u32>> {
+    let bound: Vec<Tensor> = plan
+        .kernels
+        .iter()
+        .flat_map(|k| k.inputs.iter().copied())
+        .collect();
+    let m = plan.conv.and_then(|c| c.max_piece_edges).unwrap_or(1);
+    let mut out = BTreeMap::new();
+    for t in bound {
+        let v = match t {
+            Tensor::RecvCsr => g.packed(End::Receiver),
+            Tensor::SendCsr => g.packed(End::Sender),
+            Tensor::Receiver => g.receiver.clone(),
+            Tensor::Sender => g.sender.clone(),
+            Tensor::RecvPieces => g.packed_pieces(End::Receiver, m),
+            Tensor::SendPieces => g.packed_pieces(End::Sender, m),
+            _ => continue,
+        };
+        out.insert(t, v);
+    }
+    out
 }
 
 /// One edge visited by an invocation: its id and both ends.
@@ -36,16 +50,17 @@ struct Edge {
 
 /// Run convolution `plan` on graph `g`. `inputs` holds every float tensor the plan reads and
 /// no kernel writes (see [`KernelPlan::conv_buffer_len`]); index tensors come from `g`.
-/// Returns every tensor the plan writes except `WPartial`.
+/// Returns every tensor the plan writes except scratch (`WPartial`, piece partials).
 pub fn interpret_conv(
     plan: &KernelPlan,
     g: &Csr,
     inputs: &BTreeMap<Tensor, Vec<f64>>,
 ) -> Result<BTreeMap<Tensor, Vec<f64>>, PlanError> {
-    let (nodes, edges) = (g.nodes as u64, g.edges() as u64);
-    plan.check_graph(nodes, edges)?;
+    let gs = plan.graph_size(g);
+    let (nodes, edges) = (gs.nodes, gs.edges);
+    plan.check_graph(&gs)?;
     let dims = &plan.dims;
-    let idx = conv_index_tensors(g);
+    let idx = conv_index_tensors(plan, g);
     let mut bufs: BTreeMap<Tensor, Vec<f64>> = BTreeMap::new();
     for k in &plan.kernels {
         for &t in k.inputs.iter().filter(|t| !t.is_index()) {
@@ -53,7 +68,7 @@ pub fn interpret_conv(
                 continue;
             }
             let v = inputs.get(&t).ok_or(PlanError::MissingInput(t))?;
-            let expected = plan.conv_buffer_len(t, nodes, edges) as usize;
+            let expected = plan.conv_buffer_len(t, &gs) as usize;
             if v.len() != expected {
                 return Err(PlanError::InputLength {
                     tensor: t,
@@ -73,7 +88,7 @@ pub fn interpret_conv(
             );
             // Atomic outputs are zero-filled by the runtime; others must be written once.
             let fill = if atomic { 0.0 } else { f64::NAN };
-            let len = plan.conv_buffer_len(t, nodes, edges) as usize;
+            let len = plan.conv_buffer_len(t, &gs) as usize;
             bufs.insert(t, vec![fill; len]);
         }
     }
@@ -93,6 +108,32 @@ pub fn interpret_conv(
                 bufs.insert(*output, out);
                 continue;
             }
+            Work::ReducePieces {
+                input,
+                output,
+                pieces,
+                len,
+            } => {
+                let len = *len as u64;
+                let (po, inp) = (&idx[pieces], &bufs[input]);
+                let mut out = bufs[output].clone();
+                for (s0, n) in plan.dispatches(nodes) {
+                    let grid = k.grid(n * len, plan.caps.max_workgroups_per_dim);
+                    for gid in grid_ids(grid, k.workgroup_size) {
+                        let (node, i) = (s0 + gid / len.max(1), gid % len.max(1));
+                        if gid >= n * len {
+                            continue;
+                        }
+                        let mut acc = 0.0;
+                        for p in po[node as usize]..po[node as usize + 1] {
+                            acc += inp[(p as u64 * len + i) as usize];
+                        }
+                        out[(node * len + i) as usize] = acc;
+                    }
+                }
+                bufs.insert(*output, out);
+                continue;
+            }
             Work::Rows {
                 sample_mode,
                 rows_per_sample,
@@ -102,10 +143,7 @@ pub fn interpret_conv(
         if rows == 0 {
             continue;
         }
-        let total = match plan.conv_units(ki) {
-            crate::conv::Units::Nodes => nodes,
-            _ => edges,
-        };
+        let total = plan.conv_unit_count(ki, &gs);
         let spc = match sample_mode {
             SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
             _ => 1,
@@ -171,6 +209,35 @@ pub fn interpret_conv(
                     SampleMode::Chunk { .. } => {
                         let first = s0 + unit * spc;
                         (first..(first + spc).min(s0 + n)).map(edge).collect()
+                    }
+                    SampleMode::Pieces { pieces } => {
+                        let tab = &idx[&pieces];
+                        let np = match pieces {
+                            Tensor::RecvPieces => gs.recv_pieces,
+                            _ => gs.send_pieces,
+                        };
+                        let (start, pnode) = (nodes + 1, nodes + 1 + np + 1);
+                        let (ids, other) = (pnode + np, pnode + np + edges);
+                        let at = |i: u64| tab[i as usize] as u64;
+                        let node = at(pnode + u);
+                        (at(start + u)..at(start + u + 1))
+                            .map(|p| {
+                                let (id, o) = (at(ids + p), at(other + p));
+                                if pieces == Tensor::RecvPieces {
+                                    Edge {
+                                        id,
+                                        recv: node,
+                                        send: o,
+                                    }
+                                } else {
+                                    Edge {
+                                        id,
+                                        recv: o,
+                                        send: node,
+                                    }
+                                }
+                            })
+                            .collect()
                     }
                     SampleMode::PerSample | SampleMode::Scatter { .. } => vec![edge(u)],
                 };
@@ -294,7 +361,7 @@ pub fn interpret_conv(
         .kernels
         .iter()
         .flat_map(|k| k.outputs.iter().copied())
-        .filter(|&t| t != Tensor::WPartial)
+        .filter(|&t| !t.is_scratch())
         .collect();
     Ok(written
         .into_iter()

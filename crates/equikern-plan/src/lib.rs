@@ -169,6 +169,13 @@ pub enum Tensor {
     /// and the raw `receiver[e]`, `sender[e]` (E each) for per-edge kernels.
     Receiver,
     Sender,
+    /// Piece tables (`u32`, balanced deterministic convolution): `[piece_offsets (nodes+1) |
+    /// piece_start (pieces+1) | piece_node (pieces) | edge ids (E) | other ends (E)]`.
+    RecvPieces,
+    SendPieces,
+    /// Scratch partial sums, one row per piece: `[recv pieces, dim_out]`, `[send pieces, dim_in1]`.
+    RecvPartial,
+    SendPartial,
 }
 
 /// How a kernel's invocations map onto samples.
@@ -188,6 +195,11 @@ pub enum SampleMode {
     /// atomics into row `index[edge]` (`Receiver` or `Sender`) of the node-indexed output,
     /// which the runtime zero-fills before the kernel. Order-dependent rounding.
     Scatter { index: Tensor },
+    /// Convolution, balanced deterministic: one invocation per `(piece, row)` of the piece
+    /// table `pieces` (`RecvPieces` / `SendPieces`): it sums the piece's positions in
+    /// ascending order and writes row `piece` of its partial output (`RecvPartial` /
+    /// `SendPartial`); a [`Work::ReducePieces`] follows.
+    Pieces { pieces: Tensor },
 }
 
 /// Where an operand row of a sample lives. In a convolution plan the sample of a per-edge
@@ -269,6 +281,15 @@ pub enum Work {
         output: Tensor,
         len: u32,
     },
+    /// Convolution: `output[n, i] = Σ_{p in node n's pieces} input[p, i]` in ascending `p`
+    /// (zero for none), one invocation per `(node, i)`, `i < len`; node `n`'s pieces are
+    /// `pieces[n]..pieces[n + 1]` (the table's first part).
+    ReducePieces {
+        input: Tensor,
+        output: Tensor,
+        pieces: Tensor,
+        len: u32,
+    },
 }
 
 /// One GPU kernel (one pipeline / one `__global__`).
@@ -341,7 +362,9 @@ impl Dims {
             WPartial => 0,
             // Index tensors: one element per edge (raw) or not per-sample (CSR views).
             Receiver | Sender => 1,
-            RecvCsr | SendCsr => 0,
+            RecvCsr | SendCsr | RecvPieces | SendPieces => 0,
+            RecvPartial => self.dim_out,
+            SendPartial => self.dim_in1,
         }
     }
 }
@@ -417,7 +440,8 @@ impl Kernel {
                 let units = match sample_mode {
                     SampleMode::PerSample
                     | SampleMode::Segments { .. }
-                    | SampleMode::Scatter { .. } => n,
+                    | SampleMode::Scatter { .. }
+                    | SampleMode::Pieces { .. } => n,
                     SampleMode::Chunk { samples_per_chunk } => {
                         n.div_ceil(*samples_per_chunk as u64)
                     }
@@ -425,6 +449,7 @@ impl Kernel {
                 units * *rows_per_sample as u64
             }
             Work::ReduceChunks { len, .. } => *len as u64,
+            Work::ReducePieces { len, .. } => n * *len as u64,
         }
     }
 

@@ -39,6 +39,7 @@ fn fix(k: &mut Kernel) {
     match *sample_mode {
         // The CSR view stores the other end of each edge; the node is the unit itself.
         SampleMode::Segments { csr } => extra = vec![csr],
+        SampleMode::Pieces { pieces } => extra = vec![pieces],
         SampleMode::Scatter { index } => extra.push(index),
         _ => {}
     }
@@ -54,17 +55,18 @@ fn max_units(plan: &KernelPlan) -> Result<u32, PlanError> {
     let grid_cap = caps.max_workgroups_per_dim as u64 * caps.max_workgroups_per_dim as u64;
     let (mut n_max, mut spc_all) = (u32::MAX as u64, 1u64);
     for k in &plan.kernels {
-        let Work::Rows {
-            sample_mode,
-            rows_per_sample,
-            ..
-        } = &k.work
-        else {
-            continue;
-        };
-        let spc = match sample_mode {
-            SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
-            _ => 1,
+        let (spc, rows_per_sample) = match &k.work {
+            Work::Rows {
+                sample_mode: SampleMode::Chunk { samples_per_chunk },
+                rows_per_sample,
+                ..
+            } => (*samples_per_chunk as u64, rows_per_sample),
+            Work::Rows {
+                rows_per_sample, ..
+            } => (1, rows_per_sample),
+            // One invocation per (node, element).
+            Work::ReducePieces { len, .. } => (1, len),
+            Work::ReduceChunks { .. } => continue,
         };
         spc_all = spc_all.max(spc);
         if *rows_per_sample == 0 {
@@ -103,6 +105,14 @@ pub fn lower_conv(
             "f64 requested but the target lacks f64".into(),
         ));
     }
+    if opts.atomic && opts.max_piece_edges.is_some() {
+        return Err(PlanError::Caps(
+            "max_piece_edges applies to the deterministic convolution, not the atomic one".into(),
+        ));
+    }
+    if opts.max_piece_edges == Some(0) {
+        return Err(PlanError::TooLarge("max_piece_edges must be at least 1"));
+    }
     if opts.atomic && !caps.float_atomics {
         return Err(PlanError::Caps(
             "the atomic convolution needs float_atomics, which the target lacks".into(),
@@ -134,11 +144,18 @@ pub fn lower_conv(
     };
     let edge = SampleMode::PerSample;
     // Node outputs: by receiver (z, dgz) or by sender (gx, dx).
+    let pieces = opts.max_piece_edges.is_some();
     let (by_recv, by_send, sfx) = if opts.atomic {
         (
             SampleMode::Scatter { index: Receiver },
             SampleMode::Scatter { index: Sender },
             "_atomic",
+        )
+    } else if pieces {
+        (
+            SampleMode::Pieces { pieces: RecvPieces },
+            SampleMode::Pieces { pieces: SendPieces },
+            "_pieces",
         )
     } else {
         (
@@ -146,6 +163,31 @@ pub fn lower_conv(
             SampleMode::Segments { csr: SendCsr },
             "",
         )
+    };
+    // With pieces, node outputs go to per-piece partials first, then an ordered reduction.
+    let mut piece_reduce: Vec<Kernel> = vec![];
+    let mut node_out = |t: Tensor| -> Tensor {
+        if !pieces {
+            return t;
+        }
+        let (partial, table, len) = if matches!(t, Z | DGZ) {
+            (RecvPartial, RecvPieces, dims.dim_out)
+        } else {
+            (SendPartial, SendPieces, dims.dim_in1)
+        };
+        piece_reduce.push(Kernel {
+            name: format!("reduce_pieces_{}", format!("{t:?}").to_lowercase()),
+            inputs: vec![partial, table],
+            outputs: vec![t],
+            workgroup_size: wg,
+            work: Work::ReducePieces {
+                input: partial,
+                output: t,
+                pieces: table,
+                len,
+            },
+        });
+        partial
     };
     let ks = |name: &str, mode, groups| KSpec {
         name: format!("conv_{name}"),
@@ -157,7 +199,7 @@ pub fn lower_conv(
             vec![ks(
                 &format!("forward{sfx}"),
                 by_recv,
-                vec![grp(Slot::Z, Z, vec![b(X, Y, Z, W)])],
+                vec![grp(Slot::Z, node_out(Z), vec![b(X, Y, Z, W)])],
             )],
             None,
         ),
@@ -166,7 +208,7 @@ pub fn lower_conv(
             let mut v = vec![ks(
                 &format!("backward_gx{sfx}"),
                 by_send,
-                vec![grp(Slot::X, GX, bind.clone())],
+                vec![grp(Slot::X, node_out(GX), bind.clone())],
             )];
             let gy = grp(Slot::Y, GY, bind.clone());
             let mut red = None;
@@ -197,12 +239,12 @@ pub fn lower_conv(
                 ks(
                     &format!("double_backward_dgz{sfx}"),
                     by_recv,
-                    vec![grp(Slot::Z, DGZ, dgz)],
+                    vec![grp(Slot::Z, node_out(DGZ), dgz)],
                 ),
                 ks(
                     &format!("double_backward_dx{sfx}"),
                     by_send,
-                    vec![grp(Slot::X, DX, dx)],
+                    vec![grp(Slot::X, node_out(DX), dx)],
                 ),
             ];
             let mut red = None;
@@ -222,6 +264,7 @@ pub fn lower_conv(
     };
     let mut tables = Tables::default();
     let mut kernels = pack_kernels(tp, specs, &dims, wg, caps, &mut tables, &fix)?;
+    kernels.extend(piece_reduce);
     if let Some(out) = reduce {
         kernels.push(reduce_kernel(out, &dims, wg, caps)?);
     }
@@ -235,6 +278,7 @@ pub fn lower_conv(
         max_samples_per_dispatch: 0,
         conv: Some(ConvInfo {
             atomic: opts.atomic,
+            max_piece_edges: opts.max_piece_edges,
         }),
     };
     finish(plan, spc, max_units)

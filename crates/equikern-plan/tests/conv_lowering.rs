@@ -20,8 +20,19 @@ const DIRS: [Direction; 3] = [
     Direction::DoubleBackward,
 ];
 const TOL: f64 = 1e-12;
-const DET: ConvOptions = ConvOptions { atomic: false };
-const ATOMIC: ConvOptions = ConvOptions { atomic: true };
+const DET: ConvOptions = ConvOptions {
+    atomic: false,
+    max_piece_edges: None,
+};
+const ATOMIC: ConvOptions = ConvOptions {
+    atomic: true,
+    max_piece_edges: None,
+};
+/// Balanced deterministic: pieces of at most 3 edges (hubs get many pieces).
+const PIECES: ConvOptions = ConvOptions {
+    atomic: false,
+    max_piece_edges: Some(3),
+};
 
 fn caps64() -> Capabilities {
     Capabilities {
@@ -165,6 +176,8 @@ fn every_mode_matches_the_oracle() {
                 for (mn, caps, opts) in [
                     ("deterministic", caps64(), DET),
                     ("deterministic tiny", tiny(caps64()), DET),
+                    ("pieces", caps64(), PIECES),
+                    ("pieces tiny", tiny(caps64()), PIECES),
                     ("atomic", caps_atomic(), ATOMIC),
                     ("atomic tiny", tiny(caps_atomic()), ATOMIC),
                 ] {
@@ -181,14 +194,12 @@ fn every_mode_matches_the_oracle() {
 fn tiny_caps_split_into_several_dispatches() {
     let (_, g) = graphs().remove(1);
     let tp = uvu_per_edge();
-    for dir in DIRS {
-        let plan = lower_conv(&tp, dir, Dtype::F64, &tiny(caps64()), DET).unwrap();
+    for (dir, opts) in DIRS.into_iter().flat_map(|d| [(d, DET), (d, PIECES)]) {
+        let plan = lower_conv(&tp, dir, Dtype::F64, &tiny(caps64()), opts).unwrap();
+        let gs = plan.graph_size(&g);
         for k in 0..plan.kernels.len() {
-            if let Work::Rows { .. } = plan.kernels[k].work {
-                let units = match plan.conv_units(k) {
-                    equikern_plan::conv::Units::Nodes => g.nodes,
-                    _ => g.edges(),
-                } as u64;
+            if !matches!(plan.kernels[k].work, Work::ReduceChunks { .. }) {
+                let units = plan.conv_unit_count(k, &gs);
                 assert!(plan.dispatches(units).count() > 1, "{dir:?} kernel {k}");
             }
         }
@@ -206,6 +217,9 @@ fn deterministic_is_bit_identical() {
             // The dispatch split does not change any sum's order either.
             let c = check(&tp, &g, dir, &tiny(caps64()), DET, "c").0;
             assert_eq!(a, c, "{dir:?}");
+            let p = check(&tp, &g, dir, &caps64(), PIECES, "p").0;
+            let q = check(&tp, &g, dir, &tiny(caps64()), PIECES, "q").0;
+            assert_eq!(p, q, "{dir:?} pieces");
         }
     }
 }
@@ -215,7 +229,7 @@ fn isolated_nodes_get_zeros() {
     let (n, r, s) = directed();
     let g = Csr::build(n, &r, &s).unwrap();
     let tp = uvu_per_edge();
-    for opts in [DET, ATOMIC] {
+    for opts in [DET, ATOMIC, PIECES] {
         let (z, _) = check(&tp, &g, Direction::Forward, &caps_atomic(), opts, "iso");
         let z = &z[&Tensor::Z];
         assert!(z[5 * tp.dim_out..].iter().all(|&v| v == 0.0));
@@ -226,8 +240,8 @@ fn isolated_nodes_get_zeros() {
 #[test]
 fn deterministic_plans_fit_webgpu_bindings() {
     for (_, tp) in tps() {
-        for dir in DIRS {
-            let plan = lower_conv(&tp, dir, Dtype::F32, &Capabilities::webgpu_min(), DET).unwrap();
+        for (dir, opts) in DIRS.into_iter().flat_map(|d| [(d, DET), (d, PIECES)]) {
+            let plan = lower_conv(&tp, dir, Dtype::F32, &Capabilities::webgpu_min(), opts).unwrap();
             for k in &plan.kernels {
                 assert!(k.inputs.len() + k.outputs.len() <= 8, "{}", k.name);
                 if let Work::Rows {
@@ -267,7 +281,13 @@ fn graph_too_large_for_a_binding() {
     let (_, g) = graphs().remove(1);
     let e = interpret_conv(&plan, &g, &inputs(&uvu_per_edge(), &g, 1)).unwrap_err();
     assert!(matches!(e, PlanError::GraphTooLarge { .. }), "{e}");
-    assert!(plan.check_graph(1, 1).is_ok());
+    let one = equikern_plan::conv::GraphSize {
+        nodes: 1,
+        edges: 1,
+        recv_pieces: 0,
+        send_pieces: 0,
+    };
+    assert!(plan.check_graph(&one).is_ok());
 }
 
 #[test]
@@ -308,10 +328,10 @@ fn tp_plans_untouched() {
 fn suite_problems_on_a_protein_graph() {
     let text = include_str!("../../../tests/data/structures/adk_4ake.pdb");
     let mut s = equikern_core::graph::read_pdb(text).unwrap();
-    s.positions.truncate(40);
+    s.positions.truncate(30);
     let rg = radius_graph(&s, 4.0).unwrap();
-    let g = Csr::build(40, &rg.receiver, &rg.sender).unwrap();
-    eprintln!("protein slice: 40 atoms, {} edges", g.edges());
+    let g = Csr::build(30, &rg.receiver, &rg.sender).unwrap();
+    eprintln!("protein slice: 30 atoms, {} edges", g.edges());
     let suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
     for (label, spec) in suite {
         if !["nequip-water", "DiffDock-L=1", "tetris-poly-2"].contains(&label.as_str()) {
@@ -319,11 +339,60 @@ fn suite_problems_on_a_protein_graph() {
         }
         let tp = spec.build().unwrap();
         for dir in DIRS {
-            for (caps, opts) in [(caps64(), DET), (caps_atomic(), ATOMIC)] {
+            for (caps, opts) in [(caps64(), DET), (caps_atomic(), ATOMIC), (caps64(), PIECES)] {
                 let what = format!("{label} {dir:?} atomic={}", opts.atomic);
                 let (_, e) = check(&tp, &g, dir, &caps, opts, &what);
                 eprintln!("{what}: rel L2 {e:.2e}");
             }
         }
     }
+}
+
+#[test]
+fn piece_options_are_checked() {
+    let tp = uvu_per_edge();
+    let bad = ConvOptions {
+        atomic: true,
+        max_piece_edges: Some(4),
+    };
+    let e = lower_conv(&tp, Direction::Forward, Dtype::F64, &caps_atomic(), bad).unwrap_err();
+    assert!(e.to_string().contains("max_piece_edges"), "{e}");
+    let zero = ConvOptions {
+        atomic: false,
+        max_piece_edges: Some(0),
+    };
+    let e = lower_conv(&tp, Direction::Forward, Dtype::F64, &caps64(), zero).unwrap_err();
+    assert!(e.to_string().contains("max_piece_edges"), "{e}");
+}
+
+/// With pieces, the hub of a skewed graph is spread: no invocation sums more than the piece
+/// length, and the pieces count stays ≤ nodes + edges / length.
+#[test]
+fn pieces_bound_the_work_per_invocation() {
+    let (r, s) = random_skewed(200, 5000, 1.3, 5).unwrap();
+    let g = Csr::build(200, &r, &s).unwrap();
+    let hub = g
+        .recv_offsets
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap();
+    let plan = lower_conv(
+        &uvu_per_edge(),
+        Direction::Forward,
+        Dtype::F64,
+        &caps64(),
+        PIECES,
+    )
+    .unwrap();
+    let gs = plan.graph_size(&g);
+    let (po, ps, _) = g.pieces(equikern_core::conv::End::Receiver, 3);
+    let longest = ps.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!(
+        "hub in-degree {hub}; {} pieces, longest {longest}",
+        gs.recv_pieces
+    );
+    assert!(longest <= 3 && hub > 100);
+    assert_eq!(gs.recv_pieces as usize, *po.last().unwrap() as usize);
+    assert!(gs.recv_pieces <= 200 + 5000 / 3);
 }

@@ -159,6 +159,60 @@ impl Csr {
         v
     }
 
+    /// Pieces of at most `max_len` edges (≥ 1) cutting each node's range of view `by`, in
+    /// node order: `(piece_offsets [nodes+1], piece_start [pieces+1], piece_node [pieces])`.
+    /// Node `n` owns pieces `piece_offsets[n]..piece_offsets[n+1]`; piece `p` covers view
+    /// positions `piece_start[p]..piece_start[p+1]`. Fixed by the graph and `max_len` alone,
+    /// so a two-level sum over pieces is deterministic on any hardware.
+    pub fn pieces(&self, by: End, max_len: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+        let off = match by {
+            End::Receiver => &self.recv_offsets,
+            End::Sender => &self.send_offsets,
+        };
+        let max_len = max_len.max(1);
+        let mut piece_offsets = Vec::with_capacity(self.nodes + 1);
+        let (mut start, mut node) = (vec![], vec![]);
+        for n in 0..self.nodes {
+            piece_offsets.push(start.len() as u32);
+            let mut p = off[n];
+            while p < off[n + 1] {
+                start.push(p);
+                node.push(n as u32);
+                p = p.saturating_add(max_len).min(off[n + 1]);
+            }
+        }
+        piece_offsets.push(start.len() as u32);
+        start.push(self.edges() as u32);
+        (piece_offsets, start, node)
+    }
+
+    /// Number of pieces of [`Csr::pieces`].
+    pub fn num_pieces(&self, by: End, max_len: u32) -> usize {
+        let off = match by {
+            End::Receiver => &self.recv_offsets,
+            End::Sender => &self.send_offsets,
+        };
+        let m = max_len.max(1) as usize;
+        off.windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .map(|d| d.div_ceil(m))
+            .sum()
+    }
+
+    /// The pieces packed with the view's edge ids and other ends, the one index tensor a
+    /// piece kernel binds (`RecvPieces` / `SendPieces`): `[piece_offsets (nodes+1) |
+    /// piece_start (pieces+1) | piece_node (pieces) | edge ids (E) | other ends (E)]`.
+    pub fn packed_pieces(&self, by: End, max_len: u32) -> Vec<u32> {
+        let (po, ps, pn) = self.pieces(by, max_len);
+        let view = self.packed(by);
+        let mut v = Vec::with_capacity(po.len() + ps.len() + pn.len() + 2 * self.edges());
+        v.extend(po);
+        v.extend(ps);
+        v.extend(pn);
+        v.extend_from_slice(&view[self.nodes + 1..]);
+        v
+    }
+
     /// True when every edge's receiver is ≥ the previous edge's (the identity `recv_perm`).
     pub fn sorted_by_receiver(&self) -> bool {
         self.receiver.windows(2).all(|w| w[0] <= w[1])
