@@ -78,6 +78,12 @@ fn every_golden_case_matches_e3nn() {
                 .collect();
             assert_eq!(path.path_shape, shape, "{name} path {k} shape");
             let c = ins[6].as_f64().unwrap();
+            if path.coefficient != c {
+                eprintln!(
+                    "{name} path {k}: coefficient differs from e3nn by {:e}",
+                    path.coefficient - c
+                );
+            }
             assert!(
                 (path.coefficient - c).abs() <= 1e-15 * c.abs(),
                 "{name} path {k}: c {} vs {c}",

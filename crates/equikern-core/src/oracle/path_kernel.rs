@@ -2,18 +2,29 @@
 //!
 //! Every connection mode is the same computation with a different index list (§3.2):
 //! `z[o, k] += W[wi] · Σ_{(i,j,k) ∈ nnz} (c·C_ijk) · x[u, i] · y[v, j]` over a list of
-//! `(u, v) → [(o, wi), …]` entries. Unweighted instructions use `W ≡ 1`.
+//! `(u, v) → [(o, wi), …]` entries. Unweighted instructions use `W ≡ 1`. In every mode the
+//! `(o, wi)` of one pair form a run `(o0 + t, wi0 + t)`, `t < n`, stored as such.
 
 use super::real::Real;
 use super::OracleError;
 use crate::spec::{ConnectionMode, Path, TensorProduct};
 
-/// One `(u, v)` input pair and the `(output mul index o, weight index wi)` terms it feeds.
-#[derive(Clone, Debug)]
+/// One `(u, v)` input pair feeding the terms `(o, wi) = (o0 + t, wi0 + t)` for `t < n`
+/// (output multiplicity index o, weight index wi within the path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Pair {
     u: usize,
     v: usize,
-    terms: std::ops::Range<usize>,
+    o0: usize,
+    wi0: usize,
+    n: usize,
+}
+
+impl Pair {
+    fn terms(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (o0, wi0) = (self.o0, self.wi0);
+        (0..self.n).map(move |t| (o0 + t, wi0 + t))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -31,8 +42,6 @@ pub(super) struct PathKernel<T> {
     nz: Vec<(usize, usize, T)>,
     by_k: Vec<usize>,
     pairs: Vec<Pair>,
-    /// `(o, wi)`, grouped by pair.
-    terms: Vec<(usize, usize)>,
 }
 
 /// `triu_indices(m, m, offset=1)` row-major: (0,1), (0,2), …, (1,2), …
@@ -40,37 +49,41 @@ fn upper_pairs(m: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..m).flat_map(move |u| (u + 1..m).map(move |v| (u, v)))
 }
 
-/// `(u, v, [(o, wi), …])`: one input pair and the outputs/weights it feeds.
-type PairTerms = (usize, usize, Vec<(usize, usize)>);
-
-/// The `(u, v, o, wi)` enumeration of §3.2 for one mode.
-fn mode_terms(mode: ConnectionMode, m1: usize, m2: usize, mo: usize) -> Vec<PairTerms> {
+/// The pair list of §3.2 for one mode (row-major weight index of `path_shape`).
+fn mode_pairs(mode: ConnectionMode, m1: usize, m2: usize, mo: usize) -> Vec<Pair> {
     use ConnectionMode::*;
+    let pair = |u, v, o0, wi0, n| Pair { u, v, o0, wi0, n };
     let all_uv = || (0..m1).flat_map(move |u| (0..m2).map(move |v| (u, v)));
     match mode {
+        // out[w] += W[u,v,w] x_u y_v
         Uvw => all_uv()
-            .map(|(u, v)| (u, v, (0..mo).map(|w| (w, (u * m2 + v) * mo + w)).collect()))
+            .map(|(u, v)| pair(u, v, 0, (u * m2 + v) * mo, mo))
             .collect(),
+        // out[u] += W[u,v] x_u y_v
         Uvu => all_uv()
-            .map(|(u, v)| (u, v, vec![(u, u * m2 + v)]))
+            .map(|(u, v)| pair(u, v, u, u * m2 + v, 1))
             .collect(),
+        // out[v] += W[u,v] x_u y_v
         Uvv => all_uv()
-            .map(|(u, v)| (u, v, vec![(v, u * m2 + v)]))
+            .map(|(u, v)| pair(u, v, v, u * m2 + v, 1))
             .collect(),
-        Uuw => (0..m1)
-            .map(|u| (u, u, (0..mo).map(|w| (w, u * mo + w)).collect()))
-            .collect(),
-        Uuu => (0..m1).map(|u| (u, u, vec![(u, u)])).collect(),
+        // out[w] += W[u,w] x_u y_u
+        Uuw => (0..m1).map(|u| pair(u, u, 0, u * mo, mo)).collect(),
+        // out[u] += W[u] x_u y_u
+        Uuu => (0..m1).map(|u| pair(u, u, u, u, 1)).collect(),
+        // out[u·m2+v] += W[u,v] x_u y_v
         Uvuv => all_uv()
-            .map(|(u, v)| (u, v, vec![(u * m2 + v, u * m2 + v)]))
+            .map(|(u, v)| pair(u, v, u * m2 + v, u * m2 + v, 1))
             .collect(),
+        // out[q] += W[q] x_{u_q} y_{v_q}
         UvuLtV => upper_pairs(m1)
             .enumerate()
-            .map(|(q, (u, v))| (u, v, vec![(q, q)]))
+            .map(|(q, (u, v))| pair(u, v, q, q, 1))
             .collect(),
+        // out[w] += W[q,w] x_{u_q} y_{v_q}
         ULtVw => upper_pairs(m1)
             .enumerate()
-            .map(|(q, (u, v))| (u, v, (0..mo).map(|w| (w, q * mo + w)).collect()))
+            .map(|(q, (u, v))| pair(u, v, 0, q * mo, mo))
             .collect(),
     }
 }
@@ -108,13 +121,18 @@ impl<T: Real> PathKernel<T> {
                 "multiplicities or path_shape inconsistent with the mode".into(),
             ));
         }
+        // ∏ path_shape bounds every weight index (and m1·m2) computed below.
+        let numel = p
+            .path_shape
+            .iter()
+            .try_fold(1usize, |a, &s| a.checked_mul(s))
+            .ok_or_else(|| invalid(k, "path_shape size overflows usize".into()))?;
+        if p.m1.checked_mul(p.m2).is_none() {
+            return Err(invalid(k, "m1·m2 overflows usize".into()));
+        }
         let w_off = match (p.instruction.has_weight, p.weight_offset) {
             (true, Some(off)) => {
-                let n = p
-                    .path_shape
-                    .iter()
-                    .try_fold(1usize, |a, &s| a.checked_mul(s));
-                if !fits(n.and_then(|n| n.checked_add(off)), tp.weight_numel) {
+                if !fits(numel.checked_add(off), tp.weight_numel) {
                     return Err(invalid(k, "weights exceed weight_numel".into()));
                 }
                 Some(off)
@@ -136,17 +154,7 @@ impl<T: Real> PathKernel<T> {
             nz.extend(g);
             by_k.push(nz.len());
         }
-        let mut pairs = Vec::new();
-        let mut terms = Vec::new();
-        for (u, v, ts) in mode_terms(mode, p.m1, p.m2, p.mo) {
-            let start = terms.len();
-            terms.extend(ts);
-            pairs.push(Pair {
-                u,
-                v,
-                terms: start..terms.len(),
-            });
-        }
+        let pairs = mode_pairs(mode, p.m1, p.m2, p.mo);
         Ok(PathKernel {
             x_off: p.in1_offset,
             y_off: p.in2_offset,
@@ -158,7 +166,6 @@ impl<T: Real> PathKernel<T> {
             nz,
             by_k,
             pairs,
-            terms,
         })
     }
 
@@ -196,7 +203,7 @@ impl<T: Real> PathKernel<T> {
         let t = &mut t[..self.dout];
         for pair in &self.pairs {
             self.contract(x, y, pair, t);
-            for &(o, wi) in &self.terms[pair.terms.clone()] {
+            for (o, wi) in pair.terms() {
                 let wv = self.weight(w, wi);
                 let zo = &mut z[self.z_off + o * self.dout..][..self.dout];
                 for (zk, &tk) in zo.iter_mut().zip(t.iter()) {
@@ -224,11 +231,10 @@ impl<T: Real> PathKernel<T> {
         let (g, t) = (&mut g[..self.dout], &mut t[..self.dout]);
         let gz_row = |o: usize| &gz[self.z_off + o * self.dout..][..self.dout];
         for pair in &self.pairs {
-            let terms = &self.terms[pair.terms.clone()];
             if gx.is_some() || gy.is_some() {
                 // g[k] = Σ_terms W · gz[o, k]: the gradient flowing into this pair's product.
                 g.fill(T::ZERO);
-                for &(o, wi) in terms {
+                for (o, wi) in pair.terms() {
                     let wv = self.weight(w, wi);
                     for (gk, &gzk) in g.iter_mut().zip(gz_row(o)) {
                         *gk += wv * gzk;
@@ -255,7 +261,7 @@ impl<T: Real> PathKernel<T> {
             }
             if let (Some(gw), Some(off)) = (gw.as_deref_mut(), self.w_off) {
                 self.contract(x, y, pair, t);
-                for &(o, wi) in terms {
+                for (o, wi) in pair.terms() {
                     let mut s = T::ZERO;
                     for (&tk, &gzk) in t.iter().zip(gz_row(o)) {
                         s += tk * gzk;

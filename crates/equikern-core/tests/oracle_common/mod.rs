@@ -15,9 +15,16 @@ pub fn golden() -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("golden JSON")).expect("valid JSON")
 }
 
-/// The OpenEquivariance paper suite (`/work/shared/problems`, mirrored beside the notes).
+/// The OpenEquivariance paper suite: a copy in `tests/fixtures` (so CI has it), else the
+/// shared original.
 pub fn paper_suite_text() -> Option<String> {
-    std::fs::read_to_string("/work/shared/problems/paper_suite.json").ok()
+    let copy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/paper_suite.json"
+    );
+    std::fs::read_to_string(copy)
+        .or_else(|_| std::fs::read_to_string("/work/shared/problems/paper_suite.json"))
+        .ok()
 }
 
 pub fn f64s(v: &Value) -> Vec<f64> {

@@ -1,0 +1,88 @@
+//! CUDA runtime for equikern kernel plans (the NVIDIA fast path).
+//!
+//! * [`CudaDevice`]: one GPU, its stream, its [`Capabilities`] and a module cache.
+//! * [`CudaTensorProduct`]: forward / backward / double-backward plans of one tensor product in
+//!   one dtype, compiled with NVRTC for the device's own arch on first use; host-slice and
+//!   device-buffer ([`CudaSlice`]) entry points; batch splitting; deterministic shared-weight
+//!   gradients through the plan's chunk + reduce kernels.
+//!
+//! libcuda and libnvrtc are loaded at run time: on a machine without them every constructor
+//! returns [`CudaError::NotAvailable`] (never a panic), so the workspace builds and tests
+//! everywhere.
+
+mod compile;
+mod device;
+mod exec;
+mod timing;
+mod tp;
+
+pub use compile::{CacheLevel, CompileInfo};
+pub use cudarc::driver::CudaSlice;
+pub use device::{availability, CudaDevice};
+pub use timing::Timing;
+pub use tp::CudaTensorProduct;
+
+pub use equikern_emit::cuda::CudaOptions;
+pub use equikern_plan::{Capabilities, Direction, Dtype};
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CudaError {
+    #[error("CUDA not available: {0}")]
+    NotAvailable(String),
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+    #[error("NVRTC compile failed for {arch}: {log}")]
+    Compile { arch: String, log: String },
+    #[error("plan: {0}")]
+    Plan(String),
+    #[error("emit: {0}")]
+    Emit(#[from] equikern_emit::EmitError),
+    #[error("argument {arg}: expected at least {expected} elements, got {actual}")]
+    Length {
+        arg: &'static str,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("dtype mismatch: the tensor product was built for {plan:?}, data is {data:?}")]
+    Dtype { plan: Dtype, data: Dtype },
+    #[error("no {0:?} plan was provided")]
+    MissingPlan(Direction),
+}
+
+impl From<cudarc::driver::DriverError> for CudaError {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        CudaError::Driver(e.to_string())
+    }
+}
+
+pub type Result<T, E = CudaError> = std::result::Result<T, E>;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// Element types the kernels are emitted for.
+pub trait Real:
+    cudarc::driver::DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+    + Copy
+    + Default
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
+    + sealed::Sealed
+{
+    const DTYPE: Dtype;
+}
+
+impl Real for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+}
+
+impl Real for f64 {
+    const DTYPE: Dtype = Dtype::F64;
+}

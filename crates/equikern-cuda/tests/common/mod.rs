@@ -1,0 +1,139 @@
+//! Shared helpers: device-or-skip, specs for every connection mode, data, error norms.
+#![allow(dead_code)]
+
+use equikern_core::{ConnectionMode, Instruction, Irreps, TensorProduct, TpSpec};
+use equikern_cuda::{CudaDevice, CudaError};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The first CUDA device, or `None` after printing why the test is skipped.
+pub fn device() -> Option<CudaDevice> {
+    match CudaDevice::new(0) {
+        Ok(d) => {
+            // A private disk cache unless the caller names one (to observe cached compiles).
+            let dir = std::env::var_os("EQUIKERN_CACHE_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("equikern-cuda-tests-{}", std::process::id()))
+                });
+            Some(d.with_cache_dir(Some(dir)))
+        }
+        Err(CudaError::NotAvailable(why)) => {
+            println!("skipped: CUDA not available ({why})");
+            None
+        }
+        Err(e) => panic!("CUDA present but unusable: {e}"),
+    }
+}
+
+pub const MODES: [ConnectionMode; 8] = [
+    ConnectionMode::Uvw,
+    ConnectionMode::Uvu,
+    ConnectionMode::Uvv,
+    ConnectionMode::Uuw,
+    ConnectionMode::Uuu,
+    ConnectionMode::Uvuv,
+    ConnectionMode::UvuLtV,
+    ConnectionMode::ULtVw,
+];
+
+/// A small tensor product exercising `mode`: one output block per allowed `(i1, i2, l_out)`
+/// (at most `max_paths`), with the multiplicity the mode dictates.
+pub fn mode_spec(
+    mode: ConnectionMode,
+    weighted: bool,
+    shared: bool,
+    max_paths: usize,
+) -> TensorProduct {
+    use ConnectionMode::*;
+    let in1 = Irreps::parse("3x0e+2x1o+2x2e").unwrap();
+    let in2 = Irreps::parse("3x0e+2x1o+1x1e+2x2o").unwrap();
+    let mut out = String::new();
+    let mut ins = Vec::new();
+    for (i1, a) in in1.iter().enumerate() {
+        for (i2, b) in in2.iter().enumerate() {
+            let (m1, m2) = (a.mul, b.mul);
+            let same = matches!(mode, Uuw | Uuu | UvuLtV | ULtVw);
+            if same && m1 != m2 {
+                continue;
+            }
+            let mo = match mode {
+                // Unweighted uuw sums into a single channel.
+                Uuw if !weighted => 1,
+                Uvw | Uuw | ULtVw => 2,
+                Uvu | Uuu => m1,
+                Uvv => m2,
+                Uvuv => m1 * m2,
+                UvuLtV => m1 * (m1 - 1) / 2,
+            };
+            if mo == 0 {
+                continue;
+            }
+            for ir in a.ir.product(b.ir) {
+                if ins.len() >= max_paths {
+                    break;
+                }
+                if !out.is_empty() {
+                    out.push('+');
+                }
+                out.push_str(&format!("{mo}x{ir}"));
+                let w = weighted || mode.requires_weight();
+                ins.push(
+                    Instruction::new(i1, i2, ins.len(), mode, w)
+                        .with_path_weight(0.5 + 0.25 * ins.len() as f64),
+                );
+            }
+        }
+    }
+    TpSpec {
+        irreps_in1: in1,
+        irreps_in2: in2,
+        irreps_out: Irreps::parse(&out).unwrap(),
+        instructions: ins,
+        shared_weights: shared,
+        irrep_normalization: Default::default(),
+        path_normalization: Default::default(),
+    }
+    .build()
+    .unwrap()
+}
+
+pub fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(-1.0..1.0)).collect()
+}
+
+pub fn to32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&a| a as f32).collect()
+}
+
+/// ‖a − b‖ / ‖b‖ (0 when both are empty or zero).
+pub fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Per-sample length of `w` as the oracle expects it.
+pub fn w_len(tp: &TensorProduct, batch: usize) -> usize {
+    if tp.spec.shared_weights {
+        tp.weight_numel
+    } else {
+        batch * tp.weight_numel
+    }
+}
+
+/// The paper-suite problems shipped with the tests.
+pub fn paper_suite() -> Vec<(String, TensorProduct)> {
+    let text = include_str!("../data/paper_suite.json");
+    equikern_core::spec::load_suite(text)
+        .unwrap()
+        .into_iter()
+        .map(|(label, spec)| (label, spec.build().unwrap()))
+        .collect()
+}

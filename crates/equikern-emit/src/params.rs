@@ -1,0 +1,49 @@
+//! Layout of the run-time parameter block every emitted kernel reads.
+//!
+//! Words: `[num_samples, chunk_base, num_chunks, 0, base_0 .. base_{n-1}, 0-padding to 4]`.
+//! `base_i` is the element offset added to every index into storage binding `i`: buffers are
+//! bound at offsets aligned to the device's storage-offset alignment, so a dispatch that starts
+//! at an arbitrary sample passes the remainder here.
+
+/// Where each run-time parameter sits in the uniform block (all `u32` words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamsLayout {
+    pub binding: u32,
+    pub num_bases: u32,
+}
+
+/// Run-time values for one dispatch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatchParams {
+    /// Samples this dispatch covers (Rows kernels).
+    pub num_samples: u32,
+    /// Global index of the first chunk of this dispatch (Chunk kernels).
+    pub chunk_base: u32,
+    /// Chunks to reduce (ReduceChunks kernels).
+    pub num_chunks: u32,
+}
+
+impl ParamsLayout {
+    pub const HEADER_WORDS: u32 = 4;
+
+    /// Words in the uniform block (a multiple of 4, so 16-byte sized).
+    pub fn words(&self) -> u32 {
+        (Self::HEADER_WORDS + self.num_bases).div_ceil(4) * 4
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.words() as u64 * 4
+    }
+
+    /// The uniform block's contents; `bases` has one element offset per storage binding.
+    pub fn encode(&self, p: DispatchParams, bases: &[u32]) -> Vec<u32> {
+        let mut v = vec![0u32; self.words() as usize];
+        v[0] = p.num_samples;
+        v[1] = p.chunk_base;
+        v[2] = p.num_chunks;
+        for (i, b) in bases.iter().take(self.num_bases as usize).enumerate() {
+            v[Self::HEADER_WORDS as usize + i] = *b;
+        }
+        v
+    }
+}

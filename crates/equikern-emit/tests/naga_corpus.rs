@@ -1,0 +1,74 @@
+//! Every WGSL module printed for the whole corpus (paper suite, every connection mode, l up
+//! to 6, forward/backward/double backward, shared and per-sample weights) parses and validates
+//! with naga, under WebGPU's minimum limits and H100-like limits.
+
+mod common;
+#[path = "../../../tests/wgpu_support/corpus.rs"]
+mod corpus;
+
+use common::toy::h100_caps;
+use equikern_emit::emit_wgsl;
+use equikern_plan::{lower, Capabilities, Direction, Dtype};
+
+fn validate(src: &str, name: &str) {
+    let module = naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{name}: parse: {}", e.emit_to_string(src)));
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{name}: validate: {e:?}"));
+}
+
+fn check_all(specs: Vec<(String, equikern_core::TpSpec)>) -> (usize, usize) {
+    let (mut modules, mut bytes) = (0, 0);
+    for (label, spec) in specs {
+        for shared in [false, true] {
+            let tp = corpus::build(&corpus::set_shared(spec.clone(), shared));
+            for (cname, caps) in [
+                ("webgpu_min", Capabilities::webgpu_min()),
+                ("h100", h100_caps()),
+            ] {
+                for dir in [
+                    Direction::Forward,
+                    Direction::Backward,
+                    Direction::DoubleBackward,
+                ] {
+                    let plan = match lower(&tp, dir, Dtype::F32, &caps) {
+                        Ok(p) => p,
+                        // Too many bindings for the target is a lowering verdict, not ours.
+                        Err(e) => {
+                            println!("{label} {dir:?} {cname}: not lowered: {e}");
+                            continue;
+                        }
+                    };
+                    let ks = emit_wgsl(&plan).unwrap_or_else(|e| panic!("{label} {dir:?}: {e}"));
+                    for k in ks {
+                        validate(
+                            &k.source,
+                            &format!("{label} shared={shared} {cname} {dir:?} {}", k.name),
+                        );
+                        modules += 1;
+                        bytes += k.source.len();
+                    }
+                }
+            }
+        }
+    }
+    (modules, bytes)
+}
+
+#[test]
+fn paper_suite_validates() {
+    let (n, b) = check_all(corpus::paper_suite());
+    println!("{n} modules, {b} bytes of WGSL");
+}
+
+#[test]
+fn modes_and_high_l_validate() {
+    let mut specs = corpus::mode_specs(false);
+    specs.extend(corpus::high_l_specs(false));
+    let (n, b) = check_all(specs);
+    println!("{n} modules, {b} bytes of WGSL");
+}

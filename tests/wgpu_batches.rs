@@ -1,0 +1,80 @@
+//! wgpu vs the f64 oracle over batch sizes 1, 7, 1000, and batches that must be split into
+//! several dispatches (small binding limit; a samples-per-dispatch cap that is not a multiple
+//! of the shared-weight chunk size).
+
+mod wgpu_support;
+use equikern::plan::{lower, Direction, Dtype};
+use equikern::WgpuOptions;
+use wgpu_support::{assert_spec, corpus, device};
+
+fn spec(shared: bool) -> equikern::TpSpec {
+    corpus::spec_for_mode(
+        "uvu",
+        "3x0e+3x1o+3x2e",
+        "3x0e+3x1o",
+        &["0e", "1o", "1e", "2e"],
+        shared,
+    )
+}
+
+#[test]
+fn batches_1_7_1000() {
+    let Some(dev) = device(Default::default()) else {
+        return;
+    };
+    for shared in [false, true] {
+        for batch in [1, 7, 1000] {
+            assert_spec(&dev, "uvu", &spec(shared), batch, batch as u64, true);
+        }
+        let uvw = corpus::spec_for_mode("uvw", "3x0e+2x1o", "2x0e+1x1o", &["0e", "1o"], shared);
+        assert_spec(&dev, "uvw", &uvw, 1000, 3, true);
+    }
+}
+
+#[test]
+fn split_by_binding_limit() {
+    let Some(dev) = device(WgpuOptions {
+        max_storage_binding_bytes: Some(16 << 10),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let caps = dev.wgpu_runtime().unwrap().capabilities();
+    for shared in [false, true] {
+        let s = spec(shared);
+        let tp = s.build().unwrap();
+        for d in [
+            Direction::Forward,
+            Direction::Backward,
+            Direction::DoubleBackward,
+        ] {
+            let p = lower(&tp, d, Dtype::F32, &caps).unwrap();
+            println!(
+                "{d:?} shared={shared}: {} samples per dispatch",
+                p.max_samples_per_dispatch
+            );
+            assert!(p.max_samples_per_dispatch < 1000, "no split would happen");
+        }
+        assert_spec(&dev, "uvu split (16 KiB)", &s, 1000, 21, true);
+    }
+}
+
+#[test]
+fn split_by_dispatch_cap() {
+    let Some(dev) = device(WgpuOptions {
+        max_samples_per_dispatch: Some(37),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    for shared in [false, true] {
+        assert_spec(
+            &dev,
+            "uvu split (37/dispatch)",
+            &spec(shared),
+            1000,
+            22,
+            true,
+        );
+    }
+}
