@@ -88,6 +88,7 @@ pub(crate) fn run(
                 let spc = match sample_mode {
                     SampleMode::PerSample => 1,
                     SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
+                    _ => return Err(CudaError::Plan("a convolution plan".into())),
                 };
                 if spc > 1 && (step / spc) * spc != step {
                     return Err(CudaError::Plan(
@@ -107,6 +108,9 @@ pub(crate) fn run(
             }
             Work::ReduceChunks { len, .. } => {
                 launches.push((0, 0, 0, *len as u64, chunks_so_far as u32));
+            }
+            Work::ReducePieces { .. } => {
+                return Err(CudaError::Plan("a convolution plan".into()));
             }
         }
         for (s0, _n, c0, inv, last) in launches {

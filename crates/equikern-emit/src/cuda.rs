@@ -81,6 +81,12 @@ pub fn emit_with(
     target: Target,
     opts: CudaOptions,
 ) -> Result<EmittedCuda, EmitError> {
+    if plan.conv.is_some() {
+        return Err(EmitError::InvalidPlan {
+            kernel: plan.kernels.first().map_or("-".into(), |k| k.name.clone()),
+            why: "convolution plans are not yet supported by the CUDA/HIP writer".into(),
+        });
+    }
     let mut src = String::new();
     let real = real_type(plan.dtype);
     let _ = writeln!(
@@ -149,6 +155,14 @@ fn tensor_name(t: Tensor) -> &'static str {
         DW => "dw",
         DGZ => "dgz",
         WPartial => "wpartial",
+        RecvCsr => "recv_csr",
+        SendCsr => "send_csr",
+        Receiver => "receiver",
+        Sender => "sender",
+        RecvPieces => "recv_pieces",
+        SendPieces => "send_pieces",
+        RecvPartial => "recv_partial",
+        SendPartial => "send_partial",
     }
 }
 
@@ -228,6 +242,7 @@ fn check_kernel(plan: &KernelPlan, k: &Kernel) -> Result<(), EmitError> {
         return Err(bad("a tensor is bound twice".into()));
     }
     match &k.work {
+        Work::ReducePieces { .. } => return Err(bad("convolution kernel".into())),
         Work::ReduceChunks { input, output, .. } => {
             if !k.inputs.contains(input) || !k.outputs.contains(output) {
                 return Err(bad("reduction tensors are not bound".into()));
@@ -364,6 +379,12 @@ fn print_kernel(
 ) -> Result<CudaKernel, EmitError> {
     let real = real_type(plan.dtype);
     let params = match &k.work {
+        Work::ReducePieces { .. } => {
+            return Err(EmitError::InvalidPlan {
+                kernel: k.name.clone(),
+                why: "convolution kernel".into(),
+            })
+        }
         Work::ReduceChunks { input, output, len } => {
             let p = print_signature(src, plan, k, "num_chunks");
             let (i, o) = (tensor_name(*input), tensor_name(*output));
@@ -402,13 +423,16 @@ fn print_kernel(
                 });
             }
             let item = match sample_mode {
-                SampleMode::PerSample => "sample",
                 SampleMode::Chunk { .. } => "chunk",
+                _ => "sample",
             };
             let _ = writeln!(src, "    const unsigned int {item} = g / {rps}u;");
             let _ = writeln!(src, "    const unsigned int row = g - {item} * {rps}u;");
             match sample_mode {
-                SampleMode::PerSample => {
+                SampleMode::PerSample
+                | SampleMode::Segments { .. }
+                | SampleMode::Pieces { .. }
+                | SampleMode::Scatter { .. } => {
                     let _ = writeln!(src, "    if (sample >= num_samples) return;");
                 }
                 SampleMode::Chunk { samples_per_chunk } => {
@@ -443,7 +467,7 @@ fn print_kernel(
 fn base_expr(plan: &KernelPlan, t: Tensor, addressing: Addressing) -> String {
     let len = plan.dims.per_sample_len(t);
     match addressing {
-        Addressing::Shared => tensor_name(t).to_string(),
+        Addressing::Shared | Addressing::Gather { .. } => tensor_name(t).to_string(),
         Addressing::PerSample if len == 0 => tensor_name(t).to_string(),
         Addressing::PerSample => {
             format!("({} + (unsigned long long)sample * {len}u)", tensor_name(t))
@@ -548,7 +572,10 @@ fn print_segment(
         let _ = writeln!(src, "        {real} acc{j} = {zero};");
     }
     let ind = match mode {
-        SampleMode::PerSample => "        ",
+        SampleMode::PerSample
+        | SampleMode::Segments { .. }
+        | SampleMode::Pieces { .. }
+        | SampleMode::Scatter { .. } => "        ",
         SampleMode::Chunk { .. } => {
             // Ascending sample order within the chunk: deterministic first level.
             let _ = writeln!(
@@ -585,7 +612,7 @@ fn print_segment(
             plan.dims.weight_numel
         ),
         (SampleMode::Chunk { .. }, _) => out.to_string(),
-        (SampleMode::PerSample, t) => base_expr(plan, t, Addressing::PerSample),
+        (_, t) => base_expr(plan, t, Addressing::PerSample),
     };
     let _ = writeln!(
         src,
@@ -767,6 +794,7 @@ mod tests {
             },
         };
         KernelPlan {
+            conv: None,
             direction: Direction::Forward,
             dtype,
             dims: Dims {

@@ -4,8 +4,9 @@
 pub mod cuda;
 pub mod params;
 pub mod wgsl;
+mod wgsl_conv;
 
-pub use params::ParamsLayout;
+pub use params::{ConvParams, ParamsLayout};
 pub use wgsl::emit_wgsl;
 
 use equikern_plan::Tensor;

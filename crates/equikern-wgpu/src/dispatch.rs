@@ -104,6 +104,11 @@ impl Runtime {
         encoder: &mut wgpu::CommandEncoder,
     ) -> Result<()> {
         let plan = &compiled.plan;
+        if plan.conv.is_some() {
+            return Err(WgpuError::Device(
+                "a convolution plan: run it with Runtime::run_conv".into(),
+            ));
+        }
         let bufs = self.check_buffers(plan, batch, buffers)?;
         let align = self.limits.min_storage_buffer_offset_alignment.max(4) as u64;
         let ualign = self.limits.min_uniform_buffer_offset_alignment.max(16) as u64;
@@ -154,6 +159,14 @@ impl Runtime {
                     let mut chunk_base = 0u32;
                     for &(s0, n) in split {
                         let (groups, p) = match sample_mode {
+                            SampleMode::Segments { .. }
+                            | SampleMode::Pieces { .. }
+                            | SampleMode::Scatter { .. } => {
+                                return Err(WgpuError::Device(format!(
+                                    "kernel {}: a convolution kernel (use run_conv)",
+                                    e.name
+                                )))
+                            }
                             SampleMode::PerSample => (
                                 n,
                                 DispatchParams {
@@ -184,6 +197,12 @@ impl Runtime {
                     if let SampleMode::Chunk { .. } = sample_mode {
                         chunks_written = Some(chunk_base);
                     }
+                }
+                Work::ReducePieces { .. } => {
+                    return Err(WgpuError::Device(format!(
+                        "kernel {}: a convolution kernel (use run_conv)",
+                        e.name
+                    )))
                 }
                 Work::ReduceChunks { len, .. } => {
                     let Some(total) = chunks_written else {
@@ -344,11 +363,11 @@ impl Runtime {
             } => (
                 *rows_per_sample as u64,
                 match sample_mode {
-                    SampleMode::PerSample => 1,
                     SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
+                    _ => 1,
                 },
             ),
-            Work::ReduceChunks { .. } => return Ok(vec![(0, batch)]),
+            Work::ReduceChunks { .. } | Work::ReducePieces { .. } => return Ok(vec![(0, batch)]),
         };
         let align = self.limits.min_storage_buffer_offset_alignment.max(4) as u64;
         let mut nmax = plan.max_samples_per_dispatch.max(1) as u64;
