@@ -39,7 +39,7 @@ fn ptr_of(ptrs: &Ptrs, t: Tensor) -> Result<u64> {
 }
 
 /// 2-D grid of the plan's numbering: `x = min(blocks, max)`, `y = ceil(blocks / x)`.
-fn grid(dev: &CudaDevice, invocations: u64, block: u32) -> Result<(u32, u32)> {
+pub(crate) fn grid(dev: &CudaDevice, invocations: u64, block: u32) -> Result<(u32, u32)> {
     let blocks = invocations.div_ceil(block as u64);
     let lim = dev.inner.caps.max_workgroups_per_dim as u64;
     let x = blocks.min(lim).max(1);
@@ -121,7 +121,7 @@ pub(crate) fn run(
             for p in &ek.params {
                 let t = match p {
                     Param::Input(t) | Param::Output(t) => *t,
-                    Param::NumSamples | Param::NumChunks => continue,
+                    Param::NumSamples | Param::NumChunks | Param::Conv => continue,
                 };
                 let base = ptr_of(ptrs, t)?;
                 let off = match (t, &k.work) {

@@ -35,6 +35,10 @@ pub enum Param {
     NumSamples,
     /// Chunks summed by a [`Work::ReduceChunks`] kernel.
     NumChunks,
+    /// Convolution kernels (every kernel of a conv plan): six `unsigned int`s
+    /// `num_samples` (units of this launch), `num_chunks` (reductions), `unit_base` (global
+    /// first unit), `num_nodes`, `num_edges`, `num_pieces` (of the bound piece table, else 0).
+    Conv,
 }
 
 /// Launch facts of one emitted kernel (the runtime needs nothing else from the writer).
@@ -82,10 +86,7 @@ pub fn emit_with(
     opts: CudaOptions,
 ) -> Result<EmittedCuda, EmitError> {
     if plan.conv.is_some() {
-        return Err(EmitError::InvalidPlan {
-            kernel: plan.kernels.first().map_or("-".into(), |k| k.name.clone()),
-            why: "convolution plans are not yet supported by the CUDA/HIP writer".into(),
-        });
+        return crate::cuda_conv::emit_conv(plan, target);
     }
     let mut src = String::new();
     let real = real_type(plan.dtype);
@@ -121,7 +122,7 @@ pub fn emit_with(
     })
 }
 
-fn real_type(d: Dtype) -> &'static str {
+pub(crate) fn real_type(d: Dtype) -> &'static str {
     match d {
         Dtype::F32 => "float",
         Dtype::F64 => "double",
@@ -129,14 +130,14 @@ fn real_type(d: Dtype) -> &'static str {
 }
 
 /// Exact literal: the coefficient rounded once to the kernel's type, printed so it round-trips.
-fn literal(c: f64, d: Dtype) -> String {
+pub(crate) fn literal(c: f64, d: Dtype) -> String {
     match d {
         Dtype::F32 => format!("{:e}f", c as f32),
         Dtype::F64 => format!("{c:e}"),
     }
 }
 
-fn tensor_name(t: Tensor) -> &'static str {
+pub(crate) fn tensor_name(t: Tensor) -> &'static str {
     use Tensor::*;
     match t {
         X => "x",
@@ -166,7 +167,7 @@ fn tensor_name(t: Tensor) -> &'static str {
     }
 }
 
-fn print_table(src: &mut String, id: usize, table: &[u32]) {
+pub(crate) fn print_table(src: &mut String, id: usize, table: &[u32]) {
     // A zero-length array is not C++; an unused 1-element table is harmless.
     let n = table.len().max(1);
     let _ = write!(src, "__device__ const unsigned int ek_tab{id}[{n}] = {{");
@@ -467,7 +468,13 @@ fn print_kernel(
 fn base_expr(plan: &KernelPlan, t: Tensor, addressing: Addressing) -> String {
     let len = plan.dims.per_sample_len(t);
     match addressing {
-        Addressing::Shared | Addressing::Gather { .. } => tensor_name(t).to_string(),
+        Addressing::Shared => tensor_name(t).to_string(),
+        // Convolution: the row of node `n_sender` / `n_receiver` (set by the unit loop).
+        Addressing::Gather { index } => format!(
+            "({} + (unsigned long long)n_{} * {len}u)",
+            tensor_name(t),
+            format!("{index:?}").to_lowercase()
+        ),
         Addressing::PerSample if len == 0 => tensor_name(t).to_string(),
         Addressing::PerSample => {
             format!("({} + (unsigned long long)sample * {len}u)", tensor_name(t))
@@ -625,7 +632,7 @@ fn print_segment(
     let _ = writeln!(src, "        return;\n    }}");
 }
 
-fn print_contribution(src: &mut String, plan: &KernelPlan, c: &Contribution, ind: &str) {
+pub(crate) fn print_contribution(src: &mut String, plan: &KernelPlan, c: &Contribution, ind: &str) {
     if matches!(c.count, Ix::C(0)) || c.terms.is_empty() {
         return;
     }

@@ -2,6 +2,7 @@
 //! Every decision is already in the plan; writers only print it.
 
 pub mod cuda;
+mod cuda_conv;
 pub mod params;
 pub mod wgsl;
 mod wgsl_conv;
