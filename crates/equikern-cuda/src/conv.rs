@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use equikern_core::conv::{Csr, GraphIndex};
 use equikern_emit::cuda::{CudaOptions, Param};
+use equikern_plan::conv::GraphSize;
 use equikern_plan::{conv_index_tensors, KernelPlan, SampleMode, Tensor, Work};
 
 use crate::device::CudaDevice;
@@ -98,13 +99,63 @@ pub fn run_conv_csr<T: Real>(
         ptrs.insert(*t, p);
         fguards.push(g);
     }
+    for l in conv_launches(plan, &gs) {
+        let (ek, func) = (&loaded.emitted.kernels[l.kernel], &loaded.funcs[l.kernel]);
+        {
+            let (inv, tail) = (l.invocations, l.tail);
+            // Plan grid numbering; the device grid holds it (checked by `exec::grid`).
+            let mut args: Vec<u64> = vec![];
+            for p in &ek.params {
+                if let Param::Input(t) | Param::Output(t) = p {
+                    args.push(
+                        *ptrs.get(t).ok_or_else(|| {
+                            CudaError::Plan(format!("tensor {t:?} has no buffer"))
+                        })?,
+                    );
+                }
+            }
+            let (gx, gy) = exec::grid(dev, inv, ek.block_dim)?;
+            let cfg = LaunchConfig {
+                grid_dim: (gx, gy, 1),
+                block_dim: (ek.block_dim, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = stream.launch_builder(func);
+            for a in &args {
+                b.arg(a);
+            }
+            for a in &tail {
+                b.arg(a);
+            }
+            // SAFETY: pointers in the emitted parameter order, then the six u32 of
+            // `Param::Conv`; every buffer holds `conv_buffer_len` elements (checked above).
+            unsafe { b.launch(cfg) }?;
+        }
+    }
+    drop(fguards);
+    drop(iguards);
+    let mut res = BTreeMap::new();
+    for t in outs {
+        let n = plan.conv_buffer_len(t, &gs) as usize;
+        res.insert(t, dev.download(&fbufs[&t], n)?);
+    }
+    Ok(res)
+}
+
+/// One launch of a convolution plan's kernel: invocations and the six `Param::Conv` words
+/// `[num_samples, num_chunks, unit_base, num_nodes, num_edges, num_pieces]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvLaunch {
+    pub kernel: usize,
+    pub invocations: u64,
+    pub tail: [u32; 6],
+}
+
+/// Every launch of `plan` for a graph of size `gs`, in order (empty launches dropped).
+pub fn conv_launches(plan: &KernelPlan, gs: &GraphSize) -> Vec<ConvLaunch> {
     let num_chunks = plan.conv_num_chunks(gs.edges) as u32;
-    for ((i, k), (ek, func)) in plan
-        .kernels
-        .iter()
-        .enumerate()
-        .zip(loaded.emitted.kernels.iter().zip(&loaded.funcs))
-    {
+    let mut out = vec![];
+    for (i, k) in plan.kernels.iter().enumerate() {
         let num_pieces = k
             .inputs
             .iter()
@@ -132,7 +183,7 @@ pub fn run_conv_csr<T: Real>(
                     SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
                     _ => 1,
                 };
-                for (s0, n) in plan.dispatches(plan.conv_unit_count(i, &gs)) {
+                for (s0, n) in plan.dispatches(plan.conv_unit_count(i, gs)) {
                     launches.push((n, s0, n.div_ceil(spc) * *rows_per_sample as u64));
                 }
             }
@@ -141,48 +192,19 @@ pub fn run_conv_csr<T: Real>(
             if inv == 0 {
                 continue;
             }
-            let mut args: Vec<u64> = vec![];
-            for p in &ek.params {
-                if let Param::Input(t) | Param::Output(t) = p {
-                    args.push(
-                        *ptrs.get(t).ok_or_else(|| {
-                            CudaError::Plan(format!("tensor {t:?} has no buffer"))
-                        })?,
-                    );
-                }
-            }
-            let tail = [
-                n as u32,
-                num_chunks,
-                s0 as u32,
-                gs.nodes as u32,
-                gs.edges as u32,
-                num_pieces,
-            ];
-            let (gx, gy) = exec::grid(dev, inv, ek.block_dim)?;
-            let cfg = LaunchConfig {
-                grid_dim: (gx, gy, 1),
-                block_dim: (ek.block_dim, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut b = stream.launch_builder(func);
-            for a in &args {
-                b.arg(a);
-            }
-            for a in &tail {
-                b.arg(a);
-            }
-            // SAFETY: pointers in the emitted parameter order, then the six u32 of
-            // `Param::Conv`; every buffer holds `conv_buffer_len` elements (checked above).
-            unsafe { b.launch(cfg) }?;
+            out.push(ConvLaunch {
+                kernel: i,
+                invocations: inv,
+                tail: [
+                    n as u32,
+                    num_chunks,
+                    s0 as u32,
+                    gs.nodes as u32,
+                    gs.edges as u32,
+                    num_pieces,
+                ],
+            });
         }
     }
-    drop(fguards);
-    drop(iguards);
-    let mut res = BTreeMap::new();
-    for t in outs {
-        let n = plan.conv_buffer_len(t, &gs) as usize;
-        res.insert(t, dev.download(&fbufs[&t], n)?);
-    }
-    Ok(res)
+    out
 }
