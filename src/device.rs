@@ -62,6 +62,8 @@ impl Device {
     /// Open a wgpu device (adapter from `options.adapter` or `EQUIKERN_ADAPTER`, else the
     /// best one: discrete GPU first, then Vulkan/Metal/DX12 before GL).
     #[cfg(feature = "wgpu")]
+    // On wasm, wgpu objects are not Send: the browser's single thread shares the Arc.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub async fn wgpu_async(options: WgpuOptions) -> Result<Device> {
         let rt = equikern_wgpu::Runtime::new(options)
             .await

@@ -308,3 +308,16 @@ fn f64v(v: &[f32]) -> Vec<f64> {
 fn f32v(v: Vec<f64>) -> Vec<f32> {
     v.into_iter().map(|x| x as f32).collect()
 }
+
+impl std::fmt::Debug for TensorProductOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TensorProductOp")
+            .field("dim_in1", &self.tp.dim_in1)
+            .field("dim_in2", &self.tp.dim_in2)
+            .field("dim_out", &self.tp.dim_out)
+            .field("weight_numel", &self.tp.weight_numel)
+            .field("shared_weights", &self.tp.spec.shared_weights)
+            .field("device", &self.device)
+            .finish()
+    }
+}

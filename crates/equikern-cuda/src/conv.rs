@@ -114,7 +114,12 @@ pub fn run_conv_csr<T: Real>(
                     );
                 }
             }
-            let (gx, gy) = exec::grid(dev, inv, ek.block_dim)?;
+            let max_x = plan
+                .caps
+                .max_workgroups_per_dim
+                .min(dev.inner.max_grid[0])
+                .max(1);
+            let (gx, gy) = exec::grid(inv, ek.block_dim, max_x, dev.inner.max_grid[1])?;
             let cfg = LaunchConfig {
                 grid_dim: (gx, gy, 1),
                 block_dim: (ek.block_dim, 1, 1),

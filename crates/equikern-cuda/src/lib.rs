@@ -6,6 +6,10 @@
 //!   device-buffer ([`CudaSlice`]) entry points; batch splitting; deterministic shared-weight
 //!   gradients through the plan's chunk + reduce kernels.
 //!
+//! Modules are cubins compiled by NVRTC for the device's `sm_XY`, cached per device in memory
+//! and on disk in `$EQUIKERN_CACHE_DIR` (default `~/.cache/equikern/cuda/`), keyed by plan hash,
+//! dtype, arch, emitter version and source hash. Measurements: `PERF.md` beside this crate.
+//!
 //! libcuda and libnvrtc are loaded at run time: on a machine without them every constructor
 //! returns [`CudaError::NotAvailable`] (never a panic), so the workspace builds and tests
 //! everywhere.
@@ -13,7 +17,7 @@
 mod compile;
 mod conv;
 mod device;
-mod exec;
+pub mod exec;
 mod timing;
 mod tp;
 
@@ -90,4 +94,28 @@ impl Real for f32 {
 
 impl Real for f64 {
     const DTYPE: Dtype = Dtype::F64;
+}
+
+#[cfg(test)]
+mod tests {
+    /// The facade shares devices and tensor products across threads.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::CudaDevice>();
+        check::<crate::CudaTensorProduct>();
+        check::<crate::CudaError>();
+    }
+
+    /// Without libcuda (CI, this machine) construction is a clean error, never a panic.
+    #[test]
+    fn no_gpu_is_an_error_not_a_panic() {
+        match crate::CudaDevice::new(0) {
+            Ok(d) => println!("CUDA device present: {}", d.name()),
+            Err(e) => {
+                assert!(matches!(e, crate::CudaError::NotAvailable(_)), "{e}");
+                assert!(e.to_string().starts_with("CUDA not available"));
+            }
+        }
+    }
 }

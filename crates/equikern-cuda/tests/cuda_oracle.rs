@@ -197,11 +197,22 @@ fn every_mode_f32() {
 
 const STAGED: CudaOptions = CudaOptions {
     staged_stores: true,
+    segment_tree: false,
 };
 
 #[test]
 fn small_corpus_staged_f32() {
     every_mode_with::<f32>(&[1, 7], 3, STAGED);
+}
+
+const TREE: CudaOptions = CudaOptions {
+    staged_stores: false,
+    segment_tree: true,
+};
+
+#[test]
+fn every_mode_tree_f64() {
+    every_mode_with::<f64>(&[1, 7, 333], 6, TREE);
 }
 
 #[test]
@@ -379,6 +390,10 @@ fn paper_suite_f32_small_batch() {
             .unwrap()
             .with_options(STAGED);
         check_all::<f32>(&dev, &staged, &tp, 5, &format!("{label} staged"));
+        let tree = CudaTensorProduct::new(&dev, &tp, Dtype::F32)
+            .unwrap()
+            .with_options(TREE);
+        check_all::<f32>(&dev, &tree, &tp, 5, &format!("{label} tree"));
     }
 }
 
@@ -398,11 +413,15 @@ fn bench_paper_suite() {
         let staged = CudaTensorProduct::new(&dev, &tp, Dtype::F32)
             .unwrap()
             .with_options(STAGED);
+        let tree = CudaTensorProduct::new(&dev, &tp, Dtype::F32)
+            .unwrap()
+            .with_options(TREE);
         let mut line = format!("{label:24}");
         for (d, ctp, name) in [
             (Direction::Forward, &plain, "fwd"),
             (Direction::Forward, &staged, "fwd-staged"),
             (Direction::Backward, &plain, "bwd"),
+            (Direction::Backward, &tree, "bwd-tree"),
         ] {
             let c = ctp.prepare(d).unwrap();
             let t = ctp.time::<f32>(d, batch, 5, 30).unwrap();
@@ -443,6 +462,10 @@ fn test_specs_lower_and_print_without_gpu() {
                 for dt in [Dtype::F32, Dtype::F64] {
                     let plan = equikern_plan::lower(&tp, d, dt, &caps).unwrap();
                     equikern_emit::cuda::emit_cuda(&plan).unwrap();
+                    let split = split_by_output(&plan);
+                    let outs: usize = split.kernels.iter().map(|k| k.outputs.len()).sum();
+                    assert!(outs >= plan.kernels.len());
+                    equikern_emit::cuda::emit_cuda(&split).unwrap();
                     n += 1;
                 }
             }
@@ -517,5 +540,83 @@ fn bench_backward_breakdown() {
             line += &format!("  {name} {:8.3} ms", t.median_ms);
         }
         println!("{line}");
+    }
+}
+
+/// `plan` with every row kernel split into one kernel per output tensor (same segments, rows
+/// renumbered): a plan-level experiment, measured by `bench_split_outputs`.
+fn split_by_output(plan: &equikern_plan::KernelPlan) -> equikern_plan::KernelPlan {
+    use equikern_plan::Work;
+    let mut p = plan.clone();
+    p.kernels.clear();
+    for k in &plan.kernels {
+        match &k.work {
+            Work::Rows { .. } if k.outputs.len() > 1 => {
+                for &t in &k.outputs {
+                    let mut part = only(
+                        &equikern_plan::KernelPlan {
+                            kernels: vec![k.clone()],
+                            ..plan.clone()
+                        },
+                        &[t],
+                    );
+                    if let Some(mut kk) = part.kernels.pop() {
+                        if matches!(kk.work, Work::Rows { .. }) {
+                            kk.name = format!("{}_{t:?}", k.name);
+                            kk.outputs = vec![t];
+                            p.kernels.push(kk);
+                        }
+                    }
+                }
+            }
+            _ => p.kernels.push(k.clone()),
+        }
+    }
+    p
+}
+
+/// Backward and double backward as lowered vs. split into one kernel per output (batch
+/// 50 000, f32): how much the mixing of short and long rows in one kernel costs.
+#[test]
+#[ignore]
+fn bench_split_outputs() {
+    let Some(dev) = device() else { return };
+    let batch = 50_000;
+    for (label, tp) in paper_suite() {
+        let mut line = format!("{label:24}");
+        for d in [Direction::Backward, Direction::DoubleBackward] {
+            let full = equikern_plan::lower(&tp, d, Dtype::F32, &dev.capabilities()).unwrap();
+            let split = split_by_output(&full);
+            for (name, p) in [("as-lowered", full), ("split", split)] {
+                let ctp = CudaTensorProduct::from_plans(&dev, vec![p]).unwrap();
+                let t = ctp.time::<f32>(d, batch, 3, 30).unwrap();
+                line += &format!("  {d:?} {name} {:8.3} ms", t.median_ms);
+            }
+        }
+        println!("{line}");
+    }
+}
+
+/// The split plans compute the same results (so the timing above compares like with like).
+#[test]
+fn split_plans_match_oracle() {
+    let Some(dev) = device() else { return };
+    for (m, shared) in [
+        (equikern_core::ConnectionMode::Uvu, false),
+        (equikern_core::ConnectionMode::Uvw, true),
+    ] {
+        let tp = mode_spec(m, true, shared, 6);
+        let plans: Vec<_> = [
+            Direction::Forward,
+            Direction::Backward,
+            Direction::DoubleBackward,
+        ]
+        .into_iter()
+        .map(|d| {
+            split_by_output(&equikern_plan::lower(&tp, d, Dtype::F32, &dev.capabilities()).unwrap())
+        })
+        .collect();
+        let ctp = CudaTensorProduct::from_plans(&dev, plans).unwrap();
+        check_all::<f32>(&dev, &ctp, &tp, 1000, "split by output");
     }
 }

@@ -102,9 +102,18 @@ fn paper_suite_hip_compiles_for_gfx90a() {
                 format!("{label}-{d:?}-{dt:?}").replace(['=', '.'], "_"),
                 src,
             ));
+            if d == Direction::Backward {
+                let tree = CudaOptions {
+                    segment_tree: true,
+                    ..Default::default()
+                };
+                let src = emit_with(&plan, Target::Hip, tree).unwrap().source;
+                jobs.push((format!("{label}-tree").replace(['=', '.'], "_"), src));
+            }
             if d == Direction::Forward {
                 let staged = CudaOptions {
                     staged_stores: true,
+                    segment_tree: false,
                 };
                 let src = emit_with(&plan, Target::Hip, staged).unwrap().source;
                 assert!(src.contains("ek_stage"));

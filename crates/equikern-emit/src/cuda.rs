@@ -64,6 +64,9 @@ pub struct CudaOptions {
     /// results form one contiguous range: stage them in shared memory and store them
     /// coalesced (rows are 1..2l+1 elements wide, so direct stores are strided).
     pub staged_stores: bool,
+    /// Select a row's segment by binary search (nested `if`s, log2 n compares) instead of
+    /// an ascending `row < end` chain (up to n compares; backward kernels have ~100 segments).
+    pub segment_tree: bool,
 }
 
 /// CUDA C++ for NVRTC (or nvcc).
@@ -113,7 +116,7 @@ pub fn emit_with(
         } else {
             None
         };
-        kernels.push(print_kernel(&mut src, plan, k, staged)?);
+        kernels.push(print_kernel(&mut src, plan, k, staged, opts.segment_tree)?);
     }
     Ok(EmittedCuda {
         target,
@@ -377,6 +380,7 @@ fn print_kernel(
     plan: &KernelPlan,
     k: &Kernel,
     staged: Option<u32>,
+    tree: bool,
 ) -> Result<CudaKernel, EmitError> {
     let real = real_type(plan.dtype);
     let params = match &k.work {
@@ -450,8 +454,13 @@ fn print_kernel(
                     );
                 }
             }
-            for s in segments {
-                print_segment(src, plan, s, sample_mode, None);
+            let live: Vec<&Segment> = segments.iter().filter(|s| s.rows > 0).collect();
+            if tree {
+                print_tree(src, plan, &live, sample_mode);
+            } else {
+                for s in live {
+                    print_segment(src, plan, s, sample_mode, None);
+                }
             }
             src.push_str("}\n\n");
             p
@@ -478,6 +487,22 @@ fn base_expr(plan: &KernelPlan, t: Tensor, addressing: Addressing) -> String {
         Addressing::PerSample if len == 0 => tensor_name(t).to_string(),
         Addressing::PerSample => {
             format!("({} + (unsigned long long)sample * {len}u)", tensor_name(t))
+        }
+    }
+}
+
+/// Binary search over ascending segments; each leaf keeps its `row < end` guard (and returns).
+fn print_tree(src: &mut String, plan: &KernelPlan, segs: &[&Segment], mode: &SampleMode) {
+    match segs {
+        [] => {}
+        [s] => print_segment(src, plan, s, mode, None),
+        _ => {
+            let (lo, hi) = segs.split_at(segs.len() / 2);
+            let _ = writeln!(src, "    if (row < {}u) {{", hi[0].first_row);
+            print_tree(src, plan, lo, mode);
+            src.push_str("    } else {\n");
+            print_tree(src, plan, hi, mode);
+            src.push_str("    }\n");
         }
     }
 }
@@ -879,6 +904,7 @@ mod tests {
         let p = tiny_plan(Dtype::F32);
         let opts = CudaOptions {
             staged_stores: true,
+            ..Default::default()
         };
         let e = emit_with(&p, Target::Cuda, opts).unwrap();
         // The forward kernel tiles z; the chunk kernel (Chunk mode) and reduction do not stage.
@@ -888,6 +914,34 @@ mod tests {
         );
         assert!(e.source.contains("__syncthreads();"));
         assert_eq!(e.kernels, emit_cuda(&p).unwrap().kernels);
+    }
+
+    #[test]
+    fn segment_tree_nests_ifs() {
+        let mut p = tiny_plan(Dtype::F32);
+        if let Work::Rows {
+            segments,
+            rows_per_sample,
+            ..
+        } = &mut p.kernels[0].work
+        {
+            let mut s2 = segments[0].clone();
+            s2.first_row = 1;
+            s2.out_offset = 1;
+            segments.push(s2);
+            *rows_per_sample = 2;
+        }
+        p.dims.dim_out = 2;
+        let opts = CudaOptions {
+            segment_tree: true,
+            ..Default::default()
+        };
+        let s = emit_with(&p, Target::Cuda, opts).unwrap().source;
+        assert!(
+            s.contains("    if (row < 1u) {\n    if (row < 1u) {"),
+            "{s}"
+        );
+        assert!(s.contains("    } else {\n    if (row < 2u) {"), "{s}");
     }
 
     #[test]

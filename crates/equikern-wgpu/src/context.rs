@@ -27,6 +27,7 @@ pub fn adapter_summary(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
     let ty = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -69,8 +70,7 @@ async fn pick_adapter(instance: &wgpu::Instance, wanted: Option<&str>) -> Result
         instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
-                force_fallback_adapter: false,
-                compatible_surface: None,
+                ..Default::default()
             })
             .await
             .map_err(|e| WgpuError::NoAdapter(format!(": {e}")))
@@ -109,13 +109,14 @@ impl Runtime {
     /// Open the best adapter (see [`RuntimeOptions`]) and a device with its full limits.
     pub async fn new(options: RuntimeOptions) -> Result<Runtime> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-        let mut wanted = options.adapter.clone();
+        let wanted = options.adapter.clone();
+        // Native programs may also pick the adapter from the environment.
         #[cfg(not(target_arch = "wasm32"))]
-        if wanted.is_none() {
-            wanted = std::env::var("EQUIKERN_ADAPTER")
+        let wanted = wanted.or_else(|| {
+            std::env::var("EQUIKERN_ADAPTER")
                 .ok()
-                .filter(|s| !s.is_empty());
-        }
+                .filter(|s| !s.is_empty())
+        });
         let adapter = pick_adapter(&instance, wanted.as_deref()).await?;
         let info = adapter.get_info();
         let optional = wgpu::Features::SHADER_F64

@@ -56,6 +56,17 @@ impl Runtime {
     ) -> Result<BTreeMap<Tensor, Vec<f32>>> {
         let plan = compiled.plan();
         let given: BTreeMap<Tensor, &[f32]> = inputs.iter().copied().collect();
+        // Buffers over the device's limit would only fail later, inside wgpu.
+        let max = self.limits.max_buffer_size;
+        for t in plan_inputs(plan).into_iter().chain(plan_outputs(plan)) {
+            let bytes = tensor_elements(plan, t, batch as u64) * 4;
+            if bytes > max {
+                return Err(WgpuError::Batch {
+                    batch: batch as u64,
+                    why: format!("tensor {t:?} needs {bytes} bytes, over the device's buffer limit {max}; split the batch"),
+                });
+            }
+        }
         let mut owned: Vec<(Tensor, wgpu::Buffer)> = Vec::new();
         for t in plan_inputs(plan) {
             let want = tensor_elements(plan, t, batch as u64);
@@ -87,6 +98,8 @@ impl Runtime {
             .iter()
             .map(|(t, b)| TensorBuffer::new(*t, b))
             .collect();
+        // Validation errors of this run come back as errors, not as logged noise.
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -109,6 +122,9 @@ impl Runtime {
             at += n;
         }
         self.queue.submit([enc.finish()]);
+        if let Some(e) = scope.pop().await {
+            return Err(WgpuError::Device(e.to_string()));
+        }
         let flat = self.read_mapped(&staging).await?;
         let mut res = BTreeMap::new();
         let mut at = 0usize;

@@ -1,0 +1,340 @@
+//! The CUDA text, run on the CPU: each emitted kernel is compiled as C++ (g++) with a few
+//! lines standing in for the CUDA built-ins, its grid is walked thread by thread following the
+//! runtime's own launch [`schedule`], and the results are compared with the oracle. This
+//! checks the printed kernels and the dispatch/chunk logic where there is no GPU (CI).
+//! Kernels that use shared memory (staged stores) need real threads and are not covered.
+
+mod common;
+
+use common::*;
+use equikern_core::{oracle, ConnectionMode, TensorProduct};
+use equikern_cuda::exec::{schedule, wpartial_len};
+use equikern_emit::cuda::{emit_with, CudaOptions, EmittedCuda, Param, Target};
+use equikern_plan::{Capabilities, Direction, Dtype, KernelPlan, Tensor};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+const SHIM: &str = r#"
+#include <algorithm>
+struct ek_dim3 { unsigned int x, y, z; };
+static ek_dim3 blockIdx, threadIdx, gridDim;
+#define __global__
+#define __device__
+#define __launch_bounds__(n)
+template <class T> static inline T __ldg(const T* p) { return *p; }
+using std::min;
+"#;
+
+fn h100_caps() -> Capabilities {
+    Capabilities {
+        subgroup_size: 32,
+        subgroups: true,
+        max_invocations_per_workgroup: 1024,
+        max_workgroup_size_x: 1024,
+        workgroup_memory_bytes: 232_448,
+        max_storage_binding_bytes: 80 << 30,
+        max_workgroups_per_dim: 65535,
+        max_storage_buffers_per_stage: 256,
+        f64: true,
+        float_atomics: true,
+    }
+}
+
+/// One C++ file: each plan's CUDA text in its own namespace, plus a launcher per kernel
+/// that walks the whole grid.
+fn cpp(plans: &[(KernelPlan, EmittedCuda)]) -> String {
+    let mut s = SHIM.to_string();
+    for (i, (plan, e)) in plans.iter().enumerate() {
+        let real = match plan.dtype {
+            Dtype::F32 => "float",
+            Dtype::F64 => "double",
+        };
+        let _ = writeln!(s, "namespace ek_p{i} {{\n{}", e.source);
+        for k in &e.kernels {
+            let args: Vec<String> = k
+                .params
+                .iter()
+                .enumerate()
+                .map(|(j, p)| match p {
+                    Param::Input(_) => format!("(const {real}*)a[{j}]"),
+                    Param::Output(_) => format!("({real}*)a[{j}]"),
+                    Param::NumSamples | Param::NumChunks => "last".into(),
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "extern \"C\" void ek_launch_{n}(void** a, unsigned int last, unsigned int gx, unsigned int gy, unsigned int wg) {{\n\
+                 gridDim.x = gx; gridDim.y = gy; gridDim.z = 1u;\n\
+                 for (unsigned int by = 0; by < gy; ++by) for (unsigned int bx = 0; bx < gx; ++bx) {{\n\
+                 blockIdx.x = bx; blockIdx.y = by; blockIdx.z = 0u;\n\
+                 for (unsigned int t = 0; t < wg; ++t) {{ threadIdx.x = t; threadIdx.y = 0u; threadIdx.z = 0u; {n}({}); }} }} }}",
+                args.join(", "),
+                n = k.name
+            );
+        }
+        s.push_str("}\n");
+    }
+    s
+}
+
+fn compile(src: &str, dir: &Path, name: &str) -> Result<libloading::Library, String> {
+    let cpp = dir.join(format!("{name}.cpp"));
+    let so = dir.join(format!("{name}.so"));
+    std::fs::write(&cpp, src).map_err(|e| e.to_string())?;
+    let o = Command::new("g++")
+        .args(["-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-o"])
+        .arg(&so)
+        .arg(&cpp)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr)
+            .chars()
+            .take(3000)
+            .collect());
+    }
+    // SAFETY: a library we just built; its initialisers only set up constant tables.
+    unsafe { libloading::Library::new(&so) }.map_err(|e| e.to_string())
+}
+
+type LaunchFn = unsafe extern "C" fn(*const *mut c_void, u32, u32, u32, u32);
+
+/// Runs `plan` over `batch` samples on host buffers (outputs NaN-poisoned first).
+fn run<T: Copy>(
+    lib: &libloading::Library,
+    plan: &KernelPlan,
+    e: &EmittedCuda,
+    batch: usize,
+    bufs: &mut HashMap<Tensor, Vec<T>>,
+    nan: T,
+) {
+    bufs.insert(
+        Tensor::WPartial,
+        vec![nan; wpartial_len(plan, batch as u64).max(1) as usize],
+    );
+    for l in schedule(plan, e, batch as u64, [65535, 65535]).unwrap() {
+        let name = format!("ek_launch_{}", e.kernels[l.kernel].name);
+        // SAFETY: the launcher's C signature is `LaunchFn` (printed above).
+        let f: libloading::Symbol<LaunchFn> = unsafe { lib.get(name.as_bytes()) }.unwrap();
+        let mut ptrs: Vec<*mut c_void> = Vec::new();
+        for (t, off) in &l.args {
+            let v = bufs.get_mut(t).unwrap();
+            assert!(*off as usize <= v.len(), "{t:?} offset past the end");
+            // SAFETY: in bounds (checked above); kernels index within the plan's layout.
+            ptrs.push(unsafe { v.as_mut_ptr().add(*off as usize) }.cast());
+        }
+        unsafe { f(ptrs.as_ptr(), l.last, l.grid.0, l.grid.1, l.block) };
+    }
+}
+
+struct Case {
+    tp: TensorProduct,
+    dtype: Dtype,
+    /// Force dispatches of this many chunks (or 16-sample blocks) to exercise splitting.
+    split: bool,
+    opts: CudaOptions,
+    label: String,
+}
+
+fn plans(c: &Case) -> Vec<(KernelPlan, EmittedCuda)> {
+    [
+        Direction::Forward,
+        Direction::Backward,
+        Direction::DoubleBackward,
+    ]
+    .into_iter()
+    .map(|d| {
+        let mut p = equikern_plan::lower(&c.tp, d, c.dtype, &h100_caps()).unwrap();
+        if c.split {
+            p.max_samples_per_dispatch = p.chunk_size().unwrap_or(16) * 2;
+        }
+        let e = emit_with(&p, Target::Cuda, c.opts).unwrap();
+        (p, e)
+    })
+    .collect()
+}
+
+fn check(c: &Case, lib: &libloading::Library, ps: &[(KernelPlan, EmittedCuda)], batch: usize) {
+    let tp = &c.tp;
+    let wl = w_len(tp, batch);
+    let r = |n, s| rand_vec(n, s + batch as u64);
+    let (x, y, w, gz) = (
+        r(batch * tp.dim_in1, 1),
+        r(batch * tp.dim_in2, 2),
+        r(wl, 3),
+        r(batch * tp.dim_out, 4),
+    );
+    let (hx, hy, hw) = (r(batch * tp.dim_in1, 5), r(batch * tp.dim_in2, 6), r(wl, 7));
+    let z = oracle::forward(tp, batch, &x, &y, &w).unwrap();
+    let g = oracle::backward(tp, batch, &x, &y, &w, &gz).unwrap();
+    let d = oracle::double_backward(tp, batch, &x, &y, &w, &gz, &hx, &hy, &hw).unwrap();
+    use Tensor::*;
+    let want: Vec<(Tensor, &Vec<f64>)> = vec![
+        (Z, &z),
+        (GX, &g.gx),
+        (GY, &g.gy),
+        (GW, &g.gw),
+        (DX, &d.dx),
+        (DY, &d.dy),
+        (DW, &d.dw),
+        (DGZ, &d.dgz),
+    ];
+    let inputs: Vec<(Tensor, &Vec<f64>)> = vec![
+        (X, &x),
+        (Y, &y),
+        (W, &w),
+        (GZ, &gz),
+        (HX, &hx),
+        (HY, &hy),
+        (HW, &hw),
+    ];
+    let tol = match c.dtype {
+        Dtype::F32 => 1e-5,
+        Dtype::F64 => 1e-12,
+    };
+    macro_rules! go {
+        ($t:ty) => {{
+            let mut bufs: HashMap<Tensor, Vec<$t>> = HashMap::new();
+            for (t, v) in &inputs {
+                let mut h: Vec<$t> = v.iter().map(|&a| a as $t).collect();
+                h.push(0.0); // never empty
+                bufs.insert(*t, h);
+            }
+            for (t, v) in &want {
+                bufs.insert(*t, vec![<$t>::NAN; v.len() + 1]);
+            }
+            for (p, e) in ps {
+                run::<$t>(lib, p, e, batch, &mut bufs, <$t>::NAN);
+            }
+            for (t, v) in &want {
+                let got: Vec<f64> = bufs[t][..v.len()].iter().map(|&a| a as f64).collect();
+                assert!(
+                    got.iter().all(|a| a.is_finite()),
+                    "{} batch {batch} {t:?}: unwritten element",
+                    c.label
+                );
+                let err = rel_l2(&got, v);
+                let tol = if matches!(t, DX | DY | DW | DGZ) && c.dtype == Dtype::F32 {
+                    1e-4
+                } else {
+                    tol
+                };
+                assert!(
+                    err <= tol,
+                    "{} batch {batch} {t:?}: rel L2 {err:.2e}",
+                    c.label
+                );
+                assert!(
+                    !bufs[t][v.len()].is_finite(),
+                    "{} {t:?}: wrote past the end",
+                    c.label
+                );
+            }
+        }};
+    }
+    match c.dtype {
+        Dtype::F32 => go!(f32),
+        Dtype::F64 => go!(f64),
+    }
+}
+
+#[test]
+fn cuda_text_runs_on_cpu_and_matches_oracle() {
+    if !Command::new("g++")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("skipped: no g++ to compile the CUDA text for the CPU");
+        return;
+    }
+    let mut cases = Vec::new();
+    for m in MODES {
+        for (weighted, shared) in [(true, false), (true, true), (false, false)] {
+            if !weighted && m.requires_weight() {
+                continue;
+            }
+            let tp = mode_spec(m, weighted, shared, 4);
+            for segment_tree in [false, true] {
+                cases.push(Case {
+                    tp: tp.clone(),
+                    dtype: Dtype::F64,
+                    split: false,
+                    opts: CudaOptions {
+                        segment_tree,
+                        ..Default::default()
+                    },
+                    label: format!("{m:?} weighted={weighted} shared={shared} tree={segment_tree}"),
+                });
+            }
+        }
+    }
+    for (m, shared) in [
+        (ConnectionMode::Uvw, true),
+        (ConnectionMode::Uvuv, false),
+        (ConnectionMode::Uvu, true),
+    ] {
+        let tp = mode_spec(m, true, shared, 4);
+        cases.push(Case {
+            tp: tp.clone(),
+            dtype: Dtype::F32,
+            split: false,
+            opts: CudaOptions::default(),
+            label: format!("{m:?} shared={shared} f32"),
+        });
+        cases.push(Case {
+            tp,
+            dtype: Dtype::F64,
+            split: true,
+            opts: CudaOptions {
+                segment_tree: true,
+                ..Default::default()
+            },
+            label: format!("{m:?} shared={shared} split tree"),
+        });
+    }
+    let dir = std::env::temp_dir().join(format!("equikern-cpu-emu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two compilers at a time (two cores on CI).
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let (a, b) = cases.split_at(cases.len() / 2);
+        let dir = &dir;
+        let work = move |part: &[Case], tag: &str| {
+            let mut f = Vec::new();
+            for (i, c) in part.iter().enumerate() {
+                let ps = plans(c);
+                let names: Vec<&str> = ps
+                    .iter()
+                    .flat_map(|(_, e)| e.kernels.iter().map(|k| k.name.as_str()))
+                    .collect();
+                let mut uniq = names.clone();
+                uniq.sort();
+                uniq.dedup();
+                assert_eq!(
+                    uniq.len(),
+                    names.len(),
+                    "kernel names repeat across directions"
+                );
+                match compile(&cpp(&ps), dir, &format!("{tag}{i}")) {
+                    Err(e) => f.push(format!("{}: {e}", c.label)),
+                    Ok(lib) => {
+                        for batch in [1, 7, 300] {
+                            check(c, &lib, &ps, batch);
+                        }
+                    }
+                }
+            }
+            f
+        };
+        let h = s.spawn(move || work(a, "a"));
+        let mut f = work(b, "b");
+        f.extend(h.join().unwrap());
+        f
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    println!("{} cases checked", cases.len());
+}
