@@ -1,5 +1,6 @@
 //! `equikern`: e3nn-exact Clebsch–Gordan tensor products from the command line.
 
+mod conv;
 mod engine;
 mod error;
 mod info;
@@ -24,6 +25,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     Tp(Box<tp::TpArgs>),
+    Conv(Box<conv::ConvArgs>),
     Info(info::InfoArgs),
     Suite(suite::SuiteArgs),
 }
@@ -83,6 +85,7 @@ fn main() {
     };
     let result: Result<(), CliError> = match &cli.cmd {
         Cmd::Tp(a) => tp::run(a),
+        Cmd::Conv(a) => conv::run(a),
         Cmd::Info(a) => info::run(a),
         Cmd::Suite(a) => suite::run(a),
     };

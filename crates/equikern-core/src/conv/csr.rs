@@ -7,7 +7,7 @@
 
 use super::ConvError;
 
-/// An index type accepted at the API (`u32`, `i32`, `i64`, `u64`, `usize`).
+/// An index type accepted at the API (`u32`, `i32`, `i64`, `u64`, `usize`, `i128`).
 pub trait GraphIndex: Copy {
     /// The value widened to `i128` (never truncates, so a bad index is reported as given).
     fn wide(self) -> i128;
@@ -22,7 +22,7 @@ macro_rules! graph_index {
         }
     )*};
 }
-graph_index!(u32, i32, i64, u64, usize);
+graph_index!(u32, i32, i64, u64, usize, i128);
 
 /// Which end of the edges a CSR view groups by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
