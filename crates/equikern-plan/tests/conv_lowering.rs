@@ -396,3 +396,20 @@ fn pieces_bound_the_work_per_invocation() {
     assert_eq!(gs.recv_pieces as usize, *po.last().unwrap() as usize);
     assert!(gs.recv_pieces <= 200 + 5000 / 3);
 }
+
+/// A graph without edges: node outputs are zeros, edge outputs empty, shared-weight
+/// gradients zero (no chunks to reduce).
+#[test]
+fn empty_graph() {
+    let g = Csr::build::<u32>(4, &[], &[]).unwrap();
+    for (_, tp) in tps() {
+        for dir in DIRS {
+            for opts in [DET, PIECES] {
+                let (got, _) = check(&tp, &g, dir, &caps64(), opts, "empty");
+                for (t, v) in &got {
+                    assert!(v.iter().all(|&x| x == 0.0), "{dir:?} {t:?}");
+                }
+            }
+        }
+    }
+}

@@ -286,3 +286,22 @@ fn isolated_nodes_get_zeros_on_the_device() {
         assert!(z[..tp.dim_out].iter().all(|&v| v == 0.0), "{opts:?}");
     }
 }
+
+#[test]
+fn empty_graph_on_the_device() {
+    let Some(rt) = runtime() else { return };
+    let g = Csr::build::<u32>(3, &[], &[]).unwrap();
+    for tp in [uvu_per_edge(), uvw_shared()] {
+        for dir in [
+            Direction::Forward,
+            Direction::Backward,
+            Direction::DoubleBackward,
+        ] {
+            let (got, want) = run(&rt, &rt.capabilities(), &tp, &g, dir, DET);
+            for (t, w) in &want {
+                assert_eq!(got[t].len(), w.len(), "{dir:?} {t:?}");
+                assert!(got[t].iter().all(|&x| x == 0.0), "{dir:?} {t:?}");
+            }
+        }
+    }
+}
