@@ -1,6 +1,7 @@
 //! `equikern`: e3nn-exact Clebsch–Gordan tensor products from the command line.
 
 mod conformance_cmd;
+mod conv;
 mod engine;
 mod error;
 mod info;
@@ -25,6 +26,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     Tp(Box<tp::TpArgs>),
+    Conv(Box<conv::ConvArgs>),
     Info(info::InfoArgs),
     Suite(suite::SuiteArgs),
     Conformance(conformance_cmd::ConformanceArgs),
@@ -85,6 +87,7 @@ fn main() {
     };
     let result: Result<(), CliError> = match &cli.cmd {
         Cmd::Tp(a) => tp::run(a),
+        Cmd::Conv(a) => conv::run(a),
         Cmd::Info(a) => info::run(a),
         Cmd::Suite(a) => suite::run(a),
         Cmd::Conformance(a) => conformance_cmd::run_cmd(a),

@@ -62,6 +62,8 @@ fn cpp(plans: &[(KernelPlan, EmittedCuda)]) -> String {
                     Param::Input(_) => format!("(const {real}*)a[{j}]"),
                     Param::Output(_) => format!("({real}*)a[{j}]"),
                     Param::NumSamples | Param::NumChunks => "last".into(),
+                    // Convolution plans run in conv_cpu_emulation.rs.
+                    Param::Conv => unreachable!("tensor-product plans only"),
                 })
                 .collect();
             let _ = writeln!(

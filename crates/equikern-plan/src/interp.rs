@@ -24,6 +24,9 @@ pub fn interpret(
     batch: usize,
     inputs: &BTreeMap<Tensor, Vec<f64>>,
 ) -> Result<BTreeMap<Tensor, Vec<f64>>, PlanError> {
+    if plan.conv.is_some() {
+        return Err(err("-", "a convolution plan: use interpret_conv".into()));
+    }
     let batch = batch as u64;
     if let Some(max) = plan.max_batch() {
         if batch > max {
@@ -56,6 +59,7 @@ pub fn interpret(
     }
     for k in &plan.kernels {
         match &k.work {
+            Work::ReducePieces { .. } => return Err(err(&k.name, "piece reduction".into())),
             Work::ReduceChunks { input, output, len } => {
                 let items = k.invocations(0);
                 let inp = &bufs[input];
@@ -85,8 +89,8 @@ pub fn interpret(
                     continue;
                 }
                 let spc = match sample_mode {
-                    SampleMode::PerSample => 1,
                     SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
+                    _ => 1,
                 };
                 for (s0, n) in plan.dispatches(batch) {
                     if spc > 1 && s0 % spc != 0 {
@@ -168,6 +172,9 @@ pub fn interpret(
                                                 (s0 * len + rel) as usize
                                             }
                                             Addressing::Shared => local as usize,
+                                            Addressing::Gather { .. } => {
+                                                return Err(err(&k.name, "gather".into()))
+                                            }
                                         };
                                         let buf = &bufs[&o.tensor];
                                         if idx + o.row_len as usize > buf.len() {

@@ -115,15 +115,21 @@
 //!   several outputs) could share loads if their segments were fused.
 
 pub mod caps;
+pub mod conv;
 mod display;
 pub mod interp;
+mod interp_conv;
 pub mod ix;
 mod lower;
+mod lower_conv;
 
 pub use caps::Capabilities;
+pub use conv::{ConvInfo, ConvOptions};
 pub use interp::interpret;
+pub use interp_conv::{conv_index_tensors, interpret_conv};
 pub use ix::Ix;
 pub use lower::lower;
+pub use lower_conv::lower_conv;
 
 use equikern_core::TensorProduct;
 use serde::{Deserialize, Serialize};
@@ -169,6 +175,21 @@ pub enum Tensor {
     DGZ,
     WPartial,
     Scratch,
+    /// Convolution index tensors (`u32`), see [`conv`]: the receiver view
+    /// `[offsets (nodes+1) | edge ids by receiver (E) | their senders (E)]`,
+    RecvCsr,
+    /// the sender view (transpose) `[offsets | edge ids by sender | their receivers]`,
+    SendCsr,
+    /// and the raw `receiver[e]`, `sender[e]` (E each) for per-edge kernels.
+    Receiver,
+    Sender,
+    /// Piece tables (`u32`, balanced deterministic convolution): `[piece_offsets (nodes+1) |
+    /// piece_start (pieces+1) | piece_node (pieces) | edge ids (E) | other ends (E)]`.
+    RecvPieces,
+    SendPieces,
+    /// Scratch partial sums, one row per piece: `[recv pieces, dim_out]`, `[send pieces, dim_in1]`.
+    RecvPartial,
+    SendPartial,
 }
 
 /// How a kernel's invocations map onto samples.
@@ -180,16 +201,32 @@ pub enum SampleMode {
     /// ascending order and writes row `r` of chunk `c` to `[c, r]` of its (non-per-sample)
     /// output. Used for shared-weight gradients (deterministic two-level reduction).
     Chunk { samples_per_chunk: u32 },
+    /// Convolution, deterministic: one invocation per `(node, row)`; it loops over the node's
+    /// range of the CSR view `csr` (`RecvCsr` or `SendCsr`) in ascending position, and the
+    /// edge at each position is the "sample" of its per-edge operands. See [`conv`].
+    Segments { csr: Tensor },
+    /// Convolution, atomic: one invocation per `(edge, row)`; the row is added with float
+    /// atomics into row `index[edge]` (`Receiver` or `Sender`) of the node-indexed output,
+    /// which the runtime zero-fills before the kernel. Order-dependent rounding.
+    Scatter { index: Tensor },
+    /// Convolution, balanced deterministic: one invocation per `(piece, row)` of the piece
+    /// table `pieces` (`RecvPieces` / `SendPieces`): it sums the piece's positions in
+    /// ascending order and writes row `piece` of its partial output (`RecvPartial` /
+    /// `SendPartial`); a [`Work::ReducePieces`] follows.
+    Pieces { pieces: Tensor },
 }
 
-/// Where an operand row of a sample lives. `Direct`: the sample's own row. The fused
-/// convolution (later) adds gathers by an index tensor.
+/// Where an operand row of a sample lives. In a convolution plan the sample of a per-edge
+/// operand is the current edge, and node operands are gathered through an index tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Addressing {
     /// Element `sample * per_sample_len + offset + row * row_len + comp`.
     PerSample,
     /// Not batched (shared weights): element `offset + row * row_len + comp`.
     Shared,
+    /// Convolution: the row of node `index[edge]` (`Sender` or `Receiver`) of the current
+    /// edge: element `index[edge] * per_sample_len + offset + row * row_len + comp`.
+    Gather { index: Tensor },
 }
 
 /// One factor of a contribution: a row of `tensor` selected by `row`.
@@ -258,6 +295,15 @@ pub enum Work {
         output: Tensor,
         len: u32,
     },
+    /// Convolution: `output[n, i] = Σ_{p in node n's pieces} input[p, i]` in ascending `p`
+    /// (zero for none), one invocation per `(node, i)`, `i < len`; node `n`'s pieces are
+    /// `pieces[n]..pieces[n + 1]` (the table's first part).
+    ReducePieces {
+        input: Tensor,
+        output: Tensor,
+        pieces: Tensor,
+        len: u32,
+    },
 }
 
 /// One GPU kernel (one pipeline / one `__global__`).
@@ -298,7 +344,11 @@ pub struct KernelPlan {
     pub kernels: Vec<Kernel>,
     /// Most samples one dispatch of any kernel may cover (binding-size and grid limits);
     /// runtimes split larger batches into dispatches of at most this many samples.
+    /// Convolution plans: most units (nodes or edges) per dispatch (grid limits only).
     pub max_samples_per_dispatch: u32,
+    /// Set for fused-convolution plans ([`lower_conv`]); absent from TP plans' serde form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<conv::ConvInfo>,
 }
 
 impl Dims {
@@ -329,6 +379,11 @@ impl Dims {
             }
             WPartial => 0,
             Scratch => self.scratch,
+            // Index tensors: one element per edge (raw) or not per-sample (CSR views).
+            Receiver | Sender => 1,
+            RecvCsr | SendCsr | RecvPieces | SendPieces => 0,
+            RecvPartial => self.dim_out,
+            SendPartial => self.dim_in1,
         }
     }
 }
@@ -367,6 +422,17 @@ pub enum PlanError {
     },
     #[error("kernel {kernel}: {why}")]
     Interp { kernel: String, why: String },
+    #[error(
+        "graph too large: tensor {tensor:?} needs {elements} elements; one binding holds \
+         {max_elements}"
+    )]
+    GraphTooLarge {
+        tensor: Tensor,
+        elements: u64,
+        max_elements: u64,
+    },
+    #[error("not a convolution plan")]
+    NotConv,
 }
 
 impl Dims {
@@ -391,7 +457,10 @@ impl Kernel {
                 ..
             } => {
                 let units = match sample_mode {
-                    SampleMode::PerSample => n,
+                    SampleMode::PerSample
+                    | SampleMode::Segments { .. }
+                    | SampleMode::Scatter { .. }
+                    | SampleMode::Pieces { .. } => n,
                     SampleMode::Chunk { samples_per_chunk } => {
                         n.div_ceil(*samples_per_chunk as u64)
                     }
@@ -399,6 +468,7 @@ impl Kernel {
                 units * *rows_per_sample as u64
             }
             Work::ReduceChunks { len, .. } => *len as u64,
+            Work::ReducePieces { len, .. } => n * *len as u64,
         }
     }
 

@@ -457,7 +457,7 @@ fn segments(
     Ok(segs)
 }
 
-fn elem_size(d: Dtype) -> u64 {
+pub(crate) fn elem_size(d: Dtype) -> u64 {
     match d {
         Dtype::F32 => 4,
         Dtype::F64 => 8,
@@ -482,15 +482,19 @@ pub(crate) fn workgroup_size(caps: &Capabilities) -> Result<u32, PlanError> {
 /// Samples per chunk for shared-weight gradients: bigger weight vectors give more rows per
 /// chunk, so chunks can be longer (fewer partial sums) while keeping ~10^5 invocations at
 /// batch 5·10^4. Power of two in [16, 256].
-fn chunk_size(weight_numel: u32) -> u32 {
+pub(crate) fn chunk_size(weight_numel: u32) -> u32 {
     (weight_numel.max(1).next_power_of_two() / 4).clamp(16, 256)
 }
 
-struct KSpec {
-    name: String,
-    mode: SampleMode,
-    groups: Vec<OutGroup>,
+pub(crate) struct KSpec {
+    pub name: String,
+    pub mode: SampleMode,
+    pub groups: Vec<OutGroup>,
 }
+
+/// Adjusts a freshly built kernel (the convolution re-addresses operands and adds index
+/// bindings); the identity for tensor products.
+pub(crate) type Fixup<'a> = &'a dyn Fn(&mut Kernel);
 
 fn build_kernel(
     tp: &TensorProduct,
@@ -498,6 +502,7 @@ fn build_kernel(
     dims: &Dims,
     wg: u32,
     tables: &mut Tables,
+    fix: Fixup,
 ) -> Result<Kernel, PlanError> {
     let mut first_row = 0;
     let mut segs = vec![];
@@ -512,7 +517,7 @@ fn build_kernel(
         .collect();
     inputs.sort();
     inputs.dedup();
-    Ok(Kernel {
+    let mut k = Kernel {
         name: ks.name.clone(),
         inputs,
         outputs: ks.groups.iter().map(|g| g.tensor).collect(),
@@ -522,7 +527,70 @@ fn build_kernel(
             rows_per_sample: first_row,
             segments: segs,
         },
-    })
+    };
+    fix(&mut k);
+    Ok(k)
+}
+
+/// Builds the kernels of `specs`; a kernel binding more than the target allows has its output
+/// tensors packed, in order, greedily into kernels that fit; errors if one output alone is
+/// still too many.
+pub(crate) fn pack_kernels(
+    tp: &TensorProduct,
+    specs: Vec<KSpec>,
+    dims: &Dims,
+    wg: u32,
+    caps: &Capabilities,
+    tables: &mut Tables,
+    fix: Fixup,
+) -> Result<Vec<Kernel>, PlanError> {
+    let mut kernels = vec![];
+    for spec in specs {
+        let k = build_kernel(tp, &spec, dims, wg, tables, fix)?;
+        let bound = (k.inputs.len() + k.outputs.len()) as u32;
+        if bound <= caps.max_storage_buffers_per_stage || spec.groups.len() == 1 {
+            kernels.push(k);
+            continue;
+        }
+        // Too many bindings: pack output tensors, in order, greedily into kernels that fit.
+        let named = |groups: Vec<OutGroup>| {
+            let tag: String = groups
+                .iter()
+                .map(|g| format!("{:?}", g.tensor).to_lowercase())
+                .collect();
+            KSpec {
+                name: format!("{}_{tag}", spec.name),
+                mode: spec.mode,
+                groups,
+            }
+        };
+        let mut cur: Vec<OutGroup> = vec![];
+        for g in spec.groups {
+            let mut trial = cur.clone();
+            trial.push(g.clone());
+            let k = build_kernel(tp, &named(trial.clone()), dims, wg, tables, fix)?;
+            if cur.is_empty()
+                || (k.inputs.len() + k.outputs.len()) as u32 <= caps.max_storage_buffers_per_stage
+            {
+                cur = trial;
+            } else {
+                kernels.push(build_kernel(tp, &named(cur), dims, wg, tables, fix)?);
+                cur = vec![g];
+            }
+        }
+        kernels.push(build_kernel(tp, &named(cur), dims, wg, tables, fix)?);
+    }
+    for k in &kernels {
+        let bound = (k.inputs.len() + k.outputs.len()) as u32;
+        if bound > caps.max_storage_buffers_per_stage {
+            return Err(PlanError::TooManyBindings {
+                kernel: k.name.clone(),
+                needed: bound,
+                max: caps.max_storage_buffers_per_stage,
+            });
+        }
+    }
+    Ok(kernels)
 }
 
 /// Lower one direction of `tp` for a target with capabilities `caps`.
@@ -632,7 +700,7 @@ pub fn lower(
     let mut tables = Tables::default();
     let mut kernels = vec![];
     for spec in specs {
-        kernels.push(build_kernel(tp, &spec, &dims, wg, &mut tables)?);
+        kernels.push(build_kernel(tp, &spec, &dims, wg, &mut tables, &|_| {})?);
     }
     let mut dims = dims;
     if direction != Direction::Forward {
@@ -643,7 +711,7 @@ pub fn lower(
             SampleMode::PerSample,
             vec![grp(Slot::Z, Z, vec![b(X, Y, Z, W)])],
         );
-        let fk = build_kernel(tp, &fwd, &dims, wg, &mut ft)?;
+        let fk = build_kernel(tp, &fwd, &dims, wg, &mut ft, &|_| {})?;
         let mut works = vec![];
         if let Work::Rows { segments, .. } = &fk.work {
             for seg in segments {
@@ -665,26 +733,9 @@ pub fn lower(
         }
     }
     if let Some(out) = reduce {
-        if caps.max_storage_buffers_per_stage < 2 {
-            return Err(PlanError::TooManyBindings {
-                kernel: "reduce".into(),
-                needed: 2,
-                max: caps.max_storage_buffers_per_stage,
-            });
-        }
-        kernels.push(Kernel {
-            name: format!("reduce_{}", format!("{out:?}").to_lowercase()),
-            inputs: vec![WPartial],
-            outputs: vec![out],
-            workgroup_size: wg,
-            work: Work::ReduceChunks {
-                input: WPartial,
-                output: out,
-                len: dims.weight_numel,
-            },
-        });
+        kernels.push(reduce_kernel(out, &dims, wg, caps)?);
     }
-    let mut plan = KernelPlan {
+    let plan = KernelPlan {
         direction,
         dtype,
         dims,
@@ -692,11 +743,47 @@ pub fn lower(
         tables: tables.0,
         kernels,
         max_samples_per_dispatch: 0,
+        conv: None,
     };
-    // Shrink the chunk until one chunk fits a dispatch (only tiny limits need this).
-    let mut spc = spc;
+    finish(plan, spc, max_samples)
+}
+
+/// The ordered reduction `out[r] = Σ_c WPartial[c, r]`.
+pub(crate) fn reduce_kernel(
+    out: Tensor,
+    dims: &Dims,
+    wg: u32,
+    caps: &Capabilities,
+) -> Result<Kernel, PlanError> {
+    if caps.max_storage_buffers_per_stage < 2 {
+        return Err(PlanError::TooManyBindings {
+            kernel: "reduce".into(),
+            needed: 2,
+            max: caps.max_storage_buffers_per_stage,
+        });
+    }
+    Ok(Kernel {
+        name: format!("reduce_{}", format!("{out:?}").to_lowercase()),
+        inputs: vec![Tensor::WPartial],
+        outputs: vec![out],
+        workgroup_size: wg,
+        work: Work::ReduceChunks {
+            input: Tensor::WPartial,
+            output: out,
+            len: dims.weight_numel,
+        },
+    })
+}
+
+/// Sets `max_samples_per_dispatch` from `limit`, shrinking the chunk until one chunk fits a
+/// dispatch (only tiny limits need this).
+pub(crate) fn finish(
+    mut plan: KernelPlan,
+    mut spc: u32,
+    limit: fn(&KernelPlan) -> Result<u32, PlanError>,
+) -> Result<KernelPlan, PlanError> {
     loop {
-        match max_samples(&plan) {
+        match limit(&plan) {
             Ok(n) => {
                 plan.max_samples_per_dispatch = n;
                 return Ok(plan);
@@ -932,9 +1019,9 @@ fn split_long_gathers(
 }
 
 /// Elements kept free below `u32::MAX` for runtimes' binding base offsets (alignment rest).
-const INDEX_MARGIN: u64 = 1 << 16;
+pub(crate) const INDEX_MARGIN: u64 = 1 << 16;
 
-const CHUNK_TOO_BIG: &str = "not even one chunk of samples fits one dispatch";
+pub(crate) const CHUNK_TOO_BIG: &str = "not even one chunk of samples fits one dispatch";
 
 /// Largest per-dispatch sample count that every kernel's bindings, grid and u32 indices allow
 /// (a multiple of the chunk size if a chunked kernel exists).
@@ -954,8 +1041,8 @@ fn max_samples(plan: &KernelPlan) -> Result<u32, PlanError> {
             continue;
         };
         let spc = match sample_mode {
-            SampleMode::PerSample => 1,
             SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
+            _ => 1,
         };
         spc_all = spc_all.max(spc);
         for &t in k.inputs.iter().chain(&k.outputs) {

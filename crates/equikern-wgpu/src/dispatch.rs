@@ -109,6 +109,11 @@ impl Runtime {
         encoder: &mut wgpu::CommandEncoder,
     ) -> Result<()> {
         let plan = &compiled.plan;
+        if plan.conv.is_some() {
+            return Err(WgpuError::Device(
+                "a convolution plan: run it with Runtime::run_conv".into(),
+            ));
+        }
         // Per-sample scratch of split gathers: the whole batch (kernels run one after another
         // over every dispatch), bound and rebased per dispatch like any per-sample tensor.
         let sample_scratch = match plan.dims.scratch {
@@ -180,6 +185,14 @@ impl Runtime {
                     let mut chunk_base = 0u32;
                     for &(s0, n) in split {
                         let (groups, p) = match sample_mode {
+                            SampleMode::Segments { .. }
+                            | SampleMode::Pieces { .. }
+                            | SampleMode::Scatter { .. } => {
+                                return Err(WgpuError::Device(format!(
+                                    "kernel {}: a convolution kernel (use run_conv)",
+                                    e.name
+                                )))
+                            }
                             SampleMode::PerSample => (
                                 n,
                                 DispatchParams {
@@ -210,6 +223,12 @@ impl Runtime {
                     if let SampleMode::Chunk { .. } = sample_mode {
                         chunks_written = Some(chunk_base);
                     }
+                }
+                Work::ReducePieces { .. } => {
+                    return Err(WgpuError::Device(format!(
+                        "kernel {}: a convolution kernel (use run_conv)",
+                        e.name
+                    )))
                 }
                 Work::ReduceChunks { len, .. } => {
                     let Some(total) = chunks_written else {
@@ -370,11 +389,11 @@ impl Runtime {
             } => (
                 *rows_per_sample as u64,
                 match sample_mode {
-                    SampleMode::PerSample => 1,
                     SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
+                    _ => 1,
                 },
             ),
-            Work::ReduceChunks { .. } => return Ok(vec![(0, batch)]),
+            Work::ReduceChunks { .. } | Work::ReducePieces { .. } => return Ok(vec![(0, batch)]),
         };
         let align = self.limits.min_storage_buffer_offset_alignment.max(4) as u64;
         let mut nmax = plan.max_samples_per_dispatch.max(1) as u64;
