@@ -42,8 +42,11 @@ def main():
     a = ap.parse_args()
     if not os.path.exists(os.path.join(WEB, "pkg", "equikern_wasm.js")):
         sys.exit("web/pkg missing: run web/build.sh first")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=WEB)
-    handler.log_message = lambda *args: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=WEB)
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     page = f"http://127.0.0.1:{srv.server_address[1]}/index.html{a.query}"

@@ -199,8 +199,35 @@ fn runtime(
         .ok_or_else(|| js_err("this device is not a WebGPU device"))
 }
 
+/// The adapter as the browser describes it (`GPUDevice.adapterInfo`: vendor, architecture,
+/// device, description), e.g. `"google swiftshader (BrowserWebGpu, Cpu)"`. wgpu 30's web
+/// backend leaves its own adapter name empty, so this reads the JS object.
+pub fn adapter_description(dev: &equikern::Device) -> String {
+    let wgpu_name = dev.name();
+    let js = dev
+        .wgpu_runtime()
+        .and_then(|rt| rt.device().as_webgpu())
+        .map(|d| JsValue::from(d.clone()))
+        .and_then(|d| Reflect::get(&d, &JsValue::from_str("adapterInfo")).ok())
+        .filter(|i| i.is_object());
+    let Some(info) = js else {
+        return wgpu_name;
+    };
+    let parts: Vec<String> = ["vendor", "architecture", "device", "description"]
+        .iter()
+        .filter_map(|k| Reflect::get(&info, &JsValue::from_str(k)).ok())
+        .filter_map(|v| v.as_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if parts.is_empty() {
+        wgpu_name
+    } else {
+        format!("{} {}", parts.join(" "), wgpu_name.trim_start())
+    }
+}
+
 fn device_info_json(dev: &equikern::Device) -> serde_json::Value {
-    let mut o = serde_json::json!({ "adapter": dev.name() });
+    let mut o = serde_json::json!({ "adapter": adapter_description(dev) });
     if let Some(rt) = dev.wgpu_runtime() {
         let i = rt.adapter_info();
         let l = rt.limits();

@@ -142,7 +142,8 @@ async fn adapter_and_capabilities() {
     let dev = device(WgpuOptions::default()).await;
     let caps = dev.capabilities().expect("wgpu caps");
     let rt = dev.wgpu_runtime().unwrap();
-    console_log!("adapter: {}", dev.name());
+    let adapter = equikern_wasm::adapter_description(&dev);
+    console_log!("adapter: {adapter}");
     console_log!("capabilities: {caps:?}");
     // What the plans may use comes from the adapter; through wgpu 30 on the web there are
     // never f64, float atomics or subgroups.
@@ -154,7 +155,7 @@ async fn adapter_and_capabilities() {
         caps.max_invocations_per_workgroup,
         rt.limits().max_compute_invocations_per_workgroup
     );
-    if dev.name().to_lowercase().contains("swiftshader") {
+    if adapter.to_lowercase().contains("swiftshader") {
         assert_eq!(caps.max_invocations_per_workgroup, 256, "{caps:?}");
         assert_eq!(caps.workgroup_memory_bytes, 32768, "{caps:?}");
         assert_eq!(caps.max_storage_buffers_per_stage, 10, "{caps:?}");
