@@ -31,6 +31,28 @@ fn js_err(msg: impl std::fmt::Display) -> JsValue {
     js_sys::Error::new(&msg.to_string()).into()
 }
 
+/// The JS `GPUDevice` behind a wgpu device (web backend only; `None` in native builds).
+fn js_device(d: &equikern::wgpu::Device) -> Option<JsValue> {
+    #[cfg(target_arch = "wasm32")]
+    return d.as_webgpu().map(|d| JsValue::from(d.clone()));
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = d;
+        None
+    }
+}
+
+/// The JS `GPUBuffer` behind a wgpu buffer (web backend only).
+fn js_buffer(b: &equikern::wgpu::Buffer) -> Option<JsValue> {
+    #[cfg(target_arch = "wasm32")]
+    return b.as_webgpu().map(|b| JsValue::from(b.clone()));
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = b;
+        None
+    }
+}
+
 fn set(o: &Object, k: &str, v: impl Into<JsValue>) {
     // Setting a property on a fresh plain object cannot fail.
     let _ = Reflect::set(o, &JsValue::from_str(k), &v.into());
@@ -155,8 +177,7 @@ impl Device {
     pub fn gpu_device(&self) -> JsValue {
         self.dev
             .wgpu_runtime()
-            .and_then(|rt| rt.device().as_webgpu())
-            .map(|d| JsValue::from(d.clone()))
+            .and_then(|rt| js_device(rt.device()))
             .unwrap_or(JsValue::NULL)
     }
 
@@ -206,8 +227,7 @@ pub fn adapter_description(dev: &equikern::Device) -> String {
     let wgpu_name = dev.name();
     let js = dev
         .wgpu_runtime()
-        .and_then(|rt| rt.device().as_webgpu())
-        .map(|d| JsValue::from(d.clone()))
+        .and_then(|rt| js_device(rt.device()))
         .and_then(|d| Reflect::get(&d, &JsValue::from_str("adapterInfo")).ok())
         .filter(|i| i.is_object());
     let Some(info) = js else {
@@ -485,10 +505,7 @@ impl GpuTensor {
     /// The underlying `GPUBuffer` (on `Device.gpuDevice`), for the page's own passes.
     #[wasm_bindgen(getter, unchecked_return_type = "GPUBuffer")]
     pub fn buffer(&self) -> JsValue {
-        self.buf
-            .as_webgpu()
-            .map(|b| JsValue::from(b.clone()))
-            .unwrap_or(JsValue::NULL)
+        js_buffer(&self.buf).unwrap_or(JsValue::NULL)
     }
 
     /// Queue a write of `data` at element `offset` (ordered before later GPU work).
