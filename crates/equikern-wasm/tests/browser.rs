@@ -334,7 +334,9 @@ async fn js_api_promises_buffers_and_errors() {
         .tensor_product(r#"{"irreps_in1": "1x9q"}"#)
         .err()
         .expect("bad spec must throw");
-    console_log!("bad spec: {e:?}");
+    let e = String::from(e.dyn_into::<js_sys::Error>().unwrap().message());
+    console_log!("bad spec throws: {e}");
+    assert!(e.starts_with("spec"), "{e}");
     let e = await_js(ek::create_tensor_product("{".into(), JsValue::UNDEFINED))
         .await
         .expect_err("bad JSON must reject");
