@@ -508,8 +508,9 @@ impl GpuTensor {
         js_buffer(&self.buf).unwrap_or(JsValue::NULL)
     }
 
-    /// Queue a write of `data` at element `offset` (ordered before later GPU work).
-    pub fn write(&self, data: &[f32], offset: usize) -> Result<(), JsValue> {
+    /// Queue a write of `data` at element `offset` (default 0; ordered before later GPU work).
+    pub fn write(&self, data: &[f32], offset: Option<usize>) -> Result<(), JsValue> {
+        let offset = offset.unwrap_or(0);
         if offset.checked_add(data.len()).is_none_or(|e| e > self.len) {
             return Err(js_err(format!(
                 "argument data: {} elements at offset {offset} exceed the tensor's {}",

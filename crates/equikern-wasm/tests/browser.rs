@@ -301,7 +301,7 @@ async fn js_api_promises_buffers_and_errors() {
         dev.tensor_from(&w).unwrap(),
     );
     let tz = dev.create_tensor(batch * tp.dim_out()).unwrap();
-    tz.write(&vec![f32::NAN; tz.length()], 0).unwrap();
+    tz.write(&vec![f32::NAN; tz.length()], None).unwrap();
     assert!(tz.buffer().is_object(), "GPUBuffer handle");
     assert!(dev.gpu_device().is_object(), "GPUDevice handle");
     await_js(tp.forward_buffers(batch, &tx, &ty, &tw, &tz))
@@ -323,6 +323,21 @@ async fn js_api_promises_buffers_and_errors() {
         .unwrap()
         .to_vec();
     assert!(rel_l2(&gxb, &want) <= TOL_BWD);
+
+    let t = |v: &[f32]| dev.tensor_from(v).unwrap();
+    let (thx, thy, thw) = (t(&hx), t(&hy), t(&hw));
+    let nan = |n: usize| t(&vec![f32::NAN; n]);
+    let (tdx, tdy, tdw, tdgz) = (nan(x.len()), nan(y.len()), nan(w.len()), nan(gz.len()));
+    await_js(tp.double_backward_buffers(
+        batch, &tx, &ty, &tw, &tgz, &thx, &thy, &thw, &tdx, &tdy, &tdw, &tdgz,
+    ))
+    .await
+    .expect("doubleBackwardBuffers");
+    for (k, tt) in [("dx", &tdx), ("dy", &tdy), ("dw", &tdw), ("dgz", &tdgz)] {
+        let got = f32s(&await_js(tt.read()).await.unwrap());
+        let want = get(&dr, k).dyn_into::<Float64Array>().unwrap().to_vec();
+        assert!(rel_l2(&got, &want) <= TOL_DBL, "buffers {k}");
+    }
 
     // Errors reject the Promise with the native API's message.
     let e = await_js(tp.forward(batch, x[1..].to_vec(), y.clone(), w.clone()))
