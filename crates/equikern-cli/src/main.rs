@@ -1,6 +1,8 @@
 //! `equikern`: e3nn-exact Clebsch–Gordan tensor products from the command line.
 
 mod bench;
+mod conformance_cmd;
+mod conv;
 mod engine;
 mod error;
 mod info;
@@ -25,9 +27,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     Tp(Box<tp::TpArgs>),
+    Conv(Box<conv::ConvArgs>),
     Info(info::InfoArgs),
     Suite(suite::SuiteArgs),
     Bench(Box<bench::BenchArgs>),
+    Conformance(conformance_cmd::ConformanceArgs),
 }
 
 /// Any panic is a bug; still give the user one line, not a backtrace.
@@ -85,9 +89,11 @@ fn main() {
     };
     let result: Result<(), CliError> = match &cli.cmd {
         Cmd::Tp(a) => tp::run(a),
+        Cmd::Conv(a) => conv::run(a),
         Cmd::Info(a) => info::run(a),
         Cmd::Suite(a) => suite::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Conformance(a) => conformance_cmd::run_cmd(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -91,6 +91,59 @@ pub fn read(what: &str, path: &Path) -> Result<Array> {
     Ok(Array { shape, data })
 }
 
+/// Reads a 1-D integer index array (`<i4`, `<i8`, `<u4`, `<u8`) as `i128` values (never
+/// truncated, so a bad index is reported as stored).
+pub fn read_index(what: &str, path: &Path) -> Result<Vec<i128>> {
+    let ctx = |why: String| CliError::input(format!("{what} {}: {why}", path.display()));
+    let f = File::open(path).map_err(|e| ctx(format!("cannot open: {e}")))?;
+    check_header_shape(path).map_err(ctx)?;
+    let npy = npyz::NpyFile::new(BufReader::new(f))
+        .map_err(|e| ctx(format!("not a valid .npy file: {e}")))?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    if shape.len() != 1 {
+        return Err(ctx(format!(
+            "expected a 1-D index array [edges], got shape {}",
+            shape_str(&shape)
+        )));
+    }
+    let descr = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => other.descr(),
+    };
+    let bad = |e: std::io::Error| ctx(format!("cannot read data: {e}"));
+    Ok(match descr.as_str() {
+        "<i4" => npy
+            .into_vec::<i32>()
+            .map_err(bad)?
+            .into_iter()
+            .map(i128::from)
+            .collect(),
+        "<i8" => npy
+            .into_vec::<i64>()
+            .map_err(bad)?
+            .into_iter()
+            .map(i128::from)
+            .collect(),
+        "<u4" => npy
+            .into_vec::<u32>()
+            .map_err(bad)?
+            .into_iter()
+            .map(i128::from)
+            .collect(),
+        "<u8" => npy
+            .into_vec::<u64>()
+            .map_err(bad)?
+            .into_iter()
+            .map(i128::from)
+            .collect(),
+        other => {
+            return Err(ctx(format!(
+                "unsupported index dtype {other}: expected int32, int64, uint32 or uint64"
+            )))
+        }
+    })
+}
+
 /// Rejects a header whose shape overflows or asks for more data than the file holds, before
 /// `npyz` sees it (it would overflow computing the element count, or allocate for it).
 fn check_header_shape(path: &Path) -> std::result::Result<(), String> {

@@ -47,7 +47,7 @@ pub fn wpartial_len(plan: &KernelPlan, batch: u64) -> u64 {
 }
 
 /// 2-D grid of the plan's numbering: `x = min(blocks, max)`, `y = ceil(blocks / x)`.
-fn grid(invocations: u64, block: u32, max_x: u32, max_y: u32) -> Result<(u32, u32)> {
+pub(crate) fn grid(invocations: u64, block: u32, max_x: u32, max_y: u32) -> Result<(u32, u32)> {
     let blocks = invocations.div_ceil(block as u64);
     let x = blocks.min(max_x as u64).max(1);
     let y = blocks.div_ceil(x);
@@ -76,6 +76,11 @@ pub fn schedule(
     if step == 0 && batch > 0 {
         return Err(CudaError::Plan("max_samples_per_dispatch is 0".into()));
     }
+    if plan.conv.is_some() {
+        return Err(CudaError::Plan(
+            "a convolution plan: run it with equikern_cuda::run_conv".into(),
+        ));
+    }
     let max_x = plan.caps.max_workgroups_per_dim.min(max_grid[0]).max(1);
     let mut out = Vec::new();
     let mut chunks_so_far = 0u64;
@@ -89,8 +94,8 @@ pub fn schedule(
                 ..
             } => {
                 let spc = match sample_mode {
-                    SampleMode::PerSample => 1,
                     SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
+                    _ => 1,
                 };
                 // Chunks must not straddle dispatches: WPartial rows are rebased per dispatch.
                 if spc > 1 && (step / spc) * spc != step {
@@ -112,6 +117,9 @@ pub fn schedule(
             Work::ReduceChunks { len, .. } => {
                 parts.push((0, 0, *len as u64, chunks_so_far as u32));
             }
+            Work::ReducePieces { .. } => {
+                return Err(CudaError::Plan("a convolution plan".into()));
+            }
         }
         for (s0, c0, inv, last) in parts {
             if inv == 0 {
@@ -122,7 +130,7 @@ pub fn schedule(
                 .iter()
                 .filter_map(|p| match p {
                     Param::Input(t) | Param::Output(t) => Some(*t),
-                    Param::NumSamples | Param::NumChunks => None,
+                    Param::NumSamples | Param::NumChunks | Param::Conv => None,
                 })
                 .map(|t| {
                     let off = match (t, &k.work) {

@@ -15,12 +15,14 @@
 //! everywhere.
 
 mod compile;
+mod conv;
 mod device;
 pub mod exec;
 mod timing;
 mod tp;
 
 pub use compile::{CacheLevel, CompileInfo};
+pub use conv::{conv_launches, run_conv, run_conv_csr, ConvLaunch};
 pub use cudarc::driver::CudaSlice;
 pub use device::{availability, CudaDevice};
 pub use timing::Timing;
@@ -52,6 +54,9 @@ pub enum CudaError {
     Dtype { plan: Dtype, data: Dtype },
     #[error("no {0:?} plan was provided")]
     MissingPlan(Direction),
+    /// A convolution's graph was rejected before anything ran.
+    #[error(transparent)]
+    Conv(#[from] equikern_core::conv::ConvError),
 }
 
 impl From<cudarc::driver::DriverError> for CudaError {

@@ -67,10 +67,12 @@ impl CudaTensorProduct {
         let first = plans
             .first()
             .ok_or_else(|| CudaError::Plan("no plans given".into()))?;
-        let (dims, dtype) = (first.dims, first.dtype);
+        // The tensor product's dims; a plan's own scratch length may differ per direction.
+        let bare = |d: Dims| Dims { scratch: 0, ..d };
+        let (dims, dtype) = (bare(first.dims), first.dtype);
         let mut slots: [Option<KernelPlan>; 3] = [None, None, None];
         for p in plans {
-            if p.dims != dims || p.dtype != dtype {
+            if bare(p.dims) != dims || p.dtype != dtype {
                 return Err(CudaError::Plan("plans disagree on dims or dtype".into()));
             }
             let i = slot(p.direction);
@@ -218,8 +220,12 @@ impl CudaTensorProduct {
             .scratch
             .lock()
             .map_err(|_| CudaError::Driver("poisoned lock".into()))?;
-        let bytes =
-            (exec::wpartial_len(plan, batch).max(1) * std::mem::size_of::<T>() as u64) as usize;
+        // One runtime-owned buffer: `WPartial`, then the per-sample `Scratch` of split
+        // gathers (whole batch; rebased per dispatch like any per-sample tensor).
+        let es = std::mem::size_of::<T>() as u64;
+        let wp_bytes = exec::wpartial_len(plan, batch).max(1) * es;
+        let wp_bytes = wp_bytes.div_ceil(256) * 256;
+        let bytes = (wp_bytes + batch * plan.dims.scratch as u64 * es) as usize;
         if scratch.as_ref().is_none_or(|s| s.len() < bytes) {
             *scratch = None;
             *scratch = Some(stream.alloc_zeros::<u8>(bytes)?);
@@ -229,6 +235,7 @@ impl CudaTensorProduct {
             .ok_or_else(|| CudaError::Driver("scratch".into()))?;
         let (sp, sg) = sbuf.device_ptr_mut(&stream);
         ptrs.push((Tensor::WPartial, sp));
+        ptrs.push((Tensor::Scratch, sp + wp_bytes));
         let r = exec::run(&self.dev, plan, &loaded, batch, &ptrs);
         drop(sg);
         drop(guards);

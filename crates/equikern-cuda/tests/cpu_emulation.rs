@@ -62,6 +62,8 @@ fn cpp(plans: &[(KernelPlan, EmittedCuda)]) -> String {
                     Param::Input(_) => format!("(const {real}*)a[{j}]"),
                     Param::Output(_) => format!("({real}*)a[{j}]"),
                     Param::NumSamples | Param::NumChunks => "last".into(),
+                    // Convolution plans run in conv_cpu_emulation.rs.
+                    Param::Conv => unreachable!("tensor-product plans only"),
                 })
                 .collect();
             let _ = writeln!(
@@ -114,6 +116,10 @@ fn run<T: Copy>(
     bufs.insert(
         Tensor::WPartial,
         vec![nan; wpartial_len(plan, batch as u64).max(1) as usize],
+    );
+    bufs.insert(
+        Tensor::Scratch,
+        vec![nan; (batch * plan.dims.scratch as usize).max(1)],
     );
     for l in schedule(plan, e, batch as u64, [65535, 65535]).unwrap() {
         let name = format!("ek_launch_{}", e.kernels[l.kernel].name);
@@ -296,6 +302,23 @@ fn cuda_text_runs_on_cpu_and_matches_oracle() {
             label: format!("{m:?} shared={shared} split tree"),
         });
     }
+    // Long gathers split into `_parts` kernels and per-sample Scratch (mul-1 `y` blocks).
+    let tp = long_gather_spec();
+    for (dtype, split) in [(Dtype::F64, false), (Dtype::F32, true)] {
+        let c = Case {
+            tp: tp.clone(),
+            dtype,
+            split,
+            opts: CudaOptions::default(),
+            label: format!("long gathers {dtype:?} split={split}"),
+        };
+        let ps = plans(&c);
+        assert!(
+            ps[1].0.dims.scratch > 0 && ps[2].0.dims.scratch > 0,
+            "no gather split"
+        );
+        cases.push(c);
+    }
     let dir = std::env::temp_dir().join(format!("equikern-cpu-emu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // Two compilers at a time (two cores on CI).
@@ -337,4 +360,24 @@ fn cuda_text_runs_on_cpu_and_matches_oracle() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     println!("{} cases checked", cases.len());
+}
+
+/// MACE-like: 16 channels times a mul-1 `y`, uvu (GY rows sum over every u of every path).
+fn long_gather_spec() -> TensorProduct {
+    use equikern_core::{Instruction, Irreps, TpSpec};
+    let ins = [(0, 0, 0), (0, 1, 1), (1, 0, 2), (1, 1, 3), (1, 1, 4)]
+        .iter()
+        .map(|&(a, b, o)| Instruction::new(a, b, o, ConnectionMode::Uvu, true))
+        .collect();
+    TpSpec {
+        irreps_in1: Irreps::parse("16x0e+16x1o").unwrap(),
+        irreps_in2: Irreps::parse("1x0e+1x1o").unwrap(),
+        irreps_out: Irreps::parse("16x0e+16x1o+16x1o+16x0e+16x1e").unwrap(),
+        instructions: ins,
+        shared_weights: false,
+        irrep_normalization: Default::default(),
+        path_normalization: Default::default(),
+    }
+    .build()
+    .unwrap()
 }

@@ -397,7 +397,8 @@ fn paper_suite_f32_small_batch() {
     }
 }
 
-/// Paper-suite timing at batch 50 000 (f32 forward and backward). Run with `--ignored`.
+/// Paper-suite timing at batch 50 000 (f32 forward, backward, double backward; with
+/// `EK_BENCH_ALL` set also staged forward and segment-tree backward). Run with `--ignored`.
 #[test]
 #[ignore]
 fn bench_paper_suite() {
@@ -417,12 +418,17 @@ fn bench_paper_suite() {
             .unwrap()
             .with_options(TREE);
         let mut line = format!("{label:24}");
-        for (d, ctp, name) in [
+        let all = std::env::var("EK_BENCH_ALL").is_ok();
+        let mut runs = vec![
             (Direction::Forward, &plain, "fwd"),
-            (Direction::Forward, &staged, "fwd-staged"),
             (Direction::Backward, &plain, "bwd"),
-            (Direction::Backward, &tree, "bwd-tree"),
-        ] {
+            (Direction::DoubleBackward, &plain, "dbl"),
+        ];
+        if all {
+            runs.push((Direction::Forward, &staged, "fwd-staged"));
+            runs.push((Direction::Backward, &tree, "bwd-tree"));
+        }
+        for (d, ctp, name) in runs {
             let c = ctp.prepare(d).unwrap();
             let t = ctp.time::<f32>(d, batch, 5, 30).unwrap();
             line += &format!(

@@ -35,6 +35,10 @@ pub enum Param {
     NumSamples,
     /// Chunks summed by a [`Work::ReduceChunks`] kernel.
     NumChunks,
+    /// Convolution kernels (every kernel of a conv plan): six `unsigned int`s
+    /// `num_samples` (units of this launch), `num_chunks` (reductions), `unit_base` (global
+    /// first unit), `num_nodes`, `num_edges`, `num_pieces` (of the bound piece table, else 0).
+    Conv,
 }
 
 /// Launch facts of one emitted kernel (the runtime needs nothing else from the writer).
@@ -84,6 +88,9 @@ pub fn emit_with(
     target: Target,
     opts: CudaOptions,
 ) -> Result<EmittedCuda, EmitError> {
+    if plan.conv.is_some() {
+        return crate::cuda_conv::emit_conv(plan, target);
+    }
     let mut src = String::new();
     let real = real_type(plan.dtype);
     let _ = writeln!(
@@ -118,7 +125,7 @@ pub fn emit_with(
     })
 }
 
-fn real_type(d: Dtype) -> &'static str {
+pub(crate) fn real_type(d: Dtype) -> &'static str {
     match d {
         Dtype::F32 => "float",
         Dtype::F64 => "double",
@@ -126,14 +133,14 @@ fn real_type(d: Dtype) -> &'static str {
 }
 
 /// Exact literal: the coefficient rounded once to the kernel's type, printed so it round-trips.
-fn literal(c: f64, d: Dtype) -> String {
+pub(crate) fn literal(c: f64, d: Dtype) -> String {
     match d {
         Dtype::F32 => format!("{:e}f", c as f32),
         Dtype::F64 => format!("{c:e}"),
     }
 }
 
-fn tensor_name(t: Tensor) -> &'static str {
+pub(crate) fn tensor_name(t: Tensor) -> &'static str {
     use Tensor::*;
     match t {
         X => "x",
@@ -152,10 +159,19 @@ fn tensor_name(t: Tensor) -> &'static str {
         DW => "dw",
         DGZ => "dgz",
         WPartial => "wpartial",
+        Scratch => "scratch",
+        RecvCsr => "recv_csr",
+        SendCsr => "send_csr",
+        Receiver => "receiver",
+        Sender => "sender",
+        RecvPieces => "recv_pieces",
+        SendPieces => "send_pieces",
+        RecvPartial => "recv_partial",
+        SendPartial => "send_partial",
     }
 }
 
-fn print_table(src: &mut String, id: usize, table: &[u32]) {
+pub(crate) fn print_table(src: &mut String, id: usize, table: &[u32]) {
     // A zero-length array is not C++; an unused 1-element table is harmless.
     let n = table.len().max(1);
     let _ = write!(src, "__device__ const unsigned int ek_tab{id}[{n}] = {{");
@@ -231,6 +247,7 @@ fn check_kernel(plan: &KernelPlan, k: &Kernel) -> Result<(), EmitError> {
         return Err(bad("a tensor is bound twice".into()));
     }
     match &k.work {
+        Work::ReducePieces { .. } => return Err(bad("convolution kernel".into())),
         Work::ReduceChunks { input, output, .. } => {
             if !k.inputs.contains(input) || !k.outputs.contains(output) {
                 return Err(bad("reduction tensors are not bound".into()));
@@ -368,6 +385,12 @@ fn print_kernel(
 ) -> Result<CudaKernel, EmitError> {
     let real = real_type(plan.dtype);
     let params = match &k.work {
+        Work::ReducePieces { .. } => {
+            return Err(EmitError::InvalidPlan {
+                kernel: k.name.clone(),
+                why: "convolution kernel".into(),
+            })
+        }
         Work::ReduceChunks { input, output, len } => {
             let p = print_signature(src, plan, k, "num_chunks");
             let (i, o) = (tensor_name(*input), tensor_name(*output));
@@ -406,13 +429,16 @@ fn print_kernel(
                 });
             }
             let item = match sample_mode {
-                SampleMode::PerSample => "sample",
                 SampleMode::Chunk { .. } => "chunk",
+                _ => "sample",
             };
             let _ = writeln!(src, "    const unsigned int {item} = g / {rps}u;");
             let _ = writeln!(src, "    const unsigned int row = g - {item} * {rps}u;");
             match sample_mode {
-                SampleMode::PerSample => {
+                SampleMode::PerSample
+                | SampleMode::Segments { .. }
+                | SampleMode::Pieces { .. }
+                | SampleMode::Scatter { .. } => {
                     let _ = writeln!(src, "    if (sample >= num_samples) return;");
                 }
                 SampleMode::Chunk { samples_per_chunk } => {
@@ -453,6 +479,12 @@ fn base_expr(plan: &KernelPlan, t: Tensor, addressing: Addressing) -> String {
     let len = plan.dims.per_sample_len(t);
     match addressing {
         Addressing::Shared => tensor_name(t).to_string(),
+        // Convolution: the row of node `n_sender` / `n_receiver` (set by the unit loop).
+        Addressing::Gather { index } => format!(
+            "({} + (unsigned long long)n_{} * {len}u)",
+            tensor_name(t),
+            format!("{index:?}").to_lowercase()
+        ),
         Addressing::PerSample if len == 0 => tensor_name(t).to_string(),
         Addressing::PerSample => {
             format!("({} + (unsigned long long)sample * {len}u)", tensor_name(t))
@@ -573,7 +605,10 @@ fn print_segment(
         let _ = writeln!(src, "        {real} acc{j} = {zero};");
     }
     let ind = match mode {
-        SampleMode::PerSample => "        ",
+        SampleMode::PerSample
+        | SampleMode::Segments { .. }
+        | SampleMode::Pieces { .. }
+        | SampleMode::Scatter { .. } => "        ",
         SampleMode::Chunk { .. } => {
             // Ascending sample order within the chunk: deterministic first level.
             let _ = writeln!(
@@ -610,7 +645,7 @@ fn print_segment(
             plan.dims.weight_numel
         ),
         (SampleMode::Chunk { .. }, _) => out.to_string(),
-        (SampleMode::PerSample, t) => base_expr(plan, t, Addressing::PerSample),
+        (_, t) => base_expr(plan, t, Addressing::PerSample),
     };
     let _ = writeln!(
         src,
@@ -623,7 +658,7 @@ fn print_segment(
     let _ = writeln!(src, "        return;\n    }}");
 }
 
-fn print_contribution(src: &mut String, plan: &KernelPlan, c: &Contribution, ind: &str) {
+pub(crate) fn print_contribution(src: &mut String, plan: &KernelPlan, c: &Contribution, ind: &str) {
     if matches!(c.count, Ix::C(0)) || c.terms.is_empty() {
         return;
     }
@@ -792,6 +827,7 @@ mod tests {
             },
         };
         KernelPlan {
+            conv: None,
             direction: Direction::Forward,
             dtype,
             dims: Dims {
@@ -800,6 +836,7 @@ mod tests {
                 dim_out: 1,
                 weight_numel: 1,
                 shared_weights: true,
+                scratch: 0,
             },
             caps: Capabilities::webgpu_min(),
             tables: vec![vec![1]],

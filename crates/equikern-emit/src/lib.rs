@@ -2,10 +2,12 @@
 //! Every decision is already in the plan; writers only print it.
 
 pub mod cuda;
+mod cuda_conv;
 pub mod params;
 pub mod wgsl;
+mod wgsl_conv;
 
-pub use params::ParamsLayout;
+pub use params::{ConvParams, ParamsLayout};
 pub use wgsl::emit_wgsl;
 
 use equikern_plan::Tensor;

@@ -6,10 +6,23 @@
 //! at an arbitrary sample passes the remainder here.
 
 /// Where each run-time parameter sits in the uniform block (all `u32` words).
+/// Convolution kernels (`conv`) have an 8-word header: the TP's 4 words (`num_samples` counts
+/// the dispatch's units: nodes, edges or pieces), then `unit_base` (global id of the first
+/// unit), `num_nodes`, `num_edges`, `num_pieces` (of the table the kernel binds, else 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamsLayout {
     pub binding: u32,
     pub num_bases: u32,
+    pub conv: bool,
+}
+
+/// Run-time graph values of one convolution dispatch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvParams {
+    pub unit_base: u32,
+    pub num_nodes: u32,
+    pub num_edges: u32,
+    pub num_pieces: u32,
 }
 
 /// Run-time values for one dispatch.
@@ -26,9 +39,18 @@ pub struct DispatchParams {
 impl ParamsLayout {
     pub const HEADER_WORDS: u32 = 4;
 
+    /// Header words: 4, or 8 for convolution kernels.
+    pub fn header_words(&self) -> u32 {
+        if self.conv {
+            8
+        } else {
+            Self::HEADER_WORDS
+        }
+    }
+
     /// Words in the uniform block (a multiple of 4, so 16-byte sized).
     pub fn words(&self) -> u32 {
-        (Self::HEADER_WORDS + self.num_bases).div_ceil(4) * 4
+        (self.header_words() + self.num_bases).div_ceil(4) * 4
     }
 
     pub fn bytes(&self) -> u64 {
@@ -42,7 +64,19 @@ impl ParamsLayout {
         v[1] = p.chunk_base;
         v[2] = p.num_chunks;
         for (i, b) in bases.iter().take(self.num_bases as usize).enumerate() {
-            v[Self::HEADER_WORDS as usize + i] = *b;
+            v[self.header_words() as usize + i] = *b;
+        }
+        v
+    }
+
+    /// The uniform block of a convolution kernel's dispatch.
+    pub fn encode_conv(&self, p: DispatchParams, c: ConvParams, bases: &[u32]) -> Vec<u32> {
+        let mut v = self.encode(p, bases);
+        if self.conv {
+            v[4] = c.unit_base;
+            v[5] = c.num_nodes;
+            v[6] = c.num_edges;
+            v[7] = c.num_pieces;
         }
         v
     }

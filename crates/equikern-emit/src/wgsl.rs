@@ -41,22 +41,24 @@ pub fn f32_literal(v: f32) -> String {
     s
 }
 
-struct Ctx<'a> {
-    plan: &'a KernelPlan,
-    kernel: &'a Kernel,
+pub(crate) struct Ctx<'a> {
+    pub(crate) plan: &'a KernelPlan,
+    pub(crate) kernel: &'a Kernel,
     bindings: Vec<TensorBinding>,
     tables: BTreeSet<u32>,
+    /// Convolution: the node expression of each gather index (`Sender`, `Receiver`).
+    pub(crate) gather: Vec<(Tensor, String)>,
 }
 
 impl Ctx<'_> {
-    fn err(&self, why: impl Into<String>) -> EmitError {
+    pub(crate) fn err(&self, why: impl Into<String>) -> EmitError {
         EmitError::InvalidPlan {
             kernel: self.kernel.name.clone(),
             why: why.into(),
         }
     }
 
-    fn binding_of(&self, t: Tensor, want_output: bool) -> Result<u32, EmitError> {
+    pub(crate) fn binding_of(&self, t: Tensor, want_output: bool) -> Result<u32, EmitError> {
         self.bindings
             .iter()
             .find(|b| b.tensor == t && b.read_only != want_output)
@@ -94,7 +96,7 @@ impl Ctx<'_> {
 }
 
 /// `a + b + …` of the non-empty parts, `0u` if none.
-fn sum(parts: &[String]) -> String {
+pub(crate) fn sum(parts: &[String]) -> String {
     let p: Vec<&str> = parts
         .iter()
         .map(String::as_str)
@@ -107,7 +109,7 @@ fn sum(parts: &[String]) -> String {
     }
 }
 
-fn scaled(expr: &str, k: u32) -> String {
+pub(crate) fn scaled(expr: &str, k: u32) -> String {
     match k {
         0 => String::new(),
         1 => expr.to_string(),
@@ -115,7 +117,7 @@ fn scaled(expr: &str, k: u32) -> String {
     }
 }
 
-fn konst(k: u32) -> String {
+pub(crate) fn konst(k: u32) -> String {
     if k == 0 {
         String::new()
     } else {
@@ -137,6 +139,7 @@ fn emit_kernel(plan: &KernelPlan, kernel: &Kernel) -> Result<EmittedKernel, Emit
         kernel,
         bindings,
         tables: BTreeSet::new(),
+        gather: vec![],
     };
     let n = cx.bindings.len() as u32;
     let caps = &plan.caps;
@@ -164,11 +167,19 @@ fn emit_kernel(plan: &KernelPlan, kernel: &Kernel) -> Result<EmittedKernel, Emit
             segments,
         } => rows_body(&mut cx, *sample_mode, *rows_per_sample, segments)?,
         Work::ReduceChunks { input, output, len } => reduce_body(&cx, *input, *output, *len)?,
+        Work::ReducePieces {
+            input,
+            output,
+            pieces,
+            len,
+        } => crate::wgsl_conv::reduce_pieces_body(&cx, *input, *output, *pieces, *len)?,
     };
 
+    let conv = plan.conv.is_some();
     let params = ParamsLayout {
         binding: n,
         num_bases: n,
+        conv,
     };
     let mut src = String::new();
     let _ = writeln!(
@@ -177,7 +188,12 @@ fn emit_kernel(plan: &KernelPlan, kernel: &Kernel) -> Result<EmittedKernel, Emit
         plan.direction, kernel.name
     );
     src.push_str("struct Params {\n    num_samples: u32,\n    chunk_base: u32,\n    num_chunks: u32,\n    pad0: u32,\n");
-    for i in 0..params.words() - ParamsLayout::HEADER_WORDS {
+    if conv {
+        src.push_str(
+            "    unit_base: u32,\n    num_nodes: u32,\n    num_edges: u32,\n    num_pieces: u32,\n",
+        );
+    }
+    for i in 0..params.words() - params.header_words() {
         if i < n {
             let _ = writeln!(src, "    base{i}: u32,");
         } else {
@@ -187,9 +203,10 @@ fn emit_kernel(plan: &KernelPlan, kernel: &Kernel) -> Result<EmittedKernel, Emit
     src.push_str("}\n\n");
     for b in &cx.bindings {
         let access = if b.read_only { "read" } else { "read_write" };
+        let elem = if b.tensor.is_index() { "u32" } else { "f32" };
         let _ = writeln!(
             src,
-            "@group(0) @binding({}) var<storage, {access}> {}: array<f32>;",
+            "@group(0) @binding({}) var<storage, {access}> {}: array<{elem}>;",
             b.binding,
             tensor_ident(b.tensor)
         );
@@ -225,7 +242,7 @@ fn emit_kernel(plan: &KernelPlan, kernel: &Kernel) -> Result<EmittedKernel, Emit
     })
 }
 
-fn main_prologue(wg: u32) -> String {
+pub(crate) fn main_prologue(wg: u32) -> String {
     format!(
         "@compute @workgroup_size({wg})\n\
          fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,\n\
@@ -290,7 +307,10 @@ fn rows_body(
     let rps = rows_per_sample;
     let mut m = main_prologue(cx.kernel.workgroup_size);
     match mode {
-        SampleMode::PerSample => {
+        SampleMode::Scatter { .. } => return Err(cx.err(
+            "the atomic convolution needs float atomics, which WGSL lacks; lower it deterministic",
+        )),
+        SampleMode::PerSample | SampleMode::Segments { .. } | SampleMode::Pieces { .. } => {
             let _ = write!(
                 m,
                 "    let s = g / {rps}u;\n    if (s >= P.num_samples) {{\n        return;\n    }}\n    let row = g - s * {rps}u;\n"
@@ -360,7 +380,9 @@ fn segment_fn(
     for k in 0..rl {
         let _ = writeln!(f, "    var a{k} = 0.0f;");
     }
+    let conv = cx.plan.conv.is_some();
     let ind = match mode {
+        _ if conv => crate::wgsl_conv::unit_prologue(cx, &mut f, mode)?,
         SampleMode::PerSample => {
             f.push_str("    let s = s_in;\n");
             "    "
@@ -372,14 +394,18 @@ fn segment_fn(
             );
             "        "
         }
+        SampleMode::Segments { .. } | SampleMode::Pieces { .. } | SampleMode::Scatter { .. } => {
+            return Err(cx.err("convolution sample mode in a tensor-product plan"))
+        }
     };
     for c in &seg.contributions {
         contribution(cx, &mut f, ind, rl, c)?;
     }
-    if let SampleMode::Chunk { .. } = mode {
+    if conv && !matches!(mode, SampleMode::PerSample) || matches!(mode, SampleMode::Chunk { .. }) {
         f.push_str("    }\n");
     }
     let out_ix = match mode {
+        _ if conv => crate::wgsl_conv::out_index(cx, mode, seg, bo)?,
         SampleMode::PerSample => {
             let len = dims.per_sample_len(seg.out);
             if len == 0 {
@@ -401,6 +427,7 @@ fn segment_fn(
             konst(seg.out_offset),
             scaled("r", rl),
         ]),
+        _ => return Err(cx.err("convolution sample mode in a tensor-product plan")),
     };
     let _ = writeln!(f, "    let o = {out_ix};");
     let out = tensor_ident(seg.out);
@@ -489,6 +516,20 @@ fn contribution(
                 ])
             }
             Addressing::Shared => sum(&[format!("P.base{b}"), konst(op.offset), row_term]),
+            Addressing::Gather { index } => {
+                let node = cx
+                    .gather
+                    .iter()
+                    .find(|(t, _)| *t == index)
+                    .map(|(_, e)| e.clone())
+                    .ok_or_else(|| cx.err(format!("gather by {index:?} not available")))?;
+                sum(&[
+                    format!("P.base{b}"),
+                    scaled(&format!("({node})"), dims.per_sample_len(op.tensor)),
+                    konst(op.offset),
+                    row_term,
+                ])
+            }
         };
         let _ = writeln!(f, "{inner}let i{k} = {ix};");
         let name = tensor_ident(op.tensor);

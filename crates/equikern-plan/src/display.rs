@@ -9,10 +9,10 @@ const SHOW_TERMS: usize = 4;
 fn contribution(f: &mut fmt::Formatter<'_>, c: &Contribution, seg: &Segment) -> fmt::Result {
     write!(f, "      path {}: for t < {}:", c.path, c.count)?;
     for (i, o) in c.operands.iter().enumerate() {
-        let shared = if o.addressing == Addressing::Shared {
-            " shared"
-        } else {
-            ""
+        let shared = match o.addressing {
+            Addressing::Shared => " shared".to_string(),
+            Addressing::Gather { index } => format!(" by {index:?}"),
+            Addressing::PerSample => String::new(),
         };
         let factor = if c.scalar_factor == Some(i as u32) {
             " (factor)"
@@ -75,6 +75,15 @@ impl fmt::Display for KernelPlan {
                 Work::ReduceChunks { input, output, len } => {
                     writeln!(f, "; {output:?}[r] = sum_c {input:?}[c, r] for r < {len}")?;
                 }
+                Work::ReducePieces {
+                    input,
+                    output,
+                    pieces,
+                    len,
+                } => writeln!(
+                    f,
+                    "; {output:?}[n, i] = sum over pieces p of n in {pieces:?}: {input:?}[p, i], i < {len}"
+                )?,
                 Work::Rows {
                     sample_mode,
                     rows_per_sample,
@@ -85,6 +94,16 @@ impl fmt::Display for KernelPlan {
                         SampleMode::Chunk { samples_per_chunk } => writeln!(
                             f,
                             "; {rows_per_sample} rows/chunk of {samples_per_chunk} samples"
+                        )?,
+                        SampleMode::Segments { csr } => {
+                            writeln!(f, "; {rows_per_sample} rows/node, edges of {csr:?}")?
+                        }
+                        SampleMode::Pieces { pieces } => {
+                            writeln!(f, "; {rows_per_sample} rows/piece of {pieces:?}")?
+                        }
+                        SampleMode::Scatter { index } => writeln!(
+                            f,
+                            "; {rows_per_sample} rows/edge, atomic add into node {index:?}"
                         )?,
                     }
                     for s in segments {

@@ -18,12 +18,15 @@ fn err(kernel: &str, why: String) -> PlanError {
 
 /// Run `plan` on a batch. `inputs` holds every tensor the plan reads and no kernel writes, as
 /// flat row-major `f64` vectors (see [`crate::Dims::buffer_len`]). Returns every tensor the
-/// plan writes except the `WPartial` scratch.
+/// plan writes except the `WPartial` and `Scratch` scratch tensors.
 pub fn interpret(
     plan: &KernelPlan,
     batch: usize,
     inputs: &BTreeMap<Tensor, Vec<f64>>,
 ) -> Result<BTreeMap<Tensor, Vec<f64>>, PlanError> {
+    if plan.conv.is_some() {
+        return Err(err("-", "a convolution plan: use interpret_conv".into()));
+    }
     let batch = batch as u64;
     if let Some(max) = plan.max_batch() {
         if batch > max {
@@ -56,6 +59,7 @@ pub fn interpret(
     }
     for k in &plan.kernels {
         match &k.work {
+            Work::ReducePieces { .. } => return Err(err(&k.name, "piece reduction".into())),
             Work::ReduceChunks { input, output, len } => {
                 let items = k.invocations(0);
                 let inp = &bufs[input];
@@ -85,8 +89,8 @@ pub fn interpret(
                     continue;
                 }
                 let spc = match sample_mode {
-                    SampleMode::PerSample => 1,
                     SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
+                    _ => 1,
                 };
                 for (s0, n) in plan.dispatches(batch) {
                     if spc > 1 && s0 % spc != 0 {
@@ -168,6 +172,9 @@ pub fn interpret(
                                                 (s0 * len + rel) as usize
                                             }
                                             Addressing::Shared => local as usize,
+                                            Addressing::Gather { .. } => {
+                                                return Err(err(&k.name, "gather".into()))
+                                            }
                                         };
                                         let buf = &bufs[&o.tensor];
                                         if idx + o.row_len as usize > buf.len() {
@@ -241,7 +248,7 @@ pub fn interpret(
         .kernels
         .iter()
         .flat_map(|k| k.outputs.iter().copied())
-        .filter(|&t| t != Tensor::WPartial)
+        .filter(|&t| t != Tensor::WPartial && t != Tensor::Scratch)
         .collect();
     Ok(written
         .into_iter()

@@ -119,6 +119,22 @@ impl Ix {
         }
     }
 
+    /// The expression with `R` replaced by `r` and `T` by `t` (re-folded by the smart
+    /// constructors).
+    pub fn subst(&self, r: &Ix, t: &Ix) -> Ix {
+        match self {
+            Ix::R => r.clone(),
+            Ix::T => t.clone(),
+            Ix::C(c) => Ix::C(*c),
+            Ix::Add(a, b) => Ix::add(a.subst(r, t), b.subst(r, t)),
+            Ix::Sub(a, b) => Ix::sub(a.subst(r, t), b.subst(r, t)),
+            Ix::Mul(a, b) => Ix::mul(a.subst(r, t), b.subst(r, t)),
+            Ix::Div(a, b) => Ix::div(a.subst(r, t), b.subst(r, t)),
+            Ix::Mod(a, b) => Ix::rem(a.subst(r, t), b.subst(r, t)),
+            Ix::Table(id, i) => Ix::Table(*id, Box::new(i.subst(r, t))),
+        }
+    }
+
     /// Inclusive upper bound given `R <= rmax`, `T <= tmax` (`None` if unknown).
     pub fn upper(&self, rmax: u64, tmax: u64, tables: &[Vec<u32>]) -> Option<u64> {
         Some(match self {

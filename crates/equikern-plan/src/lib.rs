@@ -35,20 +35,21 @@
 //! so a workgroup touches one or two samples' contiguous memory.
 //!
 //! ## Kernels per direction
+//! One row kernel per output tensor (rows of different outputs loop over very different
+//! channel counts; a warp mixing them waits for its longest lane).
 //! * Forward: `forward` `[X, Y, W] → [Z]`.
-//! * Backward, per-sample weights: `backward` `[X, Y, W, GZ] → [GX, GY, GW]`. Shared weights:
-//!   `backward_xy` `→ [GX, GY]`; `backward_w_chunks` ([`SampleMode::Chunk`]) `→ [WPartial]`;
-//!   `reduce_gw` ([`Work::ReduceChunks`]) `→ [GW]`, chunks in ascending order (deterministic).
-//! * DoubleBackward: `double_backward_dgz` `→ [DGZ]`; `double_backward_dxdydw`
-//!   `→ [DX, DY, DW]` (per-sample) or `double_backward_dxdy` + `double_backward_dw_chunks` + `reduce_dw`.
+//! * Backward: `backward_gx` `→ [GX]`, `backward_gy` `→ [GY]`, and per-sample weights
+//!   `backward_gw` `→ [GW]`, or shared weights `backward_gw_chunks` ([`SampleMode::Chunk`])
+//!   `→ [WPartial]` then `reduce_gw` ([`Work::ReduceChunks`]) `→ [GW]`, chunks in ascending
+//!   order (deterministic).
+//! * DoubleBackward: `double_backward_dgz` `→ [DGZ]`, `double_backward_dx`, `double_backward_dy`,
+//!   and `double_backward_dw` (per-sample) or `double_backward_dw_chunks` + `reduce_dw`.
 //! * Unweighted products (weight_numel 0) drop every W/HW/GW/DW part.
+//! * Long gathers split (see [`Tensor::Scratch`]): a kernel `<name>_parts` before `<name>`.
 //!
 //! A kernel binds exactly the tensors its contributions read (in [`Tensor`] order), then its
-//! outputs. If `inputs + outputs` exceeds `caps.max_storage_buffers_per_stage` the kernel's
-//! output tensors are packed in order, greedily, into kernels that fit (named
-//! `<kernel>_<tensors>`, e.g. `double_backward_dxdydw_dxdy` and `…_dw` with 9 bindings, one
-//! per output with WebGPU's 8); if one output alone still needs more, lowering fails with
-//! [`PlanError::TooManyBindings`] (DGZ needs 7).
+//! outputs. If `inputs + outputs` exceeds `caps.max_storage_buffers_per_stage` lowering fails
+//! with [`PlanError::TooManyBindings`] (DGZ needs 7).
 //! [`Ix::Table`]s are compile-time constants (`plan.tables`), not bindings.
 //!
 //! Chunk size (shared-weight gradients): `clamp(next_pow2(weight_numel) / 4, 16, 256)`
@@ -90,11 +91,20 @@
 //!
 //! [`interpret`] executes a plan on the CPU exactly this way (see [`interp`]).
 //!
+//! ## Split long gathers
+//! A gradient row of a mul-1 `y` block sums over every `u` of every path into it (MACE
+//! backward: 4 GY rows per sample, each ~17 paths × 128 iterations). Backward and double
+//! backward split such rows (longer than 4 forward rows of work) into `S` parts (power of
+//! two, ≤ subgroup width): kernel `<k>_parts` writes partial rows `r·S + s` to the per-sample
+//! [`Tensor::Scratch`] (`Dims::scratch` elements per sample; part `s` runs the iterations
+//! `t = s + S·t'`), and kernel `<k>` sums the `S` partial rows in ascending `s` (an ordinary
+//! one-operand contribution with coefficient-1 terms). Deterministic; runtimes own and
+//! rebase the scratch like any per-sample tensor. Details: `lower::split_long_gathers`.
+//!
 //! ## Performance notes (ideas, not implemented)
-//! * Long gathers: a gradient row of a mul-1 `y` block sums over every `u` of every path
-//!   into it (MACE backward: 4 GY rows per sample, each ~17 paths × 128 iterations, next to
-//!   2 000+ one-iteration rows). Split such rows into k sub-rows over ranges of `t`, combined
-//!   in a fixed order (subgroup or workgroup reduction), or give them their own kernel.
+//! * Parts are capped at the subgroup width; the longest problems (benzene double backward:
+//!   DY parts still ~90 forward rows of work) may want more, or a subgroup reduction instead
+//!   of the scratch round trip.
 //! * Operand reuse: consecutive rows of a uvu/uvw segment read the same `y` (or `x`) rows;
 //!   staging a sample's operand blocks in workgroup memory would cut global loads.
 //! * uvw is a small matrix product per sample (`(x⊗y)[u,v,k] · W[uv, w]`); a tiled variant
@@ -105,15 +115,21 @@
 //!   several outputs) could share loads if their segments were fused.
 
 pub mod caps;
+pub mod conv;
 mod display;
 pub mod interp;
+mod interp_conv;
 pub mod ix;
 mod lower;
+mod lower_conv;
 
 pub use caps::Capabilities;
+pub use conv::{ConvInfo, ConvOptions};
 pub use interp::interpret;
+pub use interp_conv::{conv_index_tensors, interpret_conv};
 pub use ix::Ix;
 pub use lower::lower;
+pub use lower_conv::lower_conv;
 
 use equikern_core::TensorProduct;
 use serde::{Deserialize, Serialize};
@@ -137,6 +153,9 @@ pub enum Dtype {
 /// Double backward: given GZ and tangents HX, HY, HW, outputs DX, DY, DW (gradients of
 /// S = <GX,HX>+<GY,HY>+<GW,HW> w.r.t. x, y, w) and DGZ (w.r.t. grad_z).
 /// `WPartial` is scratch: `[num_chunks, weight_numel]` partial sums of a shared-weight gradient.
+/// `Scratch` is per-sample scratch (`Dims::scratch` elements per sample): partial rows of
+/// split long gathers, written by a `<kernel>_parts` kernel and summed by the next kernel.
+/// Runtimes own both scratch tensors; callers never see them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Tensor {
     X,
@@ -155,6 +174,22 @@ pub enum Tensor {
     DW,
     DGZ,
     WPartial,
+    Scratch,
+    /// Convolution index tensors (`u32`), see [`conv`]: the receiver view
+    /// `[offsets (nodes+1) | edge ids by receiver (E) | their senders (E)]`,
+    RecvCsr,
+    /// the sender view (transpose) `[offsets | edge ids by sender | their receivers]`,
+    SendCsr,
+    /// and the raw `receiver[e]`, `sender[e]` (E each) for per-edge kernels.
+    Receiver,
+    Sender,
+    /// Piece tables (`u32`, balanced deterministic convolution): `[piece_offsets (nodes+1) |
+    /// piece_start (pieces+1) | piece_node (pieces) | edge ids (E) | other ends (E)]`.
+    RecvPieces,
+    SendPieces,
+    /// Scratch partial sums, one row per piece: `[recv pieces, dim_out]`, `[send pieces, dim_in1]`.
+    RecvPartial,
+    SendPartial,
 }
 
 /// How a kernel's invocations map onto samples.
@@ -166,16 +201,32 @@ pub enum SampleMode {
     /// ascending order and writes row `r` of chunk `c` to `[c, r]` of its (non-per-sample)
     /// output. Used for shared-weight gradients (deterministic two-level reduction).
     Chunk { samples_per_chunk: u32 },
+    /// Convolution, deterministic: one invocation per `(node, row)`; it loops over the node's
+    /// range of the CSR view `csr` (`RecvCsr` or `SendCsr`) in ascending position, and the
+    /// edge at each position is the "sample" of its per-edge operands. See [`conv`].
+    Segments { csr: Tensor },
+    /// Convolution, atomic: one invocation per `(edge, row)`; the row is added with float
+    /// atomics into row `index[edge]` (`Receiver` or `Sender`) of the node-indexed output,
+    /// which the runtime zero-fills before the kernel. Order-dependent rounding.
+    Scatter { index: Tensor },
+    /// Convolution, balanced deterministic: one invocation per `(piece, row)` of the piece
+    /// table `pieces` (`RecvPieces` / `SendPieces`): it sums the piece's positions in
+    /// ascending order and writes row `piece` of its partial output (`RecvPartial` /
+    /// `SendPartial`); a [`Work::ReducePieces`] follows.
+    Pieces { pieces: Tensor },
 }
 
-/// Where an operand row of a sample lives. `Direct`: the sample's own row. The fused
-/// convolution (later) adds gathers by an index tensor.
+/// Where an operand row of a sample lives. In a convolution plan the sample of a per-edge
+/// operand is the current edge, and node operands are gathered through an index tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Addressing {
     /// Element `sample * per_sample_len + offset + row * row_len + comp`.
     PerSample,
     /// Not batched (shared weights): element `offset + row * row_len + comp`.
     Shared,
+    /// Convolution: the row of node `index[edge]` (`Sender` or `Receiver`) of the current
+    /// edge: element `index[edge] * per_sample_len + offset + row * row_len + comp`.
+    Gather { index: Tensor },
 }
 
 /// One factor of a contribution: a row of `tensor` selected by `row`.
@@ -244,6 +295,15 @@ pub enum Work {
         output: Tensor,
         len: u32,
     },
+    /// Convolution: `output[n, i] = Σ_{p in node n's pieces} input[p, i]` in ascending `p`
+    /// (zero for none), one invocation per `(node, i)`, `i < len`; node `n`'s pieces are
+    /// `pieces[n]..pieces[n + 1]` (the table's first part).
+    ReducePieces {
+        input: Tensor,
+        output: Tensor,
+        pieces: Tensor,
+        len: u32,
+    },
 }
 
 /// One GPU kernel (one pipeline / one `__global__`).
@@ -267,6 +327,9 @@ pub struct Dims {
     pub dim_out: u32,
     pub weight_numel: u32,
     pub shared_weights: bool,
+    /// Elements per sample of [`Tensor::Scratch`] (0 when no gather is split).
+    #[serde(default)]
+    pub scratch: u32,
 }
 
 /// The whole plan for one direction of one tensor product on one target.
@@ -281,7 +344,11 @@ pub struct KernelPlan {
     pub kernels: Vec<Kernel>,
     /// Most samples one dispatch of any kernel may cover (binding-size and grid limits);
     /// runtimes split larger batches into dispatches of at most this many samples.
+    /// Convolution plans: most units (nodes or edges) per dispatch (grid limits only).
     pub max_samples_per_dispatch: u32,
+    /// Set for fused-convolution plans ([`lower_conv`]); absent from TP plans' serde form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<conv::ConvInfo>,
 }
 
 impl Dims {
@@ -292,6 +359,7 @@ impl Dims {
             dim_out: tp.dim_out as u32,
             weight_numel: tp.weight_numel as u32,
             shared_weights: tp.spec.shared_weights,
+            scratch: 0,
         }
     }
 
@@ -310,6 +378,12 @@ impl Dims {
                 }
             }
             WPartial => 0,
+            Scratch => self.scratch,
+            // Index tensors: one element per edge (raw) or not per-sample (CSR views).
+            Receiver | Sender => 1,
+            RecvCsr | SendCsr | RecvPieces | SendPieces => 0,
+            RecvPartial => self.dim_out,
+            SendPartial => self.dim_in1,
         }
     }
 }
@@ -348,6 +422,17 @@ pub enum PlanError {
     },
     #[error("kernel {kernel}: {why}")]
     Interp { kernel: String, why: String },
+    #[error(
+        "graph too large: tensor {tensor:?} needs {elements} elements; one binding holds \
+         {max_elements}"
+    )]
+    GraphTooLarge {
+        tensor: Tensor,
+        elements: u64,
+        max_elements: u64,
+    },
+    #[error("not a convolution plan")]
+    NotConv,
 }
 
 impl Dims {
@@ -372,7 +457,10 @@ impl Kernel {
                 ..
             } => {
                 let units = match sample_mode {
-                    SampleMode::PerSample => n,
+                    SampleMode::PerSample
+                    | SampleMode::Segments { .. }
+                    | SampleMode::Scatter { .. }
+                    | SampleMode::Pieces { .. } => n,
                     SampleMode::Chunk { samples_per_chunk } => {
                         n.div_ceil(*samples_per_chunk as u64)
                     }
@@ -380,6 +468,7 @@ impl Kernel {
                 units * *rows_per_sample as u64
             }
             Work::ReduceChunks { len, .. } => *len as u64,
+            Work::ReducePieces { len, .. } => n * *len as u64,
         }
     }
 

@@ -457,7 +457,7 @@ fn segments(
     Ok(segs)
 }
 
-fn elem_size(d: Dtype) -> u64 {
+pub(crate) fn elem_size(d: Dtype) -> u64 {
     match d {
         Dtype::F32 => 4,
         Dtype::F64 => 8,
@@ -482,15 +482,19 @@ pub(crate) fn workgroup_size(caps: &Capabilities) -> Result<u32, PlanError> {
 /// Samples per chunk for shared-weight gradients: bigger weight vectors give more rows per
 /// chunk, so chunks can be longer (fewer partial sums) while keeping ~10^5 invocations at
 /// batch 5·10^4. Power of two in [16, 256].
-fn chunk_size(weight_numel: u32) -> u32 {
+pub(crate) fn chunk_size(weight_numel: u32) -> u32 {
     (weight_numel.max(1).next_power_of_two() / 4).clamp(16, 256)
 }
 
-struct KSpec {
-    name: String,
-    mode: SampleMode,
-    groups: Vec<OutGroup>,
+pub(crate) struct KSpec {
+    pub name: String,
+    pub mode: SampleMode,
+    pub groups: Vec<OutGroup>,
 }
+
+/// Adjusts a freshly built kernel (the convolution re-addresses operands and adds index
+/// bindings); the identity for tensor products.
+pub(crate) type Fixup<'a> = &'a dyn Fn(&mut Kernel);
 
 fn build_kernel(
     tp: &TensorProduct,
@@ -498,6 +502,7 @@ fn build_kernel(
     dims: &Dims,
     wg: u32,
     tables: &mut Tables,
+    fix: Fixup,
 ) -> Result<Kernel, PlanError> {
     let mut first_row = 0;
     let mut segs = vec![];
@@ -512,7 +517,7 @@ fn build_kernel(
         .collect();
     inputs.sort();
     inputs.dedup();
-    Ok(Kernel {
+    let mut k = Kernel {
         name: ks.name.clone(),
         inputs,
         outputs: ks.groups.iter().map(|g| g.tensor).collect(),
@@ -522,7 +527,70 @@ fn build_kernel(
             rows_per_sample: first_row,
             segments: segs,
         },
-    })
+    };
+    fix(&mut k);
+    Ok(k)
+}
+
+/// Builds the kernels of `specs`; a kernel binding more than the target allows has its output
+/// tensors packed, in order, greedily into kernels that fit; errors if one output alone is
+/// still too many.
+pub(crate) fn pack_kernels(
+    tp: &TensorProduct,
+    specs: Vec<KSpec>,
+    dims: &Dims,
+    wg: u32,
+    caps: &Capabilities,
+    tables: &mut Tables,
+    fix: Fixup,
+) -> Result<Vec<Kernel>, PlanError> {
+    let mut kernels = vec![];
+    for spec in specs {
+        let k = build_kernel(tp, &spec, dims, wg, tables, fix)?;
+        let bound = (k.inputs.len() + k.outputs.len()) as u32;
+        if bound <= caps.max_storage_buffers_per_stage || spec.groups.len() == 1 {
+            kernels.push(k);
+            continue;
+        }
+        // Too many bindings: pack output tensors, in order, greedily into kernels that fit.
+        let named = |groups: Vec<OutGroup>| {
+            let tag: String = groups
+                .iter()
+                .map(|g| format!("{:?}", g.tensor).to_lowercase())
+                .collect();
+            KSpec {
+                name: format!("{}_{tag}", spec.name),
+                mode: spec.mode,
+                groups,
+            }
+        };
+        let mut cur: Vec<OutGroup> = vec![];
+        for g in spec.groups {
+            let mut trial = cur.clone();
+            trial.push(g.clone());
+            let k = build_kernel(tp, &named(trial.clone()), dims, wg, tables, fix)?;
+            if cur.is_empty()
+                || (k.inputs.len() + k.outputs.len()) as u32 <= caps.max_storage_buffers_per_stage
+            {
+                cur = trial;
+            } else {
+                kernels.push(build_kernel(tp, &named(cur), dims, wg, tables, fix)?);
+                cur = vec![g];
+            }
+        }
+        kernels.push(build_kernel(tp, &named(cur), dims, wg, tables, fix)?);
+    }
+    for k in &kernels {
+        let bound = (k.inputs.len() + k.outputs.len()) as u32;
+        if bound > caps.max_storage_buffers_per_stage {
+            return Err(PlanError::TooManyBindings {
+                kernel: k.name.clone(),
+                needed: bound,
+                max: caps.max_storage_buffers_per_stage,
+            });
+        }
+    }
+    Ok(kernels)
 }
 
 /// Lower one direction of `tp` for a target with capabilities `caps`.
@@ -577,20 +645,23 @@ pub fn lower(
             )],
             None,
         ),
+        // One kernel per output tensor: rows of different outputs loop over very different
+        // channel counts (a GY row of a mul-1 `y` block sums over every `u` of every path
+        // while GX/GW rows loop once), and a warp holding both waits for the longest lane.
         Direction::Backward => {
             let gx = grp(Slot::X, GX, vec![b(X, Y, GZ, W)]);
             let gy = grp(Slot::Y, GY, vec![b(X, Y, GZ, W)]);
-            let mut v = vec![];
+            let mut v = vec![
+                ks("backward_gx", SampleMode::PerSample, vec![gx]),
+                ks("backward_gy", SampleMode::PerSample, vec![gy]),
+            ];
             let mut red = None;
-            if !weighted {
-                v.push(ks("backward", SampleMode::PerSample, vec![gx, gy]));
-            } else if !shared {
+            if weighted && !shared {
                 let gw = grp(Slot::W, GW, vec![b(X, Y, GZ, W)]);
-                v.push(ks("backward", SampleMode::PerSample, vec![gx, gy, gw]));
-            } else {
-                v.push(ks("backward_xy", SampleMode::PerSample, vec![gx, gy]));
+                v.push(ks("backward_gw", SampleMode::PerSample, vec![gw]));
+            } else if weighted {
                 let gw = grp(Slot::W, WPartial, vec![b(X, Y, GZ, W)]);
-                v.push(ks("backward_w_chunks", chunk, vec![gw]));
+                v.push(ks("backward_gw_chunks", chunk, vec![gw]));
                 red = Some(GW);
             }
             (v, red)
@@ -605,26 +676,22 @@ pub fn lower(
                 dy.push(b(X, DY, GZ, HW));
             }
             let dw = vec![b(HX, Y, GZ, DW), b(X, HY, GZ, DW)];
-            let mut v = vec![ks(
-                "double_backward_dgz",
-                SampleMode::PerSample,
-                vec![grp(Slot::Z, DGZ, dgz)],
-            )];
+            let pm = SampleMode::PerSample;
+            let mut v = vec![
+                ks("double_backward_dgz", pm, vec![grp(Slot::Z, DGZ, dgz)]),
+                ks("double_backward_dx", pm, vec![grp(Slot::X, DX, dx)]),
+                ks("double_backward_dy", pm, vec![grp(Slot::Y, DY, dy)]),
+            ];
             let mut red = None;
-            let mut g = vec![grp(Slot::X, DX, dx), grp(Slot::Y, DY, dy)];
             if weighted && !shared {
-                g.push(grp(Slot::W, DW, dw));
-                v.push(ks("double_backward_dxdydw", SampleMode::PerSample, g));
-            } else {
-                v.push(ks("double_backward_dxdy", SampleMode::PerSample, g));
-                if weighted {
-                    v.push(ks(
-                        "double_backward_dw_chunks",
-                        chunk,
-                        vec![grp(Slot::W, WPartial, dw)],
-                    ));
-                    red = Some(DW);
-                }
+                v.push(ks("double_backward_dw", pm, vec![grp(Slot::W, DW, dw)]));
+            } else if weighted {
+                v.push(ks(
+                    "double_backward_dw_chunks",
+                    chunk,
+                    vec![grp(Slot::W, WPartial, dw)],
+                ));
+                red = Some(DW);
             }
             (v, red)
         }
@@ -633,39 +700,27 @@ pub fn lower(
     let mut tables = Tables::default();
     let mut kernels = vec![];
     for spec in specs {
-        let k = build_kernel(tp, &spec, &dims, wg, &mut tables)?;
-        let bound = (k.inputs.len() + k.outputs.len()) as u32;
-        if bound <= caps.max_storage_buffers_per_stage || spec.groups.len() == 1 {
-            kernels.push(k);
-            continue;
-        }
-        // Too many bindings: pack output tensors, in order, greedily into kernels that fit.
-        let named = |groups: Vec<OutGroup>| {
-            let tag: String = groups
-                .iter()
-                .map(|g| format!("{:?}", g.tensor).to_lowercase())
-                .collect();
-            KSpec {
-                name: format!("{}_{tag}", spec.name),
-                mode: spec.mode,
-                groups,
-            }
-        };
-        let mut cur: Vec<OutGroup> = vec![];
-        for g in spec.groups {
-            let mut trial = cur.clone();
-            trial.push(g.clone());
-            let k = build_kernel(tp, &named(trial.clone()), &dims, wg, &mut tables)?;
-            if cur.is_empty()
-                || (k.inputs.len() + k.outputs.len()) as u32 <= caps.max_storage_buffers_per_stage
-            {
-                cur = trial;
-            } else {
-                kernels.push(build_kernel(tp, &named(cur), &dims, wg, &mut tables)?);
-                cur = vec![g];
+        kernels.push(build_kernel(tp, &spec, &dims, wg, &mut tables, &|_| {})?);
+    }
+    let mut dims = dims;
+    if direction != Direction::Forward {
+        // The typical row: the forward's median row (the forward runs near bandwidth).
+        let mut ft = Tables(tables.0.clone());
+        let fwd = ks(
+            "forward",
+            SampleMode::PerSample,
+            vec![grp(Slot::Z, Z, vec![b(X, Y, Z, W)])],
+        );
+        let fk = build_kernel(tp, &fwd, &dims, wg, &mut ft, &|_| {})?;
+        let mut works = vec![];
+        if let Work::Rows { segments, .. } = &fk.work {
+            for seg in segments {
+                works.extend((0..seg.rows).map(|r| row_work(seg, r, &ft.0)));
             }
         }
-        kernels.push(build_kernel(tp, &named(cur), &dims, wg, &mut tables)?);
+        works.sort_unstable();
+        let typical = works.get(works.len() / 2).copied().unwrap_or(0).max(1);
+        kernels = split_long_gathers(kernels, caps, &tables.0, typical, &mut dims)?;
     }
     for k in &kernels {
         let bound = (k.inputs.len() + k.outputs.len()) as u32;
@@ -678,26 +733,9 @@ pub fn lower(
         }
     }
     if let Some(out) = reduce {
-        if caps.max_storage_buffers_per_stage < 2 {
-            return Err(PlanError::TooManyBindings {
-                kernel: "reduce".into(),
-                needed: 2,
-                max: caps.max_storage_buffers_per_stage,
-            });
-        }
-        kernels.push(Kernel {
-            name: format!("reduce_{}", format!("{out:?}").to_lowercase()),
-            inputs: vec![WPartial],
-            outputs: vec![out],
-            workgroup_size: wg,
-            work: Work::ReduceChunks {
-                input: WPartial,
-                output: out,
-                len: dims.weight_numel,
-            },
-        });
+        kernels.push(reduce_kernel(out, &dims, wg, caps)?);
     }
-    let mut plan = KernelPlan {
+    let plan = KernelPlan {
         direction,
         dtype,
         dims,
@@ -705,11 +743,47 @@ pub fn lower(
         tables: tables.0,
         kernels,
         max_samples_per_dispatch: 0,
+        conv: None,
     };
-    // Shrink the chunk until one chunk fits a dispatch (only tiny limits need this).
-    let mut spc = spc;
+    finish(plan, spc, max_samples)
+}
+
+/// The ordered reduction `out[r] = Σ_c WPartial[c, r]`.
+pub(crate) fn reduce_kernel(
+    out: Tensor,
+    dims: &Dims,
+    wg: u32,
+    caps: &Capabilities,
+) -> Result<Kernel, PlanError> {
+    if caps.max_storage_buffers_per_stage < 2 {
+        return Err(PlanError::TooManyBindings {
+            kernel: "reduce".into(),
+            needed: 2,
+            max: caps.max_storage_buffers_per_stage,
+        });
+    }
+    Ok(Kernel {
+        name: format!("reduce_{}", format!("{out:?}").to_lowercase()),
+        inputs: vec![Tensor::WPartial],
+        outputs: vec![out],
+        workgroup_size: wg,
+        work: Work::ReduceChunks {
+            input: Tensor::WPartial,
+            output: out,
+            len: dims.weight_numel,
+        },
+    })
+}
+
+/// Sets `max_samples_per_dispatch` from `limit`, shrinking the chunk until one chunk fits a
+/// dispatch (only tiny limits need this).
+pub(crate) fn finish(
+    mut plan: KernelPlan,
+    mut spc: u32,
+    limit: fn(&KernelPlan) -> Result<u32, PlanError>,
+) -> Result<KernelPlan, PlanError> {
     loop {
-        match max_samples(&plan) {
+        match limit(&plan) {
             Ok(n) => {
                 plan.max_samples_per_dispatch = n;
                 return Ok(plan);
@@ -733,10 +807,221 @@ pub fn lower(
     }
 }
 
-/// Elements kept free below `u32::MAX` for runtimes' binding base offsets (alignment rest).
-const INDEX_MARGIN: u64 = 1 << 16;
+/// A row whose loop work exceeds `SPLIT_RATIO` times the plan's median row is split.
+const SPLIT_RATIO: u64 = 4;
+/// Parts are sized to about `PART_RATIO` median rows of work.
+const PART_RATIO: u64 = 2;
 
-const CHUNK_TOO_BIG: &str = "not even one chunk of samples fits one dispatch";
+/// Loop work of row `r` of `seg`: per iteration of each contribution, its operand loads
+/// (`row_len` each) plus its terms.
+fn row_work(seg: &Segment, r: u32, tables: &[Vec<u32>]) -> u64 {
+    seg.contributions
+        .iter()
+        .map(|c| {
+            let n = c.count.try_eval(r, 0, tables).unwrap_or(0) as u64;
+            let per =
+                c.terms.len() as u64 + c.operands.iter().map(|o| o.row_len as u64).sum::<u64>();
+            n * per
+        })
+        .sum()
+}
+
+fn largest_pow2_at_most(n: u64) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        1 << (63 - n.leading_zeros())
+    }
+}
+
+/// Split long gathers across invocations (deterministic, no atomics).
+///
+/// Rows of one kernel run side by side in a warp/subgroup, and one plan's rows differ in loop
+/// length by up to two orders of magnitude (a GY row of a mul-1 `y` block sums over every `u`
+/// of every path into it). The *typical* row (`median`) is the forward's median row work (see
+/// [`row_work`]): the forward runs near bandwidth, so a row no longer than a few forward rows
+/// is fine (double backward's DGZ rows, 2–3 forward rows, stay whole). A segment whose longest
+/// row exceeds
+/// `SPLIT_RATIO`× that is split into `S` parts, `S` a power of two:
+/// `S = next_pow2(ceil(max_work / (PART_RATIO · median)))`, at most the subgroup width (32
+/// when unknown; at most 64) and at most the segment's longest loop count. The parts of one
+/// row are `S` consecutive invocations (`r' = r·S + s`) and part `s` runs the iterations
+/// `t = s + S·t'` of every contribution (`t' < (count + S − 1 − s) / S`): neighbouring lanes
+/// read neighbouring operand rows (coalesced), and the scratch traffic is `S` partial rows
+/// per split row (bounded by the subgroup cap). Part rows are written to per-sample
+/// [`Tensor::Scratch`] by a kernel `<name>_parts` placed before the kernel; in the kernel the
+/// split segment's row becomes one contribution that sums its `S` partial rows in ascending
+/// `s` (coefficient-1 terms). Forward plans have uniform rows and never split.
+fn split_long_gathers(
+    kernels: Vec<Kernel>,
+    caps: &Capabilities,
+    tables: &[Vec<u32>],
+    median: u64,
+    dims: &mut Dims,
+) -> Result<Vec<Kernel>, PlanError> {
+    use Tensor::*;
+    // Scratch per sample stays within the largest per-sample tensor: its traffic is at most
+    // one more tensor's, and it never lowers the binding-size bound on samples per dispatch.
+    let scratch_cap = [X, Y, Z, W]
+        .into_iter()
+        .map(|t| dims.per_sample_len(t))
+        .max()
+        .unwrap_or(0);
+    let s_max = match caps.subgroup_size {
+        0 => 32,
+        n => (n as u64).clamp(2, 64),
+    };
+    let mut out = vec![];
+    for k0 in kernels {
+        let scratch_before = dims.scratch;
+        let mut k = k0.clone();
+        let Work::Rows {
+            sample_mode: SampleMode::PerSample,
+            segments,
+            ..
+        } = &mut k.work
+        else {
+            out.push(k);
+            continue;
+        };
+        let mut parts: Vec<Segment> = vec![];
+        let mut part_rows = 0u32;
+        for seg in segments.iter_mut() {
+            let max_work = (0..seg.rows)
+                .map(|r| row_work(seg, r, tables))
+                .max()
+                .unwrap_or(0);
+            if max_work <= SPLIT_RATIO * median {
+                continue;
+            }
+            let max_count = seg
+                .contributions
+                .iter()
+                .flat_map(|c| (0..seg.rows).map(|r| c.count.try_eval(r, 0, tables).unwrap_or(0)))
+                .max()
+                .unwrap_or(0) as u64;
+            let want = max_work.div_ceil(PART_RATIO * median).next_power_of_two();
+            let sp = want.min(s_max).min(largest_pow2_at_most(max_count));
+            if sp < 2 {
+                continue;
+            }
+            let sp = sp as u32;
+            let rows = seg
+                .rows
+                .checked_mul(sp)
+                .ok_or(PlanError::TooLarge("split rows exceed u32"))?;
+            let offset = dims.scratch;
+            let end = rows
+                .checked_mul(seg.row_len)
+                .and_then(|n| n.checked_add(offset))
+                .ok_or(PlanError::TooLarge("scratch per sample exceeds u32"))?;
+            if end > scratch_cap {
+                continue;
+            }
+            dims.scratch = end;
+            // Part s of row r: r' = r·S + s, iterations t = s + S·t'.
+            let r_of = Ix::div(R, C(sp));
+            let s_of = Ix::rem(R, C(sp));
+            let t_of = Ix::add(s_of.clone(), Ix::mul(C(sp), T));
+            let contributions = seg
+                .contributions
+                .iter()
+                .map(|c| Contribution {
+                    path: c.path,
+                    count: Ix::div(
+                        Ix::sub(
+                            Ix::add(c.count.subst(&r_of, &C(0)), C(sp - 1)),
+                            s_of.clone(),
+                        ),
+                        C(sp),
+                    ),
+                    operands: c
+                        .operands
+                        .iter()
+                        .map(|o| Operand {
+                            row: o.row.subst(&r_of, &t_of),
+                            ..o.clone()
+                        })
+                        .collect(),
+                    scalar_factor: c.scalar_factor,
+                    terms: c.terms.clone(),
+                })
+                .collect();
+            parts.push(Segment {
+                out: Tensor::Scratch,
+                out_offset: offset,
+                first_row: part_rows,
+                rows,
+                row_len: seg.row_len,
+                contributions,
+            });
+            part_rows = part_rows
+                .checked_add(rows)
+                .ok_or(PlanError::TooLarge("rows per sample exceed u32"))?;
+            seg.contributions = vec![Contribution {
+                path: u32::MAX,
+                count: C(sp),
+                operands: vec![Operand {
+                    tensor: Tensor::Scratch,
+                    addressing: Addressing::PerSample,
+                    offset,
+                    row_len: seg.row_len,
+                    row: Ix::add(Ix::mul(R, C(sp)), T),
+                }],
+                scalar_factor: None,
+                terms: (0..seg.row_len)
+                    .map(|i| Term {
+                        out: i,
+                        comps: vec![i],
+                        coeff: 1.0,
+                    })
+                    .collect(),
+            }];
+        }
+        if parts.is_empty() {
+            out.push(k);
+            continue;
+        }
+        let reads = |segs: &[Segment]| {
+            let mut v: Vec<Tensor> = segs
+                .iter()
+                .flat_map(|s| s.contributions.iter())
+                .flat_map(|c| c.operands.iter().map(|o| o.tensor))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let part_inputs = reads(&parts);
+        let inputs = reads(segments);
+        let max_b = caps.max_storage_buffers_per_stage as usize;
+        if part_inputs.len() + 1 > max_b || inputs.len() + k.outputs.len() > max_b {
+            // The sum's extra binding does not fit: keep the kernel whole.
+            dims.scratch = scratch_before;
+            out.push(k0);
+            continue;
+        }
+        out.push(Kernel {
+            name: format!("{}_parts", k.name),
+            inputs: part_inputs,
+            outputs: vec![Tensor::Scratch],
+            workgroup_size: k.workgroup_size,
+            work: Work::Rows {
+                sample_mode: SampleMode::PerSample,
+                rows_per_sample: part_rows,
+                segments: parts,
+            },
+        });
+        k.inputs = inputs;
+        out.push(k);
+    }
+    Ok(out)
+}
+
+/// Elements kept free below `u32::MAX` for runtimes' binding base offsets (alignment rest).
+pub(crate) const INDEX_MARGIN: u64 = 1 << 16;
+
+pub(crate) const CHUNK_TOO_BIG: &str = "not even one chunk of samples fits one dispatch";
 
 /// Largest per-dispatch sample count that every kernel's bindings, grid and u32 indices allow
 /// (a multiple of the chunk size if a chunked kernel exists).
@@ -756,8 +1041,8 @@ fn max_samples(plan: &KernelPlan) -> Result<u32, PlanError> {
             continue;
         };
         let spc = match sample_mode {
-            SampleMode::PerSample => 1,
             SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
+            _ => 1,
         };
         spc_all = spc_all.max(spc);
         for &t in k.inputs.iter().chain(&k.outputs) {

@@ -199,6 +199,7 @@ impl Runtime {
             options,
             cache: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
+            sample_scratch: Mutex::new(None),
         }
     }
 }

@@ -33,11 +33,16 @@ pub fn tensor_elements(plan: &KernelPlan, t: Tensor, batch: u64) -> u64 {
     let d = plan.dims;
     let per = d.per_sample_len(t) as u64;
     match t {
-        Tensor::WPartial => 0,
+        Tensor::WPartial | Tensor::Scratch => 0,
         _ if per > 0 => per * batch,
         Tensor::W | Tensor::GW | Tensor::HW | Tensor::DW => d.weight_numel as u64,
         _ => 0,
     }
+}
+
+/// Runtime-owned tensors (never the caller's).
+fn is_scratch(t: Tensor) -> bool {
+    matches!(t, Tensor::WPartial | Tensor::Scratch)
 }
 
 /// Tensors the caller must supply (read by some kernel before any kernel writes them).
@@ -46,7 +51,7 @@ pub fn plan_inputs(plan: &KernelPlan) -> Vec<Tensor> {
     let mut v = Vec::new();
     for k in &plan.kernels {
         for t in &k.inputs {
-            if *t != Tensor::WPartial && !written.contains(t) && !v.contains(t) {
+            if !is_scratch(*t) && !written.contains(t) && !v.contains(t) {
                 v.push(*t);
             }
         }
@@ -60,7 +65,7 @@ pub fn plan_outputs(plan: &KernelPlan) -> Vec<Tensor> {
     let mut v = Vec::new();
     for k in &plan.kernels {
         for t in &k.outputs {
-            if *t != Tensor::WPartial && !v.contains(t) {
+            if !is_scratch(*t) && !v.contains(t) {
                 v.push(*t);
             }
         }
@@ -104,7 +109,33 @@ impl Runtime {
         encoder: &mut wgpu::CommandEncoder,
     ) -> Result<()> {
         let plan = &compiled.plan;
-        let bufs = self.check_buffers(plan, batch, buffers)?;
+        if plan.conv.is_some() {
+            return Err(WgpuError::Device(
+                "a convolution plan: run it with Runtime::run_conv".into(),
+            ));
+        }
+        // Per-sample scratch of split gathers: the whole batch (kernels run one after another
+        // over every dispatch), bound and rebased per dispatch like any per-sample tensor.
+        let sample_scratch = match plan.dims.scratch {
+            0 => None,
+            len => {
+                let bytes = batch as u64 * len as u64 * 4;
+                if bytes > self.limits.max_buffer_size {
+                    return Err(WgpuError::Batch {
+                        batch: batch as u64,
+                        why: format!(
+                            "split gathers need {bytes} bytes of scratch, over the buffer limit {}",
+                            self.limits.max_buffer_size
+                        ),
+                    });
+                }
+                Some(self.sample_scratch(bytes))
+            }
+        };
+        let mut bufs = self.check_buffers(plan, batch, buffers)?;
+        if let Some(b) = &sample_scratch {
+            bufs.insert(Tensor::Scratch, TensorBuffer::new(Tensor::Scratch, b));
+        }
         let align = self.limits.min_storage_buffer_offset_alignment.max(4) as u64;
         let ualign = self.limits.min_uniform_buffer_offset_alignment.max(16) as u64;
 
@@ -154,6 +185,14 @@ impl Runtime {
                     let mut chunk_base = 0u32;
                     for &(s0, n) in split {
                         let (groups, p) = match sample_mode {
+                            SampleMode::Segments { .. }
+                            | SampleMode::Pieces { .. }
+                            | SampleMode::Scatter { .. } => {
+                                return Err(WgpuError::Device(format!(
+                                    "kernel {}: a convolution kernel (use run_conv)",
+                                    e.name
+                                )))
+                            }
                             SampleMode::PerSample => (
                                 n,
                                 DispatchParams {
@@ -184,6 +223,12 @@ impl Runtime {
                     if let SampleMode::Chunk { .. } = sample_mode {
                         chunks_written = Some(chunk_base);
                     }
+                }
+                Work::ReducePieces { .. } => {
+                    return Err(WgpuError::Device(format!(
+                        "kernel {}: a convolution kernel (use run_conv)",
+                        e.name
+                    )))
                 }
                 Work::ReduceChunks { len, .. } => {
                     let Some(total) = chunks_written else {
@@ -344,11 +389,11 @@ impl Runtime {
             } => (
                 *rows_per_sample as u64,
                 match sample_mode {
-                    SampleMode::PerSample => 1,
                     SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
+                    _ => 1,
                 },
             ),
-            Work::ReduceChunks { .. } => return Ok(vec![(0, batch)]),
+            Work::ReduceChunks { .. } | Work::ReducePieces { .. } => return Ok(vec![(0, batch)]),
         };
         let align = self.limits.min_storage_buffer_offset_alignment.max(4) as u64;
         let mut nmax = plan.max_samples_per_dispatch.max(1) as u64;
@@ -461,6 +506,27 @@ impl Runtime {
             )));
         }
         Ok((x as u32, y as u32))
+    }
+
+    /// The runtime-owned per-sample scratch of split gathers, grown as needed.
+    fn sample_scratch(&self, bytes: u64) -> wgpu::Buffer {
+        let mut g = self
+            .sample_scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = g.as_ref() {
+            if b.size() >= bytes {
+                return b.clone();
+            }
+        }
+        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("equikern sample scratch"),
+            size: bytes.max(256),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        *g = Some(b.clone());
+        b
     }
 
     /// The runtime-owned shared-weight scratch, grown as needed.

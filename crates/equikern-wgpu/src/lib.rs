@@ -7,6 +7,7 @@
 //! element, so outputs are never cleared here.
 
 mod context;
+mod conv;
 mod dispatch;
 mod host;
 mod oneshot;
@@ -47,6 +48,9 @@ pub enum WgpuError {
     Readback(String),
     #[error("device error: {0}")]
     Device(String),
+    /// A convolution's graph was rejected before any kernel ran.
+    #[error(transparent)]
+    Conv(#[from] equikern_core::conv::ConvError),
 }
 
 pub type Result<T, E = WgpuError> = std::result::Result<T, E>;
@@ -61,6 +65,8 @@ pub struct Runtime {
     options: RuntimeOptions,
     cache: Mutex<HashMap<String, Arc<CompiledPlan>>>,
     scratch: Mutex<Option<wgpu::Buffer>>,
+    /// Per-sample scratch (`Tensor::Scratch`) of split gathers.
+    sample_scratch: Mutex<Option<wgpu::Buffer>>,
 }
 
 impl Runtime {

@@ -85,6 +85,7 @@ impl Toy {
                 dim_out: z,
                 weight_numel: w,
                 shared_weights,
+                scratch: 0,
             },
             x_off: xo,
             y_off: yo,
@@ -157,6 +158,7 @@ impl Toy {
             row += p.mul1;
         }
         KernelPlan {
+            conv: None,
             direction: Direction::Forward,
             dtype: Dtype::F32,
             dims: self.dims,
@@ -261,6 +263,7 @@ impl Toy {
             });
         }
         KernelPlan {
+            conv: None,
             direction: Direction::Backward,
             dtype: Dtype::F32,
             dims: self.dims,
@@ -294,12 +297,14 @@ pub fn eval_plan(
                     SampleMode::Chunk { samples_per_chunk } => {
                         (batch.div_ceil(*samples_per_chunk), *samples_per_chunk)
                     }
+                    _ => unreachable!("toy plans are tensor products"),
                 };
                 let _ = samples_per_chunk_hint;
                 for seg in segments {
                     let len = match sample_mode {
                         SampleMode::PerSample => d.per_sample_len(seg.out),
                         SampleMode::Chunk { .. } => d.weight_numel,
+                        _ => unreachable!("toy plans are tensor products"),
                     };
                     let need = (groups * len) as usize;
                     let out = bufs.entry(seg.out).or_insert_with(|| vec![0.0; need]);
@@ -323,6 +328,11 @@ pub fn eval_plan(
                                                         s * d.per_sample_len(op.tensor)
                                                     }
                                                     Addressing::Shared => 0,
+                                                    Addressing::Gather { .. } => {
+                                                        unreachable!(
+                                                            "toy plans are tensor products"
+                                                        )
+                                                    }
                                                 };
                                                 (base
                                                     + op.offset
@@ -353,6 +363,7 @@ pub fn eval_plan(
                     }
                 }
             }
+            Work::ReducePieces { .. } => unreachable!("toy plans are tensor products"),
             Work::ReduceChunks { input, output, len } => {
                 let inp = bufs[input].clone();
                 let n = inp.len() / *len as usize;

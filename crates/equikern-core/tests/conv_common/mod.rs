@@ -1,0 +1,99 @@
+//! Helpers for the convolution tests: small tensor products, seeded data, FD helpers.
+#![allow(dead_code)]
+
+use equikern_core::spec::builders::{channelwise, fully_connected};
+use equikern_core::{IrrepNormalization, Irreps, PathNormalization, TensorProduct};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub fn irreps(s: &str) -> Irreps {
+    Irreps::parse(s).expect("irreps")
+}
+
+/// Channelwise (uvu) product, per-edge weights (NequIP-style).
+pub fn uvu_per_edge() -> TensorProduct {
+    channelwise(
+        &irreps("3x0e+2x1o+2x2e"),
+        &irreps("1x0e+1x1o+1x2e"),
+        &irreps("3x0e+2x1o+2x1e+2x2e"),
+        false,
+    )
+    .build()
+    .expect("build")
+}
+
+/// Fully connected (uvw) product with shared weights.
+pub fn uvw_shared() -> TensorProduct {
+    fully_connected(
+        &irreps("2x0e+2x1o"),
+        &irreps("1x0e+1x1o"),
+        &irreps("2x0e+1x1o+1x1e"),
+        IrrepNormalization::Component,
+        PathNormalization::Element,
+    )
+    .build()
+    .expect("build")
+}
+
+/// The uvu product with every path unweighted.
+pub fn uvu_unweighted() -> TensorProduct {
+    let mut s = channelwise(
+        &irreps("2x0e+2x1o"),
+        &irreps("1x0e+1x1o"),
+        &irreps("2x0e+2x1o+2x1e"),
+        false,
+    );
+    for i in &mut s.instructions {
+        i.has_weight = false;
+    }
+    s.build().expect("build")
+}
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+pub fn randv(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `a + h·d`.
+pub fn axpy(a: &[f64], h: f64, d: &[f64]) -> Vec<f64> {
+    a.iter().zip(d).map(|(x, y)| x + h * y).collect()
+}
+
+pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// A small directed graph: not symmetric, with a repeated edge, a self loop, a node with only
+/// outgoing edges (0), one with only incoming edges (4) and an isolated node (5).
+pub fn directed() -> (usize, Vec<i64>, Vec<i64>) {
+    // edges sender -> receiver
+    let pairs = [
+        (0, 1),
+        (1, 2),
+        (0, 2),
+        (2, 4),
+        (3, 4),
+        (0, 1),
+        (3, 3),
+        (1, 4),
+        (2, 3),
+    ];
+    let receiver = pairs.iter().map(|p| p.1).collect();
+    let sender = pairs.iter().map(|p| p.0).collect();
+    (6, receiver, sender)
+}

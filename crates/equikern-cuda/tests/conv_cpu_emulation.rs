@@ -1,0 +1,327 @@
+//! The CUDA text of convolution plans, compiled as C++ with a host harness that runs every
+//! launch's grid sequentially (the conv kernels use no shared memory or barriers, so one
+//! thread at a time is a valid schedule; `atomicAdd` becomes a plain add), against the f64
+//! conv oracle. Checks the CUDA writer and the runtime's launch planning without a GPU.
+//! Skips where no C++ compiler (`c++`) is found.
+
+#[path = "../../equikern-core/tests/conv_common/mod.rs"]
+mod conv_common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use conv_common::*;
+use equikern_core::conv::{ConvOracle, Csr};
+use equikern_core::graph::{diamond, radius_graph, random_skewed, DIAMOND_A};
+use equikern_core::TensorProduct;
+use equikern_cuda::conv_launches;
+use equikern_emit::cuda::{emit_cuda, Param};
+use equikern_plan::{
+    conv_index_tensors, lower_conv, Capabilities, ConvOptions, Direction, Dtype, KernelPlan, Tensor,
+};
+
+const PRELUDE: &str = r#"#include <cstdio>
+#include <cstdlib>
+#include <algorithm>
+struct ek_dim3 { unsigned x, y, z; };
+static ek_dim3 blockIdx, gridDim, threadIdx;
+#define __global__
+#define __launch_bounds__(n)
+#define __device__
+#define __restrict__
+template <class T> static T __ldg(const T* p) { return *p; }
+template <class T> static T atomicAdd(T* p, T v) { T o = *p; *p = o + v; return o; }
+using std::min;
+"#;
+
+fn caps() -> Capabilities {
+    Capabilities {
+        subgroup_size: 32,
+        subgroups: true,
+        max_invocations_per_workgroup: 1024,
+        max_workgroup_size_x: 1024,
+        workgroup_memory_bytes: 48 << 10,
+        max_storage_binding_bytes: 1 << 40,
+        max_workgroups_per_dim: 65535,
+        max_storage_buffers_per_stage: 64,
+        f64: true,
+        float_atomics: true,
+    }
+}
+
+fn name(t: Tensor) -> String {
+    format!("{t:?}").to_lowercase()
+}
+
+/// Every tensor any kernel binds, in a fixed order.
+fn bound(plan: &KernelPlan) -> Vec<Tensor> {
+    let mut v: Vec<Tensor> = plan
+        .kernels
+        .iter()
+        .flat_map(|k| k.inputs.iter().chain(&k.outputs).copied())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Compiles the plan's CUDA text with the harness; `None` without a C++ compiler.
+fn build(plan: &KernelPlan, dir: &Path) -> Option<PathBuf> {
+    let em = emit_cuda(plan).unwrap();
+    let tensors = bound(plan);
+    let mut src = String::from(PRELUDE);
+    src.push_str(&em.source);
+    src.push_str("\n// ---- harness ----\n");
+    for t in &tensors {
+        let ty = if t.is_index() {
+            "unsigned int"
+        } else {
+            "double"
+        };
+        let _ = writeln!(src, "static {ty}* T_{};", name(*t));
+    }
+    src.push_str("static void call(int k, const unsigned* a) {\n    switch (k) {\n");
+    for (i, k) in em.kernels.iter().enumerate() {
+        let args: Vec<String> = k
+            .params
+            .iter()
+            .filter_map(|p| match p {
+                Param::Input(t) | Param::Output(t) => Some(format!("T_{}", name(*t))),
+                _ => None,
+            })
+            .chain((0..6).map(|j| format!("a[{j}]")))
+            .collect();
+        let _ = writeln!(src, "    case {i}: {}({}); break;", k.name, args.join(", "));
+    }
+    src.push_str("    }\n}\n");
+    src.push_str("int main() {\n    FILE* f; size_t n;\n");
+    for t in &tensors {
+        let (nm, sz) = (name(*t), if t.is_index() { 4 } else { 8 });
+        let _ = writeln!(
+            src,
+            "    f = fopen(\"{nm}.bin\", \"rb\"); fseek(f, 0, SEEK_END); n = ftell(f) / {sz}; rewind(f);\n    \
+             T_{nm} = ({}*)calloc(n + 1, {sz}); if (fread(T_{nm}, {sz}, n, f) != n) return 2; fclose(f);",
+            if t.is_index() { "unsigned int" } else { "double" }
+        );
+    }
+    src.push_str(
+        "    f = fopen(\"launches.txt\", \"r\");\n    unsigned k, gx, gy, bd, a[6];\n    \
+         while (fscanf(f, \"%u %u %u %u %u %u %u %u %u %u\", &k, &gx, &gy, &bd, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]) == 10) {\n        \
+         gridDim = {gx, gy, 1};\n        \
+         for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) for (unsigned t = 0; t < bd; ++t) {\n            \
+         blockIdx = {x, y, 0}; threadIdx = {t, 0, 0}; call((int)k, a);\n        }\n    }\n    fclose(f);\n",
+    );
+    for t in tensors.iter().filter(|t| !t.is_index()) {
+        let nm = name(*t);
+        let _ = writeln!(
+            src,
+            "    f = fopen(\"{nm}.bin\", \"rb\"); fseek(f, 0, SEEK_END); n = ftell(f) / 8; fclose(f);\n    \
+             f = fopen(\"{nm}.out\", \"wb\"); fwrite(T_{nm}, 8, n, f); fclose(f);"
+        );
+    }
+    src.push_str("    return 0;\n}\n");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("emu.cpp"), &src).unwrap();
+    let exe = dir.join("emu");
+    let out = Command::new("c++")
+        .args(["-std=c++17", "-O1", "-w", "emu.cpp", "-o", "emu"])
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "compiling the emitted CUDA as C++ failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(exe)
+}
+
+fn run(
+    plan: &KernelPlan,
+    exe: &Path,
+    g: &Csr,
+    inp: &BTreeMap<Tensor, Vec<f64>>,
+) -> BTreeMap<Tensor, Vec<f64>> {
+    let dir = exe.parent().unwrap();
+    let gs = plan.graph_size(g);
+    let idx = conv_index_tensors(plan, g);
+    for t in bound(plan) {
+        let bytes: Vec<u8> = if let Some(v) = idx.get(&t) {
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        } else if let Some(v) = inp
+            .get(&t)
+            .filter(|_| !plan.kernels.iter().any(|k| k.outputs.contains(&t)))
+        {
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        } else {
+            vec![0u8; plan.conv_buffer_len(t, &gs) as usize * 8]
+        };
+        std::fs::write(dir.join(format!("{}.bin", name(t))), bytes).unwrap();
+    }
+    let mut l = String::new();
+    for c in conv_launches(plan, &gs) {
+        let k = &plan.kernels[c.kernel];
+        let [gx, gy] = k.grid(c.invocations, plan.caps.max_workgroups_per_dim);
+        let t = c.tail;
+        let _ = writeln!(
+            l,
+            "{} {gx} {gy} {} {} {} {} {} {} {}",
+            c.kernel, k.workgroup_size, t[0], t[1], t[2], t[3], t[4], t[5]
+        );
+    }
+    std::fs::write(dir.join("launches.txt"), l).unwrap();
+    let st = Command::new(exe).current_dir(dir).status().unwrap();
+    assert!(st.success());
+    let mut out = BTreeMap::new();
+    for k in &plan.kernels {
+        for &t in &k.outputs {
+            if t.is_scratch() {
+                continue;
+            }
+            let b = std::fs::read(dir.join(format!("{}.out", name(t)))).unwrap();
+            let v: Vec<f64> = b
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            out.insert(t, v);
+        }
+    }
+    out
+}
+
+fn inputs(tp: &TensorProduct, g: &Csr, seed: u64) -> BTreeMap<Tensor, Vec<f64>> {
+    let mut r = rng(seed);
+    let wl = ConvOracle::<f64>::new(tp).unwrap().weight_len(g.edges());
+    let (n, e) = (g.nodes, g.edges());
+    use Tensor::*;
+    BTreeMap::from([
+        (X, randv(&mut r, n * tp.dim_in1)),
+        (Y, randv(&mut r, e * tp.dim_in2)),
+        (W, randv(&mut r, wl)),
+        (GZ, randv(&mut r, n * tp.dim_out)),
+        (HX, randv(&mut r, n * tp.dim_in1)),
+        (HY, randv(&mut r, e * tp.dim_in2)),
+        (HW, randv(&mut r, wl)),
+    ])
+}
+
+fn oracle(
+    tp: &TensorProduct,
+    g: &Csr,
+    dir: Direction,
+    i: &BTreeMap<Tensor, Vec<f64>>,
+) -> BTreeMap<Tensor, Vec<f64>> {
+    use Tensor::*;
+    let o = ConvOracle::new(tp).unwrap();
+    let v = |t| &i[&t][..];
+    let wn = tp.weight_numel > 0;
+    let mut m = BTreeMap::new();
+    match dir {
+        Direction::Forward => {
+            m.insert(Z, o.forward(g, v(X), v(Y), v(W)).unwrap());
+        }
+        Direction::Backward => {
+            let r = o.backward(g, v(X), v(Y), v(W), v(GZ)).unwrap();
+            m.insert(GX, r.gx);
+            m.insert(GY, r.gy);
+            if wn {
+                m.insert(GW, r.gw);
+            }
+        }
+        Direction::DoubleBackward => {
+            let r = o
+                .double_backward(g, v(X), v(Y), v(W), v(GZ), v(HX), v(HY), v(HW))
+                .unwrap();
+            m.insert(DX, r.dx);
+            m.insert(DY, r.dy);
+            m.insert(DGZ, r.dgz);
+            if wn {
+                m.insert(DW, r.dw);
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn emitted_cuda_runs_right_on_a_cpu_schedule() {
+    let (n, r, s) = directed();
+    let (rr, ss) = random_skewed(60, 500, 1.3, 11).unwrap();
+    let d = radius_graph(&diamond([2, 2, 3], DIAMOND_A), 2.6).unwrap();
+    let graphs = [
+        ("directed", Csr::build(n, &r, &s).unwrap()),
+        ("skewed", Csr::build(60, &rr, &ss).unwrap()),
+        ("diamond", Csr::build(96, &d.receiver, &d.sender).unwrap()),
+    ];
+    let modes = [
+        ("csr", ConvOptions::default()),
+        (
+            "pieces",
+            ConvOptions {
+                atomic: false,
+                max_piece_edges: Some(3),
+            },
+        ),
+        (
+            "atomic",
+            ConvOptions {
+                atomic: true,
+                max_piece_edges: None,
+            },
+        ),
+    ];
+    let tiny = Capabilities {
+        max_workgroups_per_dim: 3,
+        max_invocations_per_workgroup: 64,
+        ..caps()
+    };
+    let tps = [
+        ("uvu per-edge", uvu_per_edge(), true),
+        ("uvw shared", uvw_shared(), false),
+        ("uvu unweighted", uvu_unweighted(), false),
+    ];
+    let root = std::env::temp_dir().join(format!("equikern_conv_emu_{}", std::process::id()));
+    let mut worst: f64 = 0.0;
+    let mut case = 0;
+    for (tn, tp, with_tiny) in &tps {
+        for dir in [
+            Direction::Forward,
+            Direction::Backward,
+            Direction::DoubleBackward,
+        ] {
+            for (mn, opts) in modes {
+                let cs: &[Capabilities] = if *with_tiny {
+                    &[caps(), tiny]
+                } else {
+                    &[caps()]
+                };
+                for c in cs {
+                    let plan = lower_conv(tp, dir, Dtype::F64, c, opts).unwrap();
+                    case += 1;
+                    let Some(exe) = build(&plan, &root.join(case.to_string())) else {
+                        println!("skipped: no C++ compiler");
+                        return;
+                    };
+                    for (gn, g) in &graphs {
+                        let inp = inputs(tp, g, 3);
+                        let got = run(&plan, &exe, g, &inp);
+                        let want = oracle(tp, g, dir, &inp);
+                        assert_eq!(
+                            got.keys().collect::<Vec<_>>(),
+                            want.keys().collect::<Vec<_>>()
+                        );
+                        for (t, w) in &want {
+                            let e = rel_l2(&got[t], w);
+                            assert!(e <= 1e-12, "{tn} {dir:?} {mn} {gn} {t:?}: rel L2 {e:e}");
+                            worst = worst.max(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    println!("{case} plans, worst rel L2 {worst:.2e}");
+}

@@ -1,0 +1,280 @@
+//! Convolution plans on a CUDA GPU vs the f64 conv oracle: CSR, piece and atomic modes,
+//! f32 and f64, forward / backward / double backward, determinism, graph errors.
+//! Prints "skipped: CUDA not available (…)" and passes where there is no GPU.
+
+#[path = "../../equikern-core/tests/conv_common/mod.rs"]
+mod conv_common;
+
+use std::collections::BTreeMap;
+
+use conv_common::*;
+use equikern_core::conv::{ConvError, ConvOracle, Csr};
+use equikern_core::graph::{diamond, radius_graph, random_skewed, DIAMOND_A};
+use equikern_core::TensorProduct;
+use equikern_cuda::{run_conv, CudaDevice, CudaError, Real};
+use equikern_plan::{lower_conv, Capabilities, ConvOptions, Direction, Dtype, Tensor};
+
+const DIRS: [Direction; 3] = [
+    Direction::Forward,
+    Direction::Backward,
+    Direction::DoubleBackward,
+];
+
+fn device() -> Option<CudaDevice> {
+    match CudaDevice::new(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            println!("skipped: CUDA not available ({e})");
+            None
+        }
+    }
+}
+
+fn modes() -> [(&'static str, ConvOptions); 3] {
+    [
+        ("csr", ConvOptions::default()),
+        (
+            "pieces",
+            ConvOptions {
+                atomic: false,
+                max_piece_edges: Some(4),
+            },
+        ),
+        (
+            "atomic",
+            ConvOptions {
+                atomic: true,
+                max_piece_edges: None,
+            },
+        ),
+    ]
+}
+
+fn graphs() -> Vec<(&'static str, Csr)> {
+    let (n, r, s) = directed();
+    let (rr, ss) = random_skewed(300, 6000, 1.3, 11).unwrap();
+    let d = radius_graph(&diamond([3, 3, 3], DIAMOND_A), 3.0).unwrap();
+    vec![
+        ("directed", Csr::build(n, &r, &s).unwrap()),
+        ("skewed", Csr::build(300, &rr, &ss).unwrap()),
+        ("diamond", Csr::build(216, &d.receiver, &d.sender).unwrap()),
+    ]
+}
+
+fn inputs(tp: &TensorProduct, g: &Csr, seed: u64) -> BTreeMap<Tensor, Vec<f64>> {
+    let mut r = rng(seed);
+    let wl = ConvOracle::<f64>::new(tp).unwrap().weight_len(g.edges());
+    let (n, e) = (g.nodes, g.edges());
+    use Tensor::*;
+    BTreeMap::from([
+        (X, randv(&mut r, n * tp.dim_in1)),
+        (Y, randv(&mut r, e * tp.dim_in2)),
+        (W, randv(&mut r, wl)),
+        (GZ, randv(&mut r, n * tp.dim_out)),
+        (HX, randv(&mut r, n * tp.dim_in1)),
+        (HY, randv(&mut r, e * tp.dim_in2)),
+        (HW, randv(&mut r, wl)),
+    ])
+}
+
+fn oracle(
+    tp: &TensorProduct,
+    g: &Csr,
+    dir: Direction,
+    i: &BTreeMap<Tensor, Vec<f64>>,
+) -> BTreeMap<Tensor, Vec<f64>> {
+    use Tensor::*;
+    let o = ConvOracle::new(tp).unwrap();
+    let v = |t| &i[&t][..];
+    let wn = tp.weight_numel > 0;
+    let mut m = BTreeMap::new();
+    match dir {
+        Direction::Forward => {
+            m.insert(Z, o.forward(g, v(X), v(Y), v(W)).unwrap());
+        }
+        Direction::Backward => {
+            let r = o.backward(g, v(X), v(Y), v(W), v(GZ)).unwrap();
+            m.insert(GX, r.gx);
+            m.insert(GY, r.gy);
+            if wn {
+                m.insert(GW, r.gw);
+            }
+        }
+        Direction::DoubleBackward => {
+            let r = o
+                .double_backward(g, v(X), v(Y), v(W), v(GZ), v(HX), v(HY), v(HW))
+                .unwrap();
+            m.insert(DX, r.dx);
+            m.insert(DY, r.dy);
+            m.insert(DGZ, r.dgz);
+            if wn {
+                m.insert(DW, r.dw);
+            }
+        }
+    }
+    m
+}
+
+trait Num: Real {
+    fn from64(v: f64) -> Self;
+    fn to64(self) -> f64;
+}
+impl Num for f32 {
+    fn from64(v: f64) -> Self {
+        v as f32
+    }
+    fn to64(self) -> f64 {
+        self as f64
+    }
+}
+impl Num for f64 {
+    fn from64(v: f64) -> Self {
+        v
+    }
+    fn to64(self) -> f64 {
+        self
+    }
+}
+
+#[allow(clippy::type_complexity)]
+fn run<T: Num>(
+    dev: &CudaDevice,
+    caps: &Capabilities,
+    tp: &TensorProduct,
+    g: &Csr,
+    dir: Direction,
+    opts: ConvOptions,
+) -> (BTreeMap<Tensor, Vec<T>>, BTreeMap<Tensor, Vec<f64>>) {
+    let dtype = if T::DTYPE == Dtype::F32 {
+        Dtype::F32
+    } else {
+        Dtype::F64
+    };
+    let plan = lower_conv(tp, dir, dtype, caps, opts).unwrap();
+    let inp = inputs(tp, g, 5);
+    let conv: BTreeMap<Tensor, Vec<T>> = inp
+        .iter()
+        .map(|(t, v)| (*t, v.iter().map(|&a| T::from64(a)).collect()))
+        .collect();
+    let got = run_conv(dev, &plan, g.nodes, &g.receiver, &g.sender, &conv)
+        .unwrap_or_else(|e| panic!("{dir:?} {opts:?}: {e}"));
+    (got, oracle(tp, g, dir, &inp))
+}
+
+fn check<T: Num>(dev: &CudaDevice, caps: &Capabilities) -> [f64; 3] {
+    let tps = [
+        ("uvu per-edge", uvu_per_edge()),
+        ("uvw shared", uvw_shared()),
+        ("uvu unweighted", uvu_unweighted()),
+    ];
+    let (t1, t2) = if T::DTYPE == Dtype::F32 {
+        (1e-5, 1e-4)
+    } else {
+        (1e-12, 1e-12)
+    };
+    let mut worst = [0f64; 3];
+    for (gn, g) in graphs() {
+        for (tn, tp) in &tps {
+            for (di, dir) in DIRS.into_iter().enumerate() {
+                for (mn, opts) in modes() {
+                    let (got, want) = run::<T>(dev, caps, tp, &g, dir, opts);
+                    assert_eq!(
+                        got.keys().collect::<Vec<_>>(),
+                        want.keys().collect::<Vec<_>>()
+                    );
+                    let tol = if dir == Direction::DoubleBackward {
+                        t2
+                    } else {
+                        t1
+                    };
+                    for (t, w) in &want {
+                        let gv: Vec<f64> = got[t].iter().map(|v| v.to64()).collect();
+                        let e = if gv.iter().all(|v| v.is_finite()) {
+                            rel_l2(&gv, w)
+                        } else {
+                            f64::INFINITY
+                        };
+                        assert!(e <= tol, "{gn} {tn} {dir:?} {mn} {t:?}: rel L2 {e:e}");
+                        worst[di] = worst[di].max(e);
+                    }
+                }
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn conv_matches_the_oracle_f32_and_f64() {
+    let Some(dev) = device() else { return };
+    let caps = dev.capabilities();
+    println!(
+        "device {} caps float_atomics={}",
+        dev.name(),
+        caps.float_atomics
+    );
+    let tiny = Capabilities {
+        max_workgroups_per_dim: 4,
+        ..caps
+    };
+    for c in [caps, tiny] {
+        let w32 = check::<f32>(&dev, &c);
+        let w64 = check::<f64>(&dev, &c);
+        println!("worst rel L2 f32 (fwd, bwd, dbl): {w32:?}; f64: {w64:?}");
+    }
+}
+
+#[test]
+fn deterministic_modes_are_bit_identical() {
+    let Some(dev) = device() else { return };
+    let caps = dev.capabilities();
+    let (_, g) = graphs().remove(1);
+    let tp = uvu_per_edge();
+    for dir in DIRS {
+        for (mn, opts) in modes().into_iter().take(2) {
+            let a = run::<f32>(&dev, &caps, &tp, &g, dir, opts).0;
+            let b = run::<f32>(&dev, &caps, &tp, &g, dir, opts).0;
+            let bits = |m: &BTreeMap<Tensor, Vec<f32>>| -> Vec<Vec<u32>> {
+                m.values()
+                    .map(|v| v.iter().map(|x| x.to_bits()).collect())
+                    .collect()
+            };
+            assert_eq!(bits(&a), bits(&b), "{dir:?} {mn}");
+        }
+    }
+}
+
+#[test]
+fn bad_graphs_are_rejected() {
+    let Some(dev) = device() else { return };
+    let tp = uvu_per_edge();
+    let plan = lower_conv(
+        &tp,
+        Direction::Forward,
+        Dtype::F32,
+        &dev.capabilities(),
+        ConvOptions::default(),
+    )
+    .unwrap();
+    let inp: BTreeMap<Tensor, Vec<f32>> = BTreeMap::from([
+        (Tensor::X, vec![0.0; 4 * tp.dim_in1]),
+        (Tensor::Y, vec![0.0; 3 * tp.dim_in2]),
+        (Tensor::W, vec![0.0; 3 * tp.weight_numel]),
+    ]);
+    let e = run_conv(&dev, &plan, 4, &[0i64, 4, 1], &[1i64, 2, 3], &inp).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CudaError::Conv(ConvError::Index {
+                array: "receiver",
+                position: 1,
+                ..
+            })
+        ),
+        "{e}"
+    );
+    let e = run_conv(&dev, &plan, 4, &[0i32, 1, 2], &[1i32, -1, 3], &inp).unwrap_err();
+    assert!(e.to_string().starts_with("sender[1] = -1"), "{e}");
+    let e = run_conv(&dev, &plan, 4, &[0u32, 1], &[1u32, 2, 3], &inp).unwrap_err();
+    assert!(e.to_string().contains("receiver has 2 edges"), "{e}");
+}
