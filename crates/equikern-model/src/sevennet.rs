@@ -113,6 +113,15 @@ fn parse_irreps(s: &str, field: &str) -> Result<Irreps> {
         .map_err(|e| ModelError::config(field, e.to_string()))
 }
 
+type Getter<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<f64>> + 'a;
+
+/// e3nn `Linear(i → o)` with weight `<name>.linear.weight`.
+fn lin(get: &mut Getter<'_>, name: &str, i: &Irreps, o: &Irreps) -> Result<Linear> {
+    let key = format!("{name}.linear.weight");
+    let n = Linear::weight_numel(i, o);
+    Linear::new(i.clone(), o.clone(), get(&key, &[n])?, &key)
+}
+
 /// The irreps of `irreps_x ⊗ filter` kept by sevenn's `infer_irreps_out` (as a set):
 /// `l ≤ lmax`, and even parity only when `even_only`.
 fn tp_target(irreps_x: &Irreps, filter: &Irreps, lmax: u32, even_only: bool) -> Irreps {
@@ -135,7 +144,54 @@ fn tp_target(irreps_x: &Irreps, filter: &Irreps, lmax: u32, even_only: bool) -> 
 impl SevenNet {
     /// Builds the model from a loaded checkpoint, validating every shape against the config.
     pub fn from_checkpoint(ck: &Checkpoint, options: Options) -> Result<Self> {
-        let c = &ck.config;
+        Self::build(&ck.config, options, &mut |key, shape| {
+            ck.tensor_f64(key, shape)
+        })
+    }
+
+    /// A model of the architecture `config` describes with pseudo-random weights in
+    /// [−1, 1) (denominators in [2, 4), scales in [0.5, 1.5)): for tests and benchmarks
+    /// that must run without the real checkpoint.
+    pub fn random(config: &Value, options: Options, seed: u64) -> Result<Self> {
+        let mut state = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 11) as f64) / ((1u64 << 53) as f64) * 2.0 - 1.0
+        };
+        Self::build(config, options, &mut |key, shape| {
+            let n: usize = shape.iter().product();
+            Ok((0..n)
+                .map(|_| {
+                    let u = next();
+                    if key.ends_with("denominator") {
+                        3.0 + u
+                    } else if key.ends_with(".scale") {
+                        1.0 + 0.5 * u
+                    } else if key.ends_with("coeffs") {
+                        0.0
+                    } else {
+                        u
+                    }
+                })
+                .collect())
+        })
+        .map(|mut m| {
+            // Bessel frequencies near their initial values nπ/r_c.
+            let rc = m.cutoff;
+            for (n, c) in m.bessel.coeffs.iter_mut().enumerate() {
+                *c = (n + 1) as f64 * std::f64::consts::PI / rc * (1.0 + 0.05 * next());
+            }
+            m
+        })
+    }
+
+    /// Builds from a config and a source of named tensors (`get(key, shape)`).
+    pub fn build(config: &Value, options: Options, get: &mut Getter<'_>) -> Result<Self> {
+        let c = config;
         // Refuse what this implementation does not cover, naming the field.
         require(
             c,
@@ -209,7 +265,7 @@ impl SevenNet {
             })?;
         let bessel = BesselBasis {
             cutoff,
-            coeffs: ck.tensor_f64("edge_embedding.basis_function.coeffs", &[nb])?,
+            coeffs: get("edge_embedding.basis_function.coeffs", &[nb])?,
         };
         let cf = cfg(c, "cutoff_function")?;
         let envelope = match cf.get("cutoff_function_name").and_then(Value::as_str) {
@@ -282,13 +338,8 @@ impl SevenNet {
                 ModelError::config("weight_nn_hidden_neurons", "expected a list of integers")
             })?;
 
-        let lin = |name: &str, i: &Irreps, o: &Irreps| -> Result<Linear> {
-            let key = format!("{name}.linear.weight");
-            let n = Linear::weight_numel(i, o);
-            Linear::new(i.clone(), o.clone(), ck.tensor_f64(&key, &[n])?, &key)
-        };
         let one_hot = Irreps(vec![MulIr::new(num_species, Irrep::new(0, Parity::Even))]);
-        let embed = lin("onehot_to_feature_x", &one_hot, &manual[0])?;
+        let embed = lin(get, "onehot_to_feature_x", &one_hot, &manual[0])?;
         let mut layers = Vec::with_capacity(n_layers);
         let mut irreps_x = manual[0].clone();
         for t in 0..n_layers {
@@ -346,19 +397,30 @@ impl SevenNet {
             let mut fc_layers = Vec::new();
             for k in 0..widths.len() - 1 {
                 let key = format!("{prefix}.layer{k}.weight");
-                let w = ck.tensor_f64(&key, &[widths[k], widths[k + 1]])?;
+                let w = get(&key, &[widths[k], widths[k + 1]])?;
                 fc_layers.push((widths[k], widths[k + 1], w));
             }
             let weight_nn = FullyConnectedNet::new(fc_layers, options.silu_cst, &prefix)?;
             let den_key = format!("{t}_convolution.denominator");
-            let denominator = ck.tensor_f64(&den_key, &[1])?[0];
+            let denominator = get(&den_key, &[1])?[0];
             if !(denominator.is_finite() && denominator != 0.0) {
                 return Err(ModelError::key(den_key, "must be finite and non-zero"));
             }
             layers.push(Interaction {
-                sc: lin(&format!("{t}_self_connection_intro"), &irreps_x, &gate_in)?,
-                lin1: lin(&format!("{t}_self_interaction_1"), &irreps_x, &irreps_x)?,
+                sc: lin(
+                    get,
+                    &format!("{t}_self_connection_intro"),
+                    &irreps_x,
+                    &gate_in,
+                )?,
+                lin1: lin(
+                    get,
+                    &format!("{t}_self_interaction_1"),
+                    &irreps_x,
+                    &irreps_x,
+                )?,
                 lin2: lin(
+                    get,
                     &format!("{t}_self_interaction_2"),
                     &irreps_mid.simplify(),
                     &gate_in,
@@ -383,14 +445,15 @@ impl SevenNet {
             irreps_x.dim() / 2,
             Irrep::new(0, Parity::Even),
         )]);
-        let readout_hidden = lin("reduce_input_to_hidden", &irreps_x, &hidden_irreps)?;
+        let readout_hidden = lin(get, "reduce_input_to_hidden", &irreps_x, &hidden_irreps)?;
         let readout_energy = lin(
+            get,
             "reduce_hidden_to_energy",
             &hidden_irreps,
             &Irreps(vec![MulIr::new(1, Irrep::new(0, Parity::Even))]),
         )?;
-        let shift = ck.tensor_f64("rescale_atomic_energy.shift", &[num_species])?;
-        let scale = ck.tensor_f64("rescale_atomic_energy.scale", &[num_species])?;
+        let shift = get("rescale_atomic_energy.shift", &[num_species])?;
+        let scale = get("rescale_atomic_energy.scale", &[num_species])?;
         Ok(SevenNet {
             cutoff,
             type_map,
