@@ -105,10 +105,12 @@ def build_f64_model(path, device):
     from e3nn import o3
     from sevenn.util import load_checkpoint
 
-    torch.set_default_dtype(torch.float64)
+    # Build in float32 (sevenn's loader patches old checkpoints with float32 tables), then cast.
+    torch.set_default_dtype(torch.float32)
     cp = load_checkpoint(path)
     model = cp.build_model(enable_cueq=False, enable_flash=False, enable_oeq=False)
     model = model.double()
+    torch.set_default_dtype(torch.float64)
     n_w3j = 0
     with torch.no_grad():
         for name, buf in model.named_buffers():

@@ -113,6 +113,109 @@ fn parse_irreps(s: &str, field: &str) -> Result<Irreps> {
         .map_err(|e| ModelError::config(field, e.to_string()))
 }
 
+/// sevenn ≥ 0.11 sorts the convolution's instructions by output (for cuEquivariance) and
+/// fixes 3j signs; checkpoints written before (`version` < 0.11.0, or 0.11.0.dev0 — 7net-0
+/// is 0.9.1) store the radial MLP's last layer in the unsorted (NequIP) instruction order and
+/// relative to their own saved `_w3j_*` tables. This reports whether that applies.
+fn version_before_sorted_conv(v: &str) -> Option<bool> {
+    let parts: Vec<&str> = v.split('.').collect();
+    if parts.len() < 3 {
+        return None;
+    }
+    let num: Vec<u64> = parts[..3]
+        .iter()
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let t = (num[0], num[1], num[2]);
+    Some(t < (0, 11, 0) || (t == (0, 11, 0) && parts.get(3) == Some(&"dev0")))
+}
+
+/// Re-orders the last radial-MLP layer `w [h, numel]` from the old (unsorted) instruction
+/// order to the sorted one, negating the columns of a path whose saved 3j table
+/// (`{t}_convolution.convolution._compiled_main_left_right._w3j_l1_l2_l3`, only for l1, l2,
+/// l3 > 0) is the negative of e3nn ≥ 0.5's (= equikern's) table, as sevenn does on load.
+fn sort_old_convolution_weights(
+    t: usize,
+    old: &equikern_core::TpSpec,
+    sorted: &equikern_core::TpSpec,
+    irreps_mid: &Irreps,
+    w: &[f64],
+    get: &mut Getter<'_>,
+) -> std::result::Result<Vec<f64>, String> {
+    let numel: usize = sorted
+        .instructions
+        .iter()
+        .map(|i| sorted.irreps_in1.0[i.i_in1].mul)
+        .sum();
+    if numel == 0 || w.len() % numel != 0 {
+        return Err(format!(
+            "{} weights do not split into columns of {numel}",
+            w.len()
+        ));
+    }
+    let h = w.len() / numel;
+    let mut offs = Vec::new();
+    let mut o = 0;
+    for ins in &sorted.instructions {
+        offs.push(o);
+        o += sorted.irreps_in1.0[ins.i_in1].mul;
+    }
+    let mut out = vec![0.0; w.len()];
+    let mut src = 0;
+    for ins in &old.instructions {
+        let j = sorted
+            .instructions
+            .iter()
+            .position(|s| (s.i_in1, s.i_in2, s.i_out) == (ins.i_in1, ins.i_in2, ins.i_out))
+            .ok_or("old instruction missing from the sorted list")?;
+        let mul = old.irreps_in1.0[ins.i_in1].mul;
+        let (l1, l2, l3) = (
+            old.irreps_in1.0[ins.i_in1].ir.l,
+            old.irreps_in2.0[ins.i_in2].ir.l,
+            irreps_mid.0[ins.i_out].ir.l,
+        );
+        let mut sign = 1.0;
+        if l1 > 0 && l2 > 0 && l3 > 0 {
+            let key = format!(
+                "{t}_convolution.convolution._compiled_main_left_right._w3j_{l1}_{l2}_{l3}"
+            );
+            let dims = [
+                2 * l1 as usize + 1,
+                2 * l2 as usize + 1,
+                2 * l3 as usize + 1,
+            ];
+            let saved = get(&key, &dims).map_err(|e| e.to_string())?;
+            let ours = equikern_core::so3::wigner_3j(l1, l2, l3).map_err(|e| e.to_string())?;
+            let close = |s: f64| {
+                saved.iter().enumerate().all(|(n, &v)| {
+                    let (a, b, c) = (
+                        n / (dims[1] * dims[2]),
+                        (n / dims[2]) % dims[1],
+                        n % dims[2],
+                    );
+                    let r = s * ours.get(a, b, c);
+                    (v - r).abs() <= 1e-8 + 1e-5 * r.abs()
+                })
+            };
+            if close(1.0) {
+            } else if close(-1.0) {
+                sign = -1.0;
+            } else {
+                return Err(format!(
+                    "{key} matches neither sign of wigner_3j({l1},{l2},{l3})"
+                ));
+            }
+        }
+        for r in 0..h {
+            for k in 0..mul {
+                out[r * numel + offs[j] + k] = sign * w[r * numel + src + k];
+            }
+        }
+        src += mul;
+    }
+    Ok(out)
+}
+
 type Getter<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<f64>> + 'a;
 
 /// e3nn `Linear(i → o)` with weight `<name>.linear.weight`.
@@ -225,6 +328,11 @@ impl SevenNet {
             )?;
         }
         let cutoff = cfg_f64(c, "cutoff")?;
+        let old_conv_layout = match c.get("version").and_then(Value::as_str) {
+            Some(v) => version_before_sorted_conv(v)
+                .ok_or_else(|| ModelError::config("version", format!("unparsable {v:?}")))?,
+            None => false,
+        };
         let num_species = usize::try_from(cfg_i64(c, "_number_of_species")?)
             .map_err(|_| ModelError::config("_number_of_species", "negative"))?;
         let mut type_map = HashMap::new();
@@ -399,6 +507,15 @@ impl SevenNet {
                 let key = format!("{prefix}.layer{k}.weight");
                 let w = get(&key, &[widths[k], widths[k + 1]])?;
                 fc_layers.push((widths[k], widths[k + 1], w));
+            }
+            if old_conv_layout {
+                let last = fc_layers.len() - 1;
+                let key = format!("{prefix}.layer{last}.weight");
+                let old = channelwise(&irreps_x, &filter, &target, false);
+                let w = &fc_layers[last].2;
+                let fixed = sort_old_convolution_weights(t, &old, &spec, &irreps_mid, w, get)
+                    .map_err(|why| ModelError::key(&key, why))?;
+                fc_layers[last].2 = fixed;
             }
             let weight_nn = FullyConnectedNet::new(fc_layers, options.silu_cst, &prefix)?;
             let den_key = format!("{t}_convolution.denominator");

@@ -196,3 +196,30 @@ fn unpickle_never_panics_on_truncation() {
         let _ = unpickle("t.pkl", &flipped, &st);
     }
 }
+
+#[test]
+fn old_checkpoint_convolution_is_resorted() {
+    let Some(path) = checkpoint_path() else {
+        return;
+    };
+    let ck = Checkpoint::load(&path).unwrap();
+    assert_eq!(ck.config_field("version").unwrap().as_str(), Some("0.9.1"));
+    let m = equikern_model::SevenNet::from_checkpoint(&ck, Default::default()).unwrap();
+    let raw = ck
+        .tensor("1_convolution.weight_nn.layer2.weight")
+        .unwrap()
+        .to_f64();
+    let used = &m.layers[1].weight_nn.layers[2].2;
+    assert_eq!(raw.len(), used.len());
+    let same = raw.iter().zip(used).filter(|(a, b)| a == b).count();
+    let negated = raw
+        .iter()
+        .zip(used)
+        .filter(|(a, b)| **a == -**b && **a != 0.0)
+        .count();
+    println!(
+        "layer 1 radial weights: {same} in place of {}, {negated} negated in place",
+        raw.len()
+    );
+    assert!(same < raw.len(), "old instruction order must be re-sorted");
+}
