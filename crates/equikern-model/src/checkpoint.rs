@@ -778,7 +778,7 @@ impl<'a, S: StorageSource> Vm<'a, S> {
     }
 
     fn set_items(&mut self, pairs: Vec<Value>) -> Result<()> {
-        if pairs.len() % 2 != 0 {
+        if pairs.len() & 1 == 1 {
             return Err(self.err("SETITEMS with an odd number of items"));
         }
         let err = self.err("SETITEM(S) on a non-dict");

@@ -198,6 +198,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn symmetric_and_shift_consistent() {
         let s = Structure {
             positions: vec![[0.1, 0.2, 0.3], [1.4, 1.1, 0.9], [2.5, 0.3, 1.7]],

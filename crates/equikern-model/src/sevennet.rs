@@ -147,7 +147,7 @@ fn sort_old_convolution_weights(
         .iter()
         .map(|i| sorted.irreps_in1.0[i.i_in1].mul)
         .sum();
-    if numel == 0 || w.len() % numel != 0 {
+    if w.len().checked_rem(numel) != Some(0) {
         return Err(format!(
             "{} weights do not split into columns of {numel}",
             w.len()

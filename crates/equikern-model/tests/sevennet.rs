@@ -1,5 +1,6 @@
 //! SevenNet model on CPU (f64): forces and stress against finite differences, symmetries,
 //! error paths; real-checkpoint sanity when the checkpoint is present.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 use common::*;

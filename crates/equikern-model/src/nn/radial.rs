@@ -76,6 +76,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn derivatives_and_boundaries() {
         let b = BesselBasis {
             cutoff: 5.0,
