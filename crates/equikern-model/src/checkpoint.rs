@@ -610,8 +610,28 @@ impl<'a, S: StorageSource> Vm<'a, S> {
                 dtype.size()
             )));
         }
+        let count = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| self.err("tensor size overflows"))?;
+        if count > 0 {
+            // the last element a view touches must lie inside the storage
+            let last = shape
+                .iter()
+                .zip(&strides)
+                .try_fold(offset, |acc, (&d, &st)| {
+                    (d - 1).checked_mul(st).and_then(|x| acc.checked_add(x))
+                });
+            if last.is_none_or(|l| l >= *numel) {
+                return Err(self.err(format!("tensor view runs past storage {key}")));
+            }
+            if count > numel.saturating_mul(64).max(1 << 20) {
+                return Err(self.err(format!(
+                    "tensor view of {count} elements over storage {key} of {numel}"
+                )));
+            }
+        }
         let all = decode_storage(*dtype, bytes);
-        let count: usize = shape.iter().product();
         // Gather row-major with the saved strides.
         let mut index = Vec::with_capacity(count);
         if count > 0 {

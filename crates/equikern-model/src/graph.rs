@@ -204,6 +204,13 @@ impl Graph {
                 reach[k] = 1;
             }
         }
+        let visits = reach.iter().map(|&r| (2 * r + 1) as f64).product::<f64>();
+        if visits > 1e7 {
+            return Err(ModelError::input(
+                "cutoff",
+                format!("cutoff {cutoff} reaches {visits:.0} cells around every atom (cell far thinner than the cutoff)"),
+            ));
+        }
         let bin_of = |f: &V3| -> [i64; 3] {
             [0, 1, 2]
                 .map(|k| (((f[k] - origin[k]) / width[k]).floor() as i64).clamp(0, nbins[k] - 1))

@@ -95,6 +95,23 @@ fn matches_sevenn_float64_references() {
             p.energy
         );
         worst = worst.max(e_err).max(f_err).max(s_err);
+        // sevenn's stock float32 path, for scale (later f32/GPU tolerances)
+        if let Some(r32) = s.get("f32") {
+            let e32 = r32["energy"].as_f64().unwrap();
+            let f_ref32: Vec<[f64; 3]> = r32["forces"].as_array().unwrap().iter().map(v3).collect();
+            let df = p
+                .forces
+                .iter()
+                .flatten()
+                .zip(f_ref32.iter().flatten())
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            let de = (p.energy - e32).abs() / e32.abs().max(1.0);
+            println!(
+                "{:28} vs sevenn f32: E rel {de:.1e}, max |dF| {df:.1e} eV/A",
+                ""
+            );
+            assert!(de < 1e-5 && df < 1e-4, "{name}: f32 block far off");
+        }
     }
     println!("worst relative error vs sevenn f64: {worst:.2e}");
     assert!(worst < 1e-9, "{worst}");
