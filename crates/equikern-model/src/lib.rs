@@ -1,0 +1,17 @@
+//! equikern-model: whole models on top of equikern's tensor products.
+//!
+//! * [`checkpoint`] — PyTorch `.pth` reader (zip + pickle VM), no Python at run time.
+//! * [`nn`] — e3nn-exact building blocks with the backward passes forces need.
+//! * [`graph`] — periodic radius graph (edges `i → j` with cell shifts).
+//! * [`sevennet`] — SevenNet-0 on CPU in f64: energy, forces, stress.
+
+pub mod checkpoint;
+pub mod error;
+pub mod graph;
+pub mod nn;
+pub mod sevennet;
+
+pub use checkpoint::{Checkpoint, Tensor, Value};
+pub use error::{ModelError, Result};
+pub use graph::{Graph, Structure};
+pub use sevennet::{Prediction, SevenNet};

@@ -1,0 +1,153 @@
+//! e3nn `FullyConnectedNet(hs, act)`: no biases, `x ← act(x · W / √h_in)` for every layer but
+//! the last (plain `x · W / √h_in`), `act` scaled by its normalize2mom constant. Weights
+//! `[h_in, h_out]` row-major per layer (state-dict `layer{k}.weight`).
+
+use crate::error::{ModelError, Result};
+use crate::nn::act::{silu, silu_grad};
+
+#[derive(Clone, Debug)]
+pub struct FullyConnectedNet {
+    /// `(h_in, h_out, W[h_in*h_out])`
+    pub layers: Vec<(usize, usize, Vec<f64>)>,
+    /// normalize2mom constant of silu.
+    pub act_cst: f64,
+}
+
+/// Values kept by [`FullyConnectedNet::forward`] for the backward pass.
+pub struct FcTape {
+    /// Pre-activations of each hidden layer, `[n, h_out]`.
+    pre: Vec<Vec<f64>>,
+}
+
+impl FullyConnectedNet {
+    pub fn new(layers: Vec<(usize, usize, Vec<f64>)>, act_cst: f64, name: &str) -> Result<Self> {
+        for (k, (a, b, w)) in layers.iter().enumerate() {
+            if w.len() != a * b {
+                return Err(ModelError::key(
+                    format!("{name}.layer{k}.weight"),
+                    "size mismatch",
+                ));
+            }
+            if k > 0 && layers[k - 1].1 != *a {
+                return Err(ModelError::key(
+                    format!("{name}.layer{k}.weight"),
+                    "layer widths do not chain",
+                ));
+            }
+        }
+        Ok(FullyConnectedNet { layers, act_cst })
+    }
+
+    pub fn dim_in(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.0)
+    }
+    pub fn dim_out(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.1)
+    }
+
+    fn matmul(x: &[f64], n: usize, a: usize, b: usize, w: &[f64], scale: f64) -> Vec<f64> {
+        let mut y = vec![0.0; n * b];
+        for s in 0..n {
+            let ys = &mut y[s * b..][..b];
+            for (k, &xv) in x[s * a..][..a].iter().enumerate() {
+                if xv == 0.0 {
+                    continue;
+                }
+                let c = xv * scale;
+                for (o, &wv) in ys.iter_mut().zip(&w[k * b..][..b]) {
+                    *o += c * wv;
+                }
+            }
+        }
+        y
+    }
+
+    /// `[n, h_last]` from `[n, h_0]`, and the tape for [`FullyConnectedNet::backward`].
+    pub fn forward(&self, x: &[f64]) -> (Vec<f64>, FcTape) {
+        let n = x.len() / self.dim_in().max(1);
+        let mut h = x.to_vec();
+        let mut pre = Vec::new();
+        let last = self.layers.len().saturating_sub(1);
+        for (k, (a, b, w)) in self.layers.iter().enumerate() {
+            let z = Self::matmul(&h, n, *a, *b, w, 1.0 / (*a as f64).sqrt());
+            if k < last {
+                h = z.iter().map(|&v| self.act_cst * silu(v)).collect();
+                pre.push(z);
+            } else {
+                h = z;
+            }
+        }
+        (h, FcTape { pre })
+    }
+
+    /// `gx [n, h_0]` from `gy [n, h_last]`.
+    pub fn backward(&self, tape: &FcTape, gy: &[f64]) -> Vec<f64> {
+        let n = gy.len() / self.dim_out().max(1);
+        let mut g = gy.to_vec();
+        for k in (0..self.layers.len()).rev() {
+            let (a, b, w) = &self.layers[k];
+            if k < self.layers.len() - 1 {
+                for (gv, &z) in g.iter_mut().zip(&tape.pre[k]) {
+                    *gv *= self.act_cst * silu_grad(z);
+                }
+            }
+            // gx = g · Wᵀ / √a
+            let scale = 1.0 / (*a as f64).sqrt();
+            let mut gx = vec![0.0; n * a];
+            for s in 0..n {
+                let gs = &g[s * b..][..*b];
+                for (i, o) in gx[s * a..][..*a].iter_mut().enumerate() {
+                    *o = scale
+                        * w[i * b..][..*b]
+                            .iter()
+                            .zip(gs)
+                            .map(|(p, q)| p * q)
+                            .sum::<f64>();
+                }
+            }
+            g = gx;
+        }
+        g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut w = |a: usize, b: usize| {
+            (
+                a,
+                b,
+                (0..a * b)
+                    .map(|_| r.random_range(-1.0..1.0))
+                    .collect::<Vec<f64>>(),
+            )
+        };
+        let net = FullyConnectedNet::new(vec![w(4, 6), w(6, 5), w(5, 3)], 1.679, "t").unwrap();
+        let x: Vec<f64> = (0..8).map(|i| (i as f64 * 0.37).sin()).collect();
+        let gy: Vec<f64> = (0..6).map(|i| (i as f64 * 0.71).cos()).collect();
+        let (_, tape) = net.forward(&x);
+        let gx = net.backward(&tape, &gy);
+        let f = |x: &[f64]| {
+            net.forward(x)
+                .0
+                .iter()
+                .zip(&gy)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        };
+        for i in 0..x.len() {
+            let h = 1e-6;
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += h;
+            xm[i] -= h;
+            let fd = (f(&xp) - f(&xm)) / (2.0 * h);
+            assert!((fd - gx[i]).abs() < 1e-8, "{i}: {fd} vs {}", gx[i]);
+        }
+    }
+}

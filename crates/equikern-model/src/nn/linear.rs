@@ -1,0 +1,218 @@
+//! e3nn `o3.Linear` (no biases): a weighted map between equal irreps.
+//!
+//! Instructions: every `(i_in, i_out)` with `irreps_in[i_in].ir == irreps_out[i_out].ir`,
+//! loop order `i_in` outer, `i_out` inner; weight of each `[mul_in, mul_out]` row-major,
+//! concatenated in instruction order. Path normalisation `element`:
+//! `out[i_out][w, m] = Σ_{ins → i_out} Σ_u W[u, w] x[i_in][u, m] / √fan_in(i_out)`, with
+//! `fan_in(i_out) = Σ mul_in` over the instructions into `i_out`. Output blocks that no
+//! instruction reaches are zero.
+
+use crate::error::{ModelError, Result};
+use equikern_core::Irreps;
+
+#[derive(Clone, Debug)]
+struct Ins {
+    in_off: usize,
+    out_off: usize,
+    mul_in: usize,
+    mul_out: usize,
+    dim: usize,
+    w_off: usize,
+    coef: f64,
+}
+
+/// e3nn `Linear(irreps_in, irreps_out)` with its flat weight.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub irreps_in: Irreps,
+    pub irreps_out: Irreps,
+    pub weight: Vec<f64>,
+    ins: Vec<Ins>,
+    pub dim_in: usize,
+    pub dim_out: usize,
+}
+
+impl Linear {
+    /// Number of weights e3nn allocates for these irreps.
+    pub fn weight_numel(irreps_in: &Irreps, irreps_out: &Irreps) -> usize {
+        let mut n = 0;
+        for a in irreps_in.iter() {
+            for b in irreps_out.iter() {
+                if a.ir == b.ir {
+                    n += a.mul * b.mul;
+                }
+            }
+        }
+        n
+    }
+
+    /// `name` is used in errors (the state-dict key).
+    pub fn new(
+        irreps_in: Irreps,
+        irreps_out: Irreps,
+        weight: Vec<f64>,
+        name: &str,
+    ) -> Result<Self> {
+        let si = irreps_in.slices();
+        let so = irreps_out.slices();
+        let mut ins = Vec::new();
+        let mut w_off = 0;
+        for (i, a) in irreps_in.iter().enumerate() {
+            for (o, b) in irreps_out.iter().enumerate() {
+                if a.ir == b.ir {
+                    ins.push(Ins {
+                        in_off: si[i].start,
+                        out_off: so[o].start,
+                        mul_in: a.mul,
+                        mul_out: b.mul,
+                        dim: a.ir.dim(),
+                        w_off,
+                        coef: 0.0,
+                    });
+                    w_off += a.mul * b.mul;
+                }
+            }
+        }
+        if weight.len() != w_off {
+            return Err(ModelError::key(
+                name,
+                format!(
+                    "Linear({irreps_in} -> {irreps_out}) needs {w_off} weights, found {}",
+                    weight.len()
+                ),
+            ));
+        }
+        let fan: Vec<usize> = ins
+            .iter()
+            .map(|x| {
+                ins.iter()
+                    .filter(|y| y.out_off == x.out_off)
+                    .map(|y| y.mul_in)
+                    .sum()
+            })
+            .collect();
+        for (x, f) in ins.iter_mut().zip(fan) {
+            x.coef = if f > 0 { 1.0 / (f as f64).sqrt() } else { 0.0 };
+        }
+        Ok(Linear {
+            dim_in: irreps_in.dim(),
+            dim_out: irreps_out.dim(),
+            irreps_in,
+            irreps_out,
+            weight,
+            ins,
+        })
+    }
+
+    /// `y [n, dim_out]` from `x [n, dim_in]`.
+    pub fn forward(&self, x: &[f64]) -> Vec<f64> {
+        let n = x.len() / self.dim_in.max(1);
+        let mut y = vec![0.0; n * self.dim_out];
+        for s in 0..n {
+            let xs = &x[s * self.dim_in..][..self.dim_in];
+            let ys = &mut y[s * self.dim_out..][..self.dim_out];
+            for p in &self.ins {
+                for u in 0..p.mul_in {
+                    let xu = &xs[p.in_off + u * p.dim..][..p.dim];
+                    let wrow = &self.weight[p.w_off + u * p.mul_out..][..p.mul_out];
+                    for (w, &wv) in wrow.iter().enumerate() {
+                        let c = p.coef * wv;
+                        let yw = &mut ys[p.out_off + w * p.dim..][..p.dim];
+                        for (a, b) in yw.iter_mut().zip(xu) {
+                            *a += c * b;
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// `gx [n, dim_in]` from `gy [n, dim_out]` (the map is linear in x).
+    pub fn backward(&self, gy: &[f64]) -> Vec<f64> {
+        let n = gy.len() / self.dim_out.max(1);
+        let mut gx = vec![0.0; n * self.dim_in];
+        for s in 0..n {
+            let gys = &gy[s * self.dim_out..][..self.dim_out];
+            let gxs = &mut gx[s * self.dim_in..][..self.dim_in];
+            for p in &self.ins {
+                for u in 0..p.mul_in {
+                    let wrow = &self.weight[p.w_off + u * p.mul_out..][..p.mul_out];
+                    let gxu = &mut gxs[p.in_off + u * p.dim..][..p.dim];
+                    for (w, &wv) in wrow.iter().enumerate() {
+                        let c = p.coef * wv;
+                        let g = &gys[p.out_off + w * p.dim..][..p.dim];
+                        for (a, b) in gxu.iter_mut().zip(g) {
+                            *a += c * b;
+                        }
+                    }
+                }
+            }
+        }
+        gx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn rnd(n: usize, seed: u64) -> Vec<f64> {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| r.random_range(-1.0..1.0)).collect()
+    }
+
+    #[test]
+    fn fan_in_and_layout() {
+        // 2x0e + 1x1e -> 3x0e: fan_in 2, weight [2,3]
+        let l = Linear::new(
+            "2x0e+1x1e".parse().unwrap(),
+            "3x0e".parse().unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "t",
+        )
+        .unwrap();
+        let y = l.forward(&[1.0, 10.0, 7.0, 7.0, 7.0]);
+        let c = 1.0 / 2f64.sqrt();
+        for (a, b) in y.iter().zip([c * 41.0, c * 52.0, c * 63.0]) {
+            assert!((a - b).abs() < 1e-13);
+        }
+        // two input blocks into one output: fan_in = 2 + 1
+        let l = Linear::new(
+            "2x0e+1x0e".parse().unwrap(),
+            "1x0e".parse().unwrap(),
+            vec![1.0, 1.0, 1.0],
+            "t",
+        )
+        .unwrap();
+        let y = l.forward(&[1.0, 2.0, 3.0]);
+        assert!((y[0] - 6.0 / 3f64.sqrt()).abs() < 1e-15);
+        assert!(Linear::new(
+            "1x0e".parse().unwrap(),
+            "1x0e".parse().unwrap(),
+            vec![],
+            "bad.key"
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("bad.key"));
+    }
+
+    #[test]
+    fn backward_is_transpose() {
+        let (i, o): (Irreps, Irreps) = (
+            "3x0e+2x1e+1x2e".parse().unwrap(),
+            "2x0e+3x1e+2x2e".parse().unwrap(),
+        );
+        let w = rnd(Linear::weight_numel(&i, &o), 1);
+        let l = Linear::new(i, o, w, "t").unwrap();
+        let x = rnd(2 * l.dim_in, 2);
+        let gy = rnd(2 * l.dim_out, 3);
+        let y = l.forward(&x);
+        let gx = l.backward(&gy);
+        let lhs: f64 = y.iter().zip(&gy).map(|(a, b)| a * b).sum();
+        let rhs: f64 = x.iter().zip(&gx).map(|(a, b)| a * b).sum();
+        assert!((lhs - rhs).abs() < 1e-13);
+    }
+}

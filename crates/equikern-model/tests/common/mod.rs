@@ -1,0 +1,172 @@
+//! Shared helpers for the model tests.
+#![allow(dead_code)]
+
+use equikern_model::sevennet::Options;
+use equikern_model::{Checkpoint, SevenNet, Structure, Value};
+use std::path::PathBuf;
+
+pub fn checkpoint_path() -> Option<PathBuf> {
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/checkpoint_sevennet_0.pth");
+    if p.exists() {
+        Some(p)
+    } else {
+        println!(
+            "SKIP: {} absent (run crates/equikern-model/fetch_checkpoint.sh)",
+            p.display()
+        );
+        None
+    }
+}
+
+pub fn real_model() -> Option<SevenNet> {
+    let ck = Checkpoint::load(checkpoint_path()?).expect("checkpoint loads");
+    Some(SevenNet::from_checkpoint(&ck, Options::default()).expect("model builds"))
+}
+
+fn s(x: &str) -> Value {
+    Value::Str(x.to_string())
+}
+fn kv(k: &str, v: Value) -> (Value, Value) {
+    (s(k), v)
+}
+
+/// A SevenNet-style config, small: 4 species (H C N O), 3 layers, `4x0e → 6x0e+3x1e+2x2e → … → 6x0e`.
+pub fn small_config(cutoff_function: &str) -> Value {
+    let cf = if cutoff_function == "XPLOR" {
+        Value::Dict(vec![
+            kv("cutoff_function_name", s("XPLOR")),
+            kv("cutoff_on", Value::Float(3.2)),
+        ])
+    } else {
+        Value::Dict(vec![
+            kv("cutoff_function_name", s("poly_cut")),
+            kv("poly_cut_p_value", Value::Int(6)),
+        ])
+    };
+    Value::Dict(vec![
+        kv("cutoff", Value::Float(3.7)),
+        kv("_number_of_species", Value::Int(4)),
+        kv(
+            "_type_map",
+            Value::Dict(vec![
+                (Value::Int(1), Value::Int(0)),
+                (Value::Int(6), Value::Int(1)),
+                (Value::Int(7), Value::Int(2)),
+                (Value::Int(8), Value::Int(3)),
+            ]),
+        ),
+        kv(
+            "radial_basis",
+            Value::Dict(vec![
+                kv("radial_basis_name", s("bessel")),
+                kv("bessel_basis_num", Value::Int(8)),
+            ]),
+        ),
+        kv("cutoff_function", cf),
+        kv("lmax", Value::Int(2)),
+        kv("lmax_edge", Value::Int(-1)),
+        kv("is_parity", Value::Bool(false)),
+        kv("num_convolution_layer", Value::Int(3)),
+        kv(
+            "irreps_manual",
+            Value::List(vec![
+                s("4x0e"),
+                s("6x0e+3x1e+2x2e"),
+                s("6x0e+3x1e+2x2e"),
+                s("6x0e"),
+            ]),
+        ),
+        kv(
+            "weight_nn_hidden_neurons",
+            Value::List(vec![Value::Int(5), Value::Int(7)]),
+        ),
+        kv("act_radial", s("silu")),
+        kv(
+            "act_scalar",
+            Value::Dict(vec![kv("e", s("silu")), kv("o", s("tanh"))]),
+        ),
+        kv(
+            "act_gate",
+            Value::Dict(vec![kv("e", s("silu")), kv("o", s("tanh"))]),
+        ),
+        kv("self_connection_type", s("linear")),
+        kv("interaction_type", s("nequip")),
+        kv("use_bias_in_linear", Value::Bool(false)),
+        kv("readout_as_fcn", Value::Bool(false)),
+        kv("_normalize_sph", Value::Bool(true)),
+    ])
+}
+
+pub fn small_model(cutoff_function: &str, seed: u64) -> SevenNet {
+    SevenNet::random(
+        &small_config(cutoff_function),
+        Options {
+            silu_cst: 1.679176792398926,
+        },
+        seed,
+    )
+    .unwrap()
+}
+
+/// Triclinic cell smaller than 2·cutoff (several images of every pair), H/C/N/O.
+pub fn triclinic() -> Structure {
+    Structure {
+        positions: vec![
+            [0.1, 0.2, 0.3],
+            [1.3, 0.9, 0.4],
+            [0.7, 1.8, 1.6],
+            [2.1, 1.2, 2.0],
+        ],
+        numbers: vec![1, 6, 7, 8],
+        cell: [[2.9, 0.0, 0.0], [0.6, 2.7, 0.0], [-0.4, 0.5, 3.1]],
+        pbc: [true; 3],
+    }
+}
+
+/// A small open-boundary molecule (roughly methylamine-like coordinates).
+pub fn molecule() -> Structure {
+    Structure {
+        positions: vec![
+            [0.0, 0.0, 0.0],
+            [1.47, 0.0, 0.0],
+            [-0.36, 1.02, 0.05],
+            [-0.37, -0.52, 0.88],
+            [-0.36, -0.5, -0.9],
+            [1.8, 0.95, 0.1],
+            [1.82, -0.45, -0.83],
+        ],
+        numbers: vec![6, 7, 1, 1, 1, 1, 1],
+        cell: [[0.0; 3]; 3],
+        pbc: [false; 3],
+    }
+}
+
+pub fn si_diamond() -> Structure {
+    let a = 5.43;
+    let basis = [
+        [0.0, 0.0, 0.0],
+        [0.0, 0.5, 0.5],
+        [0.5, 0.0, 0.5],
+        [0.5, 0.5, 0.0],
+        [0.25, 0.25, 0.25],
+        [0.25, 0.75, 0.75],
+        [0.75, 0.25, 0.75],
+        [0.75, 0.75, 0.25],
+    ];
+    Structure {
+        positions: basis.iter().map(|f| f.map(|x| x * a)).collect(),
+        numbers: vec![14; 8],
+        cell: [[a, 0.0, 0.0], [0.0, a, 0.0], [0.0, 0.0, a]],
+        pbc: [true; 3],
+    }
+}
+
+/// Rotation matrix from a unit quaternion-ish parametrisation.
+pub fn rotation(a: f64, b: f64, c: f64) -> [[f64; 3]; 3] {
+    equikern_core::so3::angles_to_matrix(a, b, c)
+}
+
+pub fn apply(r: &[[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
+    [0, 1, 2].map(|i| r[i][0] * v[0] + r[i][1] * v[1] + r[i][2] * v[2])
+}
