@@ -3,6 +3,7 @@
 mod bench;
 mod conformance_cmd;
 mod conv;
+mod emit;
 mod engine;
 mod error;
 mod info;
@@ -29,6 +30,7 @@ enum Cmd {
     Tp(Box<tp::TpArgs>),
     Conv(Box<conv::ConvArgs>),
     Info(info::InfoArgs),
+    Emit(emit::EmitArgs),
     Suite(suite::SuiteArgs),
     Bench(Box<bench::BenchArgs>),
     Conformance(conformance_cmd::ConformanceArgs),
@@ -91,6 +93,7 @@ fn main() {
         Cmd::Tp(a) => tp::run(a),
         Cmd::Conv(a) => conv::run(a),
         Cmd::Info(a) => info::run(a),
+        Cmd::Emit(a) => emit::run(a),
         Cmd::Suite(a) => suite::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Conformance(a) => conformance_cmd::run_cmd(a),

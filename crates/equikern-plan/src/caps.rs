@@ -34,3 +34,31 @@ impl Capabilities {
         }
     }
 }
+
+impl Capabilities {
+    /// A typical NVIDIA data-centre GPU (H100, sm_90) as the CUDA runtime reads it; for
+    /// emitting CUDA without a device (`equikern emit`). Runtimes read the real device.
+    pub fn cuda_sm90() -> Self {
+        Capabilities {
+            subgroup_size: 32,
+            subgroups: true,
+            max_invocations_per_workgroup: 1024,
+            max_workgroup_size_x: 1024,
+            workgroup_memory_bytes: 232_448,
+            max_storage_binding_bytes: u64::MAX >> 8,
+            max_workgroups_per_dim: 65_535,
+            max_storage_buffers_per_stage: 64,
+            f64: true,
+            float_atomics: true,
+        }
+    }
+
+    /// An AMD MI200-class GPU (gfx90a, 64-wide wavefronts), for emitting HIP without a device.
+    pub fn hip_gfx90a() -> Self {
+        Capabilities {
+            subgroup_size: 64,
+            workgroup_memory_bytes: 65_536,
+            ..Self::cuda_sm90()
+        }
+    }
+}
