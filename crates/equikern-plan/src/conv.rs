@@ -191,3 +191,54 @@ pub(crate) fn conv_addressing(t: Tensor, a: Addressing) -> Addressing {
         _ => a,
     }
 }
+
+/// The f64 conv oracle's outputs for `dir`, keyed by the plan's tensors (the reference every
+/// conv backend test compares `interpret_conv` and the GPU runtimes against). `inputs` holds
+/// X, Y, W, GZ, HX, HY, HW as needed by `dir`.
+pub fn reference(
+    tp: &equikern_core::TensorProduct,
+    g: &Csr,
+    dir: crate::Direction,
+    inputs: &std::collections::BTreeMap<Tensor, Vec<f64>>,
+) -> Result<std::collections::BTreeMap<Tensor, Vec<f64>>, PlanError> {
+    use crate::Direction;
+    use Tensor::*;
+    let err = |e: equikern_core::conv::ConvError| PlanError::Interp {
+        kernel: "conv oracle".into(),
+        why: e.to_string(),
+    };
+    let o = equikern_core::conv::ConvOracle::<f64>::new(tp).map_err(err)?;
+    let v = |t: Tensor| {
+        inputs
+            .get(&t)
+            .map(|x| &x[..])
+            .ok_or(PlanError::MissingInput(t))
+    };
+    let weighted = tp.weight_numel > 0;
+    let mut m = std::collections::BTreeMap::new();
+    match dir {
+        Direction::Forward => {
+            m.insert(Z, o.forward(g, v(X)?, v(Y)?, v(W)?).map_err(err)?);
+        }
+        Direction::Backward => {
+            let r = o.backward(g, v(X)?, v(Y)?, v(W)?, v(GZ)?).map_err(err)?;
+            m.insert(GX, r.gx);
+            m.insert(GY, r.gy);
+            if weighted {
+                m.insert(GW, r.gw);
+            }
+        }
+        Direction::DoubleBackward => {
+            let r = o
+                .double_backward(g, v(X)?, v(Y)?, v(W)?, v(GZ)?, v(HX)?, v(HY)?, v(HW)?)
+                .map_err(err)?;
+            m.insert(DX, r.dx);
+            m.insert(DY, r.dy);
+            m.insert(DGZ, r.dgz);
+            if weighted {
+                m.insert(DW, r.dw);
+            }
+        }
+    }
+    Ok(m)
+}

@@ -72,36 +72,7 @@ fn oracle(
     dir: Direction,
     i: &BTreeMap<Tensor, Vec<f64>>,
 ) -> BTreeMap<Tensor, Vec<f64>> {
-    use Tensor::*;
-    let o = ConvOracle::new(tp).unwrap();
-    let v = |t| &i[&t][..];
-    let wn = tp.weight_numel > 0;
-    let mut m = BTreeMap::new();
-    match dir {
-        Direction::Forward => {
-            m.insert(Z, o.forward(g, v(X), v(Y), v(W)).unwrap());
-        }
-        Direction::Backward => {
-            let r = o.backward(g, v(X), v(Y), v(W), v(GZ)).unwrap();
-            m.insert(GX, r.gx);
-            m.insert(GY, r.gy);
-            if wn {
-                m.insert(GW, r.gw);
-            }
-        }
-        Direction::DoubleBackward => {
-            let r = o
-                .double_backward(g, v(X), v(Y), v(W), v(GZ), v(HX), v(HY), v(HW))
-                .unwrap();
-            m.insert(DX, r.dx);
-            m.insert(DY, r.dy);
-            m.insert(DGZ, r.dgz);
-            if wn {
-                m.insert(DW, r.dw);
-            }
-        }
-    }
-    m
+    equikern_plan::conv::reference(tp, g, dir, i).unwrap()
 }
 
 fn run(
