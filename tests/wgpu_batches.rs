@@ -17,6 +17,26 @@ fn spec(shared: bool) -> equikern::TpSpec {
     )
 }
 
+/// Qualifies for the channel-fused backward (16 channels, all `uvu`).
+fn fused_spec(shared: bool) -> equikern::TpSpec {
+    corpus::spec_for_mode(
+        "uvu",
+        "16x0e+16x1o+16x2e",
+        "1x0e+1x1o+1x2e",
+        &["0e", "1o", "1e", "2e", "2o"],
+        shared,
+    )
+}
+
+fn is_fused(dev: &equikern::Device, s: &equikern::TpSpec) -> bool {
+    let caps = dev.wgpu_runtime().unwrap().capabilities();
+    lower(&s.build().unwrap(), Direction::Backward, Dtype::F32, &caps)
+        .unwrap()
+        .kernels
+        .iter()
+        .any(|k| matches!(k.work, equikern::plan::Work::Channels(_)))
+}
+
 #[test]
 fn batches_1_7_1000() {
     let Some(dev) = device(Default::default()) else {
@@ -28,6 +48,11 @@ fn batches_1_7_1000() {
         }
         let uvw = corpus::spec_for_mode("uvw", "3x0e+2x1o", "2x0e+1x1o", &["0e", "1o"], shared);
         assert_spec(&dev, "uvw", &uvw, 1000, 3, true);
+        let f = fused_spec(shared);
+        assert!(is_fused(&dev, &f), "channel fusion expected");
+        for batch in [1, 7, 1000] {
+            assert_spec(&dev, "uvu fused", &f, batch, 40 + batch as u64, true);
+        }
     }
 }
 
@@ -56,6 +81,10 @@ fn split_by_binding_limit() {
             assert!(p.max_samples_per_dispatch < 1000, "no split would happen");
         }
         assert_spec(&dev, "uvu split (16 KiB)", &s, 1000, 21, true);
+        let f = fused_spec(shared);
+        if is_fused(&dev, &f) {
+            assert_spec(&dev, "uvu fused split (16 KiB)", &f, 250, 23, true);
+        }
     }
 }
 
@@ -76,5 +105,8 @@ fn split_by_dispatch_cap() {
             22,
             true,
         );
+        let f = fused_spec(shared);
+        assert!(is_fused(&dev, &f), "channel fusion expected");
+        assert_spec(&dev, "uvu fused split (37/dispatch)", &f, 1000, 24, true);
     }
 }

@@ -114,6 +114,14 @@ pub fn schedule(
                     s0 += n;
                 }
             }
+            Work::Channels(c) => {
+                let mut s0 = 0;
+                while s0 < batch {
+                    let n = step.min(batch - s0);
+                    parts.push((s0, s0, n * c.channels as u64, n as u32));
+                    s0 += n;
+                }
+            }
             Work::ReduceChunks { len, .. } => {
                 parts.push((0, 0, *len as u64, chunks_so_far as u32));
             }

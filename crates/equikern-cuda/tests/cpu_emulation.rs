@@ -2,7 +2,9 @@
 //! lines standing in for the CUDA built-ins, its grid is walked thread by thread following the
 //! runtime's own launch [`schedule`], and the results are compared with the oracle. This
 //! checks the printed kernels and the dispatch/chunk logic where there is no GPU (CI).
-//! Kernels that use shared memory (staged stores) need real threads and are not covered.
+//! Kernels with a barrier (channel-fused backward) run each block on real threads (one
+//! `std::thread` per CUDA thread, `__syncthreads` a `std::barrier`); staged stores are not
+//! covered.
 
 mod common;
 
@@ -10,7 +12,7 @@ use common::*;
 use equikern_core::{oracle, ConnectionMode, TensorProduct};
 use equikern_cuda::exec::{schedule, wpartial_len};
 use equikern_emit::cuda::{emit_with, CudaOptions, EmittedCuda, Param, Target};
-use equikern_plan::{Capabilities, Direction, Dtype, KernelPlan, Tensor};
+use equikern_plan::{Capabilities, Direction, Dtype, KernelPlan, LowerOptions, Tensor, Work};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::fmt::Write as _;
@@ -19,8 +21,17 @@ use std::process::Command;
 
 const SHIM: &str = r#"
 #include <algorithm>
+#include <barrier>
+#include <thread>
+#include <vector>
 struct ek_dim3 { unsigned int x, y, z; };
-static ek_dim3 blockIdx, threadIdx, gridDim;
+static ek_dim3 blockIdx, gridDim;
+static thread_local ek_dim3 threadIdx;
+// Kernels with a barrier (channel kernels) run one block at a time on real threads: a
+// function-local static is then the block's shared memory.
+static std::barrier<>* ek_bar = nullptr;
+static inline void __syncthreads() { if (ek_bar) ek_bar->arrive_and_wait(); }
+#define __shared__ static
 #define __global__
 #define __device__
 #define __launch_bounds__(n)
@@ -48,12 +59,17 @@ fn h100_caps() -> Capabilities {
 fn cpp(plans: &[(KernelPlan, EmittedCuda)]) -> String {
     let mut s = SHIM.to_string();
     for (i, (plan, e)) in plans.iter().enumerate() {
+        let threaded: Vec<bool> = plan
+            .kernels
+            .iter()
+            .map(|k| matches!(k.work, Work::Channels(_)))
+            .collect();
         let real = match plan.dtype {
             Dtype::F32 => "float",
             Dtype::F64 => "double",
         };
         let _ = writeln!(s, "namespace ek_p{i} {{\n{}", e.source);
-        for k in &e.kernels {
+        for (ki, k) in e.kernels.iter().enumerate() {
             let args: Vec<String> = k
                 .params
                 .iter()
@@ -66,6 +82,21 @@ fn cpp(plans: &[(KernelPlan, EmittedCuda)]) -> String {
                     Param::Conv => unreachable!("tensor-product plans only"),
                 })
                 .collect();
+            if threaded[ki] {
+                let _ = writeln!(
+                    s,
+                    "extern \"C\" void ek_launch_{n}(void** a, unsigned int last, unsigned int gx, unsigned int gy, unsigned int wg) {{\n\
+                     gridDim.x = gx; gridDim.y = gy; gridDim.z = 1u;\n\
+                     for (unsigned int by = 0; by < gy; ++by) for (unsigned int bx = 0; bx < gx; ++bx) {{\n\
+                     blockIdx.x = bx; blockIdx.y = by; blockIdx.z = 0u;\n\
+                     std::barrier<> bar(wg); ek_bar = &bar; std::vector<std::thread> th;\n\
+                     for (unsigned int t = 0; t < wg; ++t) th.emplace_back([=] {{ threadIdx.x = t; threadIdx.y = 0u; threadIdx.z = 0u; {n}({}); }});\n\
+                     for (auto& h : th) h.join(); ek_bar = nullptr; }} }}",
+                    args.join(", "),
+                    n = k.name
+                );
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "extern \"C\" void ek_launch_{n}(void** a, unsigned int last, unsigned int gx, unsigned int gy, unsigned int wg) {{\n\
@@ -87,7 +118,15 @@ fn compile(src: &str, dir: &Path, name: &str) -> Result<libloading::Library, Str
     let so = dir.join(format!("{name}.so"));
     std::fs::write(&cpp, src).map_err(|e| e.to_string())?;
     let o = Command::new("g++")
-        .args(["-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-o"])
+        .args([
+            "-std=c++20",
+            "-O1",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            "-w",
+            "-o",
+        ])
         .arg(&so)
         .arg(&cpp)
         .output()
@@ -142,6 +181,8 @@ struct Case {
     /// Force dispatches of this many chunks (or 16-sample blocks) to exercise splitting.
     split: bool,
     opts: CudaOptions,
+    /// Lower the backward with the channel-fused kernel where the product qualifies.
+    fusion: bool,
     label: String,
 }
 
@@ -153,7 +194,10 @@ fn plans(c: &Case) -> Vec<(KernelPlan, EmittedCuda)> {
     ]
     .into_iter()
     .map(|d| {
-        let mut p = equikern_plan::lower(&c.tp, d, c.dtype, &h100_caps()).unwrap();
+        let opts = LowerOptions {
+            channel_fusion: c.fusion,
+        };
+        let mut p = equikern_plan::lower_with(&c.tp, d, c.dtype, &h100_caps(), opts).unwrap();
         if c.split {
             p.max_samples_per_dispatch = p.chunk_size().unwrap_or(16) * 2;
         }
@@ -273,6 +317,7 @@ fn cuda_text_runs_on_cpu_and_matches_oracle() {
                         segment_tree,
                         ..Default::default()
                     },
+                    fusion: true,
                     label: format!("{m:?} weighted={weighted} shared={shared} tree={segment_tree}"),
                 });
             }
@@ -289,6 +334,7 @@ fn cuda_text_runs_on_cpu_and_matches_oracle() {
             dtype: Dtype::F32,
             split: false,
             opts: CudaOptions::default(),
+            fusion: true,
             label: format!("{m:?} shared={shared} f32"),
         });
         cases.push(Case {
@@ -299,6 +345,7 @@ fn cuda_text_runs_on_cpu_and_matches_oracle() {
                 segment_tree: true,
                 ..Default::default()
             },
+            fusion: true,
             label: format!("{m:?} shared={shared} split tree"),
         });
     }
@@ -310,12 +357,38 @@ fn cuda_text_runs_on_cpu_and_matches_oracle() {
             dtype,
             split,
             opts: CudaOptions::default(),
+            fusion: false,
             label: format!("long gathers {dtype:?} split={split}"),
         };
         let ps = plans(&c);
         assert!(
             ps[1].0.dims.scratch > 0 && ps[2].0.dims.scratch > 0,
             "no gather split"
+        );
+        cases.push(c);
+    }
+    // The channel-fused backward (threads + barrier), several blocks and partial blocks.
+    for (m, weighted, shared, dtype, split) in [
+        (16, true, false, Dtype::F64, false),
+        (8, true, true, Dtype::F32, true),
+        (8, false, false, Dtype::F64, true),
+    ] {
+        let c = Case {
+            tp: uvu_spec(m, weighted, shared),
+            dtype,
+            split,
+            opts: CudaOptions::default(),
+            fusion: true,
+            label: format!("channel-fused m={m} weighted={weighted} shared={shared} {dtype:?}"),
+        };
+        assert!(
+            plans(&c)[1]
+                .0
+                .kernels
+                .iter()
+                .any(|k| matches!(k.work, Work::Channels(_))),
+            "{}: not fused",
+            c.label
         );
         cases.push(c);
     }

@@ -626,3 +626,104 @@ fn split_plans_match_oracle() {
         check_all::<f32>(&dev, &ctp, &tp, 1000, "split by output");
     }
 }
+
+/// The channel-fused backward (`Work::Channels`: one thread per (sample, channel), `gy`
+/// summed in shared memory) against the oracle: per-sample, shared and no weights, 8 to
+/// 128 channels, f32 and f64, batches up to 50 003 (several workgroups' partial groups).
+#[test]
+fn channel_fused_backward() {
+    let Some(dev) = device() else { return };
+    for (m, weighted, shared) in [
+        (8, true, false),
+        (32, true, true),
+        (16, false, false),
+        (48, true, false),
+        (128, true, false),
+    ] {
+        let tp = uvu_spec(m, weighted, shared);
+        let label = format!("uvu m={m} weighted={weighted} shared={shared}");
+        for dtype in [Dtype::F32, Dtype::F64] {
+            let ctp = CudaTensorProduct::new(&dev, &tp, dtype).unwrap();
+            let plan = ctp.plan(Direction::Backward).unwrap();
+            assert!(
+                plan.kernels
+                    .iter()
+                    .any(|k| matches!(k.work, equikern_plan::Work::Channels(_))),
+                "{label}: not fused"
+            );
+            for b in [1, 7, 1000, 50_003] {
+                match dtype {
+                    Dtype::F32 => check_all::<f32>(&dev, &ctp, &tp, b, &label),
+                    Dtype::F64 => check_all::<f64>(&dev, &ctp, &tp, b, &label),
+                }
+            }
+        }
+    }
+    println!("channel-fused backward: 5 specs x f32/f64 x 4 batches passed");
+}
+
+/// Backward at batch 50 000, channel-fused vs the row kernels, for the paper-suite problems
+/// that fuse (`--ignored --nocapture`).
+#[test]
+#[ignore]
+fn bench_channel_fusion() {
+    let Some(dev) = device() else { return };
+    let batch = 50_000;
+    println!(
+        "device {}, batch {batch}, f32 backward, median of 30",
+        dev.name()
+    );
+    for (label, tp) in paper_suite() {
+        let fused = CudaTensorProduct::new(&dev, &tp, Dtype::F32).unwrap();
+        let fplan = fused.plan(Direction::Backward).unwrap();
+        if !fplan
+            .kernels
+            .iter()
+            .any(|k| matches!(k.work, equikern_plan::Work::Channels(_)))
+        {
+            continue;
+        }
+        let rows_plan = equikern_plan::lower_with(
+            &tp,
+            Direction::Backward,
+            Dtype::F32,
+            &dev.capabilities(),
+            equikern_plan::LowerOptions {
+                channel_fusion: false,
+            },
+        )
+        .unwrap();
+        let rows = CudaTensorProduct::from_plans(&dev, vec![rows_plan]).unwrap();
+        // Correct first: the fused plan against the oracle at a small batch.
+        let d = data(&tp, 5, 99);
+        let g = oracle::backward(&tp, 5, &d.x, &d.y, &d.w, &d.gz).unwrap();
+        let (n1, n2, wl) = (5 * tp.dim_in1, 5 * tp.dim_in2, w_len(&tp, 5));
+        let (x, y, w, gz) = (
+            up::<f32>(&dev, &d.x),
+            up::<f32>(&dev, &d.y),
+            up::<f32>(&dev, &d.w),
+            up::<f32>(&dev, &d.gz),
+        );
+        let (mut gx, mut gy, mut gw) = (
+            poisoned::<f32>(&dev, n1),
+            poisoned::<f32>(&dev, n2),
+            poisoned::<f32>(&dev, wl),
+        );
+        fused
+            .backward_device(5, &x, &y, &w, &gz, &mut gx, &mut gy, &mut gw)
+            .unwrap();
+        expect(&label, "gx", &down(&dev, &gx, n1), &g.gx, 1e-5);
+        expect(&label, "gy", &down(&dev, &gy, n2), &g.gy, 1e-5);
+        expect(&label, "gw", &down(&dev, &gw, wl), &g.gw, 1e-5);
+        let tf = fused
+            .time::<f32>(Direction::Backward, batch, 5, 30)
+            .unwrap();
+        let tr = rows.time::<f32>(Direction::Backward, batch, 5, 30).unwrap();
+        println!(
+            "{label:24} fused {:8.3} ms  rows {:8.3} ms  ({:.2}x)",
+            tf.median_ms,
+            tr.median_ms,
+            tr.median_ms / tf.median_ms
+        );
+    }
+}

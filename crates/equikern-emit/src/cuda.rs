@@ -247,6 +247,7 @@ fn check_kernel(plan: &KernelPlan, k: &Kernel) -> Result<(), EmitError> {
         return Err(bad("a tensor is bound twice".into()));
     }
     match &k.work {
+        Work::Channels(c) => crate::channel::check(plan, k, c).map_err(bad)?,
         Work::ReducePieces { .. } => return Err(bad("convolution kernel".into())),
         Work::ReduceChunks { input, output, .. } => {
             if !k.inputs.contains(input) || !k.outputs.contains(output) {
@@ -385,6 +386,21 @@ fn print_kernel(
 ) -> Result<CudaKernel, EmitError> {
     let real = real_type(plan.dtype);
     let params = match &k.work {
+        Work::Channels(c) => {
+            let p = print_signature(src, plan, k, "num_samples");
+            let dia = crate::channel::Dialect::Cuda;
+            src.push_str(&crate::channel::shared_decl(&dia, plan, c));
+            src.push_str(&crate::channel::body(
+                &dia,
+                plan,
+                c,
+                "(blockIdx.y * gridDim.x + blockIdx.x)",
+                "threadIdx.x",
+                "num_samples",
+            )?);
+            src.push_str("}\n\n");
+            p
+        }
         Work::ReducePieces { .. } => {
             return Err(EmitError::InvalidPlan {
                 kernel: k.name.clone(),

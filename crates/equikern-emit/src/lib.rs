@@ -1,6 +1,7 @@
 //! Writers: print a [`equikern_plan::KernelPlan`] as WGSL (and, later, CUDA/HIP).
 //! Every decision is already in the plan; writers only print it.
 
+mod channel;
 pub mod cuda;
 mod cuda_conv;
 pub mod params;

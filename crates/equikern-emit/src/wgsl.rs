@@ -167,6 +167,24 @@ fn emit_kernel(plan: &KernelPlan, kernel: &Kernel) -> Result<EmittedKernel, Emit
             segments,
         } => rows_body(&mut cx, *sample_mode, *rows_per_sample, segments)?,
         Work::ReduceChunks { input, output, len } => reduce_body(&cx, *input, *output, *len)?,
+        Work::Channels(c) => {
+            crate::channel::check(plan, kernel, c).map_err(|why| cx.err(why))?;
+            let dia = crate::channel::Dialect::Wgsl {
+                binding: cx.bindings.iter().map(|b| (b.tensor, b.binding)).collect(),
+            };
+            let mut s = crate::channel::shared_decl(&dia, plan, c);
+            s.push_str(&main_prologue(kernel.workgroup_size));
+            s.push_str(&crate::channel::body(
+                &dia,
+                plan,
+                c,
+                "(wid.y * nwg.x + wid.x)",
+                "lid",
+                "P.num_samples",
+            )?);
+            s.push_str("}\n");
+            s
+        }
         Work::ReducePieces {
             input,
             output,

@@ -75,6 +75,34 @@ impl fmt::Display for KernelPlan {
                 Work::ReduceChunks { input, output, len } => {
                     writeln!(f, "; {output:?}[r] = sum_c {input:?}[c, r] for r < {len}")?;
                 }
+                Work::Channels(c) => {
+                    writeln!(
+                        f,
+                        "; {} channels/sample, {} samples/workgroup, gy summed over channels \
+                         ({} elements of workgroup memory){}",
+                        c.channels,
+                        c.samples_per_group,
+                        c.reduction_len(),
+                        if c.write_gw { ", writes gw" } else { "" }
+                    )?;
+                    for p in &c.paths {
+                        writeln!(
+                            f,
+                            "  path {}: x[{} + u*{}] y[{} + v*{}, v<{}] gz[{} + u*{}] w{} terms {}",
+                            p.path,
+                            p.x_offset,
+                            p.x_len,
+                            p.y_offset,
+                            p.y_len,
+                            p.y_mul,
+                            p.z_offset,
+                            p.z_len,
+                            p.w_offset
+                                .map_or(String::new(), |o| format!("[{o} + u*{} + v]", p.y_mul)),
+                            p.terms.len()
+                        )?;
+                    }
+                }
                 Work::ReducePieces {
                     input,
                     output,

@@ -79,6 +79,27 @@ pub fn interpret(
                 }
                 bufs.insert(*output, out);
             }
+            Work::Channels(c) => {
+                if k.workgroup_size != c.samples_per_group * c.channels {
+                    return Err(err(&k.name, "workgroup is not samples × channels".into()));
+                }
+                for (s0, n) in plan.dispatches(batch) {
+                    let grid = k.grid(k.invocations(n), plan.caps.max_workgroups_per_dim);
+                    if grid[0] > plan.caps.max_workgroups_per_dim
+                        || grid[1] > plan.caps.max_workgroups_per_dim
+                    {
+                        return Err(err(&k.name, format!("grid {grid:?} exceeds the limit")));
+                    }
+                    let groups = grid[0] as u64 * grid[1] as u64;
+                    if groups * (c.samples_per_group as u64) < n {
+                        return Err(err(&k.name, "grid does not cover the samples".into()));
+                    }
+                    for ls in 0..n {
+                        crate::channel::interpret_sample(plan, c, s0 + ls, &mut bufs)
+                            .map_err(|why| err(&k.name, why))?;
+                    }
+                }
+            }
             Work::Rows {
                 sample_mode,
                 rows_per_sample,

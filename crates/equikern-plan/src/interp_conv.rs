@@ -134,6 +134,12 @@ pub fn interpret_conv(
                 bufs.insert(*output, out);
                 continue;
             }
+            Work::Channels(_) => {
+                return Err(PlanError::Interp {
+                    kernel: k.name.clone(),
+                    why: "a channel kernel in a convolution plan".into(),
+                })
+            }
             Work::Rows {
                 sample_mode,
                 rows_per_sample,

@@ -115,6 +115,7 @@
 //!   several outputs) could share loads if their segments were fused.
 
 pub mod caps;
+pub mod channel;
 pub mod conv;
 mod display;
 pub mod interp;
@@ -124,11 +125,12 @@ mod lower;
 mod lower_conv;
 
 pub use caps::Capabilities;
+pub use channel::{ChannelBlock, ChannelPath, ChannelTerm, ChannelWork};
 pub use conv::{ConvInfo, ConvOptions};
 pub use interp::interpret;
 pub use interp_conv::{conv_index_tensors, interpret_conv};
 pub use ix::Ix;
-pub use lower::lower;
+pub use lower::{lower, lower_with, LowerOptions};
 pub use lower_conv::lower_conv;
 
 use equikern_core::TensorProduct;
@@ -295,6 +297,10 @@ pub enum Work {
         output: Tensor,
         len: u32,
     },
+    /// Channel-fused backward ([`channel`]): one invocation per `(sample, channel)`,
+    /// `samples_per_group` samples per workgroup; reads X, Y, (W,) GZ once and writes GX,
+    /// GY (summed over the channels in workgroup memory) and, per-sample weights, GW.
+    Channels(ChannelWork),
     /// Convolution: `output[n, i] = Σ_{p in node n's pieces} input[p, i]` in ascending `p`
     /// (zero for none), one invocation per `(node, i)`, `i < len`; node `n`'s pieces are
     /// `pieces[n]..pieces[n + 1]` (the table's first part).
@@ -469,6 +475,27 @@ impl Kernel {
             }
             Work::ReduceChunks { len, .. } => *len as u64,
             Work::ReducePieces { len, .. } => n * *len as u64,
+            Work::Channels(c) => n * c.channels as u64,
+        }
+    }
+
+    /// `(rows per sample, samples per chunk)` of a kernel whose invocations cover samples
+    /// (row kernels and channel kernels; a channel is a row here), `None` for reductions.
+    pub fn sample_rows(&self) -> Option<(u32, u32)> {
+        match &self.work {
+            Work::Rows {
+                sample_mode,
+                rows_per_sample,
+                ..
+            } => Some((
+                *rows_per_sample,
+                match sample_mode {
+                    SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk,
+                    _ => 1,
+                },
+            )),
+            Work::Channels(c) => Some((c.channels, 1)),
+            Work::ReduceChunks { .. } | Work::ReducePieces { .. } => None,
         }
     }
 
@@ -536,6 +563,7 @@ impl KernelPlan {
     /// coefficient and operand components).
     pub fn terms_per_sample(&self) -> u64 {
         self.per_sample_sum(|c, _| c.terms.len() as u64)
+            + self.channel_sum(|p| p.terms.len() as u64)
     }
 
     /// Floating-point operations the plan executes for a batch, counting as writers evaluate
@@ -550,6 +578,18 @@ impl KernelPlan {
                 None => c.terms.len() as u64 * (ops + 1),
             }
         });
+        // Channel kernels: per term `t = coeff·gz`, `gw += t·x·y`, `gx += t·y`, `gy += t·x`
+        // (8 flops); per (path, v) the weight scales the gx and gy partials; the `gy` sum adds
+        // one per channel.
+        let chan = self.channel_sum(|p| 8 * p.terms.len() as u64 + 2 * (p.x_len + p.y_len) as u64)
+            + self
+                .kernels
+                .iter()
+                .filter_map(|k| match &k.work {
+                    Work::Channels(c) => Some(c.channels as u64 * c.y_len as u64),
+                    _ => None,
+                })
+                .sum::<u64>();
         let red: u64 = self
             .kernels
             .iter()
@@ -558,7 +598,20 @@ impl KernelPlan {
                 _ => None,
             })
             .sum();
-        per * batch + red
+        (per + chan) * batch + red
+    }
+
+    /// Σ over channel kernels, channels, paths and `v` of `f(path)`.
+    fn channel_sum(&self, f: impl Fn(&ChannelPath) -> u64) -> u64 {
+        let mut total = 0;
+        for k in &self.kernels {
+            if let Work::Channels(c) = &k.work {
+                for p in &c.paths {
+                    total += c.channels as u64 * p.y_mul as u64 * f(p);
+                }
+            }
+        }
+        total
     }
 
     /// Σ over row kernels, segments, rows `r` and loop iterations of `f(contribution, r)`.

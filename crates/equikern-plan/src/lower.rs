@@ -594,11 +594,36 @@ pub(crate) fn pack_kernels(
 }
 
 /// Lower one direction of `tp` for a target with capabilities `caps`.
+/// Lowering choices that are not target capabilities (benchmarks compare both sides).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LowerOptions {
+    /// Use the channel-fused backward ([`crate::channel`]) where the product qualifies.
+    pub channel_fusion: bool,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions {
+            channel_fusion: true,
+        }
+    }
+}
+
 pub fn lower(
     tp: &TensorProduct,
     direction: Direction,
     dtype: Dtype,
     caps: &Capabilities,
+) -> Result<KernelPlan, PlanError> {
+    lower_with(tp, direction, dtype, caps, LowerOptions::default())
+}
+
+pub fn lower_with(
+    tp: &TensorProduct,
+    direction: Direction,
+    dtype: Dtype,
+    caps: &Capabilities,
+    opts: LowerOptions,
 ) -> Result<KernelPlan, PlanError> {
     use Tensor::*;
     if dtype == Dtype::F64 && !caps.f64 {
@@ -627,6 +652,12 @@ pub fn lower(
         bindings,
     };
     let spc = chunk_size(dims.weight_numel);
+    let channel = match direction {
+        Direction::Backward if opts.channel_fusion => {
+            crate::channel::channel_work(tp, dtype, caps, wg)
+        }
+        _ => None,
+    };
     let chunk = SampleMode::Chunk {
         samples_per_chunk: spc,
     };
@@ -648,6 +679,16 @@ pub fn lower(
         // One kernel per output tensor: rows of different outputs loop over very different
         // channel counts (a GY row of a mul-1 `y` block sums over every `u` of every path
         // while GX/GW rows loop once), and a warp holding both waits for the longest lane.
+        Direction::Backward if channel.is_some() => {
+            let mut v = vec![];
+            let mut red = None;
+            if weighted && shared {
+                let gw = grp(Slot::W, WPartial, vec![b(X, Y, GZ, W)]);
+                v.push(ks("backward_gw_chunks", chunk, vec![gw]));
+                red = Some(GW);
+            }
+            (v, red)
+        }
         Direction::Backward => {
             let gx = grp(Slot::X, GX, vec![b(X, Y, GZ, W)]);
             let gy = grp(Slot::Y, GY, vec![b(X, Y, GZ, W)]);
@@ -699,6 +740,24 @@ pub fn lower(
 
     let mut tables = Tables::default();
     let mut kernels = vec![];
+    if let Some(c) = channel {
+        let mut inputs = vec![X, Y];
+        let mut outputs = vec![GX, GY];
+        if weighted {
+            inputs.push(W);
+        }
+        inputs.push(GZ);
+        if c.write_gw {
+            outputs.push(GW);
+        }
+        kernels.push(Kernel {
+            name: "backward_fused".into(),
+            inputs,
+            outputs,
+            workgroup_size: c.samples_per_group * c.channels,
+            work: Work::Channels(c),
+        });
+    }
     for spec in specs {
         kernels.push(build_kernel(tp, &spec, &dims, wg, &mut tables, &|_| {})?);
     }
@@ -1032,18 +1091,11 @@ fn max_samples(plan: &KernelPlan) -> Result<u32, PlanError> {
     let mut spc_all = 1u64;
     let grid_cap = caps.max_workgroups_per_dim as u64 * caps.max_workgroups_per_dim as u64;
     for k in &plan.kernels {
-        let Work::Rows {
-            sample_mode,
-            rows_per_sample,
-            ..
-        } = &k.work
-        else {
+        let Some((rows, spc)) = k.sample_rows() else {
             continue;
         };
-        let spc = match sample_mode {
-            SampleMode::Chunk { samples_per_chunk } => *samples_per_chunk as u64,
-            _ => 1,
-        };
+        let rows_per_sample = &rows;
+        let spc = spc as u64;
         spc_all = spc_all.max(spc);
         for &t in k.inputs.iter().chain(&k.outputs) {
             let len = plan.dims.per_sample_len(t) as u64;

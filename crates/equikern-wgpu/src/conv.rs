@@ -130,6 +130,12 @@ impl Runtime {
             // (params, invocations) per dispatch
             let mut dispatches: Vec<(DispatchParams, u32, u64)> = vec![];
             match &k.work {
+                Work::Channels(_) => {
+                    return Err(WgpuError::Device(format!(
+                        "kernel {}: a channel kernel in a convolution plan",
+                        k.name
+                    )))
+                }
                 Work::ReduceChunks { len, .. } => {
                     let p = DispatchParams {
                         num_samples: 0,

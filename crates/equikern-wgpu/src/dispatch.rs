@@ -177,6 +177,22 @@ impl Runtime {
             // Per dispatch: params, bindings, grid.
             let mut dispatches: Vec<(Vec<u32>, Vec<Bound>, u64)> = Vec::new();
             match &kplan.work {
+                Work::Channels(c) => {
+                    for &(s0, n) in split {
+                        let p = DispatchParams {
+                            num_samples: n,
+                            chunk_base: 0,
+                            num_chunks: 0,
+                        };
+                        let mut bound = Vec::new();
+                        for b in &e.bindings {
+                            bound.push(self.bind(plan, &bufs, &scratch, b.tensor, s0, n, align)?);
+                        }
+                        let bases: Vec<u32> = bound.iter().map(|b| b.base).collect();
+                        let inv = n as u64 * c.channels as u64;
+                        dispatches.push((e.params.encode(p, &bases), bound, inv));
+                    }
+                }
                 Work::Rows {
                     sample_mode,
                     rows_per_sample,
@@ -393,6 +409,7 @@ impl Runtime {
                     _ => 1,
                 },
             ),
+            Work::Channels(c) => (c.channels as u64, 1),
             Work::ReduceChunks { .. } | Work::ReducePieces { .. } => return Ok(vec![(0, batch)]),
         };
         let align = self.limits.min_storage_buffer_offset_alignment.max(4) as u64;

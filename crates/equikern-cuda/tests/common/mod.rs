@@ -137,3 +137,37 @@ pub fn paper_suite() -> Vec<(String, TensorProduct)> {
         .map(|(label, spec)| (label, spec.build().unwrap()))
         .collect()
 }
+
+/// A NequIP-like all-`uvu` product with `m` channels (qualifies for the channel-fused
+/// backward when `m >= 8`).
+pub fn uvu_spec(m: usize, weighted: bool, shared: bool) -> TensorProduct {
+    let ins = [
+        (0, 0, 0, 1.0),
+        (0, 1, 1, 1.0),
+        (1, 0, 2, 0.5),
+        (2, 1, 2, 1.0),
+        (1, 2, 3, 2.0),
+        (1, 1, 4, 1.0),
+    ];
+    TpSpec {
+        irreps_in1: Irreps::parse(&format!("{m}x0e+{m}x1o+{m}x2e")).unwrap(),
+        irreps_in2: Irreps::parse("1x0e+1x1o+1x2e").unwrap(),
+        irreps_out: Irreps::parse(&format!("{m}x0e+{m}x1o+{m}x1o+{m}x2o+{m}x1e")).unwrap(),
+        instructions: ins
+            .iter()
+            .map(|&(a, b, c, pw)| Instruction {
+                i_in1: a,
+                i_in2: b,
+                i_out: c,
+                mode: ConnectionMode::Uvu,
+                has_weight: weighted,
+                path_weight: pw,
+            })
+            .collect(),
+        shared_weights: shared,
+        irrep_normalization: Default::default(),
+        path_normalization: Default::default(),
+    }
+    .build()
+    .unwrap()
+}

@@ -1,0 +1,400 @@
+//! Printer of a channel-fused backward kernel ([`equikern_plan::ChannelWork`]) for CUDA/HIP
+//! and WGSL. One text generator, two spellings: the plan fixes the loads, terms, writes and
+//! the order of the `gy` sum; only declarations, indexing and barriers differ.
+
+use std::fmt::Write as _;
+
+use equikern_plan::{ChannelWork, Dtype, Kernel, KernelPlan, Tensor};
+
+use crate::EmitError;
+
+/// How a target spells the few things that differ.
+pub(crate) enum Dialect {
+    /// CUDA/HIP: per-sample base pointers `xs = x + smp * len` (64-bit), `__shared__`.
+    Cuda,
+    /// WGSL: bindings indexed with `P.base<i>` (u32), `var<workgroup>`; binding numbers of
+    /// the kernel's tensors.
+    Wgsl { binding: Vec<(Tensor, u32)> },
+}
+
+fn ident(t: Tensor) -> &'static str {
+    crate::cuda::tensor_name(t)
+}
+
+impl Dialect {
+    fn real(&self, d: Dtype) -> &'static str {
+        match self {
+            Dialect::Cuda => crate::cuda::real_type(d),
+            Dialect::Wgsl { .. } => "f32",
+        }
+    }
+    fn lit(&self, c: f64, d: Dtype) -> String {
+        match self {
+            Dialect::Cuda => crate::cuda::literal(c, d),
+            Dialect::Wgsl { .. } => crate::wgsl::f32_literal(c as f32),
+        }
+    }
+    fn let_(&self, d: Dtype, name: &str, e: &str) -> String {
+        match self {
+            Dialect::Cuda => format!("const {} {name} = {e};", self.real(d)),
+            Dialect::Wgsl { .. } => format!("let {name} = {e};"),
+        }
+    }
+    fn var(&self, d: Dtype, name: &str, e: &str) -> String {
+        match self {
+            Dialect::Cuda => format!("{} {name} = {e};", self.real(d)),
+            Dialect::Wgsl { .. } => format!("var {name} = {e};"),
+        }
+    }
+    fn let_u(&self, name: &str, e: &str) -> String {
+        match self {
+            Dialect::Cuda => format!("const unsigned int {name} = {e};"),
+            Dialect::Wgsl { .. } => format!("let {name} = {e};"),
+        }
+    }
+    /// Element `off` (a u32 expression) of the current sample's row of `t`.
+    fn at(&self, t: Tensor, off: &str) -> String {
+        match self {
+            Dialect::Cuda => format!("{}s[{off}]", ident(t)),
+            Dialect::Wgsl { .. } => {
+                format!("{}[{}b + {off}]", crate::wgsl::tensor_ident(t), ident(t))
+            }
+        }
+    }
+    /// Declares the current sample's base of `t` (`len` elements per sample, 0 = shared).
+    fn base(&self, t: Tensor, len: u32, out: bool, d: Dtype) -> Result<String, EmitError> {
+        let n = ident(t);
+        Ok(match self {
+            Dialect::Cuda => {
+                let c = if out { "" } else { "const " };
+                let off = if len == 0 {
+                    String::new()
+                } else {
+                    format!(" + (unsigned long long)smp * {len}u")
+                };
+                format!("{c}{}* __restrict__ {n}s = {n}{off};", self.real(d))
+            }
+            Dialect::Wgsl { binding } => {
+                let b = binding
+                    .iter()
+                    .find(|(u, _)| *u == t)
+                    .map(|p| p.1)
+                    .ok_or_else(|| EmitError::InvalidPlan {
+                        kernel: "channel".into(),
+                        why: format!("{t:?} is not bound"),
+                    })?;
+                if len == 0 {
+                    format!("let {n}b = P.base{b};")
+                } else {
+                    format!("let {n}b = P.base{b} + smp * {len}u;")
+                }
+            }
+        })
+    }
+}
+
+/// Structural checks, so a malformed plan cannot print out-of-range code.
+pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<(), String> {
+    let d = &plan.dims;
+    if c.channels == 0 || c.samples_per_group == 0 {
+        return Err("zero channels or samples per group".into());
+    }
+    if k.workgroup_size != c.channels * c.samples_per_group {
+        return Err("workgroup size is not channels × samples per group".into());
+    }
+    if c.y_len != d.dim_in2 || c.y_len == 0 {
+        return Err("y_len is not dim_in2".into());
+    }
+    let weighted = d.weight_numel > 0;
+    let need_in: &[Tensor] = if weighted {
+        &[Tensor::X, Tensor::Y, Tensor::W, Tensor::GZ]
+    } else {
+        &[Tensor::X, Tensor::Y, Tensor::GZ]
+    };
+    let mut need_out = vec![Tensor::GX, Tensor::GY];
+    if c.write_gw {
+        if !weighted || d.shared_weights {
+            return Err("gw written for shared or no weights".into());
+        }
+        need_out.push(Tensor::GW);
+    }
+    if k.inputs != need_in || k.outputs != need_out {
+        return Err(format!(
+            "bindings {:?} -> {:?}, expected {need_in:?} -> {need_out:?}",
+            k.inputs, k.outputs
+        ));
+    }
+    let m = c.channels as u64;
+    for b in &c.x_blocks {
+        if b.offset as u64 + m * b.row_len as u64 > d.dim_in1 as u64 {
+            return Err("x block outside a sample".into());
+        }
+    }
+    for p in &c.paths {
+        let fits = |off: u32, rows: u64, len: u32, total: u32| {
+            off as u64 + rows * len as u64 <= total as u64
+        };
+        let xb = c
+            .x_blocks
+            .get(p.x_block as usize)
+            .ok_or("path names no x block")?;
+        if xb.offset != p.x_offset || xb.row_len != p.x_len {
+            return Err(format!("path {}: x block mismatch", p.path));
+        }
+        if !fits(p.y_offset, p.y_mul as u64, p.y_len, d.dim_in2)
+            || !fits(p.z_offset, m, p.z_len, d.dim_out)
+        {
+            return Err(format!("path {}: block outside a sample", p.path));
+        }
+        // `None`: an unweighted instruction (w ≡ 1, no gw rows), in any product.
+        if let Some(o) = p.w_offset {
+            if !weighted || !fits(o, m * p.y_mul as u64, 1, d.weight_numel) {
+                return Err(format!("path {}: weights outside the vector", p.path));
+            }
+        }
+        for t in &p.terms {
+            if t.i >= p.x_len || t.j >= p.y_len || t.k >= p.z_len || !t.coeff.is_finite() {
+                return Err(format!("path {}: term out of range", p.path));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The kernel body after the invocation index `g` is known: `smp` (the sample), channel `ch`, the fused
+/// gradients, and the ordered `gy` sum. `block` is the workgroup's linear index expression,
+/// `lid` the local index, `num_samples` the dispatch's sample count.
+pub(crate) fn body(
+    dia: &Dialect,
+    plan: &KernelPlan,
+    c: &ChannelWork,
+    block: &str,
+    lid: &str,
+    num_samples: &str,
+) -> Result<String, EmitError> {
+    let d = &plan.dims;
+    let dt = plan.dtype;
+    let m = c.channels;
+    let wg = c.channels * c.samples_per_group;
+    let zero = dia.lit(0.0, dt);
+    let mut s = String::new();
+    let ln = |s: &mut String, ind: usize, line: &str| {
+        let _ = writeln!(s, "{:ind$}{line}", "");
+    };
+    ln(&mut s, 4, &dia.let_u("smp", &format!("g / {m}u")));
+    ln(&mut s, 4, &dia.let_u("ch", &format!("g - smp * {m}u")));
+    for j in 0..c.y_len {
+        ln(&mut s, 4, &dia.var(dt, &format!("gy{j}"), &zero));
+    }
+    ln(&mut s, 4, &format!("if (smp < {num_samples}) {{"));
+    let wlen = if d.shared_weights { 0 } else { d.weight_numel };
+    ln(&mut s, 8, &dia.base(Tensor::X, d.dim_in1, false, dt)?);
+    ln(&mut s, 8, &dia.base(Tensor::Y, d.dim_in2, false, dt)?);
+    if d.weight_numel > 0 {
+        ln(&mut s, 8, &dia.base(Tensor::W, wlen, false, dt)?);
+    }
+    ln(&mut s, 8, &dia.base(Tensor::GZ, d.dim_out, false, dt)?);
+    ln(&mut s, 8, &dia.base(Tensor::GX, d.dim_in1, true, dt)?);
+    if c.write_gw {
+        ln(&mut s, 8, &dia.base(Tensor::GW, d.weight_numel, true, dt)?);
+    }
+    for (b, blk) in c.x_blocks.iter().enumerate() {
+        for i in 0..blk.row_len {
+            ln(&mut s, 8, &dia.var(dt, &format!("gx{b}_{i}"), &zero));
+        }
+    }
+    for p in &c.paths {
+        ln(&mut s, 8, &format!("{{ // path {}", p.path));
+        for i in 0..p.x_len {
+            let e = dia.at(
+                Tensor::X,
+                &format!("{}u + ch * {}u", p.x_offset + i, p.x_len),
+            );
+            ln(&mut s, 12, &dia.let_(dt, &format!("xp{i}"), &e));
+        }
+        // Only the gz components some term reads.
+        let mut ks: Vec<u32> = p.terms.iter().map(|t| t.k).collect();
+        ks.sort_unstable();
+        ks.dedup();
+        for k in &ks {
+            let e = dia.at(
+                Tensor::GZ,
+                &format!("{}u + ch * {}u", p.z_offset + k, p.z_len),
+            );
+            ln(&mut s, 12, &dia.let_(dt, &format!("gp{k}"), &e));
+        }
+        for v in 0..p.y_mul {
+            ln(&mut s, 12, "{");
+            let yb = p.y_offset + v * p.y_len;
+            for j in 0..p.y_len {
+                let e = dia.at(Tensor::Y, &format!("{}u", yb + j));
+                ln(&mut s, 16, &dia.let_(dt, &format!("yv{j}"), &e));
+            }
+            let widx = p
+                .w_offset
+                .map(|o| format!("{}u + ch * {}u", o + v, p.y_mul));
+            if let Some(wi) = &widx {
+                ln(&mut s, 16, &dia.let_(dt, "wv", &dia.at(Tensor::W, wi)));
+            }
+            ln(&mut s, 16, &dia.var(dt, "a", &zero));
+            for i in 0..p.x_len {
+                ln(&mut s, 16, &dia.var(dt, &format!("gxv{i}"), &zero));
+            }
+            for j in 0..p.y_len {
+                ln(&mut s, 16, &dia.var(dt, &format!("gyv{j}"), &zero));
+            }
+            for (n, t) in p.terms.iter().enumerate() {
+                let tn = format!("t{n}");
+                let e = format!("{} * gp{}", dia.lit(t.coeff, dt), t.k);
+                ln(&mut s, 16, &dia.let_(dt, &tn, &e));
+                ln(&mut s, 16, &format!("a += {tn} * xp{} * yv{};", t.i, t.j));
+                ln(&mut s, 16, &format!("gxv{} += {tn} * yv{};", t.i, t.j));
+                ln(&mut s, 16, &format!("gyv{} += {tn} * xp{};", t.j, t.i));
+            }
+            let scale = |v: &str| {
+                if widx.is_some() {
+                    format!("wv * {v}")
+                } else {
+                    v.to_string()
+                }
+            };
+            for i in 0..p.x_len {
+                let line = format!("gx{}_{i} += {};", p.x_block, scale(&format!("gxv{i}")));
+                ln(&mut s, 16, &line);
+            }
+            for j in 0..p.y_len {
+                let line = format!("gy{} += {};", yb + j, scale(&format!("gyv{j}")));
+                ln(&mut s, 16, &line);
+            }
+            if let (true, Some(wi)) = (c.write_gw, &widx) {
+                ln(&mut s, 16, &format!("{} = a;", dia.at(Tensor::GW, wi)));
+            } else {
+                let unused = match dia {
+                    Dialect::Cuda => "(void)a;",
+                    Dialect::Wgsl { .. } => "_ = a;",
+                };
+                ln(&mut s, 16, unused);
+            }
+            ln(&mut s, 12, "}");
+        }
+        ln(&mut s, 8, "}");
+    }
+    for (b, blk) in c.x_blocks.iter().enumerate() {
+        for i in 0..blk.row_len {
+            let at = dia.at(
+                Tensor::GX,
+                &format!("{}u + ch * {}u", blk.offset + i, blk.row_len),
+            );
+            ln(&mut s, 8, &format!("{at} = gx{b}_{i};"));
+        }
+    }
+    ln(&mut s, 4, "}");
+    // The gy partials of the workgroup: column j holds every invocation's gy_j (padded by
+    // one so a sample's column reads and the row writes hit distinct banks).
+    let stride = wg + 1;
+    for j in 0..c.y_len {
+        ln(
+            &mut s,
+            4,
+            &format!("ek_red[{}u + {lid}] = gy{j};", j * stride),
+        );
+    }
+    ln(
+        &mut s,
+        4,
+        match dia {
+            Dialect::Cuda => "__syncthreads();",
+            Dialect::Wgsl { .. } => "workgroupBarrier();",
+        },
+    );
+    let items = c.samples_per_group * c.y_len;
+    let gy_base = match dia {
+        Dialect::Cuda => "gy".to_string(),
+        Dialect::Wgsl { binding } => {
+            let b = binding
+                .iter()
+                .find(|(t, _)| *t == Tensor::GY)
+                .map(|p| p.1)
+                .ok_or_else(|| EmitError::InvalidPlan {
+                    kernel: "channel".into(),
+                    why: "GY is not bound".into(),
+                })?;
+            format!("{}[P.base{b} + ", crate::wgsl::tensor_ident(Tensor::GY))
+        }
+    };
+    let s0 = format!("{block} * {}u", c.samples_per_group);
+    match dia {
+        Dialect::Cuda => {
+            ln(
+                &mut s,
+                4,
+                &format!("for (unsigned int e = {lid}; e < {items}u; e += {wg}u) {{"),
+            );
+            ln(&mut s, 8, &dia.let_u("q", &format!("e / {}u", c.y_len)));
+            ln(&mut s, 8, &dia.let_u("j", &format!("e - q * {}u", c.y_len)));
+            ln(&mut s, 8, &dia.let_u("sq", &format!("{s0} + q")));
+            ln(&mut s, 8, &format!("if (sq < {num_samples}) {{"));
+            ln(&mut s, 12, &dia.var(dt, "acc", &zero));
+            ln(
+                &mut s,
+                12,
+                &format!(
+                    "const {}* col = ek_red + j * {stride}u + q * {m}u;",
+                    dia.real(dt)
+                ),
+            );
+            // Ascending channel order: deterministic.
+            ln(
+                &mut s,
+                12,
+                &format!("for (unsigned int u = 0u; u < {m}u; ++u) acc += col[u];"),
+            );
+            ln(
+                &mut s,
+                12,
+                &format!(
+                    "{gy_base}[(unsigned long long)sq * {}u + j] = acc;",
+                    d.dim_in2
+                ),
+            );
+            ln(&mut s, 8, "}");
+            ln(&mut s, 4, "}");
+        }
+        Dialect::Wgsl { .. } => {
+            ln(
+                &mut s,
+                4,
+                &format!("for (var e = {lid}; e < {items}u; e += {wg}u) {{"),
+            );
+            ln(&mut s, 8, &format!("let q = e / {}u;", c.y_len));
+            ln(&mut s, 8, &format!("let j = e - q * {}u;", c.y_len));
+            ln(&mut s, 8, &format!("let sq = {s0} + q;"));
+            ln(&mut s, 8, &format!("if (sq < {num_samples}) {{"));
+            ln(&mut s, 12, "var acc = 0.0f;");
+            ln(&mut s, 12, &format!("let col = j * {stride}u + q * {m}u;"));
+            // Ascending channel order: deterministic.
+            ln(
+                &mut s,
+                12,
+                &format!("for (var u = 0u; u < {m}u; u++) {{ acc += ek_red[col + u]; }}"),
+            );
+            ln(
+                &mut s,
+                12,
+                &format!("{gy_base}sq * {}u + j] = acc;", d.dim_in2),
+            );
+            ln(&mut s, 8, "}");
+            ln(&mut s, 4, "}");
+        }
+    }
+    Ok(s)
+}
+
+/// Workgroup-memory declaration of the `gy` reduction.
+pub(crate) fn shared_decl(dia: &Dialect, plan: &KernelPlan, c: &ChannelWork) -> String {
+    let n = c.reduction_len();
+    match dia {
+        Dialect::Cuda => format!("    __shared__ {} ek_red[{n}];\n", dia.real(plan.dtype)),
+        Dialect::Wgsl { .. } => format!("var<workgroup> ek_red: array<f32, {n}>;\n\n"),
+    }
+}
