@@ -683,17 +683,26 @@ fn bench_channel_fusion() {
         {
             continue;
         }
-        let rows_plan = equikern_plan::lower_with(
-            &tp,
-            Direction::Backward,
-            Dtype::F32,
-            &dev.capabilities(),
-            equikern_plan::LowerOptions {
-                channel_fusion: false,
-            },
+        let rows_plan = |d| {
+            equikern_plan::lower_with(
+                &tp,
+                d,
+                Dtype::F32,
+                &dev.capabilities(),
+                equikern_plan::LowerOptions {
+                    channel_fusion: false,
+                },
+            )
+            .unwrap()
+        };
+        let rows = CudaTensorProduct::from_plans(
+            &dev,
+            vec![
+                rows_plan(Direction::Forward),
+                rows_plan(Direction::Backward),
+            ],
         )
         .unwrap();
-        let rows = CudaTensorProduct::from_plans(&dev, vec![rows_plan]).unwrap();
         // Correct first: the fused plan against the oracle at a small batch.
         let d = data(&tp, 5, 99);
         let g = oracle::backward(&tp, 5, &d.x, &d.y, &d.w, &d.gz).unwrap();
@@ -719,11 +728,16 @@ fn bench_channel_fusion() {
             .time::<f32>(Direction::Backward, batch, 5, 30)
             .unwrap();
         let tr = rows.time::<f32>(Direction::Backward, batch, 5, 30).unwrap();
+        let ff = fused.time::<f32>(Direction::Forward, batch, 5, 30).unwrap();
+        let fr = rows.time::<f32>(Direction::Forward, batch, 5, 30).unwrap();
         println!(
-            "{label:24} fused {:8.3} ms  rows {:8.3} ms  ({:.2}x)",
+            "{label:24} bwd fused {:7.3} ms rows {:7.3} ms ({:.2}x) | fwd fused {:7.3} ms rows {:7.3} ms ({:.2}x)",
             tf.median_ms,
             tr.median_ms,
-            tr.median_ms / tf.median_ms
+            tr.median_ms / tf.median_ms,
+            ff.median_ms,
+            fr.median_ms,
+            fr.median_ms / ff.median_ms
         );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use equikern_plan::{ChannelWork, Dtype, Kernel, KernelPlan, Tensor};
+use equikern_plan::{ChannelPass, ChannelWork, Dtype, Kernel, KernelPlan, Tensor};
 
 use crate::EmitError;
 
@@ -106,13 +106,28 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
         return Err("y_len is not dim_in2".into());
     }
     let weighted = d.weight_numel > 0;
-    let need_in: &[Tensor] = if weighted {
-        &[Tensor::X, Tensor::Y, Tensor::W, Tensor::GZ]
+    let fwd = c.pass == ChannelPass::Forward;
+    let mut need_in = vec![Tensor::X, Tensor::Y];
+    if weighted {
+        need_in.push(Tensor::W);
+    }
+    if !fwd {
+        need_in.push(Tensor::GZ);
+    }
+    let mut need_out = if fwd {
+        vec![Tensor::Z]
     } else {
-        &[Tensor::X, Tensor::Y, Tensor::GZ]
+        vec![Tensor::GX, Tensor::GY]
     };
-    let mut need_out = vec![Tensor::GX, Tensor::GY];
+    for b in &c.z_blocks {
+        if b.offset as u64 + c.channels as u64 * b.row_len as u64 > d.dim_out as u64 {
+            return Err("z block outside a sample".into());
+        }
+    }
     if c.write_gw {
+        if fwd {
+            return Err("a forward writes no gw".into());
+        }
         if !weighted || d.shared_weights {
             return Err("gw written for shared or no weights".into());
         }
@@ -141,6 +156,13 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
         if xb.offset != p.x_offset || xb.row_len != p.x_len {
             return Err(format!("path {}: x block mismatch", p.path));
         }
+        let zb = c
+            .z_blocks
+            .get(p.z_block as usize)
+            .ok_or("path names no z block")?;
+        if zb.offset != p.z_offset || zb.row_len != p.z_len {
+            return Err(format!("path {}: z block mismatch", p.path));
+        }
         if !fits(p.y_offset, p.y_mul as u64, p.y_len, d.dim_in2)
             || !fits(p.z_offset, m, p.z_len, d.dim_out)
         {
@@ -165,6 +187,217 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
 /// gradients, and the ordered `gy` sum. `block` is the workgroup's linear index expression,
 /// `lid` the local index, `num_samples` the dispatch's sample count.
 pub(crate) fn body(
+    dia: &Dialect,
+    plan: &KernelPlan,
+    c: &ChannelWork,
+    block: &str,
+    lid: &str,
+    num_samples: &str,
+) -> Result<String, EmitError> {
+    match c.pass {
+        ChannelPass::Backward => backward_body(dia, plan, c, block, lid, num_samples),
+        ChannelPass::Forward => forward_body(dia, plan, c, block, lid, num_samples),
+    }
+}
+
+fn barrier(dia: &Dialect) -> &'static str {
+    match dia {
+        Dialect::Cuda => "__syncthreads();",
+        Dialect::Wgsl { .. } => "workgroupBarrier();",
+    }
+}
+
+/// Per output block: every channel accumulates its row from the block's paths, writes it to
+/// the staging buffer (`lid · (2l+1) + k`: a sample's rows are its block's contiguous range),
+/// then the workgroup stores each sample's range with consecutive threads on consecutive
+/// elements.
+fn forward_body(
+    dia: &Dialect,
+    plan: &KernelPlan,
+    c: &ChannelWork,
+    block: &str,
+    lid: &str,
+    num_samples: &str,
+) -> Result<String, EmitError> {
+    let d = &plan.dims;
+    let dt = plan.dtype;
+    let m = c.channels;
+    let wg = c.channels * c.samples_per_group;
+    let zero = dia.lit(0.0, dt);
+    let mut s = String::new();
+    let ln = |s: &mut String, ind: usize, line: &str| {
+        let _ = writeln!(s, "{:ind$}{line}", "");
+    };
+    ln(&mut s, 4, &dia.let_u("smp", &format!("g / {m}u")));
+    ln(&mut s, 4, &dia.let_u("ch", &format!("g - smp * {m}u")));
+    let wlen = if d.shared_weights { 0 } else { d.weight_numel };
+    // Bases are computed for every thread (dead threads never dereference them).
+    ln(&mut s, 4, &dia.base(Tensor::X, d.dim_in1, false, dt)?);
+    ln(&mut s, 4, &dia.base(Tensor::Y, d.dim_in2, false, dt)?);
+    if d.weight_numel > 0 {
+        ln(&mut s, 4, &dia.base(Tensor::W, wlen, false, dt)?);
+    }
+    let s0 = format!("{block} * {}u", c.samples_per_group);
+    let z_at = |e: &str| match dia {
+        Dialect::Cuda => Ok(format!("z[{e}]")),
+        Dialect::Wgsl { binding } => binding
+            .iter()
+            .find(|(t, _)| *t == Tensor::Z)
+            .map(|p| {
+                format!(
+                    "{}[P.base{} + {e}]",
+                    crate::wgsl::tensor_ident(Tensor::Z),
+                    p.1
+                )
+            })
+            .ok_or_else(|| EmitError::InvalidPlan {
+                kernel: "channel".into(),
+                why: "Z is not bound".into(),
+            }),
+    };
+    let widths: Vec<u32> = c.group_widths().collect();
+    if c.z_groups.iter().sum::<u32>() as usize != c.z_blocks.len() || c.z_groups.contains(&0) {
+        return Err(EmitError::InvalidPlan {
+            kernel: "channel".into(),
+            why: "staging groups do not cover the output blocks".into(),
+        });
+    }
+    let mut first = 0usize;
+    for (gi, (&nb, &width)) in c.z_groups.iter().zip(&widths).enumerate() {
+        let blocks = first..first + nb as usize;
+        first += nb as usize;
+        let gsize = m * width; // elements per sample of this group
+        let goff = c.z_blocks[blocks.start].offset;
+        ln(
+            &mut s,
+            4,
+            &format!("{{ // output blocks {blocks:?} (staging group {gi})"),
+        );
+        ln(
+            &mut s,
+            8,
+            &dia.let_u("st0", &format!("({lid} / {m}u) * {gsize}u")),
+        );
+        for b in blocks {
+            let blk = &c.z_blocks[b];
+            let l = blk.row_len;
+            let boff = blk.offset - goff;
+            ln(&mut s, 8, &format!("{{ // output block {b}"));
+            for k in 0..l {
+                ln(&mut s, 12, &dia.var(dt, &format!("za{k}"), &zero));
+            }
+            let paths: Vec<_> = c.paths.iter().filter(|p| p.z_block as usize == b).collect();
+            if !paths.is_empty() {
+                ln(&mut s, 12, &format!("if (smp < {num_samples}) {{"));
+                for p in paths {
+                    ln(&mut s, 16, &format!("{{ // path {}", p.path));
+                    let mut is: Vec<u32> = p.terms.iter().map(|t| t.i).collect();
+                    is.sort_unstable();
+                    is.dedup();
+                    for i in &is {
+                        let e = dia.at(
+                            Tensor::X,
+                            &format!("{}u + ch * {}u", p.x_offset + i, p.x_len),
+                        );
+                        ln(&mut s, 20, &dia.let_(dt, &format!("xp{i}"), &e));
+                    }
+                    for v in 0..p.y_mul {
+                        ln(&mut s, 20, "{");
+                        let yb = p.y_offset + v * p.y_len;
+                        let mut js: Vec<u32> = p.terms.iter().map(|t| t.j).collect();
+                        js.sort_unstable();
+                        js.dedup();
+                        for j in &js {
+                            let e = dia.at(Tensor::Y, &format!("{}u", yb + j));
+                            ln(&mut s, 24, &dia.let_(dt, &format!("yv{j}"), &e));
+                        }
+                        for k in 0..l {
+                            ln(&mut s, 24, &dia.var(dt, &format!("zv{k}"), &zero));
+                        }
+                        for t in &p.terms {
+                            let line = format!(
+                                "zv{} += {} * xp{} * yv{};",
+                                t.k,
+                                dia.lit(t.coeff, dt),
+                                t.i,
+                                t.j
+                            );
+                            ln(&mut s, 24, &line);
+                        }
+                        match p.w_offset {
+                            Some(o) => {
+                                let wi = format!("{}u + ch * {}u", o + v, p.y_mul);
+                                ln(&mut s, 24, &dia.let_(dt, "wv", &dia.at(Tensor::W, &wi)));
+                                for k in 0..l {
+                                    ln(&mut s, 24, &format!("za{k} += wv * zv{k};"));
+                                }
+                            }
+                            None => {
+                                for k in 0..l {
+                                    ln(&mut s, 24, &format!("za{k} += zv{k};"));
+                                }
+                            }
+                        }
+                        ln(&mut s, 20, "}");
+                    }
+                    ln(&mut s, 16, "}");
+                }
+                ln(&mut s, 12, "}");
+            }
+            for k in 0..l {
+                let line = format!("ek_red[st0 + {}u + ch * {l}u] = za{k};", boff + k);
+                ln(&mut s, 12, &line);
+            }
+            ln(&mut s, 8, "}");
+        }
+        ln(&mut s, 8, barrier(dia));
+        let items = c.samples_per_group * gsize;
+        match dia {
+            Dialect::Cuda => {
+                ln(
+                    &mut s,
+                    8,
+                    &format!("for (unsigned int e = {lid}; e < {items}u; e += {wg}u) {{"),
+                );
+                ln(&mut s, 12, &dia.let_u("q", &format!("e / {gsize}u")));
+                ln(&mut s, 12, &dia.let_u("r", &format!("e - q * {gsize}u")));
+                ln(&mut s, 12, &dia.let_u("sq", &format!("{s0} + q")));
+                let t = z_at(&format!(
+                    "(unsigned long long)sq * {}u + {goff}u + r",
+                    d.dim_out
+                ))?;
+                ln(
+                    &mut s,
+                    12,
+                    &format!("if (sq < {num_samples}) {t} = ek_red[e];"),
+                );
+                ln(&mut s, 8, "}");
+            }
+            Dialect::Wgsl { .. } => {
+                ln(
+                    &mut s,
+                    8,
+                    &format!("for (var e = {lid}; e < {items}u; e += {wg}u) {{"),
+                );
+                ln(&mut s, 12, &format!("let q = e / {gsize}u;"));
+                ln(&mut s, 12, &format!("let r = e - q * {gsize}u;"));
+                ln(&mut s, 12, &format!("let sq = {s0} + q;"));
+                let t = z_at(&format!("sq * {}u + {goff}u + r", d.dim_out))?;
+                ln(
+                    &mut s,
+                    12,
+                    &format!("if (sq < {num_samples}) {{ {t} = ek_red[e]; }}"),
+                );
+                ln(&mut s, 8, "}");
+            }
+        }
+        ln(&mut s, 8, barrier(dia));
+        ln(&mut s, 4, "}");
+    }
+    Ok(s)
+}
+
+fn backward_body(
     dia: &Dialect,
     plan: &KernelPlan,
     c: &ChannelWork,

@@ -54,14 +54,31 @@ pub struct ChannelPath {
     pub y_mul: u32,
     pub z_offset: u32,
     pub z_len: u32,
+    /// Index into [`ChannelWork::z_blocks`].
+    pub z_block: u32,
     /// Offset of the path's `[M, y_mul]` weights in a sample's weight row; `None` unweighted.
     pub w_offset: Option<u32>,
     pub terms: Vec<ChannelTerm>,
 }
 
-/// A channel-fused backward kernel's work (see the module docs).
+/// Which pass a channel kernel computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChannelPass {
+    /// `z[u] = Σ_paths w·CG(x[u], y[v])`, one output block at a time: each block's rows
+    /// are staged in workgroup memory and stored as one contiguous range per sample
+    /// (the per-thread rows are `2l+1` wide, so direct stores would be strided).
+    Forward,
+    /// `gx`, `gw` and the `gy` partials (see the module docs).
+    Backward,
+}
+
+/// A channel-fused kernel's work (see the module docs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChannelWork {
+    pub pass: ChannelPass,
+    /// Every nonzero-multiplicity output block, in irreps order (Forward: all have `M`
+    /// channels; each path names its block in [`ChannelPath::z_block`]).
+    pub z_blocks: Vec<ChannelBlock>,
     /// `M`: invocations per sample.
     pub channels: u32,
     /// Samples per workgroup (`workgroup_size = samples_per_group · channels`).
@@ -73,14 +90,37 @@ pub struct ChannelWork {
     pub paths: Vec<ChannelPath>,
     /// Whether `gw` is written here (per-sample weights).
     pub write_gw: bool,
+    /// Forward: consecutive output blocks staged together (counts of `z_blocks`, in order):
+    /// a group's rows fill the staging buffer, then one barrier and one coalesced store.
+    #[serde(default)]
+    pub z_groups: Vec<u32>,
 }
 
 impl ChannelWork {
+    /// `Σ (2l+1)` of each staging group's blocks (elements per channel).
+    pub fn group_widths(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut next = 0usize;
+        self.z_groups.iter().map(move |&n| {
+            let w = self.z_blocks[next..next + n as usize]
+                .iter()
+                .map(|b| b.row_len)
+                .sum();
+            next += n as usize;
+            w
+        })
+    }
+
     /// Elements of workgroup memory the `gy` reduction uses: one padded column per `y`
     /// component (`workgroup_size + 1` apart, so neither the writes nor the per-sample sums
     /// of one column collide in banks).
     pub fn reduction_len(&self) -> u32 {
-        self.y_len * (self.samples_per_group * self.channels + 1)
+        match self.pass {
+            ChannelPass::Backward => self.y_len * (self.samples_per_group * self.channels + 1),
+            // Forward: the staging buffer of the largest group of output blocks.
+            ChannelPass::Forward => {
+                self.samples_per_group * self.channels * self.group_widths().max().unwrap_or(1)
+            }
+        }
     }
 }
 
@@ -90,10 +130,13 @@ const MAX_Y_LEN: u32 = 64;
 const MAX_Y_MUL: usize = 4;
 /// Below this many channels per sample the row kernels keep more threads busy.
 const MIN_CHANNELS: usize = 8;
+/// Workgroup memory a forward's output staging may use (several workgroups per SM).
+const STAGE_BYTES: u32 = 16 << 10;
 
 /// The channel-fused backward of `tp`, if it qualifies on these capabilities.
 pub(crate) fn channel_work(
     tp: &TensorProduct,
+    pass: ChannelPass,
     dtype: Dtype,
     caps: &Capabilities,
     default_wg: u32,
@@ -134,6 +177,36 @@ pub(crate) fn channel_work(
             row_len: mi.ir.dim() as u32,
         });
     }
+    // Output blocks: every row of a forward's output is written by its channel.
+    if pass == ChannelPass::Forward
+        && tp
+            .spec
+            .irreps_out
+            .0
+            .iter()
+            .any(|mi| mi.mul != 0 && mi.mul != m)
+    {
+        return None;
+    }
+    let mut z_blocks = vec![];
+    let mut z_block_of = vec![None; tp.spec.irreps_out.0.len()];
+    for (bi, (mi, range)) in tp
+        .spec
+        .irreps_out
+        .0
+        .iter()
+        .zip(tp.spec.irreps_out.slices())
+        .enumerate()
+    {
+        if mi.mul == 0 {
+            continue;
+        }
+        z_block_of[bi] = Some(z_blocks.len() as u32);
+        z_blocks.push(ChannelBlock {
+            offset: range.start as u32,
+            row_len: mi.ir.dim() as u32,
+        });
+    }
     let mut paths = vec![];
     for (n, p) in tp.paths.iter().enumerate() {
         let ins = &p.instruction;
@@ -163,23 +236,45 @@ pub(crate) fn channel_work(
             y_mul: p.m2 as u32,
             z_offset: p.out_offset as u32,
             z_len: 2 * p.lo + 1,
+            z_block: z_block_of[ins.i_out]?,
             w_offset: p.weight_offset.map(|o| o as u32),
             terms,
         });
     }
     let m = m as u32;
     let samples_per_group = (default_wg / m).max(1);
+    let es = match dtype {
+        Dtype::F32 => 4,
+        Dtype::F64 => 8,
+    };
+    // Forward staging groups: as many consecutive output blocks as fit the budget.
+    let mut z_groups = vec![];
+    if pass == ChannelPass::Forward {
+        let budget = caps.workgroup_memory_bytes.min(STAGE_BYTES) as u64;
+        let per_elem = (samples_per_group * m) as u64 * es;
+        let (mut n, mut width) = (0u32, 0u64);
+        for b in &z_blocks {
+            if n > 0 && (width + b.row_len as u64) * per_elem > budget {
+                z_groups.push(n);
+                (n, width) = (0, 0);
+            }
+            n += 1;
+            width += b.row_len as u64;
+        }
+        if n > 0 {
+            z_groups.push(n);
+        }
+    }
     let work = ChannelWork {
+        pass,
+        z_blocks,
         channels: m,
         samples_per_group,
         x_blocks,
         y_len: tp.dim_in2 as u32,
         paths,
-        write_gw: weighted && !tp.spec.shared_weights,
-    };
-    let es = match dtype {
-        Dtype::F32 => 4,
-        Dtype::F64 => 8,
+        write_gw: pass == ChannelPass::Backward && weighted && !tp.spec.shared_weights,
+        z_groups,
     };
     let wg = samples_per_group * m;
     if wg > caps.max_invocations_per_workgroup
@@ -195,6 +290,90 @@ pub(crate) fn channel_work(
 /// channels in ascending `u` for the `gy` sum; per channel, paths and `v` in order, terms in
 /// order. Outputs must be unwritten (NaN) before.
 pub(crate) fn interpret_sample(
+    plan: &crate::KernelPlan,
+    c: &ChannelWork,
+    s: u64,
+    bufs: &mut std::collections::BTreeMap<crate::Tensor, Vec<f64>>,
+) -> Result<(), String> {
+    match c.pass {
+        ChannelPass::Backward => interpret_backward(plan, c, s, bufs),
+        ChannelPass::Forward => interpret_forward(plan, c, s, bufs),
+    }
+}
+
+/// Forward of sample `s`: per channel, output blocks in order, the block's paths in order.
+fn interpret_forward(
+    plan: &crate::KernelPlan,
+    c: &ChannelWork,
+    s: u64,
+    bufs: &mut std::collections::BTreeMap<crate::Tensor, Vec<f64>>,
+) -> Result<(), String> {
+    use crate::Tensor::*;
+    let d = &plan.dims;
+    let slice = |t: crate::Tensor, len: usize, b: &std::collections::BTreeMap<_, Vec<f64>>| {
+        let v: &Vec<f64> = b.get(&t).ok_or_else(|| format!("{t:?} is not bound"))?;
+        let lo = s as usize * len;
+        v.get(lo..lo + len)
+            .map(|r| r.to_vec())
+            .ok_or_else(|| format!("{t:?} sample {s} out of bounds"))
+    };
+    let x = slice(X, d.dim_in1 as usize, bufs)?;
+    let y = slice(Y, d.dim_in2 as usize, bufs)?;
+    let w: Vec<f64> = match (d.weight_numel > 0, d.shared_weights) {
+        (false, _) => vec![],
+        (true, false) => slice(W, d.weight_numel as usize, bufs)?,
+        (true, true) => bufs.get(&W).ok_or("W is not bound")?.clone(),
+    };
+    let get = |v: &[f64], i: u32| -> Result<f64, String> {
+        v.get(i as usize)
+            .copied()
+            .ok_or_else(|| format!("index {i} out of bounds"))
+    };
+    let mut z = vec![f64::NAN; d.dim_out as usize];
+    for u in 0..c.channels {
+        for (b, blk) in c.z_blocks.iter().enumerate() {
+            let mut acc = vec![0.0; blk.row_len as usize];
+            for p in c.paths.iter().filter(|p| p.z_block as usize == b) {
+                let xb = p.x_offset + u * p.x_len;
+                for v in 0..p.y_mul {
+                    let yb = p.y_offset + v * p.y_len;
+                    let wv = match p.w_offset {
+                        Some(o) => get(&w, o + u * p.y_mul + v)?,
+                        None => 1.0,
+                    };
+                    let mut zv = vec![0.0; p.z_len as usize];
+                    for t in &p.terms {
+                        zv[t.k as usize] += t.coeff * get(&x, xb + t.i)? * get(&y, yb + t.j)?;
+                    }
+                    for (a, v) in acc.iter_mut().zip(&zv) {
+                        *a += wv * v;
+                    }
+                }
+            }
+            for (k, v) in acc.into_iter().enumerate() {
+                let idx = (blk.offset + u * blk.row_len) as usize + k;
+                let slot = z.get_mut(idx).ok_or("z index out of range")?;
+                if !slot.is_nan() {
+                    return Err(format!("Z[{idx}] written twice"));
+                }
+                *slot = v;
+            }
+        }
+    }
+    let len = d.dim_out as usize;
+    let b = bufs.get_mut(&Z).ok_or("Z is not bound")?;
+    let lo = s as usize * len;
+    let dst = b
+        .get_mut(lo..lo + len)
+        .ok_or_else(|| format!("Z sample {s} out of bounds"))?;
+    if dst.iter().any(|v| !v.is_nan()) {
+        return Err(format!("Z sample {s} written twice"));
+    }
+    dst.copy_from_slice(&z);
+    Ok(())
+}
+
+fn interpret_backward(
     plan: &crate::KernelPlan,
     c: &ChannelWork,
     s: u64,

@@ -125,7 +125,7 @@ mod lower;
 mod lower_conv;
 
 pub use caps::Capabilities;
-pub use channel::{ChannelBlock, ChannelPath, ChannelTerm, ChannelWork};
+pub use channel::{ChannelBlock, ChannelPass, ChannelPath, ChannelTerm, ChannelWork};
 pub use conv::{ConvInfo, ConvOptions};
 pub use interp::interpret;
 pub use interp_conv::{conv_index_tensors, interpret_conv};

@@ -24,18 +24,23 @@ fn fused(tp: &TensorProduct, caps: &Capabilities) -> bool {
         .any(|k| matches!(k.work, Work::Channels(_)))
 }
 
-/// Interpreted fused backward vs the oracle and vs the row kernels, every output.
+/// Interpreted fused forward and backward vs the oracle and vs the row kernels.
 fn check(tp: &TensorProduct, batch: usize, caps: &Capabilities) {
-    let plan = lower(tp, Direction::Backward, Dtype::F64, caps).unwrap();
+    check_dir(tp, Direction::Forward, batch, caps);
+    check_dir(tp, Direction::Backward, batch, caps);
+}
+
+fn check_dir(tp: &TensorProduct, dir: Direction, batch: usize, caps: &Capabilities) {
+    let plan = lower(tp, dir, Dtype::F64, caps).unwrap();
     assert!(
         plan.kernels
             .iter()
             .any(|k| matches!(k.work, Work::Channels(_))),
-        "not fused:\n{plan}"
+        "{dir:?} not fused:\n{plan}"
     );
     let rows = lower_with(
         tp,
-        Direction::Backward,
+        dir,
         Dtype::F64,
         caps,
         LowerOptions {
@@ -47,10 +52,10 @@ fn check(tp: &TensorProduct, batch: usize, caps: &Capabilities) {
         .kernels
         .iter()
         .any(|k| matches!(k.work, Work::Channels(_))));
-    let inp = inputs(tp, Direction::Backward, batch, 11 + batch as u64);
+    let inp = inputs(tp, dir, batch, 11 + batch as u64);
     let got = interpret(&plan, batch, &inp).unwrap_or_else(|e| panic!("{e}\n{plan}"));
     let by_rows = interpret(&rows, batch, &inp).unwrap();
-    let want = oracle(tp, Direction::Backward, batch, &inp);
+    let want = oracle(tp, dir, batch, &inp);
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
