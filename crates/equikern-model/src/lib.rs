@@ -3,15 +3,19 @@
 //! * [`checkpoint`] — PyTorch `.pth` reader (zip + pickle VM), no Python at run time.
 //! * [`nn`] — e3nn-exact building blocks with the backward passes forces need.
 //! * [`graph`] — periodic radius graph (edges `i → j` with cell shifts).
+//! * [`extxyz`] — extended XYZ (ASE's format), read and write; [`elements`] — symbols, masses.
 //! * [`sevennet`] — SevenNet-0 on CPU in f64: energy, forces, stress.
 
 pub mod checkpoint;
+pub mod elements;
 pub mod error;
+pub mod extxyz;
 pub mod graph;
 pub mod nn;
 pub mod sevennet;
 
 pub use checkpoint::{Checkpoint, Tensor, Value};
 pub use error::{ModelError, Result};
+pub use extxyz::Frame;
 pub use graph::{Graph, Structure};
 pub use sevennet::{Prediction, SevenNet};
