@@ -53,8 +53,7 @@ pub struct ExtraColumn {
     pub values: Vec<String>,
 }
 
-/// ASE's unit of time, `Å·√(amu/eV)`, in fs.
-pub const ASE_TIME_FS: f64 = 10.180_505_710_774_743;
+pub use crate::units::ASE_TIME_FS;
 
 impl Frame {
     /// A frame with only the structure.
