@@ -54,17 +54,22 @@ pub struct MdArgs {
     #[arg(long)]
     steps: usize,
     /// Time step (fs).
-    #[arg(long, value_name = "FS")]
+    #[arg(long, value_name = "FS", allow_negative_numbers = true)]
     dt: f64,
     /// Initial velocities from Maxwell–Boltzmann at this temperature (K; zero net momentum,
     /// rescaled to exactly this temperature); also the Langevin target.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
     temperature: Option<f64>,
     /// Thermostat (default: none, constant energy).
     #[arg(long, value_enum)]
     thermostat: Option<ThermostatArg>,
     /// Langevin friction (1/fs).
-    #[arg(long, value_name = "1/FS", default_value_t = 0.01)]
+    #[arg(
+        long,
+        value_name = "1/FS",
+        default_value_t = 0.01,
+        allow_negative_numbers = true
+    )]
     friction: f64,
     /// Seed of the initial velocities and the thermostat's noise.
     #[arg(long, default_value_t = 0)]

@@ -1,0 +1,329 @@
+//! MD: units against an analytic harmonic oscillator, NVE energy drift and momentum
+//! conservation of a water box (random-weight SevenNet; the real 7net-0 on a water cluster
+//! when the checkpoint is present), Langevin thermalisation, Maxwell–Boltzmann start.
+
+mod common;
+use common::*;
+use equikern_model::md::{self, DriftMeter, Md, MdOptions, Potential, Thermostat};
+use equikern_model::units::ACCEL_EV_PER_ANG_AMU_TO_ANG_PER_FS2 as ACCEL;
+use equikern_model::{extxyz, Prediction, Result, SevenNet, Structure};
+use std::time::Instant;
+
+/// A water molecule at `o` with its H–O–H plane spanned by unit vectors `u`, `w` (⊥).
+fn water(o: [f64; 3], u: [f64; 3], w: [f64; 3]) -> [[f64; 3]; 3] {
+    let (r, half) = (0.9572, 104.52f64.to_radians() / 2.0);
+    let h = |s: f64| [0, 1, 2].map(|d| o[d] + r * (half.cos() * u[d] + s * half.sin() * w[d]));
+    [o, h(1.0), h(-1.0)]
+}
+
+/// 4 water molecules in a periodic cube of 4.93 Å (≈ 1 g/cm³), O on an fcc lattice.
+fn water_box() -> Structure {
+    let l = 4.93;
+    let sites = [
+        [0.1, 0.1, 0.1],
+        [0.6, 0.6, 0.1],
+        [0.6, 0.1, 0.6],
+        [0.1, 0.6, 0.6],
+    ];
+    let frames = [
+        ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]),
+        ([0.0, 1.0, 0.0], [0.0, 0.0, 1.0]),
+        ([0.0, 0.0, 1.0], [1.0, 0.0, 0.0]),
+        ([-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]),
+    ];
+    let mut positions = Vec::new();
+    let mut numbers = Vec::new();
+    for (s, (u, w)) in sites.iter().zip(frames) {
+        let m = water(s.map(|x| x * l), u, w);
+        positions.extend(m);
+        numbers.extend([8, 1, 1]);
+    }
+    Structure {
+        positions,
+        numbers,
+        cell: [[l, 0.0, 0.0], [0.0, l, 0.0], [0.0, 0.0, l]],
+        pbc: [true; 3],
+    }
+}
+
+/// 3 water molecules, open boundaries (a hydrogen-bonded ring, O–O ≈ 2.85 Å).
+fn water_cluster() -> Structure {
+    let mut positions = Vec::new();
+    let mut numbers = Vec::new();
+    for k in 0..3 {
+        let a = k as f64 * std::f64::consts::TAU / 3.0;
+        let o = [1.65 * a.cos(), 1.65 * a.sin(), 0.0];
+        let u = [-a.sin(), a.cos(), 0.0];
+        let w = [0.3 * a.cos(), 0.3 * a.sin(), 0.954];
+        positions.extend(water(o, u, w));
+        numbers.extend([8, 1, 1]);
+    }
+    Structure {
+        positions,
+        numbers,
+        cell: [[0.0; 3]; 3],
+        pbc: [false; 3],
+    }
+}
+
+/// A diatomic spring `E = ½k(r − r0)²`: analytic period `2π/ω`, `ω = √(k·ACCEL/μ)`.
+struct Spring {
+    k: f64,
+    r0: f64,
+}
+impl Potential for Spring {
+    fn compute(&self, s: &Structure) -> Result<Prediction> {
+        let d: Vec<f64> = (0..3)
+            .map(|i| s.positions[1][i] - s.positions[0][i])
+            .collect();
+        let r = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+        let g = self.k * (r - self.r0); // dE/dr
+        let f1 = [0, 1, 2].map(|i| -g * d[i] / r);
+        Ok(Prediction {
+            energy: 0.5 * self.k * (r - self.r0).powi(2),
+            atomic_energies: vec![0.0; 2],
+            forces: vec![f1.map(|x| -x), f1],
+            stress: None,
+            num_edges: 2,
+        })
+    }
+}
+
+#[test]
+fn harmonic_period_checks_the_units() {
+    // H2-like: k = 36 eV/Å², masses 1.008 amu → period ≈ 7.6 fs
+    let spring = Spring { k: 36.0, r0: 0.74 };
+    let s = Structure {
+        positions: vec![[0.0; 3], [0.80, 0.0, 0.0]],
+        numbers: vec![1, 1],
+        cell: [[0.0; 3]; 3],
+        pbc: [false; 3],
+    };
+    let mu = 1.008 / 2.0;
+    let period = std::f64::consts::TAU / (36.0 * ACCEL / mu).sqrt();
+    let dt = 0.005;
+    let opts = MdOptions {
+        dt,
+        thermostat: Thermostat::None,
+        seed: 0,
+    };
+    let mut sim = Md::new(&spring, s, vec![[0.0; 3]; 2], None, opts).unwrap();
+    // the bond starts stretched at rest: r(t) = r0 + 0.06 cos(ωt); find the first return
+    // to a maximum by the sign change of dr/dt from + to −.
+    let bond = |sim: &Md<Spring>| sim.atoms.positions[1][0] - sim.atoms.positions[0][0];
+    let mut prev = bond(&sim);
+    let mut rising = false;
+    let mut t_max = None;
+    for _ in 0..4000 {
+        sim.step().unwrap();
+        let b = bond(&sim);
+        if b > prev {
+            rising = true;
+        } else if rising {
+            t_max = Some(sim.time() - dt);
+            break;
+        }
+        prev = b;
+    }
+    let t = t_max.expect("oscillates");
+    println!("harmonic period: MD {t:.4} fs, analytic {period:.4} fs");
+    assert!((t - period).abs() < 2.0 * dt, "{t} vs {period}");
+    assert!((period - 7.6).abs() < 0.3);
+}
+
+#[test]
+fn maxwell_boltzmann_start() {
+    let s = water_box();
+    let m = md::masses_of(&s.numbers).unwrap();
+    let v = md::maxwell_boltzmann(&m, 300.0, 5).unwrap();
+    let p = md::momentum(&m, &v);
+    assert!(p.iter().all(|x| x.abs() < 1e-14), "{p:?}");
+    assert!((md::temperature_of(&m, &v) - 300.0).abs() < 1e-9);
+    assert_ne!(v, md::maxwell_boltzmann(&m, 300.0, 6).unwrap());
+    assert_eq!(v, md::maxwell_boltzmann(&m, 300.0, 5).unwrap());
+    assert!(md::maxwell_boltzmann(&m, -1.0, 5).is_err());
+    assert!(md::maxwell_boltzmann(&m, 0.0, 5)
+        .unwrap()
+        .iter()
+        .flatten()
+        .all(|x| *x == 0.0));
+}
+
+/// Runs NVE and returns (drift summary, max |P(t)|, ms/step).
+fn nve<P: Potential>(
+    pot: &P,
+    s: Structure,
+    temperature: f64,
+    steps: usize,
+    dt: f64,
+) -> (md::Drift, f64, f64) {
+    let n = s.positions.len();
+    let m = md::masses_of(&s.numbers).unwrap();
+    let v = md::maxwell_boltzmann(&m, temperature, 11).unwrap();
+    let opts = MdOptions {
+        dt,
+        thermostat: Thermostat::None,
+        seed: 0,
+    };
+    let mut sim = Md::new(pot, s, v, None, opts).unwrap();
+    let mut meter = DriftMeter::default();
+    meter.record(sim.total_energy());
+    let mut pmax: f64 = 0.0;
+    let t = Instant::now();
+    for _ in 0..steps {
+        sim.step().unwrap();
+        meter.record(sim.total_energy());
+        pmax = sim.momentum().iter().fold(pmax, |a, x| a.max(x.abs()));
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    (meter.summary(n, sim.time()).unwrap(), pmax, ms)
+}
+
+#[test]
+fn nve_water_box_random_model_energy_drift_and_momentum() {
+    let model = small_model("XPLOR", 3);
+    let (d, pmax, ms) = nve(&model, water_box(), 300.0, 1000, 0.5);
+    println!(
+        "random-weight model, water box 12 atoms, 1000 × 0.5 fs: {ms:.2} ms/step, E0 {:.6} eV, \
+         E_last {:.6} eV, drift {:+.3e} eV/atom/ps, max |E−E0| {:.3e} eV/atom, max |P| {pmax:.2e}",
+        d.first, d.last, d.per_atom_per_ps, d.max_excursion_per_atom
+    );
+    // measured: drift ≈ 1.4e-7 eV/atom/ps, excursion ≈ 1.7e-7 eV/atom
+    assert!(d.per_atom_per_ps.abs() < 1e-5, "{d:?}");
+    assert!(d.max_excursion_per_atom < 1e-5, "{d:?}");
+    // Σ F = 0 exactly up to rounding: momentum stays at its (zero) start
+    assert!(pmax < 1e-10, "momentum {pmax}");
+}
+
+#[test]
+fn nve_water_cluster_real_model_energy_drift() {
+    let Some(model) = real_model() else { return };
+    let steps = std::env::var("EQUIKERN_MD_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let (d, pmax, ms) = nve(&model, water_cluster(), 300.0, steps, 0.5);
+    println!(
+        "7net-0, water cluster 9 atoms (open), {steps} × 0.5 fs: {ms:.1} ms/step, E0 {:.6} eV, \
+         E_last {:.6} eV, drift {:+.3e} eV/atom/ps, max |E−E0| {:.3e} eV/atom, max |P| {pmax:.2e}",
+        d.first, d.last, d.per_atom_per_ps, d.max_excursion_per_atom
+    );
+    // measured (1,000 steps): drift +2.8e-4 eV/atom/ps, max |E−E0| 4.6e-4 eV/atom
+    assert!(d.per_atom_per_ps.abs() < 2e-3, "{d:?}");
+    assert!(d.max_excursion_per_atom < 2e-3, "{d:?}");
+    assert!(pmax < 1e-10, "momentum {pmax}");
+}
+
+#[test]
+fn langevin_thermalises_towards_the_target() {
+    let model = small_model("XPLOR", 3);
+    let s = water_box();
+    let n = s.positions.len();
+    let target = 300.0;
+    let opts = MdOptions {
+        dt: 0.5,
+        thermostat: Thermostat::Langevin {
+            temperature: target,
+            friction: 0.05,
+        },
+        seed: 1,
+    };
+    // start cold: the thermostat has to heat it
+    let mut sim = Md::new(&model, s, vec![[0.0; 3]; n], None, opts).unwrap();
+    let mut sum = 0.0;
+    let (warm, steps) = (200, 800);
+    for k in 0..steps {
+        sim.step().unwrap();
+        if k >= warm {
+            sum += sim.temperature();
+        }
+    }
+    let mean = sum / (steps - warm) as f64;
+    println!("Langevin, 12 atoms from 0 K, target {target} K: mean T over steps {warm}..{steps} = {mean:.1} K");
+    assert!((mean - target).abs() < 0.3 * target, "mean T {mean}");
+    // same seed → same trajectory; another seed → another one
+    let run = |seed| {
+        let mut sim = Md::new(
+            &model,
+            water_box(),
+            vec![[0.0; 3]; n],
+            None,
+            MdOptions { seed, ..opts },
+        )
+        .unwrap();
+        for _ in 0..5 {
+            sim.step().unwrap();
+        }
+        sim.atoms.positions
+    };
+    assert_eq!(run(4), run(4));
+    assert_ne!(run(4), run(5));
+}
+
+#[test]
+fn frames_carry_velocities_through_extxyz() {
+    let model: SevenNet = small_model("poly_cut", 2);
+    let s = water_box();
+    let m = md::masses_of(&s.numbers).unwrap();
+    let v = md::maxwell_boltzmann(&m, 200.0, 2).unwrap();
+    let opts = MdOptions {
+        dt: 0.5,
+        thermostat: Thermostat::None,
+        seed: 0,
+    };
+    let mut sim = Md::new(&model, s, v, None, opts).unwrap();
+    sim.step().unwrap();
+    let text = extxyz::to_string(&[sim.frame()]).unwrap();
+    let f = extxyz::parse(&text, "traj").unwrap().remove(0);
+    assert_eq!(f.atoms.positions, sim.atoms.positions);
+    assert_eq!(f.energy, Some(sim.potential_energy()));
+    assert_eq!(f.forces.as_ref(), Some(&sim.prediction.forces));
+    let back = md::velocities_from_momenta(f.momenta.as_ref().unwrap(), &m);
+    for (a, b) in back.iter().flatten().zip(sim.velocities.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-15 * b.abs().max(1e-3));
+    }
+    assert!(f.info.iter().any(|(k, v)| k == "step" && v == "1"));
+}
+
+#[test]
+fn bad_md_input_is_an_error() {
+    let model = small_model("XPLOR", 3);
+    let s = water_box();
+    let n = s.positions.len();
+    let opts = MdOptions {
+        dt: 0.5,
+        thermostat: Thermostat::None,
+        seed: 0,
+    };
+    let e = |r: Result<Md<SevenNet>>| r.err().expect("error").to_string();
+    assert!(e(Md::new(
+        &model,
+        s.clone(),
+        vec![[0.0; 3]; n - 1],
+        None,
+        opts
+    ))
+    .contains("velocities"));
+    assert!(e(Md::new(
+        &model,
+        s.clone(),
+        vec![[0.0; 3]; n],
+        None,
+        MdOptions { dt: -1.0, ..opts }
+    ))
+    .contains("dt"));
+    let lang = MdOptions {
+        thermostat: Thermostat::Langevin {
+            temperature: 300.0,
+            friction: 0.0,
+        },
+        ..opts
+    };
+    assert!(e(Md::new(&model, s.clone(), vec![[0.0; 3]; n], None, lang)).contains("friction"));
+    let mut bad = s.clone();
+    bad.numbers[0] = 14; // Si: not in the small model
+    assert!(e(Md::new(&model, bad, vec![[0.0; 3]; n], None, opts)).contains("numbers[0]"));
+    let mut close = s;
+    close.positions[1] = close.positions[0].map(|x| x + 0.03);
+    assert!(e(Md::new(&model, close, vec![[0.0; 3]; n], None, opts)).contains("overlapping"));
+}
