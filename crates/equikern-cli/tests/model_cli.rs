@@ -4,7 +4,8 @@
 //! (crates/equikern-model/fetch_checkpoint.sh); the input checks run before the model loads.
 
 use equikern_model::extxyz::{self, Frame};
-use equikern_model::{SevenNet, Structure};
+use equikern_model::torch_save::random_sevennet_checkpoint;
+use equikern_model::{Checkpoint, SevenNet, Structure, Value as Value2};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -35,6 +36,93 @@ fn checkpoint() -> Option<PathBuf> {
         println!("SKIP: models/checkpoint_sevennet_0.pth absent (run crates/equikern-model/fetch_checkpoint.sh)");
     }
     p
+}
+
+/// A SevenNet-architecture config, small (H C N O, 2 layers, cutoff 3.5 Å).
+fn small_config() -> Value2 {
+    let s = |x: &str| Value2::Str(x.to_string());
+    let kv = |k: &str, v: Value2| (s(k), v);
+    let silu = || Value2::Dict(vec![kv("e", s("silu")), kv("o", s("tanh"))]);
+    Value2::Dict(vec![
+        kv("cutoff", Value2::Float(3.5)),
+        kv("_number_of_species", Value2::Int(4)),
+        kv(
+            "_type_map",
+            Value2::Dict(
+                [1, 6, 7, 8]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &z)| (Value2::Int(z), Value2::Int(i as i64)))
+                    .collect(),
+            ),
+        ),
+        kv(
+            "radial_basis",
+            Value2::Dict(vec![
+                kv("radial_basis_name", s("bessel")),
+                kv("bessel_basis_num", Value2::Int(6)),
+            ]),
+        ),
+        kv(
+            "cutoff_function",
+            Value2::Dict(vec![
+                kv("cutoff_function_name", s("XPLOR")),
+                kv("cutoff_on", Value2::Float(3.0)),
+            ]),
+        ),
+        kv("lmax", Value2::Int(2)),
+        kv("lmax_edge", Value2::Int(-1)),
+        kv("is_parity", Value2::Bool(false)),
+        kv("num_convolution_layer", Value2::Int(2)),
+        kv(
+            "irreps_manual",
+            Value2::List(vec![s("4x0e"), s("6x0e+3x1e+2x2e"), s("6x0e")]),
+        ),
+        kv(
+            "weight_nn_hidden_neurons",
+            Value2::List(vec![Value2::Int(8)]),
+        ),
+        kv("act_radial", s("silu")),
+        kv("act_scalar", silu()),
+        kv("act_gate", silu()),
+        kv("self_connection_type", s("linear")),
+        kv("interaction_type", s("nequip")),
+        kv("use_bias_in_linear", Value2::Bool(false)),
+        kv("readout_as_fcn", Value2::Bool(false)),
+        kv("_normalize_sph", Value2::Bool(true)),
+    ])
+}
+
+/// A random-weight checkpoint of [`small_config`] in `dir` (no real checkpoint needed).
+fn random_checkpoint(dir: &Path) -> PathBuf {
+    let p = dir.join("random.pth");
+    std::fs::write(&p, random_sevennet_checkpoint(&small_config(), 5).unwrap()).unwrap();
+    p
+}
+
+fn water_box() -> Structure {
+    let l = 4.0;
+    let mut positions = Vec::new();
+    for (k, o) in [
+        [0.5, 0.5, 0.5],
+        [2.5, 2.5, 0.7],
+        [0.6, 2.4, 2.6],
+        [2.4, 0.6, 2.4],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let a = k as f64 * 1.1;
+        positions.push(*o);
+        positions.push([o[0] + 0.76 * a.cos(), o[1] + 0.76 * a.sin(), o[2] + 0.59]);
+        positions.push([o[0] - 0.76 * a.cos(), o[1] - 0.76 * a.sin(), o[2] + 0.59]);
+    }
+    Structure {
+        positions,
+        numbers: [8, 1, 1].repeat(4),
+        cell: [[l, 0.0, 0.0], [0.3, l, 0.0], [0.0, -0.2, l]],
+        pbc: [true; 3],
+    }
 }
 
 fn stderr(o: &Output) -> String {
@@ -171,6 +259,131 @@ fn eval_matches_the_library_and_json_schema() {
         l[1]["energy"].as_f64().unwrap(),
         model.evaluate(&h2o()).unwrap().energy
     );
+}
+
+#[test]
+fn eval_random_checkpoint_matches_the_library() {
+    let dir = tmp("eval-random");
+    let ck = random_checkpoint(&dir);
+    let model = SevenNet::from_checkpoint(
+        &Checkpoint::load(&ck).unwrap(),
+        equikern_model::sevennet::Options::default(),
+    )
+    .unwrap();
+    let frames = [water_box(), h2o()];
+    write_xyz(&dir, "w.extxyz", &frames);
+    let o = run(
+        &dir,
+        &[
+            "eval",
+            "--model",
+            "random.pth",
+            "--structure",
+            "w.extxyz",
+            "--json",
+            "out.json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("frame 1: OH2 (3 atoms), pbc F F F"), "{out}");
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out.json")).unwrap()).unwrap();
+    let l = v.as_array().expect("a list for two frames");
+    for (j, s) in l.iter().zip(&frames) {
+        check_schema(j, s);
+        let p = model.evaluate(s).unwrap();
+        assert!(p.num_edges > 0);
+        assert_eq!(j["energy"].as_f64().unwrap(), p.energy);
+        for (a, r) in j["forces"].as_array().unwrap().iter().enumerate() {
+            for d in 0..3 {
+                assert_eq!(r[d].as_f64().unwrap(), p.forces[a][d]);
+            }
+        }
+        if let Some(st) = p.stress {
+            for k in 0..6 {
+                assert_eq!(j["stress"][k].as_f64().unwrap(), st[k]);
+            }
+        }
+    }
+    // the model's missing elements and overlapping atoms: exit 2, one line
+    write_xyz(&dir, "si.xyz", &[h2o(), si8()]);
+    let o = run(
+        &dir,
+        &["eval", "--model", "random.pth", "--structure", "si.xyz"],
+    );
+    assert_input_error(
+        &o,
+        &[
+            "si.xyz frame 1",
+            "numbers[0]",
+            "element Si (Z = 14)",
+            "4 species",
+        ],
+    );
+    let mut s = water_box();
+    s.positions[4] = s.positions[7].map(|x| x + 0.05);
+    write_xyz(&dir, "close.xyz", &[s]);
+    let o = run(
+        &dir,
+        &["eval", "--model", "random.pth", "--structure", "close.xyz"],
+    );
+    assert_input_error(&o, &["close.xyz", "overlapping", "atoms 4 and 7"]);
+    // md: NVE and Langevin runs write their trajectories
+    let o = run(
+        &dir,
+        &[
+            "md",
+            "--model",
+            "random.pth",
+            "--structure",
+            "w.extxyz",
+            "--steps",
+            "20",
+            "--dt",
+            "0.5",
+            "--temperature",
+            "300",
+            "--out",
+            "t.extxyz",
+            "--every",
+            "10",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("NVE") && out.contains("eV/atom/ps"), "{out}");
+    let t = extxyz::read(dir.join("t.extxyz")).unwrap();
+    assert_eq!(t.len(), 3);
+    // started from the file's last frame (the open water molecule)
+    assert_eq!(t[0].atoms.positions, h2o().positions);
+    let o = run(
+        &dir,
+        &[
+            "md",
+            "--model",
+            "random.pth",
+            "--structure",
+            "w.extxyz",
+            "--steps",
+            "5",
+            "--dt",
+            "0.5",
+            "--temperature",
+            "300",
+            "--thermostat",
+            "langevin",
+            "--friction",
+            "0.02",
+            "--seed",
+            "3",
+            "--out",
+            "l.extxyz",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Langevin"));
+    assert_eq!(extxyz::read(dir.join("l.extxyz")).unwrap().len(), 6);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! * [`extxyz`] — extended XYZ (ASE's format), read and write; [`elements`] — symbols, masses.
 //! * [`md`] — molecular dynamics (velocity Verlet, Langevin BAOAB) on any [`Potential`];
 //!   [`units`] — eV, Å, fs, amu.
+//! * [`torch_save`] — writes torch.save-layout checkpoints (random SevenNet weights for tests).
 //! * [`sevennet`] — SevenNet-0 on CPU in f64: energy, forces, stress.
 
 pub mod checkpoint;
@@ -16,6 +17,7 @@ pub mod graph;
 pub mod md;
 pub mod nn;
 pub mod sevennet;
+pub mod torch_save;
 pub mod units;
 
 pub use checkpoint::{Checkpoint, Tensor, Value};
