@@ -208,8 +208,12 @@ fn nve_water_cluster_real_model_energy_drift() {
          E_last {:.6} eV, drift {:+.3e} eV/atom/ps, max |E−E0| {:.3e} eV/atom, max |P| {pmax:.2e}",
         d.first, d.last, d.per_atom_per_ps, d.max_excursion_per_atom
     );
-    // measured (1,000 steps): drift +2.8e-4 eV/atom/ps, max |E−E0| 4.6e-4 eV/atom
-    assert!(d.per_atom_per_ps.abs() < 2e-3, "{d:?}");
+    // measured (1,000 steps): drift +2.8e-4 eV/atom/ps, max |E−E0| 4.6e-4 eV/atom; over
+    // fewer steps the per-ps figure is dominated by the O–H oscillation of E(t)
+    if steps >= 1000 {
+        assert!(d.per_atom_per_ps.abs() < 2e-3, "{d:?}");
+    }
+    assert!((d.last - d.first).abs() / 9.0 < 1e-3, "{d:?}");
     assert!(d.max_excursion_per_atom < 2e-3, "{d:?}");
     assert!(pmax < 1e-10, "momentum {pmax}");
 }
