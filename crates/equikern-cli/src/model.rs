@@ -104,7 +104,24 @@ fn check_backend(backend: Backend, dtype: Dtype) -> Result<()> {
     Ok(())
 }
 
+/// The CPU model allocates tens of MB of per-edge buffers per layer and frees them again;
+/// glibc returns such blocks to the kernel (mmap/munmap, heap trimming), so every call pays
+/// page faults to get them back (a fifth of the CPU time of a 64-atom eval). Keeping freed
+/// memory in the heap (mmap only above 32 MiB, no trimming, 256 MiB top pad) removes 70 %
+/// of them: Si 64 eval 0.95 → 0.72 s CPU time.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocator tuning parameters (under its own lock);
+    // no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
 fn load_model(path: &Path) -> Result<SevenNet> {
+    keep_freed_memory();
     SevenNet::load(path).map_err(|e| match e {
         ModelError::Io { .. } => CliError::input(format!("--model: {e}")),
         other => CliError::input(format!("--model {}: {other}", path.display())),
