@@ -331,3 +331,76 @@ fn bad_md_input_is_an_error() {
     close.positions[1] = close.positions[0].map(|x| x + 0.03);
     assert!(e(Md::new(&model, close, vec![[0.0; 3]; n], None, opts)).contains("overlapping"));
 }
+
+/// Every atom on its own spring to a fixed site: `E = Σ ½k|x − x₀|²`.
+struct Tethers {
+    k: f64,
+    sites: Vec<[f64; 3]>,
+}
+impl Potential for Tethers {
+    fn compute(&self, s: &Structure) -> Result<Prediction> {
+        let mut e = 0.0;
+        let forces = s
+            .positions
+            .iter()
+            .zip(&self.sites)
+            .map(|(x, x0)| {
+                let d = [0, 1, 2].map(|i| x[i] - x0[i]);
+                e += 0.5 * self.k * (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+                d.map(|v| -self.k * v)
+            })
+            .collect();
+        Ok(Prediction {
+            energy: e,
+            atomic_energies: vec![0.0; s.positions.len()],
+            forces,
+            stress: None,
+            num_edges: 0,
+        })
+    }
+}
+
+#[test]
+fn langevin_samples_equipartition_exactly_enough() {
+    // 48 independent 3-D oscillators of mixed masses: ⟨E_kin⟩ = ⟨E_pot⟩ = (3/2)·N·k_B·T.
+    let n = 48;
+    let sites: Vec<[f64; 3]> = (0..n).map(|a| [a as f64 * 3.0, 0.0, 0.0]).collect();
+    let numbers: Vec<u32> = (0..n).map(|a| [1, 8, 29][a % 3]).collect();
+    let pot = Tethers {
+        k: 4.0,
+        sites: sites.clone(),
+    };
+    let s = Structure {
+        positions: sites,
+        numbers,
+        cell: [[0.0; 3]; 3],
+        pbc: [false; 3],
+    };
+    let t = 500.0;
+    let opts = MdOptions {
+        dt: 1.0,
+        thermostat: Thermostat::Langevin {
+            temperature: t,
+            friction: 0.1,
+        },
+        seed: 9,
+    };
+    let mut sim = Md::new(&pot, s, vec![[0.0; 3]; n], None, opts).unwrap();
+    for _ in 0..500 {
+        sim.step().unwrap();
+    }
+    let (mut ke, mut pe) = (0.0, 0.0);
+    let steps = 40_000;
+    for _ in 0..steps {
+        sim.step().unwrap();
+        ke += sim.kinetic_energy();
+        pe += sim.potential_energy();
+    }
+    let want = 1.5 * n as f64 * equikern_model::units::KB_EV_PER_K * t;
+    let (ke, pe) = (ke / steps as f64 / want, pe / steps as f64 / want);
+    println!("Langevin BAOAB, 48 tethered atoms at {t} K: ⟨E_kin⟩/(3/2 N kT) = {ke:.4}, ⟨E_pot⟩/(3/2 N kT) = {pe:.4}");
+    // statistical error ≈ 1 % (48·3 dof, ~4,000 friction times); a wrong noise amplitude
+    // (units, √2, c₂) is off by ≥ 10 %
+    assert!((ke - 1.0).abs() < 0.04, "kinetic {ke}");
+    assert!((pe - 1.0).abs() < 0.04, "potential {pe}");
+}
