@@ -1,8 +1,9 @@
 //! Chemical elements: symbols and masses for atomic numbers 1–118.
 //!
 //! Masses (amu) are the IUPAC standard atomic weights (conventional/abridged values where IUPAC
-//! gives an interval); for elements without a standard atomic weight, the mass number of the
-//! longest-lived well-known isotope. They are what MD uses for each species.
+//! gives an interval); for elements without a standard atomic weight, the atomic mass of a
+//! long-lived isotope (Tc-98, Pm-145, Po-209, …, Lr-262), and the mass number beyond Z = 103.
+//! They are what MD uses for each species.
 
 /// `(symbol, mass in amu)` for atomic numbers 1..=118, index `Z − 1`.
 const TABLE: [(&str, f64); 118] = [
@@ -48,7 +49,7 @@ const TABLE: [(&str, f64); 118] = [
     ("Zr", 91.224),
     ("Nb", 92.90637),
     ("Mo", 95.95),
-    ("Tc", 98.0),
+    ("Tc", 97.90721),
     ("Ru", 101.07),
     ("Rh", 102.90550),
     ("Pd", 106.42),
@@ -66,7 +67,7 @@ const TABLE: [(&str, f64); 118] = [
     ("Ce", 140.116),
     ("Pr", 140.90766),
     ("Nd", 144.242),
-    ("Pm", 145.0),
+    ("Pm", 144.91276),
     ("Sm", 150.36),
     ("Eu", 151.964),
     ("Gd", 157.25),
@@ -89,26 +90,26 @@ const TABLE: [(&str, f64); 118] = [
     ("Tl", 204.38),
     ("Pb", 207.2),
     ("Bi", 208.98040),
-    ("Po", 209.0),
-    ("At", 210.0),
-    ("Rn", 222.0),
-    ("Fr", 223.0),
-    ("Ra", 226.0),
-    ("Ac", 227.0),
+    ("Po", 208.98243),
+    ("At", 209.98715),
+    ("Rn", 222.01758),
+    ("Fr", 223.01974),
+    ("Ra", 226.02541),
+    ("Ac", 227.02775),
     ("Th", 232.0377),
     ("Pa", 231.03588),
     ("U", 238.02891),
-    ("Np", 237.0),
-    ("Pu", 244.0),
-    ("Am", 243.0),
-    ("Cm", 247.0),
-    ("Bk", 247.0),
-    ("Cf", 251.0),
-    ("Es", 252.0),
-    ("Fm", 257.0),
-    ("Md", 258.0),
-    ("No", 259.0),
-    ("Lr", 262.0),
+    ("Np", 237.04817),
+    ("Pu", 244.06421),
+    ("Am", 243.06138),
+    ("Cm", 247.07035),
+    ("Bk", 247.07031),
+    ("Cf", 251.07959),
+    ("Es", 252.083),
+    ("Fm", 257.09511),
+    ("Md", 258.09843),
+    ("No", 259.101),
+    ("Lr", 262.11),
     ("Rf", 267.0),
     ("Db", 268.0),
     ("Sg", 269.0),
