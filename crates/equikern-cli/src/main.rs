@@ -7,6 +7,7 @@ mod emit;
 mod engine;
 mod error;
 mod info;
+mod model;
 mod npy;
 mod suite;
 mod tp;
@@ -34,6 +35,8 @@ enum Cmd {
     Suite(suite::SuiteArgs),
     Bench(Box<bench::BenchArgs>),
     Conformance(conformance_cmd::ConformanceArgs),
+    Eval(Box<model::EvalArgs>),
+    Md(Box<model::MdArgs>),
 }
 
 /// Any panic is a bug; still give the user one line, not a backtrace.
@@ -97,6 +100,8 @@ fn main() {
         Cmd::Suite(a) => suite::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Conformance(a) => conformance_cmd::run_cmd(a),
+        Cmd::Eval(a) => model::run_eval(a),
+        Cmd::Md(a) => model::run_md(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

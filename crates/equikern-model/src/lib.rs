@@ -3,15 +3,29 @@
 //! * [`checkpoint`] — PyTorch `.pth` reader (zip + pickle VM), no Python at run time.
 //! * [`nn`] — e3nn-exact building blocks with the backward passes forces need.
 //! * [`graph`] — periodic radius graph (edges `i → j` with cell shifts).
+//! * [`extxyz`] — extended XYZ (ASE's format), read and write; [`elements`] — symbols, masses.
+//! * [`md`] — molecular dynamics (velocity Verlet, Langevin BAOAB) on any [`Potential`];
+//!   [`units`] — eV, Å, fs, amu.
+//! * [`torch_save`] — writes torch.save-layout checkpoints (random SevenNet weights for tests).
 //! * [`sevennet`] — SevenNet-0 on CPU in f64: energy, forces, stress.
 
 pub mod checkpoint;
+pub mod elements;
 pub mod error;
+pub mod extxyz;
 pub mod graph;
+pub mod md;
 pub mod nn;
 pub mod sevennet;
+pub mod torch_save;
+pub mod units;
 
 pub use checkpoint::{Checkpoint, Tensor, Value};
 pub use error::{ModelError, Result};
+pub use extxyz::Frame;
 pub use graph::{Graph, Structure};
+pub use md::{Md, MdOptions, Potential, Thermostat};
 pub use sevennet::{Prediction, SevenNet};
+
+/// An atomic structure (positions Å, atomic numbers, cell rows, pbc): the model's input.
+pub type Atoms = Structure;

@@ -38,6 +38,36 @@ pub struct Interaction {
     pub gate: Gate,
 }
 
+/// Distance (Å) below which two atoms count as overlapping: [`SevenNet::evaluate`] refuses
+/// such structures (the model was never trained there; forces would be meaningless).
+pub const MIN_DISTANCE: f64 = 0.1;
+
+fn check_overlap(g: &Graph) -> Result<()> {
+    let m2 = MIN_DISTANCE * MIN_DISTANCE;
+    for e in 0..g.len() {
+        let v = g.vec[e];
+        let d2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+        if d2 < m2 {
+            let (i, j) = (g.src[e], g.dst[e]);
+            let what = if i == j {
+                format!("atom {i} and its periodic image {:?}", g.shift[e])
+            } else if g.shift[e] == [0, 0, 0] {
+                format!("atoms {i} and {j}")
+            } else {
+                format!("atom {i} and a periodic image {:?} of atom {j}", g.shift[e])
+            };
+            return Err(ModelError::input(
+                "positions",
+                format!(
+                    "overlapping atoms: {what} are {:.3e} Å apart (< {MIN_DISTANCE} Å)",
+                    d2.sqrt()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Options that are not in the checkpoint.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -588,22 +618,48 @@ impl SevenNet {
         })
     }
 
-    /// Energy, forces and stress of a structure.
-    pub fn evaluate(&self, s: &Structure) -> Result<Prediction> {
-        let g = Graph::build(s, self.cutoff)?;
-        let types = s
-            .numbers
+    /// Loads a SevenNet checkpoint (`.pth`) and builds the model with the default options.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let ck = Checkpoint::load(path)?;
+        Self::from_checkpoint(&ck, Options::default())
+    }
+
+    /// The atomic numbers the model knows, ascending.
+    pub fn species(&self) -> Vec<u32> {
+        let mut z: Vec<u32> = self.type_map.keys().copied().collect();
+        z.sort_unstable();
+        z
+    }
+
+    /// One-hot indices of the atoms' species; an element the model lacks is an error naming
+    /// the atom and the element.
+    pub fn types_of(&self, numbers: &[u32]) -> Result<Vec<usize>> {
+        numbers
             .iter()
             .enumerate()
             .map(|(a, z)| {
                 self.type_map.get(z).copied().ok_or_else(|| {
+                    let sym = crate::elements::symbol(*z).unwrap_or("?");
                     ModelError::input(
                         format!("numbers[{a}]"),
-                        format!("atomic number {z} is not in the model's type map"),
+                        format!(
+                            "element {sym} (Z = {z}) is not one of the model's {} species",
+                            self.num_species
+                        ),
                     )
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect()
+    }
+
+    /// Energy, forces and stress of a structure. Errors: an element the model lacks, a
+    /// non-finite coordinate, two atoms (or an atom and a periodic image) closer than
+    /// [`MIN_DISTANCE`].
+    pub fn evaluate(&self, s: &Structure) -> Result<Prediction> {
+        s.validate()?;
+        let types = self.types_of(&s.numbers)?;
+        let g = Graph::build(s, self.cutoff)?;
+        check_overlap(&g)?;
         let (atomic, fe) = self.energy_and_edge_grad(&types, &g.src, &g.dst, &g.vec)?;
         let n = s.positions.len();
         let mut forces = vec![[0.0; 3]; n];

@@ -45,20 +45,31 @@ impl FullyConnectedNet {
         self.layers.last().map_or(0, |l| l.1)
     }
 
+    /// `y[n, b] = scale · x[n, a] · w[a, b]`, rows in parallel (each row's sum is in a fixed
+    /// order, so the result does not depend on the thread count).
     fn matmul(x: &[f64], n: usize, a: usize, b: usize, w: &[f64], scale: f64) -> Vec<f64> {
+        use rayon::prelude::*;
         let mut y = vec![0.0; n * b];
-        for s in 0..n {
-            let ys = &mut y[s * b..][..b];
-            for (k, &xv) in x[s * a..][..a].iter().enumerate() {
-                if xv == 0.0 {
-                    continue;
-                }
-                let c = xv * scale;
-                for (o, &wv) in ys.iter_mut().zip(&w[k * b..][..b]) {
-                    *o += c * wv;
-                }
-            }
+        if a == 0 || b == 0 {
+            return y;
         }
+        const ROWS: usize = 16;
+        y.par_chunks_mut(ROWS * b)
+            .zip(x.par_chunks(ROWS * a))
+            .for_each(|(yc, xc)| {
+                for (ys, xs) in yc.chunks_exact_mut(b).zip(xc.chunks_exact(a)) {
+                    for (k, &xv) in xs.iter().enumerate() {
+                        if xv == 0.0 {
+                            continue;
+                        }
+                        let c = xv * scale;
+                        for (o, &wv) in ys.iter_mut().zip(&w[k * b..][..b]) {
+                            *o += c * wv;
+                        }
+                    }
+                }
+            });
+        debug_assert!(n * a == x.len());
         y
     }
 
@@ -91,20 +102,14 @@ impl FullyConnectedNet {
                     *gv *= self.act_cst * silu_grad(z);
                 }
             }
-            // gx = g · Wᵀ / √a
-            let scale = 1.0 / (*a as f64).sqrt();
-            let mut gx = vec![0.0; n * a];
-            for s in 0..n {
-                let gs = &g[s * b..][..*b];
-                for (i, o) in gx[s * a..][..*a].iter_mut().enumerate() {
-                    *o = scale
-                        * w[i * b..][..*b]
-                            .iter()
-                            .zip(gs)
-                            .map(|(p, q)| p * q)
-                            .sum::<f64>();
+            // gx = g · Wᵀ / √a, as a row-major product with Wᵀ (contiguous inner loop)
+            let mut wt = vec![0.0; a * b];
+            for i in 0..*a {
+                for j in 0..*b {
+                    wt[j * a + i] = w[i * b + j];
                 }
             }
+            let gx = Self::matmul(&g, n, *b, *a, &wt, 1.0 / (*a as f64).sqrt());
             g = gx;
         }
         g

@@ -106,52 +106,110 @@ impl Linear {
 
     /// `y [n, dim_out]` from `x [n, dim_in]`.
     pub fn forward(&self, x: &[f64]) -> Vec<f64> {
-        let n = x.len() / self.dim_in.max(1);
-        let mut y = vec![0.0; n * self.dim_out];
-        for s in 0..n {
-            let xs = &x[s * self.dim_in..][..self.dim_in];
-            let ys = &mut y[s * self.dim_out..][..self.dim_out];
-            for p in &self.ins {
-                for u in 0..p.mul_in {
-                    let xu = &xs[p.in_off + u * p.dim..][..p.dim];
-                    let wrow = &self.weight[p.w_off + u * p.mul_out..][..p.mul_out];
-                    for (w, &wv) in wrow.iter().enumerate() {
-                        let c = p.coef * wv;
-                        let yw = &mut ys[p.out_off + w * p.dim..][..p.dim];
-                        for (a, b) in yw.iter_mut().zip(xu) {
-                            *a += c * b;
+        use rayon::prelude::*;
+        let (di, dout) = (self.dim_in, self.dim_out);
+        let n = x.len() / di.max(1);
+        let mut y = vec![0.0; n * dout];
+        if di == 0 || dout == 0 {
+            return y;
+        }
+        // Per sample and instruction: T[m, w] = Σ_u x[u, m] W[u, w] (contiguous axpy over w),
+        // then y[w, m] += coef · T[m, w]. Rows in parallel, each in a fixed order.
+        let tmax = self
+            .ins
+            .iter()
+            .map(|p| p.dim * p.mul_out)
+            .max()
+            .unwrap_or(0);
+        y.par_chunks_mut(ROWS * dout)
+            .zip(x.par_chunks(ROWS * di))
+            .for_each(|(yc, xc)| {
+                let mut t = vec![0.0; tmax];
+                for (ys, xs) in yc.chunks_exact_mut(dout).zip(xc.chunks_exact(di)) {
+                    for p in &self.ins {
+                        let (d, mo) = (p.dim, p.mul_out);
+                        let t = &mut t[..d * mo];
+                        t.fill(0.0);
+                        for u in 0..p.mul_in {
+                            let wrow = &self.weight[p.w_off + u * mo..][..mo];
+                            for m in 0..d {
+                                let c = xs[p.in_off + u * d + m];
+                                if c == 0.0 {
+                                    continue;
+                                }
+                                for (a, &wv) in t[m * mo..][..mo].iter_mut().zip(wrow) {
+                                    *a += c * wv;
+                                }
+                            }
+                        }
+                        let yb = &mut ys[p.out_off..][..d * mo];
+                        for m in 0..d {
+                            for w in 0..mo {
+                                yb[w * d + m] += p.coef * t[m * mo + w];
+                            }
                         }
                     }
                 }
-            }
-        }
+            });
         y
     }
 
     /// `gx [n, dim_in]` from `gy [n, dim_out]` (the map is linear in x).
     pub fn backward(&self, gy: &[f64]) -> Vec<f64> {
-        let n = gy.len() / self.dim_out.max(1);
-        let mut gx = vec![0.0; n * self.dim_in];
-        for s in 0..n {
-            let gys = &gy[s * self.dim_out..][..self.dim_out];
-            let gxs = &mut gx[s * self.dim_in..][..self.dim_in];
-            for p in &self.ins {
-                for u in 0..p.mul_in {
-                    let wrow = &self.weight[p.w_off + u * p.mul_out..][..p.mul_out];
-                    let gxu = &mut gxs[p.in_off + u * p.dim..][..p.dim];
-                    for (w, &wv) in wrow.iter().enumerate() {
-                        let c = p.coef * wv;
-                        let g = &gys[p.out_off + w * p.dim..][..p.dim];
-                        for (a, b) in gxu.iter_mut().zip(g) {
-                            *a += c * b;
-                        }
-                    }
+        use rayon::prelude::*;
+        let (di, dout) = (self.dim_in, self.dim_out);
+        let n = gy.len() / dout.max(1);
+        let mut gx = vec![0.0; n * di];
+        if di == 0 || dout == 0 {
+            return gx;
+        }
+        // Wᵀ per instruction ([mul_out, mul_in]), so that T[m, u] = Σ_w gy[w, m] Wᵀ[w, u] is a
+        // contiguous axpy over u; then gx[u, m] += coef · T[m, u].
+        let mut wt = vec![0.0; self.weight.len()];
+        for p in &self.ins {
+            for u in 0..p.mul_in {
+                for w in 0..p.mul_out {
+                    wt[p.w_off + w * p.mul_in + u] = self.weight[p.w_off + u * p.mul_out + w];
                 }
             }
         }
+        let tmax = self.ins.iter().map(|p| p.dim * p.mul_in).max().unwrap_or(0);
+        gx.par_chunks_mut(ROWS * di)
+            .zip(gy.par_chunks(ROWS * dout))
+            .for_each(|(gc, yc)| {
+                let mut t = vec![0.0; tmax];
+                for (gxs, gys) in gc.chunks_exact_mut(di).zip(yc.chunks_exact(dout)) {
+                    for p in &self.ins {
+                        let (d, mi) = (p.dim, p.mul_in);
+                        let t = &mut t[..d * mi];
+                        t.fill(0.0);
+                        for w in 0..p.mul_out {
+                            let wrow = &wt[p.w_off + w * mi..][..mi];
+                            for m in 0..d {
+                                let c = gys[p.out_off + w * d + m];
+                                if c == 0.0 {
+                                    continue;
+                                }
+                                for (a, &wv) in t[m * mi..][..mi].iter_mut().zip(wrow) {
+                                    *a += c * wv;
+                                }
+                            }
+                        }
+                        let gb = &mut gxs[p.in_off..][..d * mi];
+                        for m in 0..d {
+                            for u in 0..mi {
+                                gb[u * d + m] += p.coef * t[m * mi + u];
+                            }
+                        }
+                    }
+                }
+            });
         gx
     }
 }
+
+/// Samples per parallel task.
+const ROWS: usize = 16;
 
 #[cfg(test)]
 mod tests {
