@@ -7,7 +7,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 profile=release
 flag=--release
 if [ "${1:-}" = "--debug" ]; then profile=debug; flag=; fi
-target_dir="${CARGO_TARGET_DIR:-target}"
+# Where cargo really puts artifacts (CARGO_TARGET_DIR, a config file or a wrapper may move it).
+target_dir=$(cargo metadata -q --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 cargo build -q $flag --target wasm32-unknown-unknown -p equikern-wasm
 wasm-bindgen --target web --out-dir web/pkg \
   "$target_dir/wasm32-unknown-unknown/$profile/equikern_wasm.wasm"

@@ -5,6 +5,7 @@ JSON result the page publishes says pass.
 
     python3 web/page_test.py [--query '?suite=1&batch=16'] [--json OUT.json] [--timeout S]
     python3 web/page_test.py --no-webgpu   # negative control: expects "no adapters"
+    python3 web/page_test.py --expect-clock gpu-timestamps   # fail unless GPU timestamps were used
 
 Exit 0 on pass (or, with --no-webgpu, on the expected failure), 1 otherwise."""
 import argparse, functools, http.server, json, os, shutil, socket, subprocess, sys, tempfile
@@ -39,6 +40,8 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--timeout", type=float, default=240)
     ap.add_argument("--no-webgpu", action="store_true")
+    ap.add_argument("--expect-clock", choices=["gpu-timestamps", "performance.now"],
+                    help="fail unless the page timed its kernels with this clock")
     a = ap.parse_args()
     if not os.path.exists(os.path.join(WEB, "pkg", "equikern_wasm.js")):
         sys.exit("web/pkg missing: run web/build.sh first")
@@ -94,9 +97,14 @@ def main():
             print(("PASS" if ok else "FAIL") + f" (negative control, no WebGPU flag): {r.get('error')}")
             return 0 if ok else 1
         print(f"adapter: {r.get('adapter')}")
+        print(f"kernel timings: {r.get('clock')} ({r.get('clockWhy')})")
         for p in r.get("results", []):
-            print(f"  {p['label']:<24} batch {p['batch']}: fwd {p['fwdMs']:.2f} ms, bwd {p['bwdMs']:.2f} ms, "
+            print(f"  {p['label']:<24} batch {p['batch']}: kernels fwd {p['fwdMs']:.2f} ms, bwd {p['bwdMs']:.2f} ms "
+                  f"({p['clock']}); host arrays {p['hostFwdMs']:.2f}/{p['hostBwdMs']:.2f} ms; "
                   f"rel L2 {p['errFwd']:.1e}/{p['errBwd']:.1e} {'pass' if p['pass'] else 'FAIL'}")
+        if a.expect_clock and r.get("clock") != a.expect_clock:
+            print(f"FAIL: kernel timings used {r.get('clock')}, expected {a.expect_clock}")
+            return 1
         print(("PASS" if r["pass"] else "FAIL") + f": page result ({time.time() - t0:.1f} s)"
               + ("" if r["pass"] else f" {r.get('error', '')}"))
         return 0 if r["pass"] else 1

@@ -17,7 +17,9 @@ use crate::error::{CliError, Result};
 #[derive(Args, Debug)]
 pub struct ConformanceArgs {
     /// Comma-separated backends to test (cpu, wgpu, cuda; also wgpu-webgpu: wgpu with
-    /// WebGPU-minimum capabilities); absent ones are skipped with the reason.
+    /// WebGPU-minimum capabilities, and browser: headless Chromium's WebGPU through the wasm
+    /// package web/pkg, built by web/build.sh). Absent ones are skipped with the reason, unless
+    /// EQUIKERN_CONFORMANCE_REQUIRE_<NAME>=1 (e.g. _BROWSER) makes that an error.
     #[arg(long, default_value = "cpu,wgpu,cuda", value_name = "LIST")]
     backends: String,
     /// The quick corpus (CI size; the default).
@@ -58,6 +60,13 @@ pub fn run_cmd(args: &ConformanceArgs) -> Result<()> {
     }
     for (k, why) in &skipped {
         eprintln!("backend {} skipped: {why}", k.name());
+    }
+    if let Some((k, why)) = skipped.iter().find(|(k, _)| k.required()) {
+        return Err(CliError::runtime(format!(
+            "backend {} is required here (EQUIKERN_CONFORMANCE_REQUIRE_{}=1) but: {why}",
+            k.name(),
+            k.name().to_ascii_uppercase().replace('-', "_")
+        )));
     }
     if backends.is_empty() {
         return Err(CliError::runtime(

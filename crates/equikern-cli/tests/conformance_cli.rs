@@ -59,3 +59,48 @@ fn conformance_bad_flags_exit_2() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// A browser backend that cannot open (here: no wasm package) is a skip with the reason, or,
+/// with EQUIKERN_CONFORMANCE_REQUIRE_BROWSER=1, an error (exit 1).
+#[test]
+fn conformance_missing_browser_skips_or_fails_when_required() {
+    let dir = std::env::temp_dir().join(format!("equikern-conf-cli-nopkg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let args = [
+        "conformance",
+        "--backends",
+        "cpu,browser",
+        "--filter",
+        "edge/batch1-shared",
+    ];
+    let out = bin()
+        .args(args)
+        .env("EQUIKERN_WASM_PKG", &dir)
+        .env_remove("EQUIKERN_CONFORMANCE_REQUIRE_BROWSER")
+        .output()
+        .expect("run");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("backend browser skipped: backend browser unavailable: no wasm package"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("backend `browser` skipped"), "{stdout}");
+    let out = bin()
+        .args(args)
+        .env("EQUIKERN_WASM_PKG", &dir)
+        .env("EQUIKERN_CONFORMANCE_REQUIRE_BROWSER", "1")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .contains("backend browser is required here (EQUIKERN_CONFORMANCE_REQUIRE_BROWSER=1)"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,8 +3,9 @@
 //! * [`corpus`]: the cases (paper suite, e3nn-style builders over seeded random irreps, every
 //!   connection mode alone and mixed, edge cases), `quick` for CI and `full` for a GPU host.
 //! * [`backends`]: the [`ConformanceBackend`] trait and its implementations — `cpu` (oracle in
-//!   f32, plan interpreter in f64), `wgpu` (the facade), `cuda` (feature `cuda`), and
-//!   [`backends::mutant`], a deliberately broken plan executor that must fail.
+//!   f32, plan interpreter in f64), `wgpu` (the facade), `cuda` (feature `cuda`), `browser`
+//!   (headless Chromium's WebGPU through the wasm package, over WebDriver; feature `browser`),
+//!   and [`backends::mutant`], a deliberately broken plan executor that must fail.
 //! * [`checks`]: per case, backend and precision — forward, backward and double backward
 //!   against the f64 oracle, against the other backends, against finite differences of the
 //!   backend's own lower-order pass, equivariance under rotations and reflections, exact
@@ -57,7 +58,7 @@ pub enum Error {
     Unavailable { backend: String, why: String },
     #[error("corpus: {0}")]
     Corpus(String),
-    #[error("unknown backend {0:?} (expected cpu, wgpu, cuda or wgpu-webgpu)")]
+    #[error("unknown backend {0:?} (expected cpu, wgpu, cuda, wgpu-webgpu or browser)")]
     UnknownBackend(String),
 }
 

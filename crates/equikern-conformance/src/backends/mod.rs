@@ -2,6 +2,8 @@
 //! values are f32-representable on input (so the f32 and f64 runs of one case see the same
 //! numbers); an f32 backend rounds nothing on the way in and widens its results exactly.
 
+#[cfg(feature = "browser")]
+pub mod browser;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -63,6 +65,8 @@ pub enum BackendKind {
     Cuda,
     /// wgpu with capabilities clamped to WebGPU's minimums (browser-shaped plans); opt-in.
     WgpuWebgpu,
+    /// Headless Chromium's WebGPU through the wasm package (`web/pkg`); opt-in.
+    Browser,
 }
 
 impl BackendKind {
@@ -74,6 +78,7 @@ impl BackendKind {
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cuda => "cuda",
             BackendKind::WgpuWebgpu => "wgpu-webgpu",
+            BackendKind::Browser => "browser",
         }
     }
 
@@ -81,7 +86,7 @@ impl BackendKind {
         let s = s.trim().to_ascii_lowercase();
         Self::ALL
             .into_iter()
-            .chain([BackendKind::WgpuWebgpu])
+            .chain([BackendKind::WgpuWebgpu, BackendKind::Browser])
             .find(|k| k.name() == s)
             .ok_or(Error::UnknownBackend(s))
     }
@@ -108,8 +113,32 @@ impl BackendKind {
             BackendKind::Wgpu => open_wgpu(false),
             BackendKind::WgpuWebgpu => open_wgpu(true),
             BackendKind::Cuda => open_cuda(),
+            BackendKind::Browser => open_browser(),
         }
     }
+
+    /// Whether `EQUIKERN_CONFORMANCE_REQUIRE_<NAME>=1` (`-` as `_`) makes this backend's
+    /// absence an error rather than a skip (CI sets it for the backends it must run).
+    pub fn required(self) -> bool {
+        let var = format!(
+            "EQUIKERN_CONFORMANCE_REQUIRE_{}",
+            self.name().to_ascii_uppercase().replace('-', "_")
+        );
+        std::env::var(var).is_ok_and(|v| v == "1")
+    }
+}
+
+#[cfg(feature = "browser")]
+fn open_browser() -> Result<Box<dyn ConformanceBackend>> {
+    Ok(Box::new(browser::BrowserBackend::open()?))
+}
+
+#[cfg(not(feature = "browser"))]
+fn open_browser() -> Result<Box<dyn ConformanceBackend>> {
+    Err(Error::Unavailable {
+        backend: "browser".into(),
+        why: "built without the `browser` feature".into(),
+    })
 }
 
 #[cfg(feature = "wgpu")]
