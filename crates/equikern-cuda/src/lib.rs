@@ -22,7 +22,7 @@ mod timing;
 mod tp;
 
 pub use compile::{CacheLevel, CompileInfo};
-pub use conv::{conv_launches, run_conv, run_conv_csr, ConvLaunch};
+pub use conv::{conv_launches, run_conv, run_conv_csr, ConvLaunch, CudaConvPlan, CudaGraph};
 pub use cudarc::driver::CudaSlice;
 pub use device::{availability, CudaDevice};
 pub use timing::Timing;

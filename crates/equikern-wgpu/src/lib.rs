@@ -14,6 +14,7 @@ mod oneshot;
 mod pipelines;
 
 pub use context::{adapter_summary, capabilities_of, RuntimeOptions};
+pub use conv::{conv_inputs, conv_outputs, WgpuGraph};
 pub use dispatch::TensorBuffer;
 pub use pipelines::CompiledPlan;
 /// The wgpu version this runtime is built on (its `Buffer`s cross the API).
