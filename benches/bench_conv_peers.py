@@ -99,7 +99,9 @@ def problem_list(suite_path, only):
         for w in want:
             if not any(p["label"] == w for p in probs):
                 raise SystemExit(f"--only: no problem labelled {w!r} in {suite_path}")
-        return [p for p in probs if p["label"] in want]
+        # in the order given: cheap problems first, so a run cut short (or a peer failure that
+        # poisons the CUDA context) keeps them
+        return [next(p for p in probs if p["label"] == w) for w in want]
     return [p for p in probs if p["label"].startswith(("mace", "nequip"))]
 
 

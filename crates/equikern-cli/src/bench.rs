@@ -81,7 +81,7 @@ pub struct BenchArgs {
     /// skewed:NODES:EDGES (random, power-law in-degree). Edges are sorted by (receiver, sender).
     #[arg(
         long,
-        default_value = "diamond:23:3.0,protein:5.0,skewed:100000:1000000",
+        default_value = "diamond:23:2.6,protein:5.0,skewed:100000:1000000",
         help_heading = "Convolution"
     )]
     graphs: String,
@@ -98,6 +98,9 @@ pub struct BenchArgs {
     /// peers' script (benches/bench_conv_peers.py), before timing.
     #[arg(long, value_name = "DIR", help_heading = "Convolution")]
     export_graphs: Option<PathBuf>,
+    /// With --conv and --export-graphs: build and write the graphs, then stop (no timing).
+    #[arg(long, help_heading = "Convolution")]
+    export_only: bool,
     /// Seconds one (problem, direction) may take: slower directions get fewer timed runs
     /// (at least 5; the row's "reps" says how many) [default: no limit].
     #[arg(long, value_name = "SECONDS")]
@@ -217,6 +220,11 @@ fn plan_reps(args: &BenchArgs, probe_ms: f64) -> (usize, usize) {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if !args.conv && (args.export_only || args.export_graphs.is_some()) {
+        return Err(CliError::input(
+            "--export-graphs / --export-only go with --conv",
+        ));
+    }
     if args.conv {
         return conv_bench::run(args);
     }

@@ -287,6 +287,13 @@ struct ConvMeasured {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.export_only {
+        let dir = args
+            .export_graphs
+            .as_ref()
+            .ok_or_else(|| CliError::input("--export-only needs --export-graphs DIR"))?;
+        return export_graphs(dir, &build_graphs(&args.graphs)?);
+    }
     let backend = args.backend.unwrap_or_else(Backend::best);
     backend
         .check_available()
@@ -333,8 +340,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     )));
                 }
             }
-            all.into_iter()
-                .filter(|(l, _)| want.contains(&l.as_str()))
+            // In the order given (run the cheap ones first: a stage cut short keeps them).
+            want.iter()
+                .filter_map(|w| all.iter().find(|(l, _)| l == w).cloned())
                 .collect()
         }
         // The message-passing problems: NequIP and MACE.
