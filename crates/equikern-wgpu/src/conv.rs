@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use equikern_core::conv::{Csr, GraphIndex};
 use equikern_emit::params::{ConvParams, DispatchParams};
-use equikern_plan::conv::Units;
+use equikern_plan::conv::{GraphSize, Units};
 use equikern_plan::{conv_index_tensors, KernelPlan, SampleMode, Tensor, Work};
 use wgpu::util::DeviceExt;
 
@@ -134,7 +134,7 @@ impl Runtime {
         if plan.conv.is_none() {
             return Err(plan_err(equikern_plan::PlanError::NotConv));
         }
-        let gs = plan.graph_size(&graph.csr);
+        let gs = graph.graph_size(plan)?;
         plan.check_graph(&gs).map_err(plan_err)?;
         let mut given: BTreeMap<Tensor, &wgpu::Buffer> = BTreeMap::new();
         for tb in buffers {
@@ -159,7 +159,7 @@ impl Runtime {
                 });
             }
         }
-        let tables = graph.tables_for(self, plan);
+        let tables = graph.tables_for(self, plan)?;
         let mut scratch: BTreeMap<Tensor, wgpu::Buffer> = BTreeMap::new();
         for t in plan.kernels.iter().flat_map(|k| k.outputs.iter()) {
             if t.is_scratch() && !scratch.contains_key(t) {
@@ -313,9 +313,12 @@ pub fn conv_outputs(plan: &KernelPlan) -> Vec<Tensor> {
 }
 
 /// A validated graph for one wgpu device: the `u32` index tables a plan binds are uploaded
-/// on first use and kept (a graph is bound to the runtime that first used it).
+/// on first use and kept (a graph is bound to the runtime that first used it), or, for a
+/// graph built on the device ([`WgpuGraph::from_device`]), given at construction.
 pub struct WgpuGraph {
-    csr: Arc<Csr>,
+    csr: Option<Arc<Csr>>,
+    nodes: u64,
+    edges: u64,
     tables: Mutex<Tables>,
 }
 
@@ -325,16 +328,66 @@ type Tables = BTreeMap<(Tensor, u32), Arc<wgpu::Buffer>>;
 impl WgpuGraph {
     pub fn new(csr: Arc<Csr>) -> Self {
         WgpuGraph {
-            csr,
+            nodes: csr.nodes as u64,
+            edges: csr.edges() as u64,
+            csr: Some(csr),
             tables: Mutex::new(BTreeMap::new()),
         }
     }
 
-    pub fn csr(&self) -> &Arc<Csr> {
-        &self.csr
+    /// A graph whose tables were built on the device ([`Runtime::build_csr_tables`]) from the
+    /// `u32` `receiver`/`sender` buffers given here. Runs the CSR and atomic modes (pieces
+    /// need a host-built graph).
+    pub fn from_device(
+        csr: crate::DeviceCsr,
+        receiver: wgpu::Buffer,
+        sender: wgpu::Buffer,
+    ) -> Self {
+        let t = BTreeMap::from([
+            ((Tensor::RecvCsr, 0), Arc::new(csr.recv)),
+            ((Tensor::SendCsr, 0), Arc::new(csr.send)),
+            ((Tensor::Receiver, 0), Arc::new(receiver)),
+            ((Tensor::Sender, 0), Arc::new(sender)),
+        ]);
+        WgpuGraph {
+            csr: None,
+            nodes: csr.nodes as u64,
+            edges: csr.edges as u64,
+            tables: Mutex::new(t),
+        }
     }
 
-    /// Bytes of the index tables uploaded so far.
+    /// The host-side graph (validated indices and both views), if it was built on the host.
+    pub fn csr(&self) -> Option<&Arc<Csr>> {
+        self.csr.as_ref()
+    }
+
+    pub fn nodes(&self) -> u64 {
+        self.nodes
+    }
+
+    pub fn edges(&self) -> u64 {
+        self.edges
+    }
+
+    /// The graph's sizes for `plan` (piece counts need the host-built graph).
+    pub fn graph_size(&self, plan: &KernelPlan) -> Result<GraphSize> {
+        match &self.csr {
+            Some(c) => Ok(plan.graph_size(c)),
+            None if plan.conv.and_then(|c| c.max_piece_edges).is_some() => Err(WgpuError::Binding {
+                tensor: "graph".into(),
+                why: "a graph built on the device has no pieces: use the CSR mode (max_piece_edges None)".into(),
+            }),
+            None => Ok(GraphSize {
+                nodes: self.nodes,
+                edges: self.edges,
+                recv_pieces: 0,
+                send_pieces: 0,
+            }),
+        }
+    }
+
+    /// Bytes of the index tables held so far.
     pub fn table_bytes(&self) -> u64 {
         self.lock().values().map(|b| b.size()).sum()
     }
@@ -343,7 +396,11 @@ impl WgpuGraph {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn tables_for(&self, rt: &Runtime, plan: &KernelPlan) -> BTreeMap<Tensor, Arc<wgpu::Buffer>> {
+    fn tables_for(
+        &self,
+        rt: &Runtime,
+        plan: &KernelPlan,
+    ) -> Result<BTreeMap<Tensor, Arc<wgpu::Buffer>>> {
         let m = plan.conv.and_then(|c| c.max_piece_edges).unwrap_or(0);
         let key = |t: Tensor| match t {
             Tensor::RecvPieces | Tensor::SendPieces => (t, m),
@@ -359,7 +416,11 @@ impl WgpuGraph {
                 out.insert(t, b.clone());
                 continue;
             }
-            let h = host.get_or_insert_with(|| conv_index_tensors(plan, &self.csr));
+            let csr = self.csr.as_ref().ok_or_else(|| WgpuError::Binding {
+                tensor: format!("{t:?}"),
+                why: "not among the tables of this device-built graph".into(),
+            })?;
+            let h = host.get_or_insert_with(|| conv_index_tensors(plan, csr));
             let pad = [0u32];
             let data: &[u32] = match h.get(&t) {
                 Some(v) if !v.is_empty() => v,
@@ -376,6 +437,6 @@ impl WgpuGraph {
             self.lock().insert(key(t), b.clone());
             out.insert(t, b);
         }
-        out
+        Ok(out)
     }
 }

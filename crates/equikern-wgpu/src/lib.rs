@@ -8,6 +8,7 @@
 
 mod context;
 mod conv;
+mod csr;
 mod dispatch;
 mod host;
 mod oneshot;
@@ -15,6 +16,7 @@ mod pipelines;
 
 pub use context::{adapter_summary, capabilities_of, RuntimeOptions};
 pub use conv::{conv_inputs, conv_outputs, WgpuGraph};
+pub use csr::DeviceCsr;
 pub use dispatch::TensorBuffer;
 pub use pipelines::CompiledPlan;
 /// The wgpu version this runtime is built on (its `Buffer`s cross the API).
