@@ -26,7 +26,10 @@ use crate::{Error, Result};
 /// raised here, before anything is uploaded. On a GPU the index tables (both CSR views) are
 /// uploaded on first use and kept with the graph, so reuse one graph across calls and layers.
 pub struct ConvGraph {
-    csr: Arc<Csr>,
+    /// The host-built graph; `None` for a graph built on the device.
+    csr: Option<Arc<Csr>>,
+    nodes: usize,
+    edges: usize,
     dev: GraphDev,
 }
 
@@ -61,20 +64,91 @@ impl ConvGraph {
             #[cfg(feature = "cuda")]
             DeviceInner::Cuda(d) => GraphDev::Cuda(equikern_cuda::CudaGraph::new(d, csr.clone())),
         };
-        ConvGraph { csr, dev }
+        ConvGraph {
+            nodes: csr.nodes,
+            edges: csr.edges(),
+            csr: Some(csr),
+            dev,
+        }
+    }
+
+    /// A graph built **on the GPU** from `u32` receiver/sender buffers already on a wgpu
+    /// device (`STORAGE | COPY_SRC` usage, `edges` entries each): both CSR views are sorted
+    /// and packed there ([`equikern_wgpu::Runtime::build_csr_tables`]), identical to the host
+    /// builder's; an index ≥ `nodes` is [`Error::Graph`] naming the array, the smallest bad
+    /// position and its value. Such a graph runs the deterministic CSR mode (not pieces).
+    #[cfg(feature = "wgpu")]
+    pub async fn from_wgpu_buffers_async(
+        device: &Device,
+        nodes: u32,
+        edges: u32,
+        receiver: equikern_wgpu::wgpu::Buffer,
+        sender: equikern_wgpu::wgpu::Buffer,
+    ) -> Result<ConvGraph> {
+        let DeviceInner::Wgpu(rt) = &device.inner else {
+            return Err(Error::Unsupported(format!(
+                "argument device: wgpu buffers need a wgpu device, not {}",
+                device.name()
+            )));
+        };
+        let t = match rt.build_csr_tables(nodes, edges, &receiver, &sender).await {
+            Err(equikern_wgpu::WgpuError::Conv(e)) => return Err(Error::Graph(e)),
+            r => r?,
+        };
+        Ok(ConvGraph {
+            csr: None,
+            nodes: nodes as usize,
+            edges: edges as usize,
+            dev: GraphDev::Wgpu(
+                rt.clone(),
+                equikern_wgpu::WgpuGraph::from_device(t, receiver, sender),
+            ),
+        })
+    }
+
+    /// Blocking [`Self::from_wgpu_buffers_async`] (native only).
+    #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+    pub fn from_wgpu_buffers(
+        device: &Device,
+        nodes: u32,
+        edges: u32,
+        receiver: equikern_wgpu::wgpu::Buffer,
+        sender: equikern_wgpu::wgpu::Buffer,
+    ) -> Result<ConvGraph> {
+        pollster::block_on(Self::from_wgpu_buffers_async(
+            device, nodes, edges, receiver, sender,
+        ))
     }
 
     pub fn nodes(&self) -> usize {
-        self.csr.nodes
+        self.nodes
     }
 
     pub fn edges(&self) -> usize {
-        self.csr.edges()
+        self.edges
     }
 
-    /// The validated indices and both CSR views.
-    pub fn csr(&self) -> &Arc<Csr> {
-        &self.csr
+    /// The validated indices and both CSR views, when the graph was built on the host.
+    pub fn csr(&self) -> Option<&Arc<Csr>> {
+        self.csr.as_ref()
+    }
+
+    /// The graph's sizes for a convolution plan (piece counts need a host-built graph).
+    pub fn graph_size(&self, plan: &KernelPlan) -> Result<equikern_plan::conv::GraphSize> {
+        if let Some(c) = &self.csr {
+            return Ok(plan.graph_size(c));
+        }
+        match &self.dev {
+            #[cfg(feature = "wgpu")]
+            GraphDev::Wgpu(_, g) => Ok(g.graph_size(plan)?),
+            _ => Err(Error::Unsupported("graph has no host CSR".into())),
+        }
+    }
+
+    fn host_csr(&self) -> Result<&Csr> {
+        self.csr.as_deref().ok_or_else(|| {
+            Error::Unsupported("argument graph: built on the device, it has no host CSR".into())
+        })
     }
 
     /// Bytes of index tables held on the device so far (0 on the CPU).
@@ -324,7 +398,7 @@ impl ConvOp {
             Exec::Cpu(o) => {
                 let m: BTreeMap<Tensor, Vec<f64>> =
                     a.iter().map(|(_, t, v)| (*t, f64v(v))).collect();
-                Ok(cpu_run(o, d, &g.csr, &m)?
+                Ok(cpu_run(o, d, g.host_csr()?, &m)?
                     .into_iter()
                     .map(|(t, v)| (t, f32v(v)))
                     .collect())
@@ -336,7 +410,7 @@ impl ConvOp {
                 };
                 let c = self.wgpu_plan(rt, d).await?;
                 let plan = c.plan();
-                let gs = plan.graph_size(&g.csr);
+                let gs = wg.graph_size(plan)?;
                 plan.check_graph(&gs)?;
                 let mut bufs = vec![];
                 for t in equikern_wgpu::conv_inputs(plan) {
@@ -381,7 +455,7 @@ impl ConvOp {
             Exec::Cpu(o) => {
                 let m: BTreeMap<Tensor, Vec<f64>> =
                     a.iter().map(|(_, t, v)| (*t, v.to_vec())).collect();
-                cpu_run(o, d, &g.csr, &m)
+                cpu_run(o, d, g.host_csr()?, &m)
             }
             #[cfg(feature = "cuda")]
             Exec::Cuda(_) => self.cuda_host(d, g, a),
@@ -847,7 +921,7 @@ mod cuda {
                 return Err(Error::Unsupported("graph is not on a CUDA device".into()));
             };
             let p = self.cuda_plan(d, T::DTYPE)?;
-            let gs = p.plan().graph_size(&g.csr);
+            let gs = p.plan().graph_size(g.host_csr()?);
             p.plan().check_graph(&gs)?;
             let m: BTreeMap<Tensor, Vec<T>> = a
                 .iter()

@@ -123,3 +123,67 @@ fn wgpu_device_buffers_chain_and_match_host() {
     assert!(m.contains("argument z"), "{m}");
     println!("wgpu device buffers: ok ({} edges)", g.edges());
 }
+
+#[test]
+fn wgpu_graph_built_on_the_device_matches_the_host_graph() {
+    let Some(dev) = wgpu_support::device(Default::default()) else {
+        return;
+    };
+    let rt = dev.wgpu_runtime().unwrap().clone();
+    let idx = |v: &[u32]| {
+        let bytes: Vec<u8> = v.iter().flat_map(|a| a.to_le_bytes()).collect();
+        let b = rt
+            .device()
+            .create_buffer(&equikern::wgpu::BufferDescriptor {
+                label: Some("index"),
+                size: bytes.len().max(4) as u64,
+                usage: equikern::wgpu::BufferUsages::STORAGE
+                    | equikern::wgpu::BufferUsages::COPY_SRC
+                    | equikern::wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+        rt.queue().write_buffer(&b, 0, &bytes);
+        b
+    };
+    let tp = conv_common::uvu_per_edge();
+    let op = ConvOp::from_tensor_product(tp.clone(), &dev, ConvOptions::default()).unwrap();
+    for (name, n, r, s) in graphs() {
+        let (r32, s32): (Vec<u32>, Vec<u32>) = (
+            r.iter().map(|&a| a as u32).collect(),
+            s.iter().map(|&a| a as u32).collect(),
+        );
+        let host = ConvGraph::new(&dev, n, &r32, &s32).unwrap();
+        let gpu =
+            ConvGraph::from_wgpu_buffers(&dev, n as u32, r32.len() as u32, idx(&r32), idx(&s32))
+                .unwrap();
+        assert!(gpu.csr().is_none());
+        let i = inputs(&tp, n, r.len(), 21);
+        let i32s: std::collections::BTreeMap<Tensor, Vec<f32>> =
+            i.iter().map(|(t, v)| (*t, f32v(v))).collect();
+        for d in [
+            Direction::Forward,
+            Direction::Backward,
+            Direction::DoubleBackward,
+        ] {
+            let a = run_f32(&op, &host, d, &i32s).unwrap();
+            let b = run_f32(&op, &gpu, d, &i32s).unwrap();
+            assert_eq!(a, b, "{name} {d:?}: device-built graph differs");
+        }
+        println!("{name}: device-built graph bit-identical to the host graph");
+    }
+    // Errors: bad index (smallest bad position), pieces on a device-built graph.
+    let m = ConvGraph::from_wgpu_buffers(&dev, 4, 3, idx(&[0, 9, 5]), idx(&[1, 2, 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("receiver[1] = 9") && m.contains("nodes = 4"),
+        "{m}"
+    );
+    let gpu = ConvGraph::from_wgpu_buffers(&dev, 4, 3, idx(&[0, 1, 2]), idx(&[1, 2, 3])).unwrap();
+    let pop = ConvOp::from_tensor_product(tp.clone(), &dev, pieces(2)).unwrap();
+    let x = vec![0.5f32; 4 * tp.dim_in1];
+    let y = vec![0.5f32; 3 * tp.dim_in2];
+    let w = vec![0.5f32; 3 * tp.weight_numel];
+    let m = pop.forward(&gpu, &x, &y, &w).unwrap_err().to_string();
+    assert!(m.contains("pieces"), "{m}");
+}

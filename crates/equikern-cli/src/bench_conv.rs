@@ -702,7 +702,8 @@ mod wgpu_side {
         let compiled = pollster::block_on(op.wgpu_compiled_async(d)).map_err(|e| e.to_string())?;
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         let plan = compiled.plan();
-        plan.check_graph(&plan.graph_size(graph.csr()))
+        let csr = graph.csr().ok_or("graph without a host CSR")?;
+        plan.check_graph(&plan.graph_size(csr))
             .map_err(|e| format!("skipped: {e}"))?;
         let rt = w.rt.clone();
         let get = |t: Tensor| {
@@ -717,7 +718,7 @@ mod wgpu_side {
         let out_bufs: Vec<(Tensor, wgpu::Buffer)> = outs
             .iter()
             .map(|&t| {
-                let n = plan.conv_buffer_len(t, &plan.graph_size(graph.csr()));
+                let n = plan.conv_buffer_len(t, &plan.graph_size(csr));
                 (t, rt.create_storage(&format!("{t:?}"), n))
             })
             .collect();
@@ -734,7 +735,7 @@ mod wgpu_side {
         for (t, b) in &out_bufs {
             bufs.push((*t, b));
         }
-        let device_bytes = plan_bytes(plan, graph.csr(), 4);
+        let device_bytes = plan_bytes(plan, csr, 4);
         let mut encode = |_: usize, enc: &mut wgpu::CommandEncoder| {
             pollster::block_on(op.encode_buffers_async(d, graph, &bufs, enc))
                 .map_err(|e| e.to_string())
@@ -989,12 +990,13 @@ extern "C" __global__ void ek_scatter_add(const float* __restrict__ src,
         let plan = op.cuda_plan(d, PlanDtype::F32).map_err(err)?;
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         let p = plan.plan();
-        p.check_graph(&p.graph_size(graph.csr()))
+        let csr = graph.csr().ok_or("graph without a host CSR")?;
+        p.check_graph(&p.graph_size(csr))
             .map_err(|e| format!("skipped: {e}"))?;
-        let device_bytes = plan_bytes(p, graph.csr(), 4);
+        let device_bytes = plan_bytes(p, csr, 4);
         // Outputs and scratch are allocated here; inputs and tables exist already.
         free_check(&c.dev, device_bytes.saturating_sub(data.bytes()))?;
-        let gs = p.graph_size(graph.csr());
+        let gs = p.graph_size(csr);
         let mut outs: Vec<(Tensor, CudaSlice<f32>)> = vec![];
         for t in plan.outputs() {
             let n = p.conv_buffer_len(t, &gs) as usize;
