@@ -9,11 +9,14 @@
 #                    cp <target>/release/equikern .carry/; strip .carry/equikern)
 #   .gl/*.deb        the Vulkan loader (shared/notes/gpu-machine.md), unpacked below (wgpu stage)
 #   .peers/          site.tar.xz from shared/peers/fetch.sh, plus env.sh
+#   .carry/conv_cuda_api (optional) the facade's CUDA conv test binary (cargo test --release -p
+#                    equikern --test conv_cuda_api --no-run; copy the printed executable): run
+#                    first, so the numbers come with a correctness check of the same build
 # Writes under $OUT: conv_cuda.json/.log, conv_wgpu.json/.log, conv_peers.json/.log,
 # graphs.json (the manifest of the exported graphs), BENCHMARKS_conv.md, device.txt.
 #
-# Time budget (stage timeouts): export 30 + cuda 190 + peers 190 + wgpu 90 = 500 s, plus
-# ~10 s of set-up and report: under the 600 s a device command may run. Every stage leaves its
+# Time budget (stage timeouts): export 20 + test 60 + cuda 180 + peers 180 + wgpu 80 = 520 s,
+# plus ~15 s of set-up and report: under the 600 s a device command may run. Every stage leaves its
 # rows when cut short (JSON rewritten after every row; the peers' rows are also in the log).
 #   GRAPHS    diamond:23:2.6 (97 336 atoms, 16 neighbours: 1.56 M edges), protein:5.0 (4AKE,
 #             3 341 atoms, 146 k edges), skewed:100000:1000000 (max in-degree ~135 k)
@@ -47,21 +50,27 @@ chmod +x "$BIN" 2>/dev/null
 } 2>&1 | tee "$OUT/device.txt"
 
 stage "graphs (built by equikern, exported for the peers)"
-timeout 30 "$BIN" bench --conv --export-only --graphs "$GRAPHS" --export-graphs "$GDIR" 2>&1 | tee "$OUT/graphs.log"
+timeout 20 "$BIN" bench --conv --export-only --graphs "$GRAPHS" --export-graphs "$GDIR" 2>&1 | tee "$OUT/graphs.log"
 cp "$GDIR/graphs.json" "$OUT/graphs.json" 2>/dev/null
 
+if [ -x .carry/conv_cuda_api ] || [ -f .carry/conv_cuda_api ]; then
+  stage "correctness: the facade's CUDA conv vs the f64 oracle (csr, pieces, atomic; f64; CudaSlices)"
+  chmod +x .carry/conv_cuda_api
+  timeout 60 .carry/conv_cuda_api --test-threads 1 --nocapture 2>&1 | tee "$OUT/conv_cuda_api.log"
+fi
+
 stage "equikern bench --conv --backend cuda"
-timeout 190 "$BIN" bench --conv --backend cuda --graphs "$GRAPHS" --only "$ONLY" --dirs "$DIRS" \
+timeout 180 "$BIN" bench --conv --backend cuda --graphs "$GRAPHS" --only "$ONLY" --dirs "$DIRS" \
   --reps "$REPS" --warmup 10 --row-limit-s 3 --json "$OUT/conv_cuda.json" 2>&1 | tee "$OUT/conv_cuda.log"
 
 stage "OpenEquivariance TensorProductConv (det, atomic)"
 # shellcheck disable=SC1091
 source .peers/env.sh .peers
-timeout 190 python3 benches/bench_conv_peers.py "$GDIR" --only "$ONLY" --dirs "$DIRS" \
+timeout 180 python3 benches/bench_conv_peers.py "$GDIR" --only "$ONLY" --dirs "$DIRS" \
   --impls oeq-det,oeq-atomic --warmup 10 --reps "$REPS" --out "$OUT/conv_peers.json" 2>&1 | tee "$OUT/conv_peers.log"
 
 stage "equikern bench --conv --backend wgpu (Vulkan adapter)"
-EQUIKERN_ADAPTER=vulkan timeout 90 "$BIN" bench --conv --backend wgpu --graphs "$GRAPHS" --only "$ONLY" \
+EQUIKERN_ADAPTER=vulkan timeout 80 "$BIN" bench --conv --backend wgpu --graphs "$GRAPHS" --only "$ONLY" \
   --dirs "$DIRS" --reps "$REPS" --warmup 10 --row-limit-s 2 --json "$OUT/conv_wgpu.json" 2>&1 | tee "$OUT/conv_wgpu.log"
 
 stage "report"

@@ -84,7 +84,10 @@ def main(argv=None):
         cells = []
         for i in impls:
             r = by.get(k + (i,))
-            cells.append(fmt_ms(r.get("ms")) if r else "")
+            cell = fmt_ms(r.get("ms")) if r else ""
+            if r and r.get("host_ms") is not None:  # CSR built on the device vs on the host
+                cell += " (host %s)" % fmt_ms(r["host_ms"])
+            cells.append(cell)
             if r and r.get("ms") is None and r.get("error"):
                 notes.append(f"{k[0]} {k[1]} {k[2]} {i}: {r['error']}")
         ours = [by[k + (i,)]["ms"] for i in ("equikern-cuda-det", "equikern-cuda-pieces")

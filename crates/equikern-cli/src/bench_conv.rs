@@ -398,6 +398,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .map_err(|e| CliError::runtime(format!("graph {}: {e}", bg.name)))?,
         );
         let graph = ConvGraph::from_csr(dev, csr.clone());
+        if let Timer::Wgpu(w) = &timer {
+            // Building both CSR views on the device vs on the host (one core), host clock.
+            let row = wgpu_side::csr_build_row(w, bg);
+            match &row["ms"] {
+                Value::Null => say(
+                    &pb,
+                    format!("{:<20} csr build on the device: {}", bg.name, row["error"]),
+                ),
+                ms => say(
+                    &pb,
+                    format!(
+                        "{:<20} csr build: device {:.3} ms, host {:.3} ms",
+                        bg.name,
+                        ms.as_f64().unwrap_or(f64::NAN),
+                        row["host_ms"].as_f64().unwrap_or(f64::NAN)
+                    ),
+                ),
+            }
+            rows.push(row);
+        }
         let mut gctx = GraphCtx::new(&mut timer, bg)?;
         for (label, tp) in &problems {
             let data = gctx.data(&mut timer, tp, &csr, &mut rng);
@@ -632,6 +652,59 @@ mod wgpu_side {
     use super::*;
     use equikern::wgpu;
     use equikern::wgpu_runtime::Runtime;
+
+    /// A row timing `Runtime::build_csr_tables` (median of 5, host clock around build +
+    /// error readback) beside `Csr::build` on the host (median of 3).
+    pub fn csr_build_row(w: &wgpu_timer::WgpuTimer, g: &BenchGraph) -> Value {
+        let rt = &w.rt;
+        let e = g.receiver.len();
+        let mut row = json!({
+            "graph": g.name, "nodes": g.nodes, "edges": e, "problem": "-",
+            "direction": "csr_build", "impl": "equikern-wgpu-gpucsr", "variant": "gpucsr",
+        });
+        let o = row.as_object_mut().expect("object");
+        let mut host = vec![];
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let c = Csr::build(g.nodes, &g.receiver, &g.sender);
+            host.push(t0.elapsed().as_secs_f64() * 1e3);
+            drop(c);
+        }
+        o.insert("host_ms".into(), json!(median(host).0));
+        let up = |v: &[u32]| {
+            use wgpu::util::DeviceExt;
+            let pad = [0u32];
+            let data: &[u32] = if v.is_empty() { &pad } else { v };
+            rt.device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("index"),
+                    contents: bytemuck::cast_slice(data),
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                })
+        };
+        let (r, s) = (up(&g.receiver), up(&g.sender));
+        let mut t = vec![];
+        for _ in 0..6 {
+            let t0 = Instant::now();
+            match rt.build_csr_tables_blocking(g.nodes as u32, e as u32, &r, &s) {
+                Ok(tables) => {
+                    t.push(t0.elapsed().as_secs_f64() * 1e3);
+                    drop(tables);
+                }
+                Err(err) => {
+                    o.insert("ms".into(), Value::Null);
+                    o.insert("error".into(), json!(format!("skipped: {err}")));
+                    return row;
+                }
+            }
+        }
+        t.remove(0); // the first call creates the pipelines
+        let (ms, min_ms) = median(t);
+        o.insert("ms".into(), json!(ms));
+        o.insert("min_ms".into(), json!(min_ms));
+        o.insert("timing".into(), json!("host"));
+        row
+    }
 
     pub struct WgpuData {
         pub bufs: Vec<(Tensor, wgpu::Buffer)>,
