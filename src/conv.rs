@@ -120,6 +120,39 @@ impl ConvGraph {
         ))
     }
 
+    /// A graph built **on the GPU** from `u32` receiver/sender [`equikern_cuda::CudaSlice`]s
+    /// on a CUDA device (`edges` entries each): both CSR views are sorted and packed there
+    /// ([`equikern_cuda::CudaDevice::build_csr_tables`]), identical to the host builder's; an
+    /// index ≥ `nodes` is [`Error::Graph`] naming the array, the smallest bad position and its
+    /// value. Such a graph runs the deterministic CSR mode and the atomic mode (not pieces).
+    #[cfg(feature = "cuda")]
+    pub fn from_cuda_slices(
+        device: &Device,
+        nodes: u32,
+        edges: u32,
+        receiver: equikern_cuda::CudaSlice<u32>,
+        sender: equikern_cuda::CudaSlice<u32>,
+    ) -> Result<ConvGraph> {
+        let DeviceInner::Cuda(d) = &device.inner else {
+            return Err(Error::Unsupported(format!(
+                "argument device: CUDA buffers need a CUDA device, not {}",
+                device.name()
+            )));
+        };
+        let t = match d.build_csr_tables(nodes, edges, &receiver, &sender) {
+            Err(equikern_cuda::CudaError::Conv(e)) => return Err(Error::Graph(e)),
+            r => r?,
+        };
+        Ok(ConvGraph {
+            csr: None,
+            nodes: nodes as usize,
+            edges: edges as usize,
+            dev: GraphDev::Cuda(equikern_cuda::CudaGraph::from_device(
+                d, t, receiver, sender,
+            )),
+        })
+    }
+
     pub fn nodes(&self) -> usize {
         self.nodes
     }
@@ -141,6 +174,9 @@ impl ConvGraph {
         match &self.dev {
             #[cfg(feature = "wgpu")]
             GraphDev::Wgpu(_, g) => Ok(g.graph_size(plan)?),
+            #[cfg(feature = "cuda")]
+            GraphDev::Cuda(g) => Ok(g.graph_size(plan)?),
+            #[allow(unreachable_patterns)]
             _ => Err(Error::Unsupported("graph has no host CSR".into())),
         }
     }
@@ -921,7 +957,7 @@ mod cuda {
                 return Err(Error::Unsupported("graph is not on a CUDA device".into()));
             };
             let p = self.cuda_plan(d, T::DTYPE)?;
-            let gs = p.plan().graph_size(g.host_csr()?);
+            let gs = cg.graph_size(p.plan())?;
             p.plan().check_graph(&gs)?;
             let m: BTreeMap<Tensor, Vec<T>> = a
                 .iter()

@@ -45,11 +45,13 @@ pub fn run_conv_csr<T: Real>(
 }
 
 /// A validated graph bound to one CUDA device: the index tables a plan binds (CSR views,
-/// plain index arrays, pieces) are uploaded on first use and kept.
+/// plain index arrays, pieces) are uploaded on first use and kept, or, for a graph built on
+/// the device ([`CudaGraph::from_device`]), given at construction.
 pub struct CudaGraph {
     dev: CudaDevice,
-    csr: Arc<Csr>,
-    /// `(tensor, piece length or 0)` → the `u32` table.
+    csr: Option<Arc<Csr>>,
+    nodes: u64,
+    edges: u64,
     tables: Mutex<Tables>,
 }
 
@@ -61,20 +63,64 @@ impl CudaGraph {
     pub fn new(dev: &CudaDevice, csr: Arc<Csr>) -> Self {
         CudaGraph {
             dev: dev.clone(),
-            csr,
+            nodes: csr.nodes as u64,
+            edges: csr.edges() as u64,
+            csr: Some(csr),
             tables: Mutex::new(BTreeMap::new()),
         }
     }
 
-    pub fn csr(&self) -> &Arc<Csr> {
-        &self.csr
+    /// A graph whose CSR views were built on the device ([`CudaDevice::build_csr_tables`])
+    /// from the `u32` `receiver`/`sender` buffers given here. Runs the CSR and atomic modes
+    /// (pieces need a host-built graph).
+    pub fn from_device(
+        dev: &CudaDevice,
+        t: crate::CudaCsrTables,
+        receiver: CudaSlice<u32>,
+        sender: CudaSlice<u32>,
+    ) -> Self {
+        let tables = BTreeMap::from([
+            ((Tensor::RecvCsr, 0), Arc::new(t.recv)),
+            ((Tensor::SendCsr, 0), Arc::new(t.send)),
+            ((Tensor::Receiver, 0), Arc::new(receiver)),
+            ((Tensor::Sender, 0), Arc::new(sender)),
+        ]);
+        CudaGraph {
+            dev: dev.clone(),
+            csr: None,
+            nodes: t.nodes as u64,
+            edges: t.edges as u64,
+            tables: Mutex::new(tables),
+        }
+    }
+
+    /// The host-side graph, if it was built on the host.
+    pub fn csr(&self) -> Option<&Arc<Csr>> {
+        self.csr.as_ref()
     }
 
     pub fn device(&self) -> &CudaDevice {
         &self.dev
     }
 
-    /// Bytes of the index tables uploaded so far.
+    /// The graph's sizes for `plan` (piece counts need the host-built graph).
+    pub fn graph_size(&self, plan: &KernelPlan) -> Result<GraphSize> {
+        match &self.csr {
+            Some(c) => Ok(plan.graph_size(c)),
+            None if plan.conv.and_then(|c| c.max_piece_edges).is_some() => Err(CudaError::Plan(
+                "a graph built on the device has no pieces: use the CSR mode (max_piece_edges None)"
+                    .into(),
+            )),
+            None => Ok(GraphSize {
+                nodes: self.nodes,
+                edges: self.edges,
+                recv_pieces: 0,
+                send_pieces: 0,
+            }),
+        }
+    }
+
+    /// Bytes of the index tables held so far.
     pub fn table_bytes(&self) -> u64 {
         self.lock().values().map(|t| t.len() as u64 * 4).sum()
     }
@@ -104,7 +150,13 @@ impl CudaGraph {
             }
         }
         if !missing.is_empty() {
-            let host = conv_index_tensors(plan, &self.csr);
+            let csr = self.csr.as_ref().ok_or_else(|| {
+                CudaError::Plan(format!(
+                    "{:?} is not among the tables of this device-built graph",
+                    missing[0]
+                ))
+            })?;
+            let host = conv_index_tensors(plan, csr);
             let stream = self.dev.stream().clone();
             for t in missing {
                 let v = host
@@ -218,7 +270,7 @@ impl CudaConvPlan {
         graph: &CudaGraph,
         inputs: &BTreeMap<Tensor, Vec<T>>,
     ) -> Result<BTreeMap<Tensor, Vec<T>>> {
-        let gs = self.plan.graph_size(&graph.csr);
+        let gs = graph.graph_size(&self.plan)?;
         let mut ins = vec![];
         for t in self.inputs() {
             let want = self.plan.conv_buffer_len(t, &gs) as usize;
@@ -270,7 +322,7 @@ impl CudaConvPlan {
                 data: T::DTYPE,
             });
         }
-        let gs = plan.graph_size(&graph.csr);
+        let gs = graph.graph_size(plan)?;
         plan.check_graph(&gs)
             .map_err(|e| CudaError::Plan(e.to_string()))?;
         let dev = &self.dev;

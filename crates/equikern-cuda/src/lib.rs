@@ -16,6 +16,7 @@
 
 mod compile;
 mod conv;
+mod csr;
 mod device;
 pub mod exec;
 mod timing;
@@ -23,6 +24,7 @@ mod tp;
 
 pub use compile::{CacheLevel, CompileInfo};
 pub use conv::{conv_launches, run_conv, run_conv_csr, ConvLaunch, CudaConvPlan, CudaGraph};
+pub use csr::{CudaCsrTables, CSR_SOURCE};
 pub use cudarc::driver::CudaSlice;
 pub use device::{availability, CudaDevice};
 pub use timing::Timing;
