@@ -398,9 +398,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .map_err(|e| CliError::runtime(format!("graph {}: {e}", bg.name)))?,
         );
         let graph = ConvGraph::from_csr(dev, csr.clone());
-        if let Timer::Wgpu(w) = &timer {
-            // Building both CSR views on the device vs on the host (one core), host clock.
-            let row = wgpu_side::csr_build_row(w, bg);
+        let csr_row = match &timer {
+            Timer::Wgpu(w) => Some(wgpu_side::csr_build_row(w, bg)),
+            Timer::Cuda(c) => Some(cuda::csr_build_row(c, bg)),
+            Timer::Cpu => None,
+        };
+        if let Some(row) = csr_row {
+            // Building both CSR views on the device vs on the host (one core).
             match &row["ms"] {
                 Value::Null => say(
                     &pb,
@@ -870,6 +874,57 @@ extern "C" __global__ void ek_scatter_add(const float* __restrict__ src,
 
     fn err(e: impl std::fmt::Display) -> String {
         e.to_string()
+    }
+
+    /// A row timing `CudaDevice::build_csr_tables` (events around the launches and the
+    /// error readback; median of 5 after one warm-up) beside `Csr::build` on the host.
+    pub fn csr_build_row(c: &cuda_timer::CudaTimer, g: &BenchGraph) -> Value {
+        let e = g.receiver.len();
+        let mut row = json!({
+            "graph": g.name, "nodes": g.nodes, "edges": e, "problem": "-",
+            "direction": "csr_build", "impl": "equikern-cuda-gpucsr", "variant": "gpucsr",
+        });
+        let o = row.as_object_mut().expect("object");
+        let mut host = vec![];
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let c = Csr::build(g.nodes, &g.receiver, &g.sender);
+            host.push(t0.elapsed().as_secs_f64() * 1e3);
+            drop(c);
+        }
+        o.insert("host_ms".into(), json!(median(host).0));
+        let dev = &c.dev;
+        let up = |v: &[u32]| -> std::result::Result<CudaSlice<u32>, String> {
+            let s = dev.stream();
+            let mut d = s.alloc_zeros::<u32>(v.len().max(1)).map_err(err)?;
+            if !v.is_empty() {
+                s.memcpy_htod(v, &mut d.slice_mut(0..v.len()))
+                    .map_err(err)?;
+            }
+            Ok(d)
+        };
+        let res = (|| -> std::result::Result<(f64, f64), String> {
+            let (r, s) = (up(&g.receiver)?, up(&g.sender)?);
+            let mut run = |_: usize| -> std::result::Result<(), String> {
+                dev.build_csr_tables(g.nodes as u32, e as u32, &r, &s)
+                    .map(drop)
+                    .map_err(err)
+            };
+            let t = c.time_runs(1, 5, &mut run)?;
+            Ok(median(t))
+        })();
+        match res {
+            Ok((ms, min_ms)) => {
+                o.insert("ms".into(), json!(ms));
+                o.insert("min_ms".into(), json!(min_ms));
+                o.insert("timing".into(), json!("events"));
+            }
+            Err(e) => {
+                o.insert("ms".into(), Value::Null);
+                o.insert("error".into(), json!(e));
+            }
+        }
+        row
     }
 
     pub struct CudaGraphCtx {
