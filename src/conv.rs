@@ -7,6 +7,27 @@
 //! graphs are exact. `ConvOptions { atomic: true, .. }` selects per-edge float atomic adds
 //! where the device has them (CUDA); `max_piece_edges` cuts hub nodes' ranges into pieces
 //! (still deterministic).
+//!
+//! ```
+//! use equikern::{ConvGraph, ConvOp, Device, TpSpec};
+//! # fn main() -> Result<(), equikern::Error> {
+//! let spec = TpSpec::from_json(r#"{"irreps_in1": "4x0e+4x1o", "irreps_in2": "0e+1o",
+//!     "irreps_out": "4x0e+4x1o", "instructions": [[0,0,0,"uvu",true,1.0],[1,1,0,"uvu",true,1.0],
+//!     [0,1,1,"uvu",true,1.0],[1,0,1,"uvu",true,1.0]], "shared_weights": false}"#)?;
+//! let device = Device::cpu(); // or Device::new(Backend::Wgpu / Backend::Cuda)
+//! let op = ConvOp::new(&spec, &device)?;
+//! // edges sender -> receiver: 0->1, 2->1, 1->0 (any order; i32/i64/u32 indices)
+//! let graph = ConvGraph::new(&device, 3, &[1i64, 1, 0], &[0i64, 2, 1])?;
+//! let x = vec![0.5; graph.nodes() * op.dim_in1()];
+//! let y = vec![0.25; graph.edges() * op.dim_in2()];
+//! let w = vec![1.0; op.weight_len(graph.edges()).unwrap()];
+//! let z = op.forward(&graph, &x, &y, &w)?; // [nodes, dim_out]
+//! let g = op.backward(&graph, &x, &y, &w, &z)?;
+//! assert_eq!(g.gx.len(), x.len());
+//! // a bad index is an error before anything runs
+//! assert!(ConvGraph::new(&device, 3, &[1i64, 3], &[0i64, 1]).is_err());
+//! # Ok(()) }
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
