@@ -15,9 +15,13 @@
 # Writes under $OUT: conv_cuda.json/.log, conv_wgpu.json/.log, conv_peers.json/.log,
 # graphs.json (the manifest of the exported graphs), BENCHMARKS_conv.md, device.txt.
 #
-# Time budget (stage timeouts): export 20 + test 60 + cuda 180 + peers 180 + wgpu 80 = 520 s,
+# Time budget (stage timeouts): export 20 + test 60 + cuda 200 + peers 170 + wgpu 70 = 520 s,
 # plus ~15 s of set-up and report: under the 600 s a device command may run. Every stage leaves its
 # rows when cut short (JSON rewritten after every row; the peers' rows are also in the log).
+# Expected: cuda ~100 rows (+3 csr_build rows), NVRTC compiles first (~1-8 s per plan, on the
+# first graph), then --row-limit-s 3 per row; OEQ JIT-compiles 8 modules (~5-10 s each).
+# If a stage runs out, rerun with fewer problems/graphs (ONLY=..., GRAPHS=...): the NVRTC disk
+# cache (~/.cache/equikern/cuda) survives between processes of one device session.
 #   GRAPHS    diamond:23:2.6 (97 336 atoms, 16 neighbours: 1.56 M edges), protein:5.0 (4AKE,
 #             3 341 atoms, 146 k edges), skewed:100000:1000000 (max in-degree ~135 k)
 #   PROBLEMS  nequip-water, nequip-lips, mace-medium, mace-large (ONLY=... to change); cheap
@@ -60,17 +64,17 @@ if [ -x .carry/conv_cuda_api ] || [ -f .carry/conv_cuda_api ]; then
 fi
 
 stage "equikern bench --conv --backend cuda"
-timeout 180 "$BIN" bench --conv --backend cuda --graphs "$GRAPHS" --only "$ONLY" --dirs "$DIRS" \
+timeout 200 "$BIN" bench --conv --backend cuda --graphs "$GRAPHS" --only "$ONLY" --dirs "$DIRS" \
   --reps "$REPS" --warmup 10 --row-limit-s 3 --json "$OUT/conv_cuda.json" 2>&1 | tee "$OUT/conv_cuda.log"
 
 stage "OpenEquivariance TensorProductConv (det, atomic)"
 # shellcheck disable=SC1091
 source .peers/env.sh .peers
-timeout 180 python3 benches/bench_conv_peers.py "$GDIR" --only "$ONLY" --dirs "$DIRS" \
+timeout 170 python3 benches/bench_conv_peers.py "$GDIR" --only "$ONLY" --dirs "$DIRS" \
   --impls oeq-det,oeq-atomic --warmup 10 --reps "$REPS" --out "$OUT/conv_peers.json" 2>&1 | tee "$OUT/conv_peers.log"
 
 stage "equikern bench --conv --backend wgpu (Vulkan adapter)"
-EQUIKERN_ADAPTER=vulkan timeout 80 "$BIN" bench --conv --backend wgpu --graphs "$GRAPHS" --only "$ONLY" \
+EQUIKERN_ADAPTER=vulkan timeout 70 "$BIN" bench --conv --backend wgpu --graphs "$GRAPHS" --only "$ONLY" \
   --dirs "$DIRS" --reps "$REPS" --warmup 10 --row-limit-s 2 --json "$OUT/conv_wgpu.json" 2>&1 | tee "$OUT/conv_wgpu.log"
 
 stage "report"
