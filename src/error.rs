@@ -29,6 +29,10 @@ pub enum Error {
     /// An operation the chosen backend does not offer (e.g. device buffers on the CPU).
     #[error("{0}")]
     Unsupported(String),
+    /// A convolution's graph or arguments were rejected (bad index, negative index, length
+    /// mismatch) before anything ran.
+    #[error("graph: {0}")]
+    Graph(#[from] equikern_core::conv::ConvError),
     #[error("plan: {0}")]
     Plan(#[from] PlanError),
     #[error("shader writer: {0}")]

@@ -24,6 +24,7 @@
 //! CUDA device, `*_cuda` calls take [`CudaSlice`]s (f32 or f64), and `*_f64` host calls
 //! compute in f64 (CUDA and the CPU oracle).
 
+mod conv;
 #[cfg(feature = "cuda")]
 mod cuda_exec;
 mod device;
@@ -32,9 +33,11 @@ mod op;
 #[cfg(feature = "wgpu")]
 mod wgpu_exec;
 
+pub use conv::{ConvGraph, ConvOp};
 #[cfg(feature = "wgpu")]
 pub use device::WgpuOptions;
 pub use device::{Backend, Device};
+pub use equikern_plan::ConvOptions;
 pub use error::{Error, Result};
 pub use op::TensorProductOp;
 

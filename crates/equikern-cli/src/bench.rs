@@ -46,9 +46,10 @@ pub struct BenchArgs {
     /// Samples per run.
     #[arg(long, default_value_t = 50_000)]
     batch: usize,
-    /// Directions, comma-separated: forward, backward, double_backward.
-    #[arg(long, default_value = "forward,backward,double_backward")]
-    dirs: String,
+    /// Directions, comma-separated: forward, backward, double_backward [default: all three;
+    /// with --conv: forward,backward].
+    #[arg(long)]
+    dirs: Option<String>,
     /// Compute dtype (f64: cuda and cpu).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
@@ -71,6 +72,35 @@ pub struct BenchArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Benchmark the fused graph convolution instead: graphs (--graphs) × problems, fused
+    /// deterministic / atomic and the unfused path (--variants).
+    #[arg(long, help_heading = "Convolution")]
+    conv: bool,
+    /// Graphs for --conv, comma-separated: diamond:CELLS:CUTOFF (periodic diamond carbon,
+    /// 8·CELLS³ atoms, radius graph), protein:CUTOFF (adenylate kinase 4AKE, radius graph),
+    /// skewed:NODES:EDGES (random, power-law in-degree). Edges are sorted by (receiver, sender).
+    #[arg(
+        long,
+        default_value = "diamond:23:2.6,protein:5.0,skewed:100000:1000000",
+        help_heading = "Convolution"
+    )]
+    graphs: String,
+    /// Variants for --conv, comma-separated: det (fused, deterministic), pieces (fused,
+    /// deterministic, hub ranges cut into --piece-edges pieces), atomic (fused, float atomics:
+    /// cuda), unfused (gather + TP over all edges + atomic scatter: cuda) [default: what the
+    /// backend has].
+    #[arg(long, help_heading = "Convolution")]
+    variants: Option<String>,
+    /// Edges per piece of the `pieces` variant (deterministic two-level sums).
+    #[arg(long, default_value_t = 64, help_heading = "Convolution")]
+    piece_edges: u32,
+    /// Write the --conv graphs here as .npy (int64 receiver/sender) + graphs.json, for the
+    /// peers' script (benches/bench_conv_peers.py), before timing.
+    #[arg(long, value_name = "DIR", help_heading = "Convolution")]
+    export_graphs: Option<PathBuf>,
+    /// With --conv and --export-graphs: build and write the graphs, then stop (no timing).
+    #[arg(long, help_heading = "Convolution")]
+    export_only: bool,
     /// Seconds one (problem, direction) may take: slower directions get fewer timed runs
     /// (at least 5; the row's "reps" says how many) [default: no limit].
     #[arg(long, value_name = "SECONDS")]
@@ -190,6 +220,14 @@ fn plan_reps(args: &BenchArgs, probe_ms: f64) -> (usize, usize) {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if !args.conv && (args.export_only || args.export_graphs.is_some()) {
+        return Err(CliError::input(
+            "--export-graphs / --export-only go with --conv",
+        ));
+    }
+    if args.conv {
+        return conv_bench::run(args);
+    }
     let backend = args.backend.unwrap_or_else(Backend::best);
     backend
         .check_available()
@@ -206,7 +244,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.batch == 0 {
         return Err(CliError::input("--batch must be at least 1"));
     }
-    let dirs = parse_dirs(&args.dirs)?;
+    let dirs = parse_dirs(
+        args.dirs
+            .as_deref()
+            .unwrap_or("forward,backward,double_backward"),
+    )?;
     if dirs.is_empty() {
         return Err(CliError::input("--dirs: no direction given"));
     }
@@ -568,6 +610,9 @@ fn cpu_measure<T: Elem>(
     })
 }
 
+#[path = "bench_conv.rs"]
+mod conv_bench;
+
 mod wgpu_timer {
     use super::*;
     use equikern::plan::{lower, Dtype as PlanDtype, Tensor};
@@ -578,7 +623,7 @@ mod wgpu_timer {
     use std::sync::Arc;
 
     pub struct WgpuTimer {
-        rt: Arc<Runtime>,
+        pub(super) rt: Arc<Runtime>,
         timestamps: bool,
     }
 
@@ -606,7 +651,7 @@ mod wgpu_timer {
 
         /// Times `reps` runs of `encode` after `warmup` untimed ones: timestamps before and
         /// after each run's passes in one encoder, or the host clock around submit + wait.
-        fn time_runs(
+        pub(super) fn time_runs(
             &self,
             warmup: usize,
             reps: usize,
@@ -841,7 +886,7 @@ mod cuda_timer {
     use equikern::{CudaSlice, Device, TensorProductOp};
 
     pub struct CudaTimer {
-        dev: CudaDevice,
+        pub(super) dev: CudaDevice,
         cache_dir: PathBuf,
     }
 
@@ -870,7 +915,7 @@ mod cuda_timer {
         }
 
         /// Event-timed runs of `f` (warm-up first), all on the device's stream.
-        fn time_runs(
+        pub(super) fn time_runs(
             &self,
             warmup: usize,
             reps: usize,

@@ -6,10 +6,10 @@ use crate::error::{CliError, Result};
 use crate::npy::{self, shape_str, Array, Dtype};
 use crate::tp::load_tp;
 use clap::Args;
-use equikern::core::conv::{ConvOracle, Csr};
-use equikern::plan::{lower_conv, ConvOptions, Direction, Dtype as PlanDtype, Tensor};
-use std::collections::BTreeMap;
+use equikern::core::conv::Csr;
+use equikern::{ConvGraph, ConvOp, ConvOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Fused graph convolution: for every edge e, TP(x[sender[e]], y[e], w[e]) summed into
 /// z[receiver[e]]. Node features x [nodes, dim1]; edge features y [edges, dim2]; weights
@@ -42,7 +42,8 @@ pub struct ConvArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
-    /// Float atomics for the node sums (unsorted edges; not bit-reproducible; CUDA only).
+    /// Float atomics for the node sums (per-edge atomic adds; not bit-reproducible; CUDA
+    /// only). Default: deterministic CSR sums, bit-identical run to run.
     #[arg(long)]
     atomic: bool,
     /// Upstream gradient dL/dz, [nodes, dim(irreps_out)].
@@ -158,9 +159,13 @@ pub fn run(args: &ConvArgs) -> Result<()> {
         None => None,
     };
     let inp = Inputs { x, y, w, g };
-    match (args.backend, inp.x.dtype()) {
-        (Backend::Cpu, Dtype::F64) => compute::<f64>(args, &tp, &csr, &inp, &wshape),
-        _ => compute::<f32>(args, &tp, &csr, &inp, &wshape),
+    // f64 in → f64 compute where the backend has it (cpu, cuda); f32 otherwise.
+    let use_f64 = inp.x.dtype() == Dtype::F64 && args.backend.has_f64();
+    let csr = Arc::new(csr);
+    if use_f64 {
+        compute::<f64>(args, &tp, csr, &inp, &wshape)
+    } else {
+        compute::<f32>(args, &tp, csr, &inp, &wshape)
     }
 }
 
@@ -171,10 +176,64 @@ struct Inputs {
     g: Option<Array>,
 }
 
-fn compute<T: Elem>(
+/// The facade's host calls in `T` (f32 everywhere; f64 on cpu and cuda).
+trait ConvElem: Elem {
+    fn forward(
+        op: &ConvOp,
+        g: &ConvGraph,
+        x: &[Self],
+        y: &[Self],
+        w: &[Self],
+    ) -> equikern::Result<Vec<Self>>;
+    fn backward(
+        op: &ConvOp,
+        g: &ConvGraph,
+        a: [&[Self]; 4],
+    ) -> equikern::Result<equikern::Grads<Self>>;
+}
+
+impl ConvElem for f32 {
+    fn forward(
+        op: &ConvOp,
+        g: &ConvGraph,
+        x: &[f32],
+        y: &[f32],
+        w: &[f32],
+    ) -> equikern::Result<Vec<f32>> {
+        op.forward(g, x, y, w)
+    }
+    fn backward(
+        op: &ConvOp,
+        g: &ConvGraph,
+        a: [&[f32]; 4],
+    ) -> equikern::Result<equikern::Grads<f32>> {
+        op.backward(g, a[0], a[1], a[2], a[3])
+    }
+}
+
+impl ConvElem for f64 {
+    fn forward(
+        op: &ConvOp,
+        g: &ConvGraph,
+        x: &[f64],
+        y: &[f64],
+        w: &[f64],
+    ) -> equikern::Result<Vec<f64>> {
+        op.forward_f64(g, x, y, w)
+    }
+    fn backward(
+        op: &ConvOp,
+        g: &ConvGraph,
+        a: [&[f64]; 4],
+    ) -> equikern::Result<equikern::Grads<f64>> {
+        op.backward_f64(g, a[0], a[1], a[2], a[3])
+    }
+}
+
+fn compute<T: ConvElem>(
     args: &ConvArgs,
     tp: &TensorProduct,
-    csr: &Csr,
+    csr: Arc<Csr>,
     inp: &Inputs,
     wshape: &[usize],
 ) -> Result<()> {
@@ -183,79 +242,35 @@ fn compute<T: Elem>(
     let w: Vec<T> = inp.w.as_ref().map(|a| a.to_vec()).unwrap_or_default();
     let gz: Option<Vec<T>> = inp.g.as_ref().map(|a| a.to_vec());
     let (n, e) = (csr.nodes, csr.edges());
-    let rt = |e: String| CliError::runtime(e);
-    let (z, grads) = match args.backend {
-        Backend::Cpu => {
-            let o = ConvOracle::<T>::new(tp).map_err(|e| rt(e.to_string()))?;
-            let z = o.forward(csr, &x, &y, &w).map_err(|e| rt(e.to_string()))?;
-            let g = match &gz {
-                Some(gz) => {
-                    let b = o
-                        .backward(csr, &x, &y, &w, gz)
-                        .map_err(|e| rt(e.to_string()))?;
-                    Some((b.gx, b.gy, b.gw))
-                }
-                None => None,
-            };
-            (z, g)
-        }
-        Backend::Wgpu => {
-            let f = |v: &[T]| -> Vec<f32> { v.iter().map(|a| a.to_f64() as f32).collect() };
-            let t =
-                |v: Vec<f32>| -> Vec<T> { v.into_iter().map(|a| T::from_f64(a as f64)).collect() };
-            let dev = equikern::Device::new(equikern::Backend::Wgpu)
-                .map_err(|e| CliError::input(format!("--backend wgpu: {e}")))?;
-            let r = dev
-                .wgpu_runtime()
-                .ok_or_else(|| CliError::input("--backend wgpu: no wgpu runtime"))?;
-            let opts = ConvOptions {
-                atomic: args.atomic,
-                max_piece_edges: None,
-            };
-            let mut data: BTreeMap<Tensor, Vec<f32>> =
-                BTreeMap::from([(Tensor::X, f(&x)), (Tensor::Y, f(&y)), (Tensor::W, f(&w))]);
-            if let Some(gz) = &gz {
-                data.insert(Tensor::GZ, f(gz));
-            }
-            let run = |dir: Direction| -> Result<BTreeMap<Tensor, Vec<f32>>> {
-                let plan = lower_conv(tp, dir, PlanDtype::F32, &r.capabilities(), opts)
-                    .map_err(|e| rt(e.to_string()))?;
-                let args: Vec<(Tensor, &[f32])> = plan
-                    .kernels
-                    .iter()
-                    .flat_map(|k| k.inputs.iter())
-                    .filter_map(|t| data.get(t).map(|v| (*t, &v[..])))
-                    .collect();
-                r.run_conv_blocking(&plan, n, &csr.receiver, &csr.sender, &args)
-                    .map_err(|e| rt(e.to_string()))
-            };
-            let mut zf = run(Direction::Forward)?;
-            let z = t(zf.remove(&Tensor::Z).unwrap_or_default());
-            let g = match gz {
-                Some(_) => {
-                    let mut b = run(Direction::Backward)?;
-                    let mut take = |k| t(b.remove(&k).unwrap_or_default());
-                    Some((take(Tensor::GX), take(Tensor::GY), take(Tensor::GW)))
-                }
-                None => None,
-            };
-            (z, g)
-        }
-        Backend::Cuda => {
-            return Err(CliError::input(
-                "--backend cuda: not available in this build of the CLI",
-            ))
-        }
+    let flag = format!("--backend {}", args.backend.name());
+    let dev = args
+        .backend
+        .facade_device()
+        .map_err(|e| CliError::input(format!("{flag}: {e}")))?;
+    let opts = ConvOptions {
+        atomic: args.atomic,
+        max_piece_edges: None,
+    };
+    let op = ConvOp::from_tensor_product(tp.clone(), dev, opts).map_err(|e| {
+        let f = if args.atomic { "--atomic" } else { &flag };
+        CliError::input(format!("{f}: {e}"))
+    })?;
+    let g = ConvGraph::from_csr(dev, csr);
+    let rt = |e: equikern::Error| CliError::runtime(format!("{flag}: {e}"));
+    let z = T::forward(&op, &g, &x, &y, &w).map_err(rt)?;
+    let grads = match &gz {
+        Some(gz) => Some(T::backward(&op, &g, [&x, &y, &w, gz]).map_err(rt)?),
+        None => None,
     };
     npy::write("--out", &args.out, &[n, tp.dim_out], &z)?;
-    if let Some((gx, gy, gw)) = grads {
+    if let Some(b) = grads {
         let opt = |flag: &str, p: &Option<PathBuf>, shape: &[usize], v: &[T]| match p {
             Some(p) => npy::write(flag, p, shape, v),
             None => Ok(()),
         };
-        opt("--grad-x", &args.grad_x, &[n, tp.dim_in1], &gx)?;
-        opt("--grad-y", &args.grad_y, &[e, tp.dim_in2], &gy)?;
-        opt("--grad-w", &args.grad_w, wshape, &gw)?;
+        opt("--grad-x", &args.grad_x, &[n, tp.dim_in1], &b.gx)?;
+        opt("--grad-y", &args.grad_y, &[e, tp.dim_in2], &b.gy)?;
+        opt("--grad-w", &args.grad_w, wshape, &b.gw)?;
     }
     Ok(())
 }

@@ -272,3 +272,75 @@ fn report_merges_ours_and_peers() {
     assert!(line.contains("0.500"), "{line}");
     assert!(std::fs::read_to_string(svg).unwrap().starts_with("<svg"));
 }
+
+/// `bench --conv` on the CPU oracle at a tiny size: one row per graph × problem × direction,
+/// times positive, the graphs exported as int64 .npy sorted by (receiver, sender) with a
+/// manifest; bad graph specs and variants the backend lacks are exit-2 errors.
+#[test]
+fn conv_bench_cpu_rows_and_exported_graphs() {
+    let d = tmp("conv");
+    let json = d.join("conv.json");
+    let gdir = d.join("graphs");
+    let o = bench(&[
+        "--conv",
+        "--backend",
+        "cpu",
+        "--graphs",
+        "diamond:1:1.7,skewed:50:400",
+        "--only",
+        "nequip-water",
+        "--reps",
+        "2",
+        "--warmup",
+        "0",
+        "--export-graphs",
+        gdir.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 2, "{doc}");
+    for r in rows {
+        assert!(r["ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["impl"], "equikern-cpu-det");
+        assert_eq!(r["problem"], "nequip-water");
+    }
+    assert_eq!(rows[0]["graph"], "diamond-1-1.7");
+    assert_eq!(rows[0]["nodes"], 8);
+    assert_eq!(rows[0]["edges"], 32, "diamond: 4 neighbours each");
+    assert_eq!(rows[2]["edges"], 400);
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(gdir.join("graphs.json")).unwrap()).unwrap();
+    for g in m["graphs"].as_array().unwrap() {
+        let read = |k: &str| -> Vec<i64> {
+            let f = std::fs::File::open(gdir.join(g[k].as_str().unwrap())).unwrap();
+            let npy = npyz::NpyFile::new(std::io::BufReader::new(f)).unwrap();
+            assert_eq!(npy.dtype().descr(), "'<i8'");
+            npy.into_vec::<i64>().unwrap()
+        };
+        let (r, s) = (read("receiver"), read("sender"));
+        let n = g["nodes"].as_i64().unwrap();
+        assert_eq!(r.len() as u64, g["edges"].as_u64().unwrap());
+        assert!(r.iter().chain(&s).all(|&v| (0..n).contains(&v)));
+        let pairs: Vec<(i64, i64)> = r.iter().copied().zip(s.iter().copied()).collect();
+        assert!(
+            pairs.windows(2).all(|w| w[0] <= w[1]),
+            "not sorted: {}",
+            g["name"]
+        );
+    }
+    for (args, needle) in [
+        (vec!["--graphs", "cube:3"], "--graphs"),
+        (vec!["--graphs", "diamond:1:9.0"], "2 × cutoff"),
+        (vec!["--variants", "atomic"], "--variants atomic"),
+        (vec!["--piece-edges", "0"], "--piece-edges"),
+    ] {
+        let mut a = vec!["--conv", "--backend", "cpu", "--only", "nequip-water"];
+        a.extend(args);
+        let o = bench(&a);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(needle), "{needle}: {}", text(&o));
+    }
+}

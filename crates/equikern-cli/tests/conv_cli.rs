@@ -233,3 +233,45 @@ fn bad_graphs_exit_2_naming_the_index() {
     v.push("--atomic".into());
     assert_input_error(&go(v), &["--atomic"]);
 }
+
+/// `--backend cuda` (deterministic and `--atomic`) against the oracle where CUDA is present
+/// (f64 inputs compute in f64 there); elsewhere one exit-2 line saying CUDA is not available.
+#[test]
+fn conv_on_cuda_or_a_clean_exit_2() {
+    let c = case("cuda");
+    let o = ConvOracle::<f64>::new(&c.tp).unwrap();
+    let z = o.forward(&c.csr, &c.x, &c.y, &c.w).unwrap();
+    let b = o.backward(&c.csr, &c.x, &c.y, &c.w, &c.gz).unwrap();
+    for atomic in [false, true] {
+        let mut a: Vec<&str> = ARGS.to_vec();
+        a.extend([
+            "gx.npy",
+            "--grad-y",
+            "gy.npy",
+            "--grad-w",
+            "gw.npy",
+            "--backend",
+            "cuda",
+        ]);
+        if atomic {
+            a.push("--atomic");
+        }
+        let out = run(&c.dir, &a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(2) && err.contains("not available") {
+            assert_input_error(&out, &["--backend cuda", "not available"]);
+            println!("skipped cuda (atomic {atomic}): {err}");
+            continue;
+        }
+        assert!(out.status.success(), "cuda atomic={atomic}: {err}");
+        for (f, want) in [
+            ("z.npy", &z),
+            ("gx.npy", &b.gx),
+            ("gy.npy", &b.gy),
+            ("gw.npy", &b.gw),
+        ] {
+            let e = rel_l2(&read_f(&c.dir.join(f)), want);
+            assert!(e <= 1e-12, "cuda atomic={atomic} {f}: rel L2 {e:e}");
+        }
+    }
+}

@@ -143,7 +143,7 @@ pub(crate) fn load(dev: &CudaDevice, plan: &KernelPlan, opts: CudaOptions) -> Re
     })
 }
 
-fn load_cubin(dev: &CudaDevice, bin: Vec<u8>) -> Result<Arc<CudaModule>> {
+pub(crate) fn load_cubin(dev: &CudaDevice, bin: Vec<u8>) -> Result<Arc<CudaModule>> {
     crate::device::guard(|| Ok(dev.context().load_module(Ptx::from_binary(bin))?))
 }
 

@@ -3,13 +3,15 @@
 //! atomically), launches over nodes / edges / pieces with the global first unit passed in.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use equikern_core::conv::{Csr, GraphIndex};
 use equikern_emit::cuda::{CudaOptions, Param};
 use equikern_plan::conv::GraphSize;
 use equikern_plan::{conv_index_tensors, KernelPlan, SampleMode, Tensor, Work};
 
+use crate::compile::{CompileInfo, Loaded};
 use crate::device::CudaDevice;
 use crate::{compile, exec, CudaError, Real, Result};
 
@@ -29,44 +31,249 @@ pub fn run_conv<T: Real, I: GraphIndex>(
     run_conv_csr(dev, plan, &csr, inputs)
 }
 
-/// [`run_conv`] on an already validated graph.
+/// [`run_conv`] on an already validated graph (uploads, runs, downloads; for repeated runs
+/// keep a [`CudaConvPlan`] and a [`CudaGraph`] and call [`CudaConvPlan::run_device`]).
 pub fn run_conv_csr<T: Real>(
     dev: &CudaDevice,
     plan: &KernelPlan,
     csr: &Csr,
     inputs: &BTreeMap<Tensor, Vec<T>>,
 ) -> Result<BTreeMap<Tensor, Vec<T>>> {
-    if plan.conv.is_none() {
-        return Err(CudaError::Plan("not a convolution plan".into()));
-    }
-    if T::DTYPE != plan.dtype {
-        return Err(CudaError::Dtype {
-            plan: plan.dtype,
-            data: T::DTYPE,
-        });
-    }
-    let gs = plan.graph_size(csr);
-    plan.check_graph(&gs)
-        .map_err(|e| CudaError::Plan(e.to_string()))?;
-    let loaded = compile::load(dev, plan, CudaOptions::default())?;
-    let stream = dev.stream().clone();
-    let index = conv_index_tensors(plan, csr);
-    let mut ibufs = BTreeMap::new();
-    for (t, v) in &index {
-        let mut d = stream.alloc_zeros::<u32>(v.len().max(1))?;
-        if !v.is_empty() {
-            stream.memcpy_htod(v, &mut d.slice_mut(0..v.len()))?;
+    let cp = CudaConvPlan::new(dev, plan.clone())?;
+    let graph = CudaGraph::new(dev, Arc::new(csr.clone()));
+    cp.run_host(&graph, inputs)
+}
+
+/// A validated graph bound to one CUDA device: the index tables a plan binds (CSR views,
+/// plain index arrays, pieces) are uploaded on first use and kept, or, for a graph built on
+/// the device ([`CudaGraph::from_device`]), given at construction.
+pub struct CudaGraph {
+    dev: CudaDevice,
+    csr: Option<Arc<Csr>>,
+    nodes: u64,
+    edges: u64,
+    tables: Mutex<Tables>,
+}
+
+/// `(tensor, piece length or 0)` → uploaded `u32` table.
+type Tables = BTreeMap<(Tensor, u32), Arc<CudaSlice<u32>>>;
+
+impl CudaGraph {
+    /// Binds `csr` to `dev` (nothing is uploaded yet).
+    pub fn new(dev: &CudaDevice, csr: Arc<Csr>) -> Self {
+        CudaGraph {
+            dev: dev.clone(),
+            nodes: csr.nodes as u64,
+            edges: csr.edges() as u64,
+            csr: Some(csr),
+            tables: Mutex::new(BTreeMap::new()),
         }
-        ibufs.insert(*t, d);
     }
-    let mut fbufs = BTreeMap::new();
-    let mut outs = vec![];
-    for k in &plan.kernels {
-        for &t in &k.inputs {
-            if t.is_index() || fbufs.contains_key(&t) {
-                continue;
+
+    /// A graph whose CSR views were built on the device ([`CudaDevice::build_csr_tables`])
+    /// from the `u32` `receiver`/`sender` buffers given here. Runs the CSR and atomic modes
+    /// (pieces need a host-built graph).
+    pub fn from_device(
+        dev: &CudaDevice,
+        t: crate::CudaCsrTables,
+        receiver: CudaSlice<u32>,
+        sender: CudaSlice<u32>,
+    ) -> Self {
+        let tables = BTreeMap::from([
+            ((Tensor::RecvCsr, 0), Arc::new(t.recv)),
+            ((Tensor::SendCsr, 0), Arc::new(t.send)),
+            ((Tensor::Receiver, 0), Arc::new(receiver)),
+            ((Tensor::Sender, 0), Arc::new(sender)),
+        ]);
+        CudaGraph {
+            dev: dev.clone(),
+            csr: None,
+            nodes: t.nodes as u64,
+            edges: t.edges as u64,
+            tables: Mutex::new(tables),
+        }
+    }
+
+    /// The host-side graph, if it was built on the host.
+    pub fn csr(&self) -> Option<&Arc<Csr>> {
+        self.csr.as_ref()
+    }
+
+    pub fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+
+    /// The graph's sizes for `plan` (piece counts need the host-built graph).
+    pub fn graph_size(&self, plan: &KernelPlan) -> Result<GraphSize> {
+        match &self.csr {
+            Some(c) => Ok(plan.graph_size(c)),
+            None if plan.conv.and_then(|c| c.max_piece_edges).is_some() => Err(CudaError::Plan(
+                "a graph built on the device has no pieces: use the CSR mode (max_piece_edges None)"
+                    .into(),
+            )),
+            None => Ok(GraphSize {
+                nodes: self.nodes,
+                edges: self.edges,
+                recv_pieces: 0,
+                send_pieces: 0,
+            }),
+        }
+    }
+
+    /// Bytes of the index tables held so far.
+    pub fn table_bytes(&self) -> u64 {
+        self.lock().values().map(|t| t.len() as u64 * 4).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tables `plan` binds, uploading the missing ones.
+    fn tables_for(&self, plan: &KernelPlan) -> Result<BTreeMap<Tensor, Arc<CudaSlice<u32>>>> {
+        let m = plan.conv.and_then(|c| c.max_piece_edges).unwrap_or(0);
+        let mut out = BTreeMap::new();
+        let mut missing = vec![];
+        {
+            let map = self.lock();
+            for t in plan.kernels.iter().flat_map(|k| k.inputs.iter()) {
+                if !t.is_index() || out.contains_key(t) {
+                    continue;
+                }
+                let key = (*t, piece_key(*t, m));
+                match map.get(&key) {
+                    Some(b) => {
+                        out.insert(*t, b.clone());
+                    }
+                    None => missing.push(*t),
+                }
             }
-            let want = plan.conv_buffer_len(t, &gs) as usize;
+        }
+        if !missing.is_empty() {
+            let csr = self.csr.as_ref().ok_or_else(|| {
+                CudaError::Plan(format!(
+                    "{:?} is not among the tables of this device-built graph",
+                    missing[0]
+                ))
+            })?;
+            let host = conv_index_tensors(plan, csr);
+            let stream = self.dev.stream().clone();
+            for t in missing {
+                let v = host
+                    .get(&t)
+                    .ok_or_else(|| CudaError::Plan(format!("no index table {t:?}")))?;
+                let mut d = stream.alloc_zeros::<u32>(v.len().max(1))?;
+                if !v.is_empty() {
+                    stream.memcpy_htod(v, &mut d.slice_mut(0..v.len()))?;
+                }
+                let d = Arc::new(d);
+                self.lock().insert((t, piece_key(t, m)), d.clone());
+                out.insert(t, d);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn piece_key(t: Tensor, m: u32) -> u32 {
+    match t {
+        Tensor::RecvPieces | Tensor::SendPieces => m,
+        _ => 0,
+    }
+}
+
+/// A convolution plan compiled for one CUDA device (emitted and loaded once), run on
+/// [`CudaGraph`]s with caller-held buffers.
+pub struct CudaConvPlan {
+    dev: CudaDevice,
+    plan: KernelPlan,
+    loaded: Loaded,
+}
+
+impl CudaConvPlan {
+    /// Emits and loads `plan` (NVRTC on a cache miss).
+    pub fn new(dev: &CudaDevice, plan: KernelPlan) -> Result<Self> {
+        if plan.conv.is_none() {
+            return Err(CudaError::Plan("not a convolution plan".into()));
+        }
+        let loaded = compile::load(dev, &plan, CudaOptions::default())?;
+        Ok(CudaConvPlan {
+            dev: dev.clone(),
+            plan,
+            loaded,
+        })
+    }
+
+    pub fn plan(&self) -> &KernelPlan {
+        &self.plan
+    }
+
+    /// How the module was obtained (compile/load times).
+    pub fn compile_info(&self) -> &CompileInfo {
+        &self.loaded.info
+    }
+
+    /// Float tensors the plan reads and no kernel writes (what callers pass as inputs).
+    pub fn inputs(&self) -> Vec<Tensor> {
+        let written: Vec<Tensor> = self
+            .plan
+            .kernels
+            .iter()
+            .flat_map(|k| k.outputs.iter().copied())
+            .collect();
+        let mut v: Vec<Tensor> = self
+            .plan
+            .kernels
+            .iter()
+            .flat_map(|k| k.inputs.iter().copied())
+            .filter(|t| !t.is_index() && !written.contains(t))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Tensors the plan returns (everything it writes except scratch).
+    pub fn outputs(&self) -> Vec<Tensor> {
+        let mut v: Vec<Tensor> = self
+            .plan
+            .kernels
+            .iter()
+            .flat_map(|k| k.outputs.iter().copied())
+            .filter(|t| !t.is_scratch())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Bytes of scratch (`WPartial`, piece partials) one run allocates for graph `gs`.
+    pub fn scratch_bytes(&self, gs: &GraphSize) -> u64 {
+        let es = match self.plan.dtype {
+            equikern_plan::Dtype::F32 => 4,
+            equikern_plan::Dtype::F64 => 8,
+        };
+        let mut seen = vec![];
+        let mut total = 0;
+        for t in self.plan.kernels.iter().flat_map(|k| k.outputs.iter()) {
+            if t.is_scratch() && !seen.contains(t) {
+                seen.push(*t);
+                total += self.plan.conv_buffer_len(*t, gs).max(1) * es;
+            }
+        }
+        total
+    }
+
+    /// Uploads `inputs`, runs on `graph`, downloads every output.
+    pub fn run_host<T: Real>(
+        &self,
+        graph: &CudaGraph,
+        inputs: &BTreeMap<Tensor, Vec<T>>,
+    ) -> Result<BTreeMap<Tensor, Vec<T>>> {
+        let gs = graph.graph_size(&self.plan)?;
+        let mut ins = vec![];
+        for t in self.inputs() {
+            let want = self.plan.conv_buffer_len(t, &gs) as usize;
             let v = inputs
                 .get(&t)
                 .ok_or_else(|| CudaError::Plan(format!("missing input tensor {t:?}")))?;
@@ -76,32 +283,130 @@ pub fn run_conv_csr<T: Real>(
                     v.len()
                 )));
             }
-            fbufs.insert(t, dev.upload(v)?);
+            ins.push((t, self.dev.upload(v)?));
         }
-        for &t in &k.outputs {
-            let n = plan.conv_buffer_len(t, &gs) as usize;
-            fbufs.insert(t, dev.zeros::<T>(n)?);
-            if !t.is_scratch() && !outs.contains(&t) {
-                outs.push(t);
+        let mut outs = vec![];
+        for t in self.outputs() {
+            let n = self.plan.conv_buffer_len(t, &gs) as usize;
+            outs.push((t, self.dev.zeros::<T>(n)?));
+        }
+        {
+            let ir: Vec<(Tensor, &CudaSlice<T>)> = ins.iter().map(|(t, b)| (*t, b)).collect();
+            let mut or: Vec<(Tensor, &mut CudaSlice<T>)> =
+                outs.iter_mut().map(|(t, b)| (*t, b)).collect();
+            self.run_device(graph, &ir, &mut or)?;
+        }
+        let mut res = BTreeMap::new();
+        for (t, b) in &outs {
+            let n = self.plan.conv_buffer_len(*t, &gs) as usize;
+            res.insert(*t, self.dev.download(b, n)?);
+        }
+        Ok(res)
+    }
+
+    /// Runs the plan on `graph` with caller-held buffers: `inputs` are the tensors of
+    /// [`Self::inputs`], `outputs` those of [`Self::outputs`], each holding at least
+    /// `conv_buffer_len` elements (checked). Outputs that atomic (`Scatter`) kernels add into
+    /// are zeroed first; scratch is allocated per call. Launches go to the device's stream
+    /// and return without waiting.
+    pub fn run_device<T: Real>(
+        &self,
+        graph: &CudaGraph,
+        inputs: &[(Tensor, &CudaSlice<T>)],
+        outputs: &mut [(Tensor, &mut CudaSlice<T>)],
+    ) -> Result<()> {
+        let plan = &self.plan;
+        if T::DTYPE != plan.dtype {
+            return Err(CudaError::Dtype {
+                plan: plan.dtype,
+                data: T::DTYPE,
+            });
+        }
+        let gs = graph.graph_size(plan)?;
+        plan.check_graph(&gs)
+            .map_err(|e| CudaError::Plan(e.to_string()))?;
+        let dev = &self.dev;
+        let stream = dev.stream().clone();
+        let check_len = |t: Tensor, len: usize| -> Result<()> {
+            let want = plan.conv_buffer_len(t, &gs) as usize;
+            if len < want {
+                return Err(CudaError::Plan(format!(
+                    "buffer {t:?}: expected at least {want} elements, got {len}"
+                )));
+            }
+            Ok(())
+        };
+        for t in self.inputs() {
+            let b = inputs
+                .iter()
+                .find(|(u, _)| *u == t)
+                .ok_or_else(|| CudaError::Plan(format!("missing input buffer {t:?}")))?;
+            check_len(t, b.1.len())?;
+        }
+        for t in self.outputs() {
+            let b = outputs
+                .iter()
+                .find(|(u, _)| *u == t)
+                .ok_or_else(|| CudaError::Plan(format!("missing output buffer {t:?}")))?;
+            check_len(t, b.1.len())?;
+        }
+        // Outputs that Scatter kernels accumulate into start at zero.
+        let scattered: Vec<Tensor> = plan
+            .kernels
+            .iter()
+            .filter(|k| {
+                matches!(
+                    k.work,
+                    Work::Rows {
+                        sample_mode: SampleMode::Scatter { .. },
+                        ..
+                    }
+                )
+            })
+            .flat_map(|k| k.outputs.iter().copied())
+            .collect();
+        for (t, b) in outputs.iter_mut() {
+            if scattered.contains(t) {
+                stream.memset_zeros(&mut **b)?;
             }
         }
-    }
-    let mut ptrs: BTreeMap<Tensor, u64> = BTreeMap::new();
-    let mut iguards = vec![];
-    for (t, b) in &ibufs {
-        let (p, g) = b.device_ptr(&stream);
-        ptrs.insert(*t, p);
-        iguards.push(g);
-    }
-    let mut fguards = vec![];
-    for (t, b) in fbufs.iter_mut() {
-        let (p, g) = b.device_ptr_mut(&stream);
-        ptrs.insert(*t, p);
-        fguards.push(g);
-    }
-    for l in conv_launches(plan, &gs) {
-        let (ek, func) = (&loaded.emitted.kernels[l.kernel], &loaded.funcs[l.kernel]);
-        {
+        let tables = graph.tables_for(plan)?;
+        let mut scratch: BTreeMap<Tensor, CudaSlice<T>> = BTreeMap::new();
+        for t in plan.kernels.iter().flat_map(|k| k.outputs.iter()) {
+            if t.is_scratch() && !scratch.contains_key(t) {
+                let n = plan.conv_buffer_len(*t, &gs) as usize;
+                scratch.insert(*t, stream.alloc_zeros::<T>(n.max(1))?);
+            }
+        }
+        let mut ptrs: BTreeMap<Tensor, u64> = BTreeMap::new();
+        let mut iguards = vec![];
+        for (t, b) in &tables {
+            let (p, g) = b.device_ptr(&stream);
+            ptrs.insert(*t, p);
+            iguards.push(g);
+        }
+        let mut rguards = vec![];
+        for (t, b) in inputs {
+            if !ptrs.contains_key(t) {
+                let (p, g) = b.device_ptr(&stream);
+                ptrs.insert(*t, p);
+                rguards.push(g);
+            }
+        }
+        let mut wguards = vec![];
+        for (t, b) in outputs.iter_mut() {
+            let (p, g) = b.device_ptr_mut(&stream);
+            ptrs.insert(*t, p);
+            wguards.push(g);
+        }
+        for (t, b) in scratch.iter_mut() {
+            let (p, g) = b.device_ptr_mut(&stream);
+            ptrs.insert(*t, p);
+            wguards.push(g);
+        }
+        let loaded = &self.loaded;
+        for l in conv_launches(plan, &gs) {
+            let (ek, func) = (&loaded.emitted.kernels[l.kernel], &loaded.funcs[l.kernel]);
             let (inv, tail) = (l.invocations, l.tail);
             // Plan grid numbering; the device grid holds it (checked by `exec::grid`).
             let mut args: Vec<u64> = vec![];
@@ -136,15 +441,13 @@ pub fn run_conv_csr<T: Real>(
             // `Param::Conv`; every buffer holds `conv_buffer_len` elements (checked above).
             unsafe { b.launch(cfg) }?;
         }
+        drop(wguards);
+        drop(rguards);
+        drop(iguards);
+        // Scratch is freed stream-ordered after the launches.
+        drop(scratch);
+        Ok(())
     }
-    drop(fguards);
-    drop(iguards);
-    let mut res = BTreeMap::new();
-    for t in outs {
-        let n = plan.conv_buffer_len(t, &gs) as usize;
-        res.insert(t, dev.download(&fbufs[&t], n)?);
-    }
-    Ok(res)
 }
 
 /// One launch of a convolution plan's kernel: invocations and the six `Param::Conv` words

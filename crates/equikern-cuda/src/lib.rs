@@ -16,13 +16,15 @@
 
 mod compile;
 mod conv;
+mod csr;
 mod device;
 pub mod exec;
 mod timing;
 mod tp;
 
 pub use compile::{CacheLevel, CompileInfo};
-pub use conv::{conv_launches, run_conv, run_conv_csr, ConvLaunch};
+pub use conv::{conv_launches, run_conv, run_conv_csr, ConvLaunch, CudaConvPlan, CudaGraph};
+pub use csr::{CudaCsrTables, CSR_SOURCE};
 pub use cudarc::driver::CudaSlice;
 pub use device::{availability, CudaDevice};
 pub use timing::Timing;

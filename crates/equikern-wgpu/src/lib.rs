@@ -8,12 +8,15 @@
 
 mod context;
 mod conv;
+mod csr;
 mod dispatch;
 mod host;
 mod oneshot;
 mod pipelines;
 
 pub use context::{adapter_summary, capabilities_of, RuntimeOptions};
+pub use conv::{conv_inputs, conv_outputs, WgpuGraph};
+pub use csr::DeviceCsr;
 pub use dispatch::TensorBuffer;
 pub use pipelines::CompiledPlan;
 /// The wgpu version this runtime is built on (its `Buffer`s cross the API).

@@ -1,0 +1,189 @@
+//! The facade's fused convolution ([`equikern::ConvOp`]) on the CPU oracle and on wgpu
+//! (lavapipe in CI): every product × graph × direction against the f64 conv oracle,
+//! bit-identical reruns, device buffers with poisoned outputs, and errors that name the bad
+//! index, length or option before anything runs.
+
+mod conv_support;
+mod wgpu_support;
+
+use conv_support::*;
+use equikern::plan::{Direction, Tensor};
+use equikern::{ConvGraph, ConvOp, ConvOptions, Device};
+
+#[test]
+fn cpu_matches_the_oracle() {
+    let worst = check_host_f32(&Device::cpu(), ConvOptions::default(), 1e-6);
+    println!("cpu: worst rel L2 {worst:.2e}");
+}
+
+#[test]
+fn cpu_f64_and_errors() {
+    let dev = Device::cpu();
+    check_errors(&dev);
+    // f64 host calls on the oracle
+    let tp = conv_common::uvu_per_edge();
+    let op = ConvOp::from_tensor_product(tp.clone(), &dev, ConvOptions::default()).unwrap();
+    let (n, r, s) = conv_common::directed();
+    let g = ConvGraph::new(&dev, n, &r, &s).unwrap();
+    let i = inputs(&tp, n, g.edges(), 3);
+    let csr = equikern::core::conv::Csr::build(n, &r, &s).unwrap();
+    let want = equikern::plan::conv::reference(&tp, &csr, Direction::Forward, &i).unwrap();
+    let z = op
+        .forward_f64(&g, &i[&Tensor::X], &i[&Tensor::Y], &i[&Tensor::W])
+        .unwrap();
+    assert_eq!(z, want[&Tensor::Z]);
+    // atomic on the CPU oracle: refused
+    let m = ConvOp::from_tensor_product(tp, &dev, atomic())
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("atomic needs float atomics"), "{m}");
+}
+
+#[test]
+fn wgpu_matches_the_oracle() {
+    let Some(dev) = wgpu_support::device(Default::default()) else {
+        return;
+    };
+    let worst = check_host_f32(&dev, ConvOptions::default(), 1e-5);
+    println!("wgpu csr: worst rel L2 {worst:.2e}");
+    let worst = check_host_f32(&dev, pieces(5), 1e-5);
+    println!("wgpu pieces(5): worst rel L2 {worst:.2e}");
+}
+
+#[test]
+fn wgpu_errors_and_no_atomics() {
+    let Some(dev) = wgpu_support::device(Default::default()) else {
+        return;
+    };
+    check_errors(&dev);
+    let m = ConvOp::from_tensor_product(conv_common::uvu_per_edge(), &dev, atomic())
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("atomic needs float atomics"), "{m}");
+    let op = ConvOp::from_tensor_product(conv_common::uvu_per_edge(), &dev, ConvOptions::default())
+        .unwrap();
+    let g = ConvGraph::new(&dev, 3, &[0u32, 1], &[1u32, 2]).unwrap();
+    let x = vec![0.5f32; 3 * op.dim_in1()];
+    let m = op
+        .forward_f64(&g, &[0.0; 1], &[0.0; 1], &[0.0; 1])
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("argument x") || m.contains("f64"), "{m}");
+    let _ = x;
+}
+
+#[test]
+fn wgpu_device_buffers_chain_and_match_host() {
+    let Some(dev) = wgpu_support::device(Default::default()) else {
+        return;
+    };
+    let rt = dev.wgpu_runtime().unwrap().clone();
+    let tp = conv_common::uvu_per_edge();
+    let op = ConvOp::from_tensor_product(tp.clone(), &dev, ConvOptions::default()).unwrap();
+    let (_, n, r, s) = graphs().remove(1);
+    let g = ConvGraph::new(&dev, n, &r, &s).unwrap();
+    let i = inputs(&tp, n, g.edges(), 9);
+    let up = |t: Tensor| rt.upload(&format!("{t:?}"), &f32v(&i[&t]));
+    let (xb, yb, wb) = (up(Tensor::X), up(Tensor::Y), up(Tensor::W));
+    let poison = |len: usize| {
+        let b = rt.create_storage("out", len as u64);
+        let nan = vec![f32::NAN; len];
+        let bytes: Vec<u8> = nan.iter().flat_map(|v| v.to_le_bytes()).collect();
+        rt.queue().write_buffer(&b, 0, &bytes);
+        b
+    };
+    let zb = poison(n * op.dim_out());
+    op.forward_buffers(&g, &xb, &yb, &wb, &zb).unwrap();
+    // z, still on the device, is the backward's grad_z.
+    let (gxb, gyb, gwb) = (
+        poison(n * op.dim_in1()),
+        poison(g.edges() * op.dim_in2()),
+        poison(op.weight_len(g.edges()).unwrap()),
+    );
+    op.backward_buffers(&g, &xb, &yb, &wb, &zb, &gxb, &gyb, &gwb)
+        .unwrap();
+    let read = |b: &equikern::wgpu::Buffer| rt.read_f32_blocking(b, 0, b.size() / 4).unwrap();
+    let (z, gx, gy, gw) = (read(&zb), read(&gxb), read(&gyb), read(&gwb));
+    let x = f32v(&i[&Tensor::X]);
+    let y = f32v(&i[&Tensor::Y]);
+    let w = f32v(&i[&Tensor::W]);
+    let zh = op.forward(&g, &x, &y, &w).unwrap();
+    let gh = op.backward(&g, &x, &y, &w, &zh).unwrap();
+    // Same kernels, same order: bit-identical to the host-slice path.
+    assert_eq!(z, zh);
+    assert_eq!(gx, gh.gx);
+    assert_eq!(gy, gh.gy);
+    assert_eq!(gw, gh.gw);
+    // A too-short output buffer is refused before anything runs.
+    let short = rt.create_storage("short", 3);
+    let m = op
+        .forward_buffers(&g, &xb, &yb, &wb, &short)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("argument z"), "{m}");
+    println!("wgpu device buffers: ok ({} edges)", g.edges());
+}
+
+#[test]
+fn wgpu_graph_built_on_the_device_matches_the_host_graph() {
+    let Some(dev) = wgpu_support::device(Default::default()) else {
+        return;
+    };
+    let rt = dev.wgpu_runtime().unwrap().clone();
+    let idx = |v: &[u32]| {
+        let bytes: Vec<u8> = v.iter().flat_map(|a| a.to_le_bytes()).collect();
+        let b = rt
+            .device()
+            .create_buffer(&equikern::wgpu::BufferDescriptor {
+                label: Some("index"),
+                size: bytes.len().max(4) as u64,
+                usage: equikern::wgpu::BufferUsages::STORAGE
+                    | equikern::wgpu::BufferUsages::COPY_SRC
+                    | equikern::wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+        rt.queue().write_buffer(&b, 0, &bytes);
+        b
+    };
+    let tp = conv_common::uvu_per_edge();
+    let op = ConvOp::from_tensor_product(tp.clone(), &dev, ConvOptions::default()).unwrap();
+    for (name, n, r, s) in graphs() {
+        let (r32, s32): (Vec<u32>, Vec<u32>) = (
+            r.iter().map(|&a| a as u32).collect(),
+            s.iter().map(|&a| a as u32).collect(),
+        );
+        let host = ConvGraph::new(&dev, n, &r32, &s32).unwrap();
+        let gpu =
+            ConvGraph::from_wgpu_buffers(&dev, n as u32, r32.len() as u32, idx(&r32), idx(&s32))
+                .unwrap();
+        assert!(gpu.csr().is_none());
+        let i = inputs(&tp, n, r.len(), 21);
+        let i32s: std::collections::BTreeMap<Tensor, Vec<f32>> =
+            i.iter().map(|(t, v)| (*t, f32v(v))).collect();
+        for d in [
+            Direction::Forward,
+            Direction::Backward,
+            Direction::DoubleBackward,
+        ] {
+            let a = run_f32(&op, &host, d, &i32s).unwrap();
+            let b = run_f32(&op, &gpu, d, &i32s).unwrap();
+            assert_eq!(a, b, "{name} {d:?}: device-built graph differs");
+        }
+        println!("{name}: device-built graph bit-identical to the host graph");
+    }
+    // Errors: bad index (smallest bad position), pieces on a device-built graph.
+    let m = ConvGraph::from_wgpu_buffers(&dev, 4, 3, idx(&[0, 9, 5]), idx(&[1, 2, 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("receiver[1] = 9") && m.contains("nodes = 4"),
+        "{m}"
+    );
+    let gpu = ConvGraph::from_wgpu_buffers(&dev, 4, 3, idx(&[0, 1, 2]), idx(&[1, 2, 3])).unwrap();
+    let pop = ConvOp::from_tensor_product(tp.clone(), &dev, pieces(2)).unwrap();
+    let x = vec![0.5f32; 4 * tp.dim_in1];
+    let y = vec![0.5f32; 3 * tp.dim_in2];
+    let w = vec![0.5f32; 3 * tp.weight_numel];
+    let m = pop.forward(&gpu, &x, &y, &w).unwrap_err().to_string();
+    assert!(m.contains("pieces"), "{m}");
+}
