@@ -73,9 +73,11 @@ source .peers/env.sh .peers
 timeout 170 python3 benches/bench_conv_peers.py "$GDIR" --only "$ONLY" --dirs "$DIRS" \
   --impls oeq-det,oeq-atomic --warmup 10 --reps "$REPS" --out "$OUT/conv_peers.json" 2>&1 | tee "$OUT/conv_peers.log"
 
+if [ -z "${SKIP_WGPU:-}" ]; then
 stage "equikern bench --conv --backend wgpu (Vulkan adapter)"
 EQUIKERN_ADAPTER=vulkan timeout 70 "$BIN" bench --conv --backend wgpu --graphs "$GRAPHS" --only "$ONLY" \
   --dirs "$DIRS" --reps "$REPS" --warmup 10 --row-limit-s 2 --json "$OUT/conv_wgpu.json" 2>&1 | tee "$OUT/conv_wgpu.log"
+fi
 
 stage "report"
 inputs=()

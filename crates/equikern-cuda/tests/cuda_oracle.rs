@@ -700,6 +700,7 @@ fn bench_channel_fusion() {
             vec![
                 rows_plan(Direction::Forward),
                 rows_plan(Direction::Backward),
+                rows_plan(Direction::DoubleBackward),
             ],
         )
         .unwrap();
@@ -730,14 +731,15 @@ fn bench_channel_fusion() {
         let tr = rows.time::<f32>(Direction::Backward, batch, 5, 30).unwrap();
         let ff = fused.time::<f32>(Direction::Forward, batch, 5, 30).unwrap();
         let fr = rows.time::<f32>(Direction::Forward, batch, 5, 30).unwrap();
+        let df = fused
+            .time::<f32>(Direction::DoubleBackward, batch, 3, 20)
+            .unwrap();
+        let dr = rows
+            .time::<f32>(Direction::DoubleBackward, batch, 3, 20)
+            .unwrap();
         println!(
-            "{label:24} bwd fused {:7.3} ms rows {:7.3} ms ({:.2}x) | fwd fused {:7.3} ms rows {:7.3} ms ({:.2}x)",
-            tf.median_ms,
-            tr.median_ms,
-            tr.median_ms / tf.median_ms,
-            ff.median_ms,
-            fr.median_ms,
-            fr.median_ms / ff.median_ms
+            "{label:24} fwd fused {:7.3} rows {:7.3} | bwd fused {:7.3} rows {:7.3} | dbl fused {:7.3} rows {:7.3} ms",
+            ff.median_ms, fr.median_ms, tf.median_ms, tr.median_ms, df.median_ms, dr.median_ms
         );
     }
 }

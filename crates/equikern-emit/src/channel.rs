@@ -107,18 +107,7 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
     }
     let weighted = d.weight_numel > 0;
     let fwd = c.pass == ChannelPass::Forward;
-    let mut need_in = vec![Tensor::X, Tensor::Y];
-    if weighted {
-        need_in.push(Tensor::W);
-    }
-    if !fwd {
-        need_in.push(Tensor::GZ);
-    }
-    let mut need_out = if fwd {
-        vec![Tensor::Z]
-    } else {
-        vec![Tensor::GX, Tensor::GY]
-    };
+    let (need_in, need_out) = c.pass.bindings(weighted, c.write_gw);
     for b in &c.z_blocks {
         if b.offset as u64 + c.channels as u64 * b.row_len as u64 > d.dim_out as u64 {
             return Err("z block outside a sample".into());
@@ -131,7 +120,6 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
         if !weighted || d.shared_weights {
             return Err("gw written for shared or no weights".into());
         }
-        need_out.push(Tensor::GW);
     }
     if k.inputs != need_in || k.outputs != need_out {
         return Err(format!(
@@ -197,6 +185,7 @@ pub(crate) fn body(
     match c.pass {
         ChannelPass::Backward => backward_body(dia, plan, c, block, lid, num_samples),
         ChannelPass::Forward => forward_body(dia, plan, c, block, lid, num_samples),
+        ChannelPass::DoubleBackward => double_backward_body(dia, plan, c, block, lid, num_samples),
     }
 }
 
@@ -408,7 +397,6 @@ fn backward_body(
     let d = &plan.dims;
     let dt = plan.dtype;
     let m = c.channels;
-    let wg = c.channels * c.samples_per_group;
     let zero = dia.lit(0.0, dt);
     let mut s = String::new();
     let ln = |s: &mut String, ind: usize, line: &str| {
@@ -522,6 +510,50 @@ fn backward_body(
         }
     }
     ln(&mut s, 4, "}");
+    s.push_str(&reduce_y(
+        dia,
+        plan,
+        c,
+        block,
+        lid,
+        num_samples,
+        "gy",
+        Tensor::GY,
+    )?);
+    Ok(s)
+}
+
+/// Workgroup-memory declaration of the `gy` reduction.
+pub(crate) fn shared_decl(dia: &Dialect, plan: &KernelPlan, c: &ChannelWork) -> String {
+    let n = c.reduction_len();
+    match dia {
+        Dialect::Cuda => format!("    __shared__ {} ek_red[{n}];\n", dia.real(plan.dtype)),
+        Dialect::Wgsl { .. } => format!("var<workgroup> ek_red: array<f32, {n}>;\n\n"),
+    }
+}
+
+/// The workgroup sum of the per-channel `{prefix}0..` partials (ascending channel order,
+/// deterministic) into each sample's row of `out` (`dim_in2` long).
+#[allow(clippy::too_many_arguments)]
+fn reduce_y(
+    dia: &Dialect,
+    plan: &KernelPlan,
+    c: &ChannelWork,
+    block: &str,
+    lid: &str,
+    num_samples: &str,
+    prefix: &str,
+    out: Tensor,
+) -> Result<String, EmitError> {
+    let d = &plan.dims;
+    let dt = plan.dtype;
+    let m = c.channels;
+    let wg = c.channels * c.samples_per_group;
+    let zero = dia.lit(0.0, dt);
+    let mut s = String::new();
+    let ln = |s: &mut String, ind: usize, line: &str| {
+        let _ = writeln!(s, "{:ind$}{line}", "");
+    };
     // The gy partials of the workgroup: column j holds every invocation's gy_j (padded by
     // one so a sample's column reads and the row writes hit distinct banks).
     let stride = wg + 1;
@@ -529,7 +561,7 @@ fn backward_body(
         ln(
             &mut s,
             4,
-            &format!("ek_red[{}u + {lid}] = gy{j};", j * stride),
+            &format!("ek_red[{}u + {lid}] = {prefix}{j};", j * stride),
         );
     }
     ln(
@@ -542,17 +574,17 @@ fn backward_body(
     );
     let items = c.samples_per_group * c.y_len;
     let gy_base = match dia {
-        Dialect::Cuda => "gy".to_string(),
+        Dialect::Cuda => ident(out).to_string(),
         Dialect::Wgsl { binding } => {
             let b = binding
                 .iter()
-                .find(|(t, _)| *t == Tensor::GY)
+                .find(|(t, _)| *t == out)
                 .map(|p| p.1)
                 .ok_or_else(|| EmitError::InvalidPlan {
                     kernel: "channel".into(),
-                    why: "GY is not bound".into(),
+                    why: format!("{out:?} is not bound"),
                 })?;
-            format!("{}[P.base{b} + ", crate::wgsl::tensor_ident(Tensor::GY))
+            format!("{}[P.base{b} + ", crate::wgsl::tensor_ident(out))
         }
     };
     let s0 = format!("{block} * {}u", c.samples_per_group);
@@ -623,11 +655,302 @@ fn backward_body(
     Ok(s)
 }
 
-/// Workgroup-memory declaration of the `gy` reduction.
-pub(crate) fn shared_decl(dia: &Dialect, plan: &KernelPlan, c: &ChannelWork) -> String {
-    let n = c.reduction_len();
+/// Element `e` of output `t` (no per-sample base: `e` is absolute in the dispatch).
+fn out_at(dia: &Dialect, t: Tensor, e: &str) -> Result<String, EmitError> {
     match dia {
-        Dialect::Cuda => format!("    __shared__ {} ek_red[{n}];\n", dia.real(plan.dtype)),
-        Dialect::Wgsl { .. } => format!("var<workgroup> ek_red: array<f32, {n}>;\n\n"),
+        Dialect::Cuda => Ok(format!("{}[{e}]", ident(t))),
+        Dialect::Wgsl { binding } => binding
+            .iter()
+            .find(|(u, _)| *u == t)
+            .map(|p| format!("{}[P.base{} + {e}]", crate::wgsl::tensor_ident(t), p.1))
+            .ok_or_else(|| EmitError::InvalidPlan {
+                kernel: "channel".into(),
+                why: format!("{t:?} is not bound"),
+            }),
     }
+}
+
+/// The double backward: per staging group of output blocks, each channel accumulates its
+/// `dgz` rows (staged and stored like the forward's `z`) and, from the same loads, its `dx`
+/// rows, `dy` partials and `dw` entries; then `dx` is stored and `dy` summed like `gy`.
+/// Per term with `c` the coefficient and `t = c·gz[k]`:
+/// `dgz[k] += w·c·(hx_i y_j + x_i hy_j) + hw·c·x_i y_j`, `dx[i] += w·t·hy_j + hw·t·y_j`,
+/// `dy[j] += w·t·hx_i + hw·t·x_i`, `dw += t·(hx_i y_j + x_i hy_j)`.
+fn double_backward_body(
+    dia: &Dialect,
+    plan: &KernelPlan,
+    c: &ChannelWork,
+    block: &str,
+    lid: &str,
+    num_samples: &str,
+) -> Result<String, EmitError> {
+    let d = &plan.dims;
+    let dt = plan.dtype;
+    let m = c.channels;
+    let wg = c.channels * c.samples_per_group;
+    let zero = dia.lit(0.0, dt);
+    let weighted = d.weight_numel > 0;
+    let mut s = String::new();
+    let ln = |s: &mut String, ind: usize, line: &str| {
+        let _ = writeln!(s, "{:ind$}{line}", "");
+    };
+    ln(&mut s, 4, &dia.let_u("smp", &format!("g / {m}u")));
+    ln(&mut s, 4, &dia.let_u("ch", &format!("g - smp * {m}u")));
+    let wlen = if d.shared_weights { 0 } else { d.weight_numel };
+    // Bases are computed for every thread (dead threads never dereference them).
+    for (t, len, out) in [
+        (Tensor::X, d.dim_in1, false),
+        (Tensor::Y, d.dim_in2, false),
+        (Tensor::GZ, d.dim_out, false),
+        (Tensor::HX, d.dim_in1, false),
+        (Tensor::HY, d.dim_in2, false),
+        (Tensor::DX, d.dim_in1, true),
+    ] {
+        ln(&mut s, 4, &dia.base(t, len, out, dt)?);
+    }
+    if weighted {
+        ln(&mut s, 4, &dia.base(Tensor::W, wlen, false, dt)?);
+        ln(&mut s, 4, &dia.base(Tensor::HW, wlen, false, dt)?);
+    }
+    if c.write_gw {
+        ln(&mut s, 4, &dia.base(Tensor::DW, d.weight_numel, true, dt)?);
+    }
+    for j in 0..c.y_len {
+        ln(&mut s, 4, &dia.var(dt, &format!("dy{j}"), &zero));
+    }
+    for (b, blk) in c.x_blocks.iter().enumerate() {
+        for i in 0..blk.row_len {
+            ln(&mut s, 4, &dia.var(dt, &format!("dx{b}_{i}"), &zero));
+        }
+    }
+    let s0 = format!("{block} * {}u", c.samples_per_group);
+    let widths: Vec<u32> = c.group_widths().collect();
+    if c.z_groups.iter().sum::<u32>() as usize != c.z_blocks.len() || c.z_groups.contains(&0) {
+        return Err(EmitError::InvalidPlan {
+            kernel: "channel".into(),
+            why: "staging groups do not cover the output blocks".into(),
+        });
+    }
+    let mut first = 0usize;
+    for (gi, (&nb, &width)) in c.z_groups.iter().zip(&widths).enumerate() {
+        let blocks = first..first + nb as usize;
+        first += nb as usize;
+        let gsize = m * width;
+        let goff = c.z_blocks[blocks.start].offset;
+        ln(
+            &mut s,
+            4,
+            &format!("{{ // output blocks {blocks:?} (staging group {gi})"),
+        );
+        ln(
+            &mut s,
+            8,
+            &dia.let_u("st0", &format!("({lid} / {m}u) * {gsize}u")),
+        );
+        for b in blocks {
+            let blk = &c.z_blocks[b];
+            let l = blk.row_len;
+            let boff = blk.offset - goff;
+            ln(&mut s, 8, &format!("{{ // output block {b}"));
+            for k in 0..l {
+                ln(&mut s, 12, &dia.var(dt, &format!("za{k}"), &zero));
+            }
+            let paths: Vec<_> = c.paths.iter().filter(|p| p.z_block as usize == b).collect();
+            if !paths.is_empty() {
+                ln(&mut s, 12, &format!("if (smp < {num_samples}) {{"));
+                for p in paths {
+                    ln(&mut s, 16, &format!("{{ // path {}", p.path));
+                    for i in 0..p.x_len {
+                        let off = format!("{}u + ch * {}u", p.x_offset + i, p.x_len);
+                        ln(
+                            &mut s,
+                            20,
+                            &dia.let_(dt, &format!("xp{i}"), &dia.at(Tensor::X, &off)),
+                        );
+                        ln(
+                            &mut s,
+                            20,
+                            &dia.let_(dt, &format!("hxp{i}"), &dia.at(Tensor::HX, &off)),
+                        );
+                    }
+                    for k in 0..p.z_len {
+                        let off = format!("{}u + ch * {}u", p.z_offset + k, p.z_len);
+                        ln(
+                            &mut s,
+                            20,
+                            &dia.let_(dt, &format!("gp{k}"), &dia.at(Tensor::GZ, &off)),
+                        );
+                    }
+                    for v in 0..p.y_mul {
+                        ln(&mut s, 20, "{");
+                        let yb = p.y_offset + v * p.y_len;
+                        for j in 0..p.y_len {
+                            let off = format!("{}u", yb + j);
+                            ln(
+                                &mut s,
+                                24,
+                                &dia.let_(dt, &format!("yv{j}"), &dia.at(Tensor::Y, &off)),
+                            );
+                            ln(
+                                &mut s,
+                                24,
+                                &dia.let_(dt, &format!("hyv{j}"), &dia.at(Tensor::HY, &off)),
+                            );
+                        }
+                        let widx = p
+                            .w_offset
+                            .map(|o| format!("{}u + ch * {}u", o + v, p.y_mul));
+                        if let Some(wi) = &widx {
+                            ln(&mut s, 24, &dia.let_(dt, "wv", &dia.at(Tensor::W, wi)));
+                            ln(&mut s, 24, &dia.let_(dt, "hwv", &dia.at(Tensor::HW, wi)));
+                        }
+                        for k in 0..p.z_len {
+                            ln(&mut s, 24, &dia.var(dt, &format!("zv{k}"), &zero));
+                            ln(&mut s, 24, &dia.var(dt, &format!("zh{k}"), &zero));
+                        }
+                        for i in 0..p.x_len {
+                            ln(&mut s, 24, &dia.var(dt, &format!("dxv{i}"), &zero));
+                            ln(&mut s, 24, &dia.var(dt, &format!("dxh{i}"), &zero));
+                        }
+                        for j in 0..p.y_len {
+                            ln(&mut s, 24, &dia.var(dt, &format!("dyv{j}"), &zero));
+                            ln(&mut s, 24, &dia.var(dt, &format!("dyh{j}"), &zero));
+                        }
+                        ln(&mut s, 24, &dia.var(dt, "a", &zero));
+                        for (n, t) in p.terms.iter().enumerate() {
+                            let (i, j, k) = (t.i, t.j, t.k);
+                            let cl = dia.lit(t.coeff, dt);
+                            let tn = format!("t{n}");
+                            let mix = format!("m{n}");
+                            ln(
+                                &mut s,
+                                24,
+                                &dia.let_(dt, &mix, &format!("hxp{i} * yv{j} + xp{i} * hyv{j}")),
+                            );
+                            ln(&mut s, 24, &format!("zv{k} += {cl} * {mix};"));
+                            ln(&mut s, 24, &format!("zh{k} += {cl} * xp{i} * yv{j};"));
+                            ln(&mut s, 24, &dia.let_(dt, &tn, &format!("{cl} * gp{k}")));
+                            ln(&mut s, 24, &format!("dxv{i} += {tn} * hyv{j};"));
+                            ln(&mut s, 24, &format!("dxh{i} += {tn} * yv{j};"));
+                            ln(&mut s, 24, &format!("dyv{j} += {tn} * hxp{i};"));
+                            ln(&mut s, 24, &format!("dyh{j} += {tn} * xp{i};"));
+                            ln(&mut s, 24, &format!("a += {tn} * {mix};"));
+                        }
+                        let comb = |v: &str, h: &str| {
+                            if widx.is_some() {
+                                format!("wv * {v} + hwv * {h}")
+                            } else {
+                                v.to_string()
+                            }
+                        };
+                        for k in 0..p.z_len {
+                            ln(
+                                &mut s,
+                                24,
+                                &format!(
+                                    "za{k} += {};",
+                                    comb(&format!("zv{k}"), &format!("zh{k}"))
+                                ),
+                            );
+                        }
+                        for i in 0..p.x_len {
+                            let e = comb(&format!("dxv{i}"), &format!("dxh{i}"));
+                            ln(&mut s, 24, &format!("dx{}_{i} += {e};", p.x_block));
+                        }
+                        for j in 0..p.y_len {
+                            let e = comb(&format!("dyv{j}"), &format!("dyh{j}"));
+                            ln(&mut s, 24, &format!("dy{} += {e};", yb + j));
+                        }
+                        if let (true, Some(wi)) = (c.write_gw, &widx) {
+                            ln(&mut s, 24, &format!("{} = a;", dia.at(Tensor::DW, wi)));
+                        } else {
+                            let unused = match dia {
+                                Dialect::Cuda => "(void)a;",
+                                Dialect::Wgsl { .. } => "_ = a;",
+                            };
+                            ln(&mut s, 24, unused);
+                        }
+                        ln(&mut s, 20, "}");
+                    }
+                    ln(&mut s, 16, "}");
+                }
+                ln(&mut s, 12, "}");
+            }
+            for k in 0..l {
+                let line = format!("ek_red[st0 + {}u + ch * {l}u] = za{k};", boff + k);
+                ln(&mut s, 12, &line);
+            }
+            ln(&mut s, 8, "}");
+        }
+        ln(&mut s, 8, barrier(dia));
+        let items = c.samples_per_group * gsize;
+        match dia {
+            Dialect::Cuda => {
+                ln(
+                    &mut s,
+                    8,
+                    &format!("for (unsigned int e = {lid}; e < {items}u; e += {wg}u) {{"),
+                );
+                ln(&mut s, 12, &dia.let_u("q", &format!("e / {gsize}u")));
+                ln(&mut s, 12, &dia.let_u("r", &format!("e - q * {gsize}u")));
+                ln(&mut s, 12, &dia.let_u("sq", &format!("{s0} + q")));
+                let t = out_at(
+                    dia,
+                    Tensor::DGZ,
+                    &format!("(unsigned long long)sq * {}u + {goff}u + r", d.dim_out),
+                )?;
+                ln(
+                    &mut s,
+                    12,
+                    &format!("if (sq < {num_samples}) {t} = ek_red[e];"),
+                );
+                ln(&mut s, 8, "}");
+            }
+            Dialect::Wgsl { .. } => {
+                ln(
+                    &mut s,
+                    8,
+                    &format!("for (var e = {lid}; e < {items}u; e += {wg}u) {{"),
+                );
+                ln(&mut s, 12, &format!("let q = e / {gsize}u;"));
+                ln(&mut s, 12, &format!("let r = e - q * {gsize}u;"));
+                ln(&mut s, 12, &format!("let sq = {s0} + q;"));
+                let t = out_at(
+                    dia,
+                    Tensor::DGZ,
+                    &format!("sq * {}u + {goff}u + r", d.dim_out),
+                )?;
+                ln(
+                    &mut s,
+                    12,
+                    &format!("if (sq < {num_samples}) {{ {t} = ek_red[e]; }}"),
+                );
+                ln(&mut s, 8, "}");
+            }
+        }
+        ln(&mut s, 8, barrier(dia));
+        ln(&mut s, 4, "}");
+    }
+    ln(&mut s, 4, &format!("if (smp < {num_samples}) {{"));
+    for (b, blk) in c.x_blocks.iter().enumerate() {
+        for i in 0..blk.row_len {
+            let at = dia.at(
+                Tensor::DX,
+                &format!("{}u + ch * {}u", blk.offset + i, blk.row_len),
+            );
+            ln(&mut s, 8, &format!("{at} = dx{b}_{i};"));
+        }
+    }
+    ln(&mut s, 4, "}");
+    s.push_str(&reduce_y(
+        dia,
+        plan,
+        c,
+        block,
+        lid,
+        num_samples,
+        "dy",
+        Tensor::DY,
+    )?);
+    Ok(s)
 }

@@ -70,6 +70,49 @@ pub enum ChannelPass {
     Forward,
     /// `gx`, `gw` and the `gy` partials (see the module docs).
     Backward,
+    /// The second-order pass: `dgz` (staged like the forward's output), `dx`, `dw` and the
+    /// `dy` partials (summed like `gy`), from `x, y, w, gz, hx, hy, hw`.
+    DoubleBackward,
+}
+
+impl ChannelPass {
+    /// `(inputs, outputs)` of the kernel (weight tensors only for weighted products; the
+    /// weight gradient only when `weight_grad`).
+    pub fn bindings(
+        self,
+        weighted: bool,
+        weight_grad: bool,
+    ) -> (Vec<crate::Tensor>, Vec<crate::Tensor>) {
+        use crate::Tensor::*;
+        let (mut i, mut o) = match self {
+            ChannelPass::Forward => (vec![X, Y], vec![Z]),
+            ChannelPass::Backward => (vec![X, Y], vec![GX, GY]),
+            ChannelPass::DoubleBackward => (vec![X, Y], vec![DX, DY]),
+        };
+        if weighted {
+            i.push(W);
+        }
+        match self {
+            ChannelPass::Forward => {}
+            ChannelPass::Backward => {
+                i.push(GZ);
+                if weight_grad {
+                    o.push(GW);
+                }
+            }
+            ChannelPass::DoubleBackward => {
+                i.extend([GZ, HX, HY]);
+                if weighted {
+                    i.push(HW);
+                }
+                if weight_grad {
+                    o.push(DW);
+                }
+                o.push(DGZ);
+            }
+        }
+        (i, o)
+    }
 }
 
 /// A channel-fused kernel's work (see the module docs).
@@ -88,7 +131,8 @@ pub struct ChannelWork {
     /// `dim_in2`: the per-invocation partial `gy` row summed over a sample's channels.
     pub y_len: u32,
     pub paths: Vec<ChannelPath>,
-    /// Whether `gw` is written here (per-sample weights).
+    /// Whether the weight gradient (`gw`, or `dw` in a double backward) is written here
+    /// (per-sample weights).
     pub write_gw: bool,
     /// Forward: consecutive output blocks staged together (counts of `z_blocks`, in order):
     /// a group's rows fill the staging buffer, then one barrier and one coalesced store.
@@ -120,6 +164,12 @@ impl ChannelWork {
             ChannelPass::Forward => {
                 self.samples_per_group * self.channels * self.group_widths().max().unwrap_or(1)
             }
+            // Both, one after the other in the same memory.
+            ChannelPass::DoubleBackward => {
+                (self.y_len * (self.samples_per_group * self.channels + 1)).max(
+                    self.samples_per_group * self.channels * self.group_widths().max().unwrap_or(1),
+                )
+            }
         }
     }
 }
@@ -130,6 +180,8 @@ const MAX_Y_LEN: u32 = 64;
 const MAX_Y_MUL: usize = 4;
 /// Below this many channels per sample the row kernels keep more threads busy.
 const MIN_CHANNELS: usize = 8;
+/// Most output blocks a fused forward takes (see `channel_work`).
+const MAX_FORWARD_BLOCKS: usize = 24;
 /// Workgroup memory a forward's output staging may use (several workgroups per SM).
 const STAGE_BYTES: u32 = 16 << 10;
 
@@ -177,8 +229,16 @@ pub(crate) fn channel_work(
             row_len: mi.ir.dim() as u32,
         });
     }
-    // Output blocks: every row of a forward's output is written by its channel.
+    // A forward over many output blocks runs faster as row kernels (many more threads per
+    // sample, no staging rounds); measured on the H100: fused wins at 8-17 output blocks
+    // (MACE, NequIP aspirin/water), loses at 30-64 (NequIP lips/toluene/benzene), PERF.md.
     if pass == ChannelPass::Forward
+        && tp.spec.irreps_out.0.iter().filter(|mi| mi.mul > 0).count() > MAX_FORWARD_BLOCKS
+    {
+        return None;
+    }
+    // Output blocks: every row of a forward's output is written by its channel.
+    if pass != ChannelPass::Backward
         && tp
             .spec
             .irreps_out
@@ -249,7 +309,7 @@ pub(crate) fn channel_work(
     };
     // Forward staging groups: as many consecutive output blocks as fit the budget.
     let mut z_groups = vec![];
-    if pass == ChannelPass::Forward {
+    if pass != ChannelPass::Backward {
         let budget = caps.workgroup_memory_bytes.min(STAGE_BYTES) as u64;
         let per_elem = (samples_per_group * m) as u64 * es;
         let (mut n, mut width) = (0u32, 0u64);
@@ -273,10 +333,14 @@ pub(crate) fn channel_work(
         x_blocks,
         y_len: tp.dim_in2 as u32,
         paths,
-        write_gw: pass == ChannelPass::Backward && weighted && !tp.spec.shared_weights,
+        write_gw: pass != ChannelPass::Forward && weighted && !tp.spec.shared_weights,
         z_groups,
     };
     let wg = samples_per_group * m;
+    let (ins, outs) = pass.bindings(weighted, work.write_gw);
+    if (ins.len() + outs.len()) as u32 > caps.max_storage_buffers_per_stage {
+        return None;
+    }
     if wg > caps.max_invocations_per_workgroup
         || wg > caps.max_workgroup_size_x
         || work.reduction_len() as u64 * es > caps.workgroup_memory_bytes as u64
@@ -298,7 +362,166 @@ pub(crate) fn interpret_sample(
     match c.pass {
         ChannelPass::Backward => interpret_backward(plan, c, s, bufs),
         ChannelPass::Forward => interpret_forward(plan, c, s, bufs),
+        ChannelPass::DoubleBackward => interpret_double_backward(plan, c, s, bufs),
     }
+}
+
+type Bufs = std::collections::BTreeMap<crate::Tensor, Vec<f64>>;
+
+/// Sample `s`'s row of a per-sample tensor (or the whole tensor when not per-sample).
+fn sample_row(
+    plan: &crate::KernelPlan,
+    t: crate::Tensor,
+    s: u64,
+    b: &Bufs,
+) -> Result<Vec<f64>, String> {
+    let v = b.get(&t).ok_or_else(|| format!("{t:?} is not bound"))?;
+    let len = plan.dims.per_sample_len(t) as usize;
+    if len == 0 {
+        return Ok(v.clone());
+    }
+    let lo = s as usize * len;
+    v.get(lo..lo + len)
+        .map(|r| r.to_vec())
+        .ok_or_else(|| format!("{t:?} sample {s} out of bounds"))
+}
+
+/// Writes sample `s`'s row of an output that must still be unwritten (NaN).
+fn put_row(
+    plan: &crate::KernelPlan,
+    t: crate::Tensor,
+    s: u64,
+    vals: &[f64],
+    b: &mut Bufs,
+) -> Result<(), String> {
+    let len = plan.dims.per_sample_len(t) as usize;
+    let buf = b.get_mut(&t).ok_or_else(|| format!("{t:?} is not bound"))?;
+    let lo = s as usize * len;
+    let dst = buf
+        .get_mut(lo..lo + len)
+        .ok_or_else(|| format!("{t:?} sample {s} out of bounds"))?;
+    if dst.iter().any(|v| !v.is_nan()) || vals.len() != len || vals.iter().any(|v| v.is_nan()) {
+        return Err(format!("{t:?} sample {s} written twice or not fully"));
+    }
+    dst.copy_from_slice(vals);
+    Ok(())
+}
+
+/// Double backward of sample `s`: per channel, output blocks in order and their paths in
+/// order (the order the printers use); `dy` partials summed in ascending channel order.
+fn interpret_double_backward(
+    plan: &crate::KernelPlan,
+    c: &ChannelWork,
+    s: u64,
+    bufs: &mut Bufs,
+) -> Result<(), String> {
+    use crate::Tensor::*;
+    let d = &plan.dims;
+    let weighted = d.weight_numel > 0;
+    let (x, y, gz) = (
+        sample_row(plan, X, s, bufs)?,
+        sample_row(plan, Y, s, bufs)?,
+        sample_row(plan, GZ, s, bufs)?,
+    );
+    let (hx, hy) = (
+        sample_row(plan, HX, s, bufs)?,
+        sample_row(plan, HY, s, bufs)?,
+    );
+    let (w, hw) = if weighted {
+        (
+            sample_row(plan, W, s, bufs)?,
+            sample_row(plan, HW, s, bufs)?,
+        )
+    } else {
+        (vec![], vec![])
+    };
+    let get = |v: &[f64], i: u32| -> Result<f64, String> {
+        v.get(i as usize)
+            .copied()
+            .ok_or_else(|| format!("index {i} out of bounds"))
+    };
+    let mut dx = vec![f64::NAN; d.dim_in1 as usize];
+    let mut dgz = vec![f64::NAN; d.dim_out as usize];
+    let mut dw = vec![f64::NAN; d.weight_numel as usize];
+    let mut dy_parts = vec![vec![0.0; c.y_len as usize]; c.channels as usize];
+    for u in 0..c.channels {
+        let mut dxa: Vec<Vec<f64>> = c
+            .x_blocks
+            .iter()
+            .map(|b| vec![0.0; b.row_len as usize])
+            .collect();
+        let dyp = &mut dy_parts[u as usize];
+        for (b, blk) in c.z_blocks.iter().enumerate() {
+            let mut za = vec![0.0; blk.row_len as usize];
+            for p in c.paths.iter().filter(|p| p.z_block as usize == b) {
+                let xb = p.x_offset + u * p.x_len;
+                let zb = p.z_offset + u * p.z_len;
+                for v in 0..p.y_mul {
+                    let yb = p.y_offset + v * p.y_len;
+                    let widx = p.w_offset.map(|o| o + u * p.y_mul + v);
+                    let (wv, hwv) = match widx {
+                        Some(i) => (get(&w, i)?, get(&hw, i)?),
+                        None => (1.0, 0.0),
+                    };
+                    let (lx, ly, lz) = (p.x_len as usize, p.y_len as usize, p.z_len as usize);
+                    let (mut zv, mut zh) = (vec![0.0; lz], vec![0.0; lz]);
+                    let (mut dxv, mut dxh) = (vec![0.0; lx], vec![0.0; lx]);
+                    let (mut dyv, mut dyh) = (vec![0.0; ly], vec![0.0; ly]);
+                    let mut a = 0.0;
+                    for t in &p.terms {
+                        let (xi, hxi) = (get(&x, xb + t.i)?, get(&hx, xb + t.i)?);
+                        let (yj, hyj) = (get(&y, yb + t.j)?, get(&hy, yb + t.j)?);
+                        let g = t.coeff * get(&gz, zb + t.k)?;
+                        zv[t.k as usize] += t.coeff * (hxi * yj + xi * hyj);
+                        zh[t.k as usize] += t.coeff * (xi * yj);
+                        dxv[t.i as usize] += g * hyj;
+                        dxh[t.i as usize] += g * yj;
+                        dyv[t.j as usize] += g * hxi;
+                        dyh[t.j as usize] += g * xi;
+                        a += g * (hxi * yj + xi * hyj);
+                    }
+                    for k in 0..lz {
+                        za[k] += wv * zv[k] + hwv * zh[k];
+                    }
+                    let acc = &mut dxa[p.x_block as usize];
+                    for i in 0..lx {
+                        acc[i] += wv * dxv[i] + hwv * dxh[i];
+                    }
+                    for j in 0..ly {
+                        dyp[yb as usize + j] += wv * dyv[j] + hwv * dyh[j];
+                    }
+                    if let (true, Some(i)) = (c.write_gw, widx) {
+                        let slot = dw.get_mut(i as usize).ok_or("dw index out of range")?;
+                        if !slot.is_nan() {
+                            return Err(format!("DW[{i}] written twice"));
+                        }
+                        *slot = a;
+                    }
+                }
+            }
+            for (k, v) in za.into_iter().enumerate() {
+                dgz[(blk.offset + u * blk.row_len) as usize + k] = v;
+            }
+        }
+        for (b, acc) in c.x_blocks.iter().zip(dxa) {
+            for (i, v) in acc.into_iter().enumerate() {
+                dx[(b.offset + u * b.row_len) as usize + i] = v;
+            }
+        }
+    }
+    let mut dy = vec![0.0; c.y_len as usize];
+    for part in &dy_parts {
+        for (o, v) in dy.iter_mut().zip(part) {
+            *o += v;
+        }
+    }
+    put_row(plan, DX, s, &dx, bufs)?;
+    put_row(plan, DY, s, &dy, bufs)?;
+    if c.write_gw {
+        put_row(plan, DW, s, &dw, bufs)?;
+    }
+    put_row(plan, DGZ, s, &dgz, bufs)?;
+    Ok(())
 }
 
 /// Forward of sample `s`: per channel, output blocks in order, the block's paths in order.

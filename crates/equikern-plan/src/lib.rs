@@ -44,6 +44,11 @@
 //!   order (deterministic).
 //! * DoubleBackward: `double_backward_dgz` `→ [DGZ]`, `double_backward_dx`, `double_backward_dy`,
 //!   and `double_backward_dw` (per-sample) or `double_backward_dw_chunks` + `reduce_dw`.
+//! * Channel-fused forward / backward ([`channel`]): `forward_fused` `[X, Y, W] → [Z]` and
+//!   `backward_fused` `[X, Y, W, GZ] → [GX, GY, GW]` (shared weights: `→ [GX, GY]` plus the
+//!   chunk kernels for GW) replace the row kernels when every instruction is `uvu` over one
+//!   channel count and the target's workgroup memory fits the `gy` sum / output staging
+//!   ([`LowerOptions`] turns this off).
 //! * Unweighted products (weight_numel 0) drop every W/HW/GW/DW part.
 //! * Long gathers split (see [`Tensor::Scratch`]): a kernel `<name>_parts` before `<name>`.
 //!

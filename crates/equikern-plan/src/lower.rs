@@ -373,68 +373,6 @@ fn contribution(
     })
 }
 
-/// Most unrolled terms of one wide weight-gradient row (bounds the printed source).
-const WIDE_ROW_MAX_TERMS: usize = 1024;
-
-/// `Some(mo)` if path `p`'s weight gradient is computed as rows of `mo` weights: a `uvw`
-/// weight block is `[u, v, w]` with `w` fastest, so row `(u, v)` is `mo` consecutive weights
-/// that share their `x[u]` and `y[v]` rows (one invocation loads them once instead of `mo`
-/// invocations each loading them; DiffDock has ~7 000 weights per sample).
-fn wide_weight_rows(p: &Path) -> Option<u32> {
-    let nnz = p.cg.iter().filter(|c| c.3 * p.coefficient != 0.0).count();
-    (p.instruction.mode == ConnectionMode::Uvw
-        && p.weight_offset.is_some()
-        && p.mo >= 2
-        && p.m1 * p.m2 > 0
-        && p.mo * nnz <= WIDE_ROW_MAX_TERMS)
-        .then_some(p.mo as u32)
-}
-
-/// The weight-gradient contribution of a `uvw` path over wide rows `r = u·m2 + v`: operands
-/// `x[u]`, `y[v]` and the whole output block viewed as one row of `mo·(2l+1)`; a term per
-/// `(w, CG nonzero)` adds into component `w` of the row.
-fn wide_weight_contribution(n: usize, p: &Path, b: &Binding, dims: &Dims) -> Option<Contribution> {
-    let (m2, mo) = (p.m2 as u32, p.mo as u32);
-    let lz = 2 * p.lo + 1;
-    let rmax = (p.m1 as u32 * m2).checked_sub(1)? as u64;
-    let no_tables: &[Vec<u32>] = &[];
-    let operand = |s: Slot, row: Ix, row_len: u32| {
-        let tensor = b.get(s);
-        Operand {
-            tensor,
-            addressing: addressing(tensor, dims),
-            offset: slot_offset(p, s),
-            row_len,
-            row: row.simplify(rmax, 0, Some(0), no_tables),
-        }
-    };
-    let operands = vec![
-        operand(Slot::X, div(R, C(m2)), row_len(p, Slot::X)),
-        operand(Slot::Y, rem(R, C(m2)), row_len(p, Slot::Y)),
-        operand(Slot::Z, C(0), mo * lz),
-    ];
-    let mut terms = vec![];
-    for w in 0..mo {
-        for &(i, j, k, c) in &p.cg {
-            let coeff = c * p.coefficient;
-            if coeff != 0.0 {
-                terms.push(Term {
-                    out: w,
-                    comps: vec![i, j, w * lz + k],
-                    coeff,
-                });
-            }
-        }
-    }
-    (!terms.is_empty()).then_some(Contribution {
-        path: n as u32,
-        count: C(1),
-        operands,
-        scalar_factor: None,
-        terms,
-    })
-}
-
 /// One output tensor of a kernel: the slot it is, and the operand sets summed into it.
 #[derive(Clone, Debug)]
 pub(crate) struct OutGroup {
@@ -509,15 +447,6 @@ fn segments(
                     continue;
                 };
                 if nt == 0 {
-                    continue;
-                }
-                if let Some(mo) = wide_weight_rows(p) {
-                    let si = push(&mut segs, off, nt as usize / mo as usize, mo)?;
-                    for b in &g.bindings {
-                        if let Some(c) = wide_weight_contribution(n, p, b, dims) {
-                            segs[si].contributions.push(c);
-                        }
-                    }
                     continue;
                 }
                 let si = push(&mut segs, off, nt as usize, 1)?;
@@ -723,14 +652,16 @@ pub fn lower_with(
         bindings,
     };
     let spc = chunk_size(dims.weight_numel);
-    let channel = match direction {
-        Direction::Backward if opts.channel_fusion => {
-            crate::channel::channel_work(tp, crate::channel::ChannelPass::Backward, dtype, caps, wg)
-        }
-        Direction::Forward if opts.channel_fusion => {
-            crate::channel::channel_work(tp, crate::channel::ChannelPass::Forward, dtype, caps, wg)
-        }
-        _ => None,
+    let channel = if opts.channel_fusion {
+        use crate::channel::ChannelPass as P;
+        let pass = match direction {
+            Direction::Forward => P::Forward,
+            Direction::Backward => P::Backward,
+            Direction::DoubleBackward => P::DoubleBackward,
+        };
+        crate::channel::channel_work(tp, pass, dtype, caps, wg)
+    } else {
+        None
     };
     let chunk = SampleMode::Chunk {
         samples_per_chunk: spc,
@@ -782,6 +713,20 @@ pub fn lower_with(
             }
             (v, red)
         }
+        Direction::DoubleBackward if channel.is_some() => {
+            let mut v = vec![];
+            let mut red = None;
+            if weighted && shared {
+                let dw = vec![b(HX, Y, GZ, DW), b(X, HY, GZ, DW)];
+                v.push(ks(
+                    "double_backward_dw_chunks",
+                    chunk,
+                    vec![grp(Slot::W, WPartial, dw)],
+                ));
+                red = Some(DW);
+            }
+            (v, red)
+        }
         Direction::DoubleBackward => {
             let mut dgz = vec![b(HX, Y, DGZ, W), b(X, HY, DGZ, W)];
             let mut dx = vec![b(DX, HY, GZ, W)];
@@ -816,23 +761,13 @@ pub fn lower_with(
     let mut tables = Tables::default();
     let mut kernels = vec![];
     if let Some(c) = channel {
-        let forward = c.pass == crate::channel::ChannelPass::Forward;
-        let mut inputs = vec![X, Y];
-        let mut outputs = if forward { vec![Z] } else { vec![GX, GY] };
-        if weighted {
-            inputs.push(W);
-        }
-        if !forward {
-            inputs.push(GZ);
-        }
-        if c.write_gw {
-            outputs.push(GW);
-        }
+        use crate::channel::ChannelPass as P;
+        let (inputs, outputs) = c.pass.bindings(weighted, c.write_gw);
         kernels.push(Kernel {
-            name: if forward {
-                "forward_fused"
-            } else {
-                "backward_fused"
+            name: match c.pass {
+                P::Forward => "forward_fused",
+                P::Backward => "backward_fused",
+                P::DoubleBackward => "double_backward_fused",
             }
             .into(),
             inputs,

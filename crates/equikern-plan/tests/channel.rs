@@ -13,6 +13,7 @@ fn caps() -> Capabilities {
     Capabilities {
         f64: true,
         workgroup_memory_bytes: 49152,
+        max_storage_buffers_per_stage: 16,
         ..Capabilities::webgpu_min()
     }
 }
@@ -28,6 +29,7 @@ fn fused(tp: &TensorProduct, caps: &Capabilities) -> bool {
 fn check(tp: &TensorProduct, batch: usize, caps: &Capabilities) {
     check_dir(tp, Direction::Forward, batch, caps);
     check_dir(tp, Direction::Backward, batch, caps);
+    check_dir(tp, Direction::DoubleBackward, batch, caps);
 }
 
 fn check_dir(tp: &TensorProduct, dir: Direction, batch: usize, caps: &Capabilities) {
@@ -166,6 +168,18 @@ fn who_qualifies() {
         ..c
     };
     assert!(!fused(&nequip_like(32, false, true, PN::Element), &small));
+    // A double backward binds 11 tensors: not under WebGPU's 8.
+    let few = Capabilities {
+        max_storage_buffers_per_stage: 8,
+        ..c
+    };
+    let tp = nequip_like(32, false, true, PN::Element);
+    let db = lower(&tp, Direction::DoubleBackward, Dtype::F64, &few).unwrap();
+    assert!(db
+        .kernels
+        .iter()
+        .all(|k| matches!(k.work, Work::Rows { .. })));
+    assert!(fused(&tp, &few));
     // Opting out.
     let plan = lower_with(
         &nequip_like(32, false, true, PN::Element),
@@ -220,7 +234,18 @@ fn paper_suite_fuses_mace_and_nequip() {
         let expect = label.starts_with("mace") || label.starts_with("nequip");
         assert_eq!(f, expect, "{label}\n{plan}");
         if f {
-            check(&tp, 2, &Capabilities { f64: true, ..c });
+            let c64 = Capabilities { f64: true, ..c };
+            for d in [Direction::Backward, Direction::DoubleBackward] {
+                check_dir(&tp, d, 2, &c64);
+            }
+            // Forward: fused only over few output blocks (MACE, NequIP aspirin/water).
+            let nb = tp.spec.irreps_out.0.iter().filter(|m| m.mul > 0).count();
+            let fwd = lower(&tp, Direction::Forward, Dtype::F32, &c).unwrap();
+            let ff = fwd.kernels.iter().any(|k| matches!(k.work, Work::Channels(_)));
+            assert_eq!(ff, nb <= 24, "{label}: {nb} output blocks");
+            if ff {
+                check_dir(&tp, Direction::Forward, 2, &c64);
+            }
         }
     }
 }
