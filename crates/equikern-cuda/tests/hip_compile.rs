@@ -110,7 +110,12 @@ fn paper_suite_hip_compiles_for_gfx90a() {
                 let src = emit_with(&plan, Target::Hip, tree).unwrap().source;
                 jobs.push((format!("{label}-tree").replace(['=', '.'], "_"), src));
             }
-            if d == Direction::Forward {
+            // Staged stores apply to row kernels (a channel-fused forward stages by itself).
+            let rows = plan
+                .kernels
+                .iter()
+                .any(|k| matches!(k.work, equikern_plan::Work::Rows { .. }));
+            if d == Direction::Forward && rows {
                 let staged = CudaOptions {
                     staged_stores: true,
                     segment_tree: false,

@@ -241,7 +241,10 @@ fn paper_suite_fuses_mace_and_nequip() {
             // Forward: fused only over few output blocks (MACE, NequIP aspirin/water).
             let nb = tp.spec.irreps_out.0.iter().filter(|m| m.mul > 0).count();
             let fwd = lower(&tp, Direction::Forward, Dtype::F32, &c).unwrap();
-            let ff = fwd.kernels.iter().any(|k| matches!(k.work, Work::Channels(_)));
+            let ff = fwd
+                .kernels
+                .iter()
+                .any(|k| matches!(k.work, Work::Channels(_)));
             assert_eq!(ff, nb <= 24, "{label}: {nb} output blocks");
             if ff {
                 check_dir(&tp, Direction::Forward, 2, &c64);
