@@ -250,15 +250,33 @@ pub struct ConvOp {
     tp: Arc<TensorProduct>,
     device: Device,
     opts: ConvOptions,
+    /// Deterministic CSR mode that switches to pieces on graphs with a hub (see
+    /// [`ConvOp::with_auto_pieces`]).
+    auto_pieces: bool,
     exec: Exec,
 }
+
+/// A node range longer than this many edges makes the deterministic CSR mode a long serial
+/// chain for one thread; such graphs run in pieces of [`AUTO_PIECE_EDGES`] instead. Measured
+/// on the H100 (BENCHMARKS.md v0.2): a 135 k-edge hub, nequip-water forward 53 ms → 1.5 ms;
+/// graphs with ranges of ~100 edges stay faster without pieces (protein 0.112 vs 0.145 ms).
+pub const AUTO_PIECES_RANGE: usize = 512;
+/// Piece length when [`AUTO_PIECES_RANGE`] is exceeded.
+pub const AUTO_PIECE_EDGES: u32 = 64;
+
+/// Compiled plans by (direction slot, max_piece_edges).
+#[cfg(feature = "wgpu")]
+type WgpuPlans = BTreeMap<(usize, Option<u32>), Arc<equikern_wgpu::CompiledPlan>>;
+/// Loaded plans by (direction slot, f64, max_piece_edges).
+#[cfg(feature = "cuda")]
+type CudaPlans = BTreeMap<(usize, bool, Option<u32>), Arc<equikern_cuda::CudaConvPlan>>;
 
 enum Exec {
     Cpu(Box<ConvOracle<f64>>),
     #[cfg(feature = "wgpu")]
-    Wgpu(Mutex<[Option<Arc<equikern_wgpu::CompiledPlan>>; 3]>),
+    Wgpu(Mutex<WgpuPlans>),
     #[cfg(feature = "cuda")]
-    Cuda(Mutex<BTreeMap<(usize, bool), Arc<equikern_cuda::CudaConvPlan>>>),
+    Cuda(Mutex<CudaPlans>),
 }
 
 fn slot(d: Direction) -> usize {
@@ -278,9 +296,31 @@ fn f32v(v: Vec<f64>) -> Vec<f32> {
 }
 
 impl ConvOp {
-    /// The deterministic convolution of `spec` on `device`.
+    /// The deterministic convolution of `spec` on `device`, with automatic pieces on graphs
+    /// with a hub ([`Self::with_auto_pieces`]).
     pub fn new(spec: &TpSpec, device: &Device) -> Result<Self> {
-        Self::with_options(spec, device, ConvOptions::default())
+        Ok(Self::with_options(spec, device, ConvOptions::default())?.with_auto_pieces(true))
+    }
+
+    /// With `on` and the default options, a host-built graph whose longest node range (either
+    /// CSR view) exceeds [`AUTO_PIECES_RANGE`] edges runs in pieces of [`AUTO_PIECE_EDGES`]
+    /// (still deterministic: a fixed two-level order); other graphs, and explicit options,
+    /// run as asked.
+    pub fn with_auto_pieces(mut self, on: bool) -> Self {
+        self.auto_pieces = on;
+        self
+    }
+
+    /// The options a call on `g` runs with.
+    pub fn options_for(&self, g: &ConvGraph) -> ConvOptions {
+        let default = self.opts == ConvOptions::default();
+        match (&g.csr, self.auto_pieces && default) {
+            (Some(csr), true) if max_range(csr) > AUTO_PIECES_RANGE => ConvOptions {
+                atomic: false,
+                max_piece_edges: Some(AUTO_PIECE_EDGES),
+            },
+            _ => self.opts,
+        }
     }
 
     /// With explicit options: `atomic` (float atomic adds; needs a device with float atomics,
@@ -317,7 +357,7 @@ impl ConvOp {
         let exec = match &device.inner {
             DeviceInner::Cpu => Exec::Cpu(Box::new(ConvOracle::new(&tp).map_err(Error::Graph)?)),
             #[cfg(feature = "wgpu")]
-            DeviceInner::Wgpu(_) => Exec::Wgpu(Mutex::new(Default::default())),
+            DeviceInner::Wgpu(_) => Exec::Wgpu(Mutex::new(BTreeMap::new())),
             #[cfg(feature = "cuda")]
             DeviceInner::Cuda(_) => Exec::Cuda(Mutex::new(BTreeMap::new())),
         };
@@ -325,6 +365,7 @@ impl ConvOp {
             tp: Arc::new(tp),
             device: device.clone(),
             opts,
+            auto_pieces: false,
             exec,
         })
     }
@@ -465,7 +506,7 @@ impl ConvOp {
                 let GraphDev::Wgpu(rt, wg) = &g.dev else {
                     return Err(Error::Unsupported("graph is not on this device".into()));
                 };
-                let c = self.wgpu_plan(rt, d).await?;
+                let c = self.wgpu_plan(rt, d, self.options_for(g)).await?;
                 let plan = c.plan();
                 let gs = wg.graph_size(plan)?;
                 plan.check_graph(&gs)?;
@@ -688,17 +729,19 @@ impl ConvOp {
         &self,
         rt: &equikern_wgpu::Runtime,
         d: Direction,
+        opts: ConvOptions,
     ) -> Result<Arc<equikern_wgpu::CompiledPlan>> {
         let Exec::Wgpu(slots) = &self.exec else {
             return Err(Error::Unsupported("not a wgpu convolution".into()));
         };
+        let key = (slot(d), opts.max_piece_edges);
         let lock = || slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = lock()[slot(d)].clone() {
+        if let Some(c) = lock().get(&key).cloned() {
             return Ok(c);
         }
-        let plan = lower_conv(&self.tp, d, Dtype::F32, &rt.capabilities(), self.opts)?;
+        let plan = lower_conv(&self.tp, d, Dtype::F32, &rt.capabilities(), opts)?;
         let c = rt.prepare(&plan).await?;
-        lock()[slot(d)] = Some(c.clone());
+        lock().insert(key, c.clone());
         Ok(c)
     }
 
@@ -714,7 +757,7 @@ impl ConvOp {
                 self.device.name()
             ))
         })?;
-        self.wgpu_plan(rt, d).await
+        self.wgpu_plan(rt, d, self.opts).await
     }
 
     /// Encodes one direction on wgpu device buffers into `encoder` (nothing is submitted):
@@ -743,7 +786,7 @@ impl ConvOp {
                 });
             }
         }
-        let c = self.wgpu_plan(rt, d).await?;
+        let c = self.wgpu_plan(rt, d, self.options_for(g)).await?;
         let tb: Vec<equikern_wgpu::TensorBuffer> = buffers
             .iter()
             .map(|(t, b)| equikern_wgpu::TensorBuffer::new(*t, b))
@@ -945,8 +988,18 @@ mod cuda {
     use equikern_cuda::{CudaConvPlan, CudaSlice, Real};
 
     impl ConvOp {
-        /// The CUDA plan of one direction in `dtype` (emitted and loaded once, cached).
+        /// The CUDA plan of one direction in `dtype` with the op's own options (emitted and
+        /// loaded once, cached).
         pub fn cuda_plan(&self, d: Direction, dtype: Dtype) -> Result<Arc<CudaConvPlan>> {
+            self.cuda_plan_with(d, dtype, self.opts)
+        }
+
+        fn cuda_plan_with(
+            &self,
+            d: Direction,
+            dtype: Dtype,
+            opts: ConvOptions,
+        ) -> Result<Arc<CudaConvPlan>> {
             let Exec::Cuda(plans) = &self.exec else {
                 return Err(Error::Unsupported(format!(
                     "CUDA buffers need a CUDA device; this convolution runs on {}",
@@ -957,12 +1010,12 @@ mod cuda {
                 .device
                 .cuda_device()
                 .ok_or_else(|| Error::Unsupported("not a CUDA device".into()))?;
-            let key = (slot(d), dtype == Dtype::F64);
+            let key = (slot(d), dtype == Dtype::F64, opts.max_piece_edges);
             let lock = || plans.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(p) = lock().get(&key) {
                 return Ok(p.clone());
             }
-            let plan = lower_conv(&self.tp, d, dtype, &dev.capabilities(), self.opts)?;
+            let plan = lower_conv(&self.tp, d, dtype, &dev.capabilities(), opts)?;
             let p = Arc::new(CudaConvPlan::new(dev, plan)?);
             lock().insert(key, p.clone());
             Ok(p)
@@ -977,7 +1030,7 @@ mod cuda {
             let GraphDev::Cuda(cg) = &g.dev else {
                 return Err(Error::Unsupported("graph is not on a CUDA device".into()));
             };
-            let p = self.cuda_plan(d, T::DTYPE)?;
+            let p = self.cuda_plan_with(d, T::DTYPE, self.options_for(g))?;
             let gs = cg.graph_size(p.plan())?;
             p.plan().check_graph(&gs)?;
             let m: BTreeMap<Tensor, Vec<T>> = a
@@ -1008,7 +1061,7 @@ mod cuda {
             for (t, b) in outputs.iter() {
                 self.check_min(*t, b.len(), g)?;
             }
-            let p = self.cuda_plan(d, T::DTYPE)?;
+            let p = self.cuda_plan_with(d, T::DTYPE, self.options_for(g))?;
             Ok(p.run_device(cg, inputs, outputs)?)
         }
 
@@ -1095,4 +1148,15 @@ impl std::fmt::Debug for ConvOp {
             .field("device", &self.device)
             .finish()
     }
+}
+
+/// Longest node range (edges into one node, or out of one node) of a graph.
+fn max_range(csr: &Csr) -> usize {
+    let longest = |o: &[u32]| {
+        o.windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0)
+    };
+    longest(&csr.recv_offsets).max(longest(&csr.send_offsets))
 }

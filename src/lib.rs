@@ -33,7 +33,7 @@ mod op;
 #[cfg(feature = "wgpu")]
 mod wgpu_exec;
 
-pub use conv::{ConvGraph, ConvOp};
+pub use conv::{ConvGraph, ConvOp, AUTO_PIECES_RANGE, AUTO_PIECE_EDGES};
 #[cfg(feature = "wgpu")]
 pub use device::WgpuOptions;
 pub use device::{Backend, Device};

@@ -187,3 +187,59 @@ fn wgpu_graph_built_on_the_device_matches_the_host_graph() {
     let m = pop.forward(&gpu, &x, &y, &w).unwrap_err().to_string();
     assert!(m.contains("pieces"), "{m}");
 }
+
+/// `ConvOp::new` / `with_auto_pieces(true)`: a graph with a hub (a node range longer than
+/// `AUTO_PIECES_RANGE`) runs in pieces, others in the CSR mode; explicit options are kept;
+/// results match the oracle and reruns are bit-identical (cpu, and wgpu where present).
+#[test]
+fn auto_pieces_on_a_hub() {
+    let mut devs = vec![Device::cpu()];
+    if let Some(d) = wgpu_support::device(Default::default()) {
+        devs.push(d);
+    }
+    // 1 200 edges into node 0 (over the 512 threshold), 300 spread over the others.
+    let n = 50usize;
+    let e = 1500usize;
+    let r: Vec<i64> = (0..e)
+        .map(|i| if i < 1200 { 0 } else { (i % 49 + 1) as i64 })
+        .collect();
+    let s: Vec<i64> = (0..e).map(|i| ((i * 17 + 3) % n) as i64).collect();
+    let (dn, dr, ds) = conv_common::directed();
+    let tp = conv_common::uvu_per_edge();
+    for dev in &devs {
+        let op = ConvOp::from_tensor_product(tp.clone(), dev, ConvOptions::default())
+            .unwrap()
+            .with_auto_pieces(true);
+        let hub = ConvGraph::new(dev, n, &r, &s).unwrap();
+        let small = ConvGraph::new(dev, dn, &dr, &ds).unwrap();
+        assert_eq!(
+            op.options_for(&hub).max_piece_edges,
+            Some(equikern::AUTO_PIECE_EDGES)
+        );
+        assert_eq!(op.options_for(&small), ConvOptions::default());
+        let explicit = ConvOp::from_tensor_product(tp.clone(), dev, pieces(5))
+            .unwrap()
+            .with_auto_pieces(true);
+        assert_eq!(explicit.options_for(&hub), pieces(5));
+        let plain = ConvOp::from_tensor_product(tp.clone(), dev, ConvOptions::default()).unwrap();
+        assert_eq!(plain.options_for(&hub), ConvOptions::default());
+
+        let i = inputs(&tp, n, e, 5);
+        let i32: std::collections::BTreeMap<Tensor, Vec<f32>> =
+            i.iter().map(|(t, v)| (*t, f32v(v))).collect();
+        let csr = equikern::core::conv::Csr::build(n, &r, &s).unwrap();
+        for d in [Direction::Forward, Direction::Backward] {
+            let want = equikern::plan::conv::reference(&tp, &csr, d, &i).unwrap();
+            let got = run_f32(&op, &hub, d, &i32).unwrap();
+            let again = run_f32(&op, &hub, d, &i32).unwrap();
+            assert_eq!(got, again, "{d:?}: rerun differs");
+            for (t, w) in &want {
+                let g = f64v(&got[t]);
+                let num: f64 = g.iter().zip(w).map(|(a, b)| (a - b) * (a - b)).sum();
+                let den: f64 = w.iter().map(|b| b * b).sum();
+                let err = (num / den.max(1e-300)).sqrt();
+                assert!(err <= 1e-5, "{} {d:?} {t:?}: rel L2 {err:.2e}", dev.name());
+            }
+        }
+    }
+}

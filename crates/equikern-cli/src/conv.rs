@@ -251,10 +251,13 @@ fn compute<T: ConvElem>(
         atomic: args.atomic,
         max_piece_edges: None,
     };
-    let op = ConvOp::from_tensor_product(tp.clone(), dev, opts).map_err(|e| {
-        let f = if args.atomic { "--atomic" } else { &flag };
-        CliError::input(format!("{f}: {e}"))
-    })?;
+    let op = ConvOp::from_tensor_product(tp.clone(), dev, opts)
+        .map_err(|e| {
+            let f = if args.atomic { "--atomic" } else { &flag };
+            CliError::input(format!("{f}: {e}"))
+        })?
+        // Deterministic default: pieces on graphs with a hub.
+        .with_auto_pieces(!args.atomic);
     let g = ConvGraph::from_csr(dev, csr);
     let rt = |e: equikern::Error| CliError::runtime(format!("{flag}: {e}"));
     let z = T::forward(&op, &g, &x, &y, &w).map_err(rt)?;
