@@ -211,7 +211,6 @@ fn forward_body(
     let d = &plan.dims;
     let dt = plan.dtype;
     let m = c.channels;
-    let wg = c.channels * c.samples_per_group;
     let zero = dia.lit(0.0, dt);
     let mut s = String::new();
     let ln = |s: &mut String, ind: usize, line: &str| {
@@ -227,23 +226,6 @@ fn forward_body(
         ln(&mut s, 4, &dia.base(Tensor::W, wlen, false, dt)?);
     }
     let s0 = format!("{block} * {}u", c.samples_per_group);
-    let z_at = |e: &str| match dia {
-        Dialect::Cuda => Ok(format!("z[{e}]")),
-        Dialect::Wgsl { binding } => binding
-            .iter()
-            .find(|(t, _)| *t == Tensor::Z)
-            .map(|p| {
-                format!(
-                    "{}[P.base{} + {e}]",
-                    crate::wgsl::tensor_ident(Tensor::Z),
-                    p.1
-                )
-            })
-            .ok_or_else(|| EmitError::InvalidPlan {
-                kernel: "channel".into(),
-                why: "Z is not bound".into(),
-            }),
-    };
     let widths: Vec<u32> = c.group_widths().collect();
     if c.z_groups.iter().sum::<u32>() as usize != c.z_blocks.len() || c.z_groups.contains(&0) {
         return Err(EmitError::InvalidPlan {
@@ -339,48 +321,17 @@ fn forward_body(
             }
             ln(&mut s, 8, "}");
         }
-        ln(&mut s, 8, barrier(dia));
-        let items = c.samples_per_group * gsize;
-        match dia {
-            Dialect::Cuda => {
-                ln(
-                    &mut s,
-                    8,
-                    &format!("for (unsigned int e = {lid}; e < {items}u; e += {wg}u) {{"),
-                );
-                ln(&mut s, 12, &dia.let_u("q", &format!("e / {gsize}u")));
-                ln(&mut s, 12, &dia.let_u("r", &format!("e - q * {gsize}u")));
-                ln(&mut s, 12, &dia.let_u("sq", &format!("{s0} + q")));
-                let t = z_at(&format!(
-                    "(unsigned long long)sq * {}u + {goff}u + r",
-                    d.dim_out
-                ))?;
-                ln(
-                    &mut s,
-                    12,
-                    &format!("if (sq < {num_samples}) {t} = ek_red[e];"),
-                );
-                ln(&mut s, 8, "}");
-            }
-            Dialect::Wgsl { .. } => {
-                ln(
-                    &mut s,
-                    8,
-                    &format!("for (var e = {lid}; e < {items}u; e += {wg}u) {{"),
-                );
-                ln(&mut s, 12, &format!("let q = e / {gsize}u;"));
-                ln(&mut s, 12, &format!("let r = e - q * {gsize}u;"));
-                ln(&mut s, 12, &format!("let sq = {s0} + q;"));
-                let t = z_at(&format!("sq * {}u + {goff}u + r", d.dim_out))?;
-                ln(
-                    &mut s,
-                    12,
-                    &format!("if (sq < {num_samples}) {{ {t} = ek_red[e]; }}"),
-                );
-                ln(&mut s, 8, "}");
-            }
-        }
-        ln(&mut s, 8, barrier(dia));
+        s.push_str(&stage_out(
+            dia,
+            plan,
+            c,
+            lid,
+            num_samples,
+            &s0,
+            gsize,
+            goff,
+            Tensor::Z,
+        )?);
         ln(&mut s, 4, "}");
     }
     Ok(s)
@@ -687,7 +638,6 @@ fn double_backward_body(
     let d = &plan.dims;
     let dt = plan.dtype;
     let m = c.channels;
-    let wg = c.channels * c.samples_per_group;
     let zero = dia.lit(0.0, dt);
     let weighted = d.weight_numel > 0;
     let mut s = String::new();
@@ -882,53 +832,17 @@ fn double_backward_body(
             }
             ln(&mut s, 8, "}");
         }
-        ln(&mut s, 8, barrier(dia));
-        let items = c.samples_per_group * gsize;
-        match dia {
-            Dialect::Cuda => {
-                ln(
-                    &mut s,
-                    8,
-                    &format!("for (unsigned int e = {lid}; e < {items}u; e += {wg}u) {{"),
-                );
-                ln(&mut s, 12, &dia.let_u("q", &format!("e / {gsize}u")));
-                ln(&mut s, 12, &dia.let_u("r", &format!("e - q * {gsize}u")));
-                ln(&mut s, 12, &dia.let_u("sq", &format!("{s0} + q")));
-                let t = out_at(
-                    dia,
-                    Tensor::DGZ,
-                    &format!("(unsigned long long)sq * {}u + {goff}u + r", d.dim_out),
-                )?;
-                ln(
-                    &mut s,
-                    12,
-                    &format!("if (sq < {num_samples}) {t} = ek_red[e];"),
-                );
-                ln(&mut s, 8, "}");
-            }
-            Dialect::Wgsl { .. } => {
-                ln(
-                    &mut s,
-                    8,
-                    &format!("for (var e = {lid}; e < {items}u; e += {wg}u) {{"),
-                );
-                ln(&mut s, 12, &format!("let q = e / {gsize}u;"));
-                ln(&mut s, 12, &format!("let r = e - q * {gsize}u;"));
-                ln(&mut s, 12, &format!("let sq = {s0} + q;"));
-                let t = out_at(
-                    dia,
-                    Tensor::DGZ,
-                    &format!("sq * {}u + {goff}u + r", d.dim_out),
-                )?;
-                ln(
-                    &mut s,
-                    12,
-                    &format!("if (sq < {num_samples}) {{ {t} = ek_red[e]; }}"),
-                );
-                ln(&mut s, 8, "}");
-            }
-        }
-        ln(&mut s, 8, barrier(dia));
+        s.push_str(&stage_out(
+            dia,
+            plan,
+            c,
+            lid,
+            num_samples,
+            &s0,
+            gsize,
+            goff,
+            Tensor::DGZ,
+        )?);
         ln(&mut s, 4, "}");
     }
     ln(&mut s, 4, &format!("if (smp < {num_samples}) {{"));
@@ -952,5 +866,52 @@ fn double_backward_body(
         "dy",
         Tensor::DY,
     )?);
+    Ok(s)
+}
+
+/// After a staging group is in workgroup memory: barrier, each sample's `gsize` elements
+/// stored to `out` at `goff` with consecutive threads on consecutive elements, barrier.
+#[allow(clippy::too_many_arguments)]
+fn stage_out(
+    dia: &Dialect,
+    plan: &KernelPlan,
+    c: &ChannelWork,
+    lid: &str,
+    num_samples: &str,
+    s0: &str,
+    gsize: u32,
+    goff: u32,
+    out: Tensor,
+) -> Result<String, EmitError> {
+    let d = &plan.dims;
+    let wg = c.channels * c.samples_per_group;
+    let items = c.samples_per_group * gsize;
+    let mut s = String::new();
+    let ln = |s: &mut String, ind: usize, line: &str| {
+        let _ = writeln!(s, "{:ind$}{line}", "");
+    };
+    ln(&mut s, 8, barrier(dia));
+    let (head, idx) = match dia {
+        Dialect::Cuda => (
+            format!("for (unsigned int e = {lid}; e < {items}u; e += {wg}u) {{"),
+            format!("(unsigned long long)sq * {}u + {goff}u + r", d.dim_out),
+        ),
+        Dialect::Wgsl { .. } => (
+            format!("for (var e = {lid}; e < {items}u; e += {wg}u) {{"),
+            format!("sq * {}u + {goff}u + r", d.dim_out),
+        ),
+    };
+    ln(&mut s, 8, &head);
+    ln(&mut s, 12, &dia.let_u("q", &format!("e / {gsize}u")));
+    ln(&mut s, 12, &dia.let_u("r", &format!("e - q * {gsize}u")));
+    ln(&mut s, 12, &dia.let_u("sq", &format!("{s0} + q")));
+    let t = out_at(dia, out, &idx)?;
+    ln(
+        &mut s,
+        12,
+        &format!("if (sq < {num_samples}) {{ {t} = ek_red[e]; }}"),
+    );
+    ln(&mut s, 8, "}");
+    ln(&mut s, 8, barrier(dia));
     Ok(s)
 }
