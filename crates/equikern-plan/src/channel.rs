@@ -185,6 +185,23 @@ const MAX_FORWARD_BLOCKS: usize = 24;
 /// Workgroup memory a forward's output staging may use (several workgroups per SM).
 const STAGE_BYTES: u32 = 16 << 10;
 
+/// The nonzero-multiplicity blocks of `irreps` in order, and each irreps index's position
+/// among them (`None` for a zero-multiplicity block).
+fn blocks(irreps: &equikern_core::Irreps) -> (Vec<ChannelBlock>, Vec<Option<u32>>) {
+    let mut out = vec![];
+    let mut index = vec![None; irreps.0.len()];
+    for (bi, (mi, range)) in irreps.0.iter().zip(irreps.slices()).enumerate() {
+        if mi.mul != 0 {
+            index[bi] = Some(out.len() as u32);
+            out.push(ChannelBlock {
+                offset: range.start as u32,
+                row_len: mi.ir.dim() as u32,
+            });
+        }
+    }
+    (out, index)
+}
+
 /// The channel-fused backward of `tp`, if it qualifies on these capabilities.
 pub(crate) fn channel_work(
     tp: &TensorProduct,
@@ -210,25 +227,7 @@ pub(crate) fn channel_work(
         return None;
     }
     let weighted = tp.weight_numel > 0;
-    let mut x_blocks = vec![];
-    let mut block_of = vec![None; tp.spec.irreps_in1.0.len()];
-    for (bi, (mi, range)) in tp
-        .spec
-        .irreps_in1
-        .0
-        .iter()
-        .zip(tp.spec.irreps_in1.slices())
-        .enumerate()
-    {
-        if mi.mul == 0 {
-            continue;
-        }
-        block_of[bi] = Some(x_blocks.len() as u32);
-        x_blocks.push(ChannelBlock {
-            offset: range.start as u32,
-            row_len: mi.ir.dim() as u32,
-        });
-    }
+    let (x_blocks, block_of) = blocks(&tp.spec.irreps_in1);
     // A forward over many output blocks runs faster as row kernels (many more threads per
     // sample, no staging rounds); measured on the H100: fused wins at 8-17 output blocks
     // (MACE, NequIP aspirin/water), loses at 30-64 (NequIP lips/toluene/benzene), PERF.md.
@@ -248,25 +247,7 @@ pub(crate) fn channel_work(
     {
         return None;
     }
-    let mut z_blocks = vec![];
-    let mut z_block_of = vec![None; tp.spec.irreps_out.0.len()];
-    for (bi, (mi, range)) in tp
-        .spec
-        .irreps_out
-        .0
-        .iter()
-        .zip(tp.spec.irreps_out.slices())
-        .enumerate()
-    {
-        if mi.mul == 0 {
-            continue;
-        }
-        z_block_of[bi] = Some(z_blocks.len() as u32);
-        z_blocks.push(ChannelBlock {
-            offset: range.start as u32,
-            row_len: mi.ir.dim() as u32,
-        });
-    }
+    let (z_blocks, z_block_of) = blocks(&tp.spec.irreps_out);
     let mut paths = vec![];
     for (n, p) in tp.paths.iter().enumerate() {
         let ins = &p.instruction;
