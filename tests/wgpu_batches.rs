@@ -28,6 +28,34 @@ fn fused_spec(shared: bool) -> equikern::TpSpec {
     )
 }
 
+/// Qualifies for the weight-staged forward and backward (all `uvw`, per-sample weights).
+fn staged_spec() -> equikern::TpSpec {
+    corpus::fully_connected("10x0e+6x1o", "1x0e+1x1o", "10x0e+6x1o+5x1e", false)
+}
+
+fn is_staged(dev: &equikern::Device, s: &equikern::TpSpec, dir: Direction) -> bool {
+    let caps = dev.wgpu_runtime().unwrap().capabilities();
+    lower(&s.build().unwrap(), dir, Dtype::F32, &caps)
+        .unwrap()
+        .kernels
+        .iter()
+        .any(|k| matches!(k.work, equikern::plan::Work::Staged(_)))
+}
+
+#[test]
+fn weight_staged_batches() {
+    let Some(dev) = device(Default::default()) else {
+        return;
+    };
+    let s = staged_spec();
+    for dir in [Direction::Forward, Direction::Backward] {
+        assert!(is_staged(&dev, &s, dir), "{dir:?}: weight staging expected");
+    }
+    for batch in [1, 7, 1000] {
+        assert_spec(&dev, "uvw staged", &s, batch, 70 + batch as u64, true);
+    }
+}
+
 fn is_fused(dev: &equikern::Device, s: &equikern::TpSpec) -> bool {
     let caps = dev.wgpu_runtime().unwrap().capabilities();
     lower(&s.build().unwrap(), Direction::Backward, Dtype::F32, &caps)
@@ -109,4 +137,7 @@ fn split_by_dispatch_cap() {
         assert!(is_fused(&dev, &f), "channel fusion expected");
         assert_spec(&dev, "uvu fused split (37/dispatch)", &f, 1000, 24, true);
     }
+    let s = staged_spec();
+    assert!(is_staged(&dev, &s, Direction::Backward));
+    assert_spec(&dev, "uvw staged split (37/dispatch)", &s, 1000, 25, true);
 }

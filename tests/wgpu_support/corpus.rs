@@ -63,6 +63,34 @@ pub fn spec_for_mode(mode: &str, in1: &str, in2: &str, out_irs: &[&str], shared:
     }
 }
 
+/// Fully connected (`uvw`) with every coupling of `in1 x in2 -> out` (e.g. DiffDock shapes).
+pub fn fully_connected(in1: &str, in2: &str, out: &str, shared: bool) -> TpSpec {
+    let (i1, i2, o) = (
+        Irreps::parse(in1).expect("in1"),
+        Irreps::parse(in2).expect("in2"),
+        Irreps::parse(out).expect("out"),
+    );
+    let mut instructions = Vec::new();
+    for (a, x) in i1.0.iter().enumerate() {
+        for (b, y) in i2.0.iter().enumerate() {
+            for (c, z) in o.0.iter().enumerate() {
+                if x.ir.couples_to(y.ir, z.ir) {
+                    instructions.push(Instruction::new(a, b, c, ConnectionMode::Uvw, true));
+                }
+            }
+        }
+    }
+    TpSpec {
+        irreps_in1: i1,
+        irreps_in2: i2,
+        irreps_out: o,
+        instructions,
+        shared_weights: shared,
+        irrep_normalization: IrrepNormalization::Component,
+        path_normalization: PathNormalization::Element,
+    }
+}
+
 /// One small problem per connection mode (l ≤ 2, multiplicity 3).
 pub fn mode_specs(shared: bool) -> Vec<(String, TpSpec)> {
     MODES

@@ -477,7 +477,7 @@ pub fn conv_launches(plan: &KernelPlan, gs: &GraphSize) -> Vec<ConvLaunch> {
         let mut launches: Vec<(u64, u64, u64)> = vec![];
         match &k.work {
             // Never lowered into a convolution plan (its writer refuses one).
-            Work::Channels(_) => {}
+            Work::Channels(_) | Work::Staged(_) => {}
             Work::ReduceChunks { len, .. } => launches.push((0, 0, *len as u64)),
             Work::ReducePieces { len, .. } => {
                 for (s0, n) in plan.dispatches(gs.nodes) {

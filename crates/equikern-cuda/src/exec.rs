@@ -114,11 +114,11 @@ pub fn schedule(
                     s0 += n;
                 }
             }
-            Work::Channels(c) => {
+            Work::Channels(_) | Work::Staged(_) => {
                 let mut s0 = 0;
                 while s0 < batch {
                     let n = step.min(batch - s0);
-                    parts.push((s0, s0, n * c.channels as u64, n as u32));
+                    parts.push((s0, s0, k.invocations(n), n as u32));
                     s0 += n;
                 }
             }

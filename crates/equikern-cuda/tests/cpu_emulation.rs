@@ -62,7 +62,7 @@ fn cpp(plans: &[(KernelPlan, EmittedCuda)]) -> String {
         let threaded: Vec<bool> = plan
             .kernels
             .iter()
-            .map(|k| matches!(k.work, Work::Channels(_)))
+            .map(|k| matches!(k.work, Work::Channels(_) | Work::Staged(_)))
             .collect();
         let real = match plan.dtype {
             Dtype::F32 => "float",
@@ -390,6 +390,28 @@ fn cuda_text_runs_on_cpu_and_matches_oracle() {
             "{}: not fused",
             c.label
         );
+        cases.push(c);
+    }
+    // The weight-staged forward and backward (threads + barriers), uvw with per-sample weights.
+    for (a, b, dtype, split) in [(4, 12, Dtype::F64, false), (3, 10, Dtype::F32, true)] {
+        let c = Case {
+            tp: uvw_staged_spec(a, b),
+            dtype,
+            split,
+            opts: CudaOptions::default(),
+            fusion: true,
+            label: format!("weight-staged {a}/{b} {dtype:?} split={split}"),
+        };
+        let ps = plans(&c);
+        for p in &ps[..2] {
+            assert!(
+                p.0.kernels
+                    .iter()
+                    .any(|k| matches!(k.work, Work::Staged(_))),
+                "{}: not staged",
+                c.label
+            );
+        }
         cases.push(c);
     }
     let dir = std::env::temp_dir().join(format!("equikern-cpu-emu-{}", std::process::id()));

@@ -662,6 +662,41 @@ fn channel_fused_backward() {
     println!("channel-fused backward: 5 specs x f32/f64 x 4 batches passed");
 }
 
+#[test]
+fn weight_staged_kernels() {
+    let Some(dev) = device() else { return };
+    // DiffDock-L=1's shape and a small one; f64 at DiffDock's size exceeds 48 KiB of shared
+    // memory and runs the row kernels (checked too).
+    for (a, b) in [(10, 48), (3, 10)] {
+        let tp = uvw_staged_spec(a, b);
+        let label = format!("uvw staged {a}/{b}");
+        for dtype in [Dtype::F32, Dtype::F64] {
+            let ctp = CudaTensorProduct::new(&dev, &tp, dtype).unwrap();
+            for dir in [Direction::Forward, Direction::Backward] {
+                let staged = ctp
+                    .plan(dir)
+                    .unwrap()
+                    .kernels
+                    .iter()
+                    .any(|k| matches!(k.work, equikern_plan::Work::Staged(_)));
+                assert!(
+                    staged || (dtype == Dtype::F64 && a == 10),
+                    "{label} {dtype:?} {dir:?}: not staged"
+                );
+            }
+            // The f64 oracle's double backward at DiffDock's size takes minutes at 50 003.
+            let big = if dtype == Dtype::F32 { 50_003 } else { 2_000 };
+            for n in [1, 7, 1000, big] {
+                match dtype {
+                    Dtype::F32 => check_all::<f32>(&dev, &ctp, &tp, n, &label),
+                    Dtype::F64 => check_all::<f64>(&dev, &ctp, &tp, n, &label),
+                }
+            }
+        }
+    }
+    println!("weight-staged kernels: 2 specs x f32/f64 x 4 batches passed");
+}
+
 /// Backward at batch 50 000, channel-fused vs the row kernels, for the paper-suite problems
 /// that fuse (`--ignored --nocapture`).
 #[test]
@@ -676,11 +711,12 @@ fn bench_channel_fusion() {
     for (label, tp) in paper_suite() {
         let fused = CudaTensorProduct::new(&dev, &tp, Dtype::F32).unwrap();
         let fplan = fused.plan(Direction::Backward).unwrap();
-        if !fplan
-            .kernels
-            .iter()
-            .any(|k| matches!(k.work, equikern_plan::Work::Channels(_)))
-        {
+        if !fplan.kernels.iter().any(|k| {
+            matches!(
+                k.work,
+                equikern_plan::Work::Channels(_) | equikern_plan::Work::Staged(_)
+            )
+        }) {
             continue;
         }
         let rows_plan = |d| {

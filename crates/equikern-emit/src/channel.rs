@@ -22,38 +22,38 @@ fn ident(t: Tensor) -> &'static str {
 }
 
 impl Dialect {
-    fn real(&self, d: Dtype) -> &'static str {
+    pub(crate) fn real(&self, d: Dtype) -> &'static str {
         match self {
             Dialect::Cuda => crate::cuda::real_type(d),
             Dialect::Wgsl { .. } => "f32",
         }
     }
-    fn lit(&self, c: f64, d: Dtype) -> String {
+    pub(crate) fn lit(&self, c: f64, d: Dtype) -> String {
         match self {
             Dialect::Cuda => crate::cuda::literal(c, d),
             Dialect::Wgsl { .. } => crate::wgsl::f32_literal(c as f32),
         }
     }
-    fn let_(&self, d: Dtype, name: &str, e: &str) -> String {
+    pub(crate) fn let_(&self, d: Dtype, name: &str, e: &str) -> String {
         match self {
             Dialect::Cuda => format!("const {} {name} = {e};", self.real(d)),
             Dialect::Wgsl { .. } => format!("let {name} = {e};"),
         }
     }
-    fn var(&self, d: Dtype, name: &str, e: &str) -> String {
+    pub(crate) fn var(&self, d: Dtype, name: &str, e: &str) -> String {
         match self {
             Dialect::Cuda => format!("{} {name} = {e};", self.real(d)),
             Dialect::Wgsl { .. } => format!("var {name} = {e};"),
         }
     }
-    fn let_u(&self, name: &str, e: &str) -> String {
+    pub(crate) fn let_u(&self, name: &str, e: &str) -> String {
         match self {
             Dialect::Cuda => format!("const unsigned int {name} = {e};"),
             Dialect::Wgsl { .. } => format!("let {name} = {e};"),
         }
     }
     /// Element `off` (a u32 expression) of the current sample's row of `t`.
-    fn at(&self, t: Tensor, off: &str) -> String {
+    pub(crate) fn at(&self, t: Tensor, off: &str) -> String {
         match self {
             Dialect::Cuda => format!("{}s[{off}]", ident(t)),
             Dialect::Wgsl { .. } => {
@@ -62,7 +62,13 @@ impl Dialect {
         }
     }
     /// Declares the current sample's base of `t` (`len` elements per sample, 0 = shared).
-    fn base(&self, t: Tensor, len: u32, out: bool, d: Dtype) -> Result<String, EmitError> {
+    pub(crate) fn base(
+        &self,
+        t: Tensor,
+        len: u32,
+        out: bool,
+        d: Dtype,
+    ) -> Result<String, EmitError> {
         let n = ident(t);
         Ok(match self {
             Dialect::Cuda => {
@@ -189,7 +195,7 @@ pub(crate) fn body(
     }
 }
 
-fn barrier(dia: &Dialect) -> &'static str {
+pub(crate) fn barrier(dia: &Dialect) -> &'static str {
     match dia {
         Dialect::Cuda => "__syncthreads();",
         Dialect::Wgsl { .. } => "workgroupBarrier();",

@@ -248,6 +248,7 @@ fn check_kernel(plan: &KernelPlan, k: &Kernel) -> Result<(), EmitError> {
     }
     match &k.work {
         Work::Channels(c) => crate::channel::check(plan, k, c).map_err(bad)?,
+        Work::Staged(w) => crate::staged::check(plan, k, w).map_err(bad)?,
         Work::ReducePieces { .. } => return Err(bad("convolution kernel".into())),
         Work::ReduceChunks { input, output, .. } => {
             if !k.inputs.contains(input) || !k.outputs.contains(output) {
@@ -395,6 +396,21 @@ fn print_kernel(
                 plan,
                 c,
                 "(blockIdx.y * gridDim.x + blockIdx.x)",
+                "threadIdx.x",
+                "num_samples",
+            )?);
+            src.push_str("}\n\n");
+            p
+        }
+        Work::Staged(w) => {
+            let p = print_signature(src, plan, k, "num_samples");
+            let dia = crate::channel::Dialect::Cuda;
+            src.push_str(&crate::staged::shared_decl(&dia, plan, w));
+            src.push_str(&crate::staged::body(
+                &dia,
+                plan,
+                k,
+                w,
                 "threadIdx.x",
                 "num_samples",
             )?);

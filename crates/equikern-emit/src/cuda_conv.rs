@@ -79,15 +79,15 @@ fn signature(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Vec<Param> {
 fn print_kernel(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Result<CudaKernel, EmitError> {
     let real = real_type(plan.dtype);
     let zero = literal(0.0, plan.dtype);
-    if matches!(k.work, Work::Channels(_)) {
+    if matches!(k.work, Work::Channels(_) | Work::Staged(_)) {
         return Err(EmitError::InvalidPlan {
             kernel: k.name.clone(),
-            why: "a channel kernel in a convolution plan".into(),
+            why: "a channel or staged kernel in a convolution plan".into(),
         });
     }
     let params = signature(src, plan, k);
     match &k.work {
-        Work::Channels(_) => {}
+        Work::Channels(_) | Work::Staged(_) => {}
         Work::ReduceChunks { input, output, len } => {
             let (i, o) = (tensor_name(*input), tensor_name(*output));
             let _ = writeln!(

@@ -5,6 +5,7 @@ mod channel;
 pub mod cuda;
 mod cuda_conv;
 pub mod params;
+mod staged;
 pub mod wgsl;
 mod wgsl_conv;
 

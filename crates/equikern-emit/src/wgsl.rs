@@ -185,6 +185,24 @@ fn emit_kernel(plan: &KernelPlan, kernel: &Kernel) -> Result<EmittedKernel, Emit
             s.push_str("}\n");
             s
         }
+        Work::Staged(w) => {
+            crate::staged::check(plan, kernel, w).map_err(|why| cx.err(why))?;
+            let dia = crate::channel::Dialect::Wgsl {
+                binding: cx.bindings.iter().map(|b| (b.tensor, b.binding)).collect(),
+            };
+            let mut s = crate::staged::shared_decl(&dia, plan, w);
+            s.push_str(&main_prologue(kernel.workgroup_size));
+            s.push_str(&crate::staged::body(
+                &dia,
+                plan,
+                kernel,
+                w,
+                "lid",
+                "P.num_samples",
+            )?);
+            s.push_str("}\n");
+            s
+        }
         Work::ReducePieces {
             input,
             output,

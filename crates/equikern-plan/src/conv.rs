@@ -98,7 +98,7 @@ impl KernelPlan {
                 sample_mode: SampleMode::Pieces { pieces },
                 ..
             } => Units::Pieces(*pieces),
-            Work::Rows { .. } | Work::Channels(_) => Units::Edges,
+            Work::Rows { .. } | Work::Channels(_) | Work::Staged(_) => Units::Edges,
             Work::ReduceChunks { .. } => Units::Fixed,
         }
     }

@@ -75,6 +75,35 @@ impl fmt::Display for KernelPlan {
                 Work::ReduceChunks { input, output, len } => {
                     writeln!(f, "; {output:?}[r] = sum_c {input:?}[c, r] for r < {len}")?;
                 }
+                Work::Staged(w) => {
+                    writeln!(
+                        f,
+                        "; {:?}, one workgroup per sample, {} tasks, {} elements of workgroup \
+                         memory",
+                        w.pass, w.tasks, w.shared_len
+                    )?;
+                    for p in &w.paths {
+                        writeln!(
+                            f,
+                            "  path {}: x[{} + u*{}, u<{}] y[{} + v*{}, v<{}] z[{} + w*{}, w<{}] \
+                             w{} staged at {} (stride {}) terms {}",
+                            p.path,
+                            p.x_offset,
+                            p.x_len,
+                            p.x_mul,
+                            p.y_offset,
+                            p.y_len,
+                            p.y_mul,
+                            p.z_offset,
+                            p.z_len,
+                            p.z_mul,
+                            p.w_offset,
+                            p.s_offset,
+                            p.s_stride,
+                            p.terms.len()
+                        )?;
+                    }
+                }
                 Work::Channels(c) => {
                     writeln!(
                         f,

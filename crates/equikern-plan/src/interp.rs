@@ -100,6 +100,23 @@ pub fn interpret(
                     }
                 }
             }
+            Work::Staged(w) => {
+                for (s0, n) in plan.dispatches(batch) {
+                    let grid = k.grid(k.invocations(n), plan.caps.max_workgroups_per_dim);
+                    if grid[0] > plan.caps.max_workgroups_per_dim
+                        || grid[1] > plan.caps.max_workgroups_per_dim
+                    {
+                        return Err(err(&k.name, format!("grid {grid:?} exceeds the limit")));
+                    }
+                    if (grid[0] as u64) * (grid[1] as u64) < n {
+                        return Err(err(&k.name, "grid does not cover the samples".into()));
+                    }
+                    for ls in 0..n {
+                        crate::staged::interpret_sample(plan, w, s0 + ls, &mut bufs)
+                            .map_err(|why| err(&k.name, why))?;
+                    }
+                }
+            }
             Work::Rows {
                 sample_mode,
                 rows_per_sample,

@@ -134,10 +134,10 @@ pub fn interpret_conv(
                 bufs.insert(*output, out);
                 continue;
             }
-            Work::Channels(_) => {
+            Work::Channels(_) | Work::Staged(_) => {
                 return Err(PlanError::Interp {
                     kernel: k.name.clone(),
-                    why: "a channel kernel in a convolution plan".into(),
+                    why: "a channel or staged kernel in a convolution plan".into(),
                 })
             }
             Work::Rows {

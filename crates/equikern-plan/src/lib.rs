@@ -128,6 +128,7 @@ mod interp_conv;
 pub mod ix;
 mod lower;
 mod lower_conv;
+pub mod staged;
 
 pub use caps::Capabilities;
 pub use channel::{ChannelBlock, ChannelPass, ChannelPath, ChannelTerm, ChannelWork};
@@ -137,6 +138,7 @@ pub use interp_conv::{conv_index_tensors, interpret_conv};
 pub use ix::Ix;
 pub use lower::{lower, lower_with, LowerOptions};
 pub use lower_conv::lower_conv;
+pub use staged::{StagedPass, StagedPath, StagedWork};
 
 use equikern_core::TensorProduct;
 use serde::{Deserialize, Serialize};
@@ -306,6 +308,9 @@ pub enum Work {
     /// `samples_per_group` samples per workgroup; reads X, Y, (W,) GZ once and writes GX,
     /// GY (summed over the channels in workgroup memory) and, per-sample weights, GW.
     Channels(ChannelWork),
+    /// Weight-staged kernel ([`staged`]): one workgroup (`workgroup_size` invocations) per
+    /// sample; the sample's weights pass through workgroup memory, coalesced both ways.
+    Staged(StagedWork),
     /// Convolution: `output[n, i] = Σ_{p in node n's pieces} input[p, i]` in ascending `p`
     /// (zero for none), one invocation per `(node, i)`, `i < len`; node `n`'s pieces are
     /// `pieces[n]..pieces[n + 1]` (the table's first part).
@@ -481,6 +486,7 @@ impl Kernel {
             Work::ReduceChunks { len, .. } => *len as u64,
             Work::ReducePieces { len, .. } => n * *len as u64,
             Work::Channels(c) => n * c.channels as u64,
+            Work::Staged(_) => n * self.workgroup_size as u64,
         }
     }
 
@@ -500,6 +506,7 @@ impl Kernel {
                 },
             )),
             Work::Channels(c) => Some((c.channels, 1)),
+            Work::Staged(_) => Some((self.workgroup_size, 1)),
             Work::ReduceChunks { .. } | Work::ReducePieces { .. } => None,
         }
     }
@@ -569,6 +576,7 @@ impl KernelPlan {
     pub fn terms_per_sample(&self) -> u64 {
         self.per_sample_sum(|c, _| c.terms.len() as u64)
             + self.channel_sum(|p| p.terms.len() as u64)
+            + self.staged_sum(|_, p| p.tasks() as u64 * p.terms.len() as u64)
     }
 
     /// Floating-point operations the plan executes for a batch, counting as writers evaluate
@@ -595,6 +603,21 @@ impl KernelPlan {
                     _ => None,
                 })
                 .sum::<u64>();
+        // Staged kernels: per task `A = Σ coeff·x·y` (3 per term); forward: 2 per weight and
+        // output component; backward: per weight and output component `gw += A·gz`,
+        // `T += w·gz` (4), per task the gx and gy partials from `T` (6 per term).
+        let staged = self.staged_sum(|pass, p| {
+            let per_task = match pass {
+                StagedPass::Forward => 3 * p.terms.len() as u64,
+                StagedPass::Backward => 9 * p.terms.len() as u64,
+            };
+            let per_weight = match pass {
+                StagedPass::Forward => 2,
+                StagedPass::Backward => 4,
+            } * p.z_len as u64;
+            p.tasks() as u64 * per_task + p.weights() as u64 * per_weight
+        });
+        let chan = chan + staged;
         let red: u64 = self
             .kernels
             .iter()
@@ -604,6 +627,17 @@ impl KernelPlan {
             })
             .sum();
         (per + chan) * batch + red
+    }
+
+    /// Σ over staged kernels and their paths of `f(pass, path)`.
+    fn staged_sum(&self, f: impl Fn(StagedPass, &StagedPath) -> u64) -> u64 {
+        let mut total = 0;
+        for k in &self.kernels {
+            if let Work::Staged(w) = &k.work {
+                total += w.paths.iter().map(|p| f(w.pass, p)).sum::<u64>();
+            }
+        }
+        total
     }
 
     /// Σ over channel kernels, channels, paths and `v` of `f(path)`.

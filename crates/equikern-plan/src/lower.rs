@@ -597,7 +597,8 @@ pub(crate) fn pack_kernels(
 /// Lowering choices that are not target capabilities (benchmarks compare both sides).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LowerOptions {
-    /// Use the channel-fused backward ([`crate::channel`]) where the product qualifies.
+    /// Use the fused kernel shapes where the product qualifies: channel-fused
+    /// ([`crate::channel`]) and weight-staged ([`crate::staged`]); off = row kernels only.
     pub channel_fusion: bool,
 }
 
@@ -663,6 +664,16 @@ pub fn lower_with(
     } else {
         None
     };
+    // Per-sample-weight `uvw` products: the weight row staged through workgroup memory.
+    let staged = match (opts.channel_fusion && channel.is_none(), direction) {
+        (true, Direction::Forward) => {
+            crate::staged::staged_work(tp, crate::StagedPass::Forward, dtype, caps)
+        }
+        (true, Direction::Backward) => {
+            crate::staged::staged_work(tp, crate::StagedPass::Backward, dtype, caps)
+        }
+        _ => None,
+    };
     let chunk = SampleMode::Chunk {
         samples_per_chunk: spc,
     };
@@ -673,7 +684,8 @@ pub fn lower_with(
     };
     // (row kernels, whether a reduction of WPartial into the given tensor follows)
     let (specs, reduce): (Vec<KSpec>, Option<Tensor>) = match direction {
-        Direction::Forward if channel.is_some() => (vec![], None),
+        Direction::Forward if channel.is_some() || staged.is_some() => (vec![], None),
+        Direction::Backward if staged.is_some() => (vec![], None),
         Direction::Forward => (
             vec![ks(
                 "forward",
@@ -774,6 +786,20 @@ pub fn lower_with(
             outputs,
             workgroup_size: c.samples_per_group * c.channels,
             work: Work::Channels(c),
+        });
+    }
+    if let Some(w) = staged {
+        let (inputs, outputs) = w.pass.bindings();
+        kernels.push(Kernel {
+            name: match w.pass {
+                crate::StagedPass::Forward => "forward_staged",
+                crate::StagedPass::Backward => "backward_staged",
+            }
+            .into(),
+            inputs,
+            outputs,
+            workgroup_size: crate::staged::workgroup_size(tp, &w, caps),
+            work: Work::Staged(w),
         });
     }
     for spec in specs {

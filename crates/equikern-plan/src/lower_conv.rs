@@ -66,7 +66,7 @@ fn max_units(plan: &KernelPlan) -> Result<u32, PlanError> {
             } => (1, rows_per_sample),
             // One invocation per (node, element).
             Work::ReducePieces { len, .. } => (1, len),
-            Work::ReduceChunks { .. } | Work::Channels(_) => continue,
+            Work::ReduceChunks { .. } | Work::Channels(_) | Work::Staged(_) => continue,
         };
         spc_all = spc_all.max(spc);
         if *rows_per_sample == 0 {

@@ -192,9 +192,9 @@ impl Runtime {
             // (params, invocations) per dispatch
             let mut dispatches: Vec<(DispatchParams, u32, u64)> = vec![];
             match &k.work {
-                Work::Channels(_) => {
+                Work::Channels(_) | Work::Staged(_) => {
                     return Err(WgpuError::Device(format!(
-                        "kernel {}: a channel kernel in a convolution plan",
+                        "kernel {}: a channel or staged kernel in a convolution plan",
                         k.name
                     )))
                 }

@@ -177,7 +177,7 @@ impl Runtime {
             // Per dispatch: params, bindings, grid.
             let mut dispatches: Vec<(Vec<u32>, Vec<Bound>, u64)> = Vec::new();
             match &kplan.work {
-                Work::Channels(c) => {
+                Work::Channels(_) | Work::Staged(_) => {
                     for &(s0, n) in split {
                         let p = DispatchParams {
                             num_samples: n,
@@ -189,7 +189,7 @@ impl Runtime {
                             bound.push(self.bind(plan, &bufs, &scratch, b.tensor, s0, n, align)?);
                         }
                         let bases: Vec<u32> = bound.iter().map(|b| b.base).collect();
-                        let inv = n as u64 * c.channels as u64;
+                        let inv = kplan.invocations(n as u64);
                         dispatches.push((e.params.encode(p, &bases), bound, inv));
                     }
                 }
@@ -410,6 +410,7 @@ impl Runtime {
                 },
             ),
             Work::Channels(c) => (c.channels as u64, 1),
+            Work::Staged(_) => (kp.workgroup_size as u64, 1),
             Work::ReduceChunks { .. } | Work::ReducePieces { .. } => return Ok(vec![(0, batch)]),
         };
         let align = self.limits.min_storage_buffer_offset_alignment.max(4) as u64;

@@ -171,3 +171,36 @@ pub fn uvu_spec(m: usize, weighted: bool, shared: bool) -> TensorProduct {
     .build()
     .unwrap()
 }
+
+/// DiffDock-shaped (fully connected `uvw`, per-sample weights): `a` vectors and `b` scalars
+/// per parity, `y = 0e + 1o`; lowered to the weight-staged kernels.
+#[allow(dead_code)]
+pub fn uvw_staged_spec(a: usize, b: usize) -> TensorProduct {
+    let ins = [
+        (0, 0, 0),
+        (0, 1, 1),
+        (0, 1, 2),
+        (1, 0, 1),
+        (1, 1, 0),
+        (1, 1, 3),
+        (2, 0, 2),
+        (2, 1, 0),
+        (3, 0, 3),
+        (3, 1, 1),
+    ]
+    .iter()
+    .map(|&(x, y, o)| Instruction::new(x, y, o, ConnectionMode::Uvw, true))
+    .collect();
+    let irreps = format!("{a}x1o+{a}x1e+{b}x0e+{b}x0o");
+    TpSpec {
+        irreps_in1: Irreps::parse(&irreps).unwrap(),
+        irreps_in2: Irreps::parse("1x0e+1x1o").unwrap(),
+        irreps_out: Irreps::parse(&irreps).unwrap(),
+        instructions: ins,
+        shared_weights: false,
+        irrep_normalization: Default::default(),
+        path_normalization: Default::default(),
+    }
+    .build()
+    .unwrap()
+}

@@ -287,7 +287,7 @@ pub fn eval_plan(
     let d = plan.dims;
     for k in &plan.kernels {
         match &k.work {
-            Work::Channels(_) => unreachable!("toy plans use row kernels"),
+            Work::Channels(_) | Work::Staged(_) => unreachable!("toy plans use row kernels"),
             Work::Rows {
                 sample_mode,
                 segments,
