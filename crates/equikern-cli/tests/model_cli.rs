@@ -10,7 +10,29 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_equikern");
+/// The `equikern` binary: `$EQUIKERN_BIN` if set (a test binary carried to another machine
+/// with the CLI beside it), else the one cargo built with this test.
+fn bin() -> PathBuf {
+    std::env::var_os("EQUIKERN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_equikern")))
+}
+
+/// A file of the repository, `rel` from its root: under `$EQUIKERN_REPO` if set, else in the
+/// source tree this test was built from, else under the working directory. The first that
+/// exists; else the source-tree path.
+fn repo_file(rel: &str) -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
+    let mut candidates = Vec::new();
+    if let Some(r) = std::env::var_os("EQUIKERN_REPO") {
+        candidates.push(PathBuf::from(r).join(rel));
+    }
+    candidates.push(built.clone());
+    candidates.push(std::env::current_dir().unwrap().join(rel));
+    candidates.into_iter().find(|p| p.exists()).unwrap_or(built)
+}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("equikern-model-cli-{}-{name}", std::process::id()));
@@ -20,7 +42,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .current_dir(dir)
         // libwayland complains on stderr without it while wgpu looks for adapters
         .env("XDG_RUNTIME_DIR", dir)
@@ -30,8 +52,7 @@ fn run(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn checkpoint() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/checkpoint_sevennet_0.pth")
+    let p = repo_file("models/checkpoint_sevennet_0.pth")
         .canonicalize()
         .ok();
     if p.is_none() {
@@ -391,8 +412,7 @@ fn eval_random_checkpoint_matches_the_library() {
 #[test]
 fn eval_matches_sevenn_references() {
     let Some(ck) = checkpoint() else { return };
-    let json = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/data/sevennet/sevenn_refs.json");
+    let json = repo_file("tests/data/sevennet/sevenn_refs.json");
     let refs: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     let dir = tmp("refs");
     let v3 = |v: &Value| [0, 1, 2].map(|i| v[i].as_f64().unwrap());
@@ -469,8 +489,7 @@ fn eval_matches_sevenn_references() {
 #[test]
 fn eval_on_every_backend_matches_sevenn_references() {
     let Some(ck) = checkpoint() else { return };
-    let json = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/data/sevennet/sevenn_refs.json");
+    let json = repo_file("tests/data/sevennet/sevenn_refs.json");
     let refs: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     let dir = tmp("backends");
     let v3 = |v: &Value| [0, 1, 2].map(|i| v[i].as_f64().unwrap());

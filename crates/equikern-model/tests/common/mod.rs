@@ -5,9 +5,25 @@ use equikern_model::sevennet::Options;
 use equikern_model::{Checkpoint, SevenNet, Structure, Value};
 use std::path::PathBuf;
 
+/// A file of the repository, `rel` from its root: under `$EQUIKERN_REPO` if set, else in the
+/// source tree this test was built from, else under the working directory (a test binary
+/// carried to another machine and run from a checkout's root). The first that exists; else the
+/// source-tree path (for the skip message).
+pub fn repo_file(rel: &str) -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
+    let mut candidates = Vec::new();
+    if let Some(r) = std::env::var_os("EQUIKERN_REPO") {
+        candidates.push(PathBuf::from(r).join(rel));
+    }
+    candidates.push(built.clone());
+    candidates.push(PathBuf::from(rel));
+    candidates.into_iter().find(|p| p.exists()).unwrap_or(built)
+}
+
 pub fn checkpoint_path() -> Option<PathBuf> {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/checkpoint_sevennet_0.pth");
+    let p = repo_file("models/checkpoint_sevennet_0.pth");
     if p.exists() {
         Some(p)
     } else {
@@ -187,8 +203,7 @@ fn v3(v: &serde_json::Value) -> [f64; 3] {
 
 /// sevenn's float64 references (`gen_sevenn_refs.py`), or `None` (printed skip reason).
 pub fn sevenn_references() -> Option<Vec<Reference>> {
-    let json = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/data/sevennet/sevenn_refs.json");
+    let json = repo_file("tests/data/sevennet/sevenn_refs.json");
     if !json.exists() {
         println!(
             "SKIP: {} absent (generate with gen_sevenn_refs.py on a machine with torch)",
