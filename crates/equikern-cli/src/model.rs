@@ -5,7 +5,7 @@ use crate::error::{CliError, Result};
 use crate::npy::Dtype;
 use clap::{Args, ValueEnum};
 use equikern_model::md::{self, DriftMeter, Md, MdOptions, Thermostat};
-use equikern_model::{elements, extxyz, Frame, ModelError, Prediction, SevenNet};
+use equikern_model::{elements, extxyz, Evaluator, Frame, ModelError, Prediction, SevenNet};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -22,12 +22,14 @@ pub struct EvalArgs {
     /// Structures, extended XYZ (as ASE writes it); every frame is evaluated.
     #[arg(long, value_name = "FILE")]
     structure: PathBuf,
-    /// Where to compute (the model runs on cpu only for now).
+    /// Where to compute: cpu (everything on the host), wgpu or cuda (the convolutions on the
+    /// GPU, the dense layers on the host for now).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
-    /// Floating-point type (cpu: f64 only for now).
-    #[arg(long, value_enum, default_value_t = Dtype::F64)]
-    dtype: Dtype,
+    /// Floating-point type: cpu f64/f32, wgpu f32 only, cuda f32/f64 [default: f32 on wgpu,
+    /// f64 otherwise].
+    #[arg(long, value_enum)]
+    dtype: Option<Dtype>,
     /// Write {"energy", "forces", "stress"} as JSON here ("-" = stdout; a list for a
     /// multi-frame file).
     #[arg(long, value_name = "OUT")]
@@ -80,28 +82,69 @@ pub struct MdArgs {
     /// Write every K-th step (the first and last are always written).
     #[arg(long, value_name = "K", default_value_t = 1)]
     every: usize,
-    /// Where to compute (the model runs on cpu only for now).
+    /// Where to compute: cpu, wgpu or cuda (the convolutions on the GPU).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
-    /// Floating-point type (cpu: f64 only for now).
-    #[arg(long, value_enum, default_value_t = Dtype::F64)]
-    dtype: Dtype,
+    /// Floating-point type: cpu f64/f32, wgpu f32 only, cuda f32/f64 [default: f32 on wgpu,
+    /// f64 otherwise].
+    #[arg(long, value_enum)]
+    dtype: Option<Dtype>,
 }
 
-fn check_backend(backend: Backend, dtype: Dtype) -> Result<()> {
-    if backend != Backend::Cpu {
-        return Err(CliError::input(format!(
-            "--backend {}: the SevenNet model runs on the cpu backend only for now (GPU model \
-             kernels are not written yet); use --backend cpu",
-            backend.name()
-        )));
+/// The model's target and dtype for `--backend`/`--dtype` (checked before anything loads: an
+/// unsupported combination exits 2 naming it).
+fn resolve_backend(
+    backend: Backend,
+    dtype: Option<Dtype>,
+) -> Result<(equikern_model::Target, equikern_model::Dtype)> {
+    use equikern_model::{Dtype as D, Target as T};
+    let target = match backend {
+        Backend::Cpu => T::Cpu,
+        Backend::Wgpu => T::Wgpu,
+        Backend::Cuda => T::Cuda,
+    };
+    let dtype = match dtype {
+        Some(Dtype::F32) => D::F32,
+        Some(Dtype::F64) => D::F64,
+        None if target == T::Wgpu => D::F32,
+        None => D::F64,
+    };
+    equikern_model::backend::check_combination(target, dtype).map_err(|_| {
+        CliError::input(format!(
+            "--backend {} --dtype {}: not supported: the {} kernels compute in f32 only; use \
+             --dtype f32 there (f64 runs on cpu and cuda)",
+            target.name(),
+            dtype.name(),
+            target.name()
+        ))
+    })?;
+    Ok((target, dtype))
+}
+
+/// Opens the GPU device of `backend` (none for the cpu): unavailable → exit 2 naming it.
+fn open_device(backend: Backend) -> Result<Option<equikern::Device>> {
+    if backend == Backend::Cpu {
+        return Ok(None);
     }
-    if dtype != Dtype::F64 {
-        return Err(CliError::input(
-            "--dtype f32: the cpu model computes in f64 only for now; use --dtype f64",
-        ));
+    backend
+        .facade_device()
+        .map(|d| Some(d.clone()))
+        .map_err(|e| CliError::input(format!("--backend {}: {e}", backend.name())))
+}
+
+/// The model on its backend: kernels and cast weights are made once, here.
+fn place_model(
+    model: &SevenNet,
+    device: Option<equikern::Device>,
+    dtype: equikern_model::Dtype,
+) -> Result<Evaluator> {
+    match device {
+        None => Ok(Evaluator::cpu(model, dtype)),
+        Some(d) => Evaluator::on_device(model, d, dtype).map_err(|e| match e {
+            ModelError::Unsupported(m) => CliError::input(m),
+            other => CliError::runtime(other.to_string()),
+        }),
     }
-    Ok(())
 }
 
 /// The CPU model allocates tens of MB of per-edge buffers per layer and frees them again;
@@ -197,10 +240,12 @@ fn write_out(path: &Path, text: &str, flag: &str) -> Result<()> {
 }
 
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
-    check_backend(args.backend, args.dtype)?;
+    let (_, dtype) = resolve_backend(args.backend, args.dtype)?;
     let frames = read_structures(&args.structure)?;
+    let device = open_device(args.backend)?;
     let t = Instant::now();
     let model = load_model(&args.model)?;
+    let model = place_model(&model, device, dtype)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let nf = frames.len();
     let mut results = Vec::with_capacity(nf);
@@ -213,7 +258,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     }
     let to_stdout = args.json.as_deref() == Some(Path::new("-"));
     if !to_stdout {
-        print_human(&frames, &results, load_ms);
+        print_human(&frames, &results, load_ms, &model.describe());
     }
     if let Some(out) = &args.json {
         let v = if nf == 1 {
@@ -228,8 +273,8 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_human(frames: &[Frame], results: &[(Prediction, f64)], load_ms: f64) {
-    println!("model loaded in {load_ms:.0} ms (cpu, f64)");
+fn print_human(frames: &[Frame], results: &[(Prediction, f64)], load_ms: f64, on: &str) {
+    println!("model loaded in {load_ms:.0} ms, running on {on}");
     let tf = |b: bool| if b { 'T' } else { 'F' };
     for (k, (f, (p, ms))) in frames.iter().zip(results).enumerate() {
         let s = &f.atoms;
@@ -282,7 +327,7 @@ fn print_human(frames: &[Frame], results: &[(Prediction, f64)], load_ms: f64) {
 }
 
 pub fn run_md(args: &MdArgs) -> Result<()> {
-    check_backend(args.backend, args.dtype)?;
+    let (_, dtype) = resolve_backend(args.backend, args.dtype)?;
     if !(args.dt.is_finite() && args.dt > 0.0) {
         return Err(CliError::input(format!(
             "--dt: must be a finite time step > 0 fs, got {}",
@@ -343,7 +388,9 @@ pub fn run_md(args: &MdArgs) -> Result<()> {
         (None, Some(p)) => md::velocities_from_momenta(p, &masses),
         (None, None) => vec![[0.0; 3]; n],
     };
+    let device = open_device(args.backend)?;
     let model = load_model(&args.model)?;
+    let model = place_model(&model, device, dtype)?;
     let options = MdOptions {
         dt: args.dt,
         thermostat,
@@ -353,7 +400,7 @@ pub fn run_md(args: &MdArgs) -> Result<()> {
     let file = std::fs::File::create(&args.out)
         .map_err(|e| CliError::input(format!("--out {}: {e}", args.out.display())))?;
     let mut out = std::io::BufWriter::new(file);
-    let write_frame = |out: &mut std::io::BufWriter<std::fs::File>, sim: &Md<SevenNet>| {
+    let write_frame = |out: &mut std::io::BufWriter<std::fs::File>, sim: &Md<Evaluator>| {
         let mut s = String::new();
         extxyz::write_frame(&mut s, &sim.frame())
             .and_then(|_| {
@@ -377,7 +424,7 @@ pub fn run_md(args: &MdArgs) -> Result<()> {
         } => format!("Langevin BAOAB, {temperature} K, friction {friction}/fs"),
     };
     println!(
-        "md: {} ({n} atoms{}), {} steps × {} fs, {mode}, T0 = {:.1} K, E0 = {:.6} eV",
+        "md: {} ({n} atoms{}), {} steps × {} fs, {mode}, T0 = {:.1} K, E0 = {:.6} eV, on {}",
         formula(&sim.atoms.numbers),
         if nf > 1 {
             format!(", frame {} of {nf}", nf - 1)
@@ -387,7 +434,8 @@ pub fn run_md(args: &MdArgs) -> Result<()> {
         args.steps,
         args.dt,
         sim.temperature(),
-        sim.total_energy()
+        sim.total_energy(),
+        model.describe()
     );
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(

@@ -10,7 +10,29 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_equikern");
+/// The `equikern` binary: `$EQUIKERN_BIN` if set (a test binary carried to another machine
+/// with the CLI beside it), else the one cargo built with this test.
+fn bin() -> PathBuf {
+    std::env::var_os("EQUIKERN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_equikern")))
+}
+
+/// A file of the repository, `rel` from its root: under `$EQUIKERN_REPO` if set, else in the
+/// source tree this test was built from, else under the working directory. The first that
+/// exists; else the source-tree path.
+fn repo_file(rel: &str) -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
+    let mut candidates = Vec::new();
+    if let Some(r) = std::env::var_os("EQUIKERN_REPO") {
+        candidates.push(PathBuf::from(r).join(rel));
+    }
+    candidates.push(built.clone());
+    candidates.push(std::env::current_dir().unwrap().join(rel));
+    candidates.into_iter().find(|p| p.exists()).unwrap_or(built)
+}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("equikern-model-cli-{}-{name}", std::process::id()));
@@ -20,16 +42,17 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .current_dir(dir)
+        // libwayland complains on stderr without it while wgpu looks for adapters
+        .env("XDG_RUNTIME_DIR", dir)
         .args(args)
         .output()
         .expect("run equikern")
 }
 
 fn checkpoint() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/checkpoint_sevennet_0.pth")
+    let p = repo_file("models/checkpoint_sevennet_0.pth")
         .canonicalize()
         .ok();
     if p.is_none() {
@@ -389,8 +412,7 @@ fn eval_random_checkpoint_matches_the_library() {
 #[test]
 fn eval_matches_sevenn_references() {
     let Some(ck) = checkpoint() else { return };
-    let json = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/data/sevennet/sevenn_refs.json");
+    let json = repo_file("tests/data/sevennet/sevenn_refs.json");
     let refs: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     let dir = tmp("refs");
     let v3 = |v: &Value| [0, 1, 2].map(|i| v[i].as_f64().unwrap());
@@ -461,6 +483,124 @@ fn eval_matches_sevenn_references() {
     assert!(worst < 1e-9, "{worst}");
 }
 
+/// `eval --backend B --dtype D` on sevenn's reference structures: forces within 2e-4 eV/Å
+/// of sevenn's float64 ones in f32 (1e-9 in f64), energies within 2e-5 eV/atom; equal to the
+/// library's `Evaluator` on the same backend. A backend this machine lacks prints SKIP.
+#[test]
+fn eval_on_every_backend_matches_sevenn_references() {
+    let Some(ck) = checkpoint() else { return };
+    let json = repo_file("tests/data/sevennet/sevenn_refs.json");
+    let refs: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let dir = tmp("backends");
+    let v3 = |v: &Value| [0, 1, 2].map(|i| v[i].as_f64().unwrap());
+    let mut frames = Vec::new();
+    let mut want = Vec::new();
+    for s in refs["structures"].as_array().unwrap() {
+        let Some(r) = s.get("f64") else { continue };
+        let c = s["cell"].as_array().unwrap();
+        frames.push(Structure {
+            positions: s["positions"].as_array().unwrap().iter().map(v3).collect(),
+            numbers: s["numbers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|z| z.as_u64().unwrap() as u32)
+                .collect(),
+            cell: [v3(&c[0]), v3(&c[1]), v3(&c[2])],
+            pbc: [0, 1, 2].map(|i| s["pbc"][i].as_bool().unwrap()),
+        });
+        want.push(r.clone());
+    }
+    let p = write_xyz(&dir, "refs.extxyz", &frames);
+    let model = SevenNet::load(&ck).unwrap();
+    for (backend, dtype, f_tol, e_tol) in [
+        ("cpu", "f32", 2e-4, 2e-5),
+        ("wgpu", "f32", 2e-4, 2e-5),
+        ("cuda", "f32", 2e-4, 2e-5),
+        ("cuda", "f64", 1e-9, 1e-10),
+    ] {
+        let o = run(
+            &dir,
+            &[
+                "eval",
+                "--model",
+                ck.to_str().unwrap(),
+                "--structure",
+                p.to_str().unwrap(),
+                "--backend",
+                backend,
+                "--dtype",
+                dtype,
+                "--json",
+                "out.json",
+            ],
+        );
+        if o.status.code() == Some(2) && stderr(&o).contains("not available") {
+            println!("SKIP {backend} {dtype}: {}", stderr(&o).trim());
+            continue;
+        }
+        assert!(o.status.success(), "{backend} {dtype}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(&format!(" {dtype}")), "{out}");
+        let got: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("out.json")).unwrap()).unwrap();
+        let got = got.as_array().unwrap();
+        assert_eq!(got.len(), want.len());
+        let (mut worst_f, mut worst_e, mut worst_s) = (0.0f64, 0.0f64, 0.0f64);
+        for ((g, r), s) in got.iter().zip(&want).zip(&frames) {
+            check_schema(g, s);
+            let n = s.positions.len() as f64;
+            let e = r["energy"].as_f64().unwrap();
+            worst_e = worst_e.max((g["energy"].as_f64().unwrap() - e).abs() / n);
+            for (fg, fr) in g["forces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(r["forces"].as_array().unwrap())
+            {
+                for d in 0..3 {
+                    worst_f =
+                        worst_f.max((fg[d].as_f64().unwrap() - fr[d].as_f64().unwrap()).abs());
+                }
+            }
+            if let (Some(sg), Some(sr)) =
+                (g.get("stress"), r.get("stress").filter(|s| !s.is_null()))
+            {
+                for k in 0..6 {
+                    worst_s =
+                        worst_s.max((sg[k].as_f64().unwrap() - sr[k].as_f64().unwrap()).abs());
+                }
+            }
+        }
+        println!(
+            "eval --backend {backend} --dtype {dtype} vs sevenn float64 over {} structures: \
+             max |dF| {worst_f:.2e} eV/A, max |dE| {worst_e:.2e} eV/atom, max |dS| {worst_s:.2e} eV/A^3",
+            got.len()
+        );
+        assert!(worst_f <= f_tol, "{backend} {dtype}: forces {worst_f:.2e}");
+        assert!(worst_e <= e_tol, "{backend} {dtype}: energy {worst_e:.2e}");
+        assert!(
+            worst_s <= f_tol / 10.0,
+            "{backend} {dtype}: stress {worst_s:.2e}"
+        );
+        // the same numbers as the library on that backend (deterministic kernels)
+        let target = match backend {
+            "cpu" => equikern_model::Target::Cpu,
+            "wgpu" => equikern_model::Target::Wgpu,
+            _ => equikern_model::Target::Cuda,
+        };
+        let dt = if dtype == "f32" {
+            equikern_model::Dtype::F32
+        } else {
+            equikern_model::Dtype::F64
+        };
+        let ev = equikern_model::Evaluator::new(&model, target, dt).unwrap();
+        let lib = ev.evaluate(&frames[0]).unwrap();
+        assert_eq!(got[0]["energy"].as_f64().unwrap(), lib.energy);
+        assert_eq!(got[0]["forces"][1][2].as_f64().unwrap(), lib.forces[1][2]);
+    }
+}
+
 #[test]
 fn eval_bad_input_exits_2_naming_it() {
     let dir = tmp("bad");
@@ -468,18 +608,50 @@ fn eval_bad_input_exits_2_naming_it() {
     let si = si.to_str().unwrap();
     // checked before the model loads: no checkpoint needed
     let fake = "missing.pth";
-    for b in ["wgpu", "cuda"] {
-        let o = run(
-            &dir,
-            &["eval", "--model", fake, "--structure", si, "--backend", b],
-        );
-        assert_input_error(&o, &[&format!("--backend {b}"), "cpu"]);
-    }
+    // wgpu computes in f32 only: the combination is named
     let o = run(
         &dir,
-        &["eval", "--model", fake, "--structure", si, "--dtype", "f32"],
+        &[
+            "eval",
+            "--model",
+            fake,
+            "--structure",
+            si,
+            "--backend",
+            "wgpu",
+            "--dtype",
+            "f64",
+        ],
     );
-    assert_input_error(&o, &["--dtype f32", "f64"]);
+    assert_input_error(&o, &["--backend wgpu --dtype f64", "not supported", "f32"]);
+    // supported combinations get as far as the (missing) model, or name an absent device
+    for (b, d) in [
+        ("cpu", "f32"),
+        ("cpu", "f64"),
+        ("wgpu", "f32"),
+        ("cuda", "f32"),
+    ] {
+        let o = run(
+            &dir,
+            &[
+                "eval",
+                "--model",
+                fake,
+                "--structure",
+                si,
+                "--backend",
+                b,
+                "--dtype",
+                d,
+            ],
+        );
+        let err = stderr(&o);
+        if err.contains("not available") {
+            assert_input_error(&o, &[&format!("--backend {b}"), "not available"]);
+        } else {
+            assert_input_error(&o, &["--model", "missing.pth"]);
+        }
+    }
     std::fs::write(dir.join("bad.xyz"), "2\n\nSi 0 0 0\nSi 1 1\n").unwrap();
     let o = run(&dir, &["eval", "--model", fake, "--structure", "bad.xyz"]);
     assert_input_error(&o, &["--structure", "bad.xyz line 4", "expected 4 columns"]);
@@ -637,8 +809,47 @@ fn md_bad_input_exits_2() {
     );
     assert_input_error(&with(&["--dt", "0.5", "--every", "0"]), &["--every"]);
     assert_input_error(
-        &with(&["--dt", "0.5", "--backend", "cuda"]),
-        &["--backend cuda"],
+        &with(&["--dt", "0.5", "--backend", "wgpu", "--dtype", "f64"]),
+        &["--backend wgpu --dtype f64", "not supported"],
     );
     assert_input_error(&with(&["--dt", "0.5"]), &["--model", "missing.pth"]);
+}
+
+/// `md --backend wgpu` (f32 by default there) runs and writes its trajectory; no checkpoint
+/// needed (random weights). Skips where no wgpu adapter exists.
+#[test]
+fn md_runs_on_wgpu() {
+    let dir = tmp("md-wgpu");
+    random_checkpoint(&dir);
+    write_xyz(&dir, "w.extxyz", &[water_box()]);
+    let o = run(
+        &dir,
+        &[
+            "md",
+            "--model",
+            "random.pth",
+            "--structure",
+            "w.extxyz",
+            "--steps",
+            "4",
+            "--dt",
+            "0.5",
+            "--temperature",
+            "300",
+            "--out",
+            "t.extxyz",
+            "--backend",
+            "wgpu",
+        ],
+    );
+    if o.status.code() == Some(2) && stderr(&o).contains("not available") {
+        println!("SKIP: {}", stderr(&o).trim());
+        return;
+    }
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(" f32") && out.contains("NVE"), "{out}");
+    let t = extxyz::read(dir.join("t.extxyz")).unwrap();
+    assert_eq!(t.len(), 5);
+    assert!(t[4].energy.is_some_and(f64::is_finite));
 }

@@ -1,10 +1,11 @@
 //! The Rust API in one place: load SevenNet-0 once, evaluate a structure read from extended
-//! XYZ, run a few MD steps and write the trajectory.
+//! XYZ (on the CPU, then on wgpu in f32 where an adapter exists), run a few MD steps and write
+//! the trajectory.
 //!
 //! `cargo run --release -p equikern-model --example api -- models/checkpoint_sevennet_0.pth`
 
 use equikern_model::md::{self, DriftMeter, Md, MdOptions, Thermostat};
-use equikern_model::{extxyz, SevenNet};
+use equikern_model::{extxyz, Dtype, Evaluator, SevenNet, Target};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
@@ -21,6 +22,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let p = model.evaluate(&atoms)?;
     println!("E = {:.6} eV, F0 = {:?} eV/Å", p.energy, p.forces[0]);
     println!("stress (eV/Å³, xx yy zz yz xz xy) = {:?}", p.stress);
+
+    // The same model on a GPU backend: kernels and cast weights are made once, here; every
+    // structure then gets its graph built once and reused by all layers.
+    match Evaluator::new(&model, Target::Wgpu, Dtype::F32) {
+        Ok(gpu) => {
+            let q = gpu.evaluate(&atoms)?;
+            println!(
+                "{}: E = {:.6} eV, F0 = {:?} eV/Å",
+                gpu.describe(),
+                q.energy,
+                q.forces[0]
+            );
+        }
+        Err(e) => println!("(no wgpu here: {e})"),
+    }
 
     // MD: 300 K Maxwell–Boltzmann start, velocity Verlet at 1 fs.
     let masses = md::masses_of(&atoms.numbers)?;

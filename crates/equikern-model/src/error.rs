@@ -23,6 +23,12 @@ pub enum ModelError {
     Input { field: String, why: String },
     #[error("tensor product: {0}")]
     Tp(String),
+    /// A backend/dtype combination or feature this build or device does not offer.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A compute backend failed to open (no adapter, no CUDA) or to run.
+    #[error("{backend}: {why}")]
+    Backend { backend: String, why: String },
 }
 
 impl ModelError {
@@ -36,6 +42,12 @@ impl ModelError {
         ModelError::Config {
             field: field.into(),
             why: why.into(),
+        }
+    }
+    pub fn backend(backend: impl Into<String>, why: impl std::fmt::Display) -> Self {
+        ModelError::Backend {
+            backend: backend.into(),
+            why: why.to_string(),
         }
     }
     pub fn input(field: impl Into<String>, why: impl Into<String>) -> Self {

@@ -7,8 +7,12 @@
 //! * [`md`] — molecular dynamics (velocity Verlet, Langevin BAOAB) on any [`Potential`];
 //!   [`units`] — eV, Å, fs, amu.
 //! * [`torch_save`] — writes torch.save-layout checkpoints (random SevenNet weights for tests).
-//! * [`sevennet`] — SevenNet-0 on CPU in f64: energy, forces, stress.
+//! * [`sevennet`] — SevenNet-0: energy, forces, stress, in f64 or f32 ([`scalar`]).
+//! * [`backend`] — where it runs: [`Backend`] (the ops the model needs), [`CpuBackend`],
+//!   `DeviceBackend` (wgpu/CUDA convolutions through `equikern::ConvOp`), and [`Evaluator`]
+//!   (backend and dtype chosen at run time).
 
+pub mod backend;
 pub mod checkpoint;
 pub mod elements;
 pub mod error;
@@ -16,15 +20,20 @@ pub mod extxyz;
 pub mod graph;
 pub mod md;
 pub mod nn;
+pub mod scalar;
 pub mod sevennet;
 pub mod torch_save;
 pub mod units;
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use backend::DeviceBackend;
+pub use backend::{Backend, CpuBackend, Dtype, Evaluator, Target};
 pub use checkpoint::{Checkpoint, Tensor, Value};
 pub use error::{ModelError, Result};
 pub use extxyz::Frame;
 pub use graph::{Graph, Structure};
 pub use md::{Md, MdOptions, Potential, Thermostat};
+pub use scalar::Scalar;
 pub use sevennet::{Prediction, SevenNet};
 
 /// An atomic structure (positions Å, atomic numbers, cell rows, pbc): the model's input.

@@ -1,4 +1,6 @@
-//! SevenNet-0 (NequIP-style, 5 interaction layers) on CPU in f64, from its checkpoint.
+//! SevenNet-0 (NequIP-style, 5 interaction layers) from its checkpoint: energy, forces and
+//! stress in f64 or f32 (`SevenNet<T>`, weights cast once by [`SevenNet::cast`]), on any
+//! [`Backend`] (the convolutions on a GPU through [`crate::backend::DeviceBackend`]).
 //!
 //! Per structure: radius graph → edge embedding (trained Bessel basis × cutoff envelope, SH
 //! `0e+1e+2e` normalised, component) → one-hot species → `Linear` → 5 × interaction block →
@@ -14,28 +16,54 @@
 //! stress (ASE convention, eV/Å³, Voigt `xx yy zz yz xz xy`) `σ_ab = Σ_e r_a f_b / V`
 //! (= sevenn's `−PRED_STRESS`, reordered as its calculator does).
 
+use crate::backend::{Backend, CpuBackend};
 use crate::checkpoint::{Checkpoint, Value};
 use crate::error::{ModelError, Result};
 use crate::graph::{Graph, Structure};
 use crate::nn::{normalize2mom_torch, silu, BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
+use crate::scalar::Scalar;
 use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
 use equikern_core::spec::builders::channelwise;
-use equikern_core::{Irrep, Irreps, MulIr, Oracle, Parity};
+use equikern_core::{Irrep, Irreps, MulIr, Oracle, Parity, TensorProduct};
 use std::collections::HashMap;
 
-/// One NequIP interaction block.
+/// One NequIP interaction block, computing in `T`.
 #[derive(Clone, Debug)]
-pub struct Interaction {
+pub struct Interaction<T = f64> {
     pub irreps_x: Irreps,
     pub irreps_mid: Irreps,
-    pub sc: Linear,
-    pub lin1: Linear,
-    pub weight_nn: FullyConnectedNet,
-    pub tp: Oracle<f64>,
+    pub sc: Linear<T>,
+    pub lin1: Linear<T>,
+    pub weight_nn: FullyConnectedNet<T>,
+    /// The convolution's tensor product (uvu, per-edge weights): what device backends
+    /// compile.
+    pub product: TensorProduct,
+    /// Its CPU oracle in `T` (what [`CpuBackend`] runs).
+    pub tp: Oracle<T>,
+    /// `(dim_in1, dim_in2, dim_out, weight_numel)` of the product.
     pub tp_dims: (usize, usize, usize, usize),
     pub denominator: f64,
-    pub lin2: Linear,
-    pub gate: Gate,
+    pub lin2: Linear<T>,
+    pub gate: Gate<T>,
+}
+
+impl<T: Scalar> Interaction<T> {
+    /// The same block computing in `U`.
+    pub fn cast<U: Scalar>(&self) -> Interaction<U> {
+        Interaction {
+            irreps_x: self.irreps_x.clone(),
+            irreps_mid: self.irreps_mid.clone(),
+            sc: self.sc.cast(),
+            lin1: self.lin1.cast(),
+            weight_nn: self.weight_nn.cast(),
+            tp: Oracle::new(&self.product).expect("the product built an oracle once already"),
+            product: self.product.clone(),
+            tp_dims: self.tp_dims,
+            denominator: self.denominator,
+            lin2: self.lin2.cast(),
+            gate: self.gate.cast(),
+        }
+    }
 }
 
 /// Distance (Å) below which two atoms count as overlapping: [`SevenNet::evaluate`] refuses
@@ -84,9 +112,12 @@ impl Default for Options {
     }
 }
 
-/// The model.
+/// The model, computing in `T` (the checkpoint loads as `SevenNet<f64>`; `cast::<f32>()` gives
+/// the f32 model). The edge geometry (lengths, radial basis, cutoff, spherical harmonics and
+/// their derivatives) is computed in f64 and rounded to `T`; per-atom energies, forces and
+/// stress are accumulated in f64.
 #[derive(Clone, Debug)]
-pub struct SevenNet {
+pub struct SevenNet<T = f64> {
     pub cutoff: f64,
     /// atomic number → one-hot index.
     pub type_map: HashMap<u32, usize>,
@@ -94,10 +125,10 @@ pub struct SevenNet {
     pub bessel: BesselBasis,
     pub envelope: Cutoff,
     pub sh_ls: Vec<u32>,
-    pub embed: Linear,
-    pub layers: Vec<Interaction>,
-    pub readout_hidden: Linear,
-    pub readout_energy: Linear,
+    pub embed: Linear<T>,
+    pub layers: Vec<Interaction<T>>,
+    pub readout_hidden: Linear<T>,
+    pub readout_energy: Linear<T>,
     pub shift: Vec<f64>,
     pub scale: Vec<f64>,
     pub options: Options,
@@ -249,7 +280,7 @@ fn sort_old_convolution_weights(
 type Getter<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<f64>> + 'a;
 
 /// e3nn `Linear(i → o)` with weight `<name>.linear.weight`.
-fn lin(get: &mut Getter<'_>, name: &str, i: &Irreps, o: &Irreps) -> Result<Linear> {
+fn lin(get: &mut Getter<'_>, name: &str, i: &Irreps, o: &Irreps) -> Result<Linear<f64>> {
     let key = format!("{name}.linear.weight");
     let n = Linear::weight_numel(i, o);
     Linear::new(i.clone(), o.clone(), get(&key, &[n])?, &key)
@@ -274,7 +305,7 @@ fn tp_target(irreps_x: &Irreps, filter: &Irreps, lmax: u32, even_only: bool) -> 
     Irreps(out)
 }
 
-impl SevenNet {
+impl SevenNet<f64> {
     /// Builds the model from a loaded checkpoint, validating every shape against the config.
     pub fn from_checkpoint(ck: &Checkpoint, options: Options) -> Result<Self> {
         Self::build(&ck.config, options, &mut |key, shape| {
@@ -574,6 +605,7 @@ impl SevenNet {
                 )?,
                 weight_nn,
                 tp: oracle,
+                product: tp,
                 tp_dims,
                 denominator,
                 gate,
@@ -623,6 +655,39 @@ impl SevenNet {
         let ck = Checkpoint::load(path)?;
         Self::from_checkpoint(&ck, Options::default())
     }
+}
+
+/// The edge geometry of one structure in f64: values (rounded to `T`) and the derivatives the
+/// reverse pass needs.
+struct EdgeGeometry<T> {
+    /// Radial embedding `[edges, nb]` (Bessel × cutoff envelope) in `T`.
+    emb: Vec<T>,
+    /// Spherical harmonics `[edges, sh_dim]` in `T`.
+    sh: Vec<T>,
+    demb_dr: Vec<f64>,
+    dsh: Vec<[f64; 3]>,
+    r: Vec<f64>,
+}
+
+impl<T: Scalar> SevenNet<T> {
+    /// The same model computing in `U` (weights cast once; e.g. `model.cast::<f32>()`).
+    pub fn cast<U: Scalar>(&self) -> SevenNet<U> {
+        SevenNet {
+            cutoff: self.cutoff,
+            type_map: self.type_map.clone(),
+            num_species: self.num_species,
+            bessel: self.bessel.clone(),
+            envelope: self.envelope.clone(),
+            sh_ls: self.sh_ls.clone(),
+            embed: self.embed.cast(),
+            layers: self.layers.iter().map(Interaction::cast).collect(),
+            readout_hidden: self.readout_hidden.cast(),
+            readout_energy: self.readout_energy.cast(),
+            shift: self.shift.clone(),
+            scale: self.scale.clone(),
+            options: self.options,
+        }
+    }
 
     /// The atomic numbers the model knows, ascending.
     pub fn species(&self) -> Vec<u32> {
@@ -652,16 +717,24 @@ impl SevenNet {
             .collect()
     }
 
-    /// Energy, forces and stress of a structure. Errors: an element the model lacks, a
-    /// non-finite coordinate, two atoms (or an atom and a periodic image) closer than
-    /// [`MIN_DISTANCE`].
+    /// Energy, forces and stress of a structure, on the CPU in `T`. Errors: an element the
+    /// model lacks, a non-finite coordinate, two atoms (or an atom and a periodic image)
+    /// closer than [`MIN_DISTANCE`].
     pub fn evaluate(&self, s: &Structure) -> Result<Prediction> {
+        self.evaluate_on(&CpuBackend, s)
+    }
+
+    /// [`Self::evaluate`] on `backend`: the radius graph is built once (on the host, f64) and
+    /// handed to the backend once ([`Backend::graph`]), then every layer reuses it.
+    pub fn evaluate_on<B: Backend<T>>(&self, backend: &B, s: &Structure) -> Result<Prediction> {
         s.validate()?;
         let types = self.types_of(&s.numbers)?;
         let g = Graph::build(s, self.cutoff)?;
         check_overlap(&g)?;
-        let (atomic, fe) = self.energy_and_edge_grad(&types, &g.src, &g.dst, &g.vec)?;
         let n = s.positions.len();
+        let (receiver, sender) = edge_lists(n, &g.src, &g.dst)?;
+        let bg = backend.graph(n, &receiver, &sender)?;
+        let (atomic, fe) = self.energy_and_edge_grad_on(backend, &types, &bg, &g.vec)?;
         let mut forces = vec![[0.0; 3]; n];
         let mut virial = [[0.0; 3]; 3];
         for e in 0..g.len() {
@@ -694,7 +767,7 @@ impl SevenNet {
     }
 
     /// Per-atom energies and `∂E/∂r_e` for a given graph (`src` = center i, `dst` = neighbour
-    /// j, `vec` = `pos_j − pos_i + S·cell`).
+    /// j, `vec` = `pos_j − pos_i + S·cell`), on the CPU in `T`.
     pub fn energy_and_edge_grad(
         &self,
         types: &[usize],
@@ -702,7 +775,6 @@ impl SevenNet {
         dst: &[usize],
         vec: &[[f64; 3]],
     ) -> Result<(Vec<f64>, Vec<[f64; 3]>)> {
-        let n = types.len();
         let ne = src.len();
         if dst.len() != ne || vec.len() != ne {
             return Err(ModelError::input(
@@ -710,25 +782,19 @@ impl SevenNet {
                 "src, dst and vec lengths differ",
             ));
         }
-        if let Some(e) = (0..ne).find(|&e| src[e] >= n || dst[e] >= n) {
-            return Err(ModelError::input(
-                format!("edges[{e}]"),
-                "atom index out of range",
-            ));
-        }
-        if let Some(a) = types.iter().position(|&t| t >= self.num_species) {
-            return Err(ModelError::input(
-                format!("types[{a}]"),
-                "species index out of range",
-            ));
-        }
-        // ---- edge embedding
+        let (receiver, sender) = edge_lists(types.len(), src, dst)?;
+        let g = Backend::<T>::graph(&CpuBackend, types.len(), &receiver, &sender)?;
+        self.energy_and_edge_grad_on(&CpuBackend, types, &g, vec)
+    }
+
+    fn edge_geometry(&self, vec: &[[f64; 3]]) -> Result<EdgeGeometry<T>> {
+        let ne = vec.len();
         let nb = self.bessel.coeffs.len();
         let sh_dim: usize = self.sh_ls.iter().map(|l| 2 * *l as usize + 1).sum();
-        let mut emb = vec![0.0; ne * nb];
+        let mut emb = vec![T::ZERO; ne * nb];
         let mut demb_dr = vec![0.0; ne * nb];
         let mut r = vec![0.0; ne];
-        let mut sh = vec![0.0; ne * sh_dim];
+        let mut sh = vec![T::ZERO; ne * sh_dim];
         let mut dsh = vec![[0.0; 3]; ne * sh_dim];
         for e in 0..ne {
             let v = vec[e];
@@ -743,121 +809,143 @@ impl SevenNet {
             let (b, db) = self.bessel.eval(re);
             let (f, df) = self.envelope.eval(re);
             for k in 0..nb {
-                emb[e * nb + k] = b[k] * f;
+                emb[e * nb + k] = T::from_f64(b[k] * f);
                 demb_dr[e * nb + k] = db[k] * f + b[k] * df;
             }
             let (y, gy) =
                 spherical_harmonics_with_grad(&self.sh_ls, v, true, ShNormalization::Component)
                     .map_err(|err| ModelError::Tp(err.to_string()))?;
-            sh[e * sh_dim..][..sh_dim].copy_from_slice(&y);
+            for (o, &yv) in sh[e * sh_dim..][..sh_dim].iter_mut().zip(&y) {
+                *o = T::from_f64(yv);
+            }
             dsh[e * sh_dim..][..sh_dim].copy_from_slice(&gy);
         }
+        Ok(EdgeGeometry {
+            emb,
+            sh,
+            demb_dr,
+            dsh,
+            r,
+        })
+    }
+
+    /// Per-atom energies and `∂E/∂r_e` on `backend`, for a graph it prepared
+    /// ([`Backend::graph`]) whose edge `e` has vector `vec[e]`.
+    pub fn energy_and_edge_grad_on<B: Backend<T>>(
+        &self,
+        be: &B,
+        types: &[usize],
+        g: &B::Graph,
+        vec: &[[f64; 3]],
+    ) -> Result<(Vec<f64>, Vec<[f64; 3]>)> {
+        let n = types.len();
+        let ne = vec.len();
+        if let Some(a) = types.iter().position(|&t| t >= self.num_species) {
+            return Err(ModelError::input(
+                format!("types[{a}]"),
+                "species index out of range",
+            ));
+        }
+        // ---- edge embedding (f64, rounded to T)
+        let geo = self.edge_geometry(vec)?;
+        let nb = self.bessel.coeffs.len();
+        let sh_dim: usize = self.sh_ls.iter().map(|l| 2 * *l as usize + 1).sum();
         // ---- forward
         let ns = self.num_species;
-        let mut onehot = vec![0.0; n * ns];
+        let mut onehot = vec![T::ZERO; n * ns];
         for (a, &t) in types.iter().enumerate() {
-            onehot[a * ns + t] = 1.0;
+            onehot[a * ns + t] = T::ONE;
         }
-        let mut x = self.embed.forward(&onehot);
-        struct Saved {
-            xj: Vec<f64>,
-            w: Vec<f64>,
-            tape: crate::nn::fcnet::FcTape,
-            y: Vec<f64>,
+        let mut x = be.linear(&self.embed, &onehot)?;
+        struct Saved<T> {
+            h: Vec<T>,
+            w: Vec<T>,
+            tape: crate::nn::fcnet::FcTape<T>,
+            y: Vec<T>,
         }
         let mut saved = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            let (d1, _, dmid, _) = layer.tp_dims;
-            let sc = layer.sc.forward(&x);
-            let h = layer.lin1.forward(&x);
-            let (w, tape) = layer.weight_nn.forward(&emb);
-            let mut xj = vec![0.0; ne * d1];
-            for e in 0..ne {
-                xj[e * d1..][..d1].copy_from_slice(&h[dst[e] * d1..][..d1]);
-            }
-            let m = layer
-                .tp
-                .forward(ne, &xj, &sh, &w)
-                .map_err(|err| ModelError::Tp(err.to_string()))?;
-            let mut agg = vec![0.0; n * dmid];
-            for e in 0..ne {
-                let row = &mut agg[src[e] * dmid..][..dmid];
-                for (a, b) in row.iter_mut().zip(&m[e * dmid..][..dmid]) {
-                    *a += b;
-                }
-            }
+        for (t, layer) in self.layers.iter().enumerate() {
+            let den = T::from_f64(layer.denominator);
+            let sc = be.linear(&layer.sc, &x)?;
+            let h = be.linear(&layer.lin1, &x)?;
+            let (w, tape) = be.radial(&layer.weight_nn, &geo.emb)?;
+            let mut agg = be.conv_forward(t, layer, g, &h, &geo.sh, &w)?;
             for a in &mut agg {
-                *a /= layer.denominator;
+                *a /= den;
             }
-            let mut y = layer.lin2.forward(&agg);
+            let mut y = be.linear(&layer.lin2, &agg)?;
             for (a, b) in y.iter_mut().zip(&sc) {
-                *a += b;
+                *a += *b;
             }
-            let x_next = layer.gate.forward(&y);
-            x = x_next;
-            saved.push(Saved { xj, w, tape, y });
+            x = be.gate(&layer.gate, &y)?;
+            saved.push(Saved { h, w, tape, y });
         }
-        let hid = self.readout_hidden.forward(&x);
-        let out = self.readout_energy.forward(&hid);
+        let hid = be.linear(&self.readout_hidden, &x)?;
+        let out = be.linear(&self.readout_energy, &hid)?;
         let atomic: Vec<f64> = (0..n)
-            .map(|a| out[a] * self.scale[types[a]] + self.shift[types[a]])
+            .map(|a| out[a].to_f64() * self.scale[types[a]] + self.shift[types[a]])
             .collect();
         // ---- backward: dE/d(everything), E = Σ atomic
-        let ge: Vec<f64> = types.iter().map(|&t| self.scale[t]).collect();
-        let mut gx = self
-            .readout_hidden
-            .backward(&self.readout_energy.backward(&ge));
-        let mut g_emb = vec![0.0; ne * nb];
-        let mut g_sh = vec![0.0; ne * sh_dim];
-        for (layer, s) in self.layers.iter().zip(&saved).rev() {
-            let (d1, _, dmid, _) = layer.tp_dims;
-            let gy = layer.gate.backward(&s.y, &gx);
-            let mut g_agg = layer.lin2.backward(&gy);
+        let ge: Vec<T> = types.iter().map(|&t| T::from_f64(self.scale[t])).collect();
+        let g_hid = be.linear_backward(&self.readout_energy, &ge)?;
+        let mut gx = be.linear_backward(&self.readout_hidden, &g_hid)?;
+        let mut g_emb = vec![T::ZERO; ne * nb];
+        let mut g_sh = vec![T::ZERO; ne * sh_dim];
+        for (t, (layer, s)) in self.layers.iter().zip(&saved).enumerate().rev() {
+            let den = T::from_f64(layer.denominator);
+            let gy = be.gate_backward(&layer.gate, &s.y, &gx)?;
+            let mut g_agg = be.linear_backward(&layer.lin2, &gy)?;
             for a in &mut g_agg {
-                *a /= layer.denominator;
+                *a /= den;
             }
-            let mut g_m = vec![0.0; ne * dmid];
-            for e in 0..ne {
-                g_m[e * dmid..][..dmid].copy_from_slice(&g_agg[src[e] * dmid..][..dmid]);
-            }
-            let grads = layer
-                .tp
-                .backward(ne, &s.xj, &sh, &s.w, &g_m)
-                .map_err(|err| ModelError::Tp(err.to_string()))?;
-            let mut g_h = vec![0.0; n * d1];
-            for e in 0..ne {
-                let row = &mut g_h[dst[e] * d1..][..d1];
-                for (a, b) in row.iter_mut().zip(&grads.gx[e * d1..][..d1]) {
-                    *a += b;
-                }
-            }
+            let grads = be.conv_backward(t, layer, g, &s.h, &geo.sh, &s.w, &g_agg)?;
             for (a, b) in g_sh.iter_mut().zip(&grads.gy) {
-                *a += b;
+                *a += *b;
             }
-            let ge_l = layer.weight_nn.backward(&s.tape, &grads.gw);
+            let ge_l = be.radial_backward(&layer.weight_nn, &s.tape, &grads.gw)?;
             for (a, b) in g_emb.iter_mut().zip(&ge_l) {
-                *a += b;
+                *a += *b;
             }
-            let mut g_in = layer.lin1.backward(&g_h);
-            for (a, b) in g_in.iter_mut().zip(layer.sc.backward(&gy)) {
+            let mut g_in = be.linear_backward(&layer.lin1, &grads.gx)?;
+            for (a, b) in g_in.iter_mut().zip(be.linear_backward(&layer.sc, &gy)?) {
                 *a += b;
             }
             gx = g_in;
         }
-        // ---- edge vectors
+        // ---- edge vectors (f64)
         let mut fe = vec![[0.0; 3]; ne];
         for e in 0..ne {
             let g_r: f64 = (0..nb)
-                .map(|k| g_emb[e * nb + k] * demb_dr[e * nb + k])
+                .map(|k| g_emb[e * nb + k].to_f64() * geo.demb_dr[e * nb + k])
                 .sum();
             for d in 0..3 {
-                let mut v = g_r * vec[e][d] / r[e];
+                let mut v = g_r * vec[e][d] / geo.r[e];
                 for c in 0..sh_dim {
-                    v += g_sh[e * sh_dim + c] * dsh[e * sh_dim + c][d];
+                    v += g_sh[e * sh_dim + c].to_f64() * geo.dsh[e * sh_dim + c][d];
                 }
                 fe[e][d] = v;
             }
         }
         Ok((atomic, fe))
     }
+}
+
+/// `(receiver, sender)` = `(src, dst)` as u32, each index checked against `n` atoms.
+fn edge_lists(n: usize, src: &[usize], dst: &[usize]) -> Result<(Vec<u32>, Vec<u32>)> {
+    if let Some(e) = (0..src.len()).find(|&e| src[e] >= n || dst[e] >= n) {
+        return Err(ModelError::input(
+            format!("edges[{e}]"),
+            "atom index out of range",
+        ));
+    }
+    if n > u32::MAX as usize {
+        return Err(ModelError::input(
+            "positions",
+            format!("{n} atoms: more than 2^32 − 1"),
+        ));
+    }
+    Ok((
+        src.iter().map(|&i| i as u32).collect(),
+        dst.iter().map(|&j| j as u32).collect(),
+    ))
 }

@@ -3,24 +3,25 @@
 //! `[h_in, h_out]` row-major per layer (state-dict `layer{k}.weight`).
 
 use crate::error::{ModelError, Result};
-use crate::nn::act::{silu, silu_grad};
+use crate::scalar::{cast_vec, Scalar};
 
+/// The network computing in `T` (f64 or f32).
 #[derive(Clone, Debug)]
-pub struct FullyConnectedNet {
+pub struct FullyConnectedNet<T = f64> {
     /// `(h_in, h_out, W[h_in*h_out])`
-    pub layers: Vec<(usize, usize, Vec<f64>)>,
+    pub layers: Vec<(usize, usize, Vec<T>)>,
     /// normalize2mom constant of silu.
-    pub act_cst: f64,
+    pub act_cst: T,
 }
 
 /// Values kept by [`FullyConnectedNet::forward`] for the backward pass.
-pub struct FcTape {
+pub struct FcTape<T = f64> {
     /// Pre-activations of each hidden layer, `[n, h_out]`.
-    pre: Vec<Vec<f64>>,
+    pre: Vec<Vec<T>>,
 }
 
-impl FullyConnectedNet {
-    pub fn new(layers: Vec<(usize, usize, Vec<f64>)>, act_cst: f64, name: &str) -> Result<Self> {
+impl<T: Scalar> FullyConnectedNet<T> {
+    pub fn new(layers: Vec<(usize, usize, Vec<T>)>, act_cst: T, name: &str) -> Result<Self> {
         for (k, (a, b, w)) in layers.iter().enumerate() {
             if w.len() != a * b {
                 return Err(ModelError::key(
@@ -38,6 +39,18 @@ impl FullyConnectedNet {
         Ok(FullyConnectedNet { layers, act_cst })
     }
 
+    /// The same network computing in `U`.
+    pub fn cast<U: Scalar>(&self) -> FullyConnectedNet<U> {
+        FullyConnectedNet {
+            layers: self
+                .layers
+                .iter()
+                .map(|(a, b, w)| (*a, *b, cast_vec(w)))
+                .collect(),
+            act_cst: U::from_f64(self.act_cst.to_f64()),
+        }
+    }
+
     pub fn dim_in(&self) -> usize {
         self.layers.first().map_or(0, |l| l.0)
     }
@@ -47,9 +60,9 @@ impl FullyConnectedNet {
 
     /// `y[n, b] = scale · x[n, a] · w[a, b]`, rows in parallel (each row's sum is in a fixed
     /// order, so the result does not depend on the thread count).
-    fn matmul(x: &[f64], n: usize, a: usize, b: usize, w: &[f64], scale: f64) -> Vec<f64> {
+    fn matmul(x: &[T], n: usize, a: usize, b: usize, w: &[T], scale: T) -> Vec<T> {
         use rayon::prelude::*;
-        let mut y = vec![0.0; n * b];
+        let mut y = vec![T::ZERO; n * b];
         if a == 0 || b == 0 {
             return y;
         }
@@ -59,7 +72,7 @@ impl FullyConnectedNet {
             .for_each(|(yc, xc)| {
                 for (ys, xs) in yc.chunks_exact_mut(b).zip(xc.chunks_exact(a)) {
                     for (k, &xv) in xs.iter().enumerate() {
-                        if xv == 0.0 {
+                        if xv == T::ZERO {
                             continue;
                         }
                         let c = xv * scale;
@@ -74,15 +87,15 @@ impl FullyConnectedNet {
     }
 
     /// `[n, h_last]` from `[n, h_0]`, and the tape for [`FullyConnectedNet::backward`].
-    pub fn forward(&self, x: &[f64]) -> (Vec<f64>, FcTape) {
+    pub fn forward(&self, x: &[T]) -> (Vec<T>, FcTape<T>) {
         let n = x.len() / self.dim_in().max(1);
         let mut h = x.to_vec();
         let mut pre = Vec::new();
         let last = self.layers.len().saturating_sub(1);
         for (k, (a, b, w)) in self.layers.iter().enumerate() {
-            let z = Self::matmul(&h, n, *a, *b, w, 1.0 / (*a as f64).sqrt());
+            let z = Self::matmul(&h, n, *a, *b, w, T::from_f64(1.0 / (*a as f64).sqrt()));
             if k < last {
-                h = z.iter().map(|&v| self.act_cst * silu(v)).collect();
+                h = z.iter().map(|&v| self.act_cst * v.silu()).collect();
                 pre.push(z);
             } else {
                 h = z;
@@ -92,24 +105,24 @@ impl FullyConnectedNet {
     }
 
     /// `gx [n, h_0]` from `gy [n, h_last]`.
-    pub fn backward(&self, tape: &FcTape, gy: &[f64]) -> Vec<f64> {
+    pub fn backward(&self, tape: &FcTape<T>, gy: &[T]) -> Vec<T> {
         let n = gy.len() / self.dim_out().max(1);
         let mut g = gy.to_vec();
         for k in (0..self.layers.len()).rev() {
             let (a, b, w) = &self.layers[k];
             if k < self.layers.len() - 1 {
                 for (gv, &z) in g.iter_mut().zip(&tape.pre[k]) {
-                    *gv *= self.act_cst * silu_grad(z);
+                    *gv *= self.act_cst * z.silu_grad();
                 }
             }
             // gx = g · Wᵀ / √a, as a row-major product with Wᵀ (contiguous inner loop)
-            let mut wt = vec![0.0; a * b];
+            let mut wt = vec![T::ZERO; a * b];
             for i in 0..*a {
                 for j in 0..*b {
                     wt[j * a + i] = w[i * b + j];
                 }
             }
-            let gx = Self::matmul(&g, n, *b, *a, &wt, 1.0 / (*a as f64).sqrt());
+            let gx = Self::matmul(&g, n, *b, *a, &wt, T::from_f64(1.0 / (*a as f64).sqrt()));
             g = gx;
         }
         g

@@ -5,21 +5,23 @@
 //! irrep copy, then the gated blocks. Output: `[c·silu(scalars) | c·silu(gate_k) · gated_k]`
 //! (`ElementwiseTensorProduct(0e ⊗ l → l)` with component normalisation is a plain product).
 
+use crate::scalar::Scalar;
 use equikern_core::Irreps;
 
+/// The gate computing in `T` (f64 or f32).
 #[derive(Clone, Debug)]
-pub struct Gate {
+pub struct Gate<T = f64> {
     pub n_scalars: usize,
     /// `(mul, 2l+1)` of each gated block, in order.
     pub gated: Vec<(usize, usize)>,
-    pub act_cst: f64,
+    pub act_cst: T,
     pub dim_in: usize,
     pub dim_out: usize,
 }
 
-impl Gate {
+impl<T: Scalar> Gate<T> {
     /// `scalars`: number of 0e scalars; `gated`: the gated irreps (non-scalars).
-    pub fn new(n_scalars: usize, gated: &Irreps, act_cst: f64) -> Self {
+    pub fn new(n_scalars: usize, gated: &Irreps, act_cst: T) -> Self {
         let gated: Vec<(usize, usize)> = gated.iter().map(|m| (m.mul, m.ir.dim())).collect();
         let n_gates: usize = gated.iter().map(|g| g.0).sum();
         let gdim: usize = gated.iter().map(|g| g.0 * g.1).sum();
@@ -32,25 +34,36 @@ impl Gate {
         }
     }
 
+    /// The same gate computing in `U`.
+    pub fn cast<U: Scalar>(&self) -> Gate<U> {
+        Gate {
+            n_scalars: self.n_scalars,
+            gated: self.gated.clone(),
+            act_cst: U::from_f64(self.act_cst.to_f64()),
+            dim_in: self.dim_in,
+            dim_out: self.dim_out,
+        }
+    }
+
     fn n_gates(&self) -> usize {
         self.gated.iter().map(|g| g.0).sum()
     }
 
-    pub fn forward(&self, x: &[f64]) -> Vec<f64> {
+    pub fn forward(&self, x: &[T]) -> Vec<T> {
         let n = x.len() / self.dim_in.max(1);
         let (ns, ng) = (self.n_scalars, self.n_gates());
         let c = self.act_cst;
-        let mut y = vec![0.0; n * self.dim_out];
+        let mut y = vec![T::ZERO; n * self.dim_out];
         for s in 0..n {
             let xs = &x[s * self.dim_in..][..self.dim_in];
             let ys = &mut y[s * self.dim_out..][..self.dim_out];
             for i in 0..ns {
-                ys[i] = c * super::silu(xs[i]);
+                ys[i] = c * xs[i].silu();
             }
             let (mut gi, mut off) = (0, 0);
             for &(mul, d) in &self.gated {
                 for _ in 0..mul {
-                    let g = c * super::silu(xs[ns + gi]);
+                    let g = c * xs[ns + gi].silu();
                     for m in 0..d {
                         ys[ns + off + m] = g * xs[ns + ng + off + m];
                     }
@@ -63,29 +76,29 @@ impl Gate {
     }
 
     /// `gx` from `gy` at input `x`.
-    pub fn backward(&self, x: &[f64], gy: &[f64]) -> Vec<f64> {
+    pub fn backward(&self, x: &[T], gy: &[T]) -> Vec<T> {
         let n = x.len() / self.dim_in.max(1);
         let (ns, ng) = (self.n_scalars, self.n_gates());
         let c = self.act_cst;
-        let mut gx = vec![0.0; n * self.dim_in];
+        let mut gx = vec![T::ZERO; n * self.dim_in];
         for s in 0..n {
             let xs = &x[s * self.dim_in..][..self.dim_in];
             let gys = &gy[s * self.dim_out..][..self.dim_out];
             let gxs = &mut gx[s * self.dim_in..][..self.dim_in];
             for i in 0..ns {
-                gxs[i] = c * super::silu_grad(xs[i]) * gys[i];
+                gxs[i] = c * xs[i].silu_grad() * gys[i];
             }
             let (mut gi, mut off) = (0, 0);
             for &(mul, d) in &self.gated {
                 for _ in 0..mul {
-                    let g = c * super::silu(xs[ns + gi]);
-                    let mut dg = 0.0;
+                    let g = c * xs[ns + gi].silu();
+                    let mut dg = T::ZERO;
                     for m in 0..d {
                         let k = off + m;
                         gxs[ns + ng + k] = g * gys[ns + k];
                         dg += xs[ns + ng + k] * gys[ns + k];
                     }
-                    gxs[ns + gi] = c * super::silu_grad(xs[ns + gi]) * dg;
+                    gxs[ns + gi] = c * xs[ns + gi].silu_grad() * dg;
                     gi += 1;
                     off += d;
                 }

@@ -8,31 +8,32 @@
 //! instruction reaches are zero.
 
 use crate::error::{ModelError, Result};
+use crate::scalar::{cast_vec, Scalar};
 use equikern_core::Irreps;
 
 #[derive(Clone, Debug)]
-struct Ins {
+struct Ins<T> {
     in_off: usize,
     out_off: usize,
     mul_in: usize,
     mul_out: usize,
     dim: usize,
     w_off: usize,
-    coef: f64,
+    coef: T,
 }
 
-/// e3nn `Linear(irreps_in, irreps_out)` with its flat weight.
+/// e3nn `Linear(irreps_in, irreps_out)` with its flat weight, computing in `T` (f64 or f32).
 #[derive(Clone, Debug)]
-pub struct Linear {
+pub struct Linear<T = f64> {
     pub irreps_in: Irreps,
     pub irreps_out: Irreps,
-    pub weight: Vec<f64>,
-    ins: Vec<Ins>,
+    pub weight: Vec<T>,
+    ins: Vec<Ins<T>>,
     pub dim_in: usize,
     pub dim_out: usize,
 }
 
-impl Linear {
+impl Linear<f64> {
     /// Number of weights e3nn allocates for these irreps.
     pub fn weight_numel(irreps_in: &Irreps, irreps_out: &Irreps) -> usize {
         let mut n = 0;
@@ -45,14 +46,11 @@ impl Linear {
         }
         n
     }
+}
 
+impl<T: Scalar> Linear<T> {
     /// `name` is used in errors (the state-dict key).
-    pub fn new(
-        irreps_in: Irreps,
-        irreps_out: Irreps,
-        weight: Vec<f64>,
-        name: &str,
-    ) -> Result<Self> {
+    pub fn new(irreps_in: Irreps, irreps_out: Irreps, weight: Vec<T>, name: &str) -> Result<Self> {
         let si = irreps_in.slices();
         let so = irreps_out.slices();
         let mut ins = Vec::new();
@@ -67,7 +65,7 @@ impl Linear {
                         mul_out: b.mul,
                         dim: a.ir.dim(),
                         w_off,
-                        coef: 0.0,
+                        coef: T::ZERO,
                     });
                     w_off += a.mul * b.mul;
                 }
@@ -92,7 +90,7 @@ impl Linear {
             })
             .collect();
         for (x, f) in ins.iter_mut().zip(fan) {
-            x.coef = if f > 0 { 1.0 / (f as f64).sqrt() } else { 0.0 };
+            x.coef = T::from_f64(if f > 0 { 1.0 / (f as f64).sqrt() } else { 0.0 });
         }
         Ok(Linear {
             dim_in: irreps_in.dim(),
@@ -104,12 +102,36 @@ impl Linear {
         })
     }
 
+    /// The same layer computing in `U` (weights and coefficients cast once).
+    pub fn cast<U: Scalar>(&self) -> Linear<U> {
+        Linear {
+            irreps_in: self.irreps_in.clone(),
+            irreps_out: self.irreps_out.clone(),
+            weight: cast_vec(&self.weight),
+            ins: self
+                .ins
+                .iter()
+                .map(|p| Ins {
+                    in_off: p.in_off,
+                    out_off: p.out_off,
+                    mul_in: p.mul_in,
+                    mul_out: p.mul_out,
+                    dim: p.dim,
+                    w_off: p.w_off,
+                    coef: U::from_f64(p.coef.to_f64()),
+                })
+                .collect(),
+            dim_in: self.dim_in,
+            dim_out: self.dim_out,
+        }
+    }
+
     /// `y [n, dim_out]` from `x [n, dim_in]`.
-    pub fn forward(&self, x: &[f64]) -> Vec<f64> {
+    pub fn forward(&self, x: &[T]) -> Vec<T> {
         use rayon::prelude::*;
         let (di, dout) = (self.dim_in, self.dim_out);
         let n = x.len() / di.max(1);
-        let mut y = vec![0.0; n * dout];
+        let mut y = vec![T::ZERO; n * dout];
         if di == 0 || dout == 0 {
             return y;
         }
@@ -124,17 +146,17 @@ impl Linear {
         y.par_chunks_mut(ROWS * dout)
             .zip(x.par_chunks(ROWS * di))
             .for_each(|(yc, xc)| {
-                let mut t = vec![0.0; tmax];
+                let mut t = vec![T::ZERO; tmax];
                 for (ys, xs) in yc.chunks_exact_mut(dout).zip(xc.chunks_exact(di)) {
                     for p in &self.ins {
                         let (d, mo) = (p.dim, p.mul_out);
                         let t = &mut t[..d * mo];
-                        t.fill(0.0);
+                        t.fill(T::ZERO);
                         for u in 0..p.mul_in {
                             let wrow = &self.weight[p.w_off + u * mo..][..mo];
                             for m in 0..d {
                                 let c = xs[p.in_off + u * d + m];
-                                if c == 0.0 {
+                                if c == T::ZERO {
                                     continue;
                                 }
                                 for (a, &wv) in t[m * mo..][..mo].iter_mut().zip(wrow) {
@@ -155,17 +177,17 @@ impl Linear {
     }
 
     /// `gx [n, dim_in]` from `gy [n, dim_out]` (the map is linear in x).
-    pub fn backward(&self, gy: &[f64]) -> Vec<f64> {
+    pub fn backward(&self, gy: &[T]) -> Vec<T> {
         use rayon::prelude::*;
         let (di, dout) = (self.dim_in, self.dim_out);
         let n = gy.len() / dout.max(1);
-        let mut gx = vec![0.0; n * di];
+        let mut gx = vec![T::ZERO; n * di];
         if di == 0 || dout == 0 {
             return gx;
         }
         // Wᵀ per instruction ([mul_out, mul_in]), so that T[m, u] = Σ_w gy[w, m] Wᵀ[w, u] is a
         // contiguous axpy over u; then gx[u, m] += coef · T[m, u].
-        let mut wt = vec![0.0; self.weight.len()];
+        let mut wt = vec![T::ZERO; self.weight.len()];
         for p in &self.ins {
             for u in 0..p.mul_in {
                 for w in 0..p.mul_out {
@@ -177,17 +199,17 @@ impl Linear {
         gx.par_chunks_mut(ROWS * di)
             .zip(gy.par_chunks(ROWS * dout))
             .for_each(|(gc, yc)| {
-                let mut t = vec![0.0; tmax];
+                let mut t = vec![T::ZERO; tmax];
                 for (gxs, gys) in gc.chunks_exact_mut(di).zip(yc.chunks_exact(dout)) {
                     for p in &self.ins {
                         let (d, mi) = (p.dim, p.mul_in);
                         let t = &mut t[..d * mi];
-                        t.fill(0.0);
+                        t.fill(T::ZERO);
                         for w in 0..p.mul_out {
                             let wrow = &wt[p.w_off + w * mi..][..mi];
                             for m in 0..d {
                                 let c = gys[p.out_off + w * d + m];
-                                if c == 0.0 {
+                                if c == T::ZERO {
                                     continue;
                                 }
                                 for (a, &wv) in t[m * mi..][..mi].iter_mut().zip(wrow) {
@@ -246,7 +268,7 @@ mod tests {
         .unwrap();
         let y = l.forward(&[1.0, 2.0, 3.0]);
         assert!((y[0] - 6.0 / 3f64.sqrt()).abs() < 1e-15);
-        assert!(Linear::new(
+        assert!(Linear::<f64>::new(
             "1x0e".parse().unwrap(),
             "1x0e".parse().unwrap(),
             vec![],

@@ -5,9 +5,25 @@ use equikern_model::sevennet::Options;
 use equikern_model::{Checkpoint, SevenNet, Structure, Value};
 use std::path::PathBuf;
 
+/// A file of the repository, `rel` from its root: under `$EQUIKERN_REPO` if set, else in the
+/// source tree this test was built from, else under the working directory (a test binary
+/// carried to another machine and run from a checkout's root). The first that exists; else the
+/// source-tree path (for the skip message).
+pub fn repo_file(rel: &str) -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
+    let mut candidates = Vec::new();
+    if let Some(r) = std::env::var_os("EQUIKERN_REPO") {
+        candidates.push(PathBuf::from(r).join(rel));
+    }
+    candidates.push(built.clone());
+    candidates.push(PathBuf::from(rel));
+    candidates.into_iter().find(|p| p.exists()).unwrap_or(built)
+}
+
 pub fn checkpoint_path() -> Option<PathBuf> {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/checkpoint_sevennet_0.pth");
+    let p = repo_file("models/checkpoint_sevennet_0.pth");
     if p.exists() {
         Some(p)
     } else {
@@ -169,4 +185,63 @@ pub fn rotation(a: f64, b: f64, c: f64) -> [[f64; 3]; 3] {
 
 pub fn apply(r: &[[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
     [0, 1, 2].map(|i| r[i][0] * v[0] + r[i][1] * v[1] + r[i][2] * v[2])
+}
+
+/// One structure of `tests/data/sevennet/sevenn_refs.json` with sevenn's float64 results.
+pub struct Reference {
+    pub name: String,
+    pub structure: Structure,
+    pub energy: f64,
+    pub forces: Vec<[f64; 3]>,
+    pub stress: Option<Vec<f64>>,
+    pub num_edges: usize,
+}
+
+fn v3(v: &serde_json::Value) -> [f64; 3] {
+    [0, 1, 2].map(|i| v[i].as_f64().expect("number"))
+}
+
+/// sevenn's float64 references (`gen_sevenn_refs.py`), or `None` (printed skip reason).
+pub fn sevenn_references() -> Option<Vec<Reference>> {
+    let json = repo_file("tests/data/sevennet/sevenn_refs.json");
+    if !json.exists() {
+        println!(
+            "SKIP: {} absent (generate with gen_sevenn_refs.py on a machine with torch)",
+            json.display()
+        );
+        return None;
+    }
+    let refs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for s in refs["structures"].as_array().unwrap() {
+        let Some(r) = s.get("f64") else { continue };
+        out.push(Reference {
+            name: s["name"].as_str().unwrap().to_string(),
+            structure: Structure {
+                positions: s["positions"].as_array().unwrap().iter().map(v3).collect(),
+                numbers: s["numbers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|z| z.as_u64().unwrap() as u32)
+                    .collect(),
+                cell: {
+                    let c = s["cell"].as_array().unwrap();
+                    [v3(&c[0]), v3(&c[1]), v3(&c[2])]
+                },
+                pbc: {
+                    let p = s["pbc"].as_array().unwrap();
+                    [0, 1, 2].map(|i| p[i].as_bool().unwrap())
+                },
+            },
+            energy: r["energy"].as_f64().unwrap(),
+            forces: r["forces"].as_array().unwrap().iter().map(v3).collect(),
+            stress: r["stress"]
+                .as_array()
+                .map(|v| v.iter().map(|x| x.as_f64().unwrap()).collect()),
+            num_edges: r["num_edges"].as_u64().unwrap() as usize,
+        });
+    }
+    Some(out)
 }
