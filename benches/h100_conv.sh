@@ -15,7 +15,8 @@
 # Writes under $OUT: conv_cuda.json/.log, conv_wgpu.json/.log, conv_peers.json/.log,
 # graphs.json (the manifest of the exported graphs), BENCHMARKS_conv.md, device.txt.
 #
-# Time budget (stage timeouts): export 20 + test 60 + cuda 200 + peers 170 + wgpu 70 = 520 s,
+# Time budget (stage timeouts): export 20 + test 60 + cuda 200 + peers 170 + wgpu 70 = 520 s
+# (SKIP_WGPU=1: cuda 270; .carry/conv_cuda adds up to 40: then set CUDA_T=230),
 # plus ~15 s of set-up and report: under the 600 s a device command may run. Every stage leaves its
 # rows when cut short (JSON rewritten after every row; the peers' rows are also in the log).
 # Expected: cuda ~100 rows (+3 csr_build rows), NVRTC compiles first (~1-8 s per plan, on the
@@ -39,6 +40,11 @@ GRAPHS=${GRAPHS:-protein:5.0,skewed:100000:1000000,diamond:23:2.6}
 ONLY=${ONLY:-nequip-water,nequip-lips,mace-medium,mace-large}
 DIRS=${DIRS:-forward,backward}
 REPS=${REPS:-30}
+# VARIANTS: our CUDA variants; the channel-fusion A/B adds det-rows (and pieces-rows): the
+# deterministic backward with the row kernels instead of the channel-fused kernel.
+VARIANTS=${VARIANTS:-det,pieces,atomic,unfused}
+# Seconds of the CUDA stage (the wgpu stage's 70 s go to it when SKIP_WGPU is set).
+CUDA_T=${CUDA_T:-$([ -n "${SKIP_WGPU:-}" ] && echo 270 || echo 200)}
 GDIR=${GDIR:-/tmp/equikern-conv-graphs}
 T0=$(date +%s)
 stage() { echo; echo "== [$(($(date +%s) - T0)) s] $*"; }
@@ -58,14 +64,19 @@ timeout 20 "$BIN" bench --conv --export-only --graphs "$GRAPHS" --export-graphs 
 cp "$GDIR/graphs.json" "$OUT/graphs.json" 2>/dev/null
 
 if [ -x .carry/conv_cuda_api ] || [ -f .carry/conv_cuda_api ]; then
-  stage "correctness: the facade's CUDA conv vs the f64 oracle (csr, pieces, atomic; f64; CudaSlices)"
+  stage "correctness: the facade's CUDA conv vs the f64 oracle (csr, pieces, atomic, fused backward; f64; CudaSlices)"
   chmod +x .carry/conv_cuda_api
   timeout 60 .carry/conv_cuda_api --test-threads 1 --nocapture 2>&1 | tee "$OUT/conv_cuda_api.log"
 fi
+if [ -f .carry/conv_cuda ]; then
+  stage "correctness: equikern-cuda conv tests (every mode, f64)"
+  chmod +x .carry/conv_cuda
+  timeout 40 .carry/conv_cuda --test-threads 1 --nocapture 2>&1 | tee "$OUT/conv_cuda.log.txt"
+fi
 
 stage "equikern bench --conv --backend cuda"
-timeout 200 "$BIN" bench --conv --backend cuda --graphs "$GRAPHS" --only "$ONLY" --dirs "$DIRS" \
-  --reps "$REPS" --warmup 10 --row-limit-s 3 --json "$OUT/conv_cuda.json" 2>&1 | tee "$OUT/conv_cuda.log"
+timeout "$CUDA_T" "$BIN" bench --conv --backend cuda --graphs "$GRAPHS" --only "$ONLY" --dirs "$DIRS" \
+  --variants "$VARIANTS" --reps "$REPS" --warmup 10 --row-limit-s 3 --json "$OUT/conv_cuda.json" 2>&1 | tee "$OUT/conv_cuda.log"
 
 stage "OpenEquivariance TensorProductConv (det, atomic)"
 # shellcheck disable=SC1091

@@ -5,7 +5,8 @@ logs, one JSON row per line) into a markdown table of the fused graph convolutio
 usage: python3 benches/report_conv.py FILE [FILE ...] [--md OUT.md] [--title TEXT]
 
 One line per graph x problem x direction: milliseconds of every implementation (ours:
-equikern-<backend>-<variant>, variants det / pieces / atomic / unfused; peers: oeq-det,
+equikern-<backend>-<variant>, variants det / pieces / atomic / unfused / det-rows /
+pieces-rows (the row-kernel backward, A/B: adds a "det-rows / det" column); peers: oeq-det,
 oeq-atomic), the speed-up of our best deterministic CUDA variant over OpenEquivariance's
 deterministic one (oeq-det ms / ours ms; > 1: equikern is faster), and device memory in GiB
 (ours: counted buffers of the call; peers: torch peak allocated over the row). Rows that were
@@ -76,7 +77,10 @@ def main(argv=None):
     out.append("")
     out.append("Milliseconds (median; CUDA events / wgpu timestamps), float32.")
     out.append("")
+    ab = "equikern-cuda-det-rows" in impls  # the channel-fusion A/B (--variants det-rows)
     head = ["graph", "problem", "direction"] + impls + ["oeq-det / our best det (cuda)"]
+    if ab:
+        head.append("det-rows / det (cuda)")
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     notes = []
@@ -94,7 +98,12 @@ def main(argv=None):
                 if k + (i,) in by and by[k + (i,)].get("ms")]
         peer = by.get(k + ("oeq-det",), {}).get("ms")
         ratio = "%.2f" % (peer / min(ours)) if ours and peer else "-"
-        out.append("| " + " | ".join(list(map(str, k)) + cells + [ratio]) + " |")
+        extra = [ratio]
+        if ab:
+            f = by.get(k + ("equikern-cuda-det",), {}).get("ms")
+            r = by.get(k + ("equikern-cuda-det-rows",), {}).get("ms")
+            extra.append("%.2f" % (r / f) if f and r else "-")
+        out.append("| " + " | ".join(list(map(str, k)) + cells + extra) + " |")
     out.append("")
     out.append("Device memory, GiB (ours: counted buffers of the call; OpenEquivariance: torch peak allocated).")
     out.append("")

@@ -35,7 +35,9 @@ use std::sync::{Arc, Mutex};
 use equikern_core::conv::{ConvOracle, Csr, GraphIndex};
 use equikern_core::oracle::{DoubleGrads, Grads};
 use equikern_core::{TensorProduct, TpSpec};
-use equikern_plan::{lower_conv, ConvOptions, Direction, Dtype, KernelPlan, Tensor};
+use equikern_plan::{
+    lower_conv_with, ConvOptions, Direction, Dtype, KernelPlan, LowerOptions, Tensor,
+};
 
 use crate::device::{Device, DeviceInner};
 use crate::{Error, Result};
@@ -253,6 +255,8 @@ pub struct ConvOp {
     /// Deterministic CSR mode that switches to pieces on graphs with a hub (see
     /// [`ConvOp::with_auto_pieces`]).
     auto_pieces: bool,
+    /// Lowering options (channel fusion of a qualifying backward; on by default).
+    lower: LowerOptions,
     exec: Exec,
 }
 
@@ -311,6 +315,14 @@ impl ConvOp {
         self
     }
 
+    /// With `on` (the default) a deterministic backward of a product that qualifies (every
+    /// path `uvu`, one multiplicity: NequIP, MACE) runs as one channel-fused kernel over the
+    /// sender view; off: the row kernels (for A/B measurements). Set before the first call.
+    pub fn with_channel_fusion(mut self, on: bool) -> Self {
+        self.lower.channel_fusion = on;
+        self
+    }
+
     /// The options a call on `g` runs with.
     pub fn options_for(&self, g: &ConvGraph) -> ConvOptions {
         let default = self.opts == ConvOptions::default();
@@ -366,6 +378,7 @@ impl ConvOp {
             device: device.clone(),
             opts,
             auto_pieces: false,
+            lower: LowerOptions::default(),
             exec,
         })
     }
@@ -417,7 +430,9 @@ impl ConvOp {
             .device
             .capabilities()
             .ok_or_else(|| Error::Unsupported("the CPU oracle runs no kernel plan".into()))?;
-        Ok(lower_conv(&self.tp, direction, dtype, &caps, self.opts)?)
+        Ok(lower_conv_with(
+            &self.tp, direction, dtype, &caps, self.opts, self.lower,
+        )?)
     }
 
     /// Expected length of tensor `t` (x, y, w, z and their gradients/tangents) on `g`.
@@ -739,7 +754,14 @@ impl ConvOp {
         if let Some(c) = lock().get(&key).cloned() {
             return Ok(c);
         }
-        let plan = lower_conv(&self.tp, d, Dtype::F32, &rt.capabilities(), opts)?;
+        let plan = lower_conv_with(
+            &self.tp,
+            d,
+            Dtype::F32,
+            &rt.capabilities(),
+            opts,
+            self.lower,
+        )?;
         let c = rt.prepare(&plan).await?;
         lock().insert(key, c.clone());
         Ok(c)
@@ -1015,7 +1037,7 @@ mod cuda {
             if let Some(p) = lock().get(&key) {
                 return Ok(p.clone());
             }
-            let plan = lower_conv(&self.tp, d, dtype, &dev.capabilities(), opts)?;
+            let plan = lower_conv_with(&self.tp, d, dtype, &dev.capabilities(), opts, self.lower)?;
             let p = Arc::new(CudaConvPlan::new(dev, plan)?);
             lock().insert(key, p.clone());
             Ok(p)

@@ -50,6 +50,54 @@ fn wgpu_matches_the_oracle() {
     println!("wgpu pieces(5): worst rel L2 {worst:.2e}");
 }
 
+/// The channel-fused backward (WGSL: barriers, `workgroupUniformLoad`, workgroup memory)
+/// on lavapipe: CSR and pieces, against the oracle, poisoned outputs, bit-identical reruns;
+/// and the same products with fusion off.
+#[test]
+fn wgpu_fused_backward_matches_the_oracle() {
+    let Some(dev) = wgpu_support::device(Default::default()) else {
+        return;
+    };
+    for (_, tp) in channel_products() {
+        for opts in [ConvOptions::default(), pieces(5)] {
+            let op = ConvOp::from_tensor_product(tp.clone(), &dev, opts).unwrap();
+            let plan = op
+                .plan(Direction::Backward, equikern::plan::Dtype::F32)
+                .unwrap();
+            assert!(
+                matches!(plan.kernels[0].work, equikern::plan::Work::Channels(_)),
+                "not fused:\n{plan}"
+            );
+            let off = op.with_channel_fusion(false);
+            let plan = off
+                .plan(Direction::Backward, equikern::plan::Dtype::F32)
+                .unwrap();
+            assert!(plan
+                .kernels
+                .iter()
+                .all(|k| !matches!(k.work, equikern::plan::Work::Channels(_))));
+        }
+    }
+    for (name, opts) in [("csr", ConvOptions::default()), ("pieces(5)", pieces(5))] {
+        let w = check_host_f32_with(&dev, opts, 1e-5, channel_products(), true);
+        println!("wgpu fused {name}: worst rel L2 {w:.2e}");
+        let w = check_host_f32_with(&dev, opts, 1e-5, channel_products(), false);
+        println!("wgpu rows {name}: worst rel L2 {w:.2e}");
+    }
+}
+
+#[test]
+fn cpu_channel_products_match_the_oracle() {
+    let w = check_host_f32_with(
+        &Device::cpu(),
+        ConvOptions::default(),
+        1e-6,
+        channel_products(),
+        true,
+    );
+    println!("cpu: worst rel L2 {w:.2e}");
+}
+
 #[test]
 fn wgpu_errors_and_no_atomics() {
     let Some(dev) = wgpu_support::device(Default::default()) else {

@@ -27,6 +27,15 @@ pub fn products() -> Vec<(&'static str, TensorProduct)> {
     ]
 }
 
+/// Products that qualify for the channel-fused backward (all `uvu`, multiplicity 8).
+pub fn channel_products() -> Vec<(&'static str, TensorProduct)> {
+    vec![
+        ("uvu M8 per-edge", uvu_channels()),
+        ("uvu M8 shared", uvu_channels_shared()),
+        ("uvu M8 mixed", uvu_channels_mixed()),
+    ]
+}
+
 /// (name, nodes, receiver, sender): a directed graph, a skewed random graph, a radius graph of
 /// a diamond lattice, and a graph whose last nodes are isolated.
 pub fn graphs() -> Vec<(&'static str, usize, Vec<i64>, Vec<i64>)> {
@@ -97,9 +106,22 @@ pub fn run_f32(
 /// against the f64 oracle (rel L2 ≤ `tol`); deterministic modes are also rerun and must be
 /// bit-identical. Returns the worst error seen.
 pub fn check_host_f32(dev: &Device, opts: ConvOptions, tol: f64) -> f64 {
+    check_host_f32_with(dev, opts, tol, products(), true)
+}
+
+/// [`check_host_f32`] over `products`, with channel fusion `fusion`.
+pub fn check_host_f32_with(
+    dev: &Device,
+    opts: ConvOptions,
+    tol: f64,
+    products: Vec<(&'static str, TensorProduct)>,
+    fusion: bool,
+) -> f64 {
     let mut worst = 0f64;
-    for (pname, tp) in products() {
-        let op = ConvOp::from_tensor_product(tp.clone(), dev, opts).unwrap();
+    for (pname, tp) in products {
+        let op = ConvOp::from_tensor_product(tp.clone(), dev, opts)
+            .unwrap()
+            .with_channel_fusion(fusion);
         for (gname, n, r, s) in graphs() {
             let g = ConvGraph::new(dev, n, &r, &s).unwrap();
             let csr = Csr::build(n, &r, &s).unwrap();

@@ -9,7 +9,9 @@
 //!   summed in a second pass: for hubs of skewed graphs),
 //!   `atomic` (fused, per-edge float atomic adds; CUDA), `unfused` (CUDA: gather `x[sender]`,
 //!   the tensor product over all edges, then an atomic scatter into receivers; backward
-//!   gathers `grad_z[receiver]` too and scatters the per-edge x-gradient into senders).
+//!   gathers `grad_z[receiver]` too and scatters the per-edge x-gradient into senders),
+//!   `det-rows` / `pieces-rows` (`det` / `pieces` with the channel-fused backward turned off:
+//!   the row kernels; the A/B of `ConvOp::with_channel_fusion`, asked for by name only).
 //! * Timing as in `bench`: CUDA events / wgpu timestamps / host clock, warm-up, median of
 //!   `--reps`. Inputs live on the device, generated there by tiling a random block (so
 //!   multi-GB weight tensors cost no host time), shared by every variant of a (graph, problem).
@@ -198,6 +200,9 @@ enum Variant {
     Pieces,
     Atomic,
     Unfused,
+    /// `det` / `pieces` with the channel-fused backward off (row kernels; A/B).
+    DetRows,
+    PiecesRows,
 }
 
 impl Variant {
@@ -207,6 +212,8 @@ impl Variant {
             Variant::Pieces => "pieces",
             Variant::Atomic => "atomic",
             Variant::Unfused => "unfused",
+            Variant::DetRows => "det-rows",
+            Variant::PiecesRows => "pieces-rows",
         }
     }
 }
@@ -225,15 +232,17 @@ fn parse_variants(s: Option<&str>, backend: Backend) -> Result<Vec<Variant>> {
             "pieces" => Variant::Pieces,
             "atomic" => Variant::Atomic,
             "unfused" => Variant::Unfused,
+            "det-rows" => Variant::DetRows,
+            "pieces-rows" => Variant::PiecesRows,
             o => {
                 return Err(CliError::input(format!(
-                    "--variants: unknown variant {o:?} (det, pieces, atomic, unfused)"
+                    "--variants: unknown variant {o:?} (det, pieces, atomic, unfused, det-rows, pieces-rows)"
                 )))
             }
         };
         let ok = match x {
             Variant::Det => true,
-            Variant::Pieces => backend != Backend::Cpu,
+            Variant::Pieces | Variant::DetRows | Variant::PiecesRows => backend != Backend::Cpu,
             _ => backend == Backend::Cuda,
         };
         if !ok {
@@ -590,16 +599,18 @@ fn measure(
 ) -> std::result::Result<ConvMeasured, String> {
     let opts = ConvOptions {
         atomic: v == Variant::Atomic,
-        max_piece_edges: (v == Variant::Pieces).then_some(args.piece_edges),
+        max_piece_edges: matches!(v, Variant::Pieces | Variant::PiecesRows)
+            .then_some(args.piece_edges),
     };
+    let fusion = !matches!(v, Variant::DetRows | Variant::PiecesRows);
     match (timer, data, gctx) {
         (Timer::Cpu, Data::Cpu(m), _) => cpu_measure_conv(dev, tp, graph, m, d, args),
         (Timer::Wgpu(w), Data::Wgpu(data), _) => {
-            wgpu_side::measure(w, dev, tp, graph, data, d, opts, args)
+            wgpu_side::measure(w, dev, tp, graph, data, d, opts, fusion, args)
         }
         (Timer::Cuda(c), Data::Cuda(data), GraphCtx::Cuda(g)) => match v {
             Variant::Unfused => cuda::measure_unfused(c, dev, tp, graph, g, data, d, args),
-            _ => cuda::measure_fused(c, dev, tp, graph, data, d, opts, args),
+            _ => cuda::measure_fused(c, dev, tp, graph, data, d, opts, fusion, args),
         },
         _ => Err("backend state mismatch".into()),
     }
@@ -772,10 +783,13 @@ mod wgpu_side {
         data: &WgpuData,
         d: Direction,
         opts: ConvOptions,
+        fusion: bool,
         args: &BenchArgs,
     ) -> std::result::Result<ConvMeasured, String> {
         let t0 = Instant::now();
-        let op = ConvOp::from_tensor_product(tp.clone(), dev, opts).map_err(|e| e.to_string())?;
+        let op = ConvOp::from_tensor_product(tp.clone(), dev, opts)
+            .map_err(|e| e.to_string())?
+            .with_channel_fusion(fusion);
         let compiled = pollster::block_on(op.wgpu_compiled_async(d)).map_err(|e| e.to_string())?;
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         let plan = compiled.plan();
@@ -1111,10 +1125,13 @@ extern "C" __global__ void ek_scatter_add(const float* __restrict__ src,
         data: &CudaData,
         d: Direction,
         opts: ConvOptions,
+        fusion: bool,
         args: &BenchArgs,
     ) -> std::result::Result<ConvMeasured, String> {
         let t0 = Instant::now();
-        let op = ConvOp::from_tensor_product(tp.clone(), dev, opts).map_err(|e| e.to_string())?;
+        let op = ConvOp::from_tensor_product(tp.clone(), dev, opts)
+            .map_err(|e| e.to_string())?
+            .with_channel_fusion(fusion);
         let plan = op.cuda_plan(d, PlanDtype::F32).map_err(err)?;
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         let p = plan.plan();

@@ -476,8 +476,14 @@ pub fn conv_launches(plan: &KernelPlan, gs: &GraphSize) -> Vec<ConvLaunch> {
         // (units, unit base, invocations) per launch
         let mut launches: Vec<(u64, u64, u64)> = vec![];
         match &k.work {
+            // One invocation per (unit, channel): nodes or pieces of the sender view.
             // Never lowered into a convolution plan (its writer refuses one).
-            Work::Channels(_) | Work::Staged(_) => {}
+            Work::Staged(_) => {}
+            Work::Channels(c) => {
+                for (s0, n) in plan.dispatches(plan.conv_unit_count(i, gs)) {
+                    launches.push((n, s0, n * c.channels as u64));
+                }
+            }
             Work::ReduceChunks { len, .. } => launches.push((0, 0, *len as u64)),
             Work::ReducePieces { len, .. } => {
                 for (s0, n) in plan.dispatches(gs.nodes) {

@@ -24,9 +24,20 @@ use equikern_plan::{
 
 const PRELUDE: &str = r#"#include <cstdio>
 #include <cstdlib>
+#include <cmath>
 #include <algorithm>
+#include <barrier>
+#include <thread>
+#include <vector>
 struct ek_dim3 { unsigned x, y, z; };
-static ek_dim3 blockIdx, gridDim, threadIdx;
+static ek_dim3 blockIdx, gridDim;
+static thread_local ek_dim3 threadIdx;
+// Kernels with barriers (channel kernels) run one block at a time on real threads (one
+// std::thread per CUDA thread, __syncthreads a std::barrier); a function-local static is
+// then the block's shared memory.
+static std::barrier<>* ek_bar = nullptr;
+static inline void __syncthreads() { if (ek_bar) ek_bar->arrive_and_wait(); }
+#define __shared__ static
 #define __global__
 #define __launch_bounds__(n)
 #define __device__
@@ -34,6 +45,7 @@ static ek_dim3 blockIdx, gridDim, threadIdx;
 template <class T> static T __ldg(const T* p) { return *p; }
 template <class T> static T atomicAdd(T* p, T v) { T o = *p; *p = o + v; return o; }
 using std::min;
+using std::max;
 "#;
 
 fn caps() -> Capabilities {
@@ -96,6 +108,22 @@ fn build(plan: &KernelPlan, dir: &Path) -> Option<PathBuf> {
         let _ = writeln!(src, "    case {i}: {}({}); break;", k.name, args.join(", "));
     }
     src.push_str("    }\n}\n");
+    let threaded: Vec<&str> = plan
+        .kernels
+        .iter()
+        .map(|k| {
+            if matches!(k.work, equikern_plan::Work::Channels(_)) {
+                "true"
+            } else {
+                "false"
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        src,
+        "static const bool threaded[] = {{{}}};",
+        threaded.join(", ")
+    );
     src.push_str("int main() {\n    FILE* f; size_t n;\n");
     for t in &tensors {
         let (nm, sz) = (name(*t), if t.is_index() { 4 } else { 8 });
@@ -110,6 +138,12 @@ fn build(plan: &KernelPlan, dir: &Path) -> Option<PathBuf> {
         "    f = fopen(\"launches.txt\", \"r\");\n    unsigned k, gx, gy, bd, a[6];\n    \
          while (fscanf(f, \"%u %u %u %u %u %u %u %u %u %u\", &k, &gx, &gy, &bd, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]) == 10) {\n        \
          gridDim = {gx, gy, 1};\n        \
+         if (threaded[k]) {\n            \
+         for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) {\n                \
+         blockIdx = {x, y, 0}; std::barrier<> bar(bd); ek_bar = &bar; std::vector<std::thread> th;\n                \
+         const unsigned* ap = a; const int kk = (int)k;\n                \
+         for (unsigned t = 0; t < bd; ++t) th.emplace_back([=] { threadIdx = {t, 0, 0}; call(kk, ap); });\n                \
+         for (auto& h : th) h.join();\n                ek_bar = nullptr;\n            }\n            continue;\n        }\n        \
          for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) for (unsigned t = 0; t < bd; ++t) {\n            \
          blockIdx = {x, y, 0}; threadIdx = {t, 0, 0}; call((int)k, a);\n        }\n    }\n    fclose(f);\n",
     );
@@ -126,7 +160,15 @@ fn build(plan: &KernelPlan, dir: &Path) -> Option<PathBuf> {
     std::fs::write(dir.join("emu.cpp"), &src).unwrap();
     let exe = dir.join("emu");
     let out = Command::new("c++")
-        .args(["-std=c++17", "-O1", "-w", "emu.cpp", "-o", "emu"])
+        .args([
+            "-std=c++20",
+            "-O1",
+            "-pthread",
+            "-w",
+            "emu.cpp",
+            "-o",
+            "emu",
+        ])
         .current_dir(dir)
         .output()
         .ok()?;
@@ -155,8 +197,14 @@ fn run(
             .filter(|_| !plan.kernels.iter().any(|k| k.outputs.contains(&t)))
         {
             v.iter().flat_map(|x| x.to_le_bytes()).collect()
-        } else {
+        } else if plan.conv.is_some_and(|c| c.atomic) {
+            // The runtime zero-fills what atomic kernels add into.
             vec![0u8; plan.conv_buffer_len(t, &gs) as usize * 8]
+        } else {
+            // Poisoned: an element a kernel fails to write stays NaN.
+            (0..plan.conv_buffer_len(t, &gs))
+                .flat_map(|_| f64::NAN.to_le_bytes())
+                .collect()
         };
         std::fs::write(dir.join(format!("{}.bin", name(t))), bytes).unwrap();
     }
@@ -295,4 +343,77 @@ fn emitted_cuda_runs_right_on_a_cpu_schedule() {
     }
     let _ = std::fs::remove_dir_all(&root);
     println!("{case} plans, worst rel L2 {worst:.2e}");
+}
+
+/// The channel-fused backward (one kernel over the sender view, barriers and workgroup
+/// memory): its CUDA text on real threads per block, CSR and pieces, one and several
+/// launches, against the f64 oracle; outputs poisoned; reruns bit-identical.
+#[test]
+fn fused_backward_cuda_runs_right_on_threads() {
+    let (n, r, s) = directed();
+    let (rr, ss) = random_skewed(60, 500, 1.3, 11).unwrap();
+    let d = radius_graph(&diamond([2, 2, 3], DIAMOND_A), 2.6).unwrap();
+    let graphs = [
+        ("directed", Csr::build(n, &r, &s).unwrap()),
+        ("skewed", Csr::build(60, &rr, &ss).unwrap()),
+        ("diamond", Csr::build(96, &d.receiver, &d.sender).unwrap()),
+    ];
+    let small = Capabilities {
+        max_workgroups_per_dim: 2,
+        ..caps()
+    };
+    let root = std::env::temp_dir().join(format!("equikern_conv_fused_{}", std::process::id()));
+    let mut case = 0;
+    for (tn, tp) in [
+        ("per-edge", uvu_channels()),
+        ("shared", uvu_channels_shared()),
+        ("mixed", uvu_channels_mixed()),
+    ] {
+        for (mn, opts) in [
+            ("csr", ConvOptions::default()),
+            (
+                "pieces",
+                ConvOptions {
+                    atomic: false,
+                    max_piece_edges: Some(3),
+                },
+            ),
+        ] {
+            for c in [caps(), small] {
+                let plan = lower_conv(&tp, Direction::Backward, Dtype::F64, &c, opts).unwrap();
+                assert!(
+                    matches!(plan.kernels[0].work, equikern_plan::Work::Channels(_)),
+                    "{tn} {mn}: not fused"
+                );
+                case += 1;
+                let Some(exe) = build(&plan, &root.join(case.to_string())) else {
+                    println!("skipped: no C++ compiler");
+                    return;
+                };
+                for (gn, g) in &graphs {
+                    let inp = inputs(&tp, g, 7);
+                    let got = run(&plan, &exe, g, &inp);
+                    let want = oracle(&tp, g, Direction::Backward, &inp);
+                    assert_eq!(
+                        got.keys().collect::<Vec<_>>(),
+                        want.keys().collect::<Vec<_>>()
+                    );
+                    for (t, w) in &want {
+                        let e = rel_l2(&got[t], w);
+                        assert!(e <= 1e-12, "{tn} {mn} {gn} {t:?}: rel L2 {e:e}");
+                    }
+                    let again = run(&plan, &exe, g, &inp);
+                    for (t, v) in &got {
+                        let same = v
+                            .iter()
+                            .zip(&again[t])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{tn} {mn} {gn} {t:?}: rerun differs");
+                    }
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    println!("{case} fused plans on threads");
 }

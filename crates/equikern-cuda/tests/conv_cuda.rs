@@ -137,6 +137,10 @@ fn check<T: Num>(dev: &CudaDevice, caps: &Capabilities) -> [f64; 3] {
         ("uvu per-edge", uvu_per_edge()),
         ("uvw shared", uvw_shared()),
         ("uvu unweighted", uvu_unweighted()),
+        // Channel-fused backward (CSR, pieces) where they qualify.
+        ("uvu M8 per-edge", uvu_channels()),
+        ("uvu M8 shared", uvu_channels_shared()),
+        ("uvu M8 mixed", uvu_channels_mixed()),
     ];
     let (t1, t2) = if T::DTYPE == Dtype::F32 {
         (1e-5, 1e-4)

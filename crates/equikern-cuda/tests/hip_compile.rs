@@ -144,3 +144,72 @@ fn paper_suite_hip_compiles_for_gfx90a() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     println!("{} HIP sources compiled for gfx90a", jobs.len());
 }
+
+/// The convolution backward of the suite's message-passing products (NequIP, MACE: the
+/// channel-fused kernel over the sender view where they qualify), CSR and pieces, compiles
+/// as HIP for gfx90a.
+#[test]
+fn conv_backward_hip_compiles_for_gfx90a() {
+    use equikern_plan::{lower_conv, ConvOptions, Work};
+    let have = Command::new("clang++-15")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        return skip_or_fail("clang++-15 not found");
+    }
+    if !Path::new(BITCODE).exists() || !Path::new("/usr/include/hip/hip_runtime.h").exists() {
+        return skip_or_fail("ROCm device libraries or HIP headers not found");
+    }
+    let dir = std::env::temp_dir().join(format!("equikern-hip-conv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut fused = 0;
+    let mut jobs = vec![];
+    for (label, tp) in common::paper_suite() {
+        if !(label.starts_with("nequip") || label.starts_with("mace")) {
+            continue;
+        }
+        for (mode, opts) in [
+            ("csr", ConvOptions::default()),
+            (
+                "pieces",
+                ConvOptions {
+                    atomic: false,
+                    max_piece_edges: Some(64),
+                },
+            ),
+        ] {
+            for dt in [Dtype::F32, Dtype::F64] {
+                let plan = lower_conv(&tp, Direction::Backward, dt, &gfx90a_caps(), opts).unwrap();
+                if matches!(plan.kernels[0].work, Work::Channels(_)) {
+                    fused += 1;
+                }
+                let src = emit_hip(&plan).unwrap().source;
+                jobs.push((
+                    format!("conv-{label}-{mode}-{dt:?}").replace(['=', '.'], "_"),
+                    src,
+                ));
+            }
+        }
+    }
+    assert!(fused > 0, "no suite problem took the fused conv backward");
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let (a, b) = jobs.split_at(jobs.len() / 2);
+        let dir = &dir;
+        let run = move |part: &[(String, String)]| {
+            part.iter()
+                .filter_map(|(n, src)| compile(src, dir, n).err().map(|e| format!("{n}: {e}")))
+                .collect::<Vec<_>>()
+        };
+        let h = s.spawn(move || run(a));
+        let mut f = run(b);
+        f.extend(h.join().unwrap());
+        f
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    println!(
+        "{} conv HIP sources ({fused} fused) compiled for gfx90a",
+        jobs.len()
+    );
+}

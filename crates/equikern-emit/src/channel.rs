@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use equikern_plan::{ChannelPass, ChannelWork, Dtype, Kernel, KernelPlan, Tensor};
+use equikern_plan::{ChannelPass, ChannelWork, Dtype, Kernel, KernelPlan, SampleMode, Tensor};
 
 use crate::EmitError;
 
@@ -113,7 +113,31 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
     }
     let weighted = d.weight_numel > 0;
     let fwd = c.pass == ChannelPass::Forward;
-    let (need_in, need_out) = c.pass.bindings(weighted, c.write_gw);
+    let (need_in, need_out) = c.bindings(weighted);
+    if let Some(cv) = &c.conv {
+        if c.pass != ChannelPass::Backward || cv.table().is_none() || plan.conv.is_none() {
+            return Err("convolution units on a channel kernel other than a conv backward".into());
+        }
+        let ok = matches!(
+            (cv.units, cv.node_out),
+            (
+                SampleMode::Segments {
+                    csr: Tensor::SendCsr
+                },
+                Tensor::GX
+            ) | (
+                SampleMode::Pieces {
+                    pieces: Tensor::SendPieces
+                },
+                Tensor::SendPartial
+            )
+        );
+        if !ok {
+            return Err("convolution units must be the sender view into gx".into());
+        }
+    } else if plan.conv.is_some() {
+        return Err("a channel kernel without units in a convolution plan".into());
+    }
     for b in &c.z_blocks {
         if b.offset as u64 + c.channels as u64 * b.row_len as u64 > d.dim_out as u64 {
             return Err("z block outside a sample".into());
@@ -188,6 +212,9 @@ pub(crate) fn body(
     lid: &str,
     num_samples: &str,
 ) -> Result<String, EmitError> {
+    if c.conv.is_some() {
+        return conv_backward_body(dia, plan, c, block, lid);
+    }
     match c.pass {
         ChannelPass::Backward => backward_body(dia, plan, c, block, lid, num_samples),
         ChannelPass::Forward => forward_body(dia, plan, c, block, lid, num_samples),
@@ -483,8 +510,16 @@ fn backward_body(
 /// Workgroup-memory declaration of the `gy` reduction.
 pub(crate) fn shared_decl(dia: &Dialect, plan: &KernelPlan, c: &ChannelWork) -> String {
     let n = c.reduction_len();
+    let conv = c.conv.is_some();
     match dia {
+        Dialect::Cuda if conv => format!(
+            "    __shared__ {} ek_red[{n}];\n    __shared__ unsigned int ek_trip;\n",
+            dia.real(plan.dtype)
+        ),
         Dialect::Cuda => format!("    __shared__ {} ek_red[{n}];\n", dia.real(plan.dtype)),
+        Dialect::Wgsl { .. } if conv => {
+            format!("var<workgroup> ek_red: array<f32, {n}>;\nvar<workgroup> ek_trip: u32;\n\n")
+        }
         Dialect::Wgsl { .. } => format!("var<workgroup> ek_red: array<f32, {n}>;\n\n"),
     }
 }
@@ -919,5 +954,301 @@ fn stage_out(
     );
     ln(&mut s, 8, "}");
     ln(&mut s, 8, barrier(dia));
+    Ok(s)
+}
+
+/// The convolution backward over the sender view ([`equikern_plan::ChannelConv`]): invocation
+/// `(unit, ch)` loads its sender's `x` row `ch` once, walks the unit's range in step with the
+/// workgroup's other units (trip count: their longest range, read by one thread and shared,
+/// so every barrier is in uniform control flow), and per position `k` (edge `e`, receiver
+/// `rcv`) reads `y[e]`, `w[e]` row `ch`, `gz[rcv]` row `ch`, writes `gw[e]` row `ch` and
+/// its `gy` partials; after a barrier each `(unit, j)` of the workgroup sums its edge's
+/// column in ascending channel order into `gy[e, j]`. `gx` is stored once after the loop.
+fn conv_backward_body(
+    dia: &Dialect,
+    plan: &KernelPlan,
+    c: &ChannelWork,
+    block: &str,
+    lid: &str,
+) -> Result<String, EmitError> {
+    let d = &plan.dims;
+    let dt = plan.dtype;
+    let m = c.channels;
+    let spg = c.samples_per_group;
+    let wg = m * spg;
+    let zero = dia.lit(0.0, dt);
+    let bad = |why: &str| EmitError::InvalidPlan {
+        kernel: "channel".into(),
+        why: why.into(),
+    };
+    let cv = c
+        .conv
+        .as_ref()
+        .ok_or_else(|| bad("not a convolution channel kernel"))?;
+    let table = cv.table().ok_or_else(|| bad("no unit table"))?;
+    let pieces = matches!(cv.units, SampleMode::Pieces { .. });
+    let cuda = matches!(dia, Dialect::Cuda);
+    let p = if cuda { "" } else { "P." };
+    let ns = format!("{p}num_samples");
+    // Element `base * len + off` of `t` (64-bit on CUDA; `len` 0: not per-row).
+    let el = |t: Tensor, base: &str, len: u32, off: &str| -> Result<String, EmitError> {
+        let e = match (len, cuda) {
+            (0, _) => off.to_string(),
+            (_, true) => format!("(unsigned long long){base} * {len}u + {off}"),
+            (_, false) => format!("{base} * {len}u + {off}"),
+        };
+        out_at(dia, t, &e)
+    };
+    let tab = |i: &str| out_at(dia, table, i);
+    let uvar = |name: &str, e: &str| match dia {
+        Dialect::Cuda => format!("unsigned int {name} = {e};"),
+        Dialect::Wgsl { .. } => format!("var {name}: u32 = {e};"),
+    };
+    let mut s = String::new();
+    let ln = |s: &mut String, ind: usize, line: &str| {
+        let _ = writeln!(s, "{:ind$}{line}", "");
+    };
+    // Sets `lo`, `hi` (view positions) and `node` of dispatch-local unit `u`.
+    let range = |s: &mut String,
+                 ind: usize,
+                 u: &str,
+                 lo: &str,
+                 hi: &str,
+                 node: Option<&str>|
+     -> Result<(), EmitError> {
+        let unit = format!("{p}unit_base + {u}");
+        if pieces {
+            let st = format!("{p}num_nodes + 1u");
+            ln(
+                s,
+                ind,
+                &format!("{lo} = {};", tab(&format!("{st} + {unit}"))?),
+            );
+            ln(
+                s,
+                ind,
+                &format!("{hi} = {};", tab(&format!("{st} + {unit} + 1u"))?),
+            );
+            if let Some(n) = node {
+                let at = format!("{st} + {p}num_pieces + 1u + {unit}");
+                ln(s, ind, &format!("{n} = {};", tab(&at)?));
+            }
+        } else {
+            ln(s, ind, &format!("{lo} = {};", tab(&unit)?));
+            ln(
+                s,
+                ind,
+                &format!("{hi} = {};", tab(&format!("{unit} + 1u"))?),
+            );
+            if let Some(n) = node {
+                ln(s, ind, &format!("{n} = {unit};"));
+            }
+        }
+        Ok(())
+    };
+    ln(&mut s, 4, &dia.let_u("smp", &format!("g / {m}u")));
+    ln(&mut s, 4, &dia.let_u("ch", &format!("g - smp * {m}u")));
+    ln(&mut s, 4, &dia.let_u("s0", &format!("{block} * {spg}u")));
+    // Where the view's edge ids start (their other ends follow, num_edges later).
+    let ids = if pieces {
+        format!("{p}num_nodes + 1u + 2u * {p}num_pieces + 1u")
+    } else {
+        format!("{p}num_nodes + 1u")
+    };
+    ln(&mut s, 4, &dia.let_u("ids", &ids));
+    ln(&mut s, 4, &dia.let_u("oth", &format!("ids + {p}num_edges")));
+    ln(&mut s, 4, &uvar("lo", "0u"));
+    ln(&mut s, 4, &uvar("hi", "0u"));
+    ln(&mut s, 4, &uvar("node", "0u"));
+    ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+    range(&mut s, 8, "smp", "lo", "hi", Some("node"))?;
+    ln(&mut s, 4, "}");
+    // The trip count: the longest range among the workgroup's units.
+    ln(&mut s, 4, &format!("if ({lid} == 0u) {{"));
+    ln(&mut s, 8, &uvar("tm", "0u"));
+    ln(&mut s, 8, &uvar("l2", "0u"));
+    ln(&mut s, 8, &uvar("h2", "0u"));
+    let qloop = match dia {
+        Dialect::Cuda => format!("for (unsigned int qq = 0u; qq < {spg}u; ++qq) {{"),
+        Dialect::Wgsl { .. } => format!("for (var qq = 0u; qq < {spg}u; qq++) {{"),
+    };
+    ln(&mut s, 8, &qloop);
+    ln(&mut s, 12, &format!("if (s0 + qq < {ns}) {{"));
+    range(&mut s, 16, "s0 + qq", "l2", "h2", None)?;
+    ln(&mut s, 16, "tm = max(tm, h2 - l2);");
+    ln(&mut s, 12, "}");
+    ln(&mut s, 8, "}");
+    ln(&mut s, 8, "ek_trip = tm;");
+    ln(&mut s, 4, "}");
+    match dia {
+        Dialect::Cuda => {
+            ln(&mut s, 4, "__syncthreads();");
+            ln(&mut s, 4, "const unsigned int trips = ek_trip;");
+        }
+        Dialect::Wgsl { .. } => ln(&mut s, 4, "let trips = workgroupUniformLoad(&ek_trip);"),
+    }
+    // The sender's x row `ch`, loaded once; gx accumulates over the whole range.
+    for (b, blk) in c.x_blocks.iter().enumerate() {
+        for i in 0..blk.row_len {
+            ln(&mut s, 4, &dia.var(dt, &format!("xr{b}_{i}"), &zero));
+            ln(&mut s, 4, &dia.var(dt, &format!("gx{b}_{i}"), &zero));
+        }
+    }
+    ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+    for (b, blk) in c.x_blocks.iter().enumerate() {
+        for i in 0..blk.row_len {
+            let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
+            let e = el(Tensor::X, "node", d.dim_in1, &off)?;
+            ln(&mut s, 8, &format!("xr{b}_{i} = {e};"));
+        }
+    }
+    ln(&mut s, 4, "}");
+    let tloop = match dia {
+        Dialect::Cuda => "for (unsigned int t = 0u; t < trips; ++t) {",
+        Dialect::Wgsl { .. } => "for (var t = 0u; t < trips; t++) {",
+    };
+    ln(&mut s, 4, tloop);
+    for j in 0..c.y_len {
+        ln(&mut s, 8, &dia.var(dt, &format!("gy{j}"), &zero));
+    }
+    // Threads past the dispatch have lo = hi = 0.
+    ln(&mut s, 8, "if (lo + t < hi) {");
+    ln(&mut s, 12, &dia.let_u("e", &tab("ids + lo + t")?));
+    ln(&mut s, 12, &dia.let_u("rcv", &tab("oth + lo + t")?));
+    let wlen = if d.shared_weights { 0 } else { d.weight_numel };
+    for pth in &c.paths {
+        ln(&mut s, 12, &format!("{{ // path {}", pth.path));
+        let mut ks: Vec<u32> = pth.terms.iter().map(|t| t.k).collect();
+        ks.sort_unstable();
+        ks.dedup();
+        for k in &ks {
+            let off = format!("{}u + ch * {}u", pth.z_offset + k, pth.z_len);
+            let e = el(Tensor::GZ, "rcv", d.dim_out, &off)?;
+            ln(&mut s, 16, &dia.let_(dt, &format!("gp{k}"), &e));
+        }
+        let mut js: Vec<u32> = pth.terms.iter().map(|t| t.j).collect();
+        js.sort_unstable();
+        js.dedup();
+        for v in 0..pth.y_mul {
+            ln(&mut s, 16, "{");
+            let yb = pth.y_offset + v * pth.y_len;
+            for j in &js {
+                let e = el(Tensor::Y, "e", d.dim_in2, &format!("{}u", yb + j))?;
+                ln(&mut s, 20, &dia.let_(dt, &format!("yv{j}"), &e));
+            }
+            let widx = pth
+                .w_offset
+                .map(|o| format!("{}u + ch * {}u", o + v, pth.y_mul));
+            if let Some(wi) = &widx {
+                let e = el(Tensor::W, "e", wlen, wi)?;
+                ln(&mut s, 20, &dia.let_(dt, "wv", &e));
+            }
+            ln(&mut s, 20, &dia.var(dt, "a", &zero));
+            for i in 0..pth.x_len {
+                ln(&mut s, 20, &dia.var(dt, &format!("gxv{i}"), &zero));
+            }
+            for j in 0..pth.y_len {
+                ln(&mut s, 20, &dia.var(dt, &format!("gyv{j}"), &zero));
+            }
+            let xb = pth.x_block;
+            for (n, t) in pth.terms.iter().enumerate() {
+                let tn = format!("t{n}");
+                let e = format!("{} * gp{}", dia.lit(t.coeff, dt), t.k);
+                ln(&mut s, 20, &dia.let_(dt, &tn, &e));
+                ln(
+                    &mut s,
+                    20,
+                    &format!("a += {tn} * xr{xb}_{} * yv{};", t.i, t.j),
+                );
+                ln(&mut s, 20, &format!("gxv{} += {tn} * yv{};", t.i, t.j));
+                ln(&mut s, 20, &format!("gyv{} += {tn} * xr{xb}_{};", t.j, t.i));
+            }
+            let scale = |v: &str| {
+                if widx.is_some() {
+                    format!("wv * {v}")
+                } else {
+                    v.to_string()
+                }
+            };
+            for i in 0..pth.x_len {
+                let line = format!("gx{xb}_{i} += {};", scale(&format!("gxv{i}")));
+                ln(&mut s, 20, &line);
+            }
+            for j in 0..pth.y_len {
+                let line = format!("gy{} += {};", yb + j, scale(&format!("gyv{j}")));
+                ln(&mut s, 20, &line);
+            }
+            match (c.write_gw, &widx) {
+                (true, Some(wi)) => {
+                    let at = el(Tensor::GW, "e", d.weight_numel, wi)?;
+                    ln(&mut s, 20, &format!("{at} = a;"));
+                }
+                _ => ln(&mut s, 20, if cuda { "(void)a;" } else { "_ = a;" }),
+            }
+            ln(&mut s, 16, "}");
+        }
+        ln(&mut s, 12, "}");
+    }
+    ln(&mut s, 8, "}");
+    // The workgroup's gy partials of position t, summed per unit in ascending channel order.
+    let stride = wg + 1;
+    for j in 0..c.y_len {
+        ln(
+            &mut s,
+            8,
+            &format!("ek_red[{}u + {lid}] = gy{j};", j * stride),
+        );
+    }
+    ln(&mut s, 8, barrier(dia));
+    let items = spg * c.y_len;
+    let iloop = match dia {
+        Dialect::Cuda => format!("for (unsigned int it = {lid}; it < {items}u; it += {wg}u) {{"),
+        Dialect::Wgsl { .. } => format!("for (var it = {lid}; it < {items}u; it += {wg}u) {{"),
+    };
+    ln(&mut s, 8, &iloop);
+    ln(&mut s, 12, &dia.let_u("qq", &format!("it / {}u", c.y_len)));
+    ln(
+        &mut s,
+        12,
+        &dia.let_u("j", &format!("it - qq * {}u", c.y_len)),
+    );
+    ln(&mut s, 12, &format!("if (s0 + qq < {ns}) {{"));
+    ln(&mut s, 16, &uvar("l2", "0u"));
+    ln(&mut s, 16, &uvar("h2", "0u"));
+    range(&mut s, 16, "s0 + qq", "l2", "h2", None)?;
+    ln(&mut s, 16, "if (l2 + t < h2) {");
+    ln(&mut s, 20, &dia.let_u("e2", &tab("ids + l2 + t")?));
+    ln(&mut s, 20, &dia.var(dt, "acc", &zero));
+    let uloop = match dia {
+        Dialect::Cuda => format!(
+            "for (unsigned int u = 0u; u < {m}u; ++u) acc += ek_red[j * {stride}u + qq * {m}u + u];"
+        ),
+        Dialect::Wgsl { .. } => format!(
+            "for (var u = 0u; u < {m}u; u++) {{ acc += ek_red[j * {stride}u + qq * {m}u + u]; }}"
+        ),
+    };
+    ln(&mut s, 20, &uloop);
+    let at = el(Tensor::GY, "e2", d.dim_in2, "j")?;
+    ln(&mut s, 20, &format!("{at} = acc;"));
+    ln(&mut s, 16, "}");
+    ln(&mut s, 12, "}");
+    ln(&mut s, 8, "}");
+    ln(&mut s, 8, barrier(dia));
+    ln(&mut s, 4, "}");
+    // gx row `ch` of the unit's node (CSR) or piece (pieces).
+    let row = if pieces {
+        format!("({p}unit_base + smp)")
+    } else {
+        "node".to_string()
+    };
+    ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+    for (b, blk) in c.x_blocks.iter().enumerate() {
+        for i in 0..blk.row_len {
+            let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
+            let at = el(cv.node_out, &row, d.dim_in1, &off)?;
+            ln(&mut s, 8, &format!("{at} = gx{b}_{i};"));
+        }
+    }
+    ln(&mut s, 4, "}");
     Ok(s)
 }

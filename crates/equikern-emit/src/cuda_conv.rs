@@ -79,15 +79,28 @@ fn signature(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Vec<Param> {
 fn print_kernel(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Result<CudaKernel, EmitError> {
     let real = real_type(plan.dtype);
     let zero = literal(0.0, plan.dtype);
-    if matches!(k.work, Work::Channels(_) | Work::Staged(_)) {
-        return Err(EmitError::InvalidPlan {
-            kernel: k.name.clone(),
-            why: "a channel or staged kernel in a convolution plan".into(),
-        });
+    if matches!(k.work, Work::Staged(_)) {
+        return Err(bad(k, "a staged kernel in a convolution plan"));
+    }
+    if let Work::Channels(c) = &k.work {
+        crate::channel::check(plan, k, c).map_err(|why| bad(k, &why))?;
     }
     let params = signature(src, plan, k);
     match &k.work {
-        Work::Channels(_) | Work::Staged(_) => {}
+        Work::Staged(_) => {}
+        Work::Channels(c) => {
+            let dia = crate::channel::Dialect::Cuda;
+            src.push_str(&crate::channel::shared_decl(&dia, plan, c));
+            src.push_str(&crate::channel::body(
+                &dia,
+                plan,
+                c,
+                "(blockIdx.y * gridDim.x + blockIdx.x)",
+                "threadIdx.x",
+                "num_samples",
+            )?);
+            src.push_str("}\n\n");
+        }
         Work::ReduceChunks { input, output, len } => {
             let (i, o) = (tensor_name(*input), tensor_name(*output));
             let _ = writeln!(

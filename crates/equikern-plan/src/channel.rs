@@ -138,9 +138,57 @@ pub struct ChannelWork {
     /// a group's rows fill the staging buffer, then one barrier and one coalesced store.
     #[serde(default)]
     pub z_groups: Vec<u32>,
+    /// Set in convolution plans (see [`ChannelConv`]); absent from tensor-product plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ChannelConv>,
+}
+
+/// The convolution form of a channel kernel (backward only, for now): one invocation per
+/// `(unit, channel u)` where a unit is a node's range of the sender view (`SendCsr`) or a
+/// piece of it (`SendPieces`). The unit's `channels` invocations walk its edges in view
+/// order together (the trip count is the longest range of the workgroup's units, so the
+/// barriers stay uniform); per edge `e` (receiver `i`) each reads `y[e]`, `w[e]` row `u` and
+/// `gz[i]` row `u`, writes `gw[e, ·, u·y_mul + v]` and its `gy` partial, and the partials
+/// are summed in workgroup memory in ascending `u` into `gy[e]`. The sender's `x` row `u`
+/// is loaded once; its `gx` row `u` is accumulated over the range in registers (ascending
+/// position = ascending edge id) and stored once into row `unit` of `node_out`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChannelConv {
+    /// `Segments { csr: SendCsr }` or `Pieces { pieces: SendPieces }`.
+    pub units: crate::SampleMode,
+    /// `GX` (CSR) or `SendPartial` (pieces; a `ReducePieces` follows).
+    pub node_out: crate::Tensor,
+}
+
+impl ChannelConv {
+    /// The index table the units walk.
+    pub fn table(&self) -> Option<crate::Tensor> {
+        match self.units {
+            crate::SampleMode::Segments { csr } => Some(csr),
+            crate::SampleMode::Pieces { pieces } => Some(pieces),
+            _ => None,
+        }
+    }
 }
 
 impl ChannelWork {
+    /// `(inputs, outputs)` of the kernel, in binding order.
+    pub fn bindings(&self, weighted: bool) -> (Vec<crate::Tensor>, Vec<crate::Tensor>) {
+        let (mut i, mut o) = self.pass.bindings(weighted, self.write_gw);
+        if let Some(cv) = &self.conv {
+            if let Some(t) = cv.table() {
+                i.push(t);
+            }
+            i.sort();
+            for t in &mut o {
+                if *t == crate::Tensor::GX {
+                    *t = cv.node_out;
+                }
+            }
+        }
+        (i, o)
+    }
+
     /// `Σ (2l+1)` of each staging group's blocks (elements per channel).
     pub fn group_widths(&self) -> impl Iterator<Item = u32> + '_ {
         let mut next = 0usize;
@@ -316,6 +364,7 @@ pub(crate) fn channel_work(
         paths,
         write_gw: pass != ChannelPass::Forward && weighted && !tp.spec.shared_weights,
         z_groups,
+        conv: None,
     };
     let wg = samples_per_group * m;
     let (ins, outs) = pass.bindings(weighted, work.write_gw);
@@ -329,6 +378,155 @@ pub(crate) fn channel_work(
         return None;
     }
     Some(work)
+}
+
+/// Invocations per workgroup of a convolution channel kernel (units per workgroup =
+/// `max(1, this / M)`): small groups, since the units of one workgroup walk their edge
+/// ranges in step and idle past the end of a shorter range.
+const CONV_GROUP_INVOCATIONS: u32 = 64;
+
+/// The convolution backward's channel kernel (see [`ChannelConv`]) of `tp`, if it qualifies
+/// on these capabilities: `units` is `Segments{SendCsr}` or `Pieces{SendPieces}`.
+pub(crate) fn conv_channel_work(
+    tp: &TensorProduct,
+    dtype: Dtype,
+    caps: &Capabilities,
+    units: crate::SampleMode,
+    node_out: crate::Tensor,
+) -> Option<ChannelWork> {
+    let mut c = channel_work(
+        tp,
+        ChannelPass::Backward,
+        dtype,
+        caps,
+        CONV_GROUP_INVOCATIONS,
+    )?;
+    c.samples_per_group = (CONV_GROUP_INVOCATIONS / c.channels).max(1);
+    c.conv = Some(ChannelConv { units, node_out });
+    let es = match dtype {
+        Dtype::F32 => 4,
+        Dtype::F64 => 8,
+    };
+    let wg = c.samples_per_group * c.channels;
+    let (ins, outs) = c.bindings(tp.weight_numel > 0);
+    if (ins.len() + outs.len()) as u32 > caps.max_storage_buffers_per_stage
+        || wg > caps.max_invocations_per_workgroup
+        || wg > caps.max_workgroup_size_x
+        // the `gy` columns and the shared trip count
+        || c.reduction_len() as u64 * es + 4 > caps.workgroup_memory_bytes as u64
+    {
+        return None;
+    }
+    Some(c)
+}
+
+/// Runs unit `unit` of a convolution channel backward on the CPU in the GPU's order: per
+/// channel `u` ascending, the unit's edges in view order (`edges`: `(edge id, receiver)`),
+/// per edge the paths, `v` and terms in order; `gx` accumulates over the edges, each edge's
+/// `gy` partials are summed in ascending `u`. `node` is the sender; `gx` goes to row `unit`
+/// of the kernel's node output. Outputs must be unwritten (NaN) before.
+pub(crate) fn interpret_conv_backward(
+    plan: &crate::KernelPlan,
+    c: &ChannelWork,
+    node: u64,
+    unit: u64,
+    edges: &[(u64, u64)],
+    bufs: &mut Bufs,
+) -> Result<(), String> {
+    use crate::Tensor::*;
+    let d = &plan.dims;
+    let cv = c.conv.as_ref().ok_or("not a convolution channel kernel")?;
+    let weighted = d.weight_numel > 0;
+    let x = sample_row(plan, X, node, bufs)?;
+    let get = |v: &[f64], i: u32| -> Result<f64, String> {
+        v.get(i as usize)
+            .copied()
+            .ok_or_else(|| format!("index {i} out of bounds"))
+    };
+    let m = c.channels as usize;
+    let mut gx = vec![f64::NAN; d.dim_in1 as usize];
+    let mut gxa: Vec<Vec<Vec<f64>>> = (0..m)
+        .map(|_| {
+            c.x_blocks
+                .iter()
+                .map(|b| vec![0.0; b.row_len as usize])
+                .collect()
+        })
+        .collect();
+    for &(e, recv) in edges {
+        let y = sample_row(plan, Y, e, bufs)?;
+        let gz = sample_row(plan, GZ, recv, bufs)?;
+        let w = if weighted {
+            sample_row(plan, W, e, bufs)?
+        } else {
+            vec![]
+        };
+        let mut gw = vec![f64::NAN; d.weight_numel as usize];
+        let mut gy_parts = vec![vec![0.0; c.y_len as usize]; m];
+        for (u, gyp) in gy_parts.iter_mut().enumerate() {
+            let acc_u = &mut gxa[u];
+            let u = u as u32;
+            for p in &c.paths {
+                let xb = p.x_offset + u * p.x_len;
+                let zb = p.z_offset + u * p.z_len;
+                for v in 0..p.y_mul {
+                    let yb = p.y_offset + v * p.y_len;
+                    let widx = p.w_offset.map(|o| o + u * p.y_mul + v);
+                    let wv = match widx {
+                        Some(i) => get(&w, i)?,
+                        None => 1.0,
+                    };
+                    let (mut a, mut gxv, mut gyv) = (
+                        0.0,
+                        vec![0.0; p.x_len as usize],
+                        vec![0.0; p.y_len as usize],
+                    );
+                    for t in &p.terms {
+                        let g = t.coeff * get(&gz, zb + t.k)?;
+                        let (xi, yj) = (get(&x, xb + t.i)?, get(&y, yb + t.j)?);
+                        a += g * xi * yj;
+                        gxv[t.i as usize] += g * yj;
+                        gyv[t.j as usize] += g * xi;
+                    }
+                    let acc = acc_u
+                        .get_mut(p.x_block as usize)
+                        .ok_or("x block out of range")?;
+                    for (o, g) in acc.iter_mut().zip(&gxv) {
+                        *o += wv * g;
+                    }
+                    for (j, g) in gyv.iter().enumerate() {
+                        *gyp.get_mut(yb as usize + j)
+                            .ok_or("y component out of range")? += wv * g;
+                    }
+                    if let (true, Some(i)) = (c.write_gw, widx) {
+                        let slot = gw.get_mut(i as usize).ok_or("gw index out of range")?;
+                        if !slot.is_nan() {
+                            return Err(format!("GW[{i}] written twice"));
+                        }
+                        *slot = a;
+                    }
+                }
+            }
+        }
+        let mut gy = vec![0.0; c.y_len as usize];
+        for part in &gy_parts {
+            for (o, v) in gy.iter_mut().zip(part) {
+                *o += v;
+            }
+        }
+        put_row(plan, GY, e, &gy, bufs)?;
+        if c.write_gw {
+            put_row(plan, GW, e, &gw, bufs)?;
+        }
+    }
+    for (u, blocks) in gxa.into_iter().enumerate() {
+        for (b, acc) in c.x_blocks.iter().zip(blocks) {
+            for (i, v) in acc.into_iter().enumerate() {
+                gx[(b.offset + u as u32 * b.row_len) as usize + i] = v;
+            }
+        }
+    }
+    put_row(plan, cv.node_out, unit, &gx, bufs)
 }
 
 /// Runs sample `s` (global index) of a channel kernel on the CPU in the GPU's order:

@@ -98,7 +98,12 @@ impl KernelPlan {
                 sample_mode: SampleMode::Pieces { pieces },
                 ..
             } => Units::Pieces(*pieces),
-            Work::Rows { .. } | Work::Channels(_) | Work::Staged(_) => Units::Edges,
+            Work::Channels(c) => match c.conv.as_ref().map(|cv| cv.units) {
+                Some(SampleMode::Segments { .. }) => Units::Nodes,
+                Some(SampleMode::Pieces { pieces }) => Units::Pieces(pieces),
+                _ => Units::Edges,
+            },
+            Work::Rows { .. } | Work::Staged(_) => Units::Edges,
             Work::ReduceChunks { .. } => Units::Fixed,
         }
     }

@@ -134,11 +134,53 @@ pub fn interpret_conv(
                 bufs.insert(*output, out);
                 continue;
             }
-            Work::Channels(_) | Work::Staged(_) => {
-                return Err(PlanError::Interp {
-                    kernel: k.name.clone(),
-                    why: "a channel or staged kernel in a convolution plan".into(),
-                })
+            Work::Staged(_) => {
+                return Err(err(&k.name, "a staged kernel in a convolution plan".into()))
+            }
+            Work::Channels(c) => {
+                let Some(table) = c.conv.as_ref().and_then(|cv| cv.table()) else {
+                    return Err(err(&k.name, "a channel kernel without units".into()));
+                };
+                let tab = &idx[&table];
+                let total = plan.conv_unit_count(ki, &gs);
+                let pieces = matches!(table, Tensor::SendPieces | Tensor::RecvPieces);
+                let np = if pieces { total } else { 0 };
+                for (s0, n) in plan.dispatches(total) {
+                    let grid = k.grid(n * c.channels as u64, plan.caps.max_workgroups_per_dim);
+                    if grid[0] > plan.caps.max_workgroups_per_dim
+                        || grid[1] > plan.caps.max_workgroups_per_dim
+                    {
+                        return Err(err(&k.name, format!("grid {grid:?} exceeds the limit")));
+                    }
+                    // Every unit of the dispatch is covered by the grid, exactly once.
+                    let covered = grid[0] as u64 * grid[1] as u64 * k.workgroup_size as u64;
+                    if covered < n * c.channels as u64 {
+                        return Err(err(&k.name, "grid too small".into()));
+                    }
+                    for unit in s0..s0 + n {
+                        let at = |i: u64| tab[i as usize] as u64;
+                        // (node, first position, end, ids at)
+                        let (node, lo, hi, ids) = if pieces {
+                            let (start, pnode) = (nodes + 1, nodes + 1 + np + 1);
+                            (
+                                at(pnode + unit),
+                                at(start + unit),
+                                at(start + unit + 1),
+                                pnode + np,
+                            )
+                        } else {
+                            (unit, at(unit), at(unit + 1), nodes + 1)
+                        };
+                        let list: Vec<(u64, u64)> = (lo..hi)
+                            .map(|p| (at(ids + p), at(ids + edges + p)))
+                            .collect();
+                        crate::channel::interpret_conv_backward(
+                            plan, c, node, unit, &list, &mut bufs,
+                        )
+                        .map_err(|why| err(&k.name, why))?;
+                    }
+                }
+                continue;
             }
             Work::Rows {
                 sample_mode,

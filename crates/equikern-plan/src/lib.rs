@@ -131,13 +131,13 @@ mod lower_conv;
 pub mod staged;
 
 pub use caps::Capabilities;
-pub use channel::{ChannelBlock, ChannelPass, ChannelPath, ChannelTerm, ChannelWork};
+pub use channel::{ChannelBlock, ChannelConv, ChannelPass, ChannelPath, ChannelTerm, ChannelWork};
 pub use conv::{ConvInfo, ConvOptions};
 pub use interp::interpret;
 pub use interp_conv::{conv_index_tensors, interpret_conv};
 pub use ix::Ix;
 pub use lower::{lower, lower_with, LowerOptions};
-pub use lower_conv::lower_conv;
+pub use lower_conv::{lower_conv, lower_conv_with};
 pub use staged::{StagedPass, StagedPath, StagedWork};
 
 use equikern_core::TensorProduct;

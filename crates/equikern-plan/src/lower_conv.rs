@@ -6,8 +6,8 @@
 
 use crate::conv::{conv_addressing, ConvInfo, ConvOptions};
 use crate::lower::{
-    chunk_size, finish, pack_kernels, reduce_kernel, workgroup_size, Binding, KSpec, OutGroup,
-    Slot, Tables, CHUNK_TOO_BIG,
+    chunk_size, finish, pack_kernels, reduce_kernel, workgroup_size, Binding, KSpec, LowerOptions,
+    OutGroup, Slot, Tables, CHUNK_TOO_BIG,
 };
 use crate::{
     Addressing, Capabilities, Dims, Direction, Dtype, Kernel, KernelPlan, PlanError, SampleMode,
@@ -66,7 +66,9 @@ fn max_units(plan: &KernelPlan) -> Result<u32, PlanError> {
             } => (1, rows_per_sample),
             // One invocation per (node, element).
             Work::ReducePieces { len, .. } => (1, len),
-            Work::ReduceChunks { .. } | Work::Channels(_) | Work::Staged(_) => continue,
+            // One invocation per (unit, channel).
+            Work::Channels(c) => (1, &c.channels),
+            Work::ReduceChunks { .. } | Work::Staged(_) => continue,
         };
         spc_all = spc_all.max(spc);
         if *rows_per_sample == 0 {
@@ -98,6 +100,21 @@ pub fn lower_conv(
     dtype: Dtype,
     caps: &Capabilities,
     opts: ConvOptions,
+) -> Result<KernelPlan, PlanError> {
+    lower_conv_with(tp, direction, dtype, caps, opts, LowerOptions::default())
+}
+
+/// [`lower_conv`] with lowering options: `channel_fusion` (default on) lets a deterministic
+/// backward of a product that qualifies for the channel kernel ([`crate::channel`]: all `uvu`,
+/// one multiplicity) run as one channel kernel over the sender view
+/// ([`crate::ChannelConv`]) instead of the row kernels.
+pub fn lower_conv_with(
+    tp: &TensorProduct,
+    direction: Direction,
+    dtype: Dtype,
+    caps: &Capabilities,
+    opts: ConvOptions,
+    lopts: LowerOptions,
 ) -> Result<KernelPlan, PlanError> {
     use Tensor::*;
     if dtype == Dtype::F64 && !caps.f64 {
@@ -194,6 +211,26 @@ pub fn lower_conv(
         mode,
         groups,
     };
+    // The channel-fused backward over the sender view (deterministic modes only).
+    let mut fused: Option<Kernel> = None;
+    if direction == Direction::Backward && lopts.channel_fusion && !opts.atomic {
+        let (units, out) = match by_send {
+            SampleMode::Pieces { .. } => (by_send, SendPartial),
+            _ => (by_send, GX),
+        };
+        if let Some(c) = crate::channel::conv_channel_work(tp, dtype, caps, units, out) {
+            let (inputs, outputs) = c.bindings(weighted);
+            let gx = node_out(GX);
+            debug_assert_eq!(gx, out);
+            fused = Some(Kernel {
+                name: format!("conv_backward_fused{sfx}"),
+                inputs,
+                outputs,
+                workgroup_size: c.samples_per_group * c.channels,
+                work: Work::Channels(c),
+            });
+        }
+    }
     let (specs, reduce): (Vec<KSpec>, Option<Tensor>) = match direction {
         Direction::Forward => (
             vec![ks(
@@ -203,6 +240,14 @@ pub fn lower_conv(
             )],
             None,
         ),
+        Direction::Backward if fused.is_some() => {
+            if weighted && shared {
+                let gw = grp(Slot::W, WPartial, vec![b(X, Y, GZ, W)]);
+                (vec![ks("backward_gw_chunks", chunk, vec![gw])], Some(GW))
+            } else {
+                (vec![], None)
+            }
+        }
         Direction::Backward => {
             let bind = vec![b(X, Y, GZ, W)];
             let mut v = vec![ks(
@@ -263,7 +308,8 @@ pub fn lower_conv(
         }
     };
     let mut tables = Tables::default();
-    let mut kernels = pack_kernels(tp, specs, &dims, wg, caps, &mut tables, &fix)?;
+    let mut kernels: Vec<Kernel> = fused.into_iter().collect();
+    kernels.extend(pack_kernels(tp, specs, &dims, wg, caps, &mut tables, &fix)?);
     kernels.extend(piece_reduce);
     if let Some(out) = reduce {
         kernels.push(reduce_kernel(out, &dims, wg, caps)?);

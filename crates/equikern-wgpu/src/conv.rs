@@ -192,11 +192,22 @@ impl Runtime {
             // (params, invocations) per dispatch
             let mut dispatches: Vec<(DispatchParams, u32, u64)> = vec![];
             match &k.work {
-                Work::Channels(_) | Work::Staged(_) => {
+                // One invocation per (unit, channel): nodes or pieces of the sender view.
+                Work::Staged(_) => {
                     return Err(WgpuError::Device(format!(
-                        "kernel {}: a channel or staged kernel in a convolution plan",
+                        "kernel {}: a staged kernel in a convolution plan",
                         k.name
                     )))
+                }
+                Work::Channels(c) => {
+                    for (s0, n) in plan.dispatches(plan.conv_unit_count(ck.index, &gs)) {
+                        let p = DispatchParams {
+                            num_samples: n as u32,
+                            chunk_base: 0,
+                            num_chunks: 0,
+                        };
+                        dispatches.push((p, s0 as u32, n * c.channels as u64));
+                    }
                 }
                 Work::ReduceChunks { len, .. } => {
                     let p = DispatchParams {

@@ -49,6 +49,38 @@ pub fn uvu_unweighted() -> TensorProduct {
     s.build().expect("build")
 }
 
+/// A product for the channel-fused kernels: every path `uvu` over one multiplicity (8), per-edge
+/// weights, a mul-2 `y` block (`v` loop) and several paths into one output irrep.
+pub fn uvu_channels() -> TensorProduct {
+    channels_spec().build().expect("build")
+}
+
+/// [`uvu_channels`] with shared weights.
+pub fn uvu_channels_shared() -> TensorProduct {
+    let mut s = channels_spec();
+    s.shared_weights = true;
+    s.build().expect("build")
+}
+
+/// [`uvu_channels`] with the first half of its paths unweighted.
+pub fn uvu_channels_mixed() -> TensorProduct {
+    let mut s = channels_spec();
+    let n = s.instructions.len();
+    for i in &mut s.instructions[..n / 2] {
+        i.has_weight = false;
+    }
+    s.build().expect("build")
+}
+
+fn channels_spec() -> equikern_core::TpSpec {
+    channelwise(
+        &irreps("8x0e+8x1o+8x2e"),
+        &irreps("2x0e+1x1o+1x2e"),
+        &irreps("8x0e+8x1o+8x1e+8x2e"),
+        false,
+    )
+}
+
 pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
