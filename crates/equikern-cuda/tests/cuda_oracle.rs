@@ -662,6 +662,19 @@ fn channel_fused_backward() {
     println!("channel-fused backward: 5 specs x f32/f64 x 4 batches passed");
 }
 
+/// Small batches only: the memcheck run (`compute-sanitizer --tool memcheck`).
+#[test]
+fn weight_staged_small_batches() {
+    let Some(dev) = device() else { return };
+    for (a, b) in [(10, 48), (3, 10)] {
+        let tp = uvw_staged_spec(a, b);
+        let ctp = CudaTensorProduct::new(&dev, &tp, Dtype::F32).unwrap();
+        for n in [1, 2, 33] {
+            check_all::<f32>(&dev, &ctp, &tp, n, &format!("uvw staged {a}/{b}"));
+        }
+    }
+}
+
 #[test]
 fn weight_staged_kernels() {
     let Some(dev) = device() else { return };
@@ -708,7 +721,12 @@ fn bench_channel_fusion() {
         "device {}, batch {batch}, f32 backward, median of 30",
         dev.name()
     );
+    // ONLY=label,label limits the run.
+    let only = std::env::var("ONLY").unwrap_or_default();
     for (label, tp) in paper_suite() {
+        if !only.is_empty() && !only.split(',').any(|o| o == label) {
+            continue;
+        }
         let fused = CudaTensorProduct::new(&dev, &tp, Dtype::F32).unwrap();
         let fplan = fused.plan(Direction::Backward).unwrap();
         if !fplan.kernels.iter().any(|k| {
