@@ -36,6 +36,12 @@ BIN=${BIN:-.carry/equikern}
 REPS=${REPS:-30}
 # ONLY=label,label limits every stage to those problems (for trying the script out).
 ONLY=${ONLY:-}
+# SKIP=wgpu,e3nn,... leaves stages out (wgpu, oeq, cue, e3nn) when device time is short.
+SKIP=${SKIP:-}
+skip() { [[ ",$SKIP," == *",$1,"* ]]; }
+# Stage timeouts (s) and the cuEquivariance directions, to fit a shorter device budget.
+T_CUDA=${T_CUDA:-130} T_WGPU=${T_WGPU:-130} T_OEQ=${T_OEQ:-140} T_CUE=${T_CUE:-90} T_E3NN=${T_E3NN:-70}
+CUE_DIRS=${CUE_DIRS:-$DIRS}
 T0=$(date +%s)
 stage() { echo; echo "== [$(($(date +%s) - T0)) s] $*"; }
 
@@ -51,26 +57,27 @@ ldconfig 2>/dev/null
 chmod +x "$BIN" 2>/dev/null
 
 stage "equikern bench --backend cuda"
-timeout 130 "$BIN" bench --backend cuda --suite "$SUITE" --batch "$BATCH" --dirs "$DIRS" \
+timeout "$T_CUDA" "$BIN" bench --backend cuda --suite "$SUITE" --batch "$BATCH" --dirs "$DIRS" \
   --reps "$REPS" --warmup 10 --row-limit-s 8 ${ONLY:+--only "$ONLY"} --json "$OUT/equikern_cuda.json" 2>&1 | tee "$OUT/equikern_cuda.log"
 
 stage "equikern bench --backend wgpu (Vulkan adapter)"
-EQUIKERN_ADAPTER=vulkan timeout 130 "$BIN" bench --backend wgpu --suite "$SUITE" --batch "$BATCH" \
+skip wgpu || EQUIKERN_ADAPTER=vulkan timeout "$T_WGPU" "$BIN" bench --backend wgpu --suite "$SUITE" --batch "$BATCH" \
   --dirs "$DIRS" --reps "$REPS" --warmup 10 --row-limit-s 5 ${ONLY:+--only "$ONLY"} --json "$OUT/equikern_wgpu.json" 2>&1 | tee "$OUT/equikern_wgpu.log"
 
 stage "peers"
 # shellcheck disable=SC1091
 source .peers/env.sh .peers
 peer() { # name timeout dirs
+  skip "$1" && return
   timeout "$2" python3 .peers/bench_peers.py "$SUITE" --batch "$BATCH" --dirs "$3" --impls "$1" \
     --dtype float32 ${ONLY:+--only "$ONLY"} --out "$OUT/peers_$1.json" 2>&1 | tee "$OUT/peers_$1.log"
 }
 stage "peers: oeq"
-peer oeq 140 "$DIRS"
+peer oeq "$T_OEQ" "$DIRS"
 stage "peers: cue"
-peer cue 90 "$DIRS"
+peer cue "$T_CUE" "$CUE_DIRS"
 stage "peers: e3nn (forward, backward)"
-peer e3nn 70 forward,backward
+peer e3nn "$T_E3NN" forward,backward
 
 stage "report"
 inputs=()
