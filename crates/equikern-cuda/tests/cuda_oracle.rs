@@ -685,7 +685,11 @@ fn weight_staged_kernels() {
         let label = format!("uvw staged {a}/{b}");
         for dtype in [Dtype::F32, Dtype::F64] {
             let ctp = CudaTensorProduct::new(&dev, &tp, dtype).unwrap();
-            for dir in [Direction::Forward, Direction::Backward] {
+            for dir in [
+                Direction::Forward,
+                Direction::Backward,
+                Direction::DoubleBackward,
+            ] {
                 let staged = ctp
                     .plan(dir)
                     .unwrap()

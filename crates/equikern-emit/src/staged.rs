@@ -32,7 +32,11 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, w: &StagedWork) -> Result<(),
     let fits = |off: u32, len: u64| off as u64 + len <= n;
     if !fits(w.x_stage, d.dim_in1 as u64)
         || !fits(w.y_stage, d.dim_in2 as u64)
-        || (w.pass == StagedPass::Backward && !fits(w.gz_stage, d.dim_out as u64))
+        || (w.pass != StagedPass::Forward && !fits(w.gz_stage, d.dim_out as u64))
+        || (w.pass == StagedPass::DoubleBackward
+            && (!fits(w.hx_stage, d.dim_in1 as u64)
+                || !fits(w.hy_stage, d.dim_in2 as u64)
+                || !fits(w.dgz_stage, d.dim_out as u64)))
     {
         return Err("operand stage outside workgroup memory".into());
     }
@@ -59,11 +63,16 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, w: &StagedWork) -> Result<(),
         if !fits(p.s_offset, t * p.s_stride as u64) {
             return Err(format!("path {}: staged weights outside memory", p.path));
         }
-        let (px, py) = match w.pass {
-            StagedPass::Forward => (p.z_len, 0),
-            StagedPass::Backward => (p.x_len, p.y_len),
+        let (px, py, pa) = match w.pass {
+            StagedPass::Forward => (p.z_len, 0, 0),
+            StagedPass::Backward => (p.x_len, p.y_len, 0),
+            StagedPass::DoubleBackward => (p.x_len, p.y_len, p.z_len),
         };
-        if !fits(p.part_x, t * px as u64) || !fits(p.part_y, t * py as u64) {
+        if !fits(p.part_x, t * px as u64)
+            || !fits(p.part_y, t * py as u64)
+            || !fits(p.part_a, t * pa as u64)
+            || !fits(p.part_ah, t * pa as u64)
+        {
             return Err(format!("path {}: partials outside memory", p.path));
         }
         for term in &p.terms {
@@ -153,108 +162,95 @@ fn sh(i: &str) -> String {
     format!("{S}[{i}]")
 }
 
-/// Loads the staged `x` row `u` and `y` row `v` of a path into `xv*` and `yv*`.
-fn load_xy(o: &mut Out, dia: &Dialect, plan: &KernelPlan, w: &StagedWork, p: &StagedPath) {
-    let dt = plan.dtype;
-    // Only the components some term reads (no unused locals: HIP builds with -Werror).
-    let used_i = |i: u32| p.terms.iter().any(|t| t.i == i);
-    let used_j = |j: u32| p.terms.iter().any(|t| t.j == j);
-    for i in (0..p.x_len).filter(|&i| used_i(i)) {
-        let e = sh(&format!(
-            "{}u + u * {}u",
-            w.x_stage + p.x_offset + i,
-            p.x_len
-        ));
-        o.ln(12, &dia.let_(dt, &format!("xv{i}"), &e));
-    }
-    for j in (0..p.y_len).filter(|&j| used_j(j)) {
-        let e = sh(&format!(
-            "{}u + v * {}u",
-            w.y_stage + p.y_offset + j,
-            p.y_len
-        ));
-        o.ln(12, &dia.let_(dt, &format!("yv{j}"), &e));
-    }
-}
-
-/// `a{k} = Σ_terms c · x_i · y_j`.
-fn a_terms(o: &mut Out, dia: &Dialect, plan: &KernelPlan, p: &StagedPath) {
-    let dt = plan.dtype;
-    let zero = dia.lit(0.0, dt);
-    for k in 0..p.z_len {
-        let mut e = zero.clone();
-        for t in p.terms.iter().filter(|t| t.k == k) {
-            let _ = write!(e, " + {} * xv{} * yv{}", dia.lit(t.coeff, dt), t.i, t.j);
-        }
-        o.ln(12, &dia.let_(dt, &format!("a{k}"), &e));
-    }
-}
-
-/// The kernel body after the prologue defines `g`: one workgroup per sample, `lid` the
-/// local index, `num_samples` the dispatch's sample count.
-pub(crate) fn body(
+/// Loads the staged rows `u` of `x`-like and `v` of `y`-like operands (stage offsets `xs`,
+/// `ys`) of a path into `{px}*` and `{py}*`: only the components some term reads (no unused
+/// locals: HIP builds with -Werror).
+#[allow(clippy::too_many_arguments)]
+fn load_rows(
+    o: &mut Out,
     dia: &Dialect,
     plan: &KernelPlan,
-    k: &Kernel,
-    w: &StagedWork,
-    lid: &str,
-    num_samples: &str,
-) -> Result<String, EmitError> {
-    let d = &plan.dims;
+    p: &StagedPath,
+    xs: u32,
+    ys: u32,
+    px: &str,
+    py: &str,
+) {
     let dt = plan.dtype;
-    let wg = k.workgroup_size;
-    let zero = dia.lit(0.0, dt);
-    let mut o = Out { s: String::new() };
-    // `g` (the invocation index both prologues define) over the workgroup size: the
-    // workgroup's linear index.
-    o.ln(4, &dia.let_u("smp", &format!("g / {wg}u")));
-    // Uniform across the workgroup (one sample per workgroup): safe before barriers.
-    o.ln(4, &format!("if (smp >= {num_samples}) {{ return; }}"));
-    let lid_u = match dia {
-        Dialect::Cuda => format!("(unsigned int){lid}"),
-        Dialect::Wgsl { .. } => lid.to_string(),
-    };
-    o.ln(4, &dia.let_u("li", &lid_u));
-    o.ln(4, &dia.base(Tensor::X, d.dim_in1, false, dt)?);
-    o.ln(4, &dia.base(Tensor::Y, d.dim_in2, false, dt)?);
-    o.ln(4, &dia.base(Tensor::W, d.weight_numel, false, dt)?);
-    let bwd = w.pass == StagedPass::Backward;
-    if bwd {
-        o.ln(4, &dia.base(Tensor::GZ, d.dim_out, false, dt)?);
-        o.ln(4, &dia.base(Tensor::GX, d.dim_in1, true, dt)?);
-        o.ln(4, &dia.base(Tensor::GY, d.dim_in2, true, dt)?);
-        o.ln(4, &dia.base(Tensor::GW, d.weight_numel, true, dt)?);
-    } else {
-        o.ln(4, &dia.base(Tensor::Z, d.dim_out, true, dt)?);
+    for i in (0..p.x_len).filter(|&i| p.terms.iter().any(|t| t.i == i)) {
+        let e = sh(&format!("{}u + u * {}u", xs + p.x_offset + i, p.x_len));
+        o.ln(12, &dia.let_(dt, &format!("{px}{i}"), &e));
     }
+    for j in (0..p.y_len).filter(|&j| p.terms.iter().any(|t| t.j == j)) {
+        let e = sh(&format!("{}u + v * {}u", ys + p.y_offset + j, p.y_len));
+        o.ln(12, &dia.let_(dt, &format!("{py}{j}"), &e));
+    }
+}
 
-    // 1. Stage: consecutive invocations on consecutive elements of each source row. Every
-    // load of the invocation is issued before the first store, so a workgroup waits for
-    // global memory once (a loop per path would wait once per iteration).
-    o.ln(
-        4,
-        "// stage the sample's weights (rows at the plan's stride), x, y (gz): loads, then stores",
-    );
-    let mut copies: Vec<Staging> = w
-        .paths
-        .iter()
-        .map(|p| {
-            let pad = (p.s_stride != p.z_mul).then_some((p.z_mul, p.s_stride));
-            (Tensor::W, p.w_offset, p.s_offset, pad, p.weights())
-        })
-        .collect();
-    copies.push((Tensor::X, 0, w.x_stage, None, d.dim_in1));
-    copies.push((Tensor::Y, 0, w.y_stage, None, d.dim_in2));
-    if bwd {
-        copies.push((Tensor::GZ, 0, w.gz_stage, None, d.dim_out));
+/// `{name}{k} = Σ_terms c · f(term)` for every output component `k`.
+fn sum_k(
+    o: &mut Out,
+    dia: &Dialect,
+    plan: &KernelPlan,
+    p: &StagedPath,
+    name: &str,
+    f: impl Fn(&equikern_plan::ChannelTerm) -> String,
+) {
+    let dt = plan.dtype;
+    for k in 0..p.z_len {
+        let mut e = dia.lit(0.0, dt);
+        for t in p.terms.iter().filter(|t| t.k == k) {
+            let _ = write!(e, " + {} * {}", dia.lit(t.coeff, dt), f(t));
+        }
+        o.ln(12, &dia.let_(dt, &format!("{name}{k}"), &e));
     }
+}
+
+/// Writes (or, `add`, adds to) the task's `x`- and `y`-side partials:
+/// `part_x[q, i] = Σ_terms c · fx(term)`, `part_y[q, j] = Σ_terms c · fy(term)`.
+#[allow(clippy::too_many_arguments)]
+fn partials(
+    o: &mut Out,
+    dia: &Dialect,
+    plan: &KernelPlan,
+    p: &StagedPath,
+    add: bool,
+    fx: impl Fn(&equikern_plan::ChannelTerm) -> String,
+    fy: impl Fn(&equikern_plan::ChannelTerm) -> String,
+) {
+    let dt = plan.dtype;
+    let op = if add { "+=" } else { "=" };
+    for i in 0..p.x_len {
+        let mut e = dia.lit(0.0, dt);
+        for t in p.terms.iter().filter(|t| t.i == i) {
+            let _ = write!(e, " + {} * {}", dia.lit(t.coeff, dt), fx(t));
+        }
+        let at = sh(&format!("{}u + q * {}u", p.part_x + i, p.x_len));
+        o.ln(12, &format!("{at} {op} {e};"));
+    }
+    for j in 0..p.y_len {
+        let mut e = dia.lit(0.0, dt);
+        for t in p.terms.iter().filter(|t| t.j == j) {
+            let _ = write!(e, " + {} * {}", dia.lit(t.coeff, dt), fy(t));
+        }
+        let at = sh(&format!("{}u + q * {}u", p.part_y + j, p.y_len));
+        o.ln(12, &format!("{at} {op} {e};"));
+    }
+}
+
+/// Copies source ranges into workgroup memory: every load of the invocation first, then the
+/// stores (a workgroup waits for global memory once, not once per range or loop iteration),
+/// consecutive invocations on consecutive elements; then a barrier.
+fn stage(o: &mut Out, dia: &Dialect, plan: &KernelPlan, wg: u32, copies: &[Staging], tag: &str) {
+    let dt = plan.dtype;
+    let zero = dia.lit(0.0, dt);
     let mut stores = vec![];
     let mut n_loads = 0;
-    for &(t, src, dst, pad, n) in &copies {
+    for &(t, src, dst, pad, n) in copies {
         for round in 0..n.div_ceil(wg) {
             let e = format!("li + {}u", round * wg);
             let full = (round + 1) * wg <= n;
-            let l = format!("l{n_loads}");
+            let l = format!("{tag}{n_loads}");
             n_loads += 1;
             let load = dia.at(t, &format!("{src}u + {e}"));
             let line = match (dia, full) {
@@ -284,9 +280,30 @@ pub(crate) fn body(
         o.ln(4, &st);
     }
     o.ln(4, barrier(dia));
+}
 
-    // 2. Tasks (u, v) of every path.
-    o.ln(4, "// tasks: one (path, u, v) each");
+/// The staged copy of a per-sample weight tensor (`W` or `HW`), rows at the plan's stride.
+fn weight_copies(w: &StagedWork, t: Tensor) -> Vec<Staging> {
+    w.paths
+        .iter()
+        .map(|p| {
+            let pad = (p.s_stride != p.z_mul).then_some((p.z_mul, p.s_stride));
+            (t, p.w_offset, p.s_offset, pad, p.weights())
+        })
+        .collect()
+}
+
+/// `for t in tasks` with one branch per path: its `q`, `u`, `v`, then `task(p)`; a barrier
+/// after.
+fn tasks(
+    o: &mut Out,
+    dia: &Dialect,
+    w: &StagedWork,
+    wg: u32,
+    comment: &str,
+    mut task: impl FnMut(&mut Out, &StagedPath),
+) {
+    o.ln(4, &format!("// tasks: one (path, u, v) each: {comment}"));
     let tloop = match dia {
         Dialect::Cuda => format!("for (unsigned int t = li; t < {}u; t += {wg}u) {{", w.tasks),
         Dialect::Wgsl { .. } => format!("for (var t = li; t < {}u; t += {wg}u) {{", w.tasks),
@@ -305,73 +322,272 @@ pub(crate) fn body(
         o.ln(12, &dia.let_u("q", &format!("t - {}u", p.first_task)));
         o.ln(12, &dia.let_u("u", &format!("q / {}u", p.y_mul)));
         o.ln(12, &dia.let_u("v", &format!("q - u * {}u", p.y_mul)));
-        load_xy(&mut o, dia, plan, w, p);
-        a_terms(&mut o, dia, plan, p);
-        if bwd {
-            backward_task(&mut o, dia, plan, w, p);
-        } else {
-            for kk in 0..p.z_len {
-                o.ln(
-                    12,
-                    &format!(
-                        "{} = a{kk};",
-                        sh(&format!("{}u + q * {}u", p.part_x + kk, p.z_len))
-                    ),
-                );
-            }
-        }
+        task(o, p);
         o.ln(8, "}");
     }
     o.ln(4, "}");
     o.ln(4, barrier(dia));
-
-    // 3. Outputs, consecutive invocations on consecutive elements.
-    if bwd {
-        backward_outputs(&mut o, dia, plan, k, w)?;
-    } else {
-        o.ln(
-            4,
-            "// z: per element, the block's paths and their tasks in order",
-        );
-        let mut body = vec![dia.var(dt, "acc", &zero)];
-        for b in w.z_blocks() {
-            let n = b.z_mul * b.z_len;
-            body.push(format!(
-                "if (e >= {}u && e < {}u) {{",
-                b.z_offset,
-                b.z_offset + n
-            ));
-            body.push(format!(
-                "    {}",
-                dia.let_u("r", &format!("e - {}u", b.z_offset))
-            ));
-            body.push(format!(
-                "    {}",
-                dia.let_u("wi", &format!("r / {}u", b.z_len))
-            ));
-            body.push(format!(
-                "    {}",
-                dia.let_u("kk", &format!("r - wi * {}u", b.z_len))
-            ));
-            for p in w.paths.iter().filter(|p| p.z_offset == b.z_offset) {
-                body.push(format!("    {}", loop_head(dia, "q", p.tasks())));
-                body.push(format!(
-                    "        acc += {} * {};",
-                    sh(&format!("{}u + q * {}u + wi", p.s_offset, p.s_stride)),
-                    sh(&format!("{}u + q * {}u + kk", p.part_x, p.z_len))
-                ));
-                body.push("    }".into());
-            }
-            body.push("}".into());
-        }
-        body.push(format!("{} = acc;", out_at(dia, Tensor::Z, "e")));
-        strided(&mut o, dia, 4, "e", "li", d.dim_out, wg, &body);
-    }
-    Ok(o.s)
 }
 
-fn out_at(dia: &Dialect, t: Tensor, off: &str) -> String {
-    dia.at(t, off)
+/// Where an output phase writes.
+enum Dest {
+    Global(Tensor),
+    Shared(u32),
+}
+
+/// Per output element `(w, k)` of each path's block: `init + Σ_paths Σ_tasks
+/// staged_weight[task, w] · a[task, k]` (`a` at `a_off(path)`, `z_len` per task), written to
+/// `dest`; elements no path reaches get `init` (or zero).
+#[allow(clippy::too_many_arguments)]
+fn z_phase(
+    o: &mut Out,
+    dia: &Dialect,
+    plan: &KernelPlan,
+    w: &StagedWork,
+    wg: u32,
+    a_off: impl Fn(&StagedPath) -> u32,
+    init: Option<u32>,
+    dest: Dest,
+) {
+    let dt = plan.dtype;
+    let start = match init {
+        Some(at) => sh(&format!("{at}u + e")),
+        None => dia.lit(0.0, dt),
+    };
+    let mut body = vec![dia.var(dt, "acc", &start)];
+    for b in w.z_blocks() {
+        let n = b.z_mul * b.z_len;
+        body.push(format!(
+            "if (e >= {}u && e < {}u) {{",
+            b.z_offset,
+            b.z_offset + n
+        ));
+        body.push(format!(
+            "    {}",
+            dia.let_u("r", &format!("e - {}u", b.z_offset))
+        ));
+        body.push(format!(
+            "    {}",
+            dia.let_u("wi", &format!("r / {}u", b.z_len))
+        ));
+        body.push(format!(
+            "    {}",
+            dia.let_u("kk", &format!("r - wi * {}u", b.z_len))
+        ));
+        for p in w.paths.iter().filter(|p| p.z_offset == b.z_offset) {
+            body.push(format!("    {}", loop_head(dia, "q", p.tasks())));
+            body.push(format!(
+                "        acc += {} * {};",
+                sh(&format!("{}u + q * {}u + wi", p.s_offset, p.s_stride)),
+                sh(&format!("{}u + q * {}u + kk", a_off(p), p.z_len))
+            ));
+            body.push("    }".into());
+        }
+        body.push("}".into());
+    }
+    body.push(match dest {
+        Dest::Global(t) => format!("{} = acc;", dia.at(t, "e")),
+        Dest::Shared(at) => format!("{} = acc;", sh(&format!("{at}u + e"))),
+    });
+    strided(o, dia, 4, "e", "li", plan.dims.dim_out, wg, &body);
+}
+
+/// The kernel body after the prologue defines `g`: one workgroup per sample, `lid` the
+/// local index, `num_samples` the dispatch's sample count.
+pub(crate) fn body(
+    dia: &Dialect,
+    plan: &KernelPlan,
+    k: &Kernel,
+    w: &StagedWork,
+    lid: &str,
+    num_samples: &str,
+) -> Result<String, EmitError> {
+    let d = &plan.dims;
+    let dt = plan.dtype;
+    let wg = k.workgroup_size;
+    let mut o = Out { s: String::new() };
+    // `g` (the invocation index both prologues define) over the workgroup size: the
+    // workgroup's linear index.
+    o.ln(4, &dia.let_u("smp", &format!("g / {wg}u")));
+    // Uniform across the workgroup (one sample per workgroup): safe before barriers.
+    o.ln(4, &format!("if (smp >= {num_samples}) {{ return; }}"));
+    let lid_u = match dia {
+        Dialect::Cuda => format!("(unsigned int){lid}"),
+        Dialect::Wgsl { .. } => lid.to_string(),
+    };
+    o.ln(4, &dia.let_u("li", &lid_u));
+    let (ins, outs) = w.pass.bindings();
+    for t in &ins {
+        o.ln(4, &dia.base(*t, d.per_sample_len(*t), false, dt)?);
+    }
+    for t in &outs {
+        o.ln(4, &dia.base(*t, d.per_sample_len(*t), true, dt)?);
+    }
+    let mut copies = weight_copies(w, Tensor::W);
+    copies.push((Tensor::X, 0, w.x_stage, None, d.dim_in1));
+    copies.push((Tensor::Y, 0, w.y_stage, None, d.dim_in2));
+    if w.pass != StagedPass::Forward {
+        copies.push((Tensor::GZ, 0, w.gz_stage, None, d.dim_out));
+    }
+    if w.pass == StagedPass::DoubleBackward {
+        copies.push((Tensor::HX, 0, w.hx_stage, None, d.dim_in1));
+        copies.push((Tensor::HY, 0, w.hy_stage, None, d.dim_in2));
+    }
+    o.ln(
+        4,
+        "// stage the sample's weights (rows at the plan's stride) and operands",
+    );
+    stage(&mut o, dia, plan, wg, &copies, "l");
+    match w.pass {
+        StagedPass::Forward => {
+            tasks(&mut o, dia, w, wg, "A = sum c x y", |o, p| {
+                load_rows(o, dia, plan, p, w.x_stage, w.y_stage, "xv", "yv");
+                sum_k(o, dia, plan, p, "a", |t| format!("xv{} * yv{}", t.i, t.j));
+                for kk in 0..p.z_len {
+                    let at = sh(&format!("{}u + q * {}u", p.part_x + kk, p.z_len));
+                    o.ln(12, &format!("{at} = a{kk};"));
+                }
+            });
+            o.ln(
+                4,
+                "// z: per element, the block's paths and their tasks in order",
+            );
+            z_phase(
+                &mut o,
+                dia,
+                plan,
+                w,
+                wg,
+                |p| p.part_x,
+                None,
+                Dest::Global(Tensor::Z),
+            );
+        }
+        StagedPass::Backward => {
+            tasks(
+                &mut o,
+                dia,
+                w,
+                wg,
+                "gw in place, T, gx/gy partials",
+                |o, p| {
+                    load_rows(o, dia, plan, p, w.x_stage, w.y_stage, "xv", "yv");
+                    sum_k(o, dia, plan, p, "a", |t| format!("xv{} * yv{}", t.i, t.j));
+                    weight_loop(o, dia, plan, w, p, "tk", true);
+                    partials(
+                        o,
+                        dia,
+                        plan,
+                        p,
+                        false,
+                        |t| format!("yv{} * tk{}", t.j, t.k),
+                        |t| format!("xv{} * tk{}", t.i, t.k),
+                    );
+                },
+            );
+            gradient_outputs(
+                &mut o,
+                dia,
+                plan,
+                w,
+                wg,
+                [Tensor::GW, Tensor::GX, Tensor::GY],
+            );
+        }
+        StagedPass::DoubleBackward => {
+            tasks(
+                &mut o,
+                dia,
+                w,
+                wg,
+                "A, Ah, T of w, dx/dy partials",
+                |o, p| {
+                    load_rows(o, dia, plan, p, w.x_stage, w.y_stage, "xv", "yv");
+                    load_rows(o, dia, plan, p, w.hx_stage, w.hy_stage, "hxv", "hyv");
+                    sum_k(o, dia, plan, p, "a", |t| format!("xv{} * yv{}", t.i, t.j));
+                    sum_k(o, dia, plan, p, "ah", |t| {
+                        format!("(hxv{i} * yv{j} + xv{i} * hyv{j})", i = t.i, j = t.j)
+                    });
+                    for kk in 0..p.z_len {
+                        let a = sh(&format!("{}u + q * {}u", p.part_a + kk, p.z_len));
+                        let ah = sh(&format!("{}u + q * {}u", p.part_ah + kk, p.z_len));
+                        o.ln(12, &format!("{a} = a{kk};"));
+                        o.ln(12, &format!("{ah} = ah{kk};"));
+                    }
+                    weight_loop(o, dia, plan, w, p, "tk", false);
+                    partials(
+                        o,
+                        dia,
+                        plan,
+                        p,
+                        false,
+                        |t| format!("hyv{} * tk{}", t.j, t.k),
+                        |t| format!("hxv{} * tk{}", t.i, t.k),
+                    );
+                },
+            );
+            o.ln(4, "// dgz, the w half: per element, sum of w * Ah");
+            z_phase(
+                &mut o,
+                dia,
+                plan,
+                w,
+                wg,
+                |p| p.part_ah,
+                None,
+                Dest::Shared(w.dgz_stage),
+            );
+            o.ln(4, barrier(dia));
+            o.ln(4, "// stage hw over w");
+            stage(&mut o, dia, plan, wg, &weight_copies(w, Tensor::HW), "m");
+            o.ln(4, "// dgz, the hw half: + sum of hw * A, stored");
+            z_phase(
+                &mut o,
+                dia,
+                plan,
+                w,
+                wg,
+                |p| p.part_a,
+                Some(w.dgz_stage),
+                Dest::Global(Tensor::DGZ),
+            );
+            // The tasks below overwrite hw with dw.
+            o.ln(4, barrier(dia));
+            tasks(
+                &mut o,
+                dia,
+                w,
+                wg,
+                "T of hw, dw in place, dx/dy partials",
+                |o, p| {
+                    load_rows(o, dia, plan, p, w.x_stage, w.y_stage, "xv", "yv");
+                    for kk in 0..p.z_len {
+                        let e = sh(&format!("{}u + q * {}u", p.part_ah + kk, p.z_len));
+                        o.ln(12, &dia.let_(dt, &format!("a{kk}"), &e));
+                    }
+                    weight_loop(o, dia, plan, w, p, "th", true);
+                    partials(
+                        o,
+                        dia,
+                        plan,
+                        p,
+                        true,
+                        |t| format!("yv{} * th{}", t.j, t.k),
+                        |t| format!("xv{} * th{}", t.i, t.k),
+                    );
+                },
+            );
+            gradient_outputs(
+                &mut o,
+                dia,
+                plan,
+                w,
+                wg,
+                [Tensor::DW, Tensor::DX, Tensor::DY],
+            );
+        }
+    }
+    Ok(o.s)
 }
 
 fn loop_head(dia: &Dialect, var: &str, n: u32) -> String {
@@ -381,13 +597,21 @@ fn loop_head(dia: &Dialect, var: &str, n: u32) -> String {
     }
 }
 
-/// Task `(u, v)` of a backward path: the weight row's gradient in place, `T`, then the `gx`
-/// and `gy` partials.
-fn backward_task(o: &mut Out, dia: &Dialect, plan: &KernelPlan, w: &StagedWork, p: &StagedPath) {
+/// The task's loop over its staged weight row: `{acc}_k += weight · gz[w, k]` and, with
+/// `in_place`, the row's gradient `Σ_k a_k · gz[w, k]` written over the weight it came from.
+fn weight_loop(
+    o: &mut Out,
+    dia: &Dialect,
+    plan: &KernelPlan,
+    w: &StagedWork,
+    p: &StagedPath,
+    acc: &str,
+    in_place: bool,
+) {
     let dt = plan.dtype;
     let zero = dia.lit(0.0, dt);
     for k in 0..p.z_len {
-        o.ln(12, &dia.var(dt, &format!("tk{k}"), &zero));
+        o.ln(12, &dia.var(dt, &format!("{acc}{k}"), &zero));
     }
     o.ln(
         12,
@@ -395,7 +619,7 @@ fn backward_task(o: &mut Out, dia: &Dialect, plan: &KernelPlan, w: &StagedWork, 
     );
     o.ln(12, &loop_head(dia, "wi", p.z_mul));
     o.ln(16, &dia.let_(dt, "wv", &sh("row + wi")));
-    let mut gw = zero.clone();
+    let mut grad = zero.clone();
     for k in 0..p.z_len {
         let e = sh(&format!(
             "{}u + wi * {}u",
@@ -403,54 +627,31 @@ fn backward_task(o: &mut Out, dia: &Dialect, plan: &KernelPlan, w: &StagedWork, 
             p.z_len
         ));
         o.ln(16, &dia.let_(dt, &format!("g{k}"), &e));
-        let _ = write!(gw, " + a{k} * g{k}");
+        let _ = write!(grad, " + a{k} * g{k}");
     }
     for k in 0..p.z_len {
-        o.ln(16, &format!("tk{k} += wv * g{k};"));
+        o.ln(16, &format!("{acc}{k} += wv * g{k};"));
     }
-    o.ln(16, &format!("{} = {gw};", sh("row + wi")));
+    if in_place {
+        o.ln(16, &format!("{} = {grad};", sh("row + wi")));
+    }
     o.ln(12, "}");
-    for i in 0..p.x_len {
-        let mut e = zero.clone();
-        for t in p.terms.iter().filter(|t| t.i == i) {
-            let _ = write!(e, " + {} * yv{} * tk{}", dia.lit(t.coeff, dt), t.j, t.k);
-        }
-        o.ln(
-            12,
-            &format!(
-                "{} = {e};",
-                sh(&format!("{}u + q * {}u", p.part_x + i, p.x_len))
-            ),
-        );
-    }
-    for j in 0..p.y_len {
-        let mut e = zero.clone();
-        for t in p.terms.iter().filter(|t| t.j == j) {
-            let _ = write!(e, " + {} * xv{} * tk{}", dia.lit(t.coeff, dt), t.i, t.k);
-        }
-        o.ln(
-            12,
-            &format!(
-                "{} = {e};",
-                sh(&format!("{}u + q * {}u", p.part_y + j, p.y_len))
-            ),
-        );
-    }
 }
 
-/// `gw` copied out of the staged rows; `gx` and `gy` summed from the partials.
-fn backward_outputs(
+/// The weight gradient copied out of the staged rows; the `x`- and `y`-side gradients summed
+/// from the partials (`[weight, x, y]` output tensors).
+fn gradient_outputs(
     o: &mut Out,
     dia: &Dialect,
     plan: &KernelPlan,
-    k: &Kernel,
     w: &StagedWork,
-) -> Result<(), EmitError> {
+    wg: u32,
+    [tw, tx, ty]: [Tensor; 3],
+) {
     let d = &plan.dims;
     let dt = plan.dtype;
-    let wg = k.workgroup_size;
     let zero = dia.lit(0.0, dt);
-    o.ln(4, "// gw: the staged rows back, coalesced");
+    o.ln(4, "// weight gradient: the staged rows back, coalesced");
     for p in &w.paths {
         let src = if p.s_stride == p.z_mul {
             format!("{}u + e", p.s_offset)
@@ -466,7 +667,7 @@ fn backward_outputs(
         }
         body.push(format!(
             "{} = {};",
-            out_at(dia, Tensor::GW, &format!("{}u + e", p.w_offset)),
+            dia.at(tw, &format!("{}u + e", p.w_offset)),
             sh(&src)
         ));
         strided(o, dia, 4, "e", "li", p.weights(), wg, &body);
@@ -482,7 +683,10 @@ fn backward_outputs(
             yb.push(p);
         }
     }
-    o.ln(4, "// gx: per element, the block's paths and v in order");
+    o.ln(
+        4,
+        "// x side: per element, the block's paths and v in order",
+    );
     let mut body = vec![dia.var(dt, "acc", &zero)];
     for b in &xb {
         body.push(format!(
@@ -515,10 +719,13 @@ fn backward_outputs(
         }
         body.push("}".into());
     }
-    body.push(format!("{} = acc;", out_at(dia, Tensor::GX, "e")));
+    body.push(format!("{} = acc;", dia.at(tx, "e")));
     strided(o, dia, 4, "e", "li", d.dim_in1, wg, &body);
 
-    o.ln(4, "// gy: per element, the block's paths and u in order");
+    o.ln(
+        4,
+        "// y side: per element, the block's paths and u in order",
+    );
     let mut body = vec![dia.var(dt, "acc", &zero)];
     for b in &yb {
         body.push(format!(
@@ -551,7 +758,6 @@ fn backward_outputs(
         }
         body.push("}".into());
     }
-    body.push(format!("{} = acc;", out_at(dia, Tensor::GY, "e")));
+    body.push(format!("{} = acc;", dia.at(ty, "e")));
     strided(o, dia, 4, "e", "li", d.dim_in2, wg, &body);
-    Ok(())
 }

@@ -610,10 +610,12 @@ impl KernelPlan {
             let per_task = match pass {
                 StagedPass::Forward => 3 * p.terms.len() as u64,
                 StagedPass::Backward => 9 * p.terms.len() as u64,
+                StagedPass::DoubleBackward => 20 * p.terms.len() as u64,
             };
             let per_weight = match pass {
                 StagedPass::Forward => 2,
                 StagedPass::Backward => 4,
+                StagedPass::DoubleBackward => 10,
             } * p.z_len as u64;
             p.tasks() as u64 * per_task + p.weights() as u64 * per_weight
         });

@@ -672,6 +672,9 @@ pub fn lower_with(
         (true, Direction::Backward) => {
             crate::staged::staged_work(tp, crate::StagedPass::Backward, dtype, caps)
         }
+        (true, Direction::DoubleBackward) => {
+            crate::staged::staged_work(tp, crate::StagedPass::DoubleBackward, dtype, caps)
+        }
         _ => None,
     };
     let chunk = SampleMode::Chunk {
@@ -685,7 +688,7 @@ pub fn lower_with(
     // (row kernels, whether a reduction of WPartial into the given tensor follows)
     let (specs, reduce): (Vec<KSpec>, Option<Tensor>) = match direction {
         Direction::Forward if channel.is_some() || staged.is_some() => (vec![], None),
-        Direction::Backward if staged.is_some() => (vec![], None),
+        Direction::Backward | Direction::DoubleBackward if staged.is_some() => (vec![], None),
         Direction::Forward => (
             vec![ks(
                 "forward",
@@ -794,6 +797,7 @@ pub fn lower_with(
             name: match w.pass {
                 crate::StagedPass::Forward => "forward_staged",
                 crate::StagedPass::Backward => "backward_staged",
+                crate::StagedPass::DoubleBackward => "double_backward_staged",
             }
             .into(),
             inputs,

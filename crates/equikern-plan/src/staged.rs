@@ -18,6 +18,17 @@
 //!            gx[u,i]  += Σ_terms c · y[v,j] · T[u,v,k]               (partials, summed per x row)
 //!            gy[v,j]  += Σ_terms c · x[u,i] · T[u,v,k]               (partials, summed over u)
 //! ```
+//! double backward (from `hx`, `hy`, `hw`; `Ah = Σ_terms c·(hx_i·y_j + x_i·hy_j)`):
+//! ```text
+//!            dgz[w,k]  = Σ_p Σ_(u,v) w_p[u,v,w]·Ah[u,v,k] + hw_p[u,v,w]·A[u,v,k]
+//!            dw_p[u,v,w] = Σ_k Ah[u,v,k] · gz[w,k]
+//!            dx[u,i]  += Σ_terms c · (hy_j · T[u,v,k] + y_j · Th[u,v,k])   (Th: T of hw)
+//!            dy[v,j]  += Σ_terms c · (hx_i · T[u,v,k] + x_i · Th[u,v,k])
+//! ```
+//! Workgroup memory holds one weight row at a time: stage `w` → tasks (A, Ah, T) → the `w`
+//! half of `dgz` → stage `hw` over it → the `hw` half of `dgz` (stored) → tasks (Th, `dw` in
+//! place) → `dw`, `dx`, `dy` out.
+//!
 //! The backward's task `(u, v)` loops over `w`, reading and overwriting its own weight row
 //! in place (the gradient replaces the weight it came from). Its staged rows are padded to
 //! an odd stride so the threads of a warp, one row each, hit distinct banks. All sums run in
@@ -35,6 +46,8 @@ pub enum StagedPass {
     Forward,
     /// `gx`, `gy` and `gw` in one kernel.
     Backward,
+    /// `dx`, `dy`, `dw` and `dgz` in one kernel (see [`StagedWork`] for its phases).
+    DoubleBackward,
 }
 
 impl StagedPass {
@@ -44,6 +57,7 @@ impl StagedPass {
         match self {
             StagedPass::Forward => (vec![X, Y, W], vec![Z]),
             StagedPass::Backward => (vec![X, Y, W, GZ], vec![GX, GY, GW]),
+            StagedPass::DoubleBackward => (vec![X, Y, W, GZ, HX, HY, HW], vec![DX, DY, DW, DGZ]),
         }
     }
 }
@@ -79,6 +93,12 @@ pub struct StagedPath {
     pub part_x: u32,
     /// Backward: offset of the `gy` partials (`y_len` per task); unused by the forward.
     pub part_y: u32,
+    /// Double backward: offsets of `A = Σ c·x·y` and `Ah = Σ c·(hx·y + x·hy)` per task
+    /// (`z_len` each).
+    #[serde(default)]
+    pub part_a: u32,
+    #[serde(default)]
+    pub part_ah: u32,
     pub terms: Vec<ChannelTerm>,
 }
 
@@ -103,6 +123,13 @@ pub struct StagedWork {
     pub x_stage: u32,
     pub y_stage: u32,
     pub gz_stage: u32,
+    /// Double backward: `hx`, `hy`, and the `dgz` accumulated over the `w` phase.
+    #[serde(default)]
+    pub hx_stage: u32,
+    #[serde(default)]
+    pub hy_stage: u32,
+    #[serde(default)]
+    pub dgz_stage: u32,
     /// Elements of workgroup memory the kernel uses.
     pub shared_len: u32,
 }
@@ -153,7 +180,7 @@ pub(crate) fn staged_work(
         // Odd row stride for the backward (one row per thread): conflict-free banks.
         let s_stride = match pass {
             StagedPass::Forward => z_mul,
-            StagedPass::Backward => z_mul | 1,
+            StagedPass::Backward | StagedPass::DoubleBackward => z_mul | 1,
         };
         let terms: Vec<ChannelTerm> =
             p.cg.iter()
@@ -182,6 +209,8 @@ pub(crate) fn staged_work(
             first_task: tasks as u32,
             part_x: 0,
             part_y: 0,
+            part_a: 0,
+            part_ah: 0,
             terms,
         };
         stage += path.tasks() as u64 * s_stride as u64;
@@ -201,21 +230,40 @@ pub(crate) fn staged_work(
     let y_stage = at;
     at += tp.dim_in2 as u64;
     let gz_stage = at;
-    if pass == StagedPass::Backward {
+    let bwd = pass != StagedPass::Forward;
+    let dbl = pass == StagedPass::DoubleBackward;
+    if bwd {
+        at += tp.dim_out as u64;
+    }
+    let (mut hx_stage, mut hy_stage, mut dgz_stage) = (0, 0, 0);
+    if dbl {
+        hx_stage = at;
+        at += tp.dim_in1 as u64;
+        hy_stage = at;
+        at += tp.dim_in2 as u64;
+        dgz_stage = at;
         at += tp.dim_out as u64;
     }
     for p in &mut paths {
         let per_task = match pass {
             StagedPass::Forward => p.z_len,
-            StagedPass::Backward => p.x_len,
+            StagedPass::Backward | StagedPass::DoubleBackward => p.x_len,
         };
         p.part_x = at as u32;
         at += p.tasks() as u64 * per_task as u64;
     }
-    if pass == StagedPass::Backward {
+    if bwd {
         for p in &mut paths {
             p.part_y = at as u32;
             at += p.tasks() as u64 * p.y_len as u64;
+        }
+    }
+    if dbl {
+        for p in &mut paths {
+            p.part_a = at as u32;
+            at += p.tasks() as u64 * p.z_len as u64;
+            p.part_ah = at as u32;
+            at += p.tasks() as u64 * p.z_len as u64;
         }
     }
     let es = match dtype {
@@ -236,6 +284,9 @@ pub(crate) fn staged_work(
         x_stage: x_stage as u32,
         y_stage: y_stage as u32,
         gz_stage: gz_stage as u32,
+        hx_stage: hx_stage as u32,
+        hy_stage: hy_stage as u32,
+        dgz_stage: dgz_stage as u32,
         shared_len: at as u32,
     })
 }
@@ -318,6 +369,65 @@ pub(crate) fn interpret_sample(
                 }
             }
             put(plan, Z, s, &z, bufs)
+        }
+        StagedPass::DoubleBackward => {
+            let (gz, hx, hy, hw) = (
+                row(GZ, bufs)?,
+                row(HX, bufs)?,
+                row(HY, bufs)?,
+                row(HW, bufs)?,
+            );
+            let mut dgz = vec![0.0; d.dim_out as usize];
+            let mut dw = vec![f64::NAN; d.weight_numel as usize];
+            let mut dx = vec![0.0; d.dim_in1 as usize];
+            let mut dy = vec![0.0; d.dim_in2 as usize];
+            for p in &w.paths {
+                for u in 0..p.x_mul {
+                    for v in 0..p.y_mul {
+                        let task = u * p.y_mul + v;
+                        let (xb, yb) = (p.x_offset + u * p.x_len, p.y_offset + v * p.y_len);
+                        let (mut a, mut ah) =
+                            (vec![0.0; p.z_len as usize], vec![0.0; p.z_len as usize]);
+                        for t in &p.terms {
+                            let (xi, yj) = (get(&x, xb + t.i)?, get(&y, yb + t.j)?);
+                            let (hxi, hyj) = (get(&hx, xb + t.i)?, get(&hy, yb + t.j)?);
+                            a[t.k as usize] += t.coeff * xi * yj;
+                            ah[t.k as usize] += t.coeff * (hxi * yj + xi * hyj);
+                        }
+                        let (mut tk, mut th) =
+                            (vec![0.0; p.z_len as usize], vec![0.0; p.z_len as usize]);
+                        for wi in 0..p.z_mul {
+                            let widx = p.w_offset + task * p.z_mul + wi;
+                            let (wv, hwv) = (get(&wt, widx)?, get(&hw, widx)?);
+                            let mut g = 0.0;
+                            for k in 0..p.z_len {
+                                let e = p.z_offset + wi * p.z_len + k;
+                                let gzk = get(&gz, e)?;
+                                tk[k as usize] += wv * gzk;
+                                th[k as usize] += hwv * gzk;
+                                g += ah[k as usize] * gzk;
+                                dgz[e as usize] += wv * ah[k as usize] + hwv * a[k as usize];
+                            }
+                            let slot = dw.get_mut(widx as usize).ok_or("dw out of range")?;
+                            if !slot.is_nan() {
+                                return Err(format!("DW[{widx}] written twice"));
+                            }
+                            *slot = g;
+                        }
+                        for t in &p.terms {
+                            let (xi, yj) = (get(&x, xb + t.i)?, get(&y, yb + t.j)?);
+                            let (hxi, hyj) = (get(&hx, xb + t.i)?, get(&hy, yb + t.j)?);
+                            let (tk, th) = (tk[t.k as usize], th[t.k as usize]);
+                            dx[(xb + t.i) as usize] += t.coeff * (hyj * tk + yj * th);
+                            dy[(yb + t.j) as usize] += t.coeff * (hxi * tk + xi * th);
+                        }
+                    }
+                }
+            }
+            put(plan, DX, s, &dx, bufs)?;
+            put(plan, DY, s, &dy, bufs)?;
+            put(plan, DW, s, &dw, bufs)?;
+            put(plan, DGZ, s, &dgz, bufs)
         }
         StagedPass::Backward => {
             let gz = row(GZ, bufs)?;

@@ -98,6 +98,7 @@ fn diffdock_shapes_match_the_oracle() {
         for batch in [1, 3, 17] {
             check_dir(&tp, Direction::Forward, batch, &c);
             check_dir(&tp, Direction::Backward, batch, &c);
+            check_dir(&tp, Direction::DoubleBackward, batch, &c);
         }
     }
 }
@@ -123,6 +124,7 @@ fn several_y_channels_and_a_block_nobody_writes() {
     for batch in [1, 4] {
         check_dir(&tp, Direction::Forward, batch, &caps());
         check_dir(&tp, Direction::Backward, batch, &caps());
+        check_dir(&tp, Direction::DoubleBackward, batch, &caps());
     }
 }
 
@@ -132,16 +134,16 @@ fn who_qualifies() {
     let tp = diffdock_like(10, 48, false);
     assert!(staged(&tp, Direction::Forward, Dtype::F32, &c));
     assert!(staged(&tp, Direction::Backward, Dtype::F32, &c));
-    // Not the double backward (row kernels there).
-    assert!(!staged(&tp, Direction::DoubleBackward, Dtype::F32, &c));
+    assert!(staged(&tp, Direction::DoubleBackward, Dtype::F32, &c));
     // f64: 2 x the workgroup memory, over 48 KiB -> row kernels.
     assert!(!staged(&tp, Direction::Backward, Dtype::F64, &c));
     // WebGPU's 16 KiB of workgroup memory: DiffDock's 6 928 weights do not fit.
     let web = Capabilities::webgpu_min();
     assert!(!staged(&tp, Direction::Backward, Dtype::F32, &web));
-    // A smaller one does (7 bindings of the backward fit 8).
+    // A smaller one does (7 bindings of the backward fit 8; the double backward's 11 do not).
     let small = diffdock_like(4, 12, false);
     assert!(staged(&small, Direction::Backward, Dtype::F32, &web));
+    assert!(!staged(&small, Direction::DoubleBackward, Dtype::F32, &web));
     // Shared weights, too few weights, other modes: row kernels.
     let shared = build(
         "10x1o+48x0e",
@@ -243,4 +245,5 @@ fn dispatch_splitting() {
     assert!(plan.max_samples_per_dispatch <= 36, "{plan}");
     check_dir(&tp, Direction::Forward, 40, &c);
     check_dir(&tp, Direction::Backward, 40, &c);
+    check_dir(&tp, Direction::DoubleBackward, 40, &c);
 }
