@@ -649,8 +649,6 @@ fn gradient_outputs(
     [tw, tx, ty]: [Tensor; 3],
 ) {
     let d = &plan.dims;
-    let dt = plan.dtype;
-    let zero = dia.lit(0.0, dt);
     o.ln(4, "// weight gradient: the staged rows back, coalesced");
     for p in &w.paths {
         let src = if p.s_stride == p.z_mul {
@@ -672,92 +670,88 @@ fn gradient_outputs(
         ));
         strided(o, dia, 4, "e", "li", p.weights(), wg, &body);
     }
-    // Distinct x / y blocks in order of first use.
-    let mut xb: Vec<&StagedPath> = vec![];
-    let mut yb: Vec<&StagedPath> = vec![];
-    for p in &w.paths {
-        if !xb.iter().any(|q| q.x_offset == p.x_offset) {
-            xb.push(p);
-        }
-        if !yb.iter().any(|q| q.y_offset == p.y_offset) {
-            yb.push(p);
-        }
-    }
     o.ln(
         4,
         "// x side: per element, the block's paths and v in order",
     );
-    let mut body = vec![dia.var(dt, "acc", &zero)];
-    for b in &xb {
-        body.push(format!(
-            "if (e >= {}u && e < {}u) {{",
-            b.x_offset,
-            b.x_offset + b.x_mul * b.x_len
-        ));
-        body.push(format!(
-            "    {}",
-            dia.let_u("r", &format!("e - {}u", b.x_offset))
-        ));
-        body.push(format!(
-            "    {}",
-            dia.let_u("u", &format!("r / {}u", b.x_len))
-        ));
-        body.push(format!(
-            "    {}",
-            dia.let_u("i", &format!("r - u * {}u", b.x_len))
-        ));
-        for p in w.paths.iter().filter(|p| p.x_offset == b.x_offset) {
-            for v in 0..p.y_mul {
-                body.push(format!(
-                    "    acc += {};",
-                    sh(&format!(
+    let x_side = Side {
+        of: &|p: &StagedPath| (p.x_offset, p.x_mul, p.x_len),
+        names: ("u", "i"),
+        terms: &|p: &StagedPath| {
+            (0..p.y_mul)
+                .map(|v| {
+                    let at = format!(
                         "{}u + (u * {}u + {v}u) * {}u + i",
                         p.part_x, p.y_mul, p.x_len
-                    ))
-                ));
-            }
-        }
-        body.push("}".into());
-    }
-    body.push(format!("{} = acc;", dia.at(tx, "e")));
-    strided(o, dia, 4, "e", "li", d.dim_in1, wg, &body);
-
+                    );
+                    format!("    acc += {};", sh(&at))
+                })
+                .collect()
+        },
+    };
+    side_sums(o, dia, plan, w, wg, &x_side, tx, d.dim_in1);
     o.ln(
         4,
         "// y side: per element, the block's paths and u in order",
     );
-    let mut body = vec![dia.var(dt, "acc", &zero)];
-    for b in &yb {
-        body.push(format!(
-            "if (e >= {}u && e < {}u) {{",
-            b.y_offset,
-            b.y_offset + b.y_mul * b.y_len
-        ));
+    let y_side = Side {
+        of: &|p: &StagedPath| (p.y_offset, p.y_mul, p.y_len),
+        names: ("v", "j"),
+        terms: &|p: &StagedPath| {
+            let at = format!("{}u + (u * {}u + v) * {}u + j", p.part_y, p.y_mul, p.y_len);
+            vec![
+                format!("    {}", loop_head(dia, "u", p.x_mul)),
+                format!("        acc += {};", sh(&at)),
+                "    }".into(),
+            ]
+        },
+    };
+    side_sums(o, dia, plan, w, wg, &y_side, ty, d.dim_in2);
+}
+
+/// One input side of a gradient: a path's block `(offset, multiplicity, 2l+1)`, the names of
+/// its row and component indices, and the lines adding a path's partials to `acc`.
+struct Side<'a> {
+    of: &'a dyn Fn(&StagedPath) -> (u32, u32, u32),
+    names: (&'static str, &'static str),
+    terms: &'a dyn Fn(&StagedPath) -> Vec<String>,
+}
+
+/// Per element of `out` (`len` per sample): the partials of every path into its block, in
+/// path order (zero for blocks no path reads).
+#[allow(clippy::too_many_arguments)]
+fn side_sums(
+    o: &mut Out,
+    dia: &Dialect,
+    plan: &KernelPlan,
+    w: &StagedWork,
+    wg: u32,
+    side: &Side<'_>,
+    out: Tensor,
+    len: u32,
+) {
+    let mut blocks: Vec<(u32, u32, u32)> = vec![];
+    for p in &w.paths {
+        let b = (side.of)(p);
+        if !blocks.iter().any(|q| q.0 == b.0) {
+            blocks.push(b);
+        }
+    }
+    let (row, comp) = side.names;
+    let mut body = vec![dia.var(plan.dtype, "acc", &dia.lit(0.0, plan.dtype))];
+    for (off, mul, l) in blocks {
+        body.push(format!("if (e >= {off}u && e < {}u) {{", off + mul * l));
+        body.push(format!("    {}", dia.let_u("r", &format!("e - {off}u"))));
+        body.push(format!("    {}", dia.let_u(row, &format!("r / {l}u"))));
         body.push(format!(
             "    {}",
-            dia.let_u("r", &format!("e - {}u", b.y_offset))
+            dia.let_u(comp, &format!("r - {row} * {l}u"))
         ));
-        body.push(format!(
-            "    {}",
-            dia.let_u("v", &format!("r / {}u", b.y_len))
-        ));
-        body.push(format!(
-            "    {}",
-            dia.let_u("j", &format!("r - v * {}u", b.y_len))
-        ));
-        for p in w.paths.iter().filter(|p| p.y_offset == b.y_offset) {
-            body.push(format!("    {}", loop_head(dia, "u", p.x_mul)));
-            body.push(format!(
-                "        acc += {};",
-                sh(&format!(
-                    "{}u + (u * {}u + v) * {}u + j",
-                    p.part_y, p.y_mul, p.y_len
-                ))
-            ));
-            body.push("    }".into());
+        for p in w.paths.iter().filter(|p| (side.of)(p).0 == off) {
+            body.extend((side.terms)(p));
         }
         body.push("}".into());
     }
-    body.push(format!("{} = acc;", dia.at(ty, "e")));
-    strided(o, dia, 4, "e", "li", d.dim_in2, wg, &body);
+    body.push(format!("{} = acc;", dia.at(out, "e")));
+    strided(o, dia, 4, "e", "li", len, wg, &body);
 }

@@ -548,7 +548,7 @@ pub(crate) fn interpret_sample(
 type Bufs = std::collections::BTreeMap<crate::Tensor, Vec<f64>>;
 
 /// Sample `s`'s row of a per-sample tensor (or the whole tensor when not per-sample).
-fn sample_row(
+pub(crate) fn sample_row(
     plan: &crate::KernelPlan,
     t: crate::Tensor,
     s: u64,
@@ -566,7 +566,7 @@ fn sample_row(
 }
 
 /// Writes sample `s`'s row of an output that must still be unwritten (NaN).
-fn put_row(
+pub(crate) fn put_row(
     plan: &crate::KernelPlan,
     t: crate::Tensor,
     s: u64,

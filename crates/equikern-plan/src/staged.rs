@@ -317,14 +317,7 @@ pub(crate) fn interpret_sample(
 ) -> Result<(), String> {
     use Tensor::*;
     let d = &plan.dims;
-    let row = |t: Tensor, b: &Bufs| -> Result<Vec<f64>, String> {
-        let len = d.per_sample_len(t) as usize;
-        let v = b.get(&t).ok_or_else(|| format!("{t:?} is not bound"))?;
-        let lo = s as usize * len;
-        v.get(lo..lo + len)
-            .map(|r| r.to_vec())
-            .ok_or_else(|| format!("{t:?} sample {s} out of bounds"))
-    };
+    let row = |t: Tensor, b: &Bufs| crate::channel::sample_row(plan, t, s, b);
     let get = |v: &[f64], i: u32| -> Result<f64, String> {
         v.get(i as usize)
             .copied()
@@ -368,7 +361,7 @@ pub(crate) fn interpret_sample(
                         .ok_or("z index out of range")? = acc;
                 }
             }
-            put(plan, Z, s, &z, bufs)
+            crate::channel::put_row(plan, Z, s, &z, bufs)
         }
         StagedPass::DoubleBackward => {
             let (gz, hx, hy, hw) = (
@@ -424,10 +417,10 @@ pub(crate) fn interpret_sample(
                     }
                 }
             }
-            put(plan, DX, s, &dx, bufs)?;
-            put(plan, DY, s, &dy, bufs)?;
-            put(plan, DW, s, &dw, bufs)?;
-            put(plan, DGZ, s, &dgz, bufs)
+            crate::channel::put_row(plan, DX, s, &dx, bufs)?;
+            crate::channel::put_row(plan, DY, s, &dy, bufs)?;
+            crate::channel::put_row(plan, DW, s, &dw, bufs)?;
+            crate::channel::put_row(plan, DGZ, s, &dgz, bufs)
         }
         StagedPass::Backward => {
             let gz = row(GZ, bufs)?;
@@ -467,31 +460,9 @@ pub(crate) fn interpret_sample(
                     }
                 }
             }
-            put(plan, GX, s, &gx, bufs)?;
-            put(plan, GY, s, &gy, bufs)?;
-            put(plan, GW, s, &gw, bufs)
+            crate::channel::put_row(plan, GX, s, &gx, bufs)?;
+            crate::channel::put_row(plan, GY, s, &gy, bufs)?;
+            crate::channel::put_row(plan, GW, s, &gw, bufs)
         }
     }
-}
-
-/// Writes sample `s`'s row of an output that must still be unwritten (NaN) and be given
-/// finite values everywhere.
-fn put(
-    plan: &crate::KernelPlan,
-    t: Tensor,
-    s: u64,
-    vals: &[f64],
-    b: &mut Bufs,
-) -> Result<(), String> {
-    let len = plan.dims.per_sample_len(t) as usize;
-    let buf = b.get_mut(&t).ok_or_else(|| format!("{t:?} is not bound"))?;
-    let lo = s as usize * len;
-    let dst = buf
-        .get_mut(lo..lo + len)
-        .ok_or_else(|| format!("{t:?} sample {s} out of bounds"))?;
-    if dst.iter().any(|v| !v.is_nan()) || vals.len() != len || vals.iter().any(|v| v.is_nan()) {
-        return Err(format!("{t:?} sample {s} written twice or not fully"));
-    }
-    dst.copy_from_slice(vals);
-    Ok(())
 }
