@@ -39,7 +39,7 @@ const MAX_SETS: usize = 8;
 pub struct BenchArgs {
     /// Where to run [default: the best present: cuda, then wgpu, then cpu].
     #[arg(long, value_enum)]
-    backend: Option<Backend>,
+    pub backend: Option<Backend>,
     /// Suite file ({"problems": [...]}) [default: benches/paper_suite.json, built in].
     #[arg(long, value_name = "FILE")]
     suite: Option<PathBuf>,
@@ -52,16 +52,16 @@ pub struct BenchArgs {
     dirs: Option<String>,
     /// Compute dtype (f64: cuda and cpu).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
-    dtype: Dtype,
+    pub dtype: Dtype,
     /// Timed runs per direction (the median is reported).
     #[arg(long, default_value_t = 30)]
-    reps: usize,
+    pub reps: usize,
     /// Untimed runs before timing.
     #[arg(long, default_value_t = 5)]
-    warmup: usize,
+    pub warmup: usize,
     /// Write the rows as JSON ({"device", "backend", "copy_gbps", "rows": [...]}) here.
     #[arg(long, value_name = "OUT")]
-    json: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     /// Only these problems (comma-separated labels, exact).
     #[arg(long, value_name = "LABELS")]
     only: Option<String>,
@@ -106,6 +106,20 @@ pub struct BenchArgs {
     /// (at least 5; the row's "reps" says how many) [default: no limit].
     #[arg(long, value_name = "SECONDS")]
     row_limit_s: Option<f64>,
+    /// Benchmark a SevenNet checkpoint end to end instead (energy, forces, stress per step on
+    /// --systems): ms per step (model only and with the neighbour list), atoms/s, per-phase
+    /// breakdown, first call, peak device memory. Uses --backend, --dtype, --reps, --warmup,
+    /// --json.
+    #[arg(long, value_name = "CKPT", help_heading = "Model")]
+    pub model: Option<PathBuf>,
+    /// Systems for --model, comma-separated: si:N (diamond Si, a = 5.43 Å, N = 8k³) and
+    /// water:N (N = 3m³ molecules' atoms, periodic cube at 1 g/cm³, seeded orientations).
+    #[arg(
+        long,
+        default_value = "si:4096,water:1029,si:13824,si:32768",
+        help_heading = "Model"
+    )]
+    pub systems: String,
 }
 
 /// What one (problem, direction) measured.
@@ -221,6 +235,14 @@ fn plan_reps(args: &BenchArgs, probe_ms: f64) -> (usize, usize) {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(ckpt) = &args.model {
+        if args.conv {
+            return Err(CliError::input(
+                "--model and --conv are separate benchmarks",
+            ));
+        }
+        return crate::bench_model::run(args, ckpt);
+    }
     if !args.conv && (args.export_only || args.export_graphs.is_some()) {
         return Err(CliError::input(
             "--export-graphs / --export-only go with --conv",

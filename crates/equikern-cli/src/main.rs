@@ -1,6 +1,7 @@
 //! `equikern`: e3nn-exact Clebsch–Gordan tensor products from the command line.
 
 mod bench;
+mod bench_model;
 mod conformance_cmd;
 mod conv;
 mod emit;

@@ -93,7 +93,7 @@ pub struct MdArgs {
 
 /// The model's target and dtype for `--backend`/`--dtype` (checked before anything loads: an
 /// unsupported combination exits 2 naming it).
-fn resolve_backend(
+pub(crate) fn resolve_backend(
     backend: Backend,
     dtype: Option<Dtype>,
 ) -> Result<(equikern_model::Target, equikern_model::Dtype)> {
@@ -122,7 +122,7 @@ fn resolve_backend(
 }
 
 /// Opens the GPU device of `backend` (none for the cpu): unavailable → exit 2 naming it.
-fn open_device(backend: Backend) -> Result<Option<equikern::Device>> {
+pub(crate) fn open_device(backend: Backend) -> Result<Option<equikern::Device>> {
     if backend == Backend::Cpu {
         return Ok(None);
     }
@@ -133,7 +133,7 @@ fn open_device(backend: Backend) -> Result<Option<equikern::Device>> {
 }
 
 /// The model on its backend: kernels and cast weights are made once, here.
-fn place_model(
+pub(crate) fn place_model(
     model: &SevenNet,
     device: Option<equikern::Device>,
     dtype: equikern_model::Dtype,
@@ -163,7 +163,7 @@ fn keep_freed_memory() {
     }
 }
 
-fn load_model(path: &Path) -> Result<SevenNet> {
+pub(crate) fn load_model(path: &Path) -> Result<SevenNet> {
     keep_freed_memory();
     SevenNet::load(path).map_err(|e| match e {
         ModelError::Io { .. } => CliError::input(format!("--model: {e}")),

@@ -853,3 +853,182 @@ fn md_runs_on_wgpu() {
     assert_eq!(t.len(), 5);
     assert!(t[4].energy.is_some_and(f64::is_finite));
 }
+
+/// `bench --model` JSON: the fields, and that its energy equals `eval`'s on the same system.
+fn check_bench_json(v: &Value, backend: &str, systems: &[(&str, usize)], gpu: bool) {
+    assert_eq!(v["command"], "bench --model");
+    assert_eq!(v["backend"], backend);
+    assert_eq!(v["dtype"], "f32");
+    assert!(v["device"].as_str().is_some_and(|d| d.ends_with(" f32")));
+    assert!(v["timing"].as_str().unwrap().contains("median"));
+    assert_eq!(v["reps"], 2);
+    assert_eq!(v["warmup"], 1);
+    for k in ["load_ms", "place_ms"] {
+        assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k}");
+    }
+    let rows = v["systems"].as_array().unwrap();
+    assert_eq!(rows.len(), systems.len());
+    for (r, (name, atoms)) in rows.iter().zip(systems) {
+        assert_eq!(r["system"], *name);
+        assert_eq!(r["atoms"], *atoms);
+        assert!(r["edges"].as_u64().unwrap() > 0);
+        assert_eq!(r["reps"], 2);
+        for k in [
+            "first_call_ms",
+            "ms_model",
+            "ms_model_min",
+            "ms_with_nl",
+            "atoms_per_s",
+            "atoms_per_s_with_nl",
+        ] {
+            assert!(
+                r[k].as_f64().is_some_and(|x| x > 0.0),
+                "{name} {k}: {}",
+                r[k]
+            );
+        }
+        assert!(r["ms_model_min"].as_f64() <= r["ms_model"].as_f64());
+        assert!(r["energy"].as_f64().is_some_and(f64::is_finite));
+        let ph = &r["phases_ms"];
+        for k in [
+            "neighbour_list",
+            "graph",
+            "edge_geometry",
+            "dense_host",
+            "conv_device",
+            "transfer",
+            "other",
+        ] {
+            assert!(ph[k].as_f64().is_some_and(|x| x >= 0.0), "{name} {k}");
+        }
+        assert!(ph["dense_host"].as_f64().unwrap() > 0.0);
+        assert!(ph["conv_device"].as_f64().unwrap() > 0.0);
+        if gpu {
+            assert!(r["peak_device_bytes"].as_u64().unwrap() > 0);
+            assert!(r["uploaded_bytes_per_step"].as_u64().unwrap() > 0);
+            assert!(ph["transfer"].as_f64().unwrap() > 0.0);
+        } else {
+            assert!(r["peak_device_bytes"].is_null());
+            assert_eq!(r["uploaded_bytes_per_step"], 0);
+            assert_eq!(ph["transfer"], 0.0);
+        }
+    }
+}
+
+fn bench_model(dir: &Path, ckpt: &str, backend: &str, systems: &str) -> Output {
+    run(
+        dir,
+        &[
+            "bench",
+            "--model",
+            ckpt,
+            "--backend",
+            backend,
+            "--dtype",
+            "f32",
+            "--systems",
+            systems,
+            "--reps",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            "b.json",
+        ],
+    )
+}
+
+/// The benchmark systems' energy from `bench --model` equals `eval`'s on the same structure.
+fn eval_energy(dir: &Path, ckpt: &str, s: &Structure, backend: &str) -> f64 {
+    write_xyz(dir, "sys.extxyz", std::slice::from_ref(s));
+    let o = run(
+        dir,
+        &[
+            "eval",
+            "--model",
+            ckpt,
+            "--structure",
+            "sys.extxyz",
+            "--backend",
+            backend,
+            "--dtype",
+            "f32",
+            "--json",
+            "e.json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("e.json")).unwrap()).unwrap();
+    v["energy"].as_f64().unwrap()
+}
+
+#[test]
+fn bench_model_cpu_json() {
+    let dir = tmp("bench-model-cpu");
+    random_checkpoint(&dir);
+    let o = bench_model(&dir, "random.pth", "cpu", "water:24,water:81");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("water:81") && out.contains("ms model"),
+        "{out}"
+    );
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("b.json")).unwrap()).unwrap();
+    check_bench_json(&v, "cpu", &[("water:24", 24), ("water:81", 81)], false);
+    // the same structure through `eval` gives the same energy (f32 cpu: deterministic)
+    let s = equikern_model::systems::SystemSpec::parse("water:24")
+        .unwrap()
+        .build()
+        .unwrap();
+    let e = eval_energy(&dir, "random.pth", &s, "cpu");
+    assert_eq!(v["systems"][0]["energy"].as_f64().unwrap(), e);
+    // the real checkpoint on a Si cell, when present
+    if let Some(ck) = checkpoint() {
+        let ck = ck.to_str().unwrap();
+        let o = bench_model(&dir, ck, "cpu", "si:8");
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("b.json")).unwrap()).unwrap();
+        check_bench_json(&v, "cpu", &[("si:8", 8)], false);
+        assert_eq!(v["systems"][0]["edges"], 8 * 28);
+    }
+}
+
+#[test]
+fn bench_model_wgpu_json() {
+    let dir = tmp("bench-model-wgpu");
+    random_checkpoint(&dir);
+    let o = bench_model(&dir, "random.pth", "wgpu", "water:24");
+    if o.status.code() == Some(2) && stderr(&o).contains("not available") {
+        println!("SKIP: {}", stderr(&o).trim());
+        return;
+    }
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("b.json")).unwrap()).unwrap();
+    check_bench_json(&v, "wgpu", &[("water:24", 24)], true);
+    let s = equikern_model::systems::SystemSpec::parse("water:24")
+        .unwrap()
+        .build()
+        .unwrap();
+    let e = eval_energy(&dir, "random.pth", &s, "wgpu");
+    let b = v["systems"][0]["energy"].as_f64().unwrap();
+    assert!((b - e).abs() <= 1e-9 * e.abs().max(1.0), "{b} vs {e}");
+}
+
+#[test]
+fn bench_model_bad_input_exits_2() {
+    let dir = tmp("bench-model-bad");
+    random_checkpoint(&dir);
+    let o = bench_model(&dir, "random.pth", "cpu", "si:100");
+    assert_input_error(&o, &["--systems", "8·k³"]);
+    let o = bench_model(&dir, "random.pth", "cpu", "cu:32");
+    assert_input_error(&o, &["--systems", "unknown kind"]);
+    // an element the model lacks (the random model has H C N O, not Si)
+    let o = bench_model(&dir, "random.pth", "cpu", "si:8");
+    assert_input_error(&o, &["si:8", "Si"]);
+    let o = bench_model(&dir, "missing.pth", "cpu", "water:24");
+    assert_input_error(&o, &["--model"]);
+}

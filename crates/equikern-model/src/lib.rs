@@ -8,6 +8,7 @@
 //!   [`units`] — eV, Å, fs, amu.
 //! * [`torch_save`] — writes torch.save-layout checkpoints (random SevenNet weights for tests).
 //! * [`sevennet`] — SevenNet-0: energy, forces, stress, in f64 or f32 ([`scalar`]).
+//! * [`systems`] — benchmark structures (Si diamond supercells, water boxes).
 //! * [`backend`] — where it runs: [`Backend`] (the ops the model needs), [`CpuBackend`],
 //!   `DeviceBackend` (wgpu/CUDA convolutions through `equikern::ConvOp`), and [`Evaluator`]
 //!   (backend and dtype chosen at run time).
@@ -22,19 +23,20 @@ pub mod md;
 pub mod nn;
 pub mod scalar;
 pub mod sevennet;
+pub mod systems;
 pub mod torch_save;
 pub mod units;
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use backend::DeviceBackend;
-pub use backend::{Backend, CpuBackend, Dtype, Evaluator, Target};
+pub use backend::{Backend, CpuBackend, DeviceCounters, Dtype, Evaluator, Target};
 pub use checkpoint::{Checkpoint, Tensor, Value};
 pub use error::{ModelError, Result};
 pub use extxyz::Frame;
 pub use graph::{Graph, Structure};
 pub use md::{Md, MdOptions, Potential, Thermostat};
 pub use scalar::Scalar;
-pub use sevennet::{Prediction, SevenNet};
+pub use sevennet::{Prediction, SevenNet, StepProfile};
 
 /// An atomic structure (positions Å, atomic numbers, cell rows, pbc): the model's input.
 pub type Atoms = Structure;

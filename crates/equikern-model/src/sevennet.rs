@@ -25,7 +25,94 @@ use crate::scalar::Scalar;
 use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
 use equikern_core::spec::builders::channelwise;
 use equikern_core::{Irrep, Irreps, MulIr, Oracle, Parity, TensorProduct};
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::time::Instant;
+
+/// Where one step's wall-clock time went (seconds, host clock). The device phases are
+/// synchronous: each convolution waits for the device before its results are read back.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepProfile {
+    /// Radius graph on the host (0 for [`SevenNet::evaluate_graph_on`]).
+    pub neighbour_list_s: f64,
+    /// The backend's graph (edge lists, CSR views; index tables go to the device with the
+    /// first convolution and count there).
+    pub graph_s: f64,
+    /// Edge geometry (lengths, radial basis, spherical harmonics and their derivatives) and
+    /// the assembly of forces and stress from `∂E/∂r_e`, on the host in f64.
+    pub edge_geometry_s: f64,
+    /// Dense layers (`Linear`, radial MLP, `Gate`, forward and backward): on the host unless
+    /// the backend runs them itself.
+    pub dense_s: f64,
+    /// Convolutions (forward and backward) on the backend, without their transfers.
+    pub conv_s: f64,
+    /// Host ↔ device transfers ([`crate::backend::DeviceCounters::transfer_s`]).
+    pub transfer_s: f64,
+    /// The whole step.
+    pub total_s: f64,
+    pub atoms: usize,
+    pub edges: usize,
+}
+
+impl StepProfile {
+    /// What the named phases leave over (one-hot, residual sums, scaling, bookkeeping).
+    pub fn other_s(&self) -> f64 {
+        (self.total_s
+            - self.neighbour_list_s
+            - self.graph_s
+            - self.edge_geometry_s
+            - self.dense_s
+            - self.conv_s
+            - self.transfer_s)
+            .max(0.0)
+    }
+}
+
+/// Phase timers of one step.
+#[derive(Default)]
+struct Clock {
+    graph: Cell<f64>,
+    edge_geometry: Cell<f64>,
+    dense: Cell<f64>,
+    conv: Cell<f64>,
+    transfer: Cell<f64>,
+}
+
+impl Clock {
+    fn add(&self, c: &Cell<f64>, since: Instant) {
+        c.set(c.get() + since.elapsed().as_secs_f64());
+    }
+    fn time<R>(&self, c: &Cell<f64>, f: impl FnOnce() -> R) -> R {
+        let t = Instant::now();
+        let r = f();
+        self.add(c, t);
+        r
+    }
+    /// A backend call that may move data: its transfers (the backend's counter) are split off.
+    fn conv<T: Scalar, B: Backend<T>, R>(&self, be: &B, f: impl FnOnce() -> R) -> R {
+        let before = be.counters().transfer_s;
+        let t = Instant::now();
+        let r = f();
+        let all = t.elapsed().as_secs_f64();
+        let moved = be.counters().transfer_s - before;
+        self.transfer.set(self.transfer.get() + moved);
+        self.conv.set(self.conv.get() + (all - moved).max(0.0));
+        r
+    }
+    fn profile(&self, total_s: f64, atoms: usize, edges: usize) -> StepProfile {
+        StepProfile {
+            neighbour_list_s: 0.0,
+            graph_s: self.graph.get(),
+            edge_geometry_s: self.edge_geometry.get(),
+            dense_s: self.dense.get(),
+            conv_s: self.conv.get(),
+            transfer_s: self.transfer.get(),
+            total_s,
+            atoms,
+            edges,
+        }
+    }
+}
 
 /// One NequIP interaction block, computing in `T`.
 #[derive(Clone, Debug)]
@@ -727,14 +814,44 @@ impl<T: Scalar> SevenNet<T> {
     /// [`Self::evaluate`] on `backend`: the radius graph is built once (on the host, f64) and
     /// handed to the backend once ([`Backend::graph`]), then every layer reuses it.
     pub fn evaluate_on<B: Backend<T>>(&self, backend: &B, s: &Structure) -> Result<Prediction> {
+        self.evaluate_profiled_on(backend, s).map(|r| r.0)
+    }
+
+    /// [`Self::evaluate_on`], with the wall-clock time of each phase of the step.
+    pub fn evaluate_profiled_on<B: Backend<T>>(
+        &self,
+        backend: &B,
+        s: &Structure,
+    ) -> Result<(Prediction, StepProfile)> {
+        let t0 = Instant::now();
         s.validate()?;
-        let types = self.types_of(&s.numbers)?;
         let g = Graph::build(s, self.cutoff)?;
-        check_overlap(&g)?;
+        let nl = t0.elapsed().as_secs_f64();
+        let (p, mut prof) = self.evaluate_graph_on(backend, s, &g)?;
+        prof.neighbour_list_s = nl;
+        prof.total_s = t0.elapsed().as_secs_f64();
+        Ok((p, prof))
+    }
+
+    /// Energy, forces and stress of `s` for its radius graph `g` (`Graph::build(s,
+    /// self.cutoff)`, built by the caller: the model-only part of a step), with the time of
+    /// each phase (`neighbour_list_s` is 0 here).
+    pub fn evaluate_graph_on<B: Backend<T>>(
+        &self,
+        backend: &B,
+        s: &Structure,
+        g: &Graph,
+    ) -> Result<(Prediction, StepProfile)> {
+        let t0 = Instant::now();
+        s.validate()?;
+        let clock = Clock::default();
+        let types = self.types_of(&s.numbers)?;
+        check_overlap(g)?;
         let n = s.positions.len();
         let (receiver, sender) = edge_lists(n, &g.src, &g.dst)?;
-        let bg = backend.graph(n, &receiver, &sender)?;
-        let (atomic, fe) = self.energy_and_edge_grad_on(backend, &types, &bg, &g.vec)?;
+        let bg = clock.time(&clock.graph, || backend.graph(n, &receiver, &sender))?;
+        let (atomic, fe) = self.edge_grad_clocked(backend, &types, &bg, &g.vec, &clock)?;
+        let t_forces = Instant::now();
         let mut forces = vec![[0.0; 3]; n];
         let mut virial = [[0.0; 3]; 3];
         for e in 0..g.len() {
@@ -746,6 +863,7 @@ impl<T: Scalar> SevenNet<T> {
                 }
             }
         }
+        clock.add(&clock.edge_geometry, t_forces);
         let vol = s.volume();
         let stress = (s.pbc.iter().all(|&p| p) && vol > 1e-3).then(|| {
             [
@@ -757,13 +875,14 @@ impl<T: Scalar> SevenNet<T> {
                 virial[0][1] / vol,
             ]
         });
-        Ok(Prediction {
+        let p = Prediction {
             energy: atomic.iter().sum(),
             atomic_energies: atomic,
             forces,
             stress,
             num_edges: g.len(),
-        })
+        };
+        Ok((p, clock.profile(t0.elapsed().as_secs_f64(), n, g.len())))
     }
 
     /// Per-atom energies and `∂E/∂r_e` for a given graph (`src` = center i, `dst` = neighbour
@@ -838,6 +957,17 @@ impl<T: Scalar> SevenNet<T> {
         g: &B::Graph,
         vec: &[[f64; 3]],
     ) -> Result<(Vec<f64>, Vec<[f64; 3]>)> {
+        self.edge_grad_clocked(be, types, g, vec, &Clock::default())
+    }
+
+    fn edge_grad_clocked<B: Backend<T>>(
+        &self,
+        be: &B,
+        types: &[usize],
+        g: &B::Graph,
+        vec: &[[f64; 3]],
+        clock: &Clock,
+    ) -> Result<(Vec<f64>, Vec<[f64; 3]>)> {
         let n = types.len();
         let ne = vec.len();
         if let Some(a) = types.iter().position(|&t| t >= self.num_species) {
@@ -847,71 +977,80 @@ impl<T: Scalar> SevenNet<T> {
             ));
         }
         // ---- edge embedding (f64, rounded to T)
-        let geo = self.edge_geometry(vec)?;
+        let t_geo = Instant::now();
+        let mut geo = self.edge_geometry(vec)?;
+        clock.add(&clock.edge_geometry, t_geo);
         let nb = self.bessel.coeffs.len();
         let sh_dim: usize = self.sh_ls.iter().map(|l| 2 * *l as usize + 1).sum();
+        // The spherical harmonics go to the backend once; every layer reads them there.
+        let sh = clock.conv(be, || be.edge_sh(g, std::mem::take(&mut geo.sh)))?;
+        let dense = &clock.dense;
         // ---- forward
         let ns = self.num_species;
         let mut onehot = vec![T::ZERO; n * ns];
         for (a, &t) in types.iter().enumerate() {
             onehot[a * ns + t] = T::ONE;
         }
-        let mut x = be.linear(&self.embed, &onehot)?;
-        struct Saved<T> {
-            h: Vec<T>,
-            w: Vec<T>,
+        let mut x = clock.time(dense, || be.linear(&self.embed, &onehot))?;
+        struct Saved<T, S> {
+            conv: S,
             tape: crate::nn::fcnet::FcTape<T>,
             y: Vec<T>,
         }
         let mut saved = Vec::with_capacity(self.layers.len());
         for (t, layer) in self.layers.iter().enumerate() {
             let den = T::from_f64(layer.denominator);
-            let sc = be.linear(&layer.sc, &x)?;
-            let h = be.linear(&layer.lin1, &x)?;
-            let (w, tape) = be.radial(&layer.weight_nn, &geo.emb)?;
-            let mut agg = be.conv_forward(t, layer, g, &h, &geo.sh, &w)?;
+            let sc = clock.time(dense, || be.linear(&layer.sc, &x))?;
+            let h = clock.time(dense, || be.linear(&layer.lin1, &x))?;
+            let (w, tape) = clock.time(dense, || be.radial(&layer.weight_nn, &geo.emb))?;
+            let (mut agg, conv) = clock.conv(be, || be.conv_forward(t, layer, g, &sh, h, w))?;
             for a in &mut agg {
                 *a /= den;
             }
-            let mut y = be.linear(&layer.lin2, &agg)?;
+            let mut y = clock.time(dense, || be.linear(&layer.lin2, &agg))?;
             for (a, b) in y.iter_mut().zip(&sc) {
                 *a += *b;
             }
-            x = be.gate(&layer.gate, &y)?;
-            saved.push(Saved { h, w, tape, y });
+            x = clock.time(dense, || be.gate(&layer.gate, &y))?;
+            saved.push(Saved { conv, tape, y });
         }
-        let hid = be.linear(&self.readout_hidden, &x)?;
-        let out = be.linear(&self.readout_energy, &hid)?;
+        let hid = clock.time(dense, || be.linear(&self.readout_hidden, &x))?;
+        let out = clock.time(dense, || be.linear(&self.readout_energy, &hid))?;
         let atomic: Vec<f64> = (0..n)
             .map(|a| out[a].to_f64() * self.scale[types[a]] + self.shift[types[a]])
             .collect();
         // ---- backward: dE/d(everything), E = Σ atomic
         let ge: Vec<T> = types.iter().map(|&t| T::from_f64(self.scale[t])).collect();
-        let g_hid = be.linear_backward(&self.readout_energy, &ge)?;
-        let mut gx = be.linear_backward(&self.readout_hidden, &g_hid)?;
+        let g_hid = clock.time(dense, || be.linear_backward(&self.readout_energy, &ge))?;
+        let mut gx = clock.time(dense, || be.linear_backward(&self.readout_hidden, &g_hid))?;
         let mut g_emb = vec![T::ZERO; ne * nb];
         let mut g_sh = vec![T::ZERO; ne * sh_dim];
-        for (t, (layer, s)) in self.layers.iter().zip(&saved).enumerate().rev() {
+        for (t, (layer, s)) in self.layers.iter().zip(saved).enumerate().rev() {
             let den = T::from_f64(layer.denominator);
-            let gy = be.gate_backward(&layer.gate, &s.y, &gx)?;
-            let mut g_agg = be.linear_backward(&layer.lin2, &gy)?;
+            let gy = clock.time(dense, || be.gate_backward(&layer.gate, &s.y, &gx))?;
+            let mut g_agg = clock.time(dense, || be.linear_backward(&layer.lin2, &gy))?;
             for a in &mut g_agg {
                 *a /= den;
             }
-            let grads = be.conv_backward(t, layer, g, &s.h, &geo.sh, &s.w, &g_agg)?;
+            let grads = clock.conv(be, || be.conv_backward(t, layer, g, &sh, s.conv, &g_agg))?;
             for (a, b) in g_sh.iter_mut().zip(&grads.gy) {
                 *a += *b;
             }
-            let ge_l = be.radial_backward(&layer.weight_nn, &s.tape, &grads.gw)?;
+            let ge_l = clock.time(dense, || {
+                be.radial_backward(&layer.weight_nn, &s.tape, &grads.gw)
+            })?;
             for (a, b) in g_emb.iter_mut().zip(&ge_l) {
                 *a += *b;
             }
-            let mut g_in = be.linear_backward(&layer.lin1, &grads.gx)?;
-            for (a, b) in g_in.iter_mut().zip(be.linear_backward(&layer.sc, &gy)?) {
+            let mut g_in = clock.time(dense, || be.linear_backward(&layer.lin1, &grads.gx))?;
+            let g_sc = clock.time(dense, || be.linear_backward(&layer.sc, &gy))?;
+            for (a, b) in g_in.iter_mut().zip(g_sc) {
                 *a += b;
             }
             gx = g_in;
         }
+        drop(sh);
+        let t_fe = Instant::now();
         // ---- edge vectors (f64)
         let mut fe = vec![[0.0; 3]; ne];
         for e in 0..ne {
@@ -926,6 +1065,7 @@ impl<T: Scalar> SevenNet<T> {
                 fe[e][d] = v;
             }
         }
+        clock.add(&clock.edge_geometry, t_fe);
         Ok((atomic, fe))
     }
 }

@@ -425,3 +425,82 @@ fn cpu_f32_is_close_to_f64_on_small_models() {
         assert_eq!(p32.num_edges, p64.num_edges);
     }
 }
+
+/// Bytes one step must upload and download when the edge SH go up once per structure and
+/// each layer's `x` and `w` once (forward), `grad_z` once (backward); downloads `z`, `gx`,
+/// `gy`, `gw` per layer.
+fn expected_traffic(model: &SevenNet, nodes: usize, edges: usize, elem: u64) -> (u64, u64) {
+    let sh: usize = model.sh_ls.iter().map(|l| 2 * *l as usize + 1).sum();
+    let mut up = edges * sh;
+    let mut down = 0;
+    for l in &model.layers {
+        let (d1, d2, dmid, wn) = l.tp_dims;
+        up += nodes * d1 + edges * wn + nodes * dmid;
+        down += nodes * dmid + nodes * d1 + edges * d2 + edges * wn;
+    }
+    (up as u64 * elem, down as u64 * elem)
+}
+
+/// Data movement of one step on a device: the SH uploaded once per structure (not per layer
+/// and direction), `x`/`w` once per layer (the backward reads the forward's device copies),
+/// the graph's index tables once per structure, and all device buffers freed after the step.
+fn check_device_traffic(dev: Device, dtype: Dtype, elem: u64) {
+    let model = small_model("XPLOR", 11);
+    let ev = Evaluator::on_device(&model, dev, dtype).unwrap();
+    let s = triclinic();
+    let cpu = Evaluator::cpu(&model, Dtype::F64).evaluate(&s).unwrap();
+    let c0 = ev.counters();
+    assert_eq!(c0, Default::default());
+    let p = ev.evaluate(&s).unwrap();
+    let c1 = ev.counters();
+    let (up, down) = expected_traffic(&model, s.positions.len(), p.num_edges, elem);
+    println!(
+        "{}: {} edges, up {} B, down {} B, transfer {:.2} ms, peak {} B, live after {} B",
+        ev.describe(),
+        p.num_edges,
+        c1.uploaded_bytes,
+        c1.downloaded_bytes,
+        c1.transfer_s * 1e3,
+        c1.peak_bytes,
+        c1.live_bytes
+    );
+    assert_eq!(c1.uploaded_bytes, up);
+    assert_eq!(c1.downloaded_bytes, down);
+    assert!(c1.transfer_s > 0.0);
+    // all buffers freed; only the graph's index tables may be counted until the next graph
+    let tables = c1.live_bytes;
+    assert!(tables > 0 && tables < c1.peak_bytes, "{c1:?}");
+    // peak ≥ every layer's x and w kept for the backward
+    let kept: usize = model
+        .layers
+        .iter()
+        .map(|l| s.positions.len() * l.tp_dims.0 + p.num_edges * l.tp_dims.3)
+        .sum();
+    assert!(c1.peak_bytes >= kept as u64 * elem, "{c1:?}");
+    // the same traffic again on the second step (tables re-uploaded for the new graph only)
+    let p2 = ev.evaluate(&s).unwrap();
+    let c2 = ev.counters();
+    assert_eq!(c2.uploaded_bytes - c1.uploaded_bytes, up);
+    assert_eq!(c2.live_bytes, tables);
+    assert_eq!(p2.energy, p.energy);
+    let df = p
+        .forces
+        .iter()
+        .flatten()
+        .zip(cpu.forces.iter().flatten())
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(df < 1e-3, "{df}");
+}
+
+#[test]
+fn wgpu_uploads_edge_tensors_once() {
+    let Some(dev) = wgpu_device() else { return };
+    check_device_traffic(dev, Dtype::F32, 4);
+}
+
+#[test]
+fn cuda_uploads_edge_tensors_once() {
+    let Some(dev) = cuda_device() else { return };
+    check_device_traffic(dev.clone(), Dtype::F32, 4);
+    check_device_traffic(dev, Dtype::F64, 8);
+}
