@@ -323,6 +323,14 @@ impl ConvOp {
         self
     }
 
+    /// The fused forward's output grouping: the register budget of one invocation's
+    /// accumulators (`LowerOptions::conv_forward_regs`; `None`: the plan's default,
+    /// `Some(u32::MAX)`: one group). For A/B measurements and tests; set before the first call.
+    pub fn with_conv_forward_regs(mut self, regs: Option<u32>) -> Self {
+        self.lower.conv_forward_regs = regs;
+        self
+    }
+
     /// The options a call on `g` runs with.
     pub fn options_for(&self, g: &ConvGraph) -> ConvOptions {
         let default = self.opts == ConvOptions::default();

@@ -86,6 +86,80 @@ fn wgpu_fused_backward_matches_the_oracle() {
     }
 }
 
+/// The channel-fused forward (WGSL, no barriers) on lavapipe: CSR and pieces, one and
+/// several output groups, device buffers poisoned with NaN, against the f64 oracle; reruns
+/// and the host-slice path bit-identical; the same results for every grouping.
+#[test]
+fn wgpu_fused_forward_matches_the_oracle() {
+    let Some(dev) = wgpu_support::device(Default::default()) else {
+        return;
+    };
+    let rt = dev.wgpu_runtime().unwrap().clone();
+    let mut worst = 0f64;
+    for (pn, tp) in channel_products() {
+        for (gn, n, r, s) in graphs() {
+            let g = ConvGraph::new(&dev, n, &r, &s).unwrap();
+            let csr = equikern::core::conv::Csr::build(n, &r, &s).unwrap();
+            let i = inputs(&tp, n, g.edges(), 21);
+            let (x, y, w) = (
+                f32v(&i[&Tensor::X]),
+                f32v(&i[&Tensor::Y]),
+                f32v(&i[&Tensor::W]),
+            );
+            let exact: std::collections::BTreeMap<Tensor, Vec<f64>> = [
+                (Tensor::X, f64v(&x)),
+                (Tensor::Y, f64v(&y)),
+                (Tensor::W, f64v(&w)),
+            ]
+            .into();
+            let want = equikern::plan::conv::reference(&tp, &csr, Direction::Forward, &exact)
+                .unwrap()
+                .remove(&Tensor::Z)
+                .unwrap();
+            for opts in [ConvOptions::default(), pieces(5)] {
+                let mut first: Option<Vec<f32>> = None;
+                for regs in [None, Some(8), Some(1)] {
+                    let what = format!("{pn} {gn} {opts:?} {regs:?}");
+                    let op = ConvOp::from_tensor_product(tp.clone(), &dev, opts)
+                        .unwrap()
+                        .with_conv_forward_regs(regs);
+                    let plan = op
+                        .plan(Direction::Forward, equikern::plan::Dtype::F32)
+                        .unwrap();
+                    let equikern::plan::Work::Channels(c) = &plan.kernels[0].work else {
+                        panic!("{what}: not fused:\n{plan}");
+                    };
+                    assert!(regs.is_none() || c.conv.as_ref().unwrap().groups.len() > 1);
+                    let up = |t: &[f32]| rt.upload("in", t);
+                    let (xb, yb, wb) = (up(&x), up(&y), up(&w));
+                    let len = n * op.dim_out();
+                    let zb = rt.create_storage("z", len as u64);
+                    let nan: Vec<u8> = (0..len).flat_map(|_| f32::NAN.to_le_bytes()).collect();
+                    rt.queue().write_buffer(&zb, 0, &nan);
+                    op.forward_buffers(&g, &xb, &yb, &wb, &zb).unwrap();
+                    let z = rt.read_f32_blocking(&zb, 0, len as u64).unwrap();
+                    assert!(z.iter().all(|v| v.is_finite()), "{what}: unwritten z");
+                    let e = conv_common::rel_l2(&f64v(&z), &want);
+                    assert!(e <= 1e-5, "{what}: rel L2 {e:e}");
+                    worst = worst.max(e);
+                    let zh = op.forward(&g, &x, &y, &w).unwrap();
+                    assert!(z == zh, "{what}: host path differs");
+                    let again = op.forward(&g, &x, &y, &w).unwrap();
+                    let bits = |a: &[f32], b: &[f32]| {
+                        a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
+                    };
+                    assert!(bits(&zh, &again), "{what}: rerun differs");
+                    match &first {
+                        Some(f) => assert!(bits(f, &z), "{what}: grouping changed z"),
+                        None => first = Some(z),
+                    }
+                }
+            }
+        }
+    }
+    println!("wgpu fused forward: worst rel L2 {worst:.2e}");
+}
+
 #[test]
 fn cpu_channel_products_match_the_oracle() {
     let w = check_host_f32_with(

@@ -88,8 +88,9 @@ pub struct BenchArgs {
     /// Variants for --conv, comma-separated: det (fused, deterministic), pieces (fused,
     /// deterministic, hub ranges cut into --piece-edges pieces), atomic (fused, float atomics:
     /// cuda), unfused (gather + TP over all edges + atomic scatter: cuda), det-rows /
-    /// pieces-rows (det / pieces with the channel-fused backward off: row kernels, for A/B;
-    /// not default) [default: what the backend has].
+    /// pieces-rows (det / pieces with channel fusion off: row kernels, for A/B), det-1g (det
+    /// with the fused forward's output blocks in one group, for A/B); the last three not
+    /// default [default: what the backend has].
     #[arg(long, help_heading = "Convolution")]
     variants: Option<String>,
     /// Edges per piece of the `pieces` variant (deterministic two-level sums).

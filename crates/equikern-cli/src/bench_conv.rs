@@ -11,7 +11,9 @@
 //!   the tensor product over all edges, then an atomic scatter into receivers; backward
 //!   gathers `grad_z[receiver]` too and scatters the per-edge x-gradient into senders),
 //!   `det-rows` / `pieces-rows` (`det` / `pieces` with the channel-fused backward turned off:
-//!   the row kernels; the A/B of `ConvOp::with_channel_fusion`, asked for by name only).
+//!   the row kernels; the A/B of `ConvOp::with_channel_fusion`, asked for by name only),
+//!   `det-1g` (`det` with the fused forward's output blocks in one group:
+//!   `ConvOp::with_conv_forward_regs(Some(u32::MAX))`, the A/B of the grouping; by name only).
 //! * Timing as in `bench`: CUDA events / wgpu timestamps / host clock, warm-up, median of
 //!   `--reps`. Inputs live on the device, generated there by tiling a random block (so
 //!   multi-GB weight tensors cost no host time), shared by every variant of a (graph, problem).
@@ -203,6 +205,8 @@ enum Variant {
     /// `det` / `pieces` with the channel-fused backward off (row kernels; A/B).
     DetRows,
     PiecesRows,
+    /// `det` with the fused forward's output blocks in one invocation group (A/B).
+    DetOneGroup,
 }
 
 impl Variant {
@@ -214,6 +218,7 @@ impl Variant {
             Variant::Unfused => "unfused",
             Variant::DetRows => "det-rows",
             Variant::PiecesRows => "pieces-rows",
+            Variant::DetOneGroup => "det-1g",
         }
     }
 }
@@ -234,15 +239,18 @@ fn parse_variants(s: Option<&str>, backend: Backend) -> Result<Vec<Variant>> {
             "unfused" => Variant::Unfused,
             "det-rows" => Variant::DetRows,
             "pieces-rows" => Variant::PiecesRows,
+            "det-1g" => Variant::DetOneGroup,
             o => {
                 return Err(CliError::input(format!(
-                    "--variants: unknown variant {o:?} (det, pieces, atomic, unfused, det-rows, pieces-rows)"
+                    "--variants: unknown variant {o:?} (det, pieces, atomic, unfused, det-rows, pieces-rows, det-1g)"
                 )))
             }
         };
         let ok = match x {
             Variant::Det => true,
-            Variant::Pieces | Variant::DetRows | Variant::PiecesRows => backend != Backend::Cpu,
+            Variant::Pieces | Variant::DetRows | Variant::PiecesRows | Variant::DetOneGroup => {
+                backend != Backend::Cpu
+            }
             _ => backend == Backend::Cuda,
         };
         if !ok {
@@ -602,7 +610,10 @@ fn measure(
         max_piece_edges: matches!(v, Variant::Pieces | Variant::PiecesRows)
             .then_some(args.piece_edges),
     };
-    let fusion = !matches!(v, Variant::DetRows | Variant::PiecesRows);
+    let fusion = equikern::plan::LowerOptions {
+        channel_fusion: !matches!(v, Variant::DetRows | Variant::PiecesRows),
+        conv_forward_regs: (v == Variant::DetOneGroup).then_some(u32::MAX),
+    };
     match (timer, data, gctx) {
         (Timer::Cpu, Data::Cpu(m), _) => cpu_measure_conv(dev, tp, graph, m, d, args),
         (Timer::Wgpu(w), Data::Wgpu(data), _) => {
@@ -783,13 +794,14 @@ mod wgpu_side {
         data: &WgpuData,
         d: Direction,
         opts: ConvOptions,
-        fusion: bool,
+        fusion: equikern::plan::LowerOptions,
         args: &BenchArgs,
     ) -> std::result::Result<ConvMeasured, String> {
         let t0 = Instant::now();
         let op = ConvOp::from_tensor_product(tp.clone(), dev, opts)
             .map_err(|e| e.to_string())?
-            .with_channel_fusion(fusion);
+            .with_channel_fusion(fusion.channel_fusion)
+            .with_conv_forward_regs(fusion.conv_forward_regs);
         let compiled = pollster::block_on(op.wgpu_compiled_async(d)).map_err(|e| e.to_string())?;
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         let plan = compiled.plan();
@@ -1125,13 +1137,14 @@ extern "C" __global__ void ek_scatter_add(const float* __restrict__ src,
         data: &CudaData,
         d: Direction,
         opts: ConvOptions,
-        fusion: bool,
+        fusion: equikern::plan::LowerOptions,
         args: &BenchArgs,
     ) -> std::result::Result<ConvMeasured, String> {
         let t0 = Instant::now();
         let op = ConvOp::from_tensor_product(tp.clone(), dev, opts)
             .map_err(|e| e.to_string())?
-            .with_channel_fusion(fusion);
+            .with_channel_fusion(fusion.channel_fusion)
+            .with_conv_forward_regs(fusion.conv_forward_regs);
         let plan = op.cuda_plan(d, PlanDtype::F32).map_err(err)?;
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         let p = plan.plan();

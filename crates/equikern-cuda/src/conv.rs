@@ -481,7 +481,7 @@ pub fn conv_launches(plan: &KernelPlan, gs: &GraphSize) -> Vec<ConvLaunch> {
             Work::Staged(_) => {}
             Work::Channels(c) => {
                 for (s0, n) in plan.dispatches(plan.conv_unit_count(i, gs)) {
-                    launches.push((n, s0, n * c.channels as u64));
+                    launches.push((n, s0, n * c.lanes() as u64));
                 }
             }
             Work::ReduceChunks { len, .. } => launches.push((0, 0, *len as u64)),

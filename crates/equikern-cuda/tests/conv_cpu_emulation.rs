@@ -112,7 +112,10 @@ fn build(plan: &KernelPlan, dir: &Path) -> Option<PathBuf> {
         .kernels
         .iter()
         .map(|k| {
-            if matches!(k.work, equikern_plan::Work::Channels(_)) {
+            // (The conv forward's channel kernel has no barriers: one thread at a time.)
+            if matches!(&k.work, equikern_plan::Work::Channels(c)
+                if c.pass != equikern_plan::ChannelPass::Forward)
+            {
                 "true"
             } else {
                 "false"
@@ -416,4 +419,93 @@ fn fused_backward_cuda_runs_right_on_threads() {
     }
     let _ = std::fs::remove_dir_all(&root);
     println!("{case} fused plans on threads");
+}
+
+/// The channel-fused forward (one kernel over the receiver view, output blocks in
+/// invocation groups; no barriers, so one thread at a time), CSR and pieces, one and
+/// several launches, one and several groups, against the f64 oracle; outputs poisoned;
+/// reruns bit-identical, and identical across dispatch splits and groupings.
+#[test]
+fn fused_forward_cuda_runs_right_on_threads() {
+    use equikern_plan::{lower_conv_with, LowerOptions, Work};
+    let (n, r, s) = directed();
+    let (rr, ss) = random_skewed(60, 500, 1.3, 11).unwrap();
+    let d = radius_graph(&diamond([2, 2, 3], DIAMOND_A), 2.6).unwrap();
+    let graphs = [
+        ("directed", Csr::build(n, &r, &s).unwrap()),
+        ("skewed", Csr::build(60, &rr, &ss).unwrap()),
+        ("diamond", Csr::build(96, &d.receiver, &d.sender).unwrap()),
+    ];
+    let small = Capabilities {
+        max_workgroups_per_dim: 2,
+        ..caps()
+    };
+    let root = std::env::temp_dir().join(format!("equikern_conv_ffwd_{}", std::process::id()));
+    let mut case = 0;
+    for (tn, tp) in [
+        ("per-edge", uvu_channels()),
+        ("shared", uvu_channels_shared()),
+        ("mixed", uvu_channels_mixed()),
+    ] {
+        for (mn, opts) in [
+            ("csr", ConvOptions::default()),
+            (
+                "pieces",
+                ConvOptions {
+                    atomic: false,
+                    max_piece_edges: Some(3),
+                },
+            ),
+        ] {
+            // Per graph: the first plan's results, which every other plan must reproduce.
+            let mut first: BTreeMap<&str, BTreeMap<Tensor, Vec<f64>>> = BTreeMap::new();
+            for (c, regs) in [(caps(), None), (small, Some(8)), (caps(), Some(1))] {
+                let lo = LowerOptions {
+                    conv_forward_regs: regs,
+                    ..Default::default()
+                };
+                let plan =
+                    lower_conv_with(&tp, Direction::Forward, Dtype::F64, &c, opts, lo).unwrap();
+                let Work::Channels(cw) = &plan.kernels[0].work else {
+                    panic!("{tn} {mn}: not fused");
+                };
+                let groups = cw.conv.as_ref().unwrap().groups.len();
+                assert!(regs.is_none() || groups > 1, "{tn} {mn} {regs:?}");
+                println!("{tn} {mn} {regs:?}: {} group(s)", groups.max(1));
+                case += 1;
+                let Some(exe) = build(&plan, &root.join(case.to_string())) else {
+                    println!("skipped: no C++ compiler");
+                    return;
+                };
+                for (gn, g) in &graphs {
+                    let inp = inputs(&tp, g, 9);
+                    let got = run(&plan, &exe, g, &inp);
+                    let want = oracle(&tp, g, Direction::Forward, &inp);
+                    assert_eq!(
+                        got.keys().collect::<Vec<_>>(),
+                        want.keys().collect::<Vec<_>>()
+                    );
+                    for (t, w) in &want {
+                        let e = rel_l2(&got[t], w);
+                        assert!(e <= 1e-12, "{tn} {mn} {regs:?} {gn} {t:?}: rel L2 {e:e}");
+                    }
+                    let again = run(&plan, &exe, g, &inp);
+                    let bits = |a: &BTreeMap<Tensor, Vec<f64>>, b: &BTreeMap<Tensor, Vec<f64>>| {
+                        a.iter().all(|(t, v)| {
+                            v.iter().zip(&b[t]).all(|(x, y)| x.to_bits() == y.to_bits())
+                        })
+                    };
+                    assert!(bits(&got, &again), "{tn} {mn} {regs:?} {gn}: rerun differs");
+                    match first.get(gn) {
+                        Some(f) => assert!(bits(f, &got), "{tn} {mn} {regs:?} {gn}: differs"),
+                        None => {
+                            first.insert(gn, got);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    println!("{case} fused forward plans on threads");
 }

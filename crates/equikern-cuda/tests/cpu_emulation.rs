@@ -196,6 +196,7 @@ fn plans(c: &Case) -> Vec<(KernelPlan, EmittedCuda)> {
     .map(|d| {
         let opts = LowerOptions {
             channel_fusion: c.fusion,
+            ..Default::default()
         };
         let mut p = equikern_plan::lower_with(&c.tp, d, c.dtype, &h100_caps(), opts).unwrap();
         if c.split {

@@ -749,6 +749,7 @@ fn bench_channel_fusion() {
                 &dev.capabilities(),
                 equikern_plan::LowerOptions {
                     channel_fusion: false,
+                    ..Default::default()
                 },
             )
             .unwrap()

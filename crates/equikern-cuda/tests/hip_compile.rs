@@ -145,9 +145,9 @@ fn paper_suite_hip_compiles_for_gfx90a() {
     println!("{} HIP sources compiled for gfx90a", jobs.len());
 }
 
-/// The convolution backward of the suite's message-passing products (NequIP, MACE: the
-/// channel-fused kernel over the sender view where they qualify), CSR and pieces, compiles
-/// as HIP for gfx90a.
+/// The convolution forward and backward of the suite's message-passing products (NequIP,
+/// MACE: the channel-fused kernels over the receiver / sender view where they qualify), CSR
+/// and pieces, compiles as HIP for gfx90a.
 #[test]
 fn conv_backward_hip_compiles_for_gfx90a() {
     use equikern_plan::{lower_conv, ConvOptions, Work};
@@ -180,15 +180,17 @@ fn conv_backward_hip_compiles_for_gfx90a() {
             ),
         ] {
             for dt in [Dtype::F32, Dtype::F64] {
-                let plan = lower_conv(&tp, Direction::Backward, dt, &gfx90a_caps(), opts).unwrap();
-                if matches!(plan.kernels[0].work, Work::Channels(_)) {
-                    fused += 1;
+                for dir in [Direction::Forward, Direction::Backward] {
+                    let plan = lower_conv(&tp, dir, dt, &gfx90a_caps(), opts).unwrap();
+                    if matches!(plan.kernels[0].work, Work::Channels(_)) {
+                        fused += 1;
+                    }
+                    let src = emit_hip(&plan).unwrap().source;
+                    jobs.push((
+                        format!("conv-{label}-{mode}-{dt:?}-{dir:?}").replace(['=', '.'], "_"),
+                        src,
+                    ));
                 }
-                let src = emit_hip(&plan).unwrap().source;
-                jobs.push((
-                    format!("conv-{label}-{mode}-{dt:?}").replace(['=', '.'], "_"),
-                    src,
-                ));
             }
         }
     }

@@ -105,7 +105,7 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
     if c.channels == 0 || c.samples_per_group == 0 {
         return Err("zero channels or samples per group".into());
     }
-    if k.workgroup_size != c.channels * c.samples_per_group {
+    if c.conv.is_none() && k.workgroup_size != c.channels * c.samples_per_group {
         return Err("workgroup size is not channels × samples per group".into());
     }
     if c.y_len != d.dim_in2 || c.y_len == 0 {
@@ -115,25 +115,60 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
     let fwd = c.pass == ChannelPass::Forward;
     let (need_in, need_out) = c.bindings(weighted);
     if let Some(cv) = &c.conv {
-        if c.pass != ChannelPass::Backward || cv.table().is_none() || plan.conv.is_none() {
-            return Err("convolution units on a channel kernel other than a conv backward".into());
+        if c.pass == ChannelPass::DoubleBackward || cv.table().is_none() || plan.conv.is_none() {
+            return Err(
+                "convolution units on a channel kernel other than a conv forward or backward"
+                    .into(),
+            );
         }
-        let ok = matches!(
-            (cv.units, cv.node_out),
-            (
-                SampleMode::Segments {
-                    csr: Tensor::SendCsr
-                },
-                Tensor::GX
-            ) | (
-                SampleMode::Pieces {
-                    pieces: Tensor::SendPieces
-                },
-                Tensor::SendPartial
-            )
-        );
+        let ok = match c.pass {
+            ChannelPass::Backward => {
+                cv.groups.is_empty()
+                    && matches!(
+                        (cv.units, cv.node_out),
+                        (
+                            SampleMode::Segments {
+                                csr: Tensor::SendCsr
+                            },
+                            Tensor::GX
+                        ) | (
+                            SampleMode::Pieces {
+                                pieces: Tensor::SendPieces
+                            },
+                            Tensor::SendPartial
+                        )
+                    )
+            }
+            _ => matches!(
+                (cv.units, cv.node_out),
+                (
+                    SampleMode::Segments {
+                        csr: Tensor::RecvCsr
+                    },
+                    Tensor::Z
+                ) | (
+                    SampleMode::Pieces {
+                        pieces: Tensor::RecvPieces
+                    },
+                    Tensor::RecvPartial
+                )
+            ),
+        };
         if !ok {
-            return Err("convolution units must be the sender view into gx".into());
+            return Err(
+                "convolution units must be the receiver view into z (forward) or the sender \
+                 view into gx (backward)"
+                    .into(),
+            );
+        }
+        if cv.groups.contains(&0)
+            || (!cv.groups.is_empty()
+                && cv.groups.iter().map(|&n| n as usize).sum::<usize>() != c.z_blocks.len())
+        {
+            return Err("forward groups do not cover the output blocks".into());
+        }
+        if k.workgroup_size != c.lanes() * c.samples_per_group {
+            return Err("workgroup size is not lanes × samples per group".into());
         }
     } else if plan.conv.is_some() {
         return Err("a channel kernel without units in a convolution plan".into());
@@ -212,6 +247,9 @@ pub(crate) fn body(
     lid: &str,
     num_samples: &str,
 ) -> Result<String, EmitError> {
+    if c.conv.is_some() && c.pass == ChannelPass::Forward {
+        return conv_forward_body(dia, plan, c, block, lid);
+    }
     if c.conv.is_some() {
         return conv_backward_body(dia, plan, c, block, lid);
     }
@@ -511,6 +549,10 @@ fn backward_body(
 pub(crate) fn shared_decl(dia: &Dialect, plan: &KernelPlan, c: &ChannelWork) -> String {
     let n = c.reduction_len();
     let conv = c.conv.is_some();
+    if conv && c.pass == ChannelPass::Forward {
+        // Stores straight from registers; no workgroup memory.
+        return String::new();
+    }
     match dia {
         Dialect::Cuda if conv => format!(
             "    __shared__ {} ek_red[{n}];\n    __shared__ unsigned int ek_trip;\n",
@@ -1249,6 +1291,222 @@ fn conv_backward_body(
             ln(&mut s, 8, &format!("{at} = gx{b}_{i};"));
         }
     }
+    ln(&mut s, 4, "}");
+    Ok(s)
+}
+
+/// The convolution forward over the receiver view ([`equikern_plan::ChannelConv`]): lane
+/// `(group, q, ch)` of the workgroup runs unit `block · spg + q`, channel `ch` of its group
+/// of output blocks. It walks the unit's range on its own (no barriers, no workgroup
+/// memory): per position (edge `e`, sender `snd`) it loads the `x[snd]` row `ch` components
+/// and the `y[e]` components its group's paths use, then per block, path and `v` the weight
+/// `w[e, ·, ch·y_mul + v]` and adds `w·Σ coeff·x·y` into the block's accumulators. The rows
+/// are stored once after the loop into row `unit` of `z` (CSR) or of `RecvPartial` (pieces).
+fn conv_forward_body(
+    dia: &Dialect,
+    plan: &KernelPlan,
+    c: &ChannelWork,
+    block: &str,
+    lid: &str,
+) -> Result<String, EmitError> {
+    let d = &plan.dims;
+    let dt = plan.dtype;
+    let m = c.channels;
+    let spg = c.samples_per_group;
+    let bad = |why: &str| EmitError::InvalidPlan {
+        kernel: "channel".into(),
+        why: why.into(),
+    };
+    let cv = c
+        .conv
+        .as_ref()
+        .ok_or_else(|| bad("not a convolution channel kernel"))?;
+    let table = cv.table().ok_or_else(|| bad("no unit table"))?;
+    let pieces = matches!(cv.units, SampleMode::Pieces { .. });
+    let cuda = matches!(dia, Dialect::Cuda);
+    let p = if cuda { "" } else { "P." };
+    let ns = format!("{p}num_samples");
+    let zero = dia.lit(0.0, dt);
+    // Element `base * len + off` of `t` (64-bit on CUDA; `len` 0: not per-row).
+    let el = |t: Tensor, base: &str, len: u32, off: &str| -> Result<String, EmitError> {
+        let e = match (len, cuda) {
+            (0, _) => off.to_string(),
+            (_, true) => format!("(unsigned long long){base} * {len}u + {off}"),
+            (_, false) => format!("{base} * {len}u + {off}"),
+        };
+        out_at(dia, t, &e)
+    };
+    let tab = |i: &str| out_at(dia, table, i);
+    let mut s = String::new();
+    let ln = |s: &mut String, ind: usize, line: &str| {
+        let _ = writeln!(s, "{:ind$}{line}", "");
+    };
+    let per_group = spg * m;
+    if cuda {
+        ln(&mut s, 4, "(void)g;");
+    }
+    ln(
+        &mut s,
+        4,
+        &dia.let_u("grp", &format!("{lid} / {per_group}u")),
+    );
+    ln(
+        &mut s,
+        4,
+        &dia.let_u("q", &format!("({lid} - grp * {per_group}u) / {m}u")),
+    );
+    ln(
+        &mut s,
+        4,
+        &dia.let_u("ch", &format!("{lid} - grp * {per_group}u - q * {m}u")),
+    );
+    ln(
+        &mut s,
+        4,
+        &dia.let_u("smp", &format!("{block} * {spg}u + q")),
+    );
+    ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+    // The unit (a node, or a piece of the receiver view): its range and output row.
+    ln(
+        &mut s,
+        8,
+        &dia.let_u("unit", &format!("{p}unit_base + smp")),
+    );
+    let (lo, hi, ids) = if pieces {
+        let st = format!("{p}num_nodes + 1u");
+        (
+            tab(&format!("{st} + unit"))?,
+            tab(&format!("{st} + unit + 1u"))?,
+            format!("{p}num_nodes + 1u + 2u * {p}num_pieces + 1u"),
+        )
+    } else {
+        (
+            tab("unit")?,
+            tab("unit + 1u")?,
+            format!("{p}num_nodes + 1u"),
+        )
+    };
+    ln(&mut s, 8, &dia.let_u("lo", &lo));
+    ln(&mut s, 8, &dia.let_u("hi", &hi));
+    // Edge ids in view order, then the other ends (senders), num_edges later.
+    ln(&mut s, 8, &dia.let_u("ids", &ids));
+    ln(&mut s, 8, &dia.let_u("oth", &format!("ids + {p}num_edges")));
+    ln(
+        &mut s,
+        8,
+        if cuda {
+            "(void)lo; (void)hi; (void)oth;"
+        } else {
+            "_ = lo; _ = hi; _ = oth;"
+        },
+    );
+    let wlen = if d.shared_weights { 0 } else { d.weight_numel };
+    for (gi, blocks) in c.conv_groups().into_iter().enumerate() {
+        let head = if gi == 0 { "if" } else { "} else if" };
+        ln(
+            &mut s,
+            8,
+            &format!("{head} (grp == {gi}u) {{ // output blocks {blocks:?}"),
+        );
+        let paths: Vec<_> = c
+            .paths
+            .iter()
+            .filter(|pth| blocks.contains(&(pth.z_block as usize)))
+            .collect();
+        for b in blocks.clone() {
+            for k in 0..c.z_blocks[b].row_len {
+                ln(&mut s, 12, &dia.var(dt, &format!("za{b}_{k}"), &zero));
+            }
+        }
+        if !paths.is_empty() {
+            let kloop = match dia {
+                Dialect::Cuda => "for (unsigned int k = lo; k < hi; ++k) {",
+                Dialect::Wgsl { .. } => "for (var k = lo; k < hi; k++) {",
+            };
+            ln(&mut s, 12, kloop);
+            ln(&mut s, 16, &dia.let_u("e", &tab("ids + k")?));
+            ln(&mut s, 16, &dia.let_u("snd", &tab("oth + k")?));
+            // The x components (block, i) and y components the group's terms read, once.
+            let mut xs: Vec<(u32, u32)> = paths
+                .iter()
+                .flat_map(|pth| pth.terms.iter().map(|t| (pth.x_block, t.i)))
+                .collect();
+            xs.sort_unstable();
+            xs.dedup();
+            for (xb, i) in xs {
+                let blk = &c.x_blocks[xb as usize];
+                let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
+                let e = el(Tensor::X, "snd", d.dim_in1, &off)?;
+                ln(&mut s, 16, &dia.let_(dt, &format!("xr{xb}_{i}"), &e));
+            }
+            let mut ys: Vec<u32> = paths
+                .iter()
+                .flat_map(|pth| {
+                    (0..pth.y_mul).flat_map(move |v| {
+                        pth.terms
+                            .iter()
+                            .map(move |t| pth.y_offset + v * pth.y_len + t.j)
+                    })
+                })
+                .collect();
+            ys.sort_unstable();
+            ys.dedup();
+            for j in ys {
+                let e = el(Tensor::Y, "e", d.dim_in2, &format!("{j}u"))?;
+                ln(&mut s, 16, &dia.let_(dt, &format!("y{j}"), &e));
+            }
+            for b in blocks.clone() {
+                let l = c.z_blocks[b].row_len;
+                for pth in paths.iter().filter(|pth| pth.z_block as usize == b) {
+                    for v in 0..pth.y_mul {
+                        ln(&mut s, 16, &format!("{{ // path {}, v = {v}", pth.path));
+                        let yb = pth.y_offset + v * pth.y_len;
+                        for k in 0..l {
+                            ln(&mut s, 20, &dia.var(dt, &format!("zv{k}"), &zero));
+                        }
+                        for t in &pth.terms {
+                            let line = format!(
+                                "zv{} += {} * xr{}_{} * y{};",
+                                t.k,
+                                dia.lit(t.coeff, dt),
+                                pth.x_block,
+                                t.i,
+                                yb + t.j
+                            );
+                            ln(&mut s, 20, &line);
+                        }
+                        match pth.w_offset {
+                            Some(o) => {
+                                let wi = format!("{}u + ch * {}u", o + v, pth.y_mul);
+                                let e = el(Tensor::W, "e", wlen, &wi)?;
+                                ln(&mut s, 20, &dia.let_(dt, "wv", &e));
+                                for k in 0..l {
+                                    ln(&mut s, 20, &format!("za{b}_{k} += wv * zv{k};"));
+                                }
+                            }
+                            None => {
+                                for k in 0..l {
+                                    ln(&mut s, 20, &format!("za{b}_{k} += zv{k};"));
+                                }
+                            }
+                        }
+                        ln(&mut s, 16, "}");
+                    }
+                }
+            }
+            ln(&mut s, 12, "}");
+        }
+        // Row `ch` of each block: 2l+1 consecutive elements (a warp's rows are contiguous).
+        for b in blocks {
+            let blk = &c.z_blocks[b];
+            for k in 0..blk.row_len {
+                let off = format!("{}u + ch * {}u", blk.offset + k, blk.row_len);
+                let at = el(cv.node_out, "unit", d.dim_out, &off)?;
+                ln(&mut s, 12, &format!("{at} = za{}_{k};", b));
+            }
+        }
+    }
+    ln(&mut s, 8, "}");
     ln(&mut s, 4, "}");
     Ok(s)
 }

@@ -143,7 +143,21 @@ pub struct ChannelWork {
     pub conv: Option<ChannelConv>,
 }
 
-/// The convolution form of a channel kernel (backward only, for now): one invocation per
+/// The convolution form of a channel kernel.
+///
+/// **Forward** (`units` over the receiver view `RecvCsr` / `RecvPieces`, `node_out` `Z` /
+/// `RecvPartial`): one invocation per `(unit, group g, channel u)` (see [`ChannelConv::groups`];
+/// lane `g·units_per_workgroup·M + q·M + u` of a workgroup, so a warp never mixes groups
+/// when `M` is a multiple of the warp). It walks its unit's edges in view order (ascending
+/// edge id) on its own (no barriers): per edge `e` (sender `j`) it reads the `x[j]` row `u`
+/// blocks its group's paths use, the `y[e]` components they use and the group's weights
+/// `w[e, p, u·y_mul + v]`, and adds every path's `w·CG(x, y)` into its group's output rows
+/// `u`, kept in registers over the whole range (paths in block order, `v`, terms in order).
+/// The rows are stored once at the end, straight from registers (a thread's `2l+1` values
+/// are contiguous and a warp's rows of a block are one contiguous range: the `z` store is
+/// once per node, ~2-5 % of the bytes, so no staging barrier).
+///
+/// **Backward**: one invocation per
 /// `(unit, channel u)` where a unit is a node's range of the sender view (`SendCsr`) or a
 /// piece of it (`SendPieces`). The unit's `channels` invocations walk its edges in view
 /// order together (the trip count is the longest range of the workgroup's units, so the
@@ -156,8 +170,15 @@ pub struct ChannelWork {
 pub struct ChannelConv {
     /// `Segments { csr: SendCsr }` or `Pieces { pieces: SendPieces }`.
     pub units: crate::SampleMode,
-    /// `GX` (CSR) or `SendPartial` (pieces; a `ReducePieces` follows).
+    /// `GX` (CSR) or `SendPartial` (pieces; a `ReducePieces` follows); forward: `Z` or
+    /// `RecvPartial`.
     pub node_out: crate::Tensor,
+    /// Forward: the output blocks split into invocation groups (counts of consecutive
+    /// `z_blocks`); each group is computed by its own `M` invocations per unit, which each
+    /// re-read the edge's inputs the group needs (from L1/L2), so a thread holds only its
+    /// group's accumulators in registers. Empty: one group (the backward).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u32>,
 }
 
 impl ChannelConv {
@@ -172,6 +193,30 @@ impl ChannelConv {
 }
 
 impl ChannelWork {
+    /// Invocations per unit: `channels × groups` (conv forward), else `channels`.
+    pub fn lanes(&self) -> u32 {
+        let g = self.conv.as_ref().map_or(0, |cv| cv.groups.len() as u32);
+        self.channels * g.max(1)
+    }
+
+    /// The conv forward's invocation groups: `(first z block, end)` ranges (one group
+    /// covering every block when none are set).
+    pub fn conv_groups(&self) -> Vec<std::ops::Range<usize>> {
+        let groups = self.conv.as_ref().map(|cv| &cv.groups[..]).unwrap_or(&[]);
+        if groups.is_empty() {
+            return std::iter::once(0..self.z_blocks.len()).collect();
+        }
+        let mut next = 0usize;
+        groups
+            .iter()
+            .map(|&n| {
+                let r = next..next + n as usize;
+                next = r.end;
+                r
+            })
+            .collect()
+    }
+
     /// `(inputs, outputs)` of the kernel, in binding order.
     pub fn bindings(&self, weighted: bool) -> (Vec<crate::Tensor>, Vec<crate::Tensor>) {
         let (mut i, mut o) = self.pass.bindings(weighted, self.write_gw);
@@ -181,7 +226,7 @@ impl ChannelWork {
             }
             i.sort();
             for t in &mut o {
-                if *t == crate::Tensor::GX {
+                if matches!(t, crate::Tensor::GX | crate::Tensor::Z) {
                     *t = cv.node_out;
                 }
             }
@@ -206,6 +251,10 @@ impl ChannelWork {
     /// component (`workgroup_size + 1` apart, so neither the writes nor the per-sample sums
     /// of one column collide in banks).
     pub fn reduction_len(&self) -> u32 {
+        if self.conv.is_some() && self.pass == ChannelPass::Forward {
+            // The conv forward stores from registers.
+            return 0;
+        }
         match self.pass {
             ChannelPass::Backward => self.y_len * (self.samples_per_group * self.channels + 1),
             // Forward: the staging buffer of the largest group of output blocks.
@@ -258,6 +307,19 @@ pub(crate) fn channel_work(
     caps: &Capabilities,
     default_wg: u32,
 ) -> Option<ChannelWork> {
+    channel_work_for(tp, pass, dtype, caps, default_wg, false)
+}
+
+/// [`channel_work`]; `conv`: for a convolution kernel (no forward staging or block limit:
+/// [`conv_channel_work`] sizes and checks the kernel).
+fn channel_work_for(
+    tp: &TensorProduct,
+    pass: ChannelPass,
+    dtype: Dtype,
+    caps: &Capabilities,
+    default_wg: u32,
+    conv: bool,
+) -> Option<ChannelWork> {
     if tp.paths.is_empty() || tp.dim_in2 == 0 || tp.dim_in2 > MAX_Y_LEN as usize {
         return None;
     }
@@ -279,7 +341,9 @@ pub(crate) fn channel_work(
     // A forward over many output blocks runs faster as row kernels (many more threads per
     // sample, no staging rounds); measured on the H100: fused wins at 8-17 output blocks
     // (MACE, NequIP aspirin/water), loses at 30-64 (NequIP lips/toluene/benzene), PERF.md.
+    // (The conv forward sums many edges per store and splits the blocks into groups.)
     if pass == ChannelPass::Forward
+        && !conv
         && tp.spec.irreps_out.0.iter().filter(|mi| mi.mul > 0).count() > MAX_FORWARD_BLOCKS
     {
         return None;
@@ -338,7 +402,7 @@ pub(crate) fn channel_work(
     };
     // Forward staging groups: as many consecutive output blocks as fit the budget.
     let mut z_groups = vec![];
-    if pass != ChannelPass::Backward {
+    if pass != ChannelPass::Backward && !conv {
         let budget = caps.workgroup_memory_bytes.min(STAGE_BYTES) as u64;
         let per_elem = (samples_per_group * m) as u64 * es;
         let (mut n, mut width) = (0u32, 0u64);
@@ -366,6 +430,9 @@ pub(crate) fn channel_work(
         z_groups,
         conv: None,
     };
+    if conv {
+        return Some(work);
+    }
     let wg = samples_per_group * m;
     let (ins, outs) = pass.bindings(weighted, work.write_gw);
     if (ins.len() + outs.len()) as u32 > caps.max_storage_buffers_per_stage {
@@ -385,29 +452,96 @@ pub(crate) fn channel_work(
 /// ranges in step and idle past the end of a shorter range.
 const CONV_GROUP_INVOCATIONS: u32 = 64;
 
-/// The convolution backward's channel kernel (see [`ChannelConv`]) of `tp`, if it qualifies
-/// on these capabilities: `units` is `Segments{SendCsr}` or `Pieces{SendPieces}`.
+/// Register budget (32-bit words) for one conv-forward invocation's output accumulators.
+/// A conv forward invocation keeps its output rows in registers over the node's whole edge
+/// range; with the `x` row, the `y` components, the weights of an edge in flight and
+/// addresses on top, 64 words of accumulators keep a thread near 128 registers (16 warps
+/// per H100 SM). Wider outputs (NequIP lips/toluene/benzene: 102-214 floats per channel)
+/// are split into groups of consecutive output blocks, each its own invocations
+/// ([`ChannelConv::groups`]): more, lighter threads (a 3 341-node graph at `M = 32` is only
+/// 107 k invocations per group, under the H100's 270 k resident), for re-reading the
+/// edge's index, `x` and `y` (L1/L2 hits) once per extra group; the weights, the
+/// dominant DRAM stream, are read once in total. `LowerOptions::conv_forward_regs`
+/// overrides it (A/B, tests).
+pub const CONV_FORWARD_REGS: u32 = 64;
+
+/// Output blocks split into the fewest groups of consecutive blocks whose accumulators
+/// (`Σ (2l+1)` elements of `words` 32-bit words each) fit `budget`, balanced by width
+/// (a single block wider than the budget is its own group). Counts of blocks per group.
+pub(crate) fn forward_groups(blocks: &[ChannelBlock], words: u32, budget: u32) -> Vec<u32> {
+    let width = |b: &ChannelBlock| b.row_len as u64 * words as u64;
+    let total: u64 = blocks.iter().map(width).sum();
+    let budget = budget.max(1) as u64;
+    let mut n = total.div_ceil(budget).max(1);
+    loop {
+        // Close a group once it reaches the balanced target (or the next block would
+        // overflow the budget).
+        let target = total.div_ceil(n);
+        let (mut groups, mut count, mut w) = (vec![], 0u32, 0u64);
+        for b in blocks {
+            if count > 0 && w + width(b) > budget {
+                groups.push(count);
+                (count, w) = (0, 0);
+            }
+            count += 1;
+            w += width(b);
+            if w >= target {
+                groups.push(count);
+                (count, w) = (0, 0);
+            }
+        }
+        if count > 0 {
+            groups.push(count);
+        }
+        if groups.len() as u64 <= n || groups.len() >= blocks.len() {
+            return groups;
+        }
+        n += 1;
+    }
+}
+
+/// A convolution channel kernel (see [`ChannelConv`]) of `tp`, if it qualifies on these
+/// capabilities: backward: `units` `Segments{SendCsr}` or `Pieces{SendPieces}`; forward:
+/// `Segments{RecvCsr}` or `Pieces{RecvPieces}`, output blocks grouped by `forward_regs`
+/// ([`CONV_FORWARD_REGS`]).
 pub(crate) fn conv_channel_work(
     tp: &TensorProduct,
+    pass: ChannelPass,
     dtype: Dtype,
     caps: &Capabilities,
     units: crate::SampleMode,
     node_out: crate::Tensor,
+    forward_regs: u32,
 ) -> Option<ChannelWork> {
-    let mut c = channel_work(
-        tp,
-        ChannelPass::Backward,
-        dtype,
-        caps,
-        CONV_GROUP_INVOCATIONS,
-    )?;
-    c.samples_per_group = (CONV_GROUP_INVOCATIONS / c.channels).max(1);
-    c.conv = Some(ChannelConv { units, node_out });
+    if pass == ChannelPass::DoubleBackward {
+        return None;
+    }
+    let mut c = channel_work_for(tp, pass, dtype, caps, CONV_GROUP_INVOCATIONS, true)?;
     let es = match dtype {
         Dtype::F32 => 4,
         Dtype::F64 => 8,
     };
-    let wg = c.samples_per_group * c.channels;
+    let groups = if pass == ChannelPass::Forward {
+        forward_groups(&c.z_blocks, es as u32 / 4, forward_regs)
+    } else {
+        vec![]
+    };
+    c.samples_per_group = (CONV_GROUP_INVOCATIONS / c.channels).max(1);
+    c.conv = Some(ChannelConv {
+        units,
+        node_out,
+        groups,
+    });
+    // Several groups: fewer units per workgroup while it is over the limit.
+    while c.samples_per_group > 1
+        && c.samples_per_group * c.lanes()
+            > caps
+                .max_invocations_per_workgroup
+                .min(caps.max_workgroup_size_x)
+    {
+        c.samples_per_group /= 2;
+    }
+    let wg = c.samples_per_group * c.lanes();
     let (ins, outs) = c.bindings(tp.weight_numel > 0);
     if (ins.len() + outs.len()) as u32 > caps.max_storage_buffers_per_stage
         || wg > caps.max_invocations_per_workgroup
@@ -527,6 +661,78 @@ pub(crate) fn interpret_conv_backward(
         }
     }
     put_row(plan, cv.node_out, unit, &gx, bufs)
+}
+
+/// Runs unit `unit` of a convolution channel forward on the CPU in the GPU's order: per
+/// group and channel `u`, the unit's edges in view order (`edges`: `(edge id, sender)`), per
+/// edge the group's blocks, their paths, `v` and terms in order, each path's `w·zv` added into
+/// the block's running row; the rows go to row `unit` of the kernel's node output (every
+/// element written once; it must be unwritten (NaN) before).
+pub(crate) fn interpret_conv_forward(
+    plan: &crate::KernelPlan,
+    c: &ChannelWork,
+    unit: u64,
+    edges: &[(u64, u64)],
+    bufs: &mut Bufs,
+) -> Result<(), String> {
+    use crate::Tensor::*;
+    let d = &plan.dims;
+    let cv = c.conv.as_ref().ok_or("not a convolution channel kernel")?;
+    let weighted = d.weight_numel > 0;
+    let get = |v: &[f64], i: u32| -> Result<f64, String> {
+        v.get(i as usize)
+            .copied()
+            .ok_or_else(|| format!("index {i} out of bounds"))
+    };
+    let mut z = vec![f64::NAN; d.dim_out as usize];
+    for grp in c.conv_groups() {
+        for u in 0..c.channels {
+            let mut acc: Vec<Vec<f64>> = c.z_blocks[grp.clone()]
+                .iter()
+                .map(|b| vec![0.0; b.row_len as usize])
+                .collect();
+            for &(e, snd) in edges {
+                let x = sample_row(plan, X, snd, bufs)?;
+                let y = sample_row(plan, Y, e, bufs)?;
+                let w = if weighted {
+                    sample_row(plan, W, e, bufs)?
+                } else {
+                    vec![]
+                };
+                for (b, za) in grp.clone().zip(acc.iter_mut()) {
+                    for p in c.paths.iter().filter(|p| p.z_block as usize == b) {
+                        let xb = p.x_offset + u * p.x_len;
+                        for v in 0..p.y_mul {
+                            let yb = p.y_offset + v * p.y_len;
+                            let mut zv = vec![0.0; p.z_len as usize];
+                            for t in &p.terms {
+                                zv[t.k as usize] +=
+                                    t.coeff * get(&x, xb + t.i)? * get(&y, yb + t.j)?;
+                            }
+                            let wv = match p.w_offset {
+                                Some(o) => Some(get(&w, o + u * p.y_mul + v)?),
+                                None => None,
+                            };
+                            for (a, v) in za.iter_mut().zip(&zv) {
+                                *a += wv.map_or(*v, |wv| wv * v);
+                            }
+                        }
+                    }
+                }
+            }
+            for (blk, za) in c.z_blocks[grp.clone()].iter().zip(acc) {
+                for (k, v) in za.into_iter().enumerate() {
+                    let idx = (blk.offset + u * blk.row_len) as usize + k;
+                    let slot = z.get_mut(idx).ok_or("z index out of range")?;
+                    if !slot.is_nan() {
+                        return Err(format!("Z[{idx}] written twice"));
+                    }
+                    *slot = v;
+                }
+            }
+        }
+    }
+    put_row(plan, cv.node_out, unit, &z, bufs)
 }
 
 /// Runs sample `s` (global index) of a channel kernel on the CPU in the GPU's order:

@@ -146,7 +146,7 @@ pub fn interpret_conv(
                 let pieces = matches!(table, Tensor::SendPieces | Tensor::RecvPieces);
                 let np = if pieces { total } else { 0 };
                 for (s0, n) in plan.dispatches(total) {
-                    let grid = k.grid(n * c.channels as u64, plan.caps.max_workgroups_per_dim);
+                    let grid = k.grid(n * c.lanes() as u64, plan.caps.max_workgroups_per_dim);
                     if grid[0] > plan.caps.max_workgroups_per_dim
                         || grid[1] > plan.caps.max_workgroups_per_dim
                     {
@@ -154,7 +154,7 @@ pub fn interpret_conv(
                     }
                     // Every unit of the dispatch is covered by the grid, exactly once.
                     let covered = grid[0] as u64 * grid[1] as u64 * k.workgroup_size as u64;
-                    if covered < n * c.channels as u64 {
+                    if covered < n * c.lanes() as u64 {
                         return Err(err(&k.name, "grid too small".into()));
                     }
                     for unit in s0..s0 + n {
@@ -174,9 +174,14 @@ pub fn interpret_conv(
                         let list: Vec<(u64, u64)> = (lo..hi)
                             .map(|p| (at(ids + p), at(ids + edges + p)))
                             .collect();
-                        crate::channel::interpret_conv_backward(
-                            plan, c, node, unit, &list, &mut bufs,
-                        )
+                        match c.pass {
+                            crate::ChannelPass::Forward => crate::channel::interpret_conv_forward(
+                                plan, c, unit, &list, &mut bufs,
+                            ),
+                            _ => crate::channel::interpret_conv_backward(
+                                plan, c, node, unit, &list, &mut bufs,
+                            ),
+                        }
                         .map_err(|why| err(&k.name, why))?;
                     }
                 }

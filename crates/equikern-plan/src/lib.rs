@@ -485,7 +485,7 @@ impl Kernel {
             }
             Work::ReduceChunks { len, .. } => *len as u64,
             Work::ReducePieces { len, .. } => n * *len as u64,
-            Work::Channels(c) => n * c.channels as u64,
+            Work::Channels(c) => n * c.lanes() as u64,
             Work::Staged(_) => n * self.workgroup_size as u64,
         }
     }
@@ -505,7 +505,7 @@ impl Kernel {
                     _ => 1,
                 },
             )),
-            Work::Channels(c) => Some((c.channels, 1)),
+            Work::Channels(c) => Some((c.lanes(), 1)),
             Work::Staged(_) => Some((self.workgroup_size, 1)),
             Work::ReduceChunks { .. } | Work::ReducePieces { .. } => None,
         }

@@ -600,12 +600,17 @@ pub struct LowerOptions {
     /// Use the fused kernel shapes where the product qualifies: channel-fused
     /// ([`crate::channel`]) and weight-staged ([`crate::staged`]); off = row kernels only.
     pub channel_fusion: bool,
+    /// Convolution forward only: the register budget of one invocation's output
+    /// accumulators, which groups the output blocks ([`crate::ChannelConv::groups`]);
+    /// `None`: [`crate::channel::CONV_FORWARD_REGS`]. `Some(u32::MAX)`: one group.
+    pub conv_forward_regs: Option<u32>,
 }
 
 impl Default for LowerOptions {
     fn default() -> Self {
         LowerOptions {
             channel_fusion: true,
+            conv_forward_regs: None,
         }
     }
 }

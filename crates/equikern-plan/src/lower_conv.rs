@@ -55,29 +55,29 @@ fn max_units(plan: &KernelPlan) -> Result<u32, PlanError> {
     let grid_cap = caps.max_workgroups_per_dim as u64 * caps.max_workgroups_per_dim as u64;
     let (mut n_max, mut spc_all) = (u32::MAX as u64, 1u64);
     for k in &plan.kernels {
-        let (spc, rows_per_sample) = match &k.work {
+        let (spc, rows_per_sample): (u64, u32) = match &k.work {
             Work::Rows {
                 sample_mode: SampleMode::Chunk { samples_per_chunk },
                 rows_per_sample,
                 ..
-            } => (*samples_per_chunk as u64, rows_per_sample),
+            } => (*samples_per_chunk as u64, *rows_per_sample),
             Work::Rows {
                 rows_per_sample, ..
-            } => (1, rows_per_sample),
+            } => (1, *rows_per_sample),
             // One invocation per (node, element).
-            Work::ReducePieces { len, .. } => (1, len),
-            // One invocation per (unit, channel).
-            Work::Channels(c) => (1, &c.channels),
+            Work::ReducePieces { len, .. } => (1, *len),
+            // One invocation per (unit, group, channel).
+            Work::Channels(c) => (1, c.lanes()),
             Work::ReduceChunks { .. } | Work::Staged(_) => continue,
         };
         spc_all = spc_all.max(spc);
-        if *rows_per_sample == 0 {
+        if rows_per_sample == 0 {
             continue;
         }
         let wg = k.workgroup_size as u64;
         let max_groups =
             grid_cap.min((u32::MAX as u64 / wg).saturating_sub(caps.max_workgroups_per_dim as u64));
-        let units = max_groups * wg / *rows_per_sample as u64;
+        let units = max_groups * wg / rows_per_sample as u64;
         if units == 0 {
             return Err(PlanError::TooLarge(
                 "one unit's rows exceed the largest dispatch grid",
@@ -105,9 +105,11 @@ pub fn lower_conv(
 }
 
 /// [`lower_conv`] with lowering options: `channel_fusion` (default on) lets a deterministic
-/// backward of a product that qualifies for the channel kernel ([`crate::channel`]: all `uvu`,
-/// one multiplicity) run as one channel kernel over the sender view
-/// ([`crate::ChannelConv`]) instead of the row kernels.
+/// forward or backward of a product that qualifies for the channel kernel
+/// ([`crate::channel`]: all `uvu`, one multiplicity) run as one channel kernel over the
+/// receiver view (forward) or the sender view (backward) ([`crate::ChannelConv`]) instead
+/// of the row kernels; `conv_forward_regs` overrides the forward's output grouping
+/// ([`crate::channel::CONV_FORWARD_REGS`]).
 pub fn lower_conv_with(
     tp: &TensorProduct,
     direction: Direction,
@@ -211,14 +213,49 @@ pub fn lower_conv_with(
         mode,
         groups,
     };
-    // The channel-fused backward over the sender view (deterministic modes only).
+    // The channel-fused forward over the receiver view and backward over the sender view
+    // (deterministic modes only).
     let mut fused: Option<Kernel> = None;
+    if direction == Direction::Forward && lopts.channel_fusion && !opts.atomic {
+        let out = if pieces { RecvPartial } else { Z };
+        let regs = lopts
+            .conv_forward_regs
+            .unwrap_or(crate::channel::CONV_FORWARD_REGS);
+        if let Some(c) = crate::channel::conv_channel_work(
+            tp,
+            crate::ChannelPass::Forward,
+            dtype,
+            caps,
+            by_recv,
+            out,
+            regs,
+        ) {
+            let (inputs, outputs) = c.bindings(weighted);
+            let z = node_out(Z);
+            debug_assert_eq!(z, out);
+            fused = Some(Kernel {
+                name: format!("conv_forward_fused{sfx}"),
+                inputs,
+                outputs,
+                workgroup_size: c.samples_per_group * c.lanes(),
+                work: Work::Channels(c),
+            });
+        }
+    }
     if direction == Direction::Backward && lopts.channel_fusion && !opts.atomic {
         let (units, out) = match by_send {
             SampleMode::Pieces { .. } => (by_send, SendPartial),
             _ => (by_send, GX),
         };
-        if let Some(c) = crate::channel::conv_channel_work(tp, dtype, caps, units, out) {
+        if let Some(c) = crate::channel::conv_channel_work(
+            tp,
+            crate::ChannelPass::Backward,
+            dtype,
+            caps,
+            units,
+            out,
+            0,
+        ) {
             let (inputs, outputs) = c.bindings(weighted);
             let gx = node_out(GX);
             debug_assert_eq!(gx, out);
@@ -232,6 +269,7 @@ pub fn lower_conv_with(
         }
     }
     let (specs, reduce): (Vec<KSpec>, Option<Tensor>) = match direction {
+        Direction::Forward if fused.is_some() => (vec![], None),
         Direction::Forward => (
             vec![ks(
                 &format!("forward{sfx}"),

@@ -1,6 +1,7 @@
-//! The channel-fused convolution backward (`Work::Channels` with `ChannelConv`): which plans
-//! get it, and its interpretation against the f64 conv oracle (rel L2 ≤ 1e-12) on directed,
-//! skewed and radius graphs, CSR and pieces, several dispatches, bit-identical reruns.
+//! The channel-fused convolution forward and backward (`Work::Channels` with `ChannelConv`):
+//! which plans get them, and their interpretation against the f64 conv oracle (rel L2 ≤
+//! 1e-12) on directed, skewed and radius graphs, CSR and pieces, several dispatches, output
+//! groups, bit-identical reruns.
 
 #[path = "../../equikern-core/tests/conv_common/mod.rs"]
 mod conv_common;
@@ -87,7 +88,7 @@ fn fused(plan: &KernelPlan) -> Option<&equikern_plan::ChannelWork> {
 fn check(plan: &KernelPlan, tp: &TensorProduct, g: &Csr, what: &str) -> BTreeMap<Tensor, Vec<f64>> {
     let inp = inputs(tp, g, 5);
     let got = interpret_conv(plan, g, &inp).unwrap_or_else(|e| panic!("{what}: {e}\n{plan}"));
-    let want = equikern_plan::conv::reference(tp, g, Direction::Backward, &inp).unwrap();
+    let want = equikern_plan::conv::reference(tp, g, plan.direction, &inp).unwrap();
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -148,6 +149,7 @@ fn qualifying_backward_is_one_channel_kernel() {
                 opts,
                 LowerOptions {
                     channel_fusion: false,
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -173,13 +175,29 @@ fn only_what_qualifies_is_fused() {
     )
     .unwrap();
     assert!(fused(&p).is_none());
-    for d in [Direction::Forward, Direction::DoubleBackward] {
-        let p = lower_conv(&uvu_channels(), d, Dtype::F32, &caps64(), DET).unwrap();
-        assert!(fused(&p).is_none(), "{d:?}");
-    }
+    let p = lower_conv(
+        &uvu_channels(),
+        Direction::Forward,
+        Dtype::F32,
+        &caps,
+        ATOMIC,
+    )
+    .unwrap();
+    assert!(fused(&p).is_none());
+    let p = lower_conv(
+        &uvu_channels(),
+        Direction::DoubleBackward,
+        Dtype::F32,
+        &caps64(),
+        DET,
+    )
+    .unwrap();
+    assert!(fused(&p).is_none());
     for tp in [uvu_per_edge(), uvw_shared(), uvu_unweighted()] {
-        let p = lower_conv(&tp, Direction::Backward, Dtype::F32, &caps64(), DET).unwrap();
-        assert!(fused(&p).is_none());
+        for d in [Direction::Forward, Direction::Backward] {
+            let p = lower_conv(&tp, d, Dtype::F32, &caps64(), DET).unwrap();
+            assert!(fused(&p).is_none(), "{d:?}");
+        }
     }
     // Too little workgroup memory for the `gy` columns.
     let small = Capabilities {
@@ -280,5 +298,319 @@ fn units_are_senders() {
             (m, pieces),
             (SampleMode::Segments { .. }, false) | (SampleMode::Pieces { .. }, true)
         ));
+    }
+}
+
+fn forward_plan(
+    tp: &TensorProduct,
+    caps: &Capabilities,
+    opts: ConvOptions,
+    regs: Option<u32>,
+) -> KernelPlan {
+    lower_conv_with(
+        tp,
+        Direction::Forward,
+        Dtype::F64,
+        caps,
+        opts,
+        LowerOptions {
+            conv_forward_regs: regs,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Output groupings the forward tests run: the default (one group for these products),
+/// several groups (4 words: f64 blocks of width ≤ 2 each alone or paired), one per block.
+const GROUPINGS: [(&str, Option<u32>); 3] = [
+    ("default", None),
+    ("groups", Some(8)),
+    ("per block", Some(1)),
+];
+
+#[test]
+fn qualifying_forward_is_one_channel_kernel() {
+    for (tn, tp) in tps() {
+        for (mode, opts, table, out) in [
+            ("csr", DET, Tensor::RecvCsr, Tensor::Z),
+            ("pieces", PIECES, Tensor::RecvPieces, Tensor::RecvPartial),
+        ] {
+            let plan = lower_conv(&tp, Direction::Forward, Dtype::F32, &caps64(), opts).unwrap();
+            let k = &plan.kernels[0];
+            let Work::Channels(c) = &k.work else {
+                panic!("{tn} {mode}: first kernel is {}\n{plan}", k.name);
+            };
+            let cv = c.conv.as_ref().expect("conv units");
+            assert_eq!(cv.table(), Some(table));
+            assert_eq!(cv.node_out, out);
+            assert!(!c.write_gw);
+            assert_eq!(k.outputs, vec![out]);
+            assert!(k.inputs.contains(&table));
+            assert!(!k.inputs.contains(&Tensor::Sender) && !k.inputs.contains(&Tensor::Receiver));
+            assert_eq!(k.workgroup_size, c.samples_per_group * c.lanes());
+            let names: Vec<&str> = plan.kernels.iter().map(|k| k.name.as_str()).collect();
+            if mode == "pieces" {
+                assert_eq!(names, ["conv_forward_fused_pieces", "reduce_pieces_z"]);
+            } else {
+                assert_eq!(names, ["conv_forward_fused"]);
+            }
+            let rows = lower_conv_with(
+                &tp,
+                Direction::Forward,
+                Dtype::F32,
+                &caps64(),
+                opts,
+                LowerOptions {
+                    channel_fusion: false,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert!(fused(&rows).is_none());
+            // Groups: a partition of the output blocks, one group per block at budget 1.
+            let p = forward_plan(&tp, &caps64(), opts, Some(1));
+            let c = fused(&p).unwrap();
+            let g = &c.conv.as_ref().unwrap().groups;
+            assert_eq!(g.len(), c.z_blocks.len(), "{tn}");
+            assert_eq!(c.lanes(), c.channels * g.len() as u32);
+            assert!(p.kernels[0].workgroup_size <= caps64().max_invocations_per_workgroup);
+        }
+    }
+}
+
+#[test]
+fn fused_forward_matches_the_oracle() {
+    for (gn, g) in graphs() {
+        for (tn, tp) in tps() {
+            for (mn, caps, opts) in [
+                ("csr", caps64(), DET),
+                ("csr small grid", small_grid(), DET),
+                ("pieces", caps64(), PIECES),
+                ("pieces small grid", small_grid(), PIECES),
+            ] {
+                for (grn, regs) in GROUPINGS {
+                    let what = format!("{gn} {tn} {mn} {grn}");
+                    let plan = forward_plan(&tp, &caps, opts, regs);
+                    let c = fused(&plan).unwrap_or_else(|| panic!("{what}: not fused"));
+                    if regs.is_some() {
+                        assert!(c.conv.as_ref().unwrap().groups.len() > 1, "{what}");
+                    }
+                    if mn.contains("small") {
+                        let gs = plan.graph_size(&g);
+                        let units = plan.conv_unit_count(0, &gs);
+                        assert!(
+                            g.edges() < 20 || plan.dispatches(units).count() > 1,
+                            "{what}: one dispatch"
+                        );
+                    }
+                    check(&plan, &tp, &g, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_forward_is_bit_identical_across_reruns_dispatch_splits_and_groupings() {
+    let (_, g) = graphs().remove(1);
+    for (tn, tp) in tps() {
+        for opts in [DET, PIECES] {
+            let a = forward_plan(&tp, &caps64(), opts, None);
+            let ra = check(&a, &tp, &g, tn);
+            assert!(ra == check(&a, &tp, &g, tn), "{tn}: rerun differs");
+            // Neither the dispatch split nor the grouping changes any sum's order.
+            for (grn, regs) in GROUPINGS {
+                let b = forward_plan(&tp, &small_grid(), opts, regs);
+                assert!(ra == check(&b, &tp, &g, tn), "{tn} {grn}: results differ");
+            }
+        }
+    }
+}
+
+/// Nodes without incoming edges get a zero `z`; an empty graph runs.
+#[test]
+fn receivers_without_edges_get_zero_z() {
+    let (n, r, s) = directed();
+    let g = Csr::build(n, &r, &s).unwrap();
+    let tp = uvu_channels();
+    for opts in [DET, PIECES] {
+        let plan = forward_plan(&tp, &caps64(), opts, Some(8));
+        let got = check(&plan, &tp, &g, "directed");
+        let z = &got[&Tensor::Z];
+        let empty: Vec<usize> = (0..n)
+            .filter(|&i| !r.iter().any(|&x| x as usize == i))
+            .collect();
+        assert!(!empty.is_empty());
+        for i in 0..n {
+            let row = &z[i * tp.dim_out..(i + 1) * tp.dim_out];
+            assert_eq!(
+                row.iter().all(|&v| v == 0.0),
+                empty.contains(&i),
+                "node {i}"
+            );
+        }
+        let e = Csr::build(3, &[] as &[u32], &[] as &[u32]).unwrap();
+        let out = interpret_conv(&plan, &e, &inputs(&tp, &e, 1)).unwrap();
+        assert!(out[&Tensor::Z].iter().all(|&v| v == 0.0));
+    }
+}
+
+/// The forward's units are the receiver view's nodes or pieces.
+#[test]
+fn forward_units_are_receivers() {
+    let (_, g) = graphs().remove(1);
+    let tp = uvu_channels();
+    for (opts, pieces) in [(DET, false), (PIECES, true)] {
+        let plan = forward_plan(&tp, &caps64(), opts, None);
+        let gs = plan.graph_size(&g);
+        let want = if pieces { gs.recv_pieces } else { gs.nodes };
+        assert_eq!(plan.conv_unit_count(0, &gs), want);
+    }
+}
+
+/// Every NequIP and MACE problem of the suite takes the fused conv forward (f32, H100-like
+/// limits); output groups by the default register budget: one for water and MACE (22 and 26
+/// floats per channel), two for lips (102).
+#[test]
+fn suite_forward_fuses_with_groups() {
+    let caps = Capabilities {
+        subgroup_size: 32,
+        subgroups: true,
+        max_invocations_per_workgroup: 1024,
+        max_workgroup_size_x: 1024,
+        workgroup_memory_bytes: 48 << 10,
+        max_storage_binding_bytes: 1 << 40,
+        max_workgroups_per_dim: 65535,
+        max_storage_buffers_per_stage: 64,
+        f64: true,
+        float_atomics: true,
+    };
+    let suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
+    let mut seen = 0;
+    for (label, spec) in suite {
+        if !(label.starts_with("nequip") || label.starts_with("mace")) {
+            continue;
+        }
+        let tp = spec.build().unwrap();
+        let plan = lower_conv(&tp, Direction::Forward, Dtype::F32, &caps, DET).unwrap();
+        let c = fused(&plan).unwrap_or_else(|| panic!("{label}: not fused"));
+        let groups = c.conv.as_ref().unwrap().groups.len().max(1);
+        let widths: Vec<u32> = c
+            .conv_groups()
+            .into_iter()
+            .map(|r| c.z_blocks[r].iter().map(|b| b.row_len).sum())
+            .collect();
+        println!("{label}: M {} groups {widths:?}", c.channels);
+        match label.as_str() {
+            "nequip-water" | "mace-medium" => assert_eq!(groups, 1, "{label}"),
+            "nequip-lips" => assert_eq!(widths, [52, 50], "{label}"),
+            _ => {}
+        }
+        assert!(widths.iter().all(|&w| w <= 64), "{label}: {widths:?}");
+        seen += 1;
+    }
+    assert!(seen >= 5);
+}
+
+/// Per-edge cost of the conv forward, fused vs row kernels, for the suite's NequIP/MACE
+/// problems (f32; CONV.md quotes the numbers): bytes the threads request (index words, `x`
+/// gathers, `y`, `w`; broadcasts counted per thread), the bytes that must come from L2/DRAM
+/// at least (x row once per edge, y, w, z amortised over `deg` edges per node), and FLOPs
+/// (`coeff·x·y` + add per term, `w·zv` + add per output element, per channel and `v`).
+/// `cargo test --release -p equikern-plan --test conv_channels forward_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn forward_cost_per_edge() {
+    let suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
+    let deg = 145_982.0 / 3_341.0; // protein 4AKE, 5 Å
+    println!(
+        "| problem | M | groups (floats/ch) | fused: lanes, idx/x/y/w B requested, total KB | rows: lanes, idx/x/y/w B requested, total KB | min B (x+y+w+z/deg) | FLOPs |"
+    );
+    for (label, spec) in suite {
+        if !["nequip-water", "nequip-lips", "mace-medium"].contains(&label.as_str()) {
+            continue;
+        }
+        let tp = spec.build().unwrap();
+        let plan = lower_conv(
+            &tp,
+            Direction::Forward,
+            Dtype::F32,
+            &Capabilities::webgpu_min(),
+            DET,
+        )
+        .unwrap();
+        let c = fused(&plan).unwrap();
+        let m = c.channels as f64;
+        let groups = c.conv_groups();
+        let widths: Vec<u32> = groups
+            .iter()
+            .map(|r| c.z_blocks[r.clone()].iter().map(|b| b.row_len).sum())
+            .collect();
+        // fused, per edge, summed over lanes
+        let (mut fi, mut fx, mut fy, mut fw) = (0.0, 0.0, 0.0, 0.0);
+        for r in &groups {
+            let ps: Vec<_> = c
+                .paths
+                .iter()
+                .filter(|p| r.contains(&(p.z_block as usize)))
+                .collect();
+            let mut xs: Vec<(u32, u32)> = ps
+                .iter()
+                .flat_map(|p| p.terms.iter().map(|t| (p.x_block, t.i)))
+                .collect();
+            xs.sort_unstable();
+            xs.dedup();
+            let mut ys: Vec<u32> = ps
+                .iter()
+                .flat_map(|p| {
+                    (0..p.y_mul).flat_map(move |v| {
+                        p.terms.iter().map(move |t| p.y_offset + v * p.y_len + t.j)
+                    })
+                })
+                .collect();
+            ys.sort_unstable();
+            ys.dedup();
+            let nw: u32 = ps
+                .iter()
+                .filter(|p| p.w_offset.is_some())
+                .map(|p| p.y_mul)
+                .sum();
+            fi += m * 8.0;
+            fx += m * 4.0 * xs.len() as f64;
+            fy += m * 4.0 * ys.len() as f64;
+            fw += m * 4.0 * nw as f64;
+        }
+        // rows: one lane per (output block, channel); per edge its paths' operand rows
+        let (mut ri, mut rx, mut ry, mut rw, mut rl) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (b, _) in c.z_blocks.iter().enumerate() {
+            rl += m;
+            ri += m * 8.0;
+            for p in c.paths.iter().filter(|p| p.z_block as usize == b) {
+                rx += m * 4.0 * p.x_len as f64;
+                ry += m * 4.0 * (p.y_mul * p.y_len) as f64;
+                rw += m * 4.0 * p.w_offset.map_or(0, |_| p.y_mul) as f64;
+            }
+        }
+        let flops: f64 = c
+            .paths
+            .iter()
+            .map(|p| m * p.y_mul as f64 * (3.0 * p.terms.len() as f64 + 2.0 * p.z_len as f64))
+            .sum();
+        let min = 4.0 * (tp.dim_in1 + tp.dim_in2 + tp.weight_numel) as f64
+            + 4.0 * tp.dim_out as f64 / deg;
+        println!(
+            "| {label} | {} | {} {widths:?} | {} lanes, {:.0}/{:.0}/{:.0}/{:.0}, {:.1} | {} lanes, {:.0}/{:.0}/{:.0}/{:.0}, {:.1} | {:.0} | {:.0} |",
+            c.channels,
+            groups.len(),
+            c.lanes(),
+            fi, fx, fy, fw,
+            (fi + fx + fy + fw) / 1e3,
+            rl,
+            ri, rx, ry, rw,
+            (ri + rx + ry + rw) / 1e3,
+            min,
+            flops,
+        );
     }
 }

@@ -66,6 +66,7 @@ fn check_dir(tp: &TensorProduct, dir: Direction, batch: usize, caps: &Capabiliti
         caps,
         LowerOptions {
             channel_fusion: false,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -189,6 +190,7 @@ fn who_qualifies() {
         &c,
         LowerOptions {
             channel_fusion: false,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -206,7 +206,7 @@ impl Runtime {
                             chunk_base: 0,
                             num_chunks: 0,
                         };
-                        dispatches.push((p, s0 as u32, n * c.channels as u64));
+                        dispatches.push((p, s0 as u32, n * c.lanes() as u64));
                     }
                 }
                 Work::ReduceChunks { len, .. } => {

@@ -409,7 +409,7 @@ impl Runtime {
                     _ => 1,
                 },
             ),
-            Work::Channels(c) => (c.channels as u64, 1),
+            Work::Channels(c) => (c.lanes() as u64, 1),
             Work::Staged(_) => (kp.workgroup_size as u64, 1),
             Work::ReduceChunks { .. } | Work::ReducePieces { .. } => return Ok(vec![(0, batch)]),
         };
