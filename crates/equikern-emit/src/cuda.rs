@@ -411,6 +411,7 @@ fn print_kernel(
                 plan,
                 k,
                 w,
+                None,
                 "threadIdx.x",
                 "num_samples",
             )?);

@@ -392,13 +392,15 @@ fn z_phase(
     strided(o, dia, 4, "e", "li", plan.dims.dim_out, wg, &body);
 }
 
-/// The kernel body after the prologue defines `g`: one workgroup per sample, `lid` the
+/// The kernel body after the prologue defines `g`: one workgroup per sample (`block`, the
+/// workgroup's linear index, where the dialect needs it spelled from workgroup ids), `lid` the
 /// local index, `num_samples` the dispatch's sample count.
 pub(crate) fn body(
     dia: &Dialect,
     plan: &KernelPlan,
     k: &Kernel,
     w: &StagedWork,
+    block: Option<&str>,
     lid: &str,
     num_samples: &str,
 ) -> Result<String, EmitError> {
@@ -406,9 +408,14 @@ pub(crate) fn body(
     let dt = plan.dtype;
     let wg = k.workgroup_size;
     let mut o = Out { s: String::new() };
-    // `g` (the invocation index both prologues define) over the workgroup size: the
-    // workgroup's linear index.
-    o.ln(4, &dia.let_u("smp", &format!("g / {wg}u")));
+    // The workgroup's linear index. WGSL's uniformity analysis must see it come from
+    // workgroup ids alone (`g / wg` involves the local index); CUDA has no such rule and
+    // uses `g`, which its prologue defines.
+    let smp = match block {
+        Some(b) => b.to_string(),
+        None => format!("g / {wg}u"),
+    };
+    o.ln(4, &dia.let_u("smp", &smp));
     // Uniform across the workgroup (one sample per workgroup): safe before barriers.
     o.ln(4, &format!("if (smp >= {num_samples}) {{ return; }}"));
     let lid_u = match dia {

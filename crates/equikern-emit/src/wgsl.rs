@@ -197,6 +197,7 @@ fn emit_kernel(plan: &KernelPlan, kernel: &Kernel) -> Result<EmittedKernel, Emit
                 plan,
                 kernel,
                 w,
+                Some("(wid.y * nwg.x + wid.x)"),
                 "lid",
                 "P.num_samples",
             )?);
