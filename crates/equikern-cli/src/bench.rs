@@ -121,6 +121,10 @@ pub struct BenchArgs {
         help_heading = "Model"
     )]
     pub systems: String,
+    /// With --model: write each of --systems as extended XYZ (`DIR/<system>.extxyz`) for the
+    /// peers' script (benches/bench_model_peers.py), then stop (no timing).
+    #[arg(long, value_name = "DIR", help_heading = "Model")]
+    pub export_systems: Option<PathBuf>,
 }
 
 /// What one (problem, direction) measured.
@@ -243,6 +247,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             ));
         }
         return crate::bench_model::run(args, ckpt);
+    }
+    if args.export_systems.is_some() {
+        return Err(CliError::input("--export-systems goes with --model"));
     }
     if !args.conv && (args.export_only || args.export_graphs.is_some()) {
         return Err(CliError::input(

@@ -117,6 +117,9 @@ pub fn run(args: &BenchArgs, ckpt: &Path) -> Result<()> {
     if specs.is_empty() {
         return Err(CliError::input("--systems: no system given"));
     }
+    if let Some(dir) = &args.export_systems {
+        return export_systems(&specs, dir);
+    }
     let device = open_device(backend)?;
     let t = Instant::now();
     let model = load_model(ckpt)?;
@@ -181,6 +184,23 @@ pub fn run(args: &BenchArgs, ckpt: &Path) -> Result<()> {
             std::fs::write(path, format!("{text}\n"))
                 .map_err(|e| CliError::input(format!("--json {}: {e}", path.display())))?;
         }
+    }
+    Ok(())
+}
+
+/// Writes each system as extended XYZ (`DIR/<name>.extxyz`, ':' in names becomes '_') so the
+/// peers run the very same atoms.
+fn export_systems(specs: &[SystemSpec], dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::input(format!("--export-systems {}: {e}", dir.display())))?;
+    for spec in specs {
+        let name = spec.name();
+        let s = spec.build().map_err(|e| model_err(&name, e))?;
+        let n = s.numbers.len();
+        let path = dir.join(format!("{}.extxyz", name.replace(':', "_")));
+        equikern_model::extxyz::write(&path, &[equikern_model::extxyz::Frame::new(s)])
+            .map_err(|e| CliError::input(format!("--export-systems {}: {e}", path.display())))?;
+        println!("{name}: {n} atoms -> {}", path.display());
     }
     Ok(())
 }

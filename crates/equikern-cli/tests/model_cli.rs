@@ -1032,3 +1032,52 @@ fn bench_model_bad_input_exits_2() {
     let o = bench_model(&dir, "missing.pth", "cpu", "water:24");
     assert_input_error(&o, &["--model"]);
 }
+
+#[test]
+fn bench_model_exports_the_systems_for_the_peers() {
+    let dir = tmp("export-systems");
+    let out = dir.join("systems");
+    // The checkpoint is not read when exporting.
+    let o = run(
+        &dir,
+        &[
+            "bench",
+            "--model",
+            "unused.pth",
+            "--systems",
+            "si:64,water:24",
+            "--export-systems",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (file, n, numbers) in [
+        ("si_64.extxyz", 64, vec![14u32]),
+        ("water_24.extxyz", 24, vec![1, 8]),
+    ] {
+        let frames = equikern_model::extxyz::read(out.join(file)).unwrap();
+        assert_eq!(frames.len(), 1, "{file}");
+        let s = &frames[0].atoms;
+        assert_eq!(s.numbers.len(), n, "{file}");
+        let mut z = s.numbers.clone();
+        z.sort_unstable();
+        z.dedup();
+        assert_eq!(z, numbers, "{file}");
+        assert_eq!(s.pbc, [true; 3], "{file}");
+        // The same atoms as the benchmark builds.
+        let spec = equikern_model::systems::SystemSpec::parse(
+            &file.replace(".extxyz", "").replace('_', ":"),
+        )
+        .unwrap();
+        let built = spec.build().unwrap();
+        assert_eq!(built.numbers, s.numbers, "{file}");
+        for (a, b) in built.positions.iter().zip(&s.positions) {
+            for k in 0..3 {
+                assert!((a[k] - b[k]).abs() < 1e-9, "{file}: {a:?} vs {b:?}");
+            }
+        }
+    }
+    // Only with --model.
+    let o = run(&dir, &["bench", "--export-systems", out.to_str().unwrap()]);
+    assert_input_error(&o, &["--export-systems"]);
+}
