@@ -553,6 +553,70 @@ pub(crate) fn conv_channel_work(
     }
     Some(c)
 }
+/// Channel `u` of a backward, paths and `v` in order, terms in order: adds `w·Σ coeff·gz·y`
+/// to its `gx` rows (`gxa`, one per x block), `w·Σ coeff·gz·x` to its `gy` partial, and
+/// writes its weight gradients `Σ coeff·gz·x·y` (per-sample weights; each exactly once).
+/// Shared by the product's and the convolution's interpreters.
+#[allow(clippy::too_many_arguments)]
+fn channel_backward(
+    c: &ChannelWork,
+    u: u32,
+    x: &[f64],
+    y: &[f64],
+    w: &[f64],
+    gz: &[f64],
+    gxa: &mut [Vec<f64>],
+    gyp: &mut [f64],
+    gw: &mut [f64],
+) -> Result<(), String> {
+    let get = |v: &[f64], i: u32| -> Result<f64, String> {
+        v.get(i as usize)
+            .copied()
+            .ok_or_else(|| format!("index {i} out of bounds"))
+    };
+    for p in &c.paths {
+        let xb = p.x_offset + u * p.x_len;
+        let zb = p.z_offset + u * p.z_len;
+        for v in 0..p.y_mul {
+            let yb = p.y_offset + v * p.y_len;
+            let widx = p.w_offset.map(|o| o + u * p.y_mul + v);
+            let wv = match widx {
+                Some(i) => get(w, i)?,
+                None => 1.0,
+            };
+            let (mut a, mut gxv, mut gyv) = (
+                0.0,
+                vec![0.0; p.x_len as usize],
+                vec![0.0; p.y_len as usize],
+            );
+            for t in &p.terms {
+                let g = t.coeff * get(gz, zb + t.k)?;
+                let (xi, yj) = (get(x, xb + t.i)?, get(y, yb + t.j)?);
+                a += g * xi * yj;
+                gxv[t.i as usize] += g * yj;
+                gyv[t.j as usize] += g * xi;
+            }
+            let acc = gxa
+                .get_mut(p.x_block as usize)
+                .ok_or("x block out of range")?;
+            for (o, g) in acc.iter_mut().zip(&gxv) {
+                *o += wv * g;
+            }
+            for (j, g) in gyv.iter().enumerate() {
+                *gyp.get_mut(yb as usize + j)
+                    .ok_or("y component out of range")? += wv * g;
+            }
+            if let (true, Some(i)) = (c.write_gw, widx) {
+                let slot = gw.get_mut(i as usize).ok_or("gw index out of range")?;
+                if !slot.is_nan() {
+                    return Err(format!("GW[{i}] written twice"));
+                }
+                *slot = a;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Runs unit `unit` of a convolution channel backward on the CPU in the GPU's order: per
 /// channel `u` ascending, the unit's edges in view order (`edges`: `(edge id, receiver)`),
@@ -572,11 +636,6 @@ pub(crate) fn interpret_conv_backward(
     let cv = c.conv.as_ref().ok_or("not a convolution channel kernel")?;
     let weighted = d.weight_numel > 0;
     let x = sample_row(plan, X, node, bufs)?;
-    let get = |v: &[f64], i: u32| -> Result<f64, String> {
-        v.get(i as usize)
-            .copied()
-            .ok_or_else(|| format!("index {i} out of bounds"))
-    };
     let m = c.channels as usize;
     let mut gx = vec![f64::NAN; d.dim_in1 as usize];
     let mut gxa: Vec<Vec<Vec<f64>>> = (0..m)
@@ -598,49 +657,7 @@ pub(crate) fn interpret_conv_backward(
         let mut gw = vec![f64::NAN; d.weight_numel as usize];
         let mut gy_parts = vec![vec![0.0; c.y_len as usize]; m];
         for (u, gyp) in gy_parts.iter_mut().enumerate() {
-            let acc_u = &mut gxa[u];
-            let u = u as u32;
-            for p in &c.paths {
-                let xb = p.x_offset + u * p.x_len;
-                let zb = p.z_offset + u * p.z_len;
-                for v in 0..p.y_mul {
-                    let yb = p.y_offset + v * p.y_len;
-                    let widx = p.w_offset.map(|o| o + u * p.y_mul + v);
-                    let wv = match widx {
-                        Some(i) => get(&w, i)?,
-                        None => 1.0,
-                    };
-                    let (mut a, mut gxv, mut gyv) = (
-                        0.0,
-                        vec![0.0; p.x_len as usize],
-                        vec![0.0; p.y_len as usize],
-                    );
-                    for t in &p.terms {
-                        let g = t.coeff * get(&gz, zb + t.k)?;
-                        let (xi, yj) = (get(&x, xb + t.i)?, get(&y, yb + t.j)?);
-                        a += g * xi * yj;
-                        gxv[t.i as usize] += g * yj;
-                        gyv[t.j as usize] += g * xi;
-                    }
-                    let acc = acc_u
-                        .get_mut(p.x_block as usize)
-                        .ok_or("x block out of range")?;
-                    for (o, g) in acc.iter_mut().zip(&gxv) {
-                        *o += wv * g;
-                    }
-                    for (j, g) in gyv.iter().enumerate() {
-                        *gyp.get_mut(yb as usize + j)
-                            .ok_or("y component out of range")? += wv * g;
-                    }
-                    if let (true, Some(i)) = (c.write_gw, widx) {
-                        let slot = gw.get_mut(i as usize).ok_or("gw index out of range")?;
-                        if !slot.is_nan() {
-                            return Err(format!("GW[{i}] written twice"));
-                        }
-                        *slot = a;
-                    }
-                }
-            }
+            channel_backward(c, u as u32, &x, &y, &w, &gz, &mut gxa[u], gyp, &mut gw)?;
         }
         let mut gy = vec![0.0; c.y_len as usize];
         for part in &gy_parts {
@@ -1010,11 +1027,6 @@ fn interpret_backward(
     let mut gx = vec![f64::NAN; d.dim_in1 as usize];
     let mut gw = vec![f64::NAN; d.weight_numel as usize];
     let mut gy_parts = vec![vec![0.0; c.y_len as usize]; m];
-    let get = |v: &[f64], i: u32| -> Result<f64, String> {
-        v.get(i as usize)
-            .copied()
-            .ok_or_else(|| format!("index {i} out of bounds"))
-    };
     for (u, gyp) in gy_parts.iter_mut().enumerate() {
         let u = u as u32;
         let mut gxa: Vec<Vec<f64>> = c
@@ -1022,50 +1034,7 @@ fn interpret_backward(
             .iter()
             .map(|b| vec![0.0; b.row_len as usize])
             .collect();
-        for p in &c.paths {
-            let xb = p.x_offset + u * p.x_len;
-            let zb = p.z_offset + u * p.z_len;
-            for v in 0..p.y_mul {
-                let yb = p.y_offset + v * p.y_len;
-                let widx = p.w_offset.map(|o| o + u * p.y_mul + v);
-                let wv = match widx {
-                    Some(i) => get(&w, i)?,
-                    None => 1.0,
-                };
-                let (mut a, mut gxv, mut gyv) = (
-                    0.0,
-                    vec![0.0; p.x_len as usize],
-                    vec![0.0; p.y_len as usize],
-                );
-                for t in &p.terms {
-                    let g = t.coeff * get(&gz, zb + t.k)?;
-                    let (xi, yj) = (get(&x, xb + t.i)?, get(&y, yb + t.j)?);
-                    a += g * xi * yj;
-                    gxv[t.i as usize] += g * yj;
-                    gyv[t.j as usize] += g * xi;
-                }
-                let acc = gxa
-                    .get_mut(p.x_block as usize)
-                    .ok_or("x block out of range")?;
-                for (o, g) in acc.iter_mut().zip(&gxv) {
-                    *o += wv * g;
-                }
-                for (j, g) in gyv.iter().enumerate() {
-                    let slot = gyp
-                        .get_mut(yb as usize + j)
-                        .ok_or("y component out of range")?;
-                    *slot += wv * g;
-                }
-                if let (true, Some(i)) = (c.write_gw, widx) {
-                    let i = i as usize;
-                    let slot = gw.get_mut(i).ok_or("gw index out of range")?;
-                    if !slot.is_nan() {
-                        return Err(format!("GW[{i}] written twice"));
-                    }
-                    *slot = a;
-                }
-            }
-        }
+        channel_backward(c, u, &x, &y, &w, &gz, &mut gxa, gyp, &mut gw)?;
         for (b, acc) in c.x_blocks.iter().zip(gxa) {
             for (i, v) in acc.into_iter().enumerate() {
                 let idx = (b.offset + u * b.row_len) as usize + i;
