@@ -52,4 +52,8 @@ if ! skip peers; then
   timeout "${PEERS_T:-300}" python3 benches/bench_model_peers.py /tmp/systems --checkpoint "$CKPT" \
     --impls "$IMPLS" --reps "$REPS" --warmup 2 --out "$OUT/model_peers.json" 2>&1 | grep -v Warning | tail -40 | tee "$OUT/model_peers.log"
 fi
+if [ -s "$OUT/model_cuda.json" ] && [ -s "$OUT/model_peers.json" ]; then
+  stage "report"
+  python3 benches/report_model.py "$OUT/model_cuda.json" "$OUT/model_peers.json" --md "$OUT/BENCHMARKS_model.md"
+fi
 stage "done"
