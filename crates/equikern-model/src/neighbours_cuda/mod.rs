@@ -30,8 +30,10 @@
 use crate::error::Result;
 use crate::graph::{BinLayout, Lattice};
 
+mod auto;
 #[cfg(feature = "cuda")]
 mod device;
+pub use auto::{AutoList, GPU_MIN_ATOMS};
 #[cfg(feature = "cuda")]
 pub use device::CudaNeighbourList;
 
