@@ -89,6 +89,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<AutoList>();
+    }
+
+    #[test]
     fn threshold() {
         let a = AutoList::with_min_atoms(Some(100));
         assert!(!a.uses_device(99) && a.uses_device(100));
