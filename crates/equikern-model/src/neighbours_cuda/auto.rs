@@ -1,6 +1,10 @@
 //! [`AutoList`]: which builder a model evaluator uses for a structure's radius graph.
 
 use crate::error::{ModelError, Result};
+#[cfg(not(feature = "cuda"))]
+#[allow(unused_imports)] // doc links
+use crate::graph::Graph;
+#[cfg(feature = "cuda")]
 use crate::graph::{Graph, Structure};
 
 /// Atoms from which the CUDA list is used on a CUDA evaluator when
