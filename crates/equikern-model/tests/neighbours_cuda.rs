@@ -9,7 +9,7 @@
 mod common;
 mod neighbours_common;
 
-use equikern::cuda_runtime::{availability, CudaDevice};
+use equikern::cuda_runtime::{availability, CacheLevel, CudaDevice};
 use equikern_model::neighbours_cuda::CudaNeighbourList;
 use equikern_model::systems::{si_diamond, water_box};
 use equikern_model::{Graph, Structure};
@@ -88,7 +88,13 @@ fn device_list_equals_the_host_list() {
         let s = random(cell, pbc, n, -0.5, 1.5, 5000 + case);
         let name = format!("random {case}: {pbc:?} n={n} rc={rc:.2}");
         match (nl.build(&s, rc), Graph::build(&s, rc)) {
-            (Ok(_), Ok(w)) => assert_same(&name, &nl.download().unwrap(), &w),
+            (Ok(_), Ok(w)) => {
+                let g = nl.download().unwrap();
+                assert_same(&name, &g, &w);
+                if case % 4 == 0 {
+                    assert_same(&name, &g, &Graph::build_all_pairs(&s, rc).unwrap());
+                }
+            }
             (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}"),
             (a, b) => panic!("{name}: device {a:?} vs host {:?}", b.map(|g| g.len())),
         }
@@ -137,6 +143,9 @@ fn device_list_through_an_md_run() {
         );
         counts.push(want.len());
     }
+    // a second list on the device finds the module in memory: nothing compiles again
+    let again = CudaNeighbourList::new(&dev).unwrap();
+    assert_eq!(again.compile_level(), CacheLevel::Memory);
     counts.dedup();
     assert!(
         counts.len() > 10,

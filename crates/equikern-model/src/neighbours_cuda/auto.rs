@@ -10,8 +10,11 @@ use crate::graph::{Graph, Structure};
 /// Atoms from which the CUDA list is used on a CUDA evaluator when
 /// `EQUIKERN_GPU_NL_MIN_ATOMS` is not set (below it, [`Graph::build`] on the host). A first
 /// guess, to be replaced by the measured crossover (`tests/neighbours_cuda.rs` prints both
-/// times; `equikern bench --model` reports `neighbour_list` ms either way).
-pub const GPU_MIN_ATOMS: usize = 4096;
+/// times; `equikern bench --model` reports `neighbour_list` ms either way): on the 2-core
+/// development machine `Graph::build` takes about 8.5 µs per atom at 5 Å in Si (3.5 ms for
+/// 512 atoms, 35 ms for 4 096, 400 ms for 32 768), while the device list costs about ten
+/// launches, two small transfers and a download of 56 bytes per edge.
+pub const GPU_MIN_ATOMS: usize = 1024;
 
 /// The neighbour-list choice of an evaluator: the host [`Graph::build`], or on a CUDA device
 /// [`super::CudaNeighbourList`] for systems of at least [`Self::min_atoms`] atoms (the
