@@ -99,6 +99,13 @@ fn device_list_equals_the_host_list() {
             (a, b) => panic!("{name}: device {a:?} vs host {:?}", b.map(|g| g.len())),
         }
     }
+    // sevenn's reference structures (ASE/matscipy's edge counts), when the fixture is there
+    for r in common::sevenn_references().unwrap_or_default() {
+        let g = device_graph(&mut nl, &r.structure, 5.0);
+        assert_eq!(g.len(), r.num_edges, "{}: sevenn's edge count", r.name);
+        assert_same(&r.name, &g, &Graph::build(&r.structure, 5.0).unwrap());
+        println!("{}: {} edges, as sevenn's", r.name, g.len());
+    }
     // errors as the host's
     let si = si_diamond(1);
     for rc in [-1.0, f64::NAN, 0.0] {

@@ -7,6 +7,7 @@
 //! vectors bit for bit. Grids are also run with fewer blocks than the device would launch (the
 //! grid-stride loops) and with a tiny bin budget (merged bins). Skips where no `g++` is found.
 
+mod common;
 mod neighbours_common;
 
 use equikern_model::neighbours_cuda::{
@@ -562,5 +563,25 @@ fn source_compiles_as_hip() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// sevenn's reference structures (its graph: ASE/matscipy's neighbour list at SevenNet-0's
+/// 5 Å): the emulated list has sevenn's edge count and is the host's, edge for edge.
+#[test]
+fn emulated_list_on_sevenn_reference_structures() {
+    let Some(refs) = common::sevenn_references() else {
+        return;
+    };
+    let Some((emu, dir)) = lib_or_skip() else {
+        return;
+    };
+    assert!(!refs.is_empty());
+    for r in refs {
+        let got = emulate(&emu, &r.structure, 5.0, DEVICE).unwrap();
+        assert_eq!(got.len(), r.num_edges, "{}: sevenn's edge count", r.name);
+        assert_same(&r.name, &got, &Graph::build(&r.structure, 5.0).unwrap());
+        println!("{}: {} edges, as sevenn's", r.name, got.len());
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
