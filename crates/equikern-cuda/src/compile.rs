@@ -143,6 +143,44 @@ pub(crate) fn load(dev: &CudaDevice, plan: &KernelPlan, opts: CudaOptions) -> Re
     })
 }
 
+impl CudaDevice {
+    /// A hand-written CUDA C++ source compiled by NVRTC for this device's arch, cached like
+    /// the plans' modules: in memory per device, and on disk as
+    /// `<cache_dir>/<name>-<arch>-<hash of the source>.cubin` (a changed source is a new
+    /// key, never a stale module). For callers with their own kernels (e.g. a model's dense
+    /// layers) that launch on [`CudaDevice::stream`].
+    pub fn load_module_source(
+        &self,
+        name: &str,
+        src: &str,
+    ) -> Result<(Arc<CudaModule>, CacheLevel)> {
+        let arch = self.arch();
+        let key = format!("{name}-{arch}-{:016x}", fnv(src.as_bytes()));
+        if let Some(m) = self.inner.modules.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok((m, CacheLevel::Memory));
+        }
+        let disk = self.cache_dir().map(|d| d.join(format!("{key}.cubin")));
+        let from_disk = disk
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|bin| load_cubin(self, bin).ok());
+        let (m, level) = match from_disk {
+            Some(m) => (m, CacheLevel::Disk),
+            None => {
+                let bin = nvrtc_cubin(src, &arch)?;
+                if let Some(p) = &disk {
+                    store(p, &bin);
+                }
+                (load_cubin(self, bin)?, CacheLevel::Compiled)
+            }
+        };
+        if let Ok(mut map) = self.inner.modules.lock() {
+            map.insert(key, m.clone());
+        }
+        Ok((m, level))
+    }
+}
+
 pub(crate) fn load_cubin(dev: &CudaDevice, bin: Vec<u8>) -> Result<Arc<CudaModule>> {
     crate::device::guard(|| Ok(dev.context().load_module(Ptx::from_binary(bin))?))
 }

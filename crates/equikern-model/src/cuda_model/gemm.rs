@@ -1,0 +1,159 @@
+//! Row-major matrix products of the radial MLP on the evaluator's stream: cuBLAS (plain
+//! sgemm/dgemm, default math mode: no TF32) when libcublas loads, else the `ek_gemm` kernel.
+//! `EQUIKERN_MODEL_GEMM=kernel` forces the kernel (A/B, and machines without cuBLAS).
+
+use crate::error::{ModelError, Result};
+use crate::scalar::Scalar;
+use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, PushKernelArg};
+use equikern::cuda_runtime::Real;
+use std::sync::Arc;
+
+/// f32 / f64 on the device: cuBLAS's product in this type.
+pub trait DevReal: Scalar + Real {
+    fn blas_gemm(
+        blas: &CudaBlas,
+        cfg: GemmConfig<Self>,
+        a: &CudaSlice<Self>,
+        b: &CudaSlice<Self>,
+        c: &mut CudaSlice<Self>,
+    ) -> std::result::Result<(), cudarc::cublas::result::CublasError>;
+}
+
+impl DevReal for f32 {
+    fn blas_gemm(
+        blas: &CudaBlas,
+        cfg: GemmConfig<f32>,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        c: &mut CudaSlice<f32>,
+    ) -> std::result::Result<(), cudarc::cublas::result::CublasError> {
+        // SAFETY: the caller checked every buffer against the product's dimensions.
+        unsafe { blas.gemm(cfg, a, b, c) }
+    }
+}
+
+impl DevReal for f64 {
+    fn blas_gemm(
+        blas: &CudaBlas,
+        cfg: GemmConfig<f64>,
+        a: &CudaSlice<f64>,
+        b: &CudaSlice<f64>,
+        c: &mut CudaSlice<f64>,
+    ) -> std::result::Result<(), cudarc::cublas::result::CublasError> {
+        // SAFETY: the caller checked every buffer against the product's dimensions.
+        unsafe { blas.gemm(cfg, a, b, c) }
+    }
+}
+
+pub enum Gemmer {
+    Blas(CudaBlas),
+    Kernel,
+}
+
+impl Gemmer {
+    /// cuBLAS on `stream` when available (and not turned off), else the kernel.
+    pub fn new(stream: &Arc<CudaStream>) -> Gemmer {
+        if std::env::var("EQUIKERN_MODEL_GEMM").as_deref() == Ok("kernel") {
+            return Gemmer::Kernel;
+        }
+        // SAFETY: only tries to dlopen libcublas by its names.
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Gemmer::Kernel;
+        }
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let blas = CudaBlas::new(stream.clone()).ok()?;
+            // Plain IEEE products: never TF32 tensor-core math for f32.
+            // SAFETY: a live handle.
+            let r = unsafe {
+                blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH)
+            };
+            (r == blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(blas)
+        }));
+        match made {
+            Ok(Some(b)) => Gemmer::Blas(b),
+            _ => Gemmer::Kernel,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Gemmer::Blas(_) => "cuBLAS",
+            Gemmer::Kernel => "ek_gemm kernel",
+        }
+    }
+
+    /// Row-major `C[m, n] = alpha · A[m, k] · op(B) + beta · C`, `op(B)` = `B [k, n]`, or the
+    /// transpose of `B [n, k]` when `trans_b`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm<T: DevReal>(
+        &self,
+        stream: &Arc<CudaStream>,
+        kernel: &CudaFunction,
+        (m, n, k): (usize, usize, usize),
+        alpha: T,
+        a: &CudaSlice<T>,
+        b: &CudaSlice<T>,
+        trans_b: bool,
+        beta: T,
+        c: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if a.len() < m * k || b.len() < k * n || c.len() < m * n {
+            return Err(ModelError::backend(
+                "cuda",
+                format!(
+                    "gemm {m}x{n}x{k}: buffers of {}, {}, {} elements are too small",
+                    a.len(),
+                    b.len(),
+                    c.len()
+                ),
+            ));
+        }
+        let int = |v: usize| {
+            i32::try_from(v).map_err(|_| {
+                ModelError::backend("cuda", format!("gemm dimension {v} exceeds i32"))
+            })
+        };
+        match self {
+            Gemmer::Blas(blas) => {
+                // Row-major C = A·op(B) is column-major Cᵀ = op(B)ᵀ·Aᵀ: cuBLAS sees
+                // (n × m) = (n × k)·(k × m), B first.
+                use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+                let cfg = GemmConfig {
+                    transa: if trans_b { CUBLAS_OP_T } else { CUBLAS_OP_N },
+                    transb: CUBLAS_OP_N,
+                    m: int(n)?,
+                    n: int(m)?,
+                    k: int(k)?,
+                    alpha,
+                    lda: int(if trans_b { k } else { n })?.max(1),
+                    ldb: int(k)?.max(1),
+                    beta,
+                    ldc: int(n)?,
+                };
+                T::blas_gemm(blas, cfg, b, a, c).map_err(|e| ModelError::backend("cuda", e))
+            }
+            Gemmer::Kernel => {
+                let (m64, n64, k64) = (m as u64, n as u64, k as u64);
+                let tb = i32::from(trans_b);
+                let mut lb = stream.launch_builder(kernel);
+                lb.arg(&m64)
+                    .arg(&n64)
+                    .arg(&k64)
+                    .arg(&alpha)
+                    .arg(a)
+                    .arg(b)
+                    .arg(&tb)
+                    .arg(&beta)
+                    .arg(c);
+                // SAFETY: lengths checked above; the kernel reads A[m·k], B[k·n], writes C[m·n].
+                unsafe { lb.launch(super::launch_cfg(m64 * n64)) }
+                    .map(|_| ())
+                    .map_err(super::buffers::drv)
+            }
+        }
+    }
+}
