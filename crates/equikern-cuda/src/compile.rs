@@ -156,7 +156,13 @@ impl CudaDevice {
     ) -> Result<(Arc<CudaModule>, CacheLevel)> {
         let arch = self.arch();
         let key = format!("{name}-{arch}-{:016x}", fnv(src.as_bytes()));
-        if let Some(m) = self.inner.modules.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        if let Some(m) = self
+            .inner
+            .modules
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
             return Ok((m, CacheLevel::Memory));
         }
         let disk = self.cache_dir().map(|d| d.join(format!("{key}.cubin")));

@@ -220,7 +220,13 @@ impl<T: DevReal> CudaSevenNet<T> {
         let mut layers = Vec::new();
         for (t, l) in model.layers.iter().enumerate() {
             let (d1, d2, dmid, numel) = l.tp_dims;
-            if d2 != model.sh_ls.iter().map(|l| 2 * *l as usize + 1).sum::<usize>() {
+            if d2
+                != model
+                    .sh_ls
+                    .iter()
+                    .map(|l| 2 * *l as usize + 1)
+                    .sum::<usize>()
+            {
                 return Err(ModelError::Unsupported(format!(
                     "layer {t}: the convolution's second input is not the edge harmonics"
                 )));
@@ -372,7 +378,8 @@ impl<T: DevReal> CudaSevenNet<T> {
 
     pub fn reset_peak(&self) {
         let m = &self.mem;
-        m.peak.store(m.live.load(Ordering::Relaxed), Ordering::Relaxed);
+        m.peak
+            .store(m.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Bytes of workspace held now (grows to the largest structure seen).
@@ -464,10 +471,9 @@ impl<T: DevReal> CudaSevenNet<T> {
             .memcpy_htod(&idx, &mut ws.idx.s.slice_mut(0..idx.len()))
             .map_err(drv)?;
         let up_s = t_up.elapsed().as_secs_f64();
-        self.mem.up.fetch_add(
-            (vec.len() * 8 + idx.len() * 4) as u64,
-            Ordering::Relaxed,
-        );
+        self.mem
+            .up
+            .fetch_add((vec.len() * 8 + idx.len() * 4) as u64, Ordering::Relaxed);
         let t_dev = Instant::now();
         self.step(&mut ws, &cg, n, ne)?;
         // The one synchronisation: results back.
@@ -477,7 +483,9 @@ impl<T: DevReal> CudaSevenNet<T> {
             .map_err(drv)?;
         let dev_s = t_dev.elapsed().as_secs_f64();
         drop(ws);
-        self.mem.down.fetch_add(((4 * n + 9) * 8) as u64, Ordering::Relaxed);
+        self.mem
+            .down
+            .fetch_add(((4 * n + 9) * 8) as u64, Ordering::Relaxed);
         self.mem
             .transfer_ns
             .fetch_add((up_s * 1e9) as u64, Ordering::Relaxed);
@@ -624,7 +632,14 @@ impl<T: DevReal> CudaSevenNet<T> {
         )
     }
 
-    fn act(&self, n: u64, pre: &CudaSlice<T>, h: &CudaSlice<T>, c: T, backward: bool) -> Result<()> {
+    fn act(
+        &self,
+        n: u64,
+        pre: &CudaSlice<T>,
+        h: &CudaSlice<T>,
+        c: T,
+        backward: bool,
+    ) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
@@ -782,7 +797,14 @@ impl<T: DevReal> CudaSevenNet<T> {
             unsafe { b.launch(launch_cfg(n64)) }.map_err(drv)?;
         }
         // ---- backward
-        self.linear(&p.readout_energy_t, n, &ws.seed.s, &mut ws.g_hid.s, one, None)?;
+        self.linear(
+            &p.readout_energy_t,
+            n,
+            &ws.seed.s,
+            &mut ws.g_hid.s,
+            one,
+            None,
+        )?;
         self.linear(&p.readout_hidden_t, n, &ws.g_hid.s, &mut ws.gx.s, one, None)?;
         for t in (0..nl).rev() {
             let l = &p.layers[t];
@@ -862,7 +884,11 @@ impl<T: DevReal> CudaSevenNet<T> {
             let (recv, send) = (ws.idx.s.slice(recv_at), ws.idx.s.slice(send_at));
             let mut forces = ws.result.s.slice_mut(n..4 * n);
             let mut b = st.launch_builder(&self.k.forces);
-            b.arg(&n64).arg(&recv).arg(&send).arg(&ws.fe.s).arg(&mut forces);
+            b.arg(&n64)
+                .arg(&recv)
+                .arg(&send)
+                .arg(&ws.fe.s)
+                .arg(&mut forces);
             // SAFETY: recv/send packed CSR views of n nodes and ne edges; fe 3·ne.
             unsafe { b.launch(launch_cfg(n64)) }.map_err(drv)?;
         }
@@ -935,7 +961,13 @@ impl<T> Workspace<T> {
             &self.g_sh,
             &self.g_emb,
         ];
-        a.extend(self.hs.iter().chain(&self.ys).chain(&self.pre).chain(&self.act));
+        a.extend(
+            self.hs
+                .iter()
+                .chain(&self.ys)
+                .chain(&self.pre)
+                .chain(&self.act),
+        );
         (a, vec![&self.vec, &self.fe, &self.vpart, &self.result])
     }
 }

@@ -66,7 +66,10 @@ impl Gemmer {
             // Plain IEEE products: never TF32 tensor-core math for f32.
             // SAFETY: a live handle.
             let r = unsafe {
-                blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH)
+                blas_sys::cublasSetMathMode(
+                    *blas.handle(),
+                    blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+                )
             };
             (r == blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(blas)
         }));
@@ -113,9 +116,8 @@ impl Gemmer {
             ));
         }
         let int = |v: usize| {
-            i32::try_from(v).map_err(|_| {
-                ModelError::backend("cuda", format!("gemm dimension {v} exceeds i32"))
-            })
+            i32::try_from(v)
+                .map_err(|_| ModelError::backend("cuda", format!("gemm dimension {v} exceeds i32")))
         };
         match self {
             Gemmer::Blas(blas) => {

@@ -164,7 +164,8 @@ impl LinearTable {
         for p in &paths {
             for u in 0..p.mul_in {
                 for w in 0..p.mul_out {
-                    weight[p.w_off + w * p.mul_in + u] = l.weight[p.w_off + u * p.mul_out + w].to_f64();
+                    weight[p.w_off + w * p.mul_in + u] =
+                        l.weight[p.w_off + u * p.mul_out + w].to_f64();
                 }
             }
         }
