@@ -459,6 +459,8 @@ impl<T: DevReal> CudaSevenNet<T> {
         let vec: Vec<f64> = g.vec.iter().flatten().copied().collect();
         let graph_s = t0.elapsed().as_secs_f64();
 
+        // cuBLAS calls use the thread's current context (kernel launches bind it themselves).
+        self.stream.context().bind_to_thread().map_err(drv)?;
         let mut ws = self.lock();
         self.ensure(&mut ws, n, ne)?;
         let t_up = Instant::now();

@@ -14,10 +14,13 @@ pub const KERNELS_CU: &str = include_str!("kernels.cu");
 /// Largest spherical-harmonics degree the edge kernels are generated for.
 pub const MAX_SH_L: u32 = 6;
 
+/// The spherical-harmonics recursion: `(start per l, (c, a, b) per entry, w per entry)`.
+pub type ShSteps = (Vec<usize>, Vec<[i32; 3]>, Vec<f64>);
+
 /// `(c, a, b, w)` of the recursion `Y^{l+1}_c += w · Y^l_a · u_b`, for `l < lmax`, with the
 /// first entry of each `l` (`start[l]`, `start[lmax]` = total): the same table and order as
 /// `equikern_core::so3::spherical_harmonics` (component normalisation).
-pub fn sh_steps(lmax: u32) -> Result<(Vec<usize>, Vec<[i32; 3]>, Vec<f64>)> {
+pub fn sh_steps(lmax: u32) -> Result<ShSteps> {
     let mut start = vec![0];
     let mut cab = Vec::new();
     let mut w = Vec::new();
