@@ -55,7 +55,7 @@ extern "C" void t_one_hot(u64 N, const unsigned* types, int ns, real* out) {
 }
 extern "C" void t_linear(u64 N, const real* x, int di, real* y, int dout, const real* W,
     const int* tab, const real* coef, real alpha, const real* add) {
-  grid(N * dout, [&] { ek_linear(N, x, di, y, dout, W, tab, coef, alpha, add); });
+  grid((N + EK_LIN_NODES - 1) / EK_LIN_NODES * dout, [&] { ek_linear(N, x, di, y, dout, W, tab, coef, alpha, add); });
 }
 extern "C" void t_gate(u64 N, const real* x, real* y, int ns, int ng, const int* gtab, int din,
     int dout, real c) {
@@ -312,35 +312,36 @@ fn check_linears<T: Scalar>(k: &K<T>, m: &SevenNet<T>, r: &mut rand_chacha::ChaC
         all.push((format!("{t}.lin1"), &l.lin1));
         all.push((format!("{t}.lin2"), &l.lin2));
     }
-    let n = 5;
     for (name, l) in all {
-        let x: Vec<T> = cast(&rnd(r, n * l.dim_in));
-        let add: Vec<T> = cast(&rnd(r, n * l.dim_out));
-        let fw = LinearTable::forward(l).unwrap();
-        let y = k.linear(&fw, &x, n, 0.7, Some(&add));
-        let host = l.forward(&x);
-        let want: Vec<T> = host
-            .iter()
-            .zip(&add)
-            .map(|(&h, &a)| T::from_f64(0.7) * h + a)
-            .collect();
-        rel(
-            &format!("linear {name} (alpha, add)"),
-            &y,
-            &want,
-            tol::<T>(),
-        );
-        let y = k.linear(&fw, &x, n, 1.0, None);
-        rel(&format!("linear {name}"), &y, &host, tol::<T>());
-        let gy: Vec<T> = cast(&rnd(r, n * l.dim_out));
-        let bw = LinearTable::transpose(l).unwrap();
-        let gx = k.linear(&bw, &gy, n, 1.0, None);
-        rel(
-            &format!("linear {name} transposed"),
-            &gx,
-            &l.backward(&gy),
-            tol::<T>(),
-        );
+        for n in [1usize, 4, 9] {
+            let x: Vec<T> = cast(&rnd(r, n * l.dim_in));
+            let add: Vec<T> = cast(&rnd(r, n * l.dim_out));
+            let fw = LinearTable::forward(l).unwrap();
+            let y = k.linear(&fw, &x, n, 0.7, Some(&add));
+            let host = l.forward(&x);
+            let want: Vec<T> = host
+                .iter()
+                .zip(&add)
+                .map(|(&h, &a)| T::from_f64(0.7) * h + a)
+                .collect();
+            rel(
+                &format!("linear {name} n {n} (alpha, add)"),
+                &y,
+                &want,
+                tol::<T>(),
+            );
+            let y = k.linear(&fw, &x, n, 1.0, None);
+            rel(&format!("linear {name} n {n}"), &y, &host, tol::<T>());
+            let gy: Vec<T> = cast(&rnd(r, n * l.dim_out));
+            let bw = LinearTable::transpose(l).unwrap();
+            let gx = k.linear(&bw, &gy, n, 1.0, None);
+            rel(
+                &format!("linear {name} n {n} transposed"),
+                &gx,
+                &l.backward(&gy),
+                tol::<T>(),
+            );
+        }
     }
 }
 

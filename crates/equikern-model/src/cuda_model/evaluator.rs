@@ -12,7 +12,7 @@
 use super::buffers::{drv, Buf, Mem};
 use super::gemm::{DevReal, Gemmer};
 use super::launch_cfg;
-use super::tables::{kernel_source, GateTable, LinearTable};
+use super::tables::{kernel_source, GateTable, LinearTable, LINEAR_ROWS};
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
 use crate::graph::{Graph, Structure};
@@ -580,7 +580,7 @@ impl<T: DevReal> CudaSevenNet<T> {
         alpha: T,
         add: Option<&CudaSlice<T>>,
     ) -> Result<()> {
-        let total = (n * l.dim_out) as u64;
+        let total = (n.div_ceil(LINEAR_ROWS) * l.dim_out) as u64;
         if total == 0 {
             return Ok(());
         }

@@ -172,6 +172,9 @@ extern "C" __global__ void ek_one_hot(u64 nodes, const unsigned* __restrict__ ty
 // per path (in_off, mul_in, w_off)] at offset 1 + 5 n_blocks; coef[path].
 // Output element j = out_off + w*dim + m of a block:
 //   Σ_{paths into the block} coef · Σ_u x[n, in_off + u*dim + m] · W[w_off + u*mul_out + w].
+// One iteration computes element j for EK_LIN_NODES (prelude) consecutive rows, so each weight load
+// serves that many rows (consecutive iterations: consecutive j, coalesced weights, the rows'
+// x values broadcast); every row's sum keeps the host's order.
 extern "C" __global__ void ek_linear(u64 nodes, const real* __restrict__ x, int in_dim,
                                      real* y, int out_dim, const real* __restrict__ W,
                                      const int* __restrict__ tab,
@@ -179,26 +182,39 @@ extern "C" __global__ void ek_linear(u64 nodes, const real* __restrict__ x, int 
                                      const real* __restrict__ add) {
   int nblocks = tab[0];
   const int* paths = tab + 1 + 5 * nblocks;
-  EK_FOR(i, nodes * (u64)out_dim) {
-    u64 n = i / (u64)out_dim;
+  u64 groups = (nodes + EK_LIN_NODES - 1) / EK_LIN_NODES;
+  EK_FOR(i, groups * (u64)out_dim) {
+    u64 n0 = (i / (u64)out_dim) * EK_LIN_NODES;
     int j = (int)(i % (u64)out_dim);
-    real acc = (real)0;
+    // rows past the end read the last row (valid memory) and are not written
+    u64 row[EK_LIN_NODES];
+    for (int q = 0; q < EK_LIN_NODES; ++q) row[q] = n0 + q < nodes ? n0 + q : nodes - 1;
+    real acc[EK_LIN_NODES];
+    for (int q = 0; q < EK_LIN_NODES; ++q) acc[q] = (real)0;
     for (int b = 0; b < nblocks; ++b) {
       const int* blk = tab + 1 + 5 * b;
       int off = blk[0], mo = blk[1], dim = blk[2];
       if (j < off || j >= off + mo * dim) continue;
       int w = (j - off) / dim, m = (j - off) % dim;
-      for (int q = blk[3]; q < blk[3] + blk[4]; ++q) {
-        int in_off = paths[3 * q], mi = paths[3 * q + 1], w_off = paths[3 * q + 2];
-        const real* xs = x + n * (u64)in_dim + in_off + m;
+      for (int p = blk[3]; p < blk[3] + blk[4]; ++p) {
+        int in_off = paths[3 * p], mi = paths[3 * p + 1], w_off = paths[3 * p + 2];
         const real* ws = W + w_off + w;
-        real t = (real)0;
-        for (int u = 0; u < mi; ++u) t += xs[u * dim] * ws[u * mo];
-        acc += coef[q] * t;
+        real t[EK_LIN_NODES];
+        for (int q = 0; q < EK_LIN_NODES; ++q) t[q] = (real)0;
+        for (int u = 0; u < mi; ++u) {
+          real wv = ws[u * mo];
+          for (int q = 0; q < EK_LIN_NODES; ++q)
+            t[q] += x[row[q] * (u64)in_dim + in_off + u * dim + m] * wv;
+        }
+        for (int q = 0; q < EK_LIN_NODES; ++q) acc[q] += coef[p] * t[q];
       }
       break;
     }
-    y[i] = alpha * acc + (add ? add[i] : (real)0);
+    for (int q = 0; q < EK_LIN_NODES; ++q) {
+      if (n0 + q >= nodes) break;
+      u64 o = (n0 + q) * (u64)out_dim + j;
+      y[o] = alpha * acc[q] + (add ? add[o] : (real)0);
+    }
   }
 }
 

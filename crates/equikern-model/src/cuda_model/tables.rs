@@ -11,6 +11,10 @@ use std::fmt::Write as _;
 /// The hand-written kernels (see the file's header).
 pub const KERNELS_CU: &str = include_str!("kernels.cu");
 
+/// Rows one `ek_linear` iteration computes (`EK_LIN_NODES`): a launch over `n` rows has
+/// `ceil(n / LINEAR_ROWS) · dim_out` iterations.
+pub const LINEAR_ROWS: usize = 4;
+
 /// Largest spherical-harmonics degree the edge kernels are generated for.
 pub const MAX_SH_L: u32 = 6;
 
@@ -58,6 +62,7 @@ pub fn kernel_source<T: Scalar>(lmax: u32) -> Result<String> {
     let _ = writeln!(s, "typedef {real} real;");
     let _ = writeln!(s, "#define EK_EXP(x) {exp}(x)");
     let _ = writeln!(s, "#define EK_SH_LMAX {lmax}");
+    let _ = writeln!(s, "#define EK_LIN_NODES {LINEAR_ROWS}");
     let list = |v: Vec<String>| {
         if v.is_empty() {
             "0".to_string()
