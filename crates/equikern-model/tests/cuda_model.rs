@@ -139,23 +139,35 @@ fn structures() -> Vec<(&'static str, Structure)> {
     ]
 }
 
-/// Poisons the workspace, evaluates, and checks against the CPU f64 model.
+/// Poisons the workspace, evaluates, and checks against the CPU f64 model, with the radial
+/// MLP outputs kept for the backward and recomputed in it.
 fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: &str) {
-    let ev = CudaSevenNet::<T>::new(&model.cast::<T>(), dev.clone()).unwrap();
-    println!("{} [{label}]", ev.describe());
-    for (name, s) in structures() {
-        if s.numbers.iter().any(|z| !model.type_map.contains_key(z)) {
-            continue;
+    for keep in [true, false] {
+        let mut ev = CudaSevenNet::<T>::new(&model.cast::<T>(), dev.clone()).unwrap();
+        ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
+        println!("{} [{label}, radial outputs kept: {keep}]", ev.describe());
+        for (name, s) in structures() {
+            if s.numbers.iter().any(|z| !model.type_map.contains_key(z)) {
+                continue;
+            }
+            let r = model.evaluate(&s).unwrap();
+            // first call sizes the workspace; poison it, then run again on the same sizes
+            ev.evaluate(&s).unwrap();
+            assert_eq!(ev.kept_radial_outputs(), keep);
+            ev.poison_workspace().unwrap();
+            let p = ev.evaluate(&s).unwrap();
+            check_rel(
+                &format!("{} {name} keep={keep}", T::NAME),
+                model,
+                &s,
+                &p,
+                &r,
+                tol,
+            );
+            // deterministic: bit-identical on a second run
+            let q = ev.evaluate(&s).unwrap();
+            assert_eq!(p, q, "{name}: a second run differs (not deterministic)");
         }
-        let r = model.evaluate(&s).unwrap();
-        // first call sizes the workspace; poison it, then run again on the same sizes
-        ev.evaluate(&s).unwrap();
-        ev.poison_workspace().unwrap();
-        let p = ev.evaluate(&s).unwrap();
-        check_rel(&format!("{} {name}", T::NAME), model, &s, &p, &r, tol);
-        // deterministic: bit-identical on a second run
-        let q = ev.evaluate(&s).unwrap();
-        assert_eq!(p, q, "{name}: a second run differs (not deterministic)");
     }
 }
 

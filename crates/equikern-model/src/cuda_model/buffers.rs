@@ -87,6 +87,17 @@ impl<T: DeviceRepr + ValidAsZeroBits> Buf<T> {
         Ok(())
     }
 
+    /// Gives the memory back (keeps one element).
+    pub fn release(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
+        if self.s.len() > 1 {
+            let old = self.bytes();
+            self.s = stream.alloc_zeros::<T>(1).map_err(drv)?;
+            self.mem.free(old);
+            self.mem.alloc(std::mem::size_of::<T>() as u64, 0);
+        }
+        Ok(())
+    }
+
     /// Elements held (≥ every size asked for so far).
     pub fn capacity(&self) -> usize {
         self.s.len()

@@ -1,13 +1,18 @@
 //! [`CudaSevenNet`]: the whole SevenNet step on one CUDA device (see the module docs of
 //! `cuda_model`).
 //!
-//! Memory policy: per-edge weights `w [E, weight_numel]` are not kept between a layer's
-//! forward and its backward (5 layers × E × 960 values would be 12.8 GB in f32 at 917,504
-//! edges). The backward recomputes the layer's radial MLP from the edge embedding (the
-//! last layer's is still in the buffer), so one `w` and one `gw` buffer of `E ×
-//! max(weight_numel)` serve all layers, with one set of MLP pre-activation/activation
-//! buffers `[E, hidden]`. Node tensors are kept per layer (the conv input and the gate input,
-//! a few hundred values per atom).
+//! Memory policy: a layer's per-edge weights `w [E, weight_numel]` (and its radial MLP's
+//! pre-activations `[E, hidden]`, which the MLP backward needs) are kept from the forward to
+//! the backward while all layers' together fit [`KEEP_W_ENV`]'s budget (default
+//! [`DEFAULT_KEEP_W_BYTES`]: 7net-0 in f32 keeps them up to ≈ 16,000 Si atoms; 4,096 atoms
+//! need 1.9 GB). Beyond it (917,504 edges: 3,488 weights + 640 pre-activations per edge
+//! would be 15 GB in f32) they are recomputed: the backward reruns each layer's radial MLP
+//! from the edge embedding (the last layer's is still in place), one `w` buffer of
+//! `E × max(weight_numel)` and one set of hidden buffers serve all layers, and the peak is
+//! `w` + `gw` + 4 hidden `[E, 64]` ≈ 8.3 GB at 917,504 edges (f32). The MLP backward forms
+//! input gradients only (no weight gradients), overwriting the activation buffers. Node
+//! tensors are kept per layer (the conv input and the gate input, a few hundred values per
+//! atom).
 
 use super::buffers::{drv, Buf, Mem};
 use super::gemm::{DevReal, Gemmer};
@@ -109,10 +114,15 @@ struct Workspace<T> {
     g_agg: Buf<T>,
     gxc: Buf<T>,
     tmp: Buf<T>,
-    pre: Vec<Buf<T>>,
+    /// Radial-MLP pre-activations `[slot][hidden layer]` and outputs `[slot]`: one slot per
+    /// layer when kept for the backward, else slot 0 for all (see the module docs).
+    pre: Vec<Vec<Buf<T>>>,
+    w: Vec<Buf<T>>,
+    /// Hidden activations (forward), then their gradients (backward): shared scratch.
     act: Vec<Buf<T>>,
-    w: Buf<T>,
     gw: Buf<T>,
+    /// Whether this structure keeps every layer's `w` and pre-activations.
+    keep: bool,
     gsh_l: Buf<T>,
     g_sh: Buf<T>,
     g_emb: Buf<T>,
@@ -120,6 +130,13 @@ struct Workspace<T> {
     vpart: Buf<f64>,
     result: Buf<f64>,
 }
+
+/// Environment variable: bytes of device memory the per-layer radial-MLP outputs may take
+/// to be kept for the backward instead of recomputed (`0`: always recompute).
+pub const KEEP_W_ENV: &str = "EQUIKERN_MODEL_KEEP_W_BYTES";
+
+/// Default of [`KEEP_W_ENV`]: 8 GiB.
+pub const DEFAULT_KEEP_W_BYTES: u64 = 8 << 30;
 
 /// Partial sums of the virial's first pass.
 const VIRIAL_PARTS: usize = 1024;
@@ -137,6 +154,7 @@ pub struct CudaSevenNet<T: DevReal> {
     mem: Arc<Mem>,
     env: (i32, f64, f64),
     sh_dim: usize,
+    keep_w_bytes: u64,
 }
 
 fn err(e: impl std::fmt::Display) -> ModelError {
@@ -318,10 +336,13 @@ impl<T: DevReal> CudaSevenNet<T> {
             g_agg: b()?,
             gxc: b()?,
             tmp: b()?,
-            pre: (0..hidden).map(|_| b()).collect::<Result<_>>()?,
+            pre: (0..nl)
+                .map(|_| (0..hidden).map(|_| b()).collect::<Result<_>>())
+                .collect::<Result<_>>()?,
+            w: (0..nl).map(|_| b()).collect::<Result<_>>()?,
             act: (0..hidden).map(|_| b()).collect::<Result<_>>()?,
-            w: b()?,
             gw: b()?,
+            keep: false,
             gsh_l: b()?,
             g_sh: b()?,
             g_emb: b()?,
@@ -342,6 +363,10 @@ impl<T: DevReal> CudaSevenNet<T> {
             mem,
             env,
             sh_dim,
+            keep_w_bytes: std::env::var(KEEP_W_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_KEEP_W_BYTES),
         })
     }
 
@@ -380,6 +405,18 @@ impl<T: DevReal> CudaSevenNet<T> {
         let m = &self.mem;
         m.peak
             .store(m.live.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether the last structure kept every layer's radial-MLP outputs for the backward
+    /// (else they were recomputed; see the module docs).
+    pub fn kept_radial_outputs(&self) -> bool {
+        self.lock().keep
+    }
+
+    /// Sets the byte budget for keeping radial-MLP outputs (default [`KEEP_W_ENV`] or
+    /// [`DEFAULT_KEEP_W_BYTES`]; 0: always recompute).
+    pub fn set_keep_w_bytes(&mut self, bytes: u64) {
+        self.keep_w_bytes = bytes;
     }
 
     /// Bytes of workspace held now (grows to the largest structure seen).
@@ -544,11 +581,28 @@ impl<T: DevReal> CudaSevenNet<T> {
         ] {
             b.ensure(s, n * node_max)?;
         }
+        // Per-layer radial-MLP tensors kept for the backward if they fit the budget.
+        let es = std::mem::size_of::<T>() as u64;
+        let per_edge: u64 = p
+            .layers
+            .iter()
+            .map(|l| l.mlp.iter().map(|x| x.1 as u64).sum::<u64>())
+            .sum();
+        ws.keep = ne as u64 * per_edge * es <= self.keep_w_bytes;
         for (t, l) in p.layers.iter().enumerate() {
             ws.hs[t].ensure(s, n * l.d1)?;
             ws.ys[t].ensure(s, n * l.sc.dim_out)?;
+            let slot = if ws.keep { t } else { 0 };
+            if !ws.keep && t > 0 {
+                // recomputing: the other layers' slots are not used
+                ws.w[t].release(s)?;
+                for b in &mut ws.pre[t] {
+                    b.release(s)?;
+                }
+            }
+            ws.w[slot].ensure(s, ne * l.numel)?;
             for (k, (_, h_out, _)) in l.mlp.iter().enumerate().take(l.mlp.len() - 1) {
-                ws.pre[k].ensure(s, ne * h_out)?;
+                ws.pre[slot][k].ensure(s, ne * h_out)?;
                 ws.act[k].ensure(s, ne * h_out)?;
             }
         }
@@ -558,7 +612,6 @@ impl<T: DevReal> CudaSevenNet<T> {
         ws.out.ensure(s, n)?;
         ws.seed.ensure(s, n)?;
         let numel = p.layers.iter().map(|l| l.numel).max().unwrap_or(0);
-        ws.w.ensure(s, ne * numel)?;
         ws.gw.ensure(s, ne * numel)?;
         ws.gsh_l.ensure(s, ne * self.sh_dim)?;
         ws.g_sh.ensure(s, ne * self.sh_dim)?;
@@ -661,13 +714,14 @@ impl<T: DevReal> CudaSevenNet<T> {
     /// activations left in `ws.pre` / `ws.act` for the backward.
     fn mlp_forward(&self, ws: &mut Workspace<T>, t: usize, ne: usize) -> Result<()> {
         let l = &self.params.layers[t];
+        let slot = ws.slot(t);
         let c = T::from_f64(self.model.layers[t].weight_nn.act_cst.to_f64());
         let last = l.mlp.len() - 1;
         for (k, (a, b, wk)) in l.mlp.iter().enumerate() {
             let alpha = 1.0 / (*a as f64).sqrt();
             let input = if k == 0 { &ws.emb.s } else { &ws.act[k - 1].s };
             if k < last {
-                let out = &mut ws.pre[k].s;
+                let out = &mut ws.pre[slot][k].s;
                 self.gemm.gemm(
                     &self.stream,
                     &self.k.gemm,
@@ -679,7 +733,7 @@ impl<T: DevReal> CudaSevenNet<T> {
                     T::ZERO,
                     out,
                 )?;
-                self.act((ne * b) as u64, &ws.pre[k].s, &ws.act[k].s, c, false)?;
+                self.act((ne * b) as u64, &ws.pre[slot][k].s, &ws.act[k].s, c, false)?;
             } else {
                 self.gemm.gemm(
                     &self.stream,
@@ -690,7 +744,7 @@ impl<T: DevReal> CudaSevenNet<T> {
                     &wk.s,
                     false,
                     T::ZERO,
-                    &mut ws.w.s,
+                    &mut ws.w[slot].s,
                 )?;
             }
         }
@@ -748,7 +802,7 @@ impl<T: DevReal> CudaSevenNet<T> {
                     .run_cuda(
                         Direction::Forward,
                         cg,
-                        &[(X, &ws.hs[t].s), (Y, &ws.sh.s), (W, &ws.w.s)],
+                        &[(X, &ws.hs[t].s), (Y, &ws.sh.s), (W, &ws.w[ws.slot(t)].s)],
                         &mut [(Z, &mut ws.agg.s)],
                     )
                     .map_err(err)?;
@@ -830,7 +884,7 @@ impl<T: DevReal> CudaSevenNet<T> {
             }
             self.linear(&l.lin2_t, n, &ws.gy.s, &mut ws.g_agg.s, l.inv_den, None)?;
             if ne > 0 {
-                if t + 1 != nl {
+                if !ws.keep && t + 1 != nl {
                     // w was not kept: recompute this layer's radial MLP.
                     self.mlp_forward(ws, t, ne)?;
                 }
@@ -842,7 +896,7 @@ impl<T: DevReal> CudaSevenNet<T> {
                         &[
                             (X, &ws.hs[t].s),
                             (Y, &ws.sh.s),
-                            (W, &ws.w.s),
+                            (W, &ws.w[ws.slot(t)].s),
                             (GZ, &ws.g_agg.s),
                         ],
                         &mut [
@@ -919,6 +973,7 @@ impl<T: DevReal> CudaSevenNet<T> {
         let l = &self.params.layers[t];
         let c = T::from_f64(self.model.layers[t].weight_nn.act_cst.to_f64());
         let last = l.mlp.len() - 1;
+        let slot = ws.slot(t);
         for k in (0..=last).rev() {
             let (a, b, wk) = &l.mlp[k];
             let alpha = 1.0 / (*a as f64).sqrt();
@@ -927,7 +982,13 @@ impl<T: DevReal> CudaSevenNet<T> {
                 let (lo, hi) = ws.act.split_at_mut(k);
                 let g = if k == last { &ws.gw.s } else { &hi[0].s };
                 self.gemm((ne, *a, *b), alpha, g, &wk.s, true, 0.0, &mut lo[k - 1].s)?;
-                self.act((ne * a) as u64, &ws.pre[k - 1].s, &ws.act[k - 1].s, c, true)?;
+                self.act(
+                    (ne * a) as u64,
+                    &ws.pre[slot][k - 1].s,
+                    &ws.act[k - 1].s,
+                    c,
+                    true,
+                )?;
             } else {
                 let g = if last == 0 { &ws.gw.s } else { &ws.act[0].s };
                 let beta = if first { 0.0 } else { 1.0 };
@@ -939,6 +1000,15 @@ impl<T: DevReal> CudaSevenNet<T> {
 }
 
 impl<T> Workspace<T> {
+    /// The radial-MLP slot of layer `t`.
+    fn slot(&self, t: usize) -> usize {
+        if self.keep {
+            t
+        } else {
+            0
+        }
+    }
+
     /// Every float buffer: `(real ones, f64 ones)`.
     fn floats(&self) -> (Vec<&Buf<T>>, Vec<&Buf<f64>>) {
         let mut a = vec![
@@ -957,7 +1027,6 @@ impl<T> Workspace<T> {
             &self.g_agg,
             &self.gxc,
             &self.tmp,
-            &self.w,
             &self.gw,
             &self.gsh_l,
             &self.g_sh,
@@ -967,9 +1036,10 @@ impl<T> Workspace<T> {
             self.hs
                 .iter()
                 .chain(&self.ys)
-                .chain(&self.pre)
+                .chain(&self.w)
                 .chain(&self.act),
         );
+        a.extend(self.pre.iter().flatten());
         (a, vec![&self.vec, &self.fe, &self.vpart, &self.result])
     }
 }

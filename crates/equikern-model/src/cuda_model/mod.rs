@@ -22,7 +22,7 @@ mod evaluator;
 mod gemm;
 
 #[cfg(feature = "cuda")]
-pub use evaluator::CudaSevenNet;
+pub use evaluator::{CudaSevenNet, DEFAULT_KEEP_W_BYTES, KEEP_W_ENV};
 #[cfg(feature = "cuda")]
 pub use gemm::DevReal;
 
