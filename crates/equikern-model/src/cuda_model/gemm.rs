@@ -46,6 +46,63 @@ impl DevReal for f64 {
     }
 }
 
+/// Where libcublas may sit outside the loader's path: `$EQUIKERN_CUBLAS_DIR`, the CUDA
+/// toolkit, the pip wheel `nvidia-cublas` that PyTorch uses.
+fn cublas_dirs() -> Vec<std::path::PathBuf> {
+    let mut v: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("EQUIKERN_CUBLAS_DIR") {
+        v.push(d.into());
+    }
+    for d in [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+        "/usr/lib/x86_64-linux-gnu",
+    ] {
+        v.push(d.into());
+    }
+    for root in ["/usr/local/lib", "/usr/lib", "/opt/conda/lib"] {
+        if let Ok(rd) = std::fs::read_dir(root) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("python3") {
+                    for sub in ["dist-packages", "site-packages"] {
+                        v.push(e.path().join(sub).join("nvidia/cublas/lib"));
+                        v.push(e.path().join(sub).join("nvidia/cu13/lib"));
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Loads libcublasLt and libcublas (major version of the CUDA build) by full path from the
+/// first directory of [`cublas_dirs`] that has both, so that cudarc's later load by soname
+/// finds them (the dynamic loader matches already loaded libraries by soname). The handles
+/// are kept for the life of the process. `true` if cuBLAS is then present.
+fn preload_cublas() -> bool {
+    for dir in cublas_dirs() {
+        let lt = dir.join("libcublasLt.so.13");
+        let blas = dir.join("libcublas.so.13");
+        if !(lt.exists() && blas.exists()) {
+            continue;
+        }
+        // SAFETY: loading NVIDIA's cuBLAS libraries; their initialisers only set up state.
+        let loaded = unsafe {
+            libloading::Library::new(&lt)
+                .and_then(|a| libloading::Library::new(&blas).map(|b| (a, b)))
+        };
+        if let Ok(pair) = loaded {
+            std::mem::forget(pair);
+            // SAFETY: as above, a dlopen by name.
+            if unsafe { blas_sys::is_culib_present() } {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 pub enum Gemmer {
     Blas(CudaBlas),
     Kernel,
@@ -58,7 +115,7 @@ impl Gemmer {
             return Gemmer::Kernel;
         }
         // SAFETY: only tries to dlopen libcublas by its names.
-        if !unsafe { blas_sys::is_culib_present() } {
+        if !unsafe { blas_sys::is_culib_present() } && !preload_cublas() {
             return Gemmer::Kernel;
         }
         let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
