@@ -1,7 +1,7 @@
 //! Device buffers of the CUDA evaluator: grow-only, counted in one [`Mem`].
 
+use super::exec::{Memory, Pod};
 use crate::error::{ModelError, Result};
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -37,15 +37,15 @@ pub fn drv(e: impl std::fmt::Display) -> ModelError {
 /// A device buffer that only grows: [`Buf::ensure`] reallocates when asked for more than it
 /// holds, never otherwise, so a step on a structure no larger than a previous one allocates
 /// nothing.
-pub struct Buf<T> {
-    pub s: CudaSlice<T>,
+pub struct Buf<E: Pod, D: Memory> {
+    pub s: D::Buf<E>,
     mem: Arc<Mem>,
 }
 
-impl<T: DeviceRepr + ValidAsZeroBits> Buf<T> {
-    pub fn new(stream: &Arc<CudaStream>, mem: &Arc<Mem>) -> Result<Self> {
-        let s = stream.alloc_zeros::<T>(1).map_err(drv)?;
-        mem.alloc(std::mem::size_of::<T>() as u64, 0);
+impl<E: Pod, D: Memory> Buf<E, D> {
+    pub fn new(d: &D, mem: &Arc<Mem>) -> Result<Self> {
+        let s = d.alloc::<E>(1)?;
+        mem.alloc(std::mem::size_of::<E>() as u64, 0);
         Ok(Buf {
             s,
             mem: mem.clone(),
@@ -53,28 +53,26 @@ impl<T: DeviceRepr + ValidAsZeroBits> Buf<T> {
     }
 
     /// A buffer holding `data` (parameters: uploaded once).
-    pub fn from_host(stream: &Arc<CudaStream>, mem: &Arc<Mem>, data: &[T]) -> Result<Self> {
-        let mut b = Self::new(stream, mem)?;
-        b.ensure(stream, data.len())?;
+    pub fn from_host(d: &D, mem: &Arc<Mem>, data: &[E]) -> Result<Self> {
+        let mut b = Self::new(d, mem)?;
+        b.ensure(d, data.len())?;
         if !data.is_empty() {
-            stream
-                .memcpy_htod(data, &mut b.s.slice_mut(0..data.len()))
-                .map_err(drv)?;
+            d.upload(data, &mut b.s)?;
         }
         Ok(b)
     }
 
     /// At least `n` elements (contents undefined after a reallocation).
-    pub fn ensure(&mut self, stream: &Arc<CudaStream>, n: usize) -> Result<()> {
-        if self.s.len() >= n.max(1) {
+    pub fn ensure(&mut self, d: &D, n: usize) -> Result<()> {
+        if self.capacity() >= n.max(1) {
             return Ok(());
         }
-        let es = std::mem::size_of::<T>() as u64;
-        let old = self.s.len() as u64 * es;
+        let es = std::mem::size_of::<E>() as u64;
+        let old = self.bytes();
         // Free first, so the peak is old workspace + new, not both.
-        self.s = stream.alloc_zeros::<T>(1).map_err(drv)?;
+        self.s = d.alloc::<E>(1)?;
         self.mem.free(old);
-        self.s = stream.alloc_zeros::<T>(n).map_err(|e| {
+        self.s = d.alloc::<E>(n).map_err(|e| {
             ModelError::backend(
                 "cuda",
                 format!(
@@ -88,29 +86,28 @@ impl<T: DeviceRepr + ValidAsZeroBits> Buf<T> {
     }
 
     /// Gives the memory back (keeps one element).
-    pub fn release(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
-        if self.s.len() > 1 {
+    pub fn release(&mut self, d: &D) -> Result<()> {
+        if self.capacity() > 1 {
             let old = self.bytes();
-            self.s = stream.alloc_zeros::<T>(1).map_err(drv)?;
+            self.s = d.alloc::<E>(1)?;
             self.mem.free(old);
-            self.mem.alloc(std::mem::size_of::<T>() as u64, 0);
+            self.mem.alloc(std::mem::size_of::<E>() as u64, 0);
         }
         Ok(())
     }
 
     /// Elements held (≥ every size asked for so far).
     pub fn capacity(&self) -> usize {
-        self.s.len()
+        D::capacity(&self.s)
     }
 
     pub fn bytes(&self) -> u64 {
-        self.s.len() as u64 * std::mem::size_of::<T>() as u64
+        self.capacity() as u64 * std::mem::size_of::<E>() as u64
     }
 }
 
-impl<T> Drop for Buf<T> {
+impl<E: Pod, D: Memory> Drop for Buf<E, D> {
     fn drop(&mut self) {
-        self.mem
-            .free(self.s.len() as u64 * std::mem::size_of::<T>() as u64);
+        self.mem.free(self.bytes());
     }
 }

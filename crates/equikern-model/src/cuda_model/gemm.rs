@@ -10,7 +10,7 @@ use equikern::cuda_runtime::Real;
 use std::sync::Arc;
 
 /// f32 / f64 on the device: cuBLAS's product in this type.
-pub trait DevReal: Scalar + Real {
+pub trait DevReal: Scalar + Real + super::exec::Pod {
     fn blas_gemm(
         blas: &CudaBlas,
         cfg: GemmConfig<Self>,

@@ -9,6 +9,9 @@
 //! once per (model, dtype) through equikern-cuda's NVRTC module cache; workspace buffers
 //! only grow, so steps on structures no larger than an earlier one allocate nothing.
 //!
+//! * [`exec`] — the device operations the step is written against ([`exec::Memory`],
+//!   [`exec::Exec`]); [`CudaExec`] implements them on CUDA, the CPU emulation test on the
+//!   kernels compiled as C++.
 //! * [`tables`] — the kernel source and the host-built tables (no GPU needed: the CPU
 //!   emulation test compiles the same text as C++).
 
@@ -17,12 +20,18 @@ pub mod tables;
 #[cfg(feature = "cuda")]
 mod buffers;
 #[cfg(feature = "cuda")]
+mod cuda_exec;
+#[cfg(feature = "cuda")]
 mod evaluator;
+#[cfg(feature = "cuda")]
+pub mod exec;
 #[cfg(feature = "cuda")]
 mod gemm;
 
 #[cfg(feature = "cuda")]
-pub use evaluator::{CudaSevenNet, DEFAULT_KEEP_W_BYTES, KEEP_W_ENV};
+pub use cuda_exec::CudaExec;
+#[cfg(feature = "cuda")]
+pub use evaluator::{CudaSevenNet, Resident, DEFAULT_KEEP_W_BYTES, KEEP_W_ENV};
 #[cfg(feature = "cuda")]
 pub use gemm::DevReal;
 
