@@ -94,13 +94,16 @@ impl<E> HostBuf<E> {
     }
 }
 
+type TpDims = (usize, usize, usize, usize);
+
 type Launcher = unsafe extern "C" fn(*mut *mut c_void, u64);
 
 /// The emulated device: kernels from a C++ library, convolutions by the oracle.
 struct HostExec<T> {
     _lib: libloading::Library,
     launchers: Vec<Launcher>,
-    convs: Vec<(ConvOracle<T>, (usize, usize, usize, usize))>,
+    /// Each layer's convolution and its `(dim_x, dim_y, dim_z, weight_numel)`.
+    convs: Vec<(ConvOracle<T>, TpDims)>,
     launches: std::cell::Cell<usize>,
 }
 
