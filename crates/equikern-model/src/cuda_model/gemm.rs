@@ -103,6 +103,37 @@ fn preload_cublas() -> bool {
     false
 }
 
+/// cuBLAS's (column-major) configuration for the row-major `C[m, n] = alpha · A[m, k] ·
+/// op(B) + beta · C`: a row-major matrix is its transpose column-major, so cuBLAS computes
+/// `Cᵀ (n × m) = op(B)ᵀ (n × k) · Aᵀ (k × m)` with B as its first operand: `B [k, n]` is
+/// column-major `n × k` with leading dimension n (no transpose); `B [n, k]` (`trans_b`) is
+/// column-major `k × n`, leading dimension k, transposed; `A [m, k]` is column-major `k × m`
+/// (leading dimension k); `C` has leading dimension n. Call with `(B, A, C)`.
+pub fn blas_config<T>(
+    (m, n, k): (usize, usize, usize),
+    trans_b: bool,
+    alpha: T,
+    beta: T,
+) -> Result<GemmConfig<T>> {
+    use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+    let int = |v: usize| {
+        i32::try_from(v)
+            .map_err(|_| ModelError::backend("cuda", format!("gemm dimension {v} exceeds i32")))
+    };
+    Ok(GemmConfig {
+        transa: if trans_b { CUBLAS_OP_T } else { CUBLAS_OP_N },
+        transb: CUBLAS_OP_N,
+        m: int(n)?,
+        n: int(m)?,
+        k: int(k)?,
+        alpha,
+        lda: int(if trans_b { k } else { n })?.max(1),
+        ldb: int(k)?.max(1),
+        beta,
+        ldc: int(n)?.max(1),
+    })
+}
+
 pub enum Gemmer {
     Blas(CudaBlas),
     Kernel,
@@ -172,27 +203,9 @@ impl Gemmer {
                 ),
             ));
         }
-        let int = |v: usize| {
-            i32::try_from(v)
-                .map_err(|_| ModelError::backend("cuda", format!("gemm dimension {v} exceeds i32")))
-        };
         match self {
             Gemmer::Blas(blas) => {
-                // Row-major C = A·op(B) is column-major Cᵀ = op(B)ᵀ·Aᵀ: cuBLAS sees
-                // (n × m) = (n × k)·(k × m), B first.
-                use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-                let cfg = GemmConfig {
-                    transa: if trans_b { CUBLAS_OP_T } else { CUBLAS_OP_N },
-                    transb: CUBLAS_OP_N,
-                    m: int(n)?,
-                    n: int(m)?,
-                    k: int(k)?,
-                    alpha,
-                    lda: int(if trans_b { k } else { n })?.max(1),
-                    ldb: int(k)?.max(1),
-                    beta,
-                    ldc: int(n)?,
-                };
+                let cfg = blas_config((m, n, k), trans_b, alpha, beta)?;
                 T::blas_gemm(blas, cfg, b, a, c).map_err(|e| ModelError::backend("cuda", e))
             }
             Gemmer::Kernel => {
@@ -212,6 +225,65 @@ impl Gemmer {
                 unsafe { lb.launch(super::launch_cfg(m64 * n64)) }
                     .map(|_| ())
                     .map_err(super::buffers::drv)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blas_sys::cublasOperation_t::CUBLAS_OP_N;
+
+    /// cuBLAS's gemm semantics on column-major arrays: `C = alpha op(A) op(B) + beta C`.
+    #[allow(clippy::too_many_arguments)]
+    fn col_major_gemm(cfg: &GemmConfig<f64>, a: &[f64], b: &[f64], c: &mut [f64]) {
+        let (m, n, k) = (cfg.m as usize, cfg.n as usize, cfg.k as usize);
+        let (lda, ldb, ldc) = (cfg.lda as usize, cfg.ldb as usize, cfg.ldc as usize);
+        let opa = |i: usize, p: usize| {
+            if cfg.transa == CUBLAS_OP_N {
+                a[i + p * lda]
+            } else {
+                a[p + i * lda]
+            }
+        };
+        let opb = |p: usize, j: usize| {
+            if cfg.transb == CUBLAS_OP_N {
+                b[p + j * ldb]
+            } else {
+                b[j + p * ldb]
+            }
+        };
+        for j in 0..n {
+            for i in 0..m {
+                let s: f64 = (0..k).map(|p| opa(i, p) * opb(p, j)).sum();
+                c[i + j * ldc] = cfg.alpha * s + cfg.beta * c[i + j * ldc];
+            }
+        }
+    }
+
+    /// The configuration, run with cuBLAS's column-major semantics on (B, A, C), gives the
+    /// row-major product in both layouts of B.
+    #[test]
+    fn blas_config_gives_the_row_major_product() {
+        let (m, n, k) = (5, 3, 4);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let c0: Vec<f64> = (0..m * n).map(|i| (i as f64 * 0.11).cos()).collect();
+        for trans_b in [false, true] {
+            let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.73).cos()).collect();
+            let bv = |p: usize, j: usize| if trans_b { b[j * k + p] } else { b[p * n + j] };
+            let cfg = blas_config((m, n, k), trans_b, 0.7, 0.3).unwrap();
+            let mut c = c0.clone();
+            col_major_gemm(&cfg, &b, &a, &mut c);
+            for i in 0..m {
+                for j in 0..n {
+                    let s: f64 = (0..k).map(|p| a[i * k + p] * bv(p, j)).sum();
+                    let want = 0.7 * s + 0.3 * c0[i * n + j];
+                    assert!(
+                        (c[i * n + j] - want).abs() < 1e-14,
+                        "trans_b {trans_b} ({i},{j})"
+                    );
+                }
             }
         }
     }
