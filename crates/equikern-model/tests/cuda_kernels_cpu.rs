@@ -797,3 +797,41 @@ fn source_rejects_too_large_lmax() {
     let e = kernel_source::<f64>(equikern_model::cuda_model::tables::MAX_SH_L + 1).unwrap_err();
     assert!(e.to_string().contains("spherical harmonics"), "{e}");
 }
+
+/// The same text through NVRTC (CPU-only: no GPU needed) for sm_90, both dtypes and lmax 2
+/// and 3, with equikern-cuda's options: catches what g++ accepts and CUDA does not. Skips
+/// where libnvrtc is not loadable (CI; here: the pip wheel `nvidia-cuda-nvrtc`, its
+/// `nvidia/cu13/lib` on `LD_LIBRARY_PATH`).
+#[cfg(feature = "cuda")]
+#[test]
+fn kernels_compile_with_nvrtc() {
+    // SAFETY: only tries to dlopen libnvrtc by its names.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        println!("SKIP: libnvrtc not found");
+        return;
+    }
+    for lmax in [2u32, 3] {
+        for (name, src) in [
+            ("f32", kernel_source::<f32>(lmax).unwrap()),
+            ("f64", kernel_source::<f64>(lmax).unwrap()),
+        ] {
+            let opts = cudarc::nvrtc::CompileOptions {
+                arch: Some("sm_90"),
+                options: vec!["--std=c++17".into()],
+                ..Default::default()
+            };
+            match cudarc::nvrtc::compile_ptx_with_opts(&src, opts) {
+                Ok(ptx) => {
+                    let text = ptx.to_src();
+                    let entries = text.matches(".entry").count();
+                    println!(
+                        "nvrtc {name} lmax {lmax}: {} bytes of PTX, {entries} kernels",
+                        text.len()
+                    );
+                    assert_eq!(entries, 16, "every kernel of kernels.cu");
+                }
+                Err(e) => panic!("NVRTC rejected the {name} lmax {lmax} source: {e:?}"),
+            }
+        }
+    }
+}
