@@ -15,7 +15,7 @@ mod common;
 
 use common::*;
 use equikern::plan::{Direction, Tensor};
-use equikern_core::conv::{ConvOracle, Csr};
+use equikern_core::conv::{ConvOracle, Csr, End};
 use equikern_model::cuda_model::exec::{Arg, Exec, Kern, Memory, Pod};
 use equikern_model::cuda_model::tables::kernel_source;
 use equikern_model::cuda_model::{DevReal, Resident};
@@ -94,6 +94,13 @@ impl<E> HostBuf<E> {
     }
 }
 
+/// A graph on the emulated device: the CSR (for the oracle) and its packed views.
+struct HostGraph {
+    csr: Arc<Csr>,
+    recv: HostBuf<u32>,
+    send: HostBuf<u32>,
+}
+
 type TpDims = (usize, usize, usize, usize);
 
 type Launcher = unsafe extern "C" fn(*mut *mut c_void, u64);
@@ -169,7 +176,7 @@ fn val_bits<T: DevReal>(v: T) -> u64 {
 
 impl<T: DevReal> Memory for HostExec<T> {
     type Buf<E: Pod> = HostBuf<E>;
-    type Graph = Arc<Csr>;
+    type Graph = HostGraph;
 
     fn describe(&self) -> String {
         "CPU emulation".into()
@@ -196,11 +203,19 @@ impl<T: DevReal> Memory for HostExec<T> {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
-    fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<(Arc<Csr>, Arc<Csr>)> {
-        let c = Arc::new(Csr::build(n, receiver, sender).unwrap());
-        Ok((c.clone(), c))
+    fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<HostGraph> {
+        let csr = Arc::new(Csr::build(n, receiver, sender).unwrap());
+        let view = |v: Vec<u32>| HostBuf(UnsafeCell::new(v));
+        Ok(HostGraph {
+            recv: view(csr.packed(End::Receiver)),
+            send: view(csr.packed(End::Sender)),
+            csr,
+        })
     }
-    fn graph_bytes(_: &Arc<Csr>) -> u64 {
+    fn graph_views(g: &HostGraph) -> (&HostBuf<u32>, &HostBuf<u32>) {
+        (&g.recv, &g.send)
+    }
+    fn graph_bytes(_: &HostGraph) -> u64 {
         0
     }
 }
@@ -274,11 +289,12 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         &self,
         layer: usize,
         d: Direction,
-        g: &Arc<Csr>,
+        g: &HostGraph,
         inputs: &[(Tensor, &HostBuf<T>)],
         outputs: &mut [(Tensor, &mut HostBuf<T>)],
     ) -> Result<()> {
         let (op, (d1, d2, dmid, numel)) = &self.convs[layer];
+        let g = &g.csr;
         let (nodes, edges) = (g.nodes, g.edges());
         let get = |t: Tensor, n: usize| {
             let b = inputs.iter().find(|(u, _)| *u == t).expect("input").1;

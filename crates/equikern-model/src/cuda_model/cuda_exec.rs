@@ -12,9 +12,9 @@ use crate::sevennet::SevenNet;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
 use equikern::plan::{Direction, Tensor};
 use equikern::{ConvGraph, ConvOp, Device};
-use equikern_core::conv::Csr;
+use equikern_core::conv::{Csr, End};
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 fn err(e: impl std::fmt::Display) -> ModelError {
     ModelError::backend("cuda", e)
@@ -27,7 +27,18 @@ pub struct CudaExec<T> {
     funcs: Vec<CudaFunction>,
     gemm: Gemmer,
     ops: Vec<ConvOp>,
+    /// The graph's index tables (`RecvCsr`, `SendCsr`, `Receiver`, `Sender`), reused by the
+    /// next structure's graph once the previous one is gone (grow-only).
+    tables: Mutex<[Arc<CudaSlice<u32>>; 4]>,
     _t: PhantomData<T>,
+}
+
+/// A structure's graph on CUDA: the convolutions' `ConvGraph` and the packed CSR views the
+/// force kernel reads (the same device buffers).
+pub struct CudaGraphTables {
+    conv: ConvGraph,
+    recv: Arc<CudaSlice<u32>>,
+    send: Arc<CudaSlice<u32>>,
 }
 
 impl<T: DevReal> CudaExec<T> {
@@ -63,7 +74,10 @@ impl<T: DevReal> CudaExec<T> {
                 .map_err(err)
             })
             .collect::<Result<Vec<_>>>()?;
+        let one = || stream.alloc_zeros::<u32>(1).map(Arc::new).map_err(drv);
+        let tables = Mutex::new([one()?, one()?, one()?, one()?]);
         Ok(CudaExec {
+            tables,
             gemm: Gemmer::new(&stream),
             device,
             stream,
@@ -91,7 +105,7 @@ impl<T: DevReal> CudaExec<T> {
 
 impl<T: DevReal> Memory for CudaExec<T> {
     type Buf<E: Pod> = CudaSlice<E>;
-    type Graph = ConvGraph;
+    type Graph = CudaGraphTables;
 
     fn describe(&self) -> String {
         self.device.name().to_string()
@@ -136,17 +150,57 @@ impl<T: DevReal> Memory for CudaExec<T> {
         self.stream.synchronize().map_err(drv)
     }
 
-    fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<(ConvGraph, Arc<Csr>)> {
-        let g = ConvGraph::new(&self.device, n, receiver, sender).map_err(err)?;
-        let csr = g
-            .csr()
-            .ok_or_else(|| err("a host-built graph has a host CSR"))?
-            .clone();
-        Ok((g, csr))
+    fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<CudaGraphTables> {
+        let csr = Arc::new(Csr::build(n, receiver, sender).map_err(err)?);
+        let data = [
+            csr.packed(End::Receiver),
+            csr.packed(End::Sender),
+            csr.receiver.clone(),
+            csr.sender.clone(),
+        ];
+        let mut pool = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tabs = Vec::with_capacity(4);
+        for (slot, v) in pool.iter_mut().zip(&data) {
+            // Reuse the buffer when no graph holds it any more and it is large enough.
+            let fits = Arc::get_mut(slot).is_some_and(|b| b.len() >= v.len().max(1));
+            if !fits {
+                *slot = Arc::new(
+                    self.stream
+                        .alloc_zeros::<u32>(v.len().max(1))
+                        .map_err(drv)?,
+                );
+            }
+            let b = Arc::get_mut(slot).ok_or_else(|| err("index table still in use"))?;
+            if !v.is_empty() {
+                self.stream
+                    .memcpy_htod(v, &mut b.slice_mut(0..v.len()))
+                    .map_err(drv)?;
+            }
+            tabs.push(slot.clone());
+        }
+        let named = vec![
+            (Tensor::RecvCsr, tabs[0].clone()),
+            (Tensor::SendCsr, tabs[1].clone()),
+            (Tensor::Receiver, tabs[2].clone()),
+            (Tensor::Sender, tabs[3].clone()),
+        ];
+        // SAFETY: the tables were just filled with exactly csr's views, and are written again
+        // only when no graph holds them (`Arc::get_mut` above).
+        let conv = unsafe { ConvGraph::from_csr_with_cuda_tables(&self.device, csr, named) }
+            .map_err(err)?;
+        Ok(CudaGraphTables {
+            conv,
+            recv: tabs[0].clone(),
+            send: tabs[1].clone(),
+        })
     }
 
-    fn graph_bytes(g: &ConvGraph) -> u64 {
-        g.device_table_bytes()
+    fn graph_views(g: &CudaGraphTables) -> (&CudaSlice<u32>, &CudaSlice<u32>) {
+        (&g.recv, &g.send)
+    }
+
+    fn graph_bytes(g: &CudaGraphTables) -> u64 {
+        g.conv.device_table_bytes()
     }
 }
 
@@ -242,7 +296,7 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         &self,
         layer: usize,
         d: Direction,
-        g: &ConvGraph,
+        g: &CudaGraphTables,
         inputs: &[(Tensor, &CudaSlice<T>)],
         outputs: &mut [(Tensor, &mut CudaSlice<T>)],
     ) -> Result<()> {
@@ -250,7 +304,7 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
             .ops
             .get(layer)
             .ok_or_else(|| err(format!("layer {layer}: no such convolution")))?;
-        op.run_cuda(d, g, inputs, outputs).map_err(err)
+        op.run_cuda(d, &g.conv, inputs, outputs).map_err(err)
     }
 
     fn gemm_name(&self) -> &'static str {

@@ -26,7 +26,6 @@ use crate::nn::{Cutoff, Linear};
 use crate::sevennet::{check_overlap, edge_lists, Prediction, SevenNet, StepProfile};
 use equikern::plan::{Direction, Tensor};
 use equikern::{ConvOp, Device};
-use equikern_core::conv::End;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -425,8 +424,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     }
 
     /// The model-only part of a step, for the radius graph `g` of `s`. Profile: `graph_s` =
-    /// CSR views and index packing on the host, `transfer_s` = the uploads, `conv_s` = the
-    /// whole device step (launch to results on the host, the one download included).
+    /// checks, CSR views on the host and their upload into the reused index tables,
+    /// `transfer_s` = the edge vectors' and species' upload, `conv_s` = the whole device
+    /// step (launch to results on the host, the one download included).
     pub fn evaluate_graph(&self, s: &Structure, g: &Graph) -> Result<(Prediction, StepProfile)> {
         let t0 = Instant::now();
         s.validate()?;
@@ -435,23 +435,22 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let n = s.positions.len();
         let ne = g.len();
         let (receiver, sender) = edge_lists(n, &g.src, &g.dst)?;
-        let (cg, csr) = self.d.graph(n, &receiver, &sender)?;
-        let mut idx: Vec<u32> = Vec::with_capacity(3 * n + 2 + 4 * ne);
-        idx.extend(types.iter().map(|&t| t as u32));
-        idx.extend(csr.packed(End::Receiver));
-        idx.extend(csr.packed(End::Sender));
+        let idx: Vec<u32> = types.iter().map(|&t| t as u32).collect();
         let vec: Vec<f64> = g.vec.iter().flatten().copied().collect();
+        let mut ws = self.lock();
+        // The graph: CSR views built on the host, uploaded into reused device tables.
+        let cg = self.d.graph(n, &receiver, &sender)?;
         let graph_s = t0.elapsed().as_secs_f64();
 
-        let mut ws = self.lock();
         self.ensure(&mut ws, n, ne)?;
         let t_up = Instant::now();
         self.d.upload(&vec, &mut ws.vec.s)?;
         self.d.upload(&idx, &mut ws.idx.s)?;
         let up_s = t_up.elapsed().as_secs_f64();
-        self.mem
-            .up
-            .fetch_add((vec.len() * 8 + idx.len() * 4) as u64, Ordering::Relaxed);
+        self.mem.up.fetch_add(
+            (vec.len() * 8 + idx.len() * 4 + (4 * n + 2 + 6 * ne) * 4) as u64,
+            Ordering::Relaxed,
+        );
         let t_dev = Instant::now();
         self.step(&mut ws, &cg, n, ne)?;
         // The one synchronisation: results back.
@@ -502,7 +501,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .max(l.d1);
         }
         ws.vec.ensure(d, 3 * ne)?;
-        ws.idx.ensure(d, 3 * n + 2 + 4 * ne)?;
+        ws.idx.ensure(d, n)?;
         ws.emb.ensure(d, ne * nb)?;
         ws.sh.ensure(d, ne * self.sh_dim)?;
         ws.onehot.ensure(d, n * m.num_species)?;
@@ -749,8 +748,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let p = &self.params;
         let d = &self.d;
         let (n64, ne64) = (n as u64, ne as u64);
-        let recv_at = n;
-        let send_at = 2 * n + 1 + 2 * ne;
         let one = T::ONE;
         let nl = p.layers.len();
         // ---- edge geometry
@@ -883,13 +880,14 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             ]);
             d.launch(Kern::EdgeForce, ne64, &args)?;
         }
+        let (recv, send) = D::graph_views(cg);
         d.launch(
             Kern::Forces,
             n64,
             &[
                 Arg::U64(n64),
-                Arg::U32s(&ws.idx.s, recv_at),
-                Arg::U32s(&ws.idx.s, send_at),
+                Arg::U32s(recv, 0),
+                Arg::U32s(send, 0),
                 Arg::F64s(&ws.fe.s, 0),
                 Arg::F64s(&ws.result.s, n),
             ],

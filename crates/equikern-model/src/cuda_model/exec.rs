@@ -8,8 +8,6 @@
 
 use crate::error::Result;
 use equikern::plan::{Direction, Tensor};
-use equikern_core::conv::Csr;
-use std::sync::Arc;
 
 /// Element types of device buffers.
 pub trait Pod:
@@ -131,9 +129,13 @@ pub trait Memory: Sized {
     fn download(&self, src: &Self::Buf<f64>, n: usize) -> Result<Vec<f64>>;
     fn zero<E: Pod>(&self, b: &mut Self::Buf<E>) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
-    /// The graph of `n` atoms with these edges, and its host CSR views.
-    fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<(Self::Graph, Arc<Csr>)>;
-    /// Device bytes the graph's own tables hold.
+    /// The graph of `n` atoms with these edges (sender → receiver), its CSR views on the
+    /// device.
+    fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<Self::Graph>;
+    /// The graph's packed CSR views on the device, by receiver and by sender (the layout of
+    /// `Csr::packed`).
+    fn graph_views(g: &Self::Graph) -> (&Self::Buf<u32>, &Self::Buf<u32>);
+    /// Device bytes the graph's tables hold.
     fn graph_bytes(g: &Self::Graph) -> u64;
 }
 
