@@ -166,9 +166,12 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
     })
 }
 
+/// Upper half of a 4-byte argument's 8-byte slot.
+const JUNK: u64 = 0x7ff4_dead_0000_0000;
+
 fn val_bits<T: DevReal>(v: T) -> u64 {
     if T::NAME == "f32" {
-        u64::from((v.to_f64() as f32).to_bits())
+        JUNK | u64::from((v.to_f64() as f32).to_bits())
     } else {
         v.to_f64().to_bits()
     }
@@ -236,7 +239,9 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
                 Arg::U32s(b, off) => b.ptr() as u64 + (off * 4) as u64,
                 Arg::I32s(b) => b.ptr() as u64,
                 Arg::U64(v) => *v,
-                Arg::I32(v) => u64::from(*v as u32),
+                // 4-byte values carry garbage in the slot's upper half: a kernel parameter
+                // of 8 bytes fed a 4-byte argument (which the driver would read past) fails
+                Arg::I32(v) => JUNK | u64::from(*v as u32),
                 Arg::F64(v) => v.to_bits(),
                 Arg::Val(v) => val_bits(*v),
                 Arg::Null => 0,
