@@ -47,7 +47,9 @@ impl DevReal for f64 {
 }
 
 /// Where libcublas may sit outside the loader's path: `$EQUIKERN_CUBLAS_DIR`, the CUDA
-/// toolkit, the pip wheel `nvidia-cublas` that PyTorch uses.
+/// toolkit, the pip wheel `nvidia-cublas` that PyTorch uses (`nvidia/cu13/lib` or
+/// `nvidia/cublas/lib` under the system's, a virtualenv's, conda's, the user's site folders
+/// and `$PYTHONPATH`).
 fn cublas_dirs() -> Vec<std::path::PathBuf> {
     let mut v: Vec<std::path::PathBuf> = Vec::new();
     if let Some(d) = std::env::var_os("EQUIKERN_CUBLAS_DIR") {
@@ -60,14 +62,32 @@ fn cublas_dirs() -> Vec<std::path::PathBuf> {
     ] {
         v.push(d.into());
     }
-    for root in ["/usr/local/lib", "/usr/lib", "/opt/conda/lib"] {
-        if let Ok(rd) = std::fs::read_dir(root) {
+    let mut roots: Vec<std::path::PathBuf> = ["/usr/local/lib", "/usr/lib", "/opt/conda/lib"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(d) = std::env::var_os(var) {
+            roots.push(std::path::PathBuf::from(d).join("lib"));
+        }
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        roots.push(std::path::PathBuf::from(h).join(".local/lib"));
+    }
+    let wheel_dirs =
+        |site: &std::path::Path| [site.join("nvidia/cu13/lib"), site.join("nvidia/cublas/lib")];
+    // PYTHONPATH entries are site folders themselves
+    if let Some(pp) = std::env::var_os("PYTHONPATH") {
+        for site in std::env::split_paths(&pp) {
+            v.extend(wheel_dirs(&site));
+        }
+    }
+    for root in roots {
+        if let Ok(rd) = std::fs::read_dir(&root) {
             for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("python3") {
+                if e.file_name().to_string_lossy().starts_with("python3") {
                     for sub in ["dist-packages", "site-packages"] {
-                        v.push(e.path().join(sub).join("nvidia/cublas/lib"));
-                        v.push(e.path().join(sub).join("nvidia/cu13/lib"));
+                        v.extend(wheel_dirs(&e.path().join(sub)));
                     }
                 }
             }
