@@ -279,6 +279,9 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         beta: T,
         c: &mut CudaSlice<T>,
     ) -> Result<()> {
+        // cuBLAS runs in the thread's current context (launches and copies bind it
+        // themselves; a cuBLAS call alone does not).
+        self.bind()?;
         self.gemm.gemm(
             &self.stream,
             &self.funcs[Kern::Gemm.index()],
