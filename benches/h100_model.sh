@@ -6,7 +6,9 @@
 #   .carry/bins.tar.xz  stripped binaries: equikern (cargo build --release -p equikern-cli
 #                       --features cuda) and optionally backends (cargo test --release -p
 #                       equikern-model --test backends --no-run): run first, a correctness check
-#                       of the same build on the GPU
+#                       of the same build on the GPU; and optionally neighbours_cuda (cargo
+#                       test --release -p equikern-model --test neighbours_cuda --no-run): the
+#                       CUDA neighbour list vs the host's, edge for edge, with host/device times
 #   .peers/             shared/peers/fetch.sh output (OEQ, cuEquivariance) + env.sh
 #   .whl/               sevenn 0.13.0 (checkpoints trimmed), ase, braceexpand, matscipy wheels
 #   models/checkpoint_sevennet_0.pth
@@ -34,6 +36,11 @@ if ! skip test && [ -f b/backends ]; then
   timeout 120 b/backends --test-threads 1 --nocapture 2>&1 | tail -40 | tee "$OUT/backends.log"
 fi
 
+if ! skip test && [ -f b/neighbours_cuda ]; then
+  stage "correctness + timing: CUDA neighbour list vs Graph::build (Si 32768 atoms included)"
+  timeout 300 b/neighbours_cuda --test-threads 1 --nocapture 2>&1 | grep -E "identical|equal$|distinct|skipped|test result|panicked|left|right" | tail -40 | tee "$OUT/neighbours.log"
+fi
+
 stage "systems (built by equikern, exported for the peers)"
 b/equikern bench --model "$CKPT" --systems "$SYSTEMS" --export-systems /tmp/systems 2>&1 | tail -5
 
@@ -51,5 +58,9 @@ if ! skip peers; then
   export PYTHONPATH=/tmp/site:$PYTHONPATH
   timeout "${PEERS_T:-300}" python3 benches/bench_model_peers.py /tmp/systems --checkpoint "$CKPT" \
     --impls "$IMPLS" --reps "$REPS" --warmup 2 --out "$OUT/model_peers.json" 2>&1 | grep -v Warning | tail -40 | tee "$OUT/model_peers.log"
+fi
+if [ -s "$OUT/model_cuda.json" ] && [ -s "$OUT/model_peers.json" ]; then
+  stage "report"
+  python3 benches/report_model.py "$OUT/model_cuda.json" "$OUT/model_peers.json" --md "$OUT/BENCHMARKS_model.md"
 fi
 stage "done"

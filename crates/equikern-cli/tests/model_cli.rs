@@ -889,6 +889,11 @@ fn check_bench_json(v: &Value, backend: &str, systems: &[(&str, usize)], gpu: bo
         }
         assert!(r["ms_model_min"].as_f64() <= r["ms_model"].as_f64());
         assert!(r["energy"].as_f64().is_some_and(f64::is_finite));
+        assert!(
+            matches!(r["neighbour_list_on"].as_str(), Some("cpu" | "cuda")),
+            "{name}: {}",
+            r["neighbour_list_on"]
+        );
         let ph = &r["phases_ms"];
         for k in [
             "neighbour_list",

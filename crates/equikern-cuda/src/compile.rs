@@ -144,18 +144,13 @@ pub(crate) fn load(dev: &CudaDevice, plan: &KernelPlan, opts: CudaOptions) -> Re
 }
 
 impl CudaDevice {
-    /// A hand-written CUDA C++ source compiled by NVRTC for this device's arch, cached like
-    /// the plans' modules: in memory per device, and on disk as
-    /// `<cache_dir>/<name>-<arch>-<hash of the source>.cubin` (a changed source is a new
-    /// key, never a stale module). For callers with their own kernels (e.g. a model's dense
-    /// layers) that launch on [`CudaDevice::stream`].
-    pub fn load_module_source(
-        &self,
-        name: &str,
-        src: &str,
-    ) -> Result<(Arc<CudaModule>, CacheLevel)> {
+    /// A hand-written CUDA source (kernels outside the plan, e.g. the model crate's neighbour
+    /// list) compiled by NVRTC for this device's arch, or found in the module cache: in memory
+    /// on this device, then on disk (`<cache_dir>/<name>-<arch>-<source hash>.cubin`). The
+    /// key holds a hash of the text, so an edited source never loads a stale cubin.
+    pub fn load_source(&self, name: &str, source: &str) -> Result<(Arc<CudaModule>, CacheLevel)> {
         let arch = self.arch();
-        let key = format!("{name}-{arch}-{:016x}", fnv(src.as_bytes()));
+        let key = format!("{name}-{arch}-{:016x}", fnv(source.as_bytes()));
         if let Some(m) = self
             .inner
             .modules
@@ -173,7 +168,7 @@ impl CudaDevice {
         let (m, level) = match from_disk {
             Some(m) => (m, CacheLevel::Disk),
             None => {
-                let bin = nvrtc_cubin(src, &arch)?;
+                let bin = nvrtc_cubin(source, &arch)?;
                 if let Some(p) = &disk {
                     store(p, &bin);
                 }

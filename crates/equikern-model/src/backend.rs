@@ -827,6 +827,8 @@ pub struct Evaluator {
     inner: Inner,
     target: Target,
     dtype: Dtype,
+    /// Host `Graph::build`, or the CUDA list for large systems on a CUDA device.
+    nl: crate::neighbours_cuda::AutoList,
 }
 
 enum Inner {
@@ -887,6 +889,7 @@ impl Evaluator {
             inner,
             target: Target::Cpu,
             dtype,
+            nl: Default::default(),
         }
     }
 
@@ -935,6 +938,7 @@ impl Evaluator {
                 inner,
                 target: Target::Cuda,
                 dtype,
+                nl: crate::neighbours_cuda::AutoList::from_env()?,
             });
         }
         Self::on_device_generic(model, device, dtype)
@@ -969,6 +973,7 @@ impl Evaluator {
             inner,
             target,
             dtype,
+            nl: crate::neighbours_cuda::AutoList::from_env()?,
         })
     }
 
@@ -1017,40 +1022,60 @@ impl Evaluator {
 
     /// Energy, forces and stress (as [`SevenNet::evaluate`], on this backend and dtype).
     pub fn evaluate(&self, s: &Structure) -> Result<Prediction> {
-        match &self.inner {
-            Inner::CpuF64(m) => m.evaluate_on(&CpuBackend, s),
-            Inner::CpuF32(m) => m.evaluate_on(&CpuBackend, s),
-            #[cfg(any(feature = "wgpu", feature = "cuda"))]
-            Inner::DevF32(m, b) => m.evaluate_on(b, s),
-            #[cfg(any(feature = "wgpu", feature = "cuda"))]
-            Inner::DevF64(m, b) => m.evaluate_on(b, s),
-            #[cfg(feature = "cuda")]
-            Inner::CudaF32(c) => c.evaluate(s),
-            #[cfg(feature = "cuda")]
-            Inner::CudaF64(c) => c.evaluate(s),
-        }
+        self.evaluate_profiled(s).map(|r| r.0)
     }
 
     /// [`Self::evaluate`] with the wall-clock time of each phase ([`StepProfile`]).
     pub fn evaluate_profiled(&self, s: &Structure) -> Result<(Prediction, StepProfile)> {
-        match &self.inner {
-            Inner::CpuF64(m) => m.evaluate_profiled_on(&CpuBackend, s),
-            Inner::CpuF32(m) => m.evaluate_profiled_on(&CpuBackend, s),
-            #[cfg(any(feature = "wgpu", feature = "cuda"))]
-            Inner::DevF32(m, b) => m.evaluate_profiled_on(b, s),
-            #[cfg(any(feature = "wgpu", feature = "cuda"))]
-            Inner::DevF64(m, b) => m.evaluate_profiled_on(b, s),
-            #[cfg(feature = "cuda")]
-            Inner::CudaF32(c) => c.evaluate_profiled(s),
-            #[cfg(feature = "cuda")]
-            Inner::CudaF64(c) => c.evaluate_profiled(s),
-        }
+        let t0 = std::time::Instant::now();
+        let g = self.neighbour_list(s)?;
+        let nl = t0.elapsed().as_secs_f64();
+        let (p, mut prof) = self.evaluate_graph(s, &g)?;
+        prof.neighbour_list_s = nl;
+        prof.total_s = t0.elapsed().as_secs_f64();
+        Ok((p, prof))
     }
 
-    /// The radius graph of `s` at the model's cutoff (what [`Self::evaluate_graph`] takes).
+    /// The radius graph of `s` at the model's cutoff (what [`Self::evaluate_graph`] takes):
+    /// [`Graph::build`], or on a CUDA device for systems of at least
+    /// `EQUIKERN_GPU_NL_MIN_ATOMS` atoms (default
+    /// [`crate::neighbours_cuda::GPU_MIN_ATOMS`]; `off`: never) the same graph built there
+    /// ([`crate::neighbours_cuda::CudaNeighbourList`]).
     pub fn neighbour_list(&self, s: &Structure) -> Result<Graph> {
         s.validate()?;
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = self.neighbour_list_device(s) {
+            return self.nl.build_on(dev, s, self.cutoff());
+        }
         Graph::build(s, self.cutoff())
+    }
+
+    /// From how many atoms a CUDA evaluator builds the radius graph on the device (`None`:
+    /// never); the default comes from `EQUIKERN_GPU_NL_MIN_ATOMS`.
+    pub fn set_gpu_neighbour_list_min_atoms(&mut self, min_atoms: Option<usize>) {
+        self.nl = crate::neighbours_cuda::AutoList::with_min_atoms(min_atoms);
+    }
+
+    /// Where [`Self::neighbour_list`] builds the graph of `s`: `"cuda"` or `"cpu"`.
+    pub fn neighbour_list_on(&self, s: &Structure) -> &'static str {
+        #[cfg(feature = "cuda")]
+        if self.neighbour_list_device(s).is_some() {
+            return "cuda";
+        }
+        let _ = s;
+        "cpu"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn neighbour_list_device(&self, s: &Structure) -> Option<&equikern::cuda_runtime::CudaDevice> {
+        if self.target != Target::Cuda || !self.nl.uses_device(s.positions.len()) {
+            return None;
+        }
+        match &self.inner {
+            Inner::CudaF32(c) => c.exec().device().cuda_device(),
+            Inner::CudaF64(c) => c.exec().device().cuda_device(),
+            _ => self.device_backend()?.device().cuda_device(),
+        }
     }
 
     /// The model's cutoff radius (Å).

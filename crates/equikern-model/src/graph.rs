@@ -75,29 +75,101 @@ impl Structure {
     }
 }
 
-/// Fractional coordinates and reach shared by both builders.
-struct Geometry {
-    frac: Vec<V3>,
+/// The lattice side of both builders (and of the CUDA list, `crate::neighbours_cuda`, which
+/// computes fractional coordinates on the device from the same `recip`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Lattice {
+    /// Rows of the reciprocal basis: `frac_k = pos · recip[k]` (summed x, y, z in order).
+    pub(crate) recip: [V3; 3],
     /// `cutoff · |recip_k|`: bound on `|Δf_k + S_k|` for an edge.
-    reach: V3,
-    periodic: bool,
+    pub(crate) reach: V3,
+    pub(crate) periodic: bool,
 }
 
-impl Geometry {
-    fn new(s: &Structure, cutoff: f64) -> Result<Self> {
-        s.validate()?;
+/// Fractional coordinates and the lattice, shared by both builders.
+pub(crate) struct Geometry {
+    pub(crate) frac: Vec<V3>,
+    pub(crate) lat: Lattice,
+}
+
+/// The cell-list layout of [`Graph::build`] per lattice direction: bins, their width in
+/// fractional units, the origin, and how many bins either side are visited.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct BinLayout {
+    pub(crate) nbins: [i64; 3],
+    pub(crate) width: V3,
+    pub(crate) origin: V3,
+    pub(crate) reach: [i64; 3],
+}
+
+impl BinLayout {
+    /// The layout for `geo` with periodic directions `pbc`; `bounds(k)` = (min, max) of the
+    /// fractional coordinate `k` over the atoms (asked for open directions only).
+    #[allow(clippy::needless_range_loop)]
+    pub(crate) fn new(
+        lat: &Lattice,
+        pbc: [bool; 3],
+        cutoff: f64,
+        mut bounds: impl FnMut(usize) -> (f64, f64),
+    ) -> Result<BinLayout> {
+        let mut l = BinLayout {
+            nbins: [1; 3],
+            width: [1.0; 3],
+            origin: [0.0; 3],
+            reach: [0; 3],
+        };
+        for k in 0..3 {
+            let need = lat.reach[k]; // cutoff / d_k in fractional units
+            if lat.periodic && pbc[k] {
+                l.nbins[k] = ((1.0 / need).floor() as i64).clamp(1, 1 << 20);
+                l.width[k] = 1.0 / l.nbins[k] as f64;
+                l.reach[k] = (need / l.width[k]).ceil() as i64;
+            } else {
+                let (lo, hi) = bounds(k);
+                l.origin[k] = lo;
+                l.width[k] = need
+                    .max((hi - lo) / (1u64 << 20) as f64)
+                    .max(f64::MIN_POSITIVE);
+                l.nbins[k] = ((hi - lo) / l.width[k]).floor() as i64 + 1;
+                l.reach[k] = 1;
+            }
+        }
+        let visits = l.reach.iter().map(|&r| (2 * r + 1) as f64).product::<f64>();
+        if visits > 1e7 {
+            return Err(ModelError::input(
+                "cutoff",
+                format!("cutoff {cutoff} reaches {visits:.0} cells around every atom (cell far thinner than the cutoff)"),
+            ));
+        }
+        Ok(l)
+    }
+
+    /// The bin of a wrapped fractional position.
+    pub(crate) fn bin_of(&self, f: &V3) -> [i64; 3] {
+        [0, 1, 2].map(|k| {
+            (((f[k] - self.origin[k]) / self.width[k]).floor() as i64).clamp(0, self.nbins[k] - 1)
+        })
+    }
+}
+
+impl Lattice {
+    /// Checks the cell and the cutoff; the reciprocal basis and reach.
+    pub(crate) fn new(cell: &[V3; 3], pbc: [bool; 3], cutoff: f64) -> Result<Self> {
+        if cell.iter().flatten().any(|x| !x.is_finite()) {
+            return Err(ModelError::input("cell", "non-finite entry"));
+        }
         if !(cutoff.is_finite() && cutoff > 0.0) {
             return Err(ModelError::input(
                 "cutoff",
                 format!("must be finite and > 0, got {cutoff}"),
             ));
         }
-        let periodic = s.pbc.iter().any(|&p| p);
+        let periodic = pbc.iter().any(|&p| p);
         // Basis for fractional coordinates: non-periodic degenerate rows replaced by unit
         // normals (only the periodic components are used for images).
-        let mut basis = s.cell;
+        let mut basis = *cell;
         for k in 0..3 {
-            if !s.pbc[k] && norm(basis[k]) < 1e-12 {
+            if !pbc[k] && norm(basis[k]) < 1e-12 {
                 let c = cross(basis[(k + 1) % 3], basis[(k + 2) % 3]);
                 let nc = norm(c);
                 basis[k] = if nc > 1e-12 {
@@ -127,17 +199,26 @@ impl Geometry {
             cross(basis[2], basis[0]).map(|x| x / vol),
             cross(basis[0], basis[1]).map(|x| x / vol),
         ];
-        let frac = s
-            .positions
-            .iter()
-            .map(|p| [dot(*p, recip[0]), dot(*p, recip[1]), dot(*p, recip[2])])
-            .collect();
         let reach = [0, 1, 2].map(|k| cutoff * norm(recip[k]));
-        Ok(Geometry {
-            frac,
+        Ok(Lattice {
+            recip,
             reach,
             periodic,
         })
+    }
+}
+
+impl Geometry {
+    pub(crate) fn new(s: &Structure, cutoff: f64) -> Result<Self> {
+        s.validate()?;
+        let lat = Lattice::new(&s.cell, s.pbc, cutoff)?;
+        let r = lat.recip;
+        let frac = s
+            .positions
+            .iter()
+            .map(|p| [dot(*p, r[0]), dot(*p, r[1]), dot(*p, r[2])])
+            .collect();
+        Ok(Geometry { frac, lat })
     }
 }
 
@@ -169,17 +250,11 @@ impl Graph {
         if n == 0 {
             return Ok(Graph::default());
         }
-        // Bin layout per direction: (number of bins, bin width in fractional units, origin, reach)
-        let mut nbins = [1i64; 3];
-        let mut width = [1.0f64; 3];
-        let mut origin = [0.0f64; 3];
-        let mut reach = [0i64; 3];
         // wrapped fractional coordinates and the integer wrap w (f_wrapped = f + w)
         let mut fw = geo.frac.clone();
         let mut wrap = vec![[0i64; 3]; n];
         for k in 0..3 {
-            let need = geo.reach[k]; // cutoff / d_k in fractional units
-            if geo.periodic && s.pbc[k] {
+            if geo.lat.periodic && s.pbc[k] {
                 for a in 0..n {
                     let w = -fw[a][k].floor();
                     fw[a][k] += w;
@@ -190,31 +265,15 @@ impl Graph {
                         wrap[a][k] = w as i64;
                     }
                 }
-                nbins[k] = ((1.0 / need).floor() as i64).clamp(1, 1 << 20);
-                width[k] = 1.0 / nbins[k] as f64;
-                reach[k] = (need / width[k]).ceil() as i64;
-            } else {
-                let lo = fw.iter().map(|f| f[k]).fold(f64::INFINITY, f64::min);
-                let hi = fw.iter().map(|f| f[k]).fold(f64::NEG_INFINITY, f64::max);
-                origin[k] = lo;
-                width[k] = need
-                    .max((hi - lo) / (1u64 << 20) as f64)
-                    .max(f64::MIN_POSITIVE);
-                nbins[k] = ((hi - lo) / width[k]).floor() as i64 + 1;
-                reach[k] = 1;
             }
         }
-        let visits = reach.iter().map(|&r| (2 * r + 1) as f64).product::<f64>();
-        if visits > 1e7 {
-            return Err(ModelError::input(
-                "cutoff",
-                format!("cutoff {cutoff} reaches {visits:.0} cells around every atom (cell far thinner than the cutoff)"),
-            ));
-        }
-        let bin_of = |f: &V3| -> [i64; 3] {
-            [0, 1, 2]
-                .map(|k| (((f[k] - origin[k]) / width[k]).floor() as i64).clamp(0, nbins[k] - 1))
-        };
+        let layout = BinLayout::new(&geo.lat, s.pbc, cutoff, |k| {
+            let lo = fw.iter().map(|f| f[k]).fold(f64::INFINITY, f64::min);
+            let hi = fw.iter().map(|f| f[k]).fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        })?;
+        let (nbins, reach) = (layout.nbins, layout.reach);
+        let bin_of = |f: &V3| layout.bin_of(f);
         let mut bins: HashMap<[i64; 3], Vec<usize>> = HashMap::new();
         for (a, f) in fw.iter().enumerate() {
             bins.entry(bin_of(f)).or_default().push(a);
@@ -231,7 +290,7 @@ impl Graph {
                         let mut img = [0i64; 3];
                         let mut ok = true;
                         for k in 0..3 {
-                            if geo.periodic && s.pbc[k] {
+                            if geo.lat.periodic && s.pbc[k] {
                                 key[k] = ext[k].rem_euclid(nbins[k]);
                                 img[k] = ext[k].div_euclid(nbins[k]);
                             } else if ext[k] < 0 || ext[k] >= nbins[k] {
@@ -276,7 +335,7 @@ impl Graph {
     pub fn build_all_pairs(s: &Structure, cutoff: f64) -> Result<Graph> {
         let geo = Geometry::new(s, cutoff)?;
         let n = s.positions.len();
-        let (frac, reach, periodic) = (&geo.frac, geo.reach, geo.periodic);
+        let (frac, reach, periodic) = (&geo.frac, geo.lat.reach, geo.lat.periodic);
         let mut g = Graph::default();
         let c2 = cutoff * cutoff;
         for i in 0..n {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod extxyz;
 pub mod graph;
 pub mod md;
+pub mod neighbours_cuda;
 pub mod nn;
 pub mod scalar;
 pub mod sevennet;

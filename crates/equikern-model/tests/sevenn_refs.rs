@@ -12,10 +12,22 @@ fn v3(v: &serde_json::Value) -> [f64; 3] {
     [0, 1, 2].map(|i| v[i].as_f64().expect("number"))
 }
 
+/// SevenNet-0 (11Jul2024): XPLOR cutoff, lmax 2.
 #[test]
 fn matches_sevenn_float64_references() {
+    check_against_references("sevenn_refs.json", "checkpoint_sevennet_0.pth");
+}
+
+/// SevenNet-l3i5: polynomial cutoff, lmax 3, 5 layers.
+#[test]
+fn l3i5_matches_sevenn_float64_references() {
+    check_against_references("sevenn_refs_l3i5.json", "checkpoint_l3i5.pth");
+}
+
+fn check_against_references(refs_file: &str, checkpoint: &str) {
     let json = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/data/sevennet/sevenn_refs.json");
+        .join("../../tests/data/sevennet")
+        .join(refs_file);
     if !json.exists() {
         println!(
             "SKIP: {} absent (generate with gen_sevenn_refs.py on a machine with torch)",
@@ -23,7 +35,9 @@ fn matches_sevenn_float64_references() {
         );
         return;
     }
-    let Some(ck) = checkpoint_path() else { return };
+    let Some(ck) = checkpoint_named(checkpoint) else {
+        return;
+    };
     let refs: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let ours = normalize2mom_torch(silu);

@@ -55,7 +55,7 @@ impl<T: DevReal> CudaExec<T> {
         let lmax = model.sh_ls.iter().copied().max().unwrap_or(0);
         let src = kernel_source::<T>(lmax)?;
         let (module, _) = cuda
-            .load_module_source(&format!("equikern-sevennet-{}", T::NAME), &src)
+            .load_source(&format!("equikern-sevennet-{}", T::NAME), &src)
             .map_err(err)?;
         let funcs = Kern::ALL
             .iter()

@@ -23,7 +23,13 @@ pub fn repo_file(rel: &str) -> PathBuf {
 }
 
 pub fn checkpoint_path() -> Option<PathBuf> {
-    let p = repo_file("models/checkpoint_sevennet_0.pth");
+    checkpoint_named("checkpoint_sevennet_0.pth")
+}
+
+/// `models/<file>` if present (fetched by `crates/equikern-model/fetch_checkpoint.sh`), else
+/// a printed skip reason and `None`.
+pub fn checkpoint_named(file: &str) -> Option<PathBuf> {
+    let p = repo_file(&format!("models/{file}"));
     if p.exists() {
         Some(p)
     } else {
