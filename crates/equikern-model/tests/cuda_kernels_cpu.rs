@@ -54,8 +54,8 @@ extern "C" void t_one_hot(u64 N, const unsigned* types, int ns, real* out) {
   grid(N * ns, [&] { ek_one_hot(N, types, ns, out); });
 }
 extern "C" void t_linear(u64 N, const real* x, int di, real* y, int dout, const real* W,
-    const int* tab, const real* coef, real alpha, const real* add) {
-  grid((N + EK_LIN_NODES - 1) / EK_LIN_NODES * dout, [&] { ek_linear(N, x, di, y, dout, W, tab, coef, alpha, add); });
+    const int* tab, const real* coef, real alpha, const real* add, int cols) {
+  grid((N + EK_LIN_NODES - 1) / EK_LIN_NODES * cols, [&] { ek_linear(N, x, di, y, dout, W, tab, coef, alpha, add, cols); });
 }
 extern "C" void t_gate(u64 N, const real* x, real* y, int ns, int ng, const int* gtab, int din,
     int dout, real c) {
@@ -207,6 +207,7 @@ type LinFn<T> = unsafe extern "C" fn(
     *const T,
     T,
     *const T,
+    i32,
 );
 type GemmFn<T> = unsafe extern "C" fn(u64, u64, u64, T, *const T, *const T, i32, T, *mut T);
 type ActFn<T> = unsafe extern "C" fn(u64, *const T, *mut T, T);
@@ -247,6 +248,7 @@ impl<'l, T: Scalar> K<'l, T> {
                 c.as_ptr(),
                 T::from_f64(alpha),
                 add.map_or(std::ptr::null(), |a| a.as_ptr()),
+                t.cols as i32,
             )
         };
         y

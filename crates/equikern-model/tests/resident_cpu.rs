@@ -58,7 +58,7 @@ template <class F> static void grid(u64 n, F f) {
 extern "C" void l_ek_edge_geometry(void** p, u64 it) { grid(it, [&] { ek_edge_geometry(A(0,u64), A(1,D), A(2,D), A(3,int), A(4,double), A(5,int), A(6,double), A(7,double), A(8,W), A(9,W)); }); }
 extern "C" void l_ek_edge_force(void** p, u64 it) { grid(it, [&] { ek_edge_force(A(0,u64), A(1,D), A(2,D), A(3,int), A(4,double), A(5,int), A(6,double), A(7,double), A(8,R), A(9,R), A(10,double*)); }); }
 extern "C" void l_ek_one_hot(void** p, u64 it) { grid(it, [&] { ek_one_hot(A(0,u64), A(1,U), A(2,int), A(3,W)); }); }
-extern "C" void l_ek_linear(void** p, u64 it) { grid(it, [&] { ek_linear(A(0,u64), A(1,R), A(2,int), A(3,W), A(4,int), A(5,R), A(6,const int*), A(7,R), A(8,real), A(9,R)); }); }
+extern "C" void l_ek_linear(void** p, u64 it) { grid(it, [&] { ek_linear(A(0,u64), A(1,R), A(2,int), A(3,W), A(4,int), A(5,R), A(6,const int*), A(7,R), A(8,real), A(9,R), A(10,int)); }); }
 extern "C" void l_ek_gate(void** p, u64 it) { grid(it, [&] { ek_gate(A(0,u64), A(1,R), A(2,W), A(3,int), A(4,int), A(5,const int*), A(6,int), A(7,int), A(8,real)); }); }
 extern "C" void l_ek_gate_backward(void** p, u64 it) { grid(it, [&] { ek_gate_backward(A(0,u64), A(1,R), A(2,R), A(3,W), A(4,int), A(5,int), A(6,const int*), A(7,int), A(8,int), A(9,real)); }); }
 extern "C" void l_ek_act(void** p, u64 it) { grid(it, [&] { ek_act(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }

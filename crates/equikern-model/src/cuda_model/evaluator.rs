@@ -47,6 +47,8 @@ struct DevLinear<T: Pod, D: Memory> {
     w: Buf<T, D>,
     dim_in: usize,
     dim_out: usize,
+    /// `ek_linear`'s column groups per row group.
+    cols: usize,
 }
 
 struct DevGate<D: Memory> {
@@ -154,6 +156,7 @@ impl<T: DevReal, D: Memory> DevLinear<T, D> {
             w: Buf::from_host(d, mem, &cast::<T>(&t.weight))?,
             dim_in: t.dim_in,
             dim_out: t.dim_out,
+            cols: t.cols,
         })
     }
     fn fwd(d: &D, mem: &Arc<Mem>, l: &Linear<T>) -> Result<Self> {
@@ -568,7 +571,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         alpha: T,
         add: Option<&D::Buf<T>>,
     ) -> Result<()> {
-        let iterations = (n.div_ceil(LINEAR_ROWS) * l.dim_out) as u64;
+        let iterations = (n.div_ceil(LINEAR_ROWS) * l.cols) as u64;
         if iterations == 0 {
             return Ok(());
         }
@@ -596,6 +599,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                     Some(a) => Arg::Real(a, 0),
                     None => Arg::Null,
                 },
+                Arg::I32(l.cols as i32),
             ],
         )
     }

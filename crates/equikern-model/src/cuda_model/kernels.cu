@@ -172,48 +172,66 @@ extern "C" __global__ void ek_one_hot(u64 nodes, const unsigned* __restrict__ ty
 // per path (in_off, mul_in, w_off)] at offset 1 + 5 n_blocks; coef[path].
 // Output element j = out_off + w*dim + m of a block:
 //   Σ_{paths into the block} coef · Σ_u x[n, in_off + u*dim + m] · W[w_off + u*mul_out + w].
-// One iteration computes element j for EK_LIN_NODES (prelude) consecutive rows, so each weight load
-// serves that many rows (consecutive iterations: consecutive j, coalesced weights, the rows'
-// x values broadcast); every row's sum keeps the host's order.
+// Register tiles: one iteration computes EK_LIN_NODES consecutive rows × EK_LIN_COLS
+// consecutive w (same block, same m), so per u it loads EK_LIN_NODES x values and
+// EK_LIN_COLS weights for EK_LIN_NODES·EK_LIN_COLS multiply-adds. Iterations:
+// ceil(nodes / EK_LIN_NODES) × cols, cols = Σ_blocks ceil(mul_out / EK_LIN_COLS) · dim, the
+// column groups of a block numbered (w group, m) with m fastest (consecutive iterations:
+// consecutive m or w group: coalesced x or weights, the other broadcast). Every output
+// element keeps the host's summation order (u ascending per path, paths in order).
 extern "C" __global__ void ek_linear(u64 nodes, const real* __restrict__ x, int in_dim,
                                      real* y, int out_dim, const real* __restrict__ W,
                                      const int* __restrict__ tab,
                                      const real* __restrict__ coef, real alpha,
-                                     const real* __restrict__ add) {
+                                     const real* __restrict__ add, int cols) {
   int nblocks = tab[0];
   const int* paths = tab + 1 + 5 * nblocks;
   u64 groups = (nodes + EK_LIN_NODES - 1) / EK_LIN_NODES;
-  EK_FOR(i, groups * (u64)out_dim) {
-    u64 n0 = (i / (u64)out_dim) * EK_LIN_NODES;
-    int j = (int)(i % (u64)out_dim);
-    // rows past the end read the last row (valid memory) and are not written
+  EK_FOR(i, groups * (u64)cols) {
+    u64 n0 = (i / (u64)cols) * EK_LIN_NODES;
+    int c = (int)(i % (u64)cols);
+    const int* blk = tab + 1;
+    int b = 0;
+    for (; b < nblocks; ++b) {
+      blk = tab + 1 + 5 * b;
+      int nc = ((blk[1] + EK_LIN_COLS - 1) / EK_LIN_COLS) * blk[2];
+      if (c < nc) break;
+      c -= nc;
+    }
+    if (b == nblocks) continue;
+    int off = blk[0], mo = blk[1], dim = blk[2];
+    int m = c % dim, w0 = (c / dim) * EK_LIN_COLS;
+    // rows/columns past the end read the last valid one and are not written
     u64 row[EK_LIN_NODES];
     for (int q = 0; q < EK_LIN_NODES; ++q) row[q] = n0 + q < nodes ? n0 + q : nodes - 1;
-    real acc[EK_LIN_NODES];
-    for (int q = 0; q < EK_LIN_NODES; ++q) acc[q] = (real)0;
-    for (int b = 0; b < nblocks; ++b) {
-      const int* blk = tab + 1 + 5 * b;
-      int off = blk[0], mo = blk[1], dim = blk[2];
-      if (j < off || j >= off + mo * dim) continue;
-      int w = (j - off) / dim, m = (j - off) % dim;
-      for (int p = blk[3]; p < blk[3] + blk[4]; ++p) {
-        int in_off = paths[3 * p], mi = paths[3 * p + 1], w_off = paths[3 * p + 2];
-        const real* ws = W + w_off + w;
-        real t[EK_LIN_NODES];
-        for (int q = 0; q < EK_LIN_NODES; ++q) t[q] = (real)0;
-        for (int u = 0; u < mi; ++u) {
-          real wv = ws[u * mo];
-          for (int q = 0; q < EK_LIN_NODES; ++q)
-            t[q] += x[row[q] * (u64)in_dim + in_off + u * dim + m] * wv;
-        }
-        for (int q = 0; q < EK_LIN_NODES; ++q) acc[q] += coef[p] * t[q];
+    int col[EK_LIN_COLS];
+    for (int k = 0; k < EK_LIN_COLS; ++k) col[k] = w0 + k < mo ? w0 + k : mo - 1;
+    real acc[EK_LIN_NODES][EK_LIN_COLS];
+    for (int q = 0; q < EK_LIN_NODES; ++q)
+      for (int k = 0; k < EK_LIN_COLS; ++k) acc[q][k] = (real)0;
+    for (int p = blk[3]; p < blk[3] + blk[4]; ++p) {
+      int in_off = paths[3 * p], mi = paths[3 * p + 1], w_off = paths[3 * p + 2];
+      real t[EK_LIN_NODES][EK_LIN_COLS];
+      for (int q = 0; q < EK_LIN_NODES; ++q)
+        for (int k = 0; k < EK_LIN_COLS; ++k) t[q][k] = (real)0;
+      for (int u = 0; u < mi; ++u) {
+        real wv[EK_LIN_COLS], xv[EK_LIN_NODES];
+        for (int k = 0; k < EK_LIN_COLS; ++k) wv[k] = W[w_off + u * mo + col[k]];
+        for (int q = 0; q < EK_LIN_NODES; ++q)
+          xv[q] = x[row[q] * (u64)in_dim + in_off + u * dim + m];
+        for (int q = 0; q < EK_LIN_NODES; ++q)
+          for (int k = 0; k < EK_LIN_COLS; ++k) t[q][k] += xv[q] * wv[k];
       }
-      break;
+      for (int q = 0; q < EK_LIN_NODES; ++q)
+        for (int k = 0; k < EK_LIN_COLS; ++k) acc[q][k] += coef[p] * t[q][k];
     }
     for (int q = 0; q < EK_LIN_NODES; ++q) {
       if (n0 + q >= nodes) break;
-      u64 o = (n0 + q) * (u64)out_dim + j;
-      y[o] = alpha * acc[q] + (add ? add[o] : (real)0);
+      for (int k = 0; k < EK_LIN_COLS; ++k) {
+        if (w0 + k >= mo) break;
+        u64 o = (n0 + q) * (u64)out_dim + off + (w0 + k) * dim + m;
+        y[o] = alpha * acc[q][k] + (add ? add[o] : (real)0);
+      }
     }
   }
 }

@@ -12,8 +12,11 @@ use std::fmt::Write as _;
 pub const KERNELS_CU: &str = include_str!("kernels.cu");
 
 /// Rows one `ek_linear` iteration computes (`EK_LIN_NODES`): a launch over `n` rows has
-/// `ceil(n / LINEAR_ROWS) · dim_out` iterations.
+/// `ceil(n / LINEAR_ROWS) · LinearTable::cols` iterations.
 pub const LINEAR_ROWS: usize = 4;
+
+/// Output channels (`w`) one `ek_linear` iteration computes (`EK_LIN_COLS`).
+pub const LINEAR_COLS: usize = 4;
 
 /// Largest spherical-harmonics degree the edge kernels are generated for.
 pub const MAX_SH_L: u32 = 6;
@@ -63,6 +66,7 @@ pub fn kernel_source<T: Scalar>(lmax: u32) -> Result<String> {
     let _ = writeln!(s, "#define EK_EXP(x) {exp}(x)");
     let _ = writeln!(s, "#define EK_SH_LMAX {lmax}");
     let _ = writeln!(s, "#define EK_LIN_NODES {LINEAR_ROWS}");
+    let _ = writeln!(s, "#define EK_LIN_COLS {LINEAR_COLS}");
     let list = |v: Vec<String>| {
         if v.is_empty() {
             "0".to_string()
@@ -102,6 +106,17 @@ pub struct LinearTable {
     pub weight: Vec<f64>,
     pub dim_in: usize,
     pub dim_out: usize,
+    /// Column groups of one row group (`ek_linear`'s `cols`): `Σ_blocks ceil(mul_out /
+    /// LINEAR_COLS) · dim`.
+    pub cols: usize,
+}
+
+/// Column groups of a table's blocks (see [`LinearTable::cols`]).
+fn column_groups(blocks: &[(usize, usize, usize)]) -> usize {
+    blocks
+        .iter()
+        .map(|&(_, mul, dim)| mul.div_ceil(LINEAR_COLS) * dim)
+        .sum()
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
@@ -151,6 +166,7 @@ impl LinearTable {
             weight: l.weight.iter().map(|w| w.to_f64()).collect(),
             dim_in: l.dim_in,
             dim_out: l.dim_out,
+            cols: column_groups(&blocks),
         })
     }
 
@@ -205,6 +221,7 @@ impl LinearTable {
             weight,
             dim_in: l.dim_out,
             dim_out: l.dim_in,
+            cols: column_groups(&blocks),
         })
     }
 }
