@@ -71,7 +71,7 @@ extern "C" void t_act_backward(u64 n, const real* pre, real* g, real c) {
 }
 extern "C" void t_gemm(u64 m, u64 n, u64 k, real alpha, const real* A, const real* B, int tb,
     real beta, real* C) {
-  grid(m * n, [&] { ek_gemm(m, n, k, alpha, A, B, tb, beta, C); });
+  grid(((m + EK_LIN_NODES - 1) / EK_LIN_NODES) * ((n + EK_LIN_COLS - 1) / EK_LIN_COLS), [&] { ek_gemm(m, n, k, alpha, A, B, tb, beta, C); });
 }
 extern "C" void t_accumulate(u64 n, real* dst, const real* src, int first) {
   grid(n, [&] { ek_accumulate(n, dst, src, first); });

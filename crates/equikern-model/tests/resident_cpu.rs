@@ -17,7 +17,7 @@ use common::*;
 use equikern::plan::{Direction, Tensor};
 use equikern_core::conv::{ConvOracle, Csr, End};
 use equikern_model::cuda_model::exec::{Arg, Exec, Kern, Memory, Pod};
-use equikern_model::cuda_model::tables::kernel_source;
+use equikern_model::cuda_model::tables::{gemm_iterations, kernel_source};
 use equikern_model::cuda_model::{DevReal, Resident};
 use equikern_model::systems::si_diamond;
 use equikern_model::{Prediction, Result, SevenNet, Structure};
@@ -275,7 +275,7 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         let c: &HostBuf<T> = c;
         self.launch(
             Kern::Gemm,
-            (m * n) as u64,
+            gemm_iterations(m, n),
             &[
                 Arg::U64(m as u64),
                 Arg::U64(n as u64),

@@ -242,7 +242,7 @@ impl Gemmer {
                     .arg(&beta)
                     .arg(c);
                 // SAFETY: lengths checked above; the kernel reads A[m·k], B[k·n], writes C[m·n].
-                unsafe { lb.launch(super::launch_cfg(m64 * n64)) }
+                unsafe { lb.launch(super::launch_cfg(super::tables::gemm_iterations(m, n))) }
                     .map(|_| ())
                     .map_err(super::buffers::drv)
             }

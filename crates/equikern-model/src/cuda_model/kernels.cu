@@ -323,22 +323,37 @@ extern "C" __global__ void ek_act_backward(u64 n, const real* __restrict__ pre, 
 }
 
 // Row-major C[m, n] = alpha · A[m, k] · op(B) + beta · C, op(B) = B [k, n] (trans_b = 0) or
-// Bᵀ of B [n, k] (trans_b = 1). The fallback when cuBLAS is absent (and the test oracle's
-// twin): one element per iteration, k ascending.
+// Bᵀ of B [n, k] (trans_b = 1). The fallback when cuBLAS is absent: register tiles of
+// EK_LIN_NODES rows × EK_LIN_COLS columns per iteration (ceil(m / EK_LIN_NODES) ·
+// ceil(n / EK_LIN_COLS) iterations, column groups fastest), k ascending per element.
 extern "C" __global__ void ek_gemm(u64 m, u64 n, u64 k, real alpha, const real* __restrict__ A,
                                    const real* __restrict__ B, int trans_b, real beta,
                                    real* C) {
-  EK_FOR(i, m * n) {
-    u64 r = i / n, col = i % n;
-    real acc = (real)0;
-    const real* a = A + r * k;
-    if (trans_b) {
-      const real* b = B + col * k;
-      for (u64 q = 0; q < k; ++q) acc += a[q] * b[q];
-    } else {
-      for (u64 q = 0; q < k; ++q) acc += a[q] * B[q * n + col];
+  u64 ncg = (n + EK_LIN_COLS - 1) / EK_LIN_COLS;
+  u64 nrg = (m + EK_LIN_NODES - 1) / EK_LIN_NODES;
+  EK_FOR(i, nrg * ncg) {
+    u64 r0 = (i / ncg) * EK_LIN_NODES, c0 = (i % ncg) * EK_LIN_COLS;
+    u64 row[EK_LIN_NODES], col[EK_LIN_COLS];
+    for (int q = 0; q < EK_LIN_NODES; ++q) row[q] = r0 + q < m ? r0 + q : m - 1;
+    for (int c = 0; c < EK_LIN_COLS; ++c) col[c] = c0 + c < n ? c0 + c : n - 1;
+    real acc[EK_LIN_NODES][EK_LIN_COLS];
+    for (int q = 0; q < EK_LIN_NODES; ++q)
+      for (int c = 0; c < EK_LIN_COLS; ++c) acc[q][c] = (real)0;
+    for (u64 p = 0; p < k; ++p) {
+      real a[EK_LIN_NODES], b[EK_LIN_COLS];
+      for (int q = 0; q < EK_LIN_NODES; ++q) a[q] = A[row[q] * k + p];
+      for (int c = 0; c < EK_LIN_COLS; ++c) b[c] = trans_b ? B[col[c] * k + p] : B[p * n + col[c]];
+      for (int q = 0; q < EK_LIN_NODES; ++q)
+        for (int c = 0; c < EK_LIN_COLS; ++c) acc[q][c] += a[q] * b[c];
     }
-    C[i] = alpha * acc + (beta != (real)0 ? beta * C[i] : (real)0);
+    for (int q = 0; q < EK_LIN_NODES; ++q) {
+      if (r0 + q >= m) break;
+      for (int c = 0; c < EK_LIN_COLS; ++c) {
+        if (c0 + c >= n) break;
+        u64 o = (r0 + q) * n + c0 + c;
+        C[o] = alpha * acc[q][c] + (beta != (real)0 ? beta * C[o] : (real)0);
+      }
+    }
   }
 }
 

@@ -18,6 +18,11 @@ pub const LINEAR_ROWS: usize = 4;
 /// Output channels (`w`) one `ek_linear` iteration computes (`EK_LIN_COLS`).
 pub const LINEAR_COLS: usize = 4;
 
+/// Iterations of an `ek_gemm` launch for `C [m, n]` (its register tiles).
+pub fn gemm_iterations(m: usize, n: usize) -> u64 {
+    (m.div_ceil(LINEAR_ROWS) * n.div_ceil(LINEAR_COLS)) as u64
+}
+
 /// Largest spherical-harmonics degree the edge kernels are generated for.
 pub const MAX_SH_L: u32 = 6;
 
