@@ -176,6 +176,36 @@ impl ConvGraph {
         })
     }
 
+    /// A graph from an already built [`Csr`] whose CSR-mode index tables are already on the
+    /// CUDA device (`(tensor, table)` for `RecvCsr`, `SendCsr`, `Receiver`, `Sender`; see
+    /// [`equikern_cuda::CudaGraph::with_device_tables`]): callers that reuse those buffers
+    /// across structures build a graph without allocating or uploading.
+    ///
+    /// # Safety
+    /// Each table must start with exactly what `csr` gives for it ([`Csr::packed`],
+    /// `csr.receiver`, `csr.sender`) and must not be written while the graph lives.
+    #[cfg(feature = "cuda")]
+    pub unsafe fn from_csr_with_cuda_tables(
+        device: &Device,
+        csr: Arc<Csr>,
+        tables: Vec<(Tensor, Arc<equikern_cuda::CudaSlice<u32>>)>,
+    ) -> Result<ConvGraph> {
+        let DeviceInner::Cuda(d) = &device.inner else {
+            return Err(Error::Unsupported(format!(
+                "argument device: CUDA tables need a CUDA device, not {}",
+                device.name()
+            )));
+        };
+        // SAFETY: the caller's contract, passed on.
+        let g = unsafe { equikern_cuda::CudaGraph::with_device_tables(d, csr.clone(), tables) }?;
+        Ok(ConvGraph {
+            nodes: csr.nodes,
+            edges: csr.edges(),
+            csr: Some(csr),
+            dev: GraphDev::Cuda(g),
+        })
+    }
+
     pub fn nodes(&self) -> usize {
         self.nodes
     }

@@ -94,6 +94,51 @@ impl CudaGraph {
         }
     }
 
+    /// A host-built graph whose CSR-mode index tables the caller already holds on this
+    /// device (e.g. buffers reused across structures, so a new graph uploads and allocates
+    /// nothing): `(tensor, table)` for any of `RecvCsr`, `SendCsr` (the packed views of
+    /// [`Csr::packed`]), `Receiver`, `Sender`. Other tables (pieces) are uploaded on first
+    /// use as usual. A table may be longer than the graph needs.
+    ///
+    /// # Safety
+    /// Each table must start with exactly the contents [`Csr::packed`] / `csr.receiver` /
+    /// `csr.sender` give for `csr` (the kernels index device memory through them), and must
+    /// not be written while this graph lives.
+    pub unsafe fn with_device_tables(
+        dev: &CudaDevice,
+        csr: Arc<Csr>,
+        tables: Vec<(Tensor, Arc<CudaSlice<u32>>)>,
+    ) -> Result<Self> {
+        let (n, e) = (csr.nodes, csr.edges());
+        let mut map = BTreeMap::new();
+        for (t, b) in tables {
+            let need = match t {
+                Tensor::RecvCsr | Tensor::SendCsr => n + 1 + 2 * e,
+                Tensor::Receiver | Tensor::Sender => e,
+                other => {
+                    return Err(CudaError::Plan(format!(
+                        "{other:?} is not a CSR-mode index table"
+                    )))
+                }
+            };
+            if b.len() < need {
+                return Err(CudaError::Length {
+                    arg: "index table",
+                    expected: need,
+                    actual: b.len(),
+                });
+            }
+            map.insert((t, 0), b);
+        }
+        Ok(CudaGraph {
+            dev: dev.clone(),
+            nodes: n as u64,
+            edges: e as u64,
+            csr: Some(csr),
+            tables: Mutex::new(map),
+        })
+    }
+
     /// The host-side graph, if it was built on the host.
     pub fn csr(&self) -> Option<&Arc<Csr>> {
         self.csr.as_ref()

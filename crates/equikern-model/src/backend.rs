@@ -838,7 +838,16 @@ enum Inner {
     DevF32(SevenNet<f32>, DeviceBackend),
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     DevF64(SevenNet<f64>, DeviceBackend),
+    /// The whole step resident on a CUDA device.
+    #[cfg(feature = "cuda")]
+    CudaF32(Box<crate::cuda_model::CudaSevenNet<f32>>),
+    #[cfg(feature = "cuda")]
+    CudaF64(Box<crate::cuda_model::CudaSevenNet<f64>>),
 }
+
+/// `EQUIKERN_MODEL_CUDA=generic` picks the generic [`DeviceBackend`] on CUDA (convolutions on
+/// the device, dense layers on the host) instead of the resident evaluator (A/B runs).
+pub const CUDA_PATH_ENV: &str = "EQUIKERN_MODEL_CUDA";
 
 impl Evaluator {
     /// `model` on `target` in `dtype` (opens the device: an error if it is unavailable or the
@@ -902,9 +911,43 @@ impl Evaluator {
     }
 
     /// On a device the caller opened (e.g. a chosen wgpu adapter; a CPU device gives
-    /// [`Self::cpu`]).
+    /// [`Self::cpu`]). On CUDA the whole step is resident on the device
+    /// ([`crate::cuda_model::CudaSevenNet`]) unless `EQUIKERN_MODEL_CUDA=generic`
+    /// ([`Self::on_device_generic`]).
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     pub fn on_device(
+        model: &SevenNet<f64>,
+        device: equikern::Device,
+        dtype: Dtype,
+    ) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if device.backend() == equikern::Backend::Cuda
+            && std::env::var(CUDA_PATH_ENV).as_deref() != Ok("generic")
+        {
+            check_combination(Target::Cuda, dtype)?;
+            let inner = match dtype {
+                Dtype::F32 => Inner::CudaF32(Box::new(crate::cuda_model::CudaSevenNet::new(
+                    &model.cast::<f32>(),
+                    device,
+                )?)),
+                Dtype::F64 => Inner::CudaF64(Box::new(crate::cuda_model::CudaSevenNet::new(
+                    model, device,
+                )?)),
+            };
+            return Ok(Evaluator {
+                inner,
+                target: Target::Cuda,
+                dtype,
+                nl: crate::neighbours_cuda::AutoList::from_env()?,
+            });
+        }
+        Self::on_device_generic(model, device, dtype)
+    }
+
+    /// On a device through the generic [`DeviceBackend`] (convolutions on the device, dense
+    /// layers on the host), also on CUDA.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    pub fn on_device_generic(
         model: &SevenNet<f64>,
         device: equikern::Device,
         dtype: Dtype,
@@ -934,12 +977,22 @@ impl Evaluator {
         })
     }
 
-    /// The device backend (wgpu/CUDA), `None` on the CPU.
+    /// The device backend (wgpu/CUDA), `None` on the CPU and for the resident CUDA
+    /// evaluator ([`Self::is_resident`]).
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     pub fn device_backend(&self) -> Option<&DeviceBackend> {
         match &self.inner {
             Inner::DevF32(_, b) | Inner::DevF64(_, b) => Some(b),
             _ => None,
+        }
+    }
+
+    /// Whether the whole step runs resident on a CUDA device ([`crate::cuda_model`]).
+    pub fn is_resident(&self) -> bool {
+        match &self.inner {
+            #[cfg(feature = "cuda")]
+            Inner::CudaF32(_) | Inner::CudaF64(_) => true,
+            _ => false,
         }
     }
 
@@ -960,6 +1013,10 @@ impl Evaluator {
             Inner::DevF32(_, b) => Backend::<f32>::describe(b),
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             Inner::DevF64(_, b) => Backend::<f64>::describe(b),
+            #[cfg(feature = "cuda")]
+            Inner::CudaF32(c) => c.describe(),
+            #[cfg(feature = "cuda")]
+            Inner::CudaF64(c) => c.describe(),
         }
     }
 
@@ -1014,7 +1071,11 @@ impl Evaluator {
         if self.target != Target::Cuda || !self.nl.uses_device(s.positions.len()) {
             return None;
         }
-        self.device_backend()?.device().cuda_device()
+        match &self.inner {
+            Inner::CudaF32(c) => c.exec().device().cuda_device(),
+            Inner::CudaF64(c) => c.exec().device().cuda_device(),
+            _ => self.device_backend()?.device().cuda_device(),
+        }
     }
 
     /// The model's cutoff radius (Å).
@@ -1026,6 +1087,10 @@ impl Evaluator {
             Inner::DevF32(m, _) => m.cutoff,
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             Inner::DevF64(m, _) => m.cutoff,
+            #[cfg(feature = "cuda")]
+            Inner::CudaF32(c) => c.model().cutoff,
+            #[cfg(feature = "cuda")]
+            Inner::CudaF64(c) => c.model().cutoff,
         }
     }
 
@@ -1039,6 +1104,10 @@ impl Evaluator {
             Inner::DevF32(m, b) => m.evaluate_graph_on(b, s, g),
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             Inner::DevF64(m, b) => m.evaluate_graph_on(b, s, g),
+            #[cfg(feature = "cuda")]
+            Inner::CudaF32(c) => c.evaluate_graph(s, g),
+            #[cfg(feature = "cuda")]
+            Inner::CudaF64(c) => c.evaluate_graph(s, g),
         }
     }
 
@@ -1049,6 +1118,10 @@ impl Evaluator {
             Inner::DevF32(_, b) => Backend::<f32>::counters(b),
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             Inner::DevF64(_, b) => Backend::<f64>::counters(b),
+            #[cfg(feature = "cuda")]
+            Inner::CudaF32(c) => c.counters(),
+            #[cfg(feature = "cuda")]
+            Inner::CudaF64(c) => c.counters(),
             _ => DeviceCounters::default(),
         }
     }
@@ -1060,6 +1133,10 @@ impl Evaluator {
             Inner::DevF32(_, b) => Backend::<f32>::reset_peak(b),
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             Inner::DevF64(_, b) => Backend::<f64>::reset_peak(b),
+            #[cfg(feature = "cuda")]
+            Inner::CudaF32(c) => c.reset_peak(),
+            #[cfg(feature = "cuda")]
+            Inner::CudaF64(c) => c.reset_peak(),
             _ => {}
         }
     }
@@ -1073,6 +1150,10 @@ impl Evaluator {
             Inner::DevF32(m, _) => m.species(),
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             Inner::DevF64(m, _) => m.species(),
+            #[cfg(feature = "cuda")]
+            Inner::CudaF32(c) => c.model().species(),
+            #[cfg(feature = "cuda")]
+            Inner::CudaF64(c) => c.model().species(),
         }
     }
 }

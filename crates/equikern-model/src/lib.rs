@@ -9,12 +9,14 @@
 //! * [`torch_save`] — writes torch.save-layout checkpoints (random SevenNet weights for tests).
 //! * [`sevennet`] — SevenNet-0: energy, forces, stress, in f64 or f32 ([`scalar`]).
 //! * [`systems`] — benchmark structures (Si diamond supercells, water boxes).
+//! * [`cuda_model`] — the whole step resident on a CUDA GPU (`CudaSevenNet`).
 //! * [`backend`] — where it runs: [`Backend`] (the ops the model needs), [`CpuBackend`],
 //!   `DeviceBackend` (wgpu/CUDA convolutions through `equikern::ConvOp`), and [`Evaluator`]
 //!   (backend and dtype chosen at run time).
 
 pub mod backend;
 pub mod checkpoint;
+pub mod cuda_model;
 pub mod elements;
 pub mod error;
 pub mod extxyz;

@@ -157,7 +157,7 @@ impl<T: Scalar> Interaction<T> {
 /// such structures (the model was never trained there; forces would be meaningless).
 pub const MIN_DISTANCE: f64 = 0.1;
 
-fn check_overlap(g: &Graph) -> Result<()> {
+pub(crate) fn check_overlap(g: &Graph) -> Result<()> {
     let m2 = MIN_DISTANCE * MIN_DISTANCE;
     for e in 0..g.len() {
         let v = g.vec[e];
@@ -230,6 +230,38 @@ pub struct Prediction {
     pub forces: Vec<[f64; 3]>,
     pub stress: Option<[f64; 6]>,
     pub num_edges: usize,
+}
+
+impl Prediction {
+    /// The prediction from per-atom energies, forces and the virial `Σ_e r_e ⊗ f_e`
+    /// (`virial[a][b] = Σ r_a f_b`): energy = Σ atomic, stress (ASE, Voigt xx yy zz yz xz
+    /// xy) = virial / V when all three directions are periodic (else `None`).
+    pub fn assemble(
+        s: &Structure,
+        atomic: Vec<f64>,
+        forces: Vec<[f64; 3]>,
+        virial: [[f64; 3]; 3],
+        num_edges: usize,
+    ) -> Prediction {
+        let vol = s.volume();
+        let stress = (s.pbc.iter().all(|&p| p) && vol > 1e-3).then(|| {
+            [
+                virial[0][0] / vol,
+                virial[1][1] / vol,
+                virial[2][2] / vol,
+                virial[1][2] / vol,
+                virial[2][0] / vol,
+                virial[0][1] / vol,
+            ]
+        });
+        Prediction {
+            energy: atomic.iter().sum(),
+            atomic_energies: atomic,
+            forces,
+            stress,
+            num_edges,
+        }
+    }
 }
 
 fn cfg<'a>(c: &'a Value, field: &str) -> Result<&'a Value> {
@@ -864,24 +896,7 @@ impl<T: Scalar> SevenNet<T> {
             }
         }
         clock.add(&clock.edge_geometry, t_forces);
-        let vol = s.volume();
-        let stress = (s.pbc.iter().all(|&p| p) && vol > 1e-3).then(|| {
-            [
-                virial[0][0] / vol,
-                virial[1][1] / vol,
-                virial[2][2] / vol,
-                virial[1][2] / vol,
-                virial[2][0] / vol,
-                virial[0][1] / vol,
-            ]
-        });
-        let p = Prediction {
-            energy: atomic.iter().sum(),
-            atomic_energies: atomic,
-            forces,
-            stress,
-            num_edges: g.len(),
-        };
+        let p = Prediction::assemble(s, atomic, forces, virial, g.len());
         Ok((p, clock.profile(t0.elapsed().as_secs_f64(), n, g.len())))
     }
 
@@ -1071,7 +1086,7 @@ impl<T: Scalar> SevenNet<T> {
 }
 
 /// `(receiver, sender)` = `(src, dst)` as u32, each index checked against `n` atoms.
-fn edge_lists(n: usize, src: &[usize], dst: &[usize]) -> Result<(Vec<u32>, Vec<u32>)> {
+pub(crate) fn edge_lists(n: usize, src: &[usize], dst: &[usize]) -> Result<(Vec<u32>, Vec<u32>)> {
     if let Some(e) = (0..src.len()).find(|&e| src[e] >= n || dst[e] >= n) {
         return Err(ModelError::input(
             format!("edges[{e}]"),

@@ -359,7 +359,8 @@ fn cuda_kernels_are_reused_across_structure_sizes() {
     let Some(dev) = cuda_device() else { return };
     let Some(model) = real_model() else { return };
     for dtype in [Dtype::F32, Dtype::F64] {
-        let ev = Evaluator::on_device(&model, dev.clone(), dtype).unwrap();
+        // the generic DeviceBackend (the resident path: tests/cuda_model.rs)
+        let ev = Evaluator::on_device_generic(&model, dev.clone(), dtype).unwrap();
         let plans = |ev: &Evaluator| {
             let b = ev.device_backend().unwrap();
             let pd = match dtype {
@@ -446,7 +447,8 @@ fn expected_traffic(model: &SevenNet, nodes: usize, edges: usize, elem: u64) -> 
 /// the graph's index tables once per structure, and all device buffers freed after the step.
 fn check_device_traffic(dev: Device, dtype: Dtype, elem: u64) {
     let model = small_model("XPLOR", 11);
-    let ev = Evaluator::on_device(&model, dev, dtype).unwrap();
+    // the generic DeviceBackend's traffic (the resident CUDA path: tests/cuda_model.rs)
+    let ev = Evaluator::on_device_generic(&model, dev, dtype).unwrap();
     let s = triclinic();
     let cpu = Evaluator::cpu(&model, Dtype::F64).evaluate(&s).unwrap();
     let c0 = ev.counters();

@@ -11,6 +11,19 @@ use crate::error::{ModelError, Result};
 use crate::scalar::{cast_vec, Scalar};
 use equikern_core::Irreps;
 
+/// One path of a [`Linear`] (`irreps_in` block → `irreps_out` block of the same irrep):
+/// `out[out_off + w·dim + m] += coef · Σ_u W[w_off + u·mul_out + w] · x[in_off + u·dim + m]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearPath<T> {
+    pub in_off: usize,
+    pub out_off: usize,
+    pub mul_in: usize,
+    pub mul_out: usize,
+    pub dim: usize,
+    pub w_off: usize,
+    pub coef: T,
+}
+
 #[derive(Clone, Debug)]
 struct Ins<T> {
     in_off: usize,
@@ -100,6 +113,23 @@ impl<T: Scalar> Linear<T> {
             weight,
             ins,
         })
+    }
+
+    /// The paths in instruction order (what the host loops run; device kernels are built
+    /// from these).
+    pub fn paths(&self) -> Vec<LinearPath<T>> {
+        self.ins
+            .iter()
+            .map(|p| LinearPath {
+                in_off: p.in_off,
+                out_off: p.out_off,
+                mul_in: p.mul_in,
+                mul_out: p.mul_out,
+                dim: p.dim,
+                w_off: p.w_off,
+                coef: p.coef,
+            })
+            .collect()
     }
 
     /// The same layer computing in `U` (weights and coefficients cast once).

@@ -11,5 +11,5 @@ pub mod radial;
 pub use act::{normalize2mom_quadrature, normalize2mom_torch, silu, silu_grad};
 pub use fcnet::{FcTape, FullyConnectedNet};
 pub use gate::Gate;
-pub use linear::Linear;
+pub use linear::{Linear, LinearPath};
 pub use radial::{BesselBasis, Cutoff};

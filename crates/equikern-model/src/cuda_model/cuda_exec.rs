@@ -1,0 +1,316 @@
+//! [`CudaExec`]: the resident step's device operations on a CUDA GPU — the kernels of
+//! `kernels.cu` (NVRTC, cached by equikern-cuda), cuBLAS (or `ek_gemm`) for the products,
+//! `equikern::ConvOp` for the convolutions, all on equikern-cuda's one stream.
+
+use super::buffers::drv;
+use super::exec::{Arg, Exec, Kern, Memory, Pod};
+use super::gemm::{DevReal, Gemmer};
+use super::launch_cfg;
+use super::tables::kernel_source;
+use crate::error::{ModelError, Result};
+use crate::sevennet::SevenNet;
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
+use equikern::plan::{Direction, Tensor};
+use equikern::{ConvGraph, ConvOp, Device};
+use equikern_core::conv::{Csr, End};
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+fn err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::backend("cuda", e)
+}
+
+/// One CUDA device's operations for a model in `T`.
+pub struct CudaExec<T> {
+    device: Device,
+    stream: Arc<CudaStream>,
+    funcs: Vec<CudaFunction>,
+    gemm: Gemmer,
+    ops: Vec<ConvOp>,
+    /// The graph's index tables (`RecvCsr`, `SendCsr`, `Receiver`, `Sender`), reused by the
+    /// next structure's graph once the previous one is gone (grow-only).
+    tables: Mutex<[Arc<CudaSlice<u32>>; 4]>,
+    _t: PhantomData<T>,
+}
+
+/// A structure's graph on CUDA: the convolutions' `ConvGraph` and the packed CSR views the
+/// force kernel reads (the same device buffers).
+pub struct CudaGraphTables {
+    conv: ConvGraph,
+    recv: Arc<CudaSlice<u32>>,
+    send: Arc<CudaSlice<u32>>,
+}
+
+impl<T: DevReal> CudaExec<T> {
+    /// Compiles the kernels for `model` (once per model and dtype; NVRTC results cached in
+    /// memory and on disk) and binds its convolutions to `device`.
+    pub fn new(model: &SevenNet<T>, device: Device) -> Result<Self> {
+        let cuda = device.cuda_device().ok_or_else(|| {
+            ModelError::backend(
+                device.name(),
+                "the resident evaluator needs a CUDA device (equikern::Backend::Cuda)",
+            )
+        })?;
+        let stream = cuda.stream().clone();
+        let lmax = model.sh_ls.iter().copied().max().unwrap_or(0);
+        let src = kernel_source::<T>(lmax)?;
+        let (module, _) = cuda
+            .load_source(&format!("equikern-sevennet-{}", T::NAME), &src)
+            .map_err(err)?;
+        let funcs = Kern::ALL
+            .iter()
+            .map(|k| module.load_function(k.name()).map_err(err))
+            .collect::<Result<Vec<_>>>()?;
+        let ops = model
+            .layers
+            .iter()
+            .map(|l| {
+                ConvOp::from_tensor_product(
+                    l.product.clone(),
+                    &device,
+                    equikern::ConvOptions::default(),
+                )
+                .map(|op| op.with_auto_pieces(true))
+                .map_err(err)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let one = || stream.alloc_zeros::<u32>(1).map(Arc::new).map_err(drv);
+        let tables = Mutex::new([one()?, one()?, one()?, one()?]);
+        Ok(CudaExec {
+            tables,
+            gemm: Gemmer::new(&stream),
+            device,
+            stream,
+            funcs,
+            ops,
+            _t: PhantomData,
+        })
+    }
+
+    /// The layers' convolutions (their plans are built on first use, then reused).
+    pub fn ops(&self) -> &[ConvOp] {
+        &self.ops
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Makes the device's context current on this thread (cuBLAS uses the current context;
+    /// kernel launches bind it themselves).
+    pub fn bind(&self) -> Result<()> {
+        self.stream.context().bind_to_thread().map_err(drv)
+    }
+}
+
+impl<T: DevReal> Memory for CudaExec<T> {
+    type Buf<E: Pod> = CudaSlice<E>;
+    type Graph = CudaGraphTables;
+
+    fn describe(&self) -> String {
+        self.device.name().to_string()
+    }
+
+    fn alloc<E: Pod>(&self, n: usize) -> Result<CudaSlice<E>> {
+        self.stream.alloc_zeros::<E>(n.max(1)).map_err(drv)
+    }
+
+    fn capacity<E: Pod>(b: &CudaSlice<E>) -> usize {
+        b.len()
+    }
+
+    fn upload<E: Pod>(&self, src: &[E], dst: &mut CudaSlice<E>) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        if dst.len() < src.len() {
+            return Err(err(format!(
+                "upload of {} elements into a buffer of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        self.stream
+            .memcpy_htod(src, &mut dst.slice_mut(0..src.len()))
+            .map_err(drv)
+    }
+
+    fn download(&self, src: &CudaSlice<f64>, n: usize) -> Result<Vec<f64>> {
+        if src.len() < n {
+            return Err(err(format!("download of {n} elements from {}", src.len())));
+        }
+        self.stream.clone_dtoh(&src.slice(0..n)).map_err(drv)
+    }
+
+    fn zero<E: Pod>(&self, b: &mut CudaSlice<E>) -> Result<()> {
+        self.stream.memset_zeros(b).map_err(drv)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv)
+    }
+
+    fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<CudaGraphTables> {
+        let csr = Arc::new(Csr::build(n, receiver, sender).map_err(err)?);
+        let data = [
+            csr.packed(End::Receiver),
+            csr.packed(End::Sender),
+            csr.receiver.clone(),
+            csr.sender.clone(),
+        ];
+        let mut pool = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tabs = Vec::with_capacity(4);
+        for (slot, v) in pool.iter_mut().zip(&data) {
+            // Reuse the buffer when no graph holds it any more and it is large enough.
+            let fits = Arc::get_mut(slot).is_some_and(|b| b.len() >= v.len().max(1));
+            if !fits {
+                *slot = Arc::new(
+                    self.stream
+                        .alloc_zeros::<u32>(v.len().max(1))
+                        .map_err(drv)?,
+                );
+            }
+            let b = Arc::get_mut(slot).ok_or_else(|| err("index table still in use"))?;
+            if !v.is_empty() {
+                self.stream
+                    .memcpy_htod(v, &mut b.slice_mut(0..v.len()))
+                    .map_err(drv)?;
+            }
+            tabs.push(slot.clone());
+        }
+        let named = vec![
+            (Tensor::RecvCsr, tabs[0].clone()),
+            (Tensor::SendCsr, tabs[1].clone()),
+            (Tensor::Receiver, tabs[2].clone()),
+            (Tensor::Sender, tabs[3].clone()),
+        ];
+        // SAFETY: the tables were just filled with exactly csr's views, and are written again
+        // only when no graph holds them (`Arc::get_mut` above).
+        let conv = unsafe { ConvGraph::from_csr_with_cuda_tables(&self.device, csr, named) }
+            .map_err(err)?;
+        Ok(CudaGraphTables {
+            conv,
+            recv: tabs[0].clone(),
+            send: tabs[1].clone(),
+        })
+    }
+
+    fn graph_views(g: &CudaGraphTables) -> (&CudaSlice<u32>, &CudaSlice<u32>) {
+        (&g.recv, &g.send)
+    }
+
+    fn graph_bytes(g: &CudaGraphTables) -> u64 {
+        g.conv.device_table_bytes()
+    }
+}
+
+/// A kernel argument's value as pushed to the launch.
+enum Val<T> {
+    Ptr(u64),
+    I32(i32),
+    U64(u64),
+    F64(f64),
+    Real(T),
+}
+
+impl<T: DevReal> Exec<T> for CudaExec<T> {
+    fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()> {
+        if iterations == 0 {
+            return Ok(());
+        }
+        let st = &self.stream;
+        let mut guards = Vec::new();
+        let mut vals: Vec<Val<T>> = Vec::with_capacity(args.len());
+        for a in args {
+            vals.push(match a {
+                Arg::Real(b, off) => {
+                    let (p, g) = b.device_ptr(st);
+                    guards.push(g);
+                    Val::Ptr(p + (off * std::mem::size_of::<T>()) as u64)
+                }
+                Arg::F64s(b, off) => {
+                    let (p, g) = b.device_ptr(st);
+                    guards.push(g);
+                    Val::Ptr(p + (off * 8) as u64)
+                }
+                Arg::U32s(b, off) => {
+                    let (p, g) = b.device_ptr(st);
+                    guards.push(g);
+                    Val::Ptr(p + (off * 4) as u64)
+                }
+                Arg::I32s(b) => {
+                    let (p, g) = b.device_ptr(st);
+                    guards.push(g);
+                    Val::Ptr(p)
+                }
+                Arg::U64(v) => Val::U64(*v),
+                Arg::I32(v) => Val::I32(*v),
+                Arg::F64(v) => Val::F64(*v),
+                Arg::Val(v) => Val::Real(*v),
+                Arg::Null => Val::Ptr(0),
+            });
+        }
+        let f = &self.funcs[k.index()];
+        let mut b = st.launch_builder(f);
+        for v in &vals {
+            match v {
+                Val::Ptr(p) => b.arg(p),
+                Val::I32(x) => b.arg(x),
+                Val::U64(x) => b.arg(x),
+                Val::F64(x) => b.arg(x),
+                Val::Real(x) => b.arg(x),
+            };
+        }
+        // SAFETY: the step sizes every buffer for the iterations it launches (see
+        // `Resident::ensure`); the arguments follow the kernel's parameter list.
+        unsafe { b.launch(launch_cfg(iterations)) }
+            .map_err(|e| ModelError::backend("cuda", format!("launching {}: {e}", k.name())))?;
+        drop(guards);
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        dims: (usize, usize, usize),
+        alpha: T,
+        a: &CudaSlice<T>,
+        b: &CudaSlice<T>,
+        trans_b: bool,
+        beta: T,
+        c: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        // cuBLAS runs in the thread's current context (launches and copies bind it
+        // themselves; a cuBLAS call alone does not).
+        self.bind()?;
+        self.gemm.gemm(
+            &self.stream,
+            &self.funcs[Kern::Gemm.index()],
+            dims,
+            alpha,
+            a,
+            b,
+            trans_b,
+            beta,
+            c,
+        )
+    }
+
+    fn conv(
+        &self,
+        layer: usize,
+        d: Direction,
+        g: &CudaGraphTables,
+        inputs: &[(Tensor, &CudaSlice<T>)],
+        outputs: &mut [(Tensor, &mut CudaSlice<T>)],
+    ) -> Result<()> {
+        let op = self
+            .ops
+            .get(layer)
+            .ok_or_else(|| err(format!("layer {layer}: no such convolution")))?;
+        op.run_cuda(d, &g.conv, inputs, outputs).map_err(err)
+    }
+
+    fn gemm_name(&self) -> &'static str {
+        self.gemm.name()
+    }
+}

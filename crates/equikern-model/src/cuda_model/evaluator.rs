@@ -1,0 +1,970 @@
+//! [`CudaSevenNet`]: the whole SevenNet step on one CUDA device (see the module docs of
+//! `cuda_model`).
+//!
+//! Memory policy: a layer's per-edge weights `w [E, weight_numel]` (and its radial MLP's
+//! pre-activations `[E, hidden]`, which the MLP backward needs) are kept from the forward to
+//! the backward while all layers' together fit [`KEEP_W_ENV`]'s budget (default
+//! [`DEFAULT_KEEP_W_BYTES`]: 7net-0 in f32 keeps them up to ≈ 18,000 Si atoms; 4,096 atoms
+//! need 1.9 GB). Beyond it (917,504 edges: 3,488 weights + 640 pre-activations per edge
+//! would be 15 GB in f32) they are recomputed: the backward reruns each layer's radial MLP
+//! from the edge embedding (the last layer's is still in place), one `w` buffer of
+//! `E × max(weight_numel)` and one set of hidden buffers serve all layers, and the peak is
+//! `w` + `gw` + 4 hidden `[E, 64]` ≈ 8.3 GB at 917,504 edges (f32). The MLP backward forms
+//! input gradients only (no weight gradients), overwriting the activation buffers. Node
+//! tensors are kept per layer (the conv input and the gate input, a few hundred values per
+//! atom).
+
+use super::buffers::{Buf, Mem};
+use super::cuda_exec::CudaExec;
+use super::exec::{Arg, Exec, Kern, Memory, Pod};
+use super::gemm::DevReal;
+use super::tables::{GateTable, LinearTable, LINEAR_ROWS};
+use crate::backend::DeviceCounters;
+use crate::error::{ModelError, Result};
+use crate::graph::{Graph, Structure};
+use crate::nn::{Cutoff, Linear};
+use crate::sevennet::{check_overlap, edge_lists, Prediction, SevenNet, StepProfile};
+use equikern::plan::{Direction, Tensor};
+use equikern::{ConvOp, Device};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Environment variable: bytes of device memory the per-layer radial-MLP outputs may take
+/// to be kept for the backward instead of recomputed (`0`: always recompute).
+pub const KEEP_W_ENV: &str = "EQUIKERN_MODEL_KEEP_W_BYTES";
+
+/// Default of [`KEEP_W_ENV`]: 8 GiB.
+pub const DEFAULT_KEEP_W_BYTES: u64 = 8 << 30;
+
+/// Partial sums of the virial's first pass.
+const VIRIAL_PARTS: usize = 1024;
+
+/// A Linear on the device: table, coefficients, weights (`W` or per-path `Wᵀ`).
+struct DevLinear<T: Pod, D: Memory> {
+    tab: Buf<i32, D>,
+    coef: Buf<T, D>,
+    w: Buf<T, D>,
+    dim_in: usize,
+    dim_out: usize,
+    /// `ek_linear`'s column groups per row group.
+    cols: usize,
+}
+
+struct DevGate<D: Memory> {
+    tab: Buf<i32, D>,
+    t: GateTable,
+}
+
+struct DevLayer<T: Pod, D: Memory> {
+    sc: DevLinear<T, D>,
+    sc_t: DevLinear<T, D>,
+    lin1: DevLinear<T, D>,
+    lin1_t: DevLinear<T, D>,
+    lin2: DevLinear<T, D>,
+    lin2_t: DevLinear<T, D>,
+    /// `(h_in, h_out, W [h_in, h_out])` of the radial MLP.
+    mlp: Vec<(usize, usize, Buf<T, D>)>,
+    act_cst: T,
+    gate: DevGate<D>,
+    gate_cst: T,
+    inv_den: T,
+    d1: usize,
+    dmid: usize,
+    numel: usize,
+}
+
+struct Params<T: Pod, D: Memory> {
+    embed: DevLinear<T, D>,
+    readout_hidden: DevLinear<T, D>,
+    readout_hidden_t: DevLinear<T, D>,
+    readout_energy: DevLinear<T, D>,
+    readout_energy_t: DevLinear<T, D>,
+    layers: Vec<DevLayer<T, D>>,
+    coeffs: Buf<f64, D>,
+    scale: Buf<f64, D>,
+    shift: Buf<f64, D>,
+}
+
+/// Per-step device tensors (grow-only).
+struct Workspace<T: Pod, D: Memory> {
+    vec: Buf<f64, D>,
+    idx: Buf<u32, D>,
+    emb: Buf<T, D>,
+    sh: Buf<T, D>,
+    onehot: Buf<T, D>,
+    x: Buf<T, D>,
+    sc: Buf<T, D>,
+    agg: Buf<T, D>,
+    hs: Vec<Buf<T, D>>,
+    ys: Vec<Buf<T, D>>,
+    hid: Buf<T, D>,
+    out: Buf<T, D>,
+    seed: Buf<T, D>,
+    g_hid: Buf<T, D>,
+    gx: Buf<T, D>,
+    gy: Buf<T, D>,
+    g_agg: Buf<T, D>,
+    gxc: Buf<T, D>,
+    tmp: Buf<T, D>,
+    /// Radial-MLP pre-activations `[slot][hidden layer]` and outputs `[slot]`: one slot per
+    /// layer when kept for the backward, else slot 0 for all (see the module docs).
+    pre: Vec<Vec<Buf<T, D>>>,
+    w: Vec<Buf<T, D>>,
+    /// Hidden activations (forward), then their gradients (backward): shared scratch.
+    act: Vec<Buf<T, D>>,
+    gw: Buf<T, D>,
+    gsh_l: Buf<T, D>,
+    g_sh: Buf<T, D>,
+    g_emb: Buf<T, D>,
+    fe: Buf<f64, D>,
+    vpart: Buf<f64, D>,
+    result: Buf<f64, D>,
+    /// Whether this structure keeps every layer's `w` and pre-activations.
+    keep: bool,
+}
+
+/// SevenNet with every layer resident on a device `D` (CUDA: [`CudaSevenNet`]; the CPU
+/// emulation test runs the same step), computing in `T`.
+pub struct Resident<T: DevReal, D: Exec<T>> {
+    model: SevenNet<T>,
+    d: D,
+    params: Params<T, D>,
+    ws: Mutex<Workspace<T, D>>,
+    mem: Arc<Mem>,
+    env: (i32, f64, f64),
+    sh_dim: usize,
+    keep_w_bytes: u64,
+}
+
+/// SevenNet resident on one CUDA device (see the module docs).
+pub type CudaSevenNet<T> = Resident<T, CudaExec<T>>;
+
+fn err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::backend("cuda", e)
+}
+
+fn cast<T: DevReal>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f64(x)).collect()
+}
+
+impl<T: DevReal, D: Memory> DevLinear<T, D> {
+    fn new(d: &D, mem: &Arc<Mem>, t: LinearTable) -> Result<Self> {
+        Ok(DevLinear {
+            tab: Buf::from_host(d, mem, &t.tab)?,
+            coef: Buf::from_host(d, mem, &cast::<T>(&t.coef))?,
+            w: Buf::from_host(d, mem, &cast::<T>(&t.weight))?,
+            dim_in: t.dim_in,
+            dim_out: t.dim_out,
+            cols: t.cols,
+        })
+    }
+    fn fwd(d: &D, mem: &Arc<Mem>, l: &Linear<T>) -> Result<Self> {
+        Self::new(d, mem, LinearTable::forward(l)?)
+    }
+    fn bwd(d: &D, mem: &Arc<Mem>, l: &Linear<T>) -> Result<Self> {
+        Self::new(d, mem, LinearTable::transpose(l)?)
+    }
+}
+
+impl<T: DevReal> CudaSevenNet<T> {
+    /// Uploads every parameter of `model` to `device` (a CUDA device) once and compiles the
+    /// kernels once (NVRTC, cached on disk by equikern-cuda).
+    pub fn new(model: &SevenNet<T>, device: Device) -> Result<Self> {
+        let exec = CudaExec::new(model, device)?;
+        Self::with_exec(model, exec)
+    }
+
+    /// The layers' convolutions (their plans are built on first use, then reused).
+    pub fn ops(&self) -> &[ConvOp] {
+        self.d.ops()
+    }
+}
+
+impl<T: DevReal, D: Exec<T>> Resident<T, D> {
+    /// `model` on the device operations `d` (parameters uploaded once, here).
+    pub fn with_exec(model: &SevenNet<T>, d: D) -> Result<Self> {
+        let lmax = model.sh_ls.iter().copied().max().unwrap_or(0);
+        if model.sh_ls != (0..=lmax).collect::<Vec<_>>() {
+            return Err(ModelError::Unsupported(format!(
+                "spherical harmonics degrees {:?}: the resident evaluator needs 0..=lmax",
+                model.sh_ls
+            )));
+        }
+        let env = match model.envelope {
+            Cutoff::Xplor { r_on, r_cut } if r_cut == model.bessel.cutoff => (0, r_on, 0.0),
+            Cutoff::Polynomial { r_cut, p } if r_cut == model.bessel.cutoff => (1, 0.0, p),
+            _ => {
+                return Err(ModelError::Unsupported(
+                    "cutoff envelope and Bessel basis with different cutoffs".into(),
+                ))
+            }
+        };
+        let sh_dim: usize = model.sh_ls.iter().map(|l| 2 * *l as usize + 1).sum();
+        let mem = Arc::new(Mem::default());
+        let mut layers = Vec::new();
+        for (t, l) in model.layers.iter().enumerate() {
+            let (d1, d2, dmid, numel) = l.tp_dims;
+            if d2 != sh_dim {
+                return Err(ModelError::Unsupported(format!(
+                    "layer {t}: the convolution's second input is not the edge harmonics"
+                )));
+            }
+            if l.lin2.dim_in != dmid
+                || l.lin1.dim_out != d1
+                || l.weight_nn.dim_out() != numel
+                || l.weight_nn.dim_in() != model.bessel.coeffs.len()
+                || l.weight_nn.layers.is_empty()
+            {
+                return Err(ModelError::Unsupported(format!(
+                    "layer {t}: inconsistent dimensions"
+                )));
+            }
+            let mlp = l
+                .weight_nn
+                .layers
+                .iter()
+                .map(|(a, b, w)| Ok((*a, *b, Buf::from_host(&d, &mem, w)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let gt = GateTable::new(&l.gate)?;
+            layers.push(DevLayer {
+                sc: DevLinear::fwd(&d, &mem, &l.sc)?,
+                sc_t: DevLinear::bwd(&d, &mem, &l.sc)?,
+                lin1: DevLinear::fwd(&d, &mem, &l.lin1)?,
+                lin1_t: DevLinear::bwd(&d, &mem, &l.lin1)?,
+                lin2: DevLinear::fwd(&d, &mem, &l.lin2)?,
+                lin2_t: DevLinear::bwd(&d, &mem, &l.lin2)?,
+                mlp,
+                act_cst: l.weight_nn.act_cst,
+                gate: DevGate {
+                    tab: Buf::from_host(&d, &mem, &gt.tab)?,
+                    t: gt,
+                },
+                gate_cst: l.gate.act_cst,
+                inv_den: T::from_f64(1.0 / l.denominator),
+                d1,
+                dmid,
+                numel,
+            });
+        }
+        let params = Params {
+            embed: DevLinear::fwd(&d, &mem, &model.embed)?,
+            readout_hidden: DevLinear::fwd(&d, &mem, &model.readout_hidden)?,
+            readout_hidden_t: DevLinear::bwd(&d, &mem, &model.readout_hidden)?,
+            readout_energy: DevLinear::fwd(&d, &mem, &model.readout_energy)?,
+            readout_energy_t: DevLinear::bwd(&d, &mem, &model.readout_energy)?,
+            layers,
+            coeffs: Buf::from_host(&d, &mem, &model.bessel.coeffs)?,
+            scale: Buf::from_host(&d, &mem, &model.scale)?,
+            shift: Buf::from_host(&d, &mem, &model.shift)?,
+        };
+        if params.readout_energy.dim_out != 1 {
+            return Err(ModelError::Unsupported(
+                "the energy readout must output one scalar".into(),
+            ));
+        }
+        let nl = model.layers.len();
+        let hidden = model
+            .layers
+            .iter()
+            .map(|l| l.weight_nn.layers.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        let b = || Buf::<T, D>::new(&d, &mem);
+        let many = |k: usize| (0..k).map(|_| b()).collect::<Result<Vec<_>>>();
+        let ws = Workspace {
+            vec: Buf::new(&d, &mem)?,
+            idx: Buf::new(&d, &mem)?,
+            emb: b()?,
+            sh: b()?,
+            onehot: b()?,
+            x: b()?,
+            sc: b()?,
+            agg: b()?,
+            hs: many(nl)?,
+            ys: many(nl)?,
+            hid: b()?,
+            out: b()?,
+            seed: b()?,
+            g_hid: b()?,
+            gx: b()?,
+            gy: b()?,
+            g_agg: b()?,
+            gxc: b()?,
+            tmp: b()?,
+            pre: (0..nl).map(|_| many(hidden)).collect::<Result<_>>()?,
+            w: many(nl)?,
+            act: many(hidden)?,
+            gw: b()?,
+            gsh_l: b()?,
+            g_sh: b()?,
+            g_emb: b()?,
+            fe: Buf::new(&d, &mem)?,
+            vpart: Buf::new(&d, &mem)?,
+            result: Buf::new(&d, &mem)?,
+            keep: false,
+        };
+        Ok(Resident {
+            model: model.clone(),
+            d,
+            params,
+            ws: Mutex::new(ws),
+            mem,
+            env,
+            sh_dim,
+            keep_w_bytes: std::env::var(KEEP_W_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_KEEP_W_BYTES),
+        })
+    }
+
+    /// The model this evaluator runs.
+    pub fn model(&self) -> &SevenNet<T> {
+        &self.model
+    }
+
+    /// The device operations.
+    pub fn exec(&self) -> &D {
+        &self.d
+    }
+
+    /// e.g. `"NVIDIA H100 80GB HBM3 f32 (resident, cuBLAS)"`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} (resident, {})",
+            self.d.describe(),
+            T::NAME,
+            self.d.gemm_name()
+        )
+    }
+
+    pub fn counters(&self) -> DeviceCounters {
+        let m = &self.mem;
+        DeviceCounters {
+            transfer_s: m.transfer_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            uploaded_bytes: m.up.load(Ordering::Relaxed),
+            downloaded_bytes: m.down.load(Ordering::Relaxed),
+            live_bytes: m.live.load(Ordering::Relaxed),
+            peak_bytes: m.peak.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn reset_peak(&self) {
+        let m = &self.mem;
+        m.peak
+            .store(m.live.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether the last structure kept every layer's radial-MLP outputs for the backward
+    /// (else they were recomputed; see the module docs).
+    pub fn kept_radial_outputs(&self) -> bool {
+        self.lock().keep
+    }
+
+    /// Sets the byte budget for keeping radial-MLP outputs (default [`KEEP_W_ENV`] or
+    /// [`DEFAULT_KEEP_W_BYTES`]; 0: always recompute).
+    pub fn set_keep_w_bytes(&mut self, bytes: u64) {
+        self.keep_w_bytes = bytes;
+    }
+
+    /// Bytes of workspace held now (grows to the largest structure seen).
+    pub fn workspace_bytes(&self) -> u64 {
+        let ws = self.lock();
+        let (a, b) = ws.floats();
+        a.iter().map(|x| x.bytes()).sum::<u64>()
+            + b.iter().map(|x| x.bytes()).sum::<u64>()
+            + ws.idx.bytes()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Workspace<T, D>> {
+        self.ws.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fills every float workspace buffer with NaN (tests: an element a kernel fails to
+    /// write then shows in the results).
+    pub fn poison_workspace(&self) -> Result<()> {
+        let ws = self.lock();
+        let (reals, doubles) = ws.floats();
+        for b in reals {
+            let n = b.capacity() as u64;
+            self.d.launch(
+                Kern::Fill,
+                n,
+                &[
+                    Arg::U64(n),
+                    Arg::Real(&b.s, 0),
+                    Arg::Val(T::from_f64(f64::NAN)),
+                ],
+            )?;
+        }
+        for b in doubles {
+            let n = b.capacity() as u64;
+            self.d.launch(
+                Kern::FillF64,
+                n,
+                &[Arg::U64(n), Arg::F64s(&b.s, 0), Arg::F64(f64::NAN)],
+            )?;
+        }
+        self.d.synchronize()
+    }
+
+    /// Energy, forces and stress of `s` (radius graph on the host, the rest on the device).
+    pub fn evaluate(&self, s: &Structure) -> Result<Prediction> {
+        self.evaluate_profiled(s).map(|r| r.0)
+    }
+
+    /// [`Self::evaluate`] with the step's phases.
+    pub fn evaluate_profiled(&self, s: &Structure) -> Result<(Prediction, StepProfile)> {
+        let t0 = Instant::now();
+        s.validate()?;
+        let g = Graph::build(s, self.model.cutoff)?;
+        let nl = t0.elapsed().as_secs_f64();
+        let (p, mut prof) = self.evaluate_graph(s, &g)?;
+        prof.neighbour_list_s = nl;
+        prof.total_s = t0.elapsed().as_secs_f64();
+        Ok((p, prof))
+    }
+
+    /// The model-only part of a step, for the radius graph `g` of `s`. Profile: `graph_s` =
+    /// checks, CSR views on the host and their upload into the reused index tables,
+    /// `transfer_s` = the edge vectors' and species' upload, `conv_s` = the whole device
+    /// step (launch to results on the host, the one download included).
+    pub fn evaluate_graph(&self, s: &Structure, g: &Graph) -> Result<(Prediction, StepProfile)> {
+        let t0 = Instant::now();
+        s.validate()?;
+        let types = self.model.types_of(&s.numbers)?;
+        check_overlap(g)?;
+        let n = s.positions.len();
+        let ne = g.len();
+        let (receiver, sender) = edge_lists(n, &g.src, &g.dst)?;
+        let idx: Vec<u32> = types.iter().map(|&t| t as u32).collect();
+        let vec: Vec<f64> = g.vec.iter().flatten().copied().collect();
+        let mut ws = self.lock();
+        // The graph: CSR views built on the host, uploaded into reused device tables.
+        let cg = self.d.graph(n, &receiver, &sender)?;
+        let graph_s = t0.elapsed().as_secs_f64();
+
+        self.ensure(&mut ws, n, ne)?;
+        let t_up = Instant::now();
+        self.d.upload(&vec, &mut ws.vec.s)?;
+        self.d.upload(&idx, &mut ws.idx.s)?;
+        let up_s = t_up.elapsed().as_secs_f64();
+        self.mem.up.fetch_add(
+            (vec.len() * 8 + idx.len() * 4 + (4 * n + 2 + 6 * ne) * 4) as u64,
+            Ordering::Relaxed,
+        );
+        let t_dev = Instant::now();
+        self.step(&mut ws, &cg, n, ne)?;
+        // The one synchronisation: results back.
+        let res = self.d.download(&ws.result.s, 4 * n + 9)?;
+        let dev_s = t_dev.elapsed().as_secs_f64();
+        drop(ws);
+        self.mem
+            .down
+            .fetch_add(((4 * n + 9) * 8) as u64, Ordering::Relaxed);
+        self.mem
+            .transfer_ns
+            .fetch_add((up_s * 1e9) as u64, Ordering::Relaxed);
+        self.mem.bump(D::graph_bytes(&cg));
+        let atomic = res[..n].to_vec();
+        let forces: Vec<[f64; 3]> = (0..n)
+            .map(|a| [res[n + 3 * a], res[n + 3 * a + 1], res[n + 3 * a + 2]])
+            .collect();
+        let v = &res[4 * n..];
+        let virial = [[v[0], v[1], v[2]], [v[3], v[4], v[5]], [v[6], v[7], v[8]]];
+        let p = Prediction::assemble(s, atomic, forces, virial, ne);
+        let prof = StepProfile {
+            neighbour_list_s: 0.0,
+            graph_s,
+            edge_geometry_s: 0.0,
+            dense_s: 0.0,
+            conv_s: dev_s,
+            transfer_s: up_s,
+            total_s: t0.elapsed().as_secs_f64(),
+            atoms: n,
+            edges: ne,
+        };
+        Ok((p, prof))
+    }
+
+    /// Sizes every workspace buffer for `n` atoms and `ne` edges (grow-only; decides whether
+    /// the radial-MLP outputs are kept).
+    fn ensure(&self, ws: &mut Workspace<T, D>, n: usize, ne: usize) -> Result<()> {
+        let d = &self.d;
+        let m = &self.model;
+        let nb = m.bessel.coeffs.len();
+        let p = &self.params;
+        let mut node_max = p.embed.dim_out.max(p.readout_hidden.dim_in);
+        for l in &p.layers {
+            node_max = node_max
+                .max(l.sc.dim_in)
+                .max(l.sc.dim_out)
+                .max(l.dmid)
+                .max(l.d1);
+        }
+        ws.vec.ensure(d, 3 * ne)?;
+        ws.idx.ensure(d, n)?;
+        ws.emb.ensure(d, ne * nb)?;
+        ws.sh.ensure(d, ne * self.sh_dim)?;
+        ws.onehot.ensure(d, n * m.num_species)?;
+        for b in [
+            &mut ws.x,
+            &mut ws.sc,
+            &mut ws.agg,
+            &mut ws.gx,
+            &mut ws.gy,
+            &mut ws.g_agg,
+            &mut ws.gxc,
+            &mut ws.tmp,
+        ] {
+            b.ensure(d, n * node_max)?;
+        }
+        // Per-layer radial-MLP tensors kept for the backward if they fit the budget.
+        let es = std::mem::size_of::<T>() as u64;
+        let per_edge: u64 = p
+            .layers
+            .iter()
+            .map(|l| l.mlp.iter().map(|x| x.1 as u64).sum::<u64>())
+            .sum();
+        ws.keep = ne as u64 * per_edge * es <= self.keep_w_bytes;
+        for (t, l) in p.layers.iter().enumerate() {
+            ws.hs[t].ensure(d, n * l.d1)?;
+            ws.ys[t].ensure(d, n * l.sc.dim_out)?;
+            let slot = if ws.keep { t } else { 0 };
+            if !ws.keep && t > 0 {
+                // recomputing: the other layers' slots are not used
+                ws.w[t].release(d)?;
+                for b in &mut ws.pre[t] {
+                    b.release(d)?;
+                }
+            }
+            ws.w[slot].ensure(d, ne * l.numel)?;
+            for (k, (_, h_out, _)) in l.mlp.iter().enumerate().take(l.mlp.len() - 1) {
+                ws.pre[slot][k].ensure(d, ne * h_out)?;
+                ws.act[k].ensure(d, ne * h_out)?;
+            }
+        }
+        let hdim = p.readout_hidden.dim_out;
+        ws.hid.ensure(d, n * hdim)?;
+        ws.g_hid.ensure(d, n * hdim)?;
+        ws.out.ensure(d, n)?;
+        ws.seed.ensure(d, n)?;
+        let numel = p.layers.iter().map(|l| l.numel).max().unwrap_or(0);
+        ws.gw.ensure(d, ne * numel)?;
+        ws.gsh_l.ensure(d, ne * self.sh_dim)?;
+        ws.g_sh.ensure(d, ne * self.sh_dim)?;
+        ws.g_emb.ensure(d, ne * nb)?;
+        ws.fe.ensure(d, 3 * ne)?;
+        ws.vpart.ensure(d, VIRIAL_PARTS * 9)?;
+        ws.result.ensure(d, 4 * n + 9)?;
+        Ok(())
+    }
+
+    /// `y = alpha · L(x) + add` on `n` rows.
+    fn linear(
+        &self,
+        l: &DevLinear<T, D>,
+        n: usize,
+        x: &D::Buf<T>,
+        y: &mut D::Buf<T>,
+        alpha: T,
+        add: Option<&D::Buf<T>>,
+    ) -> Result<()> {
+        let iterations = (n.div_ceil(LINEAR_ROWS) * l.cols) as u64;
+        if iterations == 0 {
+            return Ok(());
+        }
+        if D::capacity(x) < n * l.dim_in
+            || D::capacity(y) < n * l.dim_out
+            || add.is_some_and(|a| D::capacity(a) < n * l.dim_out)
+        {
+            return Err(err("linear: workspace too small"));
+        }
+        let y: &D::Buf<T> = y;
+        self.d.launch(
+            Kern::Linear,
+            iterations,
+            &[
+                Arg::U64(n as u64),
+                Arg::Real(x, 0),
+                Arg::I32(l.dim_in as i32),
+                Arg::Real(y, 0),
+                Arg::I32(l.dim_out as i32),
+                Arg::Real(&l.w.s, 0),
+                Arg::I32s(&l.tab.s),
+                Arg::Real(&l.coef.s, 0),
+                Arg::Val(alpha),
+                match add {
+                    Some(a) => Arg::Real(a, 0),
+                    None => Arg::Null,
+                },
+                Arg::I32(l.cols as i32),
+            ],
+        )
+    }
+
+    fn act(&self, n: usize, pre: &D::Buf<T>, h: &D::Buf<T>, c: T, backward: bool) -> Result<()> {
+        let k = if backward {
+            Kern::ActBackward
+        } else {
+            Kern::Act
+        };
+        let n = n as u64;
+        self.d.launch(
+            k,
+            n,
+            &[Arg::U64(n), Arg::Real(pre, 0), Arg::Real(h, 0), Arg::Val(c)],
+        )
+    }
+
+    /// Layer `t`'s radial MLP: `w [ne, numel]` from `emb`, hidden pre-activations in the
+    /// layer's slot, activations in the shared scratch.
+    fn mlp_forward(&self, ws: &mut Workspace<T, D>, t: usize, ne: usize) -> Result<()> {
+        let l = &self.params.layers[t];
+        let slot = ws.slot(t);
+        let last = l.mlp.len() - 1;
+        for (k, (a, b, wk)) in l.mlp.iter().enumerate() {
+            let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
+            let input = if k == 0 { &ws.emb.s } else { &ws.act[k - 1].s };
+            if k < last {
+                let out = &mut ws.pre[slot][k].s;
+                self.d
+                    .gemm((ne, *b, *a), alpha, input, &wk.s, false, T::ZERO, out)?;
+                self.act(ne * b, &ws.pre[slot][k].s, &ws.act[k].s, l.act_cst, false)?;
+            } else {
+                let out = &mut ws.w[slot].s;
+                self.d
+                    .gemm((ne, *b, *a), alpha, input, &wk.s, false, T::ZERO, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `g_emb (+)= ∂⟨gw, w⟩/∂emb` of layer `t`'s MLP (input gradient only; the activation
+    /// scratch is overwritten by the hidden gradients).
+    fn mlp_backward(
+        &self,
+        ws: &mut Workspace<T, D>,
+        t: usize,
+        ne: usize,
+        first: bool,
+    ) -> Result<()> {
+        let l = &self.params.layers[t];
+        let last = l.mlp.len() - 1;
+        let slot = ws.slot(t);
+        for k in (0..=last).rev() {
+            let (a, b, wk) = &l.mlp[k];
+            let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
+            if k > 0 {
+                // g_act[k-1] = G · W_kᵀ / √a, G = gw (k = last) or g_pre[k]
+                let (lo, hi) = ws.act.split_at_mut(k);
+                let g = if k == last { &ws.gw.s } else { &hi[0].s };
+                self.d.gemm(
+                    (ne, *a, *b),
+                    alpha,
+                    g,
+                    &wk.s,
+                    true,
+                    T::ZERO,
+                    &mut lo[k - 1].s,
+                )?;
+                self.act(
+                    ne * a,
+                    &ws.pre[slot][k - 1].s,
+                    &ws.act[k - 1].s,
+                    l.act_cst,
+                    true,
+                )?;
+            } else {
+                let g = if last == 0 { &ws.gw.s } else { &ws.act[0].s };
+                let beta = if first { T::ZERO } else { T::ONE };
+                self.d
+                    .gemm((ne, *a, *b), alpha, g, &wk.s, true, beta, &mut ws.g_emb.s)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn gate(&self, l: &DevLayer<T, D>, n: usize, x: &D::Buf<T>, y: &D::Buf<T>) -> Result<()> {
+        let g = &l.gate.t;
+        self.d.launch(
+            Kern::Gate,
+            (n * g.dout as usize) as u64,
+            &[
+                Arg::U64(n as u64),
+                Arg::Real(x, 0),
+                Arg::Real(y, 0),
+                Arg::I32(g.ns),
+                Arg::I32(g.ng),
+                Arg::I32s(&l.gate.tab.s),
+                Arg::I32(g.din),
+                Arg::I32(g.dout),
+                Arg::Val(l.gate_cst),
+            ],
+        )
+    }
+
+    fn gate_backward(
+        &self,
+        l: &DevLayer<T, D>,
+        n: usize,
+        x: &D::Buf<T>,
+        gy: &D::Buf<T>,
+        gx: &D::Buf<T>,
+    ) -> Result<()> {
+        let g = &l.gate.t;
+        self.d.launch(
+            Kern::GateBackward,
+            (n * g.din as usize) as u64,
+            &[
+                Arg::U64(n as u64),
+                Arg::Real(x, 0),
+                Arg::Real(gy, 0),
+                Arg::Real(gx, 0),
+                Arg::I32(g.ns),
+                Arg::I32(g.ng),
+                Arg::I32s(&l.gate.tab.s),
+                Arg::I32(g.din),
+                Arg::I32(g.dout),
+                Arg::Val(l.gate_cst),
+            ],
+        )
+    }
+
+    /// The edge-geometry arguments shared by `ek_edge_geometry` and `ek_edge_force` (after
+    /// the edge count and vectors).
+    fn geometry_args<'a>(&self, p: &'a Params<T, D>) -> [Arg<'a, T, D>; 6] {
+        let (kind, r_on, pp) = self.env;
+        [
+            Arg::F64s(&p.coeffs.s, 0),
+            Arg::I32(self.model.bessel.coeffs.len() as i32),
+            Arg::F64(self.model.bessel.cutoff),
+            Arg::I32(kind),
+            Arg::F64(r_on),
+            Arg::F64(pp),
+        ]
+    }
+
+    /// The whole step on the device (no synchronisation).
+    fn step(&self, ws: &mut Workspace<T, D>, cg: &D::Graph, n: usize, ne: usize) -> Result<()> {
+        let m = &self.model;
+        let p = &self.params;
+        let d = &self.d;
+        let (n64, ne64) = (n as u64, ne as u64);
+        let one = T::ONE;
+        let nl = p.layers.len();
+        // ---- edge geometry
+        if ne > 0 {
+            let mut args = vec![Arg::U64(ne64), Arg::F64s(&ws.vec.s, 0)];
+            args.extend(self.geometry_args(p));
+            args.extend([Arg::Real(&ws.emb.s, 0), Arg::Real(&ws.sh.s, 0)]);
+            d.launch(Kern::EdgeGeometry, ne64, &args)?;
+        }
+        // ---- embedding
+        let ns = m.num_species;
+        d.launch(
+            Kern::OneHot,
+            n64 * ns as u64,
+            &[
+                Arg::U64(n64),
+                Arg::U32s(&ws.idx.s, 0),
+                Arg::I32(ns as i32),
+                Arg::Real(&ws.onehot.s, 0),
+            ],
+        )?;
+        self.linear(&p.embed, n, &ws.onehot.s, &mut ws.x.s, one, None)?;
+        // ---- interaction blocks
+        for (t, l) in p.layers.iter().enumerate() {
+            self.linear(&l.sc, n, &ws.x.s, &mut ws.sc.s, one, None)?;
+            self.linear(&l.lin1, n, &ws.x.s, &mut ws.hs[t].s, one, None)?;
+            if ne > 0 {
+                self.mlp_forward(ws, t, ne)?;
+                let slot = ws.slot(t);
+                use Tensor::*;
+                d.conv(
+                    t,
+                    Direction::Forward,
+                    cg,
+                    &[(X, &ws.hs[t].s), (Y, &ws.sh.s), (W, &ws.w[slot].s)],
+                    &mut [(Z, &mut ws.agg.s)],
+                )?;
+            } else {
+                d.zero(&mut ws.agg.s)?;
+            }
+            self.linear(
+                &l.lin2,
+                n,
+                &ws.agg.s,
+                &mut ws.ys[t].s,
+                l.inv_den,
+                Some(&ws.sc.s),
+            )?;
+            self.gate(l, n, &ws.ys[t].s, &ws.x.s)?;
+        }
+        // ---- readout
+        self.linear(&p.readout_hidden, n, &ws.x.s, &mut ws.hid.s, one, None)?;
+        self.linear(&p.readout_energy, n, &ws.hid.s, &mut ws.out.s, one, None)?;
+        d.launch(
+            Kern::Readout,
+            n64,
+            &[
+                Arg::U64(n64),
+                Arg::Real(&ws.out.s, 0),
+                Arg::U32s(&ws.idx.s, 0),
+                Arg::F64s(&p.scale.s, 0),
+                Arg::F64s(&p.shift.s, 0),
+                Arg::F64s(&ws.result.s, 0),
+                Arg::Real(&ws.seed.s, 0),
+            ],
+        )?;
+        // ---- backward
+        self.linear(
+            &p.readout_energy_t,
+            n,
+            &ws.seed.s,
+            &mut ws.g_hid.s,
+            one,
+            None,
+        )?;
+        self.linear(&p.readout_hidden_t, n, &ws.g_hid.s, &mut ws.gx.s, one, None)?;
+        for t in (0..nl).rev() {
+            let l = &p.layers[t];
+            self.gate_backward(l, n, &ws.ys[t].s, &ws.gx.s, &ws.gy.s)?;
+            self.linear(&l.lin2_t, n, &ws.gy.s, &mut ws.g_agg.s, l.inv_den, None)?;
+            if ne > 0 {
+                if !ws.keep && t + 1 != nl {
+                    // w was not kept: recompute this layer's radial MLP.
+                    self.mlp_forward(ws, t, ne)?;
+                }
+                let slot = ws.slot(t);
+                use Tensor::*;
+                d.conv(
+                    t,
+                    Direction::Backward,
+                    cg,
+                    &[
+                        (X, &ws.hs[t].s),
+                        (Y, &ws.sh.s),
+                        (W, &ws.w[slot].s),
+                        (GZ, &ws.g_agg.s),
+                    ],
+                    &mut [
+                        (GX, &mut ws.gxc.s),
+                        (GY, &mut ws.gsh_l.s),
+                        (GW, &mut ws.gw.s),
+                    ],
+                )?;
+                let len = ne64 * self.sh_dim as u64;
+                d.launch(
+                    Kern::Accumulate,
+                    len,
+                    &[
+                        Arg::U64(len),
+                        Arg::Real(&ws.g_sh.s, 0),
+                        Arg::Real(&ws.gsh_l.s, 0),
+                        Arg::I32(i32::from(t + 1 == nl)),
+                    ],
+                )?;
+                self.mlp_backward(ws, t, ne, t + 1 == nl)?;
+            } else {
+                d.zero(&mut ws.gxc.s)?;
+            }
+            self.linear(&l.sc_t, n, &ws.gy.s, &mut ws.tmp.s, one, None)?;
+            self.linear(&l.lin1_t, n, &ws.gxc.s, &mut ws.gx.s, one, Some(&ws.tmp.s))?;
+        }
+        // ---- edge forces, forces, virial
+        if ne > 0 {
+            let mut args = vec![Arg::U64(ne64), Arg::F64s(&ws.vec.s, 0)];
+            args.extend(self.geometry_args(p));
+            args.extend([
+                Arg::Real(&ws.g_emb.s, 0),
+                Arg::Real(&ws.g_sh.s, 0),
+                Arg::F64s(&ws.fe.s, 0),
+            ]);
+            d.launch(Kern::EdgeForce, ne64, &args)?;
+        }
+        let (recv, send) = D::graph_views(cg);
+        d.launch(
+            Kern::Forces,
+            n64,
+            &[
+                Arg::U64(n64),
+                Arg::U32s(recv, 0),
+                Arg::U32s(send, 0),
+                Arg::F64s(&ws.fe.s, 0),
+                Arg::F64s(&ws.result.s, n),
+            ],
+        )?;
+        let parts = VIRIAL_PARTS as u64;
+        d.launch(
+            Kern::VirialPartial,
+            parts * 9,
+            &[
+                Arg::U64(ne64),
+                Arg::U64(parts),
+                Arg::F64s(&ws.vec.s, 0),
+                Arg::F64s(&ws.fe.s, 0),
+                Arg::F64s(&ws.vpart.s, 0),
+            ],
+        )?;
+        d.launch(
+            Kern::VirialFinal,
+            9,
+            &[
+                Arg::U64(parts),
+                Arg::F64s(&ws.vpart.s, 0),
+                Arg::F64s(&ws.result.s, 4 * n),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// The workspace's `real` and `f64` buffers.
+type FloatBufs<'a, T, D> = (Vec<&'a Buf<T, D>>, Vec<&'a Buf<f64, D>>);
+
+impl<T: Pod, D: Memory> Workspace<T, D> {
+    /// The radial-MLP slot of layer `t`.
+    fn slot(&self, t: usize) -> usize {
+        if self.keep {
+            t
+        } else {
+            0
+        }
+    }
+
+    /// Every float buffer: `(real ones, f64 ones)`.
+    fn floats(&self) -> FloatBufs<'_, T, D> {
+        let mut a = vec![
+            &self.emb,
+            &self.sh,
+            &self.onehot,
+            &self.x,
+            &self.sc,
+            &self.agg,
+            &self.hid,
+            &self.out,
+            &self.seed,
+            &self.g_hid,
+            &self.gx,
+            &self.gy,
+            &self.g_agg,
+            &self.gxc,
+            &self.tmp,
+            &self.gw,
+            &self.gsh_l,
+            &self.g_sh,
+            &self.g_emb,
+        ];
+        a.extend(
+            self.hs
+                .iter()
+                .chain(&self.ys)
+                .chain(&self.w)
+                .chain(&self.act),
+        );
+        a.extend(self.pre.iter().flatten());
+        (a, vec![&self.vec, &self.fe, &self.vpart, &self.result])
+    }
+}

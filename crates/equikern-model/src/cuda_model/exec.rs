@@ -1,0 +1,171 @@
+//! What the resident step needs from a device, as two traits: [`Memory`] (buffers,
+//! copies, the graph) and [`Exec`] (kernel launches by [`Kern`] with [`Arg`]s in the
+//! kernels' parameter order, matrix products, convolutions). The step is written once
+//! against them (`evaluator::Resident`); [`super::CudaExec`] runs it on a GPU, and the CPU
+//! emulation test runs the same step with the kernels compiled as C++ (each launch's
+//! arguments passed like `cuLaunchKernel`'s `kernelParams`) and the convolutions by the
+//! core oracle.
+
+use crate::error::Result;
+use equikern::plan::{Direction, Tensor};
+
+/// Element types of device buffers.
+pub trait Pod:
+    Copy
+    + Default
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
+    + cudarc::driver::DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+{
+}
+impl Pod for f32 {}
+impl Pod for f64 {}
+impl Pod for u32 {}
+impl Pod for i32 {}
+
+/// The kernels of `kernels.cu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kern {
+    EdgeGeometry,
+    EdgeForce,
+    OneHot,
+    Linear,
+    Gate,
+    GateBackward,
+    Act,
+    ActBackward,
+    Gemm,
+    Accumulate,
+    Fill,
+    FillF64,
+    Readout,
+    Forces,
+    VirialPartial,
+    VirialFinal,
+}
+
+impl Kern {
+    pub const ALL: [Kern; 16] = [
+        Kern::EdgeGeometry,
+        Kern::EdgeForce,
+        Kern::OneHot,
+        Kern::Linear,
+        Kern::Gate,
+        Kern::GateBackward,
+        Kern::Act,
+        Kern::ActBackward,
+        Kern::Gemm,
+        Kern::Accumulate,
+        Kern::Fill,
+        Kern::FillF64,
+        Kern::Readout,
+        Kern::Forces,
+        Kern::VirialPartial,
+        Kern::VirialFinal,
+    ];
+
+    /// The `extern "C"` name in `kernels.cu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kern::EdgeGeometry => "ek_edge_geometry",
+            Kern::EdgeForce => "ek_edge_force",
+            Kern::OneHot => "ek_one_hot",
+            Kern::Linear => "ek_linear",
+            Kern::Gate => "ek_gate",
+            Kern::GateBackward => "ek_gate_backward",
+            Kern::Act => "ek_act",
+            Kern::ActBackward => "ek_act_backward",
+            Kern::Gemm => "ek_gemm",
+            Kern::Accumulate => "ek_accumulate",
+            Kern::Fill => "ek_fill",
+            Kern::FillF64 => "ek_fill_f64",
+            Kern::Readout => "ek_readout",
+            Kern::Forces => "ek_forces",
+            Kern::VirialPartial => "ek_virial_partial",
+            Kern::VirialFinal => "ek_virial_final",
+        }
+    }
+
+    /// Position in [`Kern::ALL`].
+    pub fn index(self) -> usize {
+        Kern::ALL.iter().position(|&k| k == self).unwrap_or(0)
+    }
+}
+
+/// One kernel argument: a buffer (from an element offset) or a value.
+pub enum Arg<'a, T: Pod, D: Memory> {
+    /// A `real*` buffer from element `offset`.
+    Real(&'a D::Buf<T>, usize),
+    /// A `double*` buffer from element `offset`.
+    F64s(&'a D::Buf<f64>, usize),
+    /// An `unsigned*` buffer from element `offset`.
+    U32s(&'a D::Buf<u32>, usize),
+    /// An `int*` buffer.
+    I32s(&'a D::Buf<i32>),
+    U64(u64),
+    I32(i32),
+    F64(f64),
+    /// A `real` value.
+    Val(T),
+    /// A null pointer.
+    Null,
+}
+
+/// Buffers and copies.
+pub trait Memory: Sized {
+    type Buf<E: Pod>: Send;
+    /// A graph prepared for the convolutions.
+    type Graph;
+    fn describe(&self) -> String;
+    /// A zeroed buffer of `n ≥ 1` elements.
+    fn alloc<E: Pod>(&self, n: usize) -> Result<Self::Buf<E>>;
+    fn capacity<E: Pod>(b: &Self::Buf<E>) -> usize;
+    /// Copies `src` into the start of `dst` (in stream order).
+    fn upload<E: Pod>(&self, src: &[E], dst: &mut Self::Buf<E>) -> Result<()>;
+    /// The first `n` elements (waits for the work before it).
+    fn download(&self, src: &Self::Buf<f64>, n: usize) -> Result<Vec<f64>>;
+    fn zero<E: Pod>(&self, b: &mut Self::Buf<E>) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+    /// The graph of `n` atoms with these edges (sender → receiver), its CSR views on the
+    /// device.
+    fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<Self::Graph>;
+    /// The graph's packed CSR views on the device, by receiver and by sender (the layout of
+    /// `Csr::packed`).
+    fn graph_views(g: &Self::Graph) -> (&Self::Buf<u32>, &Self::Buf<u32>);
+    /// Device bytes the graph's tables hold.
+    fn graph_bytes(g: &Self::Graph) -> u64;
+}
+
+/// Launches, products and convolutions in precision `T`.
+pub trait Exec<T: Pod>: Memory {
+    /// Runs kernel `k` over `iterations` grid-stride iterations with `args` in its
+    /// parameter order.
+    fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()>;
+    /// Row-major `C[m, n] = alpha · A[m, k] · op(B) + beta · C` (`op(B)` = `B [k, n]`, or
+    /// the transpose of `B [n, k]` when `trans_b`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        dims: (usize, usize, usize),
+        alpha: T,
+        a: &Self::Buf<T>,
+        b: &Self::Buf<T>,
+        trans_b: bool,
+        beta: T,
+        c: &mut Self::Buf<T>,
+    ) -> Result<()>;
+    /// Direction `d` of layer `layer`'s convolution on `g`.
+    fn conv(
+        &self,
+        layer: usize,
+        d: Direction,
+        g: &Self::Graph,
+        inputs: &[(Tensor, &Self::Buf<T>)],
+        outputs: &mut [(Tensor, &mut Self::Buf<T>)],
+    ) -> Result<()>;
+    /// What runs the products (e.g. `"cuBLAS"`).
+    fn gemm_name(&self) -> &'static str;
+}

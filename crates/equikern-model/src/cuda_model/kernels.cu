@@ -1,0 +1,440 @@
+// SevenNet on the GPU: the hand-written kernels of `CudaSevenNet` (everything but the
+// convolutions, which are equikern's `ConvOp`, and the radial MLP's products, which are
+// cuBLAS or `ek_gemm`).
+//
+// Compiled by NVRTC once per (model, dtype) after a generated prelude that defines `real`
+// (float or double), `EK_EXP` and the spherical-harmonics recursion table of the model's
+// lmax (`EK_SH_LMAX`, `ek_sh_start`, `ek_sh_cab`, `ek_sh_w`). Every kernel is a grid-stride
+// loop whose iterations are independent (each output element written once, by one
+// iteration, in a fixed order: no atomics, deterministic), so the same text also runs as
+// plain C++ one iteration at a time (tests/cuda_kernels_cpu.rs).
+//
+// Edge geometry is computed in double from double edge vectors and rounded to `real`, as
+// the host model does; atomic energies, edge forces, forces and the virial are double.
+
+typedef unsigned long long u64;
+
+#define EK_FOR(i, n)                                                         \
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)(n);    \
+       i += (u64)gridDim.x * blockDim.x)
+
+__device__ inline real ek_silu(real x) { return x / ((real)1 + EK_EXP(-x)); }
+
+__device__ inline real ek_silu_grad(real x) {
+  real s = (real)1 / ((real)1 + EK_EXP(-x));
+  return s + x * s * ((real)1 - s);
+}
+
+// ---------------------------------------------------------------------------------------
+// Edge geometry
+
+// Cutoff envelope value and d/dr. kind 0: XPLOR (r_on, r_cut); kind 1: polynomial (r_cut, p).
+__device__ inline void ek_envelope(double r, int kind, double r_on, double r_cut, double p,
+                                   double* f, double* df) {
+  if (kind == 0) {
+    if (r < r_on) {
+      *f = 1.0;
+      *df = 0.0;
+      return;
+    }
+    double rc2 = r_cut * r_cut, r2 = r * r, ro2 = r_on * r_on;
+    double q = rc2 - ro2;
+    double den = q * q * q;
+    double a = rc2 - r2;
+    double b = rc2 + 2.0 * r2 - 3.0 * ro2;
+    *f = a * a * b / den;
+    *df = (-4.0 * r * a * b + 4.0 * r * a * a) / den;
+  } else {
+    double x = r / r_cut;
+    double c0 = (p + 1.0) * (p + 2.0) / 2.0;
+    double c1 = p * (p + 2.0);
+    double c2 = p * (p + 1.0) / 2.0;
+    *f = 1.0 - c0 * pow(x, p) + c1 * pow(x, p + 1.0) - c2 * pow(x, p + 2.0);
+    *df = (-c0 * p * pow(x, p - 1.0) + c1 * (p + 1.0) * pow(x, p) -
+           c2 * (p + 2.0) * pow(x, p + 1.0)) /
+          r_cut;
+  }
+}
+
+#define EK_SH_DIM ((EK_SH_LMAX + 1) * (EK_SH_LMAX + 1))
+
+// Spherical harmonics l = 0..EK_SH_LMAX (component normalisation, e3nn order and signs) of
+// u = v / max(|v|, 1e-12), and (when g != 0) d Y / d u as g[c*3 + d].
+__device__ inline void ek_sh_all(const double u[3], double* y, double* g) {
+  y[0] = 1.0;
+  if (g) {
+    g[0] = 0.0;
+    g[1] = 0.0;
+    g[2] = 0.0;
+  }
+  for (int l = 0; l < EK_SH_LMAX; ++l) {
+    int prev = l * l, cur = (l + 1) * (l + 1), nn = 2 * l + 3;
+    for (int c = 0; c < nn; ++c) {
+      y[cur + c] = 0.0;
+      if (g) {
+        g[(cur + c) * 3 + 0] = 0.0;
+        g[(cur + c) * 3 + 1] = 0.0;
+        g[(cur + c) * 3 + 2] = 0.0;
+      }
+    }
+    for (int s = ek_sh_start[l]; s < ek_sh_start[l + 1]; ++s) {
+      int c = ek_sh_cab[3 * s], a = ek_sh_cab[3 * s + 1], b = ek_sh_cab[3 * s + 2];
+      double w = ek_sh_w[s];
+      y[cur + c] += w * y[prev + a] * u[b];
+      if (g) {
+        for (int d = 0; d < 3; ++d) g[(cur + c) * 3 + d] += w * g[(prev + a) * 3 + d] * u[b];
+        g[(cur + c) * 3 + b] += w * y[prev + a];
+      }
+    }
+  }
+}
+
+// Per edge: emb[e, k] = bessel_k(r) * envelope(r) and sh[e, :] = Y(v_e), rounded to real.
+extern "C" __global__ void ek_edge_geometry(u64 edges, const double* __restrict__ vec,
+                                            const double* __restrict__ coeffs, int nb,
+                                            double cutoff, int env_kind, double r_on,
+                                            double p, real* emb, real* sh) {
+  EK_FOR(e, edges) {
+    double v[3] = {vec[3 * e], vec[3 * e + 1], vec[3 * e + 2]};
+    double r = sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
+    double f, df;
+    ek_envelope(r, env_kind, r_on, cutoff, p, &f, &df);
+    double pre = 2.0 / cutoff;
+    for (int k = 0; k < nb; ++k) {
+      double s = sin(coeffs[k] * r);
+      emb[e * nb + k] = (real)(pre * s / r * f);
+    }
+    double scale = r > 1e-12 ? r : 1e-12;
+    double u[3] = {v[0] / scale, v[1] / scale, v[2] / scale};
+    double y[EK_SH_DIM];
+    ek_sh_all(u, y, 0);
+    for (int c = 0; c < EK_SH_DIM; ++c) sh[e * EK_SH_DIM + c] = (real)y[c];
+  }
+}
+
+// Per edge: f_e = dE/dv_e from g_emb = dE/d emb [E, nb] and g_sh = dE/d sh [E, sh_dim],
+// recomputing d emb/dr and dY/dv from v_e (nothing per edge is kept from the forward).
+extern "C" __global__ void ek_edge_force(u64 edges, const double* __restrict__ vec,
+                                         const double* __restrict__ coeffs, int nb,
+                                         double cutoff, int env_kind, double r_on, double p,
+                                         const real* __restrict__ g_emb,
+                                         const real* __restrict__ g_sh, double* fe) {
+  EK_FOR(e, edges) {
+    double v[3] = {vec[3 * e], vec[3 * e + 1], vec[3 * e + 2]};
+    double r = sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
+    double f, df;
+    ek_envelope(r, env_kind, r_on, cutoff, p, &f, &df);
+    double pre = 2.0 / cutoff;
+    double g_r = 0.0;
+    for (int k = 0; k < nb; ++k) {
+      double c = coeffs[k];
+      double s = sin(c * r), co = cos(c * r);
+      double b = pre * s / r;
+      double db = pre * (c * co / r - s / (r * r));
+      g_r += (double)g_emb[e * nb + k] * (db * f + b * df);
+    }
+    double scale = r > 1e-12 ? r : 1e-12;
+    double u[3] = {v[0] / scale, v[1] / scale, v[2] / scale};
+    double jac[3][3];
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) {
+        double id = i == j ? 1.0 : 0.0;
+        jac[i][j] = r > 1e-12 ? (id - u[i] * u[j]) / r : id / scale;
+      }
+    double y[EK_SH_DIM], gu[EK_SH_DIM * 3];
+    ek_sh_all(u, y, gu);
+    for (int d = 0; d < 3; ++d) {
+      double acc = g_r * v[d] / r;
+      for (int c = 0; c < EK_SH_DIM; ++c) {
+        double dsh = gu[c * 3] * jac[0][d] + gu[c * 3 + 1] * jac[1][d] + gu[c * 3 + 2] * jac[2][d];
+        acc += (double)g_sh[e * EK_SH_DIM + c] * dsh;
+      }
+      fe[3 * e + d] = acc;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Node layers
+
+// out[n, k] = (types[n] == k), k < ns.
+extern "C" __global__ void ek_one_hot(u64 nodes, const unsigned* __restrict__ types, int ns,
+                                      real* out) {
+  EK_FOR(i, nodes * (u64)ns) {
+    u64 n = i / (u64)ns;
+    int k = (int)(i % (u64)ns);
+    out[i] = types[n] == (unsigned)k ? (real)1 : (real)0;
+  }
+}
+
+// e3nn Linear (or its transpose) on rows: y[n, j] = alpha * Σ_paths coef Σ_u W[..] x[..] + add.
+// tab: [n_blocks, then per output block (out_off, mul_out, dim, first_path, n_paths), then
+// per path (in_off, mul_in, w_off)] at offset 1 + 5 n_blocks; coef[path].
+// Output element j = out_off + w*dim + m of a block:
+//   Σ_{paths into the block} coef · Σ_u x[n, in_off + u*dim + m] · W[w_off + u*mul_out + w].
+// Register tiles: one iteration computes EK_LIN_NODES consecutive rows × EK_LIN_COLS
+// consecutive w (same block, same m), so per u it loads EK_LIN_NODES x values and
+// EK_LIN_COLS weights for EK_LIN_NODES·EK_LIN_COLS multiply-adds. Iterations:
+// ceil(nodes / EK_LIN_NODES) × cols, cols = Σ_blocks ceil(mul_out / EK_LIN_COLS) · dim, the
+// column groups of a block numbered (w group, m) with m fastest (consecutive iterations:
+// consecutive m or w group: coalesced x or weights, the other broadcast). Every output
+// element keeps the host's summation order (u ascending per path, paths in order).
+extern "C" __global__ void ek_linear(u64 nodes, const real* __restrict__ x, int in_dim,
+                                     real* y, int out_dim, const real* __restrict__ W,
+                                     const int* __restrict__ tab,
+                                     const real* __restrict__ coef, real alpha,
+                                     const real* __restrict__ add, int cols) {
+  int nblocks = tab[0];
+  const int* paths = tab + 1 + 5 * nblocks;
+  u64 groups = (nodes + EK_LIN_NODES - 1) / EK_LIN_NODES;
+  EK_FOR(i, groups * (u64)cols) {
+    u64 n0 = (i / (u64)cols) * EK_LIN_NODES;
+    int c = (int)(i % (u64)cols);
+    const int* blk = tab + 1;
+    int b = 0;
+    for (; b < nblocks; ++b) {
+      blk = tab + 1 + 5 * b;
+      int nc = ((blk[1] + EK_LIN_COLS - 1) / EK_LIN_COLS) * blk[2];
+      if (c < nc) break;
+      c -= nc;
+    }
+    if (b == nblocks) continue;
+    int off = blk[0], mo = blk[1], dim = blk[2];
+    int m = c % dim, w0 = (c / dim) * EK_LIN_COLS;
+    // rows/columns past the end read the last valid one and are not written
+    u64 row[EK_LIN_NODES];
+    for (int q = 0; q < EK_LIN_NODES; ++q) row[q] = n0 + q < nodes ? n0 + q : nodes - 1;
+    int col[EK_LIN_COLS];
+    for (int k = 0; k < EK_LIN_COLS; ++k) col[k] = w0 + k < mo ? w0 + k : mo - 1;
+    real acc[EK_LIN_NODES][EK_LIN_COLS];
+    for (int q = 0; q < EK_LIN_NODES; ++q)
+      for (int k = 0; k < EK_LIN_COLS; ++k) acc[q][k] = (real)0;
+    for (int p = blk[3]; p < blk[3] + blk[4]; ++p) {
+      int in_off = paths[3 * p], mi = paths[3 * p + 1], w_off = paths[3 * p + 2];
+      real t[EK_LIN_NODES][EK_LIN_COLS];
+      for (int q = 0; q < EK_LIN_NODES; ++q)
+        for (int k = 0; k < EK_LIN_COLS; ++k) t[q][k] = (real)0;
+      for (int u = 0; u < mi; ++u) {
+        real wv[EK_LIN_COLS], xv[EK_LIN_NODES];
+        for (int k = 0; k < EK_LIN_COLS; ++k) wv[k] = W[w_off + u * mo + col[k]];
+        for (int q = 0; q < EK_LIN_NODES; ++q)
+          xv[q] = x[row[q] * (u64)in_dim + in_off + u * dim + m];
+        for (int q = 0; q < EK_LIN_NODES; ++q)
+          for (int k = 0; k < EK_LIN_COLS; ++k) t[q][k] += xv[q] * wv[k];
+      }
+      for (int q = 0; q < EK_LIN_NODES; ++q)
+        for (int k = 0; k < EK_LIN_COLS; ++k) acc[q][k] += coef[p] * t[q][k];
+    }
+    for (int q = 0; q < EK_LIN_NODES; ++q) {
+      if (n0 + q >= nodes) break;
+      for (int k = 0; k < EK_LIN_COLS; ++k) {
+        if (w0 + k >= mo) break;
+        u64 o = (n0 + q) * (u64)out_dim + off + (w0 + k) * dim + m;
+        y[o] = alpha * acc[q][k] + (add ? add[o] : (real)0);
+      }
+    }
+  }
+}
+
+// e3nn Gate: x [n, ns + ng + Σ mul d] → y [n, ns + Σ mul d]; gtab = [nblocks, (mul, d)...].
+extern "C" __global__ void ek_gate(u64 nodes, const real* __restrict__ x, real* y, int ns,
+                                   int ng, const int* __restrict__ gtab, int din, int dout,
+                                   real c) {
+  EK_FOR(i, nodes * (u64)dout) {
+    u64 n = i / (u64)dout;
+    int j = (int)(i % (u64)dout);
+    const real* xs = x + n * (u64)din;
+    if (j < ns) {
+      y[i] = c * ek_silu(xs[j]);
+      continue;
+    }
+    int k = j - ns, gi = 0;
+    for (int b = 0; b < gtab[0]; ++b) {
+      int mul = gtab[1 + 2 * b], d = gtab[2 + 2 * b];
+      if (k < mul * d) {
+        gi += k / d;
+        break;
+      }
+      k -= mul * d;
+      gi += mul;
+    }
+    real g = c * ek_silu(xs[ns + gi]);
+    y[i] = g * xs[ns + ng + (j - ns)];
+  }
+}
+
+// Gate backward: gx [n, din] from x and gy [n, dout].
+extern "C" __global__ void ek_gate_backward(u64 nodes, const real* __restrict__ x,
+                                            const real* __restrict__ gy, real* gx, int ns,
+                                            int ng, const int* __restrict__ gtab, int din,
+                                            int dout, real c) {
+  EK_FOR(i, nodes * (u64)din) {
+    u64 n = i / (u64)din;
+    int j = (int)(i % (u64)din);
+    const real* xs = x + n * (u64)din;
+    const real* gys = gy + n * (u64)dout;
+    if (j < ns) {
+      gx[i] = c * ek_silu_grad(xs[j]) * gys[j];
+    } else if (j < ns + ng) {
+      // gate gi: its block's components start at `off` in the gated part
+      int gi = j - ns, off = 0, d = 1, k = gi;
+      for (int b = 0; b < gtab[0]; ++b) {
+        int mul = gtab[1 + 2 * b];
+        d = gtab[2 + 2 * b];
+        if (k < mul) {
+          off += k * d;
+          break;
+        }
+        off += mul * d;
+        k -= mul;
+      }
+      real dg = (real)0;
+      for (int m = 0; m < d; ++m) dg += xs[ns + ng + off + m] * gys[ns + off + m];
+      gx[i] = c * ek_silu_grad(xs[j]) * dg;
+    } else {
+      int k = j - ns - ng, gi = 0;
+      for (int b = 0; b < gtab[0]; ++b) {
+        int mul = gtab[1 + 2 * b], d = gtab[2 + 2 * b];
+        if (k < mul * d) {
+          gi += k / d;
+          break;
+        }
+        k -= mul * d;
+        gi += mul;
+      }
+      real g = c * ek_silu(xs[ns + gi]);
+      gx[i] = g * gys[ns + (j - ns - ng)];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Radial MLP helpers and small vector ops
+
+// h = c · silu(pre)
+extern "C" __global__ void ek_act(u64 n, const real* __restrict__ pre, real* h, real c) {
+  EK_FOR(i, n) h[i] = c * ek_silu(pre[i]);
+}
+
+// g *= c · silu'(pre)
+extern "C" __global__ void ek_act_backward(u64 n, const real* __restrict__ pre, real* g,
+                                           real c) {
+  EK_FOR(i, n) g[i] *= c * ek_silu_grad(pre[i]);
+}
+
+// Row-major C[m, n] = alpha · A[m, k] · op(B) + beta · C, op(B) = B [k, n] (trans_b = 0) or
+// Bᵀ of B [n, k] (trans_b = 1). The fallback when cuBLAS is absent: register tiles of
+// EK_LIN_NODES rows × EK_LIN_COLS columns per iteration (ceil(m / EK_LIN_NODES) ·
+// ceil(n / EK_LIN_COLS) iterations, column groups fastest), k ascending per element.
+extern "C" __global__ void ek_gemm(u64 m, u64 n, u64 k, real alpha, const real* __restrict__ A,
+                                   const real* __restrict__ B, int trans_b, real beta,
+                                   real* C) {
+  u64 ncg = (n + EK_LIN_COLS - 1) / EK_LIN_COLS;
+  u64 nrg = (m + EK_LIN_NODES - 1) / EK_LIN_NODES;
+  EK_FOR(i, nrg * ncg) {
+    u64 r0 = (i / ncg) * EK_LIN_NODES, c0 = (i % ncg) * EK_LIN_COLS;
+    u64 row[EK_LIN_NODES], col[EK_LIN_COLS];
+    for (int q = 0; q < EK_LIN_NODES; ++q) row[q] = r0 + q < m ? r0 + q : m - 1;
+    for (int c = 0; c < EK_LIN_COLS; ++c) col[c] = c0 + c < n ? c0 + c : n - 1;
+    real acc[EK_LIN_NODES][EK_LIN_COLS];
+    for (int q = 0; q < EK_LIN_NODES; ++q)
+      for (int c = 0; c < EK_LIN_COLS; ++c) acc[q][c] = (real)0;
+    for (u64 p = 0; p < k; ++p) {
+      real a[EK_LIN_NODES], b[EK_LIN_COLS];
+      for (int q = 0; q < EK_LIN_NODES; ++q) a[q] = A[row[q] * k + p];
+      for (int c = 0; c < EK_LIN_COLS; ++c) b[c] = trans_b ? B[col[c] * k + p] : B[p * n + col[c]];
+      for (int q = 0; q < EK_LIN_NODES; ++q)
+        for (int c = 0; c < EK_LIN_COLS; ++c) acc[q][c] += a[q] * b[c];
+    }
+    for (int q = 0; q < EK_LIN_NODES; ++q) {
+      if (r0 + q >= m) break;
+      for (int c = 0; c < EK_LIN_COLS; ++c) {
+        if (c0 + c >= n) break;
+        u64 o = (r0 + q) * n + c0 + c;
+        C[o] = alpha * acc[q][c] + (beta != (real)0 ? beta * C[o] : (real)0);
+      }
+    }
+  }
+}
+
+// dst = src (first != 0) or dst + src.
+extern "C" __global__ void ek_accumulate(u64 n, real* dst, const real* __restrict__ src,
+                                         int first) {
+  EK_FOR(i, n) dst[i] = first ? src[i] : dst[i] + src[i];
+}
+
+// Fill with a value (NaN poisoning in tests).
+extern "C" __global__ void ek_fill(u64 n, real* p, real v) {
+  EK_FOR(i, n) p[i] = v;
+}
+extern "C" __global__ void ek_fill_f64(u64 n, double* p, double v) {
+  EK_FOR(i, n) p[i] = v;
+}
+
+// ---------------------------------------------------------------------------------------
+// Energies, forces, virial (double)
+
+// atomic[n] = out[n] · scale[t] + shift[t]; seed[n] = scale[t] (dE/d out).
+extern "C" __global__ void ek_readout(u64 nodes, const real* __restrict__ out,
+                                      const unsigned* __restrict__ types,
+                                      const double* __restrict__ scale,
+                                      const double* __restrict__ shift, double* atomic,
+                                      real* seed) {
+  EK_FOR(n, nodes) {
+    unsigned t = types[n];
+    atomic[n] = (double)out[n] * scale[t] + shift[t];
+    seed[n] = (real)scale[t];
+  }
+}
+
+// F_i = Σ_{e: receiver = i} f_e − Σ_{e: sender = i} f_e, the two CSR ranges merged in
+// ascending edge order (the host model's order: + before − for a self-image edge).
+// recv/send: [offsets (N+1) | edge ids (E) | other end (E)].
+extern "C" __global__ void ek_forces(u64 nodes, const unsigned* __restrict__ recv,
+                                     const unsigned* __restrict__ send,
+                                     const double* __restrict__ fe, double* forces) {
+  EK_FOR(i, nodes) {
+    const unsigned* rid = recv + nodes + 1;
+    const unsigned* sid = send + nodes + 1;
+    unsigned a = recv[i], a_end = recv[i + 1], b = send[i], b_end = send[i + 1];
+    double f0 = 0.0, f1 = 0.0, f2 = 0.0;
+    while (a < a_end || b < b_end) {
+      if (b >= b_end || (a < a_end && rid[a] <= sid[b])) {
+        u64 e = rid[a++];
+        f0 += fe[3 * e];
+        f1 += fe[3 * e + 1];
+        f2 += fe[3 * e + 2];
+      } else {
+        u64 e = sid[b++];
+        f0 -= fe[3 * e];
+        f1 -= fe[3 * e + 1];
+        f2 -= fe[3 * e + 2];
+      }
+    }
+    forces[3 * i] = f0;
+    forces[3 * i + 1] = f1;
+    forces[3 * i + 2] = f2;
+  }
+}
+
+// Virial Σ_e v_e ⊗ f_e in two deterministic passes: part[c, 9] sums edges c, c + P, c + 2P…
+extern "C" __global__ void ek_virial_partial(u64 edges, u64 parts, const double* __restrict__ vec,
+                                             const double* __restrict__ fe, double* part) {
+  EK_FOR(t, parts * 9) {
+    u64 c = t / 9;
+    int comp = (int)(t % 9), d = comp / 3, b = comp % 3;
+    double acc = 0.0;
+    for (u64 e = c; e < edges; e += parts) acc += vec[3 * e + d] * fe[3 * e + b];
+    part[t] = acc;
+  }
+}
+
+// out[comp] = Σ_c part[c, comp], c ascending.
+extern "C" __global__ void ek_virial_final(u64 parts, const double* __restrict__ part,
+                                           double* out) {
+  EK_FOR(comp, 9) {
+    double acc = 0.0;
+    for (u64 c = 0; c < parts; ++c) acc += part[c * 9 + comp];
+    out[comp] = acc;
+  }
+}

@@ -1,0 +1,259 @@
+//! Host side of the CUDA evaluator that needs no GPU: the kernel source with its generated
+//! prelude, and the small integer tables the kernels read (Linear paths, Gate layout). The
+//! CPU-emulation test (`tests/cuda_kernels_cpu.rs`) compiles exactly this source and these
+//! tables as C++.
+
+use crate::error::{ModelError, Result};
+use crate::nn::{Gate, Linear};
+use crate::scalar::Scalar;
+use std::fmt::Write as _;
+
+/// The hand-written kernels (see the file's header).
+pub const KERNELS_CU: &str = include_str!("kernels.cu");
+
+/// Rows one `ek_linear` iteration computes (`EK_LIN_NODES`): a launch over `n` rows has
+/// `ceil(n / LINEAR_ROWS) · LinearTable::cols` iterations.
+pub const LINEAR_ROWS: usize = 4;
+
+/// Output channels (`w`) one `ek_linear` iteration computes (`EK_LIN_COLS`).
+pub const LINEAR_COLS: usize = 4;
+
+/// Iterations of an `ek_gemm` launch for `C [m, n]` (its register tiles).
+pub fn gemm_iterations(m: usize, n: usize) -> u64 {
+    (m.div_ceil(LINEAR_ROWS) * n.div_ceil(LINEAR_COLS)) as u64
+}
+
+/// Largest spherical-harmonics degree the edge kernels are generated for.
+pub const MAX_SH_L: u32 = 6;
+
+/// The spherical-harmonics recursion: `(start per l, (c, a, b) per entry, w per entry)`.
+pub type ShSteps = (Vec<usize>, Vec<[i32; 3]>, Vec<f64>);
+
+/// `(c, a, b, w)` of the recursion `Y^{l+1}_c += w · Y^l_a · u_b`, for `l < lmax`, with the
+/// first entry of each `l` (`start[l]`, `start[lmax]` = total): the same table and order as
+/// `equikern_core::so3::spherical_harmonics` (component normalisation).
+pub fn sh_steps(lmax: u32) -> Result<ShSteps> {
+    let mut start = vec![0];
+    let mut cab = Vec::new();
+    let mut w = Vec::new();
+    for l in 0..lmax {
+        let c = equikern_core::so3::wigner_3j(l + 1, l, 1)
+            .map_err(|e| ModelError::Tp(format!("spherical harmonics l = {}: {e}", l + 1)))?;
+        let k = f64::from(2 * l + 3).sqrt()
+            / (f64::from(2 * l + 1).sqrt() * c.get(l as usize + 1, l as usize, 1));
+        for &(i, j, b, v) in &c.nonzeros {
+            cab.push([i as i32, j as i32, b as i32]);
+            w.push(k * v);
+        }
+        start.push(cab.len());
+    }
+    Ok((start, cab, w))
+}
+
+/// The kernel source for `real` = `f32`/`f64` (by [`Scalar::NAME`]) and spherical harmonics
+/// `0..=lmax`: a generated prelude (`real`, `EK_EXP`, the SH recursion table) + `kernels.cu`.
+/// Constants depend on the model only, never on atom or edge counts.
+pub fn kernel_source<T: Scalar>(lmax: u32) -> Result<String> {
+    if lmax > MAX_SH_L {
+        return Err(ModelError::Unsupported(format!(
+            "spherical harmonics up to l = {lmax}: the CUDA evaluator supports l ≤ {MAX_SH_L}"
+        )));
+    }
+    let (start, cab, w) = sh_steps(lmax)?;
+    let mut s = String::new();
+    let (real, exp) = if T::NAME == "f64" {
+        ("double", "exp")
+    } else {
+        ("float", "expf")
+    };
+    let _ = writeln!(s, "// generated prelude: dtype {} lmax {lmax}", T::NAME);
+    let _ = writeln!(s, "typedef {real} real;");
+    let _ = writeln!(s, "#define EK_EXP(x) {exp}(x)");
+    let _ = writeln!(s, "#define EK_SH_LMAX {lmax}");
+    let _ = writeln!(s, "#define EK_LIN_NODES {LINEAR_ROWS}");
+    let _ = writeln!(s, "#define EK_LIN_COLS {LINEAR_COLS}");
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "0".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(
+        s,
+        "__constant__ int ek_sh_start[{}] = {{{}}};",
+        start.len(),
+        list(start.iter().map(|x| x.to_string()).collect())
+    );
+    let _ = writeln!(
+        s,
+        "__constant__ int ek_sh_cab[{}] = {{{}}};",
+        (3 * cab.len()).max(1),
+        list(cab.iter().flatten().map(|x| x.to_string()).collect())
+    );
+    let _ = writeln!(
+        s,
+        "__constant__ double ek_sh_w[{}] = {{{}}};",
+        w.len().max(1),
+        // `{:e}` prints the shortest representation that reads back exactly.
+        list(w.iter().map(|x| format!("{x:e}")).collect())
+    );
+    s.push_str(KERNELS_CU);
+    Ok(s)
+}
+
+/// A Linear (or its transpose) as `ek_linear` reads it: `tab` (blocks and paths, see
+/// `kernels.cu`), per-path coefficients and the weights (`W`, or `Wᵀ` per path).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearTable {
+    pub tab: Vec<i32>,
+    pub coef: Vec<f64>,
+    pub weight: Vec<f64>,
+    pub dim_in: usize,
+    pub dim_out: usize,
+    /// Column groups of one row group (`ek_linear`'s `cols`): `Σ_blocks ceil(mul_out /
+    /// LINEAR_COLS) · dim`.
+    pub cols: usize,
+}
+
+/// Column groups of a table's blocks (see [`LinearTable::cols`]).
+fn column_groups(blocks: &[(usize, usize, usize)]) -> usize {
+    blocks
+        .iter()
+        .map(|&(_, mul, dim)| mul.div_ceil(LINEAR_COLS) * dim)
+        .sum()
+}
+
+fn i32_of(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| ModelError::Unsupported(format!("{what} {v} exceeds i32")))
+}
+
+impl LinearTable {
+    /// `y = Linear(x)`.
+    pub fn forward<T: Scalar>(l: &Linear<T>) -> Result<Self> {
+        let paths: Vec<_> = l
+            .paths()
+            .into_iter()
+            .filter(|p| p.mul_in > 0 && p.mul_out > 0)
+            .collect();
+        let blocks: Vec<(usize, usize, usize)> = l
+            .irreps_out
+            .iter()
+            .zip(l.irreps_out.slices())
+            .filter(|(m, _)| m.mul > 0)
+            .map(|(m, s)| (s.start, m.mul, m.ir.dim()))
+            .collect();
+        let mut tab = vec![i32_of(blocks.len(), "blocks")?];
+        let mut ptab = Vec::new();
+        let mut coef = Vec::new();
+        for &(off, mul, dim) in &blocks {
+            let first = coef.len();
+            for p in paths.iter().filter(|p| p.out_off == off) {
+                ptab.extend([
+                    i32_of(p.in_off, "offset")?,
+                    i32_of(p.mul_in, "mul")?,
+                    i32_of(p.w_off, "weight offset")?,
+                ]);
+                coef.push(p.coef.to_f64());
+            }
+            tab.extend([
+                i32_of(off, "offset")?,
+                i32_of(mul, "mul")?,
+                i32_of(dim, "dim")?,
+                i32_of(first, "path")?,
+                i32_of(coef.len() - first, "paths")?,
+            ]);
+        }
+        tab.extend(ptab);
+        Ok(LinearTable {
+            tab,
+            coef,
+            weight: l.weight.iter().map(|w| w.to_f64()).collect(),
+            dim_in: l.dim_in,
+            dim_out: l.dim_out,
+            cols: column_groups(&blocks),
+        })
+    }
+
+    /// `gx = Linearᵀ(gy)` (the backward: the map is linear), with `Wᵀ` per path.
+    pub fn transpose<T: Scalar>(l: &Linear<T>) -> Result<Self> {
+        let paths: Vec<_> = l
+            .paths()
+            .into_iter()
+            .filter(|p| p.mul_in > 0 && p.mul_out > 0)
+            .collect();
+        let blocks: Vec<(usize, usize, usize)> = l
+            .irreps_in
+            .iter()
+            .zip(l.irreps_in.slices())
+            .filter(|(m, _)| m.mul > 0)
+            .map(|(m, s)| (s.start, m.mul, m.ir.dim()))
+            .collect();
+        let mut weight = vec![0.0; l.weight.len()];
+        for p in &paths {
+            for u in 0..p.mul_in {
+                for w in 0..p.mul_out {
+                    weight[p.w_off + w * p.mul_in + u] =
+                        l.weight[p.w_off + u * p.mul_out + w].to_f64();
+                }
+            }
+        }
+        let mut tab = vec![i32_of(blocks.len(), "blocks")?];
+        let mut ptab = Vec::new();
+        let mut coef = Vec::new();
+        for &(off, mul, dim) in &blocks {
+            let first = coef.len();
+            for p in paths.iter().filter(|p| p.in_off == off) {
+                ptab.extend([
+                    i32_of(p.out_off, "offset")?,
+                    i32_of(p.mul_out, "mul")?,
+                    i32_of(p.w_off, "weight offset")?,
+                ]);
+                coef.push(p.coef.to_f64());
+            }
+            tab.extend([
+                i32_of(off, "offset")?,
+                i32_of(mul, "mul")?,
+                i32_of(dim, "dim")?,
+                i32_of(first, "path")?,
+                i32_of(coef.len() - first, "paths")?,
+            ]);
+        }
+        tab.extend(ptab);
+        Ok(LinearTable {
+            tab,
+            coef,
+            weight,
+            dim_in: l.dim_out,
+            dim_out: l.dim_in,
+            cols: column_groups(&blocks),
+        })
+    }
+}
+
+/// A Gate as `ek_gate` reads it: `(ns, ng, [nblocks, (mul, d)...], din, dout)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateTable {
+    pub ns: i32,
+    pub ng: i32,
+    pub tab: Vec<i32>,
+    pub din: i32,
+    pub dout: i32,
+}
+
+impl GateTable {
+    pub fn new<T: Scalar>(g: &Gate<T>) -> Result<Self> {
+        let mut tab = vec![i32_of(g.gated.len(), "gated blocks")?];
+        for &(mul, d) in &g.gated {
+            tab.extend([i32_of(mul, "mul")?, i32_of(d, "dim")?]);
+        }
+        let ng: usize = g.gated.iter().map(|x| x.0).sum();
+        Ok(GateTable {
+            ns: i32_of(g.n_scalars, "scalars")?,
+            ng: i32_of(ng, "gates")?,
+            tab,
+            din: i32_of(g.dim_in, "gate input")?,
+            dout: i32_of(g.dim_out, "gate output")?,
+        })
+    }
+}

@@ -1,0 +1,839 @@
+//! The CUDA evaluator's hand-written kernels (`src/cuda_model/kernels.cu` with its generated
+//! prelude, exactly the text NVRTC compiles) run on the CPU: compiled as C++ (g++) with a
+//! few lines standing in for the CUDA built-ins, each launch's grid walked one thread at a
+//! time (a grid of at most 3 blocks of 256, so the grid-stride loops wrap), and every kernel
+//! compared with the host implementation it replaces (`nn::Linear`, `Gate`,
+//! `FullyConnectedNet`, Bessel × cutoff, `spherical_harmonics_with_grad`, the force and
+//! virial sums of `sevennet.rs`) on random inputs: relative L2 error ≤ 1e-12 in f64 (the
+//! f32 text is compiled and checked at 1e-5). Skips where no C++ compiler is found.
+
+mod common;
+
+use common::*;
+use equikern_core::conv::{Csr, End};
+use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
+use equikern_model::cuda_model::tables::{kernel_source, GateTable, LinearTable};
+use equikern_model::nn::{BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
+use equikern_model::{Scalar, SevenNet};
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SHIM: &str = r#"
+#include <cmath>
+#include <cstdint>
+struct ek_dim3 { unsigned x, y, z; };
+static ek_dim3 blockIdx, gridDim, threadIdx, blockDim;
+#define __global__
+#define __device__
+#define __constant__ static const
+#define __restrict__
+"#;
+
+const HARNESS: &str = r#"
+// Walks the grid of a launch of `n` iterations: at most 3 blocks of 256 threads, so every
+// grid-stride loop wraps at least once on large inputs.
+template <class F> static void grid(u64 n, F f) {
+  u64 b = (n + 255) / 256; if (b < 1) b = 1; if (b > 3) b = 3;
+  gridDim.x = (unsigned)b; gridDim.y = 1; gridDim.z = 1;
+  blockDim.x = 256; blockDim.y = 1; blockDim.z = 1;
+  for (unsigned bx = 0; bx < b; ++bx) for (unsigned tx = 0; tx < 256; ++tx) {
+    blockIdx.x = bx; blockIdx.y = 0; blockIdx.z = 0; threadIdx.x = tx; threadIdx.y = 0; threadIdx.z = 0;
+    f();
+  }
+}
+extern "C" void t_edge_geometry(u64 E, const double* vec, const double* coeffs, int nb, double cutoff,
+    int kind, double r_on, double p, real* emb, real* sh) {
+  grid(E, [&] { ek_edge_geometry(E, vec, coeffs, nb, cutoff, kind, r_on, p, emb, sh); });
+}
+extern "C" void t_edge_force(u64 E, const double* vec, const double* coeffs, int nb, double cutoff,
+    int kind, double r_on, double p, const real* g_emb, const real* g_sh, double* fe) {
+  grid(E, [&] { ek_edge_force(E, vec, coeffs, nb, cutoff, kind, r_on, p, g_emb, g_sh, fe); });
+}
+extern "C" void t_one_hot(u64 N, const unsigned* types, int ns, real* out) {
+  grid(N * ns, [&] { ek_one_hot(N, types, ns, out); });
+}
+extern "C" void t_linear(u64 N, const real* x, int di, real* y, int dout, const real* W,
+    const int* tab, const real* coef, real alpha, const real* add, int cols) {
+  grid((N + EK_LIN_NODES - 1) / EK_LIN_NODES * cols, [&] { ek_linear(N, x, di, y, dout, W, tab, coef, alpha, add, cols); });
+}
+extern "C" void t_gate(u64 N, const real* x, real* y, int ns, int ng, const int* gtab, int din,
+    int dout, real c) {
+  grid(N * dout, [&] { ek_gate(N, x, y, ns, ng, gtab, din, dout, c); });
+}
+extern "C" void t_gate_backward(u64 N, const real* x, const real* gy, real* gx, int ns, int ng,
+    const int* gtab, int din, int dout, real c) {
+  grid(N * din, [&] { ek_gate_backward(N, x, gy, gx, ns, ng, gtab, din, dout, c); });
+}
+extern "C" void t_act(u64 n, const real* pre, real* h, real c) { grid(n, [&] { ek_act(n, pre, h, c); }); }
+extern "C" void t_act_backward(u64 n, const real* pre, real* g, real c) {
+  grid(n, [&] { ek_act_backward(n, pre, g, c); });
+}
+extern "C" void t_gemm(u64 m, u64 n, u64 k, real alpha, const real* A, const real* B, int tb,
+    real beta, real* C) {
+  grid(((m + EK_LIN_NODES - 1) / EK_LIN_NODES) * ((n + EK_LIN_COLS - 1) / EK_LIN_COLS), [&] { ek_gemm(m, n, k, alpha, A, B, tb, beta, C); });
+}
+extern "C" void t_accumulate(u64 n, real* dst, const real* src, int first) {
+  grid(n, [&] { ek_accumulate(n, dst, src, first); });
+}
+extern "C" void t_fill(u64 n, real* p, real v) { grid(n, [&] { ek_fill(n, p, v); }); }
+extern "C" void t_readout(u64 N, const real* out, const unsigned* types, const double* scale,
+    const double* shift, double* atomic, real* seed) {
+  grid(N, [&] { ek_readout(N, out, types, scale, shift, atomic, seed); });
+}
+extern "C" void t_forces(u64 N, const unsigned* recv, const unsigned* send, const double* fe,
+    double* forces) {
+  grid(N, [&] { ek_forces(N, recv, send, fe, forces); });
+}
+extern "C" void t_virial(u64 E, u64 P, const double* vec, const double* fe, double* part, double* out) {
+  grid(P * 9, [&] { ek_virial_partial(E, P, vec, fe, part); });
+  grid(9, [&] { ek_virial_final(P, part, out); });
+}
+"#;
+
+fn compiler() -> Option<&'static str> {
+    ["c++", "g++", "clang++"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+fn build_lib<T: Scalar>(dir: &Path, lmax: u32) -> Option<libloading::Library> {
+    let cxx = compiler().or_else(|| {
+        println!("SKIP: no C++ compiler (c++, g++, clang++)");
+        None
+    })?;
+    let src = format!(
+        "{SHIM}{}{HARNESS}",
+        kernel_source::<T>(lmax).expect("kernel source")
+    );
+    let name = format!("ek_model_{}_l{lmax}", T::NAME);
+    let cpp = dir.join(format!("{name}.cpp"));
+    let so = dir.join(format!("{name}.so"));
+    std::fs::write(&cpp, &src).unwrap();
+    let o = Command::new(cxx)
+        .args(["-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-o"])
+        .arg(&so)
+        .arg(&cpp)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "compiling the kernels as C++ failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // SAFETY: a library we just built; it has no initialisers beyond constant tables.
+    Some(unsafe { libloading::Library::new(&so) }.unwrap())
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ek-model-kernels-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Relative L2 error of `a` against `b`, with the largest absolute difference and its index
+/// (the first bad element is what a failing kernel needs to be debugged).
+fn rel<A: Scalar, B: Scalar>(what: &str, a: &[A], b: &[B], tol: f64) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let (mut num, mut den, mut worst, mut at) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    let mut first_nan = None;
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        let (x, y) = (x.to_f64(), y.to_f64());
+        if !x.is_finite() && first_nan.is_none() {
+            first_nan = Some(i);
+        }
+        num += (x - y) * (x - y);
+        den += y * y;
+        if (x - y).abs() > worst {
+            worst = (x - y).abs();
+            at = i;
+        }
+    }
+    let r = if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        num.sqrt()
+    };
+    println!(
+        "  {what:40} n {:6}  rel L2 {r:.2e}  max |d| {worst:.2e} at {at}",
+        a.len()
+    );
+    assert!(
+        first_nan.is_none(),
+        "{what}: non-finite value at index {}",
+        first_nan.unwrap_or(0)
+    );
+    assert!(
+        r <= tol,
+        "{what}: rel L2 {r:.3e} > {tol:.1e}; largest |d| {worst:.3e} at index {at}: {} vs {}",
+        a[at].to_f64(),
+        b[at].to_f64()
+    );
+}
+
+fn rnd(r: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| r.random_range(-1.0..1.0)).collect()
+}
+
+fn cast<T: Scalar>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f64(x)).collect()
+}
+
+/// The kernels of one dtype, as C functions.
+struct K<'l, T: Scalar> {
+    lib: &'l libloading::Library,
+    _t: std::marker::PhantomData<T>,
+}
+
+macro_rules! sym {
+    ($k:expr, $name:literal, $ty:ty) => {{
+        // SAFETY: the harness defines the symbol with exactly this signature.
+        let s: libloading::Symbol<$ty> = unsafe { $k.lib.get($name) }.unwrap();
+        *s
+    }};
+}
+
+type LinFn<T> = unsafe extern "C" fn(
+    u64,
+    *const T,
+    i32,
+    *mut T,
+    i32,
+    *const T,
+    *const i32,
+    *const T,
+    T,
+    *const T,
+    i32,
+);
+type GemmFn<T> = unsafe extern "C" fn(u64, u64, u64, T, *const T, *const T, i32, T, *mut T);
+type ActFn<T> = unsafe extern "C" fn(u64, *const T, *mut T, T);
+type GeoFn<T> =
+    unsafe extern "C" fn(u64, *const f64, *const f64, i32, f64, i32, f64, f64, *mut T, *mut T);
+type ForceFn<T> = unsafe extern "C" fn(
+    u64,
+    *const f64,
+    *const f64,
+    i32,
+    f64,
+    i32,
+    f64,
+    f64,
+    *const T,
+    *const T,
+    *mut f64,
+);
+type GateFn<T> = unsafe extern "C" fn(u64, *const T, *mut T, i32, i32, *const i32, i32, i32, T);
+type GateBwdFn<T> =
+    unsafe extern "C" fn(u64, *const T, *const T, *mut T, i32, i32, *const i32, i32, i32, T);
+
+impl<'l, T: Scalar> K<'l, T> {
+    fn linear(&self, t: &LinearTable, x: &[T], n: usize, alpha: f64, add: Option<&[T]>) -> Vec<T> {
+        let f = sym!(self, b"t_linear", LinFn<T>);
+        let mut y = vec![T::from_f64(f64::NAN); n * t.dim_out];
+        let (w, c) = (cast::<T>(&t.weight), cast::<T>(&t.coef));
+        // SAFETY: buffers sized for n rows of the table's dims.
+        unsafe {
+            f(
+                n as u64,
+                x.as_ptr(),
+                t.dim_in as i32,
+                y.as_mut_ptr(),
+                t.dim_out as i32,
+                w.as_ptr(),
+                t.tab.as_ptr(),
+                c.as_ptr(),
+                T::from_f64(alpha),
+                add.map_or(std::ptr::null(), |a| a.as_ptr()),
+                t.cols as i32,
+            )
+        };
+        y
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        alpha: f64,
+        a: &[T],
+        b: &[T],
+        tb: bool,
+        beta: f64,
+        c: &mut [T],
+    ) {
+        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+        let f = sym!(self, b"t_gemm", GemmFn<T>);
+        // SAFETY: sizes asserted above.
+        unsafe {
+            f(
+                m as u64,
+                n as u64,
+                k as u64,
+                T::from_f64(alpha),
+                a.as_ptr(),
+                b.as_ptr(),
+                i32::from(tb),
+                T::from_f64(beta),
+                c.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn act(&self, pre: &[T], out: &mut [T], c: T, backward: bool) {
+        let f = if backward {
+            sym!(self, b"t_act_backward", ActFn<T>)
+        } else {
+            sym!(self, b"t_act", ActFn<T>)
+        };
+        // SAFETY: equal lengths.
+        unsafe { f(pre.len() as u64, pre.as_ptr(), out.as_mut_ptr(), c) }
+    }
+}
+
+fn tol<T: Scalar>() -> f64 {
+    if T::NAME == "f64" {
+        1e-12
+    } else {
+        1e-5
+    }
+}
+
+/// Every Linear of the model, forward (with alpha and a residual) and transposed.
+fn check_linears<T: Scalar>(k: &K<T>, m: &SevenNet<T>, r: &mut rand_chacha::ChaCha8Rng) {
+    let mut all: Vec<(String, &Linear<T>)> = vec![
+        ("embed".into(), &m.embed),
+        ("readout_hidden".into(), &m.readout_hidden),
+        ("readout_energy".into(), &m.readout_energy),
+    ];
+    for (t, l) in m.layers.iter().enumerate() {
+        all.push((format!("{t}.sc"), &l.sc));
+        all.push((format!("{t}.lin1"), &l.lin1));
+        all.push((format!("{t}.lin2"), &l.lin2));
+    }
+    for (name, l) in all {
+        for n in [1usize, 4, 9] {
+            let x: Vec<T> = cast(&rnd(r, n * l.dim_in));
+            let add: Vec<T> = cast(&rnd(r, n * l.dim_out));
+            let fw = LinearTable::forward(l).unwrap();
+            let y = k.linear(&fw, &x, n, 0.7, Some(&add));
+            let host = l.forward(&x);
+            let want: Vec<T> = host
+                .iter()
+                .zip(&add)
+                .map(|(&h, &a)| T::from_f64(0.7) * h + a)
+                .collect();
+            rel(
+                &format!("linear {name} n {n} (alpha, add)"),
+                &y,
+                &want,
+                tol::<T>(),
+            );
+            let y = k.linear(&fw, &x, n, 1.0, None);
+            rel(&format!("linear {name} n {n}"), &y, &host, tol::<T>());
+            let gy: Vec<T> = cast(&rnd(r, n * l.dim_out));
+            let bw = LinearTable::transpose(l).unwrap();
+            let gx = k.linear(&bw, &gy, n, 1.0, None);
+            rel(
+                &format!("linear {name} n {n} transposed"),
+                &gx,
+                &l.backward(&gy),
+                tol::<T>(),
+            );
+        }
+    }
+}
+
+fn check_gates<T: Scalar>(k: &K<T>, gates: &[&Gate<T>], r: &mut rand_chacha::ChaCha8Rng) {
+    let n = 6;
+    for (t, g) in gates.iter().enumerate() {
+        let gt = GateTable::new(*g).unwrap();
+        let x: Vec<T> = cast(
+            &rnd(r, n * g.dim_in)
+                .iter()
+                .map(|v| 3.0 * v)
+                .collect::<Vec<_>>(),
+        );
+        let mut y = vec![T::from_f64(f64::NAN); n * g.dim_out];
+        let f = sym!(k, b"t_gate", GateFn<T>);
+        // SAFETY: x n·din, y n·dout.
+        unsafe {
+            f(
+                n as u64,
+                x.as_ptr(),
+                y.as_mut_ptr(),
+                gt.ns,
+                gt.ng,
+                gt.tab.as_ptr(),
+                gt.din,
+                gt.dout,
+                g.act_cst,
+            )
+        };
+        rel(&format!("gate {t}"), &y, &g.forward(&x), tol::<T>());
+        let gy: Vec<T> = cast(&rnd(r, n * g.dim_out));
+        let mut gx = vec![T::from_f64(f64::NAN); n * g.dim_in];
+        let f = sym!(k, b"t_gate_backward", GateBwdFn<T>);
+        // SAFETY: x, gx n·din; gy n·dout.
+        unsafe {
+            f(
+                n as u64,
+                x.as_ptr(),
+                gy.as_ptr(),
+                gx.as_mut_ptr(),
+                gt.ns,
+                gt.ng,
+                gt.tab.as_ptr(),
+                gt.din,
+                gt.dout,
+                g.act_cst,
+            )
+        };
+        rel(
+            &format!("gate {t} backward"),
+            &gx,
+            &g.backward(&x, &gy),
+            tol::<T>(),
+        );
+    }
+}
+
+/// The radial MLP as the evaluator runs it (gemm + act kernels, same calls and order),
+/// forward and input-gradient backward (accumulating into g_emb with beta = 1).
+fn check_mlp<T: Scalar>(
+    k: &K<T>,
+    t: usize,
+    net: &FullyConnectedNet<T>,
+    r: &mut rand_chacha::ChaCha8Rng,
+) {
+    let ne = 301;
+    let emb: Vec<T> = cast(&rnd(r, ne * net.dim_in()));
+    let last = net.layers.len() - 1;
+    let c = net.act_cst;
+    let mut pre: Vec<Vec<T>> = vec![];
+    let mut act: Vec<Vec<T>> = vec![];
+    let mut w = vec![T::from_f64(f64::NAN); ne * net.dim_out()];
+    for (i, (a, b, wk)) in net.layers.iter().enumerate() {
+        let alpha = 1.0 / (*a as f64).sqrt();
+        let input = if i == 0 {
+            emb.clone()
+        } else {
+            act[i - 1].clone()
+        };
+        if i < last {
+            let mut p = vec![T::from_f64(f64::NAN); ne * b];
+            k.gemm((ne, *b, *a), alpha, &input, wk, false, 0.0, &mut p);
+            let mut h = vec![T::from_f64(f64::NAN); ne * b];
+            k.act(&p, &mut h, c, false);
+            pre.push(p);
+            act.push(h);
+        } else {
+            k.gemm((ne, *b, *a), alpha, &input, wk, false, 0.0, &mut w);
+        }
+    }
+    let (w_host, tape) = net.forward(&emb);
+    rel(&format!("radial MLP {t} forward"), &w, &w_host, tol::<T>());
+    let gw: Vec<T> = cast(&rnd(r, ne * net.dim_out()));
+    let base: Vec<T> = cast(&rnd(r, ne * net.dim_in()));
+    let mut g_emb = base.clone();
+    for i in (0..=last).rev() {
+        let (a, b, wk) = &net.layers[i];
+        let alpha = 1.0 / (*a as f64).sqrt();
+        let g = if i == last {
+            gw.clone()
+        } else {
+            act[i].clone()
+        };
+        if i > 0 {
+            k.gemm((ne, *a, *b), alpha, &g, wk, true, 0.0, &mut act[i - 1]);
+            let p = pre[i - 1].clone();
+            k.act(&p, &mut act[i - 1], c, true);
+        } else {
+            k.gemm((ne, *a, *b), alpha, &g, wk, true, 1.0, &mut g_emb);
+        }
+    }
+    let ge = net.backward(&tape, &gw);
+    let want: Vec<T> = base.iter().zip(&ge).map(|(&a, &b)| a + b).collect();
+    rel(
+        &format!("radial MLP {t} backward (+= g_emb)"),
+        &g_emb,
+        &want,
+        tol::<T>(),
+    );
+}
+
+/// Edge geometry and edge forces against the host functions, for `lmax` and an envelope.
+fn check_geometry<T: Scalar>(
+    k: &K<T>,
+    lmax: u32,
+    bessel: &BesselBasis,
+    env: &Cutoff,
+    r: &mut rand_chacha::ChaCha8Rng,
+) {
+    let (kind, r_on, p) = match *env {
+        Cutoff::Xplor { r_on, .. } => (0, r_on, 0.0),
+        Cutoff::Polynomial { p, .. } => (1, 0.0, p),
+    };
+    let rc = bessel.cutoff;
+    let ne = 333;
+    let nb = bessel.coeffs.len();
+    let ls: Vec<u32> = (0..=lmax).collect();
+    let shd = ((lmax + 1) * (lmax + 1)) as usize;
+    let mut vec = vec![];
+    for _ in 0..ne {
+        let d = [
+            r.random_range(-1.0..1.0f64),
+            r.random_range(-1.0..1.0),
+            r.random_range(-1.0..1.0),
+        ];
+        let n = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt().max(1e-3);
+        let len = r.random_range(0.3..rc * 0.999);
+        vec.push(d.map(|x| x / n * len));
+    }
+    let flat: Vec<f64> = vec.iter().flatten().copied().collect();
+    let mut emb = vec![T::from_f64(f64::NAN); ne * nb];
+    let mut sh = vec![T::from_f64(f64::NAN); ne * shd];
+    let f = sym!(k, b"t_edge_geometry", GeoFn<T>);
+    // SAFETY: sized for ne edges.
+    unsafe {
+        f(
+            ne as u64,
+            flat.as_ptr(),
+            bessel.coeffs.as_ptr(),
+            nb as i32,
+            rc,
+            kind,
+            r_on,
+            p,
+            emb.as_mut_ptr(),
+            sh.as_mut_ptr(),
+        )
+    };
+    let g_emb: Vec<T> = cast(&rnd(r, ne * nb));
+    let g_sh: Vec<T> = cast(&rnd(r, ne * shd));
+    let (mut emb_ref, mut sh_ref, mut fe_ref) = (vec![], vec![], vec![]);
+    for (e, v) in vec.iter().enumerate() {
+        let re = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+        let (b, db) = bessel.eval(re);
+        let (fv, dfv) = env.eval(re);
+        let mut g_r = 0.0;
+        for q in 0..nb {
+            emb_ref.push(T::from_f64(b[q] * fv));
+            g_r += g_emb[e * nb + q].to_f64() * (db[q] * fv + b[q] * dfv);
+        }
+        let (y, gy) =
+            spherical_harmonics_with_grad(&ls, *v, true, ShNormalization::Component).unwrap();
+        sh_ref.extend(y.iter().map(|&x| T::from_f64(x)));
+        for d in 0..3 {
+            let mut acc = g_r * v[d] / re;
+            for c in 0..shd {
+                acc += g_sh[e * shd + c].to_f64() * gy[c][d];
+            }
+            fe_ref.push(acc);
+        }
+    }
+    let what = format!("lmax {lmax} {env:?}");
+    rel(
+        &format!("edge embedding ({what})"),
+        &emb,
+        &emb_ref,
+        tol::<T>(),
+    );
+    rel(
+        &format!("edge harmonics ({what})"),
+        &sh,
+        &sh_ref,
+        tol::<T>(),
+    );
+    let mut fe = vec![f64::NAN; 3 * ne];
+    let f = sym!(k, b"t_edge_force", ForceFn<T>);
+    // SAFETY: sized for ne edges.
+    unsafe {
+        f(
+            ne as u64,
+            flat.as_ptr(),
+            bessel.coeffs.as_ptr(),
+            nb as i32,
+            rc,
+            kind,
+            r_on,
+            p,
+            g_emb.as_ptr(),
+            g_sh.as_ptr(),
+            fe.as_mut_ptr(),
+        )
+    };
+    // the edge force is computed in f64 from T gradients: f64-exact in both dtypes
+    rel(&format!("edge forces ({what})"), &fe, &fe_ref, 1e-12);
+}
+
+/// Forces (merged CSR ranges), virial, readout, one-hot, accumulate on a random graph with
+/// self-images, repeated edges and isolated atoms.
+fn check_reductions<T: Scalar>(k: &K<T>, r: &mut rand_chacha::ChaCha8Rng) {
+    let (n, ne) = (61usize, 1500usize);
+    let mut recv = vec![];
+    let mut send = vec![];
+    for _ in 0..ne {
+        let i = r.random_range(0..n - 3) as u32;
+        let j = if r.random_range(0..10) == 0 {
+            i
+        } else {
+            r.random_range(0..n - 3) as u32
+        };
+        recv.push(i);
+        send.push(j);
+    }
+    let csr = Csr::build(n, &recv, &send).unwrap();
+    let (pr, ps) = (csr.packed(End::Receiver), csr.packed(End::Sender));
+    let fe = rnd(r, 3 * ne);
+    let vec = rnd(r, 3 * ne);
+    let mut forces = vec![f64::NAN; 3 * n];
+    type FFn = unsafe extern "C" fn(u64, *const u32, *const u32, *const f64, *mut f64);
+    let f = sym!(k, b"t_forces", FFn);
+    // SAFETY: packed views of n nodes / ne edges; fe 3·ne; forces 3·n.
+    unsafe {
+        f(
+            n as u64,
+            pr.as_ptr(),
+            ps.as_ptr(),
+            fe.as_ptr(),
+            forces.as_mut_ptr(),
+        )
+    };
+    let mut want = vec![0.0; 3 * n];
+    let mut vir = [0.0; 9];
+    for e in 0..ne {
+        for d in 0..3 {
+            want[3 * recv[e] as usize + d] += fe[3 * e + d];
+            want[3 * send[e] as usize + d] -= fe[3 * e + d];
+            for b in 0..3 {
+                vir[3 * d + b] += vec[3 * e + d] * fe[3 * e + b];
+            }
+        }
+    }
+    // the merge visits edges in the host's order: equal bit for bit
+    assert_eq!(
+        forces, want,
+        "forces: merged CSR order differs from the host sum"
+    );
+    println!(
+        "  forces (merged CSR ranges)               n {:6}  bit-identical to the host loop",
+        3 * n
+    );
+    let parts = 64;
+    let mut part = vec![f64::NAN; parts * 9];
+    let mut out = [f64::NAN; 9];
+    type VFn = unsafe extern "C" fn(u64, u64, *const f64, *const f64, *mut f64, *mut f64);
+    let f = sym!(k, b"t_virial", VFn);
+    // SAFETY: vec, fe 3·ne; part parts·9; out 9.
+    unsafe {
+        f(
+            ne as u64,
+            parts as u64,
+            vec.as_ptr(),
+            fe.as_ptr(),
+            part.as_mut_ptr(),
+            out.as_mut_ptr(),
+        )
+    };
+    rel("virial", &out, &vir, 1e-13);
+
+    // readout and one-hot
+    let ns = 5;
+    let types: Vec<u32> = (0..n).map(|_| r.random_range(0..ns) as u32).collect();
+    let o: Vec<T> = cast(&rnd(r, n));
+    let scale: Vec<f64> = rnd(r, ns).iter().map(|x| 1.0 + 0.5 * x).collect();
+    let shift = rnd(r, ns);
+    let mut atomic = vec![f64::NAN; n];
+    let mut seed = vec![T::from_f64(f64::NAN); n];
+    type RFn<T> =
+        unsafe extern "C" fn(u64, *const T, *const u32, *const f64, *const f64, *mut f64, *mut T);
+    let f = sym!(k, b"t_readout", RFn<T>);
+    // SAFETY: n atoms, ns species.
+    unsafe {
+        f(
+            n as u64,
+            o.as_ptr(),
+            types.as_ptr(),
+            scale.as_ptr(),
+            shift.as_ptr(),
+            atomic.as_mut_ptr(),
+            seed.as_mut_ptr(),
+        )
+    };
+    let want: Vec<f64> = (0..n)
+        .map(|a| o[a].to_f64() * scale[types[a] as usize] + shift[types[a] as usize])
+        .collect();
+    rel("readout atomic energies", &atomic, &want, 1e-15);
+    let want: Vec<T> = types
+        .iter()
+        .map(|&t| T::from_f64(scale[t as usize]))
+        .collect();
+    rel("readout seed", &seed, &want, 0.0);
+    let mut oh = vec![T::from_f64(f64::NAN); n * ns];
+    type OFn<T> = unsafe extern "C" fn(u64, *const u32, i32, *mut T);
+    let f = sym!(k, b"t_one_hot", OFn<T>);
+    // SAFETY: n·ns.
+    unsafe { f(n as u64, types.as_ptr(), ns as i32, oh.as_mut_ptr()) };
+    let want: Vec<T> = (0..n * ns)
+        .map(|i| T::from_f64(f64::from(u8::from(types[i / ns] as usize == i % ns))))
+        .collect();
+    rel("one-hot", &oh, &want, 0.0);
+    // accumulate: first copies, then adds
+    let a: Vec<T> = cast(&rnd(r, 777));
+    let b: Vec<T> = cast(&rnd(r, 777));
+    let mut d = vec![T::from_f64(f64::NAN); 777];
+    type AFn<T> = unsafe extern "C" fn(u64, *mut T, *const T, i32);
+    let f = sym!(k, b"t_accumulate", AFn<T>);
+    // SAFETY: 777 each.
+    unsafe {
+        f(777, d.as_mut_ptr(), a.as_ptr(), 1);
+        f(777, d.as_mut_ptr(), b.as_ptr(), 0);
+    }
+    let want: Vec<T> = a.iter().zip(&b).map(|(&x, &y)| x + y).collect();
+    rel("accumulate", &d, &want, 0.0);
+}
+
+/// Plain products in both layouts against a naive loop (odd sizes).
+fn check_gemm<T: Scalar>(k: &K<T>, r: &mut rand_chacha::ChaCha8Rng) {
+    let (m, n, kk) = (37, 29, 13);
+    let a: Vec<T> = cast(&rnd(r, m * kk));
+    let b: Vec<T> = cast(&rnd(r, kk * n));
+    let c0: Vec<T> = cast(&rnd(r, m * n));
+    for (tb, beta) in [(false, 0.0), (true, 0.0), (false, 0.5), (true, 1.0)] {
+        let mut c = c0.clone();
+        k.gemm((m, n, kk), 0.3, &a, &b, tb, beta, &mut c);
+        let mut want = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0;
+                for q in 0..kk {
+                    let bv = if tb { b[j * kk + q] } else { b[q * n + j] };
+                    s += a[i * kk + q].to_f64() * bv.to_f64();
+                }
+                want[i * n + j] = 0.3 * s + beta * c0[i * n + j].to_f64();
+            }
+        }
+        rel(
+            &format!("gemm trans_b {tb} beta {beta}"),
+            &c,
+            &want,
+            tol::<T>(),
+        );
+    }
+}
+
+fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
+    let dir = tmpdir(T::NAME);
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(20261206);
+    for lmax in [2u32, 3] {
+        let Some(lib) = build_lib::<T>(&dir, lmax) else {
+            return;
+        };
+        let k = K::<T> {
+            lib: &lib,
+            _t: std::marker::PhantomData,
+        };
+        println!("{} kernels, lmax {lmax}:", T::NAME);
+        let bessel = BesselBasis {
+            cutoff: 4.0,
+            coeffs: (1..=8)
+                .map(|q| q as f64 * std::f64::consts::PI / 4.0 * (1.0 + 0.03 * q as f64))
+                .collect(),
+        };
+        for env in [
+            Cutoff::Xplor {
+                r_on: 3.3,
+                r_cut: 4.0,
+            },
+            Cutoff::Polynomial { r_cut: 4.0, p: 6.0 },
+        ] {
+            check_geometry(&k, lmax, &bessel, &env, &mut r);
+        }
+        if lmax != 2 {
+            continue;
+        }
+        check_gemm(&k, &mut r);
+        check_reductions(&k, &mut r);
+        for (name, m) in models {
+            println!(" model {name}:");
+            check_geometry(&k, 2, &m.bessel, &m.envelope, &mut r);
+            check_linears(&k, m, &mut r);
+            let gates: Vec<&Gate<T>> = m.layers.iter().map(|l| &l.gate).collect();
+            check_gates(&k, &gates, &mut r);
+            for (t, l) in m.layers.iter().enumerate() {
+                check_mlp(&k, t, &l.weight_nn, &mut r);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn models() -> Vec<(&'static str, SevenNet)> {
+    let mut v = vec![
+        ("small XPLOR", small_model("XPLOR", 5)),
+        ("small poly", small_model("poly", 6)),
+    ];
+    if let Some(m) = real_model() {
+        v.push(("7net-0", m));
+    }
+    v
+}
+
+#[test]
+fn kernels_match_host_f64() {
+    run_all::<f64>(&models());
+}
+
+#[test]
+fn kernels_match_host_f32() {
+    let m: Vec<(&str, SevenNet<f32>)> = models().iter().map(|(n, m)| (*n, m.cast())).collect();
+    run_all::<f32>(&m);
+}
+
+#[test]
+fn source_rejects_too_large_lmax() {
+    let e = kernel_source::<f64>(equikern_model::cuda_model::tables::MAX_SH_L + 1).unwrap_err();
+    assert!(e.to_string().contains("spherical harmonics"), "{e}");
+}
+
+/// The same text through NVRTC (CPU-only: no GPU needed) for sm_90, both dtypes and lmax 2
+/// and 3, with equikern-cuda's options: catches what g++ accepts and CUDA does not. Skips
+/// where libnvrtc is not loadable (CI; here: the pip wheel `nvidia-cuda-nvrtc`, its
+/// `nvidia/cu13/lib` on `LD_LIBRARY_PATH`).
+#[cfg(feature = "cuda")]
+#[test]
+fn kernels_compile_with_nvrtc() {
+    // SAFETY: only tries to dlopen libnvrtc by its names.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        println!("SKIP: libnvrtc not found");
+        return;
+    }
+    for lmax in [2u32, 3] {
+        for (name, src) in [
+            ("f32", kernel_source::<f32>(lmax).unwrap()),
+            ("f64", kernel_source::<f64>(lmax).unwrap()),
+        ] {
+            let opts = cudarc::nvrtc::CompileOptions {
+                arch: Some("sm_90"),
+                options: vec!["--std=c++17".into()],
+                ..Default::default()
+            };
+            match cudarc::nvrtc::compile_ptx_with_opts(&src, opts) {
+                Ok(ptx) => {
+                    let text = ptx.to_src();
+                    let entries = text.matches(".entry").count();
+                    println!(
+                        "nvrtc {name} lmax {lmax}: {} bytes of PTX, {entries} kernels",
+                        text.len()
+                    );
+                    assert_eq!(entries, 16, "every kernel of kernels.cu");
+                }
+                Err(e) => panic!("NVRTC rejected the {name} lmax {lmax} source: {e:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The resident step end to end on the CPU: `cuda_model::Resident` — the same code that
+//! runs on CUDA (`CudaSevenNet = Resident<T, CudaExec<T>>`) — on an emulated device whose
+//! kernels are `kernels.cu` compiled as C++ (each launch's arguments packed like
+//! `cuLaunchKernel`'s `kernelParams`, the grid walked one thread at a time, at most 3
+//! blocks of 256 so grid-stride loops wrap), whose products are the `ek_gemm` kernel and
+//! whose convolutions are the core oracle. Checked against the host model
+//! (`SevenNet::evaluate`): f64 within 1e-12 relative, f32 within 1e-5, with the workspace
+//! poisoned (NaN), both radial-MLP memory modes, a larger structure before a smaller one,
+//! no edges. What this does not cover is only `CudaExec`'s mapping to the driver
+//! (tests/cuda_model.rs on a GPU). Skips where no C++ compiler is found.
+
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::*;
+use equikern::plan::{Direction, Tensor};
+use equikern_core::conv::{ConvOracle, Csr, End};
+use equikern_model::cuda_model::exec::{Arg, Exec, Kern, Memory, Pod};
+use equikern_model::cuda_model::tables::{gemm_iterations, kernel_source};
+use equikern_model::cuda_model::{DevReal, Resident};
+use equikern_model::systems::si_diamond;
+use equikern_model::{Prediction, Result, SevenNet, Structure};
+use std::cell::UnsafeCell;
+use std::ffi::c_void;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+const SHIM: &str = r#"
+#include <cmath>
+#include <cstdint>
+struct ek_dim3 { unsigned x, y, z; };
+static ek_dim3 blockIdx, gridDim, threadIdx, blockDim;
+#define __global__
+#define __device__
+#define __constant__ static const
+#define __restrict__
+"#;
+
+/// One launcher per kernel: `l_<name>(void** params, u64 iterations)`, the parameters read
+/// from `params` in the kernel's order (as the driver does), the grid walked.
+const LAUNCHERS: &str = r#"
+template <class F> static void grid(u64 n, F f) {
+  u64 b = (n + 255) / 256; if (b < 1) b = 1; if (b > 3) b = 3;
+  gridDim.x = (unsigned)b; gridDim.y = 1; gridDim.z = 1;
+  blockDim.x = 256; blockDim.y = 1; blockDim.z = 1;
+  for (unsigned bx = 0; bx < b; ++bx) for (unsigned tx = 0; tx < 256; ++tx) {
+    blockIdx.x = bx; blockIdx.y = 0; blockIdx.z = 0; threadIdx.x = tx; threadIdx.y = 0; threadIdx.z = 0;
+    f();
+  }
+}
+#define A(i, T) (*(T*)p[i])
+#define R const real*
+#define W real*
+#define D const double*
+#define U const unsigned*
+extern "C" void l_ek_edge_geometry(void** p, u64 it) { grid(it, [&] { ek_edge_geometry(A(0,u64), A(1,D), A(2,D), A(3,int), A(4,double), A(5,int), A(6,double), A(7,double), A(8,W), A(9,W)); }); }
+extern "C" void l_ek_edge_force(void** p, u64 it) { grid(it, [&] { ek_edge_force(A(0,u64), A(1,D), A(2,D), A(3,int), A(4,double), A(5,int), A(6,double), A(7,double), A(8,R), A(9,R), A(10,double*)); }); }
+extern "C" void l_ek_one_hot(void** p, u64 it) { grid(it, [&] { ek_one_hot(A(0,u64), A(1,U), A(2,int), A(3,W)); }); }
+extern "C" void l_ek_linear(void** p, u64 it) { grid(it, [&] { ek_linear(A(0,u64), A(1,R), A(2,int), A(3,W), A(4,int), A(5,R), A(6,const int*), A(7,R), A(8,real), A(9,R), A(10,int)); }); }
+extern "C" void l_ek_gate(void** p, u64 it) { grid(it, [&] { ek_gate(A(0,u64), A(1,R), A(2,W), A(3,int), A(4,int), A(5,const int*), A(6,int), A(7,int), A(8,real)); }); }
+extern "C" void l_ek_gate_backward(void** p, u64 it) { grid(it, [&] { ek_gate_backward(A(0,u64), A(1,R), A(2,R), A(3,W), A(4,int), A(5,int), A(6,const int*), A(7,int), A(8,int), A(9,real)); }); }
+extern "C" void l_ek_act(void** p, u64 it) { grid(it, [&] { ek_act(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }
+extern "C" void l_ek_act_backward(void** p, u64 it) { grid(it, [&] { ek_act_backward(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }
+extern "C" void l_ek_gemm(void** p, u64 it) { grid(it, [&] { ek_gemm(A(0,u64), A(1,u64), A(2,u64), A(3,real), A(4,R), A(5,R), A(6,int), A(7,real), A(8,W)); }); }
+extern "C" void l_ek_accumulate(void** p, u64 it) { grid(it, [&] { ek_accumulate(A(0,u64), A(1,W), A(2,R), A(3,int)); }); }
+extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A(1,W), A(2,real)); }); }
+extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
+extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }
+extern "C" void l_ek_forces(void** p, u64 it) { grid(it, [&] { ek_forces(A(0,u64), A(1,U), A(2,U), A(3,D), A(4,double*)); }); }
+extern "C" void l_ek_virial_partial(void** p, u64 it) { grid(it, [&] { ek_virial_partial(A(0,u64), A(1,u64), A(2,D), A(3,D), A(4,double*)); }); }
+extern "C" void l_ek_virial_final(void** p, u64 it) { grid(it, [&] { ek_virial_final(A(0,u64), A(1,D), A(2,double*)); }); }
+"#;
+
+/// A host buffer written through raw pointers by the emulated kernels.
+struct HostBuf<E>(UnsafeCell<Vec<E>>);
+
+impl<E> HostBuf<E> {
+    fn ptr(&self) -> *mut E {
+        // SAFETY: the emulated device is single-threaded; no reference outlives a call.
+        unsafe { (*self.0.get()).as_mut_ptr() }
+    }
+    fn len(&self) -> usize {
+        // SAFETY: as above.
+        unsafe { (*self.0.get()).len() }
+    }
+    fn vec(&mut self) -> &mut Vec<E> {
+        self.0.get_mut()
+    }
+    fn slice(&self, n: usize) -> &[E] {
+        // SAFETY: as above; n ≤ len checked by the caller.
+        unsafe { &(&*self.0.get())[..n] }
+    }
+}
+
+/// A graph on the emulated device: the CSR (for the oracle) and its packed views.
+struct HostGraph {
+    csr: Arc<Csr>,
+    recv: HostBuf<u32>,
+    send: HostBuf<u32>,
+}
+
+type TpDims = (usize, usize, usize, usize);
+
+type Launcher = unsafe extern "C" fn(*mut *mut c_void, u64);
+
+/// The emulated device: kernels from a C++ library, convolutions by the oracle.
+struct HostExec<T> {
+    _lib: libloading::Library,
+    launchers: Vec<Launcher>,
+    /// Each layer's convolution and its `(dim_x, dim_y, dim_z, weight_numel)`.
+    convs: Vec<(ConvOracle<T>, TpDims)>,
+    launches: std::cell::Cell<usize>,
+}
+
+fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
+    let cxx = ["c++", "g++", "clang++"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(cxx) = cxx else {
+        println!("SKIP: no C++ compiler (c++, g++, clang++)");
+        return None;
+    };
+    let lmax = model.sh_ls.iter().copied().max().unwrap_or(0);
+    let src = format!("{SHIM}{}{LAUNCHERS}", kernel_source::<T>(lmax).unwrap());
+    let name = format!("ek_resident_{}_l{lmax}", T::NAME);
+    let cpp = dir.join(format!("{name}.cpp"));
+    let so = dir.join(format!("{name}.so"));
+    std::fs::write(&cpp, src).unwrap();
+    let o = Command::new(cxx)
+        .args(["-std=c++17", "-O2", "-shared", "-fPIC", "-w", "-o"])
+        .arg(&so)
+        .arg(&cpp)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "C++ build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // SAFETY: a library we just built (constant tables only).
+    let lib = unsafe { libloading::Library::new(&so) }.unwrap();
+    let launchers = Kern::ALL
+        .iter()
+        .map(|k| {
+            let sym = format!("l_{}", k.name());
+            // SAFETY: every launcher has this signature.
+            let f: libloading::Symbol<Launcher> = unsafe { lib.get(sym.as_bytes()) }.unwrap();
+            *f
+        })
+        .collect();
+    let convs = model
+        .layers
+        .iter()
+        .map(|l| (ConvOracle::new(&l.product).unwrap(), l.tp_dims))
+        .collect();
+    Some(HostExec {
+        _lib: lib,
+        launchers,
+        convs,
+        launches: std::cell::Cell::new(0),
+    })
+}
+
+/// Upper half of a 4-byte argument's 8-byte slot.
+const JUNK: u64 = 0x7ff4_dead_0000_0000;
+
+fn val_bits<T: DevReal>(v: T) -> u64 {
+    if T::NAME == "f32" {
+        JUNK | u64::from((v.to_f64() as f32).to_bits())
+    } else {
+        v.to_f64().to_bits()
+    }
+}
+
+impl<T: DevReal> Memory for HostExec<T> {
+    type Buf<E: Pod> = HostBuf<E>;
+    type Graph = HostGraph;
+
+    fn describe(&self) -> String {
+        "CPU emulation".into()
+    }
+    fn alloc<E: Pod>(&self, n: usize) -> Result<HostBuf<E>> {
+        Ok(HostBuf(UnsafeCell::new(vec![E::default(); n.max(1)])))
+    }
+    fn capacity<E: Pod>(b: &HostBuf<E>) -> usize {
+        b.len()
+    }
+    fn upload<E: Pod>(&self, src: &[E], dst: &mut HostBuf<E>) -> Result<()> {
+        assert!(dst.len() >= src.len(), "upload past the end");
+        dst.vec()[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn download(&self, src: &HostBuf<f64>, n: usize) -> Result<Vec<f64>> {
+        assert!(src.len() >= n, "download past the end");
+        Ok(src.slice(n).to_vec())
+    }
+    fn zero<E: Pod>(&self, b: &mut HostBuf<E>) -> Result<()> {
+        b.vec().fill(E::default());
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<HostGraph> {
+        let csr = Arc::new(Csr::build(n, receiver, sender).unwrap());
+        let view = |v: Vec<u32>| HostBuf(UnsafeCell::new(v));
+        Ok(HostGraph {
+            recv: view(csr.packed(End::Receiver)),
+            send: view(csr.packed(End::Sender)),
+            csr,
+        })
+    }
+    fn graph_views(g: &HostGraph) -> (&HostBuf<u32>, &HostBuf<u32>) {
+        (&g.recv, &g.send)
+    }
+    fn graph_bytes(_: &HostGraph) -> u64 {
+        0
+    }
+}
+
+impl<T: DevReal> Exec<T> for HostExec<T> {
+    fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()> {
+        if iterations == 0 {
+            return Ok(());
+        }
+        let mut slots: Vec<u64> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Real(b, off) => {
+                    assert!(*off <= b.len(), "{}: offset past the end", k.name());
+                    b.ptr() as u64 + (off * std::mem::size_of::<T>()) as u64
+                }
+                Arg::F64s(b, off) => b.ptr() as u64 + (off * 8) as u64,
+                Arg::U32s(b, off) => b.ptr() as u64 + (off * 4) as u64,
+                Arg::I32s(b) => b.ptr() as u64,
+                Arg::U64(v) => *v,
+                // 4-byte values carry garbage in the slot's upper half: a kernel parameter
+                // of 8 bytes fed a 4-byte argument (which the driver would read past) fails
+                Arg::I32(v) => JUNK | u64::from(*v as u32),
+                Arg::F64(v) => v.to_bits(),
+                Arg::Val(v) => val_bits(*v),
+                Arg::Null => 0,
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
+        self.launches.set(self.launches.get() + 1);
+        // SAFETY: the launcher reads the parameters in the kernel's order; the step sized
+        // every buffer (the same code as on the GPU).
+        unsafe { (self.launchers[k.index()])(params.as_mut_ptr(), iterations) };
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        alpha: T,
+        a: &HostBuf<T>,
+        b: &HostBuf<T>,
+        trans_b: bool,
+        beta: T,
+        c: &mut HostBuf<T>,
+    ) -> Result<()> {
+        assert!(
+            a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+            "gemm sizes"
+        );
+        let c: &HostBuf<T> = c;
+        self.launch(
+            Kern::Gemm,
+            gemm_iterations(m, n),
+            &[
+                Arg::U64(m as u64),
+                Arg::U64(n as u64),
+                Arg::U64(k as u64),
+                Arg::Val(alpha),
+                Arg::Real(a, 0),
+                Arg::Real(b, 0),
+                Arg::I32(i32::from(trans_b)),
+                Arg::Val(beta),
+                Arg::Real(c, 0),
+            ],
+        )
+    }
+
+    fn conv(
+        &self,
+        layer: usize,
+        d: Direction,
+        g: &HostGraph,
+        inputs: &[(Tensor, &HostBuf<T>)],
+        outputs: &mut [(Tensor, &mut HostBuf<T>)],
+    ) -> Result<()> {
+        let (op, (d1, d2, dmid, numel)) = &self.convs[layer];
+        let g = &g.csr;
+        let (nodes, edges) = (g.nodes, g.edges());
+        let get = |t: Tensor, n: usize| {
+            let b = inputs.iter().find(|(u, _)| *u == t).expect("input").1;
+            assert!(b.len() >= n, "conv input {t:?}: {} < {n}", b.len());
+            b.slice(n).to_vec()
+        };
+        let x = get(Tensor::X, nodes * d1);
+        let y = get(Tensor::Y, edges * d2);
+        let w = get(Tensor::W, edges * numel);
+        let mut put = |t: Tensor, v: Vec<T>| {
+            let b = &mut outputs.iter_mut().find(|(u, _)| *u == t).expect("output").1;
+            assert!(b.len() >= v.len());
+            b.vec()[..v.len()].copy_from_slice(&v);
+        };
+        match d {
+            Direction::Forward => put(Tensor::Z, op.forward(g, &x, &y, &w).unwrap()),
+            Direction::Backward => {
+                let gz = get(Tensor::GZ, nodes * dmid);
+                let r = op.backward(g, &x, &y, &w, &gz).unwrap();
+                put(Tensor::GX, r.gx);
+                put(Tensor::GY, r.gy);
+                put(Tensor::GW, r.gw);
+            }
+            Direction::DoubleBackward => unreachable!("the step has no double backward"),
+        }
+        Ok(())
+    }
+
+    fn gemm_name(&self) -> &'static str {
+        "ek_gemm (CPU emulation)"
+    }
+}
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ek-resident-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Relative errors of `p` against the host model's `r` (forces: max |Δ| / max |F|, energy:
+/// |ΔE| / |E − Σ shift|, stress: max |Δ| / max |σ|), with the worst atom.
+fn check(what: &str, model: &SevenNet, s: &Structure, p: &Prediction, r: &Prediction, tol: f64) {
+    assert_eq!(p.num_edges, r.num_edges);
+    let (mut df, mut at) = (0.0f64, (0, 0));
+    for (i, (a, b)) in p.forces.iter().zip(&r.forces).enumerate() {
+        for c in 0..3 {
+            assert!(a[c].is_finite(), "{what}: force {i}.{c} = {}", a[c]);
+            if (a[c] - b[c]).abs() > df {
+                df = (a[c] - b[c]).abs();
+                at = (i, c);
+            }
+        }
+    }
+    let fs = r
+        .forces
+        .iter()
+        .flatten()
+        .fold(0.0f64, |m, x| m.max(x.abs()))
+        .max(1e-300);
+    let shift: f64 = s
+        .numbers
+        .iter()
+        .map(|z| model.shift[model.type_map[z]])
+        .sum();
+    let es = (r.energy - shift).abs().max(1e-300);
+    let de = (p.energy - r.energy).abs() / es;
+    let ds = match (p.stress, r.stress) {
+        (Some(a), Some(b)) => {
+            let m = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
+            a.iter()
+                .zip(&b)
+                .fold(0.0f64, |x, (u, v)| x.max((u - v).abs()))
+                / m
+        }
+        (None, None) => 0.0,
+        _ => panic!("{what}: stress presence differs"),
+    };
+    let ea = p
+        .atomic_energies
+        .iter()
+        .zip(&r.atomic_energies)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    println!(
+        "  {what:46} {:3} atoms {:5} edges: rel dF {:.1e} (atom {} comp {}), rel dE {de:.1e}, rel dS {ds:.1e}, max|dE_i| {ea:.1e}",
+        s.positions.len(),
+        p.num_edges,
+        df / fs,
+        at.0,
+        at.1
+    );
+    assert!(
+        df / fs <= tol,
+        "{what}: forces rel {:.2e} at atom {} comp {}: {} vs {}",
+        df / fs,
+        at.0,
+        at.1,
+        p.forces[at.0][at.1],
+        r.forces[at.0][at.1]
+    );
+    assert!(
+        de <= tol,
+        "{what}: energy rel {de:.2e}: {} vs {}",
+        p.energy,
+        r.energy
+    );
+    assert!(ds <= tol, "{what}: stress rel {ds:.2e}");
+}
+
+fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
+    let dir = tmpdir(&format!("{}-{label}", T::NAME));
+    let mt: SevenNet<T> = model.cast();
+    let mut systems: Vec<(&str, Structure)> =
+        vec![("triclinic", triclinic()), ("molecule", molecule())];
+    if model.type_map.contains_key(&14) {
+        // rattled: the perfect crystal's forces vanish by symmetry
+        let mut si = si_diamond(1);
+        for (i, p) in si.positions.iter_mut().enumerate() {
+            for (c, x) in p.iter_mut().enumerate() {
+                *x += 0.05 * ((i * 3 + c) as f64 * 1.37).sin();
+            }
+        }
+        systems.push(("si 8 rattled", si));
+    }
+    systems.retain(|(_, s)| s.numbers.iter().all(|z| model.type_map.contains_key(z)));
+    for keep in [true, false] {
+        let Some(exec) = build(&mt, &dir) else { return };
+        let mut ev = Resident::with_exec(&mt, exec).unwrap();
+        ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
+        println!("{} [{label}, radial outputs kept: {keep}]", ev.describe());
+        // the largest first: later (smaller) structures run on a larger, stale workspace
+        systems.sort_by_key(|(_, s)| std::cmp::Reverse(edge_count(model, s)));
+        for (name, s) in &systems {
+            let r = model.evaluate(s).unwrap();
+            let p0 = ev.evaluate(s).unwrap();
+            assert_eq!(ev.kept_radial_outputs(), keep);
+            ev.poison_workspace().unwrap();
+            let p = ev.evaluate(s).unwrap();
+            assert_eq!(p, p0, "{name}: a run on a poisoned workspace differs");
+            check(
+                &format!("{} {label} {name} keep={keep}", T::NAME),
+                model,
+                s,
+                &p,
+                &r,
+                tol,
+            );
+        }
+        println!("  {} launches", ev.exec().launches.get());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn edge_count(model: &SevenNet, s: &Structure) -> usize {
+    equikern_model::Graph::build(s, model.cutoff).map_or(0, |g| g.len())
+}
+
+#[test]
+fn resident_step_matches_host_f64() {
+    for (label, cutoff) in [("small XPLOR", "XPLOR"), ("small poly", "poly")] {
+        run::<f64>(&small_model(cutoff, 3), label, 1e-12);
+    }
+}
+
+#[test]
+fn resident_step_matches_host_f32() {
+    for (label, cutoff) in [("small XPLOR", "XPLOR"), ("small poly", "poly")] {
+        run::<f32>(&small_model(cutoff, 3), label, 1e-5);
+    }
+}
+
+#[test]
+fn resident_step_matches_host_7net0() {
+    let Some(model) = real_model() else { return };
+    run::<f64>(&model, "7net-0", 1e-12);
+    run::<f32>(&model, "7net-0", 1e-5);
+}
+
+#[test]
+fn resident_step_without_edges() {
+    let model = small_model("XPLOR", 4);
+    let s = Structure {
+        positions: vec![[0.0, 0.0, 0.0], [20.0, 0.0, 0.0]],
+        numbers: vec![6, 8],
+        cell: [[0.0; 3]; 3],
+        pbc: [false; 3],
+    };
+    let r = model.evaluate(&s).unwrap();
+    assert_eq!(r.num_edges, 0);
+    let dir = tmpdir("noedges");
+    let Some(exec) = build(&model, &dir) else {
+        return;
+    };
+    let ev = Resident::with_exec(&model, exec).unwrap();
+    let p = ev.evaluate(&s).unwrap();
+    println!(
+        "no edges: E {} (host {}), forces {:?}",
+        p.energy, r.energy, p.forces
+    );
+    assert!((p.energy - r.energy).abs() <= 1e-12 * r.energy.abs().max(1.0));
+    assert!(p.forces.iter().flatten().all(|f| *f == 0.0));
+    let _ = std::fs::remove_dir_all(dir);
+}
