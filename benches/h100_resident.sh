@@ -44,7 +44,7 @@ if ! skip tests; then
 fi
 
 if ! skip bench; then
-  for dt in f32 f64; do
+  for dt in ${DTYPES:-f32 f64}; do
     stage "bench --model --backend cuda --dtype $dt (resident)"
     timeout 400 "$B/equikern" bench --model "$CKPT" --backend cuda --dtype $dt --systems "$SYSTEMS" \
       --reps "$REPS" --warmup 2 --json "$OUT/resident_$dt.json" 2>&1 | tail -12 | tee "$OUT/resident_$dt.log"

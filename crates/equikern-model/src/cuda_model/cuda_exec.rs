@@ -30,7 +30,47 @@ pub struct CudaExec<T> {
     /// The graph's index tables (`RecvCsr`, `SendCsr`, `Receiver`, `Sender`), reused by the
     /// next structure's graph once the previous one is gone (grow-only).
     tables: Mutex<[Arc<CudaSlice<u32>>; 4]>,
+    /// With `EQUIKERN_MODEL_PROFILE` set: each launch, product and convolution is waited
+    /// for and its host wall time summed by name (count, seconds); printed when dropped.
+    /// For finding the slow part of a step, never for timing one.
+    profile: Option<Mutex<std::collections::BTreeMap<String, (u64, f64)>>>,
     _t: PhantomData<T>,
+}
+
+impl<T> CudaExec<T> {
+    fn timed<R>(&self, name: impl FnOnce() -> String, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let Some(p) = &self.profile else { return f() };
+        self.stream.synchronize().map_err(drv)?;
+        let t0 = std::time::Instant::now();
+        let r = f()?;
+        self.stream.synchronize().map_err(drv)?;
+        let dt = t0.elapsed().as_secs_f64();
+        let mut m = p.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(name()).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += dt;
+        Ok(r)
+    }
+}
+
+impl<T> Drop for CudaExec<T> {
+    fn drop(&mut self) {
+        let Some(p) = &self.profile else { return };
+        let m = p.lock().unwrap_or_else(|e| e.into_inner());
+        let total: f64 = m.values().map(|v| v.1).sum();
+        let mut rows: Vec<_> = m.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        eprintln!("EQUIKERN_MODEL_PROFILE: {total:.3} s in {} kinds of call", rows.len());
+        for (k, (n, s)) in rows {
+            eprintln!(
+                "  {:>6.2} %  {:>9.3} ms total  {:>6} calls  {:>9.4} ms/call  {k}",
+                100.0 * s / total.max(1e-30),
+                s * 1e3,
+                n,
+                s * 1e3 / *n as f64
+            );
+        }
+    }
 }
 
 /// A structure's graph on CUDA: the convolutions' `ConvGraph` and the packed CSR views the
@@ -76,7 +116,9 @@ impl<T: DevReal> CudaExec<T> {
             .collect::<Result<Vec<_>>>()?;
         let one = || stream.alloc_zeros::<u32>(1).map(Arc::new).map_err(drv);
         let tables = Mutex::new([one()?, one()?, one()?, one()?]);
+        let profile = std::env::var_os("EQUIKERN_MODEL_PROFILE").map(|_| Mutex::default());
         Ok(CudaExec {
+            profile,
             tables,
             gemm: Gemmer::new(&stream),
             device,
@@ -215,6 +257,46 @@ enum Val<T> {
 
 impl<T: DevReal> Exec<T> for CudaExec<T> {
     fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()> {
+        self.timed(|| k.name().to_string(), || self.launch_now(k, iterations, args))
+    }
+
+    fn gemm(
+        &self,
+        dims: (usize, usize, usize),
+        alpha: T,
+        a: &CudaSlice<T>,
+        b: &CudaSlice<T>,
+        trans_b: bool,
+        beta: T,
+        c: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        self.timed(
+            || format!("gemm m{} n{} k{}{}", dims.0, dims.1, dims.2, if trans_b { " B^T" } else { "" }),
+            || self.gemm_now(dims, alpha, a, b, trans_b, beta, c),
+        )
+    }
+
+    fn conv(
+        &self,
+        layer: usize,
+        d: Direction,
+        g: &CudaGraphTables,
+        inputs: &[(Tensor, &CudaSlice<T>)],
+        outputs: &mut [(Tensor, &mut CudaSlice<T>)],
+    ) -> Result<()> {
+        self.timed(
+            || format!("conv layer {layer} {d:?}"),
+            || self.conv_now(layer, d, g, inputs, outputs),
+        )
+    }
+
+    fn gemm_name(&self) -> &'static str {
+        self.gemm.name()
+    }
+}
+
+impl<T: DevReal> CudaExec<T> {
+    fn launch_now(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()> {
         if iterations == 0 {
             return Ok(());
         }
@@ -269,7 +351,8 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         Ok(())
     }
 
-    fn gemm(
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_now(
         &self,
         dims: (usize, usize, usize),
         alpha: T,
@@ -295,7 +378,7 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         )
     }
 
-    fn conv(
+    fn conv_now(
         &self,
         layer: usize,
         d: Direction,
@@ -310,7 +393,4 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         op.run_cuda(d, &g.conv, inputs, outputs).map_err(err)
     }
 
-    fn gemm_name(&self) -> &'static str {
-        self.gemm.name()
-    }
 }
