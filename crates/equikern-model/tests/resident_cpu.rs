@@ -112,6 +112,9 @@ struct HostExec<T> {
     /// Each layer's convolution and its `(dim_x, dim_y, dim_z, weight_numel)`.
     convs: Vec<(ConvOracle<T>, TpDims)>,
     launches: std::cell::Cell<usize>,
+    /// Whether `gemm_strided` runs (the linears as products, like cuBLAS) or declines (the
+    /// linears by `ek_linear`, like the kernel fallback).
+    strided: bool,
 }
 
 fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
@@ -163,6 +166,7 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         launchers,
         convs,
         launches: std::cell::Cell::new(0),
+        strided: false,
     })
 }
 
@@ -288,6 +292,38 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
                 Arg::Real(c, 0),
             ],
         )
+    }
+
+    fn gemm_strided(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        alpha: T,
+        a: (&HostBuf<T>, usize, usize),
+        b: (&HostBuf<T>, usize, usize),
+        beta: T,
+        c: (&mut HostBuf<T>, usize, usize),
+    ) -> Result<bool> {
+        if !self.strided {
+            return Ok(false);
+        }
+        let (av, bv) = (a.0.slice(a.0.len()), b.0.slice(b.0.len()));
+        let cv = c.0.vec();
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = T::ZERO;
+                for q in 0..k {
+                    acc += av[a.1 + i * a.2 + q] * bv[b.1 + q * b.2 + j];
+                }
+                let o = &mut cv[c.1 + i * c.2 + j];
+                // beta = 0 overwrites (a poisoned NaN must not survive), as cuBLAS does
+                *o = if beta == T::ZERO {
+                    alpha * acc
+                } else {
+                    alpha * acc + beta * *o
+                };
+            }
+        }
+        Ok(true)
     }
 
     fn conv(
@@ -425,10 +461,17 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
     }
     systems.retain(|(_, s)| s.numbers.iter().all(|z| model.type_map.contains_key(z)));
     for keep in [true, false] {
-        let Some(exec) = build(&mt, &dir) else { return };
+        let Some(mut exec) = build(&mt, &dir) else {
+            return;
+        };
+        // the linears as strided products with one memory mode, by ek_linear with the other
+        exec.strided = keep;
         let mut ev = Resident::with_exec(&mt, exec).unwrap();
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
-        println!("{} [{label}, radial outputs kept: {keep}]", ev.describe());
+        println!(
+            "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}]",
+            ev.describe()
+        );
         // the largest first: later (smaller) structures run on a larger, stale workspace
         systems.sort_by_key(|(_, s)| std::cmp::Reverse(edge_count(model, s)));
         for (name, s) in &systems {

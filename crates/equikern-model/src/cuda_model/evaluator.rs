@@ -18,7 +18,7 @@ use super::buffers::{Buf, Mem};
 use super::cuda_exec::CudaExec;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::DevReal;
-use super::tables::{GateTable, LinearTable, LINEAR_ROWS};
+use super::tables::{GateTable, KronGemm, LinearTable, LINEAR_ROWS};
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
 use crate::graph::{Graph, Structure};
@@ -49,6 +49,8 @@ struct DevLinear<T: Pod, D: Memory> {
     dim_out: usize,
     /// `ek_linear`'s column groups per row group.
     cols: usize,
+    /// The map as strided products (`LinearTable::kron`) and their `W ⊗ I` matrices.
+    kron: Option<(Vec<KronGemm>, Buf<T, D>)>,
 }
 
 struct DevGate<D: Memory> {
@@ -157,6 +159,10 @@ impl<T: DevReal, D: Memory> DevLinear<T, D> {
             dim_in: t.dim_in,
             dim_out: t.dim_out,
             cols: t.cols,
+            kron: match t.kron {
+                Some((g, k)) => Some((g, Buf::from_host(d, mem, &cast::<T>(&k))?)),
+                None => None,
+            },
         })
     }
     fn fwd(d: &D, mem: &Arc<Mem>, l: &Linear<T>) -> Result<Self> {
@@ -580,6 +586,27 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             || add.is_some_and(|a| D::capacity(a) < n * l.dim_out)
         {
             return Err(err("linear: workspace too small"));
+        }
+        // Dense products where the device has them (no `add`: that path keeps the kernel).
+        if let (Some((gemms, kron)), None) = (&l.kron, add) {
+            let mut done = true;
+            for g in gemms {
+                let beta = if g.first { T::ZERO } else { T::ONE };
+                done &= self.d.gemm_strided(
+                    (n, g.n, g.k),
+                    alpha * T::from_f64(g.coef),
+                    (x, g.in_off, l.dim_in),
+                    (&kron.s, g.k_off, g.n),
+                    beta,
+                    (&mut *y, g.out_off, l.dim_out),
+                )?;
+                if !done {
+                    break;
+                }
+            }
+            if done {
+                return Ok(());
+            }
         }
         let y: &D::Buf<T> = y;
         self.d.launch(

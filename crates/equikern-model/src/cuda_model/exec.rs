@@ -157,6 +157,21 @@ pub trait Exec<T: Pod>: Memory {
         beta: T,
         c: &mut Self::Buf<T>,
     ) -> Result<()>;
+    /// Row-major `C[m, n] = alpha · A[m, k] · B[k, n] + beta · C` on sub-blocks (each
+    /// operand: buffer, first element, row stride). `Ok(false)` where the device has no
+    /// such product (the caller uses a kernel instead).
+    #[allow(clippy::type_complexity)]
+    fn gemm_strided(
+        &self,
+        _dims: (usize, usize, usize),
+        _alpha: T,
+        _a: (&Self::Buf<T>, usize, usize),
+        _b: (&Self::Buf<T>, usize, usize),
+        _beta: T,
+        _c: (&mut Self::Buf<T>, usize, usize),
+    ) -> Result<bool> {
+        Ok(false)
+    }
     /// Direction `d` of layer `layer`'s convolution on `g`.
     fn conv(
         &self,

@@ -5,7 +5,7 @@
 use crate::error::{ModelError, Result};
 use crate::scalar::Scalar;
 use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, PushKernelArg};
 use equikern::cuda_runtime::Real;
 use std::sync::Arc;
 
@@ -17,6 +17,14 @@ pub trait DevReal: Scalar + Real + super::exec::Pod {
         a: &CudaSlice<Self>,
         b: &CudaSlice<Self>,
         c: &mut CudaSlice<Self>,
+    ) -> std::result::Result<(), cudarc::cublas::result::CublasError>;
+    /// [`Self::blas_gemm`] on views (sub-ranges: strided row blocks).
+    fn blas_gemm_views(
+        blas: &CudaBlas,
+        cfg: GemmConfig<Self>,
+        a: &CudaView<'_, Self>,
+        b: &CudaView<'_, Self>,
+        c: &mut CudaViewMut<'_, Self>,
     ) -> std::result::Result<(), cudarc::cublas::result::CublasError>;
 }
 
@@ -31,6 +39,16 @@ impl DevReal for f32 {
         // SAFETY: the caller checked every buffer against the product's dimensions.
         unsafe { blas.gemm(cfg, a, b, c) }
     }
+    fn blas_gemm_views(
+        blas: &CudaBlas,
+        cfg: GemmConfig<f32>,
+        a: &CudaView<'_, f32>,
+        b: &CudaView<'_, f32>,
+        c: &mut CudaViewMut<'_, f32>,
+    ) -> std::result::Result<(), cudarc::cublas::result::CublasError> {
+        // SAFETY: `Gemmer::gemm_strided` checked every operand's last row against its buffer.
+        unsafe { blas.gemm(cfg, a, b, c) }
+    }
 }
 
 impl DevReal for f64 {
@@ -42,6 +60,16 @@ impl DevReal for f64 {
         c: &mut CudaSlice<f64>,
     ) -> std::result::Result<(), cudarc::cublas::result::CublasError> {
         // SAFETY: the caller checked every buffer against the product's dimensions.
+        unsafe { blas.gemm(cfg, a, b, c) }
+    }
+    fn blas_gemm_views(
+        blas: &CudaBlas,
+        cfg: GemmConfig<f64>,
+        a: &CudaView<'_, f64>,
+        b: &CudaView<'_, f64>,
+        c: &mut CudaViewMut<'_, f64>,
+    ) -> std::result::Result<(), cudarc::cublas::result::CublasError> {
+        // SAFETY: `Gemmer::gemm_strided` checked every operand's last row against its buffer.
         unsafe { blas.gemm(cfg, a, b, c) }
     }
 }
@@ -185,6 +213,65 @@ impl Gemmer {
             Ok(Some(b)) => Gemmer::Blas(b),
             _ => Gemmer::Kernel,
         }
+    }
+
+    /// Row-major `C[m, n] = alpha · A[m, k] · B[k, n] + beta · C` on sub-blocks: `A` from
+    /// element `a.1` with row stride `a.2`, likewise `B` and `C`. cuBLAS only: `Ok(false)`
+    /// for the kernel fallback (the caller then uses its own kernel).
+    #[allow(clippy::type_complexity)]
+    pub fn gemm_strided<T: DevReal>(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        alpha: T,
+        a: (&CudaSlice<T>, usize, usize),
+        b: (&CudaSlice<T>, usize, usize),
+        beta: T,
+        c: (&mut CudaSlice<T>, usize, usize),
+    ) -> Result<bool> {
+        let Gemmer::Blas(blas) = self else {
+            return Ok(false);
+        };
+        if m == 0 || n == 0 {
+            return Ok(true);
+        }
+        // The last row's end bounds each operand (rows of `ld` elements, the last `cols`).
+        let end = |off: usize, rows: usize, ld: usize, cols: usize| off + (rows - 1) * ld + cols;
+        if a.2 < k
+            || b.2 < n
+            || c.2 < n
+            || end(a.1, m, a.2, k) > a.0.len()
+            || end(b.1, k.max(1), b.2, n) > b.0.len()
+            || end(c.1, m, c.2, n) > c.0.len()
+        {
+            return Err(ModelError::backend(
+                "cuda",
+                format!("strided gemm {m}x{n}x{k}: operand out of its buffer"),
+            ));
+        }
+        let int = |v: usize| {
+            i32::try_from(v)
+                .map_err(|_| ModelError::backend("cuda", format!("gemm dimension {v} exceeds i32")))
+        };
+        use blas_sys::cublasOperation_t::CUBLAS_OP_N;
+        // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ.
+        let cfg = GemmConfig {
+            transa: CUBLAS_OP_N,
+            transb: CUBLAS_OP_N,
+            m: int(n)?,
+            n: int(m)?,
+            k: int(k)?,
+            alpha,
+            lda: int(b.2)?,
+            ldb: int(a.2)?,
+            beta,
+            ldc: int(c.2)?,
+        };
+        let av = a.0.slice(a.1..);
+        let bv = b.0.slice(b.1..);
+        let mut cv = c.0.slice_mut(c.1..);
+        T::blas_gemm_views(blas, cfg, &bv, &av, &mut cv)
+            .map_err(|e| ModelError::backend("cuda", e))?;
+        Ok(true)
     }
 
     pub fn name(&self) -> &'static str {

@@ -114,6 +114,79 @@ pub struct LinearTable {
     /// Column groups of one row group (`ek_linear`'s `cols`): `Σ_blocks ceil(mul_out /
     /// LINEAR_COLS) · dim`.
     pub cols: usize,
+    /// The same map as dense products, one per path (see [`KronGemm`]), in output-block
+    /// order; `None` when some output block has no path (it must be written as zeros: the
+    /// kernel does that).
+    pub kron: Option<(Vec<KronGemm>, Vec<f64>)>,
+}
+
+/// One path of an e3nn Linear as a row-major product over the `mul_ir` layout:
+/// `y[:, out_off .. out_off + n] (+)= alpha · x[:, in_off .. in_off + k] · K`, with
+/// `K = W_path ⊗ I_dim` (`k = mul_in·dim`, `n = mul_out·dim`) stored at `k_off` of the kron
+/// buffer and `alpha` = the path's coefficient. Multiplying by the identity's zeros costs
+/// `dim` times the path's multiply-adds, but the whole linear becomes a few library
+/// products (cuBLAS) instead of one hand-written kernel: measured 3.4 TFLOP/s for
+/// `ek_linear` at 32 768 atoms on the H100.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KronGemm {
+    pub in_off: usize,
+    pub out_off: usize,
+    pub k: usize,
+    pub n: usize,
+    pub k_off: usize,
+    pub coef: f64,
+    /// The first product into its output block (overwrites; later ones accumulate).
+    pub first: bool,
+}
+
+/// Kronecker products `W ⊗ I_dim` of `paths` `(in_off, out_off, mul_in, mul_out, dim,
+/// coef, w(u, w))`, grouped by output block (`blocks`: offsets of the nonzero output blocks
+/// in order); `None` if a block has no path.
+#[allow(clippy::type_complexity)]
+fn kron_gemms(
+    blocks: &[usize],
+    paths: &[(
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        f64,
+        Box<dyn Fn(usize, usize) -> f64 + '_>,
+    )],
+) -> Option<(Vec<KronGemm>, Vec<f64>)> {
+    let mut out = Vec::new();
+    let mut kron = Vec::new();
+    for &b in blocks {
+        let mut first = true;
+        for (in_off, out_off, mi, mo, dim, coef, w) in paths.iter().filter(|p| p.1 == b) {
+            let (k, n) = (mi * dim, mo * dim);
+            let k_off = kron.len();
+            kron.resize(k_off + k * n, 0.0);
+            for u in 0..*mi {
+                for v in 0..*mo {
+                    let wv = w(u, v);
+                    for m in 0..*dim {
+                        kron[k_off + (u * dim + m) * n + v * dim + m] = wv;
+                    }
+                }
+            }
+            out.push(KronGemm {
+                in_off: *in_off,
+                out_off: *out_off,
+                k,
+                n,
+                k_off,
+                coef: *coef,
+                first,
+            });
+            first = false;
+        }
+        if first {
+            return None;
+        }
+    }
+    Some((out, kron))
 }
 
 /// Column groups of a table's blocks (see [`LinearTable::cols`]).
@@ -165,6 +238,23 @@ impl LinearTable {
             ]);
         }
         tab.extend(ptab);
+        let kp: Vec<_> = paths
+            .iter()
+            .map(|p| {
+                let f: Box<dyn Fn(usize, usize) -> f64> =
+                    Box::new(move |u, w| l.weight[p.w_off + u * p.mul_out + w].to_f64());
+                (
+                    p.in_off,
+                    p.out_off,
+                    p.mul_in,
+                    p.mul_out,
+                    p.dim,
+                    p.coef.to_f64(),
+                    f,
+                )
+            })
+            .collect();
+        let offs: Vec<usize> = blocks.iter().map(|b| b.0).collect();
         Ok(LinearTable {
             tab,
             coef,
@@ -172,6 +262,7 @@ impl LinearTable {
             dim_in: l.dim_in,
             dim_out: l.dim_out,
             cols: column_groups(&blocks),
+            kron: kron_gemms(&offs, &kp),
         })
     }
 
@@ -220,6 +311,24 @@ impl LinearTable {
             ]);
         }
         tab.extend(ptab);
+        // The transpose: path (in → out) read backwards, K = Wᵀ ⊗ I.
+        let kp: Vec<_> = paths
+            .iter()
+            .map(|p| {
+                let f: Box<dyn Fn(usize, usize) -> f64> =
+                    Box::new(move |w, u| l.weight[p.w_off + u * p.mul_out + w].to_f64());
+                (
+                    p.out_off,
+                    p.in_off,
+                    p.mul_out,
+                    p.mul_in,
+                    p.dim,
+                    p.coef.to_f64(),
+                    f,
+                )
+            })
+            .collect();
+        let offs: Vec<usize> = blocks.iter().map(|b| b.0).collect();
         Ok(LinearTable {
             tab,
             coef,
@@ -227,6 +336,7 @@ impl LinearTable {
             dim_in: l.dim_out,
             dim_out: l.dim_in,
             cols: column_groups(&blocks),
+            kron: kron_gemms(&offs, &kp),
         })
     }
 }
