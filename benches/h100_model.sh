@@ -31,14 +31,14 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 export EQUIKERN_REPO=$PWD EQUIKERN_BIN=$PWD/b/equikern XDG_RUNTIME_DIR=/tmp
 CKPT=models/checkpoint_sevennet_0.pth
 
-if ! skip test && [ -f b/backends ]; then
-  stage "correctness: equikern-model backends tests (cuda f32/f64 vs sevenn float64 references)"
-  timeout 120 b/backends --test-threads 1 --nocapture 2>&1 | tail -40 | tee "$OUT/backends.log"
-fi
-
-if ! skip test && [ -f b/neighbours_cuda ]; then
-  stage "correctness + timing: CUDA neighbour list vs Graph::build (Si 32768 atoms included)"
-  timeout 300 b/neighbours_cuda --test-threads 1 --nocapture 2>&1 | grep -E "identical|equal$|distinct|skipped|test result|panicked|left|right" | tail -40 | tee "$OUT/neighbours.log"
+if ! skip test; then
+  # Every carried test binary: `name[:filter]` (TESTS overrides the list).
+  for t in ${TESTS:-cuda_model backends:cuda neighbours_cuda}; do
+    name=${t%%:*}; filter=${t#*:}; [ "$filter" = "$t" ] && filter=""
+    [ -f "b/$name" ] || continue
+    stage "correctness: $name $filter"
+    timeout 150 "b/$name" --test-threads 1 --nocapture $filter 2>&1 | grep -v "^\s*$" | tail -60 | tee "$OUT/test_$name.log"
+  done
 fi
 
 stage "systems (built by equikern, exported for the peers)"
