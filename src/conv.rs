@@ -206,6 +206,18 @@ impl ConvGraph {
         })
     }
 
+    /// The CUDA device table of `t` (`RecvCsr`, `SendCsr`, `Receiver`, `Sender`) once it is
+    /// on the device (always for graphs built there): for the caller's own kernels that walk
+    /// the same CSR views. `None` on other backends or before the first upload.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_table(&self, t: Tensor) -> Option<Arc<equikern_cuda::CudaSlice<u32>>> {
+        match &self.dev {
+            GraphDev::Cuda(g) => g.table(t),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     pub fn nodes(&self) -> usize {
         self.nodes
     }

@@ -174,6 +174,13 @@ impl CudaGraph {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The device table held for `t` (CSR mode: `RecvCsr`, `SendCsr`, `Receiver`, `Sender`),
+    /// if uploaded or built already: for kernels of the caller's own that read the same views.
+    pub fn table(&self, t: Tensor) -> Option<Arc<CudaSlice<u32>>> {
+        let m = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&(t, 0)).cloned()
+    }
+
     /// The tables `plan` binds, uploading the missing ones.
     fn tables_for(&self, plan: &KernelPlan) -> Result<BTreeMap<Tensor, Arc<CudaSlice<u32>>>> {
         let m = plan.conv.and_then(|c| c.max_piece_edges).unwrap_or(0);

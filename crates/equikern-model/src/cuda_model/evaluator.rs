@@ -160,8 +160,21 @@ impl<T: DevReal, D: Memory> DevLinear<T, D> {
             dim_out: t.dim_out,
             cols: t.cols,
             kron: match t.kron {
-                Some((g, k)) => Some((g, Buf::from_host(d, mem, &cast::<T>(&k))?)),
-                None => None,
+                // Only products whose rows start 16-byte aligned: cuBLAS ran the 89-wide
+                // one-hot embedding (4096 × 128 × 89) in 6.3 ms and the 64 → 1 readout in
+                // 0.36 ms on the H100, against 0.15 ms for `ek_linear`.
+                Some((g, k))
+                    if t.dim_in % 4 == 0
+                        && t.dim_out % 4 == 0
+                        && g.iter().all(|g| {
+                            [g.in_off, g.out_off, g.k, g.n, g.k_off]
+                                .iter()
+                                .all(|v| v % 4 == 0)
+                        }) =>
+                {
+                    Some((g, Buf::from_host(d, mem, &cast::<T>(&k))?))
+                }
+                _ => None,
             },
         })
     }
@@ -587,8 +600,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         {
             return Err(err("linear: workspace too small"));
         }
-        // Dense products where the device has them (no `add`: that path keeps the kernel).
-        if let (Some((gemms, kron)), None) = (&l.kron, add) {
+        // Dense products where the device has them (`add` then summed in by a kernel).
+        if let Some((gemms, kron)) = &l.kron {
             let mut done = true;
             for g in gemms {
                 let beta = if g.first { T::ZERO } else { T::ONE };
@@ -605,6 +618,15 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 }
             }
             if done {
+                if let Some(a) = add {
+                    let len = (n * l.dim_out) as u64;
+                    let y: &D::Buf<T> = y;
+                    self.d.launch(
+                        Kern::Accumulate,
+                        len,
+                        &[Arg::U64(len), Arg::Real(y, 0), Arg::Real(a, 0), Arg::I32(0)],
+                    )?;
+                }
                 return Ok(());
             }
         }
