@@ -22,6 +22,9 @@ use std::process::Command;
 const SHIM: &str = r#"
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 struct ek_dim3 { unsigned x, y, z; };
 static ek_dim3 blockIdx, gridDim, threadIdx, blockDim;
 #define __global__

@@ -30,6 +30,9 @@ use std::sync::Arc;
 const SHIM: &str = r#"
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 struct ek_dim3 { unsigned x, y, z; };
 static ek_dim3 blockIdx, gridDim, threadIdx, blockDim;
 #define __global__
@@ -66,6 +69,7 @@ extern "C" void l_ek_act_backward(void** p, u64 it) { grid(it, [&] { ek_act_back
 extern "C" void l_ek_gemm(void** p, u64 it) { grid(it, [&] { ek_gemm(A(0,u64), A(1,u64), A(2,u64), A(3,real), A(4,R), A(5,R), A(6,int), A(7,real), A(8,W)); }); }
 extern "C" void l_ek_accumulate(void** p, u64 it) { grid(it, [&] { ek_accumulate(A(0,u64), A(1,W), A(2,R), A(3,int)); }); }
 extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A(1,W), A(2,real)); }); }
+extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32(A(0,u64), A(1,int), A(2,R), A(3,W)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
 extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }
 extern "C" void l_ek_forces(void** p, u64 it) { grid(it, [&] { ek_forces(A(0,u64), A(1,U), A(2,U), A(3,D), A(4,double*)); }); }
@@ -292,6 +296,25 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
                 Arg::Real(c, 0),
             ],
         )
+    }
+
+    /// The 3xTF32 product's factors multiplied exactly (in `T`): checks the split kernel and
+    /// the orchestration; tensor-core rounding is the GPU test's to judge.
+    fn gemm_tf32(
+        &self,
+        dims: (usize, usize, usize),
+        alpha: T,
+        a: &HostBuf<T>,
+        b: &HostBuf<T>,
+        beta: T,
+        c: &mut HostBuf<T>,
+    ) -> Result<bool> {
+        if !self.strided {
+            return Ok(false);
+        }
+        let (_, n, k) = dims;
+        self.gemm_strided(dims, alpha, (a, 0, k), (b, 0, n), beta, (c, 0, n))?;
+        Ok(true)
     }
 
     fn gemm_strided(

@@ -326,6 +326,33 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         )
     }
 
+    fn gemm_tf32(
+        &self,
+        dims: (usize, usize, usize),
+        alpha: T,
+        a: &CudaSlice<T>,
+        b: &CudaSlice<T>,
+        beta: T,
+        c: &mut CudaSlice<T>,
+    ) -> Result<bool> {
+        self.timed(
+            || format!("gemm 3xtf32 m{} n{} k{}", dims.0, dims.1, dims.2),
+            || {
+                self.bind()?;
+                self.gemm.gemm_tf32(
+                    &self.stream,
+                    &self.funcs[Kern::Gemm.index()],
+                    dims,
+                    alpha,
+                    a,
+                    b,
+                    beta,
+                    c,
+                )
+            },
+        )
+    }
+
     fn gemm_strided(
         &self,
         dims: (usize, usize, usize),

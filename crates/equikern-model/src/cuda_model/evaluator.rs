@@ -18,7 +18,7 @@ use super::buffers::{Buf, Mem};
 use super::cuda_exec::CudaExec;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::DevReal;
-use super::tables::{GateTable, KronGemm, LinearTable, LINEAR_ROWS};
+use super::tables::{tf32x3_right, GateTable, KronGemm, LinearTable, LINEAR_ROWS};
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
 use crate::graph::{Graph, Structure};
@@ -67,6 +67,9 @@ struct DevLayer<T: Pod, D: Memory> {
     lin2_t: DevLinear<T, D>,
     /// `(h_in, h_out, W [h_in, h_out])` of the radial MLP.
     mlp: Vec<(usize, usize, Buf<T, D>)>,
+    /// f32: the last MLP weight as the 3xTF32 right factor `[W_hi; W_lo; W_hi]`
+    /// (`tables::tf32x3_right`), unless `EQUIKERN_MODEL_TF32X3=0`.
+    mlp_last_tf32: Option<Buf<T, D>>,
     act_cst: T,
     gate: DevGate<D>,
     gate_cst: T,
@@ -144,6 +147,12 @@ pub type CudaSevenNet<T> = Resident<T, CudaExec<T>>;
 
 fn err(e: impl std::fmt::Display) -> ModelError {
     ModelError::backend("cuda", e)
+}
+
+/// Whether the radial MLP's last product runs as 3xTF32 on tensor cores: f32 only, on by
+/// default, `EQUIKERN_MODEL_TF32X3=0` turns it off (A/B).
+fn tf32x3_enabled<T: DevReal>() -> bool {
+    T::NAME == "f32" && std::env::var("EQUIKERN_MODEL_TF32X3").as_deref() != Ok("0")
 }
 
 fn cast<T: DevReal>(v: &[f64]) -> Vec<T> {
@@ -246,7 +255,19 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .map(|(a, b, w)| Ok((*a, *b, Buf::from_host(&d, &mem, w)?)))
                 .collect::<Result<Vec<_>>>()?;
             let gt = GateTable::new(&l.gate)?;
+            let mlp_last_tf32 = match (l.weight_nn.layers.last(), tf32x3_enabled::<T>()) {
+                (Some((a, b, w)), true) => {
+                    let w32: Vec<f32> = w.iter().map(|v| v.to_f64() as f32).collect();
+                    let cat: Vec<f64> = tf32x3_right(&w32, *a, *b)
+                        .into_iter()
+                        .map(f64::from)
+                        .collect();
+                    Some(Buf::from_host(&d, &mem, &cast::<T>(&cat))?)
+                }
+                _ => None,
+            };
             layers.push(DevLayer {
+                mlp_last_tf32,
                 sc: DevLinear::fwd(&d, &mem, &l.sc)?,
                 sc_t: DevLinear::bwd(&d, &mem, &l.sc)?,
                 lin1: DevLinear::fwd(&d, &mem, &l.lin1)?,
@@ -682,6 +703,40 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                     .gemm((ne, *b, *a), alpha, input, &wk.s, false, T::ZERO, out)?;
                 self.act(ne * b, &ws.pre[slot][k].s, &ws.act[k].s, l.act_cst, false)?;
             } else {
+                // 3xTF32 on tensor cores (f32): the split row goes through `gw`, free until
+                // the backward (its ne · max numel ≥ ne · 3a for every 7net layer).
+                if let Some(cat) = &l.mlp_last_tf32 {
+                    if D::capacity(&ws.gw.s) >= ne * 3 * a {
+                        let it = (ne * a) as u64;
+                        let (input, gw): (&D::Buf<T>, &D::Buf<T>) = if k == 0 {
+                            (&ws.emb.s, &ws.gw.s)
+                        } else {
+                            (&ws.act[k - 1].s, &ws.gw.s)
+                        };
+                        self.d.launch(
+                            Kern::SplitTf32,
+                            it,
+                            &[
+                                Arg::U64(ne as u64),
+                                Arg::I32(*a as i32),
+                                Arg::Real(input, 0),
+                                Arg::Real(gw, 0),
+                            ],
+                        )?;
+                        let out = &mut ws.w[slot].s;
+                        if self.d.gemm_tf32(
+                            (ne, *b, 3 * a),
+                            alpha,
+                            &ws.gw.s,
+                            &cat.s,
+                            T::ZERO,
+                            out,
+                        )? {
+                            continue;
+                        }
+                    }
+                }
+                let input = if k == 0 { &ws.emb.s } else { &ws.act[k - 1].s };
                 let out = &mut ws.w[slot].s;
                 self.d
                     .gemm((ne, *b, *a), alpha, input, &wk.s, false, T::ZERO, out)?;

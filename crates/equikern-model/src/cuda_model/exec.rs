@@ -41,6 +41,7 @@ pub enum Kern {
     Accumulate,
     Fill,
     FillF64,
+    SplitTf32,
     Readout,
     Forces,
     VirialPartial,
@@ -48,7 +49,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 16] = [
+    pub const ALL: [Kern; 17] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -61,6 +62,7 @@ impl Kern {
         Kern::Accumulate,
         Kern::Fill,
         Kern::FillF64,
+        Kern::SplitTf32,
         Kern::Readout,
         Kern::Forces,
         Kern::VirialPartial,
@@ -82,6 +84,7 @@ impl Kern {
             Kern::Accumulate => "ek_accumulate",
             Kern::Fill => "ek_fill",
             Kern::FillF64 => "ek_fill_f64",
+            Kern::SplitTf32 => "ek_split_tf32",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",
             Kern::VirialPartial => "ek_virial_partial",
@@ -169,6 +172,20 @@ pub trait Exec<T: Pod>: Memory {
         _b: (&Self::Buf<T>, usize, usize),
         _beta: T,
         _c: (&mut Self::Buf<T>, usize, usize),
+    ) -> Result<bool> {
+        Ok(false)
+    }
+    /// Row-major `C[m, n] = alpha · A[m, k] · B[k, n] + beta · C` with operands already
+    /// exact in TF32 (the 3xTF32 factors), on tensor cores where the device has them;
+    /// `Ok(false)` elsewhere (the caller then runs the plain product).
+    fn gemm_tf32(
+        &self,
+        _dims: (usize, usize, usize),
+        _alpha: T,
+        _a: &Self::Buf<T>,
+        _b: &Self::Buf<T>,
+        _beta: T,
+        _c: &mut Self::Buf<T>,
     ) -> Result<bool> {
         Ok(false)
     }

@@ -274,6 +274,43 @@ impl Gemmer {
         Ok(true)
     }
 
+    /// Row-major `C[m, n] = alpha · A[m, k] · B[k, n] + beta · C` with cuBLAS in its TF32
+    /// tensor-op math mode (operands already exact in TF32: the 3xTF32 factors), then the
+    /// default mode again. `Ok(false)` for the kernel fallback.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_tf32<T: DevReal>(
+        &self,
+        stream: &Arc<CudaStream>,
+        kernel: &CudaFunction,
+        dims: (usize, usize, usize),
+        alpha: T,
+        a: &CudaSlice<T>,
+        b: &CudaSlice<T>,
+        beta: T,
+        c: &mut CudaSlice<T>,
+    ) -> Result<bool> {
+        let Gemmer::Blas(blas) = self else {
+            return Ok(false);
+        };
+        use blas_sys::cublasMath_t::{CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH};
+        let set = |m| {
+            // SAFETY: a valid handle; the mode is host-side state read at the next call.
+            let r = unsafe { blas_sys::cublasSetMathMode(*blas.handle(), m) };
+            if r == blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                Ok(())
+            } else {
+                Err(ModelError::backend(
+                    "cuda",
+                    format!("cublasSetMathMode: {r:?}"),
+                ))
+            }
+        };
+        set(CUBLAS_TF32_TENSOR_OP_MATH)?;
+        let r = self.gemm(stream, kernel, dims, alpha, a, b, false, beta, c);
+        set(CUBLAS_DEFAULT_MATH)?;
+        r.map(|()| true)
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Gemmer::Blas(_) => "cuBLAS",

@@ -363,6 +363,34 @@ extern "C" __global__ void ek_accumulate(u64 n, real* dst, const real* __restric
   EK_FOR(i, n) dst[i] = first ? src[i] : dst[i] + src[i];
 }
 
+// TF32 split for the radial MLP's last product ("3xTF32": a·b ≈ a_hi·b_hi + a_hi·b_lo +
+// a_lo·b_hi, each factor exact in TF32, so tensor cores give about float accuracy): row r
+// of `a [rows, k]` becomes row r of `cat [rows, 3k]` = [hi | hi | lo]. float only (the double
+// build never launches it).
+__device__ inline real ek_tf32(real x) {
+#ifdef EK_REAL_F32
+  unsigned u = __float_as_uint(x);
+  u = (u + 0x1000u) & 0xffffe000u;  // nearest of the 10 kept mantissa bits
+  return __uint_as_float(u);
+#else
+  return x;
+#endif
+}
+extern "C" __global__ void ek_split_tf32(u64 rows, int k, const real* __restrict__ a,
+                                         real* __restrict__ cat) {
+  EK_FOR(i, rows * (u64)k) {
+    u64 r = i / (u64)k;
+    u64 j = i % (u64)k;
+    real v = a[i];
+    real hi = ek_tf32(v);
+    real lo = ek_tf32(v - hi);
+    real* o = cat + r * 3ull * (u64)k;
+    o[j] = hi;
+    o[(u64)k + j] = hi;
+    o[2ull * (u64)k + j] = lo;
+  }
+}
+
 // Fill with a value (NaN poisoning in tests).
 extern "C" __global__ void ek_fill(u64 n, real* p, real v) {
   EK_FOR(i, n) p[i] = v;

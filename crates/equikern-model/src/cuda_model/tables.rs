@@ -69,6 +69,9 @@ pub fn kernel_source<T: Scalar>(lmax: u32) -> Result<String> {
     let _ = writeln!(s, "// generated prelude: dtype {} lmax {lmax}", T::NAME);
     let _ = writeln!(s, "typedef {real} real;");
     let _ = writeln!(s, "#define EK_EXP(x) {exp}(x)");
+    if T::NAME == "f32" {
+        let _ = writeln!(s, "#define EK_REAL_F32 1");
+    }
     let _ = writeln!(s, "#define EK_SH_LMAX {lmax}");
     let _ = writeln!(s, "#define EK_LIN_NODES {LINEAR_ROWS}");
     let _ = writeln!(s, "#define EK_LIN_COLS {LINEAR_COLS}");
@@ -366,4 +369,21 @@ impl GateTable {
             dout: i32_of(g.dim_out, "gate output")?,
         })
     }
+}
+
+/// `x` rounded to TF32 (10 mantissa bits, nearest; `ek_tf32` of kernels.cu).
+pub fn tf32(x: f32) -> f32 {
+    f32::from_bits((x.to_bits().wrapping_add(0x1000)) & 0xffff_e000)
+}
+
+/// `B [k, n]` (row-major) as the `[3k, n]` right factor of the 3xTF32 product
+/// `[a_hi | a_hi | a_lo] · [b_hi ; b_lo ; b_hi]`.
+pub fn tf32x3_right(b: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let hi: Vec<f32> = b[..k * n].iter().map(|&v| tf32(v)).collect();
+    let lo: Vec<f32> = b[..k * n]
+        .iter()
+        .zip(&hi)
+        .map(|(&v, &h)| tf32(v - h))
+        .collect();
+    [hi.as_slice(), lo.as_slice(), hi.as_slice()].concat()
 }
