@@ -433,3 +433,29 @@ fn timing_si_4096() {
         assert!(p.energy.is_finite());
     }
 }
+
+/// The opt-in 3xTF32 radial product (`set_tf32x3`) against sevenn's float64 references: still
+/// within the f32 force tolerance (2e-4 eV/Å), reported beside the plain f32 path.
+#[test]
+fn tf32x3_within_the_f32_tolerance() {
+    let Some(dev) = cuda_device() else { return };
+    let (Some(refs), Some(model)) = (sevenn_references(), real_model()) else {
+        return;
+    };
+    let m32: SevenNet<f32> = model.cast();
+    for on in [false, true] {
+        let mut ev = CudaSevenNet::<f32>::new(&m32, dev.clone()).unwrap();
+        ev.set_tf32x3(on);
+        let mut wf = 0.0f64;
+        for r in &refs {
+            let p = ev.evaluate(&r.structure).unwrap();
+            for (a, b) in p.forces.iter().zip(&r.forces) {
+                for c in 0..3 {
+                    wf = wf.max((a[c] - b[c]).abs());
+                }
+            }
+        }
+        println!("3xTF32 {on}: worst max|dF| vs sevenn f64 {wf:.2e} eV/A");
+        assert!(wf <= 2e-4, "3xTF32 {on}: forces off by {wf:.2e} eV/A");
+    }
+}

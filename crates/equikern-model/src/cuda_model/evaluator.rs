@@ -68,7 +68,7 @@ struct DevLayer<T: Pod, D: Memory> {
     /// `(h_in, h_out, W [h_in, h_out])` of the radial MLP.
     mlp: Vec<(usize, usize, Buf<T, D>)>,
     /// f32: the last MLP weight as the 3xTF32 right factor `[W_hi; W_lo; W_hi]`
-    /// (`tables::tf32x3_right`), unless `EQUIKERN_MODEL_TF32X3=0`.
+    /// (`tables::tf32x3_right`), used when `Resident::tf32x3` is on.
     mlp_last_tf32: Option<Buf<T, D>>,
     act_cst: T,
     gate: DevGate<D>,
@@ -140,6 +140,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     env: (i32, f64, f64),
     sh_dim: usize,
     keep_w_bytes: u64,
+    /// The radial MLP's last product as 3xTF32 (f32; see `tf32x3_enabled`).
+    tf32x3: bool,
 }
 
 /// SevenNet resident on one CUDA device (see the module docs).
@@ -149,10 +151,13 @@ fn err(e: impl std::fmt::Display) -> ModelError {
     ModelError::backend("cuda", e)
 }
 
-/// Whether the radial MLP's last product runs as 3xTF32 on tensor cores: f32 only, on by
-/// default, `EQUIKERN_MODEL_TF32X3=0` turns it off (A/B).
+/// Whether the radial MLP's last product runs as 3xTF32 on tensor cores: f32 only, off by
+/// default, `EQUIKERN_MODEL_TF32X3=1` turns it on. Measured on the H100 (session 5): Si 32 768
+/// atoms 232.2 → 220.3 ms per step, 4 096 atoms 31.9 → 29.7 ms, but forces/stress drift 2–3×
+/// further from the f64 model (stress 1.1e-5 relative on a triclinic cell; vs sevenn's f64
+/// forces 1.9e-5 eV/Å instead of 6–8e-6): not worth it as the default.
 fn tf32x3_enabled<T: DevReal>() -> bool {
-    T::NAME == "f32" && std::env::var("EQUIKERN_MODEL_TF32X3").as_deref() != Ok("0")
+    T::NAME == "f32" && std::env::var("EQUIKERN_MODEL_TF32X3").as_deref() == Ok("1")
 }
 
 fn cast<T: DevReal>(v: &[f64]) -> Vec<T> {
@@ -255,7 +260,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .map(|(a, b, w)| Ok((*a, *b, Buf::from_host(&d, &mem, w)?)))
                 .collect::<Result<Vec<_>>>()?;
             let gt = GateTable::new(&l.gate)?;
-            let mlp_last_tf32 = match (l.weight_nn.layers.last(), tf32x3_enabled::<T>()) {
+            let mlp_last_tf32 = match (l.weight_nn.layers.last(), T::NAME == "f32") {
                 (Some((a, b, w)), true) => {
                     let w32: Vec<f32> = w.iter().map(|v| v.to_f64() as f32).collect();
                     let cat: Vec<f64> = tf32x3_right(&w32, *a, *b)
@@ -352,6 +357,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             mem,
             env,
             sh_dim,
+            tf32x3: tf32x3_enabled::<T>(),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -406,6 +412,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// [`DEFAULT_KEEP_W_BYTES`]; 0: always recompute).
     pub fn set_keep_w_bytes(&mut self, bytes: u64) {
         self.keep_w_bytes = bytes;
+    }
+
+    /// Runs the radial MLP's last product as 3xTF32 on tensor cores (f32 only; default from
+    /// `EQUIKERN_MODEL_TF32X3=1`, else off).
+    pub fn set_tf32x3(&mut self, on: bool) {
+        self.tf32x3 = on && T::NAME == "f32";
     }
 
     /// Bytes of workspace held now (grows to the largest structure seen).
@@ -705,7 +717,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             } else {
                 // 3xTF32 on tensor cores (f32): the split row goes through `gw`, free until
                 // the backward (its ne · max numel ≥ ne · 3a for every 7net layer).
-                if let Some(cat) = &l.mlp_last_tf32 {
+                if let (Some(cat), true) = (&l.mlp_last_tf32, self.tf32x3) {
                     if D::capacity(&ws.gw.s) >= ne * 3 * a {
                         let it = (ne * a) as u64;
                         let (input, gw): (&D::Buf<T>, &D::Buf<T>) = if k == 0 {
