@@ -632,3 +632,30 @@ fn forward_cost_per_edge() {
         );
     }
 }
+
+/// `benches/sevennet_suite.json` (the bench problem for the mixed-multiplicity backward):
+/// it builds, its backward is one channel kernel of 128 channels with guarded rows (CSR and
+/// pieces, f32 on the H100's limits), its forward is not fused, and the backward matches
+/// the oracle on a skewed graph.
+#[test]
+fn sevennet_suite_backward_is_fused() {
+    let suite =
+        equikern_core::spec::load_suite(include_str!("../../../benches/sevennet_suite.json"))
+            .unwrap();
+    assert_eq!(suite.len(), 1);
+    let (label, spec) = &suite[0];
+    assert_eq!(label, "sevennet-0-conv");
+    let tp = &spec.clone().build().unwrap();
+    let h100 = Capabilities::cuda_sm90();
+    for opts in [DET, PIECES] {
+        let p = lower_conv(tp, Direction::Backward, Dtype::F32, &h100, opts).unwrap();
+        let c = fused(&p).expect("fused backward");
+        assert_eq!(c.channels, 128);
+        assert!(!c.uniform());
+        let p = lower_conv(tp, Direction::Forward, Dtype::F32, &h100, opts).unwrap();
+        assert!(fused(&p).is_none());
+    }
+    let (_, g) = graphs().remove(1);
+    let plan = lower_conv(tp, Direction::Backward, Dtype::F64, &caps64(), DET).unwrap();
+    check(&plan, tp, &g, label);
+}
