@@ -272,10 +272,7 @@ fn resident_matches_sevenn_float64() {
 fn resident_matches_generic_path() {
     let Some(dev) = cuda_device() else { return };
     let model = real_model().unwrap_or_else(|| small_model("XPLOR", 9));
-    let mut systems = vec![
-        ("si 64 rattled", rattled(si_diamond(2))),
-        ("molecule", molecule()),
-    ];
+    let mut systems = vec![("si 64 rattled", rattled(si_diamond(2))), ("molecule", molecule())];
     if model.type_map.contains_key(&8) && model.type_map.contains_key(&1) {
         systems.push(("water 81", water_box(3, 0)));
     }

@@ -60,10 +60,7 @@ impl<T> Drop for CudaExec<T> {
         let total: f64 = m.values().map(|v| v.1).sum();
         let mut rows: Vec<_> = m.iter().collect();
         rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-        eprintln!(
-            "EQUIKERN_MODEL_PROFILE: {total:.3} s in {} kinds of call",
-            rows.len()
-        );
+        eprintln!("EQUIKERN_MODEL_PROFILE: {total:.3} s in {} kinds of call", rows.len());
         for (k, (n, s)) in rows {
             eprintln!(
                 "  {:>6.2} %  {:>9.3} ms total  {:>6} calls  {:>9.4} ms/call  {k}",
@@ -260,10 +257,7 @@ enum Val<T> {
 
 impl<T: DevReal> Exec<T> for CudaExec<T> {
     fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()> {
-        self.timed(
-            || k.name().to_string(),
-            || self.launch_now(k, iterations, args),
-        )
+        self.timed(|| k.name().to_string(), || self.launch_now(k, iterations, args))
     }
 
     fn gemm(
@@ -277,15 +271,7 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         c: &mut CudaSlice<T>,
     ) -> Result<()> {
         self.timed(
-            || {
-                format!(
-                    "gemm m{} n{} k{}{}",
-                    dims.0,
-                    dims.1,
-                    dims.2,
-                    if trans_b { " B^T" } else { "" }
-                )
-            },
+            || format!("gemm m{} n{} k{}{}", dims.0, dims.1, dims.2, if trans_b { " B^T" } else { "" }),
             || self.gemm_now(dims, alpha, a, b, trans_b, beta, c),
         )
     }
@@ -406,4 +392,5 @@ impl<T: DevReal> CudaExec<T> {
             .ok_or_else(|| err(format!("layer {layer}: no such convolution")))?;
         op.run_cuda(d, &g.conv, inputs, outputs).map_err(err)
     }
+
 }
