@@ -192,7 +192,7 @@ fn cuda_graph_built_on_the_device() {
 fn cuda_fused_backward_matches_the_oracle() {
     let Some(dev) = device() else { return };
     use equikern::plan::{Dtype, Work};
-    for (pname, tp) in channel_products() {
+    for (pname, tp) in backward_channel_products() {
         for opts in [ConvOptions::default(), pieces(5)] {
             let op = ConvOp::from_tensor_product(tp.clone(), &dev, opts).unwrap();
             let plan = op.plan(Direction::Backward, Dtype::F32).unwrap();
@@ -240,7 +240,7 @@ fn cuda_fused_backward_matches_the_oracle() {
     }
     for (name, opts) in [("csr", ConvOptions::default()), ("pieces(5)", pieces(5))] {
         for fusion in [true, false] {
-            let w = check_host_f32_with(&dev, opts, 1e-5, channel_products(), fusion);
+            let w = check_host_f32_with(&dev, opts, 1e-5, backward_channel_products(), fusion);
             println!("cuda {name} fusion {fusion}: worst rel L2 {w:.2e}");
         }
     }

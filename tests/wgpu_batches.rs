@@ -28,6 +28,20 @@ fn fused_spec(shared: bool) -> equikern::TpSpec {
     )
 }
 
+/// `x` blocks of multiplicities 16, 8 and 12 (every `uvu` path, per-sample or shared
+/// weights, a mul-2 `y` block): the channel-fused backward with guarded rows (16 channels);
+/// the forward and double backward stay on row kernels.
+fn mixed_mul_spec(shared: bool) -> equikern::TpSpec {
+    let mut s = equikern::spec::builders::channelwise(
+        &equikern::Irreps::parse("16x0e+8x1o+12x2e").unwrap(),
+        &equikern::Irreps::parse("2x0e+1x1o+1x2e").unwrap(),
+        &equikern::Irreps::parse("0e+1o+1e+2e+2o").unwrap(),
+        false,
+    );
+    s.shared_weights = shared;
+    s
+}
+
 /// Qualifies for the weight-staged forward and backward (all `uvw`, per-sample weights).
 fn staged_spec() -> equikern::TpSpec {
     corpus::fully_connected("10x0e+6x1o", "1x0e+1x1o", "10x0e+6x1o+5x1e", false)
@@ -91,6 +105,18 @@ fn batches_1_7_1000() {
         for batch in [1, 7, 1000] {
             assert_spec(&dev, "uvu fused", &f, batch, 40 + batch as u64, true);
         }
+        let mm = mixed_mul_spec(shared);
+        assert!(is_fused(&dev, &mm), "mixed multiplicities: fusion expected");
+        for batch in [1, 7, 1000] {
+            assert_spec(
+                &dev,
+                "uvu mixed muls fused",
+                &mm,
+                batch,
+                50 + batch as u64,
+                true,
+            );
+        }
     }
 }
 
@@ -146,6 +172,16 @@ fn split_by_dispatch_cap() {
         let f = fused_spec(shared);
         assert!(is_fused(&dev, &f), "channel fusion expected");
         assert_spec(&dev, "uvu fused split (37/dispatch)", &f, 1000, 24, true);
+        let mm = mixed_mul_spec(shared);
+        assert!(is_fused(&dev, &mm), "mixed multiplicities: fusion expected");
+        assert_spec(
+            &dev,
+            "uvu mixed muls split (37/dispatch)",
+            &mm,
+            1000,
+            26,
+            true,
+        );
     }
     let s = staged_spec();
     assert!(is_staged(&dev, &s, Direction::Backward));

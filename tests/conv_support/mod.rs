@@ -36,6 +36,15 @@ pub fn channel_products() -> Vec<(&'static str, TensorProduct)> {
     ]
 }
 
+/// [`channel_products`] and the products whose `x` blocks have different multiplicities
+/// (the fused backward only: its forward stays on row kernels).
+pub fn backward_channel_products() -> Vec<(&'static str, TensorProduct)> {
+    let mut v = channel_products();
+    v.push(("uvu multi-mul 16/8/12", uvu_channels_multimul()));
+    v.push(("uvu sevennet-like 128/64/32", uvu_sevennet_like()));
+    v
+}
+
 /// (name, nodes, receiver, sender): a directed graph, a skewed random graph, a radius graph of
 /// a diamond lattice, and a graph whose last nodes are isolated.
 pub fn graphs() -> Vec<(&'static str, usize, Vec<i64>, Vec<i64>)> {

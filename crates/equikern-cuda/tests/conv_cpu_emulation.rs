@@ -371,6 +371,8 @@ fn fused_backward_cuda_runs_right_on_threads() {
         ("per-edge", uvu_channels()),
         ("shared", uvu_channels_shared()),
         ("mixed", uvu_channels_mixed()),
+        ("multi-mul", uvu_channels_multimul()),
+        ("sevennet-like", uvu_sevennet_like()),
     ] {
         for (mn, opts) in [
             ("csr", ConvOptions::default()),

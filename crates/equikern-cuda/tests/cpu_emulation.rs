@@ -393,6 +393,33 @@ fn cuda_text_runs_on_cpu_and_matches_oracle() {
         );
         cases.push(c);
     }
+    // The channel-fused backward over x blocks of different multiplicities (guarded rows).
+    for ((a, b, cm), weighted, shared, dtype, split) in [
+        ((16, 8, 12), true, false, Dtype::F64, false),
+        ((8, 16, 4), true, true, Dtype::F32, true),
+        ((12, 3, 9), false, false, Dtype::F64, true),
+    ] {
+        let c = Case {
+            tp: uvu_mixed_spec(a, b, cm, weighted, shared),
+            dtype,
+            split,
+            opts: CudaOptions::default(),
+            fusion: true,
+            label: format!(
+                "channel-fused mixed muls {a}/{b}/{cm} weighted={weighted} shared={shared} {dtype:?}"
+            ),
+        };
+        assert!(
+            plans(&c)[1]
+                .0
+                .kernels
+                .iter()
+                .any(|k| matches!(&k.work, Work::Channels(w) if !w.uniform())),
+            "{}: not fused",
+            c.label
+        );
+        cases.push(c);
+    }
     // The weight-staged forward and backward (threads + barriers), uvw with per-sample weights.
     for (a, b, dtype, split) in [(4, 12, Dtype::F64, false), (3, 10, Dtype::F32, true)] {
         let c = Case {

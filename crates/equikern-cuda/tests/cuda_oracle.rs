@@ -662,6 +662,40 @@ fn channel_fused_backward() {
     println!("channel-fused backward: 5 specs x f32/f64 x 4 batches passed");
 }
 
+/// The channel-fused backward over `x` blocks of different multiplicities (SevenNet-like
+/// `128/64/32` and smaller: `max mul` channels, guarded rows) against the oracle: per-sample,
+/// shared and no weights, f32 and f64, batches up to 50 003. Outputs poisoned (`check_all`).
+#[test]
+fn channel_fused_backward_mixed_multiplicities() {
+    let Some(dev) = device() else { return };
+    for ((a, b, c), weighted, shared) in [
+        ((128, 64, 32), true, false),
+        ((16, 8, 12), true, true),
+        ((12, 3, 9), false, false),
+        ((32, 48, 8), true, false),
+    ] {
+        let tp = uvu_mixed_spec(a, b, c, weighted, shared);
+        let label = format!("uvu muls {a}/{b}/{c} weighted={weighted} shared={shared}");
+        for dtype in [Dtype::F32, Dtype::F64] {
+            let ctp = CudaTensorProduct::new(&dev, &tp, dtype).unwrap();
+            let plan = ctp.plan(Direction::Backward).unwrap();
+            assert!(
+                plan.kernels
+                    .iter()
+                    .any(|k| matches!(&k.work, equikern_plan::Work::Channels(w) if !w.uniform())),
+                "{label}: not fused"
+            );
+            for n in [1, 7, 1000, 50_003] {
+                match dtype {
+                    Dtype::F32 => check_all::<f32>(&dev, &ctp, &tp, n, &label),
+                    Dtype::F64 => check_all::<f64>(&dev, &ctp, &tp, n, &label),
+                }
+            }
+        }
+    }
+    println!("mixed-multiplicity channel backward: 4 specs x f32/f64 x 4 batches passed");
+}
+
 /// Small batches only: the memcheck run (`compute-sanitizer --tool memcheck`).
 #[test]
 fn weight_staged_small_batches() {

@@ -126,6 +126,17 @@ fn paper_suite_hip_compiles_for_gfx90a() {
             }
         }
     }
+    // The channel-fused backward over x blocks of different multiplicities (guarded rows).
+    for (dt, shared) in [(Dtype::F32, false), (Dtype::F64, true)] {
+        let tp = common::uvu_mixed_spec(16, 8, 12, true, shared);
+        let plan = equikern_plan::lower(&tp, Direction::Backward, dt, &gfx90a_caps()).unwrap();
+        assert!(plan
+            .kernels
+            .iter()
+            .any(|k| matches!(&k.work, equikern_plan::Work::Channels(c) if !c.uniform())));
+        let src = emit_hip(&plan).unwrap().source;
+        jobs.push((format!("mixed-muls-{dt:?}-shared{shared}"), src));
+    }
     // Two compilers at a time (the CI machine has two cores).
     let failures: Vec<String> = std::thread::scope(|s| {
         let (a, b) = jobs.split_at(jobs.len() / 2);
@@ -192,6 +203,28 @@ fn conv_backward_hip_compiles_for_gfx90a() {
                     ));
                 }
             }
+        }
+    }
+    // SevenNet-like: x blocks 128x0e+64x1o+32x2e, the fused backward with guarded rows.
+    let tp = common::uvu_mixed_spec(128, 64, 32, true, false);
+    for (mode, opts) in [
+        ("csr", ConvOptions::default()),
+        (
+            "pieces",
+            ConvOptions {
+                atomic: false,
+                max_piece_edges: Some(64),
+            },
+        ),
+    ] {
+        for dt in [Dtype::F32, Dtype::F64] {
+            let plan = lower_conv(&tp, Direction::Backward, dt, &gfx90a_caps(), opts).unwrap();
+            assert!(
+                matches!(&plan.kernels[0].work, Work::Channels(c) if !c.uniform()),
+                "mixed multiplicities {mode} {dt:?}: not fused"
+            );
+            let src = emit_hip(&plan).unwrap().source;
+            jobs.push((format!("conv-mixed-muls-{mode}-{dt:?}"), src));
         }
     }
     assert!(fused > 0, "no suite problem took the fused conv backward");

@@ -4,7 +4,10 @@
 
 use std::fmt::Write as _;
 
-use equikern_plan::{ChannelPass, ChannelWork, Dtype, Kernel, KernelPlan, SampleMode, Tensor};
+use equikern_plan::{
+    ChannelBlock, ChannelPass, ChannelPath, ChannelWork, Dtype, Kernel, KernelPlan, SampleMode,
+    Tensor,
+};
 
 use crate::EmitError;
 
@@ -173,8 +176,13 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
     } else if plan.conv.is_some() {
         return Err("a channel kernel without units in a convolution plan".into());
     }
+    // Mixed multiplicities: only a backward guards channels past a block's rows.
+    if c.pass != ChannelPass::Backward && !c.uniform() {
+        return Err("blocks of different multiplicities outside a backward".into());
+    }
+    // (A backward's output block that no path reads may have any multiplicity.)
     for b in &c.z_blocks {
-        if b.offset as u64 + c.channels as u64 * b.row_len as u64 > d.dim_out as u64 {
+        if b.offset as u64 + c.block_mul(b) as u64 * b.row_len as u64 > d.dim_out as u64 {
             return Err("z block outside a sample".into());
         }
     }
@@ -192,9 +200,11 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
             k.inputs, k.outputs
         ));
     }
-    let m = c.channels as u64;
     for b in &c.x_blocks {
-        if b.offset as u64 + m * b.row_len as u64 > d.dim_in1 as u64 {
+        if c.block_mul(b) > c.channels {
+            return Err("x block with more rows than channels".into());
+        }
+        if b.offset as u64 + c.block_mul(b) as u64 * b.row_len as u64 > d.dim_in1 as u64 {
             return Err("x block outside a sample".into());
         }
     }
@@ -216,6 +226,14 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
         if zb.offset != p.z_offset || zb.row_len != p.z_len {
             return Err(format!("path {}: z block mismatch", p.path));
         }
+        // `uvu`: channel `u` owns row `u` of the path's x and output blocks alike.
+        if c.block_mul(xb) != c.block_mul(zb) {
+            return Err(format!(
+                "path {}: x and z blocks of different multiplicities",
+                p.path
+            ));
+        }
+        let m = c.block_mul(xb) as u64;
         if !fits(p.y_offset, p.y_mul as u64, p.y_len, d.dim_in2)
             || !fits(p.z_offset, m, p.z_len, d.dim_out)
         {
@@ -257,6 +275,33 @@ pub(crate) fn body(
         ChannelPass::Backward => backward_body(dia, plan, c, block, lid, num_samples),
         ChannelPass::Forward => forward_body(dia, plan, c, block, lid, num_samples),
         ChannelPass::DoubleBackward => double_backward_body(dia, plan, c, block, lid, num_samples),
+    }
+}
+
+/// The opening line of path `p`'s scope in a backward: a plain block, or, where the path's
+/// `x` block has fewer rows than the kernel has channels, `if (ch < mul) {` (the same text in
+/// CUDA and WGSL). Never holds a barrier, so the barriers stay in uniform control flow.
+fn open_path(c: &ChannelWork, p: &ChannelPath, ch: &str) -> String {
+    let mul = c.path_mul(p);
+    if mul < c.channels {
+        format!("if ({ch} < {mul}u) {{ // path {} ({mul} rows)", p.path)
+    } else {
+        format!("{{ // path {}", p.path)
+    }
+}
+
+/// `(open, close)` around a block's per-row loads or stores when it has fewer rows than
+/// channels (`None`s otherwise).
+fn row_guard(
+    c: &ChannelWork,
+    b: &ChannelBlock,
+    ch: &str,
+) -> (Option<String>, Option<&'static str>) {
+    let mul = c.block_mul(b);
+    if mul < c.channels {
+        (Some(format!("if ({ch} < {mul}u) {{")), Some("}"))
+    } else {
+        (None, None)
     }
 }
 
@@ -447,7 +492,7 @@ fn backward_body(
         }
     }
     for p in &c.paths {
-        ln(&mut s, 8, &format!("{{ // path {}", p.path));
+        ln(&mut s, 8, &open_path(c, p, "ch"));
         for i in 0..p.x_len {
             let e = dia.at(
                 Tensor::X,
@@ -523,12 +568,20 @@ fn backward_body(
         ln(&mut s, 8, "}");
     }
     for (b, blk) in c.x_blocks.iter().enumerate() {
+        let (open, close) = row_guard(c, blk, "ch");
+        if let Some(g) = &open {
+            ln(&mut s, 8, g);
+        }
+        let ind = if open.is_some() { 12 } else { 8 };
         for i in 0..blk.row_len {
             let at = dia.at(
                 Tensor::GX,
                 &format!("{}u + ch * {}u", blk.offset + i, blk.row_len),
             );
-            ln(&mut s, 8, &format!("{at} = gx{b}_{i};"));
+            ln(&mut s, ind, &format!("{at} = gx{b}_{i};"));
+        }
+        if let Some(g) = close {
+            ln(&mut s, 8, g);
         }
     }
     ln(&mut s, 4, "}");
@@ -1138,10 +1191,18 @@ fn conv_backward_body(
     }
     ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
     for (b, blk) in c.x_blocks.iter().enumerate() {
+        let (open, close) = row_guard(c, blk, "ch");
+        if let Some(g) = &open {
+            ln(&mut s, 8, g);
+        }
+        let ind = if open.is_some() { 12 } else { 8 };
         for i in 0..blk.row_len {
             let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
             let e = el(Tensor::X, "node", d.dim_in1, &off)?;
-            ln(&mut s, 8, &format!("xr{b}_{i} = {e};"));
+            ln(&mut s, ind, &format!("xr{b}_{i} = {e};"));
+        }
+        if let Some(g) = close {
+            ln(&mut s, 8, g);
         }
     }
     ln(&mut s, 4, "}");
@@ -1159,7 +1220,7 @@ fn conv_backward_body(
     ln(&mut s, 12, &dia.let_u("rcv", &tab("oth + lo + t")?));
     let wlen = if d.shared_weights { 0 } else { d.weight_numel };
     for pth in &c.paths {
-        ln(&mut s, 12, &format!("{{ // path {}", pth.path));
+        ln(&mut s, 12, &open_path(c, pth, "ch"));
         let mut ks: Vec<u32> = pth.terms.iter().map(|t| t.k).collect();
         ks.sort_unstable();
         ks.dedup();
@@ -1285,10 +1346,18 @@ fn conv_backward_body(
     };
     ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
     for (b, blk) in c.x_blocks.iter().enumerate() {
+        let (open, close) = row_guard(c, blk, "ch");
+        if let Some(g) = &open {
+            ln(&mut s, 8, g);
+        }
+        let ind = if open.is_some() { 12 } else { 8 };
         for i in 0..blk.row_len {
             let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
             let at = el(cv.node_out, &row, d.dim_in1, &off)?;
-            ln(&mut s, 8, &format!("{at} = gx{b}_{i};"));
+            ln(&mut s, ind, &format!("{at} = gx{b}_{i};"));
+        }
+        if let Some(g) = close {
+            ln(&mut s, 8, g);
         }
     }
     ln(&mut s, 4, "}");

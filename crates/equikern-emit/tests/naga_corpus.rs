@@ -72,3 +72,60 @@ fn modes_and_high_l_validate() {
     let (n, b) = check_all(specs);
     println!("{n} modules, {b} bytes of WGSL");
 }
+
+/// Products whose `x` blocks have different multiplicities (the channel backward with
+/// guarded rows: naga's uniformity analysis must accept its barriers), including an output
+/// block no instruction writes with more rows than the kernel has channels; their CUDA
+/// text prints too.
+#[test]
+fn mixed_multiplicities_validate() {
+    use equikern_core::spec::builders::channelwise;
+    use equikern_core::{Irreps, MulIr};
+    let ir = |s: &str| Irreps::parse(s).unwrap();
+    let mut specs = vec![
+        (
+            "sevennet-like".to_string(),
+            channelwise(
+                &ir("128x0e+64x1e+32x2e"),
+                &ir("1x0e+1x1e+1x2e"),
+                &ir("0e+1e+2e"),
+                false,
+            ),
+        ),
+        (
+            "multi-mul".to_string(),
+            channelwise(
+                &ir("16x0e+8x1o+12x2e"),
+                &ir("2x0e+1x1o+1x2e"),
+                &ir("0e+1o+1e+2e+2o"),
+                false,
+            ),
+        ),
+    ];
+    let mut unused = specs[1].1.clone();
+    unused
+        .irreps_out
+        .0
+        .push(MulIr::new(40, equikern_core::Irrep::parse("0e").unwrap()));
+    specs.push(("multi-mul + unused 40x0e".to_string(), unused));
+    for (label, spec) in &specs {
+        let tp = corpus::build(spec);
+        let plan = lower(&tp, Direction::Backward, Dtype::F32, &h100_caps()).unwrap();
+        assert!(
+            plan.kernels.iter().any(|k| matches!(
+                &k.work,
+                equikern_plan::Work::Channels(c) if !c.uniform()
+            )),
+            "{label}: backward not fused\n{plan}"
+        );
+        let cuda = equikern_emit::cuda::emit_with(
+            &plan,
+            equikern_emit::cuda::Target::Cuda,
+            Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert!(cuda.source.contains("if (ch < "), "{label}: no guard");
+    }
+    let (n, b) = check_all(specs);
+    println!("{n} modules, {b} bytes of WGSL");
+}

@@ -17,17 +17,32 @@
 //! ```
 //! (`w ≡ 1` unweighted). Shared weights keep their chunked gradient kernels; this kernel then
 //! writes only `gx` and `gy`.
+//!
+//! **Mixed multiplicities (backward only).** The backward also takes `x` blocks of different
+//! multiplicities (SevenNet: `128x0e+64x1e+32x2e`): `uvu` gives each path's output block
+//! the multiplicity of its `x` block, so channel `u` still owns row `u` of both. The kernel
+//! then has `M = max mul` channels per sample, and channel `u` does a path's work (and
+//! stores its `x` block's `gx` row) only where `u < mul` of the path's `x` block
+//! ([`ChannelBlock::mul`]); every channel still writes its (possibly zero) `gy` partial, so
+//! the ascending-`u` sum and its barriers are unchanged (the guards hold no barrier). The
+//! forward and the double backward keep one multiplicity.
 
 use equikern_core::{ConnectionMode, TensorProduct};
 use serde::{Deserialize, Serialize};
 
 use crate::{Capabilities, Dtype};
 
-/// An `x` block: its element offset in a sample's row and `2l+1`.
+/// An `x` or output block: its element offset in a sample's row, `2l+1` and its
+/// multiplicity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChannelBlock {
     pub offset: u32,
     pub row_len: u32,
+    /// Rows (multiplicity) of the block: channel `u` owns row `u` for `u < mul`. `0` (plans
+    /// serialized before mixed multiplicities): [`ChannelWork::channels`] rows. Only a
+    /// backward may have blocks below `channels` (see [`ChannelWork::block_mul`]).
+    #[serde(default)]
+    pub mul: u32,
 }
 
 /// One CG nonzero with the path coefficient folded in.
@@ -193,6 +208,32 @@ impl ChannelConv {
 }
 
 impl ChannelWork {
+    /// The multiplicity of block `b` (`0`: every channel, see [`ChannelBlock::mul`]).
+    pub fn block_mul(&self, b: &ChannelBlock) -> u32 {
+        if b.mul == 0 {
+            self.channels
+        } else {
+            b.mul
+        }
+    }
+
+    /// The multiplicity of path `p` (that of its `x` block; `channels` when the block index
+    /// is out of range, which the printers' checks reject).
+    pub fn path_mul(&self, p: &ChannelPath) -> u32 {
+        self.x_blocks
+            .get(p.x_block as usize)
+            .map_or(self.channels, |b| self.block_mul(b))
+    }
+
+    /// Whether every `x` and output block has all `channels` rows (required of a forward
+    /// and a double backward).
+    pub fn uniform(&self) -> bool {
+        self.x_blocks
+            .iter()
+            .chain(&self.z_blocks)
+            .all(|b| self.block_mul(b) == self.channels)
+    }
+
     /// Invocations per unit: `channels × groups` (conv forward), else `channels`.
     pub fn lanes(&self) -> u32 {
         let g = self.conv.as_ref().map_or(0, |cv| cv.groups.len() as u32);
@@ -293,6 +334,7 @@ fn blocks(irreps: &equikern_core::Irreps) -> (Vec<ChannelBlock>, Vec<Option<u32>
             out.push(ChannelBlock {
                 offset: range.start as u32,
                 row_len: mi.ir.dim() as u32,
+                mul: mi.mul as u32,
             });
         }
     }
@@ -323,16 +365,25 @@ fn channel_work_for(
     if tp.paths.is_empty() || tp.dim_in2 == 0 || tp.dim_in2 > MAX_Y_LEN as usize {
         return None;
     }
-    let m = tp.paths[0].m1;
-    if m < MIN_CHANNELS || m > caps.max_invocations_per_workgroup as usize {
-        return None;
-    }
-    if tp
+    // Channels: the largest `x` multiplicity (a backward's smaller blocks are guarded).
+    let m = tp
         .spec
         .irreps_in1
         .0
         .iter()
-        .any(|mi| mi.mul != 0 && mi.mul != m)
+        .map(|mi| mi.mul)
+        .max()
+        .unwrap_or(0);
+    if m < MIN_CHANNELS || m > caps.max_invocations_per_workgroup as usize {
+        return None;
+    }
+    if pass != ChannelPass::Backward
+        && tp
+            .spec
+            .irreps_in1
+            .0
+            .iter()
+            .any(|mi| mi.mul != 0 && mi.mul != m)
     {
         return None;
     }
@@ -363,7 +414,13 @@ fn channel_work_for(
     let mut paths = vec![];
     for (n, p) in tp.paths.iter().enumerate() {
         let ins = &p.instruction;
-        if ins.mode != ConnectionMode::Uvu || p.m1 != m || p.mo != m || p.m2 > MAX_Y_MUL {
+        // `uvu`: the output block has the `x` block's multiplicity (channel `u` owns row `u`
+        // of both); one multiplicity outside the backward.
+        if ins.mode != ConnectionMode::Uvu
+            || p.mo != p.m1
+            || (pass != ChannelPass::Backward && p.m1 != m)
+            || p.m2 > MAX_Y_MUL
+        {
             return None;
         }
         if p.m2 == 0 {
@@ -575,6 +632,10 @@ fn channel_backward(
             .ok_or_else(|| format!("index {i} out of bounds"))
     };
     for p in &c.paths {
+        // Rows `u ≥ mul` of a smaller block do not exist: no work (mixed multiplicities).
+        if u >= c.path_mul(p) {
+            continue;
+        }
         let xb = p.x_offset + u * p.x_len;
         let zb = p.z_offset + u * p.z_len;
         for v in 0..p.y_mul {
@@ -672,8 +733,17 @@ pub(crate) fn interpret_conv_backward(
     }
     for (u, blocks) in gxa.into_iter().enumerate() {
         for (b, acc) in c.x_blocks.iter().zip(blocks) {
+            if u as u32 >= c.block_mul(b) {
+                continue;
+            }
             for (i, v) in acc.into_iter().enumerate() {
-                gx[(b.offset + u as u32 * b.row_len) as usize + i] = v;
+                let slot = gx
+                    .get_mut((b.offset + u as u32 * b.row_len) as usize + i)
+                    .ok_or("gx index out of range")?;
+                if !slot.is_nan() {
+                    return Err("GX row written twice".into());
+                }
+                *slot = v;
             }
         }
     }
@@ -695,6 +765,9 @@ pub(crate) fn interpret_conv_forward(
     use crate::Tensor::*;
     let d = &plan.dims;
     let cv = c.conv.as_ref().ok_or("not a convolution channel kernel")?;
+    if !c.uniform() {
+        return Err("blocks of different multiplicities outside a backward".into());
+    }
     let weighted = d.weight_numel > 0;
     let get = |v: &[f64], i: u32| -> Result<f64, String> {
         v.get(i as usize)
@@ -761,6 +834,9 @@ pub(crate) fn interpret_sample(
     s: u64,
     bufs: &mut std::collections::BTreeMap<crate::Tensor, Vec<f64>>,
 ) -> Result<(), String> {
+    if c.pass != ChannelPass::Backward && !c.uniform() {
+        return Err("blocks of different multiplicities outside a backward".into());
+    }
     match c.pass {
         ChannelPass::Backward => interpret_backward(plan, c, s, bufs),
         ChannelPass::Forward => interpret_forward(plan, c, s, bufs),
@@ -1036,6 +1112,9 @@ fn interpret_backward(
             .collect();
         channel_backward(c, u, &x, &y, &w, &gz, &mut gxa, gyp, &mut gw)?;
         for (b, acc) in c.x_blocks.iter().zip(gxa) {
+            if u >= c.block_mul(b) {
+                continue;
+            }
             for (i, v) in acc.into_iter().enumerate() {
                 let idx = (b.offset + u * b.row_len) as usize + i;
                 let slot = gx.get_mut(idx).ok_or("gx index out of range")?;

@@ -115,10 +115,16 @@ impl fmt::Display for KernelPlan {
                         if c.write_gw { ", writes gw" } else { "" }
                     )?;
                     for p in &c.paths {
+                        let mul = c.path_mul(p);
                         writeln!(
                             f,
-                            "  path {}: x[{} + u*{}] y[{} + v*{}, v<{}] gz[{} + u*{}] w{} terms {}",
+                            "  path {}{}: x[{} + u*{}] y[{} + v*{}, v<{}] gz[{} + u*{}] w{} terms {}",
                             p.path,
+                            if mul < c.channels {
+                                format!(" (u<{mul})")
+                            } else {
+                                String::new()
+                            },
                             p.x_offset,
                             p.x_len,
                             p.y_offset,

@@ -47,8 +47,9 @@
 //! * Channel-fused forward / backward ([`channel`]): `forward_fused` `[X, Y, W] → [Z]` and
 //!   `backward_fused` `[X, Y, W, GZ] → [GX, GY, GW]` (shared weights: `→ [GX, GY]` plus the
 //!   chunk kernels for GW) replace the row kernels when every instruction is `uvu` over one
-//!   channel count and the target's workgroup memory fits the `gy` sum / output staging
-//!   ([`LowerOptions`] turns this off).
+//!   channel count (the backward: over `x` blocks of any multiplicities, one channel per
+//!   row of the largest) and the target's workgroup memory fits the `gy` sum / output
+//!   staging ([`LowerOptions`] turns this off).
 //! * Unweighted products (weight_numel 0) drop every W/HW/GW/DW part.
 //! * Long gathers split (see [`Tensor::Scratch`]): a kernel `<name>_parts` before `<name>`.
 //!
@@ -642,13 +643,13 @@ impl KernelPlan {
         total
     }
 
-    /// Σ over channel kernels, channels, paths and `v` of `f(path)`.
+    /// Σ over channel kernels, paths, their channels and `v` of `f(path)`.
     fn channel_sum(&self, f: impl Fn(&ChannelPath) -> u64) -> u64 {
         let mut total = 0;
         for k in &self.kernels {
             if let Work::Channels(c) = &k.work {
                 for p in &c.paths {
-                    total += c.channels as u64 * p.y_mul as u64 * f(p);
+                    total += c.path_mul(p) as u64 * p.y_mul as u64 * f(p);
                 }
             }
         }

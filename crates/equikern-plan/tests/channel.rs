@@ -276,3 +276,110 @@ fn mixed_weighted_and_unweighted_instructions() {
         check(&tp, 4, &caps());
     }
 }
+
+/// Every direction: the backward fused with one invocation per row of the largest block;
+/// the forward and double backward not fused (one multiplicity only).
+fn check_mixed(tp: &TensorProduct, batch: usize, caps: &Capabilities, what: &str) {
+    check_dir(tp, Direction::Backward, batch, caps);
+    let plan = lower(tp, Direction::Backward, Dtype::F64, caps).unwrap();
+    let c = plan
+        .kernels
+        .iter()
+        .find_map(|k| match &k.work {
+            Work::Channels(c) => Some(c),
+            _ => None,
+        })
+        .unwrap();
+    let top = tp.spec.irreps_in1.0.iter().map(|m| m.mul).max().unwrap();
+    assert_eq!(c.channels as usize, top, "{what}");
+    assert!(!c.uniform(), "{what}: one multiplicity");
+    for p in &c.paths {
+        let m1 = tp.spec.irreps_in1.0[tp.spec.instructions[p.path as usize].i_in1].mul;
+        assert_eq!(c.path_mul(p) as usize, m1, "{what}");
+    }
+    for d in [Direction::Forward, Direction::DoubleBackward] {
+        let p = lower(tp, d, Dtype::F64, caps).unwrap();
+        assert!(
+            !p.kernels
+                .iter()
+                .any(|k| matches!(k.work, Work::Channels(_))),
+            "{what} {d:?} fused with mixed multiplicities"
+        );
+    }
+}
+
+/// SevenNet-0's convolution product: `128x0e+64x1e+32x2e ⊗ 1x0e+1x1e+1x2e`, every `uvu` path.
+#[test]
+fn mixed_multiplicities_sevennet_like() {
+    use equikern_core::spec::builders::channelwise;
+    for shared in [false, true] {
+        let mut spec = channelwise(
+            &irreps("128x0e+64x1e+32x2e"),
+            &irreps("1x0e+1x1e+1x2e"),
+            &irreps("0e+1e+2e"),
+            false,
+        );
+        spec.shared_weights = shared;
+        let tp = build_spec(spec);
+        check_mixed(&tp, 3, &caps(), &format!("sevennet shared={shared}"));
+    }
+}
+
+/// Random `uvu` products over `x` blocks of random multiplicities (largest ≥ 8), random
+/// `y` multiplicities, a random subset of paths, some unweighted.
+#[test]
+fn mixed_multiplicities_random() {
+    use equikern_core::spec::builders::channelwise;
+    use rand::{Rng, SeedableRng};
+    let irs = ["0e", "1o", "1e", "2e", "2o"];
+    let mut ran = 0;
+    for seed in 0..8u64 {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n1 = r.random_range(2..5usize);
+        let mut muls: Vec<usize> = (0..n1).map(|_| r.random_range(1..17usize)).collect();
+        muls[r.random_range(0..n1)] = r.random_range(8..20usize);
+        if muls.iter().all(|&m| m == muls[0]) {
+            muls[0] += 1;
+        }
+        let in1: Vec<String> = muls
+            .iter()
+            .map(|m| format!("{m}x{}", irs[r.random_range(0..irs.len())]))
+            .collect();
+        let in2: Vec<String> = (0..r.random_range(1..4usize))
+            .map(|_| format!("{}x{}", r.random_range(1..3), irs[r.random_range(0..3)]))
+            .collect();
+        let mut spec = channelwise(
+            &irreps(&in1.join("+")),
+            &irreps(&in2.join("+")),
+            &irreps("0e+0o+1o+1e+2e+2o"),
+            false,
+        );
+        // Drop some paths (their output blocks stay, unwritten by any path: gz unread).
+        let keep: Vec<bool> = (0..spec.instructions.len())
+            .map(|_| r.random_range(0..4) != 0)
+            .collect();
+        let mut k = keep.iter();
+        spec.instructions.retain(|_| *k.next().unwrap());
+        if spec.instructions.is_empty() {
+            continue;
+        }
+        for i in &mut spec.instructions {
+            i.has_weight = r.random_range(0..3) != 0;
+        }
+        spec.shared_weights = r.random_range(0..3) == 0;
+        let what = format!("seed {seed}: {} ⊗ {}", in1.join("+"), in2.join("+"));
+        let tp = build_spec(spec);
+        let used: Vec<usize> = tp
+            .spec
+            .instructions
+            .iter()
+            .map(|i| tp.spec.irreps_in1.0[i.i_in1].mul)
+            .collect();
+        if used.iter().all(|&m| m == used[0]) && muls.iter().all(|&m| m == muls[0]) {
+            continue;
+        }
+        check_mixed(&tp, 5, &caps(), &what);
+        ran += 1;
+    }
+    assert!(ran >= 4, "only {ran} random products ran");
+}

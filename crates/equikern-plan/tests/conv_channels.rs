@@ -65,6 +65,14 @@ fn tps() -> Vec<(&'static str, TensorProduct)> {
     ]
 }
 
+/// [`tps`] and the products whose `x` blocks have different multiplicities (backward only).
+fn backward_tps() -> Vec<(&'static str, TensorProduct)> {
+    let mut v = tps();
+    v.push(("multi-mul", uvu_channels_multimul()));
+    v.push(("sevennet-like", uvu_sevennet_like()));
+    v
+}
+
 fn inputs(tp: &TensorProduct, g: &Csr, seed: u64) -> BTreeMap<Tensor, Vec<f64>> {
     let mut r = rng(seed);
     let wl = ConvOracle::<f64>::new(tp).unwrap().weight_len(g.edges());
@@ -107,7 +115,7 @@ fn check(plan: &KernelPlan, tp: &TensorProduct, g: &Csr, what: &str) -> BTreeMap
 
 #[test]
 fn qualifying_backward_is_one_channel_kernel() {
-    for (tn, tp) in tps() {
+    for (tn, tp) in backward_tps() {
         let weighted = tp.weight_numel > 0;
         let shared = tp.spec.shared_weights;
         for (mode, opts, table, out) in [
@@ -199,6 +207,16 @@ fn only_what_qualifies_is_fused() {
             assert!(fused(&p).is_none(), "{d:?}");
         }
     }
+    // Mixed multiplicities: the backward only (the forward keeps one multiplicity).
+    for tp in [uvu_channels_multimul(), uvu_sevennet_like()] {
+        let p = lower_conv(&tp, Direction::Backward, Dtype::F32, &caps64(), DET).unwrap();
+        let c = fused(&p).expect("mixed-multiplicity backward fused");
+        let top = tp.spec.irreps_in1.0.iter().map(|m| m.mul).max().unwrap();
+        assert_eq!(c.channels as usize, top);
+        assert!(!c.uniform());
+        let p = lower_conv(&tp, Direction::Forward, Dtype::F32, &caps64(), DET).unwrap();
+        assert!(fused(&p).is_none());
+    }
     // Too little workgroup memory for the `gy` columns.
     let small = Capabilities {
         workgroup_memory_bytes: 1024,
@@ -218,7 +236,7 @@ fn only_what_qualifies_is_fused() {
 #[test]
 fn fused_backward_matches_the_oracle() {
     for (gn, g) in graphs() {
-        for (tn, tp) in tps() {
+        for (tn, tp) in backward_tps() {
             for (mn, caps, opts) in [
                 ("csr", caps64(), DET),
                 ("csr small grid", small_grid(), DET),
@@ -245,7 +263,7 @@ fn fused_backward_matches_the_oracle() {
 #[test]
 fn fused_is_bit_identical_across_reruns_and_dispatch_splits() {
     let (_, g) = graphs().remove(1);
-    for (tn, tp) in tps() {
+    for (tn, tp) in backward_tps() {
         for opts in [DET, PIECES] {
             let a = lower_conv(&tp, Direction::Backward, Dtype::F64, &caps64(), opts).unwrap();
             let b = lower_conv(&tp, Direction::Backward, Dtype::F64, &small_grid(), opts).unwrap();
@@ -613,4 +631,31 @@ fn forward_cost_per_edge() {
             flops,
         );
     }
+}
+
+/// `benches/sevennet_suite.json` (the bench problem for the mixed-multiplicity backward):
+/// it builds, its backward is one channel kernel of 128 channels with guarded rows (CSR and
+/// pieces, f32 on the H100's limits), its forward is not fused, and the backward matches
+/// the oracle on a skewed graph.
+#[test]
+fn sevennet_suite_backward_is_fused() {
+    let suite =
+        equikern_core::spec::load_suite(include_str!("../../../benches/sevennet_suite.json"))
+            .unwrap();
+    assert_eq!(suite.len(), 1);
+    let (label, spec) = &suite[0];
+    assert_eq!(label, "sevennet-0-conv");
+    let tp = &spec.clone().build().unwrap();
+    let h100 = Capabilities::cuda_sm90();
+    for opts in [DET, PIECES] {
+        let p = lower_conv(tp, Direction::Backward, Dtype::F32, &h100, opts).unwrap();
+        let c = fused(&p).expect("fused backward");
+        assert_eq!(c.channels, 128);
+        assert!(!c.uniform());
+        let p = lower_conv(tp, Direction::Forward, Dtype::F32, &h100, opts).unwrap();
+        assert!(fused(&p).is_none());
+    }
+    let (_, g) = graphs().remove(1);
+    let plan = lower_conv(tp, Direction::Backward, Dtype::F64, &caps64(), DET).unwrap();
+    check(&plan, tp, &g, label);
 }

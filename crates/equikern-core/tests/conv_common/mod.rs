@@ -81,6 +81,37 @@ fn channels_spec() -> equikern_core::TpSpec {
     )
 }
 
+/// A channel-fused backward product with `x` blocks of different multiplicities (16, 8, 12:
+/// 16 channels, guarded rows in the 8- and 12-row blocks), a mul-2 `y` block and several
+/// paths into blocks of one irrep but different multiplicities; the first third of the paths
+/// unweighted. The forward stays on row kernels (one multiplicity only).
+pub fn uvu_channels_multimul() -> TensorProduct {
+    let mut s = channelwise(
+        &irreps("16x0e+8x1o+12x2e"),
+        &irreps("2x0e+1x1o+1x2e"),
+        &irreps("0e+1o+1e+2e"),
+        false,
+    );
+    let n = s.instructions.len();
+    for i in &mut s.instructions[..n / 3] {
+        i.has_weight = false;
+    }
+    s.build().expect("build")
+}
+
+/// SevenNet-0's convolution: `128x0e+64x1e+32x2e ⊗ 1x0e+1x1e+1x2e → uvu` (every `l ≤ 2`
+/// output), per-edge weights: 128 channels, the `1e`/`2e` blocks guarded.
+pub fn uvu_sevennet_like() -> TensorProduct {
+    channelwise(
+        &irreps("128x0e+64x1e+32x2e"),
+        &irreps("1x0e+1x1e+1x2e"),
+        &irreps("0e+1e+2e"),
+        false,
+    )
+    .build()
+    .expect("build")
+}
+
 pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }

@@ -175,6 +175,45 @@ pub fn uvu_spec(m: usize, weighted: bool, shared: bool) -> TensorProduct {
 /// DiffDock-shaped (fully connected `uvw`, per-sample weights): `a` vectors and `b` scalars
 /// per parity, `y = 0e + 1o`; lowered to the weight-staged kernels.
 #[allow(dead_code)]
+/// A `uvu` product whose `x` blocks have multiplicities `a`, `b`, `c` (`0e`, `1o`, `2e`;
+/// each path's output block has its `x` block's), a mul-2 `y` block: with different
+/// multiplicities its backward is a channel kernel of `max(a, b, c)` channels with guarded
+/// rows (SevenNet-like); its forward and double backward stay on row kernels.
+pub fn uvu_mixed_spec(a: usize, b: usize, c: usize, weighted: bool, shared: bool) -> TensorProduct {
+    let ins = [
+        (0, 0, 0, 1.0),
+        (0, 1, 1, 1.0),
+        (1, 0, 2, 0.5),
+        (1, 2, 3, 2.0),
+        (1, 1, 4, 1.0),
+        (2, 1, 5, 1.0),
+        (2, 0, 6, 0.5),
+        (2, 2, 6, 1.0),
+    ];
+    TpSpec {
+        irreps_in1: Irreps::parse(&format!("{a}x0e+{b}x1o+{c}x2e")).unwrap(),
+        irreps_in2: Irreps::parse("2x0e+1x1o+1x2e").unwrap(),
+        irreps_out: Irreps::parse(&format!("{a}x0e+{a}x1o+{b}x1o+{b}x2o+{b}x1e+{c}x1o+{c}x2e"))
+            .unwrap(),
+        instructions: ins
+            .iter()
+            .map(|&(i, j, k, pw)| Instruction {
+                i_in1: i,
+                i_in2: j,
+                i_out: k,
+                mode: ConnectionMode::Uvu,
+                has_weight: weighted,
+                path_weight: pw,
+            })
+            .collect(),
+        shared_weights: shared,
+        irrep_normalization: Default::default(),
+        path_normalization: Default::default(),
+    }
+    .build()
+    .unwrap()
+}
+
 pub fn uvw_staged_spec(a: usize, b: usize) -> TensorProduct {
     let ins = [
         (0, 0, 0),
