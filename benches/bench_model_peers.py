@@ -88,7 +88,8 @@ def main():
     from ase.io import read
 
     device = torch.device("cuda")
-    files = sorted(glob.glob(os.path.join(args.dir, "*.extxyz")))
+    # Smallest systems first: a stage cut short by its timeout keeps the cheap rows.
+    files = sorted(glob.glob(os.path.join(args.dir, "*.extxyz")), key=os.path.getsize)
     if not files:
         sys.exit(f"no .extxyz in {args.dir}")
     rows = []
@@ -125,6 +126,9 @@ def main():
                 row["error"] = repr(e)
             print(json.dumps(row), flush=True)
             rows.append(row)
+            if args.out:  # rewritten after every row: a timeout keeps what was measured
+                with open(args.out, "w") as f:
+                    json.dump({"rows": rows}, f, indent=1)
         del model
         torch.cuda.empty_cache()
     if args.out:
