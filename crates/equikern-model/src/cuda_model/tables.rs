@@ -204,91 +204,79 @@ fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| ModelError::Unsupported(format!("{what} {v} exceeds i32")))
 }
 
+/// One path of a Linear seen from the side being computed: reads input block `src` (`mul_src`
+/// rows), writes output block `dst` (`mul_dst` rows), weight `w(u_src, u_dst)` at `w_off`.
+struct Oriented {
+    src: usize,
+    dst: usize,
+    mul_src: usize,
+    mul_dst: usize,
+    dim: usize,
+    w_off: usize,
+    coef: f64,
+}
+
 impl LinearTable {
     /// `y = Linear(x)`.
     pub fn forward<T: Scalar>(l: &Linear<T>) -> Result<Self> {
-        let paths: Vec<_> = l
-            .paths()
-            .into_iter()
-            .filter(|p| p.mul_in > 0 && p.mul_out > 0)
-            .collect();
-        let blocks: Vec<(usize, usize, usize)> = l
-            .irreps_out
-            .iter()
-            .zip(l.irreps_out.slices())
-            .filter(|(m, _)| m.mul > 0)
-            .map(|(m, s)| (s.start, m.mul, m.ir.dim()))
-            .collect();
-        let mut tab = vec![i32_of(blocks.len(), "blocks")?];
-        let mut ptab = Vec::new();
-        let mut coef = Vec::new();
-        for &(off, mul, dim) in &blocks {
-            let first = coef.len();
-            for p in paths.iter().filter(|p| p.out_off == off) {
-                ptab.extend([
-                    i32_of(p.in_off, "offset")?,
-                    i32_of(p.mul_in, "mul")?,
-                    i32_of(p.w_off, "weight offset")?,
-                ]);
-                coef.push(p.coef.to_f64());
-            }
-            tab.extend([
-                i32_of(off, "offset")?,
-                i32_of(mul, "mul")?,
-                i32_of(dim, "dim")?,
-                i32_of(first, "path")?,
-                i32_of(coef.len() - first, "paths")?,
-            ]);
-        }
-        tab.extend(ptab);
-        let kp: Vec<_> = paths
-            .iter()
-            .map(|p| {
-                let f: Box<dyn Fn(usize, usize) -> f64> =
-                    Box::new(move |u, w| l.weight[p.w_off + u * p.mul_out + w].to_f64());
-                (
-                    p.in_off,
-                    p.out_off,
-                    p.mul_in,
-                    p.mul_out,
-                    p.dim,
-                    p.coef.to_f64(),
-                    f,
-                )
-            })
-            .collect();
-        let offs: Vec<usize> = blocks.iter().map(|b| b.0).collect();
-        Ok(LinearTable {
-            tab,
-            coef,
-            weight: l.weight.iter().map(|w| w.to_f64()).collect(),
-            dim_in: l.dim_in,
-            dim_out: l.dim_out,
-            cols: column_groups(&blocks),
-            kron: kron_gemms(&offs, &kp),
-        })
+        Self::build(l, false)
     }
 
     /// `gx = Linearᵀ(gy)` (the backward: the map is linear), with `Wᵀ` per path.
     pub fn transpose<T: Scalar>(l: &Linear<T>) -> Result<Self> {
-        let paths: Vec<_> = l
+        Self::build(l, true)
+    }
+
+    /// The table of `l` (`transpose`: of its transpose, every path read backwards with its
+    /// weight block transposed, `w[p, dst, src]`).
+    fn build<T: Scalar>(l: &Linear<T>, transpose: bool) -> Result<Self> {
+        let paths: Vec<Oriented> = l
             .paths()
             .into_iter()
             .filter(|p| p.mul_in > 0 && p.mul_out > 0)
+            .map(|p| {
+                let (src, dst, mul_src, mul_dst) = if transpose {
+                    (p.out_off, p.in_off, p.mul_out, p.mul_in)
+                } else {
+                    (p.in_off, p.out_off, p.mul_in, p.mul_out)
+                };
+                Oriented {
+                    src,
+                    dst,
+                    mul_src,
+                    mul_dst,
+                    dim: p.dim,
+                    w_off: p.w_off,
+                    coef: p.coef.to_f64(),
+                }
+            })
             .collect();
-        let blocks: Vec<(usize, usize, usize)> = l
-            .irreps_in
+        // weight(p, a, b): the forward weight of row a of the source, row b of the target.
+        let weight_at = |p: &Oriented, a: usize, b: usize| -> f64 {
+            let (u, w, mul_out) = if transpose {
+                (b, a, p.mul_src)
+            } else {
+                (a, b, p.mul_dst)
+            };
+            l.weight[p.w_off + u * mul_out + w].to_f64()
+        };
+        let out_irreps = if transpose {
+            &l.irreps_in
+        } else {
+            &l.irreps_out
+        };
+        let blocks: Vec<(usize, usize, usize)> = out_irreps
             .iter()
-            .zip(l.irreps_in.slices())
+            .zip(out_irreps.slices())
             .filter(|(m, _)| m.mul > 0)
             .map(|(m, s)| (s.start, m.mul, m.ir.dim()))
             .collect();
+        // `ek_linear` reads each path's weights as [mul_src, mul_dst] from its offset.
         let mut weight = vec![0.0; l.weight.len()];
         for p in &paths {
-            for u in 0..p.mul_in {
-                for w in 0..p.mul_out {
-                    weight[p.w_off + w * p.mul_in + u] =
-                        l.weight[p.w_off + u * p.mul_out + w].to_f64();
+            for a in 0..p.mul_src {
+                for b in 0..p.mul_dst {
+                    weight[p.w_off + a * p.mul_dst + b] = weight_at(p, a, b);
                 }
             }
         }
@@ -297,13 +285,13 @@ impl LinearTable {
         let mut coef = Vec::new();
         for &(off, mul, dim) in &blocks {
             let first = coef.len();
-            for p in paths.iter().filter(|p| p.in_off == off) {
+            for p in paths.iter().filter(|p| p.dst == off) {
                 ptab.extend([
-                    i32_of(p.out_off, "offset")?,
-                    i32_of(p.mul_out, "mul")?,
+                    i32_of(p.src, "offset")?,
+                    i32_of(p.mul_src, "mul")?,
                     i32_of(p.w_off, "weight offset")?,
                 ]);
-                coef.push(p.coef.to_f64());
+                coef.push(p.coef);
             }
             tab.extend([
                 i32_of(off, "offset")?,
@@ -314,30 +302,26 @@ impl LinearTable {
             ]);
         }
         tab.extend(ptab);
-        // The transpose: path (in → out) read backwards, K = Wᵀ ⊗ I.
         let kp: Vec<_> = paths
             .iter()
             .map(|p| {
-                let f: Box<dyn Fn(usize, usize) -> f64> =
-                    Box::new(move |w, u| l.weight[p.w_off + u * p.mul_out + w].to_f64());
-                (
-                    p.out_off,
-                    p.in_off,
-                    p.mul_out,
-                    p.mul_in,
-                    p.dim,
-                    p.coef.to_f64(),
-                    f,
-                )
+                let f: Box<dyn Fn(usize, usize) -> f64 + '_> =
+                    Box::new(move |a, b| weight_at(p, a, b));
+                (p.src, p.dst, p.mul_src, p.mul_dst, p.dim, p.coef, f)
             })
             .collect();
         let offs: Vec<usize> = blocks.iter().map(|b| b.0).collect();
+        let (dim_in, dim_out) = if transpose {
+            (l.dim_out, l.dim_in)
+        } else {
+            (l.dim_in, l.dim_out)
+        };
         Ok(LinearTable {
             tab,
             coef,
             weight,
-            dim_in: l.dim_out,
-            dim_out: l.dim_in,
+            dim_in,
+            dim_out,
             cols: column_groups(&blocks),
             kron: kron_gemms(&offs, &kp),
         })
