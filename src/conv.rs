@@ -30,7 +30,9 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use std::sync::Mutex;
 
 use equikern_core::conv::{ConvOracle, Csr, GraphIndex};
 use equikern_core::oracle::{DoubleGrads, Grads};
@@ -325,6 +327,7 @@ enum Exec {
     Cuda(Mutex<CudaPlans>),
 }
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn slot(d: Direction) -> usize {
     match d {
         Direction::Forward => 0,
@@ -958,6 +961,7 @@ impl ConvOp {
 }
 
 /// The argument name of a tensor in error messages.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn tensor_arg(t: Tensor) -> &'static str {
     use Tensor::*;
     match t {
