@@ -19,32 +19,7 @@ use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SHIM: &str = r#"
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-struct ek_dim3 { unsigned x, y, z; };
-static ek_dim3 blockIdx, gridDim, threadIdx, blockDim;
-#define __global__
-#define __device__
-#define __constant__ static const
-#define __restrict__
-"#;
-
 const HARNESS: &str = r#"
-// Walks the grid of a launch of `n` iterations: at most 3 blocks of 256 threads, so every
-// grid-stride loop wraps at least once on large inputs.
-template <class F> static void grid(u64 n, F f) {
-  u64 b = (n + 255) / 256; if (b < 1) b = 1; if (b > 3) b = 3;
-  gridDim.x = (unsigned)b; gridDim.y = 1; gridDim.z = 1;
-  blockDim.x = 256; blockDim.y = 1; blockDim.z = 1;
-  for (unsigned bx = 0; bx < b; ++bx) for (unsigned tx = 0; tx < 256; ++tx) {
-    blockIdx.x = bx; blockIdx.y = 0; blockIdx.z = 0; threadIdx.x = tx; threadIdx.y = 0; threadIdx.z = 0;
-    f();
-  }
-}
 extern "C" void t_edge_geometry(u64 E, const double* vec, const double* coeffs, int nb, double cutoff,
     int kind, double r_on, double p, real* emb, real* sh) {
   grid(E, [&] { ek_edge_geometry(E, vec, coeffs, nb, cutoff, kind, r_on, p, emb, sh); });
@@ -109,7 +84,7 @@ fn build_lib<T: Scalar>(dir: &Path, lmax: u32) -> Option<libloading::Library> {
         None
     })?;
     let src = format!(
-        "{SHIM}{}{HARNESS}",
+        "{KERNEL_SHIM}{}{GRID_WALKER}{HARNESS}",
         kernel_source::<T>(lmax).expect("kernel source")
     );
     let name = format!("ek_model_{}_l{lmax}", T::NAME);

@@ -27,32 +27,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-const SHIM: &str = r#"
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-struct ek_dim3 { unsigned x, y, z; };
-static ek_dim3 blockIdx, gridDim, threadIdx, blockDim;
-#define __global__
-#define __device__
-#define __constant__ static const
-#define __restrict__
-"#;
-
 /// One launcher per kernel: `l_<name>(void** params, u64 iterations)`, the parameters read
 /// from `params` in the kernel's order (as the driver does), the grid walked.
 const LAUNCHERS: &str = r#"
-template <class F> static void grid(u64 n, F f) {
-  u64 b = (n + 255) / 256; if (b < 1) b = 1; if (b > 3) b = 3;
-  gridDim.x = (unsigned)b; gridDim.y = 1; gridDim.z = 1;
-  blockDim.x = 256; blockDim.y = 1; blockDim.z = 1;
-  for (unsigned bx = 0; bx < b; ++bx) for (unsigned tx = 0; tx < 256; ++tx) {
-    blockIdx.x = bx; blockIdx.y = 0; blockIdx.z = 0; threadIdx.x = tx; threadIdx.y = 0; threadIdx.z = 0;
-    f();
-  }
-}
 #define A(i, T) (*(T*)p[i])
 #define R const real*
 #define W real*
@@ -133,7 +110,10 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         return None;
     };
     let lmax = model.sh_ls.iter().copied().max().unwrap_or(0);
-    let src = format!("{SHIM}{}{LAUNCHERS}", kernel_source::<T>(lmax).unwrap());
+    let src = format!(
+        "{KERNEL_SHIM}{}{GRID_WALKER}{LAUNCHERS}",
+        kernel_source::<T>(lmax).unwrap()
+    );
     let name = format!("ek_resident_{}_l{lmax}", T::NAME);
     let cpp = dir.join(format!("{name}.cpp"));
     let so = dir.join(format!("{name}.so"));

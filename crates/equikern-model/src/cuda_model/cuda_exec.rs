@@ -322,7 +322,22 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
                     if trans_b { " B^T" } else { "" }
                 )
             },
-            || self.gemm_now(dims, alpha, a, b, trans_b, beta, c),
+            || {
+                // cuBLAS runs in the thread's current context (launches and copies bind it
+                // themselves; a cuBLAS call alone does not).
+                self.bind()?;
+                self.gemm.gemm(
+                    &self.stream,
+                    &self.funcs[Kern::Gemm.index()],
+                    dims,
+                    alpha,
+                    a,
+                    b,
+                    trans_b,
+                    beta,
+                    c,
+                )
+            },
         )
     }
 
@@ -381,7 +396,13 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
     ) -> Result<()> {
         self.timed(
             || format!("conv layer {layer} {d:?}"),
-            || self.conv_now(layer, d, g, inputs, outputs),
+            || {
+                let op = self
+                    .ops
+                    .get(layer)
+                    .ok_or_else(|| err(format!("layer {layer}: no such convolution")))?;
+                op.run_cuda(d, &g.conv, inputs, outputs).map_err(err)
+            },
         )
     }
 
@@ -444,47 +465,5 @@ impl<T: DevReal> CudaExec<T> {
             .map_err(|e| ModelError::backend("cuda", format!("launching {}: {e}", k.name())))?;
         drop(guards);
         Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_now(
-        &self,
-        dims: (usize, usize, usize),
-        alpha: T,
-        a: &CudaSlice<T>,
-        b: &CudaSlice<T>,
-        trans_b: bool,
-        beta: T,
-        c: &mut CudaSlice<T>,
-    ) -> Result<()> {
-        // cuBLAS runs in the thread's current context (launches and copies bind it
-        // themselves; a cuBLAS call alone does not).
-        self.bind()?;
-        self.gemm.gemm(
-            &self.stream,
-            &self.funcs[Kern::Gemm.index()],
-            dims,
-            alpha,
-            a,
-            b,
-            trans_b,
-            beta,
-            c,
-        )
-    }
-
-    fn conv_now(
-        &self,
-        layer: usize,
-        d: Direction,
-        g: &CudaGraphTables,
-        inputs: &[(Tensor, &CudaSlice<T>)],
-        outputs: &mut [(Tensor, &mut CudaSlice<T>)],
-    ) -> Result<()> {
-        let op = self
-            .ops
-            .get(layer)
-            .ok_or_else(|| err(format!("layer {layer}: no such convolution")))?;
-        op.run_cuda(d, &g.conv, inputs, outputs).map_err(err)
     }
 }

@@ -719,20 +719,14 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 // the backward (its ne · max numel ≥ ne · 3a for every 7net layer).
                 if let (Some(cat), true) = (&l.mlp_last_tf32, self.tf32x3) {
                     if D::capacity(&ws.gw.s) >= ne * 3 * a {
-                        let it = (ne * a) as u64;
-                        let (input, gw): (&D::Buf<T>, &D::Buf<T>) = if k == 0 {
-                            (&ws.emb.s, &ws.gw.s)
-                        } else {
-                            (&ws.act[k - 1].s, &ws.gw.s)
-                        };
                         self.d.launch(
                             Kern::SplitTf32,
-                            it,
+                            (ne * a) as u64,
                             &[
                                 Arg::U64(ne as u64),
                                 Arg::I32(*a as i32),
                                 Arg::Real(input, 0),
-                                Arg::Real(gw, 0),
+                                Arg::Real(&ws.gw.s, 0),
                             ],
                         )?;
                         let out = &mut ws.w[slot].s;
@@ -748,7 +742,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                         }
                     }
                 }
-                let input = if k == 0 { &ws.emb.s } else { &ws.act[k - 1].s };
                 let out = &mut ws.w[slot].s;
                 self.d
                     .gemm((ne, *b, *a), alpha, input, &wk.s, false, T::ZERO, out)?;

@@ -251,3 +251,33 @@ pub fn sevenn_references() -> Option<Vec<Reference>> {
     }
     Some(out)
 }
+
+/// What the CUDA kernel text of `cuda_model` needs to compile as plain C++ (the CPU emulation
+/// tests): the CUDA built-ins it uses, as host stand-ins.
+pub const KERNEL_SHIM: &str = r#"
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+struct ek_dim3 { unsigned x, y, z; };
+static ek_dim3 blockIdx, gridDim, threadIdx, blockDim;
+#define __global__
+#define __device__
+#define __constant__ static const
+#define __restrict__
+"#;
+
+/// Walks the grid of a launch of `n` iterations (after the kernel text): at most 3 blocks of
+/// 256 threads, so every grid-stride loop wraps at least once on large inputs.
+pub const GRID_WALKER: &str = r#"
+template <class F> static void grid(u64 n, F f) {
+  u64 b = (n + 255) / 256; if (b < 1) b = 1; if (b > 3) b = 3;
+  gridDim.x = (unsigned)b; gridDim.y = 1; gridDim.z = 1;
+  blockDim.x = 256; blockDim.y = 1; blockDim.z = 1;
+  for (unsigned bx = 0; bx < b; ++bx) for (unsigned tx = 0; tx < 256; ++tx) {
+    blockIdx.x = bx; blockIdx.y = 0; blockIdx.z = 0; threadIdx.x = tx; threadIdx.y = 0; threadIdx.z = 0;
+    f();
+  }
+}
+"#;
