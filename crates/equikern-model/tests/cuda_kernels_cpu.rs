@@ -12,7 +12,10 @@ mod common;
 use common::*;
 use equikern_core::conv::{Csr, End};
 use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
-use equikern_model::cuda_model::tables::{kernel_source, GateTable, LinearTable};
+use equikern_model::cuda_model::tables::{
+    kernel_source, kernel_source_with, mlp_hidden_shape, mlp_pack, GateTable, LinearTable,
+    MlpKernels, MLP_MAX_WIDTH,
+};
 use equikern_model::nn::{BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
 use equikern_model::{Scalar, SevenNet};
 use rand::{Rng, SeedableRng};
@@ -47,6 +50,15 @@ extern "C" void t_act(u64 n, const real* pre, real* h, real c) { grid(n, [&] { e
 extern "C" void t_act_backward(u64 n, const real* pre, real* g, real c) {
   grid(n, [&] { ek_act_backward(n, pre, g, c); });
 }
+extern "C" void t_mlp_hidden(u64 E, int shape, const real* emb, const real* w, int wlen, real c,
+    real* out) {
+  grid_threads(E, [&] { ek_mlp_hidden(E, shape, emb, w, wlen, c, out); });
+}
+extern "C" void t_mlp_hidden_backward(u64 E, int shape, const real* emb, const real* w, int wlen,
+    real c, const real* gl, real* ge, int acc) {
+  grid_threads(E, [&] { ek_mlp_hidden_backward(E, shape, emb, w, wlen, c, gl, ge, acc); });
+}
+extern "C" int t_unsynced_barriers() { return ek_unsynced_barriers; }
 extern "C" void t_gemm(u64 m, u64 n, u64 k, real alpha, const real* A, const real* B, int tb,
     real beta, real* C) {
   grid(((m + EK_LIN_NODES - 1) / EK_LIN_NODES) * ((n + EK_LIN_COLS - 1) / EK_LIN_COLS), [&] { ek_gemm(m, n, k, alpha, A, B, tb, beta, C); });
@@ -78,21 +90,29 @@ fn compiler() -> Option<&'static str> {
     })
 }
 
-fn build_lib<T: Scalar>(dir: &Path, lmax: u32) -> Option<libloading::Library> {
+fn build_lib<T: Scalar>(dir: &Path, lmax: u32, mlp: &MlpKernels) -> Option<libloading::Library> {
     let cxx = compiler().or_else(|| {
         println!("SKIP: no C++ compiler (c++, g++, clang++)");
         None
     })?;
     let src = format!(
-        "{KERNEL_SHIM}{}{GRID_WALKER}{HARNESS}",
-        kernel_source::<T>(lmax).expect("kernel source")
+        "{KERNEL_SHIM}{}{GRID_WALKER}{GRID_THREADS}{HARNESS}",
+        kernel_source_with::<T>(lmax, mlp).expect("kernel source")
     );
-    let name = format!("ek_model_{}_l{lmax}", T::NAME);
+    let name = format!("ek_model_{}_l{lmax}_smem{}", T::NAME, mlp.smem);
     let cpp = dir.join(format!("{name}.cpp"));
     let so = dir.join(format!("{name}.so"));
     std::fs::write(&cpp, &src).unwrap();
     let o = Command::new(cxx)
-        .args(["-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-o"])
+        .args([
+            "-std=c++17",
+            "-O1",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            "-Wall",
+            "-o",
+        ])
         .arg(&so)
         .arg(&cpp)
         .output()
@@ -443,6 +463,130 @@ fn check_mlp<T: Scalar>(
     );
 }
 
+type MlpFwdFn<T> = unsafe extern "C" fn(u64, i32, *const T, *const T, i32, T, *mut T);
+type MlpBwdFn<T> =
+    unsafe extern "C" fn(u64, i32, *const T, *const T, i32, T, *const T, *mut T, i32);
+
+/// The fused hidden layers (`ek_mlp_hidden[_backward]`) composed with the last product as
+/// the evaluator does (that product here on the host in f64), against `FullyConnectedNet`:
+/// forward output `w`, and `g_emb` both overwritten (from NaN) and accumulated.
+fn check_fused_mlp<T: Scalar>(
+    k: &K<T>,
+    mk: &MlpKernels,
+    what: &str,
+    net: &FullyConnectedNet<T>,
+    r: &mut rand_chacha::ChaCha8Rng,
+) {
+    // more edges than the emulated grid's 768 threads: the grid-stride loop wraps
+    let ne = 1000;
+    let widths = mlp_hidden_shape(net).unwrap();
+    let shape = mk.index(&widths).expect("shape compiled") as i32;
+    let pack: Vec<T> = cast(&mlp_pack(net, mk.vw));
+    assert_eq!(pack.len(), mk.packed_len(shape as usize));
+    let (nb, hk) = (widths[0], *widths.last().unwrap());
+    let (a, b, wl) = net.layers.last().unwrap();
+    assert_eq!(*a, hk);
+    let s = 1.0 / (*a as f64).sqrt();
+    let emb: Vec<T> = cast(&rnd(r, ne * nb).iter().map(|v| 2.0 * v).collect::<Vec<_>>());
+    let c = net.act_cst;
+    let mut hl = vec![T::from_f64(f64::NAN); ne * hk];
+    let f = sym!(k, b"t_mlp_hidden", MlpFwdFn<T>);
+    // SAFETY: emb ne·nb, hl ne·hk, pack the shape's packed length.
+    unsafe {
+        f(
+            ne as u64,
+            shape,
+            emb.as_ptr(),
+            pack.as_ptr(),
+            pack.len() as i32,
+            c,
+            hl.as_mut_ptr(),
+        )
+    };
+    let mut w = vec![0.0; ne * b];
+    for e in 0..ne {
+        for i in 0..*a {
+            let h = hl[e * a + i].to_f64();
+            for j in 0..*b {
+                w[e * b + j] += h * wl[i * b + j].to_f64() * s;
+            }
+        }
+    }
+    let (w_host, tape) = net.forward(&emb);
+    let tag = format!("{what} {widths:?} smem {}", mk.smem);
+    rel(&format!("fused MLP {tag} forward"), &w, &w_host, tol::<T>());
+    let gw: Vec<T> = cast(&rnd(r, ne * b));
+    let mut gl = vec![T::ZERO; ne * a];
+    for e in 0..ne {
+        for i in 0..*a {
+            let mut acc = 0.0;
+            for j in 0..*b {
+                acc += gw[e * b + j].to_f64() * wl[i * b + j].to_f64();
+            }
+            gl[e * a + i] = T::from_f64(acc * s);
+        }
+    }
+    let ge_host = net.backward(&tape, &gw);
+    let f = sym!(k, b"t_mlp_hidden_backward", MlpBwdFn<T>);
+    let base: Vec<T> = cast(&rnd(r, ne * nb));
+    for accumulate in [false, true] {
+        let mut ge = if accumulate {
+            base.clone()
+        } else {
+            vec![T::from_f64(f64::NAN); ne * nb]
+        };
+        // SAFETY: as above; gl ne·hk, ge ne·nb.
+        unsafe {
+            f(
+                ne as u64,
+                shape,
+                emb.as_ptr(),
+                pack.as_ptr(),
+                pack.len() as i32,
+                c,
+                gl.as_ptr(),
+                ge.as_mut_ptr(),
+                i32::from(accumulate),
+            )
+        };
+        let want: Vec<T> = if accumulate {
+            base.iter().zip(&ge_host).map(|(&x, &y)| x + y).collect()
+        } else {
+            ge_host.clone()
+        };
+        rel(
+            &format!("fused MLP {tag} backward (accumulate {accumulate})"),
+            &ge,
+            &want,
+            tol::<T>(),
+        );
+    }
+    type UFn = unsafe extern "C" fn() -> i32;
+    let uf = sym!(k, b"t_unsynced_barriers", UFn);
+    // SAFETY: no arguments.
+    let unsynced = unsafe { uf() };
+    assert_eq!(unsynced, 0, "a barrier ran outside grid_threads");
+}
+
+/// Random radial MLPs beyond the models': one hidden layer, three hidden layers with widths
+/// that are no multiple of the vector width, and the widest supported.
+fn extra_mlps<T: Scalar>(r: &mut rand_chacha::ChaCha8Rng, wide: bool) -> Vec<FullyConnectedNet<T>> {
+    let mut shapes = vec![vec![8, 16, 24], vec![3, 5, 9, 6, 10]];
+    if wide {
+        shapes.push(vec![8, MLP_MAX_WIDTH, MLP_MAX_WIDTH, 33]);
+    }
+    shapes
+        .iter()
+        .map(|w| {
+            let layers = w
+                .windows(2)
+                .map(|p| (p[0], p[1], cast::<T>(&rnd(r, p[0] * p[1]))))
+                .collect();
+            FullyConnectedNet::new(layers, T::from_f64(1.679176792398926), "extra").unwrap()
+        })
+        .collect()
+}
+
 /// Edge geometry and edge forces against the host functions, for `lmax` and an envelope.
 fn check_geometry<T: Scalar>(
     k: &K<T>,
@@ -707,8 +851,35 @@ fn check_gemm<T: Scalar>(k: &K<T>, r: &mut rand_chacha::ChaCha8Rng) {
 fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
     let dir = tmpdir(T::NAME);
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(20261206);
+    // the fused MLP kernels: the models' shapes and the extra ones, weights staged in shared
+    // memory; then with the widest shape too, which moves them to global memory
+    let extra = extra_mlps::<T>(&mut r, false);
+    let mut nets: Vec<(String, &FullyConnectedNet<T>)> = vec![];
+    for (name, m) in models {
+        for (t, l) in m.layers.iter().enumerate() {
+            nets.push((format!("{name} layer {t}"), &l.weight_nn));
+        }
+    }
+    for (i, n) in extra.iter().enumerate() {
+        nets.push((format!("extra {i}"), n));
+    }
+    let shapes_of = |nets: &[(String, &FullyConnectedNet<T>)]| {
+        let mut v: Vec<Vec<usize>> = vec![];
+        for (_, n) in nets {
+            let w = mlp_hidden_shape(n).unwrap();
+            if !v.contains(&w) {
+                v.push(w);
+            }
+        }
+        v
+    };
+    let mk = MlpKernels::new::<T>(shapes_of(&nets));
+    assert!(
+        mk.smem,
+        "the small shapes stage their weights in shared memory"
+    );
     for lmax in [2u32, 3] {
-        let Some(lib) = build_lib::<T>(&dir, lmax) else {
+        let Some(lib) = build_lib::<T>(&dir, lmax, &mk) else {
             return;
         };
         let k = K::<T> {
@@ -746,6 +917,27 @@ fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
                 check_mlp(&k, t, &l.weight_nn, &mut r);
             }
         }
+        for (name, n) in &nets {
+            check_fused_mlp(&k, &mk, name, n, &mut r);
+        }
+    }
+    let wide = extra_mlps::<T>(&mut r, true);
+    let mut nets_g = nets.clone();
+    nets_g.push(("extra wide".into(), &wide[2]));
+    let mk_g = MlpKernels::new::<T>(shapes_of(&nets_g));
+    assert!(
+        !mk_g.smem,
+        "the widest shape reads its weights from global memory"
+    );
+    if let Some(lib) = build_lib::<T>(&dir, 2, &mk_g) {
+        let k = K::<T> {
+            lib: &lib,
+            _t: std::marker::PhantomData,
+        };
+        println!("{} fused MLP kernels, weights in global memory:", T::NAME);
+        for (name, n) in &nets_g {
+            check_fused_mlp(&k, &mk_g, name, n, &mut r);
+        }
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -770,6 +962,30 @@ fn kernels_match_host_f64() {
 fn kernels_match_host_f32() {
     let m: Vec<(&str, SevenNet<f32>)> = models().iter().map(|(n, m)| (*n, m.cast())).collect();
     run_all::<f32>(&m);
+}
+
+#[test]
+fn mlp_shapes_checked() {
+    let m = small_model("XPLOR", 5);
+    let w = mlp_hidden_shape(&m.layers[0].weight_nn).unwrap();
+    assert_eq!(w, vec![8, 5, 7]);
+    let wide = FullyConnectedNet::new(
+        vec![(8, 129, vec![0.0; 8 * 129]), (129, 4, vec![0.0; 129 * 4])],
+        1.0,
+        "t",
+    )
+    .unwrap();
+    let e = mlp_hidden_shape(&wide).unwrap_err();
+    assert!(e.contains("hidden layer 1 width 129"), "{e}");
+    let flat = FullyConnectedNet::new(vec![(8, 4, vec![0.0; 32])], 1.0, "t").unwrap();
+    assert!(mlp_hidden_shape(&flat)
+        .unwrap_err()
+        .contains("hidden layer"));
+    let e =
+        kernel_source_with::<f32>(2, &MlpKernels::new::<f32>(vec![vec![8, 200, 4]])).unwrap_err();
+    assert!(e.to_string().contains("[8, 200, 4]"), "{e}");
+    let e = kernel_source_with::<f64>(2, &MlpKernels::new::<f32>(vec![vec![8, 4, 4]])).unwrap_err();
+    assert!(e.to_string().contains("vector width"), "{e}");
 }
 
 #[test]
@@ -808,7 +1024,11 @@ fn kernels_compile_with_nvrtc() {
                         "nvrtc {name} lmax {lmax}: {} bytes of PTX, {entries} kernels",
                         text.len()
                     );
-                    assert_eq!(entries, 16, "every kernel of kernels.cu");
+                    assert_eq!(
+                        entries,
+                        equikern_model::cuda_model::exec::Kern::ALL.len(),
+                        "every kernel of kernels.cu"
+                    );
                 }
                 Err(e) => panic!("NVRTC rejected the {name} lmax {lmax} source: {e:?}"),
             }

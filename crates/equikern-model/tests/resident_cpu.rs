@@ -17,7 +17,7 @@ use common::*;
 use equikern::plan::{Direction, Tensor};
 use equikern_core::conv::{ConvOracle, Csr, End};
 use equikern_model::cuda_model::exec::{Arg, Exec, Kern, Memory, Pod};
-use equikern_model::cuda_model::tables::{gemm_iterations, kernel_source};
+use equikern_model::cuda_model::tables::{gemm_iterations, model_kernel_source};
 use equikern_model::cuda_model::{DevReal, Resident};
 use equikern_model::systems::si_diamond;
 use equikern_model::{Prediction, Result, SevenNet, Structure};
@@ -43,6 +43,9 @@ extern "C" void l_ek_gate(void** p, u64 it) { grid(it, [&] { ek_gate(A(0,u64), A
 extern "C" void l_ek_gate_backward(void** p, u64 it) { grid(it, [&] { ek_gate_backward(A(0,u64), A(1,R), A(2,R), A(3,W), A(4,int), A(5,int), A(6,const int*), A(7,int), A(8,int), A(9,real)); }); }
 extern "C" void l_ek_act(void** p, u64 it) { grid(it, [&] { ek_act(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }
 extern "C" void l_ek_act_backward(void** p, u64 it) { grid(it, [&] { ek_act_backward(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }
+extern "C" void l_ek_mlp_hidden(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,W)); }); }
+extern "C" void l_ek_mlp_hidden_backward(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden_backward(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,R), A(7,W), A(8,int)); }); }
+extern "C" int unsynced_barriers() { return ek_unsynced_barriers; }
 extern "C" void l_ek_gemm(void** p, u64 it) { grid(it, [&] { ek_gemm(A(0,u64), A(1,u64), A(2,u64), A(3,real), A(4,R), A(5,R), A(6,int), A(7,real), A(8,W)); }); }
 extern "C" void l_ek_accumulate(void** p, u64 it) { grid(it, [&] { ek_accumulate(A(0,u64), A(1,W), A(2,R), A(3,int)); }); }
 extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A(1,W), A(2,real)); }); }
@@ -111,15 +114,23 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
     };
     let lmax = model.sh_ls.iter().copied().max().unwrap_or(0);
     let src = format!(
-        "{KERNEL_SHIM}{}{GRID_WALKER}{LAUNCHERS}",
-        kernel_source::<T>(lmax).unwrap()
+        "{KERNEL_SHIM}{}{GRID_WALKER}{GRID_THREADS}{LAUNCHERS}",
+        model_kernel_source(model).unwrap()
     );
     let name = format!("ek_resident_{}_l{lmax}", T::NAME);
     let cpp = dir.join(format!("{name}.cpp"));
     let so = dir.join(format!("{name}.so"));
     std::fs::write(&cpp, src).unwrap();
     let o = Command::new(cxx)
-        .args(["-std=c++17", "-O2", "-shared", "-fPIC", "-w", "-o"])
+        .args([
+            "-std=c++17",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            "-w",
+            "-o",
+        ])
         .arg(&so)
         .arg(&cpp)
         .output()
@@ -156,6 +167,18 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
 
 /// Upper half of a 4-byte argument's 8-byte slot.
 const JUNK: u64 = 0x7ff4_dead_0000_0000;
+
+impl<T> HostExec<T> {
+    /// `__syncthreads` calls outside `grid_threads` (a kernel with a barrier launched by the
+    /// sequential walker).
+    fn unsynced_barriers(&self) -> i32 {
+        type UFn = unsafe extern "C" fn() -> i32;
+        // SAFETY: the launcher library defines it with this signature.
+        let f: libloading::Symbol<UFn> = unsafe { self._lib.get(b"unsynced_barriers") }.unwrap();
+        // SAFETY: no arguments.
+        unsafe { f() }
+    }
+}
 
 fn val_bits<T: DevReal>(v: T) -> u64 {
     if T::NAME == "f32" {
@@ -463,7 +486,9 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
         systems.push(("si 8 rattled", si));
     }
     systems.retain(|(_, s)| s.numbers.iter().all(|z| model.type_map.contains_key(z)));
-    for keep in [true, false] {
+    // the radial MLP's hidden layers fused in both memory modes, on cuBLAS (here `ek_gemm`)
+    // + `ek_act` in both
+    for (keep, fused) in [(true, true), (false, true), (true, false), (false, false)] {
         let Some(mut exec) = build(&mt, &dir) else {
             return;
         };
@@ -473,8 +498,9 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         // f32: the radial MLP's last product as 3xTF32 factors with one memory mode
         ev.set_tf32x3(keep);
+        ev.set_mlp_fused(fused).unwrap();
         println!(
-            "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}]",
+            "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}]",
             ev.describe()
         );
         // the largest first: later (smaller) structures run on a larger, stale workspace
@@ -487,7 +513,7 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
             let p = ev.evaluate(s).unwrap();
             assert_eq!(p, p0, "{name}: a run on a poisoned workspace differs");
             check(
-                &format!("{} {label} {name} keep={keep}", T::NAME),
+                &format!("{} {label} {name} keep={keep} fused={fused}", T::NAME),
                 model,
                 s,
                 &p,
@@ -495,7 +521,16 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
                 tol,
             );
         }
-        println!("  {} launches", ev.exec().launches.get());
+        println!(
+            "  {} launches, workspace {} bytes",
+            ev.exec().launches.get(),
+            ev.workspace_bytes()
+        );
+        assert_eq!(
+            ev.exec().unsynced_barriers(),
+            0,
+            "a barrier ran outside grid_threads"
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }

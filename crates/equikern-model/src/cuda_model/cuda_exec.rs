@@ -6,7 +6,7 @@ use super::buffers::drv;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::{DevReal, Gemmer};
 use super::launch_cfg;
-use super::tables::kernel_source;
+use super::tables::model_kernel_source;
 use crate::error::{ModelError, Result};
 use crate::sevennet::SevenNet;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
@@ -92,8 +92,7 @@ impl<T: DevReal> CudaExec<T> {
             )
         })?;
         let stream = cuda.stream().clone();
-        let lmax = model.sh_ls.iter().copied().max().unwrap_or(0);
-        let src = kernel_source::<T>(lmax)?;
+        let src = model_kernel_source(model)?;
         let (module, _) = cuda
             .load_source(&format!("equikern-sevennet-{}", T::NAME), &src)
             .map_err(err)?;

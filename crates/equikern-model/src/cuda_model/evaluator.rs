@@ -1,24 +1,34 @@
 //! [`CudaSevenNet`]: the whole SevenNet step on one CUDA device (see the module docs of
 //! `cuda_model`).
 //!
-//! Memory policy: a layer's per-edge weights `w [E, weight_numel]` (and its radial MLP's
-//! pre-activations `[E, hidden]`, which the MLP backward needs) are kept from the forward to
-//! the backward while all layers' together fit [`KEEP_W_ENV`]'s budget (default
-//! [`DEFAULT_KEEP_W_BYTES`]: 7net-0 in f32 keeps them up to ≈ 18,000 Si atoms; 4,096 atoms
-//! need 1.9 GB). Beyond it (917,504 edges: 3,488 weights + 640 pre-activations per edge
-//! would be 15 GB in f32) they are recomputed: the backward reruns each layer's radial MLP
-//! from the edge embedding (the last layer's is still in place), one `w` buffer of
-//! `E × max(weight_numel)` and one set of hidden buffers serve all layers, and the peak is
-//! `w` + `gw` + 4 hidden `[E, 64]` ≈ 8.3 GB at 917,504 edges (f32). The MLP backward forms
-//! input gradients only (no weight gradients), overwriting the activation buffers. Node
-//! tensors are kept per layer (the conv input and the gate input, a few hundred values per
-//! atom).
+//! Radial MLP: its hidden layers run fused (default; [`MLP_ENV`]): `ek_mlp_hidden` computes
+//! the last hidden activation `[E, h_K]` from the edge embedding in one launch, the last
+//! product is cuBLAS (or 3xTF32), and the backward is cuBLAS (`gw · W_lastᵀ` into the same
+//! `[E, h_K]` buffer) + `ek_mlp_hidden_backward`, which recomputes the hidden layers per edge
+//! from the embedding. Nothing but that one `[E, h_K]` buffer is held for the MLP.
+//! With `EQUIKERN_MODEL_MLP=cublas` each hidden layer is a cuBLAS product + `ek_act` and its
+//! pre-activations `[E, hidden]` are kept for the backward (the path before the fusion).
+//!
+//! Memory policy: a layer's per-edge weights `w [E, weight_numel]` (and, on the cuBLAS MLP
+//! path, its pre-activations) are kept from the forward to the backward while all layers'
+//! together fit [`KEEP_W_ENV`]'s budget (default [`DEFAULT_KEEP_W_BYTES`]: 7net-0 in f32
+//! keeps them up to ≈ 20,000 Si atoms; 4,096 atoms need 1.6 GB). Beyond it (917,504 edges:
+//! 3,488 weights per edge would be 12.8 GB in f32) they are recomputed: the backward reruns
+//! each layer's radial MLP from the edge embedding (the last layer's is still in place), one
+//! `w` buffer of `E × max(weight_numel)` serves all layers, and the MLP's part of the peak
+//! is `w` + `gw` + one `[E, 64]` ≈ 7.3 GB at 917,504 edges (f32; the cuBLAS path holds 4
+//! hidden `[E, 64]`, 0.70 GB more). The MLP backward forms input gradients only (no weight
+//! gradients). Node tensors are kept per layer (the conv input and the gate input, a few
+//! hundred values per atom).
 
 use super::buffers::{Buf, Mem};
 use super::cuda_exec::CudaExec;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::DevReal;
-use super::tables::{tf32x3_right, GateTable, KronGemm, LinearTable, LINEAR_ROWS};
+use super::tables::{
+    mlp_hidden_shape, mlp_pack, tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels,
+    LINEAR_ROWS,
+};
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
 use crate::graph::{Graph, Structure};
@@ -33,6 +43,11 @@ use std::time::Instant;
 /// Environment variable: bytes of device memory the per-layer radial-MLP outputs may take
 /// to be kept for the backward instead of recomputed (`0`: always recompute).
 pub const KEEP_W_ENV: &str = "EQUIKERN_MODEL_KEEP_W_BYTES";
+
+/// Environment variable: how the radial MLP's hidden layers run: `fused` (default: one
+/// `ek_mlp_hidden` launch forward, one `ek_mlp_hidden_backward` backward per layer) or
+/// `cublas` (a cuBLAS product + `ek_act` per hidden layer, pre-activations kept; for A/B).
+pub const MLP_ENV: &str = "EQUIKERN_MODEL_MLP";
 
 /// Default of [`KEEP_W_ENV`]: 8 GiB.
 pub const DEFAULT_KEEP_W_BYTES: u64 = 8 << 30;
@@ -53,6 +68,15 @@ struct DevLinear<T: Pod, D: Memory> {
     kron: Option<(Vec<KronGemm>, Buf<T, D>)>,
 }
 
+/// A radial MLP's hidden layers as `ek_mlp_hidden[_backward]` read them.
+struct FusedMlp<T: Pod, D: Memory> {
+    /// `tables::mlp_pack` (scaled, padded hidden weights).
+    w: Buf<T, D>,
+    /// The kernels' `shape` argument and the packed length.
+    shape: i32,
+    wlen: i32,
+}
+
 struct DevGate<D: Memory> {
     tab: Buf<i32, D>,
     t: GateTable,
@@ -67,6 +91,8 @@ struct DevLayer<T: Pod, D: Memory> {
     lin2_t: DevLinear<T, D>,
     /// `(h_in, h_out, W [h_in, h_out])` of the radial MLP.
     mlp: Vec<(usize, usize, Buf<T, D>)>,
+    /// The fused hidden layers' kernel arguments, or why this MLP has none.
+    fused: std::result::Result<FusedMlp<T, D>, String>,
     /// f32: the last MLP weight as the 3xTF32 right factor `[W_hi; W_lo; W_hi]`
     /// (`tables::tf32x3_right`), used when `Resident::tf32x3` is on.
     mlp_last_tf32: Option<Buf<T, D>>,
@@ -116,8 +142,12 @@ struct Workspace<T: Pod, D: Memory> {
     /// layer when kept for the backward, else slot 0 for all (see the module docs).
     pre: Vec<Vec<Buf<T, D>>>,
     w: Vec<Buf<T, D>>,
-    /// Hidden activations (forward), then their gradients (backward): shared scratch.
+    /// Hidden activations (forward), then their gradients (backward): shared scratch (the
+    /// cuBLAS MLP path).
     act: Vec<Buf<T, D>>,
+    /// The fused MLP path: the last hidden activation (forward), then its gradient
+    /// (backward), `[E, h_K]`, shared by all layers.
+    hl: Buf<T, D>,
     gw: Buf<T, D>,
     gsh_l: Buf<T, D>,
     g_sh: Buf<T, D>,
@@ -142,6 +172,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     keep_w_bytes: u64,
     /// The radial MLP's last product as 3xTF32 (f32; see `tf32x3_enabled`).
     tf32x3: bool,
+    /// The radial MLP's hidden layers fused ([`MLP_ENV`]).
+    mlp_fused: bool,
 }
 
 /// SevenNet resident on one CUDA device (see the module docs).
@@ -158,6 +190,20 @@ fn err(e: impl std::fmt::Display) -> ModelError {
 /// forces 1.9e-5 eV/Å instead of 6–8e-6): not worth it as the default.
 fn tf32x3_enabled<T: DevReal>() -> bool {
     T::NAME == "f32" && std::env::var("EQUIKERN_MODEL_TF32X3").as_deref() == Ok("1")
+}
+
+/// [`MLP_ENV`]: `Ok(true)` for the fused hidden layers (default), `Ok(false)` for cuBLAS.
+fn mlp_fused_from_env() -> Result<bool> {
+    match std::env::var(MLP_ENV) {
+        Err(_) => Ok(true),
+        Ok(v) => match v.trim() {
+            "" | "fused" => Ok(true),
+            "cublas" => Ok(false),
+            other => Err(ModelError::Unsupported(format!(
+                "{MLP_ENV}={other}: expected `fused` or `cublas`"
+            ))),
+        },
+    }
 }
 
 fn cast<T: DevReal>(v: &[f64]) -> Vec<T> {
@@ -236,6 +282,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         };
         let sh_dim: usize = model.sh_ls.iter().map(|l| 2 * *l as usize + 1).sum();
         let mem = Arc::new(Mem::default());
+        // The fused MLP kernels of this model's source (the same shapes as `CudaExec` and the
+        // emulation compile: `tables::model_kernel_source`).
+        let mk = MlpKernels::of(model);
         let mut layers = Vec::new();
         for (t, l) in model.layers.iter().enumerate() {
             let (d1, d2, dmid, numel) = l.tp_dims;
@@ -260,6 +309,21 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .iter()
                 .map(|(a, b, w)| Ok((*a, *b, Buf::from_host(&d, &mem, w)?)))
                 .collect::<Result<Vec<_>>>()?;
+            let fused = match mlp_hidden_shape(&l.weight_nn) {
+                Ok(w) => {
+                    let shape = mk.index(&w).ok_or_else(|| {
+                        err(format!("layer {t}: radial MLP shape {w:?} not compiled"))
+                    })?;
+                    let pack = mlp_pack(&l.weight_nn, mk.vw);
+                    debug_assert_eq!(pack.len(), mk.packed_len(shape));
+                    Ok(FusedMlp {
+                        wlen: i32::try_from(pack.len()).map_err(err)?,
+                        w: Buf::from_host(&d, &mem, &cast::<T>(&pack))?,
+                        shape: shape as i32,
+                    })
+                }
+                Err(e) => Err(format!("layer {t}: {e}")),
+            };
             let gt = GateTable::new(&l.gate)?;
             let mlp_last_tf32 = match (l.weight_nn.layers.last(), T::NAME == "f32") {
                 (Some((a, b, w)), true) => {
@@ -273,6 +337,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 _ => None,
             };
             layers.push(DevLayer {
+                fused,
                 mlp_last_tf32,
                 sc: DevLinear::fwd(&d, &mem, &l.sc)?,
                 sc_t: DevLinear::bwd(&d, &mem, &l.sc)?,
@@ -341,6 +406,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             pre: (0..nl).map(|_| many(hidden)).collect::<Result<_>>()?,
             w: many(nl)?,
             act: many(hidden)?,
+            hl: b()?,
             gw: b()?,
             gsh_l: b()?,
             g_sh: b()?,
@@ -350,7 +416,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             result: Buf::new(&d, &mem)?,
             keep: false,
         };
-        Ok(Resident {
+        let mut r = Resident {
+            mlp_fused: false,
             model: model.clone(),
             d,
             params,
@@ -363,7 +430,35 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(DEFAULT_KEEP_W_BYTES),
-        })
+        };
+        r.set_mlp_fused(mlp_fused_from_env()?)?;
+        Ok(r)
+    }
+
+    /// Runs the radial MLP's hidden layers fused (`ek_mlp_hidden[_backward]`) or as cuBLAS
+    /// products + `ek_act` (default from [`MLP_ENV`]). Fused needs every layer's MLP to have
+    /// a hidden layer and widths ≤ `tables::MLP_MAX_WIDTH`: else an error naming the layer.
+    pub fn set_mlp_fused(&mut self, on: bool) -> Result<()> {
+        if on {
+            if let Some(Err(e)) = self
+                .params
+                .layers
+                .iter()
+                .map(|l| &l.fused)
+                .find(|f| f.is_err())
+            {
+                return Err(ModelError::Unsupported(format!(
+                    "{e} ({MLP_ENV}=cublas runs it on cuBLAS)"
+                )));
+            }
+        }
+        self.mlp_fused = on;
+        Ok(())
+    }
+
+    /// Whether the radial MLP's hidden layers run fused.
+    pub fn mlp_fused(&self) -> bool {
+        self.mlp_fused
     }
 
     /// The model this evaluator runs.
@@ -379,10 +474,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// e.g. `"NVIDIA H100 80GB HBM3 f32 (resident, cuBLAS)"`.
     pub fn describe(&self) -> String {
         format!(
-            "{} {} (resident, {})",
+            "{} {} (resident, {}, radial MLP {})",
             self.d.describe(),
             T::NAME,
-            self.d.gemm_name()
+            self.d.gemm_name(),
+            if self.mlp_fused { "fused" } else { "cublas" }
         )
     }
 
@@ -575,28 +671,53 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         }
         // Per-layer radial-MLP tensors kept for the backward if they fit the budget.
         let es = std::mem::size_of::<T>() as u64;
+        let fused = self.mlp_fused;
         let per_edge: u64 = p
             .layers
             .iter()
-            .map(|l| l.mlp.iter().map(|x| x.1 as u64).sum::<u64>())
+            .map(|l| {
+                if fused {
+                    l.numel as u64
+                } else {
+                    l.mlp.iter().map(|x| x.1 as u64).sum::<u64>()
+                }
+            })
             .sum();
         ws.keep = ne as u64 * per_edge * es <= self.keep_w_bytes;
         for (t, l) in p.layers.iter().enumerate() {
             ws.hs[t].ensure(d, n * l.d1)?;
             ws.ys[t].ensure(d, n * l.sc.dim_out)?;
             let slot = if ws.keep { t } else { 0 };
-            if !ws.keep && t > 0 {
-                // recomputing: the other layers' slots are not used
-                ws.w[t].release(d)?;
+            if (!ws.keep && t > 0) || fused {
+                // recomputing: the other layers' slots are not used; fused: no pre-activations
+                if !ws.keep && t > 0 {
+                    ws.w[t].release(d)?;
+                }
                 for b in &mut ws.pre[t] {
                     b.release(d)?;
                 }
             }
             ws.w[slot].ensure(d, ne * l.numel)?;
-            for (k, (_, h_out, _)) in l.mlp.iter().enumerate().take(l.mlp.len() - 1) {
-                ws.pre[slot][k].ensure(d, ne * h_out)?;
-                ws.act[k].ensure(d, ne * h_out)?;
+            if !fused {
+                for (k, (_, h_out, _)) in l.mlp.iter().enumerate().take(l.mlp.len() - 1) {
+                    ws.pre[slot][k].ensure(d, ne * h_out)?;
+                    ws.act[k].ensure(d, ne * h_out)?;
+                }
             }
+        }
+        if fused {
+            for b in &mut ws.act {
+                b.release(d)?;
+            }
+            let h_last = p
+                .layers
+                .iter()
+                .map(|l| l.mlp.last().map_or(0, |x| x.0))
+                .max()
+                .unwrap_or(0);
+            ws.hl.ensure(d, ne * h_last)?;
+        } else {
+            ws.hl.release(d)?;
         }
         let hdim = p.readout_hidden.dim_out;
         ws.hid.ensure(d, n * hdim)?;
@@ -701,58 +822,86 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         )
     }
 
-    /// Layer `t`'s radial MLP: `w [ne, numel]` from `emb`, hidden pre-activations in the
-    /// layer's slot, activations in the shared scratch.
+    /// Layer `t`'s fused MLP kernel arguments.
+    fn fused<'a>(&self, l: &'a DevLayer<T, D>) -> Result<&'a FusedMlp<T, D>> {
+        l.fused
+            .as_ref()
+            .map_err(|e| ModelError::Unsupported(e.clone()))
+    }
+
+    /// Layer `t`'s radial MLP: `w [ne, numel]` from `emb`. Fused: the hidden layers by one
+    /// `ek_mlp_hidden` launch into `hl`; cuBLAS: hidden pre-activations in the layer's slot,
+    /// activations in the shared scratch. Then the last product (cuBLAS, or 3xTF32).
     fn mlp_forward(&self, ws: &mut Workspace<T, D>, t: usize, ne: usize) -> Result<()> {
         let l = &self.params.layers[t];
         let slot = ws.slot(t);
         let last = l.mlp.len() - 1;
-        for (k, (a, b, wk)) in l.mlp.iter().enumerate() {
-            let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
-            let input = if k == 0 { &ws.emb.s } else { &ws.act[k - 1].s };
-            if k < last {
+        if self.mlp_fused {
+            let f = self.fused(l)?;
+            self.d.launch(
+                Kern::MlpHidden,
+                ne as u64,
+                &[
+                    Arg::U64(ne as u64),
+                    Arg::I32(f.shape),
+                    Arg::Real(&ws.emb.s, 0),
+                    Arg::Real(&f.w.s, 0),
+                    Arg::I32(f.wlen),
+                    Arg::Val(l.act_cst),
+                    Arg::Real(&ws.hl.s, 0),
+                ],
+            )?;
+        } else {
+            for (k, (a, b, wk)) in l.mlp.iter().enumerate().take(last) {
+                let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
+                let input = if k == 0 { &ws.emb.s } else { &ws.act[k - 1].s };
                 let out = &mut ws.pre[slot][k].s;
                 self.d
                     .gemm((ne, *b, *a), alpha, input, &wk.s, false, T::ZERO, out)?;
                 self.act(ne * b, &ws.pre[slot][k].s, &ws.act[k].s, l.act_cst, false)?;
-            } else {
-                // 3xTF32 on tensor cores (f32): the split row goes through `gw`, free until
-                // the backward (its ne · max numel ≥ ne · 3a for every 7net layer).
-                if let (Some(cat), true) = (&l.mlp_last_tf32, self.tf32x3) {
-                    if D::capacity(&ws.gw.s) >= ne * 3 * a {
-                        self.d.launch(
-                            Kern::SplitTf32,
-                            (ne * a) as u64,
-                            &[
-                                Arg::U64(ne as u64),
-                                Arg::I32(*a as i32),
-                                Arg::Real(input, 0),
-                                Arg::Real(&ws.gw.s, 0),
-                            ],
-                        )?;
-                        let out = &mut ws.w[slot].s;
-                        if self.d.gemm_tf32(
-                            (ne, *b, 3 * a),
-                            alpha,
-                            &ws.gw.s,
-                            &cat.s,
-                            T::ZERO,
-                            out,
-                        )? {
-                            continue;
-                        }
-                    }
-                }
-                let out = &mut ws.w[slot].s;
-                self.d
-                    .gemm((ne, *b, *a), alpha, input, &wk.s, false, T::ZERO, out)?;
             }
         }
-        Ok(())
+        let (a, b, wk) = &l.mlp[last];
+        let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
+        let input = if last == 0 {
+            &ws.emb.s
+        } else if self.mlp_fused {
+            &ws.hl.s
+        } else {
+            &ws.act[last - 1].s
+        };
+        // 3xTF32 on tensor cores (f32): the split row goes through `gw`, free until the
+        // backward (its ne · max numel ≥ ne · 3a for every 7net layer).
+        if let (Some(cat), true) = (&l.mlp_last_tf32, self.tf32x3) {
+            if D::capacity(&ws.gw.s) >= ne * 3 * a {
+                self.d.launch(
+                    Kern::SplitTf32,
+                    (ne * a) as u64,
+                    &[
+                        Arg::U64(ne as u64),
+                        Arg::I32(*a as i32),
+                        Arg::Real(input, 0),
+                        Arg::Real(&ws.gw.s, 0),
+                    ],
+                )?;
+                let out = &mut ws.w[slot].s;
+                if self
+                    .d
+                    .gemm_tf32((ne, *b, 3 * a), alpha, &ws.gw.s, &cat.s, T::ZERO, out)?
+                {
+                    return Ok(());
+                }
+            }
+        }
+        let out = &mut ws.w[slot].s;
+        self.d
+            .gemm((ne, *b, *a), alpha, input, &wk.s, false, T::ZERO, out)
     }
 
-    /// `g_emb (+)= ∂⟨gw, w⟩/∂emb` of layer `t`'s MLP (input gradient only; the activation
-    /// scratch is overwritten by the hidden gradients).
+    /// `g_emb (+)= ∂⟨gw, w⟩/∂emb` of layer `t`'s MLP (input gradient only). Fused: the last
+    /// product's transpose into `hl`, then `ek_mlp_hidden_backward` (the hidden layers
+    /// recomputed per edge from `emb`); cuBLAS: the activation scratch is overwritten by the
+    /// hidden gradients.
     fn mlp_backward(
         &self,
         ws: &mut Workspace<T, D>,
@@ -762,6 +911,35 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     ) -> Result<()> {
         let l = &self.params.layers[t];
         let last = l.mlp.len() - 1;
+        if self.mlp_fused {
+            let f = self.fused(l)?;
+            let (a, b, wk) = &l.mlp[last];
+            let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
+            self.d.gemm(
+                (ne, *a, *b),
+                alpha,
+                &ws.gw.s,
+                &wk.s,
+                true,
+                T::ZERO,
+                &mut ws.hl.s,
+            )?;
+            return self.d.launch(
+                Kern::MlpHiddenBackward,
+                ne as u64,
+                &[
+                    Arg::U64(ne as u64),
+                    Arg::I32(f.shape),
+                    Arg::Real(&ws.emb.s, 0),
+                    Arg::Real(&f.w.s, 0),
+                    Arg::I32(f.wlen),
+                    Arg::Val(l.act_cst),
+                    Arg::Real(&ws.hl.s, 0),
+                    Arg::Real(&ws.g_emb.s, 0),
+                    Arg::I32(i32::from(!first)),
+                ],
+            );
+        }
         let slot = ws.slot(t);
         for k in (0..=last).rev() {
             let (a, b, wk) = &l.mlp[k];
@@ -1074,6 +1252,7 @@ impl<T: Pod, D: Memory> Workspace<T, D> {
                 .chain(&self.w)
                 .chain(&self.act),
         );
+        a.push(&self.hl);
         a.extend(self.pre.iter().flatten());
         (a, vec![&self.vec, &self.fe, &self.vpart, &self.result])
     }

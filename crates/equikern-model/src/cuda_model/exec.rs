@@ -37,6 +37,8 @@ pub enum Kern {
     GateBackward,
     Act,
     ActBackward,
+    MlpHidden,
+    MlpHiddenBackward,
     Gemm,
     Accumulate,
     Fill,
@@ -49,7 +51,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 17] = [
+    pub const ALL: [Kern; 19] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -58,6 +60,8 @@ impl Kern {
         Kern::GateBackward,
         Kern::Act,
         Kern::ActBackward,
+        Kern::MlpHidden,
+        Kern::MlpHiddenBackward,
         Kern::Gemm,
         Kern::Accumulate,
         Kern::Fill,
@@ -80,6 +84,8 @@ impl Kern {
             Kern::GateBackward => "ek_gate_backward",
             Kern::Act => "ek_act",
             Kern::ActBackward => "ek_act_backward",
+            Kern::MlpHidden => "ek_mlp_hidden",
+            Kern::MlpHiddenBackward => "ek_mlp_hidden_backward",
             Kern::Gemm => "ek_gemm",
             Kern::Accumulate => "ek_accumulate",
             Kern::Fill => "ek_fill",

@@ -1,13 +1,17 @@
 // SevenNet on the GPU: the hand-written kernels of `CudaSevenNet` (everything but the
-// convolutions, which are equikern's `ConvOp`, and the radial MLP's products, which are
-// cuBLAS or `ek_gemm`).
+// convolutions, which are equikern's `ConvOp`, and the radial MLP's last product, which is
+// cuBLAS or `ek_gemm`; its hidden layers are `ek_mlp_hidden[_backward]`, or cuBLAS +
+// `ek_act` with EQUIKERN_MODEL_MLP=cublas).
 //
 // Compiled by NVRTC once per (model, dtype) after a generated prelude that defines `real`
 // (float or double), `EK_EXP` and the spherical-harmonics recursion table of the model's
-// lmax (`EK_SH_LMAX`, `ek_sh_start`, `ek_sh_cab`, `ek_sh_w`). Every kernel is a grid-stride
+// lmax (`EK_SH_LMAX`, `ek_sh_start`, `ek_sh_cab`, `ek_sh_w`) and the radial MLP's hidden
+// shapes (`EK_MLP_*`). Every kernel is a grid-stride
 // loop whose iterations are independent (each output element written once, by one
 // iteration, in a fixed order: no atomics, deterministic), so the same text also runs as
-// plain C++ one iteration at a time (tests/cuda_kernels_cpu.rs).
+// plain C++ one iteration at a time (tests/cuda_kernels_cpu.rs). The fused radial-MLP kernels
+// also stage weights per block behind one barrier (before any iteration), so the emulation
+// runs each block's threads concurrently for them.
 //
 // Edge geometry is computed in double from double edge vectors and rounded to `real`, as
 // the host model does; atomic energies, edge forces, forces and the virial are double.
@@ -320,6 +324,300 @@ extern "C" __global__ void ek_act(u64 n, const real* __restrict__ pre, real* h, 
 extern "C" __global__ void ek_act_backward(u64 n, const real* __restrict__ pre, real* g,
                                            real c) {
   EK_FOR(i, n) g[i] *= c * ek_silu_grad(pre[i]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Radial MLP hidden layers, fused: one edge per thread, the hidden layers' products and
+// activations in registers. Forward: from emb [E, nb] to the last hidden activation
+// h_K [E, h_K] (the input of the last product, which stays a library product). Backward:
+// from g_last = ∂/∂h_K [E, h_K] (the last product's transpose) to g_emb [E, nb], recomputing
+// the forward from emb. Widths are compile-time (the generated prelude's EK_MLP_*_CASES, one
+// `case` per hidden shape of the model), so every per-edge vector is a register array.
+//
+// Performance design (H100, SevenNet-0 8 → 64 → 64, f32):
+// * weights: the launch's hidden weights (scaled by 1/√a, rows padded to the vector width,
+//   `tables::mlp_pack`) are staged once per block in shared memory (18 KB in f32, 36 KB in
+//   f64; beyond EK_MLP_SMEM_VECS they are read from global memory, the same uniform
+//   pattern through L1). Every thread of a warp works on its own edge at the same (i, j), so
+//   each weight read is a broadcast (no bank conflicts), as a 16-byte vector (float4 /
+//   double2): one shared load per 4 FMAs in f32 (2 in f64, whose FMA rate is half).
+// * registers: only what a layer needs lives. Forward: h1 [64] (8·64 FMAs from emb [8]),
+//   then h2 in output chunks of EK_MLP_CH_FWD = 16 (h1 [64] + 16 accumulators), each chunk
+//   activated and stored at once: ~90 registers, no spills. Backward: h1 [64], the input
+//   gradient g1 [64] and EK_MLP_CH_BWD = 8 outputs of layer 2 at a time (pre-activation,
+//   then g2 = g_last · c·silu'(pre), then g1 += W2[:, chunk] · g2): ~150 registers; the
+//   first layer's pre-activations are recomputed from emb (8 FMAs each) instead of kept.
+//   f64 doubles this (spills to L1 are possible there; f64 is the accuracy mode).
+// * chunk loops are not unrolled (`#pragma unroll 1`): one chunk's straight-line code is
+//   ~1.3k instructions, the whole layer unrolled would not stay in the instruction cache.
+// * memory per edge: forward reads 32 B, writes 256 B; backward reads 288 B, writes 32 B
+//   (vector accesses; rows are 16-byte aligned when the width is a multiple of the vector).
+// * work per edge: forward 4.6k FMAs, backward 9.7k (≈ 0.15 / 0.3 ms of FP32 peak at
+//   917 504 edges; targets 0.3 / 0.5 ms).
+#ifndef EK_UNROLL
+#define EK_UNROLL _Pragma("unroll")
+#define EK_NO_UNROLL _Pragma("unroll 1")
+#endif
+#ifdef EK_REAL_F32
+typedef float4 ek_vec;
+#define EK_VW 4
+__device__ __forceinline__ void ek_vld(const real* p, real* v) {
+  float4 t = *(const float4*)p;
+  v[0] = t.x;
+  v[1] = t.y;
+  v[2] = t.z;
+  v[3] = t.w;
+}
+__device__ __forceinline__ void ek_vst(real* p, const real* v) {
+  float4 t;
+  t.x = v[0];
+  t.y = v[1];
+  t.z = v[2];
+  t.w = v[3];
+  *(float4*)p = t;
+}
+#else
+typedef double2 ek_vec;
+#define EK_VW 2
+__device__ __forceinline__ void ek_vld(const real* p, real* v) {
+  double2 t = *(const double2*)p;
+  v[0] = t.x;
+  v[1] = t.y;
+}
+__device__ __forceinline__ void ek_vst(real* p, const real* v) {
+  double2 t;
+  t.x = v[0];
+  t.y = v[1];
+  *(double2*)p = t;
+}
+#endif
+
+// x[0..N) = p[0..N) (a row of N: vector loads when N is a multiple of the vector width).
+template <int N>
+__device__ __forceinline__ void ek_mlp_load(const real* __restrict__ p, real* x) {
+  if (N % EK_VW == 0) {
+    EK_UNROLL
+    for (int i = 0; i < N; i += EK_VW) ek_vld(p + i, x + i);
+  } else {
+    EK_UNROLL
+    for (int i = 0; i < N; ++i) x[i] = p[i];
+  }
+}
+
+// v[0..EK_VW) = p[j..j + EK_VW) of a row of N (0 past the end).
+template <int N>
+__device__ __forceinline__ void ek_mlp_load_part(const real* __restrict__ p, int j, real* v) {
+  if (N % EK_VW == 0 && j < N) {
+    ek_vld(p + j, v);
+  } else {
+    EK_UNROLL
+    for (int q = 0; q < EK_VW; ++q) v[q] = j + q < N ? p[j + q] : (real)0;
+  }
+}
+
+// y[0..BP) = c · silu(x[0..A) · W), W [A][BP] (the padding columns are 0, so are their y).
+template <int A, int BP>
+__device__ __forceinline__ void ek_mlp_full(const real* x, const real* W, real c, real* y) {
+  real acc[BP];
+  EK_UNROLL
+  for (int j = 0; j < BP; ++j) acc[j] = (real)0;
+  EK_UNROLL
+  for (int i = 0; i < A; ++i) {
+    real xi = x[i];
+    EK_UNROLL
+    for (int j = 0; j < BP; j += EK_VW) {
+      real w[EK_VW];
+      ek_vld(W + i * BP + j, w);
+      EK_UNROLL
+      for (int q = 0; q < EK_VW; ++q) acc[j + q] += xi * w[q];
+    }
+  }
+  EK_UNROLL
+  for (int j = 0; j < BP; ++j) y[j] = c * ek_silu(acc[j]);
+}
+
+// The last hidden layer, forward: out[0..B) = c · silu(x[0..A) · W), W [A][BP], CH outputs
+// at a time.
+template <int A, int B, int BP, int CH>
+__device__ __forceinline__ void ek_mlp_last_fwd(const real* x, const real* W, real c,
+                                                real* out) {
+  EK_NO_UNROLL
+  for (int j0 = 0; j0 < BP; j0 += CH) {
+    real acc[CH];
+    EK_UNROLL
+    for (int j = 0; j < CH; ++j) acc[j] = (real)0;
+    EK_UNROLL
+    for (int i = 0; i < A; ++i) {
+      real xi = x[i];
+      EK_UNROLL
+      for (int j = 0; j < CH; j += EK_VW) {
+        if (BP % CH == 0 || j0 + j < BP) {
+          real w[EK_VW];
+          ek_vld(W + i * BP + j0 + j, w);
+          EK_UNROLL
+          for (int q = 0; q < EK_VW; ++q) acc[j + q] += xi * w[q];
+        }
+      }
+    }
+    EK_UNROLL
+    for (int j = 0; j < CH; j += EK_VW) {
+      real h[EK_VW];
+      EK_UNROLL
+      for (int q = 0; q < EK_VW; ++q) h[q] = c * ek_silu(acc[j + q]);
+      if (B % EK_VW == 0) {
+        if (BP % CH == 0 || j0 + j < B) ek_vst(out + j0 + j, h);
+      } else {
+        EK_UNROLL
+        for (int q = 0; q < EK_VW; ++q)
+          if (j0 + j + q < B) out[j0 + j + q] = h[q];
+      }
+    }
+  }
+}
+
+// The last hidden layer, backward: with pre = x[0..A) · W (W [A][BP]) and
+// g = g_last[0..B) · c · silu'(pre), gin[0..A) = W · g (gin [AP], the padding 0).
+template <int A, int AP, int B, int BP, int CH>
+__device__ __forceinline__ void ek_mlp_last_bwd(const real* x, const real* W, real c,
+                                                const real* __restrict__ gl, real* gin) {
+  EK_UNROLL
+  for (int i = 0; i < AP; ++i) gin[i] = (real)0;
+  EK_NO_UNROLL
+  for (int j0 = 0; j0 < BP; j0 += CH) {
+    real acc[CH];
+    EK_UNROLL
+    for (int j = 0; j < CH; ++j) acc[j] = (real)0;
+    EK_UNROLL
+    for (int i = 0; i < A; ++i) {
+      real xi = x[i];
+      EK_UNROLL
+      for (int j = 0; j < CH; j += EK_VW) {
+        if (BP % CH == 0 || j0 + j < BP) {
+          real w[EK_VW];
+          ek_vld(W + i * BP + j0 + j, w);
+          EK_UNROLL
+          for (int q = 0; q < EK_VW; ++q) acc[j + q] += xi * w[q];
+        }
+      }
+    }
+    EK_UNROLL
+    for (int j = 0; j < CH; j += EK_VW) {
+      real g[EK_VW];
+      ek_mlp_load_part<B>(gl, j0 + j, g);
+      EK_UNROLL
+      for (int q = 0; q < EK_VW; ++q) acc[j + q] = g[q] * c * ek_silu_grad(acc[j + q]);
+    }
+    EK_UNROLL
+    for (int i = 0; i < A; ++i) {
+      real s = (real)0;
+      EK_UNROLL
+      for (int j = 0; j < CH; j += EK_VW) {
+        if (BP % CH == 0 || j0 + j < BP) {
+          real w[EK_VW];
+          ek_vld(W + i * BP + j0 + j, w);
+          EK_UNROLL
+          for (int q = 0; q < EK_VW; ++q) s += w[q] * acc[j + q];
+        }
+      }
+      gin[i] += s;
+    }
+  }
+}
+
+// A hidden layer before the last, backward: with pre = x[0..A) · W (W [A][BP]),
+// gin[0..A) = W · (g[0..BP) · c · silu'(pre)) (gin [AP], the padding 0). pre is recomputed
+// here, EK_VW outputs at a time.
+template <int A, int AP, int BP>
+__device__ __forceinline__ void ek_mlp_mid_bwd(const real* x, const real* W, real c,
+                                               const real* g, real* gin) {
+  EK_UNROLL
+  for (int i = 0; i < AP; ++i) gin[i] = (real)0;
+  EK_UNROLL
+  for (int j = 0; j < BP; j += EK_VW) {
+    real pre[EK_VW];
+    EK_UNROLL
+    for (int q = 0; q < EK_VW; ++q) pre[q] = (real)0;
+    EK_UNROLL
+    for (int i = 0; i < A; ++i) {
+      real w[EK_VW];
+      ek_vld(W + i * BP + j, w);
+      EK_UNROLL
+      for (int q = 0; q < EK_VW; ++q) pre[q] += x[i] * w[q];
+    }
+    EK_UNROLL
+    for (int q = 0; q < EK_VW; ++q) pre[q] = g[j + q] * c * ek_silu_grad(pre[q]);
+    EK_UNROLL
+    for (int i = 0; i < A; ++i) {
+      real w[EK_VW];
+      ek_vld(W + i * BP + j, w);
+      EK_UNROLL
+      for (int q = 0; q < EK_VW; ++q) gin[i] += w[q] * pre[q];
+    }
+  }
+}
+
+// p[0..N) = g (accumulate == 0) or p + g.
+template <int N>
+__device__ __forceinline__ void ek_mlp_store_grad(real* p, const real* g, int accumulate) {
+  if (N % EK_VW == 0) {
+    EK_UNROLL
+    for (int i = 0; i < N; i += EK_VW) {
+      real v[EK_VW];
+      if (accumulate) {
+        ek_vld(p + i, v);
+        EK_UNROLL
+        for (int q = 0; q < EK_VW; ++q) v[q] += g[i + q];
+      } else {
+        EK_UNROLL
+        for (int q = 0; q < EK_VW; ++q) v[q] = g[i + q];
+      }
+      ek_vst(p + i, v);
+    }
+  } else {
+    EK_UNROLL
+    for (int i = 0; i < N; ++i) p[i] = accumulate ? p[i] + g[i] : g[i];
+  }
+}
+
+// The launch's packed hidden weights w [wlen] (wlen a multiple of EK_VW) as `W`: staged in
+// shared memory by the whole block (before any edge: every thread reaches the barrier),
+// or global memory when the prelude sets EK_MLP_SMEM_VECS 0.
+#if EK_MLP_SMEM_VECS > 0
+#define EK_MLP_STAGE(w, wlen)                                                  \
+  __shared__ ek_vec ek_mlp_sw[EK_MLP_SMEM_VECS];                               \
+  for (int i = threadIdx.x; i < (wlen) / EK_VW && i < EK_MLP_SMEM_VECS;        \
+       i += blockDim.x)                                                        \
+    ek_mlp_sw[i] = ((const ek_vec*)(w))[i];                                    \
+  __syncthreads();                                                             \
+  const real* W = (const real*)ek_mlp_sw;
+#else
+#define EK_MLP_STAGE(w, wlen) const real* W = (w);
+#endif
+
+// out [E, h_K] = the last hidden activation of hidden shape `shape` from emb [E, nb].
+extern "C" __global__ void ek_mlp_hidden(u64 edges, int shape, const real* __restrict__ emb,
+                                         const real* __restrict__ w, int wlen, real c,
+                                         real* out) {
+  EK_MLP_STAGE(w, wlen)
+  switch (shape) {
+    EK_MLP_FWD_CASES
+    default:
+      break;
+  }
+}
+
+// g_emb [E, nb] (accumulate: +=) = ∂⟨g_last, h_K⟩/∂emb of hidden shape `shape`.
+extern "C" __global__ void ek_mlp_hidden_backward(u64 edges, int shape,
+                                                  const real* __restrict__ emb,
+                                                  const real* __restrict__ w, int wlen, real c,
+                                                  const real* __restrict__ g_last, real* g_emb,
+                                                  int accumulate) {
+  EK_MLP_STAGE(w, wlen)
+  switch (shape) {
+    EK_MLP_BWD_CASES
+    default:
+      break;
+  }
 }
 
 // Row-major C[m, n] = alpha · A[m, k] · op(B) + beta · C, op(B) = B [k, n] (trans_b = 0) or

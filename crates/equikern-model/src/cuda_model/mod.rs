@@ -31,7 +31,7 @@ mod gemm;
 #[cfg(feature = "cuda")]
 pub use cuda_exec::CudaExec;
 #[cfg(feature = "cuda")]
-pub use evaluator::{CudaSevenNet, Resident, DEFAULT_KEEP_W_BYTES, KEEP_W_ENV};
+pub use evaluator::{CudaSevenNet, Resident, DEFAULT_KEEP_W_BYTES, KEEP_W_ENV, MLP_ENV};
 #[cfg(feature = "cuda")]
 pub use gemm::DevReal;
 

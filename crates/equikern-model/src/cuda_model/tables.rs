@@ -4,8 +4,9 @@
 //! tables as C++.
 
 use crate::error::{ModelError, Result};
-use crate::nn::{Gate, Linear};
+use crate::nn::{FullyConnectedNet, Gate, Linear};
 use crate::scalar::Scalar;
+use crate::sevennet::SevenNet;
 use std::fmt::Write as _;
 
 /// The hand-written kernels (see the file's header).
@@ -54,6 +55,19 @@ pub fn sh_steps(lmax: u32) -> Result<ShSteps> {
 /// `0..=lmax`: a generated prelude (`real`, `EK_EXP`, the SH recursion table) + `kernels.cu`.
 /// Constants depend on the model only, never on atom or edge counts.
 pub fn kernel_source<T: Scalar>(lmax: u32) -> Result<String> {
+    kernel_source_with::<T>(lmax, &MlpKernels::none::<T>())
+}
+
+/// The kernel source of `model` in `T`: [`kernel_source_with`] for the model's lmax and the
+/// radial-MLP shapes of its layers ([`MlpKernels::of`]).
+pub fn model_kernel_source<T: Scalar>(model: &SevenNet<T>) -> Result<String> {
+    let lmax = model.sh_ls.iter().copied().max().unwrap_or(0);
+    kernel_source_with::<T>(lmax, &MlpKernels::of(model))
+}
+
+/// [`kernel_source`] with the fused radial-MLP kernels (`ek_mlp_hidden`,
+/// `ek_mlp_hidden_backward`) specialised on the hidden shapes of `mlp`.
+pub fn kernel_source_with<T: Scalar>(lmax: u32, mlp: &MlpKernels) -> Result<String> {
     if lmax > MAX_SH_L {
         return Err(ModelError::Unsupported(format!(
             "spherical harmonics up to l = {lmax}: the CUDA evaluator supports l ≤ {MAX_SH_L}"
@@ -75,6 +89,7 @@ pub fn kernel_source<T: Scalar>(lmax: u32) -> Result<String> {
     let _ = writeln!(s, "#define EK_SH_LMAX {lmax}");
     let _ = writeln!(s, "#define EK_LIN_NODES {LINEAR_ROWS}");
     let _ = writeln!(s, "#define EK_LIN_COLS {LINEAR_COLS}");
+    mlp.prelude::<T>(&mut s)?;
     let list = |v: Vec<String>| {
         if v.is_empty() {
             "0".to_string()
@@ -370,4 +385,246 @@ pub fn tf32x3_right(b: &[f32], k: usize, n: usize) -> Vec<f32> {
         .map(|(&v, &h)| tf32(v - h))
         .collect();
     [hi.as_slice(), lo.as_slice(), hi.as_slice()].concat()
+}
+
+/// Widest radial-MLP layer (input or hidden) the fused kernels are generated for.
+pub const MLP_MAX_WIDTH: usize = 128;
+
+/// Outputs per register chunk of the last hidden layer: forward (`ek_mlp_last_fwd`) and
+/// backward (`ek_mlp_last_bwd`, which also holds the layer's input and input gradient).
+pub const MLP_CHUNK_FWD: usize = 16;
+pub const MLP_CHUNK_BWD: usize = 8;
+
+/// Static shared memory the staged hidden weights of one launch may take; beyond it the
+/// kernels read them from global memory (uniform, L1-cached loads).
+pub const MLP_SMEM_BYTES: usize = 40 << 10;
+
+/// Elements per vector load of `real` (`float4`, `double2`: 16 bytes).
+pub fn mlp_vector_width<T: Scalar>() -> usize {
+    if T::NAME == "f32" {
+        4
+    } else {
+        2
+    }
+}
+
+/// The hidden part of a radial MLP as the fused kernels see it: widths `[nb, h1, …, hK]`
+/// (`K ≥ 1` hidden layers, each `c · silu(x · W / √a)`; the last product stays a library
+/// product). `Err` says why the net has no fused kernel.
+pub fn mlp_hidden_shape<T: Scalar>(
+    net: &FullyConnectedNet<T>,
+) -> std::result::Result<Vec<usize>, String> {
+    let k = net.layers.len().saturating_sub(1);
+    if k == 0 {
+        return Err("radial MLP without a hidden layer: the fused kernels need one".into());
+    }
+    let mut w = vec![net.layers[0].0];
+    w.extend(net.layers[..k].iter().map(|l| l.1));
+    if let Some((i, v)) = w
+        .iter()
+        .enumerate()
+        .find(|(_, v)| **v == 0 || **v > MLP_MAX_WIDTH)
+    {
+        let what = if i == 0 {
+            "input width".to_string()
+        } else {
+            format!("hidden layer {i} width")
+        };
+        return Err(format!(
+            "radial MLP {what} {v}: the fused kernels support 1..={MLP_MAX_WIDTH}"
+        ));
+    }
+    Ok(w)
+}
+
+/// The hidden weights of `net` as the fused kernels read them: hidden layer `k` (`a` → `b`)
+/// as `[a][bp]` row-major, `bp` = `b` rounded up to the vector width `vw` (zero padding),
+/// scaled by `1/√a`; layers one after the other (every offset a multiple of `vw`).
+pub fn mlp_pack<T: Scalar>(net: &FullyConnectedNet<T>, vw: usize) -> Vec<f64> {
+    let k = net.layers.len().saturating_sub(1);
+    let mut out = Vec::new();
+    for (a, b, w) in &net.layers[..k] {
+        let bp = b.div_ceil(vw) * vw;
+        let s = 1.0 / (*a as f64).sqrt();
+        for i in 0..*a {
+            for j in 0..bp {
+                out.push(if j < *b {
+                    w[i * b + j].to_f64() * s
+                } else {
+                    0.0
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Length of [`mlp_pack`]'s output for hidden widths `w`.
+fn packed_len(w: &[usize], vw: usize) -> usize {
+    w.windows(2).map(|p| p[0] * p[1].div_ceil(vw) * vw).sum()
+}
+
+/// The fused radial-MLP kernels of one kernel source: the distinct hidden shapes (`shape`
+/// argument = index here), the vector width and whether the weights are staged in shared
+/// memory (all shapes' packed weights within [`MLP_SMEM_BYTES`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlpKernels {
+    pub shapes: Vec<Vec<usize>>,
+    pub vw: usize,
+    pub smem: bool,
+}
+
+impl MlpKernels {
+    /// No fused kernels (they exist and do nothing).
+    pub fn none<T: Scalar>() -> Self {
+        Self::new::<T>(vec![])
+    }
+
+    /// The given shapes (each `[nb, h1, …]`, validated when the source is generated),
+    /// shared-memory staging where it fits.
+    pub fn new<T: Scalar>(shapes: Vec<Vec<usize>>) -> Self {
+        let vw = mlp_vector_width::<T>();
+        let es = std::mem::size_of::<T>();
+        let smem = shapes
+            .iter()
+            .all(|w| packed_len(w, vw) * es <= MLP_SMEM_BYTES);
+        MlpKernels { shapes, vw, smem }
+    }
+
+    /// The distinct hidden shapes of `model`'s layers that the fused kernels support (the
+    /// others, see [`mlp_hidden_shape`], get none: such a model runs the cuBLAS MLP only).
+    pub fn of<T: Scalar>(model: &SevenNet<T>) -> Self {
+        let mut shapes: Vec<Vec<usize>> = vec![];
+        for l in &model.layers {
+            if let Ok(w) = mlp_hidden_shape(&l.weight_nn) {
+                if !shapes.contains(&w) {
+                    shapes.push(w);
+                }
+            }
+        }
+        Self::new::<T>(shapes)
+    }
+
+    /// The `shape` argument for hidden widths `w`.
+    pub fn index(&self, w: &[usize]) -> Option<usize> {
+        self.shapes.iter().position(|s| s == w)
+    }
+
+    /// Packed weight elements of shape `s` (the `wlen` argument).
+    pub fn packed_len(&self, s: usize) -> usize {
+        packed_len(&self.shapes[s], self.vw)
+    }
+
+    /// `EK_MLP_SMEM_VECS` and the per-shape bodies of the two kernels (`EK_MLP_FWD_CASES`,
+    /// `EK_MLP_BWD_CASES`: one `case` per shape, expanded inside `ek_mlp_hidden[_backward]`
+    /// after the templates they call are defined).
+    fn prelude<T: Scalar>(&self, s: &mut String) -> Result<()> {
+        let vw = self.vw;
+        if vw != mlp_vector_width::<T>() {
+            return Err(ModelError::Unsupported(format!(
+                "radial MLP kernels packed for vector width {vw}, dtype {} needs {}",
+                T::NAME,
+                mlp_vector_width::<T>()
+            )));
+        }
+        for (i, w) in self.shapes.iter().enumerate() {
+            if w.len() < 2 || w.iter().any(|v| *v == 0 || *v > MLP_MAX_WIDTH) {
+                return Err(ModelError::Unsupported(format!(
+                    "radial MLP shape {i} {w:?}: needs ≥ 1 hidden layer, widths 1..={MLP_MAX_WIDTH}"
+                )));
+            }
+        }
+        let vecs = if self.smem {
+            (0..self.shapes.len())
+                .map(|i| self.packed_len(i) / vw)
+                .max()
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let _ = writeln!(s, "#define EK_MLP_SMEM_VECS {vecs}");
+        let _ = writeln!(s, "#define EK_MLP_CH_FWD {MLP_CHUNK_FWD}");
+        let _ = writeln!(s, "#define EK_MLP_CH_BWD {MLP_CHUNK_BWD}");
+        let mut fwd = String::new();
+        let mut bwd = String::new();
+        for (i, w) in self.shapes.iter().enumerate() {
+            let kk = w.len() - 1;
+            // padded widths (inputs unpadded) and weight offsets of hidden layer k = 1..=K
+            let p: Vec<usize> = (0..=kk)
+                .map(|k| if k == 0 { w[0] } else { w[k].div_ceil(vw) * vw })
+                .collect();
+            let mut o = vec![0usize; kk + 1];
+            for k in 1..kk {
+                o[k + 1] = o[k] + w[k - 1] * p[k];
+            }
+            // x0 ← emb row; x1..x{upto} (full layers) in registers
+            let chain = |upto: usize| {
+                let mut c = format!(
+                    "real x0[{}]; ek_mlp_load<{}>(emb + e * {}ull, x0); ",
+                    w[0], w[0], w[0]
+                );
+                for k in 1..=upto {
+                    let _ = write!(
+                        c,
+                        "real x{k}[{}]; ek_mlp_full<{}, {}>(x{}, W + {}, c, x{k}); ",
+                        p[k],
+                        w[k - 1],
+                        p[k],
+                        k - 1,
+                        o[k]
+                    );
+                }
+                c
+            };
+            let _ = write!(
+                fwd,
+                "case {i}: EK_FOR(e, edges) {{ {}ek_mlp_last_fwd<{}, {}, {}, EK_MLP_CH_FWD>(x{}, W + {}, c, out + e * {}ull); }} break; ",
+                chain(kk - 1),
+                w[kk - 1],
+                w[kk],
+                p[kk],
+                kk - 1,
+                o[kk],
+                w[kk]
+            );
+            let mut b = format!(
+                "case {i}: EK_FOR(e, edges) {{ real g{}[{}]; {{ {}ek_mlp_last_bwd<{}, {}, {}, {}, EK_MLP_CH_BWD>(x{}, W + {}, c, g_last + e * {}ull, g{}); }} ",
+                kk - 1,
+                p[kk - 1],
+                chain(kk - 1),
+                w[kk - 1],
+                p[kk - 1],
+                w[kk],
+                p[kk],
+                kk - 1,
+                o[kk],
+                w[kk],
+                kk - 1
+            );
+            for k in (1..kk).rev() {
+                let _ = write!(
+                    b,
+                    "real g{}[{}]; {{ {}ek_mlp_mid_bwd<{}, {}, {}>(x{}, W + {}, c, g{k}, g{}); }} ",
+                    k - 1,
+                    p[k - 1],
+                    chain(k - 1),
+                    w[k - 1],
+                    p[k - 1],
+                    p[k],
+                    k - 1,
+                    o[k],
+                    k - 1
+                );
+            }
+            let _ = write!(
+                b,
+                "ek_mlp_store_grad<{}>(g_emb + e * {}ull, g0, accumulate); }} break; ",
+                w[0], w[0]
+            );
+            bwd.push_str(&b);
+        }
+        let _ = writeln!(s, "#define EK_MLP_FWD_CASES {fwd}");
+        let _ = writeln!(s, "#define EK_MLP_BWD_CASES {bwd}");
+        Ok(())
+    }
 }

@@ -256,16 +256,39 @@ pub fn sevenn_references() -> Option<Vec<Reference>> {
 /// tests): the CUDA built-ins it uses, as host stand-ins.
 pub const KERNEL_SHIM: &str = r#"
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
 static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 struct ek_dim3 { unsigned x, y, z; };
-static ek_dim3 blockIdx, gridDim, threadIdx, blockDim;
+static ek_dim3 blockIdx, gridDim, blockDim;
+static thread_local ek_dim3 threadIdx;
+struct float4 { float x, y, z, w; };
+struct double2 { double x, y; };
+// __syncthreads: a barrier over the block's threads while `grid_threads` runs them
+struct ek_barrier {
+  std::mutex m; std::condition_variable cv; unsigned n, count = 0, gen = 0;
+  explicit ek_barrier(unsigned n) : n(n) {}
+  void wait() {
+    std::unique_lock<std::mutex> l(m); unsigned g = gen;
+    if (++count == n) { count = 0; ++gen; cv.notify_all(); } else cv.wait(l, [&] { return gen != g; });
+  }
+};
+static ek_barrier* ek_bar = nullptr;
+static int ek_unsynced_barriers = 0;
+static inline void __syncthreads() { if (ek_bar) ek_bar->wait(); else ++ek_unsynced_barriers; }
 #define __global__
 #define __device__
+#define __forceinline__ inline
 #define __constant__ static const
+#define __shared__ static
 #define __restrict__
+#define EK_UNROLL
+#define EK_NO_UNROLL
 "#;
 
 /// Walks the grid of a launch of `n` iterations (after the kernel text): at most 3 blocks of
@@ -278,6 +301,27 @@ template <class F> static void grid(u64 n, F f) {
   for (unsigned bx = 0; bx < b; ++bx) for (unsigned tx = 0; tx < 256; ++tx) {
     blockIdx.x = bx; blockIdx.y = 0; blockIdx.z = 0; threadIdx.x = tx; threadIdx.y = 0; threadIdx.z = 0;
     f();
+  }
+}
+"#;
+
+/// Like `grid`, with each block's 256 threads run concurrently (real threads, `__syncthreads`
+/// a barrier, `__shared__` one copy per block): for kernels that stage data per block.
+/// `grid` on such a kernel counts its barriers in `ek_unsynced_barriers` instead.
+pub const GRID_THREADS: &str = r#"
+template <class F> static void grid_threads(u64 n, F f) {
+  u64 b = (n + 255) / 256; if (b < 1) b = 1; if (b > 3) b = 3;
+  gridDim.x = (unsigned)b; gridDim.y = 1; gridDim.z = 1;
+  blockDim.x = 256; blockDim.y = 1; blockDim.z = 1;
+  for (unsigned bx = 0; bx < b; ++bx) {
+    blockIdx.x = bx; blockIdx.y = 0; blockIdx.z = 0;
+    ek_barrier bar(256);
+    ek_bar = &bar;
+    std::vector<std::thread> th;
+    for (unsigned tx = 0; tx < 256; ++tx)
+      th.emplace_back([&f, tx] { threadIdx.x = tx; threadIdx.y = 0; threadIdx.z = 0; f(); });
+    for (auto& t : th) t.join();
+    ek_bar = nullptr;
   }
 }
 "#;
