@@ -994,6 +994,83 @@ fn source_rejects_too_large_lmax() {
     assert!(e.to_string().contains("spherical harmonics"), "{e}");
 }
 
+/// The fused radial-MLP kernels for SevenNet-0's shape (8 → 64 → 64) through NVRTC to sm_90
+/// machine code with ptxas' report: printed (registers, spills: what the GPU run would show),
+/// and f32 must not spill more than a few bytes (the kernels' register design). Skips without
+/// libnvrtc.
+#[cfg(feature = "cuda")]
+#[test]
+fn mlp_kernels_registers_sm90() {
+    use cudarc::nvrtc::result as nv;
+    // SAFETY: only tries to dlopen libnvrtc by its names.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        println!("SKIP: libnvrtc not found");
+        return;
+    }
+    for (name, src) in [
+        (
+            "f32",
+            kernel_source_with::<f32>(2, &MlpKernels::new::<f32>(vec![vec![8, 64, 64]])).unwrap(),
+        ),
+        (
+            "f64",
+            kernel_source_with::<f64>(2, &MlpKernels::new::<f64>(vec![vec![8, 64, 64]])).unwrap(),
+        ),
+    ] {
+        if let Some(d) = std::env::var_os("EK_DUMP_MLP_SOURCE") {
+            std::fs::write(std::path::Path::new(&d).join(format!("{name}.cu")), &src).unwrap();
+        }
+        let c = std::ffi::CString::new(src).unwrap();
+        let prog = nv::create_program(&c, None).unwrap();
+        let opts = [
+            "--gpu-architecture=sm_90",
+            "--std=c++17",
+            "--ptxas-options=-v",
+        ];
+        // SAFETY: a program just created; options are plain strings.
+        let r = unsafe { nv::compile_program(prog, &opts) };
+        // SAFETY: as above.
+        let log = unsafe { nv::get_program_log(prog) }.unwrap();
+        let log: String = log
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8 as char)
+            .collect();
+        // SAFETY: the program is not used after this.
+        unsafe { nv::destroy_program(prog) }.unwrap();
+        assert!(r.is_ok(), "NVRTC rejected the {name} source:\n{log}");
+        // ptxas: "Compiling entry function 'X'" then "Used N registers, ..." and spill lines
+        let lines: Vec<&str> = log.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains("Compiling entry function 'ek_mlp_hidden") {
+                let block: Vec<&str> = lines[i..]
+                    .iter()
+                    .take(6)
+                    .take_while(|x| !x.contains("Compiling entry") || x == &l)
+                    .copied()
+                    .collect();
+                println!("{name}: {}", block.join("\n    "));
+                // a few bytes of spill are ptxas' choice at 255 registers; hoisted weights
+                // (the failure this guards against) spill kilobytes
+                let spill: u64 = block
+                    .iter()
+                    .find_map(|x| {
+                        let i = x.find(" bytes spill stores")?;
+                        x[..i].rsplit(' ').next()?.parse().ok()
+                    })
+                    .unwrap_or(u64::MAX);
+                if name == "f32" {
+                    assert!(
+                        spill <= 64,
+                        "{name}: the fused MLP kernel spills {spill} bytes: {}",
+                        block.join(" | ")
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The same text through NVRTC (CPU-only: no GPU needed) for sm_90, both dtypes and lmax 2
 /// and 3, with equikern-cuda's options: catches what g++ accepts and CUDA does not. Skips
 /// where libnvrtc is not loadable (CI; here: the pip wheel `nvidia-cuda-nvrtc`, its
@@ -1006,11 +1083,41 @@ fn kernels_compile_with_nvrtc() {
         println!("SKIP: libnvrtc not found");
         return;
     }
+    // the fused MLP kernels: none, SevenNet-0's and odd shapes with the weights in shared
+    // memory, then in global memory (what the widest shapes get)
+    let shapes = vec![
+        vec![8, 64, 64],
+        vec![8, 5, 7],
+        vec![3, 5, 9, 6, 10],
+        vec![8, 16, 24],
+    ];
+    let mut cases = vec![];
     for lmax in [2u32, 3] {
-        for (name, src) in [
-            ("f32", kernel_source::<f32>(lmax).unwrap()),
-            ("f64", kernel_source::<f64>(lmax).unwrap()),
-        ] {
+        cases.push((lmax, "f32", kernel_source::<f32>(lmax).unwrap()));
+        cases.push((lmax, "f64", kernel_source::<f64>(lmax).unwrap()));
+    }
+    for smem in [true, false] {
+        let a = MlpKernels {
+            smem,
+            ..MlpKernels::new::<f32>(shapes.clone())
+        };
+        let b = MlpKernels {
+            smem,
+            ..MlpKernels::new::<f64>(shapes.clone())
+        };
+        cases.push((
+            2,
+            "f32 + MLP shapes",
+            kernel_source_with::<f32>(2, &a).unwrap(),
+        ));
+        cases.push((
+            2,
+            "f64 + MLP shapes",
+            kernel_source_with::<f64>(2, &b).unwrap(),
+        ));
+    }
+    for (lmax, name, src) in cases {
+        {
             let opts = cudarc::nvrtc::CompileOptions {
                 arch: Some("sm_90"),
                 options: vec!["--std=c++17".into()],

@@ -343,11 +343,14 @@ extern "C" __global__ void ek_act_backward(u64 n, const real* __restrict__ pre, 
 //   double2): one shared load per 4 FMAs in f32 (2 in f64, whose FMA rate is half).
 // * registers: only what a layer needs lives. Forward: h1 [64] (8·64 FMAs from emb [8]),
 //   then h2 in output chunks of EK_MLP_CH_FWD = 16 (h1 [64] + 16 accumulators), each chunk
-//   activated and stored at once: ~90 registers, no spills. Backward: h1 [64], the input
-//   gradient g1 [64] and EK_MLP_CH_BWD = 8 outputs of layer 2 at a time (pre-activation,
-//   then g2 = g_last · c·silu'(pre), then g1 += W2[:, chunk] · g2): ~150 registers; the
-//   first layer's pre-activations are recomputed from emb (8 FMAs each) instead of kept.
-//   f64 doubles this (spills to L1 are possible there; f64 is the accuracy mode).
+//   activated and stored at once. Backward: h1 [64], the input gradient g1 [64] and
+//   EK_MLP_CH_BWD = 4 outputs of layer 2 at a time (pre-activation, then
+//   g2 = g_last · c·silu'(pre), then g1 += W2[:, chunk] · g2); the first layer's
+//   pre-activations are recomputed from emb (8 FMAs each) instead of kept. ptxas (sm_90,
+//   f32): forward 127 registers (2 blocks of 256 per SM), backward 255 (1 block; 4 accumulator
+//   chains + 64 independent scatter sums per chunk keep a warp issuing), no spills beyond a
+//   few bytes; the weight loads are `ek_wld` (see there). f64 (chunks of 8 / 2): forward
+//   178 registers, backward 255 with ~600 bytes of spills (to L1; f64 is the accuracy mode).
 // * chunk loops are not unrolled (`#pragma unroll 1`): one chunk's straight-line code is
 //   ~1.3k instructions, the whole layer unrolled would not stay in the instruction cache.
 // * memory per edge: forward reads 32 B, writes 256 B; backward reads 288 B, writes 32 B
@@ -392,6 +395,38 @@ __device__ __forceinline__ void ek_vst(real* p, const real* v) {
 }
 #endif
 
+// A weight vector W[p .. p + EK_VW) (staged in shared memory, or global). On the device an
+// explicit load that the optimiser cannot hoist out of the edge loop: the weights are the
+// same for every edge, and NVVM hoisted plain loads of all of them in front of the loop,
+// where thousands compete for registers (measured by ptxas for sm_90: 255 registers and
+// 1.2 KB (forward) / 4.6 KB (backward) of spills per thread; with this load: 127 registers
+// and none forward, 255 and 8 bytes of stack backward). ptxas still schedules these loads
+// within an edge to hide their latency.
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ void ek_wld(const real* p, real* v) {
+#if EK_MLP_SMEM_VECS > 0
+  unsigned a = (unsigned)__cvta_generic_to_shared(p);
+#ifdef EK_REAL_F32
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
+               : "r"(a));
+#else
+  asm volatile("ld.shared.v2.f64 {%0, %1}, [%2];" : "=d"(v[0]), "=d"(v[1]) : "r"(a));
+#endif
+#else
+#ifdef EK_REAL_F32
+  asm volatile("ld.global.nc.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
+               : "l"(p));
+#else
+  asm volatile("ld.global.nc.v2.f64 {%0, %1}, [%2];" : "=d"(v[0]), "=d"(v[1]) : "l"(p));
+#endif
+#endif
+}
+#else
+__device__ __forceinline__ void ek_wld(const real* p, real* v) { ek_vld(p, v); }
+#endif
+
 // x[0..N) = p[0..N) (a row of N: vector loads when N is a multiple of the vector width).
 template <int N>
 __device__ __forceinline__ void ek_mlp_load(const real* __restrict__ p, real* x) {
@@ -427,7 +462,7 @@ __device__ __forceinline__ void ek_mlp_full(const real* x, const real* W, real c
     EK_UNROLL
     for (int j = 0; j < BP; j += EK_VW) {
       real w[EK_VW];
-      ek_vld(W + i * BP + j, w);
+      ek_wld(W + i * BP + j, w);
       EK_UNROLL
       for (int q = 0; q < EK_VW; ++q) acc[j + q] += xi * w[q];
     }
@@ -453,7 +488,7 @@ __device__ __forceinline__ void ek_mlp_last_fwd(const real* x, const real* W, re
       for (int j = 0; j < CH; j += EK_VW) {
         if (BP % CH == 0 || j0 + j < BP) {
           real w[EK_VW];
-          ek_vld(W + i * BP + j0 + j, w);
+          ek_wld(W + i * BP + j0 + j, w);
           EK_UNROLL
           for (int q = 0; q < EK_VW; ++q) acc[j + q] += xi * w[q];
         }
@@ -494,7 +529,7 @@ __device__ __forceinline__ void ek_mlp_last_bwd(const real* x, const real* W, re
       for (int j = 0; j < CH; j += EK_VW) {
         if (BP % CH == 0 || j0 + j < BP) {
           real w[EK_VW];
-          ek_vld(W + i * BP + j0 + j, w);
+          ek_wld(W + i * BP + j0 + j, w);
           EK_UNROLL
           for (int q = 0; q < EK_VW; ++q) acc[j + q] += xi * w[q];
         }
@@ -514,7 +549,7 @@ __device__ __forceinline__ void ek_mlp_last_bwd(const real* x, const real* W, re
       for (int j = 0; j < CH; j += EK_VW) {
         if (BP % CH == 0 || j0 + j < BP) {
           real w[EK_VW];
-          ek_vld(W + i * BP + j0 + j, w);
+          ek_wld(W + i * BP + j0 + j, w);
           EK_UNROLL
           for (int q = 0; q < EK_VW; ++q) s += w[q] * acc[j + q];
         }
@@ -540,7 +575,7 @@ __device__ __forceinline__ void ek_mlp_mid_bwd(const real* x, const real* W, rea
     EK_UNROLL
     for (int i = 0; i < A; ++i) {
       real w[EK_VW];
-      ek_vld(W + i * BP + j, w);
+      ek_wld(W + i * BP + j, w);
       EK_UNROLL
       for (int q = 0; q < EK_VW; ++q) pre[q] += x[i] * w[q];
     }
@@ -549,7 +584,7 @@ __device__ __forceinline__ void ek_mlp_mid_bwd(const real* x, const real* W, rea
     EK_UNROLL
     for (int i = 0; i < A; ++i) {
       real w[EK_VW];
-      ek_vld(W + i * BP + j, w);
+      ek_wld(W + i * BP + j, w);
       EK_UNROLL
       for (int q = 0; q < EK_VW; ++q) gin[i] += w[q] * pre[q];
     }
@@ -595,7 +630,7 @@ __device__ __forceinline__ void ek_mlp_store_grad(real* p, const real* g, int ac
 #endif
 
 // out [E, h_K] = the last hidden activation of hidden shape `shape` from emb [E, nb].
-extern "C" __global__ void ek_mlp_hidden(u64 edges, int shape, const real* __restrict__ emb,
+extern "C" __global__ void __launch_bounds__(EK_BLOCK) ek_mlp_hidden(u64 edges, int shape, const real* __restrict__ emb,
                                          const real* __restrict__ w, int wlen, real c,
                                          real* out) {
   EK_MLP_STAGE(w, wlen)
@@ -607,7 +642,8 @@ extern "C" __global__ void ek_mlp_hidden(u64 edges, int shape, const real* __res
 }
 
 // g_emb [E, nb] (accumulate: +=) = ∂⟨g_last, h_K⟩/∂emb of hidden shape `shape`.
-extern "C" __global__ void ek_mlp_hidden_backward(u64 edges, int shape,
+extern "C" __global__ void __launch_bounds__(EK_BLOCK)
+    ek_mlp_hidden_backward(u64 edges, int shape,
                                                   const real* __restrict__ emb,
                                                   const real* __restrict__ w, int wlen, real c,
                                                   const real* __restrict__ g_last, real* g_emb,

@@ -37,7 +37,7 @@ pub use gemm::DevReal;
 
 /// Threads per block of every hand-written kernel (grid-stride loops).
 #[cfg(feature = "cuda")]
-pub(crate) const BLOCK: u32 = 256;
+pub(crate) const BLOCK: u32 = tables::BLOCK_THREADS;
 
 /// A grid for `n` grid-stride iterations.
 #[cfg(feature = "cuda")]

@@ -24,6 +24,10 @@ pub fn gemm_iterations(m: usize, n: usize) -> u64 {
     (m.div_ceil(LINEAR_ROWS) * n.div_ceil(LINEAR_COLS)) as u64
 }
 
+/// Threads per block of every launch (`cuda_model::BLOCK`; `EK_BLOCK`, the fused MLP
+/// kernels' `__launch_bounds__`).
+pub const BLOCK_THREADS: u32 = 256;
+
 /// Largest spherical-harmonics degree the edge kernels are generated for.
 pub const MAX_SH_L: u32 = 6;
 
@@ -89,6 +93,7 @@ pub fn kernel_source_with<T: Scalar>(lmax: u32, mlp: &MlpKernels) -> Result<Stri
     let _ = writeln!(s, "#define EK_SH_LMAX {lmax}");
     let _ = writeln!(s, "#define EK_LIN_NODES {LINEAR_ROWS}");
     let _ = writeln!(s, "#define EK_LIN_COLS {LINEAR_COLS}");
+    let _ = writeln!(s, "#define EK_BLOCK {BLOCK_THREADS}");
     mlp.prelude::<T>(&mut s)?;
     let list = |v: Vec<String>| {
         if v.is_empty() {
@@ -390,11 +395,6 @@ pub fn tf32x3_right(b: &[f32], k: usize, n: usize) -> Vec<f32> {
 /// Widest radial-MLP layer (input or hidden) the fused kernels are generated for.
 pub const MLP_MAX_WIDTH: usize = 128;
 
-/// Outputs per register chunk of the last hidden layer: forward (`ek_mlp_last_fwd`) and
-/// backward (`ek_mlp_last_bwd`, which also holds the layer's input and input gradient).
-pub const MLP_CHUNK_FWD: usize = 16;
-pub const MLP_CHUNK_BWD: usize = 8;
-
 /// Static shared memory the staged hidden weights of one launch may take; beyond it the
 /// kernels read them from global memory (uniform, L1-cached loads).
 pub const MLP_SMEM_BYTES: usize = 40 << 10;
@@ -543,8 +543,11 @@ impl MlpKernels {
             0
         };
         let _ = writeln!(s, "#define EK_MLP_SMEM_VECS {vecs}");
-        let _ = writeln!(s, "#define EK_MLP_CH_FWD {MLP_CHUNK_FWD}");
-        let _ = writeln!(s, "#define EK_MLP_CH_BWD {MLP_CHUNK_BWD}");
+        // Outputs per register chunk of the last hidden layer: forward 4 vectors
+        // (`ek_mlp_last_fwd`), backward one (`ek_mlp_last_bwd` also holds the layer's input
+        // and input gradient): f32 16 / 4, f64 8 / 2 (ptxas, sm_90: the fewest spills).
+        let _ = writeln!(s, "#define EK_MLP_CH_FWD {}", 4 * vw);
+        let _ = writeln!(s, "#define EK_MLP_CH_BWD {vw}");
         let mut fwd = String::new();
         let mut bwd = String::new();
         for (i, w) in self.shapes.iter().enumerate() {

@@ -284,6 +284,7 @@ static inline void __syncthreads() { if (ek_bar) ek_bar->wait(); else ++ek_unsyn
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 #define __constant__ static const
 #define __shared__ static
 #define __restrict__
