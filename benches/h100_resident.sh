@@ -55,6 +55,9 @@ if ! skip ab; then
   stage "A/B: radial MLP always recomputed (EQUIKERN_MODEL_KEEP_W_BYTES=0), f32"
   EQUIKERN_MODEL_KEEP_W_BYTES=0 timeout 200 "$B/equikern" bench --model "$CKPT" --backend cuda \
     --dtype f32 --systems si:4096 --reps "$REPS" --warmup 2 2>&1 | tail -4
+  stage "A/B: radial MLP hidden layers on cuBLAS + ek_act (EQUIKERN_MODEL_MLP=cublas), f32"
+  EQUIKERN_MODEL_MLP=cublas timeout 200 "$B/equikern" bench --model "$CKPT" --backend cuda \
+    --dtype f32 --systems si:4096 --reps "$REPS" --warmup 2 2>&1 | tail -4
   stage "A/B: GEMM kernel instead of cuBLAS (EQUIKERN_MODEL_GEMM=kernel), f32"
   EQUIKERN_MODEL_GEMM=kernel timeout 200 "$B/equikern" bench --model "$CKPT" --backend cuda \
     --dtype f32 --systems si:4096 --reps 3 --warmup 1 2>&1 | tail -4

@@ -151,12 +151,17 @@ fn structures() -> Vec<(&'static str, Structure)> {
 }
 
 /// Poisons the workspace, evaluates, and checks against the CPU f64 model, with the radial
-/// MLP outputs kept for the backward and recomputed in it.
+/// MLP outputs kept for the backward and recomputed in it, its hidden layers fused (both
+/// memory modes) and on cuBLAS.
 fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: &str) {
-    for keep in [true, false] {
+    for (keep, fused) in [(true, true), (false, true), (false, false)] {
         let mut ev = CudaSevenNet::<T>::new(&model.cast::<T>(), dev.clone()).unwrap();
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
-        println!("{} [{label}, radial outputs kept: {keep}]", ev.describe());
+        ev.set_mlp_fused(fused).unwrap();
+        println!(
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}]",
+            ev.describe()
+        );
         for (name, s) in structures() {
             if s.numbers.iter().any(|z| !model.type_map.contains_key(z)) {
                 continue;
@@ -168,7 +173,7 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
             ev.poison_workspace().unwrap();
             let p = ev.evaluate(&s).unwrap();
             check_rel(
-                &format!("{} {name} keep={keep}", T::NAME),
+                &format!("{} {name} keep={keep} fused={fused}", T::NAME),
                 model,
                 &s,
                 &p,

@@ -585,3 +585,41 @@ fn resident_step_without_edges() {
     assert!(p.forces.iter().flatten().all(|f| *f == 0.0));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The fused radial MLP (the default) rejects a model whose hidden layer is wider than the
+/// kernels support, naming the layer and the switch that runs it on cuBLAS.
+#[test]
+fn fused_mlp_rejects_too_wide_hidden_layer() {
+    if std::env::var(equikern_model::cuda_model::MLP_ENV).as_deref() == Ok("cublas") {
+        println!("SKIP: EQUIKERN_MODEL_MLP=cublas");
+        return;
+    }
+    let mut cfg = small_config("XPLOR");
+    if let equikern_model::Value::Dict(kv) = &mut cfg {
+        for (k, v) in kv.iter_mut() {
+            if *k == equikern_model::Value::Str("weight_nn_hidden_neurons".into()) {
+                *v = equikern_model::Value::List(vec![equikern_model::Value::Int(130)]);
+            }
+        }
+    }
+    let model = SevenNet::random(
+        &cfg,
+        equikern_model::sevennet::Options {
+            silu_cst: 1.679176792398926,
+        },
+        9,
+    )
+    .unwrap();
+    let dir = tmpdir("wide-mlp");
+    let Some(exec) = build(&model, &dir) else {
+        return;
+    };
+    let e = Resident::with_exec(&model, exec).err().expect("rejected");
+    let msg = e.to_string();
+    println!("{msg}");
+    assert!(
+        msg.contains("layer 0") && msg.contains("130") && msg.contains("EQUIKERN_MODEL_MLP=cublas"),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
