@@ -12,7 +12,7 @@
 //! Memory policy: a layer's per-edge weights `w [E, weight_numel]` (and, on the cuBLAS MLP
 //! path, its pre-activations) are kept from the forward to the backward while all layers'
 //! together fit [`KEEP_W_ENV`]'s budget (default [`DEFAULT_KEEP_W_BYTES`]: 7net-0 in f32
-//! keeps them up to ≈ 20,000 Si atoms; 4,096 atoms need 1.6 GB). Beyond it (917,504 edges:
+//! keeps them up to ≈ 22,000 Si atoms; 4,096 atoms need 1.6 GB). Beyond it (917,504 edges:
 //! 3,488 weights per edge would be 12.8 GB in f32) they are recomputed: the backward reruns
 //! each layer's radial MLP from the edge embedding (the last layer's is still in place), one
 //! `w` buffer of `E × max(weight_numel)` serves all layers, and the MLP's part of the peak

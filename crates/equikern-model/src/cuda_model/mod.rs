@@ -2,7 +2,8 @@
 //!
 //! One evaluation uploads the edge vectors (f64) and one `u32` table (species, both CSR
 //! views of the graph), runs every layer on the device — edge geometry, embedding, the
-//! interaction blocks (e3nn Linear and Gate kernels, radial MLP by cuBLAS, convolutions by
+//! interaction blocks (e3nn Linear and Gate kernels, radial MLP hidden layers fused in one
+//! kernel and its last product by cuBLAS, convolutions by
 //! `equikern::ConvOp`), readout, the backward pass to `∂E/∂r_e`, edge forces, per-atom
 //! forces and the virial — and downloads atomic energies, forces and the virial in one copy
 //! at the end (the only synchronisation of the step). Kernels (`kernels.cu`) are compiled
