@@ -154,12 +154,18 @@ fn structures() -> Vec<(&'static str, Structure)> {
 /// MLP outputs kept for the backward and recomputed in it, its hidden layers fused (both
 /// memory modes) and on cuBLAS.
 fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: &str) {
-    for (keep, fused) in [(true, true), (false, true), (false, false)] {
+    for (keep, fused, two_pass) in [
+        (true, true, false),
+        (false, true, false),
+        (false, true, true),
+        (false, false, false),
+    ] {
         let mut ev = CudaSevenNet::<T>::new(&model.cast::<T>(), dev.clone()).unwrap();
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         ev.set_mlp_fused(fused).unwrap();
+        ev.set_mlp_two_pass(two_pass);
         println!(
-            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}]",
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}]",
             ev.describe()
         );
         for (name, s) in structures() {
@@ -173,7 +179,11 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
             ev.poison_workspace().unwrap();
             let p = ev.evaluate(&s).unwrap();
             check_rel(
-                &format!("{} {name} keep={keep} fused={fused}", T::NAME),
+                &format!(
+                    "{} {name} keep={keep} fused={fused}{}",
+                    T::NAME,
+                    if two_pass { "2" } else { "" }
+                ),
                 model,
                 &s,
                 &p,

@@ -45,6 +45,7 @@ extern "C" void l_ek_act(void** p, u64 it) { grid(it, [&] { ek_act(A(0,u64), A(1
 extern "C" void l_ek_act_backward(void** p, u64 it) { grid(it, [&] { ek_act_backward(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }
 extern "C" void l_ek_mlp_hidden(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,W)); }); }
 extern "C" void l_ek_mlp_hidden_backward(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden_backward(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,R), A(7,W), A(8,int)); }); }
+extern "C" void l_ek_mlp_hidden_backward2(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden_backward2(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,W), A(7,W), A(8,int)); }); }
 extern "C" int unsynced_barriers() { return ek_unsynced_barriers; }
 extern "C" void l_ek_gemm(void** p, u64 it) { grid(it, [&] { ek_gemm(A(0,u64), A(1,u64), A(2,u64), A(3,real), A(4,R), A(5,R), A(6,int), A(7,real), A(8,W)); }); }
 extern "C" void l_ek_accumulate(void** p, u64 it) { grid(it, [&] { ek_accumulate(A(0,u64), A(1,W), A(2,R), A(3,int)); }); }
@@ -486,9 +487,15 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
         systems.push(("si 8 rattled", si));
     }
     systems.retain(|(_, s)| s.numbers.iter().all(|z| model.type_map.contains_key(z)));
-    // the radial MLP's hidden layers fused in both memory modes, on cuBLAS (here `ek_gemm`)
-    // + `ek_act` in both
-    for (keep, fused) in [(true, true), (false, true), (true, false), (false, false)] {
+    // the radial MLP's hidden layers fused in both memory modes (and with the two-pass
+    // backward), on cuBLAS (here `ek_gemm`) + `ek_act` in both
+    for (keep, fused, two_pass) in [
+        (true, true, false),
+        (false, true, false),
+        (false, true, true),
+        (true, false, false),
+        (false, false, false),
+    ] {
         let Some(mut exec) = build(&mt, &dir) else {
             return;
         };
@@ -499,8 +506,9 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
         // f32: the radial MLP's last product as 3xTF32 factors with one memory mode
         ev.set_tf32x3(keep);
         ev.set_mlp_fused(fused).unwrap();
+        ev.set_mlp_two_pass(two_pass);
         println!(
-            "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}]",
+            "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}, two-pass: {two_pass}]",
             ev.describe()
         );
         // the largest first: later (smaller) structures run on a larger, stale workspace
@@ -513,7 +521,11 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
             let p = ev.evaluate(s).unwrap();
             assert_eq!(p, p0, "{name}: a run on a poisoned workspace differs");
             check(
-                &format!("{} {label} {name} keep={keep} fused={fused}", T::NAME),
+                &format!(
+                    "{} {label} {name} keep={keep} fused={fused}{}",
+                    T::NAME,
+                    if two_pass { "2" } else { "" }
+                ),
                 model,
                 s,
                 &p,

@@ -45,8 +45,9 @@ use std::time::Instant;
 pub const KEEP_W_ENV: &str = "EQUIKERN_MODEL_KEEP_W_BYTES";
 
 /// Environment variable: how the radial MLP's hidden layers run: `fused` (default: one
-/// `ek_mlp_hidden` launch forward, one `ek_mlp_hidden_backward` backward per layer) or
-/// `cublas` (a cuBLAS product + `ek_act` per hidden layer, pre-activations kept; for A/B).
+/// `ek_mlp_hidden` launch forward, one `ek_mlp_hidden_backward` backward per layer),
+/// `fused2` (the same with the two-pass backward `ek_mlp_hidden_backward2`) or `cublas` (a
+/// cuBLAS product + `ek_act` per hidden layer, pre-activations kept). For A/B.
 pub const MLP_ENV: &str = "EQUIKERN_MODEL_MLP";
 
 /// Default of [`KEEP_W_ENV`]: 8 GiB.
@@ -174,6 +175,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     tf32x3: bool,
     /// The radial MLP's hidden layers fused ([`MLP_ENV`]).
     mlp_fused: bool,
+    /// ... with the two-pass backward kernel.
+    mlp_two_pass: bool,
 }
 
 /// SevenNet resident on one CUDA device (see the module docs).
@@ -192,15 +195,16 @@ fn tf32x3_enabled<T: DevReal>() -> bool {
     T::NAME == "f32" && std::env::var("EQUIKERN_MODEL_TF32X3").as_deref() == Ok("1")
 }
 
-/// [`MLP_ENV`]: `Ok(true)` for the fused hidden layers (default), `Ok(false)` for cuBLAS.
-fn mlp_fused_from_env() -> Result<bool> {
+/// [`MLP_ENV`]: `(fused, two-pass backward)`.
+fn mlp_mode_from_env() -> Result<(bool, bool)> {
     match std::env::var(MLP_ENV) {
-        Err(_) => Ok(true),
+        Err(_) => Ok((true, false)),
         Ok(v) => match v.trim() {
-            "" | "fused" => Ok(true),
-            "cublas" => Ok(false),
+            "" | "fused" => Ok((true, false)),
+            "fused2" => Ok((true, true)),
+            "cublas" => Ok((false, false)),
             other => Err(ModelError::Unsupported(format!(
-                "{MLP_ENV}={other}: expected `fused` or `cublas`"
+                "{MLP_ENV}={other}: expected `fused`, `fused2` or `cublas`"
             ))),
         },
     }
@@ -418,6 +422,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         };
         let mut r = Resident {
             mlp_fused: false,
+            mlp_two_pass: false,
             model: model.clone(),
             d,
             params,
@@ -431,7 +436,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(DEFAULT_KEEP_W_BYTES),
         };
-        r.set_mlp_fused(mlp_fused_from_env()?)?;
+        let (fused, two_pass) = mlp_mode_from_env()?;
+        r.set_mlp_fused(fused)?;
+        r.set_mlp_two_pass(two_pass);
         Ok(r)
     }
 
@@ -456,6 +463,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         Ok(())
     }
 
+    /// The fused MLP's backward as `ek_mlp_hidden_backward2` (two passes through the
+    /// gradient row: fewer registers, more memory traffic; for A/B) instead of
+    /// `ek_mlp_hidden_backward` (default from [`MLP_ENV`]).
+    pub fn set_mlp_two_pass(&mut self, on: bool) {
+        self.mlp_two_pass = on;
+    }
+
     /// Whether the radial MLP's hidden layers run fused.
     pub fn mlp_fused(&self) -> bool {
         self.mlp_fused
@@ -478,7 +492,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             self.d.describe(),
             T::NAME,
             self.d.gemm_name(),
-            if self.mlp_fused { "fused" } else { "cublas" }
+            match (self.mlp_fused, self.mlp_two_pass) {
+                (true, false) => "fused",
+                (true, true) => "fused2",
+                _ => "cublas",
+            }
         )
     }
 
@@ -924,8 +942,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 T::ZERO,
                 &mut ws.hl.s,
             )?;
+            let k = if self.mlp_two_pass {
+                Kern::MlpHiddenBackward2
+            } else {
+                Kern::MlpHiddenBackward
+            };
             return self.d.launch(
-                Kern::MlpHiddenBackward,
+                k,
                 ne as u64,
                 &[
                     Arg::U64(ne as u64),

@@ -39,6 +39,7 @@ pub enum Kern {
     ActBackward,
     MlpHidden,
     MlpHiddenBackward,
+    MlpHiddenBackward2,
     Gemm,
     Accumulate,
     Fill,
@@ -51,7 +52,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 19] = [
+    pub const ALL: [Kern; 20] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -62,6 +63,7 @@ impl Kern {
         Kern::ActBackward,
         Kern::MlpHidden,
         Kern::MlpHiddenBackward,
+        Kern::MlpHiddenBackward2,
         Kern::Gemm,
         Kern::Accumulate,
         Kern::Fill,
@@ -86,6 +88,7 @@ impl Kern {
             Kern::ActBackward => "ek_act_backward",
             Kern::MlpHidden => "ek_mlp_hidden",
             Kern::MlpHiddenBackward => "ek_mlp_hidden_backward",
+            Kern::MlpHiddenBackward2 => "ek_mlp_hidden_backward2",
             Kern::Gemm => "ek_gemm",
             Kern::Accumulate => "ek_accumulate",
             Kern::Fill => "ek_fill",

@@ -591,6 +591,98 @@ __device__ __forceinline__ void ek_mlp_mid_bwd(const real* x, const real* W, rea
   }
 }
 
+// Two hidden layers, backward in two passes (`ek_mlp_hidden_backward2`, the A/B variant of
+// the register design above): pass A forms g2 = g_last · c·silu'(h1 · W2) and writes it over
+// g_last (its row, owned by this thread); pass B reads g2 back (h1 no longer live) and, EK_VW
+// first-layer units at a time, g1 = W2 · g2, g1 · c·silu'(emb · W1), g_emb += W1 · g1. Live:
+// h1 [64] + a chunk (A), then g2 [64] + emb + g_emb (B): ptxas sm_90 f32 fits 2 blocks of 256
+// per SM (128 registers, ~60 bytes of spill), for 512 more bytes of L2 traffic per edge.
+// W1 [A0][AP], W2 [A][BP] (A = the first hidden width, AP padded; B, BP the second's).
+template <int A, int B, int BP, int CH>
+__device__ __forceinline__ void ek_mlp_last_bwd_to_row(const real* x, const real* W, real c,
+                                                       real* gl) {
+  EK_NO_UNROLL
+  for (int j0 = 0; j0 < BP; j0 += CH) {
+    real acc[CH];
+    EK_UNROLL
+    for (int j = 0; j < CH; ++j) acc[j] = (real)0;
+    EK_UNROLL
+    for (int i = 0; i < A; ++i) {
+      real xi = x[i];
+      EK_UNROLL
+      for (int j = 0; j < CH; j += EK_VW) {
+        if (BP % CH == 0 || j0 + j < BP) {
+          real w[EK_VW];
+          ek_wld(W + i * BP + j0 + j, w);
+          EK_UNROLL
+          for (int q = 0; q < EK_VW; ++q) acc[j + q] += xi * w[q];
+        }
+      }
+    }
+    EK_UNROLL
+    for (int j = 0; j < CH; j += EK_VW) {
+      real g[EK_VW];
+      ek_mlp_load_part<B>(gl, j0 + j, g);
+      EK_UNROLL
+      for (int q = 0; q < EK_VW; ++q) g[q] = g[q] * c * ek_silu_grad(acc[j + q]);
+      if (B % EK_VW == 0) {
+        if (BP % CH == 0 || j0 + j < B) ek_vst(gl + j0 + j, g);
+      } else {
+        EK_UNROLL
+        for (int q = 0; q < EK_VW; ++q)
+          if (j0 + j + q < B) gl[j0 + j + q] = g[q];
+      }
+    }
+  }
+}
+
+template <int A0, int A, int AP, int B, int BP>
+__device__ __forceinline__ void ek_mlp_first_from_row(const real* x0, const real* W1,
+                                                      const real* W2, real c, const real* g2row,
+                                                      real* ge) {
+  real g2[BP];
+  EK_UNROLL
+  for (int j = 0; j < BP; j += EK_VW) ek_mlp_load_part<B>(g2row, j, g2 + j);
+  EK_UNROLL
+  for (int k = 0; k < A0; ++k) ge[k] = (real)0;
+  EK_NO_UNROLL
+  for (int i0 = 0; i0 < AP; i0 += EK_VW) {
+    real s[EK_VW];
+    EK_UNROLL
+    for (int q = 0; q < EK_VW; ++q) {
+      s[q] = (real)0;
+      if (AP == A || i0 + q < A) {
+        EK_UNROLL
+        for (int j = 0; j < BP; j += EK_VW) {
+          real w[EK_VW];
+          ek_wld(W2 + (i0 + q) * BP + j, w);
+          EK_UNROLL
+          for (int r = 0; r < EK_VW; ++r) s[q] += w[r] * g2[j + r];
+        }
+      }
+    }
+    real pre[EK_VW];
+    EK_UNROLL
+    for (int q = 0; q < EK_VW; ++q) pre[q] = (real)0;
+    EK_UNROLL
+    for (int k = 0; k < A0; ++k) {
+      real w[EK_VW];
+      ek_wld(W1 + k * AP + i0, w);
+      EK_UNROLL
+      for (int q = 0; q < EK_VW; ++q) pre[q] += x0[k] * w[q];
+    }
+    EK_UNROLL
+    for (int q = 0; q < EK_VW; ++q) s[q] *= c * ek_silu_grad(pre[q]);
+    EK_UNROLL
+    for (int k = 0; k < A0; ++k) {
+      real w[EK_VW];
+      ek_wld(W1 + k * AP + i0, w);
+      EK_UNROLL
+      for (int q = 0; q < EK_VW; ++q) ge[k] += w[q] * s[q];
+    }
+  }
+}
+
 // p[0..N) = g (accumulate == 0) or p + g.
 template <int N>
 __device__ __forceinline__ void ek_mlp_store_grad(real* p, const real* g, int accumulate) {
@@ -651,6 +743,25 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
   EK_MLP_STAGE(w, wlen)
   switch (shape) {
     EK_MLP_BWD_CASES
+    default:
+      break;
+  }
+}
+
+// ek_mlp_hidden_backward's two-pass variant (see ek_mlp_last_bwd_to_row; shapes with other
+// than two hidden layers run the register design here too). Overwrites g_last.
+#ifdef EK_REAL_F32
+#define EK_MLP_BWD2_BLOCKS 2
+#else
+#define EK_MLP_BWD2_BLOCKS 1  // f64: two blocks' 128 registers would spill kilobytes
+#endif
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, EK_MLP_BWD2_BLOCKS)
+    ek_mlp_hidden_backward2(u64 edges, int shape, const real* __restrict__ emb,
+                            const real* __restrict__ w, int wlen, real c, real* g_last,
+                            real* g_emb, int accumulate) {
+  EK_MLP_STAGE(w, wlen)
+  switch (shape) {
+    EK_MLP_BWD2_CASES
     default:
       break;
   }

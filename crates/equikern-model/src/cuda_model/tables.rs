@@ -548,8 +548,11 @@ impl MlpKernels {
         // and input gradient): f32 16 / 4, f64 8 / 2 (ptxas, sm_90: the fewest spills).
         let _ = writeln!(s, "#define EK_MLP_CH_FWD {}", 4 * vw);
         let _ = writeln!(s, "#define EK_MLP_CH_BWD {vw}");
+        // the two-pass backward's first pass holds only h1 and the chunk
+        let _ = writeln!(s, "#define EK_MLP_CH_BWD2 {}", 4 * vw);
         let mut fwd = String::new();
         let mut bwd = String::new();
+        let mut bwd2 = String::new();
         for (i, w) in self.shapes.iter().enumerate() {
             let kk = w.len() - 1;
             // padded widths (inputs unpadded) and weight offsets of hidden layer k = 1..=K
@@ -624,10 +627,40 @@ impl MlpKernels {
                 "ek_mlp_store_grad<{}>(g_emb + e * {}ull, g0, accumulate); }} break; ",
                 w[0], w[0]
             );
+            if kk == 2 {
+                // two passes through the g_last row (`ek_mlp_last_bwd_to_row`)
+                let _ = write!(
+                    bwd2,
+                    "case {i}: EK_FOR(e, edges) {{ {{ {}ek_mlp_last_bwd_to_row<{}, {}, {}, EK_MLP_CH_BWD2>(x1, W + {}, c, g_last + e * {}ull); }} real g0[{}]; {{ real x0[{}]; ek_mlp_load<{}>(emb + e * {}ull, x0); ek_mlp_first_from_row<{}, {}, {}, {}, {}>(x0, W + {}, W + {}, c, g_last + e * {}ull, g0); }} ek_mlp_store_grad<{}>(g_emb + e * {}ull, g0, accumulate); }} break; ",
+                    chain(1),
+                    w[1],
+                    w[2],
+                    p[2],
+                    o[2],
+                    w[2],
+                    w[0],
+                    w[0],
+                    w[0],
+                    w[0],
+                    w[0],
+                    w[1],
+                    p[1],
+                    w[2],
+                    p[2],
+                    o[1],
+                    o[2],
+                    w[2],
+                    w[0],
+                    w[0]
+                );
+            } else {
+                bwd2.push_str(&b);
+            }
             bwd.push_str(&b);
         }
         let _ = writeln!(s, "#define EK_MLP_FWD_CASES {fwd}");
         let _ = writeln!(s, "#define EK_MLP_BWD_CASES {bwd}");
+        let _ = writeln!(s, "#define EK_MLP_BWD2_CASES {bwd2}");
         Ok(())
     }
 }
