@@ -414,12 +414,13 @@ __device__ __forceinline__ void ek_wld(const real* p, real* v) {
   asm volatile("ld.shared.v2.f64 {%0, %1}, [%2];" : "=d"(v[0]), "=d"(v[1]) : "r"(a));
 #endif
 #else
+  size_t a = __cvta_generic_to_global(p);
 #ifdef EK_REAL_F32
   asm volatile("ld.global.nc.v4.f32 {%0, %1, %2, %3}, [%4];"
                : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
-               : "l"(p));
+               : "l"(a));
 #else
-  asm volatile("ld.global.nc.v2.f64 {%0, %1}, [%2];" : "=d"(v[0]), "=d"(v[1]) : "l"(p));
+  asm volatile("ld.global.nc.v2.f64 {%0, %1}, [%2];" : "=d"(v[0]), "=d"(v[1]) : "l"(a));
 #endif
 #endif
 }
