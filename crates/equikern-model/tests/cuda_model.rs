@@ -459,3 +459,57 @@ fn tf32x3_within_the_f32_tolerance() {
         assert!(wf <= 2e-4, "3xTF32 {on}: forces off by {wf:.2e} eV/A");
     }
 }
+
+/// The device's neighbour list handed to the step without a host copy
+/// (`Evaluator::evaluate` on ≥ `GPU_MIN_ATOMS` atoms → `evaluate_device_list`): bit for bit
+/// the step on the host-built graph (the same edges, CSR tables and kernels), f32 and f64,
+/// twice in a row (the CSR tables are rebuilt per structure); an overlapping pair is an
+/// error naming both atoms, as on the host path.
+#[test]
+fn device_neighbour_list_feeds_the_step() {
+    let Some(dev) = cuda_device() else { return };
+    let model = real_model().unwrap_or_else(|| small_model("XPLOR", 9));
+    let si = model.type_map.contains_key(&14);
+    let s = if si {
+        rattled(si_diamond(6))
+    } else {
+        rattled(water_box(4, 3))
+    };
+    assert!(s.positions.len() >= equikern_model::neighbours_cuda::GPU_MIN_ATOMS);
+    let g = equikern_model::Graph::build(&s, model.cutoff).unwrap();
+    for dtype in [Dtype::F32, Dtype::F64] {
+        let mut ev = Evaluator::on_device(&model, dev.clone(), dtype).unwrap();
+        ev.set_gpu_neighbour_list_min_atoms(Some(1));
+        assert_eq!(ev.neighbour_list_on(&s), "cuda");
+        let (host, _) = ev.evaluate_graph(&s, &g).unwrap();
+        for rep in 0..2 {
+            let (p, prof) = ev.evaluate_profiled(&s).unwrap();
+            println!(
+                "{} rep {rep}: {} atoms, {} edges, nl {:.2} ms, model {:.2} ms",
+                ev.describe(),
+                s.positions.len(),
+                p.num_edges,
+                prof.neighbour_list_s * 1e3,
+                (prof.total_s - prof.neighbour_list_s) * 1e3
+            );
+            assert_eq!(p.num_edges, g.len());
+            assert_eq!(
+                p.energy.to_bits(),
+                host.energy.to_bits(),
+                "{dtype:?} energy"
+            );
+            assert_eq!(p.forces, host.forces, "{dtype:?} forces");
+            assert_eq!(p.stress, host.stress, "{dtype:?} stress");
+        }
+        let mut bad = s.clone();
+        bad.positions[7] = bad.positions[3];
+        bad.positions[7][0] += 0.05;
+        let want = model.evaluate(&bad).unwrap_err().to_string();
+        let got = ev.evaluate(&bad).unwrap_err().to_string();
+        assert_eq!(got, want, "overlap message");
+        assert!(
+            got.contains("atoms 3 and 7") || got.contains("atom 3"),
+            "{got}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use super::launch_cfg;
 use super::tables::kernel_source;
 use crate::error::{ModelError, Result};
 use crate::sevennet::SevenNet;
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, PushKernelArg};
 use equikern::plan::{Direction, Tensor};
 use equikern::{ConvGraph, ConvOp, Device};
 use equikern_core::conv::{Csr, End};
@@ -143,7 +143,7 @@ impl<T: DevReal> CudaExec<T> {
 }
 
 /// Edges from which a structure's CSR views are built on the device (see `graph`).
-pub const DEVICE_CSR_MIN_EDGES: usize = 262_144;
+pub const DEVICE_CSR_MIN_EDGES: usize = 16_384;
 
 impl<T: DevReal> CudaExec<T> {
     /// The CSR views built on the host and uploaded (small graphs).
@@ -177,6 +177,82 @@ impl<T: DevReal> CudaExec<T> {
         // SAFETY: the tables were just filled with exactly csr's views and are never written.
         let conv = unsafe { ConvGraph::from_csr_with_cuda_tables(&self.device, csr, named) }
             .map_err(err)?;
+        Ok(CudaGraphTables { conv, recv, send })
+    }
+}
+
+impl<T: DevReal> CudaExec<T> {
+    /// Both CSR views of a graph whose `edges` receiver/sender indices are on the device
+    /// already (`CudaNeighbourList`'s): copied into the graph's own tables, then sorted
+    /// there; nothing crosses to the host but the builder's error word.
+    pub fn graph_on_device(
+        &self,
+        n: usize,
+        edges: usize,
+        receiver: Option<CudaView<'_, u32>>,
+        sender: Option<CudaView<'_, u32>>,
+    ) -> Result<CudaGraphTables> {
+        let (Some(r), Some(s)) = (receiver, sender) else {
+            if edges > 0 {
+                return Err(err(format!("graph: {edges} edges but no index buffers")));
+            }
+            return self.graph_from_host(n, &[], &[]);
+        };
+        if r.len() != edges || s.len() != edges {
+            return Err(err(format!(
+                "graph: {edges} edges, {} receivers, {} senders",
+                r.len(),
+                s.len()
+            )));
+        }
+        let copy = |v: &CudaView<'_, u32>| -> Result<CudaSlice<u32>> {
+            let mut b = self.stream.alloc_zeros::<u32>(edges.max(1)).map_err(drv)?;
+            self.stream
+                .memcpy_dtod(v, &mut b.slice_mut(0..edges))
+                .map_err(drv)?;
+            Ok(b)
+        };
+        self.graph_from_slices(n, edges, copy(&r)?, copy(&s)?)
+    }
+
+    /// The exec's stream (kernels, products and copies are ordered on it).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// `dst[..src.len()] = src`, device to device.
+    pub fn copy_view<E: Pod>(&self, src: &CudaView<'_, E>, dst: &mut CudaSlice<E>) -> Result<()> {
+        if dst.len() < src.len() {
+            return Err(err(format!(
+                "copy of {} elements into a buffer of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        let len = src.len();
+        self.stream
+            .memcpy_dtod(src, &mut dst.slice_mut(0..len))
+            .map_err(drv)
+    }
+
+    fn graph_from_slices(
+        &self,
+        n: usize,
+        edges: usize,
+        r: CudaSlice<u32>,
+        s: CudaSlice<u32>,
+    ) -> Result<CudaGraphTables> {
+        let int = |v: usize, what: &str| {
+            u32::try_from(v).map_err(|_| err(format!("graph: {v} {what} exceed u32")))
+        };
+        let conv =
+            ConvGraph::from_cuda_slices(&self.device, int(n, "atoms")?, int(edges, "edges")?, r, s)
+                .map_err(err)?;
+        let table = |t: Tensor| {
+            conv.cuda_table(t)
+                .ok_or_else(|| err(format!("graph: no device table {t:?}")))
+        };
+        let (recv, send) = (table(Tensor::RecvCsr)?, table(Tensor::SendCsr)?);
         Ok(CudaGraphTables { conv, recv, send })
     }
 }
@@ -229,11 +305,12 @@ impl<T: DevReal> Memory for CudaExec<T> {
     }
 
     fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<CudaGraphTables> {
-        // Large graphs: both CSR views sorted and packed on the device (the same tables as
-        // the host builder's; the indices go up once, 8 B per edge; an index ≥ n is an error
-        // naming it before any convolution runs). Measured on the H100 (graph phase of a
-        // step): 917 504 edges 29.6 ms host → 16.2 ms device; 114 688 edges 2.9 ms host,
-        // 3.75 ms device (the device sort's fixed cost of ~400 launches).
+        // Both CSR views sorted and packed on the device (the same tables as the host
+        // builder's; the indices go up once, 8 B per edge; an index ≥ n is an error naming it
+        // before any convolution runs). Measured on the H100 (graph phase of a step), with
+        // the bitonic sort (~400 launches): 917 504 edges 29.6 ms host → 16.2 ms device,
+        // 114 688 edges 2.9 ms host, 3.75 ms device; the counting sort (~16 launches) is
+        // used for neighbour lists now (degrees ≤ 256). Tiny graphs stay on the host.
         if receiver.len() < DEVICE_CSR_MIN_EDGES {
             return self.graph_from_host(n, receiver, sender);
         }
@@ -256,24 +333,7 @@ impl<T: DevReal> Memory for CudaExec<T> {
             }
             Ok(b)
         };
-        let (r, s) = (up(receiver)?, up(sender)?);
-        let int = |v: usize, what: &str| {
-            u32::try_from(v).map_err(|_| err(format!("graph: {v} {what} exceed u32")))
-        };
-        let conv = ConvGraph::from_cuda_slices(
-            &self.device,
-            int(n, "atoms")?,
-            int(receiver.len(), "edges")?,
-            r,
-            s,
-        )
-        .map_err(err)?;
-        let table = |t: Tensor| {
-            conv.cuda_table(t)
-                .ok_or_else(|| err(format!("graph: no device table {t:?}")))
-        };
-        let (recv, send) = (table(Tensor::RecvCsr)?, table(Tensor::SendCsr)?);
-        Ok(CudaGraphTables { conv, recv, send })
+        self.graph_from_slices(n, receiver.len(), up(receiver)?, up(sender)?)
     }
 
     fn graph_views(g: &CudaGraphTables) -> (&CudaSlice<u32>, &CudaSlice<u32>) {

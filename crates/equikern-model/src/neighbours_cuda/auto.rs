@@ -78,6 +78,21 @@ impl AutoList {
         s: &Structure,
         cutoff: f64,
     ) -> Result<Graph> {
+        self.with_device_list(dev, s, cutoff, |list| list.download())
+            .map(|r| r.0)
+    }
+
+    /// Builds the radius graph of `s` on `dev` and hands the list, still on the device, to
+    /// `f`; returns `f`'s result and the seconds the build took (its edge count read back).
+    #[cfg(feature = "cuda")]
+    pub fn with_device_list<R>(
+        &self,
+        dev: &equikern::cuda_runtime::CudaDevice,
+        s: &Structure,
+        cutoff: f64,
+        f: impl FnOnce(&super::CudaNeighbourList) -> Result<R>,
+    ) -> Result<(R, f64)> {
+        let t0 = std::time::Instant::now();
         let mut guard = self
             .list
             .lock()
@@ -87,7 +102,8 @@ impl AutoList {
         }
         let list = guard.as_mut().expect("made above");
         list.build(s, cutoff)?;
-        list.download()
+        let nl_s = t0.elapsed().as_secs_f64();
+        Ok((f(list)?, nl_s))
     }
 }
 
