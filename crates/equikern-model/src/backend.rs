@@ -1135,6 +1135,15 @@ impl Evaluator {
 
     /// The backend's transfer and memory counters (zeros on the CPU).
     pub fn counters(&self) -> DeviceCounters {
+        let mut c = self.backend_counters();
+        // The device neighbour list's buffers (grow-only, held across steps) count too.
+        let nl = self.nl.device_bytes();
+        c.live_bytes += nl;
+        c.peak_bytes += nl;
+        c
+    }
+
+    fn backend_counters(&self) -> DeviceCounters {
         match &self.inner {
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             Inner::DevF32(_, b) => Backend::<f32>::counters(b),

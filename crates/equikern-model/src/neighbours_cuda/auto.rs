@@ -65,6 +65,15 @@ impl AutoList {
         self.min_atoms
     }
 
+    /// Device memory held by the device list's buffers (0 before its first use).
+    pub fn device_bytes(&self) -> u64 {
+        #[cfg(feature = "cuda")]
+        if let Ok(g) = self.list.lock() {
+            return g.as_ref().map_or(0, |l| l.device_bytes() as u64);
+        }
+        0
+    }
+
     /// Whether a structure of `atoms` atoms gets the device list on a CUDA device.
     pub fn uses_device(&self, atoms: usize) -> bool {
         self.min_atoms.is_some_and(|m| atoms >= m)
