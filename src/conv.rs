@@ -178,6 +178,38 @@ impl ConvGraph {
         })
     }
 
+    /// [`Self::from_cuda_slices`] into reused buffers: the `edges` receiver/sender indices
+    /// (device views) are copied into `pool` and both CSR views built there
+    /// ([`equikern_cuda::CsrPool::build`]). A structure no larger than an earlier one
+    /// allocates nothing and keeps the tables' addresses. The graph shares the pool's
+    /// buffers: drop it before the pool's next build (an error says so otherwise).
+    #[cfg(feature = "cuda")]
+    pub fn from_cuda_pool(
+        device: &Device,
+        pool: &mut equikern_cuda::CsrPool,
+        nodes: u32,
+        edges: u32,
+        receiver: &equikern_cuda::cudarc::driver::CudaView<'_, u32>,
+        sender: &equikern_cuda::cudarc::driver::CudaView<'_, u32>,
+    ) -> Result<ConvGraph> {
+        let DeviceInner::Cuda(d) = &device.inner else {
+            return Err(Error::Unsupported(format!(
+                "argument device: CUDA buffers need a CUDA device, not {}",
+                device.name()
+            )));
+        };
+        let g = match pool.build(d, nodes, edges, receiver, sender) {
+            Err(equikern_cuda::CudaError::Conv(e)) => return Err(Error::Graph(e)),
+            r => r?,
+        };
+        Ok(ConvGraph {
+            csr: None,
+            nodes: nodes as usize,
+            edges: edges as usize,
+            dev: GraphDev::Cuda(g),
+        })
+    }
+
     /// A graph from an already built [`Csr`] whose CSR-mode index tables are already on the
     /// CUDA device (`(tensor, table)` for `RecvCsr`, `SendCsr`, `Receiver`, `Sender`; see
     /// [`equikern_cuda::CudaGraph::with_device_tables`]): callers that reuse those buffers

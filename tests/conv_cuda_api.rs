@@ -175,6 +175,59 @@ fn cuda_graph_built_on_the_device() {
             }
         }
     }
+    // The grow-only pool: graph after graph (larger, smaller) into the same buffers, each
+    // equal to the host builder's and running bit-identical convolutions; a graph still
+    // alive blocks the next build.
+    let mut pool = equikern::cuda_runtime::CsrPool::new(&cd).unwrap();
+    let op = ConvOp::from_tensor_product(tp.clone(), &dev, ConvOptions::default()).unwrap();
+    for (name, n, r, s) in graphs().into_iter().chain(graphs().into_iter().rev()) {
+        let r32: Vec<u32> = r.iter().map(|&a| a as u32).collect();
+        let s32: Vec<u32> = s.iter().map(|&a| a as u32).collect();
+        let (rb, sb) = (up(&r32), up(&s32));
+        let e = r32.len();
+        let g = ConvGraph::from_cuda_pool(
+            &dev,
+            &mut pool,
+            n as u32,
+            e as u32,
+            &rb.slice(0..e),
+            &sb.slice(0..e),
+        )
+        .unwrap();
+        let want = equikern::core::conv::Csr::build(n, &r32, &s32).unwrap();
+        use equikern::core::conv::End;
+        let len = n + 1 + 2 * e;
+        for (t, end) in [(Tensor::RecvCsr, End::Receiver), (Tensor::SendCsr, End::Sender)] {
+            let got = g.cuda_table(t).unwrap();
+            assert_eq!(
+                cd.stream().clone_dtoh(&got.slice(0..len)).unwrap(),
+                want.packed(end),
+                "pool {name} {t:?}"
+            );
+        }
+        let host = ConvGraph::new(&dev, n, &r32, &s32).unwrap();
+        let i = inputs(&tp, n, r.len(), 8);
+        let i32s: std::collections::BTreeMap<Tensor, Vec<f32>> =
+            i.iter().map(|(t, v)| (*t, f32v(v))).collect();
+        for d in [Direction::Forward, Direction::Backward] {
+            let a = run_f32(&op, &host, d, &i32s).unwrap();
+            let b = run_f32(&op, &g, d, &i32s).unwrap();
+            assert_eq!(a, b, "pool {name} {d:?}: differs from the host-built graph");
+        }
+        let again = ConvGraph::from_cuda_pool(
+            &dev,
+            &mut pool,
+            n as u32,
+            e as u32,
+            &rb.slice(0..e),
+            &sb.slice(0..e),
+        );
+        assert!(
+            again.is_err_and(|m| m.to_string().contains("still alive")),
+            "pool {name}: a build while the last graph lives"
+        );
+        drop(g);
+    }
     let m = ConvGraph::from_cuda_slices(&dev, 4, 3, up(&[0, 9, 5]), up(&[1, 2, 3]))
         .unwrap_err()
         .to_string();

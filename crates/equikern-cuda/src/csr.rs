@@ -18,7 +18,9 @@
 //! bitonic stage's pairs are disjoint; atomics commute), so the source also runs as plain C++
 //! one thread at a time (`tests/csr_cpu_emulation.rs`).
 
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg};
 use equikern_core::conv::ConvError;
 
 use crate::device::CudaDevice;
@@ -245,6 +247,127 @@ fn functions(dev: &CudaDevice) -> Result<Kernels> {
     })
 }
 
+/// The counting sort's scratch (grow-only): per-node counts / cursors, chunk sums, and
+/// `[err receiver, err sender, largest degree receiver, sender]`.
+struct CsrScratch {
+    counts: CudaSlice<u32>,
+    sums: CudaSlice<u32>,
+    stat: CudaSlice<u32>,
+}
+
+impl CsrScratch {
+    fn new(dev: &CudaDevice) -> Result<Self> {
+        let s = dev.stream();
+        Ok(CsrScratch {
+            counts: s.alloc_zeros::<u32>(1)?,
+            sums: s.alloc_zeros::<u32>(1)?,
+            stat: s.alloc_zeros::<u32>(4)?,
+        })
+    }
+}
+
+/// Makes `b` hold at least `n` words (a new, larger buffer when it is shorter).
+fn grow(stream: &Arc<CudaStream>, b: &mut CudaSlice<u32>, n: usize) -> Result<()> {
+    if b.len() < n {
+        *b = stream.alloc_zeros::<u32>(n)?;
+    }
+    Ok(())
+}
+
+/// Grow-only device buffers for building one graph after another on the device
+/// ([`CsrPool::build`]): the index copies, both packed views and the builder's scratch.
+/// A structure no larger than an earlier one allocates nothing, and the tables keep their
+/// addresses (what a captured CUDA graph of the work on them needs).
+pub struct CsrPool {
+    receiver: Arc<CudaSlice<u32>>,
+    sender: Arc<CudaSlice<u32>>,
+    recv: Arc<CudaSlice<u32>>,
+    send: Arc<CudaSlice<u32>>,
+    scratch: CsrScratch,
+}
+
+impl CsrPool {
+    pub fn new(dev: &CudaDevice) -> Result<Self> {
+        let s = dev.stream();
+        let one = || -> Result<Arc<CudaSlice<u32>>> { Ok(Arc::new(s.alloc_zeros::<u32>(1)?)) };
+        Ok(CsrPool {
+            receiver: one()?,
+            sender: one()?,
+            recv: one()?,
+            send: one()?,
+            scratch: CsrScratch::new(dev)?,
+        })
+    }
+
+    /// Copies the graph's `edges` receiver/sender indices (device views) into the pool and
+    /// builds both CSR views there (as [`CudaDevice::build_csr_tables`]: an index ≥ nodes is
+    /// [`CudaError::Conv`] naming it). Returns the graph, which shares the pool's buffers:
+    /// it must be dropped before the next build (else an error says so).
+    pub fn build(
+        &mut self,
+        dev: &CudaDevice,
+        nodes: u32,
+        edges: u32,
+        receiver: &CudaView<'_, u32>,
+        sender: &CudaView<'_, u32>,
+    ) -> Result<crate::CudaGraph> {
+        for (what, n) in [("nodes", nodes), ("edges", edges)] {
+            if n == u32::MAX {
+                return Err(ConvError::TooLarge {
+                    what,
+                    n: n as usize,
+                }
+                .into());
+            }
+        }
+        for (arg, v) in [("receiver", receiver), ("sender", sender)] {
+            if v.len() < edges as usize {
+                return Err(CudaError::Length {
+                    arg,
+                    expected: edges as usize,
+                    actual: v.len(),
+                });
+            }
+        }
+        let stream = dev.stream().clone();
+        let len = nodes as usize + 1 + 2 * edges as usize;
+        let e = edges as usize;
+        let mut bufs = [
+            (&mut self.receiver, e.max(1)),
+            (&mut self.sender, e.max(1)),
+            (&mut self.recv, len),
+            (&mut self.send, len),
+        ];
+        for (b, need) in &mut bufs {
+            if Arc::get_mut(b).is_none() {
+                return Err(CudaError::Plan(
+                    "CsrPool::build: a graph of the previous build is still alive".into(),
+                ));
+            }
+            if b.len() < *need {
+                **b = Arc::new(stream.alloc_zeros::<u32>(*need)?);
+            }
+        }
+        let [r, s, recv, send] = bufs.map(|(b, _)| Arc::get_mut(b).expect("unique: checked"));
+        if e > 0 {
+            stream.memcpy_dtod(&receiver.slice(0..e), &mut r.slice_mut(0..e))?;
+            stream.memcpy_dtod(&sender.slice(0..e), &mut s.slice_mut(0..e))?;
+        }
+        dev.fill_csr_tables(nodes, edges, r, s, recv, send, &mut self.scratch)?;
+        Ok(crate::CudaGraph::from_device_tables(
+            dev,
+            nodes,
+            edges,
+            [
+                self.recv.clone(),
+                self.send.clone(),
+                self.receiver.clone(),
+                self.sender.clone(),
+            ],
+        ))
+    }
+}
+
 fn cfg(n: u64) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 65535) as u32;
     LaunchConfig {
@@ -283,24 +406,56 @@ impl CudaDevice {
                 });
             }
         }
-        let k = functions(self)?;
         let stream = self.stream().clone();
         let len = nodes as usize + 1 + 2 * edges as usize;
         let mut recv = stream.alloc_zeros::<u32>(len)?;
         let mut send = stream.alloc_zeros::<u32>(len)?;
-        // [err receiver, err sender, largest degree receiver, sender]
-        let mut stat = stream.alloc_zeros::<u32>(4)?;
-        stream.memcpy_htod(&[u32::MAX, u32::MAX, 0, 0], &mut stat)?;
-        let mut counts = stream.alloc_zeros::<u32>(nodes.max(1) as usize)?;
+        let mut scratch = CsrScratch::new(self)?;
+        self.fill_csr_tables(
+            nodes,
+            edges,
+            receiver,
+            sender,
+            &mut recv,
+            &mut send,
+            &mut scratch,
+        )?;
+        Ok(CudaCsrTables {
+            nodes,
+            edges,
+            recv,
+            send,
+        })
+    }
+
+    /// Both packed views of a valid-length graph into `recv`/`send` (each at least
+    /// `nodes + 1 + 2·edges` words), with `scratch` grown as needed.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_csr_tables(
+        &self,
+        nodes: u32,
+        edges: u32,
+        receiver: &CudaSlice<u32>,
+        sender: &CudaSlice<u32>,
+        recv: &mut CudaSlice<u32>,
+        send: &mut CudaSlice<u32>,
+        scratch: &mut CsrScratch,
+    ) -> Result<()> {
+        let k = functions(self)?;
+        let stream = self.stream().clone();
         let chunks = nodes.div_ceil(SCAN_CHUNK);
-        let mut sums = stream.alloc_zeros::<u32>(chunks.max(1) as usize)?;
+        grow(&stream, &mut scratch.counts, nodes.max(1) as usize)?;
+        grow(&stream, &mut scratch.sums, chunks.max(1) as usize)?;
+        let CsrScratch { counts, sums, stat } = scratch;
+        // [err receiver, err sender, largest degree receiver, sender]
+        stream.memcpy_htod(&[u32::MAX, u32::MAX, 0, 0], &mut *stat)?;
         // Pass 1 for both views: counts → offsets, largest degree, bad indices.
-        for (key, packed, which) in [(receiver, &mut recv, 0u32), (sender, &mut send, 1u32)] {
-            stream.memset_zeros(&mut counts)?;
+        for (key, packed, which) in [(receiver, &mut *recv, 0u32), (sender, &mut *send, 1u32)] {
+            stream.memset_zeros(&mut *counts)?;
             let mut b = stream.launch_builder(&k.count);
             b.arg(key)
-                .arg(&mut counts)
-                .arg(&mut stat)
+                .arg(&mut *counts)
+                .arg(&mut *stat)
                 .arg(&nodes)
                 .arg(&edges)
                 .arg(&which);
@@ -308,23 +463,23 @@ impl CudaDevice {
             unsafe { b.launch(cfg(edges as u64)) }?;
             let mut deg = stat.slice_mut(2 + which as usize..3 + which as usize);
             let mut b = stream.launch_builder(&k.chunk_sums);
-            b.arg(&counts).arg(&mut sums).arg(&mut deg).arg(&nodes);
+            b.arg(&*counts).arg(&mut *sums).arg(&mut deg).arg(&nodes);
             // SAFETY: counts has nodes words, sums ⌈nodes / SCAN_CHUNK⌉.
             unsafe { b.launch(cfg(chunks as u64)) }?;
             let mut b = stream.launch_builder(&k.scan_sums);
-            b.arg(&mut sums).arg(&chunks);
+            b.arg(&mut *sums).arg(&chunks);
             // SAFETY: sums has `chunks` words (one thread).
             unsafe { b.launch(cfg(1)) }?;
             let mut b = stream.launch_builder(&k.chunk_scan);
-            b.arg(&counts)
-                .arg(&sums)
+            b.arg(&*counts)
+                .arg(&*sums)
                 .arg(&mut *packed)
                 .arg(&nodes)
                 .arg(&edges);
             // SAFETY: packed[0..=nodes] written; counts/sums as above.
             unsafe { b.launch(cfg(chunks as u64 + 1)) }?;
         }
-        let st = stream.clone_dtoh(&stat)?;
+        let st = stream.clone_dtoh(&*stat)?;
         for (which, array, buf) in [(0usize, "receiver", receiver), (1, "sender", sender)] {
             let pos = st.get(which).copied().unwrap_or(u32::MAX);
             if pos != u32::MAX {
@@ -340,14 +495,14 @@ impl CudaDevice {
         }
         // Pass 2 (every index < nodes): the edge ids of each view, then the other ends.
         for (key, other, packed, which) in [
-            (receiver, sender, &mut recv, 0usize),
-            (sender, receiver, &mut send, 1usize),
+            (receiver, sender, &mut *recv, 0usize),
+            (sender, receiver, &mut *send, 1usize),
         ] {
             if st[2 + which] <= SEGMENT_SORT_MAX {
-                stream.memset_zeros(&mut counts)?;
+                stream.memset_zeros(&mut *counts)?;
                 let mut b = stream.launch_builder(&k.scatter);
                 b.arg(key)
-                    .arg(&mut counts)
+                    .arg(&mut *counts)
                     .arg(&mut *packed)
                     .arg(&nodes)
                     .arg(&edges);
@@ -361,12 +516,7 @@ impl CudaDevice {
                 self.bitonic_view(&k, nodes, edges, key, other, packed, which as u32)?;
             }
         }
-        Ok(CudaCsrTables {
-            nodes,
-            edges,
-            recv,
-            send,
-        })
+        Ok(())
     }
 
     /// One view by the bitonic network (degrees above [`SEGMENT_SORT_MAX`]); indices valid.

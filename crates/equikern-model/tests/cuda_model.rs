@@ -513,3 +513,73 @@ fn device_neighbour_list_feeds_the_step() {
         );
     }
 }
+
+/// One step of `ev` on `s` through the device neighbour list (the path that records).
+fn device_step<T: DevReal>(
+    ev: &CudaSevenNet<T>,
+    nl: &mut equikern_model::neighbours_cuda::CudaNeighbourList,
+    s: &Structure,
+) -> Prediction {
+    nl.build(s, ev.model().cutoff).unwrap();
+    ev.evaluate_device_list(s, nl).unwrap().0
+}
+
+/// Steps recorded as CUDA graphs and replayed (`CudaExec::run_step`) are bit for bit the
+/// launched steps: the same structure (capture, then replay), atoms moved with the same edge
+/// count (the recording reads the new positions), a structure with another edge count
+/// (recorded anew), and back (launched again). f32 and f64; the recording evaluator must
+/// have replayed, the other never.
+#[test]
+fn recorded_steps_match_launched_steps() {
+    let Some(dev) = cuda_device() else { return };
+    let model = real_model().unwrap_or_else(|| small_model("XPLOR", 9));
+    let si = model.type_map.contains_key(&14);
+    let (base, other) = if si {
+        (rattled(si_diamond(4)), rattled(si_diamond(3)))
+    } else {
+        (rattled(water_box(3, 1)), rattled(water_box(2, 2)))
+    };
+    let mut moved = base.clone();
+    for (i, p) in moved.positions.iter_mut().enumerate() {
+        p[i % 3] += 1e-4 * ((i as f64) * 0.7).cos();
+    }
+    let cuda = dev.cuda_device().unwrap().clone();
+    fn run<T: DevReal>(
+        dev: &Device,
+        cuda: &equikern::cuda_runtime::CudaDevice,
+        model: &SevenNet,
+        seq: &[&Structure],
+    ) {
+        let m: SevenNet<T> = model.cast();
+        let rec = CudaSevenNet::<T>::new(&m, dev.clone()).unwrap();
+        let plain = CudaSevenNet::<T>::new(&m, dev.clone()).unwrap();
+        plain.exec().set_recording(false);
+        let mut nl_a = equikern_model::neighbours_cuda::CudaNeighbourList::new(cuda).unwrap();
+        let mut nl_b = equikern_model::neighbours_cuda::CudaNeighbourList::new(cuda).unwrap();
+        for (i, s) in seq.iter().enumerate() {
+            let a = device_step(&rec, &mut nl_a, s);
+            let b = device_step(&plain, &mut nl_b, s);
+            assert_eq!(a.energy.to_bits(), b.energy.to_bits(), "step {i}: energy");
+            assert_eq!(a.forces, b.forces, "step {i}: forces");
+            assert_eq!(a.stress, b.stress, "step {i}: stress");
+        }
+        println!(
+            "{}: {} steps, {} replayed from a recording, all equal to the launched ones",
+            rec.describe(),
+            seq.len(),
+            rec.exec().replays()
+        );
+        assert_eq!(plain.exec().replays(), 0);
+        assert!(
+            rec.exec().replays() >= 5,
+            "only {} replays",
+            rec.exec().replays()
+        );
+    }
+    let g0 = equikern_model::Graph::build(&base, model.cutoff).unwrap();
+    let g1 = equikern_model::Graph::build(&moved, model.cutoff).unwrap();
+    assert_eq!(g0.len(), g1.len(), "the small move changed the edge count");
+    let seq = [&base, &base, &base, &moved, &other, &other, &other, &base];
+    run::<f32>(&dev, &cuda, &model, &seq);
+    run::<f64>(&dev, &cuda, &model, &seq);
+}

@@ -518,7 +518,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         self.mem
             .up
             .fetch_add((vec.len() * 8 + 8 * ne) as u64, Ordering::Relaxed);
-        let (p, prof, min_r2) = self.run_step(&mut ws, s, &types, &cg, ne, t0, graph_s, up_s)?;
+        let (p, prof, min_r2) = self.run_step(&mut ws, s, &types, &cg, ne, None, t0, graph_s, up_s)?;
         drop(ws);
         if min_r2 < MIN_DISTANCE * MIN_DISTANCE {
             check_overlap(g)?;
@@ -538,6 +538,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         types: &[usize],
         cg: &D::Graph,
         ne: usize,
+        graph_key: Option<u64>,
         t0: Instant,
         graph_s: f64,
         mut up_s: f64,
@@ -551,7 +552,16 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             .up
             .fetch_add((idx.len() * 4) as u64, Ordering::Relaxed);
         let t_dev = Instant::now();
-        self.step(ws, cg, n, ne)?;
+        // Everything the step's launches depend on besides the graph's tables: sizes, the
+        // memory policy, and whether any workspace buffer moved.
+        let key = graph_key.map(|g| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (g, n, ne, ws.keep, self.tf32x3).hash(&mut h);
+            self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
+            h.finish()
+        });
+        self.d.run_step(key, &mut || self.step(ws, cg, n, ne))?;
         // The one synchronisation: results back.
         let len = 4 * n + RESULT_TAIL;
         let res = self.d.download(&ws.result.s, len)?;
@@ -1158,7 +1168,10 @@ impl<T: DevReal> Resident<T, CudaExec<T>> {
         if let Some(v) = list.vectors() {
             self.d.copy_view(&v, &mut ws.vec.s)?;
         }
-        let (p, prof, min_r2) = self.run_step(&mut ws, s, &types, &cg, ne, t0, graph_s, 0.0)?;
+        // The tables come from the exec's grow-only pool: same addresses, same key.
+        let key = Some(cg.table_key());
+        let (p, prof, min_r2) =
+            self.run_step(&mut ws, s, &types, &cg, ne, key, t0, graph_s, 0.0)?;
         drop(ws);
         if min_r2 < MIN_DISTANCE * MIN_DISTANCE {
             check_overlap(&list.download()?)?;
