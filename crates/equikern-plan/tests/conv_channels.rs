@@ -588,19 +588,36 @@ fn suite_forward_fuses_with_groups() {
 /// gathers, `y`, `w`; broadcasts counted per thread), the bytes that must come from L2/DRAM
 /// at least (x row once per edge, y, w, z amortised over `deg` edges per node), and FLOPs
 /// (`coeff·x·y` + add per term, `w·zv` + add per output element, per channel and `v`).
+/// Also SevenNet-0's conv (`benches/sevennet_suite.json`, mixed multiplicities: per-group
+/// lanes, per-path rows) at the Si diamond 16³ degree (917 504 edges / 32 768 atoms).
 /// `cargo test --release -p equikern-plan --test conv_channels forward_cost -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn forward_cost_per_edge() {
-    let suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
-    let deg = 145_982.0 / 3_341.0; // protein 4AKE, 5 Å
+    let mut suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
+    suite.extend(
+        equikern_core::spec::load_suite(include_str!("../../../benches/sevennet_suite.json"))
+            .unwrap(),
+    );
     println!(
         "| problem | M | groups (floats/ch) | fused: lanes, idx/x/y/w B requested, total KB | rows: lanes, idx/x/y/w B requested, total KB | min B (x+y+w+z/deg) | FLOPs |"
     );
     for (label, spec) in suite {
-        if !["nequip-water", "nequip-lips", "mace-medium"].contains(&label.as_str()) {
+        if ![
+            "nequip-water",
+            "nequip-lips",
+            "mace-medium",
+            "sevennet-0-conv",
+        ]
+        .contains(&label.as_str())
+        {
             continue;
         }
+        let deg = if label.starts_with("sevennet") {
+            917_504.0 / 32_768.0 // Si diamond 16³: 28 edges per atom
+        } else {
+            145_982.0 / 3_341.0 // protein 4AKE, 5 Å
+        };
         let tp = spec.build().unwrap();
         let plan = lower_conv(
             &tp,
@@ -611,7 +628,6 @@ fn forward_cost_per_edge() {
         )
         .unwrap();
         let c = fused(&plan).unwrap();
-        let m = c.channels as f64;
         let groups = c.conv_groups();
         let widths: Vec<u32> = groups
             .iter()
@@ -620,6 +636,7 @@ fn forward_cost_per_edge() {
         // fused, per edge, summed over lanes
         let (mut fi, mut fx, mut fy, mut fw) = (0.0, 0.0, 0.0, 0.0);
         for r in &groups {
+            let m = c.group_lanes(r) as f64;
             let ps: Vec<_> = c
                 .paths
                 .iter()
@@ -653,7 +670,8 @@ fn forward_cost_per_edge() {
         }
         // rows: one lane per (output block, channel); per edge its paths' operand rows
         let (mut ri, mut rx, mut ry, mut rw, mut rl) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for (b, _) in c.z_blocks.iter().enumerate() {
+        for (b, blk) in c.z_blocks.iter().enumerate() {
+            let m = c.block_mul(blk) as f64;
             rl += m;
             ri += m * 8.0;
             for p in c.paths.iter().filter(|p| p.z_block as usize == b) {
@@ -665,7 +683,11 @@ fn forward_cost_per_edge() {
         let flops: f64 = c
             .paths
             .iter()
-            .map(|p| m * p.y_mul as f64 * (3.0 * p.terms.len() as f64 + 2.0 * p.z_len as f64))
+            .map(|p| {
+                c.path_mul(p) as f64
+                    * p.y_mul as f64
+                    * (3.0 * p.terms.len() as f64 + 2.0 * p.z_len as f64)
+            })
             .sum();
         let min = 4.0 * (tp.dim_in1 + tp.dim_in2 + tp.weight_numel) as f64
             + 4.0 * tp.dim_out as f64 / deg;
