@@ -392,9 +392,10 @@ impl ConvOp {
         self
     }
 
-    /// With `on` (the default) a deterministic backward of a product that qualifies (every
-    /// path `uvu`, one multiplicity: NequIP, MACE) runs as one channel-fused kernel over the
-    /// sender view; off: the row kernels (for A/B measurements). Set before the first call.
+    /// With `on` (the default) a deterministic forward or backward of a product that qualifies
+    /// (every path `uvu`: NequIP, MACE, and `x` blocks of different multiplicities: SevenNet)
+    /// runs as one channel-fused kernel over the receiver (forward) or sender view
+    /// (backward); off: the row kernels (for A/B measurements). Set before the first call.
     pub fn with_channel_fusion(mut self, on: bool) -> Self {
         self.lower.channel_fusion = on;
         self
