@@ -197,7 +197,10 @@ fn cuda_graph_built_on_the_device() {
         let want = equikern::core::conv::Csr::build(n, &r32, &s32).unwrap();
         use equikern::core::conv::End;
         let len = n + 1 + 2 * e;
-        for (t, end) in [(Tensor::RecvCsr, End::Receiver), (Tensor::SendCsr, End::Sender)] {
+        for (t, end) in [
+            (Tensor::RecvCsr, End::Receiver),
+            (Tensor::SendCsr, End::Sender),
+        ] {
             let got = g.cuda_table(t).unwrap();
             assert_eq!(
                 cd.stream().clone_dtoh(&got.slice(0..len)).unwrap(),

@@ -434,7 +434,7 @@ fn timing_si_4096() {
     }
 }
 
-/// The opt-in 3xTF32 radial product (`set_tf32x3`) against sevenn's float64 references: still
+/// The 3xTF32 radial product (`set_tf32x3`, on by default in f32) against sevenn's float64 references: still
 /// within the f32 force tolerance (2e-4 eV/Å), reported beside the plain f32 path.
 #[test]
 fn tf32x3_within_the_f32_tolerance() {

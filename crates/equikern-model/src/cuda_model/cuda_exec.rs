@@ -273,7 +273,12 @@ impl<T: DevReal> CudaExec<T> {
         let key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            for t in [Tensor::RecvCsr, Tensor::SendCsr, Tensor::Receiver, Tensor::Sender] {
+            for t in [
+                Tensor::RecvCsr,
+                Tensor::SendCsr,
+                Tensor::Receiver,
+                Tensor::Sender,
+            ] {
                 if let Some(b) = conv.cuda_table(t) {
                     let (p, _sync) = b.device_ptr(&self.stream);
                     (p, b.len()).hash(&mut h);
