@@ -603,13 +603,19 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let m = &self.model;
         let nb = m.bessel.coeffs.len();
         let p = &self.params;
+        // Node rows: the convolution's output and its gradient (`agg`, `g_agg`) are the
+        // wide ones (7net-0: 3,136 values per atom); every other node tensor holds a layer's
+        // features (≤ 480), so it gets only that.
         let mut node_max = p.embed.dim_out.max(p.readout_hidden.dim_in);
+        let mut conv_max = 0;
         for l in &p.layers {
             node_max = node_max
                 .max(l.sc.dim_in)
                 .max(l.sc.dim_out)
-                .max(l.dmid)
-                .max(l.d1);
+                .max(l.d1)
+                .max(l.gate.t.din as usize)
+                .max(l.gate.t.dout as usize);
+            conv_max = conv_max.max(l.dmid);
         }
         ws.vec.ensure(d, 3 * ne)?;
         ws.idx.ensure(d, n)?;
@@ -619,14 +625,15 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         for b in [
             &mut ws.x,
             &mut ws.sc,
-            &mut ws.agg,
             &mut ws.gx,
             &mut ws.gy,
-            &mut ws.g_agg,
             &mut ws.gxc,
             &mut ws.tmp,
         ] {
             b.ensure(d, n * node_max)?;
+        }
+        for b in [&mut ws.agg, &mut ws.g_agg] {
+            b.ensure(d, n * node_max.max(conv_max))?;
         }
         // Per-layer radial-MLP tensors kept for the backward if they fit the budget.
         let es = std::mem::size_of::<T>() as u64;
