@@ -178,6 +178,38 @@ impl ConvGraph {
         })
     }
 
+    /// [`Self::from_cuda_slices`] into reused buffers: the `edges` receiver/sender indices
+    /// (device views) are copied into `pool` and both CSR views built there
+    /// ([`equikern_cuda::CsrPool::build`]). A structure no larger than an earlier one
+    /// allocates nothing and keeps the tables' addresses. The graph shares the pool's
+    /// buffers: drop it before the pool's next build (an error says so otherwise).
+    #[cfg(feature = "cuda")]
+    pub fn from_cuda_pool(
+        device: &Device,
+        pool: &mut equikern_cuda::CsrPool,
+        nodes: u32,
+        edges: u32,
+        receiver: &equikern_cuda::cudarc::driver::CudaView<'_, u32>,
+        sender: &equikern_cuda::cudarc::driver::CudaView<'_, u32>,
+    ) -> Result<ConvGraph> {
+        let DeviceInner::Cuda(d) = &device.inner else {
+            return Err(Error::Unsupported(format!(
+                "argument device: CUDA buffers need a CUDA device, not {}",
+                device.name()
+            )));
+        };
+        let g = match pool.build(d, nodes, edges, receiver, sender) {
+            Err(equikern_cuda::CudaError::Conv(e)) => return Err(Error::Graph(e)),
+            r => r?,
+        };
+        Ok(ConvGraph {
+            csr: None,
+            nodes: nodes as usize,
+            edges: edges as usize,
+            dev: GraphDev::Cuda(g),
+        })
+    }
+
     /// A graph from an already built [`Csr`] whose CSR-mode index tables are already on the
     /// CUDA device (`(tensor, table)` for `RecvCsr`, `SendCsr`, `Receiver`, `Sender`; see
     /// [`equikern_cuda::CudaGraph::with_device_tables`]): callers that reuse those buffers
@@ -360,9 +392,10 @@ impl ConvOp {
         self
     }
 
-    /// With `on` (the default) a deterministic backward of a product that qualifies (every
-    /// path `uvu`, one multiplicity: NequIP, MACE) runs as one channel-fused kernel over the
-    /// sender view; off: the row kernels (for A/B measurements). Set before the first call.
+    /// With `on` (the default) a deterministic forward or backward of a product that qualifies
+    /// (every path `uvu`: NequIP, MACE, and `x` blocks of different multiplicities: SevenNet)
+    /// runs as one channel-fused kernel over the receiver (forward) or sender view
+    /// (backward); off: the row kernels (for A/B measurements). Set before the first call.
     pub fn with_channel_fusion(mut self, on: bool) -> Self {
         self.lower.channel_fusion = on;
         self

@@ -27,22 +27,25 @@ pub fn products() -> Vec<(&'static str, TensorProduct)> {
     ]
 }
 
-/// Products that qualify for the channel-fused backward (all `uvu`, multiplicity 8).
+/// Products that qualify for the channel-fused forward and backward (all `uvu`):
+/// multiplicity 8, and `x` blocks of different multiplicities (guarded rows in the
+/// backward; the forward's groups one multiplicity each, as many lanes as its rows).
 pub fn channel_products() -> Vec<(&'static str, TensorProduct)> {
     vec![
         ("uvu M8 per-edge", uvu_channels()),
         ("uvu M8 shared", uvu_channels_shared()),
         ("uvu M8 mixed", uvu_channels_mixed()),
+        ("uvu multi-mul 16/8/12", uvu_channels_multimul()),
+        ("uvu sevennet-like 128/64/32", uvu_sevennet_like()),
     ]
 }
 
-/// [`channel_products`] and the products whose `x` blocks have different multiplicities
-/// (the fused backward only: its forward stays on row kernels).
-pub fn backward_channel_products() -> Vec<(&'static str, TensorProduct)> {
-    let mut v = channel_products();
-    v.push(("uvu multi-mul 16/8/12", uvu_channels_multimul()));
-    v.push(("uvu sevennet-like 128/64/32", uvu_sevennet_like()));
-    v
+/// Whether a conv forward plan of product `name` at output grouping `regs` may stay on row
+/// kernels: a finer grouping of the SevenNet-like product gives a node more lanes (up to
+/// one per output row, 960) than a workgroup may hold.
+#[allow(dead_code)]
+pub fn forward_may_not_fuse(name: &str, regs: Option<u32>) -> bool {
+    name.contains("sevennet") && regs.is_some()
 }
 
 /// (name, nodes, receiver, sender): a directed graph, a skewed random graph, a radius graph of

@@ -94,6 +94,29 @@ impl CudaGraph {
         }
     }
 
+    /// A graph built on the device into reused buffers ([`crate::CsrPool::build`]):
+    /// `[RecvCsr, SendCsr, Receiver, Sender]`, each at least as long as the graph needs.
+    pub(crate) fn from_device_tables(
+        dev: &CudaDevice,
+        nodes: u32,
+        edges: u32,
+        [recv, send, receiver, sender]: [Arc<CudaSlice<u32>>; 4],
+    ) -> Self {
+        let tables = BTreeMap::from([
+            ((Tensor::RecvCsr, 0), recv),
+            ((Tensor::SendCsr, 0), send),
+            ((Tensor::Receiver, 0), receiver),
+            ((Tensor::Sender, 0), sender),
+        ]);
+        CudaGraph {
+            dev: dev.clone(),
+            csr: None,
+            nodes: nodes as u64,
+            edges: edges as u64,
+            tables: Mutex::new(tables),
+        }
+    }
+
     /// A host-built graph whose CSR-mode index tables the caller already holds on this
     /// device (e.g. buffers reused across structures, so a new graph uploads and allocates
     /// nothing): `(tensor, table)` for any of `RecvCsr`, `SendCsr` (the packed views of

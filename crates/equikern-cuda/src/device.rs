@@ -81,7 +81,13 @@ impl CudaDevice {
 
     fn open(ordinal: usize) -> Result<Self> {
         let ctx = CudaContext::new(ordinal)?;
-        let stream = ctx.default_stream();
+        // All of this device's work goes to one stream of its own, not the legacy default
+        // stream, which cannot be captured into a CUDA graph (a recorded model step). With
+        // one stream, cudarc's per-buffer events (cross-stream ordering) are dead weight.
+        // SAFETY: every buffer made through this device is used on `stream` only (the one
+        // stream this crate and its users are handed), so no cross-stream ordering is lost.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
         let at = |a: A| -> Result<u32> { Ok(ctx.attribute(a)?.max(0) as u32) };
         let cc = ctx.compute_capability()?;
         let max_grid = [

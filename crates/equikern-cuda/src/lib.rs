@@ -24,7 +24,7 @@ mod tp;
 
 pub use compile::{CacheLevel, CompileInfo};
 pub use conv::{conv_launches, run_conv, run_conv_csr, ConvLaunch, CudaConvPlan, CudaGraph};
-pub use csr::{CudaCsrTables, CSR_SOURCE};
+pub use csr::{CsrPool, CudaCsrTables, CSR_SOURCE};
 /// The cudarc version this crate runs on (for callers that launch their own kernels).
 pub use cudarc;
 pub use cudarc::driver::CudaSlice;

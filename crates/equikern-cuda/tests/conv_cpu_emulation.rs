@@ -448,6 +448,9 @@ fn fused_forward_cuda_runs_right_on_threads() {
         ("per-edge", uvu_channels()),
         ("shared", uvu_channels_shared()),
         ("mixed", uvu_channels_mixed()),
+        // `x` blocks of different multiplicities: groups of their own widths.
+        ("multi-mul", uvu_channels_multimul()),
+        ("sevennet-like", uvu_sevennet_like()),
     ] {
         for (mn, opts) in [
             ("csr", ConvOptions::default()),
@@ -461,19 +464,60 @@ fn fused_forward_cuda_runs_right_on_threads() {
         ] {
             // Per graph: the first plan's results, which every other plan must reproduce.
             let mut first: BTreeMap<&str, BTreeMap<Tensor, Vec<f64>>> = BTreeMap::new();
-            for (c, regs) in [(caps(), None), (small, Some(8)), (caps(), Some(1))] {
+            // (`span`: every output block in one group, hand-made: with mixed multiplicities
+            // the group's lanes are the largest block's rows and the smaller blocks' rows are
+            // guarded `ch < mul`.)
+            for (c, regs, span) in [
+                (caps(), None, false),
+                (small, Some(8), false),
+                (caps(), Some(1), false),
+                (caps(), None, true),
+            ] {
                 let lo = LowerOptions {
                     conv_forward_regs: regs,
                     ..Default::default()
                 };
-                let plan =
-                    lower_conv_with(&tp, Direction::Forward, Dtype::F64, &c, opts, lo).unwrap();
+                let mut plan =
+                    match lower_conv_with(&tp, Direction::Forward, Dtype::F64, &c, opts, lo) {
+                        Ok(p) => p,
+                        // SevenNet-like in pieces: the `z` reduction's 3 136 invocations per node
+                        // outgrow a 2×2 grid.
+                        Err(e) if tn == "sevennet-like" && c.max_workgroups_per_dim == 2 => {
+                            println!("{tn} {mn} {regs:?}: {e}");
+                            continue;
+                        }
+                        Err(e) => panic!("{tn} {mn} {regs:?}: {e}"),
+                    };
+                if span {
+                    let k = &mut plan.kernels[0];
+                    let Work::Channels(cw) = &mut k.work else {
+                        panic!("{tn} {mn}: not fused");
+                    };
+                    if cw.uniform() {
+                        continue;
+                    }
+                    cw.conv.as_mut().unwrap().groups.clear();
+                    cw.samples_per_group = 1;
+                    k.workgroup_size = cw.lanes();
+                    assert_eq!(cw.lanes(), cw.channels);
+                }
                 let Work::Channels(cw) = &plan.kernels[0].work else {
                     panic!("{tn} {mn}: not fused");
                 };
                 let groups = cw.conv.as_ref().unwrap().groups.len();
                 assert!(regs.is_none() || groups > 1, "{tn} {mn} {regs:?}");
-                println!("{tn} {mn} {regs:?}: {} group(s)", groups.max(1));
+                let src = emit_cuda(&plan).unwrap().source;
+                assert_eq!(
+                    src.contains("if (ch < "),
+                    span,
+                    "{tn} {mn} {regs:?}: guards only where a group spans multiplicities"
+                );
+                assert_eq!(
+                    src.contains("lanes per unit"),
+                    !cw.uniform() && !span,
+                    "{tn} {mn} {regs:?}: lane decode by group widths"
+                );
+                println!("{tn} {mn} {regs:?} span={span}: {} group(s)", groups.max(1));
                 case += 1;
                 let Some(exe) = build(&plan, &root.join(case.to_string())) else {
                     println!("skipped: no C++ compiler");

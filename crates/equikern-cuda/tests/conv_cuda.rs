@@ -141,6 +141,9 @@ fn check<T: Num>(dev: &CudaDevice, caps: &Capabilities) -> [f64; 3] {
         ("uvu M8 per-edge", uvu_channels()),
         ("uvu M8 shared", uvu_channels_shared()),
         ("uvu M8 mixed", uvu_channels_mixed()),
+        // `x` blocks of different multiplicities: both fused (backward guarded, forward
+        // groups of 16, 12 and 8 lanes); the double backward on row kernels.
+        ("uvu multi-mul 16/8/12", uvu_channels_multimul()),
     ];
     let (t1, t2) = if T::DTYPE == Dtype::F32 {
         (1e-5, 1e-4)

@@ -205,7 +205,9 @@ fn conv_backward_hip_compiles_for_gfx90a() {
             }
         }
     }
-    // SevenNet-like: x blocks 128x0e+64x1o+32x2e, the fused backward with guarded rows.
+    // SevenNet-like: x blocks 128x0e+64x1o+32x2e, the fused backward with guarded rows and
+    // the fused forward with groups of 128, 64 and 32 lanes per node (and, hand-made, every
+    // block in one group: guarded rows).
     let tp = common::uvu_mixed_spec(128, 64, 32, true, false);
     for (mode, opts) in [
         ("csr", ConvOptions::default()),
@@ -225,6 +227,23 @@ fn conv_backward_hip_compiles_for_gfx90a() {
             );
             let src = emit_hip(&plan).unwrap().source;
             jobs.push((format!("conv-mixed-muls-{mode}-{dt:?}"), src));
+            let mut plan = lower_conv(&tp, Direction::Forward, dt, &gfx90a_caps(), opts).unwrap();
+            assert!(
+                matches!(&plan.kernels[0].work, Work::Channels(c) if !c.uniform() && c.lanes() == 224),
+                "mixed multiplicities forward {mode} {dt:?}: not fused"
+            );
+            let src = emit_hip(&plan).unwrap().source;
+            assert!(src.contains("lanes per unit"));
+            jobs.push((format!("conv-mixed-muls-fwd-{mode}-{dt:?}"), src));
+            let k = &mut plan.kernels[0];
+            if let Work::Channels(c) = &mut k.work {
+                c.conv.as_mut().unwrap().groups.clear();
+                c.samples_per_group = 1;
+                k.workgroup_size = c.lanes();
+            }
+            let src = emit_hip(&plan).unwrap().source;
+            assert!(src.contains("if (ch < 64u)"));
+            jobs.push((format!("conv-mixed-muls-fwd-span-{mode}-{dt:?}"), src));
         }
     }
     assert!(fused > 0, "no suite problem took the fused conv backward");

@@ -176,9 +176,16 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
     } else if plan.conv.is_some() {
         return Err("a channel kernel without units in a convolution plan".into());
     }
-    // Mixed multiplicities: only a backward guards channels past a block's rows.
-    if c.pass != ChannelPass::Backward && !c.uniform() {
+    // Mixed multiplicities: only a backward and a conv forward guard channels past a
+    // block's rows.
+    let conv_fwd = fwd && c.conv.is_some();
+    if c.pass != ChannelPass::Backward && !conv_fwd && !c.uniform() {
         return Err("blocks of different multiplicities outside a backward".into());
+    }
+    // A forward writes every row of every output block: none may have more rows than
+    // channels.
+    if fwd && c.z_blocks.iter().any(|b| c.block_mul(b) > c.channels) {
+        return Err("z block with more rows than channels".into());
     }
     // (A backward's output block that no path reads may have any multiplicity.)
     for b in &c.z_blocks {
@@ -1414,21 +1421,59 @@ fn conv_forward_body(
     if cuda {
         ln(&mut s, 4, "(void)g;");
     }
-    ln(
-        &mut s,
-        4,
-        &dia.let_u("grp", &format!("{lid} / {per_group}u")),
-    );
-    ln(
-        &mut s,
-        4,
-        &dia.let_u("q", &format!("({lid} - grp * {per_group}u) / {m}u")),
-    );
-    ln(
-        &mut s,
-        4,
-        &dia.let_u("ch", &format!("{lid} - grp * {per_group}u - q * {m}u")),
-    );
+    let groups = c.conv_groups();
+    let lanes: Vec<u32> = groups.iter().map(|g| c.group_lanes(g)).collect();
+    if lanes.iter().all(|&l| l == m) {
+        ln(
+            &mut s,
+            4,
+            &dia.let_u("grp", &format!("{lid} / {per_group}u")),
+        );
+        ln(
+            &mut s,
+            4,
+            &dia.let_u("q", &format!("({lid} - grp * {per_group}u) / {m}u")),
+        );
+        ln(
+            &mut s,
+            4,
+            &dia.let_u("ch", &format!("{lid} - grp * {per_group}u - q * {m}u")),
+        );
+    } else {
+        // Groups of different widths `L_g` (mixed multiplicities): group `g` holds lanes
+        // `[O_g·spg, (O_g + L_g)·spg)`, unit `q` of it lanes `q·L_g + u` past the start.
+        for v in ["grp", "q", "ch"] {
+            ln(
+                &mut s,
+                4,
+                &if cuda {
+                    format!("unsigned int {v} = 0u;")
+                } else {
+                    format!("var {v} = 0u;")
+                },
+            );
+        }
+        let mut start = 0u32;
+        for (gi, &l) in lanes.iter().enumerate() {
+            let end = start + l * spg;
+            let head = match (gi, gi + 1 == lanes.len()) {
+                (0, true) => "{".to_string(),
+                (0, false) => format!("if ({lid} < {end}u) {{"),
+                (_, true) => "} else {".to_string(),
+                (_, false) => format!("}} else if ({lid} < {end}u) {{"),
+            };
+            ln(
+                &mut s,
+                4,
+                &format!("{head} // group {gi}: {l} lanes per unit"),
+            );
+            ln(&mut s, 8, &format!("grp = {gi}u;"));
+            ln(&mut s, 8, &format!("q = ({lid} - {start}u) / {l}u;"));
+            ln(&mut s, 8, &format!("ch = {lid} - {start}u - q * {l}u;"));
+            start = end;
+        }
+        ln(&mut s, 4, "}");
+    }
     ln(
         &mut s,
         4,
@@ -1470,8 +1515,9 @@ fn conv_forward_body(
         },
     );
     let wlen = if d.shared_weights { 0 } else { d.weight_numel };
-    for (gi, blocks) in c.conv_groups().into_iter().enumerate() {
+    for (gi, blocks) in groups.iter().enumerate() {
         let head = if gi == 0 { "if" } else { "} else if" };
+        let gl = lanes[gi];
         ln(
             &mut s,
             8,
@@ -1482,7 +1528,7 @@ fn conv_forward_body(
             .iter()
             .filter(|pth| blocks.contains(&(pth.z_block as usize)))
             .collect();
-        for b in blocks.clone() {
+        for &b in blocks {
             for k in 0..c.z_blocks[b].row_len {
                 ln(&mut s, 12, &dia.var(dt, &format!("za{b}_{k}"), &zero));
             }
@@ -1495,19 +1541,7 @@ fn conv_forward_body(
             ln(&mut s, 12, kloop);
             ln(&mut s, 16, &dia.let_u("e", &tab("ids + k")?));
             ln(&mut s, 16, &dia.let_u("snd", &tab("oth + k")?));
-            // The x components (block, i) and y components the group's terms read, once.
-            let mut xs: Vec<(u32, u32)> = paths
-                .iter()
-                .flat_map(|pth| pth.terms.iter().map(|t| (pth.x_block, t.i)))
-                .collect();
-            xs.sort_unstable();
-            xs.dedup();
-            for (xb, i) in xs {
-                let blk = &c.x_blocks[xb as usize];
-                let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
-                let e = el(Tensor::X, "snd", d.dim_in1, &off)?;
-                ln(&mut s, 16, &dia.let_(dt, &format!("xr{xb}_{i}"), &e));
-            }
+            // The y components the group's terms read, once.
             let mut ys: Vec<u32> = paths
                 .iter()
                 .flat_map(|pth| {
@@ -1524,54 +1558,98 @@ fn conv_forward_body(
                 let e = el(Tensor::Y, "e", d.dim_in2, &format!("{j}u"))?;
                 ln(&mut s, 16, &dia.let_(dt, &format!("y{j}"), &e));
             }
-            for b in blocks.clone() {
-                let l = c.z_blocks[b].row_len;
-                for pth in paths.iter().filter(|pth| pth.z_block as usize == b) {
-                    for v in 0..pth.y_mul {
-                        ln(&mut s, 16, &format!("{{ // path {}, v = {v}", pth.path));
-                        let yb = pth.y_offset + v * pth.y_len;
-                        for k in 0..l {
-                            ln(&mut s, 20, &dia.var(dt, &format!("zv{k}"), &zero));
-                        }
-                        for t in &pth.terms {
-                            let line = format!(
-                                "zv{} += {} * xr{}_{} * y{};",
-                                t.k,
-                                dia.lit(t.coeff, dt),
-                                pth.x_block,
-                                t.i,
-                                yb + t.j
-                            );
-                            ln(&mut s, 20, &line);
-                        }
-                        match pth.w_offset {
-                            Some(o) => {
-                                let wi = format!("{}u + ch * {}u", o + v, pth.y_mul);
-                                let e = el(Tensor::W, "e", wlen, &wi)?;
-                                ln(&mut s, 20, &dia.let_(dt, "wv", &e));
-                                for k in 0..l {
-                                    ln(&mut s, 20, &format!("za{b}_{k} += wv * zv{k};"));
+            // By multiplicity, descending: the channels with a row in blocks of `mul` rows
+            // (guarded where fewer than the group's lanes) load those blocks' x components
+            // and add their paths (blocks in order, each block's paths in order: the same
+            // per-block order as one pass over the group's blocks).
+            let mut muls: Vec<u32> = paths.iter().map(|pth| c.path_mul(pth)).collect();
+            muls.sort_unstable_by(|a, b| b.cmp(a));
+            muls.dedup();
+            for mul in muls {
+                let guarded = mul < gl;
+                let ind = if guarded { 20 } else { 16 };
+                if guarded {
+                    ln(
+                        &mut s,
+                        16,
+                        &format!("if (ch < {mul}u) {{ // blocks of {mul} rows"),
+                    );
+                }
+                let class: Vec<_> = paths.iter().filter(|pth| c.path_mul(pth) == mul).collect();
+                let mut xs: Vec<(u32, u32)> = class
+                    .iter()
+                    .flat_map(|pth| pth.terms.iter().map(|t| (pth.x_block, t.i)))
+                    .collect();
+                xs.sort_unstable();
+                xs.dedup();
+                for (xb, i) in xs {
+                    let blk = &c.x_blocks[xb as usize];
+                    let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
+                    let e = el(Tensor::X, "snd", d.dim_in1, &off)?;
+                    ln(&mut s, ind, &dia.let_(dt, &format!("xr{xb}_{i}"), &e));
+                }
+                for &b in blocks {
+                    let l = c.z_blocks[b].row_len;
+                    for pth in class.iter().filter(|pth| pth.z_block as usize == b) {
+                        for v in 0..pth.y_mul {
+                            ln(&mut s, ind, &format!("{{ // path {}, v = {v}", pth.path));
+                            let yb = pth.y_offset + v * pth.y_len;
+                            for k in 0..l {
+                                ln(&mut s, ind + 4, &dia.var(dt, &format!("zv{k}"), &zero));
+                            }
+                            for t in &pth.terms {
+                                let line = format!(
+                                    "zv{} += {} * xr{}_{} * y{};",
+                                    t.k,
+                                    dia.lit(t.coeff, dt),
+                                    pth.x_block,
+                                    t.i,
+                                    yb + t.j
+                                );
+                                ln(&mut s, ind + 4, &line);
+                            }
+                            match pth.w_offset {
+                                Some(o) => {
+                                    let wi = format!("{}u + ch * {}u", o + v, pth.y_mul);
+                                    let e = el(Tensor::W, "e", wlen, &wi)?;
+                                    ln(&mut s, ind + 4, &dia.let_(dt, "wv", &e));
+                                    for k in 0..l {
+                                        ln(&mut s, ind + 4, &format!("za{b}_{k} += wv * zv{k};"));
+                                    }
+                                }
+                                None => {
+                                    for k in 0..l {
+                                        ln(&mut s, ind + 4, &format!("za{b}_{k} += zv{k};"));
+                                    }
                                 }
                             }
-                            None => {
-                                for k in 0..l {
-                                    ln(&mut s, 20, &format!("za{b}_{k} += zv{k};"));
-                                }
-                            }
+                            ln(&mut s, ind, "}");
                         }
-                        ln(&mut s, 16, "}");
                     }
+                }
+                if guarded {
+                    ln(&mut s, 16, "}");
                 }
             }
             ln(&mut s, 12, "}");
         }
         // Row `ch` of each block: 2l+1 consecutive elements (a warp's rows are contiguous).
-        for b in blocks {
+        // (Only the rows a block has: `ch < mul` where it has fewer than the group's lanes.)
+        for &b in blocks {
             let blk = &c.z_blocks[b];
+            let mul = c.block_mul(blk);
+            let guarded = mul < gl;
+            if guarded {
+                ln(&mut s, 12, &format!("if (ch < {mul}u) {{"));
+            }
+            let ind = if guarded { 16 } else { 12 };
             for k in 0..blk.row_len {
                 let off = format!("{}u + ch * {}u", blk.offset + k, blk.row_len);
                 let at = el(cv.node_out, "unit", d.dim_out, &off)?;
-                ln(&mut s, 12, &format!("{at} = za{}_{k};", b));
+                ln(&mut s, ind, &format!("{at} = za{}_{k};", b));
+            }
+            if guarded {
+                ln(&mut s, 12, "}");
             }
         }
     }

@@ -1028,6 +1028,28 @@ impl Evaluator {
     /// [`Self::evaluate`] with the wall-clock time of each phase ([`StepProfile`]).
     pub fn evaluate_profiled(&self, s: &Structure) -> Result<(Prediction, StepProfile)> {
         let t0 = std::time::Instant::now();
+        // Resident on CUDA with the device's radius graph: the graph stays there.
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = self.neighbour_list_device(s) {
+            let cutoff = self.cutoff();
+            let r = match &self.inner {
+                Inner::CudaF32(c) => Some(
+                    self.nl
+                        .with_device_list(dev, s, cutoff, |l| c.evaluate_device_list(s, l)),
+                ),
+                Inner::CudaF64(c) => Some(
+                    self.nl
+                        .with_device_list(dev, s, cutoff, |l| c.evaluate_device_list(s, l)),
+                ),
+                _ => None,
+            };
+            if let Some(r) = r {
+                let ((p, mut prof), nl) = r?;
+                prof.neighbour_list_s = nl;
+                prof.total_s = t0.elapsed().as_secs_f64();
+                return Ok((p, prof));
+            }
+        }
         let g = self.neighbour_list(s)?;
         let nl = t0.elapsed().as_secs_f64();
         let (p, mut prof) = self.evaluate_graph(s, &g)?;
@@ -1113,6 +1135,15 @@ impl Evaluator {
 
     /// The backend's transfer and memory counters (zeros on the CPU).
     pub fn counters(&self) -> DeviceCounters {
+        let mut c = self.backend_counters();
+        // The device neighbour list's buffers (grow-only, held across steps) count too.
+        let nl = self.nl.device_bytes();
+        c.live_bytes += nl;
+        c.peak_bytes += nl;
+        c
+    }
+
+    fn backend_counters(&self) -> DeviceCounters {
         match &self.inner {
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             Inner::DevF32(_, b) => Backend::<f32>::counters(b),

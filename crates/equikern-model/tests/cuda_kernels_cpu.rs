@@ -80,8 +80,8 @@ extern "C" void t_forces(u64 N, const unsigned* recv, const unsigned* send, cons
   grid(N, [&] { ek_forces(N, recv, send, fe, forces); });
 }
 extern "C" void t_virial(u64 E, u64 P, const double* vec, const double* fe, double* part, double* out) {
-  grid(P * 9, [&] { ek_virial_partial(E, P, vec, fe, part); });
-  grid(9, [&] { ek_virial_final(P, part, out); });
+  grid(P * 10, [&] { ek_virial_partial(E, P, vec, fe, part); });
+  grid(10, [&] { ek_virial_final(P, part, out); });
 }
 "#;
 
@@ -754,11 +754,11 @@ fn check_reductions<T: Scalar>(k: &K<T>, r: &mut rand_chacha::ChaCha8Rng) {
         3 * n
     );
     let parts = 64;
-    let mut part = vec![f64::NAN; parts * 9];
-    let mut out = [f64::NAN; 9];
+    let mut part = vec![f64::NAN; parts * 10];
+    let mut out = [f64::NAN; 10];
     type VFn = unsafe extern "C" fn(u64, u64, *const f64, *const f64, *mut f64, *mut f64);
     let f = sym!(k, b"t_virial", VFn);
-    // SAFETY: vec, fe 3·ne; part parts·9; out 9.
+    // SAFETY: vec, fe 3·ne; part parts·10; out 10.
     unsafe {
         f(
             ne as u64,
@@ -769,7 +769,13 @@ fn check_reductions<T: Scalar>(k: &K<T>, r: &mut rand_chacha::ChaCha8Rng) {
             out.as_mut_ptr(),
         )
     };
-    rel("virial", &out, &vir, 1e-13);
+    rel("virial", &out[..9], &vir, 1e-13);
+    // out[9]: the smallest squared edge length (the overlap check), exactly
+    let min_r2 = vec
+        .chunks_exact(3)
+        .map(|v| v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(out[9], min_r2, "smallest squared edge length");
 
     // readout and one-hot
     let ns = 5;

@@ -449,7 +449,7 @@ fn timing_si_4096() {
     }
 }
 
-/// The opt-in 3xTF32 radial product (`set_tf32x3`) against sevenn's float64 references: still
+/// The 3xTF32 radial product (`set_tf32x3`, on by default in f32) against sevenn's float64 references: still
 /// within the f32 force tolerance (2e-4 eV/Å), reported beside the plain f32 path.
 #[test]
 fn tf32x3_within_the_f32_tolerance() {
@@ -473,4 +473,128 @@ fn tf32x3_within_the_f32_tolerance() {
         println!("3xTF32 {on}: worst max|dF| vs sevenn f64 {wf:.2e} eV/A");
         assert!(wf <= 2e-4, "3xTF32 {on}: forces off by {wf:.2e} eV/A");
     }
+}
+
+/// The device's neighbour list handed to the step without a host copy
+/// (`Evaluator::evaluate` on ≥ `GPU_MIN_ATOMS` atoms → `evaluate_device_list`): bit for bit
+/// the step on the host-built graph (the same edges, CSR tables and kernels), f32 and f64,
+/// twice in a row (the CSR tables are rebuilt per structure); an overlapping pair is an
+/// error naming both atoms, as on the host path.
+#[test]
+fn device_neighbour_list_feeds_the_step() {
+    let Some(dev) = cuda_device() else { return };
+    let model = real_model().unwrap_or_else(|| small_model("XPLOR", 9));
+    let si = model.type_map.contains_key(&14);
+    let s = if si {
+        rattled(si_diamond(6))
+    } else {
+        rattled(water_box(4, 3))
+    };
+    assert!(s.positions.len() >= equikern_model::neighbours_cuda::GPU_MIN_ATOMS);
+    let g = equikern_model::Graph::build(&s, model.cutoff).unwrap();
+    for dtype in [Dtype::F32, Dtype::F64] {
+        let mut ev = Evaluator::on_device(&model, dev.clone(), dtype).unwrap();
+        ev.set_gpu_neighbour_list_min_atoms(Some(1));
+        assert_eq!(ev.neighbour_list_on(&s), "cuda");
+        let (host, _) = ev.evaluate_graph(&s, &g).unwrap();
+        for rep in 0..2 {
+            let (p, prof) = ev.evaluate_profiled(&s).unwrap();
+            println!(
+                "{} rep {rep}: {} atoms, {} edges, nl {:.2} ms, model {:.2} ms",
+                ev.describe(),
+                s.positions.len(),
+                p.num_edges,
+                prof.neighbour_list_s * 1e3,
+                (prof.total_s - prof.neighbour_list_s) * 1e3
+            );
+            assert_eq!(p.num_edges, g.len());
+            assert_eq!(
+                p.energy.to_bits(),
+                host.energy.to_bits(),
+                "{dtype:?} energy"
+            );
+            assert_eq!(p.forces, host.forces, "{dtype:?} forces");
+            assert_eq!(p.stress, host.stress, "{dtype:?} stress");
+        }
+        let mut bad = s.clone();
+        bad.positions[7] = bad.positions[3];
+        bad.positions[7][0] += 0.05;
+        let want = model.evaluate(&bad).unwrap_err().to_string();
+        let got = ev.evaluate(&bad).unwrap_err().to_string();
+        assert_eq!(got, want, "overlap message");
+        assert!(
+            got.contains("atoms 3 and 7") || got.contains("atom 3"),
+            "{got}"
+        );
+    }
+}
+
+/// One step of `ev` on `s` through the device neighbour list (the path that records).
+fn device_step<T: DevReal>(
+    ev: &CudaSevenNet<T>,
+    nl: &mut equikern_model::neighbours_cuda::CudaNeighbourList,
+    s: &Structure,
+) -> Prediction {
+    nl.build(s, ev.model().cutoff).unwrap();
+    ev.evaluate_device_list(s, nl).unwrap().0
+}
+
+/// Steps recorded as CUDA graphs and replayed (`CudaExec::run_step`) are bit for bit the
+/// launched steps: the same structure (capture, then replay), atoms moved with the same edge
+/// count (the recording reads the new positions), a structure with another edge count
+/// (recorded anew), and back (launched again). f32 and f64; the recording evaluator must
+/// have replayed, the other never.
+#[test]
+fn recorded_steps_match_launched_steps() {
+    let Some(dev) = cuda_device() else { return };
+    let model = real_model().unwrap_or_else(|| small_model("XPLOR", 9));
+    let si = model.type_map.contains_key(&14);
+    let (base, other) = if si {
+        (rattled(si_diamond(4)), rattled(si_diamond(3)))
+    } else {
+        (rattled(water_box(3, 1)), rattled(water_box(2, 2)))
+    };
+    let mut moved = base.clone();
+    for (i, p) in moved.positions.iter_mut().enumerate() {
+        p[i % 3] += 1e-4 * ((i as f64) * 0.7).cos();
+    }
+    let cuda = dev.cuda_device().unwrap().clone();
+    fn run<T: DevReal>(
+        dev: &Device,
+        cuda: &equikern::cuda_runtime::CudaDevice,
+        model: &SevenNet,
+        seq: &[&Structure],
+    ) {
+        let m: SevenNet<T> = model.cast();
+        let rec = CudaSevenNet::<T>::new(&m, dev.clone()).unwrap();
+        let plain = CudaSevenNet::<T>::new(&m, dev.clone()).unwrap();
+        plain.exec().set_recording(false);
+        let mut nl_a = equikern_model::neighbours_cuda::CudaNeighbourList::new(cuda).unwrap();
+        let mut nl_b = equikern_model::neighbours_cuda::CudaNeighbourList::new(cuda).unwrap();
+        for (i, s) in seq.iter().enumerate() {
+            let a = device_step(&rec, &mut nl_a, s);
+            let b = device_step(&plain, &mut nl_b, s);
+            assert_eq!(a.energy.to_bits(), b.energy.to_bits(), "step {i}: energy");
+            assert_eq!(a.forces, b.forces, "step {i}: forces");
+            assert_eq!(a.stress, b.stress, "step {i}: stress");
+        }
+        println!(
+            "{}: {} steps, {} replayed from a recording, all equal to the launched ones",
+            rec.describe(),
+            seq.len(),
+            rec.exec().replays()
+        );
+        assert_eq!(plain.exec().replays(), 0);
+        assert!(
+            rec.exec().replays() >= 5,
+            "only {} replays",
+            rec.exec().replays()
+        );
+    }
+    let g0 = equikern_model::Graph::build(&base, model.cutoff).unwrap();
+    let g1 = equikern_model::Graph::build(&moved, model.cutoff).unwrap();
+    assert_eq!(g0.len(), g1.len(), "the small move changed the edge count");
+    let seq = [&base, &base, &base, &moved, &other, &other, &other, &base];
+    run::<f32>(&dev, &cuda, &model, &seq);
+    run::<f64>(&dev, &cuda, &model, &seq);
 }

@@ -18,14 +18,19 @@
 //! (`w ≡ 1` unweighted). Shared weights keep their chunked gradient kernels; this kernel then
 //! writes only `gx` and `gy`.
 //!
-//! **Mixed multiplicities (backward only).** The backward also takes `x` blocks of different
+//! **Mixed multiplicities (backward, conv forward).** The backward also takes `x` blocks of different
 //! multiplicities (SevenNet: `128x0e+64x1e+32x2e`): `uvu` gives each path's output block
 //! the multiplicity of its `x` block, so channel `u` still owns row `u` of both. The kernel
 //! then has `M = max mul` channels per sample, and channel `u` does a path's work (and
 //! stores its `x` block's `gx` row) only where `u < mul` of the path's `x` block
 //! ([`ChannelBlock::mul`]); every channel still writes its (possibly zero) `gy` partial, so
 //! the ascending-`u` sum and its barriers are unchanged (the guards hold no barrier). The
-//! forward and the double backward keep one multiplicity.
+//! convolution forward ([`ChannelConv`]) takes them too: channel `u` adds a path into its
+//! output row only where `u < mul` and stores only the rows its blocks have (it has no
+//! barrier: the rows go straight from registers to memory), and an invocation group whose
+//! blocks all have fewer rows than `M` leaves its channels past the largest idle. The
+//! product's forward (staged in workgroup memory) and the double backward keep one
+//! multiplicity.
 
 use equikern_core::{ConnectionMode, TensorProduct};
 use serde::{Deserialize, Serialize};
@@ -40,7 +45,8 @@ pub struct ChannelBlock {
     pub row_len: u32,
     /// Rows (multiplicity) of the block: channel `u` owns row `u` for `u < mul`. `0` (plans
     /// serialized before mixed multiplicities): [`ChannelWork::channels`] rows. Only a
-    /// backward may have blocks below `channels` (see [`ChannelWork::block_mul`]).
+    /// backward or a convolution forward may have blocks below `channels` (see
+    /// [`ChannelWork::block_mul`]).
     #[serde(default)]
     pub mul: u32,
 }
@@ -161,9 +167,13 @@ pub struct ChannelWork {
 /// The convolution form of a channel kernel.
 ///
 /// **Forward** (`units` over the receiver view `RecvCsr` / `RecvPieces`, `node_out` `Z` /
-/// `RecvPartial`): one invocation per `(unit, group g, channel u)` (see [`ChannelConv::groups`];
-/// lane `g·units_per_workgroup·M + q·M + u` of a workgroup, so a warp never mixes groups
-/// when `M` is a multiple of the warp). It walks its unit's edges in view order (ascending
+/// `RecvPartial`): one invocation per `(unit, group g, channel u < L_g)` (see
+/// [`ChannelConv::groups`]; `L_g` = [`ChannelWork::group_lanes`], `M` with one
+/// multiplicity; lane `O_g·units_per_workgroup + q·L_g + u` of a workgroup with
+/// `O_g = Σ_{g'<g} L_g'`, so a warp never mixes groups when every `L_g` is a multiple of the
+/// warp). With blocks of different multiplicities channel `u` adds into and stores only the
+/// rows its group's blocks have (`u < mul`; the groups are formed within one multiplicity,
+/// so no invocation idles). It walks its unit's edges in view order (ascending
 /// edge id) on its own (no barriers): per edge `e` (sender `j`) it reads the `x[j]` row `u`
 /// blocks its group's paths use, the `y[e]` components they use and the group's weights
 /// `w[e, p, u·y_mul + v]`, and adds every path's `w·CG(x, y)` into its group's output rows
@@ -189,7 +199,8 @@ pub struct ChannelConv {
     /// `RecvPartial`.
     pub node_out: crate::Tensor,
     /// Forward: the output blocks split into invocation groups (counts of consecutive
-    /// `z_blocks`); each group is computed by its own `M` invocations per unit, which each
+    /// blocks in [`ChannelWork::forward_block_order`]: descending multiplicity, then
+    /// `z_blocks` order); each group is computed by its own `M` invocations per unit, which each
     /// re-read the edge's inputs the group needs (from L1/L2), so a thread holds only its
     /// group's accumulators in registers. Empty: one group (the backward).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -225,8 +236,8 @@ impl ChannelWork {
             .map_or(self.channels, |b| self.block_mul(b))
     }
 
-    /// Whether every `x` and output block has all `channels` rows (required of a forward
-    /// and a double backward).
+    /// Whether every `x` and output block has all `channels` rows (required of a product's
+    /// forward and a double backward).
     pub fn uniform(&self) -> bool {
         self.x_blocks
             .iter()
@@ -234,28 +245,60 @@ impl ChannelWork {
             .all(|b| self.block_mul(b) == self.channels)
     }
 
-    /// Invocations per unit: `channels × groups` (conv forward), else `channels`.
+    /// Invocations per unit: the conv forward's [`ChannelWork::group_lanes`] summed over its
+    /// groups (`channels × groups` with one multiplicity), else `channels`.
     pub fn lanes(&self) -> u32 {
-        let g = self.conv.as_ref().map_or(0, |cv| cv.groups.len() as u32);
-        self.channels * g.max(1)
+        match &self.conv {
+            Some(_) if self.pass == ChannelPass::Forward => self
+                .conv_groups()
+                .iter()
+                .map(|g| self.group_lanes(g))
+                .sum::<u32>(),
+            _ => self.channels,
+        }
     }
 
-    /// The conv forward's invocation groups: `(first z block, end)` ranges (one group
-    /// covering every block when none are set).
-    pub fn conv_groups(&self) -> Vec<std::ops::Range<usize>> {
+    /// The output blocks in the order the conv forward's groups take them: descending
+    /// multiplicity, irreps order within one (the identity with one multiplicity).
+    pub fn forward_block_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.z_blocks.len()).collect();
+        order.sort_by_key(|&b| std::cmp::Reverse(self.block_mul(&self.z_blocks[b])));
+        order
+    }
+
+    /// The conv forward's invocation groups: each group's output blocks (indices into
+    /// `z_blocks`, ascending), consecutive in [`ChannelWork::forward_block_order`]; one group
+    /// covering every block when none are set.
+    pub fn conv_groups(&self) -> Vec<Vec<usize>> {
+        let order = self.forward_block_order();
         let groups = self.conv.as_ref().map(|cv| &cv.groups[..]).unwrap_or(&[]);
-        if groups.is_empty() {
-            return std::iter::once(0..self.z_blocks.len()).collect();
-        }
+        let counts: Vec<usize> = if groups.is_empty() {
+            vec![order.len()]
+        } else {
+            groups.iter().map(|&n| n as usize).collect()
+        };
         let mut next = 0usize;
-        groups
-            .iter()
-            .map(|&n| {
-                let r = next..next + n as usize;
-                next = r.end;
-                r
+        counts
+            .into_iter()
+            .map(|n| {
+                let end = (next + n).min(order.len());
+                let mut g = order[next.min(end)..end].to_vec();
+                next = end;
+                g.sort_unstable();
+                g
             })
             .collect()
+    }
+
+    /// Invocations per unit of a conv forward group: the most rows of its blocks (channel
+    /// `u < this` owns row `u` of each block that has one); `channels` for an empty group.
+    pub fn group_lanes(&self, blocks: &[usize]) -> u32 {
+        blocks
+            .iter()
+            .filter_map(|&b| self.z_blocks.get(b))
+            .map(|b| self.block_mul(b))
+            .max()
+            .unwrap_or(self.channels)
     }
 
     /// `(inputs, outputs)` of the kernel, in binding order.
@@ -377,7 +420,10 @@ fn channel_work_for(
     if m < MIN_CHANNELS || m > caps.max_invocations_per_workgroup as usize {
         return None;
     }
-    if pass != ChannelPass::Backward
+    // Blocks of different multiplicities: the backward and the convolution forward (whose
+    // rows are stored straight from registers, no barrier to keep uniform).
+    let mixed_ok = pass == ChannelPass::Backward || (pass == ChannelPass::Forward && conv);
+    if !mixed_ok
         && tp
             .spec
             .irreps_in1
@@ -399,14 +445,16 @@ fn channel_work_for(
     {
         return None;
     }
-    // Output blocks: every row of a forward's output is written by its channel.
+    // Output blocks: every row of a forward's output is written by its channel (a mixed
+    // conv forward: row `u` of a block by channel `u`, so no block may have more rows than
+    // channels; one no path writes is stored as zeros).
     if pass != ChannelPass::Backward
         && tp
             .spec
             .irreps_out
             .0
             .iter()
-            .any(|mi| mi.mul != 0 && mi.mul != m)
+            .any(|mi| mi.mul != 0 && if mixed_ok { mi.mul > m } else { mi.mul != m })
     {
         return None;
     }
@@ -415,10 +463,10 @@ fn channel_work_for(
     for (n, p) in tp.paths.iter().enumerate() {
         let ins = &p.instruction;
         // `uvu`: the output block has the `x` block's multiplicity (channel `u` owns row `u`
-        // of both); one multiplicity outside the backward.
+        // of both); one multiplicity outside the backward and the conv forward.
         if ins.mode != ConnectionMode::Uvu
             || p.mo != p.m1
-            || (pass != ChannelPass::Backward && p.m1 != m)
+            || (!mixed_ok && p.m1 != m)
             || p.m2 > MAX_Y_MUL
         {
             return None;
@@ -578,8 +626,26 @@ pub(crate) fn conv_channel_work(
         Dtype::F32 => 4,
         Dtype::F64 => 8,
     };
+    // Forward: groups within each multiplicity (blocks in descending multiplicity), so a
+    // group's invocations are its blocks' rows and none idles.
     let groups = if pass == ChannelPass::Forward {
-        forward_groups(&c.z_blocks, es as u32 / 4, forward_regs)
+        let order = c.forward_block_order();
+        let mut groups = vec![];
+        let mut start = 0;
+        while start < order.len() {
+            let mul = c.block_mul(&c.z_blocks[order[start]]);
+            let end = order[start..]
+                .iter()
+                .position(|&b| c.block_mul(&c.z_blocks[b]) != mul)
+                .map_or(order.len(), |n| start + n);
+            let class: Vec<ChannelBlock> = order[start..end]
+                .iter()
+                .map(|&b| c.z_blocks[b].clone())
+                .collect();
+            groups.extend(forward_groups(&class, es as u32 / 4, forward_regs));
+            start = end;
+        }
+        groups
     } else {
         vec![]
     };
@@ -765,8 +831,8 @@ pub(crate) fn interpret_conv_forward(
     use crate::Tensor::*;
     let d = &plan.dims;
     let cv = c.conv.as_ref().ok_or("not a convolution channel kernel")?;
-    if !c.uniform() {
-        return Err("blocks of different multiplicities outside a backward".into());
+    if c.z_blocks.iter().any(|b| c.block_mul(b) > c.channels) {
+        return Err("z block with more rows than channels".into());
     }
     let weighted = d.weight_numel > 0;
     let get = |v: &[f64], i: u32| -> Result<f64, String> {
@@ -776,10 +842,13 @@ pub(crate) fn interpret_conv_forward(
     };
     let mut z = vec![f64::NAN; d.dim_out as usize];
     for grp in c.conv_groups() {
-        for u in 0..c.channels {
-            let mut acc: Vec<Vec<f64>> = c.z_blocks[grp.clone()]
+        for u in 0..c.group_lanes(&grp) {
+            // Mixed multiplicities: channel `u` works on (and stores) only the blocks with a
+            // row `u`.
+            let has_row = |b: usize| u < c.block_mul(&c.z_blocks[b]);
+            let mut acc: Vec<Vec<f64>> = grp
                 .iter()
-                .map(|b| vec![0.0; b.row_len as usize])
+                .map(|&b| vec![0.0; c.z_blocks[b].row_len as usize])
                 .collect();
             for &(e, snd) in edges {
                 let x = sample_row(plan, X, snd, bufs)?;
@@ -789,8 +858,14 @@ pub(crate) fn interpret_conv_forward(
                 } else {
                     vec![]
                 };
-                for (b, za) in grp.clone().zip(acc.iter_mut()) {
+                for (&b, za) in grp.iter().zip(acc.iter_mut()) {
+                    if !has_row(b) {
+                        continue;
+                    }
                     for p in c.paths.iter().filter(|p| p.z_block as usize == b) {
+                        if u >= c.path_mul(p) {
+                            return Err(format!("path {}: x block has no row {u}", p.path));
+                        }
                         let xb = p.x_offset + u * p.x_len;
                         for v in 0..p.y_mul {
                             let yb = p.y_offset + v * p.y_len;
@@ -810,7 +885,10 @@ pub(crate) fn interpret_conv_forward(
                     }
                 }
             }
-            for (blk, za) in c.z_blocks[grp.clone()].iter().zip(acc) {
+            for (blk, za) in grp.iter().map(|&b| &c.z_blocks[b]).zip(acc) {
+                if u >= c.block_mul(blk) {
+                    continue;
+                }
                 for (k, v) in za.into_iter().enumerate() {
                     let idx = (blk.offset + u * blk.row_len) as usize + k;
                     let slot = z.get_mut(idx).ok_or("z index out of range")?;

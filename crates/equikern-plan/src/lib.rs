@@ -47,9 +47,9 @@
 //! * Channel-fused forward / backward ([`channel`]): `forward_fused` `[X, Y, W] → [Z]` and
 //!   `backward_fused` `[X, Y, W, GZ] → [GX, GY, GW]` (shared weights: `→ [GX, GY]` plus the
 //!   chunk kernels for GW) replace the row kernels when every instruction is `uvu` over one
-//!   channel count (the backward: over `x` blocks of any multiplicities, one channel per
-//!   row of the largest) and the target's workgroup memory fits the `gy` sum / output
-//!   staging ([`LowerOptions`] turns this off).
+//!   channel count (the backward and the convolution forward: over `x` blocks of any
+//!   multiplicities, one channel per row of the largest) and the target's workgroup memory
+//!   fits the `gy` sum / output staging ([`LowerOptions`] turns this off).
 //! * Unweighted products (weight_numel 0) drop every W/HW/GW/DW part.
 //! * Long gathers split (see [`Tensor::Scratch`]): a kernel `<name>_parts` before `<name>`.
 //!

@@ -106,8 +106,8 @@ pub fn lower_conv(
 
 /// [`lower_conv`] with lowering options: `channel_fusion` (default on) lets a deterministic
 /// forward or backward of a product that qualifies for the channel kernel
-/// ([`crate::channel`]: all `uvu`, one multiplicity; the backward: any `x` multiplicities)
-/// run as one channel kernel over the
+/// ([`crate::channel`]: all `uvu`; `x` blocks of any multiplicities, the forward's output
+/// groups one multiplicity each) run as one channel kernel over the
 /// receiver view (forward) or the sender view (backward) ([`crate::ChannelConv`]) instead
 /// of the row kernels; `conv_forward_regs` overrides the forward's output grouping
 /// ([`crate::channel::CONV_FORWARD_REGS`]).

@@ -277,8 +277,10 @@ fn mixed_weighted_and_unweighted_instructions() {
     }
 }
 
-/// Every direction: the backward fused with one invocation per row of the largest block;
-/// the forward and double backward not fused (one multiplicity only).
+/// Every direction of the product (not the convolution): the backward fused with one
+/// invocation per row of the largest block; the forward (staged in workgroup memory) and
+/// the double backward not fused (one multiplicity only; the conv forward is fused, see
+/// `conv_channels.rs`).
 fn check_mixed(tp: &TensorProduct, batch: usize, caps: &Capabilities, what: &str) {
     check_dir(tp, Direction::Backward, batch, caps);
     let plan = lower(tp, Direction::Backward, Dtype::F64, caps).unwrap();

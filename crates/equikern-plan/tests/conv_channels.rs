@@ -62,15 +62,11 @@ fn tps() -> Vec<(&'static str, TensorProduct)> {
         ("per-edge", uvu_channels()),
         ("shared", uvu_channels_shared()),
         ("mixed", uvu_channels_mixed()),
+        // `x` blocks of different multiplicities (guarded rows, groups of their own widths
+        // in the forward).
+        ("multi-mul", uvu_channels_multimul()),
+        ("sevennet-like", uvu_sevennet_like()),
     ]
-}
-
-/// [`tps`] and the products whose `x` blocks have different multiplicities (backward only).
-fn backward_tps() -> Vec<(&'static str, TensorProduct)> {
-    let mut v = tps();
-    v.push(("multi-mul", uvu_channels_multimul()));
-    v.push(("sevennet-like", uvu_sevennet_like()));
-    v
 }
 
 fn inputs(tp: &TensorProduct, g: &Csr, seed: u64) -> BTreeMap<Tensor, Vec<f64>> {
@@ -115,7 +111,7 @@ fn check(plan: &KernelPlan, tp: &TensorProduct, g: &Csr, what: &str) -> BTreeMap
 
 #[test]
 fn qualifying_backward_is_one_channel_kernel() {
-    for (tn, tp) in backward_tps() {
+    for (tn, tp) in tps() {
         let weighted = tp.weight_numel > 0;
         let shared = tp.spec.shared_weights;
         for (mode, opts, table, out) in [
@@ -207,14 +203,35 @@ fn only_what_qualifies_is_fused() {
             assert!(fused(&p).is_none(), "{d:?}");
         }
     }
-    // Mixed multiplicities: the backward only (the forward keeps one multiplicity).
+    // Mixed multiplicities: the backward and the forward (both modes), the largest
+    // multiplicity's channels; the forward's groups each within one multiplicity, as many
+    // lanes as that multiplicity's rows. The double backward stays on row kernels.
     for tp in [uvu_channels_multimul(), uvu_sevennet_like()] {
-        let p = lower_conv(&tp, Direction::Backward, Dtype::F32, &caps64(), DET).unwrap();
-        let c = fused(&p).expect("mixed-multiplicity backward fused");
         let top = tp.spec.irreps_in1.0.iter().map(|m| m.mul).max().unwrap();
-        assert_eq!(c.channels as usize, top);
-        assert!(!c.uniform());
-        let p = lower_conv(&tp, Direction::Forward, Dtype::F32, &caps64(), DET).unwrap();
+        for opts in [DET, PIECES] {
+            for d in [Direction::Backward, Direction::Forward] {
+                let p = lower_conv(&tp, d, Dtype::F32, &caps64(), opts).unwrap();
+                let c = fused(&p).unwrap_or_else(|| panic!("mixed multiplicities {d:?} fused"));
+                assert_eq!(c.channels as usize, top);
+                assert!(!c.uniform());
+                if d == Direction::Forward {
+                    let mut lanes = 0;
+                    for g in c.conv_groups() {
+                        let muls: Vec<u32> =
+                            g.iter().map(|&b| c.block_mul(&c.z_blocks[b])).collect();
+                        assert!(muls.iter().all(|&m| m == muls[0]), "{muls:?}");
+                        assert_eq!(c.group_lanes(&g), muls[0]);
+                        lanes += muls[0];
+                    }
+                    assert_eq!(c.lanes(), lanes);
+                    assert!(
+                        c.lanes() > c.channels,
+                        "one group per multiplicity at least"
+                    );
+                }
+            }
+        }
+        let p = lower_conv(&tp, Direction::DoubleBackward, Dtype::F32, &caps64(), DET).unwrap();
         assert!(fused(&p).is_none());
     }
     // Too little workgroup memory for the `gy` columns.
@@ -236,7 +253,7 @@ fn only_what_qualifies_is_fused() {
 #[test]
 fn fused_backward_matches_the_oracle() {
     for (gn, g) in graphs() {
-        for (tn, tp) in backward_tps() {
+        for (tn, tp) in tps() {
             for (mn, caps, opts) in [
                 ("csr", caps64(), DET),
                 ("csr small grid", small_grid(), DET),
@@ -263,7 +280,7 @@ fn fused_backward_matches_the_oracle() {
 #[test]
 fn fused_is_bit_identical_across_reruns_and_dispatch_splits() {
     let (_, g) = graphs().remove(1);
-    for (tn, tp) in backward_tps() {
+    for (tn, tp) in tps() {
         for opts in [DET, PIECES] {
             let a = lower_conv(&tp, Direction::Backward, Dtype::F64, &caps64(), opts).unwrap();
             let b = lower_conv(&tp, Direction::Backward, Dtype::F64, &small_grid(), opts).unwrap();
@@ -347,6 +364,20 @@ const GROUPINGS: [(&str, Option<u32>); 3] = [
     ("per block", Some(1)),
 ];
 
+/// Whether grouping `regs` of product `tn` fits one workgroup of [`caps64`] (256
+/// invocations): the SevenNet-like product's finer groupings give a unit 960 lanes (one per
+/// output row), more than a workgroup holds, so it is fused at the default grouping only.
+fn grouping_fits(tn: &str, regs: Option<u32>) -> bool {
+    !(tn == "sevennet-like" && regs.is_some())
+}
+
+/// Whether the forward of `tn` lowers on [`small_grid`] in pieces mode: the pieces' `z`
+/// reduction runs one invocation per output element of a node (3 136 for SevenNet-like),
+/// more than a 2×2 grid of 256 holds.
+fn small_grid_pieces_fit(tn: &str, small: bool, opts: ConvOptions) -> bool {
+    !(tn == "sevennet-like" && small && opts.max_piece_edges.is_some())
+}
+
 #[test]
 fn qualifying_forward_is_one_channel_kernel() {
     for (tn, tp) in tps() {
@@ -387,11 +418,24 @@ fn qualifying_forward_is_one_channel_kernel() {
             .unwrap();
             assert!(fused(&rows).is_none());
             // Groups: a partition of the output blocks, one group per block at budget 1.
+            if !grouping_fits(tn, Some(1)) {
+                let p = forward_plan(&tp, &caps64(), opts, Some(1));
+                assert!(
+                    fused(&p).is_none(),
+                    "{tn}: more lanes than a workgroup holds"
+                );
+                continue;
+            }
             let p = forward_plan(&tp, &caps64(), opts, Some(1));
             let c = fused(&p).unwrap();
             let g = &c.conv.as_ref().unwrap().groups;
             assert_eq!(g.len(), c.z_blocks.len(), "{tn}");
-            assert_eq!(c.lanes(), c.channels * g.len() as u32);
+            // One invocation per row: each group (one block) has as many lanes as rows.
+            let rows: u32 = c.z_blocks.iter().map(|b| c.block_mul(b)).sum();
+            assert_eq!(c.lanes(), rows, "{tn}");
+            if c.uniform() {
+                assert_eq!(c.lanes(), c.channels * g.len() as u32);
+            }
             assert!(p.kernels[0].workgroup_size <= caps64().max_invocations_per_workgroup);
         }
     }
@@ -408,6 +452,11 @@ fn fused_forward_matches_the_oracle() {
                 ("pieces small grid", small_grid(), PIECES),
             ] {
                 for (grn, regs) in GROUPINGS {
+                    if !grouping_fits(tn, regs)
+                        || !small_grid_pieces_fit(tn, mn.contains("small"), opts)
+                    {
+                        continue;
+                    }
                     let what = format!("{gn} {tn} {mn} {grn}");
                     let plan = forward_plan(&tp, &caps, opts, regs);
                     let c = fused(&plan).unwrap_or_else(|| panic!("{what}: not fused"));
@@ -439,6 +488,9 @@ fn fused_forward_is_bit_identical_across_reruns_dispatch_splits_and_groupings() 
             assert!(ra == check(&a, &tp, &g, tn), "{tn}: rerun differs");
             // Neither the dispatch split nor the grouping changes any sum's order.
             for (grn, regs) in GROUPINGS {
+                if !grouping_fits(tn, regs) || !small_grid_pieces_fit(tn, true, opts) {
+                    continue;
+                }
                 let b = forward_plan(&tp, &small_grid(), opts, regs);
                 assert!(ra == check(&b, &tp, &g, tn), "{tn} {grn}: results differ");
             }
@@ -517,7 +569,7 @@ fn suite_forward_fuses_with_groups() {
         let widths: Vec<u32> = c
             .conv_groups()
             .into_iter()
-            .map(|r| c.z_blocks[r].iter().map(|b| b.row_len).sum())
+            .map(|r| r.iter().map(|&b| c.z_blocks[b].row_len).sum())
             .collect();
         println!("{label}: M {} groups {widths:?}", c.channels);
         match label.as_str() {
@@ -536,19 +588,36 @@ fn suite_forward_fuses_with_groups() {
 /// gathers, `y`, `w`; broadcasts counted per thread), the bytes that must come from L2/DRAM
 /// at least (x row once per edge, y, w, z amortised over `deg` edges per node), and FLOPs
 /// (`coeff·x·y` + add per term, `w·zv` + add per output element, per channel and `v`).
+/// Also SevenNet-0's conv (`benches/sevennet_suite.json`, mixed multiplicities: per-group
+/// lanes, per-path rows) at the Si diamond 16³ degree (917 504 edges / 32 768 atoms).
 /// `cargo test --release -p equikern-plan --test conv_channels forward_cost -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn forward_cost_per_edge() {
-    let suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
-    let deg = 145_982.0 / 3_341.0; // protein 4AKE, 5 Å
+    let mut suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
+    suite.extend(
+        equikern_core::spec::load_suite(include_str!("../../../benches/sevennet_suite.json"))
+            .unwrap(),
+    );
     println!(
         "| problem | M | groups (floats/ch) | fused: lanes, idx/x/y/w B requested, total KB | rows: lanes, idx/x/y/w B requested, total KB | min B (x+y+w+z/deg) | FLOPs |"
     );
     for (label, spec) in suite {
-        if !["nequip-water", "nequip-lips", "mace-medium"].contains(&label.as_str()) {
+        if ![
+            "nequip-water",
+            "nequip-lips",
+            "mace-medium",
+            "sevennet-0-conv",
+        ]
+        .contains(&label.as_str())
+        {
             continue;
         }
+        let deg = if label.starts_with("sevennet") {
+            917_504.0 / 32_768.0 // Si diamond 16³: 28 edges per atom
+        } else {
+            145_982.0 / 3_341.0 // protein 4AKE, 5 Å
+        };
         let tp = spec.build().unwrap();
         let plan = lower_conv(
             &tp,
@@ -559,15 +628,15 @@ fn forward_cost_per_edge() {
         )
         .unwrap();
         let c = fused(&plan).unwrap();
-        let m = c.channels as f64;
         let groups = c.conv_groups();
         let widths: Vec<u32> = groups
             .iter()
-            .map(|r| c.z_blocks[r.clone()].iter().map(|b| b.row_len).sum())
+            .map(|r| r.iter().map(|&b| c.z_blocks[b].row_len).sum())
             .collect();
         // fused, per edge, summed over lanes
         let (mut fi, mut fx, mut fy, mut fw) = (0.0, 0.0, 0.0, 0.0);
         for r in &groups {
+            let m = c.group_lanes(r) as f64;
             let ps: Vec<_> = c
                 .paths
                 .iter()
@@ -601,7 +670,8 @@ fn forward_cost_per_edge() {
         }
         // rows: one lane per (output block, channel); per edge its paths' operand rows
         let (mut ri, mut rx, mut ry, mut rw, mut rl) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for (b, _) in c.z_blocks.iter().enumerate() {
+        for (b, blk) in c.z_blocks.iter().enumerate() {
+            let m = c.block_mul(blk) as f64;
             rl += m;
             ri += m * 8.0;
             for p in c.paths.iter().filter(|p| p.z_block as usize == b) {
@@ -613,7 +683,11 @@ fn forward_cost_per_edge() {
         let flops: f64 = c
             .paths
             .iter()
-            .map(|p| m * p.y_mul as f64 * (3.0 * p.terms.len() as f64 + 2.0 * p.z_len as f64))
+            .map(|p| {
+                c.path_mul(p) as f64
+                    * p.y_mul as f64
+                    * (3.0 * p.terms.len() as f64 + 2.0 * p.z_len as f64)
+            })
             .sum();
         let min = 4.0 * (tp.dim_in1 + tp.dim_in2 + tp.weight_numel) as f64
             + 4.0 * tp.dim_out as f64 / deg;
@@ -633,12 +707,13 @@ fn forward_cost_per_edge() {
     }
 }
 
-/// `benches/sevennet_suite.json` (the bench problem for the mixed-multiplicity backward):
-/// it builds, its backward is one channel kernel of 128 channels with guarded rows (CSR and
-/// pieces, f32 on the H100's limits), its forward is not fused, and the backward matches
+/// `benches/sevennet_suite.json` (the bench problem for the mixed-multiplicity channel
+/// kernels): it builds; its backward is one channel kernel of 128 channels with guarded rows
+/// and its forward one channel kernel of 128 channels whose groups are the 128-, 64- and
+/// 32-row blocks (224 lanes per node; CSR and pieces, f32 on the H100's limits); both match
 /// the oracle on a skewed graph.
 #[test]
-fn sevennet_suite_backward_is_fused() {
+fn sevennet_suite_is_fused() {
     let suite =
         equikern_core::spec::load_suite(include_str!("../../../benches/sevennet_suite.json"))
             .unwrap();
@@ -653,9 +728,120 @@ fn sevennet_suite_backward_is_fused() {
         assert_eq!(c.channels, 128);
         assert!(!c.uniform());
         let p = lower_conv(tp, Direction::Forward, Dtype::F32, &h100, opts).unwrap();
-        assert!(fused(&p).is_none());
+        let c = fused(&p).expect("fused forward");
+        assert_eq!(c.channels, 128);
+        assert!(!c.uniform());
+        let lanes: Vec<u32> = c.conv_groups().iter().map(|g| c.group_lanes(g)).collect();
+        assert_eq!(lanes, [128, 64, 32], "{p}");
+        assert_eq!(p.kernels[0].workgroup_size, 224);
     }
     let (_, g) = graphs().remove(1);
-    let plan = lower_conv(tp, Direction::Backward, Dtype::F64, &caps64(), DET).unwrap();
-    check(&plan, tp, &g, label);
+    for d in [Direction::Backward, Direction::Forward] {
+        for opts in [DET, PIECES] {
+            let plan = lower_conv(tp, d, Dtype::F64, &caps64(), opts).unwrap();
+            assert!(fused(&plan).is_some(), "{d:?}");
+            check(&plan, tp, &g, &format!("{label} {d:?}"));
+        }
+    }
+}
+
+/// Random `uvu` convolutions over `x` blocks of random multiplicities (largest ≥ 8),
+/// random `y` multiplicities, a random subset of paths (some output blocks then unwritten:
+/// zeros), some unweighted, per-edge or shared weights: the forward is one channel kernel
+/// of the largest multiplicity's channels, every group within one multiplicity, and
+/// matches the oracle (CSR and pieces, default and finer groupings where they fit, a small
+/// grid); the backward too.
+#[test]
+fn mixed_multiplicities_random_forward() {
+    use equikern_core::spec::builders::channelwise;
+    use rand::Rng;
+    let irs = ["0e", "1o", "1e", "2e", "2o"];
+    let (_, g) = graphs().remove(1);
+    let mut ran = 0;
+    for seed in 0..10u64 {
+        let mut r = rng(100 + seed);
+        let n1 = r.random_range(2..5usize);
+        let mut muls: Vec<usize> = (0..n1).map(|_| r.random_range(1..17usize)).collect();
+        muls[r.random_range(0..n1)] = r.random_range(8..20usize);
+        if muls.iter().all(|&m| m == muls[0]) {
+            muls[0] += 1;
+        }
+        let in1: Vec<String> = muls
+            .iter()
+            .map(|m| format!("{m}x{}", irs[r.random_range(0..irs.len())]))
+            .collect();
+        let in2: Vec<String> = (0..r.random_range(1..4usize))
+            .map(|_| format!("{}x{}", r.random_range(1..3), irs[r.random_range(0..3)]))
+            .collect();
+        let mut spec = channelwise(
+            &irreps(&in1.join("+")),
+            &irreps(&in2.join("+")),
+            &irreps("0e+0o+1o+1e+2e+2o"),
+            false,
+        );
+        let keep: Vec<bool> = (0..spec.instructions.len())
+            .map(|_| r.random_range(0..4) != 0)
+            .collect();
+        let mut k = keep.iter();
+        spec.instructions.retain(|_| *k.next().unwrap());
+        if spec.instructions.is_empty() {
+            continue;
+        }
+        for i in &mut spec.instructions {
+            i.has_weight = r.random_range(0..3) != 0;
+        }
+        spec.shared_weights = r.random_range(0..3) == 0;
+        let what = format!("seed {seed}: {} ⊗ {}", in1.join("+"), in2.join("+"));
+        let tp = spec.build().unwrap();
+        let top = tp.spec.irreps_in1.0.iter().map(|m| m.mul).max().unwrap();
+        let mut mixed = false;
+        for (mn, caps, opts) in [
+            ("csr", caps64(), DET),
+            ("pieces", caps64(), PIECES),
+            ("csr small grid", small_grid(), DET),
+        ] {
+            for (grn, regs) in GROUPINGS {
+                let w = format!("{what} {mn} {grn}");
+                let lopts = LowerOptions {
+                    conv_forward_regs: regs,
+                    ..Default::default()
+                };
+                let plan = match lower_conv_with(
+                    &tp,
+                    Direction::Forward,
+                    Dtype::F64,
+                    &caps,
+                    opts,
+                    lopts,
+                ) {
+                    Ok(p) => p,
+                    // The row kernels of a wide product may not fit a 2×2 grid.
+                    Err(e) if mn.contains("small") && regs.is_some() => {
+                        println!("{w}: {e}");
+                        continue;
+                    }
+                    Err(e) => panic!("{w}: {e}"),
+                };
+                let Some(c) = fused(&plan) else {
+                    // Only a grouping whose lanes outgrow the workgroup may fall back.
+                    assert!(regs.is_some(), "{w}: not fused\n{plan}");
+                    continue;
+                };
+                assert_eq!(c.channels as usize, top, "{w}");
+                mixed |= !c.uniform();
+                for grp in c.conv_groups() {
+                    let l = c.group_lanes(&grp);
+                    assert!(
+                        grp.iter().all(|&b| c.block_mul(&c.z_blocks[b]) == l),
+                        "{w}: a group spans multiplicities"
+                    );
+                }
+                check(&plan, &tp, &g, &w);
+            }
+            let plan = lower_conv(&tp, Direction::Backward, Dtype::F64, &caps, opts).unwrap();
+            check(&plan, &tp, &g, &format!("{what} {mn} backward"));
+        }
+        ran += mixed as usize;
+    }
+    assert!(ran >= 4, "only {ran} mixed random products ran");
 }

@@ -117,6 +117,9 @@ fn conv_matches_the_oracle_on_the_device() {
         ("uvu per-edge", uvu_per_edge()),
         ("uvw shared", uvw_shared()),
         ("uvu unweighted", uvu_unweighted()),
+        // `x` blocks of different multiplicities: the channel-fused forward (groups of 16,
+        // 12 and 8 lanes) and backward (guarded rows) where the caps allow them.
+        ("uvu multi-mul 16/8/12", uvu_channels_multimul()),
     ];
     let mut worst = [0f64; 3];
     for (gn, g) in graphs() {

@@ -84,7 +84,8 @@ fn channels_spec() -> equikern_core::TpSpec {
 /// A channel-fused backward product with `x` blocks of different multiplicities (16, 8, 12:
 /// 16 channels, guarded rows in the 8- and 12-row blocks), a mul-2 `y` block and several
 /// paths into blocks of one irrep but different multiplicities; the first third of the paths
-/// unweighted. The forward stays on row kernels (one multiplicity only).
+/// unweighted. The product's forward stays on row kernels (one multiplicity only); the
+/// convolution forward is fused (groups of 16, 12 and 8 lanes).
 pub fn uvu_channels_multimul() -> TensorProduct {
     let mut s = channelwise(
         &irreps("16x0e+8x1o+12x2e"),

@@ -14,14 +14,19 @@ pub struct Mem {
     pub transfer_ns: AtomicU64,
     pub up: AtomicU64,
     pub down: AtomicU64,
+    /// Allocations and frees so far: a buffer that may have moved changes it (the key of a
+    /// recorded step includes it).
+    pub generation: AtomicU64,
 }
 
 impl Mem {
     pub fn alloc(&self, bytes: u64, extra: u64) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         let now = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak.fetch_max(now + extra, Ordering::Relaxed);
     }
     pub fn free(&self, bytes: u64) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.live.fetch_sub(bytes, Ordering::Relaxed);
     }
     pub fn bump(&self, extra: u64) {

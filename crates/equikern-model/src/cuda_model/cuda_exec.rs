@@ -9,7 +9,7 @@ use super::launch_cfg;
 use super::tables::model_kernel_source;
 use crate::error::{ModelError, Result};
 use crate::sevennet::SevenNet;
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, PushKernelArg};
 use equikern::plan::{Direction, Tensor};
 use equikern::{ConvGraph, ConvOp, Device};
 use equikern_core::conv::{Csr, End};
@@ -31,6 +31,10 @@ pub struct CudaExec<T> {
     /// for and its host wall time summed by name (count, seconds); printed when dropped.
     /// For finding the slow part of a step, never for timing one.
     profile: Option<Mutex<std::collections::BTreeMap<String, (u64, f64)>>>,
+    /// Grow-only CSR tables for graphs built on the device (`graph_on_device`).
+    csr_pool: Mutex<Option<equikern::cuda_runtime::CsrPool>>,
+    /// The recorded step (`run_step`).
+    recorded: Mutex<StepRecording>,
     _t: PhantomData<T>,
 }
 
@@ -79,6 +83,14 @@ pub struct CudaGraphTables {
     conv: ConvGraph,
     recv: Arc<CudaSlice<u32>>,
     send: Arc<CudaSlice<u32>>,
+    key: u64,
+}
+
+impl CudaGraphTables {
+    /// Names the tables' device addresses and lengths (equal keys: the same buffers).
+    pub fn table_key(&self) -> u64 {
+        self.key
+    }
 }
 
 impl<T: DevReal> CudaExec<T> {
@@ -121,8 +133,27 @@ impl<T: DevReal> CudaExec<T> {
             stream,
             funcs,
             ops,
+            csr_pool: Mutex::new(None),
+            recorded: Mutex::new(StepRecording {
+                off: std::env::var(GRAPH_ENV).is_ok_and(|v| v.trim() == "0"),
+                ..Default::default()
+            }),
             _t: PhantomData,
         })
+    }
+
+    /// Whether steps may be recorded as CUDA graphs and replayed (default: on unless
+    /// `EQUIKERN_MODEL_CUDA_GRAPH=0`; a capture the driver refuses turns it off).
+    pub fn set_recording(&self, on: bool) {
+        let mut st = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        st.off = !on;
+        st.graph = None;
+        st.last = None;
+    }
+
+    /// Steps run from a recorded CUDA graph so far.
+    pub fn replays(&self) -> u64 {
+        self.recorded.lock().map(|s| s.replays).unwrap_or(0)
     }
 
     /// The layers' convolutions (their plans are built on first use, then reused).
@@ -141,8 +172,11 @@ impl<T: DevReal> CudaExec<T> {
     }
 }
 
+/// Environment variable: `0` turns off recording steps as CUDA graphs (`run_step`).
+pub const GRAPH_ENV: &str = "EQUIKERN_MODEL_CUDA_GRAPH";
+
 /// Edges from which a structure's CSR views are built on the device (see `graph`).
-pub const DEVICE_CSR_MIN_EDGES: usize = 262_144;
+pub const DEVICE_CSR_MIN_EDGES: usize = 16_384;
 
 impl<T: DevReal> CudaExec<T> {
     /// The CSR views built on the host and uploaded (small graphs).
@@ -172,11 +206,128 @@ impl<T: DevReal> CudaExec<T> {
             }
             named.push((t, Arc::new(b)));
         }
-        let (recv, send) = (named[0].1.clone(), named[1].1.clone());
         // SAFETY: the tables were just filled with exactly csr's views and are never written.
         let conv = unsafe { ConvGraph::from_csr_with_cuda_tables(&self.device, csr, named) }
             .map_err(err)?;
-        Ok(CudaGraphTables { conv, recv, send })
+        self.tables_of(conv)
+    }
+}
+
+impl<T: DevReal> CudaExec<T> {
+    /// Both CSR views of a graph whose `edges` receiver/sender indices are on the device
+    /// already (`CudaNeighbourList`'s): copied into the exec's grow-only table pool, then
+    /// sorted there; nothing crosses to the host but the builder's error word. The tables
+    /// keep their addresses from one structure to the next while they fit (no allocation
+    /// per step).
+    pub fn graph_on_device(
+        &self,
+        n: usize,
+        edges: usize,
+        receiver: Option<CudaView<'_, u32>>,
+        sender: Option<CudaView<'_, u32>>,
+    ) -> Result<CudaGraphTables> {
+        let (Some(r), Some(s)) = (receiver, sender) else {
+            if edges > 0 {
+                return Err(err(format!("graph: {edges} edges but no index buffers")));
+            }
+            return self.graph_from_host(n, &[], &[]);
+        };
+        if r.len() != edges || s.len() != edges {
+            return Err(err(format!(
+                "graph: {edges} edges, {} receivers, {} senders",
+                r.len(),
+                s.len()
+            )));
+        }
+        let int = |v: usize, what: &str| {
+            u32::try_from(v).map_err(|_| err(format!("graph: {v} {what} exceed u32")))
+        };
+        let mut pool = self.csr_pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.is_none() {
+            let dev = self
+                .device
+                .cuda_device()
+                .ok_or_else(|| err("graph: not a CUDA device"))?;
+            *pool = Some(equikern::cuda_runtime::CsrPool::new(dev).map_err(err)?);
+        }
+        let conv = ConvGraph::from_cuda_pool(
+            &self.device,
+            pool.as_mut().expect("made above"),
+            int(n, "atoms")?,
+            int(edges, "edges")?,
+            &r,
+            &s,
+        )
+        .map_err(err)?;
+        self.tables_of(conv)
+    }
+
+    fn tables_of(&self, conv: ConvGraph) -> Result<CudaGraphTables> {
+        let table = |t: Tensor| {
+            conv.cuda_table(t)
+                .ok_or_else(|| err(format!("graph: no device table {t:?}")))
+        };
+        let (recv, send) = (table(Tensor::RecvCsr)?, table(Tensor::SendCsr)?);
+        // The tables' addresses and lengths, for the key of a recorded step.
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for t in [
+                Tensor::RecvCsr,
+                Tensor::SendCsr,
+                Tensor::Receiver,
+                Tensor::Sender,
+            ] {
+                if let Some(b) = conv.cuda_table(t) {
+                    let (p, _sync) = b.device_ptr(&self.stream);
+                    (p, b.len()).hash(&mut h);
+                }
+            }
+            (conv.nodes(), conv.edges()).hash(&mut h);
+            h.finish()
+        };
+        Ok(CudaGraphTables {
+            conv,
+            recv,
+            send,
+            key,
+        })
+    }
+
+    /// The exec's stream (kernels, products and copies are ordered on it).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// `dst[..src.len()] = src`, device to device.
+    pub fn copy_view<E: Pod>(&self, src: &CudaView<'_, E>, dst: &mut CudaSlice<E>) -> Result<()> {
+        if dst.len() < src.len() {
+            return Err(err(format!(
+                "copy of {} elements into a buffer of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        let len = src.len();
+        self.stream
+            .memcpy_dtod(src, &mut dst.slice_mut(0..len))
+            .map_err(drv)
+    }
+
+    fn graph_from_slices(
+        &self,
+        n: usize,
+        edges: usize,
+        r: CudaSlice<u32>,
+        s: CudaSlice<u32>,
+    ) -> Result<CudaGraphTables> {
+        let int = |v: usize, what: &str| {
+            u32::try_from(v).map_err(|_| err(format!("graph: {v} {what} exceed u32")))
+        };
+        let conv =
+            ConvGraph::from_cuda_slices(&self.device, int(n, "atoms")?, int(edges, "edges")?, r, s)
+                .map_err(err)?;
+        self.tables_of(conv)
     }
 }
 
@@ -228,11 +379,12 @@ impl<T: DevReal> Memory for CudaExec<T> {
     }
 
     fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<CudaGraphTables> {
-        // Large graphs: both CSR views sorted and packed on the device (the same tables as
-        // the host builder's; the indices go up once, 8 B per edge; an index ≥ n is an error
-        // naming it before any convolution runs). Measured on the H100 (graph phase of a
-        // step): 917 504 edges 29.6 ms host → 16.2 ms device; 114 688 edges 2.9 ms host,
-        // 3.75 ms device (the device sort's fixed cost of ~400 launches).
+        // Both CSR views sorted and packed on the device (the same tables as the host
+        // builder's; the indices go up once, 8 B per edge; an index ≥ n is an error naming it
+        // before any convolution runs). Measured on the H100 (graph phase of a step), with
+        // the bitonic sort (~400 launches): 917 504 edges 29.6 ms host → 16.2 ms device,
+        // 114 688 edges 2.9 ms host, 3.75 ms device; the counting sort (~16 launches) is
+        // used for neighbour lists now (degrees ≤ 256). Tiny graphs stay on the host.
         if receiver.len() < DEVICE_CSR_MIN_EDGES {
             return self.graph_from_host(n, receiver, sender);
         }
@@ -255,24 +407,7 @@ impl<T: DevReal> Memory for CudaExec<T> {
             }
             Ok(b)
         };
-        let (r, s) = (up(receiver)?, up(sender)?);
-        let int = |v: usize, what: &str| {
-            u32::try_from(v).map_err(|_| err(format!("graph: {v} {what} exceed u32")))
-        };
-        let conv = ConvGraph::from_cuda_slices(
-            &self.device,
-            int(n, "atoms")?,
-            int(receiver.len(), "edges")?,
-            r,
-            s,
-        )
-        .map_err(err)?;
-        let table = |t: Tensor| {
-            conv.cuda_table(t)
-                .ok_or_else(|| err(format!("graph: no device table {t:?}")))
-        };
-        let (recv, send) = (table(Tensor::RecvCsr)?, table(Tensor::SendCsr)?);
-        Ok(CudaGraphTables { conv, recv, send })
+        self.graph_from_slices(n, receiver.len(), up(receiver)?, up(sender)?)
     }
 
     fn graph_views(g: &CudaGraphTables) -> (&CudaSlice<u32>, &CudaSlice<u32>) {
@@ -408,6 +543,84 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
     fn gemm_name(&self) -> &'static str {
         self.gemm.name()
     }
+
+    /// The first step of a key runs as launched; the second is captured into a CUDA graph
+    /// and replayed, and so is every later step of that key (one graph launch instead of a
+    /// few hundred launches whose host-side cost left the GPU idle between small kernels).
+    /// A capture the driver refuses turns recording off for this exec (steps run as
+    /// launched, and say so once on stderr).
+    fn run_step(&self, key: Option<u64>, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let Some(key) = key else { return f() };
+        if self.profile.is_some() {
+            return f();
+        }
+        let mut st = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        if st.off {
+            return f();
+        }
+        if let Some((k, g)) = &st.graph {
+            if *k == key {
+                g.0.launch().map_err(drv)?;
+                st.replays += 1;
+                return Ok(());
+            }
+        }
+        if st.last != Some(key) {
+            st.last = Some(key);
+            st.graph = None;
+            return f();
+        }
+        st.graph = None;
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        if let Err(e) = self
+            .stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        {
+            eprintln!("equikern: CUDA graph capture refused ({e}); steps run as launched");
+            st.off = true;
+            return f();
+        }
+        let r = f();
+        let g = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        match (r, g) {
+            (Ok(()), Ok(Some(g))) => {
+                g.launch().map_err(drv)?;
+                st.graph = Some((key, Recorded(g)));
+                st.replays += 1;
+                Ok(())
+            }
+            (r, g) => {
+                let why = match (&r, &g) {
+                    (Err(e), _) => e.to_string(),
+                    (_, Err(e)) => e.to_string(),
+                    _ => "no graph".into(),
+                };
+                eprintln!("equikern: CUDA graph capture refused ({why}); steps run as launched");
+                st.off = true;
+                f()
+            }
+        }
+    }
+}
+
+/// A captured step (`cudarc`'s graph holds raw driver handles; the exec's mutex serialises
+/// every use, as the driver requires).
+struct Recorded(cudarc::driver::CudaGraph);
+
+// SAFETY: only used under `CudaExec::recorded`'s mutex (graph objects must not be used from
+// two threads at once; moving between threads is allowed).
+unsafe impl Send for Recorded {}
+
+/// The recorded-step state of an exec.
+#[derive(Default)]
+struct StepRecording {
+    /// The key of the last step run as launched.
+    last: Option<u64>,
+    graph: Option<(u64, Recorded)>,
+    /// Recording refused by the driver, or turned off (`EQUIKERN_MODEL_CUDA_GRAPH=0`).
+    off: bool,
+    /// Steps run from a recording.
+    replays: u64,
 }
 
 impl<T: DevReal> CudaExec<T> {

@@ -32,8 +32,9 @@ use super::tables::{
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
 use crate::graph::{Graph, Structure};
+use crate::neighbours_cuda::CudaNeighbourList;
 use crate::nn::{Cutoff, Linear};
-use crate::sevennet::{check_overlap, edge_lists, Prediction, SevenNet, StepProfile};
+use crate::sevennet::{check_overlap, edge_lists, Prediction, SevenNet, StepProfile, MIN_DISTANCE};
 use equikern::plan::{Direction, Tensor};
 use equikern::{ConvOp, Device};
 use std::sync::atomic::Ordering;
@@ -55,6 +56,22 @@ pub const DEFAULT_KEEP_W_BYTES: u64 = 8 << 30;
 
 /// Partial sums of the virial's first pass.
 const VIRIAL_PARTS: usize = 1024;
+
+/// Result values after the atoms' energies and forces: the virial (9) and the smallest
+/// squared edge length (the overlap check, `ek_virial_final`).
+const RESULT_TAIL: usize = 10;
+
+/// The error for an edge shorter than [`MIN_DISTANCE`] that the host's check did not name
+/// (`check_overlap` names the atoms; this only when the device's rounding differs).
+fn overlap(min_r2: f64) -> ModelError {
+    ModelError::input(
+        "positions",
+        format!(
+            "overlapping atoms: two are {:.3e} Å apart (< {MIN_DISTANCE} Å)",
+            min_r2.sqrt()
+        ),
+    )
+}
 
 /// A Linear on the device: table, coefficients, weights (`W` or per-path `Wᵀ`).
 struct DevLinear<T: Pod, D: Memory> {
@@ -186,13 +203,15 @@ fn err(e: impl std::fmt::Display) -> ModelError {
     ModelError::backend("cuda", e)
 }
 
-/// Whether the radial MLP's last product runs as 3xTF32 on tensor cores: f32 only, off by
-/// default, `EQUIKERN_MODEL_TF32X3=1` turns it on. Measured on the H100 (session 5): Si 32 768
-/// atoms 232.2 → 220.3 ms per step, 4 096 atoms 31.9 → 29.7 ms, but forces/stress drift 2–3×
-/// further from the f64 model (stress 1.1e-5 relative on a triclinic cell; vs sevenn's f64
-/// forces 1.9e-5 eV/Å instead of 6–8e-6): not worth it as the default.
+/// The radial MLP's last product as 3xTF32 on tensor cores: on for f32 unless
+/// `EQUIKERN_MODEL_TF32X3=0`. Measured on the H100 against sevenn float64 (the 12 reference
+/// structures): worst force error 1.93e-5 eV/Å vs 4.87e-6 with plain FP32 products (the
+/// acceptance bound is 2e-4), for 11 ms less per step at 32,768 Si atoms (97.3 → 86.2 ms);
+/// session 5 saw stress 1.1e-5 relative to the f64 model on a triclinic cell (2–3× the
+/// plain products' distance) and kept it off; the speed won (every error stays ≥ 10× inside
+/// its bound), and the switch stays for bitwise-FP32 users.
 fn tf32x3_enabled<T: DevReal>() -> bool {
-    T::NAME == "f32" && std::env::var("EQUIKERN_MODEL_TF32X3").as_deref() == Ok("1")
+    T::NAME == "f32" && std::env::var("EQUIKERN_MODEL_TF32X3").as_deref() != Ok("0")
 }
 
 /// [`MLP_ENV`]: `(fused, two-pass backward)`.
@@ -529,8 +548,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         self.keep_w_bytes = bytes;
     }
 
-    /// Runs the radial MLP's last product as 3xTF32 on tensor cores (f32 only; default from
-    /// `EQUIKERN_MODEL_TF32X3=1`, else off).
+    /// Runs the radial MLP's last product as 3xTF32 on tensor cores (f32 only; default on,
+    /// `EQUIKERN_MODEL_TF32X3=0` turns it off).
     pub fn set_tf32x3(&mut self, on: bool) {
         self.tf32x3 = on && T::NAME == "f32";
     }
@@ -594,52 +613,89 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     }
 
     /// The model-only part of a step, for the radius graph `g` of `s`. Profile: `graph_s` =
-    /// checks, CSR views on the host and their upload into the reused index tables,
-    /// `transfer_s` = the edge vectors' and species' upload, `conv_s` = the whole device
-    /// step (launch to results on the host, the one download included).
+    /// checks, CSR views (built on the device from the uploaded indices, or on the host for
+    /// tiny graphs), `transfer_s` = the edge vectors' and species' upload, `conv_s` = the
+    /// whole device step (launch to results on the host, the one download included).
     pub fn evaluate_graph(&self, s: &Structure, g: &Graph) -> Result<(Prediction, StepProfile)> {
         let t0 = Instant::now();
         s.validate()?;
         let types = self.model.types_of(&s.numbers)?;
-        check_overlap(g)?;
         let n = s.positions.len();
         let ne = g.len();
         let (receiver, sender) = edge_lists(n, &g.src, &g.dst)?;
-        let idx: Vec<u32> = types.iter().map(|&t| t as u32).collect();
         let vec: Vec<f64> = g.vec.iter().flatten().copied().collect();
         let mut ws = self.lock();
-        // The graph: CSR views built on the host, uploaded into reused device tables.
         let cg = self.d.graph(n, &receiver, &sender)?;
         let graph_s = t0.elapsed().as_secs_f64();
-
         self.ensure(&mut ws, n, ne)?;
         let t_up = Instant::now();
         self.d.upload(&vec, &mut ws.vec.s)?;
-        self.d.upload(&idx, &mut ws.idx.s)?;
         let up_s = t_up.elapsed().as_secs_f64();
-        self.mem.up.fetch_add(
-            (vec.len() * 8 + idx.len() * 4 + (4 * n + 2 + 6 * ne) * 4) as u64,
-            Ordering::Relaxed,
-        );
-        let t_dev = Instant::now();
-        self.step(&mut ws, &cg, n, ne)?;
-        // The one synchronisation: results back.
-        let res = self.d.download(&ws.result.s, 4 * n + 9)?;
-        let dev_s = t_dev.elapsed().as_secs_f64();
-        drop(ws);
         self.mem
-            .down
-            .fetch_add(((4 * n + 9) * 8) as u64, Ordering::Relaxed);
+            .up
+            .fetch_add((vec.len() * 8 + 8 * ne) as u64, Ordering::Relaxed);
+        let (p, prof, min_r2) =
+            self.run_step(&mut ws, s, &types, &cg, ne, None, t0, graph_s, up_s)?;
+        drop(ws);
+        if min_r2 < MIN_DISTANCE * MIN_DISTANCE {
+            check_overlap(g)?;
+            return Err(overlap(min_r2));
+        }
+        Ok((p, prof))
+    }
+
+    /// Uploads the species, runs the step on the workspace's edge vectors and `cg`, and
+    /// brings back the prediction and the smallest squared edge length (`f64::MAX`-like
+    /// without edges) for the caller's overlap check.
+    #[allow(clippy::too_many_arguments)]
+    fn run_step(
+        &self,
+        ws: &mut Workspace<T, D>,
+        s: &Structure,
+        types: &[usize],
+        cg: &D::Graph,
+        ne: usize,
+        graph_key: Option<u64>,
+        t0: Instant,
+        graph_s: f64,
+        mut up_s: f64,
+    ) -> Result<(Prediction, StepProfile, f64)> {
+        let n = s.positions.len();
+        let idx: Vec<u32> = types.iter().map(|&t| t as u32).collect();
+        let t_up = Instant::now();
+        self.d.upload(&idx, &mut ws.idx.s)?;
+        up_s += t_up.elapsed().as_secs_f64();
+        self.mem
+            .up
+            .fetch_add((idx.len() * 4) as u64, Ordering::Relaxed);
+        let t_dev = Instant::now();
+        // Everything the step's launches depend on besides the graph's tables: sizes, the
+        // memory policy, the radial MLP's path, and whether any workspace buffer moved.
+        let key = graph_key.map(|g| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (g, n, ne, ws.keep, self.tf32x3).hash(&mut h);
+            (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
+            self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
+            h.finish()
+        });
+        self.d.run_step(key, &mut || self.step(ws, cg, n, ne))?;
+        // The one synchronisation: results back.
+        let len = 4 * n + RESULT_TAIL;
+        let res = self.d.download(&ws.result.s, len)?;
+        let dev_s = t_dev.elapsed().as_secs_f64();
+        self.mem.down.fetch_add((len * 8) as u64, Ordering::Relaxed);
         self.mem
             .transfer_ns
             .fetch_add((up_s * 1e9) as u64, Ordering::Relaxed);
-        self.mem.bump(D::graph_bytes(&cg));
+        self.mem.bump(D::graph_bytes(cg));
         let atomic = res[..n].to_vec();
         let forces: Vec<[f64; 3]> = (0..n)
             .map(|a| [res[n + 3 * a], res[n + 3 * a + 1], res[n + 3 * a + 2]])
             .collect();
         let v = &res[4 * n..];
         let virial = [[v[0], v[1], v[2]], [v[3], v[4], v[5]], [v[6], v[7], v[8]]];
+        let min_r2 = if ne > 0 { v[9] } else { f64::INFINITY };
         let p = Prediction::assemble(s, atomic, forces, virial, ne);
         let prof = StepProfile {
             neighbour_list_s: 0.0,
@@ -652,7 +708,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             atoms: n,
             edges: ne,
         };
-        Ok((p, prof))
+        Ok((p, prof, min_r2))
     }
 
     /// Sizes every workspace buffer for `n` atoms and `ne` edges (grow-only; decides whether
@@ -662,13 +718,19 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let m = &self.model;
         let nb = m.bessel.coeffs.len();
         let p = &self.params;
+        // Node rows: the convolution's output and its gradient (`agg`, `g_agg`) are the
+        // wide ones (7net-0: 3,136 values per atom); every other node tensor holds a layer's
+        // features (≤ 480), so it gets only that.
         let mut node_max = p.embed.dim_out.max(p.readout_hidden.dim_in);
+        let mut conv_max = 0;
         for l in &p.layers {
             node_max = node_max
                 .max(l.sc.dim_in)
                 .max(l.sc.dim_out)
-                .max(l.dmid)
-                .max(l.d1);
+                .max(l.d1)
+                .max(l.gate.t.din as usize)
+                .max(l.gate.t.dout as usize);
+            conv_max = conv_max.max(l.dmid);
         }
         ws.vec.ensure(d, 3 * ne)?;
         ws.idx.ensure(d, n)?;
@@ -678,14 +740,15 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         for b in [
             &mut ws.x,
             &mut ws.sc,
-            &mut ws.agg,
             &mut ws.gx,
             &mut ws.gy,
-            &mut ws.g_agg,
             &mut ws.gxc,
             &mut ws.tmp,
         ] {
             b.ensure(d, n * node_max)?;
+        }
+        for b in [&mut ws.agg, &mut ws.g_agg] {
+            b.ensure(d, n * node_max.max(conv_max))?;
         }
         // Per-layer radial-MLP tensors kept for the backward if they fit the budget.
         let es = std::mem::size_of::<T>() as u64;
@@ -748,8 +811,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         ws.g_sh.ensure(d, ne * self.sh_dim)?;
         ws.g_emb.ensure(d, ne * nb)?;
         ws.fe.ensure(d, 3 * ne)?;
-        ws.vpart.ensure(d, VIRIAL_PARTS * 9)?;
-        ws.result.ensure(d, 4 * n + 9)?;
+        ws.vpart.ensure(d, VIRIAL_PARTS * RESULT_TAIL)?;
+        ws.result.ensure(d, 4 * n + RESULT_TAIL)?;
         Ok(())
     }
 
@@ -1210,7 +1273,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let parts = VIRIAL_PARTS as u64;
         d.launch(
             Kern::VirialPartial,
-            parts * 9,
+            parts * RESULT_TAIL as u64,
             &[
                 Arg::U64(ne64),
                 Arg::U64(parts),
@@ -1221,7 +1284,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         )?;
         d.launch(
             Kern::VirialFinal,
-            9,
+            RESULT_TAIL as u64,
             &[
                 Arg::U64(parts),
                 Arg::F64s(&ws.vpart.s, 0),
@@ -1278,5 +1341,55 @@ impl<T: Pod, D: Memory> Workspace<T, D> {
         a.push(&self.hl);
         a.extend(self.pre.iter().flatten());
         (a, vec![&self.vec, &self.fe, &self.vpart, &self.result])
+    }
+}
+
+impl<T: DevReal> Resident<T, CudaExec<T>> {
+    /// The model-only part of a step of `s` on its radius graph `list`, built on this
+    /// evaluator's device ([`CudaNeighbourList::build`]): the edge indices, CSR views and
+    /// edge vectors never leave the device; the host sees the species going up and the
+    /// results coming back. Errors as [`Self::evaluate_graph`] (an overlap is named from the
+    /// list's host copy, made only then).
+    pub fn evaluate_device_list(
+        &self,
+        s: &Structure,
+        list: &CudaNeighbourList,
+    ) -> Result<(Prediction, StepProfile)> {
+        let t0 = Instant::now();
+        s.validate()?;
+        let types = self.model.types_of(&s.numbers)?;
+        let n = s.positions.len();
+        if list.atoms() != n {
+            return Err(ModelError::input(
+                "neighbour list",
+                format!("built for {} atoms, the structure has {n}", list.atoms()),
+            ));
+        }
+        if !Arc::ptr_eq(list.device().stream(), self.d.stream()) {
+            return Err(ModelError::input(
+                "neighbour list",
+                "built on another device or stream than the evaluator's",
+            ));
+        }
+        let ne = list.edges();
+        let mut ws = self.lock();
+        let cg = self
+            .d
+            .graph_on_device(n, ne, list.receiver(), list.sender())?;
+        let graph_s = t0.elapsed().as_secs_f64();
+        self.ensure(&mut ws, n, ne)?;
+        if let Some(v) = list.vectors() {
+            self.d.copy_view(&v, &mut ws.vec.s)?;
+        }
+        // The tables come from the exec's grow-only pool: same addresses, same key.
+        let key = Some(cg.table_key());
+        let (p, prof, min_r2) =
+            self.run_step(&mut ws, s, &types, &cg, ne, key, t0, graph_s, 0.0)?;
+        drop(ws);
+        if min_r2 < MIN_DISTANCE * MIN_DISTANCE {
+            check_overlap(&list.download()?)?;
+            return Err(overlap(min_r2));
+        }
+        Ok((p, prof))
     }
 }

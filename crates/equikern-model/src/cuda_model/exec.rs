@@ -209,4 +209,11 @@ pub trait Exec<T: Pod>: Memory {
     ) -> Result<()>;
     /// What runs the products (e.g. `"cuBLAS"`).
     fn gemm_name(&self) -> &'static str;
+    /// Runs `f` (the launches of one step), or a recording of them: `key` names everything
+    /// the launches depend on (sizes, buffer addresses), so equal keys mean identical
+    /// launches; `None`: not recordable. Default: runs `f`.
+    fn run_step(&self, key: Option<u64>, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let _ = key;
+        f()
+    }
 }

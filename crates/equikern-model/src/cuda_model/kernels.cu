@@ -891,24 +891,38 @@ extern "C" __global__ void ek_forces(u64 nodes, const unsigned* __restrict__ rec
   }
 }
 
-// Virial Σ_e v_e ⊗ f_e in two deterministic passes: part[c, 9] sums edges c, c + P, c + 2P…
+// Virial Σ_e v_e ⊗ f_e in two deterministic passes: part[c, 0..9] sums edges c, c + P,
+// c + 2P…; part[c, 9] is their smallest |v_e|² (the overlap check; 1e300 without edges).
+#define EK_VIRIAL_COMPS 10
 extern "C" __global__ void ek_virial_partial(u64 edges, u64 parts, const double* __restrict__ vec,
                                              const double* __restrict__ fe, double* part) {
-  EK_FOR(t, parts * 9) {
-    u64 c = t / 9;
-    int comp = (int)(t % 9), d = comp / 3, b = comp % 3;
-    double acc = 0.0;
-    for (u64 e = c; e < edges; e += parts) acc += vec[3 * e + d] * fe[3 * e + b];
+  EK_FOR(t, parts * EK_VIRIAL_COMPS) {
+    u64 c = t / EK_VIRIAL_COMPS;
+    int comp = (int)(t % EK_VIRIAL_COMPS), d = comp / 3, b = comp % 3;
+    double acc = comp == 9 ? 1e300 : 0.0;
+    for (u64 e = c; e < edges; e += parts) {
+      if (comp == 9) {
+        const double* v = vec + 3 * e;
+        double r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+        acc = r2 < acc ? r2 : acc;
+      } else {
+        acc += vec[3 * e + d] * fe[3 * e + b];
+      }
+    }
     part[t] = acc;
   }
 }
 
-// out[comp] = Σ_c part[c, comp], c ascending.
+// out[comp] = Σ_c part[c, comp], c ascending (comp < 9); out[9] = min_c part[c, 9].
 extern "C" __global__ void ek_virial_final(u64 parts, const double* __restrict__ part,
                                            double* out) {
-  EK_FOR(comp, 9) {
-    double acc = 0.0;
-    for (u64 c = 0; c < parts; ++c) acc += part[c * 9 + comp];
+  EK_FOR(comp, EK_VIRIAL_COMPS) {
+    double acc = comp == 9 ? 1e300 : 0.0;
+    for (u64 c = 0; c < parts; ++c) {
+      double v = part[c * EK_VIRIAL_COMPS + comp];
+      if (comp == 9) acc = v < acc ? v : acc;
+      else acc += v;
+    }
     out[comp] = acc;
   }
 }

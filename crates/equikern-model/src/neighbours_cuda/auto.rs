@@ -65,6 +65,15 @@ impl AutoList {
         self.min_atoms
     }
 
+    /// Device memory held by the device list's buffers (0 before its first use).
+    pub fn device_bytes(&self) -> u64 {
+        #[cfg(feature = "cuda")]
+        if let Ok(g) = self.list.lock() {
+            return g.as_ref().map_or(0, |l| l.device_bytes() as u64);
+        }
+        0
+    }
+
     /// Whether a structure of `atoms` atoms gets the device list on a CUDA device.
     pub fn uses_device(&self, atoms: usize) -> bool {
         self.min_atoms.is_some_and(|m| atoms >= m)
@@ -78,6 +87,21 @@ impl AutoList {
         s: &Structure,
         cutoff: f64,
     ) -> Result<Graph> {
+        self.with_device_list(dev, s, cutoff, |list| list.download())
+            .map(|r| r.0)
+    }
+
+    /// Builds the radius graph of `s` on `dev` and hands the list, still on the device, to
+    /// `f`; returns `f`'s result and the seconds the build took (its edge count read back).
+    #[cfg(feature = "cuda")]
+    pub fn with_device_list<R>(
+        &self,
+        dev: &equikern::cuda_runtime::CudaDevice,
+        s: &Structure,
+        cutoff: f64,
+        f: impl FnOnce(&super::CudaNeighbourList) -> Result<R>,
+    ) -> Result<(R, f64)> {
+        let t0 = std::time::Instant::now();
         let mut guard = self
             .list
             .lock()
@@ -87,7 +111,8 @@ impl AutoList {
         }
         let list = guard.as_mut().expect("made above");
         list.build(s, cutoff)?;
-        list.download()
+        let nl_s = t0.elapsed().as_secs_f64();
+        Ok((f(list)?, nl_s))
     }
 }
 
