@@ -214,14 +214,16 @@ fn tf32x3_enabled<T: DevReal>() -> bool {
     T::NAME == "f32" && std::env::var("EQUIKERN_MODEL_TF32X3").as_deref() != Ok("0")
 }
 
-/// [`MLP_ENV`]: `(fused, two-pass backward)`.
-fn mlp_mode_from_env() -> Result<(bool, bool)> {
+/// [`MLP_ENV`]: `(fused, two-pass backward)`, `None` when not set (fused where the model's
+/// shapes allow it, else cuBLAS).
+fn mlp_mode_from_env() -> Result<Option<(bool, bool)>> {
     match std::env::var(MLP_ENV) {
-        Err(_) => Ok((true, false)),
+        Err(_) => Ok(None),
         Ok(v) => match v.trim() {
-            "" | "fused" => Ok((true, false)),
-            "fused2" => Ok((true, true)),
-            "cublas" => Ok((false, false)),
+            "" => Ok(None),
+            "fused" => Ok(Some((true, false))),
+            "fused2" => Ok(Some((true, true))),
+            "cublas" => Ok(Some((false, false))),
             other => Err(ModelError::Unsupported(format!(
                 "{MLP_ENV}={other}: expected `fused`, `fused2` or `cublas`"
             ))),
@@ -455,9 +457,18 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(DEFAULT_KEEP_W_BYTES),
         };
-        let (fused, two_pass) = mlp_mode_from_env()?;
-        r.set_mlp_fused(fused)?;
-        r.set_mlp_two_pass(two_pass);
+        match mlp_mode_from_env()? {
+            // Unset: fused where every layer's shape allows it, else all on cuBLAS.
+            None => {
+                if r.set_mlp_fused(true).is_err() {
+                    r.set_mlp_fused(false)?;
+                }
+            }
+            Some((fused, two_pass)) => {
+                r.set_mlp_fused(fused)?;
+                r.set_mlp_two_pass(two_pass);
+            }
+        }
         Ok(r)
     }
 
