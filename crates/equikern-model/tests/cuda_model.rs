@@ -153,19 +153,29 @@ fn structures() -> Vec<(&'static str, Structure)> {
 /// Poisons the workspace, evaluates, and checks against the CPU f64 model, with the radial
 /// MLP outputs kept for the backward and recomputed in it, its hidden layers fused (both
 /// memory modes) and on cuBLAS.
+/// The f32 modes run plain FP32 products against `tol`; the default 3xTF32 radial product
+/// (f32 only) is checked once more against `TF32X3_TOL_FACTOR · tol`.
+const TF32X3_TOL_FACTOR: f64 = 5.0;
+
 fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: &str) {
-    for (keep, fused, two_pass) in [
-        (true, true, false),
-        (false, true, false),
-        (false, true, true),
-        (false, false, false),
+    for (keep, fused, two_pass, tf32) in [
+        (true, true, false, false),
+        (false, true, false, false),
+        (false, true, true, false),
+        (false, false, false, false),
+        (true, true, false, true),
     ] {
         let mut ev = CudaSevenNet::<T>::new(&model.cast::<T>(), dev.clone()).unwrap();
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         ev.set_mlp_fused(fused).unwrap();
         ev.set_mlp_two_pass(two_pass);
+        ev.set_tf32x3(tf32);
+        if tf32 && T::NAME != "f32" {
+            continue;
+        }
+        let tol = if tf32 { TF32X3_TOL_FACTOR * tol } else { tol };
         println!(
-            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}]",
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}]",
             ev.describe()
         );
         for (name, s) in structures() {
@@ -180,9 +190,10 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
             let p = ev.evaluate(&s).unwrap();
             check_rel(
                 &format!(
-                    "{} {name} keep={keep} fused={fused}{}",
+                    "{} {name} keep={keep} fused={fused}{}{}",
                     T::NAME,
-                    if two_pass { "2" } else { "" }
+                    if two_pass { "2" } else { "" },
+                    if tf32 { " tf32x3" } else { "" }
                 ),
                 model,
                 &s,
