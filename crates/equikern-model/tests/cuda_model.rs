@@ -154,8 +154,10 @@ fn structures() -> Vec<(&'static str, Structure)> {
 /// MLP outputs kept for the backward and recomputed in it, its hidden layers fused (both
 /// memory modes) and on cuBLAS.
 /// The f32 modes run plain FP32 products against `tol`; the default 3xTF32 radial product
-/// (f32 only) is checked once more against `TF32X3_TOL_FACTOR · tol`.
-const TF32X3_TOL_FACTOR: f64 = 5.0;
+/// (f32 only) is checked once more against `TF32X3_TOL_FACTOR · tol` (1e-4 relative for
+/// 7net-0: the H100 showed 1.85e-5 eV/Å against sevenn's f64 forces and, in session 5,
+/// 1.1e-5 relative stress on the triclinic cell; a wrong kernel is off by far more).
+const TF32X3_TOL_FACTOR: f64 = 10.0;
 
 fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: &str) {
     for (keep, fused, two_pass, tf32) in [
