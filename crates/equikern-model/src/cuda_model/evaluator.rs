@@ -1399,6 +1399,8 @@ impl<T: DevReal> Resident<T, CudaExec<T>> {
         let key = Some(cg.table_key());
         let (p, prof, min_r2) =
             self.run_step(&mut ws, s, &types, &cg, ne, key, t0, graph_s, 0.0)?;
+        // The graph shares the pool's tables: gone before another thread's step may build.
+        drop(cg);
         drop(ws);
         if min_r2 < MIN_DISTANCE * MIN_DISTANCE {
             check_overlap(&list.download()?)?;
