@@ -311,24 +311,7 @@ impl CsrPool {
         receiver: &CudaView<'_, u32>,
         sender: &CudaView<'_, u32>,
     ) -> Result<crate::CudaGraph> {
-        for (what, n) in [("nodes", nodes), ("edges", edges)] {
-            if n == u32::MAX {
-                return Err(ConvError::TooLarge {
-                    what,
-                    n: n as usize,
-                }
-                .into());
-            }
-        }
-        for (arg, v) in [("receiver", receiver), ("sender", sender)] {
-            if v.len() < edges as usize {
-                return Err(CudaError::Length {
-                    arg,
-                    expected: edges as usize,
-                    actual: v.len(),
-                });
-            }
-        }
+        check_sizes(nodes, edges, receiver.len(), sender.len())?;
         let stream = dev.stream().clone();
         let len = nodes as usize + 1 + 2 * edges as usize;
         let e = edges as usize;
@@ -368,6 +351,29 @@ impl CsrPool {
     }
 }
 
+/// The builders' argument checks: counts below `u32::MAX`, index buffers of `edges` or more.
+fn check_sizes(nodes: u32, edges: u32, receiver: usize, sender: usize) -> Result<()> {
+    for (what, n) in [("nodes", nodes), ("edges", edges)] {
+        if n == u32::MAX {
+            return Err(ConvError::TooLarge {
+                what,
+                n: n as usize,
+            }
+            .into());
+        }
+    }
+    for (arg, len) in [("receiver", receiver), ("sender", sender)] {
+        if len < edges as usize {
+            return Err(CudaError::Length {
+                arg,
+                expected: edges as usize,
+                actual: len,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn cfg(n: u64) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 65535) as u32;
     LaunchConfig {
@@ -388,24 +394,7 @@ impl CudaDevice {
         receiver: &CudaSlice<u32>,
         sender: &CudaSlice<u32>,
     ) -> Result<CudaCsrTables> {
-        for (what, n) in [("nodes", nodes), ("edges", edges)] {
-            if n == u32::MAX {
-                return Err(ConvError::TooLarge {
-                    what,
-                    n: n as usize,
-                }
-                .into());
-            }
-        }
-        for (arg, b) in [("receiver", receiver), ("sender", sender)] {
-            if b.len() < edges as usize {
-                return Err(CudaError::Length {
-                    arg,
-                    expected: edges as usize,
-                    actual: b.len(),
-                });
-            }
-        }
+        check_sizes(nodes, edges, receiver.len(), sender.len())?;
         let stream = self.stream().clone();
         let len = nodes as usize + 1 + 2 * edges as usize;
         let mut recv = stream.alloc_zeros::<u32>(len)?;

@@ -239,9 +239,6 @@ impl<T: DevReal> CudaExec<T> {
                 s.len()
             )));
         }
-        let int = |v: usize, what: &str| {
-            u32::try_from(v).map_err(|_| err(format!("graph: {v} {what} exceed u32")))
-        };
         let mut pool = self.csr_pool.lock().unwrap_or_else(|e| e.into_inner());
         if pool.is_none() {
             let dev = self
@@ -253,8 +250,8 @@ impl<T: DevReal> CudaExec<T> {
         let conv = ConvGraph::from_cuda_pool(
             &self.device,
             pool.as_mut().expect("made above"),
-            int(n, "atoms")?,
-            int(edges, "edges")?,
+            graph_u32(n, "atoms")?,
+            graph_u32(edges, "edges")?,
             &r,
             &s,
         )
@@ -321,12 +318,14 @@ impl<T: DevReal> CudaExec<T> {
         r: CudaSlice<u32>,
         s: CudaSlice<u32>,
     ) -> Result<CudaGraphTables> {
-        let int = |v: usize, what: &str| {
-            u32::try_from(v).map_err(|_| err(format!("graph: {v} {what} exceed u32")))
-        };
-        let conv =
-            ConvGraph::from_cuda_slices(&self.device, int(n, "atoms")?, int(edges, "edges")?, r, s)
-                .map_err(err)?;
+        let conv = ConvGraph::from_cuda_slices(
+            &self.device,
+            graph_u32(n, "atoms")?,
+            graph_u32(edges, "edges")?,
+            r,
+            s,
+        )
+        .map_err(err)?;
         self.tables_of(conv)
     }
 }
@@ -601,6 +600,11 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
             }
         }
     }
+}
+
+/// A graph size as the device builders take it.
+fn graph_u32(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| err(format!("graph: {v} {what} exceed u32")))
 }
 
 /// A captured step (`cudarc`'s graph holds raw driver handles; the exec's mutex serialises
