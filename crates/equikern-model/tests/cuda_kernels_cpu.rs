@@ -51,8 +51,8 @@ extern "C" void t_act_backward(u64 n, const real* pre, real* g, real c) {
   grid(n, [&] { ek_act_backward(n, pre, g, c); });
 }
 extern "C" void t_mlp_hidden(u64 E, int shape, const real* emb, const real* w, int wlen, real c,
-    real* out, int split) {
-  grid_threads(E, [&] { ek_mlp_hidden(E, shape, emb, w, wlen, c, out, split); });
+    real* out) {
+  grid_threads(E, [&] { ek_mlp_hidden(E, shape, emb, w, wlen, c, out); });
 }
 extern "C" void t_mlp_hidden_backward(u64 E, int shape, const real* emb, const real* w, int wlen,
     real c, const real* gl, real* ge, int acc) {
@@ -467,7 +467,7 @@ fn check_mlp<T: Scalar>(
     );
 }
 
-type MlpFwdFn<T> = unsafe extern "C" fn(u64, i32, *const T, *const T, i32, T, *mut T, i32);
+type MlpFwdFn<T> = unsafe extern "C" fn(u64, i32, *const T, *const T, i32, T, *mut T);
 type MlpBwdFn<T> = unsafe extern "C" fn(u64, i32, *const T, *const T, i32, T, *mut T, *mut T, i32);
 
 /// The fused hidden layers (`ek_mlp_hidden[_backward]`) composed with the last product as
@@ -504,64 +504,8 @@ fn check_fused_mlp<T: Scalar>(
             pack.len() as i32,
             c,
             hl.as_mut_ptr(),
-            0,
         )
     };
-    // The same rows written as the 3xTF32 left factor [hi | hi | lo] (`split`).
-    let mut cat = vec![T::from_f64(f64::NAN); ne * 3 * hk];
-    // SAFETY: as above; cat ne·3hk.
-    unsafe {
-        f(
-            ne as u64,
-            shape,
-            emb.as_ptr(),
-            pack.as_ptr(),
-            pack.len() as i32,
-            c,
-            cat.as_mut_ptr(),
-            1,
-        )
-    };
-    for e in 0..ne {
-        for i in 0..hk {
-            let h = hl[e * hk + i].to_f64();
-            let row = &cat[e * 3 * hk..(e + 1) * 3 * hk];
-            let (hi, hi2, lo) = (
-                row[i].to_f64(),
-                row[hk + i].to_f64(),
-                row[2 * hk + i].to_f64(),
-            );
-            assert_eq!(
-                hi.to_bits(),
-                hi2.to_bits(),
-                "{what} split e {e} i {i}: hi twice"
-            );
-            if T::NAME == "f32" {
-                // hi and lo exact in TF32 (10 mantissa bits), their sum the f32 value
-                for v in [hi, lo] {
-                    assert_eq!(
-                        (v as f32).to_bits() & 0x1fff,
-                        0,
-                        "{what} split e {e} i {i}: {v} not TF32"
-                    );
-                }
-                assert!(
-                    (hi + lo - h).abs() <= h.abs() * 2f64.powi(-21),
-                    "{what} split e {e} i {i}: {hi} + {lo} vs {h}"
-                );
-                assert!(
-                    (hi - h).abs() <= h.abs() * 2f64.powi(-11),
-                    "{what} split e {e} i {i}: hi {hi} vs {h}"
-                );
-            } else {
-                assert_eq!(
-                    (hi, lo),
-                    (h, 0.0),
-                    "{what} split e {e} i {i} (f64: no split)"
-                );
-            }
-        }
-    }
     let mut w = vec![0.0; ne * b];
     for e in 0..ne {
         for i in 0..*a {

@@ -43,7 +43,7 @@ extern "C" void l_ek_gate(void** p, u64 it) { grid(it, [&] { ek_gate(A(0,u64), A
 extern "C" void l_ek_gate_backward(void** p, u64 it) { grid(it, [&] { ek_gate_backward(A(0,u64), A(1,R), A(2,R), A(3,W), A(4,int), A(5,int), A(6,const int*), A(7,int), A(8,int), A(9,real)); }); }
 extern "C" void l_ek_act(void** p, u64 it) { grid(it, [&] { ek_act(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }
 extern "C" void l_ek_act_backward(void** p, u64 it) { grid(it, [&] { ek_act_backward(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }
-extern "C" void l_ek_mlp_hidden(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,W), A(7,int)); }); }
+extern "C" void l_ek_mlp_hidden(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,W)); }); }
 extern "C" void l_ek_mlp_hidden_backward(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden_backward(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,R), A(7,W), A(8,int)); }); }
 extern "C" void l_ek_mlp_hidden_backward2(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden_backward2(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,W), A(7,W), A(8,int)); }); }
 extern "C" int unsynced_barriers() { return ek_unsynced_barriers; }

@@ -931,20 +931,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let l = &self.params.layers[t];
         let slot = ws.slot(t);
         let last = l.mlp.len() - 1;
-        let (a, b, wk) = &l.mlp[last];
-        let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
-        // 3xTF32 on tensor cores (f32): the split row goes through `gw`, free until the
-        // backward (its ne · max numel ≥ ne · 3a for every 7net layer).
-        let tf32 = match (&l.mlp_last_tf32, self.tf32x3) {
-            (Some(cat), true) if D::capacity(&ws.gw.s) >= ne * 3 * a => Some(cat),
-            _ => None,
-        };
         if self.mlp_fused {
             let f = self.fused(l)?;
-            // With 3xTF32 the hidden kernel writes the split rows itself (no `hl`, no
-            // `ek_split_tf32` pass).
-            let split = tf32.is_some() && last > 0;
-            let out = if split { &ws.gw.s } else { &ws.hl.s };
             self.d.launch(
                 Kern::MlpHidden,
                 ne as u64,
@@ -955,38 +943,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                     Arg::Real(&f.w.s, 0),
                     Arg::I32(f.wlen),
                     Arg::Val(l.act_cst),
-                    Arg::Real(out, 0),
-                    Arg::I32(i32::from(split)),
+                    Arg::Real(&ws.hl.s, 0),
                 ],
             )?;
-            if let (Some(cat), true) = (tf32, split) {
-                let out = &mut ws.w[slot].s;
-                if self
-                    .d
-                    .gemm_tf32((ne, *b, 3 * a), alpha, &ws.gw.s, &cat.s, T::ZERO, out)?
-                {
-                    return Ok(());
-                }
-                // No cuBLAS (the kernel fallback): the plain product from `hl`.
-                self.d.launch(
-                    Kern::MlpHidden,
-                    ne as u64,
-                    &[
-                        Arg::U64(ne as u64),
-                        Arg::I32(f.shape),
-                        Arg::Real(&ws.emb.s, 0),
-                        Arg::Real(&f.w.s, 0),
-                        Arg::I32(f.wlen),
-                        Arg::Val(l.act_cst),
-                        Arg::Real(&ws.hl.s, 0),
-                        Arg::I32(0),
-                    ],
-                )?;
-                let out = &mut ws.w[slot].s;
-                return self
-                    .d
-                    .gemm((ne, *b, *a), alpha, &ws.hl.s, &wk.s, false, T::ZERO, out);
-            }
         } else {
             for (k, (a, b, wk)) in l.mlp.iter().enumerate().take(last) {
                 let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
@@ -997,6 +956,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 self.act(ne * b, &ws.pre[slot][k].s, &ws.act[k].s, l.act_cst, false)?;
             }
         }
+        let (a, b, wk) = &l.mlp[last];
+        let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
         let input = if last == 0 {
             &ws.emb.s
         } else if self.mlp_fused {
@@ -1004,23 +965,27 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         } else {
             &ws.act[last - 1].s
         };
-        if let Some(cat) = tf32 {
-            self.d.launch(
-                Kern::SplitTf32,
-                (ne * a) as u64,
-                &[
-                    Arg::U64(ne as u64),
-                    Arg::I32(*a as i32),
-                    Arg::Real(input, 0),
-                    Arg::Real(&ws.gw.s, 0),
-                ],
-            )?;
-            let out = &mut ws.w[slot].s;
-            if self
-                .d
-                .gemm_tf32((ne, *b, 3 * a), alpha, &ws.gw.s, &cat.s, T::ZERO, out)?
-            {
-                return Ok(());
+        // 3xTF32 on tensor cores (f32): the split row goes through `gw`, free until the
+        // backward (its ne · max numel ≥ ne · 3a for every 7net layer).
+        if let (Some(cat), true) = (&l.mlp_last_tf32, self.tf32x3) {
+            if D::capacity(&ws.gw.s) >= ne * 3 * a {
+                self.d.launch(
+                    Kern::SplitTf32,
+                    (ne * a) as u64,
+                    &[
+                        Arg::U64(ne as u64),
+                        Arg::I32(*a as i32),
+                        Arg::Real(input, 0),
+                        Arg::Real(&ws.gw.s, 0),
+                    ],
+                )?;
+                let out = &mut ws.w[slot].s;
+                if self
+                    .d
+                    .gemm_tf32((ne, *b, 3 * a), alpha, &ws.gw.s, &cat.s, T::ZERO, out)?
+                {
+                    return Ok(());
+                }
             }
         }
         let out = &mut ws.w[slot].s;

@@ -440,17 +440,6 @@ __device__ __forceinline__ void ek_mlp_load(const real* __restrict__ p, real* x)
   }
 }
 
-// x rounded to TF32 (10 mantissa bits, nearest; f32 only): the 3xTF32 factors.
-__device__ inline real ek_tf32(real x) {
-#ifdef EK_REAL_F32
-  unsigned u = __float_as_uint(x);
-  u = (u + 0x1000u) & 0xffffe000u;  // nearest of the 10 kept mantissa bits
-  return __uint_as_float(u);
-#else
-  return x;
-#endif
-}
-
 // v[0..EK_VW) = p[j..j + EK_VW) of a row of N (0 past the end).
 template <int N>
 __device__ __forceinline__ void ek_mlp_load_part(const real* __restrict__ p, int j, real* v) {
@@ -484,11 +473,10 @@ __device__ __forceinline__ void ek_mlp_full(const real* x, const real* W, real c
 }
 
 // The last hidden layer, forward: out[0..B) = c · silu(x[0..A) · W), W [A][BP], CH outputs
-// at a time. `split` (the 3xTF32 last product's left factor, no separate pass): the row is
-// out[0..3B) = [hi | hi | lo] of those values instead (`ek_split_tf32`'s layout).
+// at a time.
 template <int A, int B, int BP, int CH>
 __device__ __forceinline__ void ek_mlp_last_fwd(const real* x, const real* W, real c,
-                                                real* out, int split) {
+                                                real* out) {
   EK_NO_UNROLL
   for (int j0 = 0; j0 < BP; j0 += CH) {
     real acc[CH];
@@ -512,29 +500,7 @@ __device__ __forceinline__ void ek_mlp_last_fwd(const real* x, const real* W, re
       real h[EK_VW];
       EK_UNROLL
       for (int q = 0; q < EK_VW; ++q) h[q] = c * ek_silu(acc[j + q]);
-      if (split) {
-        real hi[EK_VW], lo[EK_VW];
-        EK_UNROLL
-        for (int q = 0; q < EK_VW; ++q) {
-          hi[q] = ek_tf32(h[q]);
-          lo[q] = ek_tf32(h[q] - hi[q]);
-        }
-        if (B % EK_VW == 0) {
-          if (BP % CH == 0 || j0 + j < B) {
-            ek_vst(out + j0 + j, hi);
-            ek_vst(out + B + j0 + j, hi);
-            ek_vst(out + 2 * B + j0 + j, lo);
-          }
-        } else {
-          EK_UNROLL
-          for (int q = 0; q < EK_VW; ++q)
-            if (j0 + j + q < B) {
-              out[j0 + j + q] = hi[q];
-              out[B + j0 + j + q] = hi[q];
-              out[2 * B + j0 + j + q] = lo[q];
-            }
-        }
-      } else if (B % EK_VW == 0) {
+      if (B % EK_VW == 0) {
         if (BP % CH == 0 || j0 + j < B) ek_vst(out + j0 + j, h);
       } else {
         EK_UNROLL
@@ -756,11 +722,10 @@ __device__ __forceinline__ void ek_mlp_store_grad(real* p, const real* g, int ac
 #define EK_MLP_STAGE(w, wlen) const real* W = (w);
 #endif
 
-// out [E, h_K] = the last hidden activation of hidden shape `shape` from emb [E, nb]; with
-// `split` (f32) out [E, 3 h_K] = its 3xTF32 split rows (see `ek_mlp_last_fwd`).
+// out [E, h_K] = the last hidden activation of hidden shape `shape` from emb [E, nb].
 extern "C" __global__ void __launch_bounds__(EK_BLOCK) ek_mlp_hidden(u64 edges, int shape, const real* __restrict__ emb,
                                          const real* __restrict__ w, int wlen, real c,
-                                         real* out, int split) {
+                                         real* out) {
   EK_MLP_STAGE(w, wlen)
   switch (shape) {
     EK_MLP_FWD_CASES
@@ -848,6 +813,15 @@ extern "C" __global__ void ek_accumulate(u64 n, real* dst, const real* __restric
 // a_lo·b_hi, each factor exact in TF32, so tensor cores give about float accuracy): row r
 // of `a [rows, k]` becomes row r of `cat [rows, 3k]` = [hi | hi | lo]. float only (the double
 // build never launches it).
+__device__ inline real ek_tf32(real x) {
+#ifdef EK_REAL_F32
+  unsigned u = __float_as_uint(x);
+  u = (u + 0x1000u) & 0xffffe000u;  // nearest of the 10 kept mantissa bits
+  return __uint_as_float(u);
+#else
+  return x;
+#endif
+}
 extern "C" __global__ void ek_split_tf32(u64 rows, int k, const real* __restrict__ a,
                                          real* __restrict__ cat) {
   EK_FOR(i, rows * (u64)k) {

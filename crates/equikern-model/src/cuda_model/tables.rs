@@ -584,14 +584,13 @@ impl MlpKernels {
             };
             let _ = write!(
                 fwd,
-                "case {i}: EK_FOR(e, edges) {{ {}ek_mlp_last_fwd<{}, {}, {}, EK_MLP_CH_FWD>(x{}, W + {}, c, out + e * (split ? {}ull : {}ull), split); }} break; ",
+                "case {i}: EK_FOR(e, edges) {{ {}ek_mlp_last_fwd<{}, {}, {}, EK_MLP_CH_FWD>(x{}, W + {}, c, out + e * {}ull); }} break; ",
                 chain(kk - 1),
                 w[kk - 1],
                 w[kk],
                 p[kk],
                 kk - 1,
                 o[kk],
-                3 * w[kk],
                 w[kk]
             );
             let mut b = format!(
