@@ -13,8 +13,8 @@ use common::*;
 use equikern_core::conv::{Csr, End};
 use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
 use equikern_model::cuda_model::tables::{
-    kernel_source, kernel_source_with, mlp_hidden_shape, mlp_pack, GateTable, LinearTable,
-    MlpKernels, MLP_MAX_WIDTH,
+    kernel_source, kernel_source_with, mlp_hidden_shape, mlp_pack, tf32, tf32x3_right, GateTable,
+    LinearTable, MlpKernels, MLP_MAX_WIDTH,
 };
 use equikern_model::nn::{BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
 use equikern_model::{Scalar, SevenNet};
@@ -61,6 +61,10 @@ extern "C" void t_mlp_hidden_backward(u64 E, int shape, const real* emb, const r
 extern "C" void t_mlp_hidden_backward2(u64 E, int shape, const real* emb, const real* w, int wlen,
     real c, real* gl, real* ge, int acc) {
   grid_threads(E, [&] { ek_mlp_hidden_backward2(E, shape, emb, w, wlen, c, gl, ge, acc); });
+}
+extern "C" void t_radial_last(u64 rows, int k, int n, const real* h, const real* whi,
+    const real* wlo, real alpha, real* out) {
+  grid_threads(((rows + 127) / 128) * 256, [&] { ek_radial_last_tf32x3(rows, k, n, h, whi, wlo, alpha, out); });
 }
 extern "C" int t_unsynced_barriers() { return ek_unsynced_barriers; }
 extern "C" void t_gemm(u64 m, u64 n, u64 k, real alpha, const real* A, const real* B, int tb,
@@ -862,6 +866,74 @@ fn check_gemm<T: Scalar>(k: &K<T>, r: &mut rand_chacha::ChaCha8Rng) {
     }
 }
 
+type RadialLastFn =
+    unsafe extern "C" fn(u64, i32, i32, *const f32, *const f32, *const f32, f32, *mut f32);
+
+/// `ek_radial_last_tf32x3` (f32; its `mma.sync` emulated lane by lane in the PTX fragment
+/// layout) against the f64 product of the same f32 inputs, on SevenNet-0's shapes and ragged
+/// ones (rows not a multiple of the 128-row tile, columns not of the 64-column chunk, k
+/// below the 64 registers), outputs poisoned: 3xTF32 accuracy, ≥ 30× closer than one TF32
+/// product would be (so the split is really there), every element written.
+fn check_radial_last(k: &K<f32>, r: &mut rand_chacha::ChaCha8Rng) {
+    let f = sym!(k, b"t_radial_last", RadialLastFn);
+    for (rows, kk, n) in [
+        (300, 64, 960),
+        (129, 64, 224),
+        (128, 64, 384),
+        (200, 8, 40),
+        (5, 24, 8),
+    ] {
+        let h: Vec<f32> = rnd(r, rows * kk).iter().map(|&v| v as f32).collect();
+        let w: Vec<f32> = rnd(r, kk * n).iter().map(|&v| v as f32).collect();
+        let cat = tf32x3_right(&w, kk, n);
+        let alpha = 0.125f32;
+        let mut out = vec![f32::NAN; rows * n];
+        // SAFETY: h rows·k, both W parts k·n, out rows·n.
+        unsafe {
+            f(
+                rows as u64,
+                kk as i32,
+                n as i32,
+                h.as_ptr(),
+                cat.as_ptr(),
+                cat[kk * n..].as_ptr(),
+                alpha,
+                out.as_mut_ptr(),
+            )
+        };
+        let (mut want, mut one) = (vec![0.0; rows * n], vec![0.0; rows * n]);
+        for i in 0..rows {
+            for q in 0..kk {
+                let (a, a1) = (h[i * kk + q] as f64, tf32(h[i * kk + q]) as f64);
+                for j in 0..n {
+                    want[i * n + j] += alpha as f64 * a * w[q * n + j] as f64;
+                    one[i * n + j] += alpha as f64 * a1 * tf32(w[q * n + j]) as f64;
+                }
+            }
+        }
+        let err = |v: &[f64]| {
+            let (mut d, mut s) = (0.0, 0.0);
+            for (a, b) in v.iter().zip(&want) {
+                d += (a - b) * (a - b);
+                s += b * b;
+            }
+            (d / s).sqrt()
+        };
+        let got: Vec<f64> = out.iter().map(|&v| v as f64).collect();
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "radial last {rows}x{kk}x{n}: an output left unwritten"
+        );
+        let (e3, e1) = (err(&got), err(&one));
+        println!("  radial last 3xTF32 {rows}x{kk}x{n}: rel {e3:.2e} (one TF32 product: {e1:.2e})");
+        assert!(e3 < 2e-6, "radial last {rows}x{kk}x{n}: rel {e3:.2e}");
+        assert!(
+            e3 * 30.0 < e1,
+            "radial last {rows}x{kk}x{n}: {e3:.2e} vs 1xTF32 {e1:.2e}"
+        );
+    }
+}
+
 fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
     let dir = tmpdir(T::NAME);
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(20261206);
@@ -921,6 +993,11 @@ fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
         }
         check_gemm(&k, &mut r);
         check_reductions(&k, &mut r);
+        if T::NAME == "f32" {
+            // SAFETY: the same library; T is f32 here.
+            let k32: &K<f32> = unsafe { &*(&k as *const K<T> as *const K<f32>) };
+            check_radial_last(k32, &mut r);
+        }
         for (name, m) in models {
             println!(" model {name}:");
             check_geometry(&k, 2, &m.bessel, &m.envelope, &mut r);

@@ -50,6 +50,7 @@ extern "C" int unsynced_barriers() { return ek_unsynced_barriers; }
 extern "C" void l_ek_gemm(void** p, u64 it) { grid(it, [&] { ek_gemm(A(0,u64), A(1,u64), A(2,u64), A(3,real), A(4,R), A(5,R), A(6,int), A(7,real), A(8,W)); }); }
 extern "C" void l_ek_accumulate(void** p, u64 it) { grid(it, [&] { ek_accumulate(A(0,u64), A(1,W), A(2,R), A(3,int)); }); }
 extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A(1,W), A(2,real)); }); }
+extern "C" void l_ek_radial_last_tf32x3(void** p, u64 it) { grid_threads(it, [&] { ek_radial_last_tf32x3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
 extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32(A(0,u64), A(1,int), A(2,R), A(3,W)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
 extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }
@@ -100,6 +101,9 @@ struct HostExec<T> {
     /// Whether `gemm_strided` runs (the linears as products, like cuBLAS) or declines (the
     /// linears by `ek_linear`, like the kernel fallback).
     strided: bool,
+    /// Whether the device "has" TF32 `mma` (`ek_radial_last_tf32x3`, its `mma.sync`
+    /// emulated lane by lane).
+    mma: bool,
 }
 
 fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
@@ -163,6 +167,7 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         convs,
         launches: std::cell::Cell::new(0),
         strided: false,
+        mma: false,
     })
 }
 
@@ -236,6 +241,10 @@ impl<T: DevReal> Memory for HostExec<T> {
 }
 
 impl<T: DevReal> Exec<T> for HostExec<T> {
+    fn tf32_mma(&self) -> bool {
+        self.mma
+    }
+
     fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()> {
         if iterations == 0 {
             return Ok(());
@@ -501,6 +510,9 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
         };
         // the linears as strided products with one memory mode, by ek_linear with the other
         exec.strided = keep;
+        // f32 with 3xTF32 (kept outputs): the last product by the tensor-core kernel with the
+        // fused MLP, by split rows + the emulated cuBLAS product without
+        exec.mma = fused;
         let mut ev = Resident::with_exec(&mt, exec).unwrap();
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         // f32: the radial MLP's last product as 3xTF32 factors with one memory mode
@@ -508,8 +520,9 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
         ev.set_mlp_fused(fused).unwrap();
         ev.set_mlp_two_pass(two_pass);
         println!(
-            "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}, two-pass: {two_pass}]",
-            ev.describe()
+            "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32 mma: {}]",
+            ev.describe(),
+            keep && fused
         );
         // the largest first: later (smaller) structures run on a larger, stale workspace
         systems.sort_by_key(|(_, s)| std::cmp::Reverse(edge_count(model, s)));

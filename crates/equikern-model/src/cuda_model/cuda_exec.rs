@@ -435,6 +435,12 @@ enum Val<T> {
 }
 
 impl<T: DevReal> Exec<T> for CudaExec<T> {
+    fn tf32_mma(&self) -> bool {
+        self.device
+            .cuda_device()
+            .is_some_and(|c| c.compute_capability().0 >= 8)
+    }
+
     fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()> {
         self.timed(
             || k.name().to_string(),

@@ -193,6 +193,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     keep_w_bytes: u64,
     /// The radial MLP's last product as 3xTF32 (f32; see `tf32x3_enabled`).
     tf32x3: bool,
+    /// ... by `ek_radial_last_tf32x3` where the device can (see `tf32x3_mma_enabled`).
+    tf32x3_mma: bool,
     /// The radial MLP's hidden layers fused ([`MLP_ENV`]).
     mlp_fused: bool,
     /// ... with the two-pass backward kernel.
@@ -215,6 +217,22 @@ fn err(e: impl std::fmt::Display) -> ModelError {
 /// its bound), and the switch stays for bitwise-FP32 users.
 fn tf32x3_enabled<T: DevReal>() -> bool {
     T::NAME == "f32" && std::env::var("EQUIKERN_MODEL_TF32X3").as_deref() != Ok("0")
+}
+
+/// Rows per block of `ek_radial_last_tf32x3` (`EK_RL_ROWS`).
+const RADIAL_LAST_ROWS: usize = 128;
+
+/// Whether `ek_radial_last_tf32x3` takes a last product of `a` inputs and `b` outputs
+/// (`k % 8 == 0`, `k ≤ EK_RL_KMAX`, `n % 8 == 0`; 7net-0: 64 → 960 / 384 / 224).
+fn radial_last_mma_fits(a: usize, b: usize) -> bool {
+    a > 0 && a.is_multiple_of(8) && a <= 64 && b.is_multiple_of(8)
+}
+
+/// The 3xTF32 last product on tensor cores by our kernel (`ek_radial_last_tf32x3`, h split
+/// in registers) where the device has them, unless `EQUIKERN_MODEL_TF32X3_MMA=0` (then
+/// cuBLAS on the split rows written by `ek_split_tf32`).
+fn tf32x3_mma_enabled() -> bool {
+    std::env::var("EQUIKERN_MODEL_TF32X3_MMA").as_deref() != Ok("0")
 }
 
 /// [`MLP_ENV`]: `(fused, two-pass backward)`, `None` when not set (fused where the model's
@@ -455,6 +473,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             env,
             sh_dim,
             tf32x3: tf32x3_enabled::<T>(),
+            tf32x3_mma: tf32x3_mma_enabled(),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -566,6 +585,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// `EQUIKERN_MODEL_TF32X3=0` turns it off).
     pub fn set_tf32x3(&mut self, on: bool) {
         self.tf32x3 = on && T::NAME == "f32";
+    }
+
+    /// With 3xTF32 on: the radial last product by our tensor-core kernel where the device
+    /// has TF32 `mma` (`true`, the default unless `EQUIKERN_MODEL_TF32X3_MMA=0`) or by
+    /// cuBLAS on split rows (`false`).
+    pub fn set_tf32x3_mma(&mut self, on: bool) {
+        self.tf32x3_mma = on;
     }
 
     /// Bytes of workspace held now (grows to the largest structure seen).
@@ -688,7 +714,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let key = graph_key.map(|g| {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (g, n, ne, ws.keep, self.tf32x3).hash(&mut h);
+            (g, n, ne, ws.keep, self.tf32x3, self.tf32x3_mma).hash(&mut h);
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
@@ -968,6 +994,24 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         // 3xTF32 on tensor cores (f32): the split row goes through `gw`, free until the
         // backward (its ne · max numel ≥ ne · 3a for every 7net layer).
         if let (Some(cat), true) = (&l.mlp_last_tf32, self.tf32x3) {
+            // On tensor cores directly from the hidden activations (split in registers).
+            if self.tf32x3_mma && self.d.tf32_mma() && radial_last_mma_fits(*a, *b) {
+                let out = &ws.w[slot].s;
+                return self.d.launch(
+                    Kern::RadialLastTf32,
+                    (ne.div_ceil(RADIAL_LAST_ROWS) * super::BLOCK as usize) as u64,
+                    &[
+                        Arg::U64(ne as u64),
+                        Arg::I32(*a as i32),
+                        Arg::I32(*b as i32),
+                        Arg::Real(input, 0),
+                        Arg::Real(&cat.s, 0),
+                        Arg::Real(&cat.s, a * b),
+                        Arg::Val(alpha),
+                        Arg::Real(out, 0),
+                    ],
+                );
+            }
             if D::capacity(&ws.gw.s) >= ne * 3 * a {
                 self.d.launch(
                     Kern::SplitTf32,

@@ -45,6 +45,7 @@ pub enum Kern {
     Fill,
     FillF64,
     SplitTf32,
+    RadialLastTf32,
     Readout,
     Forces,
     VirialPartial,
@@ -52,7 +53,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 20] = [
+    pub const ALL: [Kern; 21] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -69,6 +70,7 @@ impl Kern {
         Kern::Fill,
         Kern::FillF64,
         Kern::SplitTf32,
+        Kern::RadialLastTf32,
         Kern::Readout,
         Kern::Forces,
         Kern::VirialPartial,
@@ -94,6 +96,7 @@ impl Kern {
             Kern::Fill => "ek_fill",
             Kern::FillF64 => "ek_fill_f64",
             Kern::SplitTf32 => "ek_split_tf32",
+            Kern::RadialLastTf32 => "ek_radial_last_tf32x3",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",
             Kern::VirialPartial => "ek_virial_partial",
@@ -156,6 +159,11 @@ pub trait Exec<T: Pod>: Memory {
     /// Runs kernel `k` over `iterations` grid-stride iterations with `args` in its
     /// parameter order.
     fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()>;
+    /// Whether the kernels may use TF32 tensor-core instructions (`mma.sync` m16n8k8
+    /// tf32: sm_80 and later).
+    fn tf32_mma(&self) -> bool {
+        false
+    }
     /// Row-major `C[m, n] = alpha · A[m, k] · op(B) + beta · C` (`op(B)` = `B [k, n]`, or
     /// the transpose of `B [n, k]` when `trans_b`).
     #[allow(clippy::too_many_arguments)]

@@ -837,6 +837,143 @@ extern "C" __global__ void ek_split_tf32(u64 rows, int k, const real* __restrict
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// The radial MLP's last product as 3xTF32 on tensor cores, without a split pass:
+// out[rows, n] = alpha · h[rows, k] · W[k, n], h row-major (stride k), W given as its TF32
+// parts w_hi, w_lo [k, n] (the first two k-row blocks of `tf32x3_right`'s stack). Each h
+// element is split in registers (hi = tf32(x), lo = tf32(x − hi)) and
+// out ≈ h_lo·W_hi + h_hi·W_lo + h_hi·W_hi with FP32 accumulation (mma.sync m16n8k8 tf32).
+// Why: cuBLAS needs the split rows [hi | hi | lo] in memory (an extra pass writing 3× h);
+// here h is read once (k·4 bytes per row) and the output (n·4 bytes per row) is the floor.
+// Tiles: a block of 8 warps owns 128 rows (16 per warp, its h fragments held split in
+// registers for k ≤ 64), walks the columns in chunks of 64 staged in shared memory
+// (rows padded to 72 floats: the fragment reads hit 32 distinct banks), and per chunk
+// keeps 8 column tiles' accumulators so 8 independent mma chains are in flight.
+// Needs sm_80+, k % 8 == 0, k ≤ 64, n % 8 == 0 (the host checks; f64 builds get a stub).
+#define EK_RL_ROWS 128
+#define EK_RL_COLS 64
+#define EK_RL_KMAX 64
+#define EK_RL_PAD 72
+#ifdef EK_REAL_F32
+#if defined(__CUDA_ARCH__)
+// d = a·b + d for one warp's m16n8k8 fragments (PTX ISA layout, g = lane / 4, t = lane % 4):
+// a: (g, t) (g+8, t) (g, t+4) (g+8, t+4); b: (k t, col g) (k t+4, col g);
+// d: (g, 2t) (g, 2t+1) (g+8, 2t) (g+8, 2t+1).
+__device__ __forceinline__ void ek_mma_tf32(float* d, const unsigned* a, const unsigned* b) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+#else
+// CPU emulation (tests): the warp's fragments exchanged through a staging area between two
+// block barriers (every warp of the block calls this the same number of times), so a
+// wrong lane or register index in the kernel gives wrong products here too.
+static float ek_mma_sa[EK_BLOCK][4];
+static float ek_mma_sb[EK_BLOCK][2];
+__device__ inline void ek_mma_tf32(float* d, const unsigned* a, const unsigned* b) {
+  const unsigned tid = threadIdx.x, w0 = tid & ~31u, lane = tid & 31u;
+  for (int q = 0; q < 4; ++q) ek_mma_sa[tid][q] = __uint_as_float(a[q]);
+  for (int q = 0; q < 2; ++q) ek_mma_sb[tid][q] = __uint_as_float(b[q]);
+  __syncthreads();
+  const unsigned g = lane >> 2, t = lane & 3u;
+  for (int i = 0; i < 4; ++i) {
+    unsigned row = g + (i >= 2 ? 8u : 0u), col = 2u * t + (unsigned)(i & 1);
+    double acc = 0.0;
+    for (unsigned kk = 0; kk < 8; ++kk) {
+      float av = ek_mma_sa[w0 + (row % 8u) * 4u + kk % 4u][(row >= 8u ? 1 : 0) + (kk >= 4u ? 2 : 0)];
+      float bv = ek_mma_sb[w0 + col * 4u + kk % 4u][kk >= 4u ? 1 : 0];
+      acc += (double)av * (double)bv;
+    }
+    d[i] = (float)((double)d[i] + acc);
+  }
+  __syncthreads();
+}
+#endif
+// p[0], p[1] = a, b (p 8-byte aligned: even n and col).
+__device__ __forceinline__ void ek_st2(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<float2*>(p) = make_float2(a, b);
+#else
+  p[0] = a;
+  p[1] = b;
+#endif
+}
+extern "C" __global__ void __launch_bounds__(EK_BLOCK)
+    ek_radial_last_tf32x3(u64 rows, int k, int n, const float* __restrict__ h,
+                          const float* __restrict__ w_hi, const float* __restrict__ w_lo,
+                          float alpha, float* __restrict__ out) {
+  __shared__ float s_hi[EK_RL_KMAX * EK_RL_PAD];
+  __shared__ float s_lo[EK_RL_KMAX * EK_RL_PAD];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int ks = k >> 3;
+  for (u64 tile = blockIdx.x; tile * EK_RL_ROWS < rows; tile += gridDim.x) {
+    const u64 r0 = tile * EK_RL_ROWS + (u64)warp * 16;
+    unsigned ahi[EK_RL_KMAX / 8][4], alo[EK_RL_KMAX / 8][4];
+    EK_UNROLL
+    for (int s = 0; s < EK_RL_KMAX / 8; ++s) {
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) {
+        u64 row = r0 + (u64)g + (u64)((q & 1) * 8);
+        int col = s * 8 + t + (q >> 1) * 4;
+        float x = (s < ks && row < rows) ? h[row * (u64)k + (u64)col] : 0.0f;
+        float hi = ek_tf32(x);
+        ahi[s][q] = __float_as_uint(hi);
+        alo[s][q] = __float_as_uint(ek_tf32(x - hi));
+      }
+    }
+    for (int c0 = 0; c0 < n; c0 += EK_RL_COLS) {
+      __syncthreads();  // the previous chunk's fragment reads are done
+      for (int i = tid; i < k * EK_RL_COLS; i += EK_BLOCK) {
+        int kk = i / EK_RL_COLS, j = i % EK_RL_COLS;
+        bool in = c0 + j < n;
+        s_hi[kk * EK_RL_PAD + j] = in ? w_hi[(u64)kk * (u64)n + (u64)(c0 + j)] : 0.0f;
+        s_lo[kk * EK_RL_PAD + j] = in ? w_lo[(u64)kk * (u64)n + (u64)(c0 + j)] : 0.0f;
+      }
+      __syncthreads();
+      float acc[EK_RL_COLS / 8][4];
+      EK_UNROLL
+      for (int c = 0; c < EK_RL_COLS / 8; ++c) {
+        EK_UNROLL
+        for (int q = 0; q < 4; ++q) acc[c][q] = 0.0f;
+      }
+      EK_UNROLL
+      for (int s = 0; s < EK_RL_KMAX / 8; ++s) {
+        if (s < ks) {
+          EK_UNROLL
+          for (int c = 0; c < EK_RL_COLS / 8; ++c) {
+            // columns past n are zero in shared memory: harmless products, not stored
+            const int o0 = (s * 8 + t) * EK_RL_PAD + c * 8 + g, o1 = o0 + 4 * EK_RL_PAD;
+            unsigned bhi[2] = {__float_as_uint(s_hi[o0]), __float_as_uint(s_hi[o1])};
+            unsigned blo[2] = {__float_as_uint(s_lo[o0]), __float_as_uint(s_lo[o1])};
+            ek_mma_tf32(acc[c], alo[s], bhi);
+            ek_mma_tf32(acc[c], ahi[s], blo);
+            ek_mma_tf32(acc[c], ahi[s], bhi);
+          }
+        }
+      }
+      EK_UNROLL
+      for (int c = 0; c < EK_RL_COLS / 8; ++c) {
+        int col = c0 + c * 8 + 2 * t;
+        if (col < n) {
+          u64 ra = r0 + (u64)g, rb = ra + 8;
+          if (ra < rows) ek_st2(out + ra * (u64)n + (u64)col, alpha * acc[c][0], alpha * acc[c][1]);
+          if (rb < rows) ek_st2(out + rb * (u64)n + (u64)col, alpha * acc[c][2], alpha * acc[c][3]);
+        }
+      }
+    }
+  }
+}
+#else
+// f64 builds never launch it (3xTF32 is an f32 technique).
+extern "C" __global__ void ek_radial_last_tf32x3(u64 rows, int k, int n, const real* h,
+                                                 const real* w_hi, const real* w_lo,
+                                                 real alpha, real* out) {}
+#endif
+
 // Fill with a value (NaN poisoning in tests).
 extern "C" __global__ void ek_fill(u64 n, real* p, real v) {
   EK_FOR(i, n) p[i] = v;
