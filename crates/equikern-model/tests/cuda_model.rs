@@ -471,9 +471,11 @@ fn tf32x3_within_the_f32_tolerance() {
         return;
     };
     let m32: SevenNet<f32> = model.cast();
-    for on in [false, true] {
+    // off; by cuBLAS on split rows; by `ek_radial_last_tf32x3` (the opt-in mma kernel)
+    for (on, mma) in [(false, false), (true, false), (true, true)] {
         let mut ev = CudaSevenNet::<f32>::new(&m32, dev.clone()).unwrap();
         ev.set_tf32x3(on);
+        ev.set_tf32x3_mma(mma);
         let mut wf = 0.0f64;
         for r in &refs {
             let p = ev.evaluate(&r.structure).unwrap();
@@ -483,8 +485,11 @@ fn tf32x3_within_the_f32_tolerance() {
                 }
             }
         }
-        println!("3xTF32 {on}: worst max|dF| vs sevenn f64 {wf:.2e} eV/A");
-        assert!(wf <= 2e-4, "3xTF32 {on}: forces off by {wf:.2e} eV/A");
+        println!("3xTF32 {on} (mma kernel {mma}): worst max|dF| vs sevenn f64 {wf:.2e} eV/A");
+        assert!(
+            wf <= 2e-4,
+            "3xTF32 {on} (mma kernel {mma}): forces off by {wf:.2e} eV/A"
+        );
     }
 }
 

@@ -514,6 +514,7 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
         // fused MLP, by split rows + the emulated cuBLAS product without
         exec.mma = fused;
         let mut ev = Resident::with_exec(&mt, exec).unwrap();
+        ev.set_tf32x3_mma(true);
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         // f32: the radial MLP's last product as 3xTF32 factors with one memory mode
         ev.set_tf32x3(keep);

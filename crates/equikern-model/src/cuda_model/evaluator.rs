@@ -229,10 +229,14 @@ fn radial_last_mma_fits(a: usize, b: usize) -> bool {
 }
 
 /// The 3xTF32 last product on tensor cores by our kernel (`ek_radial_last_tf32x3`, h split
-/// in registers) where the device has them, unless `EQUIKERN_MODEL_TF32X3_MMA=0` (then
-/// cuBLAS on the split rows written by `ek_split_tf32`).
+/// in registers) where the device has them with `EQUIKERN_MODEL_TF32X3_MMA=1`; by default
+/// cuBLAS on the split rows written by `ek_split_tf32`. Measured on the H100 (Si 32,768
+/// atoms, 917,504 edges): the kernel 2.80 ms per call averaged over the 960/384/224-wide
+/// products against cuBLAS 1.62 (960) + the split pass 0.34, step 92.3 vs 82.5 ms: its
+/// per-chunk weight staging (one block of 128 rows reloads all of `W` through shared memory,
+/// loads and `mma` not overlapped) loses to the split pass it saves.
 fn tf32x3_mma_enabled() -> bool {
-    std::env::var("EQUIKERN_MODEL_TF32X3_MMA").as_deref() != Ok("0")
+    std::env::var("EQUIKERN_MODEL_TF32X3_MMA").as_deref() == Ok("1")
 }
 
 /// [`MLP_ENV`]: `(fused, two-pass backward)`, `None` when not set (fused where the model's
