@@ -13,8 +13,8 @@ use common::*;
 use equikern_core::conv::{Csr, End};
 use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
 use equikern_model::cuda_model::tables::{
-    kernel_source, kernel_source_with, mlp_hidden_shape, mlp_pack, tf32, tf32x3_right, GateTable,
-    LinearTable, MlpKernels, MLP_MAX_WIDTH,
+    kernel_source, kernel_source_with, mlp_hidden_shape, mlp_pack, tf32, tf32x3_mma_fragments,
+    GateTable, LinearTable, MlpKernels, MLP_MAX_WIDTH,
 };
 use equikern_model::nn::{BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
 use equikern_model::{Scalar, SevenNet};
@@ -62,10 +62,12 @@ extern "C" void t_mlp_hidden_backward2(u64 E, int shape, const real* emb, const 
     real c, real* gl, real* ge, int acc) {
   grid_threads(E, [&] { ek_mlp_hidden_backward2(E, shape, emb, w, wlen, c, gl, ge, acc); });
 }
-extern "C" void t_radial_last(u64 rows, int k, int n, const real* h, const real* whi,
-    const real* wlo, real alpha, real* out) {
-  grid_threads(((rows + 127) / 128) * 256, [&] { ek_radial_last_tf32x3(rows, k, n, h, whi, wlo, alpha, out); });
+#ifdef EK_REAL_F32
+extern "C" void t_radial_last(u64 rows, int k, int n, const real* h, const float4* wf,
+    real alpha, real* out) {
+  grid_threads(((rows + 255) / 256) * 256, [&] { ek_radial_last_tf32x3(rows, k, n, h, wf, alpha, out); });
 }
+#endif
 extern "C" int t_unsynced_barriers() { return ek_unsynced_barriers; }
 extern "C" void t_gemm(u64 m, u64 n, u64 k, real alpha, const real* A, const real* B, int tb,
     real beta, real* C) {
@@ -866,26 +868,25 @@ fn check_gemm<T: Scalar>(k: &K<T>, r: &mut rand_chacha::ChaCha8Rng) {
     }
 }
 
-type RadialLastFn =
-    unsafe extern "C" fn(u64, i32, i32, *const f32, *const f32, *const f32, f32, *mut f32);
+type RadialLastFn = unsafe extern "C" fn(u64, i32, i32, *const f32, *const f32, f32, *mut f32);
 
 /// `ek_radial_last_tf32x3` (f32; its `mma.sync` emulated lane by lane in the PTX fragment
 /// layout) against the f64 product of the same f32 inputs, on SevenNet-0's shapes and ragged
-/// ones (rows not a multiple of the 128-row tile, columns not of the 64-column chunk, k
-/// below the 64 registers), outputs poisoned: 3xTF32 accuracy, ≥ 30× closer than one TF32
+/// ones (rows not a multiple of the 256-row block or the 32-row warp tile, column tiles not
+/// a multiple of the 4 walked at once, k below the 64 held), outputs poisoned: 3xTF32 accuracy, ≥ 30× closer than one TF32
 /// product would be (so the split is really there), every element written.
 fn check_radial_last(k: &K<f32>, r: &mut rand_chacha::ChaCha8Rng) {
     let f = sym!(k, b"t_radial_last", RadialLastFn);
     for (rows, kk, n) in [
-        (300, 64, 960),
+        (700, 64, 960),
         (129, 64, 224),
-        (128, 64, 384),
+        (256, 64, 384),
         (200, 8, 40),
         (5, 24, 8),
     ] {
         let h: Vec<f32> = rnd(r, rows * kk).iter().map(|&v| v as f32).collect();
         let w: Vec<f32> = rnd(r, kk * n).iter().map(|&v| v as f32).collect();
-        let cat = tf32x3_right(&w, kk, n);
+        let frag = tf32x3_mma_fragments(&w, kk, n);
         let alpha = 0.125f32;
         let mut out = vec![f32::NAN; rows * n];
         // SAFETY: h rows·k, both W parts k·n, out rows·n.
@@ -895,8 +896,7 @@ fn check_radial_last(k: &K<f32>, r: &mut rand_chacha::ChaCha8Rng) {
                 kk as i32,
                 n as i32,
                 h.as_ptr(),
-                cat.as_ptr(),
-                cat[kk * n..].as_ptr(),
+                frag.as_ptr(),
                 alpha,
                 out.as_mut_ptr(),
             )

@@ -35,6 +35,11 @@ const LAUNCHERS: &str = r#"
 #define W real*
 #define D const double*
 #define U const unsigned*
+#ifdef EK_REAL_F32
+#define RF const float4*
+#else
+#define RF const real*
+#endif
 extern "C" void l_ek_edge_geometry(void** p, u64 it) { grid(it, [&] { ek_edge_geometry(A(0,u64), A(1,D), A(2,D), A(3,int), A(4,double), A(5,int), A(6,double), A(7,double), A(8,W), A(9,W)); }); }
 extern "C" void l_ek_edge_force(void** p, u64 it) { grid(it, [&] { ek_edge_force(A(0,u64), A(1,D), A(2,D), A(3,int), A(4,double), A(5,int), A(6,double), A(7,double), A(8,R), A(9,R), A(10,double*)); }); }
 extern "C" void l_ek_one_hot(void** p, u64 it) { grid(it, [&] { ek_one_hot(A(0,u64), A(1,U), A(2,int), A(3,W)); }); }
@@ -50,7 +55,7 @@ extern "C" int unsynced_barriers() { return ek_unsynced_barriers; }
 extern "C" void l_ek_gemm(void** p, u64 it) { grid(it, [&] { ek_gemm(A(0,u64), A(1,u64), A(2,u64), A(3,real), A(4,R), A(5,R), A(6,int), A(7,real), A(8,W)); }); }
 extern "C" void l_ek_accumulate(void** p, u64 it) { grid(it, [&] { ek_accumulate(A(0,u64), A(1,W), A(2,R), A(3,int)); }); }
 extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A(1,W), A(2,real)); }); }
-extern "C" void l_ek_radial_last_tf32x3(void** p, u64 it) { grid_threads(it, [&] { ek_radial_last_tf32x3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
+extern "C" void l_ek_radial_last_tf32x3(void** p, u64 it) { grid_threads(it, [&] { ek_radial_last_tf32x3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,RF), A(5,real), A(6,W)); }); }
 extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32(A(0,u64), A(1,int), A(2,R), A(3,W)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
 extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }

@@ -26,8 +26,8 @@ use super::cuda_exec::CudaExec;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::DevReal;
 use super::tables::{
-    mlp_hidden_shape, mlp_pack, tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels,
-    LINEAR_ROWS,
+    mlp_hidden_shape, mlp_pack, tf32x3_mma_fragments, tf32x3_right, GateTable, KronGemm,
+    LinearTable, MlpKernels, LINEAR_ROWS,
 };
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
@@ -117,6 +117,9 @@ struct DevLayer<T: Pod, D: Memory> {
     /// f32: the last MLP weight as the 3xTF32 right factor `[W_hi; W_lo; W_hi]`
     /// (`tables::tf32x3_right`), used when `Resident::tf32x3` is on.
     mlp_last_tf32: Option<Buf<T, D>>,
+    /// ... in `ek_radial_last_tf32x3`'s fragment order (`tables::tf32x3_mma_fragments`)
+    /// where that kernel takes the shape.
+    mlp_last_frag: Option<Buf<T, D>>,
     act_cst: T,
     gate: DevGate<D>,
     gate_cst: T,
@@ -220,7 +223,7 @@ fn tf32x3_enabled<T: DevReal>() -> bool {
 }
 
 /// Rows per block of `ek_radial_last_tf32x3` (`EK_RL_ROWS`).
-const RADIAL_LAST_ROWS: usize = 128;
+const RADIAL_LAST_ROWS: usize = 256;
 
 /// Whether `ek_radial_last_tf32x3` takes a last product of `a` inputs and `b` outputs
 /// (`k % 8 == 0`, `k ≤ EK_RL_KMAX`, `n % 8 == 0`; 7net-0: 64 → 960 / 384 / 224).
@@ -375,6 +378,18 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 Err(e) => Err(format!("layer {t}: {e}")),
             };
             let gt = GateTable::new(&l.gate)?;
+            // the same factors in `ek_radial_last_tf32x3`'s fragment order
+            let mlp_last_frag = match (l.weight_nn.layers.last(), T::NAME == "f32") {
+                (Some((a, b, w)), true) if radial_last_mma_fits(*a, *b) => {
+                    let w32: Vec<f32> = w.iter().map(|v| v.to_f64() as f32).collect();
+                    let f: Vec<f64> = tf32x3_mma_fragments(&w32, *a, *b)
+                        .into_iter()
+                        .map(f64::from)
+                        .collect();
+                    Some(Buf::from_host(&d, &mem, &cast::<T>(&f))?)
+                }
+                _ => None,
+            };
             let mlp_last_tf32 = match (l.weight_nn.layers.last(), T::NAME == "f32") {
                 (Some((a, b, w)), true) => {
                     let w32: Vec<f32> = w.iter().map(|v| v.to_f64() as f32).collect();
@@ -389,6 +404,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             layers.push(DevLayer {
                 fused,
                 mlp_last_tf32,
+                mlp_last_frag,
                 sc: DevLinear::fwd(&d, &mem, &l.sc)?,
                 sc_t: DevLinear::bwd(&d, &mem, &l.sc)?,
                 lin1: DevLinear::fwd(&d, &mem, &l.lin1)?,
@@ -999,7 +1015,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         // backward (its ne · max numel ≥ ne · 3a for every 7net layer).
         if let (Some(cat), true) = (&l.mlp_last_tf32, self.tf32x3) {
             // On tensor cores directly from the hidden activations (split in registers).
-            if self.tf32x3_mma && self.d.tf32_mma() && radial_last_mma_fits(*a, *b) {
+            if let (Some(frag), true) = (&l.mlp_last_frag, self.tf32x3_mma && self.d.tf32_mma()) {
                 let out = &ws.w[slot].s;
                 return self.d.launch(
                     Kern::RadialLastTf32,
@@ -1009,8 +1025,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                         Arg::I32(*a as i32),
                         Arg::I32(*b as i32),
                         Arg::Real(input, 0),
-                        Arg::Real(&cat.s, 0),
-                        Arg::Real(&cat.s, a * b),
+                        Arg::Real(&frag.s, 0),
                         Arg::Val(alpha),
                         Arg::Real(out, 0),
                     ],

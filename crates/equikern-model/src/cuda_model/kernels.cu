@@ -839,21 +839,21 @@ extern "C" __global__ void ek_split_tf32(u64 rows, int k, const real* __restrict
 
 // ---------------------------------------------------------------------------------------
 // The radial MLP's last product as 3xTF32 on tensor cores, without a split pass:
-// out[rows, n] = alpha · h[rows, k] · W[k, n], h row-major (stride k), W given as its TF32
-// parts w_hi, w_lo [k, n] (the first two k-row blocks of `tf32x3_right`'s stack). Each h
-// element is split in registers (hi = tf32(x), lo = tf32(x − hi)) and
-// out ≈ h_lo·W_hi + h_hi·W_lo + h_hi·W_hi with FP32 accumulation (mma.sync m16n8k8 tf32).
+// out[rows, n] = alpha · h[rows, k] · W[k, n], h row-major (stride k). Each h element is
+// split in registers (hi = tf32(x), lo = tf32(x − hi)) and out ≈ h_lo·W_hi + h_hi·W_lo +
+// h_hi·W_hi with FP32 accumulation (mma.sync m16n8k8 tf32). W comes as its TF32 parts in
+// fragment order (`tables::tf32x3_mma_fragments`): per 8-column tile and 8-deep k step,
+// lane l's four values (hi of k t / t+4, lo of k t / t+4 at column g) are one 16-byte load,
+// shared by the block's warps through L1 — no shared memory, no barriers.
 // Why: cuBLAS needs the split rows [hi | hi | lo] in memory (an extra pass writing 3× h);
 // here h is read once (k·4 bytes per row) and the output (n·4 bytes per row) is the floor.
-// Tiles: a block of 8 warps owns 128 rows (16 per warp, its h fragments held split in
-// registers for k ≤ 64), walks the columns in chunks of 64 staged in shared memory
-// (rows padded to 72 floats: the fragment reads hit 32 distinct banks), and per chunk
-// keeps 8 column tiles' accumulators so 8 independent mma chains are in flight.
-// Needs sm_80+, k % 8 == 0, k ≤ 64, n % 8 == 0 (the host checks; f64 builds get a stub).
-#define EK_RL_ROWS 128
-#define EK_RL_COLS 64
+// A warp owns 32 rows (two m16 tiles, h kept in registers for k ≤ 64) and walks the
+// columns 4 tiles at a time (8 independent accumulator chains; each W fragment feeds both
+// row tiles). Needs sm_80+, k % 8 == 0, k ≤ 64, n % 8 == 0 (the host checks; f64 builds
+// get a stub).
+#define EK_RL_ROWS 256
 #define EK_RL_KMAX 64
-#define EK_RL_PAD 72
+#define EK_RL_CT 4
 #ifdef EK_REAL_F32
 #if defined(__CUDA_ARCH__)
 // d = a·b + d for one warp's m16n8k8 fragments (PTX ISA layout, g = lane / 4, t = lane % 4):
@@ -904,64 +904,74 @@ __device__ __forceinline__ void ek_st2(float* p, float a, float b) {
 }
 extern "C" __global__ void __launch_bounds__(EK_BLOCK)
     ek_radial_last_tf32x3(u64 rows, int k, int n, const float* __restrict__ h,
-                          const float* __restrict__ w_hi, const float* __restrict__ w_lo,
-                          float alpha, float* __restrict__ out) {
-  __shared__ float s_hi[EK_RL_KMAX * EK_RL_PAD];
-  __shared__ float s_lo[EK_RL_KMAX * EK_RL_PAD];
+                          const float4* __restrict__ wf, float alpha, float* __restrict__ out) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  const int ks = k >> 3;
+  const int ks = k >> 3, nct = n >> 3;
   for (u64 tile = blockIdx.x; tile * EK_RL_ROWS < rows; tile += gridDim.x) {
-    const u64 r0 = tile * EK_RL_ROWS + (u64)warp * 16;
-    unsigned ahi[EK_RL_KMAX / 8][4], alo[EK_RL_KMAX / 8][4];
+    const u64 r0 = tile * EK_RL_ROWS + (u64)warp * 32;
+    // a[m][s][q]: row tile m, k step s, the m16n8k8 A fragment (g, t) (g+8, t) (g, t+4) (g+8, t+4)
+    float a[2][EK_RL_KMAX / 8][4];
     EK_UNROLL
-    for (int s = 0; s < EK_RL_KMAX / 8; ++s) {
+    for (int m = 0; m < 2; ++m) {
       EK_UNROLL
-      for (int q = 0; q < 4; ++q) {
-        u64 row = r0 + (u64)g + (u64)((q & 1) * 8);
-        int col = s * 8 + t + (q >> 1) * 4;
-        float x = (s < ks && row < rows) ? h[row * (u64)k + (u64)col] : 0.0f;
-        float hi = ek_tf32(x);
-        ahi[s][q] = __float_as_uint(hi);
-        alo[s][q] = __float_as_uint(ek_tf32(x - hi));
+      for (int s = 0; s < EK_RL_KMAX / 8; ++s) {
+        EK_UNROLL
+        for (int q = 0; q < 4; ++q) {
+          u64 row = r0 + (u64)(m * 16 + g + (q & 1) * 8);
+          int col = s * 8 + t + (q >> 1) * 4;
+          a[m][s][q] = (s < ks && row < rows) ? h[row * (u64)k + (u64)col] : 0.0f;
+        }
       }
     }
-    for (int c0 = 0; c0 < n; c0 += EK_RL_COLS) {
-      __syncthreads();  // the previous chunk's fragment reads are done
-      for (int i = tid; i < k * EK_RL_COLS; i += EK_BLOCK) {
-        int kk = i / EK_RL_COLS, j = i % EK_RL_COLS;
-        bool in = c0 + j < n;
-        s_hi[kk * EK_RL_PAD + j] = in ? w_hi[(u64)kk * (u64)n + (u64)(c0 + j)] : 0.0f;
-        s_lo[kk * EK_RL_PAD + j] = in ? w_lo[(u64)kk * (u64)n + (u64)(c0 + j)] : 0.0f;
-      }
-      __syncthreads();
-      float acc[EK_RL_COLS / 8][4];
+    for (int c0 = 0; c0 < nct; c0 += EK_RL_CT) {
+      float acc[2][EK_RL_CT][4];
       EK_UNROLL
-      for (int c = 0; c < EK_RL_COLS / 8; ++c) {
+      for (int m = 0; m < 2; ++m) {
         EK_UNROLL
-        for (int q = 0; q < 4; ++q) acc[c][q] = 0.0f;
+        for (int c = 0; c < EK_RL_CT; ++c) {
+          EK_UNROLL
+          for (int q = 0; q < 4; ++q) acc[m][c][q] = 0.0f;
+        }
       }
       EK_UNROLL
       for (int s = 0; s < EK_RL_KMAX / 8; ++s) {
         if (s < ks) {
+          unsigned ahi[2][4], alo[2][4];
           EK_UNROLL
-          for (int c = 0; c < EK_RL_COLS / 8; ++c) {
-            // columns past n are zero in shared memory: harmless products, not stored
-            const int o0 = (s * 8 + t) * EK_RL_PAD + c * 8 + g, o1 = o0 + 4 * EK_RL_PAD;
-            unsigned bhi[2] = {__float_as_uint(s_hi[o0]), __float_as_uint(s_hi[o1])};
-            unsigned blo[2] = {__float_as_uint(s_lo[o0]), __float_as_uint(s_lo[o1])};
-            ek_mma_tf32(acc[c], alo[s], bhi);
-            ek_mma_tf32(acc[c], ahi[s], blo);
-            ek_mma_tf32(acc[c], ahi[s], bhi);
+          for (int m = 0; m < 2; ++m) {
+            EK_UNROLL
+            for (int q = 0; q < 4; ++q) {
+              float hi = ek_tf32(a[m][s][q]);
+              ahi[m][q] = __float_as_uint(hi);
+              alo[m][q] = __float_as_uint(ek_tf32(a[m][s][q] - hi));
+            }
+          }
+          EK_UNROLL
+          for (int c = 0; c < EK_RL_CT; ++c) {
+            if (c0 + c < nct) {
+              float4 f = wf[((u64)(c0 + c) * (u64)ks + (u64)s) * 32ull + (u64)lane];
+              unsigned bhi[2] = {__float_as_uint(f.x), __float_as_uint(f.y)};
+              unsigned blo[2] = {__float_as_uint(f.z), __float_as_uint(f.w)};
+              EK_UNROLL
+              for (int m = 0; m < 2; ++m) {
+                ek_mma_tf32(acc[m][c], alo[m], bhi);
+                ek_mma_tf32(acc[m][c], ahi[m], blo);
+                ek_mma_tf32(acc[m][c], ahi[m], bhi);
+              }
+            }
           }
         }
       }
       EK_UNROLL
-      for (int c = 0; c < EK_RL_COLS / 8; ++c) {
-        int col = c0 + c * 8 + 2 * t;
-        if (col < n) {
-          u64 ra = r0 + (u64)g, rb = ra + 8;
-          if (ra < rows) ek_st2(out + ra * (u64)n + (u64)col, alpha * acc[c][0], alpha * acc[c][1]);
-          if (rb < rows) ek_st2(out + rb * (u64)n + (u64)col, alpha * acc[c][2], alpha * acc[c][3]);
+      for (int c = 0; c < EK_RL_CT; ++c) {
+        if (c0 + c < nct) {
+          int col = (c0 + c) * 8 + 2 * t;
+          EK_UNROLL
+          for (int m = 0; m < 2; ++m) {
+            u64 ra = r0 + (u64)(m * 16 + g), rb = ra + 8;
+            if (ra < rows) ek_st2(out + ra * (u64)n + (u64)col, alpha * acc[m][c][0], alpha * acc[m][c][1]);
+            if (rb < rows) ek_st2(out + rb * (u64)n + (u64)col, alpha * acc[m][c][2], alpha * acc[m][c][3]);
+          }
         }
       }
     }
@@ -970,8 +980,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
 #else
 // f64 builds never launch it (3xTF32 is an f32 technique).
 extern "C" __global__ void ek_radial_last_tf32x3(u64 rows, int k, int n, const real* h,
-                                                 const real* w_hi, const real* w_lo,
-                                                 real alpha, real* out) {}
+                                                 const real* wf, real alpha, real* out) {}
 #endif
 
 // Fill with a value (NaN poisoning in tests).

@@ -392,6 +392,27 @@ pub fn tf32x3_right(b: &[f32], k: usize, n: usize) -> Vec<f32> {
     [hi.as_slice(), lo.as_slice(), hi.as_slice()].concat()
 }
 
+/// `B [k, n]` (row-major; `k`, `n` multiples of 8) as `ek_radial_last_tf32x3` loads it: per
+/// 8-column tile `c`, 8-deep step `s` and lane `l` (`g = l / 4`, `t = l % 4`) the four
+/// values `hi(B[8s+t][8c+g])`, `hi(B[8s+t+4][8c+g])`, `lo(B[8s+t][8c+g])`,
+/// `lo(B[8s+t+4][8c+g])` (the `mma.sync` m16n8k8 B fragments of both TF32 parts), i.e.
+/// `[n/8][k/8][32][4]`.
+pub fn tf32x3_mma_fragments(b: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(2 * k * n);
+    for c in 0..n / 8 {
+        for s in 0..k / 8 {
+            for l in 0..32 {
+                let (g, t) = (l / 4, l % 4);
+                let col = 8 * c + g;
+                let (v0, v1) = (b[(8 * s + t) * n + col], b[(8 * s + t + 4) * n + col]);
+                let (h0, h1) = (tf32(v0), tf32(v1));
+                out.extend([h0, h1, tf32(v0 - h0), tf32(v1 - h1)]);
+            }
+        }
+    }
+    out
+}
+
 /// Widest radial-MLP layer (input or hidden) the fused kernels are generated for.
 pub const MLP_MAX_WIDTH: usize = 128;
 
