@@ -45,6 +45,7 @@ pub enum Kern {
     Fill,
     FillF64,
     SplitTf32,
+    GemmTf32x3Nt,
     Readout,
     Forces,
     VirialPartial,
@@ -52,7 +53,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 20] = [
+    pub const ALL: [Kern; 21] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -69,6 +70,7 @@ impl Kern {
         Kern::Fill,
         Kern::FillF64,
         Kern::SplitTf32,
+        Kern::GemmTf32x3Nt,
         Kern::Readout,
         Kern::Forces,
         Kern::VirialPartial,
@@ -94,6 +96,7 @@ impl Kern {
             Kern::Fill => "ek_fill",
             Kern::FillF64 => "ek_fill_f64",
             Kern::SplitTf32 => "ek_split_tf32",
+            Kern::GemmTf32x3Nt => "ek_gemm_tf32x3_nt",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",
             Kern::VirialPartial => "ek_virial_partial",
@@ -197,6 +200,11 @@ pub trait Exec<T: Pod>: Memory {
         _c: &mut Self::Buf<T>,
     ) -> Result<bool> {
         Ok(false)
+    }
+    /// Whether the kernels' tensor-core paths may run (`mma.sync` TF32: sm_80+); where not,
+    /// `ek_gemm_tf32x3_nt` is empty and the caller runs the plain product.
+    fn tensor_cores(&self) -> bool {
+        false
     }
     /// Direction `d` of layer `layer`'s convolution on `g`.
     fn conv(
