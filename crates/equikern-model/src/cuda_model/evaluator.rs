@@ -3,9 +3,10 @@
 //!
 //! Radial MLP: its hidden layers run fused (default; [`MLP_ENV`]): `ek_mlp_hidden` computes
 //! the last hidden activation `[E, h_K]` from the edge embedding in one launch, the last
-//! product is cuBLAS (or 3xTF32), and the backward is cuBLAS (`gw · W_lastᵀ` into the same
-//! `[E, h_K]` buffer) + `ek_mlp_hidden_backward`, which recomputes the hidden layers per edge
-//! from the embedding. Nothing but that one `[E, h_K]` buffer is held for the MLP.
+//! product is cuBLAS (or 3xTF32), and the backward is `gw · W_lastᵀ` into the same `[E, h_K]`
+//! buffer — with 3xTF32 on, `ek_gemm_tf32x3_nt` (tensor cores, `gw` split into TF32 hi/lo in
+//! registers; [`TF32X3_BWD_ENV`]`=0` keeps cuBLAS FP32), else cuBLAS — +
+//! `ek_mlp_hidden_backward`, which recomputes the hidden layers per edge from the embedding. Nothing but that one `[E, h_K]` buffer is held for the MLP.
 //! With `EQUIKERN_MODEL_MLP=cublas` each hidden layer is a cuBLAS product + `ek_act` and its
 //! pre-activations `[E, hidden]` are kept for the backward (the path before the fusion).
 //!
