@@ -978,7 +978,7 @@ fn rel_l2(c: &[f32], want: &[f64]) -> f64 {
 /// wrong lane → (row, column) mapping, k order or B pack shows as a wrong product. Against
 /// an f64 product on random data of SevenNet-0's shapes (k = 960, 384, 224 with a = 64) and
 /// ragged ones (m not a multiple of the 256-row tile, k an odd multiple of 4 (tail chunk),
-/// k not a multiple of 4 (scalar loads), n < 64): error at 3xTF32 level (≤ 1e-5 relative,
+/// k not a multiple of 4 (scalar loads), n < 64, more row tiles than blocks): error at 3xTF32 level (≤ 1e-5 relative,
 /// float accumulation over k), output poisoned (NaN, beta = 0 must overwrite it) with
 /// sentinel rows past m that must stay; and the split must be there: the same product with
 /// one TF32 pass (host, f64 sums of the rounded factors) and the kernel with the B pack's
@@ -1001,6 +1001,10 @@ fn tf32x3_nt_gemm_emulated() {
         (260, 64, 384),
         (513, 64, 224),
         (70, 64, 36),
+        // more tiles than the emulated grid's 3 blocks: a CTA's second tile continues the
+        // shared buffers' rotation (2 chunks, then 1 chunk per tile)
+        (1000, 64, 36),
+        (900, 64, 20),
         (33, 13, 22),
         (1, 64, 4),
     ] {

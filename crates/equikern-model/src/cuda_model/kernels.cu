@@ -1,7 +1,8 @@
 // SevenNet on the GPU: the hand-written kernels of `CudaSevenNet` (everything but the
 // convolutions, which are equikern's `ConvOp`, and the radial MLP's last product, which is
-// cuBLAS or `ek_gemm`; its hidden layers are `ek_mlp_hidden[_backward]`, or cuBLAS +
-// `ek_act` with EQUIKERN_MODEL_MLP=cublas).
+// cuBLAS or `ek_gemm` — its backward `ek_gemm_tf32x3_nt` on tensor cores with 3xTF32 on; its
+// hidden layers are `ek_mlp_hidden[_backward]`, or cuBLAS + `ek_act` with
+// EQUIKERN_MODEL_MLP=cublas).
 //
 // Compiled by NVRTC once per (model, dtype) after a generated prelude that defines `real`
 // (float or double), `EK_EXP` and the spherical-harmonics recursion table of the model's
@@ -11,7 +12,9 @@
 // iteration, in a fixed order: no atomics, deterministic), so the same text also runs as
 // plain C++ one iteration at a time (tests/cuda_kernels_cpu.rs). The fused radial-MLP kernels
 // also stage weights per block behind one barrier (before any iteration), so the emulation
-// runs each block's threads concurrently for them.
+// runs each block's threads concurrently for them. `ek_gemm_tf32x3_nt` is a tiled product
+// (grid-stride over 256-row tiles, barriers per k chunk, warp-wide `mma`): the emulation
+// runs it with concurrent threads too, its `mma` exchanging the lanes' fragments.
 //
 // Edge geometry is computed in double from double edge vectors and rounded to `real`, as
 // the host model does; atomic energies, edge forces, forces and the virial are double.
@@ -857,8 +860,10 @@ extern "C" __global__ void ek_split_tf32(u64 rows, int k, const real* __restrict
 // tc_k_order`): k step s takes each lane's values 2s and 2s+1 as its fragment columns t and
 // t+4, so no shuffle is needed; the B pack uses the same order. B chunks (16 KB: 4 k steps
 // × 8 n-tiles × 32 lanes × {b0_hi, b1_hi, b0_lo, b1_lo}) are copied by the whole CTA into
-// a double-buffered shared tile (cp.async on sm_80+) and read as one conflict-free float4
-// per lane per (k step, n-tile).
+// a triple-buffered shared tile (cp.async on sm_80+; 48 KB) and read as one conflict-free
+// float4 per lane per (k step, n-tile). One barrier per chunk: chunk q (counted over all of
+// the CTA's tiles) goes to buffer q % 3, staged by a thread that has passed the barrier of
+// chunk q − 2, so every warp has finished reading chunk q − 3 from that buffer.
 // Traffic per row: 4k bytes of A (once, from HBM) + 4n bytes of C; per CTA and chunk 16 KB
 // of B from L2 (B pack: ceil(k/32) · 16 KB, 491 KB for k = 960). Work: 3 · 2 · m · 64 ·
 // ceil(k/32)·32 tensor-core FLOP (m = 917 504, k = 960: 3.5 GB read, 338 GFLOP TF32).
@@ -939,7 +944,8 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
     ek_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* __restrict__ A,
                       const real* __restrict__ bp, real beta, real* __restrict__ C) {
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-  __shared__ __align__(16) float ek_tc_b[2][EK_TC_CHUNK];
+  __shared__ __align__(16) float ek_tc_b[3][EK_TC_CHUNK];
+  unsigned q = 0;  // chunks of B this CTA has multiplied (all tiles): chunk q in buffer q % 3
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int chunks = (k + 31) / 32;
@@ -963,12 +969,12 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
         EK_UNROLL
         for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.0f;
     float cur[4][8], nxt[4][8];
-    ek_tc_stage(ek_tc_b[0], bp, 0);
+    ek_tc_stage(ek_tc_b[q % 3], bp, 0);
     EK_UNROLL
     for (int i = 0; i < 4; ++i) ek_tc_load(rows[i], 4 * t, k, vec, cur[i]);
-    for (int c = 0; c < chunks; ++c) {
+    for (int c = 0; c < chunks; ++c, ++q) {
       if (c + 1 < chunks) {
-        ek_tc_stage(ek_tc_b[(c + 1) & 1], bp, c + 1);
+        ek_tc_stage(ek_tc_b[(q + 1) % 3], bp, c + 1);
         EK_UNROLL
         for (int i = 0; i < 4; ++i) ek_tc_load(rows[i], 32 * (c + 1) + 4 * t, k, vec, nxt[i]);
         ek_cp_async_wait<1>();
@@ -976,7 +982,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
         ek_cp_async_wait<0>();
       }
       __syncthreads();  // chunk c of B is in shared memory (every thread's copies)
-      const float4* bs = (const float4*)ek_tc_b[c & 1];
+      const float4* bs = (const float4*)ek_tc_b[q % 3];
       EK_UNROLL
       for (int s = 0; s < 4; ++s) {
         unsigned ahi[2][4], alo[2][4];
@@ -1001,7 +1007,6 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
           }
         }
       }
-      __syncthreads();  // every warp is done with buffer c & 1 before it is refilled
       if (c + 1 < chunks) {
         EK_UNROLL
         for (int i = 0; i < 4; ++i)
