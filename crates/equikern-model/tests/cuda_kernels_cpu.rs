@@ -1215,6 +1215,7 @@ fn mlp_kernels_registers_sm90() {
                 println!("{name}: {}", block.join("\n    "));
                 if name == "f32" {
                     // 64 accumulators + two chunks of A (64) per lane by design: no spill
+                    // (sm_90 f32: 226 registers, 48 KB shared)
                     let spill: u64 = block
                         .iter()
                         .find_map(|x| {
