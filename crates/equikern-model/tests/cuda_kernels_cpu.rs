@@ -13,8 +13,8 @@ use common::*;
 use equikern_core::conv::{Csr, End};
 use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
 use equikern_model::cuda_model::tables::{
-    kernel_source, kernel_source_with, mlp_hidden_shape, mlp_pack, tf32, tf32x3_mma_fragments,
-    GateTable, LinearTable, MlpKernels, MLP_MAX_WIDTH,
+    kernel_source, kernel_source_with, mlp_hidden_shape, mlp_pack, tc_gemm_iterations, tf32,
+    tf32x3_mma_fragments, tf32x3_nt_pack, GateTable, LinearTable, MlpKernels, MLP_MAX_WIDTH,
 };
 use equikern_model::nn::{BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
 use equikern_model::{Scalar, SevenNet};
@@ -72,6 +72,10 @@ extern "C" int t_unsynced_barriers() { return ek_unsynced_barriers; }
 extern "C" void t_gemm(u64 m, u64 n, u64 k, real alpha, const real* A, const real* B, int tb,
     real beta, real* C) {
   grid(((m + EK_LIN_NODES - 1) / EK_LIN_NODES) * ((n + EK_LIN_COLS - 1) / EK_LIN_COLS), [&] { ek_gemm(m, n, k, alpha, A, B, tb, beta, C); });
+}
+extern "C" void t_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* A, const real* bp,
+    real beta, real* C) {
+  grid_threads(((m + 255) / 256) * 256, [&] { ek_gemm_tf32x3_nt(m, n, k, alpha, A, bp, beta, C); });
 }
 extern "C" void t_accumulate(u64 n, real* dst, const real* src, int first) {
   grid(n, [&] { ek_accumulate(n, dst, src, first); });
@@ -1033,6 +1037,156 @@ fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+type TcGemmFn = unsafe extern "C" fn(u64, i32, i32, f32, *const f32, *const f32, f32, *mut f32);
+
+/// Relative L2 error of `c` against `want`.
+fn rel_l2(c: &[f32], want: &[f64]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in c.iter().zip(want) {
+        num += (f64::from(x) - y).powi(2);
+        den += y * y;
+    }
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// `ek_gemm_tf32x3_nt` (the radial MLP's backward `gw · Wᵀ` on tensor cores) in the CPU
+/// emulation: each block's 256 threads concurrent, the `mma.m16n8k8` TF32 fragments
+/// exchanged between the 32 lanes as the PTX ISA lays them out (tests/common's shim), so a
+/// wrong lane → (row, column) mapping, k order or B pack shows as a wrong product. Against
+/// an f64 product on random data of SevenNet-0's shapes (k = 960, 384, 224 with a = 64) and
+/// ragged ones (m not a multiple of the 256-row tile, k an odd multiple of 4 (tail chunk),
+/// k not a multiple of 4 (scalar loads), n < 64, more row tiles than blocks): error at 3xTF32 level (≤ 1e-5 relative,
+/// float accumulation over k), output poisoned (NaN, beta = 0 must overwrite it) with
+/// sentinel rows past m that must stay; and the split must be there: the same product with
+/// one TF32 pass (host, f64 sums of the rounded factors) and the kernel with the B pack's
+/// `lo` halves zeroed must each be ≥ 20× worse.
+#[test]
+fn tf32x3_nt_gemm_emulated() {
+    let dir = tmpdir("tc");
+    let Some(lib) = build_lib::<f32>(&dir, 2, &MlpKernels::none::<f32>()) else {
+        return;
+    };
+    let k_ = K::<f32> {
+        lib: &lib,
+        _t: std::marker::PhantomData,
+    };
+    let f = sym!(k_, b"t_gemm_tf32x3_nt", TcGemmFn);
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    const GUARD: usize = 5;
+    for (m, n, k) in [
+        (200, 64, 960),
+        (260, 64, 384),
+        (513, 64, 224),
+        (70, 64, 36),
+        // more tiles than the emulated grid's 3 blocks: a CTA's second tile continues the
+        // shared buffers' rotation (2 chunks, then 1 chunk per tile)
+        (1000, 64, 36),
+        (900, 64, 20),
+        (33, 13, 22),
+        (1, 64, 4),
+    ] {
+        let alpha = 0.125f32;
+        // A: gradients of mixed scales (as gw is), B: weights ~ N(0, 1)-like
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| {
+                let s = [1.0, 1e-3, 30.0][i % 3];
+                (r.random_range(-1.0..1.0) * s) as f32
+            })
+            .collect();
+        let b: Vec<f32> = (0..n * k)
+            .map(|_| r.random_range(-1.7..1.7) as f32)
+            .collect();
+        let run = |pack: &[f32], beta: f32, c0: &[f32]| -> Vec<f32> {
+            let mut c = c0.to_vec();
+            // SAFETY: A [m, k], the pack of ceil(k/32) chunks, C [m + GUARD, n].
+            unsafe {
+                f(
+                    m as u64,
+                    n as i32,
+                    k as i32,
+                    alpha,
+                    a.as_ptr(),
+                    pack.as_ptr(),
+                    beta,
+                    c.as_mut_ptr(),
+                )
+            };
+            assert_eq!(
+                &c[m * n..],
+                &c0[m * n..],
+                "m {m} n {n} k {k}: rows past m written"
+            );
+            c.truncate(m * n);
+            c
+        };
+        let mut want = vec![0.0f64; m * n];
+        let mut one_pass = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut s1) = (0.0f64, 0.0f64);
+                for q in 0..k {
+                    let (x, y) = (a[i * k + q], b[j * k + q]);
+                    s += f64::from(x) * f64::from(y);
+                    s1 += f64::from(tf32(x)) * f64::from(tf32(y));
+                }
+                want[i * n + j] = f64::from(alpha) * s;
+                one_pass[i * n + j] = f64::from(alpha) * s1;
+            }
+        }
+        let mut poisoned = vec![f32::NAN; m * n];
+        poisoned.extend(std::iter::repeat_n(-7.25f32, GUARD * n));
+        let pack = tf32x3_nt_pack(&b, n, k, true).unwrap();
+        let c = run(&pack, 0.0, &poisoned);
+        let bad = c.iter().position(|x| !x.is_finite());
+        assert!(
+            bad.is_none(),
+            "m {m} n {n} k {k}: element {bad:?} not written"
+        );
+        let e3 = rel_l2(&c, &want);
+        let e1 = rel_l2(
+            &one_pass.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            &want,
+        );
+        let c_nolo = run(&tf32x3_nt_pack(&b, n, k, false).unwrap(), 0.0, &poisoned);
+        let e2 = rel_l2(&c_nolo, &want);
+        // beta = 1 accumulates onto C (the small cases: the emulated barriers are slow)
+        let ea = if k <= 64 {
+            let c0: Vec<f32> = (0..(m + GUARD) * n)
+                .map(|_| r.random_range(-1.0..1.0) as f32)
+                .collect();
+            let c_acc = run(&pack, 1.0, &c0);
+            let want_acc: Vec<f64> = want
+                .iter()
+                .zip(&c0)
+                .map(|(w, c)| w + f64::from(*c))
+                .collect();
+            rel_l2(&c_acc, &want_acc)
+        } else {
+            0.0
+        };
+        println!(
+            "  ek_gemm_tf32x3_nt m {m:4} n {n:2} k {k:4} ({} threads): rel L2 3xTF32 {e3:.2e}, beta 1 {ea:.2e}; one TF32 pass {e1:.2e}, without B lo {e2:.2e}",
+            tc_gemm_iterations(m)
+        );
+        assert!(e3 <= 1e-5, "m {m} n {n} k {k}: 3xTF32 error {e3:.2e}");
+        assert!(ea <= 1e-5, "m {m} n {n} k {k}: beta = 1 error {ea:.2e}");
+        assert!(
+            e1 >= 20.0 * e3 && e2 >= 20.0 * e3,
+            "m {m} n {n} k {k}: the split does not show: 3xTF32 {e3:.2e}, one pass {e1:.2e}, without B lo {e2:.2e}"
+        );
+    }
+    // SAFETY: the harness defines it with this signature.
+    let unsynced: libloading::Symbol<unsafe extern "C" fn() -> i32> =
+        unsafe { lib.get(b"t_unsynced_barriers") }.unwrap();
+    // SAFETY: no arguments.
+    assert_eq!(
+        unsafe { unsynced() },
+        0,
+        "a barrier ran outside grid_threads"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn models() -> Vec<(&'static str, SevenNet)> {
     let mut v = vec![
         ("small XPLOR", small_model("XPLOR", 5)),
@@ -1133,6 +1287,26 @@ fn mlp_kernels_registers_sm90() {
         // ptxas: "Compiling entry function 'X'" then "Used N registers, ..." and spill lines
         let lines: Vec<&str> = log.lines().collect();
         for (i, l) in lines.iter().enumerate() {
+            if l.contains("Compiling entry function 'ek_gemm_tf32x3_nt") {
+                let block: Vec<&str> = lines[i..].iter().take(5).copied().collect();
+                println!("{name}: {}", block.join("\n    "));
+                if name == "f32" {
+                    // 64 accumulators + two chunks of A (64) per lane by design: no spill
+                    // (sm_90 f32: 226 registers, 48 KB shared)
+                    let spill: u64 = block
+                        .iter()
+                        .find_map(|x| {
+                            let i = x.find(" bytes spill stores")?;
+                            x[..i].rsplit(' ').next()?.parse().ok()
+                        })
+                        .unwrap_or(u64::MAX);
+                    assert!(
+                        spill == 0,
+                        "ek_gemm_tf32x3_nt spills {spill} bytes: {}",
+                        block.join(" | ")
+                    );
+                }
+            }
             if l.contains("Compiling entry function 'ek_mlp_hidden") {
                 let block: Vec<&str> = lines[i..]
                     .iter()
@@ -1207,10 +1381,18 @@ fn kernels_compile_with_nvrtc() {
             kernel_source_with::<f64>(2, &b).unwrap(),
         ));
     }
-    for (lmax, name, src) in cases {
+    // before sm_80 (no TF32 mma): `ek_gemm_tf32x3_nt` compiles empty (the host never
+    // launches it there)
+    let old_arch = kernel_source::<f32>(2).unwrap();
+    let cases: Vec<_> = cases
+        .into_iter()
+        .map(|(l, n, s)| (l, n, s, "sm_90"))
+        .chain([(2, "f32", old_arch, "sm_75")])
+        .collect();
+    for (lmax, name, src, arch) in cases {
         {
             let opts = cudarc::nvrtc::CompileOptions {
-                arch: Some("sm_90"),
+                arch: Some(arch),
                 options: vec!["--std=c++17".into()],
                 ..Default::default()
             };
@@ -1219,8 +1401,13 @@ fn kernels_compile_with_nvrtc() {
                     let text = ptx.to_src();
                     let entries = text.matches(".entry").count();
                     println!(
-                        "nvrtc {name} lmax {lmax}: {} bytes of PTX, {entries} kernels",
+                        "nvrtc {name} lmax {lmax} {arch}: {} bytes of PTX, {entries} kernels",
                         text.len()
+                    );
+                    assert_eq!(
+                        text.contains("mma.sync.aligned.m16n8k8"),
+                        arch == "sm_90" && name.starts_with("f32"),
+                        "{name} {arch}: the TF32 mma where (only where) f32 on sm_80+"
                     );
                     assert_eq!(
                         entries,
@@ -1228,7 +1415,7 @@ fn kernels_compile_with_nvrtc() {
                         "every kernel of kernels.cu"
                     );
                 }
-                Err(e) => panic!("NVRTC rejected the {name} lmax {lmax} source: {e:?}"),
+                Err(e) => panic!("NVRTC rejected the {name} lmax {lmax} {arch} source: {e:?}"),
             }
         }
     }

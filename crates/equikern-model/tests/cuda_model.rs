@@ -160,24 +160,29 @@ fn structures() -> Vec<(&'static str, Structure)> {
 const TF32X3_TOL_FACTOR: f64 = 10.0;
 
 fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: &str) {
-    for (keep, fused, two_pass, tf32) in [
-        (true, true, false, false),
-        (false, true, false, false),
-        (false, true, true, false),
-        (false, false, false, false),
-        (true, true, false, true),
+    // 3xTF32 modes: the backward's gw · Wᵀ by `ek_gemm_tf32x3_nt` (fused MLP with the
+    // outputs kept, cuBLAS MLP recomputing), and once on cuBLAS FP32 (`tc_bwd` false)
+    for (keep, fused, two_pass, tf32, tc_bwd) in [
+        (true, true, false, false, false),
+        (false, true, false, false, false),
+        (false, true, true, false, false),
+        (false, false, false, false, false),
+        (true, true, false, true, true),
+        (false, false, false, true, true),
+        (true, true, false, true, false),
     ] {
         let mut ev = CudaSevenNet::<T>::new(&model.cast::<T>(), dev.clone()).unwrap();
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         ev.set_mlp_fused(fused).unwrap();
         ev.set_mlp_two_pass(two_pass);
         ev.set_tf32x3(tf32);
+        ev.set_tf32x3_bwd(tc_bwd);
         if tf32 && T::NAME != "f32" {
             continue;
         }
         let tol = if tf32 { TF32X3_TOL_FACTOR * tol } else { tol };
         println!(
-            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}]",
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}]",
             ev.describe()
         );
         for (name, s) in structures() {
@@ -195,7 +200,11 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
                     "{} {name} keep={keep} fused={fused}{}{}",
                     T::NAME,
                     if two_pass { "2" } else { "" },
-                    if tf32 { " tf32x3" } else { "" }
+                    match (tf32, tc_bwd) {
+                        (true, true) => " tf32x3+bwd",
+                        (true, false) => " tf32x3",
+                        _ => "",
+                    }
                 ),
                 model,
                 &s,
@@ -462,8 +471,9 @@ fn timing_si_4096() {
     }
 }
 
-/// The 3xTF32 radial product (`set_tf32x3`, on by default in f32) against sevenn's float64 references: still
-/// within the f32 force tolerance (2e-4 eV/Å), reported beside the plain f32 path.
+/// The 3xTF32 radial product (`set_tf32x3`, on by default in f32) against sevenn's float64
+/// references: still within the f32 force tolerance (2e-4 eV/Å), reported beside the plain
+/// f32 path; with its backward product on cuBLAS FP32 and by `ek_gemm_tf32x3_nt` (default).
 #[test]
 fn tf32x3_within_the_f32_tolerance() {
     let Some(dev) = cuda_device() else { return };
@@ -471,11 +481,27 @@ fn tf32x3_within_the_f32_tolerance() {
         return;
     };
     let m32: SevenNet<f32> = model.cast();
-    // off; by cuBLAS on split rows; by `ek_radial_last_tf32x3` (the opt-in mma kernel)
-    for (on, mma) in [(false, false), (true, false), (true, true)] {
+    // off; on (cuBLAS forward on split rows); + the tensor-core backward; + the opt-in
+    // forward kernel `ek_radial_last_tf32x3`
+    for (on, bwd, mma) in [
+        (false, false, false),
+        (true, false, false),
+        (true, true, false),
+        (true, true, true),
+    ] {
         let mut ev = CudaSevenNet::<f32>::new(&m32, dev.clone()).unwrap();
         ev.set_tf32x3(on);
+        ev.set_tf32x3_bwd(bwd);
         ev.set_tf32x3_mma(mma);
+        let on = if mma {
+            "on (+ backward, + forward mma kernel)"
+        } else if bwd {
+            "on (+ backward)"
+        } else if on {
+            "on"
+        } else {
+            "off"
+        };
         let mut wf = 0.0f64;
         for r in &refs {
             let p = ev.evaluate(&r.structure).unwrap();
@@ -485,12 +511,178 @@ fn tf32x3_within_the_f32_tolerance() {
                 }
             }
         }
-        println!("3xTF32 {on} (mma kernel {mma}): worst max|dF| vs sevenn f64 {wf:.2e} eV/A");
+        println!("3xTF32 {on}: worst max|dF| vs sevenn f64 {wf:.2e} eV/A");
+        assert!(wf <= 2e-4, "3xTF32 {on}: forces off by {wf:.2e} eV/A");
+    }
+}
+
+/// `ek_gemm_tf32x3_nt` alone on the GPU (sm_80+): `C = alpha · A · Wᵀ` against an f64 host
+/// product on random data of SevenNet-0's backward shapes (a = 64; k = 960, 384, 224) and
+/// ragged ones (m not a multiple of 256, k = 36, k = 22 with n = 13), poisoned output:
+/// ≤ 1e-5 relative (cuBLAS FP32's error printed beside it), and the split must show (one
+/// TF32 pass ≥ 20× worse). Then the time at 917 504 rows × 960 (Si 32 768's layer 0) beside
+/// cuBLAS FP32's `gemm` of the same product (5 runs each, after one warm-up).
+#[test]
+fn tf32x3_nt_kernel_matches_f64() {
+    use equikern_model::cuda_model::exec::{Arg, Exec, Kern, Memory};
+    use equikern_model::cuda_model::tables::{tc_gemm_iterations, tf32, tf32x3_nt_pack};
+    use equikern_model::cuda_model::CudaExec;
+    use rand::{Rng, SeedableRng};
+    let Some(dev) = cuda_device() else { return };
+    let model: SevenNet<f32> = small_model("XPLOR", 3).cast();
+    let ex = CudaExec::<f32>::new(&model, dev.clone()).unwrap();
+    if !ex.tensor_cores() {
+        println!("SKIP: no TF32 tensor cores (before sm_80)");
+        return;
+    }
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let rel_l2 = |c: &[f32], want: &[f64]| {
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (&x, &y) in c.iter().zip(want) {
+            num += (f64::from(x) - y).powi(2);
+            den += y * y;
+        }
+        (num / den.max(1e-300)).sqrt()
+    };
+    type Dev = cudarc::driver::CudaSlice<f32>;
+    let launch = |m: usize, n: usize, k: usize, alpha: f32, a: &Dev, bp: &Dev, c: &Dev| {
+        ex.launch(
+            Kern::GemmTf32x3Nt,
+            tc_gemm_iterations(m),
+            &[
+                Arg::U64(m as u64),
+                Arg::I32(n as i32),
+                Arg::I32(k as i32),
+                Arg::Val(alpha),
+                Arg::Real(a, 0),
+                Arg::Real(bp, 0),
+                Arg::Val(0.0),
+                Arg::Real(c, 0),
+            ],
+        )
+        .unwrap()
+    };
+    for (m, n, k) in [
+        (20_001, 64, 960),
+        (9_999, 64, 384),
+        (4_097, 64, 224),
+        (700, 64, 36),
+        (333, 13, 22),
+    ] {
+        let alpha = 0.125f32;
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| (r.random_range(-1.0..1.0) * [1.0, 1e-3, 30.0][i % 3]) as f32)
+            .collect();
+        let b: Vec<f32> = (0..n * k)
+            .map(|_| r.random_range(-1.7..1.7) as f32)
+            .collect();
+        let mut da = ex.alloc::<f32>(m * k).unwrap();
+        ex.upload(&a, &mut da).unwrap();
+        let pack = tf32x3_nt_pack(&b, n, k, true).unwrap();
+        let mut dp = ex.alloc::<f32>(pack.len()).unwrap();
+        ex.upload(&pack, &mut dp).unwrap();
+        let mut db = ex.alloc::<f32>(n * k).unwrap();
+        ex.upload(&b, &mut db).unwrap();
+        let mut dc = ex.alloc::<f32>(m * n).unwrap();
+        ex.upload(&vec![f32::NAN; m * n], &mut dc).unwrap();
+        launch(m, n, k, alpha, &da, &dp, &dc);
+        let c = ex.stream().clone_dtoh(&dc).unwrap();
+        ex.gemm((m, n, k), alpha, &da, &db, true, 0.0, &mut dc)
+            .unwrap();
+        let c_blas = ex.stream().clone_dtoh(&dc).unwrap();
+        let (mut want, mut one) = (vec![0.0f64; m * n], vec![0.0f32; m * n]);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut s1) = (0.0f64, 0.0f64);
+                for q in 0..k {
+                    let (x, y) = (a[i * k + q], b[j * k + q]);
+                    s += f64::from(x) * f64::from(y);
+                    s1 += f64::from(tf32(x)) * f64::from(tf32(y));
+                }
+                want[i * n + j] = f64::from(alpha) * s;
+                one[i * n + j] = (f64::from(alpha) * s1) as f32;
+            }
+        }
+        let bad = c.iter().position(|x| !x.is_finite());
         assert!(
-            wf <= 2e-4,
-            "3xTF32 {on} (mma kernel {mma}): forces off by {wf:.2e} eV/A"
+            bad.is_none(),
+            "m {m} n {n} k {k}: element {bad:?} not written"
+        );
+        let (e3, eb, e1) = (
+            rel_l2(&c, &want),
+            rel_l2(&c_blas, &want),
+            rel_l2(&one, &want),
+        );
+        println!(
+            "ek_gemm_tf32x3_nt m {m} n {n} k {k}: rel L2 {e3:.2e} (cuBLAS FP32 {eb:.2e}, one TF32 pass {e1:.2e})"
+        );
+        assert!(e3 <= 1e-5, "m {m} n {n} k {k}: error {e3:.2e}");
+        assert!(
+            e1 >= 20.0 * e3,
+            "m {m} n {n} k {k}: the split does not show"
         );
     }
+    // time at Si 32 768's size (A filled on the device: 3.5 GB)
+    let (m, n, k) = (917_504usize, 64usize, 960usize);
+    let b: Vec<f32> = (0..n * k)
+        .map(|_| r.random_range(-1.7..1.7) as f32)
+        .collect();
+    let pack = tf32x3_nt_pack(&b, n, k, true).unwrap();
+    let mut dp = ex.alloc::<f32>(pack.len()).unwrap();
+    ex.upload(&pack, &mut dp).unwrap();
+    let mut db = ex.alloc::<f32>(n * k).unwrap();
+    ex.upload(&b, &mut db).unwrap();
+    let da = ex.alloc::<f32>(m * k).unwrap();
+    let x = 0.37f32;
+    ex.launch(
+        Kern::Fill,
+        (m * k) as u64,
+        &[Arg::U64((m * k) as u64), Arg::Real(&da, 0), Arg::Val(x)],
+    )
+    .unwrap();
+    let mut dc = ex.alloc::<f32>(m * n).unwrap();
+    let alpha = 0.125f32;
+    let mut times = vec![];
+    for tc in [true, false] {
+        let mut best = f64::MAX;
+        for rep in 0..6 {
+            ex.synchronize().unwrap();
+            let t0 = std::time::Instant::now();
+            if tc {
+                launch(m, n, k, alpha, &da, &dp, &dc);
+            } else {
+                ex.gemm((m, n, k), alpha, &da, &db, true, 0.0, &mut dc)
+                    .unwrap();
+            }
+            ex.synchronize().unwrap();
+            if rep > 0 {
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+        }
+        times.push(best);
+    }
+    launch(m, n, k, alpha, &da, &dp, &dc);
+    let c = ex.stream().clone_dtoh(&dc).unwrap();
+    for j in 0..n {
+        let want: f64 = f64::from(alpha)
+            * b[j * k..(j + 1) * k]
+                .iter()
+                .map(|&y| f64::from(x) * f64::from(y))
+                .sum::<f64>();
+        for i in [0, 1, 255, 256, m / 2, m - 1] {
+            let got = f64::from(c[i * n + j]);
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "row {i} col {j}: {got} vs {want}"
+            );
+        }
+    }
+    println!(
+        "m {m} n {n} k {k}: ek_gemm_tf32x3_nt {:.3} ms ({:.0} GB/s of A), cuBLAS FP32 {:.3} ms",
+        times[0] * 1e3,
+        (m * k * 4) as f64 / times[0] / 1e9,
+        times[1] * 1e3
+    );
 }
 
 /// The device's neighbour list handed to the step without a host copy

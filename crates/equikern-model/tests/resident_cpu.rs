@@ -57,6 +57,7 @@ extern "C" void l_ek_accumulate(void** p, u64 it) { grid(it, [&] { ek_accumulate
 extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A(1,W), A(2,real)); }); }
 extern "C" void l_ek_radial_last_tf32x3(void** p, u64 it) { grid_threads(it, [&] { ek_radial_last_tf32x3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,RF), A(5,real), A(6,W)); }); }
 extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32(A(0,u64), A(1,int), A(2,R), A(3,W)); }); }
+extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
 extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }
 extern "C" void l_ek_forces(void** p, u64 it) { grid(it, [&] { ek_forces(A(0,u64), A(1,U), A(2,U), A(3,D), A(4,double*)); }); }
@@ -103,12 +104,11 @@ struct HostExec<T> {
     /// Each layer's convolution and its `(dim_x, dim_y, dim_z, weight_numel)`.
     convs: Vec<(ConvOracle<T>, TpDims)>,
     launches: std::cell::Cell<usize>,
+    /// ... of them `ek_gemm_tf32x3_nt`.
+    tc_launches: std::cell::Cell<usize>,
     /// Whether `gemm_strided` runs (the linears as products, like cuBLAS) or declines (the
     /// linears by `ek_linear`, like the kernel fallback).
     strided: bool,
-    /// Whether the device "has" TF32 `mma` (`ek_radial_last_tf32x3`, its `mma.sync`
-    /// emulated lane by lane).
-    mma: bool,
 }
 
 fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
@@ -171,8 +171,8 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         launchers,
         convs,
         launches: std::cell::Cell::new(0),
+        tc_launches: std::cell::Cell::new(0),
         strided: false,
-        mma: false,
     })
 }
 
@@ -246,10 +246,6 @@ impl<T: DevReal> Memory for HostExec<T> {
 }
 
 impl<T: DevReal> Exec<T> for HostExec<T> {
-    fn tf32_mma(&self) -> bool {
-        self.mma
-    }
-
     fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()> {
         if iterations == 0 {
             return Ok(());
@@ -278,6 +274,9 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
             .map(|s| s as *mut u64 as *mut c_void)
             .collect();
         self.launches.set(self.launches.get() + 1);
+        if k == Kern::GemmTf32x3Nt {
+            self.tc_launches.set(self.tc_launches.get() + 1);
+        }
         // SAFETY: the launcher reads the parameters in the kernel's order; the step sized
         // every buffer (the same code as on the GPU).
         unsafe { (self.launchers[k.index()])(params.as_mut_ptr(), iterations) };
@@ -408,6 +407,11 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
     fn gemm_name(&self) -> &'static str {
         "ek_gemm (CPU emulation)"
     }
+
+    /// The emulated `mma.m16n8k8` (tests/common): `ek_gemm_tf32x3_nt` runs.
+    fn tensor_cores(&self) -> bool {
+        true
+    }
 }
 
 fn tmpdir(tag: &str) -> std::path::PathBuf {
@@ -502,31 +506,38 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
     }
     systems.retain(|(_, s)| s.numbers.iter().all(|z| model.type_map.contains_key(z)));
     // the radial MLP's hidden layers fused in both memory modes (and with the two-pass
-    // backward), on cuBLAS (here `ek_gemm`) + `ek_act` in both
-    for (keep, fused, two_pass) in [
-        (true, true, false),
-        (false, true, false),
-        (false, true, true),
-        (true, false, false),
-        (false, false, false),
+    // backward), on cuBLAS (here `ek_gemm`) + `ek_act` in both; f32 with the radial outputs
+    // kept: 3xTF32, its backward by `ek_gemm_tf32x3_nt` (emulated tensor cores) on both MLP
+    // paths, and once by the plain product (`set_tf32x3_bwd(false)`)
+    for (keep, fused, two_pass, tc_bwd) in [
+        (true, true, false, true),
+        (false, true, false, true),
+        (false, true, true, true),
+        (true, false, false, true),
+        (false, false, false, true),
+        (true, true, false, false),
     ] {
+        if !tc_bwd && T::NAME != "f32" {
+            continue;
+        }
         let Some(mut exec) = build(&mt, &dir) else {
             return;
         };
         // the linears as strided products with one memory mode, by ek_linear with the other
         exec.strided = keep;
-        // f32 with 3xTF32 (kept outputs): the last product by the tensor-core kernel with the
-        // fused MLP, by split rows + the emulated cuBLAS product without
-        exec.mma = fused;
         let mut ev = Resident::with_exec(&mt, exec).unwrap();
-        ev.set_tf32x3_mma(true);
+        // f32 with 3xTF32 (kept outputs): the forward last product by the tensor-core kernel
+        // `ek_radial_last_tf32x3` with the fused MLP, by split rows + the emulated cuBLAS
+        // product without
+        ev.set_tf32x3_mma(fused);
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         // f32: the radial MLP's last product as 3xTF32 factors with one memory mode
         ev.set_tf32x3(keep);
+        ev.set_tf32x3_bwd(tc_bwd);
         ev.set_mlp_fused(fused).unwrap();
         ev.set_mlp_two_pass(two_pass);
         println!(
-            "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32 mma: {}]",
+            "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}, two-pass: {two_pass}, tensor-core backward: {tc_bwd}, 3xTF32 forward mma: {}]",
             ev.describe(),
             keep && fused
         );
@@ -541,9 +552,10 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
             assert_eq!(p, p0, "{name}: a run on a poisoned workspace differs");
             check(
                 &format!(
-                    "{} {label} {name} keep={keep} fused={fused}{}",
+                    "{} {label} {name} keep={keep} fused={fused}{}{}",
                     T::NAME,
-                    if two_pass { "2" } else { "" }
+                    if two_pass { "2" } else { "" },
+                    if tc_bwd { "" } else { " tc_bwd=0" }
                 ),
                 model,
                 s,
@@ -552,10 +564,17 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
                 tol,
             );
         }
+        let tc = ev.exec().tc_launches.get();
         println!(
-            "  {} launches, workspace {} bytes",
+            "  {} launches ({tc} of ek_gemm_tf32x3_nt), workspace {} bytes",
             ev.exec().launches.get(),
             ev.workspace_bytes()
+        );
+        // the tensor-core backward ran exactly where it should: f32, 3xTF32 on, switch on
+        assert_eq!(
+            tc > 0,
+            T::NAME == "f32" && keep && tc_bwd,
+            "ek_gemm_tf32x3_nt launches: {tc}"
         );
         assert_eq!(
             ev.exec().unsynced_barriers(),

@@ -435,15 +435,15 @@ enum Val<T> {
 }
 
 impl<T: DevReal> Exec<T> for CudaExec<T> {
-    fn tf32_mma(&self) -> bool {
-        self.device
-            .cuda_device()
-            .is_some_and(|c| c.compute_capability().0 >= 8)
-    }
-
     fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()> {
         self.timed(
-            || k.name().to_string(),
+            || match (k, args) {
+                // the product's shape in the profile, like cuBLAS's entries
+                (Kern::GemmTf32x3Nt, [Arg::U64(m), Arg::I32(n), Arg::I32(kk), ..]) => {
+                    format!("{} m{m} n{n} k{kk} B^T", k.name())
+                }
+                _ => k.name().to_string(),
+            },
             || self.launch_now(k, iterations, args),
         )
     }
@@ -554,6 +554,13 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
 
     fn gemm_name(&self) -> &'static str {
         self.gemm.name()
+    }
+
+    /// sm_80 and later (the kernels are compiled for the device's own arch).
+    fn tensor_cores(&self) -> bool {
+        self.device
+            .cuda_device()
+            .is_some_and(|d| d.compute_capability().0 >= 8)
     }
 
     /// The first step of a key runs as launched; the second is captured into a CUDA graph

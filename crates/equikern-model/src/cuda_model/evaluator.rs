@@ -3,9 +3,10 @@
 //!
 //! Radial MLP: its hidden layers run fused (default; [`MLP_ENV`]): `ek_mlp_hidden` computes
 //! the last hidden activation `[E, h_K]` from the edge embedding in one launch, the last
-//! product is cuBLAS (or 3xTF32), and the backward is cuBLAS (`gw · W_lastᵀ` into the same
-//! `[E, h_K]` buffer) + `ek_mlp_hidden_backward`, which recomputes the hidden layers per edge
-//! from the embedding. Nothing but that one `[E, h_K]` buffer is held for the MLP.
+//! product is cuBLAS (or 3xTF32), and the backward is `gw · W_lastᵀ` into the same `[E, h_K]`
+//! buffer — with 3xTF32 on, `ek_gemm_tf32x3_nt` (tensor cores, `gw` split into TF32 hi/lo in
+//! registers; [`TF32X3_BWD_ENV`]`=0` keeps cuBLAS FP32), else cuBLAS — +
+//! `ek_mlp_hidden_backward`, which recomputes the hidden layers per edge from the embedding. Nothing but that one `[E, h_K]` buffer is held for the MLP.
 //! With `EQUIKERN_MODEL_MLP=cublas` each hidden layer is a cuBLAS product + `ek_act` and its
 //! pre-activations `[E, hidden]` are kept for the backward (the path before the fusion).
 //!
@@ -26,8 +27,8 @@ use super::cuda_exec::CudaExec;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::DevReal;
 use super::tables::{
-    mlp_hidden_shape, mlp_pack, tf32x3_mma_fragments, tf32x3_right, GateTable, KronGemm,
-    LinearTable, MlpKernels, LINEAR_ROWS,
+    mlp_hidden_shape, mlp_pack, tc_gemm_iterations, tf32x3_mma_fragments, tf32x3_nt_pack,
+    tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS, TC_MAX_N,
 };
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
@@ -120,6 +121,9 @@ struct DevLayer<T: Pod, D: Memory> {
     /// ... in `ek_radial_last_tf32x3`'s fragment order (`tables::tf32x3_mma_fragments`)
     /// where that kernel takes the shape.
     mlp_last_frag: Option<Buf<T, D>>,
+    /// f32: the last MLP weight `W [a, b]` as `ek_gemm_tf32x3_nt`'s right factor
+    /// (`tables::tf32x3_nt_pack`, `a ≤ 64`): the backward's `gw · Wᵀ` on tensor cores.
+    mlp_last_nt: Option<Buf<T, D>>,
     act_cst: T,
     gate: DevGate<D>,
     gate_cst: T,
@@ -198,6 +202,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     tf32x3: bool,
     /// ... by `ek_radial_last_tf32x3` where the device can (see `tf32x3_mma_enabled`).
     tf32x3_mma: bool,
+    /// ... and its backward `gw · Wᵀ` by `ek_gemm_tf32x3_nt` ([`TF32X3_BWD_ENV`]).
+    tf32x3_bwd: bool,
     /// The radial MLP's hidden layers fused ([`MLP_ENV`]).
     mlp_fused: bool,
     /// ... with the two-pass backward kernel.
@@ -240,6 +246,16 @@ fn radial_last_mma_fits(a: usize, b: usize) -> bool {
 /// loads and `mma` not overlapped) loses to the split pass it saves.
 fn tf32x3_mma_enabled() -> bool {
     std::env::var("EQUIKERN_MODEL_TF32X3_MMA").as_deref() == Ok("1")
+}
+
+/// Environment variable: `0` keeps the radial MLP's backward product `gw · W_lastᵀ` on
+/// cuBLAS (plain FP32) while the forward runs 3xTF32 (for A/B); default: the tensor-core
+/// kernel `ek_gemm_tf32x3_nt` (f32 with 3xTF32 on, sm_80+, `a ≤ 64`).
+pub const TF32X3_BWD_ENV: &str = "EQUIKERN_MODEL_TF32X3_BWD";
+
+/// [`TF32X3_BWD_ENV`] not `0`.
+fn tf32x3_bwd_enabled() -> bool {
+    std::env::var(TF32X3_BWD_ENV).as_deref() != Ok("0")
 }
 
 /// [`MLP_ENV`]: `(fused, two-pass backward)`, `None` when not set (fused where the model's
@@ -401,10 +417,22 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 }
                 _ => None,
             };
+            let mlp_last_nt = match (l.weight_nn.layers.last(), T::NAME == "f32") {
+                (Some((a, b, w)), true) if *a <= TC_MAX_N => {
+                    let w32: Vec<f32> = w.iter().map(|v| v.to_f64() as f32).collect();
+                    let pack: Vec<f64> = tf32x3_nt_pack(&w32, *a, *b, true)?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect();
+                    Some(Buf::from_host(&d, &mem, &cast::<T>(&pack))?)
+                }
+                _ => None,
+            };
             layers.push(DevLayer {
                 fused,
                 mlp_last_tf32,
                 mlp_last_frag,
+                mlp_last_nt,
                 sc: DevLinear::fwd(&d, &mem, &l.sc)?,
                 sc_t: DevLinear::bwd(&d, &mem, &l.sc)?,
                 lin1: DevLinear::fwd(&d, &mem, &l.lin1)?,
@@ -494,6 +522,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             sh_dim,
             tf32x3: tf32x3_enabled::<T>(),
             tf32x3_mma: tf32x3_mma_enabled(),
+            tf32x3_bwd: tf32x3_bwd_enabled(),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -608,10 +637,17 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     }
 
     /// With 3xTF32 on: the radial last product by our tensor-core kernel where the device
-    /// has TF32 `mma` (`true`, the default unless `EQUIKERN_MODEL_TF32X3_MMA=0`) or by
+    /// has TF32 `mma` (`true`; default off unless `EQUIKERN_MODEL_TF32X3_MMA=1`) or by
     /// cuBLAS on split rows (`false`).
     pub fn set_tf32x3_mma(&mut self, on: bool) {
         self.tf32x3_mma = on;
+    }
+
+    /// Runs the radial MLP's backward product `gw · W_lastᵀ` by `ek_gemm_tf32x3_nt` while
+    /// 3xTF32 is on ([`Self::set_tf32x3`]; default on, [`TF32X3_BWD_ENV`]`=0` turns it
+    /// off); devices without tensor cores (before sm_80) keep cuBLAS.
+    pub fn set_tf32x3_bwd(&mut self, on: bool) {
+        self.tf32x3_bwd = on;
     }
 
     /// Bytes of workspace held now (grows to the largest structure seen).
@@ -734,7 +770,16 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let key = graph_key.map(|g| {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (g, n, ne, ws.keep, self.tf32x3, self.tf32x3_mma).hash(&mut h);
+            (
+                g,
+                n,
+                ne,
+                ws.keep,
+                self.tf32x3,
+                self.tf32x3_mma,
+                self.tf32x3_bwd,
+            )
+                .hash(&mut h);
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
@@ -1015,7 +1060,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         // backward (its ne · max numel ≥ ne · 3a for every 7net layer).
         if let (Some(cat), true) = (&l.mlp_last_tf32, self.tf32x3) {
             // On tensor cores directly from the hidden activations (split in registers).
-            if let (Some(frag), true) = (&l.mlp_last_frag, self.tf32x3_mma && self.d.tf32_mma()) {
+            if let (Some(frag), true) = (&l.mlp_last_frag, self.tf32x3_mma && self.d.tensor_cores())
+            {
                 let out = &ws.w[slot].s;
                 return self.d.launch(
                     Kern::RadialLastTf32,
@@ -1071,17 +1117,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let last = l.mlp.len() - 1;
         if self.mlp_fused {
             let f = self.fused(l)?;
-            let (a, b, wk) = &l.mlp[last];
-            let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
-            self.d.gemm(
-                (ne, *a, *b),
-                alpha,
-                &ws.gw.s,
-                &wk.s,
-                true,
-                T::ZERO,
-                &mut ws.hl.s,
-            )?;
+            self.last_backward(l, ne, &ws.gw.s, &mut ws.hl.s)?;
             let k = if self.mlp_two_pass {
                 Kern::MlpHiddenBackward2
             } else {
@@ -1110,16 +1146,19 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             if k > 0 {
                 // g_act[k-1] = G · W_kᵀ / √a, G = gw (k = last) or g_pre[k]
                 let (lo, hi) = ws.act.split_at_mut(k);
-                let g = if k == last { &ws.gw.s } else { &hi[0].s };
-                self.d.gemm(
-                    (ne, *a, *b),
-                    alpha,
-                    g,
-                    &wk.s,
-                    true,
-                    T::ZERO,
-                    &mut lo[k - 1].s,
-                )?;
+                if k == last {
+                    self.last_backward(l, ne, &ws.gw.s, &mut lo[k - 1].s)?;
+                } else {
+                    self.d.gemm(
+                        (ne, *a, *b),
+                        alpha,
+                        &hi[0].s,
+                        &wk.s,
+                        true,
+                        T::ZERO,
+                        &mut lo[k - 1].s,
+                    )?;
+                }
                 self.act(
                     ne * a,
                     &ws.pre[slot][k - 1].s,
@@ -1135,6 +1174,45 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             }
         }
         Ok(())
+    }
+
+    /// `out [ne, a] = gw [ne, b] · W_lastᵀ / √a` (the last MLP product's input gradient):
+    /// `ek_gemm_tf32x3_nt` on tensor cores (f32, 3xTF32 and its backward on, `a ≤ 64`,
+    /// sm_80+), else cuBLAS.
+    fn last_backward(
+        &self,
+        l: &DevLayer<T, D>,
+        ne: usize,
+        gw: &D::Buf<T>,
+        out: &mut D::Buf<T>,
+    ) -> Result<()> {
+        let (a, b, wk) = &l.mlp[l.mlp.len() - 1];
+        let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
+        if let (Some(pack), true) = (
+            &l.mlp_last_nt,
+            self.tf32x3 && self.tf32x3_bwd && self.d.tensor_cores(),
+        ) {
+            if D::capacity(gw) < ne * b || D::capacity(out) < ne * a {
+                return Err(err("radial MLP backward: workspace too small"));
+            }
+            let out: &D::Buf<T> = out;
+            return self.d.launch(
+                Kern::GemmTf32x3Nt,
+                tc_gemm_iterations(ne),
+                &[
+                    Arg::U64(ne as u64),
+                    Arg::I32(i32::try_from(*a).map_err(err)?),
+                    Arg::I32(i32::try_from(*b).map_err(err)?),
+                    Arg::Val(alpha),
+                    Arg::Real(gw, 0),
+                    Arg::Real(&pack.s, 0),
+                    Arg::Val(T::ZERO),
+                    Arg::Real(out, 0),
+                ],
+            );
+        }
+        self.d
+            .gemm((ne, *a, *b), alpha, gw, &wk.s, true, T::ZERO, out)
     }
 
     fn gate(&self, l: &DevLayer<T, D>, n: usize, x: &D::Buf<T>, y: &D::Buf<T>) -> Result<()> {

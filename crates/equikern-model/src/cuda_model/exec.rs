@@ -46,6 +46,7 @@ pub enum Kern {
     FillF64,
     SplitTf32,
     RadialLastTf32,
+    GemmTf32x3Nt,
     Readout,
     Forces,
     VirialPartial,
@@ -53,7 +54,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 21] = [
+    pub const ALL: [Kern; 22] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -71,6 +72,7 @@ impl Kern {
         Kern::FillF64,
         Kern::SplitTf32,
         Kern::RadialLastTf32,
+        Kern::GemmTf32x3Nt,
         Kern::Readout,
         Kern::Forces,
         Kern::VirialPartial,
@@ -97,6 +99,7 @@ impl Kern {
             Kern::FillF64 => "ek_fill_f64",
             Kern::SplitTf32 => "ek_split_tf32",
             Kern::RadialLastTf32 => "ek_radial_last_tf32x3",
+            Kern::GemmTf32x3Nt => "ek_gemm_tf32x3_nt",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",
             Kern::VirialPartial => "ek_virial_partial",
@@ -159,11 +162,6 @@ pub trait Exec<T: Pod>: Memory {
     /// Runs kernel `k` over `iterations` grid-stride iterations with `args` in its
     /// parameter order.
     fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()>;
-    /// Whether the kernels may use TF32 tensor-core instructions (`mma.sync` m16n8k8
-    /// tf32: sm_80 and later).
-    fn tf32_mma(&self) -> bool {
-        false
-    }
     /// Row-major `C[m, n] = alpha · A[m, k] · op(B) + beta · C` (`op(B)` = `B [k, n]`, or
     /// the transpose of `B [n, k]` when `trans_b`).
     #[allow(clippy::too_many_arguments)]
@@ -205,6 +203,11 @@ pub trait Exec<T: Pod>: Memory {
         _c: &mut Self::Buf<T>,
     ) -> Result<bool> {
         Ok(false)
+    }
+    /// Whether the kernels' tensor-core paths may run (`mma.sync` TF32: sm_80+); where not,
+    /// `ek_gemm_tf32x3_nt` is empty and the caller runs the plain product.
+    fn tensor_cores(&self) -> bool {
+        false
     }
     /// Direction `d` of layer `layer`'s convolution on `g`.
     fn conv(

@@ -1,7 +1,8 @@
 // SevenNet on the GPU: the hand-written kernels of `CudaSevenNet` (everything but the
 // convolutions, which are equikern's `ConvOp`, and the radial MLP's last product, which is
-// cuBLAS or `ek_gemm`; its hidden layers are `ek_mlp_hidden[_backward]`, or cuBLAS +
-// `ek_act` with EQUIKERN_MODEL_MLP=cublas).
+// cuBLAS or `ek_gemm` — its backward `ek_gemm_tf32x3_nt` on tensor cores with 3xTF32 on; its
+// hidden layers are `ek_mlp_hidden[_backward]`, or cuBLAS + `ek_act` with
+// EQUIKERN_MODEL_MLP=cublas).
 //
 // Compiled by NVRTC once per (model, dtype) after a generated prelude that defines `real`
 // (float or double), `EK_EXP` and the spherical-harmonics recursion table of the model's
@@ -11,7 +12,9 @@
 // iteration, in a fixed order: no atomics, deterministic), so the same text also runs as
 // plain C++ one iteration at a time (tests/cuda_kernels_cpu.rs). The fused radial-MLP kernels
 // also stage weights per block behind one barrier (before any iteration), so the emulation
-// runs each block's threads concurrently for them.
+// runs each block's threads concurrently for them. `ek_gemm_tf32x3_nt` is a tiled product
+// (grid-stride over 256-row tiles, barriers per k chunk, warp-wide `mma`): the emulation
+// runs it with concurrent threads too, its `mma` exchanging the lanes' fragments.
 //
 // Edge geometry is computed in double from double edge vectors and rounded to `real`, as
 // the host model does; atomic energies, edge forces, forces and the virial are double.
@@ -838,6 +841,202 @@ extern "C" __global__ void ek_split_tf32(u64 rows, int k, const real* __restrict
 }
 
 // ---------------------------------------------------------------------------------------
+// 3xTF32 tensor-core product for the radial MLP's backward: C[m, n] = alpha · A[m, k] · Bᵀ
+// (+ beta · C), A row-major [m, k] (fp32, e.g. gw [E, 960]), B = W [n, k] (n ≤ 64) given
+// pre-split as `tables::tf32x3_nt_pack`. Each A element is split in registers into
+// hi = tf32(x), lo = tf32(x − hi) (ek_tf32's rounding) and every 8-wide k step runs three
+// `mma.m16n8k8` per 16×8 output tile: A_lo·B_hi, A_hi·B_lo, A_hi·B_hi (small terms first),
+// FP32 accumulation; A_lo·B_lo (≈ 2^-22 relative) is dropped. Unlike the forward's 3xTF32
+// (`ek_split_tf32` + cuBLAS), nothing but A itself is read: splitting gw in memory would
+// triple its traffic.
+//
+// Tiling: a CTA of EK_BLOCK threads owns EK_BLOCK rows × 64 columns (grid-stride over such
+// row tiles); warp w the rows 32w..32w+32 (two 16-row m-tiles × eight 8-column n-tiles: 64
+// accumulators per lane). k runs in chunks of 32 (four k steps). Per chunk a lane loads, per
+// row it holds (g and g+8 of each m-tile, g = lane/4), two float4 of A straight into
+// registers: k0+4t..4t+4 and k0+16+4t..16+4t+4 (t = lane%4) — 64 contiguous bytes per row and
+// instruction, full 32-byte sectors — for the chunk after the one being multiplied (one
+// chunk of prefetch). The 32 k of a chunk are visited in a permuted order (`tables::
+// tc_k_order`): k step s takes each lane's values 2s and 2s+1 as its fragment columns t and
+// t+4, so no shuffle is needed; the B pack uses the same order. B chunks (16 KB: 4 k steps
+// × 8 n-tiles × 32 lanes × {b0_hi, b1_hi, b0_lo, b1_lo}) are copied by the whole CTA into
+// a triple-buffered shared tile (cp.async on sm_80+; 48 KB) and read as one conflict-free
+// float4 per lane per (k step, n-tile). One barrier per chunk: chunk q (counted over all of
+// the CTA's tiles) goes to buffer q % 3, staged by a thread that has passed the barrier of
+// chunk q − 2, so every warp has finished reading chunk q − 3 from that buffer.
+// Traffic per row: 4k bytes of A (once, from HBM) + 4n bytes of C; per CTA and chunk 16 KB
+// of B from L2 (B pack: ceil(k/32) · 16 KB, 491 KB for k = 960). Work: 3 · 2 · m · 64 ·
+// ceil(k/32)·32 tensor-core FLOP (m = 917 504, k = 960: 3.5 GB read, 338 GFLOP TF32).
+// k: any ≥ 1 (16-byte loads when k % 4 == 0, else scalar; the chunk tail reads zeros);
+// rows past m read zeros and are not written. sm_80+ only: on older archs (and in the double
+// build) the kernel is empty and the host never launches it (`Exec::tensor_cores`).
+#define EK_TC_CHUNK 4096
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define EK_HAS_MMA_TF32 1
+// D = A·B + D on tensor cores: a [4], b [2] TF32 bit patterns in the PTX ISA's m16n8k8
+// fragment layout (lane = 4g + t: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);
+// b0 (k t, n g), b1 (k t+4, n g); d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1)).
+__device__ __forceinline__ void ek_mma_m16n8k8_tf32(float d[4], const unsigned a[4],
+                                                    const unsigned b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void ek_cp_async16(void* smem, const void* gmem) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void ek_cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void ek_cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+#elif defined(EK_HOST_MMA)
+// The CPU emulation defines ek_mma_m16n8k8_tf32 (tests/common: the same fragment layout,
+// the lanes' fragments exchanged through a staging area); copies are immediate.
+#define EK_HAS_MMA_TF32 1
+__device__ __forceinline__ void ek_cp_async16(void* smem, const void* gmem) {
+  *(float4*)smem = *(const float4*)gmem;
+}
+__device__ __forceinline__ void ek_cp_async_commit() {}
+template <int N>
+__device__ __forceinline__ void ek_cp_async_wait() {}
+#endif
+
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+// v[0..4) = row[c .. c+4), v[4..8) = row[c+16 .. c+20); zeros past k or for a missing row.
+__device__ __forceinline__ void ek_tc_load(const float* row, int c, int k, bool vec, float v[8]) {
+  EK_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    int cc = c + 16 * h;
+    if (row && vec && cc < k) {
+      float4 q = *(const float4*)(row + cc);
+      v[4 * h] = q.x;
+      v[4 * h + 1] = q.y;
+      v[4 * h + 2] = q.z;
+      v[4 * h + 3] = q.w;
+    } else {
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) v[4 * h + q] = row && cc + q < k ? row[cc + q] : 0.0f;
+    }
+  }
+}
+// hi, lo of x as TF32 bit patterns (ek_tf32's rounding).
+__device__ __forceinline__ void ek_tc_split(float x, unsigned* hi, unsigned* lo) {
+  float h = ek_tf32(x);
+  *hi = __float_as_uint(h);
+  *lo = __float_as_uint(ek_tf32(x - h));
+}
+// Chunk c of the B pack (EK_TC_CHUNK floats) into shared `dst`, by the whole CTA.
+__device__ __forceinline__ void ek_tc_stage(float* dst, const float* __restrict__ bp, int c) {
+  const float* src = bp + (u64)c * EK_TC_CHUNK;
+  for (int i = threadIdx.x; i < EK_TC_CHUNK / 4; i += blockDim.x)
+    ek_cp_async16(dst + 4 * i, src + 4 * i);
+  ek_cp_async_commit();
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
+    ek_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* __restrict__ A,
+                      const real* __restrict__ bp, real beta, real* __restrict__ C) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  __shared__ __align__(16) float ek_tc_b[3][EK_TC_CHUNK];
+  unsigned q = 0;  // chunks of B this CTA has multiplied (all tiles): chunk q in buffer q % 3
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int chunks = (k + 31) / 32;
+  const bool vec = (k & 3) == 0;
+  const u64 rows_per_cta = blockDim.x;
+  const u64 tiles = (m + rows_per_cta - 1) / rows_per_cta;
+  for (u64 tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const u64 r0 = tile * rows_per_cta + 32 * (u64)warp;
+    // row slot i: m-tile i/2, half i%2 → row r0 + 16(i/2) + 8(i%2) + g
+    const float* rows[4];
+    EK_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      u64 r = r0 + 16 * (i >> 1) + 8 * (i & 1) + g;
+      rows[i] = r < m ? A + r * (u64)k : 0;
+    }
+    float acc[2][8][4];
+    EK_UNROLL
+    for (int mt = 0; mt < 2; ++mt)
+      EK_UNROLL
+      for (int j = 0; j < 8; ++j)
+        EK_UNROLL
+        for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.0f;
+    float cur[4][8], nxt[4][8];
+    ek_tc_stage(ek_tc_b[q % 3], bp, 0);
+    EK_UNROLL
+    for (int i = 0; i < 4; ++i) ek_tc_load(rows[i], 4 * t, k, vec, cur[i]);
+    for (int c = 0; c < chunks; ++c, ++q) {
+      if (c + 1 < chunks) {
+        ek_tc_stage(ek_tc_b[(q + 1) % 3], bp, c + 1);
+        EK_UNROLL
+        for (int i = 0; i < 4; ++i) ek_tc_load(rows[i], 32 * (c + 1) + 4 * t, k, vec, nxt[i]);
+        ek_cp_async_wait<1>();
+      } else {
+        ek_cp_async_wait<0>();
+      }
+      __syncthreads();  // chunk c of B is in shared memory (every thread's copies)
+      const float4* bs = (const float4*)ek_tc_b[q % 3];
+      EK_UNROLL
+      for (int s = 0; s < 4; ++s) {
+        unsigned ahi[2][4], alo[2][4];
+        EK_UNROLL
+        for (int mt = 0; mt < 2; ++mt) {
+          // a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
+          ek_tc_split(cur[2 * mt][2 * s], &ahi[mt][0], &alo[mt][0]);
+          ek_tc_split(cur[2 * mt + 1][2 * s], &ahi[mt][1], &alo[mt][1]);
+          ek_tc_split(cur[2 * mt][2 * s + 1], &ahi[mt][2], &alo[mt][2]);
+          ek_tc_split(cur[2 * mt + 1][2 * s + 1], &ahi[mt][3], &alo[mt][3]);
+        }
+        EK_UNROLL
+        for (int j = 0; j < 8; ++j) {
+          float4 b = bs[(s * 8 + j) * 32 + lane];
+          unsigned bhi[2] = {__float_as_uint(b.x), __float_as_uint(b.y)};
+          unsigned blo[2] = {__float_as_uint(b.z), __float_as_uint(b.w)};
+          EK_UNROLL
+          for (int mt = 0; mt < 2; ++mt) {
+            ek_mma_m16n8k8_tf32(acc[mt][j], alo[mt], bhi);
+            ek_mma_m16n8k8_tf32(acc[mt][j], ahi[mt], blo);
+            ek_mma_m16n8k8_tf32(acc[mt][j], ahi[mt], bhi);
+          }
+        }
+      }
+      if (c + 1 < chunks) {
+        EK_UNROLL
+        for (int i = 0; i < 4; ++i)
+          EK_UNROLL
+          for (int q = 0; q < 8; ++q) cur[i][q] = nxt[i][q];
+      }
+    }
+    // d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1)
+    EK_UNROLL
+    for (int mt = 0; mt < 2; ++mt)
+      EK_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        u64 r = r0 + 16 * mt + 8 * h + g;
+        if (r >= m) continue;
+        EK_UNROLL
+        for (int j = 0; j < 8; ++j)
+          EK_UNROLL
+          for (int q = 0; q < 2; ++q) {
+            int col = 8 * j + 2 * t + q;
+            if (col < n) {
+              real* o = C + r * (u64)n + col;
+              *o = alpha * acc[mt][j][2 * h + q] + (beta != 0.0f ? beta * *o : 0.0f);
+            }
+          }
+      }
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
 // The radial MLP's last product as 3xTF32 on tensor cores, without a split pass:
 // out[rows, n] = alpha · h[rows, k] · W[k, n], h row-major (stride k). Each h element is
 // split in registers (hi = tf32(x), lo = tf32(x − hi)) and out ≈ h_lo·W_hi + h_hi·W_lo +
@@ -850,49 +1049,11 @@ extern "C" __global__ void ek_split_tf32(u64 rows, int k, const real* __restrict
 // A warp owns 32 rows (two m16 tiles, h kept in registers for k ≤ 64) and walks the
 // columns 4 tiles at a time (8 independent accumulator chains; each W fragment feeds both
 // row tiles). Needs sm_80+, k % 8 == 0, k ≤ 64, n % 8 == 0 (the host checks; f64 builds
-// get a stub).
+// and older archs get a stub). The mma is `ek_mma_m16n8k8_tf32` (above).
 #define EK_RL_ROWS 256
 #define EK_RL_KMAX 64
 #define EK_RL_CT 4
-#ifdef EK_REAL_F32
-#if defined(__CUDA_ARCH__)
-// d = a·b + d for one warp's m16n8k8 fragments (PTX ISA layout, g = lane / 4, t = lane % 4):
-// a: (g, t) (g+8, t) (g, t+4) (g+8, t+4); b: (k t, col g) (k t+4, col g);
-// d: (g, 2t) (g, 2t+1) (g+8, 2t) (g+8, 2t+1).
-__device__ __forceinline__ void ek_mma_tf32(float* d, const unsigned* a, const unsigned* b) {
-#if __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
-#else
-// CPU emulation (tests): the warp's fragments exchanged through a staging area between two
-// block barriers (every warp of the block calls this the same number of times), so a
-// wrong lane or register index in the kernel gives wrong products here too.
-static float ek_mma_sa[EK_BLOCK][4];
-static float ek_mma_sb[EK_BLOCK][2];
-__device__ inline void ek_mma_tf32(float* d, const unsigned* a, const unsigned* b) {
-  const unsigned tid = threadIdx.x, w0 = tid & ~31u, lane = tid & 31u;
-  for (int q = 0; q < 4; ++q) ek_mma_sa[tid][q] = __uint_as_float(a[q]);
-  for (int q = 0; q < 2; ++q) ek_mma_sb[tid][q] = __uint_as_float(b[q]);
-  __syncthreads();
-  const unsigned g = lane >> 2, t = lane & 3u;
-  for (int i = 0; i < 4; ++i) {
-    unsigned row = g + (i >= 2 ? 8u : 0u), col = 2u * t + (unsigned)(i & 1);
-    double acc = 0.0;
-    for (unsigned kk = 0; kk < 8; ++kk) {
-      float av = ek_mma_sa[w0 + (row % 8u) * 4u + kk % 4u][(row >= 8u ? 1 : 0) + (kk >= 4u ? 2 : 0)];
-      float bv = ek_mma_sb[w0 + col * 4u + kk % 4u][kk >= 4u ? 1 : 0];
-      acc += (double)av * (double)bv;
-    }
-    d[i] = (float)((double)d[i] + acc);
-  }
-  __syncthreads();
-}
-#endif
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
 // p[0], p[1] = a, b (p 8-byte aligned: even n and col).
 __device__ __forceinline__ void ek_st2(float* p, float a, float b) {
 #if defined(__CUDA_ARCH__)
@@ -954,9 +1115,9 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
               unsigned blo[2] = {__float_as_uint(f.z), __float_as_uint(f.w)};
               EK_UNROLL
               for (int m = 0; m < 2; ++m) {
-                ek_mma_tf32(acc[m][c], alo[m], bhi);
-                ek_mma_tf32(acc[m][c], ahi[m], blo);
-                ek_mma_tf32(acc[m][c], ahi[m], bhi);
+                ek_mma_m16n8k8_tf32(acc[m][c], alo[m], bhi);
+                ek_mma_m16n8k8_tf32(acc[m][c], ahi[m], blo);
+                ek_mma_m16n8k8_tf32(acc[m][c], ahi[m], bhi);
               }
             }
           }
@@ -978,7 +1139,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
   }
 }
 #else
-// f64 builds never launch it (3xTF32 is an f32 technique).
+// f64 builds and archs before sm_80 never launch it (3xTF32 on tensor cores).
 extern "C" __global__ void ek_radial_last_tf32x3(u64 rows, int k, int n, const real* h,
                                                  const real* wf, real alpha, real* out) {}
 #endif

@@ -32,7 +32,9 @@ mod gemm;
 #[cfg(feature = "cuda")]
 pub use cuda_exec::CudaExec;
 #[cfg(feature = "cuda")]
-pub use evaluator::{CudaSevenNet, Resident, DEFAULT_KEEP_W_BYTES, KEEP_W_ENV, MLP_ENV};
+pub use evaluator::{
+    CudaSevenNet, Resident, DEFAULT_KEEP_W_BYTES, KEEP_W_ENV, MLP_ENV, TF32X3_BWD_ENV,
+};
 #[cfg(feature = "cuda")]
 pub use gemm::DevReal;
 

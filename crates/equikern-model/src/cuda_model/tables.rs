@@ -413,6 +413,79 @@ pub fn tf32x3_mma_fragments(b: &[f32], k: usize, n: usize) -> Vec<f32> {
     out
 }
 
+/// Columns (`n`) `ek_gemm_tf32x3_nt` computes: the right factor `B [n, k]` needs `n ≤` this.
+pub const TC_MAX_N: usize = 64;
+
+/// `k` per chunk of `ek_gemm_tf32x3_nt` (four `m16n8k8` steps).
+pub const TC_KC: usize = 32;
+
+/// Floats of one chunk of the [`tf32x3_nt_pack`]: 4 k steps × 8 n-tiles × 32 lanes × 4.
+pub const TC_CHUNK: usize = 4096;
+
+/// The position in a `k` chunk of `ek_gemm_tf32x3_nt`'s k step `s` (0..4), fragment column
+/// `c` (0..8): lane `t = c % 4` holds the chunk's `4t..4t+4` and `16+4t..16+4t+4` (two 16-byte
+/// loads per row) and k step `s` uses its values `2s` (column `t`) and `2s + 1` (`t + 4`).
+pub fn tc_k_order(s: usize, c: usize) -> usize {
+    let t = c % 4;
+    let idx = 2 * s + usize::from(c >= 4);
+    if idx < 4 {
+        4 * t + idx
+    } else {
+        16 + 4 * t + idx - 4
+    }
+}
+
+/// `B [n, k]` (row-major, `n ≤ TC_MAX_N`) as `ek_gemm_tf32x3_nt` reads it: `ceil(k / 32)`
+/// chunks of [`TC_CHUNK`] floats, per (k step `s`, n-tile `j`, lane `4g + t`) the four
+/// values `[b0_hi, b1_hi, b0_lo, b1_lo]` with `b0 = B[8j + g, 32c + tc_k_order(s, t)]`,
+/// `b1 = B[8j + g, 32c + tc_k_order(s, t + 4)]`, `hi = tf32(b)`, `lo = tf32(b − hi)`; zeros
+/// past `n` and `k`. `lo_terms = false` zeroes every `lo` (tests: the product without
+/// `A_hi · B_lo`).
+pub fn tf32x3_nt_pack(b: &[f32], n: usize, k: usize, lo_terms: bool) -> Result<Vec<f32>> {
+    if n == 0 || n > TC_MAX_N {
+        return Err(ModelError::Unsupported(format!(
+            "tf32x3_nt_pack: n = {n} columns (1..={TC_MAX_N})"
+        )));
+    }
+    if k == 0 || b.len() < n * k {
+        return Err(ModelError::input(
+            "tf32x3_nt_pack",
+            format!("B of {} values for n = {n}, k = {k}", b.len()),
+        ));
+    }
+    let chunks = k.div_ceil(TC_KC);
+    let mut out = vec![0.0f32; chunks * TC_CHUNK];
+    for ch in 0..chunks {
+        for s in 0..4 {
+            for j in 0..8 {
+                for lane in 0..32 {
+                    let (g, t) = (lane / 4, lane % 4);
+                    let row = 8 * j + g;
+                    let base = ch * TC_CHUNK + ((s * 8 + j) * 32 + lane) * 4;
+                    for (q, c) in [(0, t), (1, t + 4)] {
+                        let kk = ch * TC_KC + tc_k_order(s, c);
+                        let v = if row < n && kk < k {
+                            b[row * k + kk]
+                        } else {
+                            0.0
+                        };
+                        let hi = tf32(v);
+                        out[base + q] = hi;
+                        out[base + 2 + q] = if lo_terms { tf32(v - hi) } else { 0.0 };
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Iterations (threads) of an `ek_gemm_tf32x3_nt` launch for `m` rows: one CTA of
+/// [`BLOCK_THREADS`] threads per as many rows.
+pub fn tc_gemm_iterations(m: usize) -> u64 {
+    (m.div_ceil(BLOCK_THREADS as usize) * BLOCK_THREADS as usize) as u64
+}
+
 /// Widest radial-MLP layer (input or hidden) the fused kernels are generated for.
 pub const MLP_MAX_WIDTH: usize = 128;
 

@@ -259,6 +259,7 @@ pub const KERNEL_SHIM: &str = r#"
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -281,12 +282,50 @@ struct ek_barrier {
 static ek_barrier* ek_bar = nullptr;
 static int ek_unsynced_barriers = 0;
 static inline void __syncthreads() { if (ek_bar) ek_bar->wait(); else ++ek_unsynced_barriers; }
+// __syncwarp: a barrier over the 32 threads of the caller's warp (`grid_threads`)
+static ek_barrier** ek_warp_bar = nullptr;
+static inline void __syncwarp(unsigned = 0xffffffffu) {
+  if (ek_warp_bar) ek_warp_bar[threadIdx.x / 32]->wait(); else ++ek_unsynced_barriers;
+}
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 of one warp, as the PTX ISA lays out
+// its fragments (lane = 4g + t): a0 (row g, col t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);
+// b0 (k t, col g), b1 (k t+4, col g); d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1).
+// Every lane posts its fragments to the warp's staging slot, waits for the other 31, and
+// forms its own four outputs from the whole 16×8 and 8×8 tiles it rebuilds from them. Each
+// operand's low 13 bits are dropped (the tensor cores read TF32: a value that was not split
+// loses them, as on the GPU); products exact, the sum in double, rounded to float. Two
+// slots alternate, so one barrier per call suffices (a lane can only overwrite a slot after
+// the next call's barrier, which every reader of it has reached).
+#define EK_HOST_MMA 1
+static unsigned ek_mma_a[32][2][32][4], ek_mma_b[32][2][32][2];
+static thread_local int ek_mma_slot = 0;
+static inline double ek_tf32_in(unsigned u) { return (double)__uint_as_float(u & 0xffffe000u); }
+static inline void ek_mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2]) {
+  unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
+  int s = ek_mma_slot;
+  ek_mma_slot ^= 1;
+  for (int i = 0; i < 4; ++i) ek_mma_a[w][s][l][i] = a[i];
+  for (int i = 0; i < 2; ++i) ek_mma_b[w][s][l][i] = b[i];
+  __syncwarp();
+  unsigned g = l / 4, t = l % 4;
+  for (int i = 0; i < 4; ++i) {
+    unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+    double acc = d[i];
+    for (unsigned k = 0; k < 8; ++k) {
+      unsigned a_lane = (row % 8) * 4 + k % 4, a_reg = (row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0);
+      unsigned b_lane = col * 4 + k % 4, b_reg = k >= 4 ? 1 : 0;
+      acc += ek_tf32_in(ek_mma_a[w][s][a_lane][a_reg]) * ek_tf32_in(ek_mma_b[w][s][b_lane][b_reg]);
+    }
+    d[i] = (float)acc;
+  }
+}
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __constant__ static const
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 #define __restrict__
 #define EK_UNROLL
 #define EK_NO_UNROLL
@@ -307,8 +346,9 @@ template <class F> static void grid(u64 n, F f) {
 "#;
 
 /// Like `grid`, with each block's 256 threads run concurrently (real threads, `__syncthreads`
-/// a barrier, `__shared__` one copy per block): for kernels that stage data per block.
-/// `grid` on such a kernel counts its barriers in `ek_unsynced_barriers` instead.
+/// a barrier over the block, `__syncwarp` over the caller's 32, `__shared__` one copy per
+/// block): for kernels that stage data per block or exchange it within a warp (the emulated
+/// `mma`). `grid` on such a kernel counts its barriers in `ek_unsynced_barriers` instead.
 pub const GRID_THREADS: &str = r#"
 template <class F> static void grid_threads(u64 n, F f) {
   u64 b = (n + 255) / 256; if (b < 1) b = 1; if (b > 3) b = 3;
@@ -318,11 +358,19 @@ template <class F> static void grid_threads(u64 n, F f) {
     blockIdx.x = bx; blockIdx.y = 0; blockIdx.z = 0;
     ek_barrier bar(256);
     ek_bar = &bar;
+    std::vector<std::unique_ptr<ek_barrier>> warps;
+    std::vector<ek_barrier*> warp_ptrs;
+    for (unsigned w = 0; w < 256 / 32; ++w) {
+      warps.emplace_back(new ek_barrier(32));
+      warp_ptrs.push_back(warps.back().get());
+    }
+    ek_warp_bar = warp_ptrs.data();
     std::vector<std::thread> th;
     for (unsigned tx = 0; tx < 256; ++tx)
       th.emplace_back([&f, tx] { threadIdx.x = tx; threadIdx.y = 0; threadIdx.z = 0; f(); });
     for (auto& t : th) t.join();
     ek_bar = nullptr;
+    ek_warp_bar = nullptr;
   }
 }
 "#;
