@@ -45,6 +45,7 @@ pub enum Kern {
     Fill,
     FillF64,
     SplitTf32,
+    SplitTf32Rows,
     Readout,
     Forces,
     VirialPartial,
@@ -52,7 +53,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 20] = [
+    pub const ALL: [Kern; 21] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -69,6 +70,7 @@ impl Kern {
         Kern::Fill,
         Kern::FillF64,
         Kern::SplitTf32,
+        Kern::SplitTf32Rows,
         Kern::Readout,
         Kern::Forces,
         Kern::VirialPartial,
@@ -94,6 +96,7 @@ impl Kern {
             Kern::Fill => "ek_fill",
             Kern::FillF64 => "ek_fill_f64",
             Kern::SplitTf32 => "ek_split_tf32",
+            Kern::SplitTf32Rows => "ek_split_tf32_rows",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",
             Kern::VirialPartial => "ek_virial_partial",
@@ -195,6 +198,21 @@ pub trait Exec<T: Pod>: Memory {
         _b: &Self::Buf<T>,
         _beta: T,
         _c: &mut Self::Buf<T>,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+    /// [`Self::gemm_strided`] with operands already exact in TF32 (the 3xTF32 factors of
+    /// the Linear products), on tensor cores where the device has them; `Ok(false)`
+    /// elsewhere (the caller then runs the plain product).
+    #[allow(clippy::type_complexity)]
+    fn gemm_strided_tf32(
+        &self,
+        _dims: (usize, usize, usize),
+        _alpha: T,
+        _a: (&Self::Buf<T>, usize, usize),
+        _b: (&Self::Buf<T>, usize, usize),
+        _beta: T,
+        _c: (&mut Self::Buf<T>, usize, usize),
     ) -> Result<bool> {
         Ok(false)
     }
