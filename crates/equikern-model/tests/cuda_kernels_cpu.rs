@@ -1071,7 +1071,7 @@ fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
         check_gemm(&k, &mut r);
         check_reductions(&k, &mut r);
         // the 3xTF32 split (f32 only: the double build never launches it)
-        let k32 = (T::NAME == "f32").then(|| K::<f32> {
+        let k32 = (T::NAME == "f32").then_some(K::<f32> {
             lib: &lib,
             _t: std::marker::PhantomData,
         });

@@ -160,24 +160,28 @@ fn structures() -> Vec<(&'static str, Structure)> {
 const TF32X3_TOL_FACTOR: f64 = 10.0;
 
 fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: &str) {
-    for (keep, fused, two_pass, tf32) in [
-        (true, true, false, false),
-        (false, true, false, false),
-        (false, true, true, false),
-        (false, false, false, false),
-        (true, true, false, true),
+    // tf32: the radial product as 3xTF32; lin: the Linear products too (those ≥ 4 wide:
+    // the small models' aligned ones are 4 wide, 7net-0's all ≥ 64 as by default)
+    for (keep, fused, two_pass, tf32, lin) in [
+        (true, true, false, false, false),
+        (false, true, false, false, false),
+        (false, true, true, false, false),
+        (false, false, false, false, false),
+        (true, true, false, true, false),
+        (false, true, false, true, true),
     ] {
         let mut ev = CudaSevenNet::<T>::new(&model.cast::<T>(), dev.clone()).unwrap();
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         ev.set_mlp_fused(fused).unwrap();
         ev.set_mlp_two_pass(two_pass);
         ev.set_tf32x3(tf32);
+        ev.set_tf32x3_linear(lin, 4);
         if tf32 && T::NAME != "f32" {
             continue;
         }
         let tol = if tf32 { TF32X3_TOL_FACTOR * tol } else { tol };
         println!(
-            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}]",
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, linears too: {lin}]",
             ev.describe()
         );
         for (name, s) in structures() {
@@ -192,10 +196,11 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
             let p = ev.evaluate(&s).unwrap();
             check_rel(
                 &format!(
-                    "{} {name} keep={keep} fused={fused}{}{}",
+                    "{} {name} keep={keep} fused={fused}{}{}{}",
                     T::NAME,
                     if two_pass { "2" } else { "" },
-                    if tf32 { " tf32x3" } else { "" }
+                    if tf32 { " tf32x3" } else { "" },
+                    if tf32 && lin { "+lin" } else { "" }
                 ),
                 model,
                 &s,
@@ -462,8 +467,10 @@ fn timing_si_4096() {
     }
 }
 
-/// The 3xTF32 radial product (`set_tf32x3`, on by default in f32) against sevenn's float64 references: still
-/// within the f32 force tolerance (2e-4 eV/Å), reported beside the plain f32 path.
+/// The 3xTF32 radial product (`set_tf32x3`, on by default in f32) and, with it, the Linear
+/// products (`set_tf32x3_linear`, default on) against sevenn's float64 references: still
+/// within the f32 force tolerance (2e-4 eV/Å), reported beside the plain f32 path and the
+/// radial product alone.
 #[test]
 fn tf32x3_within_the_f32_tolerance() {
     let Some(dev) = cuda_device() else { return };
@@ -471,9 +478,15 @@ fn tf32x3_within_the_f32_tolerance() {
         return;
     };
     let m32: SevenNet<f32> = model.cast();
-    for on in [false, true] {
+    for (on, lin) in [(false, false), (true, false), (true, true)] {
         let mut ev = CudaSevenNet::<f32>::new(&m32, dev.clone()).unwrap();
         ev.set_tf32x3(on);
+        ev.set_tf32x3_linear(lin, equikern_model::cuda_model::DEFAULT_TF32X3_LINEAR_MIN);
+        let on = match (on, lin) {
+            (false, _) => "off",
+            (true, false) => "radial",
+            (true, true) => "radial+linears",
+        };
         let mut wf = 0.0f64;
         for r in &refs {
             let p = ev.evaluate(&r.structure).unwrap();

@@ -9,6 +9,12 @@
 //! With `EQUIKERN_MODEL_MLP=cublas` each hidden layer is a cuBLAS product + `ek_act` and its
 //! pre-activations `[E, hidden]` are kept for the backward (the path before the fusion).
 //!
+//! e3nn Linears: each path is a strided product `y[:, out] (+)= α · x[:, in] · (W ⊗ I_dim)`
+//! (`tables::KronGemm`), cuBLAS; in f32 by default as 3xTF32 on tensor cores
+//! ([`TF32X3_LINEAR_ENV`]): the input block split once per Linear call into `[hi | hi | lo]`
+//! (`ek_split_tf32_rows`, into `gw`), times `[K_hi; K_lo; K_hi]` made at placement. The
+//! backward's transposed Linears are Linears of their own (`LinearTable::transpose`).
+//!
 //! Memory policy: a layer's per-edge weights `w [E, weight_numel]` (and, on the cuBLAS MLP
 //! path, its pre-activations) are kept from the forward to the backward while all layers'
 //! together fit [`KEEP_W_ENV`]'s budget (default [`DEFAULT_KEEP_W_BYTES`], 1 GiB: 7net-0 in
@@ -252,10 +258,11 @@ fn tf32x3_enabled<T: DevReal>() -> bool {
 /// free during every Linear), times the right factor `[K_hi; K_lo; K_hi]` made at placement.
 pub const TF32X3_LINEAR_ENV: &str = "EQUIKERN_MODEL_TF32X3_LINEAR";
 
-/// Smallest `k` and `n` of a Linear product run as 3xTF32. Below it the product is a few
-/// tens of kFLOP per row: the split pass and three times the multiply-adds are not paid
-/// back by the tensor cores (and such products are latency-bound anyway). 7net-0's products
-/// are all ≥ 64 wide except none; the small test models' are narrower (tests lower it).
+/// Smallest `k` and `n` of a Linear product run as 3xTF32. Below it a product is a few
+/// kFLOP per row, bound by memory and launch latency rather than by FP32 throughput: the
+/// split pass (one more read of the block, three writes) and three times the multiply-adds
+/// would not be paid back by the tensor cores. Every 7net-0 product is ≥ 64 wide (the
+/// narrowest: the readout's 128 → 64); the small test models' are narrower (tests lower it).
 pub const DEFAULT_TF32X3_LINEAR_MIN: usize = 64;
 
 fn tf32x3_linear_enabled() -> bool {
@@ -575,10 +582,17 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         &self.d
     }
 
-    /// e.g. `"NVIDIA H100 80GB HBM3 f32 (resident, cuBLAS)"`.
+    /// e.g. `"NVIDIA H100 80GB HBM3 f32 (resident, cuBLAS, radial MLP fused, 3xTF32
+    /// radial+linears)"` (the 3xTF32 part in f32 only: `off`, `radial`, `radial+linears`).
     pub fn describe(&self) -> String {
+        let tf32 = match (T::NAME == "f32", self.tf32x3, self.linear_tf32()) {
+            (false, ..) => "",
+            (true, false, _) => ", 3xTF32 off",
+            (true, true, false) => ", 3xTF32 radial",
+            (true, true, true) => ", 3xTF32 radial+linears",
+        };
         format!(
-            "{} {} (resident, {}, radial MLP {})",
+            "{} {} (resident, {}, radial MLP {}{tf32})",
             self.d.describe(),
             T::NAME,
             self.d.gemm_name(),
