@@ -13,8 +13,9 @@ use common::*;
 use equikern_core::conv::{Csr, End};
 use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
 use equikern_model::cuda_model::tables::{
-    kernel_source, kernel_source_with, mlp_hidden_shape, mlp_pack, tc_gemm_iterations, tf32,
-    tf32x3_mma_fragments, tf32x3_nt_pack, GateTable, LinearTable, MlpKernels, MLP_MAX_WIDTH,
+    kernel_source, kernel_source_with, kron_tf32x3_right, mlp_hidden_shape, mlp_pack,
+    tc_gemm_iterations, tf32, tf32x3_mma_fragments, tf32x3_nt_pack, GateTable, LinearTable,
+    MlpKernels, MLP_MAX_WIDTH,
 };
 use equikern_model::nn::{BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
 use equikern_model::{Scalar, SevenNet};
@@ -81,6 +82,9 @@ extern "C" void t_accumulate(u64 n, real* dst, const real* src, int first) {
   grid(n, [&] { ek_accumulate(n, dst, src, first); });
 }
 extern "C" void t_fill(u64 n, real* p, real v) { grid(n, [&] { ek_fill(n, p, v); }); }
+extern "C" void t_split_tf32_rows(u64 rows, int k, const real* a, u64 lda, real* cat, u64 ldc) {
+  grid(rows * (u64)k, [&] { ek_split_tf32_rows(rows, k, a, lda, cat, ldc); });
+}
 extern "C" void t_readout(u64 N, const real* out, const unsigned* types, const double* scale,
     const double* shift, double* atomic, real* seed) {
   grid(N, [&] { ek_readout(N, out, types, scale, shift, atomic, seed); });
@@ -357,6 +361,152 @@ fn check_linears<T: Scalar>(k: &K<T>, m: &SevenNet<T>, r: &mut rand_chacha::ChaC
             );
         }
     }
+}
+
+type SplitFn = unsafe extern "C" fn(u64, i32, *const f32, u64, *mut f32, u64);
+
+/// `ek_split_tf32_rows` (f32) on a ragged strided block: rows of `k` values from `a_off`
+/// with stride `lda` into `[hi | hi | lo]` from `c_off` with stride `ldc`; every element of
+/// the poisoned output outside the written rows stays NaN, every written one is the host's
+/// split exactly, and hi + lo is the input to 2^-21.
+fn check_split_rows(k: &K<f32>, r: &mut rand_chacha::ChaCha8Rng) {
+    let f = sym!(k, b"t_split_tf32_rows", SplitFn);
+    for (rows, kk, a_off, lda, c_off, ldc) in [
+        (37usize, 13usize, 5usize, 29usize, 7usize, 50usize),
+        (1, 4, 0, 4, 0, 12),
+        (300, 3, 2, 7, 1, 9),
+        (9, 160, 32, 480, 96, 1440),
+    ] {
+        let a: Vec<f32> = rnd(r, a_off + rows * lda)
+            .iter()
+            .map(|&v| (v * 37.0) as f32)
+            .collect();
+        let mut c = vec![f32::NAN; c_off + rows * ldc + 5];
+        // SAFETY: `a` holds a_off + rows·lda ≥ the block, `c` c_off + rows·ldc ≥ 3k per row.
+        unsafe {
+            f(
+                rows as u64,
+                kk as i32,
+                a[a_off..].as_ptr(),
+                lda as u64,
+                c[c_off..].as_mut_ptr(),
+                ldc as u64,
+            )
+        };
+        for (i, &v) in c.iter().enumerate() {
+            let (row, col) = (i.wrapping_sub(c_off) / ldc, i.wrapping_sub(c_off) % ldc);
+            if i < c_off || row >= rows || col >= 3 * kk {
+                assert!(
+                    v.is_nan(),
+                    "split {rows}x{kk}: wrote {v} at {i} outside the block"
+                );
+                continue;
+            }
+            let x = a[a_off + row * lda + col % kk];
+            let hi = tf32(x);
+            let want = if col < 2 * kk { hi } else { tf32(x - hi) };
+            assert_eq!(v, want, "split {rows}x{kk}: row {row} col {col} of {x}");
+            if col >= 2 * kk {
+                let e = (f64::from(hi) + f64::from(v) - f64::from(x)).abs();
+                assert!(
+                    e <= f64::from(x.abs()) * 2f64.powi(-21),
+                    "hi + lo of {x}: {e:e}"
+                );
+            }
+        }
+        println!("  split_tf32_rows {rows}x{kk} lda {lda} ldc {ldc}: exact, nothing else written");
+    }
+}
+
+/// Every Linear of the model (forward and transposed) as its 3xTF32 products: the input
+/// blocks split by `ek_split_tf32_rows` into a poisoned `[n, 3·dim_in]` scratch laid out as
+/// the evaluator does (block at 3·in_off, row stride 3·dim_in), times the right factors of
+/// `kron_tf32x3_right` (at their offsets), summed per output block with the paths'
+/// coefficients: the host Linear within the f32 tolerance.
+fn check_linears_tf32x3(k: &K<f32>, m: &SevenNet<f32>, r: &mut rand_chacha::ChaCha8Rng) {
+    let f = sym!(k, b"t_split_tf32_rows", SplitFn);
+    let mut all: Vec<(String, &Linear<f32>)> = vec![
+        ("readout_hidden".into(), &m.readout_hidden),
+        ("embed".into(), &m.embed),
+    ];
+    for (t, l) in m.layers.iter().enumerate() {
+        all.push((format!("{t}.sc"), &l.sc));
+        all.push((format!("{t}.lin1"), &l.lin1));
+        all.push((format!("{t}.lin2"), &l.lin2));
+    }
+    let mut bytes = 0;
+    for (name, l) in all {
+        for transpose in [false, true] {
+            let t = if transpose {
+                LinearTable::transpose(l).unwrap()
+            } else {
+                LinearTable::forward(l).unwrap()
+            };
+            let Some((gemms, kron)) = &t.kron else {
+                continue;
+            };
+            let (off, k3) = kron_tf32x3_right(gemms, kron).unwrap();
+            assert_eq!(off.len(), gemms.len());
+            bytes += 4 * k3.len();
+            let narrow: Vec<(usize, usize)> = gemms
+                .iter()
+                .filter(|g| g.k.min(g.n) < 64)
+                .map(|g| (g.k, g.n))
+                .collect();
+            if !narrow.is_empty() {
+                println!("  {name} transposed {transpose}: products (k, n) under 64: {narrow:?}");
+            }
+            for n in [1usize, 7] {
+                let x: Vec<f32> = cast(&rnd(r, n * t.dim_in));
+                let ld3 = 3 * t.dim_in;
+                let mut cat = vec![f32::NAN; n * ld3];
+                let mut done: Vec<usize> = vec![];
+                let mut y = vec![f64::NAN; n * t.dim_out];
+                for (i, g) in gemms.iter().enumerate() {
+                    if !done.contains(&g.in_off) {
+                        // SAFETY: the block [in_off, in_off + k) of n rows of dim_in, into
+                        // [3·in_off, 3·in_off + 3k) of n rows of 3·dim_in.
+                        unsafe {
+                            f(
+                                n as u64,
+                                g.k as i32,
+                                x[g.in_off..].as_ptr(),
+                                t.dim_in as u64,
+                                cat[3 * g.in_off..].as_mut_ptr(),
+                                ld3 as u64,
+                            )
+                        };
+                        done.push(g.in_off);
+                    }
+                    for row in 0..n {
+                        for j in 0..g.n {
+                            let s: f64 = (0..3 * g.k)
+                                .map(|q| {
+                                    f64::from(cat[row * ld3 + 3 * g.in_off + q])
+                                        * f64::from(k3[off[i] + q * g.n + j])
+                                })
+                                .sum();
+                            let o = &mut y[row * t.dim_out + g.out_off + j];
+                            *o = if g.first { 0.0 } else { *o } + g.coef * s;
+                        }
+                    }
+                }
+                let host = if transpose {
+                    l.backward(&x)
+                } else {
+                    l.forward(&x)
+                };
+                let tr = if transpose { " transposed" } else { "" };
+                rel(
+                    &format!("3xTF32 linear {name}{tr} n {n}"),
+                    &y,
+                    &host,
+                    tol::<f32>(),
+                );
+            }
+        }
+    }
+    println!("  3xTF32 right factors of the Linears (forward and transposed): {bytes} bytes");
 }
 
 fn check_gates<T: Scalar>(k: &K<T>, gates: &[&Gate<T>], r: &mut rand_chacha::ChaCha8Rng) {
@@ -997,15 +1147,23 @@ fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
         }
         check_gemm(&k, &mut r);
         check_reductions(&k, &mut r);
-        if T::NAME == "f32" {
-            // SAFETY: the same library; T is f32 here.
-            let k32: &K<f32> = unsafe { &*(&k as *const K<T> as *const K<f32>) };
+        // the 3xTF32 split and the forward mma kernel (f32 only: the double build never
+        // launches them)
+        let k32 = (T::NAME == "f32").then_some(K::<f32> {
+            lib: &lib,
+            _t: std::marker::PhantomData,
+        });
+        if let Some(k32) = &k32 {
+            check_split_rows(k32, &mut r);
             check_radial_last(k32, &mut r);
         }
         for (name, m) in models {
             println!(" model {name}:");
             check_geometry(&k, 2, &m.bessel, &m.envelope, &mut r);
             check_linears(&k, m, &mut r);
+            if let Some(k32) = &k32 {
+                check_linears_tf32x3(k32, &m.cast::<f32>(), &mut r);
+            }
             let gates: Vec<&Gate<T>> = m.layers.iter().map(|l| &l.gate).collect();
             check_gates(&k, &gates, &mut r);
             for (t, l) in m.layers.iter().enumerate() {

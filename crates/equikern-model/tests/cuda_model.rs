@@ -160,16 +160,19 @@ fn structures() -> Vec<(&'static str, Structure)> {
 const TF32X3_TOL_FACTOR: f64 = 10.0;
 
 fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: &str) {
-    // 3xTF32 modes: the backward's gw · Wᵀ by `ek_gemm_tf32x3_nt` (fused MLP with the
-    // outputs kept, cuBLAS MLP recomputing), and once on cuBLAS FP32 (`tc_bwd` false)
-    for (keep, fused, two_pass, tf32, tc_bwd) in [
-        (true, true, false, false, false),
-        (false, true, false, false, false),
-        (false, true, true, false, false),
-        (false, false, false, false, false),
-        (true, true, false, true, true),
-        (false, false, false, true, true),
-        (true, true, false, true, false),
+    // 3xTF32 modes: the backward's gw · Wᵀ by `ek_gemm_tf32x3_nt` (tc_bwd; fused MLP with
+    // the outputs kept, cuBLAS MLP recomputing) or on cuBLAS FP32; lin: the Linear products
+    // too (those ≥ 4 wide: the small models' aligned ones are 4 wide, 7net-0's all ≥ 64 as
+    // by default)
+    for (keep, fused, two_pass, tf32, tc_bwd, lin) in [
+        (true, true, false, false, false, false),
+        (false, true, false, false, false, false),
+        (false, true, true, false, false, false),
+        (false, false, false, false, false, false),
+        (true, true, false, true, true, false),
+        (false, false, false, true, true, false),
+        (true, true, false, true, false, false),
+        (false, true, false, true, true, true),
     ] {
         let mut ev = CudaSevenNet::<T>::new(&model.cast::<T>(), dev.clone()).unwrap();
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
@@ -177,12 +180,13 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
         ev.set_mlp_two_pass(two_pass);
         ev.set_tf32x3(tf32);
         ev.set_tf32x3_bwd(tc_bwd);
+        ev.set_tf32x3_linear(lin, 4);
         if tf32 && T::NAME != "f32" {
             continue;
         }
         let tol = if tf32 { TF32X3_TOL_FACTOR * tol } else { tol };
         println!(
-            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}]",
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}]",
             ev.describe()
         );
         for (name, s) in structures() {
@@ -197,14 +201,15 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
             let p = ev.evaluate(&s).unwrap();
             check_rel(
                 &format!(
-                    "{} {name} keep={keep} fused={fused}{}{}",
+                    "{} {name} keep={keep} fused={fused}{}{}{}",
                     T::NAME,
                     if two_pass { "2" } else { "" },
                     match (tf32, tc_bwd) {
                         (true, true) => " tf32x3+bwd",
                         (true, false) => " tf32x3",
                         _ => "",
-                    }
+                    },
+                    if tf32 && lin { "+lin" } else { "" }
                 ),
                 model,
                 &s,
@@ -471,9 +476,11 @@ fn timing_si_4096() {
     }
 }
 
-/// The 3xTF32 radial product (`set_tf32x3`, on by default in f32) against sevenn's float64
-/// references: still within the f32 force tolerance (2e-4 eV/Å), reported beside the plain
-/// f32 path; with its backward product on cuBLAS FP32 and by `ek_gemm_tf32x3_nt` (default).
+/// The 3xTF32 radial product (`set_tf32x3`, on by default in f32) and, with it, its
+/// backward product (`ek_gemm_tf32x3_nt`, default on) and the Linear products
+/// (`set_tf32x3_linear`, default on) against sevenn's float64 references: still within the
+/// f32 force tolerance (2e-4 eV/Å), reported beside the plain f32 path and each step alone
+/// (and the opt-in forward kernel `ek_radial_last_tf32x3`).
 #[test]
 fn tf32x3_within_the_f32_tolerance() {
     let Some(dev) = cuda_device() else { return };
@@ -481,26 +488,25 @@ fn tf32x3_within_the_f32_tolerance() {
         return;
     };
     let m32: SevenNet<f32> = model.cast();
-    // off; on (cuBLAS forward on split rows); + the tensor-core backward; + the opt-in
-    // forward kernel `ek_radial_last_tf32x3`
-    for (on, bwd, mma) in [
-        (false, false, false),
-        (true, false, false),
-        (true, true, false),
-        (true, true, true),
+    // (3xTF32, backward by ek_gemm_tf32x3_nt, Linears, forward by ek_radial_last_tf32x3)
+    for (on, bwd, lin, mma) in [
+        (false, false, false, false),
+        (true, false, false, false),
+        (true, true, false, false),
+        (true, true, true, false),
+        (true, true, true, true),
     ] {
         let mut ev = CudaSevenNet::<f32>::new(&m32, dev.clone()).unwrap();
         ev.set_tf32x3(on);
         ev.set_tf32x3_bwd(bwd);
+        ev.set_tf32x3_linear(lin, equikern_model::cuda_model::DEFAULT_TF32X3_LINEAR_MIN);
         ev.set_tf32x3_mma(mma);
-        let on = if mma {
-            "on (+ backward, + forward mma kernel)"
-        } else if bwd {
-            "on (+ backward)"
-        } else if on {
-            "on"
-        } else {
-            "off"
+        let on = match (on, bwd, lin, mma) {
+            (false, ..) => "off",
+            (true, false, false, false) => "radial",
+            (true, true, false, false) => "radial+backward",
+            (true, true, true, false) => "radial+backward+linears (default)",
+            _ => "radial+backward+linears+forward mma kernel",
         };
         let mut wf = 0.0f64;
         for r in &refs {

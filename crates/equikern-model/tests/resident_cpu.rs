@@ -17,7 +17,7 @@ use common::*;
 use equikern::plan::{Direction, Tensor};
 use equikern_core::conv::{ConvOracle, Csr, End};
 use equikern_model::cuda_model::exec::{Arg, Exec, Kern, Memory, Pod};
-use equikern_model::cuda_model::tables::{gemm_iterations, model_kernel_source};
+use equikern_model::cuda_model::tables::{gemm_iterations, model_kernel_source, tf32};
 use equikern_model::cuda_model::{DevReal, Resident};
 use equikern_model::systems::si_diamond;
 use equikern_model::{Prediction, Result, SevenNet, Structure};
@@ -58,6 +58,7 @@ extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A
 extern "C" void l_ek_radial_last_tf32x3(void** p, u64 it) { grid_threads(it, [&] { ek_radial_last_tf32x3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,RF), A(5,real), A(6,W)); }); }
 extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32(A(0,u64), A(1,int), A(2,R), A(3,W)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
+extern "C" void l_ek_split_tf32_rows(void** p, u64 it) { grid(it, [&] { ek_split_tf32_rows(A(0,u64), A(1,int), A(2,R), A(3,u64), A(4,W), A(5,u64)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
 extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }
 extern "C" void l_ek_forces(void** p, u64 it) { grid(it, [&] { ek_forces(A(0,u64), A(1,U), A(2,U), A(3,D), A(4,double*)); }); }
@@ -109,6 +110,8 @@ struct HostExec<T> {
     /// Whether `gemm_strided` runs (the linears as products, like cuBLAS) or declines (the
     /// linears by `ek_linear`, like the kernel fallback).
     strided: bool,
+    /// Products run so far: `gemm_strided` (plain), `gemm_strided_tf32`, `gemm_tf32`.
+    counts: std::cell::Cell<[usize; 3]>,
 }
 
 fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
@@ -173,13 +176,53 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         launches: std::cell::Cell::new(0),
         tc_launches: std::cell::Cell::new(0),
         strided: false,
+        counts: std::cell::Cell::new([0; 3]),
     })
 }
 
 /// Upper half of a 4-byte argument's 8-byte slot.
 const JUNK: u64 = 0x7ff4_dead_0000_0000;
 
+/// Panics unless every element of the `rows × cols` block from `off` (row stride `ld`) is
+/// exact in TF32 (f32; a 3xTF32 factor that skipped its split fails here).
+fn assert_tf32<T: DevReal>(
+    what: &str,
+    b: &HostBuf<T>,
+    off: usize,
+    rows: usize,
+    ld: usize,
+    cols: usize,
+) {
+    if T::NAME != "f32" {
+        return;
+    }
+    let v = b.slice(b.len());
+    for r in 0..rows {
+        for c in 0..cols {
+            let x = v[off + r * ld + c].to_f64() as f32;
+            assert!(
+                tf32(x) == x,
+                "{what}: element ({r}, {c}) = {x:e} is not exact in TF32"
+            );
+        }
+    }
+}
+
 impl<T> HostExec<T> {
+    fn count(&self, i: usize) {
+        let mut c = self.counts.get();
+        c[i] += 1;
+        self.counts.set(c);
+    }
+
+    /// The last product, counted as plain by `gemm_strided`, was of kind `i`.
+    fn recount(&self, i: usize) {
+        let mut c = self.counts.get();
+        c[0] -= 1;
+        c[i] += 1;
+        self.counts.set(c);
+    }
+
     /// `__syncthreads` calls outside `grid_threads` (a kernel with a barrier launched by the
     /// sequential walker).
     fn unsynced_barriers(&self) -> i32 {
@@ -329,8 +372,32 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         if !self.strided {
             return Ok(false);
         }
-        let (_, n, k) = dims;
+        let (m, n, k) = dims;
+        assert_tf32("gemm_tf32 A", a, 0, m, k, k);
+        assert_tf32("gemm_tf32 B", b, 0, k, n, n);
         self.gemm_strided(dims, alpha, (a, 0, k), (b, 0, n), beta, (c, 0, n))?;
+        self.recount(2);
+        Ok(true)
+    }
+
+    /// As `gemm_tf32`: the factors (exact in TF32, checked) multiplied exactly in `T`.
+    fn gemm_strided_tf32(
+        &self,
+        dims: (usize, usize, usize),
+        alpha: T,
+        a: (&HostBuf<T>, usize, usize),
+        b: (&HostBuf<T>, usize, usize),
+        beta: T,
+        c: (&mut HostBuf<T>, usize, usize),
+    ) -> Result<bool> {
+        if !self.strided {
+            return Ok(false);
+        }
+        let (m, n, k) = dims;
+        assert_tf32("gemm_strided_tf32 A", a.0, a.1, m, a.2, k);
+        assert_tf32("gemm_strided_tf32 B", b.0, b.1, k, b.2, n);
+        self.gemm_strided(dims, alpha, a, b, beta, c)?;
+        self.recount(1);
         Ok(true)
     }
 
@@ -346,6 +413,7 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         if !self.strided {
             return Ok(false);
         }
+        self.count(0);
         let (av, bv) = (a.0.slice(a.0.len()), b.0.slice(b.0.len()));
         let cv = c.0.vec();
         for i in 0..m {
@@ -489,7 +557,9 @@ fn check(what: &str, model: &SevenNet, s: &Structure, p: &Prediction, r: &Predic
     assert!(ds <= tol, "{what}: stress rel {ds:.2e}");
 }
 
-fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
+/// `linear_min`: the smallest `k` and `n` of a Linear product run as 3xTF32 (f32, in the
+/// mode with the linears as products); `mixed`: the step must then have both kinds.
+fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, mixed: bool) {
     let dir = tmpdir(&format!("{}-{label}", T::NAME));
     let mt: SevenNet<T> = model.cast();
     let mut systems: Vec<(&str, Structure)> =
@@ -531,9 +601,11 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
         // product without
         ev.set_tf32x3_mma(fused);
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
-        // f32: the radial MLP's last product as 3xTF32 factors with one memory mode
+        // f32: the radial MLP's last product and the Linear products as 3xTF32 factors with
+        // one memory mode
         ev.set_tf32x3(keep);
         ev.set_tf32x3_bwd(tc_bwd);
+        ev.set_tf32x3_linear(true, linear_min);
         ev.set_mlp_fused(fused).unwrap();
         ev.set_mlp_two_pass(two_pass);
         println!(
@@ -576,6 +648,23 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64) {
             T::NAME == "f32" && keep && tc_bwd,
             "ek_gemm_tf32x3_nt launches: {tc}"
         );
+        let [plain, lin3, mlp3] = ev.exec().counts.get();
+        println!(
+            "  {} launches, workspace {} bytes; products: {plain} plain strided, {lin3} strided 3xTF32 (linears), {mlp3} 3xTF32 (radial)",
+            ev.exec().launches.get(),
+            ev.workspace_bytes()
+        );
+        if keep && T::NAME == "f32" {
+            assert!(lin3 > 0, "no Linear product ran as 3xTF32");
+            if mixed {
+                assert!(
+                    plain > 0,
+                    "no Linear product stayed plain below the minimum"
+                );
+            }
+        } else {
+            assert_eq!(lin3 + mlp3, 0, "3xTF32 products with 3xTF32 off");
+        }
         assert_eq!(
             ev.exec().unsynced_barriers(),
             0,
@@ -592,22 +681,25 @@ fn edge_count(model: &SevenNet, s: &Structure) -> usize {
 #[test]
 fn resident_step_matches_host_f64() {
     for (label, cutoff) in [("small XPLOR", "XPLOR"), ("small poly", "poly")] {
-        run::<f64>(&small_model(cutoff, 3), label, 1e-12);
+        run::<f64>(&small_model(cutoff, 3), label, 1e-12, 0, false);
     }
 }
 
 #[test]
 fn resident_step_matches_host_f32() {
     for (label, cutoff) in [("small XPLOR", "XPLOR"), ("small poly", "poly")] {
-        run::<f32>(&small_model(cutoff, 3), label, 1e-5);
+        // the small models' aligned products (the only ones not on `ek_linear`) are 4 wide
+        run::<f32>(&small_model(cutoff, 3), label, 1e-5, 4, false);
     }
 }
 
 #[test]
 fn resident_step_matches_host_7net0() {
     let Some(model) = real_model() else { return };
-    run::<f64>(&model, "7net-0", 1e-12);
-    run::<f32>(&model, "7net-0", 1e-5);
+    run::<f64>(&model, "7net-0", 1e-12, 0, false);
+    // 7net-0's products are all ≥ 64 wide (the default minimum): 160 leaves the 128- and
+    // 64-wide ones plain, so one step has both kinds
+    run::<f32>(&model, "7net-0", 1e-5, 160, true);
 }
 
 #[test]

@@ -532,6 +532,24 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         )
     }
 
+    fn gemm_strided_tf32(
+        &self,
+        dims: (usize, usize, usize),
+        alpha: T,
+        a: (&CudaSlice<T>, usize, usize),
+        b: (&CudaSlice<T>, usize, usize),
+        beta: T,
+        c: (&mut CudaSlice<T>, usize, usize),
+    ) -> Result<bool> {
+        self.timed(
+            || format!("gemm strided 3xtf32 m{} n{} k{}", dims.0, dims.1, dims.2),
+            || {
+                self.bind()?;
+                self.gemm.gemm_strided_tf32(dims, alpha, a, b, beta, c)
+            },
+        )
+    }
+
     fn conv(
         &self,
         layer: usize,

@@ -10,6 +10,12 @@
 //! With `EQUIKERN_MODEL_MLP=cublas` each hidden layer is a cuBLAS product + `ek_act` and its
 //! pre-activations `[E, hidden]` are kept for the backward (the path before the fusion).
 //!
+//! e3nn Linears: each path is a strided product `y[:, out] (+)= α · x[:, in] · (W ⊗ I_dim)`
+//! (`tables::KronGemm`), cuBLAS; in f32 by default as 3xTF32 on tensor cores
+//! ([`TF32X3_LINEAR_ENV`]): the input block split once per Linear call into `[hi | hi | lo]`
+//! (`ek_split_tf32_rows`, into `gw`), times `[K_hi; K_lo; K_hi]` made at placement. The
+//! backward's transposed Linears are Linears of their own (`LinearTable::transpose`).
+//!
 //! Memory policy: a layer's per-edge weights `w [E, weight_numel]` (and, on the cuBLAS MLP
 //! path, its pre-activations) are kept from the forward to the backward while all layers'
 //! together fit [`KEEP_W_ENV`]'s budget (default [`DEFAULT_KEEP_W_BYTES`], 1 GiB: 7net-0 in
@@ -27,8 +33,9 @@ use super::cuda_exec::CudaExec;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::DevReal;
 use super::tables::{
-    mlp_hidden_shape, mlp_pack, tc_gemm_iterations, tf32x3_mma_fragments, tf32x3_nt_pack,
-    tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS, TC_MAX_N,
+    kron_tf32x3_right, mlp_hidden_shape, mlp_pack, tc_gemm_iterations, tf32x3_mma_fragments,
+    tf32x3_nt_pack, tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS,
+    TC_MAX_N,
 };
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
@@ -88,6 +95,9 @@ struct DevLinear<T: Pod, D: Memory> {
     cols: usize,
     /// The map as strided products (`LinearTable::kron`) and their `W ⊗ I` matrices.
     kron: Option<(Vec<KronGemm>, Buf<T, D>)>,
+    /// f32: each product's 3xTF32 right factor `[K_hi; K_lo; K_hi]`
+    /// (`tables::kron_tf32x3_right`): per-product offsets and the buffer.
+    kron_tf32: Option<(Vec<usize>, Buf<T, D>)>,
 }
 
 /// A radial MLP's hidden layers as `ek_mlp_hidden[_backward]` read them.
@@ -143,6 +153,25 @@ struct Params<T: Pod, D: Memory> {
     coeffs: Buf<f64, D>,
     scale: Buf<f64, D>,
     shift: Buf<f64, D>,
+}
+
+impl<T: Pod, D: Memory> Params<T, D> {
+    /// Every Linear (forward and transposed).
+    fn linears(&self) -> impl Iterator<Item = &DevLinear<T, D>> {
+        [
+            &self.embed,
+            &self.readout_hidden,
+            &self.readout_hidden_t,
+            &self.readout_energy,
+            &self.readout_energy_t,
+        ]
+        .into_iter()
+        .chain(
+            self.layers
+                .iter()
+                .flat_map(|l| [&l.sc, &l.sc_t, &l.lin1, &l.lin1_t, &l.lin2, &l.lin2_t]),
+        )
+    }
 }
 
 /// Per-step device tensors (grow-only).
@@ -204,6 +233,11 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     tf32x3_mma: bool,
     /// ... and its backward `gw · Wᵀ` by `ek_gemm_tf32x3_nt` ([`TF32X3_BWD_ENV`]).
     tf32x3_bwd: bool,
+    /// ... and the e3nn Linear products too, while `tf32x3` is on ([`TF32X3_LINEAR_ENV`]).
+    tf32x3_linear: bool,
+    /// Smallest `k` and `n` of a Linear product run as 3xTF32 (see
+    /// [`DEFAULT_TF32X3_LINEAR_MIN`]).
+    tf32x3_linear_min: usize,
     /// The radial MLP's hidden layers fused ([`MLP_ENV`]).
     mlp_fused: bool,
     /// ... with the two-pass backward kernel.
@@ -258,6 +292,25 @@ fn tf32x3_bwd_enabled() -> bool {
     std::env::var(TF32X3_BWD_ENV).as_deref() != Ok("0")
 }
 
+/// Environment variable: `0` keeps the e3nn Linear products in plain FP32 (cuBLAS default
+/// math) while `EQUIKERN_MODEL_TF32X3` runs the radial MLP's last product as 3xTF32 (A/B).
+/// Default (f32, `EQUIKERN_MODEL_TF32X3` not `0`): every Linear product with `k` and `n`
+/// ≥ [`DEFAULT_TF32X3_LINEAR_MIN`] runs as 3xTF32 on tensor cores: its input block split
+/// once into `[hi | hi | lo]` (`ek_split_tf32_rows`, into the radial-gradient buffer `gw`,
+/// free during every Linear), times the right factor `[K_hi; K_lo; K_hi]` made at placement.
+pub const TF32X3_LINEAR_ENV: &str = "EQUIKERN_MODEL_TF32X3_LINEAR";
+
+/// Smallest `k` and `n` of a Linear product run as 3xTF32. Below it a product is a few
+/// kFLOP per row, bound by memory and launch latency rather than by FP32 throughput: the
+/// split pass (one more read of the block, three writes) and three times the multiply-adds
+/// would not be paid back by the tensor cores. Every 7net-0 product is ≥ 64 wide (the
+/// narrowest: the readout's 128 → 64); the small test models' are narrower (tests lower it).
+pub const DEFAULT_TF32X3_LINEAR_MIN: usize = 64;
+
+fn tf32x3_linear_enabled() -> bool {
+    std::env::var(TF32X3_LINEAR_ENV).as_deref() != Ok("0")
+}
+
 /// [`MLP_ENV`]: `(fused, two-pass backward)`, `None` when not set (fused where the model's
 /// shapes allow it, else cuBLAS).
 fn mlp_mode_from_env() -> Result<Option<(bool, bool)>> {
@@ -281,6 +334,29 @@ fn cast<T: DevReal>(v: &[f64]) -> Vec<T> {
 
 impl<T: DevReal, D: Memory> DevLinear<T, D> {
     fn new(d: &D, mem: &Arc<Mem>, t: LinearTable) -> Result<Self> {
+        // Only products whose rows start 16-byte aligned (cuBLAS's vectorised kernels); the
+        // others (the 89-wide one-hot embedding, the 64 → 1 readout) are small and stay on
+        // `ek_linear`. (Their slow first profile, 6.3 ms, was cuBLAS's one-time set-up
+        // landing on the first product, not the shape.)
+        let kron = t.kron.filter(|(g, _)| {
+            t.dim_in.is_multiple_of(4)
+                && t.dim_out.is_multiple_of(4)
+                && g.iter().all(|g| {
+                    [g.in_off, g.out_off, g.k, g.n, g.k_off]
+                        .iter()
+                        .all(|v| v.is_multiple_of(4))
+                })
+        });
+        // f32: the 3xTF32 right factors too (the double build never runs tensor-core
+        // products); their offsets stay multiples of 4 (3·k·n per product).
+        let kron_tf32 = match &kron {
+            Some((g, k)) if T::NAME == "f32" => {
+                let (off, f) = kron_tf32x3_right(g, k)?;
+                let f: Vec<f64> = f.into_iter().map(f64::from).collect();
+                Some((off, Buf::from_host(d, mem, &cast::<T>(&f))?))
+            }
+            _ => None,
+        };
         Ok(DevLinear {
             tab: Buf::from_host(d, mem, &t.tab)?,
             coef: Buf::from_host(d, mem, &cast::<T>(&t.coef))?,
@@ -288,24 +364,11 @@ impl<T: DevReal, D: Memory> DevLinear<T, D> {
             dim_in: t.dim_in,
             dim_out: t.dim_out,
             cols: t.cols,
-            kron: match t.kron {
-                // Only products whose rows start 16-byte aligned (cuBLAS's vectorised
-                // kernels); the others (the 89-wide one-hot embedding, the 64 → 1 readout)
-                // are small and stay on `ek_linear`. (Their slow first profile, 6.3 ms, was
-                // cuBLAS's one-time set-up landing on the first product, not the shape.)
-                Some((g, k))
-                    if t.dim_in.is_multiple_of(4)
-                        && t.dim_out.is_multiple_of(4)
-                        && g.iter().all(|g| {
-                            [g.in_off, g.out_off, g.k, g.n, g.k_off]
-                                .iter()
-                                .all(|v| v.is_multiple_of(4))
-                        }) =>
-                {
-                    Some((g, Buf::from_host(d, mem, &cast::<T>(&k))?))
-                }
-                _ => None,
+            kron: match kron {
+                Some((g, k)) => Some((g, Buf::from_host(d, mem, &cast::<T>(&k))?)),
+                None => None,
             },
+            kron_tf32,
         })
     }
     fn fwd(d: &D, mem: &Arc<Mem>, l: &Linear<T>) -> Result<Self> {
@@ -523,6 +586,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             tf32x3: tf32x3_enabled::<T>(),
             tf32x3_mma: tf32x3_mma_enabled(),
             tf32x3_bwd: tf32x3_bwd_enabled(),
+            tf32x3_linear: tf32x3_linear_enabled(),
+            tf32x3_linear_min: DEFAULT_TF32X3_LINEAR_MIN,
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -586,10 +651,17 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         &self.d
     }
 
-    /// e.g. `"NVIDIA H100 80GB HBM3 f32 (resident, cuBLAS)"`.
+    /// e.g. `"NVIDIA H100 80GB HBM3 f32 (resident, cuBLAS, radial MLP fused, 3xTF32
+    /// radial+linears)"` (the 3xTF32 part in f32 only: `off`, `radial`, `radial+linears`).
     pub fn describe(&self) -> String {
+        let tf32 = match (T::NAME == "f32", self.tf32x3, self.linear_tf32()) {
+            (false, ..) => "",
+            (true, false, _) => ", 3xTF32 off",
+            (true, true, false) => ", 3xTF32 radial",
+            (true, true, true) => ", 3xTF32 radial+linears",
+        };
         format!(
-            "{} {} (resident, {}, radial MLP {})",
+            "{} {} (resident, {}, radial MLP {}{tf32})",
             self.d.describe(),
             T::NAME,
             self.d.gemm_name(),
@@ -648,6 +720,19 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// off); devices without tensor cores (before sm_80) keep cuBLAS.
     pub fn set_tf32x3_bwd(&mut self, on: bool) {
         self.tf32x3_bwd = on;
+    }
+
+    /// Runs the e3nn Linear products as 3xTF32 too while [`Self::set_tf32x3`] is on (default
+    /// on; [`TF32X3_LINEAR_ENV`]`=0` turns it off), those with `k` and `n` ≥ `min`
+    /// ([`DEFAULT_TF32X3_LINEAR_MIN`]; tests lower it for small models).
+    pub fn set_tf32x3_linear(&mut self, on: bool, min: usize) {
+        self.tf32x3_linear = on;
+        self.tf32x3_linear_min = min;
+    }
+
+    /// Whether the Linear products run as 3xTF32 (f32, both switches on).
+    fn linear_tf32(&self) -> bool {
+        self.tf32x3 && self.tf32x3_linear
     }
 
     /// Bytes of workspace held now (grows to the largest structure seen).
@@ -780,6 +865,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 self.tf32x3_bwd,
             )
                 .hash(&mut h);
+            (self.tf32x3_linear, self.tf32x3_linear_min).hash(&mut h);
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
@@ -911,7 +997,22 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         ws.out.ensure(d, n)?;
         ws.seed.ensure(d, n)?;
         let numel = p.layers.iter().map(|l| l.numel).max().unwrap_or(0);
-        ws.gw.ensure(d, ne * numel)?;
+        // `gw` is also the split left factor of the 3xTF32 Linear products, `[n, 3·dim_in]`
+        // (free during every Linear: written by a layer's convolution backward and read by
+        // its radial MLP's backward right after). 7net-0 from a few atoms on: ne · numel is
+        // far larger (Si: 28 edges × 3,488 weights vs 3 × 3,136 per atom), so no extra bytes.
+        let split = if self.linear_tf32() {
+            let w = p
+                .linears()
+                .filter(|l| l.kron_tf32.is_some())
+                .map(|l| l.dim_in)
+                .max()
+                .unwrap_or(0);
+            3 * n * w
+        } else {
+            0
+        };
+        ws.gw.ensure(d, (ne * numel).max(split))?;
         ws.gsh_l.ensure(d, ne * self.sh_dim)?;
         ws.g_sh.ensure(d, ne * self.sh_dim)?;
         ws.g_emb.ensure(d, ne * nb)?;
@@ -921,7 +1022,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         Ok(())
     }
 
-    /// `y = alpha · L(x) + add` on `n` rows.
+    /// `y = alpha · L(x) + add` on `n` rows. `split`: scratch for the 3xTF32 products' left
+    /// factor (`[n, 3·dim_in]`, see [`TF32X3_LINEAR_ENV`]; unused below that size).
+    #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         l: &DevLinear<T, D>,
@@ -930,6 +1033,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         y: &mut D::Buf<T>,
         alpha: T,
         add: Option<&D::Buf<T>>,
+        split: &mut D::Buf<T>,
     ) -> Result<()> {
         let iterations = (n.div_ceil(LINEAR_ROWS) * l.cols) as u64;
         if iterations == 0 {
@@ -943,17 +1047,63 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         }
         // Dense products where the device has them (`add` then summed in by a kernel).
         if let Some((gemms, kron)) = &l.kron {
+            // 3xTF32: the split row of `x` in `split` has the layout of `x` with every
+            // value tripled: block `[in_off, in_off + k)` of a row becomes
+            // `[3·in_off, 3·in_off + 3k)` = [hi | hi | lo], row stride 3·dim_in; each block
+            // read by a tensor-core product is split once (paths sharing it reuse it).
+            let ld3 = 3 * l.dim_in;
+            let mut tf32 = l
+                .kron_tf32
+                .as_ref()
+                .filter(|_| self.linear_tf32() && D::capacity(split) >= n * ld3);
+            let mut split_blocks: Vec<usize> = Vec::new();
+            let min = self.tf32x3_linear_min;
             let mut done = true;
-            for g in gemms {
+            for (i, g) in gemms.iter().enumerate() {
                 let beta = if g.first { T::ZERO } else { T::ONE };
-                done &= self.d.gemm_strided(
-                    (n, g.n, g.k),
-                    alpha * T::from_f64(g.coef),
-                    (x, g.in_off, l.dim_in),
-                    (&kron.s, g.k_off, g.n),
-                    beta,
-                    (&mut *y, g.out_off, l.dim_out),
-                )?;
+                let alpha_g = alpha * T::from_f64(g.coef);
+                let mut ok = false;
+                if let Some((off, k3)) = tf32.filter(|_| g.k >= min && g.n >= min) {
+                    if !split_blocks.contains(&g.in_off) {
+                        let s: &D::Buf<T> = split;
+                        self.d.launch(
+                            Kern::SplitTf32Rows,
+                            (n * g.k) as u64,
+                            &[
+                                Arg::U64(n as u64),
+                                Arg::I32(g.k as i32),
+                                Arg::Real(x, g.in_off),
+                                Arg::U64(l.dim_in as u64),
+                                Arg::Real(s, 3 * g.in_off),
+                                Arg::U64(ld3 as u64),
+                            ],
+                        )?;
+                        split_blocks.push(g.in_off);
+                    }
+                    ok = self.d.gemm_strided_tf32(
+                        (n, g.n, 3 * g.k),
+                        alpha_g,
+                        (&*split, 3 * g.in_off, ld3),
+                        (&k3.s, off[i], g.n),
+                        beta,
+                        (&mut *y, g.out_off, l.dim_out),
+                    )?;
+                    if !ok {
+                        // no tensor-core product on this device: plain ones from here on
+                        tf32 = None;
+                    }
+                }
+                if !ok {
+                    ok = self.d.gemm_strided(
+                        (n, g.n, g.k),
+                        alpha_g,
+                        (x, g.in_off, l.dim_in),
+                        (&kron.s, g.k_off, g.n),
+                        beta,
+                        (&mut *y, g.out_off, l.dim_out),
+                    )?;
+                }
+                done &= ok;
                 if !done {
                     break;
                 }
@@ -1302,11 +1452,27 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 Arg::Real(&ws.onehot.s, 0),
             ],
         )?;
-        self.linear(&p.embed, n, &ws.onehot.s, &mut ws.x.s, one, None)?;
+        self.linear(
+            &p.embed,
+            n,
+            &ws.onehot.s,
+            &mut ws.x.s,
+            one,
+            None,
+            &mut ws.gw.s,
+        )?;
         // ---- interaction blocks
         for (t, l) in p.layers.iter().enumerate() {
-            self.linear(&l.sc, n, &ws.x.s, &mut ws.sc.s, one, None)?;
-            self.linear(&l.lin1, n, &ws.x.s, &mut ws.hs[t].s, one, None)?;
+            self.linear(&l.sc, n, &ws.x.s, &mut ws.sc.s, one, None, &mut ws.gw.s)?;
+            self.linear(
+                &l.lin1,
+                n,
+                &ws.x.s,
+                &mut ws.hs[t].s,
+                one,
+                None,
+                &mut ws.gw.s,
+            )?;
             if ne > 0 {
                 self.mlp_forward(ws, t, ne)?;
                 let slot = ws.slot(t);
@@ -1328,12 +1494,29 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 &mut ws.ys[t].s,
                 l.inv_den,
                 Some(&ws.sc.s),
+                &mut ws.gw.s,
             )?;
             self.gate(l, n, &ws.ys[t].s, &ws.x.s)?;
         }
         // ---- readout
-        self.linear(&p.readout_hidden, n, &ws.x.s, &mut ws.hid.s, one, None)?;
-        self.linear(&p.readout_energy, n, &ws.hid.s, &mut ws.out.s, one, None)?;
+        self.linear(
+            &p.readout_hidden,
+            n,
+            &ws.x.s,
+            &mut ws.hid.s,
+            one,
+            None,
+            &mut ws.gw.s,
+        )?;
+        self.linear(
+            &p.readout_energy,
+            n,
+            &ws.hid.s,
+            &mut ws.out.s,
+            one,
+            None,
+            &mut ws.gw.s,
+        )?;
         d.launch(
             Kern::Readout,
             n64,
@@ -1355,12 +1538,29 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             &mut ws.g_hid.s,
             one,
             None,
+            &mut ws.gw.s,
         )?;
-        self.linear(&p.readout_hidden_t, n, &ws.g_hid.s, &mut ws.gx.s, one, None)?;
+        self.linear(
+            &p.readout_hidden_t,
+            n,
+            &ws.g_hid.s,
+            &mut ws.gx.s,
+            one,
+            None,
+            &mut ws.gw.s,
+        )?;
         for t in (0..nl).rev() {
             let l = &p.layers[t];
             self.gate_backward(l, n, &ws.ys[t].s, &ws.gx.s, &ws.gy.s)?;
-            self.linear(&l.lin2_t, n, &ws.gy.s, &mut ws.g_agg.s, l.inv_den, None)?;
+            self.linear(
+                &l.lin2_t,
+                n,
+                &ws.gy.s,
+                &mut ws.g_agg.s,
+                l.inv_den,
+                None,
+                &mut ws.gw.s,
+            )?;
             if ne > 0 {
                 if !ws.keep && t + 1 != nl {
                     // w was not kept: recompute this layer's radial MLP.
@@ -1399,8 +1599,16 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             } else {
                 d.zero(&mut ws.gxc.s)?;
             }
-            self.linear(&l.sc_t, n, &ws.gy.s, &mut ws.tmp.s, one, None)?;
-            self.linear(&l.lin1_t, n, &ws.gxc.s, &mut ws.gx.s, one, Some(&ws.tmp.s))?;
+            self.linear(&l.sc_t, n, &ws.gy.s, &mut ws.tmp.s, one, None, &mut ws.gw.s)?;
+            self.linear(
+                &l.lin1_t,
+                n,
+                &ws.gxc.s,
+                &mut ws.gx.s,
+                one,
+                Some(&ws.tmp.s),
+                &mut ws.gw.s,
+            )?;
         }
         // ---- edge forces, forces, virial
         if ne > 0 {

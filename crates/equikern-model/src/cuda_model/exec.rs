@@ -47,6 +47,7 @@ pub enum Kern {
     SplitTf32,
     RadialLastTf32,
     GemmTf32x3Nt,
+    SplitTf32Rows,
     Readout,
     Forces,
     VirialPartial,
@@ -54,7 +55,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 22] = [
+    pub const ALL: [Kern; 23] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -73,6 +74,7 @@ impl Kern {
         Kern::SplitTf32,
         Kern::RadialLastTf32,
         Kern::GemmTf32x3Nt,
+        Kern::SplitTf32Rows,
         Kern::Readout,
         Kern::Forces,
         Kern::VirialPartial,
@@ -100,6 +102,7 @@ impl Kern {
             Kern::SplitTf32 => "ek_split_tf32",
             Kern::RadialLastTf32 => "ek_radial_last_tf32x3",
             Kern::GemmTf32x3Nt => "ek_gemm_tf32x3_nt",
+            Kern::SplitTf32Rows => "ek_split_tf32_rows",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",
             Kern::VirialPartial => "ek_virial_partial",
@@ -208,6 +211,21 @@ pub trait Exec<T: Pod>: Memory {
     /// `ek_gemm_tf32x3_nt` is empty and the caller runs the plain product.
     fn tensor_cores(&self) -> bool {
         false
+    }
+    /// [`Self::gemm_strided`] with operands already exact in TF32 (the 3xTF32 factors of
+    /// the Linear products), on tensor cores where the device has them; `Ok(false)`
+    /// elsewhere (the caller then runs the plain product).
+    #[allow(clippy::type_complexity)]
+    fn gemm_strided_tf32(
+        &self,
+        _dims: (usize, usize, usize),
+        _alpha: T,
+        _a: (&Self::Buf<T>, usize, usize),
+        _b: (&Self::Buf<T>, usize, usize),
+        _beta: T,
+        _c: (&mut Self::Buf<T>, usize, usize),
+    ) -> Result<bool> {
+        Ok(false)
     }
     /// Direction `d` of layer `layer`'s convolution on `g`.
     fn conv(

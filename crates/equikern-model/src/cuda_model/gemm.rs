@@ -182,6 +182,20 @@ pub fn blas_config<T>(
     })
 }
 
+/// Sets the math mode of `blas` (host-side state read at its next call).
+fn set_math_mode(blas: &CudaBlas, mode: blas_sys::cublasMath_t) -> Result<()> {
+    // SAFETY: a valid handle.
+    let r = unsafe { blas_sys::cublasSetMathMode(*blas.handle(), mode) };
+    if r == blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(ModelError::backend(
+            "cuda",
+            format!("cublasSetMathMode: {r:?}"),
+        ))
+    }
+}
+
 pub enum Gemmer {
     Blas(CudaBlas),
     Kernel,
@@ -272,6 +286,29 @@ impl Gemmer {
         T::blas_gemm_views(blas, cfg, &bv, &av, &mut cv)
             .map_err(|e| ModelError::backend("cuda", e))?;
         Ok(true)
+    }
+
+    /// [`Self::gemm_strided`] with cuBLAS in its TF32 tensor-op math mode (operands already
+    /// exact in TF32: the 3xTF32 factors of the Linear products), then the default mode
+    /// again. `Ok(false)` for the kernel fallback.
+    #[allow(clippy::type_complexity)]
+    pub fn gemm_strided_tf32<T: DevReal>(
+        &self,
+        dims: (usize, usize, usize),
+        alpha: T,
+        a: (&CudaSlice<T>, usize, usize),
+        b: (&CudaSlice<T>, usize, usize),
+        beta: T,
+        c: (&mut CudaSlice<T>, usize, usize),
+    ) -> Result<bool> {
+        let Gemmer::Blas(blas) = self else {
+            return Ok(false);
+        };
+        use blas_sys::cublasMath_t::{CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH};
+        set_math_mode(blas, CUBLAS_TF32_TENSOR_OP_MATH)?;
+        let r = self.gemm_strided(dims, alpha, a, b, beta, c);
+        set_math_mode(blas, CUBLAS_DEFAULT_MATH)?;
+        r
     }
 
     /// Row-major `C[m, n] = alpha · A[m, k] · B[k, n] + beta · C` with cuBLAS in its TF32

@@ -839,6 +839,23 @@ extern "C" __global__ void ek_split_tf32(u64 rows, int k, const real* __restrict
     o[2ull * (u64)k + j] = lo;
   }
 }
+// The same split of a strided block (the e3nn Linear products): row r of `a` (`k` values
+// from `a + r·lda`) becomes [hi | hi | lo] at `cat + r·ldc` (3k values). Consecutive
+// threads read and write consecutive elements of a row.
+extern "C" __global__ void ek_split_tf32_rows(u64 rows, int k, const real* __restrict__ a,
+                                              u64 lda, real* __restrict__ cat, u64 ldc) {
+  EK_FOR(i, rows * (u64)k) {
+    u64 r = i / (u64)k;
+    u64 j = i % (u64)k;
+    real v = a[r * lda + j];
+    real hi = ek_tf32(v);
+    real lo = ek_tf32(v - hi);
+    real* o = cat + r * ldc;
+    o[j] = hi;
+    o[(u64)k + j] = hi;
+    o[2ull * (u64)k + j] = lo;
+  }
+}
 
 // ---------------------------------------------------------------------------------------
 // 3xTF32 tensor-core product for the radial MLP's backward: C[m, n] = alpha · A[m, k] · Bᵀ

@@ -2,8 +2,9 @@
 //!
 //! One evaluation uploads the edge vectors (f64) and one `u32` table (species, both CSR
 //! views of the graph), runs every layer on the device — edge geometry, embedding, the
-//! interaction blocks (e3nn Linear and Gate kernels, radial MLP hidden layers fused in one
-//! kernel and its last product by cuBLAS, convolutions by
+//! interaction blocks (e3nn Linear products by cuBLAS — in f32 as 3xTF32 on tensor cores,
+//! `EQUIKERN_MODEL_TF32X3_LINEAR=0` for plain FP32 — and Gate kernels, radial MLP hidden
+//! layers fused in one kernel and its last product by cuBLAS, convolutions by
 //! `equikern::ConvOp`), readout, the backward pass to `∂E/∂r_e`, edge forces, per-atom
 //! forces and the virial — and downloads atomic energies, forces and the virial in one copy
 //! at the end (the only synchronisation of the step). Kernels (`kernels.cu`) are compiled
@@ -33,7 +34,8 @@ mod gemm;
 pub use cuda_exec::CudaExec;
 #[cfg(feature = "cuda")]
 pub use evaluator::{
-    CudaSevenNet, Resident, DEFAULT_KEEP_W_BYTES, KEEP_W_ENV, MLP_ENV, TF32X3_BWD_ENV,
+    CudaSevenNet, Resident, DEFAULT_KEEP_W_BYTES, DEFAULT_TF32X3_LINEAR_MIN, KEEP_W_ENV, MLP_ENV,
+    TF32X3_BWD_ENV, TF32X3_LINEAR_ENV,
 };
 #[cfg(feature = "cuda")]
 pub use gemm::DevReal;

@@ -486,6 +486,30 @@ pub fn tc_gemm_iterations(m: usize) -> u64 {
     (m.div_ceil(BLOCK_THREADS as usize) * BLOCK_THREADS as usize) as u64
 }
 
+/// The 3xTF32 right factors of a Linear's products ([`KronGemm`]s over the `kron` buffer):
+/// product `i`'s `K [k, n]` (in f32) as `[K_hi; K_lo; K_hi]` (`[3k, n]`,
+/// [`tf32x3_right`]) from element `off[i]` of the returned buffer, one after the other.
+/// `Err` names a product that reaches past `kron`.
+pub fn kron_tf32x3_right(gemms: &[KronGemm], kron: &[f64]) -> Result<(Vec<usize>, Vec<f32>)> {
+    let mut off = Vec::with_capacity(gemms.len());
+    let mut out = Vec::new();
+    for (i, g) in gemms.iter().enumerate() {
+        let k = kron.get(g.k_off..g.k_off + g.k * g.n).ok_or_else(|| {
+            ModelError::Unsupported(format!(
+                "linear product {i}: K [{}, {}] at {} past the kron buffer ({})",
+                g.k,
+                g.n,
+                g.k_off,
+                kron.len()
+            ))
+        })?;
+        let k32: Vec<f32> = k.iter().map(|&v| v as f32).collect();
+        off.push(out.len());
+        out.extend(tf32x3_right(&k32, g.k, g.n));
+    }
+    Ok((off, out))
+}
+
 /// Widest radial-MLP layer (input or hidden) the fused kernels are generated for.
 pub const MLP_MAX_WIDTH: usize = 128;
 
