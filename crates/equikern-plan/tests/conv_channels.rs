@@ -845,3 +845,109 @@ fn mixed_multiplicities_random_forward() {
     }
     assert!(ran >= 4, "only {ran} mixed random products ran");
 }
+
+/// The lane groups of a conv backward: every `x` block's paths split over its groups
+/// exactly once (each group's paths ascending, all of its block), at least one group per
+/// block, the lanes within the workgroup.
+fn check_lane_groups(c: &equikern_plan::ChannelWork, caps: &Capabilities, what: &str) {
+    let groups = c.lane_groups();
+    let mut seen = vec![0usize; c.paths.len()];
+    for g in groups {
+        assert!(g.paths.windows(2).all(|w| w[0] < w[1]), "{what}: {g:?}");
+        for &p in &g.paths {
+            assert_eq!(c.paths[p as usize].x_block, g.x_block, "{what}");
+            seen[p as usize] += 1;
+        }
+    }
+    assert!(seen.iter().all(|&n| n == 1), "{what}: paths {seen:?}");
+    for b in 0..c.x_blocks.len() {
+        assert!(
+            groups.iter().any(|g| g.x_block as usize == b),
+            "{what}: block {b} has no lanes"
+        );
+    }
+    assert!(c.lanes() * c.samples_per_group <= caps.max_invocations_per_workgroup);
+}
+
+/// The backward of SevenNet-0's conv (`benches/sevennet_suite.json`) takes balanced lane
+/// groups (H100 limits, f32; WebGPU's minimum limits, which hold fewer lanes): its
+/// estimated per-edge time ([`ChannelWork::backward_edge_estimate`]: the heaviest warp or
+/// the issue slots over 4 schedulers) and its heaviest warp drop below the
+/// one-lane-per-channel mapping's; both match the oracle.
+/// `cargo test --release -p equikern-plan --test conv_channels backward_lanes -- --nocapture`
+#[test]
+fn sevennet_backward_lanes_balance() {
+    let suite =
+        equikern_core::spec::load_suite(include_str!("../../../benches/sevennet_suite.json"))
+            .unwrap();
+    let (label, spec) = &suite[0];
+    let tp = &spec.clone().build().unwrap();
+    let webgpu = Capabilities::webgpu_min();
+    for (cn, caps) in [("h100", Capabilities::cuda_sm90()), ("webgpu-min", webgpu)] {
+        for opts in [DET, PIECES] {
+            let plan = |lanes: bool| {
+                let lopts = LowerOptions {
+                    conv_backward_lanes: lanes,
+                    ..Default::default()
+                };
+                lower_conv_with(tp, Direction::Backward, Dtype::F32, &caps, opts, lopts).unwrap()
+            };
+            let (old, new) = (plan(false), plan(true));
+            let (co, cn2) = (fused(&old).unwrap(), fused(&new).unwrap());
+            assert!(co.lane_groups().is_empty());
+            check_lane_groups(cn2, &caps, &format!("{label} {cn}"));
+            let (om, os) = co.backward_warp_costs();
+            let (nm, ns) = cn2.backward_warp_costs();
+            let groups: Vec<String> = cn2
+                .lane_groups()
+                .iter()
+                .map(|g| {
+                    format!(
+                        "b{}x{}:{:?}={}",
+                        g.x_block,
+                        cn2.lane_group_rows(g),
+                        g.paths,
+                        cn2.backward_lane_cost(g.paths.iter().map(|&i| i as usize))
+                    )
+                })
+                .collect();
+            println!(
+                "{label} {cn} {:?}: old {} lanes, max warp {om}, sum {os}, estimate {}; new {} lanes \
+                 (wg {}), max warp {nm}, sum {ns}, estimate {}; groups {}",
+                opts.max_piece_edges,
+                co.lanes(),
+                co.backward_edge_estimate(),
+                cn2.lanes(),
+                new.kernels.iter().map(|k| k.workgroup_size).max().unwrap(),
+                cn2.backward_edge_estimate(),
+                groups.join(" ")
+            );
+            assert!(nm < om, "{cn}: max warp {nm} vs {om}");
+            assert!(
+                cn2.backward_edge_estimate() < co.backward_edge_estimate(),
+                "{cn}: estimate"
+            );
+        }
+    }
+    // f64 on WebGPU's 16 KiB of workgroup memory: the lanes' gy columns do not fit, one
+    // lane per channel.
+    let (_, g) = graphs().remove(1);
+    let sm90 = Capabilities::cuda_sm90();
+    for opts in [DET, PIECES] {
+        for (cn, caps, lanes) in [
+            ("h100", &sm90, false),
+            ("h100", &sm90, true),
+            ("webgpu-min f64", &caps64(), true),
+        ] {
+            let lopts = LowerOptions {
+                conv_backward_lanes: lanes,
+                ..Default::default()
+            };
+            let plan =
+                lower_conv_with(tp, Direction::Backward, Dtype::F64, caps, opts, lopts).unwrap();
+            let grouped = !fused(&plan).unwrap().lane_groups().is_empty();
+            assert_eq!(grouped, lanes && cn == "h100", "{cn} {lanes}");
+            check(&plan, tp, &g, &format!("{label} {cn} lanes {lanes}"));
+        }
+    }
+}
