@@ -1256,30 +1256,31 @@ fn conv_backward_body(
         }
         ln(&mut s, 8, "}");
         ln(&mut s, 4, "}");
+    } else {
+        for (b, blk) in c.x_blocks.iter().enumerate() {
+            for i in 0..blk.row_len {
+                ln(&mut s, 4, &dia.var(dt, &format!("xr{b}_{i}"), &zero));
+                ln(&mut s, 4, &dia.var(dt, &format!("gx{b}_{i}"), &zero));
+            }
+        }
+        ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+        for (b, blk) in c.x_blocks.iter().enumerate() {
+            let (open, close) = row_guard(c, blk, "ch");
+            if let Some(g) = &open {
+                ln(&mut s, 8, g);
+            }
+            let ind = if open.is_some() { 12 } else { 8 };
+            for i in 0..blk.row_len {
+                let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
+                let e = el(Tensor::X, "node", d.dim_in1, &off)?;
+                ln(&mut s, ind, &format!("xr{b}_{i} = {e};"));
+            }
+            if let Some(g) = close {
+                ln(&mut s, 8, g);
+            }
+        }
+        ln(&mut s, 4, "}");
     }
-    for (b, blk) in c.x_blocks.iter().enumerate().filter(|_| !lane_grouped) {
-        for i in 0..blk.row_len {
-            ln(&mut s, 4, &dia.var(dt, &format!("xr{b}_{i}"), &zero));
-            ln(&mut s, 4, &dia.var(dt, &format!("gx{b}_{i}"), &zero));
-        }
-    }
-    ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
-    for (b, blk) in c.x_blocks.iter().enumerate() {
-        let (open, close) = row_guard(c, blk, "ch");
-        if let Some(g) = &open {
-            ln(&mut s, 8, g);
-        }
-        let ind = if open.is_some() { 12 } else { 8 };
-        for i in 0..blk.row_len {
-            let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
-            let e = el(Tensor::X, "node", d.dim_in1, &off)?;
-            ln(&mut s, ind, &format!("xr{b}_{i} = {e};"));
-        }
-        if let Some(g) = close {
-            ln(&mut s, 8, g);
-        }
-    }
-    ln(&mut s, 4, "}");
     let wlen = if d.shared_weights { 0 } else { d.weight_numel };
     // Path `pth`'s per-edge code for row `row` (receiver `rcv`, edge `e`): `xr(i)` names
     // the `x` row's components, `gx(i)` its `gx` accumulators.

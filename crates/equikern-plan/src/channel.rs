@@ -190,7 +190,10 @@ pub struct ChannelWork {
 /// `gz[i]` row `u`, writes `gw[e, ·, u·y_mul + v]` and its `gy` partial, and the partials
 /// are summed in workgroup memory in ascending `u` into `gy[e]`. The sender's `x` row `u`
 /// is loaded once; its `gx` row `u` is accumulated over the range in registers (ascending
-/// position = ascending edge id) and stored once into row `unit` of `node_out`.
+/// position = ascending edge id) and stored once into row `unit` of `node_out`. With `x`
+/// blocks of different multiplicities the lanes are lane groups instead
+/// ([`ChannelConv::lanes`], [`LaneGroup`]: `(x block, row, slice of its paths)`, balanced by
+/// a per-edge cost model), the `gy` partials summed per 32-lane chunk, then chunks ascending.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChannelConv {
     /// `Segments { csr: SendCsr }` or `Pieces { pieces: SendPieces }`.
