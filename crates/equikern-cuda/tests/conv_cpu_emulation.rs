@@ -673,7 +673,10 @@ fn lane_grouped_backward_cuda_matches_the_interpreter_bitwise() {
                         panic!("{what}: not fused\n{plan}");
                     };
                     let is_grouped = !cw.lane_groups().is_empty();
-                    assert_eq!(is_grouped, lanes && !cw.uniform(), "{what}");
+                    // (A grouping that estimates worse than one lane per channel is not
+                    // taken; SevenNet-0's is.)
+                    assert!(!is_grouped || (lanes && !cw.uniform()), "{what}");
+                    assert!(!big || is_grouped == lanes, "{what}");
                     grouped += is_grouped as usize;
                     case += 1;
                     let Some(exe) = build(&plan, &root.join(case.to_string())) else {

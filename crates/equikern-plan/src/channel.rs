@@ -802,7 +802,8 @@ impl ChannelWork {
 /// first path). Starting from one slice per block, the heaviest block (by lane cost) gets
 /// one more slice while it has paths to split and the lanes fit `max_lanes` and `fits`;
 /// the grouping with the lowest [`ChannelWork::backward_edge_estimate`] wins (ties: the
-/// fewest lanes). `None` with one multiplicity.
+/// fewest lanes). `None` with one multiplicity, or where one lane per channel estimates
+/// less.
 fn backward_lanes(
     c: &ChannelWork,
     max_lanes: u32,
@@ -896,6 +897,15 @@ fn backward_lanes(
             best = (est.0, est.1, n.clone());
         }
     }
+    // (Only where it beats one lane per channel.)
+    let mut one = c.clone();
+    one.samples_per_group = 1;
+    if let Some(cv) = &mut one.conv {
+        cv.lanes.clear();
+    }
+    if best.0 > one.backward_edge_estimate() {
+        return None;
+    }
     build(&best.2).conv.map(|cv| cv.lanes)
 }
 
@@ -903,6 +913,7 @@ fn backward_lanes(
 /// capabilities: backward: `units` `Segments{SendCsr}` or `Pieces{SendPieces}`; forward:
 /// `Segments{RecvCsr}` or `Pieces{RecvPieces}`, output blocks grouped by `forward_regs`
 /// ([`CONV_FORWARD_REGS`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_channel_work(
     tp: &TensorProduct,
     pass: ChannelPass,

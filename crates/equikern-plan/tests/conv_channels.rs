@@ -951,3 +951,95 @@ fn sevennet_backward_lanes_balance() {
         }
     }
 }
+
+/// Random `uvu` convolutions over `x` blocks of random multiplicities (2-4 blocks, largest
+/// 8-47, some paths unweighted, some shared weights): the backward takes lane groups
+/// (every path once, every block with lanes, within the workgroup) whose estimated per-edge
+/// time is at most the one-lane-per-channel mapping's, and matches the oracle with and
+/// without them (CSR, pieces, a small grid).
+#[test]
+fn mixed_multiplicities_random_backward_lanes() {
+    use equikern_core::spec::builders::channelwise;
+    use rand::Rng;
+    let irs = ["0e", "1o", "1e", "2e", "2o"];
+    let (_, g) = graphs().remove(1);
+    let sm90 = Capabilities {
+        f64: true,
+        ..Capabilities::cuda_sm90()
+    };
+    let mut grouped = 0;
+    for seed in 0..12u64 {
+        let mut r = rng(500 + seed);
+        let n1 = r.random_range(2..5usize);
+        let mut muls: Vec<usize> = (0..n1).map(|_| r.random_range(1..41usize)).collect();
+        muls[r.random_range(0..n1)] = r.random_range(8..48usize);
+        if muls.iter().all(|&m| m == muls[0]) {
+            muls[0] += 1;
+        }
+        let in1: Vec<String> = muls
+            .iter()
+            .map(|m| format!("{m}x{}", irs[r.random_range(0..irs.len())]))
+            .collect();
+        let in2: Vec<String> = (0..r.random_range(1..4usize))
+            .map(|_| format!("{}x{}", r.random_range(1..3), irs[r.random_range(0..3)]))
+            .collect();
+        let mut spec = channelwise(
+            &irreps(&in1.join("+")),
+            &irreps(&in2.join("+")),
+            &irreps("0e+0o+1o+1e+2e+2o"),
+            false,
+        );
+        let keep: Vec<bool> = (0..spec.instructions.len())
+            .map(|_| r.random_range(0..4) != 0)
+            .collect();
+        let mut k = keep.iter();
+        spec.instructions.retain(|_| *k.next().unwrap());
+        if spec.instructions.is_empty() {
+            continue;
+        }
+        for i in &mut spec.instructions {
+            i.has_weight = r.random_range(0..3) != 0;
+        }
+        spec.shared_weights = r.random_range(0..4) == 0;
+        let what = format!("seed {seed}: {} ⊗ {}", in1.join("+"), in2.join("+"));
+        let tp = spec.build().unwrap();
+        for (mn, caps, opts) in [
+            ("csr", sm90, DET),
+            ("pieces", sm90, PIECES),
+            ("csr webgpu-min f64", caps64(), DET),
+            ("csr small grid", small_grid(), DET),
+        ] {
+            let mut est = vec![];
+            for lanes in [false, true] {
+                let w = format!("{what} {mn} lanes {lanes}");
+                let lopts = LowerOptions {
+                    conv_backward_lanes: lanes,
+                    ..Default::default()
+                };
+                let plan =
+                    match lower_conv_with(&tp, Direction::Backward, Dtype::F64, &caps, opts, lopts)
+                    {
+                        Ok(p) => p,
+                        Err(e) if mn.contains("small") => {
+                            println!("{w}: {e}");
+                            continue;
+                        }
+                        Err(e) => panic!("{w}: {e}"),
+                    };
+                let c = fused(&plan).unwrap_or_else(|| panic!("{w}: not fused\n{plan}"));
+                if lanes && !c.lane_groups().is_empty() {
+                    grouped += 1;
+                    check_lane_groups(c, &caps, &w);
+                } else {
+                    assert!(c.lane_groups().is_empty() || !c.uniform(), "{w}");
+                }
+                est.push(c.backward_edge_estimate());
+                check(&plan, &tp, &g, &w);
+            }
+            if let [old, new] = est[..] {
+                assert!(new <= old, "{what} {mn}: estimate {new} > {old}");
+            }
+        }
+    }
+    assert!(grouped >= 20, "only {grouped} lane-grouped plans");
+}
