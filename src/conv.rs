@@ -409,6 +409,14 @@ impl ConvOp {
         self
     }
 
+    /// The fused backward of `x` blocks of different multiplicities (SevenNet): balanced
+    /// lane groups (on, the default) or one lane per channel (`LowerOptions::
+    /// conv_backward_lanes`). For A/B measurements and tests; set before the first call.
+    pub fn with_conv_backward_lanes(mut self, on: bool) -> Self {
+        self.lower.conv_backward_lanes = on;
+        self
+    }
+
     /// The options a call on `g` runs with.
     pub fn options_for(&self, g: &ConvGraph) -> ConvOptions {
         let default = self.opts == ConvOptions::default();

@@ -13,7 +13,10 @@
 //!   `det-rows` / `pieces-rows` (`det` / `pieces` with the channel-fused backward turned off:
 //!   the row kernels; the A/B of `ConvOp::with_channel_fusion`, asked for by name only),
 //!   `det-1g` (`det` with the fused forward's output blocks in one group:
-//!   `ConvOp::with_conv_forward_regs(Some(u32::MAX))`, the A/B of the grouping; by name only).
+//!   `ConvOp::with_conv_forward_regs(Some(u32::MAX))`, the A/B of the grouping; by name only),
+//!   `det-1l` (`det` with the fused backward's mixed multiplicities on one lane per channel
+//!   instead of balanced lane groups: `ConvOp::with_conv_backward_lanes(false)`, the A/B of
+//!   the lane groups; by name only).
 //! * Timing as in `bench`: CUDA events / wgpu timestamps / host clock, warm-up, median of
 //!   `--reps`. Inputs live on the device, generated there by tiling a random block (so
 //!   multi-GB weight tensors cost no host time), shared by every variant of a (graph, problem).
@@ -207,6 +210,8 @@ enum Variant {
     PiecesRows,
     /// `det` with the fused forward's output blocks in one invocation group (A/B).
     DetOneGroup,
+    /// `det` with the fused backward on one lane per channel (no lane groups; A/B).
+    DetOneLane,
 }
 
 impl Variant {
@@ -219,6 +224,7 @@ impl Variant {
             Variant::DetRows => "det-rows",
             Variant::PiecesRows => "pieces-rows",
             Variant::DetOneGroup => "det-1g",
+            Variant::DetOneLane => "det-1l",
         }
     }
 }
@@ -240,17 +246,20 @@ fn parse_variants(s: Option<&str>, backend: Backend) -> Result<Vec<Variant>> {
             "det-rows" => Variant::DetRows,
             "pieces-rows" => Variant::PiecesRows,
             "det-1g" => Variant::DetOneGroup,
+            "det-1l" => Variant::DetOneLane,
             o => {
                 return Err(CliError::input(format!(
-                    "--variants: unknown variant {o:?} (det, pieces, atomic, unfused, det-rows, pieces-rows, det-1g)"
+                    "--variants: unknown variant {o:?} (det, pieces, atomic, unfused, det-rows, pieces-rows, det-1g, det-1l)"
                 )))
             }
         };
         let ok = match x {
             Variant::Det => true,
-            Variant::Pieces | Variant::DetRows | Variant::PiecesRows | Variant::DetOneGroup => {
-                backend != Backend::Cpu
-            }
+            Variant::Pieces
+            | Variant::DetRows
+            | Variant::PiecesRows
+            | Variant::DetOneGroup
+            | Variant::DetOneLane => backend != Backend::Cpu,
             _ => backend == Backend::Cuda,
         };
         if !ok {
@@ -613,6 +622,7 @@ fn measure(
     let fusion = equikern::plan::LowerOptions {
         channel_fusion: !matches!(v, Variant::DetRows | Variant::PiecesRows),
         conv_forward_regs: (v == Variant::DetOneGroup).then_some(u32::MAX),
+        conv_backward_lanes: v != Variant::DetOneLane,
     };
     match (timer, data, gctx) {
         (Timer::Cpu, Data::Cpu(m), _) => cpu_measure_conv(dev, tp, graph, m, d, args),
@@ -801,7 +811,8 @@ mod wgpu_side {
         let op = ConvOp::from_tensor_product(tp.clone(), dev, opts)
             .map_err(|e| e.to_string())?
             .with_channel_fusion(fusion.channel_fusion)
-            .with_conv_forward_regs(fusion.conv_forward_regs);
+            .with_conv_forward_regs(fusion.conv_forward_regs)
+            .with_conv_backward_lanes(fusion.conv_backward_lanes);
         let compiled = pollster::block_on(op.wgpu_compiled_async(d)).map_err(|e| e.to_string())?;
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         let plan = compiled.plan();
@@ -1144,7 +1155,8 @@ extern "C" __global__ void ek_scatter_add(const float* __restrict__ src,
         let op = ConvOp::from_tensor_product(tp.clone(), dev, opts)
             .map_err(|e| e.to_string())?
             .with_channel_fusion(fusion.channel_fusion)
-            .with_conv_forward_regs(fusion.conv_forward_regs);
+            .with_conv_forward_regs(fusion.conv_forward_regs)
+            .with_conv_backward_lanes(fusion.conv_backward_lanes);
         let plan = op.cuda_plan(d, PlanDtype::F32).map_err(err)?;
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         let p = plan.plan();

@@ -12,7 +12,10 @@ use equikern_core::conv::{ConvError, ConvOracle, Csr};
 use equikern_core::graph::{diamond, radius_graph, random_skewed, DIAMOND_A};
 use equikern_core::TensorProduct;
 use equikern_cuda::{run_conv, CudaDevice, CudaError, Real};
-use equikern_plan::{lower_conv, Capabilities, ConvOptions, Direction, Dtype, Tensor};
+use equikern_plan::{
+    lower_conv, lower_conv_with, Capabilities, ConvOptions, Direction, Dtype, LowerOptions, Tensor,
+    Work,
+};
 
 const DIRS: [Direction; 3] = [
     Direction::Forward,
@@ -255,4 +258,84 @@ fn bad_graphs_are_rejected() {
     assert!(e.to_string().starts_with("sender[1] = -1"), "{e}");
     let e = run_conv(&dev, &plan, 4, &[0u32, 1], &[1u32, 2, 3], &inp).unwrap_err();
     assert!(e.to_string().contains("receiver has 2 edges"), "{e}");
+}
+
+/// The mixed-multiplicity conv backward with balanced lane groups (SevenNet-like: 384 lanes
+/// per node; multi-mul: a partial last 32-lane chunk) and with one lane per channel
+/// (`conv_backward_lanes: false`), CSR and pieces, f32 and f64: against the f64 oracle,
+/// outputs poisoned by the runtime, bit-identical reruns.
+#[test]
+fn lane_grouped_backward_matches_the_oracle() {
+    let Some(dev) = device() else { return };
+    let caps = dev.capabilities();
+    fn one<T: Num>(dev: &CudaDevice, caps: &Capabilities) -> (f64, usize) {
+        let dtype = if T::DTYPE == Dtype::F32 {
+            Dtype::F32
+        } else {
+            Dtype::F64
+        };
+        let tol = if dtype == Dtype::F32 { 1e-5 } else { 1e-12 };
+        let (mut worst, mut grouped) = (0f64, 0);
+        for (gn, g) in graphs().into_iter().skip(1) {
+            for (tn, tp) in [
+                ("sevennet-like", uvu_sevennet_like()),
+                ("multi-mul", uvu_channels_multimul()),
+            ] {
+                for (mn, opts) in modes().into_iter().take(2) {
+                    for lanes in [true, false] {
+                        let what = format!("{gn} {tn} {mn} {dtype:?} lanes {lanes}");
+                        let lopts = LowerOptions {
+                            conv_backward_lanes: lanes,
+                            ..Default::default()
+                        };
+                        let plan =
+                            lower_conv_with(&tp, Direction::Backward, dtype, caps, opts, lopts)
+                                .unwrap();
+                        let Work::Channels(c) = &plan.kernels[0].work else {
+                            panic!("{what}: not fused\n{plan}");
+                        };
+                        assert_eq!(!c.lane_groups().is_empty(), lanes, "{what}");
+                        grouped += lanes as usize;
+                        let inp = inputs(&tp, &g, 5);
+                        let conv: BTreeMap<Tensor, Vec<T>> = inp
+                            .iter()
+                            .map(|(t, v)| (*t, v.iter().map(|&a| T::from64(a)).collect()))
+                            .collect();
+                        let go = || {
+                            run_conv(dev, &plan, g.nodes, &g.receiver, &g.sender, &conv)
+                                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                        };
+                        let got = go();
+                        let want = oracle(&tp, &g, Direction::Backward, &inp);
+                        assert_eq!(
+                            got.keys().collect::<Vec<_>>(),
+                            want.keys().collect::<Vec<_>>()
+                        );
+                        for (t, w) in &want {
+                            let gv: Vec<f64> = got[t].iter().map(|v| v.to64()).collect();
+                            let e = if gv.iter().all(|v| v.is_finite()) {
+                                rel_l2(&gv, w)
+                            } else {
+                                f64::INFINITY
+                            };
+                            assert!(e <= tol, "{what} {t:?}: rel L2 {e:e}");
+                            worst = worst.max(e);
+                        }
+                        let again = go();
+                        for (t, v) in &got {
+                            let same = v
+                                .iter()
+                                .zip(&again[t])
+                                .all(|(a, b)| a.to64().to_bits() == b.to64().to_bits());
+                            assert!(same, "{what} {t:?}: rerun differs");
+                        }
+                    }
+                }
+            }
+        }
+        (worst, grouped)
+    }
+    let (w32, n32) = one::<f32>(&dev, &caps);
+    let (w64, n64) = one::<f64>(&dev, &caps);
+    println!("lane-grouped backward: worst rel L2 f32 {w32:.2e} ({n32} grouped plans), f64 {w64:.2e} ({n64})");
 }

@@ -220,13 +220,29 @@ fn conv_backward_hip_compiles_for_gfx90a() {
         ),
     ] {
         for dt in [Dtype::F32, Dtype::F64] {
-            let plan = lower_conv(&tp, Direction::Backward, dt, &gfx90a_caps(), opts).unwrap();
-            assert!(
-                matches!(&plan.kernels[0].work, Work::Channels(c) if !c.uniform()),
-                "mixed multiplicities {mode} {dt:?}: not fused"
-            );
-            let src = emit_hip(&plan).unwrap().source;
-            jobs.push((format!("conv-mixed-muls-{mode}-{dt:?}"), src));
+            // Balanced lane groups (the default) and one lane per channel (guarded rows).
+            for lanes in [true, false] {
+                let lopts = equikern_plan::LowerOptions {
+                    conv_backward_lanes: lanes,
+                    ..Default::default()
+                };
+                let plan = equikern_plan::lower_conv_with(
+                    &tp,
+                    Direction::Backward,
+                    dt,
+                    &gfx90a_caps(),
+                    opts,
+                    lopts,
+                )
+                .unwrap();
+                assert!(
+                    matches!(&plan.kernels[0].work, Work::Channels(c)
+                        if !c.uniform() && c.lane_groups().is_empty() != lanes),
+                    "mixed multiplicities {mode} {dt:?} lanes {lanes}: not fused"
+                );
+                let src = emit_hip(&plan).unwrap().source;
+                jobs.push((format!("conv-mixed-muls-{mode}-{dt:?}-lanes-{lanes}"), src));
+            }
             let mut plan = lower_conv(&tp, Direction::Forward, dt, &gfx90a_caps(), opts).unwrap();
             assert!(
                 matches!(&plan.kernels[0].work, Work::Channels(c) if !c.uniform() && c.lanes() == 224),

@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use equikern_plan::{
-    ChannelBlock, ChannelPass, ChannelPath, ChannelWork, Dtype, Kernel, KernelPlan, SampleMode,
-    Tensor,
+    ChannelBlock, ChannelPass, ChannelPath, ChannelWork, Dtype, Kernel, KernelPlan, LaneGroup,
+    SampleMode, Tensor, LANE_CHUNK,
 };
 
 use crate::EmitError;
@@ -169,6 +169,32 @@ pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<()
                 && cv.groups.iter().map(|&n| n as usize).sum::<usize>() != c.z_blocks.len())
         {
             return Err("forward groups do not cover the output blocks".into());
+        }
+        if !cv.lanes.is_empty() {
+            if c.pass != ChannelPass::Backward {
+                return Err("lane groups outside a conv backward".into());
+            }
+            let mut seen = vec![0u32; c.paths.len()];
+            for g in &cv.lanes {
+                if g.x_block as usize >= c.x_blocks.len() {
+                    return Err("lane group names no x block".into());
+                }
+                if g.paths.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err("lane group paths not ascending".into());
+                }
+                for &p in &g.paths {
+                    match (c.paths.get(p as usize), seen.get_mut(p as usize)) {
+                        (Some(pth), Some(n)) if pth.x_block == g.x_block => *n += 1,
+                        _ => return Err("lane group path of another x block or none".into()),
+                    }
+                }
+            }
+            if seen.iter().any(|&n| n != 1) {
+                return Err("lane groups do not take every path exactly once".into());
+            }
+            if (0..c.x_blocks.len()).any(|b| !cv.lanes.iter().any(|g| g.x_block as usize == b)) {
+                return Err("an x block without lanes".into());
+            }
         }
         if k.workgroup_size != c.lanes() * c.samples_per_group {
             return Err("workgroup size is not lanes × samples per group".into());
@@ -1077,7 +1103,9 @@ fn conv_backward_body(
     let dt = plan.dtype;
     let m = c.channels;
     let spg = c.samples_per_group;
-    let wg = m * spg;
+    let lane_grouped = !c.lane_groups().is_empty();
+    let lanes = c.lanes();
+    let wg = lanes * spg;
     let zero = dia.lit(0.0, dt);
     let bad = |why: &str| EmitError::InvalidPlan {
         kernel: "channel".into(),
@@ -1148,8 +1176,23 @@ fn conv_backward_body(
         }
         Ok(())
     };
-    ln(&mut s, 4, &dia.let_u("smp", &format!("g / {m}u")));
-    ln(&mut s, 4, &dia.let_u("ch", &format!("g - smp * {m}u")));
+    if lane_grouped {
+        // Lane `l` of unit `smp`: group `grp` (the last whose first lane is ≤ l), row `r`.
+        ln(&mut s, 4, &dia.let_u("smp", &format!("g / {lanes}u")));
+        ln(&mut s, 4, &dia.let_u("l", &format!("g - smp * {lanes}u")));
+        ln(&mut s, 4, &uvar("grp", "0u"));
+        ln(&mut s, 4, &uvar("r", "l"));
+        for (gi, &(first, _, _)) in c.lane_layout().0.iter().enumerate().skip(1) {
+            ln(
+                &mut s,
+                4,
+                &format!("if (l >= {first}u) {{ grp = {gi}u; r = l - {first}u; }}"),
+            );
+        }
+    } else {
+        ln(&mut s, 4, &dia.let_u("smp", &format!("g / {m}u")));
+        ln(&mut s, 4, &dia.let_u("ch", &format!("g - smp * {m}u")));
+    }
     ln(&mut s, 4, &dia.let_u("s0", &format!("{block} * {spg}u")));
     // Where the view's edge ids start (their other ends follow, num_edges later).
     let ids = if pieces {
@@ -1190,29 +1233,130 @@ fn conv_backward_body(
         Dialect::Wgsl { .. } => ln(&mut s, 4, "let trips = workgroupUniformLoad(&ek_trip);"),
     }
     // The sender's x row `ch`, loaded once; gx accumulates over the whole range.
-    for (b, blk) in c.x_blocks.iter().enumerate() {
-        for i in 0..blk.row_len {
-            ln(&mut s, 4, &dia.var(dt, &format!("xr{b}_{i}"), &zero));
-            ln(&mut s, 4, &dia.var(dt, &format!("gx{b}_{i}"), &zero));
+    if lane_grouped {
+        // One row of the lane's block: `xr0..`, `gx0..` (the widest block's length).
+        let width = c.x_blocks.iter().map(|b| b.row_len).max().unwrap_or(0);
+        for i in 0..width {
+            ln(&mut s, 4, &dia.var(dt, &format!("xr{i}"), &zero));
+            ln(&mut s, 4, &dia.var(dt, &format!("gx{i}"), &zero));
         }
+        ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+        for (gi, g) in c.lane_groups().iter().enumerate() {
+            let open = if gi == 0 { "if" } else { "} else if" };
+            ln(&mut s, 8, &format!("{open} (grp == {gi}u) {{"));
+            let blk = c
+                .x_blocks
+                .get(g.x_block as usize)
+                .ok_or_else(|| bad("lane group names no x block"))?;
+            for i in 0..blk.row_len {
+                let off = format!("{}u + r * {}u", blk.offset + i, blk.row_len);
+                let e = el(Tensor::X, "node", d.dim_in1, &off)?;
+                ln(&mut s, 12, &format!("xr{i} = {e};"));
+            }
+        }
+        ln(&mut s, 8, "}");
+        ln(&mut s, 4, "}");
+    } else {
+        for (b, blk) in c.x_blocks.iter().enumerate() {
+            for i in 0..blk.row_len {
+                ln(&mut s, 4, &dia.var(dt, &format!("xr{b}_{i}"), &zero));
+                ln(&mut s, 4, &dia.var(dt, &format!("gx{b}_{i}"), &zero));
+            }
+        }
+        ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+        for (b, blk) in c.x_blocks.iter().enumerate() {
+            let (open, close) = row_guard(c, blk, "ch");
+            if let Some(g) = &open {
+                ln(&mut s, 8, g);
+            }
+            let ind = if open.is_some() { 12 } else { 8 };
+            for i in 0..blk.row_len {
+                let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
+                let e = el(Tensor::X, "node", d.dim_in1, &off)?;
+                ln(&mut s, ind, &format!("xr{b}_{i} = {e};"));
+            }
+            if let Some(g) = close {
+                ln(&mut s, 8, g);
+            }
+        }
+        ln(&mut s, 4, "}");
     }
-    ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
-    for (b, blk) in c.x_blocks.iter().enumerate() {
-        let (open, close) = row_guard(c, blk, "ch");
-        if let Some(g) = &open {
-            ln(&mut s, 8, g);
+    let wlen = if d.shared_weights { 0 } else { d.weight_numel };
+    // Path `pth`'s per-edge code for row `row` (receiver `rcv`, edge `e`): `xr(i)` names
+    // the `x` row's components, `gx(i)` its `gx` accumulators.
+    let path_code = |s: &mut String,
+                     ind: usize,
+                     pth: &ChannelPath,
+                     row: &str,
+                     xr: &dyn Fn(u32) -> String,
+                     gx: &dyn Fn(u32) -> String|
+     -> Result<(), EmitError> {
+        let mut ks: Vec<u32> = pth.terms.iter().map(|t| t.k).collect();
+        ks.sort_unstable();
+        ks.dedup();
+        for k in &ks {
+            let off = format!("{}u + {row} * {}u", pth.z_offset + k, pth.z_len);
+            let e = el(Tensor::GZ, "rcv", d.dim_out, &off)?;
+            ln(s, ind, &dia.let_(dt, &format!("gp{k}"), &e));
         }
-        let ind = if open.is_some() { 12 } else { 8 };
-        for i in 0..blk.row_len {
-            let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
-            let e = el(Tensor::X, "node", d.dim_in1, &off)?;
-            ln(&mut s, ind, &format!("xr{b}_{i} = {e};"));
+        let mut js: Vec<u32> = pth.terms.iter().map(|t| t.j).collect();
+        js.sort_unstable();
+        js.dedup();
+        for v in 0..pth.y_mul {
+            ln(s, ind, "{");
+            let yb = pth.y_offset + v * pth.y_len;
+            for j in &js {
+                let e = el(Tensor::Y, "e", d.dim_in2, &format!("{}u", yb + j))?;
+                ln(s, ind + 4, &dia.let_(dt, &format!("yv{j}"), &e));
+            }
+            let widx = pth
+                .w_offset
+                .map(|o| format!("{}u + {row} * {}u", o + v, pth.y_mul));
+            if let Some(wi) = &widx {
+                let e = el(Tensor::W, "e", wlen, wi)?;
+                ln(s, ind + 4, &dia.let_(dt, "wv", &e));
+            }
+            ln(s, ind + 4, &dia.var(dt, "a", &zero));
+            for i in 0..pth.x_len {
+                ln(s, ind + 4, &dia.var(dt, &format!("gxv{i}"), &zero));
+            }
+            for j in 0..pth.y_len {
+                ln(s, ind + 4, &dia.var(dt, &format!("gyv{j}"), &zero));
+            }
+            for (n, t) in pth.terms.iter().enumerate() {
+                let tn = format!("t{n}");
+                let e = format!("{} * gp{}", dia.lit(t.coeff, dt), t.k);
+                ln(s, ind + 4, &dia.let_(dt, &tn, &e));
+                ln(s, ind + 4, &format!("a += {tn} * {} * yv{};", xr(t.i), t.j));
+                ln(s, ind + 4, &format!("gxv{} += {tn} * yv{};", t.i, t.j));
+                ln(s, ind + 4, &format!("gyv{} += {tn} * {};", t.j, xr(t.i)));
+            }
+            let scale = |v: &str| {
+                if widx.is_some() {
+                    format!("wv * {v}")
+                } else {
+                    v.to_string()
+                }
+            };
+            for i in 0..pth.x_len {
+                let line = format!("{} += {};", gx(i), scale(&format!("gxv{i}")));
+                ln(s, ind + 4, &line);
+            }
+            for j in 0..pth.y_len {
+                let line = format!("gy{} += {};", yb + j, scale(&format!("gyv{j}")));
+                ln(s, ind + 4, &line);
+            }
+            match (c.write_gw, &widx) {
+                (true, Some(wi)) => {
+                    let at = el(Tensor::GW, "e", d.weight_numel, wi)?;
+                    ln(s, ind + 4, &format!("{at} = a;"));
+                }
+                _ => ln(s, ind + 4, if cuda { "(void)a;" } else { "_ = a;" }),
+            }
+            ln(s, ind, "}");
         }
-        if let Some(g) = close {
-            ln(&mut s, 8, g);
-        }
-    }
-    ln(&mut s, 4, "}");
+        Ok(())
+    };
     let tloop = match dia {
         Dialect::Cuda => "for (unsigned int t = 0u; t < trips; ++t) {",
         Dialect::Wgsl { .. } => "for (var t = 0u; t < trips; t++) {",
@@ -1225,81 +1369,198 @@ fn conv_backward_body(
     ln(&mut s, 8, "if (lo + t < hi) {");
     ln(&mut s, 12, &dia.let_u("e", &tab("ids + lo + t")?));
     ln(&mut s, 12, &dia.let_u("rcv", &tab("oth + lo + t")?));
-    let wlen = if d.shared_weights { 0 } else { d.weight_numel };
-    for pth in &c.paths {
-        ln(&mut s, 12, &open_path(c, pth, "ch"));
-        let mut ks: Vec<u32> = pth.terms.iter().map(|t| t.k).collect();
-        ks.sort_unstable();
-        ks.dedup();
-        for k in &ks {
-            let off = format!("{}u + ch * {}u", pth.z_offset + k, pth.z_len);
-            let e = el(Tensor::GZ, "rcv", d.dim_out, &off)?;
-            ln(&mut s, 16, &dia.let_(dt, &format!("gp{k}"), &e));
-        }
-        let mut js: Vec<u32> = pth.terms.iter().map(|t| t.j).collect();
-        js.sort_unstable();
-        js.dedup();
-        for v in 0..pth.y_mul {
-            ln(&mut s, 16, "{");
-            let yb = pth.y_offset + v * pth.y_len;
-            for j in &js {
-                let e = el(Tensor::Y, "e", d.dim_in2, &format!("{}u", yb + j))?;
-                ln(&mut s, 20, &dia.let_(dt, &format!("yv{j}"), &e));
+    if lane_grouped {
+        for (gi, grp) in c.lane_groups().iter().enumerate() {
+            let open = if gi == 0 { "if" } else { "} else if" };
+            ln(&mut s, 12, &format!("{open} (grp == {gi}u) {{"));
+            for &pi in &grp.paths {
+                let pth = c
+                    .paths
+                    .get(pi as usize)
+                    .ok_or_else(|| bad("lane group names no path"))?;
+                ln(&mut s, 16, &format!("{{ // path {}", pth.path));
+                path_code(&mut s, 20, pth, "r", &|i| format!("xr{i}"), &|i| {
+                    format!("gx{i}")
+                })?;
+                ln(&mut s, 16, "}");
             }
-            let widx = pth
-                .w_offset
-                .map(|o| format!("{}u + ch * {}u", o + v, pth.y_mul));
-            if let Some(wi) = &widx {
-                let e = el(Tensor::W, "e", wlen, wi)?;
-                ln(&mut s, 20, &dia.let_(dt, "wv", &e));
-            }
-            ln(&mut s, 20, &dia.var(dt, "a", &zero));
-            for i in 0..pth.x_len {
-                ln(&mut s, 20, &dia.var(dt, &format!("gxv{i}"), &zero));
-            }
-            for j in 0..pth.y_len {
-                ln(&mut s, 20, &dia.var(dt, &format!("gyv{j}"), &zero));
-            }
-            let xb = pth.x_block;
-            for (n, t) in pth.terms.iter().enumerate() {
-                let tn = format!("t{n}");
-                let e = format!("{} * gp{}", dia.lit(t.coeff, dt), t.k);
-                ln(&mut s, 20, &dia.let_(dt, &tn, &e));
-                ln(
-                    &mut s,
-                    20,
-                    &format!("a += {tn} * xr{xb}_{} * yv{};", t.i, t.j),
-                );
-                ln(&mut s, 20, &format!("gxv{} += {tn} * yv{};", t.i, t.j));
-                ln(&mut s, 20, &format!("gyv{} += {tn} * xr{xb}_{};", t.j, t.i));
-            }
-            let scale = |v: &str| {
-                if widx.is_some() {
-                    format!("wv * {v}")
-                } else {
-                    v.to_string()
-                }
-            };
-            for i in 0..pth.x_len {
-                let line = format!("gx{xb}_{i} += {};", scale(&format!("gxv{i}")));
-                ln(&mut s, 20, &line);
-            }
-            for j in 0..pth.y_len {
-                let line = format!("gy{} += {};", yb + j, scale(&format!("gyv{j}")));
-                ln(&mut s, 20, &line);
-            }
-            match (c.write_gw, &widx) {
-                (true, Some(wi)) => {
-                    let at = el(Tensor::GW, "e", d.weight_numel, wi)?;
-                    ln(&mut s, 20, &format!("{at} = a;"));
-                }
-                _ => ln(&mut s, 20, if cuda { "(void)a;" } else { "_ = a;" }),
-            }
-            ln(&mut s, 16, "}");
         }
         ln(&mut s, 12, "}");
+    } else {
+        for pth in &c.paths {
+            ln(&mut s, 12, &open_path(c, pth, "ch"));
+            let xb = pth.x_block;
+            path_code(&mut s, 16, pth, "ch", &|i| format!("xr{xb}_{i}"), &|i| {
+                format!("gx{xb}_{i}")
+            })?;
+            ln(&mut s, 12, "}");
+        }
     }
     ln(&mut s, 8, "}");
+    if lane_grouped {
+        // The gy partials of position t: per unit, chunks of LANE_CHUNK lanes summed as
+        // pairwise trees (one invocation per unit, component and chunk), then per unit and
+        // component the chunk sums in ascending order.
+        let stride = wg + 1;
+        for j in 0..c.y_len {
+            ln(
+                &mut s,
+                8,
+                &format!("ek_red[{}u + {lid}] = gy{j};", j * stride),
+            );
+        }
+        ln(&mut s, 8, barrier(dia));
+        let nch = c.lane_chunks();
+        let yl = c.y_len;
+        let cbase = yl * stride;
+        let items = spg * yl * nch;
+        let loop_ = |var: &str, n: u32| match dia {
+            Dialect::Cuda => {
+                format!("for (unsigned int {var} = {lid}; {var} < {n}u; {var} += {wg}u) {{")
+            }
+            Dialect::Wgsl { .. } => {
+                format!("for (var {var} = {lid}; {var} < {n}u; {var} += {wg}u) {{")
+            }
+        };
+        ln(&mut s, 8, &loop_("it", items));
+        ln(&mut s, 12, &dia.let_u("qq", &format!("it / {}u", yl * nch)));
+        ln(
+            &mut s,
+            12,
+            &dia.let_u("j", &format!("(it - qq * {}u) / {nch}u", yl * nch)),
+        );
+        ln(
+            &mut s,
+            12,
+            &dia.let_u("ck", &format!("it - qq * {}u - j * {nch}u", yl * nch)),
+        );
+        ln(
+            &mut s,
+            12,
+            &dia.let_u(
+                "cb",
+                &format!("j * {stride}u + qq * {lanes}u + ck * {LANE_CHUNK}u"),
+            ),
+        );
+        // Lane i of the chunk; past the unit's lanes (a partial last chunk): 0.
+        let full = lanes % LANE_CHUNK;
+        let v = |i: u32| -> String {
+            let ld = format!("ek_red[cb + {i}u]");
+            if full == 0 || i < full {
+                ld
+            } else if cuda {
+                format!("(ck < {}u ? {ld} : {zero})", nch - 1)
+            } else {
+                format!("select({zero}, {ld}, ck < {}u)", nch - 1)
+            }
+        };
+        let half = LANE_CHUNK / 2;
+        for i in 0..half {
+            let e = format!("{} + {}", v(i), v(i + half));
+            ln(&mut s, 12, &dia.var(dt, &format!("k{i}"), &e));
+        }
+        let mut off = half / 2;
+        while off > 0 {
+            for i in 0..off {
+                ln(&mut s, 12, &format!("k{i} = k{i} + k{};", i + off));
+            }
+            off /= 2;
+        }
+        ln(&mut s, 12, &format!("ek_red[{cbase}u + it] = k0;"));
+        ln(&mut s, 8, "}");
+        ln(&mut s, 8, barrier(dia));
+        ln(&mut s, 8, &loop_("it", spg * yl));
+        ln(&mut s, 12, &dia.let_u("qq", &format!("it / {yl}u")));
+        ln(&mut s, 12, &dia.let_u("j", &format!("it - qq * {yl}u")));
+        ln(&mut s, 12, &format!("if (s0 + qq < {ns}) {{"));
+        ln(&mut s, 16, &uvar("l2", "0u"));
+        ln(&mut s, 16, &uvar("h2", "0u"));
+        range(&mut s, 16, "s0 + qq", "l2", "h2", None)?;
+        ln(&mut s, 16, "if (l2 + t < h2) {");
+        ln(&mut s, 20, &dia.let_u("e2", &tab("ids + l2 + t")?));
+        ln(&mut s, 20, &dia.var(dt, "acc", &zero));
+        let cloop = match dia {
+            Dialect::Cuda => format!(
+                "for (unsigned int u = 0u; u < {nch}u; ++u) acc += ek_red[{cbase}u + it * {nch}u + u];"
+            ),
+            Dialect::Wgsl { .. } => format!(
+                "for (var u = 0u; u < {nch}u; u++) {{ acc += ek_red[{cbase}u + it * {nch}u + u]; }}"
+            ),
+        };
+        ln(&mut s, 20, &cloop);
+        let at = el(Tensor::GY, "e2", d.dim_in2, "j")?;
+        ln(&mut s, 20, &format!("{at} = acc;"));
+        ln(&mut s, 16, "}");
+        ln(&mut s, 12, "}");
+        ln(&mut s, 8, "}");
+        ln(&mut s, 8, barrier(dia));
+        ln(&mut s, 4, "}");
+        // gx: slices past 0 stage their partial rows (after the loop's last barrier the
+        // memory is free); after a barrier slice 0 adds them in slice order and stores the
+        // row of the unit's node (CSR) or piece (pieces).
+        let (layout, stage) = c.lane_layout();
+        let groups = c.lane_groups();
+        let at_stage = |st: u32, len: u32, i: u32| {
+            format!("ek_red[(smp - s0) * {stage}u + {st}u + r * {len}u + {i}u]")
+        };
+        let row_len = |g: &LaneGroup| c.x_blocks.get(g.x_block as usize).map_or(0, |b| b.row_len);
+        if stage > 0 {
+            ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+            let mut first = true;
+            for (gi, (g, &(_, _, st))) in groups.iter().zip(&layout).enumerate() {
+                let Some(st) = st else { continue };
+                let open = if first { "if" } else { "} else if" };
+                first = false;
+                ln(&mut s, 8, &format!("{open} (grp == {gi}u) {{"));
+                for i in 0..row_len(g) {
+                    ln(
+                        &mut s,
+                        12,
+                        &format!("{} = gx{i};", at_stage(st, row_len(g), i)),
+                    );
+                }
+            }
+            ln(&mut s, 8, "}");
+            ln(&mut s, 4, "}");
+            ln(&mut s, 4, barrier(dia));
+        }
+        let row = if pieces {
+            format!("({p}unit_base + smp)")
+        } else {
+            "node".to_string()
+        };
+        ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+        let mut first = true;
+        for (gi, (g, &(_, slice, _))) in groups.iter().zip(&layout).enumerate() {
+            if slice != 0 {
+                continue;
+            }
+            let open = if first { "if" } else { "} else if" };
+            first = false;
+            ln(&mut s, 8, &format!("{open} (grp == {gi}u) {{"));
+            let blk = c
+                .x_blocks
+                .get(g.x_block as usize)
+                .ok_or_else(|| bad("lane group names no x block"))?;
+            for (g2, &(_, _, st)) in groups.iter().zip(&layout) {
+                let Some(st) = st.filter(|_| g2.x_block == g.x_block) else {
+                    continue;
+                };
+                for i in 0..blk.row_len {
+                    let e = at_stage(st, blk.row_len, i);
+                    ln(&mut s, 12, &format!("gx{i} = gx{i} + {e};"));
+                }
+            }
+            for i in 0..blk.row_len {
+                let off = format!("{}u + r * {}u", blk.offset + i, blk.row_len);
+                let at = el(cv.node_out, &row, d.dim_in1, &off)?;
+                ln(&mut s, 12, &format!("{at} = gx{i};"));
+            }
+        }
+        ln(&mut s, 8, "}");
+        ln(&mut s, 4, "}");
+        return Ok(s);
+    }
     // The workgroup's gy partials of position t, summed per unit in ascending channel order.
     let stride = wg + 1;
     for j in 0..c.y_len {

@@ -213,3 +213,81 @@ fn conv_forward_mixed_multiplicities_validate() {
     }
     println!("{n} conv forward modules validated");
 }
+
+/// The mixed-multiplicity conv backward with lane groups (SevenNet-like: 256 lanes on
+/// WebGPU's minimum limits, 384 on H100-like ones; multi-mul: a partial last 32-lane chunk)
+/// and without them (`conv_backward_lanes: false`, guarded rows), CSR and pieces, f32: every
+/// WGSL module validates with naga; the CUDA text prints the same structure.
+#[test]
+fn conv_backward_lane_groups_validate() {
+    use equikern_core::spec::builders::channelwise;
+    use equikern_core::Irreps;
+    use equikern_plan::{lower_conv_with, ConvOptions, LowerOptions, Work};
+    let ir = |s: &str| Irreps::parse(s).unwrap();
+    let specs = [
+        (
+            "sevennet-like",
+            channelwise(
+                &ir("128x0e+64x1e+32x2e"),
+                &ir("1x0e+1x1e+1x2e"),
+                &ir("0e+1e+2e"),
+                false,
+            ),
+        ),
+        (
+            "multi-mul",
+            channelwise(
+                &ir("16x0e+8x1o+12x2e"),
+                &ir("2x0e+1x1o+1x2e"),
+                &ir("0e+1o+1e+2e+2o"),
+                false,
+            ),
+        ),
+    ];
+    let mut n = 0;
+    for (label, spec) in &specs {
+        let tp = corpus::build(spec);
+        for (cname, caps) in [
+            ("webgpu_min", Capabilities::webgpu_min()),
+            ("h100", h100_caps()),
+        ] {
+            for opts in [
+                ConvOptions::default(),
+                ConvOptions {
+                    atomic: false,
+                    max_piece_edges: Some(16),
+                },
+            ] {
+                for lanes in [true, false] {
+                    let lopts = LowerOptions {
+                        conv_backward_lanes: lanes,
+                        ..Default::default()
+                    };
+                    let plan =
+                        lower_conv_with(&tp, Direction::Backward, Dtype::F32, &caps, opts, lopts)
+                            .unwrap();
+                    let Work::Channels(c) = &plan.kernels[0].work else {
+                        panic!("{label} {cname}: backward not fused\n{plan}");
+                    };
+                    assert_eq!(!c.lane_groups().is_empty(), lanes, "{label} {cname}");
+                    let needle = if lanes { "grp = " } else { "if (ch < " };
+                    let what = format!("{label} {cname} {opts:?} lanes {lanes}");
+                    let ks = emit_wgsl(&plan).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert!(ks[0].source.contains(needle), "{what}");
+                    for k in ks {
+                        validate(&k.source, &format!("{what} {}", k.name));
+                        n += 1;
+                    }
+                    let cuda = equikern_emit::cuda::emit_with(
+                        &plan,
+                        equikern_emit::cuda::Target::Cuda,
+                        Default::default(),
+                    )
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert!(cuda.source.contains(needle), "{what}: CUDA");
+                }
+            }
+        }
+    }
+    println!("{n} conv backward modules validated");
+}

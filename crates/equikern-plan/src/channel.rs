@@ -190,7 +190,10 @@ pub struct ChannelWork {
 /// `gz[i]` row `u`, writes `gw[e, ·, u·y_mul + v]` and its `gy` partial, and the partials
 /// are summed in workgroup memory in ascending `u` into `gy[e]`. The sender's `x` row `u`
 /// is loaded once; its `gx` row `u` is accumulated over the range in registers (ascending
-/// position = ascending edge id) and stored once into row `unit` of `node_out`.
+/// position = ascending edge id) and stored once into row `unit` of `node_out`. With `x`
+/// blocks of different multiplicities the lanes are lane groups instead
+/// ([`ChannelConv::lanes`], [`LaneGroup`]: `(x block, row, slice of its paths)`, balanced by
+/// a per-edge cost model), the `gy` partials summed per 32-lane chunk, then chunks ascending.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChannelConv {
     /// `Segments { csr: SendCsr }` or `Pieces { pieces: SendPieces }`.
@@ -205,6 +208,48 @@ pub struct ChannelConv {
     /// group's accumulators in registers. Empty: one group (the backward).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<u32>,
+    /// Backward with `x` blocks of different multiplicities: the lane groups of a unit
+    /// (see [`LaneGroup`]); empty: one lane per channel `u < M` (every block's paths where
+    /// `u < mul`, the mapping of one multiplicity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lanes: Vec<LaneGroup>,
+}
+
+/// One lane group of a mixed-multiplicity conv backward ([`ChannelConv::lanes`]): lane `r`
+/// of the group (`r < mul` of its `x` block, lanes `O + r` of a unit with `O` the rows of
+/// the groups before it) owns row `r` of `x` block `x_block` and does the paths `paths`
+/// (indices into [`ChannelWork::paths`], ascending, all of that block): their weight
+/// gradients, its `gx` partial and its `gy` partial per edge. A block's paths may be split
+/// over several groups (its *slices*, numbered in list order); slice 0 adds the other
+/// slices' `gx` partials in slice order after the unit's edges (through workgroup memory)
+/// and stores the row. Per edge the `gy` partials of a unit's lanes are summed in chunks of
+/// [`LANE_CHUNK`] consecutive lanes (each a pairwise tree, see [`chunk_sum`]), then the
+/// chunk sums in ascending order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LaneGroup {
+    pub x_block: u32,
+    pub paths: Vec<u32>,
+}
+
+/// Lanes per `gy` chunk of a lane-grouped conv backward (a warp).
+pub const LANE_CHUNK: u32 = 32;
+
+/// The sum of up to [`LANE_CHUNK`] partials as a pairwise tree (missing lanes are `0`):
+/// `v[i] += v[i + 16]` for `i < 16`, then `+8`, `+4`, `+2`, `+1`, the order a warp's
+/// `xor` butterfly leaves in lane 0 (so a shuffle reduction gives the same bits).
+pub fn chunk_sum(vals: &[f64]) -> f64 {
+    let mut v = [0.0f64; LANE_CHUNK as usize];
+    for (o, x) in v.iter_mut().zip(vals) {
+        *o = *x;
+    }
+    let mut off = LANE_CHUNK as usize / 2;
+    while off > 0 {
+        for i in 0..off {
+            v[i] += v[i + off];
+        }
+        off /= 2;
+    }
+    v[0]
 }
 
 impl ChannelConv {
@@ -254,8 +299,59 @@ impl ChannelWork {
                 .iter()
                 .map(|g| self.group_lanes(g))
                 .sum::<u32>(),
+            Some(cv) if self.pass == ChannelPass::Backward && !cv.lanes.is_empty() => cv
+                .lanes
+                .iter()
+                .map(|g| self.lane_group_rows(g))
+                .sum::<u32>(),
             _ => self.channels,
         }
+    }
+
+    /// The lane groups of a mixed-multiplicity conv backward (empty: one lane per channel).
+    pub fn lane_groups(&self) -> &[LaneGroup] {
+        match &self.conv {
+            Some(cv) if self.pass == ChannelPass::Backward => &cv.lanes,
+            _ => &[],
+        }
+    }
+
+    /// Lanes of a lane group: the rows of its `x` block (`0` for a block out of range).
+    pub fn lane_group_rows(&self, g: &LaneGroup) -> u32 {
+        self.x_blocks
+            .get(g.x_block as usize)
+            .map_or(0, |b| self.block_mul(b))
+    }
+
+    /// Per lane group: its first lane in a unit, its slice (how many groups of its block
+    /// come before it) and, for a slice past 0, where its `gx` partial rows start in a unit's
+    /// staging area; and the staging area's length per unit (elements).
+    pub fn lane_layout(&self) -> (Vec<(u32, u32, Option<u32>)>, u32) {
+        let (mut out, mut lane, mut stage) = (vec![], 0u32, 0u32);
+        let mut seen = vec![0u32; self.x_blocks.len()];
+        for g in self.lane_groups() {
+            let rows = self.lane_group_rows(g);
+            let slice = seen.get(g.x_block as usize).copied().unwrap_or(0);
+            if let Some(n) = seen.get_mut(g.x_block as usize) {
+                *n += 1;
+            }
+            let st = (slice > 0).then_some(stage);
+            if slice > 0 {
+                let len = self
+                    .x_blocks
+                    .get(g.x_block as usize)
+                    .map_or(0, |b| b.row_len);
+                stage += rows * len;
+            }
+            out.push((lane, slice, st));
+            lane += rows;
+        }
+        (out, stage)
+    }
+
+    /// `gy` chunks per unit of a lane-grouped backward (`⌈lanes / LANE_CHUNK⌉`).
+    pub fn lane_chunks(&self) -> u32 {
+        self.lanes().div_ceil(LANE_CHUNK)
     }
 
     /// The output blocks in the order the conv forward's groups take them: descending
@@ -338,6 +434,17 @@ impl ChannelWork {
         if self.conv.is_some() && self.pass == ChannelPass::Forward {
             // The conv forward stores from registers.
             return 0;
+        }
+        if !self.lane_groups().is_empty() {
+            // The lanes' `gy` columns, then each unit's chunk sums; after the edges the
+            // `gx` partials of slices past 0 (the same memory).
+            let spg = self.samples_per_group;
+            // (Padded by a chunk: a partial last chunk's missing lanes may be read, then
+            // discarded.)
+            let cols = self.y_len * (spg * self.lanes() + 1)
+                + spg * self.y_len * self.lane_chunks()
+                + LANE_CHUNK;
+            return cols.max(spg * self.lane_layout().1);
         }
         match self.pass {
             ChannelPass::Backward => self.y_len * (self.samples_per_group * self.channels + 1),
@@ -605,10 +712,208 @@ pub(crate) fn forward_groups(blocks: &[ChannelBlock], words: u32, budget: u32) -
     }
 }
 
+/// Per-edge work of one lane of a conv backward, besides its paths: the edge's id and
+/// receiver, the `gy` partial stores (plus [`ChannelPath`]'s `y_len` per `v`), the
+/// lane's share of the `gy` sum.
+const LANE_EDGE_OVERHEAD: u64 = 4;
+
+/// Per-edge cost of path `p` on one lane of a conv backward (an instruction count: the
+/// `gz` loads of the components it uses; per `v` the `y` loads, the weight, the `gw`
+/// store, 4 per term (`t = coeff·gz`, then `a`, `gx`, `gy` FMAs) and the scaled `gx`/`gy`
+/// adds).
+pub fn backward_path_cost(p: &ChannelPath) -> u64 {
+    let distinct = |f: &dyn Fn(&ChannelTerm) -> u32| {
+        let mut v: Vec<u32> = p.terms.iter().map(f).collect();
+        v.sort_unstable();
+        v.dedup();
+        v.len() as u64
+    };
+    let (ks, js) = (distinct(&|t| t.k), distinct(&|t| t.j));
+    ks + p.y_mul as u64 * (js + 2 + 4 * p.terms.len() as u64 + (p.x_len + p.y_len) as u64)
+}
+
+impl ChannelWork {
+    /// Per-edge cost of one lane doing `paths` (indices into `paths`) of a conv backward
+    /// ([`backward_path_cost`] summed, plus the per-lane overhead).
+    pub fn backward_lane_cost(&self, paths: impl IntoIterator<Item = usize>) -> u64 {
+        LANE_EDGE_OVERHEAD
+            + self.y_len as u64
+            + paths
+                .into_iter()
+                .filter_map(|i| self.paths.get(i))
+                .map(backward_path_cost)
+                .sum::<u64>()
+    }
+
+    /// Per-edge cost of each lane of a unit of this conv backward, in lane order: lane
+    /// groups ([`ChannelConv::lanes`]) or one lane per channel `u` doing every path with a
+    /// row `u`.
+    pub fn backward_lane_costs(&self) -> Vec<u64> {
+        let groups = self.lane_groups();
+        if groups.is_empty() {
+            return (0..self.channels)
+                .map(|u| {
+                    self.backward_lane_cost(
+                        (0..self.paths.len()).filter(|&i| u < self.path_mul(&self.paths[i])),
+                    )
+                })
+                .collect();
+        }
+        groups
+            .iter()
+            .flat_map(|g| {
+                let c = self.backward_lane_cost(g.paths.iter().map(|&i| i as usize));
+                std::iter::repeat_n(c, self.lane_group_rows(g) as usize)
+            })
+            .collect()
+    }
+
+    /// `(max, sum)` over a unit's warps ([`LANE_CHUNK`] consecutive lanes, a warp costing
+    /// its heaviest lane) of the per-edge cost: the edge's critical path and the issue
+    /// slots it takes.
+    pub fn backward_warp_costs(&self) -> (u64, u64) {
+        let costs = self.backward_lane_costs();
+        let warps: Vec<u64> = costs
+            .chunks(LANE_CHUNK as usize)
+            .map(|w| w.iter().copied().max().unwrap_or(0))
+            .collect();
+        (warps.iter().copied().max().unwrap_or(0), warps.iter().sum())
+    }
+
+    /// The estimated per-edge time of a conv backward's unit: the most of its heaviest
+    /// warp, its issue slots over an SM's 4 schedulers, and the heaviest scheduler's share
+    /// when warp `i` of the unit goes to scheduler `i mod 4` (the warps of a workgroup of
+    /// 4·k warps do).
+    pub fn backward_edge_estimate(&self) -> u64 {
+        let costs = self.backward_lane_costs();
+        let mut sched = [0u64; 4];
+        for (i, w) in costs.chunks(LANE_CHUNK as usize).enumerate() {
+            sched[i % 4] += w.iter().copied().max().unwrap_or(0);
+        }
+        let (max, sum) = self.backward_warp_costs();
+        max.max(sum.div_ceil(4))
+            .max(sched.iter().copied().max().unwrap_or(0))
+    }
+}
+
+/// The lane groups of a mixed-multiplicity conv backward: blocks in descending
+/// multiplicity (irreps order within one), each block's paths in `n_b` slices (longest
+/// path first onto the lightest slice; paths ascending within a slice, slices by their
+/// first path). Starting from one slice per block, the heaviest block (by lane cost) gets
+/// one more slice while it has paths to split and the lanes fit `max_lanes` and `fits`;
+/// the grouping with the lowest [`ChannelWork::backward_edge_estimate`] wins (ties: the
+/// fewest lanes). `None` with one multiplicity, or where one lane per channel estimates
+/// less.
+fn backward_lanes(
+    c: &ChannelWork,
+    max_lanes: u32,
+    fits: impl Fn(&ChannelWork) -> bool,
+) -> Option<Vec<LaneGroup>> {
+    if c.uniform() || c.pass != ChannelPass::Backward {
+        return None;
+    }
+    let nb = c.x_blocks.len();
+    let mut order: Vec<usize> = (0..nb).collect();
+    order.sort_by_key(|&b| std::cmp::Reverse(c.block_mul(&c.x_blocks[b])));
+    let block_paths: Vec<Vec<usize>> = (0..nb)
+        .map(|b| {
+            (0..c.paths.len())
+                .filter(|&i| c.paths[i].x_block as usize == b)
+                .collect()
+        })
+        .collect();
+    let slices = |b: usize, n: usize| -> Vec<Vec<usize>> {
+        let ps = &block_paths[b];
+        let n = n.clamp(1, ps.len().max(1));
+        let mut by_cost = ps.clone();
+        by_cost.sort_by_key(|&i| (std::cmp::Reverse(backward_path_cost(&c.paths[i])), i));
+        let mut sl: Vec<(u64, Vec<usize>)> = vec![(0, vec![]); n];
+        for i in by_cost {
+            let k = (0..n).min_by_key(|&k| (sl[k].0, k)).unwrap_or(0);
+            sl[k].0 += backward_path_cost(&c.paths[i]);
+            sl[k].1.push(i);
+        }
+        let mut out: Vec<Vec<usize>> = sl
+            .into_iter()
+            .map(|(_, mut v)| {
+                v.sort_unstable();
+                v
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
+        if out.is_empty() {
+            out.push(vec![]);
+        }
+        out.sort_by_key(|v| v.first().copied());
+        out
+    };
+    let build = |n: &[usize]| -> ChannelWork {
+        let mut w = c.clone();
+        let lanes = order
+            .iter()
+            .flat_map(|&b| {
+                slices(b, n[b]).into_iter().map(move |ps| LaneGroup {
+                    x_block: b as u32,
+                    paths: ps.into_iter().map(|i| i as u32).collect(),
+                })
+            })
+            .collect();
+        if let Some(cv) = &mut w.conv {
+            cv.lanes = lanes;
+        }
+        w.samples_per_group = 1;
+        w
+    };
+    let mut n = vec![1usize; nb];
+    let first = build(&n);
+    if first.lanes() > max_lanes || !fits(&first) {
+        return None;
+    }
+    let mut best = (first.backward_edge_estimate(), first.lanes(), n.clone());
+    loop {
+        // The heaviest block: its heaviest slice's lane cost.
+        let heavy = (0..nb)
+            .filter(|&b| !block_paths[b].is_empty())
+            .map(|b| {
+                let cost = slices(b, n[b])
+                    .into_iter()
+                    .map(|ps| c.backward_lane_cost(ps))
+                    .max()
+                    .unwrap_or(0);
+                (cost, b)
+            })
+            .max_by_key(|&(cost, b)| (cost, std::cmp::Reverse(b)));
+        let Some((_, b)) = heavy else { break };
+        if n[b] >= block_paths[b].len() {
+            break;
+        }
+        n[b] += 1;
+        let w = build(&n);
+        if w.lanes() > max_lanes || !fits(&w) {
+            break;
+        }
+        let est = (w.backward_edge_estimate(), w.lanes());
+        if est < (best.0, best.1) {
+            best = (est.0, est.1, n.clone());
+        }
+    }
+    // (Only where it beats one lane per channel.)
+    let mut one = c.clone();
+    one.samples_per_group = 1;
+    if let Some(cv) = &mut one.conv {
+        cv.lanes.clear();
+    }
+    if best.0 > one.backward_edge_estimate() {
+        return None;
+    }
+    build(&best.2).conv.map(|cv| cv.lanes)
+}
+
 /// A convolution channel kernel (see [`ChannelConv`]) of `tp`, if it qualifies on these
 /// capabilities: backward: `units` `Segments{SendCsr}` or `Pieces{SendPieces}`; forward:
 /// `Segments{RecvCsr}` or `Pieces{RecvPieces}`, output blocks grouped by `forward_regs`
 /// ([`CONV_FORWARD_REGS`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_channel_work(
     tp: &TensorProduct,
     pass: ChannelPass,
@@ -617,6 +922,7 @@ pub(crate) fn conv_channel_work(
     units: crate::SampleMode,
     node_out: crate::Tensor,
     forward_regs: u32,
+    lane_groups: bool,
 ) -> Option<ChannelWork> {
     if pass == ChannelPass::DoubleBackward {
         return None;
@@ -654,13 +960,29 @@ pub(crate) fn conv_channel_work(
         units,
         node_out,
         groups,
+        lanes: vec![],
     });
-    // Several groups: fewer units per workgroup while it is over the limit.
+    let max_wg = caps
+        .max_invocations_per_workgroup
+        .min(caps.max_workgroup_size_x);
+    let fits_memory =
+        |w: &ChannelWork| w.reduction_len() as u64 * es + 4 <= caps.workgroup_memory_bytes as u64;
+    // Mixed multiplicities (backward): lanes as (block, row, slice of its paths), balanced
+    // (see [`backward_lanes`]); the one-lane-per-channel mapping where they do not fit.
+    if let Some(lanes) = lane_groups
+        .then(|| backward_lanes(&c, max_wg, fits_memory))
+        .flatten()
+    {
+        if let Some(cv) = &mut c.conv {
+            cv.lanes = lanes;
+        }
+        c.samples_per_group = (CONV_GROUP_INVOCATIONS / c.lanes()).max(1);
+    }
+    // Several groups: fewer units per workgroup while it is over the limit (or over the
+    // workgroup memory, lane groups).
+    let lane_grouped = !c.lane_groups().is_empty();
     while c.samples_per_group > 1
-        && c.samples_per_group * c.lanes()
-            > caps
-                .max_invocations_per_workgroup
-                .min(caps.max_workgroup_size_x)
+        && (c.samples_per_group * c.lanes() > max_wg || (lane_grouped && !fits_memory(&c)))
     {
         c.samples_per_group /= 2;
     }
@@ -670,7 +992,7 @@ pub(crate) fn conv_channel_work(
         || wg > caps.max_invocations_per_workgroup
         || wg > caps.max_workgroup_size_x
         // the `gy` columns and the shared trip count
-        || c.reduction_len() as u64 * es + 4 > caps.workgroup_memory_bytes as u64
+        || !fits_memory(&c)
     {
         return None;
     }
@@ -692,12 +1014,29 @@ fn channel_backward(
     gyp: &mut [f64],
     gw: &mut [f64],
 ) -> Result<(), String> {
+    paths_backward(c, c.paths.iter(), u, x, y, w, gz, gxa, gyp, gw)
+}
+
+/// [`channel_backward`] over the paths `paths` only (a lane group's).
+#[allow(clippy::too_many_arguments)]
+fn paths_backward<'a>(
+    c: &ChannelWork,
+    paths: impl Iterator<Item = &'a ChannelPath>,
+    u: u32,
+    x: &[f64],
+    y: &[f64],
+    w: &[f64],
+    gz: &[f64],
+    gxa: &mut [Vec<f64>],
+    gyp: &mut [f64],
+    gw: &mut [f64],
+) -> Result<(), String> {
     let get = |v: &[f64], i: u32| -> Result<f64, String> {
         v.get(i as usize)
             .copied()
             .ok_or_else(|| format!("index {i} out of bounds"))
     };
-    for p in &c.paths {
+    for p in paths {
         // Rows `u ≥ mul` of a smaller block do not exist: no work (mixed multiplicities).
         if u >= c.path_mul(p) {
             continue;
@@ -761,6 +1100,9 @@ pub(crate) fn interpret_conv_backward(
     use crate::Tensor::*;
     let d = &plan.dims;
     let cv = c.conv.as_ref().ok_or("not a convolution channel kernel")?;
+    if !cv.lanes.is_empty() {
+        return interpret_conv_backward_lanes(plan, c, node, unit, edges, bufs);
+    }
     let weighted = d.weight_numel > 0;
     let x = sample_row(plan, X, node, bufs)?;
     let m = c.channels as usize;
@@ -805,6 +1147,119 @@ pub(crate) fn interpret_conv_backward(
             for (i, v) in acc.into_iter().enumerate() {
                 let slot = gx
                     .get_mut((b.offset + u as u32 * b.row_len) as usize + i)
+                    .ok_or("gx index out of range")?;
+                if !slot.is_nan() {
+                    return Err("GX row written twice".into());
+                }
+                *slot = v;
+            }
+        }
+    }
+    put_row(plan, cv.node_out, unit, &gx, bufs)
+}
+
+/// [`interpret_conv_backward`] of a lane-grouped backward ([`ChannelConv::lanes`]): lane
+/// `(group, r)` does its group's paths on row `r` of its `x` block over the unit's edges in
+/// view order; per edge the lanes' `gy` partials are summed in chunks of [`LANE_CHUNK`]
+/// lanes ([`chunk_sum`]), the chunk sums in ascending order from `0`; after the edges
+/// each row's slices' `gx` partials are added to slice 0's in slice order.
+fn interpret_conv_backward_lanes(
+    plan: &crate::KernelPlan,
+    c: &ChannelWork,
+    node: u64,
+    unit: u64,
+    edges: &[(u64, u64)],
+    bufs: &mut Bufs,
+) -> Result<(), String> {
+    use crate::Tensor::*;
+    let d = &plan.dims;
+    let cv = c.conv.as_ref().ok_or("not a convolution channel kernel")?;
+    let weighted = d.weight_numel > 0;
+    let x = sample_row(plan, X, node, bufs)?;
+    // Per lane: (group, row) and its gx partial (one row of its block).
+    let mut lanes: Vec<(usize, u32)> = vec![];
+    for (gi, g) in cv.lanes.iter().enumerate() {
+        for r in 0..c.lane_group_rows(g) {
+            lanes.push((gi, r));
+        }
+    }
+    let blank = || -> Vec<Vec<f64>> {
+        c.x_blocks
+            .iter()
+            .map(|b| vec![0.0; b.row_len as usize])
+            .collect()
+    };
+    let mut gxa: Vec<Vec<Vec<f64>>> = lanes.iter().map(|_| blank()).collect();
+    for &(e, recv) in edges {
+        let y = sample_row(plan, Y, e, bufs)?;
+        let gz = sample_row(plan, GZ, recv, bufs)?;
+        let w = if weighted {
+            sample_row(plan, W, e, bufs)?
+        } else {
+            vec![]
+        };
+        let mut gw = vec![f64::NAN; d.weight_numel as usize];
+        let mut parts = vec![vec![0.0; c.y_len as usize]; lanes.len()];
+        for (l, &(gi, r)) in lanes.iter().enumerate() {
+            let g = &cv.lanes[gi];
+            let ps = g.paths.iter().map(|&i| {
+                c.paths
+                    .get(i as usize)
+                    .filter(|p| p.x_block == g.x_block)
+                    .ok_or_else(|| format!("lane group path {i} is not of block {}", g.x_block))
+            });
+            let ps: Vec<&ChannelPath> = ps.collect::<Result<_, _>>()?;
+            paths_backward(
+                c,
+                ps.into_iter(),
+                r,
+                &x,
+                &y,
+                &w,
+                &gz,
+                &mut gxa[l],
+                &mut parts[l],
+                &mut gw,
+            )?;
+        }
+        let mut gy = vec![0.0; c.y_len as usize];
+        for (j, o) in gy.iter_mut().enumerate() {
+            for chunk in parts.chunks(LANE_CHUNK as usize) {
+                let vals: Vec<f64> = chunk.iter().map(|p| p[j]).collect();
+                *o += chunk_sum(&vals);
+            }
+        }
+        put_row(plan, GY, e, &gy, bufs)?;
+        if c.write_gw {
+            put_row(plan, GW, e, &gw, bufs)?;
+        }
+    }
+    // Each (block, row): slice 0's partial plus the later slices' in order.
+    let (layout, _) = c.lane_layout();
+    let mut gx = vec![f64::NAN; d.dim_in1 as usize];
+    for (bi, blk) in c.x_blocks.iter().enumerate() {
+        let groups: Vec<usize> = (0..cv.lanes.len())
+            .filter(|&gi| cv.lanes[gi].x_block as usize == bi)
+            .collect();
+        if groups.is_empty() {
+            return Err(format!("x block {bi} has no lane group"));
+        }
+        for r in 0..c.block_mul(blk) {
+            let mut acc = vec![0.0; blk.row_len as usize];
+            for (n, &gi) in groups.iter().enumerate() {
+                let l = (layout[gi].0 + r) as usize;
+                let part = &gxa[l][bi];
+                if n == 0 {
+                    acc.copy_from_slice(part);
+                } else {
+                    for (a, v) in acc.iter_mut().zip(part) {
+                        *a += v;
+                    }
+                }
+            }
+            for (i, v) in acc.into_iter().enumerate() {
+                let slot = gx
+                    .get_mut((blk.offset + r * blk.row_len) as usize + i)
                     .ok_or("gx index out of range")?;
                 if !slot.is_nan() {
                     return Err("GX row written twice".into());

@@ -114,6 +114,24 @@ impl fmt::Display for KernelPlan {
                         c.reduction_len(),
                         if c.write_gw { ", writes gw" } else { "" }
                     )?;
+                    if !c.lane_groups().is_empty() {
+                        let (max, sum) = c.backward_warp_costs();
+                        writeln!(
+                            f,
+                            "  {} lanes/unit in groups (per-edge cost: max warp {max}, warps {sum}):",
+                            c.lanes()
+                        )?;
+                        for g in c.lane_groups() {
+                            writeln!(
+                                f,
+                                "    x block {} x{} rows: paths {:?} (cost {})",
+                                g.x_block,
+                                c.lane_group_rows(g),
+                                g.paths,
+                                c.backward_lane_cost(g.paths.iter().map(|&i| i as usize))
+                            )?;
+                        }
+                    }
                     for p in &c.paths {
                         let mul = c.path_mul(p);
                         writeln!(

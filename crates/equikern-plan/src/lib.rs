@@ -132,7 +132,10 @@ mod lower_conv;
 pub mod staged;
 
 pub use caps::Capabilities;
-pub use channel::{ChannelBlock, ChannelConv, ChannelPass, ChannelPath, ChannelTerm, ChannelWork};
+pub use channel::{
+    backward_path_cost, chunk_sum, ChannelBlock, ChannelConv, ChannelPass, ChannelPath,
+    ChannelTerm, ChannelWork, LaneGroup, LANE_CHUNK,
+};
 pub use conv::{ConvInfo, ConvOptions};
 pub use interp::interpret;
 pub use interp_conv::{conv_index_tensors, interpret_conv};

@@ -604,6 +604,10 @@ pub struct LowerOptions {
     /// accumulators, which groups the output blocks ([`crate::ChannelConv::groups`]);
     /// `None`: [`crate::channel::CONV_FORWARD_REGS`]. `Some(u32::MAX)`: one group.
     pub conv_forward_regs: Option<u32>,
+    /// Convolution backward with `x` blocks of different multiplicities: lanes as
+    /// balanced `(x block, row, slice of its paths)` groups ([`crate::ChannelConv::lanes`]);
+    /// off: one lane per channel `u < M` (the A/B of the lane groups).
+    pub conv_backward_lanes: bool,
 }
 
 impl Default for LowerOptions {
@@ -611,6 +615,7 @@ impl Default for LowerOptions {
         LowerOptions {
             channel_fusion: true,
             conv_forward_regs: None,
+            conv_backward_lanes: true,
         }
     }
 }

@@ -110,7 +110,9 @@ pub fn lower_conv(
 /// groups one multiplicity each) run as one channel kernel over the
 /// receiver view (forward) or the sender view (backward) ([`crate::ChannelConv`]) instead
 /// of the row kernels; `conv_forward_regs` overrides the forward's output grouping
-/// ([`crate::channel::CONV_FORWARD_REGS`]).
+/// ([`crate::channel::CONV_FORWARD_REGS`]); `conv_backward_lanes` (default on) lets a
+/// backward with `x` blocks of different multiplicities take balanced lane groups
+/// ([`crate::ChannelConv::lanes`]).
 pub fn lower_conv_with(
     tp: &TensorProduct,
     direction: Direction,
@@ -230,6 +232,7 @@ pub fn lower_conv_with(
             by_recv,
             out,
             regs,
+            false,
         ) {
             let (inputs, outputs) = c.bindings(weighted);
             let z = node_out(Z);
@@ -256,6 +259,7 @@ pub fn lower_conv_with(
             units,
             out,
             0,
+            lopts.conv_backward_lanes,
         ) {
             let (inputs, outputs) = c.bindings(weighted);
             let gx = node_out(GX);
@@ -264,7 +268,7 @@ pub fn lower_conv_with(
                 name: format!("conv_backward_fused{sfx}"),
                 inputs,
                 outputs,
-                workgroup_size: c.samples_per_group * c.channels,
+                workgroup_size: c.samples_per_group * c.lanes(),
                 work: Work::Channels(c),
             });
         }

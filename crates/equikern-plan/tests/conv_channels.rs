@@ -845,3 +845,201 @@ fn mixed_multiplicities_random_forward() {
     }
     assert!(ran >= 4, "only {ran} mixed random products ran");
 }
+
+/// The lane groups of a conv backward: every `x` block's paths split over its groups
+/// exactly once (each group's paths ascending, all of its block), at least one group per
+/// block, the lanes within the workgroup.
+fn check_lane_groups(c: &equikern_plan::ChannelWork, caps: &Capabilities, what: &str) {
+    let groups = c.lane_groups();
+    let mut seen = vec![0usize; c.paths.len()];
+    for g in groups {
+        assert!(g.paths.windows(2).all(|w| w[0] < w[1]), "{what}: {g:?}");
+        for &p in &g.paths {
+            assert_eq!(c.paths[p as usize].x_block, g.x_block, "{what}");
+            seen[p as usize] += 1;
+        }
+    }
+    assert!(seen.iter().all(|&n| n == 1), "{what}: paths {seen:?}");
+    for b in 0..c.x_blocks.len() {
+        assert!(
+            groups.iter().any(|g| g.x_block as usize == b),
+            "{what}: block {b} has no lanes"
+        );
+    }
+    assert!(c.lanes() * c.samples_per_group <= caps.max_invocations_per_workgroup);
+}
+
+/// The backward of SevenNet-0's conv (`benches/sevennet_suite.json`) takes balanced lane
+/// groups (H100 limits, f32; WebGPU's minimum limits, which hold fewer lanes): its
+/// estimated per-edge time ([`ChannelWork::backward_edge_estimate`]: the heaviest warp or
+/// the issue slots over 4 schedulers) and its heaviest warp drop below the
+/// one-lane-per-channel mapping's; both match the oracle.
+/// `cargo test --release -p equikern-plan --test conv_channels backward_lanes -- --nocapture`
+#[test]
+fn sevennet_backward_lanes_balance() {
+    let suite =
+        equikern_core::spec::load_suite(include_str!("../../../benches/sevennet_suite.json"))
+            .unwrap();
+    let (label, spec) = &suite[0];
+    let tp = &spec.clone().build().unwrap();
+    let webgpu = Capabilities::webgpu_min();
+    for (cn, caps) in [("h100", Capabilities::cuda_sm90()), ("webgpu-min", webgpu)] {
+        for opts in [DET, PIECES] {
+            let plan = |lanes: bool| {
+                let lopts = LowerOptions {
+                    conv_backward_lanes: lanes,
+                    ..Default::default()
+                };
+                lower_conv_with(tp, Direction::Backward, Dtype::F32, &caps, opts, lopts).unwrap()
+            };
+            let (old, new) = (plan(false), plan(true));
+            let (co, cn2) = (fused(&old).unwrap(), fused(&new).unwrap());
+            assert!(co.lane_groups().is_empty());
+            check_lane_groups(cn2, &caps, &format!("{label} {cn}"));
+            let (om, os) = co.backward_warp_costs();
+            let (nm, ns) = cn2.backward_warp_costs();
+            let groups: Vec<String> = cn2
+                .lane_groups()
+                .iter()
+                .map(|g| {
+                    format!(
+                        "b{}x{}:{:?}={}",
+                        g.x_block,
+                        cn2.lane_group_rows(g),
+                        g.paths,
+                        cn2.backward_lane_cost(g.paths.iter().map(|&i| i as usize))
+                    )
+                })
+                .collect();
+            println!(
+                "{label} {cn} {:?}: old {} lanes, max warp {om}, sum {os}, estimate {}; new {} lanes \
+                 (wg {}), max warp {nm}, sum {ns}, estimate {}; groups {}",
+                opts.max_piece_edges,
+                co.lanes(),
+                co.backward_edge_estimate(),
+                cn2.lanes(),
+                new.kernels.iter().map(|k| k.workgroup_size).max().unwrap(),
+                cn2.backward_edge_estimate(),
+                groups.join(" ")
+            );
+            assert!(nm < om, "{cn}: max warp {nm} vs {om}");
+            assert!(
+                cn2.backward_edge_estimate() < co.backward_edge_estimate(),
+                "{cn}: estimate"
+            );
+        }
+    }
+    // f64 on WebGPU's 16 KiB of workgroup memory: the lanes' gy columns do not fit, one
+    // lane per channel.
+    let (_, g) = graphs().remove(1);
+    let sm90 = Capabilities::cuda_sm90();
+    for opts in [DET, PIECES] {
+        for (cn, caps, lanes) in [
+            ("h100", &sm90, false),
+            ("h100", &sm90, true),
+            ("webgpu-min f64", &caps64(), true),
+        ] {
+            let lopts = LowerOptions {
+                conv_backward_lanes: lanes,
+                ..Default::default()
+            };
+            let plan =
+                lower_conv_with(tp, Direction::Backward, Dtype::F64, caps, opts, lopts).unwrap();
+            let grouped = !fused(&plan).unwrap().lane_groups().is_empty();
+            assert_eq!(grouped, lanes && cn == "h100", "{cn} {lanes}");
+            check(&plan, tp, &g, &format!("{label} {cn} lanes {lanes}"));
+        }
+    }
+}
+
+/// Random `uvu` convolutions over `x` blocks of random multiplicities (2-4 blocks, largest
+/// 8-47, some paths unweighted, some shared weights): the backward takes lane groups
+/// (every path once, every block with lanes, within the workgroup) whose estimated per-edge
+/// time is at most the one-lane-per-channel mapping's, and matches the oracle with and
+/// without them (CSR, pieces, a small grid).
+#[test]
+fn mixed_multiplicities_random_backward_lanes() {
+    use equikern_core::spec::builders::channelwise;
+    use rand::Rng;
+    let irs = ["0e", "1o", "1e", "2e", "2o"];
+    let (_, g) = graphs().remove(1);
+    let sm90 = Capabilities {
+        f64: true,
+        ..Capabilities::cuda_sm90()
+    };
+    let mut grouped = 0;
+    for seed in 0..12u64 {
+        let mut r = rng(500 + seed);
+        let n1 = r.random_range(2..5usize);
+        let mut muls: Vec<usize> = (0..n1).map(|_| r.random_range(1..41usize)).collect();
+        muls[r.random_range(0..n1)] = r.random_range(8..48usize);
+        if muls.iter().all(|&m| m == muls[0]) {
+            muls[0] += 1;
+        }
+        let in1: Vec<String> = muls
+            .iter()
+            .map(|m| format!("{m}x{}", irs[r.random_range(0..irs.len())]))
+            .collect();
+        let in2: Vec<String> = (0..r.random_range(1..4usize))
+            .map(|_| format!("{}x{}", r.random_range(1..3), irs[r.random_range(0..3)]))
+            .collect();
+        let mut spec = channelwise(
+            &irreps(&in1.join("+")),
+            &irreps(&in2.join("+")),
+            &irreps("0e+0o+1o+1e+2e+2o"),
+            false,
+        );
+        let keep: Vec<bool> = (0..spec.instructions.len())
+            .map(|_| r.random_range(0..4) != 0)
+            .collect();
+        let mut k = keep.iter();
+        spec.instructions.retain(|_| *k.next().unwrap());
+        if spec.instructions.is_empty() {
+            continue;
+        }
+        for i in &mut spec.instructions {
+            i.has_weight = r.random_range(0..3) != 0;
+        }
+        spec.shared_weights = r.random_range(0..4) == 0;
+        let what = format!("seed {seed}: {} ⊗ {}", in1.join("+"), in2.join("+"));
+        let tp = spec.build().unwrap();
+        for (mn, caps, opts) in [
+            ("csr", sm90, DET),
+            ("pieces", sm90, PIECES),
+            ("csr webgpu-min f64", caps64(), DET),
+            ("csr small grid", small_grid(), DET),
+        ] {
+            let mut est = vec![];
+            for lanes in [false, true] {
+                let w = format!("{what} {mn} lanes {lanes}");
+                let lopts = LowerOptions {
+                    conv_backward_lanes: lanes,
+                    ..Default::default()
+                };
+                let plan =
+                    match lower_conv_with(&tp, Direction::Backward, Dtype::F64, &caps, opts, lopts)
+                    {
+                        Ok(p) => p,
+                        Err(e) if mn.contains("small") => {
+                            println!("{w}: {e}");
+                            continue;
+                        }
+                        Err(e) => panic!("{w}: {e}"),
+                    };
+                let c = fused(&plan).unwrap_or_else(|| panic!("{w}: not fused\n{plan}"));
+                if lanes && !c.lane_groups().is_empty() {
+                    grouped += 1;
+                    check_lane_groups(c, &caps, &w);
+                } else {
+                    assert!(c.lane_groups().is_empty() || !c.uniform(), "{w}");
+                }
+                est.push(c.backward_edge_estimate());
+                check(&plan, &tp, &g, &w);
+            }
+            if let [old, new] = est[..] {
+                assert!(new <= old, "{what} {mn}: estimate {new} > {old}");
+            }
+        }
+    }
+    assert!(grouped >= 20, "only {grouped} lane-grouped plans");
+}

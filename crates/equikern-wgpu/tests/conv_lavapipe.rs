@@ -10,7 +10,10 @@ use conv_common::*;
 use equikern_core::conv::{ConvError, ConvOracle, Csr};
 use equikern_core::graph::{diamond, radius_graph, random_skewed, DIAMOND_A};
 use equikern_core::TensorProduct;
-use equikern_plan::{lower_conv, Capabilities, ConvOptions, Direction, Dtype, Tensor};
+use equikern_plan::{
+    lower_conv, lower_conv_with, Capabilities, ConvOptions, Direction, Dtype, LowerOptions, Tensor,
+    Work,
+};
 use equikern_wgpu::{Runtime, RuntimeOptions, WgpuError};
 
 const DET: ConvOptions = ConvOptions {
@@ -278,4 +281,65 @@ fn empty_graph_on_the_device() {
             }
         }
     }
+}
+
+/// The mixed-multiplicity conv backward with lane groups (SevenNet-like and multi-mul)
+/// and without (`conv_backward_lanes: false`), CSR and pieces, on the device: against the
+/// f64 oracle, outputs poisoned, bit-identical reruns.
+#[test]
+fn lane_grouped_backward_on_the_device() {
+    let Some(rt) = runtime() else { return };
+    let dev = rt.capabilities();
+    let (_, g) = graphs().remove(1);
+    let mut grouped = 0;
+    for (tn, tp) in [
+        ("sevennet-like", uvu_sevennet_like()),
+        ("multi-mul", uvu_channels_multimul()),
+    ] {
+        for opts in [DET, PIECES] {
+            for lanes in [true, false] {
+                let what = format!("{tn} {opts:?} lanes {lanes}");
+                let lopts = LowerOptions {
+                    conv_backward_lanes: lanes,
+                    ..Default::default()
+                };
+                let plan = lower_conv_with(&tp, Direction::Backward, Dtype::F32, &dev, opts, lopts)
+                    .unwrap();
+                let Work::Channels(c) = &plan.kernels[0].work else {
+                    panic!("{what}: not fused\n{plan}");
+                };
+                grouped += !c.lane_groups().is_empty() as usize;
+                let inp = inputs(&tp, &g, 5);
+                let f32s: BTreeMap<Tensor, Vec<f32>> = inp
+                    .iter()
+                    .map(|(t, v)| (*t, v.iter().map(|&a| a as f32).collect()))
+                    .collect();
+                let args: Vec<(Tensor, &[f32])> = f32s.iter().map(|(t, v)| (*t, &v[..])).collect();
+                let go = || {
+                    rt.run_conv_blocking(&plan, g.nodes, &g.receiver, &g.sender, &args)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"))
+                };
+                let got = go();
+                let want = oracle(&tp, &g, Direction::Backward, &inp);
+                assert_eq!(
+                    got.keys().collect::<Vec<_>>(),
+                    want.keys().collect::<Vec<_>>()
+                );
+                for (t, w) in &want {
+                    let e = rel_l2_f32(&got[t], w);
+                    assert!(e <= 1e-5, "{what} {t:?}: rel L2 {e:e}");
+                }
+                let again = go();
+                for (t, v) in &got {
+                    let same = v
+                        .iter()
+                        .zip(&again[t])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{what} {t:?}: rerun differs");
+                }
+            }
+        }
+    }
+    println!("{grouped} lane-grouped backward plans on the device");
+    assert!(grouped >= 2, "{grouped}");
 }
