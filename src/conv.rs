@@ -410,8 +410,8 @@ impl ConvOp {
     }
 
     /// The fused backward of `x` blocks of different multiplicities (SevenNet): balanced
-    /// lane groups (on, the default) or one lane per channel (`LowerOptions::
-    /// conv_backward_lanes`). For A/B measurements and tests; set before the first call.
+    /// lane groups (on; measured slower on the H100, see `LowerOptions::
+    /// conv_backward_lanes`) or one lane per channel (off, the default). For A/B measurements and tests; set before the first call.
     pub fn with_conv_backward_lanes(mut self, on: bool) -> Self {
         self.lower.conv_backward_lanes = on;
         self

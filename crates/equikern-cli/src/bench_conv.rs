@@ -14,9 +14,9 @@
 //!   the row kernels; the A/B of `ConvOp::with_channel_fusion`, asked for by name only),
 //!   `det-1g` (`det` with the fused forward's output blocks in one group:
 //!   `ConvOp::with_conv_forward_regs(Some(u32::MAX))`, the A/B of the grouping; by name only),
-//!   `det-1l` (`det` with the fused backward's mixed multiplicities on one lane per channel
-//!   instead of balanced lane groups: `ConvOp::with_conv_backward_lanes(false)`, the A/B of
-//!   the lane groups; by name only).
+//!   `det-lanes` (`det` with the fused backward's mixed multiplicities on balanced lane
+//!   groups instead of one lane per channel: `ConvOp::with_conv_backward_lanes(true)`, the
+//!   A/B of the opt-in lane groups; by name only).
 //! * Timing as in `bench`: CUDA events / wgpu timestamps / host clock, warm-up, median of
 //!   `--reps`. Inputs live on the device, generated there by tiling a random block (so
 //!   multi-GB weight tensors cost no host time), shared by every variant of a (graph, problem).
@@ -211,7 +211,7 @@ enum Variant {
     /// `det` with the fused forward's output blocks in one invocation group (A/B).
     DetOneGroup,
     /// `det` with the fused backward on one lane per channel (no lane groups; A/B).
-    DetOneLane,
+    DetLanes,
 }
 
 impl Variant {
@@ -224,7 +224,7 @@ impl Variant {
             Variant::DetRows => "det-rows",
             Variant::PiecesRows => "pieces-rows",
             Variant::DetOneGroup => "det-1g",
-            Variant::DetOneLane => "det-1l",
+            Variant::DetLanes => "det-lanes",
         }
     }
 }
@@ -246,10 +246,10 @@ fn parse_variants(s: Option<&str>, backend: Backend) -> Result<Vec<Variant>> {
             "det-rows" => Variant::DetRows,
             "pieces-rows" => Variant::PiecesRows,
             "det-1g" => Variant::DetOneGroup,
-            "det-1l" => Variant::DetOneLane,
+            "det-lanes" => Variant::DetLanes,
             o => {
                 return Err(CliError::input(format!(
-                    "--variants: unknown variant {o:?} (det, pieces, atomic, unfused, det-rows, pieces-rows, det-1g, det-1l)"
+                    "--variants: unknown variant {o:?} (det, pieces, atomic, unfused, det-rows, pieces-rows, det-1g, det-lanes)"
                 )))
             }
         };
@@ -259,7 +259,7 @@ fn parse_variants(s: Option<&str>, backend: Backend) -> Result<Vec<Variant>> {
             | Variant::DetRows
             | Variant::PiecesRows
             | Variant::DetOneGroup
-            | Variant::DetOneLane => backend != Backend::Cpu,
+            | Variant::DetLanes => backend != Backend::Cpu,
             _ => backend == Backend::Cuda,
         };
         if !ok {
@@ -622,7 +622,7 @@ fn measure(
     let fusion = equikern::plan::LowerOptions {
         channel_fusion: !matches!(v, Variant::DetRows | Variant::PiecesRows),
         conv_forward_regs: (v == Variant::DetOneGroup).then_some(u32::MAX),
-        conv_backward_lanes: v != Variant::DetOneLane,
+        conv_backward_lanes: v == Variant::DetLanes,
     };
     match (timer, data, gctx) {
         (Timer::Cpu, Data::Cpu(m), _) => cpu_measure_conv(dev, tp, graph, m, d, args),

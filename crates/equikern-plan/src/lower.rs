@@ -606,7 +606,11 @@ pub struct LowerOptions {
     pub conv_forward_regs: Option<u32>,
     /// Convolution backward with `x` blocks of different multiplicities: lanes as
     /// balanced `(x block, row, slice of its paths)` groups ([`crate::ChannelConv::lanes`]);
-    /// off: one lane per channel `u < M` (the A/B of the lane groups).
+    /// off (the default): one lane per channel `u < M`. Off because the H100 measured the
+    /// groups slower on SevenNet-0's convolution (917,504 edges: 10.90 ms against 6.41 ms;
+    /// 114,688: 1.40 against 0.85) although the cost model (instruction counts, no
+    /// barriers or workgroup-memory traffic) estimated 2.1× faster: every edge's `gy` goes
+    /// through workgroup memory from 384 lanes with 3 barriers instead of 2.
     pub conv_backward_lanes: bool,
 }
 
@@ -615,7 +619,7 @@ impl Default for LowerOptions {
         LowerOptions {
             channel_fusion: true,
             conv_forward_regs: None,
-            conv_backward_lanes: true,
+            conv_backward_lanes: false,
         }
     }
 }

@@ -110,7 +110,7 @@ pub fn lower_conv(
 /// groups one multiplicity each) run as one channel kernel over the
 /// receiver view (forward) or the sender view (backward) ([`crate::ChannelConv`]) instead
 /// of the row kernels; `conv_forward_regs` overrides the forward's output grouping
-/// ([`crate::channel::CONV_FORWARD_REGS`]); `conv_backward_lanes` (default on) lets a
+/// ([`crate::channel::CONV_FORWARD_REGS`]); `conv_backward_lanes` (default off) lets a
 /// backward with `x` blocks of different multiplicities take balanced lane groups
 /// ([`crate::ChannelConv::lanes`]).
 pub fn lower_conv_with(

@@ -274,10 +274,11 @@ fn radial_last_mma_fits(a: usize, b: usize) -> bool {
 /// The 3xTF32 last product on tensor cores by our kernel (`ek_radial_last_tf32x3`, h split
 /// in registers) where the device has them with `EQUIKERN_MODEL_TF32X3_MMA=1`; by default
 /// cuBLAS on the split rows written by `ek_split_tf32`. Measured on the H100 (Si 32,768
-/// atoms, 917,504 edges): the kernel 2.80 ms per call averaged over the 960/384/224-wide
-/// products against cuBLAS 1.62 (960) + the split pass 0.34, step 92.3 vs 82.5 ms: its
-/// per-chunk weight staging (one block of 128 rows reloads all of `W` through shared memory,
-/// loads and `mma` not overlapped) loses to the split pass it saves.
+/// atoms, 917,504 edges): a first version (one block of 128 rows reloading all of `W`
+/// through shared memory, loads and `mma` not overlapped) 2.80 ms per call averaged over
+/// the 960/384/224-wide products against cuBLAS 1.62 (960) + the split pass 0.34, step 92.3
+/// vs 82.5 ms; this one (W in fragment order through L1, 32 rows per warp) 113.3 vs 93.1 ms
+/// per step: both lose to the split pass they save.
 fn tf32x3_mma_enabled() -> bool {
     std::env::var("EQUIKERN_MODEL_TF32X3_MMA").as_deref() == Ok("1")
 }
@@ -292,12 +293,14 @@ fn tf32x3_bwd_enabled() -> bool {
     std::env::var(TF32X3_BWD_ENV).as_deref() != Ok("0")
 }
 
-/// Environment variable: `0` keeps the e3nn Linear products in plain FP32 (cuBLAS default
-/// math) while `EQUIKERN_MODEL_TF32X3` runs the radial MLP's last product as 3xTF32 (A/B).
-/// Default (f32, `EQUIKERN_MODEL_TF32X3` not `0`): every Linear product with `k` and `n`
-/// ≥ [`DEFAULT_TF32X3_LINEAR_MIN`] runs as 3xTF32 on tensor cores: its input block split
-/// once into `[hi | hi | lo]` (`ek_split_tf32_rows`, into the radial-gradient buffer `gw`,
-/// free during every Linear), times the right factor `[K_hi; K_lo; K_hi]` made at placement.
+/// Environment variable: `1` runs the e3nn Linear products as 3xTF32 too (f32, with
+/// `EQUIKERN_MODEL_TF32X3` on): every Linear product with `k` and `n` ≥
+/// [`DEFAULT_TF32X3_LINEAR_MIN`] on tensor cores, its input block split once into
+/// `[hi | hi | lo]` (`ek_split_tf32_rows`, into the radial-gradient buffer `gw`, free during
+/// every Linear), times the right factor `[K_hi; K_lo; K_hi]` made at placement. Default
+/// off: on the H100 it lost (Si 32,768: 93.1 ms per step with it, 91.6 without; 4,096:
+/// 13.5 vs 13.3): the 74 split passes per step (~4.6 ms) eat the tensor cores' gain on
+/// products of only 32,768 rows.
 pub const TF32X3_LINEAR_ENV: &str = "EQUIKERN_MODEL_TF32X3_LINEAR";
 
 /// Smallest `k` and `n` of a Linear product run as 3xTF32. Below it a product is a few
@@ -308,7 +311,7 @@ pub const TF32X3_LINEAR_ENV: &str = "EQUIKERN_MODEL_TF32X3_LINEAR";
 pub const DEFAULT_TF32X3_LINEAR_MIN: usize = 64;
 
 fn tf32x3_linear_enabled() -> bool {
-    std::env::var(TF32X3_LINEAR_ENV).as_deref() != Ok("0")
+    std::env::var(TF32X3_LINEAR_ENV).as_deref() == Ok("1")
 }
 
 /// [`MLP_ENV`]: `(fused, two-pass backward)`, `None` when not set (fused where the model's
