@@ -330,21 +330,9 @@ impl Gemmer {
             return Ok(false);
         };
         use blas_sys::cublasMath_t::{CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH};
-        let set = |m| {
-            // SAFETY: a valid handle; the mode is host-side state read at the next call.
-            let r = unsafe { blas_sys::cublasSetMathMode(*blas.handle(), m) };
-            if r == blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                Ok(())
-            } else {
-                Err(ModelError::backend(
-                    "cuda",
-                    format!("cublasSetMathMode: {r:?}"),
-                ))
-            }
-        };
-        set(CUBLAS_TF32_TENSOR_OP_MATH)?;
+        set_math_mode(blas, CUBLAS_TF32_TENSOR_OP_MATH)?;
         let r = self.gemm(stream, kernel, dims, alpha, a, b, false, beta, c);
-        set(CUBLAS_DEFAULT_MATH)?;
+        set_math_mode(blas, CUBLAS_DEFAULT_MATH)?;
         r.map(|()| true)
     }
 
