@@ -207,6 +207,7 @@ proptest! {
             max_storage_buffers_per_stage: nbuf,
             f64: f64ok,
             float_atomics: false,
+            warp_shuffles: sgs,
         };
         for d in [Direction::Forward, Direction::Backward, Direction::DoubleBackward] {
             if let Ok(plan) = lower(&tp, d, Dtype::F64, &caps) {

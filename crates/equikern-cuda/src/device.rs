@@ -97,6 +97,7 @@ impl CudaDevice {
         let caps = Capabilities {
             subgroup_size: at(A::CU_DEVICE_ATTRIBUTE_WARP_SIZE)?,
             subgroups: true,
+            warp_shuffles: true,
             max_invocations_per_workgroup: at(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
             max_workgroup_size_x: at(A::CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X)?,
             workgroup_memory_bytes: at(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,

@@ -28,6 +28,7 @@ const PRELUDE: &str = r#"#include <cstdio>
 #include <cmath>
 #include <algorithm>
 #include <barrier>
+#include <memory>
 #include <thread>
 #include <vector>
 struct ek_dim3 { unsigned x, y, z; };
@@ -38,10 +39,23 @@ static thread_local ek_dim3 threadIdx;
 // then the block's shared memory.
 static std::barrier<>* ek_bar = nullptr;
 static inline void __syncthreads() { if (ek_bar) ek_bar->arrive_and_wait(); }
+// A warp's xor shuffle: each lane posts its value, waits for its warp, reads its partner's,
+// waits again (so no lane overwrites a value before every partner has read it).
+static std::barrier<>* ek_wbar[32];
+static double ek_lanes[1024];
+template <class T> static T __shfl_xor_sync(unsigned, T v, int o) {
+    const unsigned l = threadIdx.x;
+    ek_lanes[l] = (double)v;
+    ek_wbar[l / 32]->arrive_and_wait();
+    const T r = (T)ek_lanes[l ^ (unsigned)o];
+    ek_wbar[l / 32]->arrive_and_wait();
+    return r;
+}
 #define __shared__ static
 #define __global__
 #define __launch_bounds__(n)
 #define __device__
+#define __forceinline__ inline
 #define __restrict__
 template <class T> static T __ldg(const T* p) { return *p; }
 template <class T> static T atomicAdd(T* p, T v) { T o = *p; *p = o + v; return o; }
@@ -61,6 +75,7 @@ fn caps() -> Capabilities {
         max_storage_buffers_per_stage: 64,
         f64: true,
         float_atomics: true,
+        warp_shuffles: true,
     }
 }
 
@@ -145,6 +160,8 @@ fn build(plan: &KernelPlan, dir: &Path) -> Option<PathBuf> {
          if (threaded[k]) {\n            \
          for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) {\n                \
          blockIdx = {x, y, 0}; std::barrier<> bar(bd); ek_bar = &bar; std::vector<std::thread> th;\n                \
+         std::vector<std::unique_ptr<std::barrier<>>> wb;\n                \
+         for (unsigned w = 0; w * 32 < bd; ++w) { wb.emplace_back(new std::barrier<>(std::min(32u, bd - 32 * w))); ek_wbar[w] = wb.back().get(); }\n                \
          const unsigned* ap = a; const int kk = (int)k;\n                \
          for (unsigned t = 0; t < bd; ++t) th.emplace_back([=] { threadIdx = {t, 0, 0}; call(kk, ap); });\n                \
          for (auto& h : th) h.join();\n                ek_bar = nullptr;\n            }\n            continue;\n        }\n        \
@@ -606,7 +623,9 @@ fn random_mixed(seed: u64) -> Option<(String, TensorProduct)> {
 /// multi-mul products (a partial last chunk) and random mixed products, CSR and pieces,
 /// one and several launches: against the f64 oracle (rel L2 ≤ 1e-12), outputs poisoned,
 /// **bit-identical to the interpreter** (which sums in the GPU's order) and across reruns;
-/// the one-lane-per-channel plan (`conv_backward_lanes: false`) too.
+/// the one-lane-per-channel plan (`conv_backward_lanes: false`) too, which on these
+/// 32-lane capabilities runs a warp per unit with `gy` by `xor` shuffles (emulated by lanes
+/// waiting on their warp; [`equikern_plan::ChannelConv::warp_units`]).
 #[test]
 fn lane_grouped_backward_cuda_matches_the_interpreter_bitwise() {
     let (rr, ss) = random_skewed(60, 500, 1.3, 11).unwrap();
@@ -677,6 +696,8 @@ fn lane_grouped_backward_cuda_matches_the_interpreter_bitwise() {
                     // taken; SevenNet-0's is.)
                     assert!(!is_grouped || (lanes && !cw.uniform()), "{what}");
                     assert!(!big || is_grouped == lanes, "{what}");
+                    // One lane per channel on a 32-lane target: a warp per unit (shuffles).
+                    assert!(!big || lanes || cw.warp_units(), "{what}");
                     grouped += is_grouped as usize;
                     case += 1;
                     let Some(exe) = build(&plan, &root.join(case.to_string())) else {

@@ -51,6 +51,7 @@ fn h100_caps() -> Capabilities {
         max_storage_buffers_per_stage: 256,
         f64: true,
         float_atomics: true,
+        warp_shuffles: true,
     }
 }
 

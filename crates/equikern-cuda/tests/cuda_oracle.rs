@@ -454,6 +454,7 @@ fn test_specs_lower_and_print_without_gpu() {
         max_storage_buffers_per_stage: 256,
         f64: true,
         float_atomics: true,
+        warp_shuffles: true,
     };
     let mut n = 0;
     for m in MODES {

@@ -24,6 +24,7 @@ fn gfx90a_caps() -> Capabilities {
         max_storage_buffers_per_stage: 256,
         f64: true,
         float_atomics: true,
+        warp_shuffles: true,
     }
 }
 

@@ -338,6 +338,18 @@ fn row_guard(
     }
 }
 
+/// `(open, close)` around chunk `k`'s code of a block or path with `mul` rows, in a
+/// [`equikern_plan::ChannelConv::warp_units`] backward: a guard on the lane where the chunk
+/// is the partial last one (`None`s otherwise).
+fn chunk_guard(mul: u32, k: u32) -> (Option<String>, Option<&'static str>) {
+    let rows = mul.saturating_sub(k * LANE_CHUNK);
+    if rows < LANE_CHUNK {
+        (Some(format!("if (l < {rows}u) {{")), Some("}"))
+    } else {
+        (None, None)
+    }
+}
+
 pub(crate) fn barrier(dia: &Dialect) -> &'static str {
     match dia {
         Dialect::Cuda => "__syncthreads();",
@@ -635,8 +647,8 @@ fn backward_body(
 pub(crate) fn shared_decl(dia: &Dialect, plan: &KernelPlan, c: &ChannelWork) -> String {
     let n = c.reduction_len();
     let conv = c.conv.is_some();
-    if conv && c.pass == ChannelPass::Forward {
-        // Stores straight from registers; no workgroup memory.
+    if (conv && c.pass == ChannelPass::Forward) || c.warp_units() {
+        // Stores straight from registers / sums by shuffles: no workgroup memory.
         return String::new();
     }
     match dia {
@@ -1104,6 +1116,13 @@ fn conv_backward_body(
     let m = c.channels;
     let spg = c.samples_per_group;
     let lane_grouped = !c.lane_groups().is_empty();
+    let warp = c.warp_units();
+    if warp && !matches!(dia, Dialect::Cuda) {
+        return Err(EmitError::InvalidPlan {
+            kernel: "channel".into(),
+            why: "warp units need warp shuffles (CUDA/HIP printers only)".into(),
+        });
+    }
     let lanes = c.lanes();
     let wg = lanes * spg;
     let zero = dia.lit(0.0, dt);
@@ -1189,11 +1208,21 @@ fn conv_backward_body(
                 &format!("if (l >= {first}u) {{ grp = {gi}u; r = l - {first}u; }}"),
             );
         }
+    } else if warp {
+        // Unit `smp` is warp `g / 32`; lane `l` does channels `l + 32·k`.
+        ln(&mut s, 4, &dia.let_u("smp", &format!("g / {LANE_CHUNK}u")));
+        ln(
+            &mut s,
+            4,
+            &dia.let_u("l", &format!("g - smp * {LANE_CHUNK}u")),
+        );
     } else {
         ln(&mut s, 4, &dia.let_u("smp", &format!("g / {m}u")));
         ln(&mut s, 4, &dia.let_u("ch", &format!("g - smp * {m}u")));
     }
-    ln(&mut s, 4, &dia.let_u("s0", &format!("{block} * {spg}u")));
+    if !warp {
+        ln(&mut s, 4, &dia.let_u("s0", &format!("{block} * {spg}u")));
+    }
     // Where the view's edge ids start (their other ends follow, num_edges later).
     let ids = if pieces {
         format!("{p}num_nodes + 1u + 2u * {p}num_pieces + 1u")
@@ -1208,29 +1237,31 @@ fn conv_backward_body(
     ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
     range(&mut s, 8, "smp", "lo", "hi", Some("node"))?;
     ln(&mut s, 4, "}");
-    // The trip count: the longest range among the workgroup's units.
-    ln(&mut s, 4, &format!("if ({lid} == 0u) {{"));
-    ln(&mut s, 8, &uvar("tm", "0u"));
-    ln(&mut s, 8, &uvar("l2", "0u"));
-    ln(&mut s, 8, &uvar("h2", "0u"));
-    let qloop = match dia {
-        Dialect::Cuda => format!("for (unsigned int qq = 0u; qq < {spg}u; ++qq) {{"),
-        Dialect::Wgsl { .. } => format!("for (var qq = 0u; qq < {spg}u; qq++) {{"),
-    };
-    ln(&mut s, 8, &qloop);
-    ln(&mut s, 12, &format!("if (s0 + qq < {ns}) {{"));
-    range(&mut s, 16, "s0 + qq", "l2", "h2", None)?;
-    ln(&mut s, 16, "tm = max(tm, h2 - l2);");
-    ln(&mut s, 12, "}");
-    ln(&mut s, 8, "}");
-    ln(&mut s, 8, "ek_trip = tm;");
-    ln(&mut s, 4, "}");
-    match dia {
-        Dialect::Cuda => {
-            ln(&mut s, 4, "__syncthreads();");
-            ln(&mut s, 4, "const unsigned int trips = ek_trip;");
+    if !warp {
+        // The trip count: the longest range among the workgroup's units.
+        ln(&mut s, 4, &format!("if ({lid} == 0u) {{"));
+        ln(&mut s, 8, &uvar("tm", "0u"));
+        ln(&mut s, 8, &uvar("l2", "0u"));
+        ln(&mut s, 8, &uvar("h2", "0u"));
+        let qloop = match dia {
+            Dialect::Cuda => format!("for (unsigned int qq = 0u; qq < {spg}u; ++qq) {{"),
+            Dialect::Wgsl { .. } => format!("for (var qq = 0u; qq < {spg}u; qq++) {{"),
+        };
+        ln(&mut s, 8, &qloop);
+        ln(&mut s, 12, &format!("if (s0 + qq < {ns}) {{"));
+        range(&mut s, 16, "s0 + qq", "l2", "h2", None)?;
+        ln(&mut s, 16, "tm = max(tm, h2 - l2);");
+        ln(&mut s, 12, "}");
+        ln(&mut s, 8, "}");
+        ln(&mut s, 8, "ek_trip = tm;");
+        ln(&mut s, 4, "}");
+        match dia {
+            Dialect::Cuda => {
+                ln(&mut s, 4, "__syncthreads();");
+                ln(&mut s, 4, "const unsigned int trips = ek_trip;");
+            }
+            Dialect::Wgsl { .. } => ln(&mut s, 4, "let trips = workgroupUniformLoad(&ek_trip);"),
         }
-        Dialect::Wgsl { .. } => ln(&mut s, 4, "let trips = workgroupUniformLoad(&ek_trip);"),
     }
     // The sender's x row `ch`, loaded once; gx accumulates over the whole range.
     if lane_grouped {
@@ -1255,6 +1286,37 @@ fn conv_backward_body(
             }
         }
         ln(&mut s, 8, "}");
+        ln(&mut s, 4, "}");
+    } else if warp {
+        // Per block and chunk `k` with rows there: `xr{b}_{k}_{i}`, `gx{b}_{k}_{i}` of row
+        // `32k + l` (guarded where the chunk is the block's partial last).
+        for (b, blk) in c.x_blocks.iter().enumerate() {
+            for k in 0..c.block_mul(blk).div_ceil(LANE_CHUNK) {
+                for i in 0..blk.row_len {
+                    ln(&mut s, 4, &dia.var(dt, &format!("xr{b}_{k}_{i}"), &zero));
+                    ln(&mut s, 4, &dia.var(dt, &format!("gx{b}_{k}_{i}"), &zero));
+                }
+            }
+        }
+        ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+        for (b, blk) in c.x_blocks.iter().enumerate() {
+            for k in 0..c.block_mul(blk).div_ceil(LANE_CHUNK) {
+                let (open, close) = chunk_guard(c.block_mul(blk), k);
+                let ind = if open.is_some() { 12 } else { 8 };
+                if let Some(g) = &open {
+                    ln(&mut s, 8, g);
+                }
+                for i in 0..blk.row_len {
+                    let row = format!("({}u + l)", k * LANE_CHUNK);
+                    let off = format!("{}u + {row} * {}u", blk.offset + i, blk.row_len);
+                    let e = el(Tensor::X, "node", d.dim_in1, &off)?;
+                    ln(&mut s, ind, &format!("xr{b}_{k}_{i} = {e};"));
+                }
+                if let Some(g) = close {
+                    ln(&mut s, 8, g);
+                }
+            }
+        }
         ln(&mut s, 4, "}");
     } else {
         for (b, blk) in c.x_blocks.iter().enumerate() {
@@ -1357,6 +1419,82 @@ fn conv_backward_body(
         }
         Ok(())
     };
+    if warp {
+        // The unit's own range (the warp's lanes agree on it, so the shuffles are
+        // uniform); per edge the chunks in order, then the lanes' gy partials by an xor
+        // butterfly (lane 0 holds the pairwise tree), stored by lane 0.
+        ln(&mut s, 4, "for (unsigned int t = 0u; lo + t < hi; ++t) {");
+        ln(&mut s, 8, &dia.let_u("e", &tab("ids + lo + t")?));
+        ln(&mut s, 8, &dia.let_u("rcv", &tab("oth + lo + t")?));
+        for j in 0..c.y_len {
+            ln(&mut s, 8, &dia.var(dt, &format!("gy{j}"), &zero));
+        }
+        for k in 0..c.channel_chunks() {
+            let row = format!("ch{k}");
+            ln(
+                &mut s,
+                8,
+                &dia.let_u(&row, &format!("{}u + l", k * LANE_CHUNK)),
+            );
+            for pth in c.paths.iter().filter(|p| c.path_mul(p) > k * LANE_CHUNK) {
+                let (open, _) = chunk_guard(c.path_mul(pth), k);
+                let open = open.unwrap_or_else(|| "{".into());
+                ln(&mut s, 8, &format!("{open} // path {}", pth.path));
+                let xb = pth.x_block;
+                path_code(
+                    &mut s,
+                    12,
+                    pth,
+                    &row,
+                    &|i| format!("xr{xb}_{k}_{i}"),
+                    &|i| format!("gx{xb}_{k}_{i}"),
+                )?;
+                ln(&mut s, 8, "}");
+            }
+        }
+        for j in 0..c.y_len {
+            for o in [16u32, 8, 4, 2, 1] {
+                ln(&mut s, 8, &format!("gy{j} += ek_xor32(gy{j}, {o});"));
+            }
+        }
+        ln(&mut s, 8, "if (l == 0u) {");
+        for j in 0..c.y_len {
+            let at = el(Tensor::GY, "e", d.dim_in2, &format!("{j}u"))?;
+            ln(&mut s, 12, &format!("{at} = gy{j};"));
+        }
+        ln(&mut s, 8, "}");
+        ln(&mut s, 4, "}");
+        let row = if pieces {
+            format!("({p}unit_base + smp)")
+        } else {
+            "node".to_string()
+        };
+        ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
+        for (b, blk) in c.x_blocks.iter().enumerate() {
+            for k in 0..c.block_mul(blk).div_ceil(LANE_CHUNK) {
+                let (open, close) = chunk_guard(c.block_mul(blk), k);
+                let ind = if open.is_some() { 12 } else { 8 };
+                if let Some(g) = &open {
+                    ln(&mut s, 8, g);
+                }
+                for i in 0..blk.row_len {
+                    let off = format!(
+                        "{}u + ({}u + l) * {}u",
+                        blk.offset + i,
+                        k * LANE_CHUNK,
+                        blk.row_len
+                    );
+                    let at = el(cv.node_out, &row, d.dim_in1, &off)?;
+                    ln(&mut s, ind, &format!("{at} = gx{b}_{k}_{i};"));
+                }
+                if let Some(g) = close {
+                    ln(&mut s, 8, g);
+                }
+            }
+        }
+        ln(&mut s, 4, "}");
+        return Ok(s);
+    }
     let tloop = match dia {
         Dialect::Cuda => "for (unsigned int t = 0u; t < trips; ++t) {",
         Dialect::Wgsl { .. } => "for (var t = 0u; t < trips; t++) {",

@@ -26,6 +26,21 @@ pub(crate) fn emit_conv(plan: &KernelPlan, target: Target) -> Result<EmittedCuda
     for (id, table) in plan.tables.iter().enumerate() {
         print_table(&mut src, id, table);
     }
+    if plan
+        .kernels
+        .iter()
+        .any(|k| matches!(&k.work, Work::Channels(c) if c.warp_units()))
+    {
+        // The xor butterfly within 32 lanes (a CUDA warp; half a 64-lane HIP wavefront).
+        let call = match target {
+            Target::Cuda => "__shfl_xor_sync(0xffffffffu, v, o)",
+            Target::Hip => "__shfl_xor(v, o, 32)",
+        };
+        let _ = writeln!(
+            src,
+            "template <class T> __device__ __forceinline__ T ek_xor32(T v, int o) {{ return {call}; }}\n"
+        );
+    }
     let mut kernels = vec![];
     for k in &plan.kernels {
         kernels.push(print_kernel(&mut src, plan, k)?);

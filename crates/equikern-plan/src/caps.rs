@@ -15,6 +15,11 @@ pub struct Capabilities {
     pub max_storage_buffers_per_stage: u32,
     pub f64: bool,
     pub float_atomics: bool,
+    /// The emitted dialect has 32-lane warp shuffles over consecutive invocations that
+    /// the plans may rely on (CUDA, HIP; not WGSL, whose subgroup lanes are not tied to
+    /// invocation ids): [`crate::ChannelConv::warp_units`].
+    #[serde(default)]
+    pub warp_shuffles: bool,
 }
 
 impl Capabilities {
@@ -31,6 +36,7 @@ impl Capabilities {
             max_storage_buffers_per_stage: 8,
             f64: false,
             float_atomics: false,
+            warp_shuffles: false,
         }
     }
 }
@@ -50,6 +56,7 @@ impl Capabilities {
             max_storage_buffers_per_stage: 64,
             f64: true,
             float_atomics: true,
+            warp_shuffles: true,
         }
     }
 

@@ -188,7 +188,8 @@ pub struct ChannelWork {
 /// order together (the trip count is the longest range of the workgroup's units, so the
 /// barriers stay uniform); per edge `e` (receiver `i`) each reads `y[e]`, `w[e]` row `u` and
 /// `gz[i]` row `u`, writes `gw[e, ·, u·y_mul + v]` and its `gy` partial, and the partials
-/// are summed in workgroup memory in ascending `u` into `gy[e]`. The sender's `x` row `u`
+/// are summed in workgroup memory in ascending `u` into `gy[e]` (or a unit is one warp
+/// looping over the channels, [`ChannelConv::warp_units`]). The sender's `x` row `u`
 /// is loaded once; its `gx` row `u` is accumulated over the range in registers (ascending
 /// position = ascending edge id) and stored once into row `unit` of `node_out`. With `x`
 /// blocks of different multiplicities the lanes are lane groups instead
@@ -213,6 +214,18 @@ pub struct ChannelConv {
     /// `u < mul`, the mapping of one multiplicity).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lanes: Vec<LaneGroup>,
+    /// Backward without lane groups, on targets whose printers have warp shuffles
+    /// (`caps.warp_shuffles`, at least [`LANE_CHUNK`] lanes): a unit is one warp of
+    /// [`LANE_CHUNK`] lanes and lane `l` does the channels `l, l + 32, …` in that order (each
+    /// 32-channel chunk only the paths of blocks with rows in it), so every warp carries a
+    /// whole unit's work and walks its range alone: no barrier, no workgroup memory. An
+    /// edge's `gy` is the warp's `xor` butterfly ([`chunk_sum`] over the lanes) of each lane's
+    /// partial, accumulated over its chunks in ascending order. Off: one lane per channel,
+    /// a unit's lanes in step, `gy` summed in workgroup memory in ascending `u` per edge
+    /// (on SevenNet-0's mixed multiplicities the first warp then does 15 paths, the last two
+    /// 3, and the others wait at each edge's barrier).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warp_units: bool,
 }
 
 /// One lane group of a mixed-multiplicity conv backward ([`ChannelConv::lanes`]): lane `r`
@@ -304,6 +317,7 @@ impl ChannelWork {
                 .iter()
                 .map(|g| self.lane_group_rows(g))
                 .sum::<u32>(),
+            Some(cv) if self.pass == ChannelPass::Backward && cv.warp_units => LANE_CHUNK,
             _ => self.channels,
         }
     }
@@ -352,6 +366,16 @@ impl ChannelWork {
     /// `gy` chunks per unit of a lane-grouped backward (`⌈lanes / LANE_CHUNK⌉`).
     pub fn lane_chunks(&self) -> u32 {
         self.lanes().div_ceil(LANE_CHUNK)
+    }
+
+    /// Whether the backward runs one unit per warp ([`ChannelConv::warp_units`]).
+    pub fn warp_units(&self) -> bool {
+        matches!(&self.conv, Some(cv) if self.pass == ChannelPass::Backward && cv.warp_units)
+    }
+
+    /// The 32-channel chunks a lane of a [`ChannelConv::warp_units`] backward walks.
+    pub fn channel_chunks(&self) -> u32 {
+        self.channels.div_ceil(LANE_CHUNK)
     }
 
     /// The output blocks in the order the conv forward's groups take them: descending
@@ -431,8 +455,8 @@ impl ChannelWork {
     /// component (`workgroup_size + 1` apart, so neither the writes nor the per-sample sums
     /// of one column collide in banks).
     pub fn reduction_len(&self) -> u32 {
-        if self.conv.is_some() && self.pass == ChannelPass::Forward {
-            // The conv forward stores from registers.
+        if (self.conv.is_some() && self.pass == ChannelPass::Forward) || self.warp_units() {
+            // The conv forward stores from registers; warp units sum by shuffles.
             return 0;
         }
         if !self.lane_groups().is_empty() {
@@ -663,6 +687,8 @@ fn channel_work_for(
 /// `max(1, this / M)`): small groups, since the units of one workgroup walk their edge
 /// ranges in step and idle past the end of a shorter range.
 const CONV_GROUP_INVOCATIONS: u32 = 64;
+/// Units (warps) per workgroup of a [`ChannelConv::warp_units`] backward.
+const WARP_UNITS_PER_GROUP: u32 = 4;
 
 /// Register budget (32-bit words) for one conv-forward invocation's output accumulators.
 /// A conv forward invocation keeps its output rows in registers over the node's whole edge
@@ -961,6 +987,7 @@ pub(crate) fn conv_channel_work(
         node_out,
         groups,
         lanes: vec![],
+        warp_units: false,
     });
     let max_wg = caps
         .max_invocations_per_workgroup
@@ -981,6 +1008,17 @@ pub(crate) fn conv_channel_work(
     // Several groups: fewer units per workgroup while it is over the limit (or over the
     // workgroup memory, lane groups).
     let lane_grouped = !c.lane_groups().is_empty();
+    if pass == ChannelPass::Backward
+        && !lane_grouped
+        && caps.warp_shuffles
+        && caps.subgroup_size >= LANE_CHUNK
+        && c.channels >= LANE_CHUNK
+    {
+        if let Some(cv) = &mut c.conv {
+            cv.warp_units = true;
+        }
+        c.samples_per_group = WARP_UNITS_PER_GROUP;
+    }
     while c.samples_per_group > 1
         && (c.samples_per_group * c.lanes() > max_wg || (lane_grouped && !fits_memory(&c)))
     {
@@ -1087,7 +1125,8 @@ fn paths_backward<'a>(
 /// Runs unit `unit` of a convolution channel backward on the CPU in the GPU's order: per
 /// channel `u` ascending, the unit's edges in view order (`edges`: `(edge id, receiver)`),
 /// per edge the paths, `v` and terms in order; `gx` accumulates over the edges, each edge's
-/// `gy` partials are summed in ascending `u`. `node` is the sender; `gx` goes to row `unit`
+/// `gy` partials are summed in ascending `u` (warp units: lane `l`'s channels `l, l + 32, …`
+/// into one partial, the lanes' partials by [`chunk_sum`]). `node` is the sender; `gx` goes to row `unit`
 /// of the kernel's node output. Outputs must be unwritten (NaN) before.
 pub(crate) fn interpret_conv_backward(
     plan: &crate::KernelPlan,
@@ -1124,14 +1163,29 @@ pub(crate) fn interpret_conv_backward(
             vec![]
         };
         let mut gw = vec![f64::NAN; d.weight_numel as usize];
-        let mut gy_parts = vec![vec![0.0; c.y_len as usize]; m];
-        for (u, gyp) in gy_parts.iter_mut().enumerate() {
-            channel_backward(c, u as u32, &x, &y, &w, &gz, &mut gxa[u], gyp, &mut gw)?;
-        }
         let mut gy = vec![0.0; c.y_len as usize];
-        for part in &gy_parts {
-            for (o, v) in gy.iter_mut().zip(part) {
-                *o += v;
+        if cv.warp_units {
+            // Lane l: channels l, l + 32, … into one partial; then the lanes' tree.
+            let lanes = LANE_CHUNK as usize;
+            let mut parts = vec![vec![0.0; c.y_len as usize]; lanes];
+            for (l, part) in parts.iter_mut().enumerate() {
+                for u in (l..m).step_by(lanes) {
+                    channel_backward(c, u as u32, &x, &y, &w, &gz, &mut gxa[u], part, &mut gw)?;
+                }
+            }
+            for (j, o) in gy.iter_mut().enumerate() {
+                let vals: Vec<f64> = parts.iter().map(|p| p[j]).collect();
+                *o = chunk_sum(&vals);
+            }
+        } else {
+            let mut gy_parts = vec![vec![0.0; c.y_len as usize]; m];
+            for (u, gyp) in gy_parts.iter_mut().enumerate() {
+                channel_backward(c, u as u32, &x, &y, &w, &gz, &mut gxa[u], gyp, &mut gw)?;
+            }
+            for part in &gy_parts {
+                for (o, v) in gy.iter_mut().zip(part) {
+                    *o += v;
+                }
             }
         }
         put_row(plan, GY, e, &gy, bufs)?;

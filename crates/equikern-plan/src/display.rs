@@ -105,15 +105,27 @@ impl fmt::Display for KernelPlan {
                     }
                 }
                 Work::Channels(c) => {
-                    writeln!(
-                        f,
-                        "; {} channels/sample, {} samples/workgroup, gy summed over channels \
-                         ({} elements of workgroup memory){}",
-                        c.channels,
-                        c.samples_per_group,
-                        c.reduction_len(),
-                        if c.write_gw { ", writes gw" } else { "" }
-                    )?;
+                    if c.warp_units() {
+                        writeln!(
+                            f,
+                            "; {} channels/sample, one warp per sample ({} chunks of 32 channels \
+                             per lane), {} samples/workgroup, gy by warp shuffles{}",
+                            c.channels,
+                            c.channel_chunks(),
+                            c.samples_per_group,
+                            if c.write_gw { ", writes gw" } else { "" }
+                        )?;
+                    } else {
+                        writeln!(
+                            f,
+                            "; {} channels/sample, {} samples/workgroup, gy summed over channels \
+                             ({} elements of workgroup memory){}",
+                            c.channels,
+                            c.samples_per_group,
+                            c.reduction_len(),
+                            if c.write_gw { ", writes gw" } else { "" }
+                        )?;
+                    }
                     if !c.lane_groups().is_empty() {
                         let (max, sum) = c.backward_warp_costs();
                         writeln!(

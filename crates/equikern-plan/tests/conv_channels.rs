@@ -555,6 +555,7 @@ fn suite_forward_fuses_with_groups() {
         max_storage_buffers_per_stage: 64,
         f64: true,
         float_atomics: true,
+        warp_shuffles: false,
     };
     let suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
     let mut seen = 0;
@@ -711,7 +712,8 @@ fn forward_cost_per_edge() {
 /// kernels): it builds; its backward is one channel kernel of 128 channels with guarded rows
 /// and its forward one channel kernel of 128 channels whose groups are the 128-, 64- and
 /// 32-row blocks (224 lanes per node; CSR and pieces, f32 on the H100's limits); both match
-/// the oracle on a skewed graph.
+/// the oracle on a skewed graph. With warp shuffles (CUDA) the backward runs a warp per
+/// sender (4 chunks of 32 channels per lane), which matches the oracle too.
 #[test]
 fn sevennet_suite_is_fused() {
     let suite =
@@ -727,6 +729,20 @@ fn sevennet_suite_is_fused() {
         let c = fused(&p).expect("fused backward");
         assert_eq!(c.channels, 128);
         assert!(!c.uniform());
+        // CUDA: a warp per sender, 4 chunks of 32 channels per lane, no workgroup memory.
+        assert!(c.warp_units(), "{p}");
+        assert_eq!(
+            (c.lanes(), c.channel_chunks(), c.reduction_len()),
+            (32, 4, 0)
+        );
+        assert_eq!(p.kernels[0].workgroup_size, 32 * c.samples_per_group);
+        let no_shuffles = Capabilities {
+            warp_shuffles: false,
+            ..h100
+        };
+        let p = lower_conv(tp, Direction::Backward, Dtype::F32, &no_shuffles, opts).unwrap();
+        let c = fused(&p).expect("fused backward");
+        assert!(!c.warp_units() && c.lanes() == 128, "{p}");
         let p = lower_conv(tp, Direction::Forward, Dtype::F32, &h100, opts).unwrap();
         let c = fused(&p).expect("fused forward");
         assert_eq!(c.channels, 128);
@@ -742,6 +758,12 @@ fn sevennet_suite_is_fused() {
             assert!(fused(&plan).is_some(), "{d:?}");
             check(&plan, tp, &g, &format!("{label} {d:?}"));
         }
+    }
+    // The warp-per-sender backward (CUDA's), interpreted in its lanes' order.
+    for opts in [DET, PIECES] {
+        let plan = lower_conv(tp, Direction::Backward, Dtype::F64, &h100, opts).unwrap();
+        assert!(fused(&plan).is_some_and(|c| c.warp_units()), "{plan}");
+        check(&plan, tp, &g, &format!("{label} warp units"));
     }
 }
 

@@ -131,6 +131,7 @@ export interface DeviceInfo {
     max_workgroup_size_x: number; workgroup_memory_bytes: number;
     max_storage_binding_bytes: number; max_workgroups_per_dim: number;
     max_storage_buffers_per_stage: number; f64: boolean; float_atomics: boolean;
+    warp_shuffles: boolean;
   };
   timestampQuery: boolean;
 }

@@ -105,6 +105,8 @@ pub fn capabilities_of(
         max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
         f64: features.contains(wgpu::Features::SHADER_F64),
         float_atomics: features.contains(wgpu::Features::SHADER_FLOAT32_ATOMIC),
+        // The WGSL printers use no subgroup operations.
+        warp_shuffles: false,
     };
     match &options.clamp_caps {
         Some(c) => clamp(caps, c),
@@ -129,6 +131,7 @@ fn clamp(a: Capabilities, b: &Capabilities) -> Capabilities {
             .min(b.max_storage_buffers_per_stage),
         f64: a.f64 && b.f64,
         float_atomics: a.float_atomics && b.float_atomics,
+        warp_shuffles: a.warp_shuffles && b.warp_shuffles,
     }
 }
 

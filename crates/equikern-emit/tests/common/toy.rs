@@ -400,5 +400,6 @@ pub fn h100_caps() -> Capabilities {
         max_storage_buffers_per_stage: 16,
         f64: true,
         float_atomics: true,
+        warp_shuffles: false,
     }
 }
