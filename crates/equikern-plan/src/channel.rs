@@ -223,7 +223,11 @@ pub struct ChannelConv {
     /// partial, accumulated over its chunks in ascending order. Off: one lane per channel,
     /// a unit's lanes in step, `gy` summed in workgroup memory in ascending `u` per edge
     /// (on SevenNet-0's mixed multiplicities the first warp then does 15 paths, the last two
-    /// 3, and the others wait at each edge's barrier).
+    /// 3, and the others wait at each edge's barrier). Taken for mixed multiplicities
+    /// (`M ≥ 32`) and for one multiplicity of exactly 32; one multiplicity above 32 keeps a
+    /// lane per channel, whose warps are balanced. H100, backward ms (CUDA events): SevenNet-0
+    /// at 114,688 edges 0.854 → 0.625; nequip-water 2.27 → 2.20 and nequip-lips 9.97 → 9.67
+    /// (M = 32) at 1.56 M edges; but mace-medium (M = 128) 7.61 → 8.69.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub warp_units: bool,
 }
@@ -1013,6 +1017,7 @@ pub(crate) fn conv_channel_work(
         && caps.warp_shuffles
         && caps.subgroup_size >= LANE_CHUNK
         && c.channels >= LANE_CHUNK
+        && (!c.uniform() || c.channels == LANE_CHUNK)
     {
         if let Some(cv) = &mut c.conv {
             cv.warp_units = true;

@@ -1065,3 +1065,29 @@ fn mixed_multiplicities_random_backward_lanes() {
     }
     assert!(grouped >= 20, "only {grouped} lane-grouped plans");
 }
+
+/// Which conv backwards run a warp per sender on CUDA (`ChannelConv::warp_units`, decided
+/// from the H100 A/B): mixed multiplicities (SevenNet-0) and one multiplicity of 32
+/// (nequip-water, nequip-lips); one multiplicity above 32 (MACE's 128, revMD17's 64) keeps a
+/// lane per channel; never without warp shuffles (WGSL).
+#[test]
+fn warp_units_where_measured_faster() {
+    let suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
+    let h100 = Capabilities::cuda_sm90();
+    let mut seen = 0;
+    for (label, spec) in suite {
+        let want = match label.as_str() {
+            "nequip-water" | "nequip-lips" => true,
+            "mace-medium" | "mace-large" | "nequip-revmd17-aspirin" => false,
+            _ => continue,
+        };
+        let tp = spec.build().unwrap();
+        let p = lower_conv(&tp, Direction::Backward, Dtype::F32, &h100, DET).unwrap();
+        let c = fused(&p).unwrap_or_else(|| panic!("{label}: not fused\n{p}"));
+        assert_eq!(c.warp_units(), want, "{label}\n{p}");
+        let webgpu = lower_conv(&tp, Direction::Backward, Dtype::F32, &caps64(), DET).unwrap();
+        assert!(fused(&webgpu).is_none_or(|c| !c.warp_units()), "{label}");
+        seen += 1;
+    }
+    assert_eq!(seen, 5);
+}
