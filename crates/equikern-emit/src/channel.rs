@@ -350,6 +350,69 @@ fn chunk_guard(mul: u32, k: u32) -> (Option<String>, Option<&'static str>) {
     }
 }
 
+/// One invocation's row of an `x` block in the conv backward: the block, the suffix of its
+/// `xr`/`gx` registers, the row index expression, and the guard around it (if any).
+struct XRow<'a> {
+    block: &'a ChannelBlock,
+    regs: String,
+    row: String,
+    guard: Option<String>,
+}
+
+/// The `x` rows an invocation of the conv backward owns: one per block (`ch`, guarded where
+/// the block has fewer rows than channels), or with warp units one per block and 32-channel
+/// chunk with rows (`32k + l`, guarded where the chunk is the block's partial last).
+fn x_rows(c: &ChannelWork) -> Vec<XRow<'_>> {
+    let mut out = vec![];
+    for (b, blk) in c.x_blocks.iter().enumerate() {
+        if c.warp_units() {
+            for k in 0..c.block_mul(blk).div_ceil(LANE_CHUNK) {
+                out.push(XRow {
+                    block: blk,
+                    regs: format!("{b}_{k}"),
+                    row: format!("({}u + l)", k * LANE_CHUNK),
+                    guard: chunk_guard(c.block_mul(blk), k).0,
+                });
+            }
+        } else {
+            out.push(XRow {
+                block: blk,
+                regs: format!("{b}"),
+                row: "ch".into(),
+                guard: row_guard(c, blk, "ch").0,
+            });
+        }
+    }
+    out
+}
+
+/// `line(component offset, register suffix)` for every component of every row in `rows`,
+/// each row inside its guard, all inside `if (smp < num_samples)`.
+fn print_x_rows(
+    s: &mut String,
+    rows: &[XRow<'_>],
+    ns: &str,
+    line: &dyn Fn(&str, &str) -> Result<String, EmitError>,
+) -> Result<(), EmitError> {
+    let _ = writeln!(s, "    if (smp < {ns}) {{");
+    for r in rows {
+        let ind = if r.guard.is_some() { 12 } else { 8 };
+        if let Some(g) = &r.guard {
+            let _ = writeln!(s, "        {g}");
+        }
+        for i in 0..r.block.row_len {
+            let off = format!("{}u + {} * {}u", r.block.offset + i, r.row, r.block.row_len);
+            let reg = format!("{}_{i}", r.regs);
+            let _ = writeln!(s, "{:ind$}{}", "", line(&off, &reg)?);
+        }
+        if r.guard.is_some() {
+            let _ = writeln!(s, "        }}");
+        }
+    }
+    let _ = writeln!(s, "    }}");
+    Ok(())
+}
+
 pub(crate) fn barrier(dia: &Dialect) -> &'static str {
     match dia {
         Dialect::Cuda => "__syncthreads();",
@@ -1287,61 +1350,22 @@ fn conv_backward_body(
         }
         ln(&mut s, 8, "}");
         ln(&mut s, 4, "}");
-    } else if warp {
-        // Per block and chunk `k` with rows there: `xr{b}_{k}_{i}`, `gx{b}_{k}_{i}` of row
-        // `32k + l` (guarded where the chunk is the block's partial last).
-        for (b, blk) in c.x_blocks.iter().enumerate() {
-            for k in 0..c.block_mul(blk).div_ceil(LANE_CHUNK) {
-                for i in 0..blk.row_len {
-                    ln(&mut s, 4, &dia.var(dt, &format!("xr{b}_{k}_{i}"), &zero));
-                    ln(&mut s, 4, &dia.var(dt, &format!("gx{b}_{k}_{i}"), &zero));
-                }
-            }
-        }
-        ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
-        for (b, blk) in c.x_blocks.iter().enumerate() {
-            for k in 0..c.block_mul(blk).div_ceil(LANE_CHUNK) {
-                let (open, close) = chunk_guard(c.block_mul(blk), k);
-                let ind = if open.is_some() { 12 } else { 8 };
-                if let Some(g) = &open {
-                    ln(&mut s, 8, g);
-                }
-                for i in 0..blk.row_len {
-                    let row = format!("({}u + l)", k * LANE_CHUNK);
-                    let off = format!("{}u + {row} * {}u", blk.offset + i, blk.row_len);
-                    let e = el(Tensor::X, "node", d.dim_in1, &off)?;
-                    ln(&mut s, ind, &format!("xr{b}_{k}_{i} = {e};"));
-                }
-                if let Some(g) = close {
-                    ln(&mut s, 8, g);
-                }
-            }
-        }
-        ln(&mut s, 4, "}");
     } else {
-        for (b, blk) in c.x_blocks.iter().enumerate() {
-            for i in 0..blk.row_len {
-                ln(&mut s, 4, &dia.var(dt, &format!("xr{b}_{i}"), &zero));
-                ln(&mut s, 4, &dia.var(dt, &format!("gx{b}_{i}"), &zero));
+        // Warp units: per block and chunk `k` with rows there (`xr{b}_{k}_{i}`); else per
+        // block (`xr{b}_{i}`).
+        let rows = x_rows(c);
+        for r in &rows {
+            for i in 0..r.block.row_len {
+                ln(&mut s, 4, &dia.var(dt, &format!("xr{}_{i}", r.regs), &zero));
+                ln(&mut s, 4, &dia.var(dt, &format!("gx{}_{i}", r.regs), &zero));
             }
         }
-        ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
-        for (b, blk) in c.x_blocks.iter().enumerate() {
-            let (open, close) = row_guard(c, blk, "ch");
-            if let Some(g) = &open {
-                ln(&mut s, 8, g);
-            }
-            let ind = if open.is_some() { 12 } else { 8 };
-            for i in 0..blk.row_len {
-                let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
-                let e = el(Tensor::X, "node", d.dim_in1, &off)?;
-                ln(&mut s, ind, &format!("xr{b}_{i} = {e};"));
-            }
-            if let Some(g) = close {
-                ln(&mut s, 8, g);
-            }
-        }
-        ln(&mut s, 4, "}");
+        print_x_rows(&mut s, &rows, &ns, &|off, reg| {
+            Ok(format!(
+                "xr{reg} = {};",
+                el(Tensor::X, "node", d.dim_in1, off)?
+            ))
+        })?;
     }
     let wlen = if d.shared_weights { 0 } else { d.weight_numel };
     // Path `pth`'s per-edge code for row `row` (receiver `rcv`, edge `e`): `xr(i)` names
@@ -1469,30 +1493,12 @@ fn conv_backward_body(
         } else {
             "node".to_string()
         };
-        ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
-        for (b, blk) in c.x_blocks.iter().enumerate() {
-            for k in 0..c.block_mul(blk).div_ceil(LANE_CHUNK) {
-                let (open, close) = chunk_guard(c.block_mul(blk), k);
-                let ind = if open.is_some() { 12 } else { 8 };
-                if let Some(g) = &open {
-                    ln(&mut s, 8, g);
-                }
-                for i in 0..blk.row_len {
-                    let off = format!(
-                        "{}u + ({}u + l) * {}u",
-                        blk.offset + i,
-                        k * LANE_CHUNK,
-                        blk.row_len
-                    );
-                    let at = el(cv.node_out, &row, d.dim_in1, &off)?;
-                    ln(&mut s, ind, &format!("{at} = gx{b}_{k}_{i};"));
-                }
-                if let Some(g) = close {
-                    ln(&mut s, 8, g);
-                }
-            }
-        }
-        ln(&mut s, 4, "}");
+        print_x_rows(&mut s, &x_rows(c), &ns, &|off, reg| {
+            Ok(format!(
+                "{} = gx{reg};",
+                el(cv.node_out, &row, d.dim_in1, off)?
+            ))
+        })?;
         return Ok(s);
     }
     let tloop = match dia {
@@ -1750,23 +1756,12 @@ fn conv_backward_body(
     } else {
         "node".to_string()
     };
-    ln(&mut s, 4, &format!("if (smp < {ns}) {{"));
-    for (b, blk) in c.x_blocks.iter().enumerate() {
-        let (open, close) = row_guard(c, blk, "ch");
-        if let Some(g) = &open {
-            ln(&mut s, 8, g);
-        }
-        let ind = if open.is_some() { 12 } else { 8 };
-        for i in 0..blk.row_len {
-            let off = format!("{}u + ch * {}u", blk.offset + i, blk.row_len);
-            let at = el(cv.node_out, &row, d.dim_in1, &off)?;
-            ln(&mut s, ind, &format!("{at} = gx{b}_{i};"));
-        }
-        if let Some(g) = close {
-            ln(&mut s, 8, g);
-        }
-    }
-    ln(&mut s, 4, "}");
+    print_x_rows(&mut s, &x_rows(c), &ns, &|off, reg| {
+        Ok(format!(
+            "{} = gx{reg};",
+            el(cv.node_out, &row, d.dim_in1, off)?
+        ))
+    })?;
     Ok(s)
 }
 
