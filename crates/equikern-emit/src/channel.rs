@@ -1443,6 +1443,20 @@ fn conv_backward_body(
         }
         Ok(())
     };
+    // After the range: the unit's gx rows into its node's (CSR) or piece's (pieces) row.
+    let gx_row = if pieces {
+        format!("({p}unit_base + smp)")
+    } else {
+        "node".to_string()
+    };
+    let store_gx = |s: &mut String| -> Result<(), EmitError> {
+        print_x_rows(s, &x_rows(c), &ns, &|off, reg| {
+            Ok(format!(
+                "{} = gx{reg};",
+                el(cv.node_out, &gx_row, d.dim_in1, off)?
+            ))
+        })
+    };
     if warp {
         // The unit's own range (the warp's lanes agree on it, so the shuffles are
         // uniform); per edge the chunks in order, then the lanes' gy partials by an xor
@@ -1488,17 +1502,7 @@ fn conv_backward_body(
         }
         ln(&mut s, 8, "}");
         ln(&mut s, 4, "}");
-        let row = if pieces {
-            format!("({p}unit_base + smp)")
-        } else {
-            "node".to_string()
-        };
-        print_x_rows(&mut s, &x_rows(c), &ns, &|off, reg| {
-            Ok(format!(
-                "{} = gx{reg};",
-                el(cv.node_out, &row, d.dim_in1, off)?
-            ))
-        })?;
+        store_gx(&mut s)?;
         return Ok(s);
     }
     let tloop = match dia {
@@ -1750,18 +1754,7 @@ fn conv_backward_body(
     ln(&mut s, 8, "}");
     ln(&mut s, 8, barrier(dia));
     ln(&mut s, 4, "}");
-    // gx row `ch` of the unit's node (CSR) or piece (pieces).
-    let row = if pieces {
-        format!("({p}unit_base + smp)")
-    } else {
-        "node".to_string()
-    };
-    print_x_rows(&mut s, &x_rows(c), &ns, &|off, reg| {
-        Ok(format!(
-            "{} = gx{reg};",
-            el(cv.node_out, &row, d.dim_in1, off)?
-        ))
-    })?;
+    store_gx(&mut s)?;
     Ok(s)
 }
 
