@@ -1000,6 +1000,16 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
       }
       __syncthreads();  // chunk c of B is in shared memory (every thread's copies)
       const float4* bs = (const float4*)ek_tc_b[q % 3];
+      // The chunk's 12 mma per tile go to a fresh accumulator, added to acc by FP32 adds:
+      // the tensor cores' accumulation truncates, and chained over k = 960 (360 mma) its
+      // bias grew to about one TF32 pass's error; 12 in a row keep it below FP32's.
+      float part[2][8][4];
+      EK_UNROLL
+      for (int mt = 0; mt < 2; ++mt)
+        EK_UNROLL
+        for (int j = 0; j < 8; ++j)
+          EK_UNROLL
+          for (int r = 0; r < 4; ++r) part[mt][j][r] = 0.0f;
       EK_UNROLL
       for (int s = 0; s < 4; ++s) {
         unsigned ahi[2][4], alo[2][4];
@@ -1018,12 +1028,18 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
           unsigned blo[2] = {__float_as_uint(b.z), __float_as_uint(b.w)};
           EK_UNROLL
           for (int mt = 0; mt < 2; ++mt) {
-            ek_mma_m16n8k8_tf32(acc[mt][j], alo[mt], bhi);
-            ek_mma_m16n8k8_tf32(acc[mt][j], ahi[mt], blo);
-            ek_mma_m16n8k8_tf32(acc[mt][j], ahi[mt], bhi);
+            ek_mma_m16n8k8_tf32(part[mt][j], alo[mt], bhi);
+            ek_mma_m16n8k8_tf32(part[mt][j], ahi[mt], blo);
+            ek_mma_m16n8k8_tf32(part[mt][j], ahi[mt], bhi);
           }
         }
       }
+      EK_UNROLL
+      for (int mt = 0; mt < 2; ++mt)
+        EK_UNROLL
+        for (int j = 0; j < 8; ++j)
+          EK_UNROLL
+          for (int r = 0; r < 4; ++r) acc[mt][j][r] += part[mt][j][r];
       if (c + 1 < chunks) {
         EK_UNROLL
         for (int i = 0; i < 4; ++i)
