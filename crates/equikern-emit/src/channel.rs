@@ -865,48 +865,6 @@ fn out_at(dia: &Dialect, t: Tensor, e: &str) -> Result<String, EmitError> {
     }
 }
 
-/// Opens a loop over a unit's edge range `[lo, hi)` (counter `k` from `lo`) that binds
-/// `e` (the edge id, `table[ids + k]`) and `other` (`table[oth + k]`), each read one
-/// iteration ahead: the loads of the next edge's ids are in flight while this edge's rows
-/// are fetched, instead of heading each iteration's dependent loads. Closed by `}`.
-fn print_edge_loop(
-    s: &mut String,
-    dia: &Dialect,
-    ind: usize,
-    tab: &dyn Fn(&str) -> Result<String, EmitError>,
-    other: &str,
-) -> Result<(), EmitError> {
-    let ln = |s: &mut String, ind: usize, line: &str| {
-        let _ = writeln!(s, "{:ind$}{line}", "");
-    };
-    let (decl_e, decl_o, head) = match dia {
-        Dialect::Cuda => (
-            "unsigned int e_next = 0u;".to_string(),
-            format!("unsigned int {other}_next = 0u;"),
-            "for (unsigned int k = lo; k < hi; ++k) {",
-        ),
-        Dialect::Wgsl { .. } => (
-            "var e_next = 0u;".to_string(),
-            format!("var {other}_next = 0u;"),
-            "for (var k = lo; k < hi; k++) {",
-        ),
-    };
-    ln(s, ind, &decl_e);
-    ln(s, ind, &decl_o);
-    ln(s, ind, "if (lo < hi) {");
-    ln(s, ind + 4, &format!("e_next = {};", tab("ids + lo")?));
-    ln(s, ind + 4, &format!("{other}_next = {};", tab("oth + lo")?));
-    ln(s, ind, "}");
-    ln(s, ind, head);
-    ln(s, ind + 4, &dia.let_u("e", "e_next"));
-    ln(s, ind + 4, &dia.let_u(other, &format!("{other}_next")));
-    ln(s, ind + 4, "if (k + 1u < hi) {");
-    ln(s, ind + 8, &format!("e_next = {};", tab("ids + k + 1u")?));
-    ln(s, ind + 8, &format!("{other}_next = {};", tab("oth + k + 1u")?));
-    ln(s, ind + 4, "}");
-    Ok(())
-}
-
 /// The double backward: per staging group of output blocks, each channel accumulates its
 /// `dgz` rows (staged and stored like the forward's `z`) and, from the same loads, its `dx`
 /// rows, `dy` partials and `dw` entries; then `dx` is stored and `dy` summed like `gy`.
@@ -1503,7 +1461,9 @@ fn conv_backward_body(
         // The unit's own range (the warp's lanes agree on it, so the shuffles are
         // uniform); per edge the chunks in order, then the lanes' gy partials by an xor
         // butterfly (lane 0 holds the pairwise tree), stored by lane 0.
-        print_edge_loop(&mut s, dia, 4, &tab, "rcv")?;
+        ln(&mut s, 4, "for (unsigned int t = 0u; lo + t < hi; ++t) {");
+        ln(&mut s, 8, &dia.let_u("e", &tab("ids + lo + t")?));
+        ln(&mut s, 8, &dia.let_u("rcv", &tab("oth + lo + t")?));
         for j in 0..c.y_len {
             ln(&mut s, 8, &dia.var(dt, &format!("gy{j}"), &zero));
         }
@@ -1961,7 +1921,16 @@ fn conv_forward_body(
             }
         }
         if !paths.is_empty() {
-            print_edge_loop(&mut s, dia, 12, &tab, "snd")?;
+            let kloop = match dia {
+                Dialect::Cuda => "for (unsigned int k = lo; k < hi; ++k) {",
+                Dialect::Wgsl { .. } => "for (var k = lo; k < hi; k++) {",
+            };
+            if cv.edge_unroll > 1 && matches!(dia, Dialect::Cuda) {
+                ln(&mut s, 12, &format!("#pragma unroll {}", cv.edge_unroll));
+            }
+            ln(&mut s, 12, kloop);
+            ln(&mut s, 16, &dia.let_u("e", &tab("ids + k")?));
+            ln(&mut s, 16, &dia.let_u("snd", &tab("oth + k")?));
             // The y components the group's terms read, once.
             let mut ys: Vec<u32> = paths
                 .iter()

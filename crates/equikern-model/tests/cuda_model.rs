@@ -531,8 +531,6 @@ fn tf32x3_within_the_f32_tolerance() {
 /// TF32 pass ≥ 20× worse). Then the time at 917 504 rows × 960 (Si 32 768's layer 0) beside
 /// cuBLAS FP32's `gemm` of the same product (5 runs each, after one warm-up).
 #[test]
-#[ignore = "ek_gemm_tf32x3_nt is opt-in (EQUIKERN_MODEL_TF32X3_BWD=1): on the H100 (session 7) this \
-            check failed, the kernel's error is near one TF32 pass; run it by name while fixing it"]
 fn tf32x3_nt_kernel_matches_f64() {
     use equikern_model::cuda_model::exec::{Arg, Exec, Kern, Memory};
     use equikern_model::cuda_model::tables::{tc_gemm_iterations, tf32, tf32x3_nt_pack};

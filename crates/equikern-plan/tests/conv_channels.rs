@@ -1091,3 +1091,31 @@ fn warp_units_where_measured_faster() {
     }
     assert_eq!(seen, 5);
 }
+
+/// The fused conv forward unrolls its receiver's edge loop by `FORWARD_EDGE_UNROLL` (2, the
+/// H100 harness's best, near the access floor); the backward keeps its loop as it is (its
+/// unroll measured slower). The CUDA printer emits the hint; WGSL has none.
+#[test]
+fn forward_edge_loop_unrolled_by_two() {
+    use equikern_plan::channel::FORWARD_EDGE_UNROLL;
+    assert_eq!(FORWARD_EDGE_UNROLL, 2);
+    let suite = equikern_core::spec::load_suite(include_str!("data/paper_suite.json")).unwrap();
+    let h100 = Capabilities::cuda_sm90();
+    let mut seen = 0;
+    for (label, spec) in suite {
+        let tp = spec.build().unwrap();
+        let fwd = lower_conv(&tp, Direction::Forward, Dtype::F32, &h100, DET).unwrap();
+        let Some(c) = fused(&fwd) else { continue };
+        let unroll = c.conv.as_ref().map(|cv| cv.edge_unroll);
+        assert_eq!(unroll, Some(2), "{label}\n{fwd}");
+        let bwd = lower_conv(&tp, Direction::Backward, Dtype::F32, &h100, DET).unwrap();
+        if let Some(c) = fused(&bwd) {
+            assert!(
+                c.conv.as_ref().is_some_and(|cv| cv.edge_unroll <= 1),
+                "{label}"
+            );
+        }
+        seen += 1;
+    }
+    assert!(seen >= 5, "{seen} fused forwards");
+}

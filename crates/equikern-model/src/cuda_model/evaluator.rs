@@ -285,10 +285,12 @@ fn tf32x3_mma_enabled() -> bool {
 
 /// Environment variable: `1` runs the radial MLP's backward product `gw · W_lastᵀ` by the
 /// tensor-core kernel `ek_gemm_tf32x3_nt` (f32 with 3xTF32 on, sm_80+, `a ≤ 64`); default:
-/// cuBLAS (plain FP32). Opt-in because on the H100 (session 7) the kernel alone missed its
-/// 3xTF32 accuracy (its GPU test `tf32x3_nt_kernel_matches_f64` failed; the CPU emulation
-/// of its fragments passes) and the model's worst force error vs sevenn float64 went 1.85e-5
-/// → 1.04e-4 eV/Å, for 0.76 ms per step at 32,768 atoms (93.9 → 93.1 in that A/B).
+/// cuBLAS (plain FP32). Opt-in because it is not faster. Session 7 measured it missing its
+/// accuracy (forces vs sevenn float64 1.85e-5 → 1.04e-4 eV/Å): the tensor cores' truncating
+/// accumulation over k = 960 chained 360 mma; with each 32-deep chunk's partials added in
+/// FP32 (session 9, H100) it matches: rel. L2 2.6e-7 at k = 960 (cuBLAS FP32 3.2e-7), forces
+/// 1.96e-5 eV/Å — but 2.55 ms against cuBLAS FP32's 2.62 for 917,504 × 960 → 64, and the
+/// SevenNet step equal within noise (Si 32,768: 76.10 vs 76.01 ms).
 pub const TF32X3_BWD_ENV: &str = "EQUIKERN_MODEL_TF32X3_BWD";
 
 /// [`TF32X3_BWD_ENV`] is `1`.
