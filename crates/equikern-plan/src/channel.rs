@@ -232,8 +232,9 @@ pub struct ChannelConv {
     pub warp_units: bool,
     /// Forward: the receiver's edge loop unrolled by this factor where the printer has an
     /// unroll hint (CUDA/HIP `#pragma unroll`; WGSL has none), so two edges' loads are in
-    /// flight per iteration; 0 or 1: no hint. [`FORWARD_EDGE_UNROLL`] on every fused
-    /// forward.
+    /// flight per iteration; 0 or 1: no hint. [`FORWARD_EDGE_UNROLL`] on fused forwards with
+    /// mixed multiplicities or one multiplicity of exactly 32 (where the H100 measured it
+    /// faster); one multiplicity above 32 keeps the loop as written.
     #[serde(default, skip_serializing_if = "no_unroll")]
     pub edge_unroll: u32,
 }
@@ -247,7 +248,10 @@ fn no_unroll(u: &u32) -> bool {
 /// harness, median of 20): 2.44 ms as emitted, 1.79 ms unrolled by 2, against 1.73 ms for
 /// a kernel that only streams the same `w` rows and sender `x` rows (the access floor).
 /// Reading the next edge's ids one iteration ahead instead: 2.81 ms (worse). The backward's
-/// loop unrolled by 2: 5.48 → 5.95 ms (worse; not taken).
+/// loop unrolled by 2: 5.48 → 5.95 ms (worse; not taken). `bench --conv` forward (det, CUDA
+/// events, median of 20), rolled → unrolled: SevenNet-0 at 917,504 edges 2.40 → 1.76 ms,
+/// nequip-water 0.95 → 0.92 and nequip-lips 3.10 → 2.89 (M = 32, 1.56 M edges), but
+/// mace-medium (M = 128) 3.06 → 3.31: so uniform multiplicities above 32 stay rolled.
 pub const FORWARD_EDGE_UNROLL: u32 = 2;
 
 /// One lane group of a mixed-multiplicity conv backward ([`ChannelConv::lanes`]): lane `r`
@@ -1004,17 +1008,19 @@ pub(crate) fn conv_channel_work(
         vec![]
     };
     c.samples_per_group = (CONV_GROUP_INVOCATIONS / c.channels).max(1);
+    let edge_unroll = if pass == ChannelPass::Forward && (!c.uniform() || c.channels == LANE_CHUNK)
+    {
+        FORWARD_EDGE_UNROLL
+    } else {
+        1
+    };
     c.conv = Some(ChannelConv {
         units,
         node_out,
         groups,
         lanes: vec![],
         warp_units: false,
-        edge_unroll: if pass == ChannelPass::Forward {
-            FORWARD_EDGE_UNROLL
-        } else {
-            1
-        },
+        edge_unroll,
     });
     let max_wg = caps
         .max_invocations_per_workgroup

@@ -1093,8 +1093,9 @@ fn warp_units_where_measured_faster() {
 }
 
 /// The fused conv forward unrolls its receiver's edge loop by `FORWARD_EDGE_UNROLL` (2, the
-/// H100 harness's best, near the access floor); the backward keeps its loop as it is (its
-/// unroll measured slower). The CUDA printer emits the hint; WGSL has none.
+/// H100 harness's best, near the access floor) for mixed multiplicities and one multiplicity
+/// of 32 (SevenNet-0, NequIP); one multiplicity above 32 (MACE, revMD17's 64) measured
+/// slower and stays rolled, and the backward keeps its loop (its unroll measured slower).
 #[test]
 fn forward_edge_loop_unrolled_by_two() {
     use equikern_plan::channel::FORWARD_EDGE_UNROLL;
@@ -1107,7 +1108,17 @@ fn forward_edge_loop_unrolled_by_two() {
         let fwd = lower_conv(&tp, Direction::Forward, Dtype::F32, &h100, DET).unwrap();
         let Some(c) = fused(&fwd) else { continue };
         let unroll = c.conv.as_ref().map(|cv| cv.edge_unroll);
-        assert_eq!(unroll, Some(2), "{label}\n{fwd}");
+        let want = if c.uniform() && c.channels != 32 {
+            1
+        } else {
+            2
+        };
+        assert_eq!(unroll, Some(want), "{label}\n{fwd}");
+        match label.as_str() {
+            "nequip-water" | "nequip-lips" => assert_eq!(want, 2, "{label}"),
+            "mace-medium" | "mace-large" => assert_eq!(want, 1, "{label}"),
+            _ => {}
+        }
         let bwd = lower_conv(&tp, Direction::Backward, Dtype::F32, &h100, DET).unwrap();
         if let Some(c) = fused(&bwd) {
             assert!(
