@@ -1,3 +1,6 @@
+# Harness generator (session 9): kb.cu / kf.cu are the SevenNet-0 conv backward / forward as emitted at
+# e24dbf0 (lower_conv(sevennet-0-conv, F32, Capabilities::cuda_sm90(), ConvOptions::default()) + emit_cuda);
+# writes variants.cu (kernels + main.cu); on the GPU machine: nvcc -O3 -arch=sm_90 -o h variants.cu && ./h
 import re
 b=open('kb.cu').read(); f=open('kf.cu').read()
 def body(s): return s[s.index('extern "C"'):]

@@ -1,0 +1,482 @@
+// equikern convolution kernels (emitter v1): Forward, float, 1 kernel(s).
+// Generated from a kernel plan; do not edit.
+
+extern "C" __global__ void __launch_bounds__(224) conv_forward_fused(
+    const float* __restrict__ x,
+    const float* __restrict__ y,
+    const float* __restrict__ w,
+    const unsigned int* __restrict__ recv_csr,
+    float* __restrict__ z,
+    const unsigned int num_samples, const unsigned int num_chunks,
+    const unsigned int unit_base, const unsigned int num_nodes,
+    const unsigned int num_edges, const unsigned int num_pieces)
+{
+    (void)num_chunks; (void)num_nodes; (void)num_edges; (void)num_pieces; (void)unit_base;
+    const unsigned int g = (blockIdx.y * gridDim.x + blockIdx.x) * 224u + threadIdx.x;
+    (void)g;
+    unsigned int grp = 0u;
+    unsigned int q = 0u;
+    unsigned int ch = 0u;
+    if (threadIdx.x < 128u) { // group 0: 128 lanes per unit
+        grp = 0u;
+        q = (threadIdx.x - 0u) / 128u;
+        ch = threadIdx.x - 0u - q * 128u;
+    } else if (threadIdx.x < 192u) { // group 1: 64 lanes per unit
+        grp = 1u;
+        q = (threadIdx.x - 128u) / 64u;
+        ch = threadIdx.x - 128u - q * 64u;
+    } else { // group 2: 32 lanes per unit
+        grp = 2u;
+        q = (threadIdx.x - 192u) / 32u;
+        ch = threadIdx.x - 192u - q * 32u;
+    }
+    const unsigned int smp = (blockIdx.y * gridDim.x + blockIdx.x) * 1u + q;
+    if (smp < num_samples) {
+        const unsigned int unit = unit_base + smp;
+        const unsigned int lo = recv_csr[unit];
+        const unsigned int hi = recv_csr[unit + 1u];
+        const unsigned int ids = num_nodes + 1u;
+        const unsigned int oth = ids + num_edges;
+        (void)lo; (void)hi; (void)oth;
+        if (grp == 0u) { // output blocks [0, 3, 9]
+            float za0_0 = 0e0f;
+            float za3_0 = 0e0f;
+            float za3_1 = 0e0f;
+            float za3_2 = 0e0f;
+            float za9_0 = 0e0f;
+            float za9_1 = 0e0f;
+            float za9_2 = 0e0f;
+            float za9_3 = 0e0f;
+            float za9_4 = 0e0f;
+            for (unsigned int k = lo; k < hi; ++k) {
+                const unsigned int e = recv_csr[ids + k];
+                const unsigned int snd = recv_csr[oth + k];
+                const float y0 = y[(unsigned long long)e * 9u + 0u];
+                const float y1 = y[(unsigned long long)e * 9u + 1u];
+                const float y2 = y[(unsigned long long)e * 9u + 2u];
+                const float y3 = y[(unsigned long long)e * 9u + 3u];
+                const float y4 = y[(unsigned long long)e * 9u + 4u];
+                const float y5 = y[(unsigned long long)e * 9u + 5u];
+                const float y6 = y[(unsigned long long)e * 9u + 6u];
+                const float y7 = y[(unsigned long long)e * 9u + 7u];
+                const float y8 = y[(unsigned long long)e * 9u + 8u];
+                const float xr0_0 = x[(unsigned long long)snd * 480u + 0u + ch * 1u];
+                { // path 0, v = 0
+                    float zv0 = 0e0f;
+                    zv0 += 1e0f * xr0_0 * y0;
+                    const float wv = w[(unsigned long long)e * 960u + 0u + ch * 1u];
+                    za0_0 += wv * zv0;
+                }
+                { // path 1, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    zv0 += 1e0f * xr0_0 * y1;
+                    zv1 += 1e0f * xr0_0 * y2;
+                    zv2 += 1e0f * xr0_0 * y3;
+                    const float wv = w[(unsigned long long)e * 960u + 128u + ch * 1u];
+                    za3_0 += wv * zv0;
+                    za3_1 += wv * zv1;
+                    za3_2 += wv * zv2;
+                }
+                { // path 2, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    float zv3 = 0e0f;
+                    float zv4 = 0e0f;
+                    zv0 += 1e0f * xr0_0 * y4;
+                    zv1 += 1e0f * xr0_0 * y5;
+                    zv2 += 1e0f * xr0_0 * y6;
+                    zv3 += 1e0f * xr0_0 * y7;
+                    zv4 += 1e0f * xr0_0 * y8;
+                    const float wv = w[(unsigned long long)e * 960u + 256u + ch * 1u];
+                    za9_0 += wv * zv0;
+                    za9_1 += wv * zv1;
+                    za9_2 += wv * zv2;
+                    za9_3 += wv * zv3;
+                    za9_4 += wv * zv4;
+                }
+            }
+            z[(unsigned long long)unit * 3136u + 0u + ch * 1u] = za0_0;
+            z[(unsigned long long)unit * 3136u + 224u + ch * 3u] = za3_0;
+            z[(unsigned long long)unit * 3136u + 225u + ch * 3u] = za3_1;
+            z[(unsigned long long)unit * 3136u + 226u + ch * 3u] = za3_2;
+            z[(unsigned long long)unit * 3136u + 1376u + ch * 5u] = za9_0;
+            z[(unsigned long long)unit * 3136u + 1377u + ch * 5u] = za9_1;
+            z[(unsigned long long)unit * 3136u + 1378u + ch * 5u] = za9_2;
+            z[(unsigned long long)unit * 3136u + 1379u + ch * 5u] = za9_3;
+            z[(unsigned long long)unit * 3136u + 1380u + ch * 5u] = za9_4;
+        } else if (grp == 1u) { // output blocks [1, 4, 5, 6, 10, 11]
+            float za1_0 = 0e0f;
+            float za4_0 = 0e0f;
+            float za4_1 = 0e0f;
+            float za4_2 = 0e0f;
+            float za5_0 = 0e0f;
+            float za5_1 = 0e0f;
+            float za5_2 = 0e0f;
+            float za6_0 = 0e0f;
+            float za6_1 = 0e0f;
+            float za6_2 = 0e0f;
+            float za10_0 = 0e0f;
+            float za10_1 = 0e0f;
+            float za10_2 = 0e0f;
+            float za10_3 = 0e0f;
+            float za10_4 = 0e0f;
+            float za11_0 = 0e0f;
+            float za11_1 = 0e0f;
+            float za11_2 = 0e0f;
+            float za11_3 = 0e0f;
+            float za11_4 = 0e0f;
+            for (unsigned int k = lo; k < hi; ++k) {
+                const unsigned int e = recv_csr[ids + k];
+                const unsigned int snd = recv_csr[oth + k];
+                const float y0 = y[(unsigned long long)e * 9u + 0u];
+                const float y1 = y[(unsigned long long)e * 9u + 1u];
+                const float y2 = y[(unsigned long long)e * 9u + 2u];
+                const float y3 = y[(unsigned long long)e * 9u + 3u];
+                const float y4 = y[(unsigned long long)e * 9u + 4u];
+                const float y5 = y[(unsigned long long)e * 9u + 5u];
+                const float y6 = y[(unsigned long long)e * 9u + 6u];
+                const float y7 = y[(unsigned long long)e * 9u + 7u];
+                const float y8 = y[(unsigned long long)e * 9u + 8u];
+                const float xr1_0 = x[(unsigned long long)snd * 480u + 128u + ch * 3u];
+                const float xr1_1 = x[(unsigned long long)snd * 480u + 129u + ch * 3u];
+                const float xr1_2 = x[(unsigned long long)snd * 480u + 130u + ch * 3u];
+                { // path 4, v = 0
+                    float zv0 = 0e0f;
+                    zv0 += 5.7735026e-1f * xr1_0 * y1;
+                    zv0 += 5.7735026e-1f * xr1_1 * y2;
+                    zv0 += 5.7735026e-1f * xr1_2 * y3;
+                    const float wv = w[(unsigned long long)e * 960u + 448u + ch * 1u];
+                    za1_0 += wv * zv0;
+                }
+                { // path 3, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    zv0 += 1e0f * xr1_0 * y0;
+                    zv1 += 1e0f * xr1_1 * y0;
+                    zv2 += 1e0f * xr1_2 * y0;
+                    const float wv = w[(unsigned long long)e * 960u + 384u + ch * 1u];
+                    za4_0 += wv * zv0;
+                    za4_1 += wv * zv1;
+                    za4_2 += wv * zv2;
+                }
+                { // path 5, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    zv2 += 7.0710677e-1f * xr1_0 * y2;
+                    zv1 += -7.0710677e-1f * xr1_0 * y3;
+                    zv2 += -7.0710677e-1f * xr1_1 * y1;
+                    zv0 += 7.0710677e-1f * xr1_1 * y3;
+                    zv1 += 7.0710677e-1f * xr1_2 * y1;
+                    zv0 += -7.0710677e-1f * xr1_2 * y2;
+                    const float wv = w[(unsigned long long)e * 960u + 512u + ch * 1u];
+                    za5_0 += wv * zv0;
+                    za5_1 += wv * zv1;
+                    za5_2 += wv * zv2;
+                }
+                { // path 7, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    zv2 += 5.477226e-1f * xr1_0 * y4;
+                    zv1 += 5.477226e-1f * xr1_0 * y5;
+                    zv0 += -3.1622776e-1f * xr1_0 * y6;
+                    zv0 += -5.477226e-1f * xr1_0 * y8;
+                    zv0 += 5.477226e-1f * xr1_1 * y5;
+                    zv1 += 6.324555e-1f * xr1_1 * y6;
+                    zv2 += 5.477226e-1f * xr1_1 * y7;
+                    zv0 += 5.477226e-1f * xr1_2 * y4;
+                    zv2 += -3.1622776e-1f * xr1_2 * y6;
+                    zv1 += 5.477226e-1f * xr1_2 * y7;
+                    zv2 += 5.477226e-1f * xr1_2 * y8;
+                    const float wv = w[(unsigned long long)e * 960u + 640u + ch * 1u];
+                    za6_0 += wv * zv0;
+                    za6_1 += wv * zv1;
+                    za6_2 += wv * zv2;
+                }
+                { // path 6, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    float zv3 = 0e0f;
+                    float zv4 = 0e0f;
+                    zv2 += -4.082483e-1f * xr1_0 * y1;
+                    zv4 += -7.0710677e-1f * xr1_0 * y1;
+                    zv1 += 7.0710677e-1f * xr1_0 * y2;
+                    zv0 += 7.0710677e-1f * xr1_0 * y3;
+                    zv1 += 7.0710677e-1f * xr1_1 * y1;
+                    zv2 += 8.164966e-1f * xr1_1 * y2;
+                    zv3 += 7.0710677e-1f * xr1_1 * y3;
+                    zv0 += 7.0710677e-1f * xr1_2 * y1;
+                    zv3 += 7.0710677e-1f * xr1_2 * y2;
+                    zv2 += -4.082483e-1f * xr1_2 * y3;
+                    zv4 += 7.0710677e-1f * xr1_2 * y3;
+                    const float wv = w[(unsigned long long)e * 960u + 576u + ch * 1u];
+                    za10_0 += wv * zv0;
+                    za10_1 += wv * zv1;
+                    za10_2 += wv * zv2;
+                    za10_3 += wv * zv3;
+                    za10_4 += wv * zv4;
+                }
+                { // path 8, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    float zv3 = 0e0f;
+                    float zv4 = 0e0f;
+                    zv1 += -4.082483e-1f * xr1_0 * y4;
+                    zv0 += 4.082483e-1f * xr1_0 * y5;
+                    zv3 += 7.0710677e-1f * xr1_0 * y6;
+                    zv2 += -7.0710677e-1f * xr1_0 * y7;
+                    zv4 += 4.082483e-1f * xr1_0 * y7;
+                    zv3 += -4.082483e-1f * xr1_0 * y8;
+                    zv4 += -8.164966e-1f * xr1_1 * y4;
+                    zv3 += -4.082483e-1f * xr1_1 * y5;
+                    zv1 += 4.082483e-1f * xr1_1 * y7;
+                    zv0 += 8.164966e-1f * xr1_1 * y8;
+                    zv3 += 4.082483e-1f * xr1_2 * y4;
+                    zv2 += 7.0710677e-1f * xr1_2 * y5;
+                    zv4 += 4.082483e-1f * xr1_2 * y5;
+                    zv1 += -7.0710677e-1f * xr1_2 * y6;
+                    zv0 += -4.082483e-1f * xr1_2 * y7;
+                    zv1 += -4.082483e-1f * xr1_2 * y8;
+                    const float wv = w[(unsigned long long)e * 960u + 704u + ch * 1u];
+                    za11_0 += wv * zv0;
+                    za11_1 += wv * zv1;
+                    za11_2 += wv * zv2;
+                    za11_3 += wv * zv3;
+                    za11_4 += wv * zv4;
+                }
+            }
+            z[(unsigned long long)unit * 3136u + 128u + ch * 1u] = za1_0;
+            z[(unsigned long long)unit * 3136u + 608u + ch * 3u] = za4_0;
+            z[(unsigned long long)unit * 3136u + 609u + ch * 3u] = za4_1;
+            z[(unsigned long long)unit * 3136u + 610u + ch * 3u] = za4_2;
+            z[(unsigned long long)unit * 3136u + 800u + ch * 3u] = za5_0;
+            z[(unsigned long long)unit * 3136u + 801u + ch * 3u] = za5_1;
+            z[(unsigned long long)unit * 3136u + 802u + ch * 3u] = za5_2;
+            z[(unsigned long long)unit * 3136u + 992u + ch * 3u] = za6_0;
+            z[(unsigned long long)unit * 3136u + 993u + ch * 3u] = za6_1;
+            z[(unsigned long long)unit * 3136u + 994u + ch * 3u] = za6_2;
+            z[(unsigned long long)unit * 3136u + 2016u + ch * 5u] = za10_0;
+            z[(unsigned long long)unit * 3136u + 2017u + ch * 5u] = za10_1;
+            z[(unsigned long long)unit * 3136u + 2018u + ch * 5u] = za10_2;
+            z[(unsigned long long)unit * 3136u + 2019u + ch * 5u] = za10_3;
+            z[(unsigned long long)unit * 3136u + 2020u + ch * 5u] = za10_4;
+            z[(unsigned long long)unit * 3136u + 2336u + ch * 5u] = za11_0;
+            z[(unsigned long long)unit * 3136u + 2337u + ch * 5u] = za11_1;
+            z[(unsigned long long)unit * 3136u + 2338u + ch * 5u] = za11_2;
+            z[(unsigned long long)unit * 3136u + 2339u + ch * 5u] = za11_3;
+            z[(unsigned long long)unit * 3136u + 2340u + ch * 5u] = za11_4;
+        } else if (grp == 2u) { // output blocks [2, 7, 8, 12, 13, 14]
+            float za2_0 = 0e0f;
+            float za7_0 = 0e0f;
+            float za7_1 = 0e0f;
+            float za7_2 = 0e0f;
+            float za8_0 = 0e0f;
+            float za8_1 = 0e0f;
+            float za8_2 = 0e0f;
+            float za12_0 = 0e0f;
+            float za12_1 = 0e0f;
+            float za12_2 = 0e0f;
+            float za12_3 = 0e0f;
+            float za12_4 = 0e0f;
+            float za13_0 = 0e0f;
+            float za13_1 = 0e0f;
+            float za13_2 = 0e0f;
+            float za13_3 = 0e0f;
+            float za13_4 = 0e0f;
+            float za14_0 = 0e0f;
+            float za14_1 = 0e0f;
+            float za14_2 = 0e0f;
+            float za14_3 = 0e0f;
+            float za14_4 = 0e0f;
+            for (unsigned int k = lo; k < hi; ++k) {
+                const unsigned int e = recv_csr[ids + k];
+                const unsigned int snd = recv_csr[oth + k];
+                const float y0 = y[(unsigned long long)e * 9u + 0u];
+                const float y1 = y[(unsigned long long)e * 9u + 1u];
+                const float y2 = y[(unsigned long long)e * 9u + 2u];
+                const float y3 = y[(unsigned long long)e * 9u + 3u];
+                const float y4 = y[(unsigned long long)e * 9u + 4u];
+                const float y5 = y[(unsigned long long)e * 9u + 5u];
+                const float y6 = y[(unsigned long long)e * 9u + 6u];
+                const float y7 = y[(unsigned long long)e * 9u + 7u];
+                const float y8 = y[(unsigned long long)e * 9u + 8u];
+                const float xr2_0 = x[(unsigned long long)snd * 480u + 320u + ch * 5u];
+                const float xr2_1 = x[(unsigned long long)snd * 480u + 321u + ch * 5u];
+                const float xr2_2 = x[(unsigned long long)snd * 480u + 322u + ch * 5u];
+                const float xr2_3 = x[(unsigned long long)snd * 480u + 323u + ch * 5u];
+                const float xr2_4 = x[(unsigned long long)snd * 480u + 324u + ch * 5u];
+                { // path 12, v = 0
+                    float zv0 = 0e0f;
+                    zv0 += 4.472136e-1f * xr2_0 * y4;
+                    zv0 += 4.472136e-1f * xr2_1 * y5;
+                    zv0 += 4.472136e-1f * xr2_2 * y6;
+                    zv0 += 4.472136e-1f * xr2_3 * y7;
+                    zv0 += 4.472136e-1f * xr2_4 * y8;
+                    const float wv = w[(unsigned long long)e * 960u + 864u + ch * 1u];
+                    za2_0 += wv * zv0;
+                }
+                { // path 10, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    zv2 += 5.477226e-1f * xr2_0 * y1;
+                    zv0 += 5.477226e-1f * xr2_0 * y3;
+                    zv1 += 5.477226e-1f * xr2_1 * y1;
+                    zv0 += 5.477226e-1f * xr2_1 * y2;
+                    zv0 += -3.1622776e-1f * xr2_2 * y1;
+                    zv1 += 6.324555e-1f * xr2_2 * y2;
+                    zv2 += -3.1622776e-1f * xr2_2 * y3;
+                    zv2 += 5.477226e-1f * xr2_3 * y2;
+                    zv1 += 5.477226e-1f * xr2_3 * y3;
+                    zv0 += -5.477226e-1f * xr2_4 * y1;
+                    zv2 += 5.477226e-1f * xr2_4 * y3;
+                    const float wv = w[(unsigned long long)e * 960u + 800u + ch * 1u];
+                    za7_0 += wv * zv0;
+                    za7_1 += wv * zv1;
+                    za7_2 += wv * zv2;
+                }
+                { // path 13, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    zv0 += -3.1622776e-1f * xr2_0 * y5;
+                    zv2 += 3.1622776e-1f * xr2_0 * y7;
+                    zv1 += -6.324555e-1f * xr2_0 * y8;
+                    zv0 += 3.1622776e-1f * xr2_1 * y4;
+                    zv2 += 5.477226e-1f * xr2_1 * y6;
+                    zv1 += -3.1622776e-1f * xr2_1 * y7;
+                    zv2 += 3.1622776e-1f * xr2_1 * y8;
+                    zv2 += -5.477226e-1f * xr2_2 * y5;
+                    zv0 += 5.477226e-1f * xr2_2 * y7;
+                    zv2 += -3.1622776e-1f * xr2_3 * y4;
+                    zv1 += 3.1622776e-1f * xr2_3 * y5;
+                    zv0 += -5.477226e-1f * xr2_3 * y6;
+                    zv0 += 3.1622776e-1f * xr2_3 * y8;
+                    zv1 += 6.324555e-1f * xr2_4 * y4;
+                    zv2 += -3.1622776e-1f * xr2_4 * y5;
+                    zv0 += -3.1622776e-1f * xr2_4 * y7;
+                    const float wv = w[(unsigned long long)e * 960u + 896u + ch * 1u];
+                    za8_0 += wv * zv0;
+                    za8_1 += wv * zv1;
+                    za8_2 += wv * zv2;
+                }
+                { // path 9, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    float zv3 = 0e0f;
+                    float zv4 = 0e0f;
+                    zv0 += 1e0f * xr2_0 * y0;
+                    zv1 += 1e0f * xr2_1 * y0;
+                    zv2 += 1e0f * xr2_2 * y0;
+                    zv3 += 1e0f * xr2_3 * y0;
+                    zv4 += 1e0f * xr2_4 * y0;
+                    const float wv = w[(unsigned long long)e * 960u + 768u + ch * 1u];
+                    za12_0 += wv * zv0;
+                    za12_1 += wv * zv1;
+                    za12_2 += wv * zv2;
+                    za12_3 += wv * zv3;
+                    za12_4 += wv * zv4;
+                }
+                { // path 11, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    float zv3 = 0e0f;
+                    float zv4 = 0e0f;
+                    zv1 += 4.082483e-1f * xr2_0 * y1;
+                    zv4 += 8.164966e-1f * xr2_0 * y2;
+                    zv3 += -4.082483e-1f * xr2_0 * y3;
+                    zv0 += -4.082483e-1f * xr2_1 * y1;
+                    zv3 += 4.082483e-1f * xr2_1 * y2;
+                    zv2 += -7.0710677e-1f * xr2_1 * y3;
+                    zv4 += -4.082483e-1f * xr2_1 * y3;
+                    zv3 += -7.0710677e-1f * xr2_2 * y1;
+                    zv1 += 7.0710677e-1f * xr2_2 * y3;
+                    zv2 += 7.0710677e-1f * xr2_3 * y1;
+                    zv4 += -4.082483e-1f * xr2_3 * y1;
+                    zv1 += -4.082483e-1f * xr2_3 * y2;
+                    zv0 += 4.082483e-1f * xr2_3 * y3;
+                    zv3 += 4.082483e-1f * xr2_4 * y1;
+                    zv0 += -8.164966e-1f * xr2_4 * y2;
+                    zv1 += 4.082483e-1f * xr2_4 * y3;
+                    const float wv = w[(unsigned long long)e * 960u + 832u + ch * 1u];
+                    za13_0 += wv * zv0;
+                    za13_1 += wv * zv1;
+                    za13_2 += wv * zv2;
+                    za13_3 += wv * zv3;
+                    za13_4 += wv * zv4;
+                }
+                { // path 14, v = 0
+                    float zv0 = 0e0f;
+                    float zv1 = 0e0f;
+                    float zv2 = 0e0f;
+                    float zv3 = 0e0f;
+                    float zv4 = 0e0f;
+                    zv2 += -5.345225e-1f * xr2_0 * y4;
+                    zv3 += 4.6291006e-1f * xr2_0 * y5;
+                    zv0 += -5.345225e-1f * xr2_0 * y6;
+                    zv1 += 4.6291006e-1f * xr2_0 * y7;
+                    zv3 += 4.6291006e-1f * xr2_1 * y4;
+                    zv2 += 2.6726124e-1f * xr2_1 * y5;
+                    zv4 += -4.6291006e-1f * xr2_1 * y5;
+                    zv1 += 2.6726124e-1f * xr2_1 * y6;
+                    zv0 += 4.6291006e-1f * xr2_1 * y7;
+                    zv1 += -4.6291006e-1f * xr2_1 * y8;
+                    zv0 += -5.345225e-1f * xr2_2 * y4;
+                    zv1 += 2.6726124e-1f * xr2_2 * y5;
+                    zv2 += 5.345225e-1f * xr2_2 * y6;
+                    zv3 += 2.6726124e-1f * xr2_2 * y7;
+                    zv4 += -5.345225e-1f * xr2_2 * y8;
+                    zv1 += 4.6291006e-1f * xr2_3 * y4;
+                    zv0 += 4.6291006e-1f * xr2_3 * y5;
+                    zv3 += 2.6726124e-1f * xr2_3 * y6;
+                    zv2 += 2.6726124e-1f * xr2_3 * y7;
+                    zv4 += 4.6291006e-1f * xr2_3 * y7;
+                    zv3 += 4.6291006e-1f * xr2_3 * y8;
+                    zv1 += -4.6291006e-1f * xr2_4 * y5;
+                    zv4 += -5.345225e-1f * xr2_4 * y6;
+                    zv3 += 4.6291006e-1f * xr2_4 * y7;
+                    zv2 += -5.345225e-1f * xr2_4 * y8;
+                    const float wv = w[(unsigned long long)e * 960u + 928u + ch * 1u];
+                    za14_0 += wv * zv0;
+                    za14_1 += wv * zv1;
+                    za14_2 += wv * zv2;
+                    za14_3 += wv * zv3;
+                    za14_4 += wv * zv4;
+                }
+            }
+            z[(unsigned long long)unit * 3136u + 192u + ch * 1u] = za2_0;
+            z[(unsigned long long)unit * 3136u + 1184u + ch * 3u] = za7_0;
+            z[(unsigned long long)unit * 3136u + 1185u + ch * 3u] = za7_1;
+            z[(unsigned long long)unit * 3136u + 1186u + ch * 3u] = za7_2;
+            z[(unsigned long long)unit * 3136u + 1280u + ch * 3u] = za8_0;
+            z[(unsigned long long)unit * 3136u + 1281u + ch * 3u] = za8_1;
+            z[(unsigned long long)unit * 3136u + 1282u + ch * 3u] = za8_2;
+            z[(unsigned long long)unit * 3136u + 2656u + ch * 5u] = za12_0;
+            z[(unsigned long long)unit * 3136u + 2657u + ch * 5u] = za12_1;
+            z[(unsigned long long)unit * 3136u + 2658u + ch * 5u] = za12_2;
+            z[(unsigned long long)unit * 3136u + 2659u + ch * 5u] = za12_3;
+            z[(unsigned long long)unit * 3136u + 2660u + ch * 5u] = za12_4;
+            z[(unsigned long long)unit * 3136u + 2816u + ch * 5u] = za13_0;
+            z[(unsigned long long)unit * 3136u + 2817u + ch * 5u] = za13_1;
+            z[(unsigned long long)unit * 3136u + 2818u + ch * 5u] = za13_2;
+            z[(unsigned long long)unit * 3136u + 2819u + ch * 5u] = za13_3;
+            z[(unsigned long long)unit * 3136u + 2820u + ch * 5u] = za13_4;
+            z[(unsigned long long)unit * 3136u + 2976u + ch * 5u] = za14_0;
+            z[(unsigned long long)unit * 3136u + 2977u + ch * 5u] = za14_1;
+            z[(unsigned long long)unit * 3136u + 2978u + ch * 5u] = za14_2;
+            z[(unsigned long long)unit * 3136u + 2979u + ch * 5u] = za14_3;
+            z[(unsigned long long)unit * 3136u + 2980u + ch * 5u] = za14_4;
+        }
+    }
+}
+
+
