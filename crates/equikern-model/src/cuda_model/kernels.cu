@@ -948,6 +948,15 @@ __device__ __forceinline__ void ek_tc_split(float x, unsigned* hi, unsigned* lo)
   *hi = __float_as_uint(h);
   *lo = __float_as_uint(ek_tf32(x - h));
 }
+// A warp's accumulator tiles (two m16 tiles × eight n8 tiles × four values per lane) = 0.
+__device__ __forceinline__ void ek_tc_tiles_zero(float t[2][8][4]) {
+  EK_UNROLL
+  for (int mt = 0; mt < 2; ++mt)
+    EK_UNROLL
+    for (int j = 0; j < 8; ++j)
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) t[mt][j][q] = 0.0f;
+}
 // Chunk c of the B pack (EK_TC_CHUNK floats) into shared `dst`, by the whole CTA.
 __device__ __forceinline__ void ek_tc_stage(float* dst, const float* __restrict__ bp, int c) {
   const float* src = bp + (u64)c * EK_TC_CHUNK;
@@ -979,12 +988,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
       rows[i] = r < m ? A + r * (u64)k : 0;
     }
     float acc[2][8][4];
-    EK_UNROLL
-    for (int mt = 0; mt < 2; ++mt)
-      EK_UNROLL
-      for (int j = 0; j < 8; ++j)
-        EK_UNROLL
-        for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.0f;
+    ek_tc_tiles_zero(acc);
     float cur[4][8], nxt[4][8];
     ek_tc_stage(ek_tc_b[q % 3], bp, 0);
     EK_UNROLL
@@ -1004,12 +1008,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
       // the tensor cores' accumulation truncates, and chained over k = 960 (360 mma) its
       // bias grew to about one TF32 pass's error; 12 in a row keep it below FP32's.
       float part[2][8][4];
-      EK_UNROLL
-      for (int mt = 0; mt < 2; ++mt)
-        EK_UNROLL
-        for (int j = 0; j < 8; ++j)
-          EK_UNROLL
-          for (int r = 0; r < 4; ++r) part[mt][j][r] = 0.0f;
+      ek_tc_tiles_zero(part);
       EK_UNROLL
       for (int s = 0; s < 4; ++s) {
         unsigned ahi[2][4], alo[2][4];
