@@ -13,9 +13,9 @@ use common::*;
 use equikern_core::conv::{Csr, End};
 use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
 use equikern_model::cuda_model::tables::{
-    kernel_source, kernel_source_with, kron_tf32x3_right, mlp_hidden_shape, mlp_pack,
-    tc_gemm_iterations, tf32, tf32x3_mma_fragments, tf32x3_nt_pack, GateTable, LinearTable,
-    MlpKernels, MLP_MAX_WIDTH,
+    kernel_source, kernel_source_with, kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape,
+    mlp_pack, tc_gemm_iterations, tf32, tf32x3_mma_fragments, tf32x3_nt_pack, GateTable,
+    LinearTable, MlpKernels, LINEAR_PATH_DIMS, MLP_MAX_WIDTH,
 };
 use equikern_model::nn::{BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
 use equikern_model::{Scalar, SevenNet};
@@ -38,6 +38,14 @@ extern "C" void t_one_hot(u64 N, const unsigned* types, int ns, real* out) {
 extern "C" void t_linear(u64 N, const real* x, int di, real* y, int dout, const real* W,
     const int* tab, const real* coef, real alpha, const real* add, int cols) {
   grid((N + EK_LIN_NODES - 1) / EK_LIN_NODES * cols, [&] { ek_linear(N, x, di, y, dout, W, tab, coef, alpha, add, cols); });
+}
+extern "C" void t_linear_path(u64 it, u64 N, int dim, int mi, int mo, const real* x, u64 ldx,
+    const real* w, real alpha, int acc, real* y, u64 ldy) {
+  switch (dim) {
+    case 3: grid(it, [&] { ek_linear_path3(N, mi, mo, x, ldx, w, alpha, acc, y, ldy); }); break;
+    case 5: grid(it, [&] { ek_linear_path5(N, mi, mo, x, ldx, w, alpha, acc, y, ldy); }); break;
+    case 7: grid(it, [&] { ek_linear_path7(N, mi, mo, x, ldx, w, alpha, acc, y, ldy); }); break;
+  }
 }
 extern "C" void t_gate(u64 N, const real* x, real* y, int ns, int ng, const int* gtab, int din,
     int dout, real c) {
@@ -361,6 +369,93 @@ fn check_linears<T: Scalar>(k: &K<T>, m: &SevenNet<T>, r: &mut rand_chacha::ChaC
             );
         }
     }
+}
+
+type PathFn<T> =
+    unsafe extern "C" fn(u64, u64, i32, i32, i32, *const T, u64, *const T, T, i32, *mut T, u64);
+
+/// `ek_linear_path` on ragged shapes (dims 3, 5, 7; multiplicities off the 4- and 8-wide
+/// tiles; 16-byte aligned blocks and blocks one element off, which take the scalar loads
+/// and stores), overwriting and accumulating: every element of the path's output block
+/// within tolerance of the f64 sum, every other element of the poisoned output untouched.
+fn check_linear_paths<T: Scalar>(k: &K<T>, r: &mut rand_chacha::ChaCha8Rng) {
+    let f = sym!(k, b"t_linear_path", PathFn<T>);
+    let (mut cases, mut worst) = (0, 0.0f64);
+    for &dim in &LINEAR_PATH_DIMS {
+        for (mi, mo) in [(1, 1), (4, 8), (3, 13), (9, 40), (32, 16), (12, 72)] {
+            for nodes in [1usize, 5, 37] {
+                for (shift, acc) in [(0usize, false), (1, true), (4, true), (1, false)] {
+                    // x: block at `shift` in rows of ldx; y: block at `shift` in rows of ldy
+                    let (kx, ky) = (mi * dim, mo * dim);
+                    let (ldx, ldy) = (kx + 8, ky + 4 + shift);
+                    let x: Vec<T> = cast(&rnd(r, nodes * ldx + shift));
+                    let w: Vec<T> = cast(&rnd(r, mi * mo + shift));
+                    let y0: Vec<T> = cast(&rnd(r, nodes * ldy + shift));
+                    let mut y: Vec<T> = (0..y0.len())
+                        .map(|i| {
+                            let o = i.wrapping_sub(shift);
+                            if i >= shift && o % ldy < ky && acc {
+                                y0[i]
+                            } else {
+                                T::from_f64(f64::NAN)
+                            }
+                        })
+                        .collect();
+                    let alpha = 0.8;
+                    let it = linear_path_iterations(nodes, mo);
+                    // SAFETY: x, w, y hold `nodes` rows of their strides from `shift`.
+                    unsafe {
+                        f(
+                            it,
+                            nodes as u64,
+                            dim as i32,
+                            mi as i32,
+                            mo as i32,
+                            x[shift..].as_ptr(),
+                            ldx as u64,
+                            w[shift..].as_ptr(),
+                            T::from_f64(alpha),
+                            i32::from(acc),
+                            y[shift..].as_mut_ptr(),
+                            ldy as u64,
+                        )
+                    };
+                    let what = format!(
+                        "linear path dim {dim} {mi} -> {mo} nodes {nodes} shift {shift} acc {acc}"
+                    );
+                    let mut got = vec![];
+                    let mut want = vec![];
+                    for (i, v) in y.iter().enumerate() {
+                        let o = i.wrapping_sub(shift);
+                        if i < shift || o % ldy >= ky {
+                            assert!(v.to_f64().is_nan(), "{what}: wrote {v:?} at {i}");
+                            continue;
+                        }
+                        let (row, c) = (o / ldy, o % ldy);
+                        let (vv, m) = (c / dim, c % dim);
+                        let s: f64 = (0..mi)
+                            .map(|u| {
+                                x[shift + row * ldx + u * dim + m].to_f64()
+                                    * w[shift + u * mo + vv].to_f64()
+                            })
+                            .sum();
+                        got.push(*v);
+                        want.push(alpha * s + if acc { y0[i].to_f64() } else { 0.0 });
+                    }
+                    assert_eq!(got.len(), nodes * ky);
+                    let (num, den) = got.iter().zip(&want).fold((0.0, 0.0), |(n, d), (g, w)| {
+                        let e = g.to_f64() - w;
+                        (n + e * e, d + w * w)
+                    });
+                    let e = (num / den).sqrt();
+                    assert!(e <= tol::<T>(), "{what}: rel L2 {e:.3e}");
+                    worst = worst.max(e);
+                    cases += 1;
+                }
+            }
+        }
+    }
+    println!("  linear_path: {cases} shapes, worst rel L2 {worst:.2e}, nothing else written");
 }
 
 type SplitFn = unsafe extern "C" fn(u64, i32, *const f32, u64, *mut f32, u64);
@@ -1146,6 +1241,7 @@ fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
             continue;
         }
         check_gemm(&k, &mut r);
+        check_linear_paths(&k, &mut r);
         check_reductions(&k, &mut r);
         // the 3xTF32 split and the forward mma kernel (f32 only: the double build never
         // launches them)
@@ -1445,12 +1541,23 @@ fn mlp_kernels_registers_sm90() {
         // ptxas: "Compiling entry function 'X'" then "Used N registers, ..." and spill lines
         let lines: Vec<&str> = log.lines().collect();
         for (i, l) in lines.iter().enumerate() {
+            if l.contains("Compiling entry function 'ek_linear_path") && name == "f32" {
+                // up to 7·8 accumulators and 4·7 inputs per thread: no spill
+                let block: Vec<&str> = lines[i..].iter().take(5).copied().collect();
+                println!("{name}: {}", block.join("\n    "));
+                assert!(
+                    block.iter().any(|x| x.contains(" 0 bytes spill stores")),
+                    "ek_linear_path spills: {}",
+                    block.join(" | ")
+                );
+            }
             if l.contains("Compiling entry function 'ek_gemm_tf32x3_nt") {
                 let block: Vec<&str> = lines[i..].iter().take(5).copied().collect();
                 println!("{name}: {}", block.join("\n    "));
                 if name == "f32" {
-                    // 64 accumulators + two chunks of A (64) per lane by design: no spill
-                    // (sm_90 f32: 226 registers, 48 KB shared)
+                    // 64 accumulators + two chunks of A (64) per lane by design, + 64 per-chunk
+                    // partials since the accuracy fix (session 9): sm_90 f32 255 registers and
+                    // 24 bytes of spill (to L1; the kernel is opt-in); more would be a change
                     let spill: u64 = block
                         .iter()
                         .find_map(|x| {
@@ -1459,7 +1566,7 @@ fn mlp_kernels_registers_sm90() {
                         })
                         .unwrap_or(u64::MAX);
                     assert!(
-                        spill == 0,
+                        spill <= 32,
                         "ek_gemm_tf32x3_nt spills {spill} bytes: {}",
                         block.join(" | ")
                     );

@@ -164,17 +164,23 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
     // the outputs kept, cuBLAS MLP recomputing) or on cuBLAS FP32; lin: the Linear products
     // too (those ≥ 4 wide: the small models' aligned ones are 4 wide, 7net-0's all ≥ 64 as
     // by default)
-    for (keep, fused, two_pass, tf32, tc_bwd, lin) in [
-        (true, true, false, false, false, false),
-        (false, true, false, false, false, false),
-        (false, true, true, false, false, false),
-        (false, false, false, false, false, false),
-        (true, true, false, true, true, false),
-        (false, false, false, true, true, false),
-        (true, true, false, true, false, false),
-        (false, true, false, true, true, true),
+    // paths: the Linears' l > 0 paths by `ek_linear_path` (opt-in), else `W ⊗ I` products
+    for (keep, fused, two_pass, tf32, tc_bwd, lin, paths) in [
+        (true, true, false, false, false, false, true),
+        (false, true, false, false, false, false, true),
+        (false, true, true, false, false, false, true),
+        (false, false, false, false, false, false, false),
+        (true, true, false, true, true, false, true),
+        (false, false, false, true, true, false, true),
+        (true, true, false, true, false, false, false),
+        (false, true, false, true, true, true, true),
+        (false, true, false, true, true, true, false),
     ] {
         let mut ev = CudaSevenNet::<T>::new(&model.cast::<T>(), dev.clone()).unwrap();
+        ev.set_linear_paths(paths);
+        // fused and recomputing (not two-pass): the last hidden activations kept
+        let keep_h = !keep && fused && !two_pass;
+        ev.set_keep_h(keep_h);
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         ev.set_mlp_fused(fused).unwrap();
         ev.set_mlp_two_pass(two_pass);
@@ -186,7 +192,7 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
         }
         let tol = if tf32 { TF32X3_TOL_FACTOR * tol } else { tol };
         println!(
-            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}]",
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}, l > 0 paths by kernel: {paths}, hidden kept: {keep_h}]",
             ev.describe()
         );
         for (name, s) in structures() {
@@ -197,11 +203,12 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
             // first call sizes the workspace; poison it, then run again on the same sizes
             ev.evaluate(&s).unwrap();
             assert_eq!(ev.kept_radial_outputs(), keep);
+            assert_eq!(ev.kept_hidden(), keep_h);
             ev.poison_workspace().unwrap();
             let p = ev.evaluate(&s).unwrap();
             check_rel(
                 &format!(
-                    "{} {name} keep={keep} fused={fused}{}{}{}",
+                    "{} {name} keep={keep} fused={fused}{}{}{}{}",
                     T::NAME,
                     if two_pass { "2" } else { "" },
                     match (tf32, tc_bwd) {
@@ -209,7 +216,8 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
                         (true, false) => " tf32x3",
                         _ => "",
                     },
-                    if tf32 && lin { "+lin" } else { "" }
+                    if tf32 && lin { "+lin" } else { "" },
+                    if paths { "" } else { " W⊗I" }
                 ),
                 model,
                 &s,

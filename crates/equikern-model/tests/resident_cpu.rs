@@ -45,6 +45,9 @@ extern "C" void l_ek_edge_geometry(void** p, u64 it) { grid(it, [&] { ek_edge_ge
 extern "C" void l_ek_edge_force(void** p, u64 it) { grid(it, [&] { ek_edge_force(A(0,u64), A(1,D), A(2,D), A(3,int), A(4,double), A(5,int), A(6,double), A(7,double), A(8,R), A(9,R), A(10,double*)); }); }
 extern "C" void l_ek_one_hot(void** p, u64 it) { grid(it, [&] { ek_one_hot(A(0,u64), A(1,U), A(2,int), A(3,W)); }); }
 extern "C" void l_ek_linear(void** p, u64 it) { grid(it, [&] { ek_linear(A(0,u64), A(1,R), A(2,int), A(3,W), A(4,int), A(5,R), A(6,const int*), A(7,R), A(8,real), A(9,R), A(10,int)); }); }
+extern "C" void l_ek_linear_path3(void** p, u64 it) { grid(it, [&] { ek_linear_path3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,u64), A(5,R), A(6,real), A(7,int), A(8,W), A(9,u64)); }); }
+extern "C" void l_ek_linear_path5(void** p, u64 it) { grid(it, [&] { ek_linear_path5(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,u64), A(5,R), A(6,real), A(7,int), A(8,W), A(9,u64)); }); }
+extern "C" void l_ek_linear_path7(void** p, u64 it) { grid(it, [&] { ek_linear_path7(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,u64), A(5,R), A(6,real), A(7,int), A(8,W), A(9,u64)); }); }
 extern "C" void l_ek_gate(void** p, u64 it) { grid(it, [&] { ek_gate(A(0,u64), A(1,R), A(2,W), A(3,int), A(4,int), A(5,const int*), A(6,int), A(7,int), A(8,real)); }); }
 extern "C" void l_ek_gate_backward(void** p, u64 it) { grid(it, [&] { ek_gate_backward(A(0,u64), A(1,R), A(2,R), A(3,W), A(4,int), A(5,int), A(6,const int*), A(7,int), A(8,int), A(9,real)); }); }
 extern "C" void l_ek_act(void** p, u64 it) { grid(it, [&] { ek_act(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }
@@ -108,6 +111,10 @@ struct HostExec<T> {
     launches: std::cell::Cell<usize>,
     /// ... of them `ek_gemm_tf32x3_nt`.
     tc_launches: std::cell::Cell<usize>,
+    /// ... of them `ek_linear_path`.
+    lp_launches: std::cell::Cell<usize>,
+    /// ... of them `ek_mlp_hidden`.
+    mh_launches: std::cell::Cell<usize>,
     /// Whether `gemm_strided` runs (the linears as products, like cuBLAS) or declines (the
     /// linears by `ek_linear`, like the kernel fallback).
     strided: bool,
@@ -176,6 +183,8 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         convs,
         launches: std::cell::Cell::new(0),
         tc_launches: std::cell::Cell::new(0),
+        lp_launches: std::cell::Cell::new(0),
+        mh_launches: std::cell::Cell::new(0),
         strided: false,
         counts: std::cell::Cell::new([0; 3]),
     })
@@ -320,6 +329,12 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         self.launches.set(self.launches.get() + 1);
         if k == Kern::GemmTf32x3Nt {
             self.tc_launches.set(self.tc_launches.get() + 1);
+        }
+        if k == Kern::MlpHidden {
+            self.mh_launches.set(self.mh_launches.get() + 1);
+        }
+        if matches!(k, Kern::LinearPath3 | Kern::LinearPath5 | Kern::LinearPath7) {
+            self.lp_launches.set(self.lp_launches.get() + 1);
         }
         // SAFETY: the launcher reads the parameters in the kernel's order; the step sized
         // every buffer (the same code as on the GPU).
@@ -621,6 +636,12 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         ev.set_tf32x3_linear(true, linear_min);
         ev.set_mlp_fused(fused).unwrap();
         ev.set_mlp_two_pass(two_pass);
+        // the Linears' l > 0 paths by `ek_linear_path`, except in mode 3 (`W ⊗ I` products)
+        let paths = mode != 3;
+        ev.set_linear_paths(paths);
+        // mode 1 (fused, recomputing): the last hidden activations kept for the recomputation
+        let keep_h = mode == 1;
+        ev.set_keep_h(keep_h);
         println!(
             "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}, two-pass: {two_pass}, tensor-core backward: {tc_bwd}, 3xTF32 forward mma: {}]",
             ev.describe(),
@@ -630,8 +651,21 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         systems.sort_by_key(|(_, s)| std::cmp::Reverse(edge_count(model, s)));
         for (name, s) in &systems {
             let r = model.evaluate(s).unwrap();
+            let mh = ev.exec().mh_launches.get();
             let p0 = ev.evaluate(s).unwrap();
             assert_eq!(ev.kept_radial_outputs(), keep);
+            assert_eq!(ev.kept_hidden(), keep_h);
+            if fused && edge_count(model, s) > 0 {
+                // forward: one per layer; the recomputing backward: one per layer but the
+                // last, unless their hidden activations were kept
+                let nl = model.layers.len();
+                let want = if keep || keep_h { nl } else { 2 * nl - 1 };
+                assert_eq!(
+                    ev.exec().mh_launches.get() - mh,
+                    want,
+                    "{name}: ek_mlp_hidden launches"
+                );
+            }
             ev.poison_workspace().unwrap();
             let p = ev.evaluate(s).unwrap();
             assert_eq!(p, p0, "{name}: a run on a poisoned workspace differs");
@@ -661,6 +695,15 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
             T::NAME == "f32" && keep && tc_bwd,
             "ek_gemm_tf32x3_nt launches: {tc}"
         );
+        let lp = ev.exec().lp_launches.get();
+        println!("  {lp} launches of ek_linear_path");
+        // (the small models' l > 0 blocks are not 4-aligned: no products, no paths for them;
+        // without strided products a Linear falls back to `ek_linear` at its first 0e block)
+        if !paths {
+            assert_eq!(lp, 0, "ek_linear_path launched with the paths off");
+        } else if label == "7net-0" && keep {
+            assert!(lp > 0, "7net-0: no ek_linear_path launch");
+        }
         let [plain, lin3, mlp3] = ev.exec().counts.get();
         println!(
             "  {} launches, workspace {} bytes; products: {plain} plain strided, {lin3} strided 3xTF32 (linears), {mlp3} 3xTF32 (radial)",

@@ -442,6 +442,10 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
                 (Kern::GemmTf32x3Nt, [Arg::U64(m), Arg::I32(n), Arg::I32(kk), ..]) => {
                     format!("{} m{m} n{n} k{kk} B^T", k.name())
                 }
+                (
+                    Kern::LinearPath3 | Kern::LinearPath5 | Kern::LinearPath7,
+                    [Arg::U64(m), Arg::I32(mi), Arg::I32(mo), ..],
+                ) => format!("{} m{m} {mi} -> {mo}", k.name()),
                 _ => k.name().to_string(),
             },
             || self.launch_now(k, iterations, args),

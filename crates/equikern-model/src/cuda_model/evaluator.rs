@@ -24,7 +24,9 @@
 //! each layer's radial MLP from the edge embedding (the last layer's is still in place), one
 //! `w` buffer of `E × max(weight_numel)` serves all layers, and the MLP's part of the peak
 //! is `w` + `gw` + one `[E, 64]` ≈ 7.3 GB at 917,504 edges (f32; the cuBLAS path holds 4
-//! hidden `[E, 64]`, 0.70 GB more). The MLP backward forms input gradients only (no weight
+//! hidden `[E, 64]`, 0.70 GB more); opt-in ([`KEEP_H_ENV`]), the recomputed layers' last
+//! hidden activations are kept (4 × 0.23 GB there) and the recomputation is the last product
+//! alone. The MLP backward forms input gradients only (no weight
 //! gradients). Node tensors are kept per layer (the conv input and the gate input, a few
 //! hundred values per atom).
 
@@ -33,9 +35,9 @@ use super::cuda_exec::CudaExec;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::DevReal;
 use super::tables::{
-    kron_tf32x3_right, mlp_hidden_shape, mlp_pack, tc_gemm_iterations, tf32x3_mma_fragments,
-    tf32x3_nt_pack, tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS,
-    TC_MAX_N,
+    kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape, mlp_pack, tc_gemm_iterations,
+    tf32x3_mma_fragments, tf32x3_nt_pack, tf32x3_right, GateTable, KronGemm, LinearTable,
+    MlpKernels, LINEAR_ROWS, TC_MAX_N,
 };
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
@@ -205,6 +207,9 @@ struct Workspace<T: Pod, D: Memory> {
     /// The fused MLP path: the last hidden activation (forward), then its gradient
     /// (backward), `[E, h_K]`, shared by all layers.
     hl: Buf<T, D>,
+    /// ... per layer while `keep_h`: each recomputed layer's last hidden activation, kept
+    /// from the forward so the recomputation of `w` is only the last product.
+    hk: Vec<Buf<T, D>>,
     gw: Buf<T, D>,
     gsh_l: Buf<T, D>,
     g_sh: Buf<T, D>,
@@ -214,6 +219,8 @@ struct Workspace<T: Pod, D: Memory> {
     result: Buf<f64, D>,
     /// Whether this structure keeps every layer's `w` and pre-activations.
     keep: bool,
+    /// Whether it recomputes `w` from kept last hidden activations (`hk`).
+    keep_h: bool,
 }
 
 /// SevenNet with every layer resident on a device `D` (CUDA: [`CudaSevenNet`]; the CPU
@@ -242,6 +249,11 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     mlp_fused: bool,
     /// ... with the two-pass backward kernel.
     mlp_two_pass: bool,
+    /// The Linears' paths between blocks of dim 3, 5, 7 by `ek_linear_path<dim>` instead of
+    /// `W ⊗ I_dim` products ([`LINEAR_PATHS_ENV`]).
+    linear_paths: bool,
+    /// Fused MLP, `w` recomputed: keep each layer's last hidden activation ([`KEEP_H_ENV`]).
+    keep_h: bool,
 }
 
 /// SevenNet resident on one CUDA device (see the module docs).
@@ -318,6 +330,28 @@ pub const DEFAULT_TF32X3_LINEAR_MIN: usize = 64;
 fn tf32x3_linear_enabled() -> bool {
     std::env::var(TF32X3_LINEAR_ENV).as_deref() == Ok("1")
 }
+
+/// Environment variable: `1` runs the e3nn Linear paths between blocks of dim 3, 5, 7 by
+/// `ek_linear_path<dim>` (see kernels.cu), which computes only the path's `mul_in · mul_out
+/// · dim` multiply-adds per row; default: every path as a library product, those of dim > 1
+/// as `W ⊗ I_dim` (dim times the multiply-adds; at Si 32,768 atoms ≈ 7.9 ms of the 72 ms
+/// step are such products). Opt-in until measured on the GPU: written in session 10, checked
+/// by the CPU emulation (ragged shapes; the 7net-0 step in f64 and f32) and by NVRTC + ptxas
+/// for sm_90 (0 spills; 68 / 106 / 126 registers for dim 3 / 5 / 7), but that session had no
+/// device time left to time it (`benches/h100_linear_paths.sh` is the A/B).
+pub const LINEAR_PATHS_ENV: &str = "EQUIKERN_MODEL_LINEAR_PATHS";
+
+fn linear_paths_enabled() -> bool {
+    std::env::var(LINEAR_PATHS_ENV).as_deref() == Ok("1")
+}
+
+/// Environment variable: `1` keeps, when the radial MLP is fused and `w` is recomputed for
+/// the backward (beyond [`KEEP_W_ENV`]'s budget), each recomputed layer's last hidden
+/// activation `[E, h_K]` from the forward, so the recomputation is the last product alone:
+/// at Si 32,768 atoms four `ek_mlp_hidden` launches (≈ 4 × 0.41 ms per step, H100 profile of
+/// v0.8) for 4 × 235 MB more device memory. Default off: not yet timed (session 10 had no
+/// device time; `benches/h100_linear_paths.sh` runs the A/B).
+pub const KEEP_H_ENV: &str = "EQUIKERN_MODEL_KEEP_H";
 
 /// [`MLP_ENV`]: `(fused, two-pass backward)`, `None` when not set (fused where the model's
 /// shapes allow it, else cuBLAS).
@@ -572,6 +606,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             w: many(nl)?,
             act: many(hidden)?,
             hl: b()?,
+            hk: many(nl)?,
             gw: b()?,
             gsh_l: b()?,
             g_sh: b()?,
@@ -580,6 +615,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             vpart: Buf::new(&d, &mem)?,
             result: Buf::new(&d, &mem)?,
             keep: false,
+            keep_h: false,
         };
         let mut r = Resident {
             mlp_fused: false,
@@ -596,6 +632,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             tf32x3_bwd: tf32x3_bwd_enabled(),
             tf32x3_linear: tf32x3_linear_enabled(),
             tf32x3_linear_min: DEFAULT_TF32X3_LINEAR_MIN,
+            linear_paths: linear_paths_enabled(),
+            keep_h: std::env::var(KEEP_H_ENV).as_deref() == Ok("1"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -644,6 +682,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         self.mlp_two_pass = on;
     }
 
+    /// Runs the Linears' paths between blocks of dim 3, 5 or 7 by `ek_linear_path` (`true`)
+    /// or as `W ⊗ I_dim` library products (default from [`LINEAR_PATHS_ENV`]).
+    pub fn set_linear_paths(&mut self, on: bool) {
+        self.linear_paths = on;
+    }
+
     /// Whether the radial MLP's hidden layers run fused.
     pub fn mlp_fused(&self) -> bool {
         self.mlp_fused
@@ -669,7 +713,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (true, true, true) => ", 3xTF32 radial+linears",
         };
         format!(
-            "{} {} (resident, {}, radial MLP {}{tf32})",
+            "{} {} (resident, {}, radial MLP {}, l > 0 linear paths {}{tf32})",
             self.d.describe(),
             T::NAME,
             self.d.gemm_name(),
@@ -677,6 +721,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 (true, false) => "fused",
                 (true, true) => "fused2",
                 _ => "cublas",
+            },
+            if self.linear_paths {
+                "by kernel"
+            } else {
+                "as W⊗I products"
             }
         )
     }
@@ -702,6 +751,17 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// (else they were recomputed; see the module docs).
     pub fn kept_radial_outputs(&self) -> bool {
         self.lock().keep
+    }
+
+    /// Keeps the last hidden activations of the layers whose `w` is recomputed (fused MLP;
+    /// default from [`KEEP_H_ENV`]).
+    pub fn set_keep_h(&mut self, on: bool) {
+        self.keep_h = on;
+    }
+
+    /// Whether the last structure kept the recomputed layers' last hidden activations.
+    pub fn kept_hidden(&self) -> bool {
+        self.lock().keep_h
     }
 
     /// Sets the byte budget for keeping radial-MLP outputs (default [`KEEP_W_ENV`] or
@@ -875,6 +935,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .hash(&mut h);
             (self.tf32x3_linear, self.tf32x3_linear_min).hash(&mut h);
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
+            (self.linear_paths, ws.keep_h).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -999,6 +1060,17 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         } else {
             ws.hl.release(d)?;
         }
+        // The layers whose `w` the backward recomputes (all but the last) keep their last
+        // hidden activation: the recomputation is then the last product alone.
+        ws.keep_h = fused && !ws.keep && self.keep_h;
+        let nl = p.layers.len();
+        for (t, l) in p.layers.iter().enumerate() {
+            if ws.keep_h && t + 1 < nl {
+                ws.hk[t].ensure(d, ne * l.mlp.last().map_or(0, |x| x.0))?;
+            } else {
+                ws.hk[t].release(d)?;
+            }
+        }
         let hdim = p.readout_hidden.dim_out;
         ws.hid.ensure(d, n * hdim)?;
         ws.g_hid.ensure(d, n * hdim)?;
@@ -1071,6 +1143,26 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 let beta = if g.first { T::ZERO } else { T::ONE };
                 let alpha_g = alpha * T::from_f64(g.coef);
                 let mut ok = false;
+                if let Some(k) = Kern::linear_path(g.dim).filter(|_| self.linear_paths) {
+                    let y: &D::Buf<T> = y;
+                    self.d.launch(
+                        k,
+                        linear_path_iterations(n, g.mul_out),
+                        &[
+                            Arg::U64(n as u64),
+                            Arg::I32(g.mul_in as i32),
+                            Arg::I32(g.mul_out as i32),
+                            Arg::Real(x, g.in_off),
+                            Arg::U64(l.dim_in as u64),
+                            Arg::Real(&l.w.s, g.w_off),
+                            Arg::Val(alpha_g),
+                            Arg::I32(i32::from(!g.first)),
+                            Arg::Real(y, g.out_off),
+                            Arg::U64(l.dim_out as u64),
+                        ],
+                    )?;
+                    continue;
+                }
                 if let Some((off, k3)) = tf32.filter(|_| g.k >= min && g.n >= min) {
                     if !split_blocks.contains(&g.in_off) {
                         let s: &D::Buf<T> = split;
@@ -1176,11 +1268,21 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// Layer `t`'s radial MLP: `w [ne, numel]` from `emb`. Fused: the hidden layers by one
     /// `ek_mlp_hidden` launch into `hl`; cuBLAS: hidden pre-activations in the layer's slot,
     /// activations in the shared scratch. Then the last product (cuBLAS, or 3xTF32).
-    fn mlp_forward(&self, ws: &mut Workspace<T, D>, t: usize, ne: usize) -> Result<()> {
+    /// Layer `t`'s radial MLP: `w` from `emb`; `recompute`: again for the backward (with
+    /// the last hidden activation kept, only the last product runs).
+    fn mlp_forward(
+        &self,
+        ws: &mut Workspace<T, D>,
+        t: usize,
+        ne: usize,
+        recompute: bool,
+    ) -> Result<()> {
         let l = &self.params.layers[t];
         let slot = ws.slot(t);
         let last = l.mlp.len() - 1;
-        if self.mlp_fused {
+        let kept_h = ws.keep_h && t + 1 < ws.hk.len();
+        let hidden = if kept_h { &ws.hk[t] } else { &ws.hl };
+        if self.mlp_fused && !(recompute && kept_h) {
             let f = self.fused(l)?;
             self.d.launch(
                 Kern::MlpHidden,
@@ -1192,10 +1294,10 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                     Arg::Real(&f.w.s, 0),
                     Arg::I32(f.wlen),
                     Arg::Val(l.act_cst),
-                    Arg::Real(&ws.hl.s, 0),
+                    Arg::Real(&hidden.s, 0),
                 ],
             )?;
-        } else {
+        } else if !self.mlp_fused {
             for (k, (a, b, wk)) in l.mlp.iter().enumerate().take(last) {
                 let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
                 let input = if k == 0 { &ws.emb.s } else { &ws.act[k - 1].s };
@@ -1210,7 +1312,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let input = if last == 0 {
             &ws.emb.s
         } else if self.mlp_fused {
-            &ws.hl.s
+            &hidden.s
         } else {
             &ws.act[last - 1].s
         };
@@ -1482,7 +1584,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 &mut ws.gw.s,
             )?;
             if ne > 0 {
-                self.mlp_forward(ws, t, ne)?;
+                self.mlp_forward(ws, t, ne, false)?;
                 let slot = ws.slot(t);
                 use Tensor::*;
                 d.conv(
@@ -1572,7 +1674,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             if ne > 0 {
                 if !ws.keep && t + 1 != nl {
                     // w was not kept: recompute this layer's radial MLP.
-                    self.mlp_forward(ws, t, ne)?;
+                    self.mlp_forward(ws, t, ne, true)?;
                 }
                 let slot = ws.slot(t);
                 use Tensor::*;
@@ -1710,6 +1812,7 @@ impl<T: Pod, D: Memory> Workspace<T, D> {
                 .chain(&self.act),
         );
         a.push(&self.hl);
+        a.extend(&self.hk);
         a.extend(self.pre.iter().flatten());
         (a, vec![&self.vec, &self.fe, &self.vpart, &self.result])
     }

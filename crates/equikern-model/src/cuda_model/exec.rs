@@ -33,6 +33,9 @@ pub enum Kern {
     EdgeForce,
     OneHot,
     Linear,
+    LinearPath3,
+    LinearPath5,
+    LinearPath7,
     Gate,
     GateBackward,
     Act,
@@ -55,11 +58,14 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 23] = [
+    pub const ALL: [Kern; 26] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
         Kern::Linear,
+        Kern::LinearPath3,
+        Kern::LinearPath5,
+        Kern::LinearPath7,
         Kern::Gate,
         Kern::GateBackward,
         Kern::Act,
@@ -88,6 +94,9 @@ impl Kern {
             Kern::EdgeForce => "ek_edge_force",
             Kern::OneHot => "ek_one_hot",
             Kern::Linear => "ek_linear",
+            Kern::LinearPath3 => "ek_linear_path3",
+            Kern::LinearPath5 => "ek_linear_path5",
+            Kern::LinearPath7 => "ek_linear_path7",
             Kern::Gate => "ek_gate",
             Kern::GateBackward => "ek_gate_backward",
             Kern::Act => "ek_act",
@@ -107,6 +116,16 @@ impl Kern {
             Kern::Forces => "ek_forces",
             Kern::VirialPartial => "ek_virial_partial",
             Kern::VirialFinal => "ek_virial_final",
+        }
+    }
+
+    /// `ek_linear_path<dim>` (one Linear path between blocks of that irrep dimension).
+    pub fn linear_path(dim: usize) -> Option<Kern> {
+        match dim {
+            3 => Some(Kern::LinearPath3),
+            5 => Some(Kern::LinearPath5),
+            7 => Some(Kern::LinearPath7),
+            _ => None,
         }
     }
 

@@ -160,48 +160,72 @@ pub struct KronGemm {
     pub coef: f64,
     /// The first product into its output block (overwrites; later ones accumulate).
     pub first: bool,
+    /// The path itself (`ek_linear_path`, which skips the identity's zeros): irrep
+    /// dimension, multiplicities, and its `[mul_in, mul_out]` weights' offset in
+    /// [`LinearTable::weight`].
+    pub dim: usize,
+    pub mul_in: usize,
+    pub mul_out: usize,
+    pub w_off: usize,
 }
 
-/// Kronecker products `W ⊗ I_dim` of `paths` `(in_off, out_off, mul_in, mul_out, dim,
-/// coef, w(u, w))`, grouped by output block (`blocks`: offsets of the nonzero output blocks
-/// in order); `None` if a block has no path.
+/// Irrep dimensions `ek_linear_path<dim>` is compiled for (l = 1, 2, 3; `exec::Kern::
+/// linear_path`).
+pub const LINEAR_PATH_DIMS: [usize; 3] = [3, 5, 7];
+
+/// Output channels one `ek_linear_path` iteration computes (`EK_LP_TN`).
+pub const LINEAR_PATH_COLS: usize = 8;
+
+/// Iterations of an `ek_linear_path` launch over `nodes` rows into `mul_out` channels
+/// (`ek_lp_iterations`): warps of column groups × nodes.
+pub fn linear_path_iterations(nodes: usize, mul_out: usize) -> u64 {
+    let cgs = mul_out.div_ceil(LINEAR_PATH_COLS);
+    let lc = match cgs {
+        8.. => 8,
+        4..=7 => 4,
+        2..=3 => 2,
+        _ => 1,
+    };
+    (nodes.div_ceil(32 / lc) * cgs.div_ceil(lc) * 32) as u64
+}
+
+/// Kronecker products `W ⊗ I_dim` of `paths` (each with `w(a, b)`, its weight from source
+/// row `a` to target row `b`), grouped by output block (`blocks`: offsets of the nonzero
+/// output blocks in order); `None` if a block has no path.
 #[allow(clippy::type_complexity)]
 fn kron_gemms(
     blocks: &[usize],
-    paths: &[(
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        f64,
-        Box<dyn Fn(usize, usize) -> f64 + '_>,
-    )],
+    paths: &[(&Oriented, Box<dyn Fn(usize, usize) -> f64 + '_>)],
 ) -> Option<(Vec<KronGemm>, Vec<f64>)> {
     let mut out = Vec::new();
     let mut kron = Vec::new();
     for &b in blocks {
         let mut first = true;
-        for (in_off, out_off, mi, mo, dim, coef, w) in paths.iter().filter(|p| p.1 == b) {
+        for (p, w) in paths.iter().filter(|p| p.0.dst == b) {
+            let (mi, mo, dim) = (p.mul_src, p.mul_dst, p.dim);
             let (k, n) = (mi * dim, mo * dim);
             let k_off = kron.len();
             kron.resize(k_off + k * n, 0.0);
-            for u in 0..*mi {
-                for v in 0..*mo {
+            for u in 0..mi {
+                for v in 0..mo {
                     let wv = w(u, v);
-                    for m in 0..*dim {
+                    for m in 0..dim {
                         kron[k_off + (u * dim + m) * n + v * dim + m] = wv;
                     }
                 }
             }
             out.push(KronGemm {
-                in_off: *in_off,
-                out_off: *out_off,
+                in_off: p.src,
+                out_off: p.dst,
                 k,
                 n,
                 k_off,
-                coef: *coef,
+                coef: p.coef,
                 first,
+                dim,
+                mul_in: mi,
+                mul_out: mo,
+                w_off: p.w_off,
             });
             first = false;
         }
@@ -327,7 +351,7 @@ impl LinearTable {
             .map(|p| {
                 let f: Box<dyn Fn(usize, usize) -> f64 + '_> =
                     Box::new(move |a, b| weight_at(p, a, b));
-                (p.src, p.dst, p.mul_src, p.mul_dst, p.dim, p.coef, f)
+                (p, f)
             })
             .collect();
         let offs: Vec<usize> = blocks.iter().map(|b| b.0).collect();
