@@ -186,7 +186,7 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
         ev.set_mlp_two_pass(two_pass);
         ev.set_tf32x3(tf32);
         ev.set_tf32x3_bwd(tc_bwd);
-        ev.set_tf32x3_linear(lin, 4);
+        ev.set_tf32x3_linear(lin, 4).unwrap();
         if tf32 && T::NAME != "f32" {
             continue;
         }
@@ -509,7 +509,8 @@ fn tf32x3_within_the_f32_tolerance() {
         let mut ev = CudaSevenNet::<f32>::new(&m32, dev.clone()).unwrap();
         ev.set_tf32x3(on);
         ev.set_tf32x3_bwd(bwd);
-        ev.set_tf32x3_linear(lin, equikern_model::cuda_model::DEFAULT_TF32X3_LINEAR_MIN);
+        ev.set_tf32x3_linear(lin, equikern_model::cuda_model::DEFAULT_TF32X3_LINEAR_MIN)
+            .unwrap();
         ev.set_tf32x3_mma(mma);
         let on = match (on, bwd, lin, mma) {
             (false, ..) => "off",

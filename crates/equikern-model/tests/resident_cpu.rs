@@ -633,7 +633,7 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         // one memory mode
         ev.set_tf32x3(keep);
         ev.set_tf32x3_bwd(tc_bwd);
-        ev.set_tf32x3_linear(true, linear_min);
+        ev.set_tf32x3_linear(true, linear_min).unwrap();
         ev.set_mlp_fused(fused).unwrap();
         ev.set_mlp_two_pass(two_pass);
         // the Linears' l > 0 paths by `ek_linear_path`, except in mode 3 (`W ⊗ I` products)
@@ -756,6 +756,49 @@ fn resident_step_matches_host_7net0() {
     // 7net-0's products are all ≥ 64 wide (the default minimum): 160 leaves the 128- and
     // 64-wide ones plain, so one step has both kinds
     run::<f32>(&model, "7net-0", 1e-5, 160, true);
+}
+
+/// The 3xTF32 Linears' right factors exist on the device only while that switch is on: the
+/// default placement holds none of them, turning it on adds them, off frees them again.
+#[test]
+fn linear_tf32_factors_placed_only_while_on() {
+    if std::env::var(equikern_model::cuda_model::TF32X3_LINEAR_ENV).is_ok() {
+        println!(
+            "SKIP: {} is set",
+            equikern_model::cuda_model::TF32X3_LINEAR_ENV
+        );
+        return;
+    }
+    let mut models = vec![("small XPLOR", small_model("XPLOR", 3))];
+    if let Some(m) = real_model() {
+        models.push(("7net-0", m));
+    }
+    let dir = tmpdir("tf32-factors");
+    for (label, model) in models {
+        let mt: SevenNet<f32> = model.cast();
+        let Some(exec) = build(&mt, &dir) else {
+            return;
+        };
+        let mut ev = Resident::with_exec(&mt, exec).unwrap();
+        let live = |ev: &Resident<f32, HostExec<f32>>| ev.counters().live_bytes;
+        let off = live(&ev);
+        ev.set_tf32x3_linear(true, 4).unwrap();
+        let on = live(&ev);
+        ev.set_tf32x3_linear(true, 4).unwrap();
+        assert_eq!(
+            live(&ev),
+            on,
+            "{label}: turning it on twice placed them twice"
+        );
+        ev.set_tf32x3_linear(false, 4).unwrap();
+        println!(
+            "{label}: {off} bytes placed by default, {} more with the 3xTF32 Linears on",
+            on - off
+        );
+        assert!(on > off, "{label}: no factors placed with the switch on");
+        assert_eq!(live(&ev), off, "{label}: factors left after turning it off");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -13,7 +13,8 @@
 //! e3nn Linears: each path is a strided product `y[:, out] (+)= α · x[:, in] · (W ⊗ I_dim)`
 //! (`tables::KronGemm`), cuBLAS; in f32 by default as 3xTF32 on tensor cores
 //! ([`TF32X3_LINEAR_ENV`]): the input block split once per Linear call into `[hi | hi | lo]`
-//! (`ek_split_tf32_rows`, into `gw`), times `[K_hi; K_lo; K_hi]` made at placement. The
+//! (`ek_split_tf32_rows`, into `gw`), times `[K_hi; K_lo; K_hi]` placed while that switch is
+//! on. The
 //! backward's transposed Linears are Linears of their own (`LinearTable::transpose`).
 //!
 //! Memory policy: a layer's per-edge weights `w [E, weight_numel]` (and, on the cuBLAS MLP
@@ -97,8 +98,8 @@ struct DevLinear<T: Pod, D: Memory> {
     cols: usize,
     /// The map as strided products (`LinearTable::kron`) and their `W ⊗ I` matrices.
     kron: Option<(Vec<KronGemm>, Buf<T, D>)>,
-    /// f32: each product's 3xTF32 right factor `[K_hi; K_lo; K_hi]`
-    /// (`tables::kron_tf32x3_right`): per-product offsets and the buffer.
+    /// f32 with the 3xTF32 Linears on ([`TF32X3_LINEAR_ENV`]): each product's right factor
+    /// `[K_hi; K_lo; K_hi]` (`tables::kron_tf32x3_right`): per-product offsets and the buffer.
     kron_tf32: Option<(Vec<usize>, Buf<T, D>)>,
 }
 
@@ -389,16 +390,6 @@ impl<T: DevReal, D: Memory> DevLinear<T, D> {
                         .all(|v| v.is_multiple_of(4))
                 })
         });
-        // f32: the 3xTF32 right factors too (the double build never runs tensor-core
-        // products); their offsets stay multiples of 4 (3·k·n per product).
-        let kron_tf32 = match &kron {
-            Some((g, k)) if T::NAME == "f32" => {
-                let (off, f) = kron_tf32x3_right(g, k)?;
-                let f: Vec<f64> = f.into_iter().map(f64::from).collect();
-                Some((off, Buf::from_host(d, mem, &cast::<T>(&f))?))
-            }
-            _ => None,
-        };
         Ok(DevLinear {
             tab: Buf::from_host(d, mem, &t.tab)?,
             coef: Buf::from_host(d, mem, &cast::<T>(&t.coef))?,
@@ -410,7 +401,8 @@ impl<T: DevReal, D: Memory> DevLinear<T, D> {
                 Some((g, k)) => Some((g, Buf::from_host(d, mem, &cast::<T>(&k))?)),
                 None => None,
             },
-            kron_tf32,
+            // made by `Resident::place_linear_tf32` while the 3xTF32 Linears are on
+            kron_tf32: None,
         })
     }
     fn fwd(d: &D, mem: &Arc<Mem>, l: &Linear<T>) -> Result<Self> {
@@ -639,6 +631,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(DEFAULT_KEEP_W_BYTES),
         };
+        r.place_linear_tf32()?;
         match mlp_mode_from_env()? {
             // Unset: fused where every layer's shape allows it, else all on cuBLAS.
             None => {
@@ -793,9 +786,56 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// Runs the e3nn Linear products as 3xTF32 too while [`Self::set_tf32x3`] is on (default
     /// on; [`TF32X3_LINEAR_ENV`]`=0` turns it off), those with `k` and `n` ≥ `min`
     /// ([`DEFAULT_TF32X3_LINEAR_MIN`]; tests lower it for small models).
-    pub fn set_tf32x3_linear(&mut self, on: bool, min: usize) {
+    pub fn set_tf32x3_linear(&mut self, on: bool, min: usize) -> Result<()> {
         self.tf32x3_linear = on;
         self.tf32x3_linear_min = min;
+        self.place_linear_tf32()
+    }
+
+    /// The Linear products' 3xTF32 right factors on the device while the switch is on (f32),
+    /// freed while it is off: three times the f32 `W ⊗ I` matrices (7net-0: 61 MB) that the
+    /// default path never reads.
+    fn place_linear_tf32(&mut self) -> Result<()> {
+        let on = self.tf32x3_linear && T::NAME == "f32";
+        let (m, p) = (&self.model, &mut self.params);
+        let mut all: Vec<(&mut DevLinear<T, D>, &Linear<T>, bool)> = vec![
+            (&mut p.embed, &m.embed, false),
+            (&mut p.readout_hidden, &m.readout_hidden, false),
+            (&mut p.readout_hidden_t, &m.readout_hidden, true),
+            (&mut p.readout_energy, &m.readout_energy, false),
+            (&mut p.readout_energy_t, &m.readout_energy, true),
+        ];
+        for (dl, l) in p.layers.iter_mut().zip(&m.layers) {
+            all.extend([
+                (&mut dl.sc, &l.sc, false),
+                (&mut dl.sc_t, &l.sc, true),
+                (&mut dl.lin1, &l.lin1, false),
+                (&mut dl.lin1_t, &l.lin1, true),
+                (&mut dl.lin2, &l.lin2, false),
+                (&mut dl.lin2_t, &l.lin2, true),
+            ]);
+        }
+        for (dl, l, transpose) in all {
+            if !on || dl.kron.is_none() {
+                dl.kron_tf32 = None;
+                continue;
+            }
+            if dl.kron_tf32.is_some() {
+                continue;
+            }
+            let t = if transpose {
+                LinearTable::transpose(l)?
+            } else {
+                LinearTable::forward(l)?
+            };
+            if let Some((g, k)) = &t.kron {
+                // offsets stay multiples of 4 (3·k·n per product)
+                let (off, f) = kron_tf32x3_right(g, k)?;
+                let f: Vec<f64> = f.into_iter().map(f64::from).collect();
+                dl.kron_tf32 = Some((off, Buf::from_host(&self.d, &self.mem, &cast::<T>(&f))?));
+            }
+        }
+        Ok(())
     }
 
     /// Whether the Linear products run as 3xTF32 (f32, both switches on).
