@@ -315,8 +315,8 @@ fn tf32x3_bwd_enabled() -> bool {
 /// `EQUIKERN_MODEL_TF32X3` on): every Linear product with `k` and `n` ≥
 /// [`DEFAULT_TF32X3_LINEAR_MIN`] on tensor cores, its input block split once into
 /// `[hi | hi | lo]` (`ek_split_tf32_rows`, into the radial-gradient buffer `gw`, free during
-/// every Linear), times the right factor `[K_hi; K_lo; K_hi]` placed while the switch is on. Default
-/// off: on the H100 it lost (Si 32,768: 93.1 ms per step with it, 91.6 without; 4,096:
+/// every Linear), times the right factor `[K_hi; K_lo; K_hi]` placed while the switch is
+/// on. Default off: on the H100 it lost (Si 32,768: 93.1 ms per step with it, 91.6 without; 4,096:
 /// 13.5 vs 13.3): the 74 split passes per step (~4.6 ms) eat the tensor cores' gain on
 /// products of only 32,768 rows.
 pub const TF32X3_LINEAR_ENV: &str = "EQUIKERN_MODEL_TF32X3_LINEAR";
