@@ -338,7 +338,7 @@ fn tf32x3_linear_enabled() -> bool {
 /// as `W ⊗ I_dim` (dim times the multiply-adds; at Si 32,768 atoms ≈ 7.9 ms of the 72 ms
 /// step are such products). Opt-in until measured on the GPU: written in session 10, checked
 /// by the CPU emulation (ragged shapes; the 7net-0 step in f64 and f32) and by NVRTC + ptxas
-/// for sm_90 (0 spills; 68 / 106 / 126 registers for dim 3 / 5 / 7), but that session had no
+/// for sm_90 (0 spills; 66 / 99 / 128 registers for dim 3 / 5 / 7), but that session had no
 /// device time left to time it (`benches/h100_linear_paths.sh` is the A/B).
 pub const LINEAR_PATHS_ENV: &str = "EQUIKERN_MODEL_LINEAR_PATHS";
 
@@ -1306,10 +1306,10 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     }
 
     /// Layer `t`'s radial MLP: `w [ne, numel]` from `emb`. Fused: the hidden layers by one
-    /// `ek_mlp_hidden` launch into `hl`; cuBLAS: hidden pre-activations in the layer's slot,
-    /// activations in the shared scratch. Then the last product (cuBLAS, or 3xTF32).
-    /// Layer `t`'s radial MLP: `w` from `emb`; `recompute`: again for the backward (with
-    /// the last hidden activation kept, only the last product runs).
+    /// `ek_mlp_hidden` launch into `hl` (into the layer's `hk` while `keep_h`); cuBLAS: hidden
+    /// pre-activations in the layer's slot, activations in the shared scratch. Then the last
+    /// product (cuBLAS, or 3xTF32). `recompute`: again for the backward (with the last hidden
+    /// activation kept, only the last product runs).
     fn mlp_forward(
         &self,
         ws: &mut Workspace<T, D>,

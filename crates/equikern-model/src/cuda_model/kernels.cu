@@ -259,7 +259,7 @@ extern "C" __global__ void ek_linear(u64 nodes, const real* __restrict__ x, int 
 // An iteration is one node's DIM rows × EK_LP_TN consecutive columns (its outputs are one
 // contiguous run of EK_LP_TN·DIM values); a warp's 32 iterations are ek_lp_lanes_c column
 // groups × the rest nodes, so lanes share x loads (same node) and w loads (same columns)
-// through L1. Per 4 u: DIM float4 of x and 2·4 float4 of w for 32·DIM multiply-adds. No
+// through L1. Per 4 u: DIM 16-byte x loads and 2·4 of w (f32) for 32·DIM multiply-adds. No
 // shared memory, no barrier, each output written once (the emulation runs it serially).
 #define EK_LP_TN 8
 __device__ __forceinline__ int ek_lp_lanes_c(int cgs) {
@@ -270,23 +270,50 @@ __device__ __forceinline__ u64 ek_lp_iterations(u64 nodes, int mo) {
   int cgs = (mo + EK_LP_TN - 1) / EK_LP_TN, lc = ek_lp_lanes_c(cgs), ln = 32 / lc;
   return ((nodes + ln - 1) / ln) * (u64)((cgs + lc - 1) / lc) * 32ull;
 }
-__device__ __forceinline__ bool ek_aligned16(const void* p) { return ((u64)p & 15ull) == 0; }
-// o[0..4) = p[0..4) (one 16-byte load where `vec`).
-__device__ __forceinline__ void ek_ld4(const real* p, bool vec, real* o) {
+// 16-byte vector loads and stores of EK_VW reals (float4 / double2); p 16-byte aligned.
 #ifdef EK_REAL_F32
+typedef float4 ek_vec;
+#define EK_VW 4
+__device__ __forceinline__ void ek_vld(const real* p, real* v) {
+  float4 t = *(const float4*)p;
+  v[0] = t.x;
+  v[1] = t.y;
+  v[2] = t.z;
+  v[3] = t.w;
+}
+__device__ __forceinline__ void ek_vst(real* p, const real* v) {
+  float4 t;
+  t.x = v[0];
+  t.y = v[1];
+  t.z = v[2];
+  t.w = v[3];
+  *(float4*)p = t;
+}
+#else
+typedef double2 ek_vec;
+#define EK_VW 2
+__device__ __forceinline__ void ek_vld(const real* p, real* v) {
+  double2 t = *(const double2*)p;
+  v[0] = t.x;
+  v[1] = t.y;
+}
+__device__ __forceinline__ void ek_vst(real* p, const real* v) {
+  double2 t;
+  t.x = v[0];
+  t.y = v[1];
+  *(double2*)p = t;
+}
+#endif
+__device__ __forceinline__ bool ek_aligned16(const void* p) { return ((u64)p & 15ull) == 0; }
+// o[0..4) = p[0..4) (16-byte loads where `vec`).
+__device__ __forceinline__ void ek_ld4(const real* p, bool vec, real* o) {
   if (vec) {
-    float4 q = *(const float4*)p;
-    o[0] = q.x;
-    o[1] = q.y;
-    o[2] = q.z;
-    o[3] = q.w;
+    EK_UNROLL
+    for (int h = 0; h < 4; h += EK_VW) ek_vld(p + h, o + h);
     return;
   }
-#endif
-  o[0] = p[0];
-  o[1] = p[1];
-  o[2] = p[2];
-  o[3] = p[3];
+  EK_UNROLL
+  for (int h = 0; h < 4; ++h) o[h] = p[h];
 }
 template <int DIM>
 __device__ __forceinline__ void ek_linear_path_it(u64 it, u64 nodes, int mi, int mo,
@@ -342,29 +369,21 @@ __device__ __forceinline__ void ek_linear_path_it(u64 it, u64 nodes, int mi, int
   }
   // the iteration's outputs: nv·DIM consecutive values from column v0
   real* yr = y + i * ldy + (u64)v0 * DIM;
-#ifdef EK_REAL_F32
   if (nv == EK_LP_TN && (ldy & 3ull) == 0 && ek_aligned16(y)) {
     EK_UNROLL
     for (int q = 0; q < 2 * DIM; ++q) {
-      float o[4];
+      real o[4], old[4];
+      if (acc) ek_ld4(yr + 4 * q, true, old);
       EK_UNROLL
       for (int r = 0; r < 4; ++r) {
         int e = 4 * q + r;  // e = j·DIM + m
-        o[r] = alpha * c[e % DIM][e / DIM];
+        o[r] = alpha * c[e % DIM][e / DIM] + (acc ? old[r] : (real)0);
       }
-      float4* p = (float4*)(yr + 4 * q);
-      if (acc) {
-        float4 old = *p;
-        o[0] += old.x;
-        o[1] += old.y;
-        o[2] += old.z;
-        o[3] += old.w;
-      }
-      *p = make_float4(o[0], o[1], o[2], o[3]);
+      EK_UNROLL
+      for (int h = 0; h < 4; h += EK_VW) ek_vst(yr + 4 * q + h, o + h);
     }
     return;
   }
-#endif
   for (int j = 0; j < nv; ++j)
     EK_UNROLL
     for (int m = 0; m < DIM; ++m) {
@@ -503,39 +522,6 @@ extern "C" __global__ void ek_act_backward(u64 n, const real* __restrict__ pre, 
 //   (vector accesses; rows are 16-byte aligned when the width is a multiple of the vector).
 // * work per edge: forward 4.6k FMAs, backward 9.7k (≈ 0.15 / 0.3 ms of FP32 peak at
 //   917 504 edges; targets 0.3 / 0.5 ms).
-#ifdef EK_REAL_F32
-typedef float4 ek_vec;
-#define EK_VW 4
-__device__ __forceinline__ void ek_vld(const real* p, real* v) {
-  float4 t = *(const float4*)p;
-  v[0] = t.x;
-  v[1] = t.y;
-  v[2] = t.z;
-  v[3] = t.w;
-}
-__device__ __forceinline__ void ek_vst(real* p, const real* v) {
-  float4 t;
-  t.x = v[0];
-  t.y = v[1];
-  t.z = v[2];
-  t.w = v[3];
-  *(float4*)p = t;
-}
-#else
-typedef double2 ek_vec;
-#define EK_VW 2
-__device__ __forceinline__ void ek_vld(const real* p, real* v) {
-  double2 t = *(const double2*)p;
-  v[0] = t.x;
-  v[1] = t.y;
-}
-__device__ __forceinline__ void ek_vst(real* p, const real* v) {
-  double2 t;
-  t.x = v[0];
-  t.y = v[1];
-  *(double2*)p = t;
-}
-#endif
 
 // A weight vector W[p .. p + EK_VW) (staged in shared memory, or global). On the device an
 // explicit load that the optimiser cannot hoist out of the edge loop: the weights are the

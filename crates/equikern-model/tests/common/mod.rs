@@ -269,7 +269,6 @@ struct ek_dim3 { unsigned x, y, z; };
 static ek_dim3 blockIdx, gridDim, blockDim;
 static thread_local ek_dim3 threadIdx;
 struct float4 { float x, y, z, w; };
-static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 struct double2 { double x, y; };
 // __syncthreads: a barrier over the block's threads while `grid_threads` runs them
 struct ek_barrier {
