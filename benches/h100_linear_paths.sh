@@ -2,7 +2,7 @@
 # One device call: the e3nn Linears' l > 0 paths by `ek_linear_path<dim>` (opt-in,
 # EQUIKERN_MODEL_LINEAR_PATHS=1) against the default `W ⊗ I_dim` cuBLAS products, and with them
 # the recomputed layers' last hidden activations kept (opt-in, EQUIKERN_MODEL_KEEP_H=1); same
-# binary, Si 4,096 and 32,768 atoms, two interleaved rounds; the build's GPU test against sevenn
+# binary, Si 4,096 and 32,768 atoms, two interleaved rounds (JSON per round and variant in aux/); the build's GPU test against sevenn
 # float64 with the paths on; the per-kernel profile at 32,768 with them on; the resident
 # modes test (paths on and off per mode). Run from the repository root with carry
 # [".carry", "models"], .carry/bins.tar.xz holding the stripped `equikern` (cargo build
@@ -22,7 +22,7 @@ ab() {
     echo "-- EQUIKERN_MODEL_LINEAR_PATHS=$2 EQUIKERN_MODEL_KEEP_H=$3 (round $1)"
     EQUIKERN_MODEL_LINEAR_PATHS=$2 EQUIKERN_MODEL_KEEP_H=$3 timeout 50 b/equikern bench \
       --model "$CKPT" --backend cuda --systems si:4096,si:32768 --reps 10 --warmup 2 \
-      $([ "$1" = 1 ] && echo --json "$OUT/aux/ab_$2$3.json") 2>&1 | tail -8
+      --json "$OUT/aux/ab$1_$2$3.json" 2>&1 | tail -8
   done
 }
 stage "A/B round 1, ms per step"
