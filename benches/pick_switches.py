@@ -1,29 +1,36 @@
 #!/usr/bin/env python3
-"""Pick the model switches that measured fastest in `h100_linear_paths.sh`'s A/B.
+"""Pick the model switches that measured fastest in a device A/B.
 
-Reads aux/ab<round>_<LP><KH>.json (LP = EQUIKERN_MODEL_LINEAR_PATHS, KH = EQUIKERN_MODEL_KEEP_H),
-scores each variant by its model ms relative to the 00 variant, averaged over systems and
-rounds, and prints `export` lines for the winner (a variant must beat 00 by 1 % to be taken,
-so noise does not flip a default). Usage: pick_switches.py AUX_DIR
+Usage: pick_switches.py AUX_DIR [PREFIX ENV1,ENV2,... BASE]
+Reads AUX_DIR/<PREFIX><round>_<label>.json (`equikern bench --json`), label = the switches'
+values, one character each, or joined by '-' (one switch: the whole label) (default: PREFIX `ab`, switches
+EQUIKERN_MODEL_LINEAR_PATHS,EQUIKERN_MODEL_KEEP_H, base `00`, as `h100_linear_paths.sh`
+writes them). Scores each variant by its model ms relative to BASE's, per system (median over
+rounds), averaged over systems, and prints one `export` line for the winner; a variant must
+beat BASE by 1 % to be taken, so noise does not flip a default.
 """
 import glob, json, os, statistics, sys
 from collections import defaultdict
 
 aux = sys.argv[1]
-ms = defaultdict(lambda: defaultdict(list))  # variant -> system -> [ms]
-for f in glob.glob(os.path.join(aux, "ab*_*.json")):
-    variant = os.path.basename(f).split("_")[1].split(".")[0]
+prefix, envs, base_label = (sys.argv[2], sys.argv[3].split(","), sys.argv[4]) if len(sys.argv) > 4 else (
+    "ab", ["EQUIKERN_MODEL_LINEAR_PATHS", "EQUIKERN_MODEL_KEEP_H"], "00")
+ms = defaultdict(lambda: defaultdict(list))  # label -> system -> [ms]
+for f in glob.glob(os.path.join(aux, f"{prefix}*_*.json")):
+    label = os.path.basename(f)[: -len(".json")].split("_", 1)[1]
     for row in json.load(open(f))["systems"]:
-        ms[variant][row["system"]].append(row["ms_model"])
-base = ms.get("00")
+        ms[label][row["system"]].append(row["ms_model"])
+base = ms.get(base_label)
 if not base:
-    sys.exit("no baseline (00) rows in " + aux)
+    sys.exit(f"no baseline ({base_label}) rows in {aux}")
 score = {}
 for v, per in ms.items():
     ratios = [statistics.median(per[s]) / statistics.median(base[s]) for s in base if s in per]
     score[v] = statistics.mean(ratios)
-    print(f"# {v}: " + ", ".join(f"{s} {statistics.median(per[s]):.2f} ms" for s in sorted(per)) + f"; relative {score[v]:.4f}", file=sys.stderr)
+    print(f"# {v}: " + ", ".join(f"{s} {statistics.median(per[s]):.2f} ms" for s in sorted(per))
+          + f"; relative {score[v]:.4f}", file=sys.stderr)
 best = min(score, key=score.get)
 if score[best] > 0.99:
-    best = "00"
-print(f"export EQUIKERN_MODEL_LINEAR_PATHS={best[0]} EQUIKERN_MODEL_KEEP_H={best[1]}")
+    best = base_label
+values = [best] if len(envs) == 1 else best.split("-") if "-" in best else list(best)
+print("export " + " ".join(f"{e}={v}" for e, v in zip(envs, values)))

@@ -1073,10 +1073,11 @@ __device__ __forceinline__ void ek_tc_split(float x, unsigned* hi, unsigned* lo)
   *hi = __float_as_uint(h);
   *lo = __float_as_uint(ek_tf32(x - h));
 }
-// A warp's accumulator tiles (two m16 tiles × eight n8 tiles × four values per lane) = 0.
-__device__ __forceinline__ void ek_tc_tiles_zero(float t[2][8][4]) {
+// A warp's accumulator tiles (MT m16 tiles × eight n8 tiles × four values per lane) = 0.
+template <int MT>
+__device__ __forceinline__ void ek_tc_tiles_zero(float t[MT][8][4]) {
   EK_UNROLL
-  for (int mt = 0; mt < 2; ++mt)
+  for (int mt = 0; mt < MT; ++mt)
     EK_UNROLL
     for (int j = 0; j < 8; ++j)
       EK_UNROLL
@@ -1091,38 +1092,43 @@ __device__ __forceinline__ void ek_tc_stage(float* dst, const float* __restrict_
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
-    ek_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* __restrict__ A,
-                      const real* __restrict__ bp, real beta, real* __restrict__ C) {
+// MT m-tiles (16 rows each) per warp: MT = 2 holds 64 accumulators (+ 64 partials) per lane,
+// one CTA per SM; MT = 1 half of that, two CTAs per SM (twice the warps to hide A's loads,
+// each B chunk read from shared memory for half the rows).
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-  __shared__ __align__(16) float ek_tc_b[3][EK_TC_CHUNK];
+template <int MT>
+__device__ __forceinline__ void ek_gemm_tf32x3_nt_body(u64 m, int n, int k, real alpha,
+                                                       const real* __restrict__ A,
+                                                       const real* __restrict__ bp, real beta,
+                                                       real* __restrict__ C,
+                                                       float (*ek_tc_b)[EK_TC_CHUNK]) {
   unsigned q = 0;  // chunks of B this CTA has multiplied (all tiles): chunk q in buffer q % 3
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int chunks = (k + 31) / 32;
   const bool vec = (k & 3) == 0;
-  const u64 rows_per_cta = blockDim.x;
+  const u64 rows_per_cta = (u64)blockDim.x / 2 * MT;
   const u64 tiles = (m + rows_per_cta - 1) / rows_per_cta;
   for (u64 tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const u64 r0 = tile * rows_per_cta + 32 * (u64)warp;
+    const u64 r0 = tile * rows_per_cta + 16 * MT * (u64)warp;
     // row slot i: m-tile i/2, half i%2 → row r0 + 16(i/2) + 8(i%2) + g
-    const float* rows[4];
+    const float* rows[2 * MT];
     EK_UNROLL
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 2 * MT; ++i) {
       u64 r = r0 + 16 * (i >> 1) + 8 * (i & 1) + g;
       rows[i] = r < m ? A + r * (u64)k : 0;
     }
-    float acc[2][8][4];
-    ek_tc_tiles_zero(acc);
-    float cur[4][8], nxt[4][8];
+    float acc[MT][8][4];
+    ek_tc_tiles_zero<MT>(acc);
+    float cur[2 * MT][8], nxt[2 * MT][8];
     ek_tc_stage(ek_tc_b[q % 3], bp, 0);
     EK_UNROLL
-    for (int i = 0; i < 4; ++i) ek_tc_load(rows[i], 4 * t, k, vec, cur[i]);
+    for (int i = 0; i < 2 * MT; ++i) ek_tc_load(rows[i], 4 * t, k, vec, cur[i]);
     for (int c = 0; c < chunks; ++c, ++q) {
       if (c + 1 < chunks) {
         ek_tc_stage(ek_tc_b[(q + 1) % 3], bp, c + 1);
         EK_UNROLL
-        for (int i = 0; i < 4; ++i) ek_tc_load(rows[i], 32 * (c + 1) + 4 * t, k, vec, nxt[i]);
+        for (int i = 0; i < 2 * MT; ++i) ek_tc_load(rows[i], 32 * (c + 1) + 4 * t, k, vec, nxt[i]);
         ek_cp_async_wait<1>();
       } else {
         ek_cp_async_wait<0>();
@@ -1132,13 +1138,13 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
       // The chunk's 12 mma per tile go to a fresh accumulator, added to acc by FP32 adds:
       // the tensor cores' accumulation truncates, and chained over k = 960 (360 mma) its
       // bias grew to about one TF32 pass's error; 12 in a row keep it below FP32's.
-      float part[2][8][4];
-      ek_tc_tiles_zero(part);
+      float part[MT][8][4];
+      ek_tc_tiles_zero<MT>(part);
       EK_UNROLL
       for (int s = 0; s < 4; ++s) {
-        unsigned ahi[2][4], alo[2][4];
+        unsigned ahi[MT][4], alo[MT][4];
         EK_UNROLL
-        for (int mt = 0; mt < 2; ++mt) {
+        for (int mt = 0; mt < MT; ++mt) {
           // a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
           ek_tc_split(cur[2 * mt][2 * s], &ahi[mt][0], &alo[mt][0]);
           ek_tc_split(cur[2 * mt + 1][2 * s], &ahi[mt][1], &alo[mt][1]);
@@ -1151,7 +1157,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
           unsigned bhi[2] = {__float_as_uint(b.x), __float_as_uint(b.y)};
           unsigned blo[2] = {__float_as_uint(b.z), __float_as_uint(b.w)};
           EK_UNROLL
-          for (int mt = 0; mt < 2; ++mt) {
+          for (int mt = 0; mt < MT; ++mt) {
             ek_mma_m16n8k8_tf32(part[mt][j], alo[mt], bhi);
             ek_mma_m16n8k8_tf32(part[mt][j], ahi[mt], blo);
             ek_mma_m16n8k8_tf32(part[mt][j], ahi[mt], bhi);
@@ -1159,21 +1165,21 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
         }
       }
       EK_UNROLL
-      for (int mt = 0; mt < 2; ++mt)
+      for (int mt = 0; mt < MT; ++mt)
         EK_UNROLL
         for (int j = 0; j < 8; ++j)
           EK_UNROLL
           for (int r = 0; r < 4; ++r) acc[mt][j][r] += part[mt][j][r];
       if (c + 1 < chunks) {
         EK_UNROLL
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 2 * MT; ++i)
           EK_UNROLL
           for (int q = 0; q < 8; ++q) cur[i][q] = nxt[i][q];
       }
     }
     // d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1)
     EK_UNROLL
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
       EK_UNROLL
       for (int h = 0; h < 2; ++h) {
         u64 r = r0 + 16 * mt + 8 * h + g;
@@ -1190,6 +1196,24 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
           }
       }
   }
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
+    ek_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* __restrict__ A,
+                      const real* __restrict__ bp, real beta, real* __restrict__ C) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  __shared__ __align__(16) float ek_tc_b[3][EK_TC_CHUNK];
+  ek_gemm_tf32x3_nt_body<2>(m, n, k, alpha, A, bp, beta, C, ek_tc_b);
+#endif
+}
+// The same product with one m-tile per warp: a CTA owns EK_BLOCK / 2 rows.
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
+    ek_gemm_tf32x3_nt16(u64 m, int n, int k, real alpha, const real* __restrict__ A,
+                        const real* __restrict__ bp, real beta, real* __restrict__ C) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  __shared__ __align__(16) float ek_tc_b[3][EK_TC_CHUNK];
+  ek_gemm_tf32x3_nt_body<1>(m, n, k, alpha, A, bp, beta, C, ek_tc_b);
 #endif
 }
 
