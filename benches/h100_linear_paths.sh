@@ -4,7 +4,7 @@
 # the recomputed layers' last hidden activations kept (opt-in, EQUIKERN_MODEL_KEEP_H=1); same
 # binary, Si 4,096 and 32,768 atoms, two interleaved rounds (JSON per round and variant in aux/); the build's GPU test against sevenn
 # float64 with the paths on; the per-kernel profile at 32,768 with them on; the resident
-# modes test (paths on and off per mode). Run from the repository root with carry
+# modes test (paths on and off per mode; SKIP_MODES=1 leaves it out). Run from the repository root with carry
 # [".carry", "models"], .carry/bins.tar.xz holding the stripped `equikern` (cargo build
 # --release -p equikern-cli --features cuda) and `cuda_model` (cargo test --release -p
 # equikern-model --features cuda --test cuda_model --no-run). About 2 minutes.
@@ -36,7 +36,9 @@ EQUIKERN_MODEL_LINEAR_PATHS=1 EQUIKERN_MODEL_KEEP_H=1 EQUIKERN_MODEL_PROFILE=1 t
 grep -i "linear\|strided\|per step" "$OUT/prof_32768.txt" | head -30
 stage "A/B round 2"
 ab 2 2>&1 | tee "$OUT/ab2.log"
+[ -n "${SKIP_MODES:-}" ] || {
 stage "GPU test: the resident modes with the paths on and off (7net-0, f64 and f32)"
 timeout 120 b/cuda_model --test-threads 1 --nocapture resident_matches_cpu_f64_on_7net0 2>&1 \
   | grep -v "^\s*$" | grep -v "keep=" | tail -40 | tee "$OUT/test_modes.log"
+}
 stage "done"

@@ -60,8 +60,8 @@ extern "C" void t_act_backward(u64 n, const real* pre, real* g, real c) {
   grid(n, [&] { ek_act_backward(n, pre, g, c); });
 }
 extern "C" void t_mlp_hidden(u64 E, int shape, const real* emb, const real* w, int wlen, real c,
-    real* out) {
-  grid_threads(E, [&] { ek_mlp_hidden(E, shape, emb, w, wlen, c, out); });
+    real* out, real* cat) {
+  grid_threads(E, [&] { ek_mlp_hidden(E, shape, emb, w, wlen, c, out, cat); });
 }
 extern "C" void t_mlp_hidden_backward(u64 E, int shape, const real* emb, const real* w, int wlen,
     real c, const real* gl, real* ge, int acc) {
@@ -726,7 +726,7 @@ fn check_mlp<T: Scalar>(
     );
 }
 
-type MlpFwdFn<T> = unsafe extern "C" fn(u64, i32, *const T, *const T, i32, T, *mut T);
+type MlpFwdFn<T> = unsafe extern "C" fn(u64, i32, *const T, *const T, i32, T, *mut T, *mut T);
 type MlpBwdFn<T> = unsafe extern "C" fn(u64, i32, *const T, *const T, i32, T, *mut T, *mut T, i32);
 
 /// The fused hidden layers (`ek_mlp_hidden[_backward]`) composed with the last product as
@@ -753,8 +753,9 @@ fn check_fused_mlp<T: Scalar>(
     let c = net.act_cst;
     let mut hl = vec![T::from_f64(f64::NAN); ne * hk];
     let f = sym!(k, b"t_mlp_hidden", MlpFwdFn<T>);
-    // SAFETY: emb ne·nb, hl ne·hk, pack the shape's packed length.
-    unsafe {
+    // SAFETY: emb ne·nb, hl ne·hk (or null), cat ne·3hk (or null), pack the shape's packed
+    // length.
+    let run = |hl: Option<&mut Vec<T>>, cat: Option<&mut Vec<T>>| unsafe {
         f(
             ne as u64,
             shape,
@@ -762,9 +763,49 @@ fn check_fused_mlp<T: Scalar>(
             pack.as_ptr(),
             pack.len() as i32,
             c,
-            hl.as_mut_ptr(),
+            hl.map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()),
+            cat.map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()),
         )
     };
+    run(Some(&mut hl), None);
+    // The same launch writing the 3xTF32 split rows [hi | hi | lo] (ek_split_tf32's: f32
+    // rounded to TF32, f64 unsplit), alone and beside h: bit for bit the split of h.
+    let split = |x: T| -> (T, T) {
+        if T::NAME == "f32" {
+            let v = x.to_f64() as f32;
+            let hi = tf32(v);
+            (
+                T::from_f64(f64::from(hi)),
+                T::from_f64(f64::from(tf32(v - hi))),
+            )
+        } else {
+            (x, T::ZERO)
+        }
+    };
+    let mut want_cat = vec![T::ZERO; ne * 3 * hk];
+    for e in 0..ne {
+        for i in 0..hk {
+            let (hi, lo) = split(hl[e * hk + i]);
+            want_cat[e * 3 * hk + i] = hi;
+            want_cat[e * 3 * hk + hk + i] = hi;
+            want_cat[e * 3 * hk + 2 * hk + i] = lo;
+        }
+    }
+    let bits = |v: &[T]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+    let mut cat = vec![T::from_f64(f64::NAN); ne * 3 * hk];
+    run(None, Some(&mut cat));
+    assert_eq!(
+        bits(&cat),
+        bits(&want_cat),
+        "{what}: split rows (h not written)"
+    );
+    let (mut hl2, mut cat2) = (
+        vec![T::from_f64(f64::NAN); ne * hk],
+        vec![T::from_f64(f64::NAN); ne * 3 * hk],
+    );
+    run(Some(&mut hl2), Some(&mut cat2));
+    assert_eq!(bits(&cat2), bits(&want_cat), "{what}: split rows beside h");
+    assert_eq!(bits(&hl2), bits(&hl), "{what}: h beside the split rows");
     let mut w = vec![0.0; ne * b];
     for e in 0..ne {
         for i in 0..*a {

@@ -374,6 +374,10 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         )
     }
 
+    fn gemm_tf32_available(&self) -> bool {
+        self.strided
+    }
+
     /// The 3xTF32 product's factors multiplied exactly (in `T`): checks the split kernel and
     /// the orchestration; tensor-core rounding is the GPU test's to judge.
     fn gemm_tf32(

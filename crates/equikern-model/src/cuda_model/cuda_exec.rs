@@ -494,6 +494,10 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         )
     }
 
+    fn gemm_tf32_available(&self) -> bool {
+        matches!(self.gemm, Gemmer::Blas(_))
+    }
+
     fn gemm_tf32(
         &self,
         dims: (usize, usize, usize),

@@ -255,6 +255,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     /// The Linears' paths between blocks of dim 3, 5, 7 by `ek_linear_path<dim>` instead of
     /// `W ⊗ I_dim` products ([`LINEAR_PATHS_ENV`]).
     linear_paths: bool,
+    /// `ek_mlp_hidden` writes the 3xTF32 split rows itself ([`MLP_SPLIT_ENV`]).
+    mlp_split: bool,
     /// Fused MLP, `w` recomputed: keep each layer's last hidden activation ([`KEEP_H_ENV`]).
     keep_h: bool,
 }
@@ -354,6 +356,19 @@ pub const LINEAR_PATHS_ENV: &str = "EQUIKERN_MODEL_LINEAR_PATHS";
 
 fn linear_paths_enabled() -> bool {
     std::env::var(LINEAR_PATHS_ENV).as_deref() == Ok("1")
+}
+
+/// Environment variable: `1` has `ek_mlp_hidden` write the last hidden activation directly as
+/// the 3xTF32 product's split rows `[hi | hi | lo]` (into `gw`, as `ek_split_tf32` would),
+/// where the radial MLP is fused and the product runs on cuBLAS's TF32 tensor ops: one pass
+/// over `[E, 64]` less per call (`ek_split_tf32`, 9 × 0.34 ms per step at Si 32,768 atoms in
+/// the v0.8 profile; its floor: 0.94 GB at 3 TB/s), for writing `[E, 192]` instead of
+/// `[E, 64]` (both too where the hidden activation is kept). Bit-identical results.
+/// Opt-in until timed on the GPU.
+pub const MLP_SPLIT_ENV: &str = "EQUIKERN_MODEL_MLP_SPLIT";
+
+fn mlp_split_enabled() -> bool {
+    std::env::var(MLP_SPLIT_ENV).as_deref() == Ok("1")
 }
 
 /// Environment variable: `1` keeps, when the radial MLP is fused and `w` is recomputed for
@@ -636,6 +651,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             tf32x3_linear: tf32x3_linear_enabled(),
             tf32x3_linear_min: DEFAULT_TF32X3_LINEAR_MIN,
             linear_paths: linear_paths_enabled(),
+            mlp_split: mlp_split_enabled(),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() == Ok("1"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
@@ -690,6 +706,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// or as `W ⊗ I_dim` library products (default from [`LINEAR_PATHS_ENV`]).
     pub fn set_linear_paths(&mut self, on: bool) {
         self.linear_paths = on;
+    }
+
+    /// Has the fused radial MLP write its output as the 3xTF32 split rows directly (see
+    /// [`MLP_SPLIT_ENV`]; where the product runs on TF32 tensor ops).
+    pub fn set_mlp_split(&mut self, on: bool) {
+        self.mlp_split = on;
     }
 
     /// Whether the radial MLP's hidden layers run fused.
@@ -993,7 +1015,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .hash(&mut h);
             (self.tf32x3_linear, self.tf32x3_linear_min).hash(&mut h);
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
-            (self.linear_paths, ws.keep_h).hash(&mut h);
+            (self.linear_paths, ws.keep_h, self.mlp_split).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -1340,8 +1362,24 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let last = l.mlp.len() - 1;
         let kept_h = ws.keep_h && t + 1 < ws.hk.len();
         let hidden = if kept_h { &ws.hk[t] } else { &ws.hl };
+        let (a, b, wk) = &l.mlp[last];
+        let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
+        // The hidden kernel writes the 3xTF32 split rows itself (into `gw`) where cuBLAS
+        // then multiplies them: then `hidden` is written only where it is kept.
+        let split_here = self.mlp_split
+            && last > 0
+            && self.tf32x3
+            && l.mlp_last_tf32.is_some()
+            && !(l.mlp_last_frag.is_some() && self.tf32x3_mma && self.d.tensor_cores())
+            && self.d.gemm_tf32_available()
+            && D::capacity(&ws.gw.s) >= ne * 3 * a;
         if self.mlp_fused && !(recompute && kept_h) {
             let f = self.fused(l)?;
+            let (out, cat) = match (split_here, kept_h) {
+                (false, _) => (Arg::Real(&hidden.s, 0), Arg::Null),
+                (true, false) => (Arg::Null, Arg::Real(&ws.gw.s, 0)),
+                (true, true) => (Arg::Real(&hidden.s, 0), Arg::Real(&ws.gw.s, 0)),
+            };
             self.d.launch(
                 Kern::MlpHidden,
                 ne as u64,
@@ -1352,9 +1390,21 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                     Arg::Real(&f.w.s, 0),
                     Arg::I32(f.wlen),
                     Arg::Val(l.act_cst),
-                    Arg::Real(&hidden.s, 0),
+                    out,
+                    cat,
                 ],
             )?;
+            if split_here {
+                let cat = l.mlp_last_tf32.as_ref().expect("checked above");
+                let out = &mut ws.w[slot].s;
+                if self
+                    .d
+                    .gemm_tf32((ne, *b, 3 * a), alpha, &ws.gw.s, &cat.s, T::ZERO, out)?
+                {
+                    return Ok(());
+                }
+                return Err(err("radial MLP: the TF32 product refused after the split"));
+            }
         } else if !self.mlp_fused {
             for (k, (a, b, wk)) in l.mlp.iter().enumerate().take(last) {
                 let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
@@ -1365,8 +1415,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 self.act(ne * b, &ws.pre[slot][k].s, &ws.act[k].s, l.act_cst, false)?;
             }
         }
-        let (a, b, wk) = &l.mlp[last];
-        let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
         let input = if last == 0 {
             &ws.emb.s
         } else if self.mlp_fused {

@@ -215,6 +215,10 @@ pub trait Exec<T: Pod>: Memory {
     ) -> Result<bool> {
         Ok(false)
     }
+    /// Whether [`Self::gemm_tf32`] runs its product (rather than answering `Ok(false)`).
+    fn gemm_tf32_available(&self) -> bool {
+        false
+    }
     /// Row-major `C[m, n] = alpha · A[m, k] · B[k, n] + beta · C` with operands already
     /// exact in TF32 (the 3xTF32 factors), on tensor cores where the device has them;
     /// `Ok(false)` elsewhere (the caller then runs the plain product).

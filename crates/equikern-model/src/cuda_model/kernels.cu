@@ -480,6 +480,20 @@ extern "C" __global__ void ek_gate_backward(u64 nodes, const real* __restrict__ 
 // ---------------------------------------------------------------------------------------
 // Radial MLP helpers and small vector ops
 
+// TF32 split for the radial MLP's last product ("3xTF32": a·b ≈ a_hi·b_hi + a_hi·b_lo +
+// a_lo·b_hi, each factor exact in TF32, so tensor cores give about float accuracy): row r
+// of `a [rows, k]` becomes row r of `cat [rows, 3k]` = [hi | hi | lo] (ek_split_tf32, or
+// ek_mlp_hidden as it writes h). float only (the double build never launches either).
+__device__ inline real ek_tf32(real x) {
+#ifdef EK_REAL_F32
+  unsigned u = __float_as_uint(x);
+  u = (u + 0x1000u) & 0xffffe000u;  // nearest of the 10 kept mantissa bits
+  return __uint_as_float(u);
+#else
+  return x;
+#endif
+}
+
 // h = c · silu(pre)
 extern "C" __global__ void ek_act(u64 n, const real* __restrict__ pre, real* h, real c) {
   EK_FOR(i, n) h[i] = c * ek_silu(pre[i]);
@@ -600,11 +614,13 @@ __device__ __forceinline__ void ek_mlp_full(const real* x, const real* W, real c
   for (int j = 0; j < BP; ++j) y[j] = c * ek_silu(acc[j]);
 }
 
-// The last hidden layer, forward: out[0..B) = c · silu(x[0..A) · W), W [A][BP], CH outputs
-// at a time.
+// The last hidden layer, forward: h[0..B) = c · silu(x[0..A) · W), W [A][BP], CH outputs
+// at a time, into `out` (row of B) and/or as its TF32 split into `cat` (row of 3B:
+// [hi | hi | lo], ek_split_tf32's), either may be null: the split written here saves the
+// 3xTF32 product's separate pass over h (one read of B and three writes per row).
 template <int A, int B, int BP, int CH>
 __device__ __forceinline__ void ek_mlp_last_fwd(const real* x, const real* W, real c,
-                                                real* out) {
+                                                real* out, real* cat) {
   EK_NO_UNROLL
   for (int j0 = 0; j0 < BP; j0 += CH) {
     real acc[CH];
@@ -625,15 +641,33 @@ __device__ __forceinline__ void ek_mlp_last_fwd(const real* x, const real* W, re
     }
     EK_UNROLL
     for (int j = 0; j < CH; j += EK_VW) {
-      real h[EK_VW];
+      real h[EK_VW], hi[EK_VW], lo[EK_VW];
       EK_UNROLL
-      for (int q = 0; q < EK_VW; ++q) h[q] = c * ek_silu(acc[j + q]);
+      for (int q = 0; q < EK_VW; ++q) {
+        h[q] = c * ek_silu(acc[j + q]);
+        hi[q] = ek_tf32(h[q]);
+        lo[q] = ek_tf32(h[q] - hi[q]);
+      }
       if (B % EK_VW == 0) {
-        if (BP % CH == 0 || j0 + j < B) ek_vst(out + j0 + j, h);
+        if (BP % CH == 0 || j0 + j < B) {
+          if (out) ek_vst(out + j0 + j, h);
+          if (cat) {
+            ek_vst(cat + j0 + j, hi);
+            ek_vst(cat + B + j0 + j, hi);
+            ek_vst(cat + 2 * B + j0 + j, lo);
+          }
+        }
       } else {
         EK_UNROLL
         for (int q = 0; q < EK_VW; ++q)
-          if (j0 + j + q < B) out[j0 + j + q] = h[q];
+          if (j0 + j + q < B) {
+            if (out) out[j0 + j + q] = h[q];
+            if (cat) {
+              cat[j0 + j + q] = hi[q];
+              cat[B + j0 + j + q] = hi[q];
+              cat[2 * B + j0 + j + q] = lo[q];
+            }
+          }
       }
     }
   }
@@ -850,10 +884,11 @@ __device__ __forceinline__ void ek_mlp_store_grad(real* p, const real* g, int ac
 #define EK_MLP_STAGE(w, wlen) const real* W = (w);
 #endif
 
-// out [E, h_K] = the last hidden activation of hidden shape `shape` from emb [E, nb].
+// out [E, h_K] = the last hidden activation of hidden shape `shape` from emb [E, nb], and/or
+// its TF32 split cat [E, 3 h_K] (either may be null; ek_mlp_last_fwd).
 extern "C" __global__ void __launch_bounds__(EK_BLOCK) ek_mlp_hidden(u64 edges, int shape, const real* __restrict__ emb,
                                          const real* __restrict__ w, int wlen, real c,
-                                         real* out) {
+                                         real* out, real* cat) {
   EK_MLP_STAGE(w, wlen)
   switch (shape) {
     EK_MLP_FWD_CASES
@@ -937,19 +972,7 @@ extern "C" __global__ void ek_accumulate(u64 n, real* dst, const real* __restric
   EK_FOR(i, n) dst[i] = first ? src[i] : dst[i] + src[i];
 }
 
-// TF32 split for the radial MLP's last product ("3xTF32": a·b ≈ a_hi·b_hi + a_hi·b_lo +
-// a_lo·b_hi, each factor exact in TF32, so tensor cores give about float accuracy): row r
-// of `a [rows, k]` becomes row r of `cat [rows, 3k]` = [hi | hi | lo]. float only (the double
-// build never launches it).
-__device__ inline real ek_tf32(real x) {
-#ifdef EK_REAL_F32
-  unsigned u = __float_as_uint(x);
-  u = (u + 0x1000u) & 0xffffe000u;  // nearest of the 10 kept mantissa bits
-  return __uint_as_float(u);
-#else
-  return x;
-#endif
-}
+// TF32 split for the radial MLP's last product: see ek_tf32 (above).
 extern "C" __global__ void ek_split_tf32(u64 rows, int k, const real* __restrict__ a,
                                          real* __restrict__ cat) {
   EK_FOR(i, rows * (u64)k) {

@@ -728,14 +728,15 @@ impl MlpKernels {
             };
             let _ = write!(
                 fwd,
-                "case {i}: EK_FOR(e, edges) {{ {}ek_mlp_last_fwd<{}, {}, {}, EK_MLP_CH_FWD>(x{}, W + {}, c, out + e * {}ull); }} break; ",
+                "case {i}: EK_FOR(e, edges) {{ {}ek_mlp_last_fwd<{}, {}, {}, EK_MLP_CH_FWD>(x{}, W + {}, c, out ? out + e * {}ull : 0, cat ? cat + e * {}ull : 0); }} break; ",
                 chain(kk - 1),
                 w[kk - 1],
                 w[kk],
                 p[kk],
                 kk - 1,
                 o[kk],
-                w[kk]
+                w[kk],
+                3 * w[kk]
             );
             let mut b = format!(
                 "case {i}: EK_FOR(e, edges) {{ real g{}[{}]; {{ {}ek_mlp_last_bwd<{}, {}, {}, {}, EK_MLP_CH_BWD>(x{}, W + {}, c, g_last + e * {}ull, g{}); }} ",
