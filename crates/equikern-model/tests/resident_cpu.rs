@@ -52,7 +52,7 @@ extern "C" void l_ek_gate(void** p, u64 it) { grid(it, [&] { ek_gate(A(0,u64), A
 extern "C" void l_ek_gate_backward(void** p, u64 it) { grid(it, [&] { ek_gate_backward(A(0,u64), A(1,R), A(2,R), A(3,W), A(4,int), A(5,int), A(6,const int*), A(7,int), A(8,int), A(9,real)); }); }
 extern "C" void l_ek_act(void** p, u64 it) { grid(it, [&] { ek_act(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }
 extern "C" void l_ek_act_backward(void** p, u64 it) { grid(it, [&] { ek_act_backward(A(0,u64), A(1,R), A(2,W), A(3,real)); }); }
-extern "C" void l_ek_mlp_hidden(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,W)); }); }
+extern "C" void l_ek_mlp_hidden(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,W), A(7,W)); }); }
 extern "C" void l_ek_mlp_hidden_backward(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden_backward(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,R), A(7,W), A(8,int)); }); }
 extern "C" void l_ek_mlp_hidden_backward2(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_hidden_backward2(A(0,u64), A(1,int), A(2,R), A(3,R), A(4,int), A(5,real), A(6,W), A(7,W), A(8,int)); }); }
 extern "C" int unsynced_barriers() { return ek_unsynced_barriers; }
@@ -62,6 +62,7 @@ extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A
 extern "C" void l_ek_radial_last_tf32x3(void** p, u64 it) { grid_threads(it, [&] { ek_radial_last_tf32x3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,RF), A(5,real), A(6,W)); }); }
 extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32(A(0,u64), A(1,int), A(2,R), A(3,W)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
+extern "C" void l_ek_gemm_tf32x3_nt16(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt16(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
 extern "C" void l_ek_split_tf32_rows(void** p, u64 it) { grid(it, [&] { ek_split_tf32_rows(A(0,u64), A(1,int), A(2,R), A(3,u64), A(4,W), A(5,u64)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
 extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }
@@ -115,6 +116,8 @@ struct HostExec<T> {
     lp_launches: std::cell::Cell<usize>,
     /// ... of them `ek_mlp_hidden`.
     mh_launches: std::cell::Cell<usize>,
+    /// ... of them `ek_split_tf32`.
+    split_launches: std::cell::Cell<usize>,
     /// Whether `gemm_strided` runs (the linears as products, like cuBLAS) or declines (the
     /// linears by `ek_linear`, like the kernel fallback).
     strided: bool,
@@ -185,6 +188,7 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         tc_launches: std::cell::Cell::new(0),
         lp_launches: std::cell::Cell::new(0),
         mh_launches: std::cell::Cell::new(0),
+        split_launches: std::cell::Cell::new(0),
         strided: false,
         counts: std::cell::Cell::new([0; 3]),
     })
@@ -332,6 +336,9 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         }
         if k == Kern::MlpHidden {
             self.mh_launches.set(self.mh_launches.get() + 1);
+        }
+        if k == Kern::SplitTf32 {
+            self.split_launches.set(self.split_launches.get() + 1);
         }
         if matches!(k, Kern::LinearPath3 | Kern::LinearPath5 | Kern::LinearPath7) {
             self.lp_launches.set(self.lp_launches.get() + 1);
@@ -631,7 +638,9 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         // f32 with 3xTF32 (kept outputs): the forward last product by the tensor-core kernel
         // `ek_radial_last_tf32x3` with the fused MLP, by split rows + the emulated cuBLAS
         // product without
-        ev.set_tf32x3_mma(fused);
+        // (mode 5: by split rows that `ek_mlp_hidden` writes itself, `set_mlp_split`)
+        ev.set_tf32x3_mma(fused && mode != 5);
+        ev.set_mlp_split(mode == 5);
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         // f32: the radial MLP's last product and the Linear products as 3xTF32 factors with
         // one memory mode
@@ -687,6 +696,20 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
                 tol,
             );
         }
+        let splits = ev.exec().split_launches.get();
+        println!("  {splits} launches of ek_split_tf32");
+        if mode == 5 && T::NAME == "f32" {
+            // every radial last product from the hidden kernel's own split rows
+            assert_eq!(
+                splits, 0,
+                "ek_split_tf32 ran with the split in ek_mlp_hidden"
+            );
+        } else if mode == 3 && T::NAME == "f32" {
+            assert!(
+                splits > 0,
+                "no ek_split_tf32 for the cuBLAS 3xTF32 radial product"
+            );
+        }
         let tc = ev.exec().tc_launches.get();
         println!(
             "  {} launches ({tc} of ek_gemm_tf32x3_nt), workspace {} bytes",
@@ -716,6 +739,10 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         );
         if keep && T::NAME == "f32" {
             assert!(lin3 > 0, "no Linear product ran as 3xTF32");
+            assert!(
+                mode != 5 || mlp3 > 0,
+                "no radial product from ek_mlp_hidden's split rows"
+            );
             if mixed {
                 assert!(
                     plain > 0,
