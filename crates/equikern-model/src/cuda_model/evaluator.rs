@@ -25,7 +25,7 @@
 //! each layer's radial MLP from the edge embedding (the last layer's is still in place), one
 //! `w` buffer of `E × max(weight_numel)` serves all layers, and the MLP's part of the peak
 //! is `w` + `gw` + one `[E, 64]` ≈ 7.3 GB at 917,504 edges (f32; the cuBLAS path holds 4
-//! hidden `[E, 64]`, 0.70 GB more); opt-in ([`KEEP_H_ENV`]), the recomputed layers' last
+//! hidden `[E, 64]`, 0.70 GB more); by default ([`KEEP_H_ENV`]) the recomputed layers' last
 //! hidden activations are kept (4 × 0.23 GB there) and the recomputation is the last product
 //! alone. The MLP backward forms input gradients only (no weight
 //! gradients). Node tensors are kept per layer (the conv input and the gate input, a few
@@ -300,9 +300,12 @@ fn tf32x3_mma_enabled() -> bool {
     std::env::var("EQUIKERN_MODEL_TF32X3_MMA").as_deref() == Ok("1")
 }
 
-/// Environment variable: `1` runs the radial MLP's backward product `gw · W_lastᵀ` by the
-/// tensor-core kernel `ek_gemm_tf32x3_nt` (f32 with 3xTF32 on, sm_80+, `a ≤ 64`); default:
-/// cuBLAS (plain FP32). Opt-in because it is not faster. Session 7 measured it missing its
+/// Environment variable: the radial MLP's backward product `gw · W_lastᵀ` by the tensor-core
+/// kernel `ek_gemm_tf32x3_nt` (f32 with 3xTF32 on, sm_80+, `a ≤ 64`) unless `0` (cuBLAS,
+/// plain FP32). On by default since session 11: in one H100 call, two rounds, Si 32,768
+/// 71.16 / 71.13 ms per step against cuBLAS's 71.80 / 71.64 (Si 4,096 equal: 10.51 / 10.49
+/// vs 10.47 / 10.56), the product alone 2.561 vs 2.612 ms, rel. L2 2.61e-7 vs cuBLAS FP32's
+/// 3.22e-7 at k = 960. Session 7 measured it missing its
 /// accuracy (forces vs sevenn float64 1.85e-5 → 1.04e-4 eV/Å): the tensor cores' truncating
 /// accumulation over k = 960 chained 360 mma; with each 32-deep chunk's partials added in
 /// FP32 (session 9, H100) it matches: rel. L2 2.6e-7 at k = 960 (cuBLAS FP32 3.2e-7), forces
@@ -312,9 +315,9 @@ fn tf32x3_mma_enabled() -> bool {
 /// (the 32-row form holds 255 registers, one CTA of 8 warps per SM to hide A's loads).
 pub const TF32X3_BWD_ENV: &str = "EQUIKERN_MODEL_TF32X3_BWD";
 
-/// [`TF32X3_BWD_ENV`] is `1` or `16`.
+/// [`TF32X3_BWD_ENV`] is not `0`.
 fn tf32x3_bwd_enabled() -> bool {
-    matches!(std::env::var(TF32X3_BWD_ENV).as_deref(), Ok("1" | "16"))
+    std::env::var(TF32X3_BWD_ENV).as_deref() != Ok("0")
 }
 
 /// [`TF32X3_BWD_ENV`] is `16`: `ek_gemm_tf32x3_nt16` (16 rows per warp, two CTAs per SM)
@@ -371,12 +374,13 @@ fn mlp_split_enabled() -> bool {
     std::env::var(MLP_SPLIT_ENV).as_deref() == Ok("1")
 }
 
-/// Environment variable: `1` keeps, when the radial MLP is fused and `w` is recomputed for
+/// Environment variable: unless `0`, when the radial MLP is fused and `w` is recomputed for
 /// the backward (beyond [`KEEP_W_ENV`]'s budget), each recomputed layer's last hidden
-/// activation `[E, h_K]` from the forward, so the recomputation is the last product alone:
-/// at Si 32,768 atoms four `ek_mlp_hidden` launches (≈ 4 × 0.41 ms per step, H100 profile of
-/// v0.8) for 4 × 235 MB more device memory. Default off: not yet timed (session 10 had no
-/// device time; `benches/h100_linear_paths.sh` runs the A/B).
+/// activation `[E, h_K]` is kept from the forward, so the recomputation is the last product
+/// alone: at Si 32,768 atoms four `ek_mlp_hidden` launches for 4 × 235 MB more device
+/// memory. On by default since session 11 (H100, one call, two rounds, with the Linear paths
+/// by kernel: Si 32,768 71.50 / 69.85 ms per step without / with, Si 4,096 11.41 / 11.17;
+/// peak 9.09 → 9.99 GB at 32,768, 0.48 of cuEquivariance's 20.86).
 pub const KEEP_H_ENV: &str = "EQUIKERN_MODEL_KEEP_H";
 
 /// [`MLP_ENV`]: `(fused, two-pass backward)`, `None` when not set (fused where the model's
@@ -652,7 +656,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             tf32x3_linear_min: DEFAULT_TF32X3_LINEAR_MIN,
             linear_paths: linear_paths_enabled(),
             mlp_split: mlp_split_enabled(),
-            keep_h: std::env::var(KEEP_H_ENV).as_deref() == Ok("1"),
+            keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -810,8 +814,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     }
 
     /// Runs the radial MLP's backward product `gw · W_lastᵀ` by `ek_gemm_tf32x3_nt` while
-    /// 3xTF32 is on ([`Self::set_tf32x3`]; default off, [`TF32X3_BWD_ENV`]`=1` turns it
-    /// on: see there); devices without tensor cores (before sm_80) keep cuBLAS.
+    /// 3xTF32 is on ([`Self::set_tf32x3`]; default on, [`TF32X3_BWD_ENV`]`=0` turns it
+    /// off: see there); devices without tensor cores (before sm_80) keep cuBLAS.
     pub fn set_tf32x3_bwd(&mut self, on: bool) {
         self.tf32x3_bwd = on;
     }

@@ -24,6 +24,11 @@ typedef unsigned long long u64;
 #define EK_FOR(i, n)                                                         \
   for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)(n);    \
        i += (u64)gridDim.x * blockDim.x)
+// The same stride, but a warp's lanes run the same iterations (a tail lane's i ≥ n): for
+// bodies with warp-wide steps (__syncwarp); the body must not touch row i past n.
+#define EK_FOR_WARP(i, n)                                                            \
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;                          \
+       i - (threadIdx.x & 31) < (u64)(n); i += (u64)gridDim.x * blockDim.x)
 
 // Loop unrolling hints (the CPU emulation defines them empty).
 #ifndef EK_UNROLL
@@ -614,13 +619,35 @@ __device__ __forceinline__ void ek_mlp_full(const real* x, const real* W, real c
   for (int j = 0; j < BP; ++j) y[j] = c * ek_silu(acc[j]);
 }
 
+// Rows of h (or of its split) leave the forward through a per-warp shared tile when the
+// real is float, the row a multiple of 4 and of the chunk (EK_MLP_STAGED): written by each
+// lane as its own row (one edge per thread) with 16-byte stores 4·B bytes apart, a warp's
+// store touches 32 half-sectors and the H100 wrote h at ~0.6 TB/s (ek_mlp_hidden 0.41 ms
+// at 917,504 edges, 235 MB; its split rows, 705 MB, at ~0.4 TB/s: session 11). Through
+// the tile a warp's store covers 8 rows × 64 contiguous bytes: whole sectors.
+// EK_MLP_TILE_LD: the tile's row stride in floats (16 + 4: a quarter-warp's 16-byte
+// writes, one per lane and row, hit distinct banks).
+#define EK_MLP_TILE_LD 20
+#ifdef EK_REAL_F32
+#define EK_MLP_TILE_FLOATS (EK_BLOCK / 32 * 32 * EK_MLP_TILE_LD)
+#else
+#define EK_MLP_TILE_FLOATS 1
+#endif
+
 // The last hidden layer, forward: h[0..B) = c · silu(x[0..A) · W), W [A][BP], CH outputs
-// at a time, into `out` (row of B) and/or as its TF32 split into `cat` (row of 3B:
-// [hi | hi | lo], ek_split_tf32's), either may be null: the split written here saves the
-// 3xTF32 product's separate pass over h (one read of B and three writes per row).
+// at a time, for edge `e` (< edges, or a warp's tail lane: computes, stores nothing) into
+// `out` (rows of B) and/or as its TF32 split into `cat` (rows of 3B: [hi | hi | lo],
+// ek_split_tf32's), either may be null: the split written here saves the 3xTF32 product's
+// separate pass over h (one read of B and three writes per row). Every lane of a warp
+// calls it together (EK_FOR_WARP), `tile` its warp's EK_MLP_TILE_FLOATS / warps floats.
 template <int A, int B, int BP, int CH>
 __device__ __forceinline__ void ek_mlp_last_fwd(const real* x, const real* W, real c,
-                                                real* out, real* cat) {
+                                                real* out, real* cat, u64 e, u64 edges,
+                                                float* tile) {
+#ifdef EK_REAL_F32
+  constexpr bool staged = B % 4 == 0 && BP % CH == 0 && CH == 16;
+  const int lane = threadIdx.x & 31;
+#endif
   EK_NO_UNROLL
   for (int j0 = 0; j0 < BP; j0 += CH) {
     real acc[CH];
@@ -639,6 +666,39 @@ __device__ __forceinline__ void ek_mlp_last_fwd(const real* x, const real* W, re
         }
       }
     }
+#ifdef EK_REAL_F32
+    if (staged) {
+      // this lane's 16 values → its tile row; then the warp's 32 rows × 16 out, 4 lanes a row
+      EK_UNROLL
+      for (int j = 0; j < CH; ++j) tile[lane * EK_MLP_TILE_LD + j] = c * ek_silu(acc[j]);
+      __syncwarp();
+      const u64 base = e - (u64)lane;
+      EK_UNROLL
+      for (int k = 0; k < CH / 4; ++k) {
+        const int idx = lane + 32 * k, row = idx >> 2, part = idx & 3;
+        if (base + row < edges) {
+          float4 h = *(const float4*)(tile + row * EK_MLP_TILE_LD + 4 * part);
+          const u64 r = base + row;
+          const int col = j0 + 4 * part;
+          if (out) *(float4*)(out + r * B + col) = h;
+          if (cat) {
+            float4 hi = {ek_tf32(h.x), ek_tf32(h.y), ek_tf32(h.z), ek_tf32(h.w)};
+            float4 lo = {ek_tf32(h.x - hi.x), ek_tf32(h.y - hi.y), ek_tf32(h.z - hi.z),
+                         ek_tf32(h.w - hi.w)};
+            real* row3 = cat + r * 3ull * B;
+            *(float4*)(row3 + col) = hi;
+            *(float4*)(row3 + B + col) = hi;
+            *(float4*)(row3 + 2 * B + col) = lo;
+          }
+        }
+      }
+      __syncwarp();  // the tile is rewritten by the next chunk
+      continue;
+    }
+#endif
+    if (e >= edges) continue;
+    real* orow = out ? out + e * B : 0;
+    real* crow = cat ? cat + e * 3ull * B : 0;
     EK_UNROLL
     for (int j = 0; j < CH; j += EK_VW) {
       real h[EK_VW], hi[EK_VW], lo[EK_VW];
@@ -650,22 +710,22 @@ __device__ __forceinline__ void ek_mlp_last_fwd(const real* x, const real* W, re
       }
       if (B % EK_VW == 0) {
         if (BP % CH == 0 || j0 + j < B) {
-          if (out) ek_vst(out + j0 + j, h);
-          if (cat) {
-            ek_vst(cat + j0 + j, hi);
-            ek_vst(cat + B + j0 + j, hi);
-            ek_vst(cat + 2 * B + j0 + j, lo);
+          if (orow) ek_vst(orow + j0 + j, h);
+          if (crow) {
+            ek_vst(crow + j0 + j, hi);
+            ek_vst(crow + B + j0 + j, hi);
+            ek_vst(crow + 2 * B + j0 + j, lo);
           }
         }
       } else {
         EK_UNROLL
         for (int q = 0; q < EK_VW; ++q)
           if (j0 + j + q < B) {
-            if (out) out[j0 + j + q] = h[q];
-            if (cat) {
-              cat[j0 + j + q] = hi[q];
-              cat[B + j0 + j + q] = hi[q];
-              cat[2 * B + j0 + j + q] = lo[q];
+            if (orow) orow[j0 + j + q] = h[q];
+            if (crow) {
+              crow[j0 + j + q] = hi[q];
+              crow[B + j0 + j + q] = hi[q];
+              crow[2 * B + j0 + j + q] = lo[q];
             }
           }
       }
@@ -890,6 +950,8 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK) ek_mlp_hidden(u64 edges, 
                                          const real* __restrict__ w, int wlen, real c,
                                          real* out, real* cat) {
   EK_MLP_STAGE(w, wlen)
+  __shared__ __align__(16) float ek_mlp_tile[EK_MLP_TILE_FLOATS];
+  float* tile = ek_mlp_tile + (threadIdx.x >> 5) * (EK_MLP_TILE_FLOATS / (EK_BLOCK / 32));
   switch (shape) {
     EK_MLP_FWD_CASES
     default:

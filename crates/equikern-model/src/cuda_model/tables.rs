@@ -728,15 +728,13 @@ impl MlpKernels {
             };
             let _ = write!(
                 fwd,
-                "case {i}: EK_FOR(e, edges) {{ {}ek_mlp_last_fwd<{}, {}, {}, EK_MLP_CH_FWD>(x{}, W + {}, c, out ? out + e * {}ull : 0, cat ? cat + e * {}ull : 0); }} break; ",
+                "case {i}: EK_FOR_WARP(e0, edges) {{ const u64 e = e0 < edges ? e0 : edges - 1; {}ek_mlp_last_fwd<{}, {}, {}, EK_MLP_CH_FWD>(x{}, W + {}, c, out, cat, e0, edges, tile); }} break; ",
                 chain(kk - 1),
                 w[kk - 1],
                 w[kk],
                 p[kk],
                 kk - 1,
                 o[kk],
-                w[kk],
-                3 * w[kk]
             );
             let mut b = format!(
                 "case {i}: EK_FOR(e, edges) {{ real g{}[{}]; {{ {}ek_mlp_last_bwd<{}, {}, {}, {}, EK_MLP_CH_BWD>(x{}, W + {}, c, g_last + e * {}ull, g{}); }} ",
