@@ -86,10 +86,6 @@ extern "C" void t_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* A,
     real beta, real* C) {
   grid_threads(((m + 255) / 256) * 256, [&] { ek_gemm_tf32x3_nt(m, n, k, alpha, A, bp, beta, C); });
 }
-extern "C" void t_gemm_tf32x3_nt16(u64 m, int n, int k, real alpha, const real* A, const real* bp,
-    real beta, real* C) {
-  grid_threads(((m + 127) / 128) * 256, [&] { ek_gemm_tf32x3_nt16(m, n, k, alpha, A, bp, beta, C); });
-}
 extern "C" void t_accumulate(u64 n, real* dst, const real* src, int first) {
   grid(n, [&] { ek_accumulate(n, dst, src, first); });
 }
@@ -1369,115 +1365,110 @@ fn tf32x3_nt_gemm_emulated() {
         lib: &lib,
         _t: std::marker::PhantomData,
     };
-    let kernels = [
-        (32, sym!(k_, b"t_gemm_tf32x3_nt", TcGemmFn)),
-        (16, sym!(k_, b"t_gemm_tf32x3_nt16", TcGemmFn)),
-    ];
+    let f = sym!(k_, b"t_gemm_tf32x3_nt", TcGemmFn);
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     const GUARD: usize = 5;
-    for (rows, f) in &kernels {
-        for (m, n, k) in [
-            (200, 64, 960),
-            (260, 64, 384),
-            (513, 64, 224),
-            (70, 64, 36),
-            // more tiles than the emulated grid's 3 blocks: a CTA's second tile continues the
-            // shared buffers' rotation (2 chunks, then 1 chunk per tile)
-            (1000, 64, 36),
-            (900, 64, 20),
-            (33, 13, 22),
-            (1, 64, 4),
-        ] {
-            let alpha = 0.125f32;
-            // A: gradients of mixed scales (as gw is), B: weights ~ N(0, 1)-like
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| {
-                    let s = [1.0, 1e-3, 30.0][i % 3];
-                    (r.random_range(-1.0..1.0) * s) as f32
-                })
-                .collect();
-            let b: Vec<f32> = (0..n * k)
-                .map(|_| r.random_range(-1.7..1.7) as f32)
-                .collect();
-            let run = |pack: &[f32], beta: f32, c0: &[f32]| -> Vec<f32> {
-                let mut c = c0.to_vec();
-                // SAFETY: A [m, k], the pack of ceil(k/32) chunks, C [m + GUARD, n].
-                unsafe {
-                    f(
-                        m as u64,
-                        n as i32,
-                        k as i32,
-                        alpha,
-                        a.as_ptr(),
-                        pack.as_ptr(),
-                        beta,
-                        c.as_mut_ptr(),
-                    )
-                };
-                assert_eq!(
-                    &c[m * n..],
-                    &c0[m * n..],
-                    "m {m} n {n} k {k}: rows past m written"
-                );
-                c.truncate(m * n);
-                c
+    for (m, n, k) in [
+        (200, 64, 960),
+        (260, 64, 384),
+        (513, 64, 224),
+        (70, 64, 36),
+        // more tiles than the emulated grid's 3 blocks: a CTA's second tile continues the
+        // shared buffers' rotation (2 chunks, then 1 chunk per tile)
+        (1000, 64, 36),
+        (900, 64, 20),
+        (33, 13, 22),
+        (1, 64, 4),
+    ] {
+        let alpha = 0.125f32;
+        // A: gradients of mixed scales (as gw is), B: weights ~ N(0, 1)-like
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| {
+                let s = [1.0, 1e-3, 30.0][i % 3];
+                (r.random_range(-1.0..1.0) * s) as f32
+            })
+            .collect();
+        let b: Vec<f32> = (0..n * k)
+            .map(|_| r.random_range(-1.7..1.7) as f32)
+            .collect();
+        let run = |pack: &[f32], beta: f32, c0: &[f32]| -> Vec<f32> {
+            let mut c = c0.to_vec();
+            // SAFETY: A [m, k], the pack of ceil(k/32) chunks, C [m + GUARD, n].
+            unsafe {
+                f(
+                    m as u64,
+                    n as i32,
+                    k as i32,
+                    alpha,
+                    a.as_ptr(),
+                    pack.as_ptr(),
+                    beta,
+                    c.as_mut_ptr(),
+                )
             };
-            let mut want = vec![0.0f64; m * n];
-            let mut one_pass = vec![0.0f64; m * n];
-            for i in 0..m {
-                for j in 0..n {
-                    let (mut s, mut s1) = (0.0f64, 0.0f64);
-                    for q in 0..k {
-                        let (x, y) = (a[i * k + q], b[j * k + q]);
-                        s += f64::from(x) * f64::from(y);
-                        s1 += f64::from(tf32(x)) * f64::from(tf32(y));
-                    }
-                    want[i * n + j] = f64::from(alpha) * s;
-                    one_pass[i * n + j] = f64::from(alpha) * s1;
+            assert_eq!(
+                &c[m * n..],
+                &c0[m * n..],
+                "m {m} n {n} k {k}: rows past m written"
+            );
+            c.truncate(m * n);
+            c
+        };
+        let mut want = vec![0.0f64; m * n];
+        let mut one_pass = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut s1) = (0.0f64, 0.0f64);
+                for q in 0..k {
+                    let (x, y) = (a[i * k + q], b[j * k + q]);
+                    s += f64::from(x) * f64::from(y);
+                    s1 += f64::from(tf32(x)) * f64::from(tf32(y));
                 }
+                want[i * n + j] = f64::from(alpha) * s;
+                one_pass[i * n + j] = f64::from(alpha) * s1;
             }
-            let mut poisoned = vec![f32::NAN; m * n];
-            poisoned.extend(std::iter::repeat_n(-7.25f32, GUARD * n));
-            let pack = tf32x3_nt_pack(&b, n, k, true).unwrap();
-            let c = run(&pack, 0.0, &poisoned);
-            let bad = c.iter().position(|x| !x.is_finite());
-            assert!(
-                bad.is_none(),
-                "m {m} n {n} k {k}: element {bad:?} not written"
-            );
-            let e3 = rel_l2(&c, &want);
-            let e1 = rel_l2(
-                &one_pass.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-                &want,
-            );
-            let c_nolo = run(&tf32x3_nt_pack(&b, n, k, false).unwrap(), 0.0, &poisoned);
-            let e2 = rel_l2(&c_nolo, &want);
-            // beta = 1 accumulates onto C (the small cases: the emulated barriers are slow)
-            let ea = if k <= 64 {
-                let c0: Vec<f32> = (0..(m + GUARD) * n)
-                    .map(|_| r.random_range(-1.0..1.0) as f32)
-                    .collect();
-                let c_acc = run(&pack, 1.0, &c0);
-                let want_acc: Vec<f64> = want
-                    .iter()
-                    .zip(&c0)
-                    .map(|(w, c)| w + f64::from(*c))
-                    .collect();
-                rel_l2(&c_acc, &want_acc)
-            } else {
-                0.0
-            };
-            println!(
-                "  {rows} rows/warp m {m:4} n {n:2} k {k:4} ({} threads): rel L2 3xTF32 {e3:.2e}, beta 1 {ea:.2e}; one TF32 pass {e1:.2e}, without B lo {e2:.2e}",
-                tc_gemm_iterations(m, *rows)
-            );
-            assert!(e3 <= 1e-5, "m {m} n {n} k {k}: 3xTF32 error {e3:.2e}");
-            assert!(ea <= 1e-5, "m {m} n {n} k {k}: beta = 1 error {ea:.2e}");
-            assert!(
-                e1 >= 20.0 * e3 && e2 >= 20.0 * e3,
-                "m {m} n {n} k {k}: the split does not show: 3xTF32 {e3:.2e}, one pass {e1:.2e}, without B lo {e2:.2e}"
-            );
         }
+        let mut poisoned = vec![f32::NAN; m * n];
+        poisoned.extend(std::iter::repeat_n(-7.25f32, GUARD * n));
+        let pack = tf32x3_nt_pack(&b, n, k, true).unwrap();
+        let c = run(&pack, 0.0, &poisoned);
+        let bad = c.iter().position(|x| !x.is_finite());
+        assert!(
+            bad.is_none(),
+            "m {m} n {n} k {k}: element {bad:?} not written"
+        );
+        let e3 = rel_l2(&c, &want);
+        let e1 = rel_l2(
+            &one_pass.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            &want,
+        );
+        let c_nolo = run(&tf32x3_nt_pack(&b, n, k, false).unwrap(), 0.0, &poisoned);
+        let e2 = rel_l2(&c_nolo, &want);
+        // beta = 1 accumulates onto C (the small cases: the emulated barriers are slow)
+        let ea = if k <= 64 {
+            let c0: Vec<f32> = (0..(m + GUARD) * n)
+                .map(|_| r.random_range(-1.0..1.0) as f32)
+                .collect();
+            let c_acc = run(&pack, 1.0, &c0);
+            let want_acc: Vec<f64> = want
+                .iter()
+                .zip(&c0)
+                .map(|(w, c)| w + f64::from(*c))
+                .collect();
+            rel_l2(&c_acc, &want_acc)
+        } else {
+            0.0
+        };
+        println!(
+            "  ek_gemm_tf32x3_nt m {m:4} n {n:2} k {k:4} ({} threads): rel L2 3xTF32 {e3:.2e}, beta 1 {ea:.2e}; one TF32 pass {e1:.2e}, without B lo {e2:.2e}",
+            tc_gemm_iterations(m)
+        );
+        assert!(e3 <= 1e-5, "m {m} n {n} k {k}: 3xTF32 error {e3:.2e}");
+        assert!(ea <= 1e-5, "m {m} n {n} k {k}: beta = 1 error {ea:.2e}");
+        assert!(
+            e1 >= 20.0 * e3 && e2 >= 20.0 * e3,
+            "m {m} n {n} k {k}: the split does not show: 3xTF32 {e3:.2e}, one pass {e1:.2e}, without B lo {e2:.2e}"
+        );
     }
     // SAFETY: the harness defines it with this signature.
     let unsynced: libloading::Symbol<unsafe extern "C" fn() -> i32> =
@@ -1607,14 +1598,7 @@ fn mlp_kernels_registers_sm90() {
                 if name == "f32" {
                     // 64 accumulators + two chunks of A (64) per lane by design, + 64 per-chunk
                     // partials since the accuracy fix (session 9): sm_90 f32 255 registers and
-                    // 24 bytes of spill (to L1; the kernel is opt-in); more would be a change.
-                    // The 16-rows-per-warp form holds half of that: no spill at ≤ 128
-                    // registers (two CTAs per SM).
-                    let limit = if l.contains("ek_gemm_tf32x3_nt16") {
-                        0
-                    } else {
-                        32
-                    };
+                    // 24 bytes of spill (to L1; the kernel is opt-in); more would be a change
                     let spill: u64 = block
                         .iter()
                         .find_map(|x| {
@@ -1623,8 +1607,8 @@ fn mlp_kernels_registers_sm90() {
                         })
                         .unwrap_or(u64::MAX);
                     assert!(
-                        spill <= limit,
-                        "{l} spills {spill} bytes: {}",
+                        spill <= 32,
+                        "ek_gemm_tf32x3_nt spills {spill} bytes: {}",
                         block.join(" | ")
                     );
                 }

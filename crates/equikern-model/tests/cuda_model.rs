@@ -562,30 +562,23 @@ fn tf32x3_nt_kernel_matches_f64() {
         (num / den.max(1e-300)).sqrt()
     };
     type Dev = cudarc::driver::CudaSlice<f32>;
-    // rows per warp 32: ek_gemm_tf32x3_nt, 16: ek_gemm_tf32x3_nt16
-    let launch =
-        |rows: usize, m: usize, n: usize, k: usize, alpha: f32, a: &Dev, bp: &Dev, c: &Dev| {
-            let kern = if rows == 16 {
-                Kern::GemmTf32x3Nt16
-            } else {
-                Kern::GemmTf32x3Nt
-            };
-            ex.launch(
-                kern,
-                tc_gemm_iterations(m, rows),
-                &[
-                    Arg::U64(m as u64),
-                    Arg::I32(n as i32),
-                    Arg::I32(k as i32),
-                    Arg::Val(alpha),
-                    Arg::Real(a, 0),
-                    Arg::Real(bp, 0),
-                    Arg::Val(0.0),
-                    Arg::Real(c, 0),
-                ],
-            )
-            .unwrap()
-        };
+    let launch = |m: usize, n: usize, k: usize, alpha: f32, a: &Dev, bp: &Dev, c: &Dev| {
+        ex.launch(
+            Kern::GemmTf32x3Nt,
+            tc_gemm_iterations(m),
+            &[
+                Arg::U64(m as u64),
+                Arg::I32(n as i32),
+                Arg::I32(k as i32),
+                Arg::Val(alpha),
+                Arg::Real(a, 0),
+                Arg::Real(bp, 0),
+                Arg::Val(0.0),
+                Arg::Real(c, 0),
+            ],
+        )
+        .unwrap()
+    };
     for (m, n, k) in [
         (20_001, 64, 960),
         (9_999, 64, 384),
@@ -608,12 +601,9 @@ fn tf32x3_nt_kernel_matches_f64() {
         let mut db = ex.alloc::<f32>(n * k).unwrap();
         ex.upload(&b, &mut db).unwrap();
         let mut dc = ex.alloc::<f32>(m * n).unwrap();
-        let mut cs = vec![];
-        for rows in [32, 16] {
-            ex.upload(&vec![f32::NAN; m * n], &mut dc).unwrap();
-            launch(rows, m, n, k, alpha, &da, &dp, &dc);
-            cs.push((rows, ex.stream().clone_dtoh(&dc).unwrap()));
-        }
+        ex.upload(&vec![f32::NAN; m * n], &mut dc).unwrap();
+        launch(m, n, k, alpha, &da, &dp, &dc);
+        let c = ex.stream().clone_dtoh(&dc).unwrap();
         ex.gemm((m, n, k), alpha, &da, &db, true, 0.0, &mut dc)
             .unwrap();
         let c_blas = ex.stream().clone_dtoh(&dc).unwrap();
@@ -630,29 +620,24 @@ fn tf32x3_nt_kernel_matches_f64() {
                 one[i * n + j] = (f64::from(alpha) * s1) as f32;
             }
         }
-        for (rows, c) in &cs {
-            let bad = c.iter().position(|x| !x.is_finite());
-            assert!(
-                bad.is_none(),
-                "{rows} rows/warp m {m} n {n} k {k}: element {bad:?} not written"
-            );
-            let (e3, eb, e1) = (
-                rel_l2(c, &want),
-                rel_l2(&c_blas, &want),
-                rel_l2(&one, &want),
-            );
-            println!(
-                "ek_gemm_tf32x3_nt {rows} rows/warp m {m} n {n} k {k}: rel L2 {e3:.2e} (cuBLAS FP32 {eb:.2e}, one TF32 pass {e1:.2e})"
-            );
-            assert!(
-                e3 <= 1e-5,
-                "{rows} rows/warp m {m} n {n} k {k}: error {e3:.2e}"
-            );
-            assert!(
-                e1 >= 20.0 * e3,
-                "{rows} rows/warp m {m} n {n} k {k}: the split does not show"
-            );
-        }
+        let bad = c.iter().position(|x| !x.is_finite());
+        assert!(
+            bad.is_none(),
+            "m {m} n {n} k {k}: element {bad:?} not written"
+        );
+        let (e3, eb, e1) = (
+            rel_l2(&c, &want),
+            rel_l2(&c_blas, &want),
+            rel_l2(&one, &want),
+        );
+        println!(
+            "ek_gemm_tf32x3_nt m {m} n {n} k {k}: rel L2 {e3:.2e} (cuBLAS FP32 {eb:.2e}, one TF32 pass {e1:.2e})"
+        );
+        assert!(e3 <= 1e-5, "m {m} n {n} k {k}: error {e3:.2e}");
+        assert!(
+            e1 >= 20.0 * e3,
+            "m {m} n {n} k {k}: the split does not show"
+        );
     }
     // time at Si 32 768's size (A filled on the device: 3.5 GB)
     let (m, n, k) = (917_504usize, 64usize, 960usize);
@@ -675,13 +660,13 @@ fn tf32x3_nt_kernel_matches_f64() {
     let mut dc = ex.alloc::<f32>(m * n).unwrap();
     let alpha = 0.125f32;
     let mut times = vec![];
-    for rows in [32, 16, 0] {
+    for tc in [true, false] {
         let mut best = f64::MAX;
         for rep in 0..6 {
             ex.synchronize().unwrap();
             let t0 = std::time::Instant::now();
-            if rows > 0 {
-                launch(rows, m, n, k, alpha, &da, &dp, &dc);
+            if tc {
+                launch(m, n, k, alpha, &da, &dp, &dc);
             } else {
                 ex.gemm((m, n, k), alpha, &da, &db, true, 0.0, &mut dc)
                     .unwrap();
@@ -693,31 +678,27 @@ fn tf32x3_nt_kernel_matches_f64() {
         }
         times.push(best);
     }
-    for rows in [32, 16] {
-        launch(rows, m, n, k, alpha, &da, &dp, &dc);
-        let c = ex.stream().clone_dtoh(&dc).unwrap();
-        for j in 0..n {
-            let want: f64 = f64::from(alpha)
-                * b[j * k..(j + 1) * k]
-                    .iter()
-                    .map(|&y| f64::from(x) * f64::from(y))
-                    .sum::<f64>();
-            for i in [0, 1, 127, 128, 255, 256, m / 2, m - 1] {
-                let got = f64::from(c[i * n + j]);
-                assert!(
-                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-                    "{rows} rows/warp row {i} col {j}: {got} vs {want}"
-                );
-            }
+    launch(m, n, k, alpha, &da, &dp, &dc);
+    let c = ex.stream().clone_dtoh(&dc).unwrap();
+    for j in 0..n {
+        let want: f64 = f64::from(alpha)
+            * b[j * k..(j + 1) * k]
+                .iter()
+                .map(|&y| f64::from(x) * f64::from(y))
+                .sum::<f64>();
+        for i in [0, 1, 255, 256, m / 2, m - 1] {
+            let got = f64::from(c[i * n + j]);
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "row {i} col {j}: {got} vs {want}"
+            );
         }
     }
     println!(
-        "m {m} n {n} k {k}: ek_gemm_tf32x3_nt {:.3} ms ({:.0} GB/s of A), ek_gemm_tf32x3_nt16 {:.3} ms ({:.0} GB/s), cuBLAS FP32 {:.3} ms",
+        "m {m} n {n} k {k}: ek_gemm_tf32x3_nt {:.3} ms ({:.0} GB/s of A), cuBLAS FP32 {:.3} ms",
         times[0] * 1e3,
         (m * k * 4) as f64 / times[0] / 1e9,
-        times[1] * 1e3,
-        (m * k * 4) as f64 / times[1] / 1e9,
-        times[2] * 1e3
+        times[1] * 1e3
     );
 }
 

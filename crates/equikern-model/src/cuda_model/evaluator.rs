@@ -241,8 +241,6 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     tf32x3_mma: bool,
     /// ... and its backward `gw · Wᵀ` by `ek_gemm_tf32x3_nt` ([`TF32X3_BWD_ENV`]).
     tf32x3_bwd: bool,
-    /// ... in its 16-rows-per-warp form `ek_gemm_tf32x3_nt16`.
-    tf32x3_bwd_nt16: bool,
     /// ... and the e3nn Linear products too, while `tf32x3` is on ([`TF32X3_LINEAR_ENV`]).
     tf32x3_linear: bool,
     /// Smallest `k` and `n` of a Linear product run as 3xTF32 (see
@@ -310,20 +308,12 @@ fn tf32x3_mma_enabled() -> bool {
 /// accumulation over k = 960 chained 360 mma; with each 32-deep chunk's partials added in
 /// FP32 (session 9, H100) it matches: rel. L2 2.6e-7 at k = 960 (cuBLAS FP32 3.2e-7), forces
 /// 1.96e-5 eV/Å — but 2.55 ms against cuBLAS FP32's 2.62 for 917,504 × 960 → 64, and the
-/// SevenNet step equal within noise (Si 32,768: 76.10 vs 76.01 ms). `16` runs
-/// `ek_gemm_tf32x3_nt16` instead: 16 rows per warp, 128 registers and no spill, two CTAs per SM
-/// (the 32-row form holds 255 registers, one CTA of 8 warps per SM to hide A's loads).
+/// SevenNet step equal within noise (Si 32,768: 76.10 vs 76.01 ms).
 pub const TF32X3_BWD_ENV: &str = "EQUIKERN_MODEL_TF32X3_BWD";
 
 /// [`TF32X3_BWD_ENV`] is not `0`.
 fn tf32x3_bwd_enabled() -> bool {
     std::env::var(TF32X3_BWD_ENV).as_deref() != Ok("0")
-}
-
-/// [`TF32X3_BWD_ENV`] is `16`: `ek_gemm_tf32x3_nt16` (16 rows per warp, two CTAs per SM)
-/// instead of `ek_gemm_tf32x3_nt` (32 rows per warp, one CTA per SM, 255 registers).
-fn tf32x3_bwd_nt16_enabled() -> bool {
-    std::env::var(TF32X3_BWD_ENV).as_deref() == Ok("16")
 }
 
 /// Environment variable: `1` runs the e3nn Linear products as 3xTF32 too (f32, with
@@ -651,7 +641,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             tf32x3: tf32x3_enabled::<T>(),
             tf32x3_mma: tf32x3_mma_enabled(),
             tf32x3_bwd: tf32x3_bwd_enabled(),
-            tf32x3_bwd_nt16: tf32x3_bwd_nt16_enabled(),
             tf32x3_linear: tf32x3_linear_enabled(),
             tf32x3_linear_min: DEFAULT_TF32X3_LINEAR_MIN,
             linear_paths: linear_paths_enabled(),
@@ -818,12 +807,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// off: see there); devices without tensor cores (before sm_80) keep cuBLAS.
     pub fn set_tf32x3_bwd(&mut self, on: bool) {
         self.tf32x3_bwd = on;
-    }
-
-    /// With [`Self::set_tf32x3_bwd`] on: `ek_gemm_tf32x3_nt16` (16 rows per warp, two CTAs
-    /// per SM) instead of `ek_gemm_tf32x3_nt` ([`TF32X3_BWD_ENV`]`=16`).
-    pub fn set_tf32x3_bwd_nt16(&mut self, on: bool) {
-        self.tf32x3_bwd_nt16 = on;
     }
 
     /// Runs the e3nn Linear products as 3xTF32 too while [`Self::set_tf32x3`] is on (default
@@ -1014,7 +997,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 self.tf32x3,
                 self.tf32x3_mma,
                 self.tf32x3_bwd,
-                self.tf32x3_bwd_nt16,
             )
                 .hash(&mut h);
             (self.tf32x3_linear, self.tf32x3_linear_min).hash(&mut h);
@@ -1566,14 +1548,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 return Err(err("radial MLP backward: workspace too small"));
             }
             let out: &D::Buf<T> = out;
-            let (kern, iterations) = if self.tf32x3_bwd_nt16 {
-                (Kern::GemmTf32x3Nt16, tc_gemm_iterations(ne, 16))
-            } else {
-                (Kern::GemmTf32x3Nt, tc_gemm_iterations(ne, 32))
-            };
             return self.d.launch(
-                kern,
-                iterations,
+                Kern::GemmTf32x3Nt,
+                tc_gemm_iterations(ne),
                 &[
                     Arg::U64(ne as u64),
                     Arg::I32(i32::try_from(*a).map_err(err)?),

@@ -50,7 +50,6 @@ pub enum Kern {
     SplitTf32,
     RadialLastTf32,
     GemmTf32x3Nt,
-    GemmTf32x3Nt16,
     SplitTf32Rows,
     Readout,
     Forces,
@@ -59,7 +58,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 27] = [
+    pub const ALL: [Kern; 26] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -81,7 +80,6 @@ impl Kern {
         Kern::SplitTf32,
         Kern::RadialLastTf32,
         Kern::GemmTf32x3Nt,
-        Kern::GemmTf32x3Nt16,
         Kern::SplitTf32Rows,
         Kern::Readout,
         Kern::Forces,
@@ -113,7 +111,6 @@ impl Kern {
             Kern::SplitTf32 => "ek_split_tf32",
             Kern::RadialLastTf32 => "ek_radial_last_tf32x3",
             Kern::GemmTf32x3Nt => "ek_gemm_tf32x3_nt",
-            Kern::GemmTf32x3Nt16 => "ek_gemm_tf32x3_nt16",
             Kern::SplitTf32Rows => "ek_split_tf32_rows",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",

@@ -1178,8 +1178,8 @@ __device__ __forceinline__ void ek_tc_stage(float* dst, const float* __restrict_
 #endif
 
 // MT m-tiles (16 rows each) per warp: MT = 2 holds 64 accumulators (+ 64 partials) per lane,
-// one CTA per SM; MT = 1 half of that, two CTAs per SM (twice the warps to hide A's loads,
-// each B chunk read from shared memory for half the rows).
+// one CTA per SM. (MT = 1 — half of that, 128 registers, two CTAs per SM — measured no
+// faster on the H100: 2.576 vs 2.561 ms at 917,504 × 960 → 64, session 11.)
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
 template <int MT>
 __device__ __forceinline__ void ek_gemm_tf32x3_nt_body(u64 m, int n, int k, real alpha,
@@ -1290,15 +1290,6 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
   __shared__ __align__(16) float ek_tc_b[3][EK_TC_CHUNK];
   ek_gemm_tf32x3_nt_body<2>(m, n, k, alpha, A, bp, beta, C, ek_tc_b);
-#endif
-}
-// The same product with one m-tile per warp: a CTA owns EK_BLOCK / 2 rows.
-extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
-    ek_gemm_tf32x3_nt16(u64 m, int n, int k, real alpha, const real* __restrict__ A,
-                        const real* __restrict__ bp, real beta, real* __restrict__ C) {
-#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-  __shared__ __align__(16) float ek_tc_b[3][EK_TC_CHUNK];
-  ek_gemm_tf32x3_nt_body<1>(m, n, k, alpha, A, bp, beta, C, ek_tc_b);
 #endif
 }
 

@@ -504,12 +504,10 @@ pub fn tf32x3_nt_pack(b: &[f32], n: usize, k: usize, lo_terms: bool) -> Result<V
     Ok(out)
 }
 
-/// Iterations (threads) of an `ek_gemm_tf32x3_nt` launch for `m` rows with `warp_rows`
-/// rows per warp (32: `ek_gemm_tf32x3_nt`, 16: `ek_gemm_tf32x3_nt16`): one CTA of
-/// [`BLOCK_THREADS`] threads per `BLOCK_THREADS / 32 · warp_rows` rows.
-pub fn tc_gemm_iterations(m: usize, warp_rows: usize) -> u64 {
-    let cta_rows = BLOCK_THREADS as usize / 32 * warp_rows;
-    (m.div_ceil(cta_rows) * BLOCK_THREADS as usize) as u64
+/// Iterations (threads) of an `ek_gemm_tf32x3_nt` launch for `m` rows: one CTA of
+/// [`BLOCK_THREADS`] threads per as many rows.
+pub fn tc_gemm_iterations(m: usize) -> u64 {
+    (m.div_ceil(BLOCK_THREADS as usize) * BLOCK_THREADS as usize) as u64
 }
 
 /// The 3xTF32 right factors of a Linear's products ([`KronGemm`]s over the `kron` buffer):
