@@ -17,7 +17,7 @@ export EQUIKERN_REPO=$PWD XDG_RUNTIME_DIR=/tmp
 CKPT=models/checkpoint_sevennet_0.pth
 for round in 1 2; do
   # label: binary (o old, n new) - MLP_SPLIT
-  for v in o-0 n-0 n-1 o-1; do
+  for v in o-0 n-0 n-1; do
     bin=b/equikern; [ "${v%-*}" = o ] && bin=b/equikern_old
     stage "$bin EQUIKERN_MODEL_MLP_SPLIT=${v#*-} (round $round)"
     EQUIKERN_MODEL_KEEP_H=1 EQUIKERN_MODEL_TF32X3_BWD=1 EQUIKERN_MODEL_MLP_SPLIT=${v#*-} timeout 50 $bin bench \
