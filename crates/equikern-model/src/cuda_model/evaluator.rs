@@ -370,7 +370,7 @@ fn mlp_split_enabled() -> bool {
 /// alone: at Si 32,768 atoms four `ek_mlp_hidden` launches for 4 × 235 MB more device
 /// memory. On by default since session 11 (H100, one call, two rounds, with the Linear paths
 /// by kernel: Si 32,768 71.50 / 69.85 ms per step without / with, Si 4,096 11.41 / 11.17;
-/// peak 9.09 → 9.99 GB at 32,768, 0.48 of cuEquivariance's 20.86).
+/// peak 8.88 → 9.75 GiB at 32,768, 0.47 of cuEquivariance's 20.86).
 pub const KEEP_H_ENV: &str = "EQUIKERN_MODEL_KEEP_H";
 
 /// [`MLP_ENV`]: `(fused, two-pass backward)`, `None` when not set (fused where the model's
