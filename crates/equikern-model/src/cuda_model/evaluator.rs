@@ -351,17 +351,20 @@ fn linear_paths_enabled() -> bool {
     std::env::var(LINEAR_PATHS_ENV).as_deref() == Ok("1")
 }
 
-/// Environment variable: `1` has `ek_mlp_hidden` write the last hidden activation directly as
-/// the 3xTF32 product's split rows `[hi | hi | lo]` (into `gw`, as `ek_split_tf32` would),
-/// where the radial MLP is fused and the product runs on cuBLAS's TF32 tensor ops: one pass
-/// over `[E, 64]` less per call (`ek_split_tf32`, 9 × 0.34 ms per step at Si 32,768 atoms in
-/// the v0.8 profile; its floor: 0.94 GB at 3 TB/s), for writing `[E, 192]` instead of
-/// `[E, 64]` (both too where the hidden activation is kept). Bit-identical results.
-/// Opt-in until timed on the GPU.
+/// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation
+/// directly as the 3xTF32 product's split rows `[hi | hi | lo]` (into `gw`, as
+/// `ek_split_tf32` would), where the radial MLP is fused and the product runs on cuBLAS's
+/// TF32 tensor ops: no separate pass over `[E, 64]` (`ek_split_tf32`, 0.33 ms per call at Si
+/// 32,768 atoms), for writing `[E, 192]` instead of `[E, 64]` (both where the hidden
+/// activation is kept). Bit-identical results. Measured on the H100 (session 11): with each
+/// lane storing its own row the 705 MB went out at ≈ 0.4 TB/s and the step lost 10 ms at
+/// 32,768 atoms; through the per-warp shared tile (`ek_mlp_last_fwd`) `ek_mlp_hidden` takes
+/// 0.53 ms per call against 0.41 + 0.33, and the step 69.29 vs 70.17 ms (4,096: 10.25 vs
+/// 10.34), median of two rounds. On by default since.
 pub const MLP_SPLIT_ENV: &str = "EQUIKERN_MODEL_MLP_SPLIT";
 
 fn mlp_split_enabled() -> bool {
-    std::env::var(MLP_SPLIT_ENV).as_deref() == Ok("1")
+    std::env::var(MLP_SPLIT_ENV).as_deref() != Ok("0")
 }
 
 /// Environment variable: unless `0`, when the radial MLP is fused and `w` is recomputed for
@@ -701,8 +704,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         self.linear_paths = on;
     }
 
-    /// Has the fused radial MLP write its output as the 3xTF32 split rows directly (see
-    /// [`MLP_SPLIT_ENV`]; where the product runs on TF32 tensor ops).
+    /// Has the fused radial MLP write its output as the 3xTF32 split rows directly (default
+    /// on, see [`MLP_SPLIT_ENV`]; where the product runs on TF32 tensor ops).
     pub fn set_mlp_split(&mut self, on: bool) {
         self.mlp_split = on;
     }

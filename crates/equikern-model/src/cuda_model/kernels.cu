@@ -620,11 +620,13 @@ __device__ __forceinline__ void ek_mlp_full(const real* x, const real* W, real c
 }
 
 // Rows of h (or of its split) leave the forward through a per-warp shared tile when the
-// real is float, the row a multiple of 4 and of the chunk (EK_MLP_STAGED): written by each
+// real is float and the row a multiple of 4 and of the chunk (`staged`): written by each
 // lane as its own row (one edge per thread) with 16-byte stores 4·B bytes apart, a warp's
-// store touches 32 half-sectors and the H100 wrote h at ~0.6 TB/s (ek_mlp_hidden 0.41 ms
-// at 917,504 edges, 235 MB; its split rows, 705 MB, at ~0.4 TB/s: session 11). Through
-// the tile a warp's store covers 8 rows × 64 contiguous bytes: whole sectors.
+// store touches 32 half-sectors, and the H100 took the split rows (705 MB at 917,504 edges)
+// at ≈ 0.4 TB/s: the step lost 10 ms (session 11). Through the tile a warp's store covers
+// 8 rows × 64 contiguous bytes, whole sectors: ek_mlp_hidden with the split 0.53 ms per
+// call (h alone: no faster than direct stores; the kernel is bound by its FMAs and
+// broadcast weight loads, not by writing h).
 // EK_MLP_TILE_LD: the tile's row stride in floats (16 + 4: a quarter-warp's 16-byte
 // writes, one per lane and row, hit distinct banks).
 #define EK_MLP_TILE_LD 20
