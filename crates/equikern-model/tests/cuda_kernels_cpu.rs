@@ -86,6 +86,10 @@ extern "C" void t_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* A,
     real beta, real* C) {
   grid_threads(((m + 255) / 256) * 256, [&] { ek_gemm_tf32x3_nt(m, n, k, alpha, A, bp, beta, C); });
 }
+extern "C" void t_mlp_backward_tc(u64 E, int nb, const real* emb, const float4* bp, real c,
+    const real* gl, real* ge, int acc) {
+  grid_threads(((E + 15) / 16) * 32, [&] { ek_mlp_backward_tc(E, nb, emb, bp, c, gl, ge, acc); });
+}
 extern "C" void t_accumulate(u64 n, real* dst, const real* src, int first) {
   grid(n, [&] { ek_accumulate(n, dst, src, first); });
 }
@@ -1333,6 +1337,117 @@ fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
 }
 
 type TcGemmFn = unsafe extern "C" fn(u64, i32, i32, f32, *const f32, *const f32, f32, *mut f32);
+type MlpTcFn =
+    unsafe extern "C" fn(u64, i32, *const f32, *const f32, f32, *const f32, *mut f32, i32);
+
+/// `ek_mlp_backward_tc` (the fused radial MLP's backward as 3xTF32 `mma`, a warp per 16
+/// edges) in the CPU emulation — each block's threads concurrent, the `mma` fragments
+/// exchanged as the PTX ISA lays them out — against the host net's f64 backward, for hidden
+/// widths [8, 64, 64] (SevenNet's) and [5, 64, 64] (emb columns padded in the k step and
+/// masked in the output), on 1000 edges (a partial last tile) and 7, overwrite and
+/// accumulate; poisoned outputs must be written. ≤ 1e-5 relative: one TF32 pass would be
+/// ~1e-3, so the split must be there. The pack is checked for shapes it must refuse.
+#[test]
+fn mlp_backward_tc_emulated() {
+    use equikern_model::cuda_model::tables::{mlp_tc_iterations, mlp_tc_pack};
+    use equikern_model::nn::FullyConnectedNet;
+    let dir = tmpdir("mlptc");
+    let Some(lib) = build_lib::<f32>(&dir, 2, &MlpKernels::none::<f32>()) else {
+        return;
+    };
+    let k_ = K::<f32> {
+        lib: &lib,
+        _t: std::marker::PhantomData,
+    };
+    let f = sym!(k_, b"t_mlp_backward_tc", MlpTcFn);
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(19);
+    for (nb, ne) in [(8usize, 1000usize), (5, 1000), (8, 7)] {
+        let b = 96;
+        let mut w = |n: usize| -> Vec<f64> { (0..n).map(|_| r.random_range(-1.7..1.7)).collect() };
+        let net = FullyConnectedNet {
+            layers: vec![
+                (nb, 64, w(nb * 64)),
+                (64, 64, w(64 * 64)),
+                (64, b, w(64 * b)),
+            ],
+            act_cst: 1.679_177,
+        };
+        let pack = mlp_tc_pack(&net).unwrap();
+        assert_eq!(pack.len(), 144 * 32 * 4);
+        let emb: Vec<f64> = (0..ne * nb).map(|_| r.random_range(-2.0..2.0)).collect();
+        let gw: Vec<f64> = (0..ne * b).map(|_| r.random_range(-1.0..1.0)).collect();
+        let (_, tape) = net.forward(&emb);
+        let want = net.backward(&tape, &gw);
+        // g_last = gw · W_lastᵀ / 8 (what the last product's transpose hands the kernel)
+        let w3 = &net.layers[2].2;
+        let gl: Vec<f32> = (0..ne * 64)
+            .map(|i| {
+                let (e, a) = (i / 64, i % 64);
+                ((0..b).map(|j| gw[e * b + j] * w3[a * b + j]).sum::<f64>() / 8.0) as f32
+            })
+            .collect();
+        let emb32: Vec<f32> = emb.iter().map(|&v| v as f32).collect();
+        let base: Vec<f32> = (0..ne * nb)
+            .map(|_| r.random_range(-1.0..1.0) as f32)
+            .collect();
+        for acc in [false, true] {
+            let mut ge: Vec<f32> = if acc {
+                base.clone()
+            } else {
+                vec![f32::NAN; ne * nb]
+            };
+            // SAFETY: emb ne·nb, the pack, gl ne·64, ge ne·nb.
+            unsafe {
+                f(
+                    ne as u64,
+                    nb as i32,
+                    emb32.as_ptr(),
+                    pack.as_ptr(),
+                    net.act_cst as f32,
+                    gl.as_ptr(),
+                    ge.as_mut_ptr(),
+                    i32::from(acc),
+                )
+            };
+            let want_acc: Vec<f64> = if acc {
+                want.iter()
+                    .zip(&base)
+                    .map(|(w, b)| w + f64::from(*b))
+                    .collect()
+            } else {
+                want.clone()
+            };
+            rel(
+                &format!(
+                    "ek_mlp_backward_tc nb {nb} E {ne} acc {acc} ({} thr)",
+                    mlp_tc_iterations(ne)
+                ),
+                &ge,
+                &want_acc,
+                1e-5,
+            );
+        }
+    }
+    let other = FullyConnectedNet {
+        layers: vec![
+            (8, 32, vec![0.0; 256]),
+            (32, 64, vec![0.0; 2048]),
+            (64, 4, vec![0.0; 256]),
+        ],
+        act_cst: 1.0,
+    };
+    let e = mlp_tc_pack(&other).unwrap_err().to_string();
+    assert!(e.contains("[8, 32, 64]"), "{e}");
+    // SAFETY: the harness defines it with this signature.
+    let unsynced: libloading::Symbol<unsafe extern "C" fn() -> i32> =
+        unsafe { lib.get(b"t_unsynced_barriers") }.unwrap();
+    // SAFETY: no arguments.
+    assert_eq!(
+        unsafe { unsynced() },
+        0,
+        "a barrier ran outside grid_threads"
+    );
+}
 
 /// Relative L2 error of `c` against `want`.
 fn rel_l2(c: &[f32], want: &[f64]) -> f64 {
@@ -1589,6 +1704,16 @@ fn mlp_kernels_registers_sm90() {
                 assert!(
                     block.iter().any(|x| x.contains(" 0 bytes spill stores")),
                     "ek_linear_path spills: {}",
+                    block.join(" | ")
+                );
+            }
+            if l.contains("Compiling entry function 'ek_mlp_backward_tc") && name == "f32" {
+                // pre1, one product's accumulators and its partials (3 × 32) + fragments
+                let block: Vec<&str> = lines[i..].iter().take(5).copied().collect();
+                println!("{name}: {}", block.join("\n    "));
+                assert!(
+                    block.iter().any(|x| x.contains(" 0 bytes spill stores")),
+                    "ek_mlp_backward_tc spills: {}",
                     block.join(" | ")
                 );
             }

@@ -187,12 +187,16 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
         ev.set_tf32x3(tf32);
         ev.set_tf32x3_bwd(tc_bwd);
         ev.set_tf32x3_linear(lin, 4).unwrap();
+        // with the fused MLP and both 3xTF32 switches: its backward on tensor cores too
+        // (`ek_mlp_backward_tc`, opt-in; 7net-0's widths [8, 64, 64])
+        let mlp_tc = tf32 && fused && tc_bwd;
+        ev.set_mlp_tc(mlp_tc);
         if tf32 && T::NAME != "f32" {
             continue;
         }
         let tol = if tf32 { TF32X3_TOL_FACTOR * tol } else { tol };
         println!(
-            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}, l > 0 paths by kernel: {paths}, hidden kept: {keep_h}]",
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}, l > 0 paths by kernel: {paths}, hidden kept: {keep_h}, MLP backward on tensor cores: {mlp_tc}]",
             ev.describe()
         );
         for (name, s) in structures() {

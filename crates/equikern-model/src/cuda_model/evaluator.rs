@@ -36,9 +36,9 @@ use super::cuda_exec::CudaExec;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::DevReal;
 use super::tables::{
-    kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape, mlp_pack, tc_gemm_iterations,
-    tf32x3_mma_fragments, tf32x3_nt_pack, tf32x3_right, GateTable, KronGemm, LinearTable,
-    MlpKernels, LINEAR_ROWS, TC_MAX_N,
+    kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape, mlp_pack, mlp_tc_fits,
+    mlp_tc_iterations, mlp_tc_pack, tc_gemm_iterations, tf32x3_mma_fragments, tf32x3_nt_pack,
+    tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS, TC_MAX_N,
 };
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
@@ -134,6 +134,9 @@ struct DevLayer<T: Pod, D: Memory> {
     /// ... in `ek_radial_last_tf32x3`'s fragment order (`tables::tf32x3_mma_fragments`)
     /// where that kernel takes the shape.
     mlp_last_frag: Option<Buf<T, D>>,
+    /// f32, hidden widths `[nb ≤ 8, 64, 64]`: `ek_mlp_backward_tc`'s right factors
+    /// (`tables::mlp_tc_pack`).
+    mlp_tc: Option<Buf<T, D>>,
     /// f32: the last MLP weight `W [a, b]` as `ek_gemm_tf32x3_nt`'s right factor
     /// (`tables::tf32x3_nt_pack`, `a ≤ 64`): the backward's `gw · Wᵀ` on tensor cores.
     mlp_last_nt: Option<Buf<T, D>>,
@@ -255,6 +258,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     linear_paths: bool,
     /// `ek_mlp_hidden` writes the 3xTF32 split rows itself ([`MLP_SPLIT_ENV`]).
     mlp_split: bool,
+    /// The fused MLP's backward by `ek_mlp_backward_tc` ([`MLP_TC_ENV`]).
+    mlp_tc: bool,
     /// Fused MLP, `w` recomputed: keep each layer's last hidden activation ([`KEEP_H_ENV`]).
     keep_h: bool,
 }
@@ -350,6 +355,13 @@ pub const LINEAR_PATHS_ENV: &str = "EQUIKERN_MODEL_LINEAR_PATHS";
 fn linear_paths_enabled() -> bool {
     std::env::var(LINEAR_PATHS_ENV).as_deref() == Ok("1")
 }
+
+/// Environment variable: `1` runs the fused radial MLP's backward (`[nb ≤ 8, 64, 64]`, f32,
+/// TF32 `mma`) by `ek_mlp_backward_tc` (3xTF32 on tensor cores, a warp per 16 edges) instead
+/// of `ek_mlp_hidden_backward` (FP32 pipes, one edge per thread: 1.11 ms per call at 917,504
+/// edges on the H100, four times its FP32 bound). Opt-in: written in session 11, checked by
+/// the CPU emulation (emulated `mma` fragments) and NVRTC/ptxas, not yet timed.
+pub const MLP_TC_ENV: &str = "EQUIKERN_MODEL_MLP_TC";
 
 /// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation
 /// directly as the 3xTF32 product's split rows `[hi | hi | lo]` (into `gw`, as
@@ -547,8 +559,19 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 }
                 _ => None,
             };
+            let mlp_tc = match (mlp_hidden_shape(&l.weight_nn), T::NAME == "f32") {
+                (Ok(w), true) if mlp_tc_fits(&w) => {
+                    let pack: Vec<f64> = mlp_tc_pack(&l.weight_nn)?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect();
+                    Some(Buf::from_host(&d, &mem, &cast::<T>(&pack))?)
+                }
+                _ => None,
+            };
             layers.push(DevLayer {
                 fused,
+                mlp_tc,
                 mlp_last_tf32,
                 mlp_last_frag,
                 mlp_last_nt,
@@ -648,6 +671,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             tf32x3_linear_min: DEFAULT_TF32X3_LINEAR_MIN,
             linear_paths: linear_paths_enabled(),
             mlp_split: mlp_split_enabled(),
+            mlp_tc: std::env::var(MLP_TC_ENV).as_deref() == Ok("1"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
@@ -708,6 +732,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// on, see [`MLP_SPLIT_ENV`]; where the product runs on TF32 tensor ops).
     pub fn set_mlp_split(&mut self, on: bool) {
         self.mlp_split = on;
+    }
+
+    /// Runs the fused radial MLP's backward on tensor cores (`ek_mlp_backward_tc`, see
+    /// [`MLP_TC_ENV`]) where the device has TF32 `mma` and the layer's hidden widths are
+    /// `[nb ≤ 8, 64, 64]` (f32); elsewhere `ek_mlp_hidden_backward` runs.
+    pub fn set_mlp_tc(&mut self, on: bool) {
+        self.mlp_tc = on;
     }
 
     /// Whether the radial MLP's hidden layers run fused.
@@ -1004,7 +1035,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .hash(&mut h);
             (self.tf32x3_linear, self.tf32x3_linear_min).hash(&mut h);
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
-            (self.linear_paths, ws.keep_h, self.mlp_split).hash(&mut h);
+            (self.linear_paths, ws.keep_h, self.mlp_split, self.mlp_tc).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -1473,6 +1504,23 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         if self.mlp_fused {
             let f = self.fused(l)?;
             self.last_backward(l, ne, &ws.gw.s, &mut ws.hl.s)?;
+            if let (Some(pack), true) = (&l.mlp_tc, self.mlp_tc && self.d.tensor_cores()) {
+                let nb = l.mlp[0].0;
+                return self.d.launch(
+                    Kern::MlpBackwardTc,
+                    mlp_tc_iterations(ne),
+                    &[
+                        Arg::U64(ne as u64),
+                        Arg::I32(nb as i32),
+                        Arg::Real(&ws.emb.s, 0),
+                        Arg::Real(&pack.s, 0),
+                        Arg::Val(l.act_cst),
+                        Arg::Real(&ws.hl.s, 0),
+                        Arg::Real(&ws.g_emb.s, 0),
+                        Arg::I32(i32::from(!first)),
+                    ],
+                );
+            }
             let k = if self.mlp_two_pass {
                 Kern::MlpHiddenBackward2
             } else {

@@ -50,6 +50,7 @@ pub enum Kern {
     SplitTf32,
     RadialLastTf32,
     GemmTf32x3Nt,
+    MlpBackwardTc,
     SplitTf32Rows,
     Readout,
     Forces,
@@ -58,7 +59,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 26] = [
+    pub const ALL: [Kern; 27] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -80,6 +81,7 @@ impl Kern {
         Kern::SplitTf32,
         Kern::RadialLastTf32,
         Kern::GemmTf32x3Nt,
+        Kern::MlpBackwardTc,
         Kern::SplitTf32Rows,
         Kern::Readout,
         Kern::Forces,
@@ -111,6 +113,7 @@ impl Kern {
             Kern::SplitTf32 => "ek_split_tf32",
             Kern::RadialLastTf32 => "ek_radial_last_tf32x3",
             Kern::GemmTf32x3Nt => "ek_gemm_tf32x3_nt",
+            Kern::MlpBackwardTc => "ek_mlp_backward_tc",
             Kern::SplitTf32Rows => "ek_split_tf32_rows",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",

@@ -1296,6 +1296,169 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 }
 
 // ---------------------------------------------------------------------------------------
+// The fused radial MLP's backward on tensor cores (3xTF32), for hidden shape [nb ≤ 8, 64, 64]
+// (SevenNet's): from g_last = ∂/∂h2 [E, 64] and emb [E, nb] to g_emb [E, nb] (+= with
+// `accumulate`), recomputing the forward, with every product a warp-wide `mma.m16n8k8`:
+//   pre1 = emb · W1 / √nb,  h1 = c·silu(pre1),  pre2 = h1 · W2 / 8,
+//   g2 = g_last ⊙ c·silu'(pre2),  g1 = (g2 · W2ᵀ / 8) ⊙ c·silu'(pre1),  g_emb = g1 · W1ᵀ / √nb.
+// Why: `ek_mlp_hidden_backward` does these 9.7k multiply-adds per edge on the FP32 pipes with
+// a broadcast shared-memory load per 4 of them, 255 registers, one block per SM: 1.11 ms per
+// call at 917,504 edges (H100, session 11), four times its FP32 bound; on tensor cores the
+// work is ≈ 27 mma per edge and the kernel can approach its memory floor (g_last 235 MB).
+// A warp owns 16 edges (one m16 tile; grid-stride over tiles by warps, so every lane of a
+// warp runs the same iterations, as `mma` needs). Each product's result is in the C
+// fragment layout; it becomes the next product's A operand through the warp's shared tile
+// [16][EK_TC_MLP_LD]. Each A value is split in registers into TF32 hi/lo (ek_tc_split); B
+// comes pre-split (`tables::mlp_tc_pack`: W1, W2, W2ᵀ, W1ᵀ scaled, per (k step, n tile) a
+// float4 per lane (b0 hi, b1 hi, b0 lo, b1 lo), read through L1); each 16×8 tile takes
+// A_lo·B_hi + A_hi·B_lo + A_hi·B_hi, with every two k steps' partials added in FP32 (the
+// tensor cores' accumulation truncates; see ek_gemm_tf32x3_nt). Rows past `edges` read zeros
+// and are not written. f32 with TF32 mma only (the host launches it nowhere else).
+#define EK_TC_MLP_LD 68
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+// d += A·B in 3xTF32: A as its hi/lo fragments, B as a packed float4.
+__device__ __forceinline__ void ek_mma3(float d[4], const unsigned ahi[4], const unsigned alo[4],
+                                        float4 b) {
+  unsigned bhi[2] = {__float_as_uint(b.x), __float_as_uint(b.y)};
+  unsigned blo[2] = {__float_as_uint(b.z), __float_as_uint(b.w)};
+  ek_mma_m16n8k8_tf32(d, alo, bhi);
+  ek_mma_m16n8k8_tf32(d, ahi, blo);
+  ek_mma_m16n8k8_tf32(d, ahi, bhi);
+}
+// A fragment of k step ks of the warp's tile T [16][EK_TC_MLP_LD], split.
+__device__ __forceinline__ void ek_tc_afrag(const float* T, int ks, int g, int t, unsigned hi[4],
+                                            unsigned lo[4]) {
+  const int c = 8 * ks + t;
+  ek_tc_split(T[g * EK_TC_MLP_LD + c], &hi[0], &lo[0]);
+  ek_tc_split(T[(g + 8) * EK_TC_MLP_LD + c], &hi[1], &lo[1]);
+  ek_tc_split(T[g * EK_TC_MLP_LD + c + 4], &hi[2], &lo[2]);
+  ek_tc_split(T[(g + 8) * EK_TC_MLP_LD + c + 4], &hi[3], &lo[3]);
+}
+// Eight n tiles in the C layout (d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1)) into
+// the tile, between two __syncwarp: the previous reads are done, the writes visible.
+__device__ __forceinline__ void ek_tc_to_tile(float* T, const float v[8][4], int g, int t) {
+  __syncwarp();
+  EK_UNROLL
+  for (int nt = 0; nt < 8; ++nt) {
+    const int c = 8 * nt + 2 * t;
+    T[g * EK_TC_MLP_LD + c] = v[nt][0];
+    T[g * EK_TC_MLP_LD + c + 1] = v[nt][1];
+    T[(g + 8) * EK_TC_MLP_LD + c] = v[nt][2];
+    T[(g + 8) * EK_TC_MLP_LD + c + 1] = v[nt][3];
+  }
+  __syncwarp();
+}
+// out [16][64] (C layout) = T [16][64] · B, B the pack's 8 k steps × 8 n tiles at bp.
+__device__ __forceinline__ void ek_tc_mm64(const float* T, const float4* __restrict__ bp, int g,
+                                           int t, int lane, float out[8][4]) {
+  EK_UNROLL
+  for (int nt = 0; nt < 8; ++nt)
+    EK_UNROLL
+    for (int q = 0; q < 4; ++q) out[nt][q] = 0.0f;
+  EK_NO_UNROLL
+  for (int k2 = 0; k2 < 8; k2 += 2) {
+    float part[8][4];
+    EK_UNROLL
+    for (int nt = 0; nt < 8; ++nt)
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) part[nt][q] = 0.0f;
+    EK_UNROLL
+    for (int ks = k2; ks < k2 + 2; ++ks) {
+      unsigned ahi[4], alo[4];
+      ek_tc_afrag(T, ks, g, t, ahi, alo);
+      EK_UNROLL
+      for (int nt = 0; nt < 8; ++nt) ek_mma3(part[nt], ahi, alo, bp[(ks * 8 + nt) * 32 + lane]);
+    }
+    EK_UNROLL
+    for (int nt = 0; nt < 8; ++nt)
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) out[nt][q] += part[nt][q];
+  }
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(EK_BLOCK)
+    ek_mlp_backward_tc(u64 edges, int nb, const real* __restrict__ emb,
+                       const float4* __restrict__ bp, real c, const real* __restrict__ g_last,
+                       real* g_emb, int accumulate) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  __shared__ __align__(16) float ek_tc_mlp_tile[EK_BLOCK / 32][16 * EK_TC_MLP_LD];
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float* T = ek_tc_mlp_tile[threadIdx.x >> 5];
+  // the pack: W1 (1 k step × 8 n tiles), W2 (8 × 8), W2ᵀ (8 × 8), W1ᵀ (8 × 1)
+  const float4* b_w1 = bp;
+  const float4* b_w2 = bp + 8 * 32;
+  const float4* b_w2t = bp + 72 * 32;
+  const float4* b_w1t = bp + 136 * 32;
+  const u64 tiles = (edges + 15) / 16;
+  const u64 warps = (u64)gridDim.x * (blockDim.x >> 5);
+  for (u64 tile = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); tile < tiles;
+       tile += warps) {
+    const u64 ra = tile * 16 + g, rb = ra + 8;
+    const bool va = ra < edges, vb = rb < edges;
+    // pre1 = emb · W1 (one k step: emb's columns t and t + 4, zero past nb)
+    unsigned ahi[4], alo[4];
+    ek_tc_split(va && t < nb ? emb[ra * nb + t] : 0.0f, &ahi[0], &alo[0]);
+    ek_tc_split(vb && t < nb ? emb[rb * nb + t] : 0.0f, &ahi[1], &alo[1]);
+    ek_tc_split(va && t + 4 < nb ? emb[ra * nb + t + 4] : 0.0f, &ahi[2], &alo[2]);
+    ek_tc_split(vb && t + 4 < nb ? emb[rb * nb + t + 4] : 0.0f, &ahi[3], &alo[3]);
+    float pre1[8][4], v[8][4];
+    EK_UNROLL
+    for (int nt = 0; nt < 8; ++nt) {
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) pre1[nt][q] = 0.0f;
+      ek_mma3(pre1[nt], ahi, alo, b_w1[nt * 32 + lane]);
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) v[nt][q] = c * ek_silu(pre1[nt][q]);
+    }
+    ek_tc_to_tile(T, v, g, t);
+    float pre2[8][4];
+    ek_tc_mm64(T, b_w2, g, t, lane, pre2);
+    // g2 = g_last ⊙ c·silu'(pre2)
+    EK_UNROLL
+    for (int nt = 0; nt < 8; ++nt) {
+      const int col = 8 * nt + 2 * t;
+      float2 ga = va ? *(const float2*)(g_last + ra * 64 + col) : float2{0.0f, 0.0f};
+      float2 gb = vb ? *(const float2*)(g_last + rb * 64 + col) : float2{0.0f, 0.0f};
+      v[nt][0] = ga.x * c * ek_silu_grad(pre2[nt][0]);
+      v[nt][1] = ga.y * c * ek_silu_grad(pre2[nt][1]);
+      v[nt][2] = gb.x * c * ek_silu_grad(pre2[nt][2]);
+      v[nt][3] = gb.y * c * ek_silu_grad(pre2[nt][3]);
+    }
+    ek_tc_to_tile(T, v, g, t);
+    // g1 = (g2 · W2ᵀ) ⊙ c·silu'(pre1)  (pre2's registers reused)
+    ek_tc_mm64(T, b_w2t, g, t, lane, pre2);
+    EK_UNROLL
+    for (int nt = 0; nt < 8; ++nt)
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) v[nt][q] = pre2[nt][q] * c * ek_silu_grad(pre1[nt][q]);
+    ek_tc_to_tile(T, v, g, t);
+    // g_emb = g1 · W1ᵀ: 8 k steps, one n tile (columns 2t, 2t + 1 < nb)
+    float ge[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    EK_NO_UNROLL
+    for (int k2 = 0; k2 < 8; k2 += 2) {
+      float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      EK_UNROLL
+      for (int ks = k2; ks < k2 + 2; ++ks) {
+        ek_tc_afrag(T, ks, g, t, ahi, alo);
+        ek_mma3(part, ahi, alo, b_w1t[ks * 32 + lane]);
+      }
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) ge[q] += part[q];
+    }
+    EK_UNROLL
+    for (int q = 0; q < 2; ++q) {
+      const int col = 2 * t + q;
+      if (col < nb) {
+        if (va) g_emb[ra * nb + col] = ge[q] + (accumulate ? g_emb[ra * nb + col] : 0.0f);
+        if (vb) g_emb[rb * nb + col] = ge[2 + q] + (accumulate ? g_emb[rb * nb + col] : 0.0f);
+      }
+    }
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
 // The radial MLP's last product as 3xTF32 on tensor cores, without a split pass:
 // out[rows, n] = alpha · h[rows, k] · W[k, n], h row-major (stride k). Each h element is
 // split in registers (hi = tf32(x), lo = tf32(x − hi)) and out ≈ h_lo·W_hi + h_hi·W_lo +

@@ -504,6 +504,71 @@ pub fn tf32x3_nt_pack(b: &[f32], n: usize, k: usize, lo_terms: bool) -> Result<V
     Ok(out)
 }
 
+/// Hidden widths `ek_mlp_backward_tc` takes: `[nb ≤ 8, 64, 64]`.
+pub fn mlp_tc_fits(widths: &[usize]) -> bool {
+    matches!(widths, [nb, 64, 64] if (1..=8).contains(nb))
+}
+
+/// `ek_mlp_backward_tc`'s right factors from a radial MLP with hidden widths `[nb ≤ 8, 64,
+/// 64]` (`layers[0]`: `W1 [nb, 64]`, `layers[1]`: `W2 [64, 64]`): `W1 / √nb` (k padded to 8,
+/// one k step × 8 n tiles), `W2 / 8` (8 × 8), `W2ᵀ / 8` (8 × 8), `W1ᵀ / √nb` (8 k steps × one
+/// n tile, n padded to 8), each (k step, n tile) as 32 lanes' `[b0 hi, b1 hi, b0 lo, b1 lo]`
+/// with `b0 = B[8ks + t, 8nt + g]`, `b1 = B[8ks + t + 4, 8nt + g]` (lane `4g + t`, the PTX
+/// m16n8k8 B layout), `hi = tf32(b)`, `lo = tf32(b − hi)`. `Err` names another shape.
+pub fn mlp_tc_pack<T: Scalar>(net: &FullyConnectedNet<T>) -> Result<Vec<f32>> {
+    let widths = mlp_hidden_shape(net).map_err(ModelError::Unsupported)?;
+    if !mlp_tc_fits(&widths) {
+        return Err(ModelError::Unsupported(format!(
+            "ek_mlp_backward_tc: hidden widths {widths:?} (needs [nb <= 8, 64, 64])"
+        )));
+    }
+    let nb = widths[0];
+    let (w1, w2) = (&net.layers[0].2, &net.layers[1].2);
+    let s1 = 1.0 / (nb as f64).sqrt();
+    let s2 = 1.0 / 8.0;
+    // B [k, n] of each factor as a function (zero outside the weights)
+    let b_w1 = |k: usize, n: usize| {
+        if k < nb {
+            w1[k * 64 + n].to_f64() * s1
+        } else {
+            0.0
+        }
+    };
+    let b_w2 = |k: usize, n: usize| w2[k * 64 + n].to_f64() * s2;
+    let b_w2t = |k: usize, n: usize| w2[n * 64 + k].to_f64() * s2;
+    let b_w1t = |k: usize, n: usize| {
+        if n < nb {
+            w1[n * 64 + k].to_f64() * s1
+        } else {
+            0.0
+        }
+    };
+    let mut out = Vec::with_capacity(144 * 32 * 4);
+    let mut push = |ksteps: usize, ntiles: usize, b: &dyn Fn(usize, usize) -> f64| {
+        for ks in 0..ksteps {
+            for nt in 0..ntiles {
+                for lane in 0..32 {
+                    let (g, t) = (lane / 4, lane % 4);
+                    let b0 = b(8 * ks + t, 8 * nt + g) as f32;
+                    let b1 = b(8 * ks + t + 4, 8 * nt + g) as f32;
+                    let (h0, h1) = (tf32(b0), tf32(b1));
+                    out.extend_from_slice(&[h0, h1, tf32(b0 - h0), tf32(b1 - h1)]);
+                }
+            }
+        }
+    };
+    push(1, 8, &b_w1);
+    push(8, 8, &b_w2);
+    push(8, 8, &b_w2t);
+    push(8, 1, &b_w1t);
+    Ok(out)
+}
+
+/// Threads of an `ek_mlp_backward_tc` launch over `edges`: a warp per 16 edges.
+pub fn mlp_tc_iterations(edges: usize) -> u64 {
+    (edges.div_ceil(16) * 32) as u64
+}
+
 /// Iterations (threads) of an `ek_gemm_tf32x3_nt` launch for `m` rows: one CTA of
 /// [`BLOCK_THREADS`] threads per as many rows.
 pub fn tc_gemm_iterations(m: usize) -> u64 {

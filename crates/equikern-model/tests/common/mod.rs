@@ -269,6 +269,7 @@ struct ek_dim3 { unsigned x, y, z; };
 static ek_dim3 blockIdx, gridDim, blockDim;
 static thread_local ek_dim3 threadIdx;
 struct float4 { float x, y, z, w; };
+struct float2 { float x, y; };
 struct double2 { double x, y; };
 // __syncthreads: a barrier over the block's threads while `grid_threads` runs them
 struct ek_barrier {
