@@ -765,8 +765,10 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (true, true, false) => ", 3xTF32 radial",
             (true, true, true) => ", 3xTF32 radial+linears",
         };
+        // the opt-in tensor-core MLP backward, where it would run (f32, TF32 mma, fused)
+        let mlp_tc = self.mlp_tc && self.mlp_fused && T::NAME == "f32" && self.d.tensor_cores();
         format!(
-            "{} {} (resident, {}, radial MLP {}, l > 0 linear paths {}{tf32})",
+            "{} {} (resident, {}, radial MLP {}{}, l > 0 linear paths {}{tf32})",
             self.d.describe(),
             T::NAME,
             self.d.gemm_name(),
@@ -774,6 +776,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 (true, false) => "fused",
                 (true, true) => "fused2",
                 _ => "cublas",
+            },
+            if mlp_tc {
+                " (backward on tensor cores)"
+            } else {
+                ""
             },
             if self.linear_paths {
                 "by kernel"
