@@ -1337,6 +1337,28 @@ fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
 }
 
 type TcGemmFn = unsafe extern "C" fn(u64, i32, i32, f32, *const f32, *const f32, f32, *mut f32);
+/// The f32 kernels of a built library (the tensor-core kernels' emulation tests).
+fn f32_kernels(lib: &libloading::Library) -> K<'_, f32> {
+    K {
+        lib,
+        _t: std::marker::PhantomData,
+    }
+}
+
+/// Every emulated barrier ran inside `grid_threads` (a kernel that needs its block's threads
+/// concurrent was not run one thread at a time).
+fn assert_barriers_synced(lib: &libloading::Library) {
+    // SAFETY: the harness defines it with this signature.
+    let unsynced: libloading::Symbol<unsafe extern "C" fn() -> i32> =
+        unsafe { lib.get(b"t_unsynced_barriers") }.unwrap();
+    // SAFETY: no arguments.
+    assert_eq!(
+        unsafe { unsynced() },
+        0,
+        "a barrier ran outside grid_threads"
+    );
+}
+
 type MlpTcFn =
     unsafe extern "C" fn(u64, i32, *const f32, *const f32, f32, *const f32, *mut f32, i32);
 
@@ -1355,10 +1377,7 @@ fn mlp_backward_tc_emulated() {
     let Some(lib) = build_lib::<f32>(&dir, 2, &MlpKernels::none::<f32>()) else {
         return;
     };
-    let k_ = K::<f32> {
-        lib: &lib,
-        _t: std::marker::PhantomData,
-    };
+    let k_ = f32_kernels(&lib);
     let f = sym!(k_, b"t_mlp_backward_tc", MlpTcFn);
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(19);
     for (nb, ne) in [(8usize, 1000usize), (5, 1000), (8, 7)] {
@@ -1438,15 +1457,7 @@ fn mlp_backward_tc_emulated() {
     };
     let e = mlp_tc_pack(&other).unwrap_err().to_string();
     assert!(e.contains("[8, 32, 64]"), "{e}");
-    // SAFETY: the harness defines it with this signature.
-    let unsynced: libloading::Symbol<unsafe extern "C" fn() -> i32> =
-        unsafe { lib.get(b"t_unsynced_barriers") }.unwrap();
-    // SAFETY: no arguments.
-    assert_eq!(
-        unsafe { unsynced() },
-        0,
-        "a barrier ran outside grid_threads"
-    );
+    assert_barriers_synced(&lib);
 }
 
 /// Relative L2 error of `c` against `want`.
@@ -1476,10 +1487,7 @@ fn tf32x3_nt_gemm_emulated() {
     let Some(lib) = build_lib::<f32>(&dir, 2, &MlpKernels::none::<f32>()) else {
         return;
     };
-    let k_ = K::<f32> {
-        lib: &lib,
-        _t: std::marker::PhantomData,
-    };
+    let k_ = f32_kernels(&lib);
     let f = sym!(k_, b"t_gemm_tf32x3_nt", TcGemmFn);
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     const GUARD: usize = 5;
@@ -1585,15 +1593,7 @@ fn tf32x3_nt_gemm_emulated() {
             "m {m} n {n} k {k}: the split does not show: 3xTF32 {e3:.2e}, one pass {e1:.2e}, without B lo {e2:.2e}"
         );
     }
-    // SAFETY: the harness defines it with this signature.
-    let unsynced: libloading::Symbol<unsafe extern "C" fn() -> i32> =
-        unsafe { lib.get(b"t_unsynced_barriers") }.unwrap();
-    // SAFETY: no arguments.
-    assert_eq!(
-        unsafe { unsynced() },
-        0,
-        "a barrier ran outside grid_threads"
-    );
+    assert_barriers_synced(&lib);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -1154,6 +1154,17 @@ __device__ __forceinline__ void ek_tc_load(const float* row, int c, int k, bool 
     }
   }
 }
+// d += A·B in 3xTF32 (small terms first: A_lo·B_hi, A_hi·B_lo, then A_hi·B_hi; A_lo·B_lo,
+// ≈ 2^-22 relative, dropped): A as its hi/lo fragments, B as a packed float4
+// (b0 hi, b1 hi, b0 lo, b1 lo).
+__device__ __forceinline__ void ek_mma3(float d[4], const unsigned ahi[4], const unsigned alo[4],
+                                        float4 b) {
+  unsigned bhi[2] = {__float_as_uint(b.x), __float_as_uint(b.y)};
+  unsigned blo[2] = {__float_as_uint(b.z), __float_as_uint(b.w)};
+  ek_mma_m16n8k8_tf32(d, alo, bhi);
+  ek_mma_m16n8k8_tf32(d, ahi, blo);
+  ek_mma_m16n8k8_tf32(d, ahi, bhi);
+}
 // hi, lo of x as TF32 bit patterns (ek_tf32's rounding).
 __device__ __forceinline__ void ek_tc_split(float x, unsigned* hi, unsigned* lo) {
   float h = ek_tf32(x);
@@ -1241,14 +1252,8 @@ __device__ __forceinline__ void ek_gemm_tf32x3_nt_body(u64 m, int n, int k, real
         EK_UNROLL
         for (int j = 0; j < 8; ++j) {
           float4 b = bs[(s * 8 + j) * 32 + lane];
-          unsigned bhi[2] = {__float_as_uint(b.x), __float_as_uint(b.y)};
-          unsigned blo[2] = {__float_as_uint(b.z), __float_as_uint(b.w)};
           EK_UNROLL
-          for (int mt = 0; mt < MT; ++mt) {
-            ek_mma_m16n8k8_tf32(part[mt][j], alo[mt], bhi);
-            ek_mma_m16n8k8_tf32(part[mt][j], ahi[mt], blo);
-            ek_mma_m16n8k8_tf32(part[mt][j], ahi[mt], bhi);
-          }
+          for (int mt = 0; mt < MT; ++mt) ek_mma3(part[mt][j], ahi[mt], alo[mt], b);
         }
       }
       EK_UNROLL
@@ -1316,15 +1321,6 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 // and are not written. f32 with TF32 mma only (the host launches it nowhere else).
 #define EK_TC_MLP_LD 68
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-// d += A·B in 3xTF32: A as its hi/lo fragments, B as a packed float4.
-__device__ __forceinline__ void ek_mma3(float d[4], const unsigned ahi[4], const unsigned alo[4],
-                                        float4 b) {
-  unsigned bhi[2] = {__float_as_uint(b.x), __float_as_uint(b.y)};
-  unsigned blo[2] = {__float_as_uint(b.z), __float_as_uint(b.w)};
-  ek_mma_m16n8k8_tf32(d, alo, bhi);
-  ek_mma_m16n8k8_tf32(d, ahi, blo);
-  ek_mma_m16n8k8_tf32(d, ahi, bhi);
-}
 // A fragment of k step ks of the warp's tile T [16][EK_TC_MLP_LD], split.
 __device__ __forceinline__ void ek_tc_afrag(const float* T, int ks, int g, int t, unsigned hi[4],
                                             unsigned lo[4]) {
