@@ -34,7 +34,9 @@ EQUIKERN_MODEL_PROFILE=1 timeout 30 b/equikern bench --model "$CKPT" --backend c
 head -24 "$OUT/prof_32768.txt"
 stage "ncu: Linear paths (opt-in) and radial-MLP kernels"
 EQUIKERN_MODEL_LINEAR_PATHS=1 EQUIKERN_MODEL_MLP_TC=1 COUNT=40 NCU_T=120 \
-  KERNELS="ek_linear_path|ek_mlp_hidden|ek_mlp_backward_tc" bash benches/h100_ncu_model.sh | tail -5
+  KERNELS="ek_linear_path|ek_mlp_hidden|ek_mlp_backward_tc|ek_gemm_tf32x3_nt" bash benches/h100_ncu_model.sh | tail -5
+stage "ncu: library products (the radial MLP's last product among them)"
+COUNT=12 NCU_T=60 NCU_NAME=ncu_gemm KERNELS="gemm|xmma|cutlass" bash benches/h100_ncu_model.sh | tail -5
 if [ "$EQUIKERN_MODEL_MLP_TC" = 1 ] || [ -n "${FORCE_SIDE:-}" ]; then
   stage "side-by-side with the peers (MLP_TC ${EQUIKERN_MODEL_MLP_TC})"
   mkdir -p "$OUT/model"
