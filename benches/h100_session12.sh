@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Session 12's first device call: `ek_mlp_backward_tc` (EQUIKERN_MODEL_MLP_TC) A/B against the
-# FP32 fused MLP backward, same binary, Si 4,096 and 32,768, two interleaved rounds; the GPU
+# Session 12's first device call: `ek_mlp_backward_tc` (EQUIKERN_MODEL_MLP_TC) and
+# `ek_mlp_forward_tc` (EQUIKERN_MODEL_MLP_TC_FWD) A/B against the FP32 fused MLP kernels, same binary, Si 4,096 and 32,768, two interleaved rounds; the GPU
 # tests with it on (sevenn float64 + the resident rows); the per-kernel profile of the winner;
 # Nsight Compute on the Linear-path and radial-MLP kernels; and, when the switch wins, the
 # side-by-side with both peers (`h100_model.sh`). Carry [".carry", ".peers", ".whl",
@@ -15,30 +15,33 @@ tar -C b -xJf .carry/bins.tar.xz
 export EQUIKERN_REPO=$PWD XDG_RUNTIME_DIR=/tmp
 CKPT=models/checkpoint_sevennet_0.pth
 for round in 1 2; do
-  for v in 0 1; do
-    stage "EQUIKERN_MODEL_MLP_TC=$v (round $round)"
-    EQUIKERN_MODEL_MLP_TC=$v timeout 50 b/equikern bench --model "$CKPT" --backend cuda \
-      --systems si:4096,si:32768 --reps 10 --warmup 2 --json "$OUT/aux/tc${round}_$v.json" 2>&1 | tail -3
+  # label: MLP_TC (backward) then MLP_TC_FWD
+  for v in 00 10 01 11; do
+    stage "EQUIKERN_MODEL_MLP_TC=${v:0:1} EQUIKERN_MODEL_MLP_TC_FWD=${v:1:1} (round $round)"
+    EQUIKERN_MODEL_MLP_TC=${v:0:1} EQUIKERN_MODEL_MLP_TC_FWD=${v:1:1} timeout 50 b/equikern bench \
+      --model "$CKPT" --backend cuda --systems si:4096,si:32768 --reps 10 --warmup 2 \
+      --json "$OUT/aux/tc${round}_$v.json" 2>&1 | tail -3
   done
 done 2>&1 | tee "$OUT/ab.log"
-python3 benches/pick_switches.py "$OUT/aux" tc EQUIKERN_MODEL_MLP_TC 0 > /tmp/pick.sh 2> "$OUT/aux/pick.txt"
+python3 benches/pick_switches.py "$OUT/aux" tc EQUIKERN_MODEL_MLP_TC,EQUIKERN_MODEL_MLP_TC_FWD 00 \
+  > /tmp/pick.sh 2> "$OUT/aux/pick.txt"
 cat "$OUT/aux/pick.txt" /tmp/pick.sh
 source /tmp/pick.sh
-export EQUIKERN_MODEL_MLP_TC
-stage "GPU tests with EQUIKERN_MODEL_MLP_TC=1"
-EQUIKERN_MODEL_MLP_TC=1 timeout 150 b/cuda_model --test-threads 1 --nocapture 2>&1 \
+export EQUIKERN_MODEL_MLP_TC EQUIKERN_MODEL_MLP_TC_FWD
+stage "GPU tests with EQUIKERN_MODEL_MLP_TC=1 EQUIKERN_MODEL_MLP_TC_FWD=1"
+EQUIKERN_MODEL_MLP_TC=1 EQUIKERN_MODEL_MLP_TC_FWD=1 timeout 150 b/cuda_model --test-threads 1 --nocapture 2>&1 \
   | grep -v "^\s*$" | tail -40 | tee "$OUT/test_cuda_model.log"
-stage "profile at 32,768 (MLP_TC ${EQUIKERN_MODEL_MLP_TC})"
+stage "profile at 32,768 (MLP_TC ${EQUIKERN_MODEL_MLP_TC}, FWD ${EQUIKERN_MODEL_MLP_TC_FWD})"
 EQUIKERN_MODEL_PROFILE=1 timeout 30 b/equikern bench --model "$CKPT" --backend cuda \
   --systems si:32768 --reps 4 --warmup 1 2>&1 | head -60 > "$OUT/prof_32768.txt"
 head -24 "$OUT/prof_32768.txt"
 stage "ncu: Linear paths (opt-in) and radial-MLP kernels"
-EQUIKERN_MODEL_LINEAR_PATHS=1 EQUIKERN_MODEL_MLP_TC=1 COUNT=40 NCU_T=120 \
-  KERNELS="ek_linear_path|ek_mlp_hidden|ek_mlp_backward_tc|ek_gemm_tf32x3_nt" bash benches/h100_ncu_model.sh | tail -5
+EQUIKERN_MODEL_LINEAR_PATHS=1 EQUIKERN_MODEL_MLP_TC=1 EQUIKERN_MODEL_MLP_TC_FWD=1 COUNT=40 NCU_T=120 \
+  KERNELS="ek_linear_path|ek_mlp_hidden|ek_mlp_.*_tc|ek_gemm_tf32x3_nt" bash benches/h100_ncu_model.sh | tail -5
 stage "ncu: library products (the radial MLP's last product among them)"
 COUNT=12 NCU_T=60 NCU_NAME=ncu_gemm KERNELS="gemm|xmma|cutlass" bash benches/h100_ncu_model.sh | tail -5
-if [ "$EQUIKERN_MODEL_MLP_TC" = 1 ] || [ -n "${FORCE_SIDE:-}" ]; then
-  stage "side-by-side with the peers (MLP_TC ${EQUIKERN_MODEL_MLP_TC})"
+if [ "$EQUIKERN_MODEL_MLP_TC$EQUIKERN_MODEL_MLP_TC_FWD" != 00 ] || [ -n "${FORCE_SIDE:-}" ]; then
+  stage "side-by-side with the peers (MLP_TC ${EQUIKERN_MODEL_MLP_TC}, FWD ${EQUIKERN_MODEL_MLP_TC_FWD})"
   mkdir -p "$OUT/model"
   env | grep EQUIKERN_MODEL | tee "$OUT/model/switches.txt"
   OUT="$OUT/model" SKIP=test bash benches/h100_model.sh > "$OUT/model/run.log" 2>&1

@@ -90,6 +90,10 @@ extern "C" void t_mlp_backward_tc(u64 E, int nb, const real* emb, const float4* 
     const real* gl, real* ge, int acc) {
   grid_threads(((E + 15) / 16) * 32, [&] { ek_mlp_backward_tc(E, nb, emb, bp, c, gl, ge, acc); });
 }
+extern "C" void t_mlp_forward_tc(u64 E, int nb, const real* emb, const float4* bp, real c,
+    real* out, real* cat) {
+  grid_threads(((E + 15) / 16) * 32, [&] { ek_mlp_forward_tc(E, nb, emb, bp, c, out, cat); });
+}
 extern "C" void t_accumulate(u64 n, real* dst, const real* src, int first) {
   grid(n, [&] { ek_accumulate(n, dst, src, first); });
 }
@@ -1460,6 +1464,129 @@ fn mlp_backward_tc_emulated() {
     assert_barriers_synced(&lib);
 }
 
+type MlpTcFwdFn = unsafe extern "C" fn(u64, i32, *const f32, *const f32, f32, *mut f32, *mut f32);
+
+/// `ek_mlp_forward_tc` (the fused radial MLP's hidden layers as 3xTF32 `mma`, the pack of
+/// `ek_mlp_backward_tc`) in the CPU emulation against the f64 hidden activation
+/// h2 = c·silu(c·silu(emb · W1 / √nb) · W2 / 8), widths [8, 64, 64] and [5, 64, 64], 1000
+/// edges (a partial last tile) and 7: h alone, the split rows alone and both. ≤ 1e-6
+/// relative (one TF32 pass would be ~1e-3); the split rows are [tf32(h) | tf32(h) |
+/// tf32(h − tf32(h))] of the h written beside them, bit for bit, and the same without h;
+/// poisoned rows must all be written, rows past `edges` never.
+#[test]
+fn mlp_forward_tc_emulated() {
+    use equikern_model::cuda_model::tables::mlp_tc_pack;
+    use equikern_model::nn::FullyConnectedNet;
+    let dir = tmpdir("mlptcf");
+    let Some(lib) = build_lib::<f32>(&dir, 2, &MlpKernels::none::<f32>()) else {
+        return;
+    };
+    let k_ = f32_kernels(&lib);
+    let f = sym!(k_, b"t_mlp_forward_tc", MlpTcFwdFn);
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+    let silu = |x: f64| x / (1.0 + (-x).exp());
+    let tf32 = |x: f32| f32::from_bits((x.to_bits().wrapping_add(0x1000)) & 0xffff_e000);
+    for (nb, ne) in [(8usize, 1000usize), (5, 1000), (8, 7)] {
+        let mut w = |n: usize| -> Vec<f64> { (0..n).map(|_| r.random_range(-1.7..1.7)).collect() };
+        let net = FullyConnectedNet {
+            layers: vec![
+                (nb, 64, w(nb * 64)),
+                (64, 64, w(64 * 64)),
+                (64, 32, w(64 * 32)),
+            ],
+            act_cst: 1.679_177,
+        };
+        let pack = mlp_tc_pack(&net).unwrap();
+        let emb: Vec<f64> = (0..ne * nb).map(|_| r.random_range(-2.0..2.0)).collect();
+        let c = net.act_cst;
+        let (w1, w2) = (&net.layers[0].2, &net.layers[1].2);
+        let mut want = vec![0.0f64; ne * 64];
+        for e in 0..ne {
+            let h1: Vec<f64> = (0..64)
+                .map(|j| {
+                    let p: f64 = (0..nb).map(|k| emb[e * nb + k] * w1[k * 64 + j]).sum();
+                    c * silu(p / (nb as f64).sqrt())
+                })
+                .collect();
+            for j in 0..64 {
+                let p: f64 = (0..64).map(|k| h1[k] * w2[k * 64 + j]).sum();
+                want[e * 64 + j] = c * silu(p / 8.0);
+            }
+        }
+        let emb32: Vec<f32> = emb.iter().map(|&v| v as f32).collect();
+        // one row of slack past `edges` in each output: must stay poisoned
+        let run = |h: bool, cat: bool| {
+            let mut out = vec![f32::NAN; (ne + 1) * 64];
+            let mut cats = vec![f32::NAN; (ne + 1) * 192];
+            // SAFETY: emb ne·nb, the pack, out ne·64 and cat ne·192 (+ a row) where not null.
+            unsafe {
+                f(
+                    ne as u64,
+                    nb as i32,
+                    emb32.as_ptr(),
+                    pack.as_ptr(),
+                    c as f32,
+                    if h {
+                        out.as_mut_ptr()
+                    } else {
+                        std::ptr::null_mut()
+                    },
+                    if cat {
+                        cats.as_mut_ptr()
+                    } else {
+                        std::ptr::null_mut()
+                    },
+                )
+            };
+            assert!(
+                out[ne * 64..].iter().all(|v| v.is_nan()),
+                "h written past edges"
+            );
+            assert!(
+                cats[ne * 192..].iter().all(|v| v.is_nan()),
+                "split written past edges"
+            );
+            (out, cats)
+        };
+        let (h_only, _) = run(true, false);
+        rel(
+            &format!("ek_mlp_forward_tc nb {nb} E {ne} h"),
+            &h_only[..ne * 64],
+            &want,
+            1e-6,
+        );
+        let (h_both, cat_both) = run(true, true);
+        let (_, cat_only) = run(false, true);
+        assert_eq!(
+            h_both.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            h_only.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "h beside the split rows differs"
+        );
+        assert_eq!(
+            cat_both.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            cat_only.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "split rows without h differ"
+        );
+        for e in 0..ne {
+            for j in 0..64 {
+                let h = h_both[e * 64 + j];
+                let (hi, lo) = (tf32(h), tf32(h - tf32(h)));
+                let row = &cat_both[e * 192..(e + 1) * 192];
+                assert_eq!(
+                    [
+                        row[j].to_bits(),
+                        row[64 + j].to_bits(),
+                        row[128 + j].to_bits()
+                    ],
+                    [hi.to_bits(), hi.to_bits(), lo.to_bits()],
+                    "edge {e} column {j}: split row"
+                );
+            }
+        }
+    }
+    assert_barriers_synced(&lib);
+}
+
 /// Relative L2 error of `c` against `want`.
 fn rel_l2(c: &[f32], want: &[f64]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
@@ -1707,13 +1834,16 @@ fn mlp_kernels_registers_sm90() {
                     block.join(" | ")
                 );
             }
-            if l.contains("Compiling entry function 'ek_mlp_backward_tc") && name == "f32" {
+            if (l.contains("Compiling entry function 'ek_mlp_backward_tc")
+                || l.contains("Compiling entry function 'ek_mlp_forward_tc"))
+                && name == "f32"
+            {
                 // pre1, one product's accumulators and its partials (3 × 32) + fragments
                 let block: Vec<&str> = lines[i..].iter().take(5).copied().collect();
                 println!("{name}: {}", block.join("\n    "));
                 assert!(
                     block.iter().any(|x| x.contains(" 0 bytes spill stores")),
-                    "ek_mlp_backward_tc spills: {}",
+                    "{l} spills: {}",
                     block.join(" | ")
                 );
             }

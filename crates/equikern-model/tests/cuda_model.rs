@@ -191,12 +191,14 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
         // (`ek_mlp_backward_tc`, opt-in; 7net-0's widths [8, 64, 64])
         let mlp_tc = tf32 && fused && tc_bwd;
         ev.set_mlp_tc(mlp_tc);
+        // ... and its forward (`ek_mlp_forward_tc`, opt-in) in the same rows
+        ev.set_mlp_tc_fwd(mlp_tc);
         if tf32 && T::NAME != "f32" {
             continue;
         }
         let tol = if tf32 { TF32X3_TOL_FACTOR * tol } else { tol };
         println!(
-            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}, l > 0 paths by kernel: {paths}, hidden kept: {keep_h}, MLP backward on tensor cores: {mlp_tc}]",
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}, l > 0 paths by kernel: {paths}, hidden kept: {keep_h}, MLP forward and backward on tensor cores: {mlp_tc}]",
             ev.describe()
         );
         for (name, s) in structures() {

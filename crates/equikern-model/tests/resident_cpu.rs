@@ -62,6 +62,7 @@ extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A
 extern "C" void l_ek_radial_last_tf32x3(void** p, u64 it) { grid_threads(it, [&] { ek_radial_last_tf32x3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,RF), A(5,real), A(6,W)); }); }
 extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32(A(0,u64), A(1,int), A(2,R), A(3,W)); }); }
 extern "C" void l_ek_mlp_backward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_backward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,R), A(6,W), A(7,int)); }); }
+extern "C" void l_ek_mlp_forward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_forward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,W), A(6,W)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
 extern "C" void l_ek_split_tf32_rows(void** p, u64 it) { grid(it, [&] { ek_split_tf32_rows(A(0,u64), A(1,int), A(2,R), A(3,u64), A(4,W), A(5,u64)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
@@ -120,6 +121,8 @@ struct HostExec<T> {
     split_launches: std::cell::Cell<usize>,
     /// ... of them `ek_mlp_backward_tc`.
     mlp_tc_launches: std::cell::Cell<usize>,
+    /// ... of them `ek_mlp_forward_tc` (counted in `mh_launches` too).
+    mlp_tc_fwd_launches: std::cell::Cell<usize>,
     /// Whether `gemm_strided` runs (the linears as products, like cuBLAS) or declines (the
     /// linears by `ek_linear`, like the kernel fallback).
     strided: bool,
@@ -192,6 +195,7 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         mh_launches: std::cell::Cell::new(0),
         split_launches: std::cell::Cell::new(0),
         mlp_tc_launches: std::cell::Cell::new(0),
+        mlp_tc_fwd_launches: std::cell::Cell::new(0),
         strided: false,
         counts: std::cell::Cell::new([0; 3]),
     })
@@ -337,8 +341,12 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         if k == Kern::GemmTf32x3Nt {
             self.tc_launches.set(self.tc_launches.get() + 1);
         }
-        if k == Kern::MlpHidden {
+        if matches!(k, Kern::MlpHidden | Kern::MlpForwardTc) {
             self.mh_launches.set(self.mh_launches.get() + 1);
+        }
+        if k == Kern::MlpForwardTc {
+            self.mlp_tc_fwd_launches
+                .set(self.mlp_tc_fwd_launches.get() + 1);
         }
         if k == Kern::SplitTf32 {
             self.split_launches.set(self.split_launches.get() + 1);
@@ -651,6 +659,9 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         // hidden widths are [nb ≤ 8, 64, 64] (7net-0's; not the small models')
         let mlp_tc = mode <= 1;
         ev.set_mlp_tc(mlp_tc);
+        // modes 0 (h out) and 5 (split rows out): its forward too, by `ek_mlp_forward_tc`
+        let mlp_tc_fwd = mode == 0 || mode == 5;
+        ev.set_mlp_tc_fwd(mlp_tc_fwd);
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         // f32: the radial MLP's last product and the Linear products as 3xTF32 factors with
         // one memory mode
@@ -712,6 +723,13 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
             assert_eq!(mlp_tc_n, 0, "ek_mlp_backward_tc launched with it off");
         } else if label == "7net-0" {
             assert!(mlp_tc_n > 0, "7net-0: no ek_mlp_backward_tc launch");
+        }
+        let fwd_n = ev.exec().mlp_tc_fwd_launches.get();
+        println!("  {fwd_n} launches of ek_mlp_forward_tc");
+        if !(mlp_tc_fwd && fused && T::NAME == "f32") {
+            assert_eq!(fwd_n, 0, "ek_mlp_forward_tc launched with it off");
+        } else if label == "7net-0" {
+            assert!(fwd_n > 0, "7net-0: no ek_mlp_forward_tc launch");
         }
         let splits = ev.exec().split_launches.get();
         println!("  {splits} launches of ek_split_tf32");

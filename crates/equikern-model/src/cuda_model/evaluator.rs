@@ -260,6 +260,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     mlp_split: bool,
     /// The fused MLP's backward by `ek_mlp_backward_tc` ([`MLP_TC_ENV`]).
     mlp_tc: bool,
+    /// The fused MLP's forward by `ek_mlp_forward_tc` ([`MLP_TC_FWD_ENV`]).
+    mlp_tc_fwd: bool,
     /// Fused MLP, `w` recomputed: keep each layer's last hidden activation ([`KEEP_H_ENV`]).
     keep_h: bool,
 }
@@ -362,6 +364,14 @@ fn linear_paths_enabled() -> bool {
 /// edges on the H100, four times its FP32 bound). Opt-in: written in session 11, checked by
 /// the CPU emulation (emulated `mma` fragments) and NVRTC/ptxas, not yet timed.
 pub const MLP_TC_ENV: &str = "EQUIKERN_MODEL_MLP_TC";
+
+/// Environment variable: `1` runs the fused radial MLP's forward (`[nb ≤ 8, 64, 64]`, f32,
+/// TF32 `mma`) by `ek_mlp_forward_tc` (3xTF32 on tensor cores, a warp per 16 edges, the same
+/// pack as [`MLP_TC_ENV`]'s) instead of `ek_mlp_hidden` (FP32 pipes: 0.53 ms per call at
+/// 917,504 edges on the H100, bound by its multiply-adds and broadcast weight loads, about
+/// twice its store floor). Opt-in: written in session 12, checked by the CPU emulation and
+/// NVRTC/ptxas, not yet timed.
+pub const MLP_TC_FWD_ENV: &str = "EQUIKERN_MODEL_MLP_TC_FWD";
 
 /// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation
 /// directly as the 3xTF32 product's split rows `[hi | hi | lo]` (into `gw`, as
@@ -672,6 +682,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             linear_paths: linear_paths_enabled(),
             mlp_split: mlp_split_enabled(),
             mlp_tc: std::env::var(MLP_TC_ENV).as_deref() == Ok("1"),
+            mlp_tc_fwd: std::env::var(MLP_TC_FWD_ENV).as_deref() == Ok("1"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
@@ -741,6 +752,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         self.mlp_tc = on;
     }
 
+    /// Runs the fused radial MLP's forward on tensor cores (`ek_mlp_forward_tc`, see
+    /// [`MLP_TC_FWD_ENV`]) where `ek_mlp_backward_tc` could run; elsewhere `ek_mlp_hidden`.
+    pub fn set_mlp_tc_fwd(&mut self, on: bool) {
+        self.mlp_tc_fwd = on;
+    }
+
     /// Whether the radial MLP's hidden layers run fused.
     pub fn mlp_fused(&self) -> bool {
         self.mlp_fused
@@ -765,8 +782,14 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (true, true, false) => ", 3xTF32 radial",
             (true, true, true) => ", 3xTF32 radial+linears",
         };
-        // the opt-in tensor-core MLP backward, where it would run (f32, TF32 mma, fused)
-        let mlp_tc = self.mlp_tc && self.mlp_fused && T::NAME == "f32" && self.d.tensor_cores();
+        // the opt-in tensor-core MLP kernels, where they would run (f32, TF32 mma, fused)
+        let tc = self.mlp_fused && T::NAME == "f32" && self.d.tensor_cores();
+        let mlp_tc = match (tc && self.mlp_tc_fwd, tc && self.mlp_tc) {
+            (true, true) => " (on tensor cores)",
+            (true, false) => " (forward on tensor cores)",
+            (false, true) => " (backward on tensor cores)",
+            (false, false) => "",
+        };
         format!(
             "{} {} (resident, {}, radial MLP {}{}, l > 0 linear paths {}{tf32})",
             self.d.describe(),
@@ -777,11 +800,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 (true, true) => "fused2",
                 _ => "cublas",
             },
-            if mlp_tc {
-                " (backward on tensor cores)"
-            } else {
-                ""
-            },
+            mlp_tc,
             if self.linear_paths {
                 "by kernel"
             } else {
@@ -1042,7 +1061,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .hash(&mut h);
             (self.tf32x3_linear, self.tf32x3_linear_min).hash(&mut h);
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
-            (self.linear_paths, ws.keep_h, self.mlp_split, self.mlp_tc).hash(&mut h);
+            (self.linear_paths, ws.keep_h, self.mlp_split).hash(&mut h);
+            (self.mlp_tc, self.mlp_tc_fwd).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -1407,20 +1427,35 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 (true, false) => (Arg::Null, Arg::Real(&ws.gw.s, 0)),
                 (true, true) => (Arg::Real(&hidden.s, 0), Arg::Real(&ws.gw.s, 0)),
             };
-            self.d.launch(
-                Kern::MlpHidden,
-                ne as u64,
-                &[
-                    Arg::U64(ne as u64),
-                    Arg::I32(f.shape),
-                    Arg::Real(&ws.emb.s, 0),
-                    Arg::Real(&f.w.s, 0),
-                    Arg::I32(f.wlen),
-                    Arg::Val(l.act_cst),
-                    out,
-                    cat,
-                ],
-            )?;
+            match (&l.mlp_tc, self.mlp_tc_fwd && self.d.tensor_cores()) {
+                (Some(pack), true) => self.d.launch(
+                    Kern::MlpForwardTc,
+                    mlp_tc_iterations(ne),
+                    &[
+                        Arg::U64(ne as u64),
+                        Arg::I32(l.mlp[0].0 as i32),
+                        Arg::Real(&ws.emb.s, 0),
+                        Arg::Real(&pack.s, 0),
+                        Arg::Val(l.act_cst),
+                        out,
+                        cat,
+                    ],
+                )?,
+                _ => self.d.launch(
+                    Kern::MlpHidden,
+                    ne as u64,
+                    &[
+                        Arg::U64(ne as u64),
+                        Arg::I32(f.shape),
+                        Arg::Real(&ws.emb.s, 0),
+                        Arg::Real(&f.w.s, 0),
+                        Arg::I32(f.wlen),
+                        Arg::Val(l.act_cst),
+                        out,
+                        cat,
+                    ],
+                )?,
+            }
             if split_here {
                 let cat = l.mlp_last_tf32.as_ref().expect("checked above");
                 let out = &mut ws.w[slot].s;

@@ -51,6 +51,7 @@ pub enum Kern {
     RadialLastTf32,
     GemmTf32x3Nt,
     MlpBackwardTc,
+    MlpForwardTc,
     SplitTf32Rows,
     Readout,
     Forces,
@@ -59,7 +60,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 27] = [
+    pub const ALL: [Kern; 28] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -82,6 +83,7 @@ impl Kern {
         Kern::RadialLastTf32,
         Kern::GemmTf32x3Nt,
         Kern::MlpBackwardTc,
+        Kern::MlpForwardTc,
         Kern::SplitTf32Rows,
         Kern::Readout,
         Kern::Forces,
@@ -114,6 +116,7 @@ impl Kern {
             Kern::RadialLastTf32 => "ek_radial_last_tf32x3",
             Kern::GemmTf32x3Nt => "ek_gemm_tf32x3_nt",
             Kern::MlpBackwardTc => "ek_mlp_backward_tc",
+            Kern::MlpForwardTc => "ek_mlp_forward_tc",
             Kern::SplitTf32Rows => "ek_split_tf32_rows",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",

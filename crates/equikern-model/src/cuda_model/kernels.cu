@@ -1373,6 +1373,81 @@ __device__ __forceinline__ void ek_tc_mm64(const float* T, const float4* __restr
 }
 #endif
 
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+// The forward of the warp's 16 edges (rows ra, rb; a row past `edges` reads zeros):
+// pre1 = emb · W1 (one k step: emb's columns t and t + 4, zero past nb), h1 = c·silu(pre1)
+// into the tile, pre2 = h1 · W2 (C layout). Leaves h1 in the tile.
+__device__ __forceinline__ void ek_tc_mlp_pre(const real* __restrict__ emb, int nb, u64 ra,
+                                              u64 rb, bool va, bool vb,
+                                              const float4* __restrict__ bp, real c, float* T,
+                                              int g, int t, int lane, float pre1[8][4],
+                                              float pre2[8][4]) {
+  unsigned ahi[4], alo[4];
+  ek_tc_split(va && t < nb ? emb[ra * nb + t] : 0.0f, &ahi[0], &alo[0]);
+  ek_tc_split(vb && t < nb ? emb[rb * nb + t] : 0.0f, &ahi[1], &alo[1]);
+  ek_tc_split(va && t + 4 < nb ? emb[ra * nb + t + 4] : 0.0f, &ahi[2], &alo[2]);
+  ek_tc_split(vb && t + 4 < nb ? emb[rb * nb + t + 4] : 0.0f, &ahi[3], &alo[3]);
+  float v[8][4];
+  EK_UNROLL
+  for (int nt = 0; nt < 8; ++nt) {
+    EK_UNROLL
+    for (int q = 0; q < 4; ++q) pre1[nt][q] = 0.0f;
+    ek_mma3(pre1[nt], ahi, alo, bp[nt * 32 + lane]);
+    EK_UNROLL
+    for (int q = 0; q < 4; ++q) v[nt][q] = c * ek_silu(pre1[nt][q]);
+  }
+  ek_tc_to_tile(T, v, g, t);
+  ek_tc_mm64(T, bp + 8 * 32, g, t, lane, pre2);
+}
+#endif
+
+// The fused radial MLP's forward on tensor cores (3xTF32), hidden shape [nb ≤ 8, 64, 64]:
+// out [E, 64] = h2 = c·silu(c·silu(emb · W1 / √nb) · W2 / 8) and/or its TF32 split
+// cat [E, 192] = [hi | hi | lo] (either may be null; what `ek_mlp_hidden` writes), the
+// products as in `ek_mlp_backward_tc` (below; the same pack). Why: `ek_mlp_hidden` does the
+// 4.6k multiply-adds per edge on the FP32 pipes, bound by them and its broadcast weight loads
+// (0.53 ms per call at 917,504 edges, H100, session 11), twice its store floor. The rows
+// leave through the warp's tile: a warp store covers two whole rows (2 × 256 contiguous bytes).
+extern "C" __global__ void __launch_bounds__(EK_BLOCK)
+    ek_mlp_forward_tc(u64 edges, int nb, const real* __restrict__ emb,
+                      const float4* __restrict__ bp, real c, real* out, real* cat) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  __shared__ __align__(16) float ek_tc_mlp_tile[EK_BLOCK / 32][16 * EK_TC_MLP_LD];
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float* T = ek_tc_mlp_tile[threadIdx.x >> 5];
+  const u64 tiles = (edges + 15) / 16;
+  const u64 warps = (u64)gridDim.x * (blockDim.x >> 5);
+  for (u64 tile = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); tile < tiles;
+       tile += warps) {
+    const u64 ra = tile * 16 + g, rb = ra + 8;
+    float pre1[8][4], pre2[8][4];
+    ek_tc_mlp_pre(emb, nb, ra, rb, ra < edges, rb < edges, bp, c, T, g, t, lane, pre1, pre2);
+    EK_UNROLL
+    for (int nt = 0; nt < 8; ++nt)
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) pre2[nt][q] = c * ek_silu(pre2[nt][q]);
+    ek_tc_to_tile(T, pre2, g, t);
+    EK_UNROLL
+    for (int k = 0; k < 8; ++k) {
+      const int idx = lane + 32 * k, row = idx >> 4, col = 4 * (idx & 15);
+      const u64 r = tile * 16 + row;
+      if (r >= edges) continue;
+      const float4 h = *(const float4*)(T + row * EK_TC_MLP_LD + col);
+      if (out) *(float4*)(out + r * 64 + col) = h;
+      if (cat) {
+        const float4 hi = {ek_tf32(h.x), ek_tf32(h.y), ek_tf32(h.z), ek_tf32(h.w)};
+        const float4 lo = {ek_tf32(h.x - hi.x), ek_tf32(h.y - hi.y), ek_tf32(h.z - hi.z),
+                           ek_tf32(h.w - hi.w)};
+        real* row3 = cat + r * 192;
+        *(float4*)(row3 + col) = hi;
+        *(float4*)(row3 + 64 + col) = hi;
+        *(float4*)(row3 + 128 + col) = lo;
+      }
+    }
+  }
+#endif
+}
+
 extern "C" __global__ void __launch_bounds__(EK_BLOCK)
     ek_mlp_backward_tc(u64 edges, int nb, const real* __restrict__ emb,
                        const float4* __restrict__ bp, real c, const real* __restrict__ g_last,
@@ -1381,9 +1456,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
   __shared__ __align__(16) float ek_tc_mlp_tile[EK_BLOCK / 32][16 * EK_TC_MLP_LD];
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float* T = ek_tc_mlp_tile[threadIdx.x >> 5];
-  // the pack: W1 (1 k step × 8 n tiles), W2 (8 × 8), W2ᵀ (8 × 8), W1ᵀ (8 × 1)
-  const float4* b_w1 = bp;
-  const float4* b_w2 = bp + 8 * 32;
+  // the pack: W1 (1 k step × 8 n tiles), W2 (8 × 8) (ek_tc_mlp_pre), W2ᵀ (8 × 8), W1ᵀ (8 × 1)
   const float4* b_w2t = bp + 72 * 32;
   const float4* b_w1t = bp + 136 * 32;
   const u64 tiles = (edges + 15) / 16;
@@ -1392,24 +1465,8 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
        tile += warps) {
     const u64 ra = tile * 16 + g, rb = ra + 8;
     const bool va = ra < edges, vb = rb < edges;
-    // pre1 = emb · W1 (one k step: emb's columns t and t + 4, zero past nb)
-    unsigned ahi[4], alo[4];
-    ek_tc_split(va && t < nb ? emb[ra * nb + t] : 0.0f, &ahi[0], &alo[0]);
-    ek_tc_split(vb && t < nb ? emb[rb * nb + t] : 0.0f, &ahi[1], &alo[1]);
-    ek_tc_split(va && t + 4 < nb ? emb[ra * nb + t + 4] : 0.0f, &ahi[2], &alo[2]);
-    ek_tc_split(vb && t + 4 < nb ? emb[rb * nb + t + 4] : 0.0f, &ahi[3], &alo[3]);
-    float pre1[8][4], v[8][4];
-    EK_UNROLL
-    for (int nt = 0; nt < 8; ++nt) {
-      EK_UNROLL
-      for (int q = 0; q < 4; ++q) pre1[nt][q] = 0.0f;
-      ek_mma3(pre1[nt], ahi, alo, b_w1[nt * 32 + lane]);
-      EK_UNROLL
-      for (int q = 0; q < 4; ++q) v[nt][q] = c * ek_silu(pre1[nt][q]);
-    }
-    ek_tc_to_tile(T, v, g, t);
-    float pre2[8][4];
-    ek_tc_mm64(T, b_w2, g, t, lane, pre2);
+    float pre1[8][4], pre2[8][4], v[8][4];
+    ek_tc_mlp_pre(emb, nb, ra, rb, va, vb, bp, c, T, g, t, lane, pre1, pre2);
     // g2 = g_last ⊙ c·silu'(pre2)
     EK_UNROLL
     for (int nt = 0; nt < 8; ++nt) {
@@ -1431,6 +1488,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
     ek_tc_to_tile(T, v, g, t);
     // g_emb = g1 · W1ᵀ: 8 k steps, one n tile (columns 2t, 2t + 1 < nb)
     float ge[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    unsigned ahi[4], alo[4];
     EK_NO_UNROLL
     for (int k2 = 0; k2 < 8; k2 += 2) {
       float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
