@@ -188,7 +188,6 @@ struct Workspace<T: Pod, D: Memory> {
     sh: Buf<T, D>,
     onehot: Buf<T, D>,
     x: Buf<T, D>,
-    sc: Buf<T, D>,
     agg: Buf<T, D>,
     hs: Vec<Buf<T, D>>,
     ys: Vec<Buf<T, D>>,
@@ -200,7 +199,6 @@ struct Workspace<T: Pod, D: Memory> {
     gy: Buf<T, D>,
     g_agg: Buf<T, D>,
     gxc: Buf<T, D>,
-    tmp: Buf<T, D>,
     /// Radial-MLP pre-activations `[slot][hidden layer]` and outputs `[slot]`: one slot per
     /// layer when kept for the backward, else slot 0 for all (see the module docs).
     pre: Vec<Vec<Buf<T, D>>>,
@@ -636,7 +634,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             sh: b()?,
             onehot: b()?,
             x: b()?,
-            sc: b()?,
             agg: b()?,
             hs: many(nl)?,
             ys: many(nl)?,
@@ -648,7 +645,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             gy: b()?,
             g_agg: b()?,
             gxc: b()?,
-            tmp: b()?,
             pre: (0..nl).map(|_| many(hidden)).collect::<Result<_>>()?,
             w: many(nl)?,
             act: many(hidden)?,
@@ -1124,14 +1120,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         ws.emb.ensure(d, ne * nb)?;
         ws.sh.ensure(d, ne * self.sh_dim)?;
         ws.onehot.ensure(d, n * m.num_species)?;
-        for b in [
-            &mut ws.x,
-            &mut ws.sc,
-            &mut ws.gx,
-            &mut ws.gy,
-            &mut ws.gxc,
-            &mut ws.tmp,
-        ] {
+        for b in [&mut ws.x, &mut ws.gx, &mut ws.gy, &mut ws.gxc] {
             b.ensure(d, n * node_max)?;
         }
         for b in [&mut ws.agg, &mut ws.g_agg] {
@@ -1229,8 +1218,10 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         Ok(())
     }
 
-    /// `y = alpha · L(x) + add` on `n` rows. `split`: scratch for the 3xTF32 products' left
-    /// factor (`[n, 3·dim_in]`, see [`TF32X3_LINEAR_ENV`]; unused below that size).
+    /// `y = alpha · L(x)`, or `y += alpha · L(x)` with `accumulate`, on `n` rows (the
+    /// residual sums: the products add into `y` (beta = 1) instead of a separate
+    /// `ek_accumulate` pass over three arrays). `split`: scratch for the 3xTF32 products'
+    /// left factor (`[n, 3·dim_in]`, see [`TF32X3_LINEAR_ENV`]; unused below that size).
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
@@ -1239,20 +1230,17 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         x: &D::Buf<T>,
         y: &mut D::Buf<T>,
         alpha: T,
-        add: Option<&D::Buf<T>>,
+        accumulate: bool,
         split: &mut D::Buf<T>,
     ) -> Result<()> {
         let iterations = (n.div_ceil(LINEAR_ROWS) * l.cols) as u64;
         if iterations == 0 {
             return Ok(());
         }
-        if D::capacity(x) < n * l.dim_in
-            || D::capacity(y) < n * l.dim_out
-            || add.is_some_and(|a| D::capacity(a) < n * l.dim_out)
-        {
+        if D::capacity(x) < n * l.dim_in || D::capacity(y) < n * l.dim_out {
             return Err(err("linear: workspace too small"));
         }
-        // Dense products where the device has them (`add` then summed in by a kernel).
+        // Dense products where the device has them.
         if let Some((gemms, kron)) = &l.kron {
             // 3xTF32: the split row of `x` in `split` has the layout of `x` with every
             // value tripled: block `[in_off, in_off + k)` of a row becomes
@@ -1267,7 +1255,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             let min = self.tf32x3_linear_min;
             let mut done = true;
             for (i, g) in gemms.iter().enumerate() {
-                let beta = if g.first { T::ZERO } else { T::ONE };
+                // a block's first product overwrites it unless accumulating
+                let over = g.first && !accumulate;
+                let beta = if over { T::ZERO } else { T::ONE };
                 let alpha_g = alpha * T::from_f64(g.coef);
                 let mut ok = false;
                 if let Some(k) = Kern::linear_path(g.dim).filter(|_| self.linear_paths) {
@@ -1283,7 +1273,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                             Arg::U64(l.dim_in as u64),
                             Arg::Real(&l.w.s, g.w_off),
                             Arg::Val(alpha_g),
-                            Arg::I32(i32::from(!g.first)),
+                            Arg::I32(i32::from(!over)),
                             Arg::Real(y, g.out_off),
                             Arg::U64(l.dim_out as u64),
                         ],
@@ -1330,21 +1320,16 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                         (&mut *y, g.out_off, l.dim_out),
                     )?;
                 }
+                if !ok && i > 0 && accumulate {
+                    // `y` already holds some products: the fallback below would add them twice
+                    return Err(err("linear: the device refused a product midway"));
+                }
                 done &= ok;
                 if !done {
                     break;
                 }
             }
             if done {
-                if let Some(a) = add {
-                    let len = (n * l.dim_out) as u64;
-                    let y: &D::Buf<T> = y;
-                    self.d.launch(
-                        Kern::Accumulate,
-                        len,
-                        &[Arg::U64(len), Arg::Real(y, 0), Arg::Real(a, 0), Arg::I32(0)],
-                    )?;
-                }
                 return Ok(());
             }
         }
@@ -1362,9 +1347,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 Arg::I32s(&l.tab.s),
                 Arg::Real(&l.coef.s, 0),
                 Arg::Val(alpha),
-                match add {
-                    Some(a) => Arg::Real(a, 0),
-                    None => Arg::Null,
+                // y read back as `add` element by element by the thread that writes it
+                if accumulate {
+                    Arg::Real(y, 0)
+                } else {
+                    Arg::Null
                 },
                 Arg::I32(l.cols as i32),
             ],
@@ -1753,19 +1740,21 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             &ws.onehot.s,
             &mut ws.x.s,
             one,
-            None,
+            false,
             &mut ws.gw.s,
         )?;
         // ---- interaction blocks
         for (t, l) in p.layers.iter().enumerate() {
-            self.linear(&l.sc, n, &ws.x.s, &mut ws.sc.s, one, None, &mut ws.gw.s)?;
+            // the self-connection first, into the block's output: the Linear after the
+            // convolution adds to it
+            self.linear(&l.sc, n, &ws.x.s, &mut ws.ys[t].s, one, false, &mut ws.gw.s)?;
             self.linear(
                 &l.lin1,
                 n,
                 &ws.x.s,
                 &mut ws.hs[t].s,
                 one,
-                None,
+                false,
                 &mut ws.gw.s,
             )?;
             if ne > 0 {
@@ -1788,7 +1777,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 &ws.agg.s,
                 &mut ws.ys[t].s,
                 l.inv_den,
-                Some(&ws.sc.s),
+                true,
                 &mut ws.gw.s,
             )?;
             self.gate(l, n, &ws.ys[t].s, &ws.x.s)?;
@@ -1800,7 +1789,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             &ws.x.s,
             &mut ws.hid.s,
             one,
-            None,
+            false,
             &mut ws.gw.s,
         )?;
         self.linear(
@@ -1809,7 +1798,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             &ws.hid.s,
             &mut ws.out.s,
             one,
-            None,
+            false,
             &mut ws.gw.s,
         )?;
         d.launch(
@@ -1832,7 +1821,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             &ws.seed.s,
             &mut ws.g_hid.s,
             one,
-            None,
+            false,
             &mut ws.gw.s,
         )?;
         self.linear(
@@ -1841,7 +1830,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             &ws.g_hid.s,
             &mut ws.gx.s,
             one,
-            None,
+            false,
             &mut ws.gw.s,
         )?;
         for t in (0..nl).rev() {
@@ -1853,7 +1842,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 &ws.gy.s,
                 &mut ws.g_agg.s,
                 l.inv_den,
-                None,
+                false,
                 &mut ws.gw.s,
             )?;
             if ne > 0 {
@@ -1894,14 +1883,14 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             } else {
                 d.zero(&mut ws.gxc.s)?;
             }
-            self.linear(&l.sc_t, n, &ws.gy.s, &mut ws.tmp.s, one, None, &mut ws.gw.s)?;
+            self.linear(&l.sc_t, n, &ws.gy.s, &mut ws.gx.s, one, false, &mut ws.gw.s)?;
             self.linear(
                 &l.lin1_t,
                 n,
                 &ws.gxc.s,
                 &mut ws.gx.s,
                 one,
-                Some(&ws.tmp.s),
+                true,
                 &mut ws.gw.s,
             )?;
         }
@@ -1973,7 +1962,6 @@ impl<T: Pod, D: Memory> Workspace<T, D> {
             &self.sh,
             &self.onehot,
             &self.x,
-            &self.sc,
             &self.agg,
             &self.hid,
             &self.out,
@@ -1983,7 +1971,6 @@ impl<T: Pod, D: Memory> Workspace<T, D> {
             &self.gy,
             &self.g_agg,
             &self.gxc,
-            &self.tmp,
             &self.gw,
             &self.gsh_l,
             &self.g_sh,
