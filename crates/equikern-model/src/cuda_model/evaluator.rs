@@ -356,19 +356,21 @@ fn linear_paths_enabled() -> bool {
     std::env::var(LINEAR_PATHS_ENV).as_deref() == Ok("1")
 }
 
-/// Environment variable: `1` runs the fused radial MLP's backward (`[nb ≤ 8, 64, 64]`, f32,
-/// TF32 `mma`) by `ek_mlp_backward_tc` (3xTF32 on tensor cores, a warp per 16 edges) instead
-/// of `ek_mlp_hidden_backward` (FP32 pipes, one edge per thread: 1.11 ms per call at 917,504
-/// edges on the H100, four times its FP32 bound). Opt-in: written in session 11, checked by
-/// the CPU emulation (emulated `mma` fragments) and NVRTC/ptxas, not yet timed.
+/// Environment variable: unless `0`, the fused radial MLP's backward (`[nb ≤ 8, 64, 64]`,
+/// f32, TF32 `mma`) runs as `ek_mlp_backward_tc` (3xTF32 on tensor cores, a warp per 16
+/// edges) instead of `ek_mlp_hidden_backward` (FP32 pipes, one edge per thread: 1.11 ms per
+/// call at 917,504 edges on the H100, four times its FP32 bound). Measured on the H100
+/// (session 12, the same binary, two rounds): 0.84 ms per call at 225 registers and one block
+/// per SM, the step 69.31 → 67.95 ms at Si 32,768 atoms and 10.17 → 9.92 at 4,096; forces vs
+/// sevenn float64 2.6e-5 eV/Å. On by default since.
 pub const MLP_TC_ENV: &str = "EQUIKERN_MODEL_MLP_TC";
 
 /// Environment variable: `1` runs the fused radial MLP's forward (`[nb ≤ 8, 64, 64]`, f32,
 /// TF32 `mma`) by `ek_mlp_forward_tc` (3xTF32 on tensor cores, a warp per 16 edges, the same
 /// pack as [`MLP_TC_ENV`]'s) instead of `ek_mlp_hidden` (FP32 pipes: 0.53 ms per call at
 /// 917,504 edges on the H100, bound by its multiply-adds and broadcast weight loads, about
-/// twice its store floor). Opt-in: written in session 12, checked by the CPU emulation and
-/// NVRTC/ptxas, not yet timed.
+/// twice its store floor). Opt-in: it lost on the H100 (session 12: 0.62 ms per call against
+/// 0.53, the step +0.4 ms at Si 32,768 atoms; 128 registers, 16 warps per SM, latency-bound).
 pub const MLP_TC_FWD_ENV: &str = "EQUIKERN_MODEL_MLP_TC_FWD";
 
 /// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation
@@ -677,7 +679,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             tf32x3_linear_min: DEFAULT_TF32X3_LINEAR_MIN,
             linear_paths: linear_paths_enabled(),
             mlp_split: mlp_split_enabled(),
-            mlp_tc: std::env::var(MLP_TC_ENV).as_deref() == Ok("1"),
+            mlp_tc: std::env::var(MLP_TC_ENV).as_deref() != Ok("0"),
             mlp_tc_fwd: std::env::var(MLP_TC_FWD_ENV).as_deref() == Ok("1"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
@@ -741,8 +743,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         self.mlp_split = on;
     }
 
-    /// Runs the fused radial MLP's backward on tensor cores (`ek_mlp_backward_tc`, see
-    /// [`MLP_TC_ENV`]) where the device has TF32 `mma` and the layer's hidden widths are
+    /// Runs the fused radial MLP's backward on tensor cores (`ek_mlp_backward_tc`, default on,
+    /// see [`MLP_TC_ENV`]) where the device has TF32 `mma` and the layer's hidden widths are
     /// `[nb ≤ 8, 64, 64]` (f32); elsewhere `ek_mlp_hidden_backward` runs.
     pub fn set_mlp_tc(&mut self, on: bool) {
         self.mlp_tc = on;
@@ -778,7 +780,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (true, true, false) => ", 3xTF32 radial",
             (true, true, true) => ", 3xTF32 radial+linears",
         };
-        // the opt-in tensor-core MLP kernels, where they would run (f32, TF32 mma, fused)
+        // the tensor-core MLP kernels, where they would run (f32, TF32 mma, fused)
         let tc = self.mlp_fused && T::NAME == "f32" && self.d.tensor_cores();
         let mlp_tc = match (tc && self.mlp_tc_fwd, tc && self.mlp_tc) {
             (true, true) => " (on tensor cores)",

@@ -1374,29 +1374,33 @@ __device__ __forceinline__ void ek_tc_mm64(const float* T, const float4* __restr
 #endif
 
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-// The forward of the warp's 16 edges (rows ra, rb; a row past `edges` reads zeros):
-// pre1 = emb · W1 (one k step: emb's columns t and t + 4, zero past nb), h1 = c·silu(pre1)
-// into the tile, pre2 = h1 · W2 (C layout). Leaves h1 in the tile.
-__device__ __forceinline__ void ek_tc_mlp_pre(const real* __restrict__ emb, int nb, u64 ra,
-                                              u64 rb, bool va, bool vb,
-                                              const float4* __restrict__ bp, real c, float* T,
-                                              int g, int t, int lane, float pre1[8][4],
-                                              float pre2[8][4]) {
-  unsigned ahi[4], alo[4];
+// emb's A fragment for the warp's 16 edges (rows ra, rb; one k step: emb's columns t and
+// t + 4, zero past nb or for a row past `edges`), split.
+__device__ __forceinline__ void ek_tc_emb_frag(const real* __restrict__ emb, int nb, u64 ra,
+                                               u64 rb, bool va, bool vb, int t, unsigned ahi[4],
+                                               unsigned alo[4]) {
   ek_tc_split(va && t < nb ? emb[ra * nb + t] : 0.0f, &ahi[0], &alo[0]);
   ek_tc_split(vb && t < nb ? emb[rb * nb + t] : 0.0f, &ahi[1], &alo[1]);
   ek_tc_split(va && t + 4 < nb ? emb[ra * nb + t + 4] : 0.0f, &ahi[2], &alo[2]);
   ek_tc_split(vb && t + 4 < nb ? emb[rb * nb + t + 4] : 0.0f, &ahi[3], &alo[3]);
-  float v[8][4];
+}
+// The forward of the warp's 16 edges: pre1 = emb · W1 (one k step), h1 = c·silu(pre1) into
+// the tile, pre2 = h1 · W2 (C layout). Leaves h1 in the tile; pre1 is not kept (the
+// backward recomputes it: 32 registers fewer through the products).
+__device__ __forceinline__ void ek_tc_mlp_pre(const real* __restrict__ emb, int nb, u64 ra,
+                                              u64 rb, bool va, bool vb,
+                                              const float4* __restrict__ bp, real c, float* T,
+                                              int g, int t, int lane, float pre2[8][4]) {
+  unsigned ahi[4], alo[4];
+  ek_tc_emb_frag(emb, nb, ra, rb, va, vb, t, ahi, alo);
   EK_UNROLL
   for (int nt = 0; nt < 8; ++nt) {
+    float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    ek_mma3(p, ahi, alo, bp[nt * 32 + lane]);
     EK_UNROLL
-    for (int q = 0; q < 4; ++q) pre1[nt][q] = 0.0f;
-    ek_mma3(pre1[nt], ahi, alo, bp[nt * 32 + lane]);
-    EK_UNROLL
-    for (int q = 0; q < 4; ++q) v[nt][q] = c * ek_silu(pre1[nt][q]);
+    for (int q = 0; q < 4; ++q) pre2[nt][q] = c * ek_silu(p[q]);  // h1, staged in pre2
   }
-  ek_tc_to_tile(T, v, g, t);
+  ek_tc_to_tile(T, pre2, g, t);
   ek_tc_mm64(T, bp + 8 * 32, g, t, lane, pre2);
 }
 #endif
@@ -1420,8 +1424,8 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
   for (u64 tile = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); tile < tiles;
        tile += warps) {
     const u64 ra = tile * 16 + g, rb = ra + 8;
-    float pre1[8][4], pre2[8][4];
-    ek_tc_mlp_pre(emb, nb, ra, rb, ra < edges, rb < edges, bp, c, T, g, t, lane, pre1, pre2);
+    float pre2[8][4];
+    ek_tc_mlp_pre(emb, nb, ra, rb, ra < edges, rb < edges, bp, c, T, g, t, lane, pre2);
     EK_UNROLL
     for (int nt = 0; nt < 8; ++nt)
       EK_UNROLL
@@ -1448,7 +1452,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(EK_BLOCK)
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
     ek_mlp_backward_tc(u64 edges, int nb, const real* __restrict__ emb,
                        const float4* __restrict__ bp, real c, const real* __restrict__ g_last,
                        real* g_emb, int accumulate) {
@@ -1465,30 +1469,34 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
        tile += warps) {
     const u64 ra = tile * 16 + g, rb = ra + 8;
     const bool va = ra < edges, vb = rb < edges;
-    float pre1[8][4], pre2[8][4], v[8][4];
-    ek_tc_mlp_pre(emb, nb, ra, rb, va, vb, bp, c, T, g, t, lane, pre1, pre2);
+    float pre2[8][4];
+    ek_tc_mlp_pre(emb, nb, ra, rb, va, vb, bp, c, T, g, t, lane, pre2);
     // g2 = g_last ⊙ c·silu'(pre2)
     EK_UNROLL
     for (int nt = 0; nt < 8; ++nt) {
       const int col = 8 * nt + 2 * t;
       float2 ga = va ? *(const float2*)(g_last + ra * 64 + col) : float2{0.0f, 0.0f};
       float2 gb = vb ? *(const float2*)(g_last + rb * 64 + col) : float2{0.0f, 0.0f};
-      v[nt][0] = ga.x * c * ek_silu_grad(pre2[nt][0]);
-      v[nt][1] = ga.y * c * ek_silu_grad(pre2[nt][1]);
-      v[nt][2] = gb.x * c * ek_silu_grad(pre2[nt][2]);
-      v[nt][3] = gb.y * c * ek_silu_grad(pre2[nt][3]);
+      pre2[nt][0] = ga.x * c * ek_silu_grad(pre2[nt][0]);
+      pre2[nt][1] = ga.y * c * ek_silu_grad(pre2[nt][1]);
+      pre2[nt][2] = gb.x * c * ek_silu_grad(pre2[nt][2]);
+      pre2[nt][3] = gb.y * c * ek_silu_grad(pre2[nt][3]);
     }
-    ek_tc_to_tile(T, v, g, t);
-    // g1 = (g2 · W2ᵀ) ⊙ c·silu'(pre1)  (pre2's registers reused)
+    ek_tc_to_tile(T, pre2, g, t);
+    // g1 = (g2 · W2ᵀ) ⊙ c·silu'(pre1), pre1 recomputed (emb re-read: L1/L2) one n tile at a time
     ek_tc_mm64(T, b_w2t, g, t, lane, pre2);
+    unsigned ahi[4], alo[4];
+    ek_tc_emb_frag(emb, nb, ra, rb, va, vb, t, ahi, alo);
     EK_UNROLL
-    for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < 8; ++nt) {
+      float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      ek_mma3(p, ahi, alo, bp[nt * 32 + lane]);
       EK_UNROLL
-      for (int q = 0; q < 4; ++q) v[nt][q] = pre2[nt][q] * c * ek_silu_grad(pre1[nt][q]);
-    ek_tc_to_tile(T, v, g, t);
+      for (int q = 0; q < 4; ++q) pre2[nt][q] *= c * ek_silu_grad(p[q]);
+    }
+    ek_tc_to_tile(T, pre2, g, t);
     // g_emb = g1 · W1ᵀ: 8 k steps, one n tile (columns 2t, 2t + 1 < nb)
     float ge[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    unsigned ahi[4], alo[4];
     EK_NO_UNROLL
     for (int k2 = 0; k2 < 8; k2 += 2) {
       float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
