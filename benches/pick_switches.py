@@ -7,7 +7,7 @@ values, one character each, or joined by '-' (one switch: the whole label) (defa
 EQUIKERN_MODEL_LINEAR_PATHS,EQUIKERN_MODEL_KEEP_H, base `00`, as `h100_linear_paths.sh`
 writes them). Scores each variant by its model ms relative to BASE's, per system (median over
 rounds), averaged over systems, and prints one `export` line for the winner; a variant must
-beat BASE by 1 % to be taken, so noise does not flip a default, and its energies must match
+beat BASE by 1 % (env PICK_MIN: the largest relative score taken, default 0.99) to be taken, so noise does not flip a default, and its energies must match
 BASE's to 1e-5 relative.
 """
 import glob, json, os, statistics, sys
@@ -39,7 +39,7 @@ for v, per in list(ms.items()):
     print(f"# {v}: " + ", ".join(f"{s} {statistics.median(per[s]):.2f} ms" for s in sorted(per))
           + f"; relative {score[v]:.4f}", file=sys.stderr)
 best = min(score, key=score.get)
-if score[best] > 0.99:
+if score[best] > float(os.environ.get("PICK_MIN", "0.99")):
     best = base_label
 values = [best] if len(envs) == 1 else best.split("-") if "-" in best else list(best)
 print("export " + " ".join(f"{e}={v}" for e, v in zip(envs, values)))

@@ -1124,6 +1124,10 @@ template <int N>
 __device__ __forceinline__ void ek_cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+// Brings the 128-byte line at p into L1 (no register, no wait).
+__device__ __forceinline__ void ek_prefetch_l1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
+}
 #elif defined(EK_HOST_MMA)
 // The CPU emulation defines ek_mma_m16n8k8_tf32 (tests/common: the same fragment layout,
 // the lanes' fragments exchanged through a staging area); copies are immediate.
@@ -1134,6 +1138,7 @@ __device__ __forceinline__ void ek_cp_async16(void* smem, const void* gmem) {
 __device__ __forceinline__ void ek_cp_async_commit() {}
 template <int N>
 __device__ __forceinline__ void ek_cp_async_wait() {}
+__device__ __forceinline__ void ek_prefetch_l1(const void*) {}
 #endif
 
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
@@ -1469,6 +1474,15 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
        tile += warps) {
     const u64 ra = tile * 16 + g, rb = ra + 8;
     const bool va = ra < edges, vb = rb < edges;
+    // the warp's next tile: its g_last rows (32 lines of 128 bytes, one per lane) and emb
+    // rows into L1 while this one computes (the loads below then wait on L1, not DRAM)
+    {
+      const u64 nr = (tile + warps) * 16 + (lane >> 1);
+      if (nr < edges) {
+        ek_prefetch_l1(g_last + nr * 64 + 32 * (lane & 1));
+        if ((lane & 1) == 0) ek_prefetch_l1(emb + nr * nb);
+      }
+    }
     float pre2[8][4];
     ek_tc_mlp_pre(emb, nb, ra, rb, va, vb, bp, c, T, g, t, lane, pre2);
     // g2 = g_last ⊙ c·silu'(pre2)
