@@ -1228,6 +1228,14 @@ __device__ __forceinline__ void ek_gemm_tf32x3_nt_body(u64 m, int n, int k, real
     EK_UNROLL
     for (int i = 0; i < 2 * MT; ++i) ek_tc_load(rows[i], 4 * t, k, vec, cur[i]);
     for (int c = 0; c < chunks; ++c, ++q) {
+      if (c + 2 < chunks && t == 0) {
+        // chunk c + 2 of the warp's rows into L1 (one 128-byte line per row): the register
+        // loads of chunk c + 1 below wait on DRAM otherwise (Nsight Compute, session 12:
+        // a third of the stalls on L1TEX, 8 warps per SM)
+        EK_UNROLL
+        for (int i = 0; i < 2 * MT; ++i)
+          if (rows[i]) ek_prefetch_l1(rows[i] + 32 * (c + 2));
+      }
       if (c + 1 < chunks) {
         ek_tc_stage(ek_tc_b[(q + 1) % 3], bp, c + 1);
         EK_UNROLL
@@ -1315,6 +1323,10 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 // a broadcast shared-memory load per 4 of them, 255 registers, one block per SM: 1.11 ms per
 // call at 917,504 edges (H100, session 11), four times its FP32 bound; on tensor cores the
 // work is ≈ 27 mma per edge and the kernel can approach its memory floor (g_last 235 MB).
+// Measured (H100, session 12): 0.84 ms per call with pre1 kept (225 registers, one block per
+// SM, latency-bound by Nsight Compute); pre1 is now recomputed from emb where g1 needs it
+// (one more k step per n tile) so that 128 registers hold the rest and two blocks fit
+// (≈ 0.71 ms per call); the warp's next tile is prefetched into L1 as this one computes.
 // A warp owns 16 edges (one m16 tile; grid-stride over tiles by warps, so every lane of a
 // warp runs the same iterations, as `mma` needs). Each product's result is in the C
 // fragment layout; it becomes the next product's A operand through the warp's shared tile
