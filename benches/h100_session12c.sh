@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Session 12's third device call: L1 prefetches — `ek_mlp_backward_tc` with the warp's next
-# tile (g_last and emb rows) prefetched, and `ek_gemm_tf32x3_nt` with its rows' chunk c + 2
-# prefetched (b/equikern) — against the second call's build (no prefetch; b/equikern_old;
-# a third binary with the first alone would not fit the 64 MiB carry), Si 4,096 and 32,768, two interleaved rounds (picked at
+# tile (g_last and emb rows) prefetched (b/equikern_m), and also `ek_gemm_tf32x3_nt` with its
+# rows' chunk c + 2 prefetched (b/equikern) — against the second call's build (no prefetch;
+# b/equikern_old), Si 4,096 and 32,768, two interleaved rounds (picked at
 # 0.3 %: both are the same kernel otherwise); the winner's profile at 32,768; the
 # side-by-side with both peers. Carry [".carry", ".peers", ".whl",
 # "models/checkpoint_sevennet_0.pth"]. Pack $OUT afterwards (8 files come back).
@@ -15,7 +15,7 @@ tar -C b -xJf .carry/bins.tar.xz
 export EQUIKERN_REPO=$PWD XDG_RUNTIME_DIR=/tmp
 CKPT=models/checkpoint_sevennet_0.pth
 for round in 1 2; do
-  for v in o n; do
+  for v in o m n; do
     bin=b/equikern; [ "$v" = o ] && bin=b/equikern_old; [ "$v" = m ] && bin=b/equikern_m
     stage "$bin (round $round)"
     timeout 50 $bin bench --model "$CKPT" --backend cuda --systems si:4096,si:32768 --reps 10 \
