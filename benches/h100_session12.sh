@@ -8,13 +8,7 @@
 # (stripped), and equikern_old (the build before the residual fold). Pack $OUT afterwards
 # (8 files come back).
 set -uo pipefail
-OUT=${OUT:-$PWD/out}
-mkdir -p "$OUT/aux" b
-T0=$(date +%s)
-stage() { echo; echo "== [$(($(date +%s) - T0)) s] $*"; }
-tar -C b -xJf .carry/bins.tar.xz
-export EQUIKERN_REPO=$PWD XDG_RUNTIME_DIR=/tmp
-CKPT=models/checkpoint_sevennet_0.pth
+source benches/device_prelude.sh
 for round in 1 2; do
   # label: binary (o: before the residual fold, n: HEAD) - MLP_TC (backward) - MLP_TC_FWD
   for v in o-0-0 n-0-0 n-1-0 n-0-1 n-1-1; do

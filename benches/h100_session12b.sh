@@ -7,13 +7,7 @@
 # side-by-side with both peers (`h100_model.sh`). Carry [".carry", ".peers", ".whl",
 # "models/checkpoint_sevennet_0.pth"]. Pack $OUT afterwards (8 files come back).
 set -uo pipefail
-OUT=${OUT:-$PWD/out}
-mkdir -p "$OUT/aux" b
-T0=$(date +%s)
-stage() { echo; echo "== [$(($(date +%s) - T0)) s] $*"; }
-tar -C b -xJf .carry/bins.tar.xz
-export EQUIKERN_REPO=$PWD XDG_RUNTIME_DIR=/tmp
-CKPT=models/checkpoint_sevennet_0.pth
+source benches/device_prelude.sh
 for round in 1 2; do
   # label: binary (o: the first call's kernel, n: two blocks per SM) - MLP_TC
   for v in o-1 n-1 n-0; do

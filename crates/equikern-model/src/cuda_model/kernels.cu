@@ -1401,6 +1401,15 @@ __device__ __forceinline__ void ek_tc_emb_frag(const real* __restrict__ emb, int
   ek_tc_split(va && t + 4 < nb ? emb[ra * nb + t + 4] : 0.0f, &ahi[2], &alo[2]);
   ek_tc_split(vb && t + 4 < nb ? emb[rb * nb + t + 4] : 0.0f, &ahi[3], &alo[3]);
 }
+// n tile nt of pre1 = emb · W1 (C layout) from emb's split fragment (W1: the pack's first 8
+// float4 per lane).
+__device__ __forceinline__ void ek_tc_pre1_tile(const unsigned ahi[4], const unsigned alo[4],
+                                                const float4* __restrict__ bp, int nt, int lane,
+                                                float p[4]) {
+  EK_UNROLL
+  for (int q = 0; q < 4; ++q) p[q] = 0.0f;
+  ek_mma3(p, ahi, alo, bp[nt * 32 + lane]);
+}
 // The forward of the warp's 16 edges: pre1 = emb · W1 (one k step), h1 = c·silu(pre1) into
 // the tile, pre2 = h1 · W2 (C layout). Leaves h1 in the tile; pre1 is not kept (the
 // backward recomputes it: 32 registers fewer through the products).
@@ -1412,8 +1421,8 @@ __device__ __forceinline__ void ek_tc_mlp_pre(const real* __restrict__ emb, int 
   ek_tc_emb_frag(emb, nb, ra, rb, va, vb, t, ahi, alo);
   EK_UNROLL
   for (int nt = 0; nt < 8; ++nt) {
-    float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    ek_mma3(p, ahi, alo, bp[nt * 32 + lane]);
+    float p[4];
+    ek_tc_pre1_tile(ahi, alo, bp, nt, lane, p);
     EK_UNROLL
     for (int q = 0; q < 4; ++q) pre2[nt][q] = c * ek_silu(p[q]);  // h1, staged in pre2
   }
@@ -1515,8 +1524,8 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
     ek_tc_emb_frag(emb, nb, ra, rb, va, vb, t, ahi, alo);
     EK_UNROLL
     for (int nt = 0; nt < 8; ++nt) {
-      float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      ek_mma3(p, ahi, alo, bp[nt * 32 + lane]);
+      float p[4];
+      ek_tc_pre1_tile(ahi, alo, bp, nt, lane, p);
       EK_UNROLL
       for (int q = 0; q < 4; ++q) pre2[nt][q] *= c * ek_silu_grad(p[q]);
     }

@@ -1,0 +1,10 @@
+# Sourced by the device-call scripts (run from the repository root on the GPU machine):
+# $OUT made (with aux/), the carried binaries unpacked into b/, `stage` (a heading with the
+# seconds since the start), the environment equikern's runs need, $CKPT.
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT/aux" b
+T0=$(date +%s)
+stage() { echo; echo "== [$(($(date +%s) - T0)) s] $*"; }
+tar -C b -xJf .carry/bins.tar.xz
+export EQUIKERN_REPO=$PWD XDG_RUNTIME_DIR=/tmp
+CKPT=models/checkpoint_sevennet_0.pth
