@@ -84,11 +84,11 @@ extern "C" void t_gemm(u64 m, u64 n, u64 k, real alpha, const real* A, const rea
 }
 extern "C" void t_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* A, const real* bp,
     real beta, real* C) {
-  grid_threads(((m + 255) / 256) * 256, [&] { ek_gemm_tf32x3_nt(m, n, k, alpha, A, bp, beta, C); });
+  grid_threads(((m + 255) / 256) * 256, [&] { ek_gemm_tf32x3_nt(m, n, k, alpha, A, bp, beta, C, 1); });
 }
 extern "C" void t_mlp_backward_tc(u64 E, int nb, const real* emb, const float4* bp, real c,
     const real* gl, real* ge, int acc) {
-  grid_threads(((E + 15) / 16) * 32, [&] { ek_mlp_backward_tc(E, nb, emb, bp, c, gl, ge, acc); });
+  grid_threads(((E + 15) / 16) * 32, [&] { ek_mlp_backward_tc(E, nb, emb, bp, c, gl, ge, acc, 1); });
 }
 extern "C" void t_mlp_forward_tc(u64 E, int nb, const real* emb, const float4* bp, real c,
     real* out, real* cat) {

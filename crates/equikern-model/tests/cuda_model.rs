@@ -193,6 +193,8 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
         ev.set_mlp_tc(mlp_tc);
         // ... and its forward (`ek_mlp_forward_tc`, opt-in) in the same rows
         ev.set_mlp_tc_fwd(mlp_tc);
+        // ... with the kernels' L1 prefetches (opt-in)
+        ev.set_prefetch(mlp_tc);
         if tf32 && T::NAME != "f32" {
             continue;
         }
@@ -581,6 +583,7 @@ fn tf32x3_nt_kernel_matches_f64() {
                 Arg::Real(bp, 0),
                 Arg::Val(0.0),
                 Arg::Real(c, 0),
+                Arg::I32(1),
             ],
         )
         .unwrap()

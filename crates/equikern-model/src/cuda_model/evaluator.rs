@@ -260,6 +260,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     mlp_tc: bool,
     /// The fused MLP's forward by `ek_mlp_forward_tc` ([`MLP_TC_FWD_ENV`]).
     mlp_tc_fwd: bool,
+    /// L1 prefetches in the tensor-core radial backward kernels ([`PREFETCH_ENV`]).
+    prefetch: bool,
     /// Fused MLP, `w` recomputed: keep each layer's last hidden activation ([`KEEP_H_ENV`]).
     keep_h: bool,
 }
@@ -372,6 +374,14 @@ pub const MLP_TC_ENV: &str = "EQUIKERN_MODEL_MLP_TC";
 /// twice its store floor). Opt-in: it lost on the H100 (session 12: 0.62 ms per call against
 /// 0.53, the step +0.4 ms at Si 32,768 atoms; 128 registers, 16 warps per SM, latency-bound).
 pub const MLP_TC_FWD_ENV: &str = "EQUIKERN_MODEL_MLP_TC_FWD";
+
+/// Environment variable: `1` has the tensor-core radial backward kernels prefetch into L1
+/// what they read next — `ek_mlp_backward_tc` its warp's next tile of `g_last` and `emb`
+/// rows, `ek_gemm_tf32x3_nt` its rows' chunk after next — where Nsight Compute showed them
+/// latency-bound at 8–16 warps per SM (session 12: the nt kernel a third of its stalls on
+/// L1TEX loads). Opt-in: written in session 12, untimed (the session's device time ran out);
+/// `benches/h100_prefetch.sh` is its A/B.
+pub const PREFETCH_ENV: &str = "EQUIKERN_MODEL_PREFETCH";
 
 /// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation
 /// directly as the 3xTF32 product's split rows `[hi | hi | lo]` (into `gw`, as
@@ -681,6 +691,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             mlp_split: mlp_split_enabled(),
             mlp_tc: std::env::var(MLP_TC_ENV).as_deref() != Ok("0"),
             mlp_tc_fwd: std::env::var(MLP_TC_FWD_ENV).as_deref() == Ok("1"),
+            prefetch: std::env::var(PREFETCH_ENV).as_deref() == Ok("1"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
@@ -754,6 +765,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// [`MLP_TC_FWD_ENV`]) where `ek_mlp_backward_tc` could run; elsewhere `ek_mlp_hidden`.
     pub fn set_mlp_tc_fwd(&mut self, on: bool) {
         self.mlp_tc_fwd = on;
+    }
+
+    /// L1 prefetches in the tensor-core radial backward kernels (see [`PREFETCH_ENV`]).
+    pub fn set_prefetch(&mut self, on: bool) {
+        self.prefetch = on;
     }
 
     /// Whether the radial MLP's hidden layers run fused.
@@ -1060,7 +1076,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (self.tf32x3_linear, self.tf32x3_linear_min).hash(&mut h);
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
             (self.linear_paths, ws.keep_h, self.mlp_split).hash(&mut h);
-            (self.mlp_tc, self.mlp_tc_fwd).hash(&mut h);
+            (self.mlp_tc, self.mlp_tc_fwd, self.prefetch).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -1549,6 +1565,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                         Arg::Real(&ws.hl.s, 0),
                         Arg::Real(&ws.g_emb.s, 0),
                         Arg::I32(i32::from(!first)),
+                        Arg::I32(i32::from(self.prefetch)),
                     ],
                 );
             }
@@ -1642,6 +1659,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                     Arg::Real(&pack.s, 0),
                     Arg::Val(T::ZERO),
                     Arg::Real(out, 0),
+                    Arg::I32(i32::from(self.prefetch)),
                 ],
             );
         }

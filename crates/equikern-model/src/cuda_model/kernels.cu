@@ -1204,7 +1204,8 @@ __device__ __forceinline__ void ek_gemm_tf32x3_nt_body(u64 m, int n, int k, real
                                                        const real* __restrict__ A,
                                                        const real* __restrict__ bp, real beta,
                                                        real* __restrict__ C,
-                                                       float (*ek_tc_b)[EK_TC_CHUNK]) {
+                                                       float (*ek_tc_b)[EK_TC_CHUNK],
+                                                       int prefetch) {
   unsigned q = 0;  // chunks of B this CTA has multiplied (all tiles): chunk q in buffer q % 3
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -1228,10 +1229,10 @@ __device__ __forceinline__ void ek_gemm_tf32x3_nt_body(u64 m, int n, int k, real
     EK_UNROLL
     for (int i = 0; i < 2 * MT; ++i) ek_tc_load(rows[i], 4 * t, k, vec, cur[i]);
     for (int c = 0; c < chunks; ++c, ++q) {
-      if (c + 2 < chunks && t == 0) {
+      if (prefetch && c + 2 < chunks && t == 0) {
         // chunk c + 2 of the warp's rows into L1 (one 128-byte line per row): the register
         // loads of chunk c + 1 below wait on DRAM otherwise (Nsight Compute, session 12:
-        // a third of the stalls on L1TEX, 8 warps per SM)
+        // a third of the stalls on L1TEX, 8 warps per SM). Opt-in, untimed.
         EK_UNROLL
         for (int i = 0; i < 2 * MT; ++i)
           if (rows[i]) ek_prefetch_l1(rows[i] + 32 * (c + 2));
@@ -1306,10 +1307,11 @@ __device__ __forceinline__ void ek_gemm_tf32x3_nt_body(u64 m, int n, int k, real
 
 extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
     ek_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* __restrict__ A,
-                      const real* __restrict__ bp, real beta, real* __restrict__ C) {
+                      const real* __restrict__ bp, real beta, real* __restrict__ C,
+                      int prefetch) {
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
   __shared__ __align__(16) float ek_tc_b[3][EK_TC_CHUNK];
-  ek_gemm_tf32x3_nt_body<2>(m, n, k, alpha, A, bp, beta, C, ek_tc_b);
+  ek_gemm_tf32x3_nt_body<2>(m, n, k, alpha, A, bp, beta, C, ek_tc_b, prefetch);
 #endif
 }
 
@@ -1326,7 +1328,8 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 // Measured (H100, session 12): 0.84 ms per call with pre1 kept (225 registers, one block per
 // SM, latency-bound by Nsight Compute); pre1 is now recomputed from emb where g1 needs it
 // (one more k step per n tile) so that 128 registers hold the rest and two blocks fit
-// (≈ 0.71 ms per call); the warp's next tile is prefetched into L1 as this one computes.
+// (≈ 0.71 ms per call); with `prefetch` the warp's next tile goes into L1 as this one
+// computes (opt-in, untimed).
 // A warp owns 16 edges (one m16 tile; grid-stride over tiles by warps, so every lane of a
 // warp runs the same iterations, as `mma` needs). Each product's result is in the C
 // fragment layout; it becomes the next product's A operand through the warp's shared tile
@@ -1481,7 +1484,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
 extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
     ek_mlp_backward_tc(u64 edges, int nb, const real* __restrict__ emb,
                        const float4* __restrict__ bp, real c, const real* __restrict__ g_last,
-                       real* g_emb, int accumulate) {
+                       real* g_emb, int accumulate, int prefetch) {
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
   __shared__ __align__(16) float ek_tc_mlp_tile[EK_BLOCK / 32][16 * EK_TC_MLP_LD];
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -1496,8 +1499,9 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
     const u64 ra = tile * 16 + g, rb = ra + 8;
     const bool va = ra < edges, vb = rb < edges;
     // the warp's next tile: its g_last rows (32 lines of 128 bytes, one per lane) and emb
-    // rows into L1 while this one computes (the loads below then wait on L1, not DRAM)
-    {
+    // rows into L1 while this one computes (the loads below then wait on L1, not DRAM).
+    // Opt-in (EQUIKERN_MODEL_PREFETCH), untimed.
+    if (prefetch) {
       const u64 nr = (tile + warps) * 16 + (lane >> 1);
       if (nr < edges) {
         ek_prefetch_l1(g_last + nr * 64 + 32 * (lane & 1));

@@ -35,7 +35,7 @@ pub use cuda_exec::CudaExec;
 #[cfg(feature = "cuda")]
 pub use evaluator::{
     CudaSevenNet, Resident, DEFAULT_KEEP_W_BYTES, DEFAULT_TF32X3_LINEAR_MIN, KEEP_H_ENV,
-    KEEP_W_ENV, LINEAR_PATHS_ENV, MLP_ENV, MLP_SPLIT_ENV, MLP_TC_ENV, MLP_TC_FWD_ENV,
+    KEEP_W_ENV, LINEAR_PATHS_ENV, MLP_ENV, MLP_SPLIT_ENV, MLP_TC_ENV, MLP_TC_FWD_ENV, PREFETCH_ENV,
     TF32X3_BWD_ENV, TF32X3_LINEAR_ENV,
 };
 #[cfg(feature = "cuda")]
