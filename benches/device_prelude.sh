@@ -8,3 +8,9 @@ stage() { echo; echo "== [$(($(date +%s) - T0)) s] $*"; }
 tar -C b -xJf .carry/bins.tar.xz
 export EQUIKERN_REPO=$PWD XDG_RUNTIME_DIR=/tmp
 CKPT=models/checkpoint_sevennet_0.pth
+# Makes the carried binary $1 the build every later stage runs as b/equikern, including the
+# scripts that unpack .carry/bins.tar.xz again (h100_model.sh, h100_ncu_model.sh).
+take_build() {
+  cp "$1" b/equikern
+  mkdir -p /tmp/ob && cp "$1" /tmp/ob/equikern && tar -C /tmp/ob -cJf .carry/bins.tar.xz .
+}

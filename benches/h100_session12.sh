@@ -26,8 +26,7 @@ cat "$OUT/aux/pick.txt" /tmp/pick.sh
 source /tmp/pick.sh
 export EQUIKERN_MODEL_MLP_TC EQUIKERN_MODEL_MLP_TC_FWD
 if [ "$BIN" = o ]; then  # h100_model.sh and the profile take b/equikern: the old build
-  cp b/equikern_old b/equikern
-  mkdir -p /tmp/ob && cp b/equikern_old /tmp/ob/equikern && tar -C /tmp/ob -cJf .carry/bins.tar.xz .
+  take_build b/equikern_old
 fi
 stage "GPU tests with EQUIKERN_MODEL_MLP_TC=1 EQUIKERN_MODEL_MLP_TC_FWD=1"
 EQUIKERN_MODEL_MLP_TC=1 EQUIKERN_MODEL_MLP_TC_FWD=1 timeout 150 b/cuda_model --test-threads 1 --nocapture 2>&1 \

@@ -22,8 +22,7 @@ cat "$OUT/aux/pick.txt" /tmp/pick.sh
 source /tmp/pick.sh
 export EQUIKERN_MODEL_MLP_TC
 if [ "$BIN" = o ]; then  # the profile and h100_model.sh take b/equikern: the old build
-  cp b/equikern_old b/equikern
-  mkdir -p /tmp/ob && cp b/equikern_old /tmp/ob/equikern && tar -C /tmp/ob -cJf .carry/bins.tar.xz .
+  take_build b/equikern_old
 fi
 stage "GPU tests (new build, its defaults)"
 env -u EQUIKERN_MODEL_MLP_TC timeout 150 b/cuda_model --test-threads 1 --nocapture 2>&1 \

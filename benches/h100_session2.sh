@@ -8,13 +8,7 @@
 # Carry [".carry", ".peers", ".whl", "models/checkpoint_sevennet_0.pth"], .carry/bins.tar.xz
 # holding equikern, equikern_old and cuda_model (stripped). Pack $OUT afterwards (8 files).
 set -uo pipefail
-OUT=${OUT:-$PWD/out}
-mkdir -p "$OUT/aux" b
-T0=$(date +%s)
-stage() { echo; echo "== [$(($(date +%s) - T0)) s] $*"; }
-tar -C b -xJf .carry/bins.tar.xz
-export EQUIKERN_REPO=$PWD XDG_RUNTIME_DIR=/tmp
-CKPT=models/checkpoint_sevennet_0.pth
+source benches/device_prelude.sh
 for round in 1 2; do
   # label: binary (o old, n new) - MLP_SPLIT
   for v in o-0 n-0 n-1; do

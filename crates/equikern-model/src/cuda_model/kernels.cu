@@ -197,11 +197,13 @@ extern "C" __global__ void ek_one_hot(u64 nodes, const unsigned* __restrict__ ty
 // column groups of a block numbered (w group, m) with m fastest (consecutive iterations:
 // consecutive m or w group: coalesced x or weights, the other broadcast). Every output
 // element keeps the host's summation order (u ascending per path, paths in order).
+// `add` may be y itself (the residual sums): each element is read, then written, by the one
+// iteration that owns it, so it is not `__restrict__`.
 extern "C" __global__ void ek_linear(u64 nodes, const real* __restrict__ x, int in_dim,
                                      real* y, int out_dim, const real* __restrict__ W,
                                      const int* __restrict__ tab,
                                      const real* __restrict__ coef, real alpha,
-                                     const real* __restrict__ add, int cols) {
+                                     const real* add, int cols) {
   int nblocks = tab[0];
   const int* paths = tab + 1 + 5 * nblocks;
   u64 groups = (nodes + EK_LIN_NODES - 1) / EK_LIN_NODES;
