@@ -64,6 +64,7 @@ extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32
 extern "C" void l_ek_mlp_backward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_backward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,R), A(6,W), A(7,int), A(8,int)); }); }
 extern "C" void l_ek_mlp_forward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_forward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,W), A(6,W)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W), A(8,int)); }); }
+extern "C" void l_ek_gemm_tf32x3_nt_pipe(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt_pipe(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
 extern "C" void l_ek_split_tf32_rows(void** p, u64 it) { grid(it, [&] { ek_split_tf32_rows(A(0,u64), A(1,int), A(2,R), A(3,u64), A(4,W), A(5,u64)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
 extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }
@@ -111,8 +112,10 @@ struct HostExec<T> {
     /// Each layer's convolution and its `(dim_x, dim_y, dim_z, weight_numel)`.
     convs: Vec<(ConvOracle<T>, TpDims)>,
     launches: std::cell::Cell<usize>,
-    /// ... of them `ek_gemm_tf32x3_nt`.
+    /// ... of them `ek_gemm_tf32x3_nt` or `ek_gemm_tf32x3_nt_pipe`.
     tc_launches: std::cell::Cell<usize>,
+    /// ... of them `ek_gemm_tf32x3_nt_pipe`.
+    ntp_launches: std::cell::Cell<usize>,
     /// ... of them `ek_linear_path`.
     lp_launches: std::cell::Cell<usize>,
     /// ... of them `ek_mlp_hidden`.
@@ -191,6 +194,7 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         convs,
         launches: std::cell::Cell::new(0),
         tc_launches: std::cell::Cell::new(0),
+        ntp_launches: std::cell::Cell::new(0),
         lp_launches: std::cell::Cell::new(0),
         mh_launches: std::cell::Cell::new(0),
         split_launches: std::cell::Cell::new(0),
@@ -338,8 +342,11 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
             .map(|s| s as *mut u64 as *mut c_void)
             .collect();
         self.launches.set(self.launches.get() + 1);
-        if k == Kern::GemmTf32x3Nt {
+        if matches!(k, Kern::GemmTf32x3Nt | Kern::GemmTf32x3NtPipe) {
             self.tc_launches.set(self.tc_launches.get() + 1);
+        }
+        if k == Kern::GemmTf32x3NtPipe {
+            self.ntp_launches.set(self.ntp_launches.get() + 1);
         }
         if matches!(k, Kern::MlpHidden | Kern::MlpForwardTc) {
             self.mh_launches.set(self.mh_launches.get() + 1);
@@ -521,6 +528,11 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
     fn tensor_cores(&self) -> bool {
         true
     }
+
+    /// ... and `ek_gemm_tf32x3_nt_pipe` (its `cp.async` copies immediate).
+    fn nt_pipe(&self) -> bool {
+        true
+    }
 }
 
 fn tmpdir(tag: &str) -> std::path::PathBuf {
@@ -664,6 +676,8 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         ev.set_mlp_tc_fwd(mlp_tc_fwd);
         // mode 0: with the L1 prefetches' argument on (no-ops here: the launch carries it)
         ev.set_prefetch(mode == 0);
+        // mode 0: the backward product by `ek_gemm_tf32x3_nt_pipe` where k % 4 == 0
+        ev.set_nt_pipe(mode == 0);
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         // f32: the radial MLP's last product and the Linear products as 3xTF32 factors with
         // one memory mode
@@ -759,6 +773,14 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
             T::NAME == "f32" && keep && tc_bwd,
             "ek_gemm_tf32x3_nt launches: {tc}"
         );
+        // ... the pipelined kernel in mode 0 (7net-0's widths are multiples of 4) only
+        let ntp = ev.exec().ntp_launches.get();
+        println!("  {ntp} launches of ek_gemm_tf32x3_nt_pipe");
+        if mode != 0 || T::NAME != "f32" {
+            assert_eq!(ntp, 0, "ek_gemm_tf32x3_nt_pipe ran in mode {mode}");
+        } else if label == "7net-0" {
+            assert_eq!(ntp, tc, "7net-0 mode 0: every backward product pipelined");
+        }
         let lp = ev.exec().lp_launches.get();
         println!("  {lp} launches of ek_linear_path");
         // (the small models' l > 0 blocks are not 4-aligned: no products, no paths for them;

@@ -6,7 +6,7 @@ use super::buffers::drv;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::{DevReal, Gemmer};
 use super::launch_cfg;
-use super::tables::model_kernel_source;
+use super::tables::{model_kernel_source, NT_PIPE_SMEM_BYTES};
 use crate::error::{ModelError, Result};
 use crate::sevennet::SevenNet;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, PushKernelArg};
@@ -25,6 +25,10 @@ pub struct CudaExec<T> {
     device: Device,
     stream: Arc<CudaStream>,
     funcs: Vec<CudaFunction>,
+    /// Blocks of `ek_gemm_tf32x3_nt_pipe` per launch (one per SM: it strides over its
+    /// tiles by warps); 0 where it may not run (no tensor cores, or too little shared
+    /// memory per block for its rings).
+    nt_pipe_blocks: u32,
     gemm: Gemmer,
     ops: Vec<ConvOp>,
     /// With `EQUIKERN_MODEL_PROFILE` set: each launch, product and convolution is waited
@@ -36,6 +40,30 @@ pub struct CudaExec<T> {
     /// The recorded step (`run_step`).
     recorded: Mutex<StepRecording>,
     _t: PhantomData<T>,
+}
+
+/// One block per SM for `ek_gemm_tf32x3_nt_pipe` where the device has TF32 tensor cores and
+/// lets a block opt in to its rings' shared memory (raised on `f` here); else 0.
+fn nt_pipe_blocks(cuda: &equikern::cuda_runtime::CudaDevice, f: &CudaFunction) -> u32 {
+    use cudarc::driver::sys::{CUdevice_attribute as A, CUfunction_attribute as F};
+    if cuda.compute_capability().0 < 8 {
+        return 0;
+    }
+    let ctx = cuda.context();
+    let (Ok(optin), Ok(sms)) = (
+        ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
+        ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+    ) else {
+        return 0;
+    };
+    let bytes = NT_PIPE_SMEM_BYTES as i32;
+    if optin < bytes
+        || f.set_attribute(F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
+            .is_err()
+    {
+        return 0;
+    }
+    u32::try_from(sms).unwrap_or(0)
 }
 
 impl<T> CudaExec<T> {
@@ -133,7 +161,9 @@ impl<T: DevReal> CudaExec<T> {
             })
             .collect::<Result<Vec<_>>>()?;
         let profile = std::env::var_os("EQUIKERN_MODEL_PROFILE").map(|_| Mutex::default());
+        let nt_pipe_blocks = nt_pipe_blocks(cuda, &funcs[Kern::GemmTf32x3NtPipe.index()]);
         Ok(CudaExec {
+            nt_pipe_blocks,
             profile,
             gemm: Gemmer::new(&stream),
             device,
@@ -589,6 +619,10 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
             .is_some_and(|d| d.compute_capability().0 >= 8)
     }
 
+    fn nt_pipe(&self) -> bool {
+        self.nt_pipe_blocks > 0
+    }
+
     /// The first step of a key runs as launched; the second is captured into a CUDA graph
     /// and replayed, and so is every later step of that key (one graph launch instead of a
     /// few hundred launches whose host-side cost left the GPU idle between small kernels).
@@ -733,7 +767,18 @@ impl<T: DevReal> CudaExec<T> {
         }
         // SAFETY: the step sizes every buffer for the iterations it launches (see
         // `Resident::ensure`); the arguments follow the kernel's parameter list.
-        unsafe { b.launch(launch_cfg(iterations)) }
+        let mut cfg = launch_cfg(iterations);
+        if k == Kern::GemmTf32x3NtPipe {
+            if self.nt_pipe_blocks == 0 {
+                return Err(ModelError::backend(
+                    "cuda",
+                    "ek_gemm_tf32x3_nt_pipe on a device that cannot run it (Exec::nt_pipe)",
+                ));
+            }
+            cfg.grid_dim.0 = cfg.grid_dim.0.min(self.nt_pipe_blocks);
+            cfg.shared_mem_bytes = NT_PIPE_SMEM_BYTES;
+        }
+        unsafe { b.launch(cfg) }
             .map_err(|e| ModelError::backend("cuda", format!("launching {}: {e}", k.name())))?;
         drop(guards);
         Ok(())

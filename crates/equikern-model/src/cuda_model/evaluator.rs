@@ -262,6 +262,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     mlp_tc_fwd: bool,
     /// L1 prefetches in the tensor-core radial backward kernels ([`PREFETCH_ENV`]).
     prefetch: bool,
+    /// The backward `gw · Wᵀ` by `ek_gemm_tf32x3_nt_pipe` where it can run ([`NT_PIPE_ENV`]).
+    nt_pipe: bool,
     /// Fused MLP, `w` recomputed: keep each layer's last hidden activation ([`KEEP_H_ENV`]).
     keep_h: bool,
 }
@@ -382,6 +384,15 @@ pub const MLP_TC_FWD_ENV: &str = "EQUIKERN_MODEL_MLP_TC_FWD";
 /// L1TEX loads). Opt-in: written in session 12, untimed (the session's device time ran out);
 /// `benches/h100_prefetch.sh` is its A/B.
 pub const PREFETCH_ENV: &str = "EQUIKERN_MODEL_PREFETCH";
+
+/// Environment variable: `1` runs the radial MLP's backward product `gw · W_lastᵀ` (3xTF32 on
+/// tensor cores, [`TF32X3_BWD_ENV`]) by `ek_gemm_tf32x3_nt_pipe` — each warp streaming its
+/// own rows through a 4-stage `cp.async` ring in shared memory, B through L1, no block
+/// barriers — instead of `ek_gemm_tf32x3_nt` (one chunk ahead in registers, a block barrier
+/// per chunk: 2.6 ms per call at Si 32,768 atoms on the H100, 40 % of its DRAM floor).
+/// Needs 128 KB of shared memory per block (sm_80, sm_90; not sm_86/89) and `k % 4 == 0`;
+/// elsewhere the older kernel runs. Opt-in until timed.
+pub const NT_PIPE_ENV: &str = "EQUIKERN_MODEL_NT_PIPE";
 
 /// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation
 /// directly as the 3xTF32 product's split rows `[hi | hi | lo]` (into `gw`, as
@@ -692,6 +703,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             mlp_tc: std::env::var(MLP_TC_ENV).as_deref() != Ok("0"),
             mlp_tc_fwd: std::env::var(MLP_TC_FWD_ENV).as_deref() == Ok("1"),
             prefetch: std::env::var(PREFETCH_ENV).as_deref() == Ok("1"),
+            nt_pipe: std::env::var(NT_PIPE_ENV).as_deref() == Ok("1"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
@@ -772,6 +784,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         self.prefetch = on;
     }
 
+    /// The radial backward product by `ek_gemm_tf32x3_nt_pipe` where it can run (see
+    /// [`NT_PIPE_ENV`]).
+    pub fn set_nt_pipe(&mut self, on: bool) {
+        self.nt_pipe = on;
+    }
+
     /// Whether the radial MLP's hidden layers run fused.
     pub fn mlp_fused(&self) -> bool {
         self.mlp_fused
@@ -795,6 +813,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (true, false, _) => ", 3xTF32 off",
             (true, true, false) => ", 3xTF32 radial",
             (true, true, true) => ", 3xTF32 radial+linears",
+        };
+        let pipe = T::NAME == "f32" && self.tf32x3 && self.tf32x3_bwd && self.nt_pipe;
+        let tf32 = if pipe && self.d.nt_pipe() {
+            format!("{tf32}, pipelined backward product")
+        } else {
+            tf32.to_string()
         };
         // the tensor-core MLP kernels, where they would run (f32, TF32 mma, fused)
         let tc = self.mlp_fused && T::NAME == "f32" && self.d.tensor_cores();
@@ -1076,7 +1100,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (self.tf32x3_linear, self.tf32x3_linear_min).hash(&mut h);
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
             (self.linear_paths, ws.keep_h, self.mlp_split).hash(&mut h);
-            (self.mlp_tc, self.mlp_tc_fwd, self.prefetch).hash(&mut h);
+            (self.mlp_tc, self.mlp_tc_fwd, self.prefetch, self.nt_pipe).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -1647,21 +1671,26 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 return Err(err("radial MLP backward: workspace too small"));
             }
             let out: &D::Buf<T> = out;
-            return self.d.launch(
-                Kern::GemmTf32x3Nt,
-                tc_gemm_iterations(ne),
-                &[
-                    Arg::U64(ne as u64),
-                    Arg::I32(i32::try_from(*a).map_err(err)?),
-                    Arg::I32(i32::try_from(*b).map_err(err)?),
-                    Arg::Val(alpha),
-                    Arg::Real(gw, 0),
-                    Arg::Real(&pack.s, 0),
-                    Arg::Val(T::ZERO),
-                    Arg::Real(out, 0),
-                    Arg::I32(i32::from(self.prefetch)),
-                ],
-            );
+            let mut args = vec![
+                Arg::U64(ne as u64),
+                Arg::I32(i32::try_from(*a).map_err(err)?),
+                Arg::I32(i32::try_from(*b).map_err(err)?),
+                Arg::Val(alpha),
+                Arg::Real(gw, 0),
+                Arg::Real(&pack.s, 0),
+                Arg::Val(T::ZERO),
+                Arg::Real(out, 0),
+            ];
+            // the pipelined kernel copies A in 16-byte pieces (gw starts each buffer)
+            if self.nt_pipe && self.d.nt_pipe() && b % 4 == 0 {
+                return self
+                    .d
+                    .launch(Kern::GemmTf32x3NtPipe, tc_gemm_iterations(ne), &args);
+            }
+            args.push(Arg::I32(i32::from(self.prefetch)));
+            return self
+                .d
+                .launch(Kern::GemmTf32x3Nt, tc_gemm_iterations(ne), &args);
         }
         self.d
             .gemm((ne, *a, *b), alpha, gw, &wk.s, true, T::ZERO, out)

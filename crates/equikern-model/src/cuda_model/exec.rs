@@ -50,6 +50,7 @@ pub enum Kern {
     SplitTf32,
     RadialLastTf32,
     GemmTf32x3Nt,
+    GemmTf32x3NtPipe,
     MlpBackwardTc,
     MlpForwardTc,
     SplitTf32Rows,
@@ -60,7 +61,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 28] = [
+    pub const ALL: [Kern; 29] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -82,6 +83,7 @@ impl Kern {
         Kern::SplitTf32,
         Kern::RadialLastTf32,
         Kern::GemmTf32x3Nt,
+        Kern::GemmTf32x3NtPipe,
         Kern::MlpBackwardTc,
         Kern::MlpForwardTc,
         Kern::SplitTf32Rows,
@@ -115,6 +117,7 @@ impl Kern {
             Kern::SplitTf32 => "ek_split_tf32",
             Kern::RadialLastTf32 => "ek_radial_last_tf32x3",
             Kern::GemmTf32x3Nt => "ek_gemm_tf32x3_nt",
+            Kern::GemmTf32x3NtPipe => "ek_gemm_tf32x3_nt_pipe",
             Kern::MlpBackwardTc => "ek_mlp_backward_tc",
             Kern::MlpForwardTc => "ek_mlp_forward_tc",
             Kern::SplitTf32Rows => "ek_split_tf32_rows",
@@ -239,6 +242,11 @@ pub trait Exec<T: Pod>: Memory {
     /// Whether the kernels' tensor-core paths may run (`mma.sync` TF32: sm_80+); where not,
     /// `ek_gemm_tf32x3_nt` is empty and the caller runs the plain product.
     fn tensor_cores(&self) -> bool {
+        false
+    }
+    /// Whether `ek_gemm_tf32x3_nt_pipe` may run: tensor cores, and a block may have
+    /// [`super::tables::NT_PIPE_SMEM_BYTES`] of dynamic shared memory (set up for it).
+    fn nt_pipe(&self) -> bool {
         false
     }
     /// [`Self::gemm_strided`] with operands already exact in TF32 (the 3xTF32 factors of

@@ -1130,6 +1130,14 @@ __device__ __forceinline__ void ek_cp_async_wait() {
 __device__ __forceinline__ void ek_prefetch_l1(const void* p) {
   asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
 }
+// ek_cp_async16, or 16 zero bytes into smem when !ok (gmem is then not read).
+__device__ __forceinline__ void ek_cp_async16_zfill(void* smem, const void* gmem, bool ok) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(ok ? 16 : 0));
+}
+// Dynamic shared memory (the host sets its size per launch).
+#define EK_DYN_SHARED(type, name, count) extern __shared__ __align__(16) type name[]
 #elif defined(EK_HOST_MMA)
 // The CPU emulation defines ek_mma_m16n8k8_tf32 (tests/common: the same fragment layout,
 // the lanes' fragments exchanged through a staging area); copies are immediate.
@@ -1141,6 +1149,15 @@ __device__ __forceinline__ void ek_cp_async_commit() {}
 template <int N>
 __device__ __forceinline__ void ek_cp_async_wait() {}
 __device__ __forceinline__ void ek_prefetch_l1(const void*) {}
+__device__ __forceinline__ void ek_cp_async16_zfill(void* smem, const void* gmem, bool ok) {
+  if (ok) {
+    *(float4*)smem = *(const float4*)gmem;
+  } else {
+    *(float4*)smem = float4{0.0f, 0.0f, 0.0f, 0.0f};
+  }
+}
+// One static copy (the emulation runs one block at a time).
+#define EK_DYN_SHARED(type, name, count) static __align__(16) type name[count]
 #endif
 
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
@@ -1194,6 +1211,74 @@ __device__ __forceinline__ void ek_tc_stage(float* dst, const float* __restrict_
   for (int i = threadIdx.x; i < EK_TC_CHUNK / 4; i += blockDim.x)
     ek_cp_async16(dst + 4 * i, src + 4 * i);
   ek_cp_async_commit();
+}
+// A values held in registers (ek_gemm_tf32x3_nt's chunk ahead), as ek_tc_chunk reads them.
+template <int MT>
+struct EkTcRegs {
+  float (*v)[8];
+  __device__ __forceinline__ float operator()(int i, int q) const { return v[i][q]; }
+};
+// acc += one 32-wide k chunk of A·Bᵀ for MT m16 tiles: `cur(i, q)` the lane's A values (row
+// slot i = 2·mt + half: row 16·mt + 8·half + g, the chunk's columns 4t..4t+3 and
+// 16+4t..16+4t+3; registers, or read from shared memory where they are used),
+// `bs` the chunk's B pack (float4 per (k step, n tile, lane); shared memory or global).
+// The chunk's 12 mma per tile go to a fresh accumulator, added to acc by FP32 adds: the
+// tensor cores' accumulation truncates, and chained over k = 960 (360 mma) its bias grew to
+// about one TF32 pass's error; 12 in a row keep it below FP32's.
+template <int MT, class AV>
+__device__ __forceinline__ void ek_tc_chunk(const AV& cur, const float4* bs, int lane,
+                                            float acc[MT][8][4]) {
+  float part[MT][8][4];
+  ek_tc_tiles_zero<MT>(part);
+  EK_UNROLL
+  for (int s = 0; s < 4; ++s) {
+    unsigned ahi[MT][4], alo[MT][4];
+    EK_UNROLL
+    for (int mt = 0; mt < MT; ++mt) {
+      // a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
+      ek_tc_split(cur(2 * mt, 2 * s), &ahi[mt][0], &alo[mt][0]);
+      ek_tc_split(cur(2 * mt + 1, 2 * s), &ahi[mt][1], &alo[mt][1]);
+      ek_tc_split(cur(2 * mt, 2 * s + 1), &ahi[mt][2], &alo[mt][2]);
+      ek_tc_split(cur(2 * mt + 1, 2 * s + 1), &ahi[mt][3], &alo[mt][3]);
+    }
+    EK_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      float4 b = bs[(s * 8 + j) * 32 + lane];
+      EK_UNROLL
+      for (int mt = 0; mt < MT; ++mt) ek_mma3(part[mt][j], ahi[mt], alo[mt], b);
+    }
+  }
+  EK_UNROLL
+  for (int mt = 0; mt < MT; ++mt)
+    EK_UNROLL
+    for (int j = 0; j < 8; ++j)
+      EK_UNROLL
+      for (int r = 0; r < 4; ++r) acc[mt][j][r] += part[mt][j][r];
+}
+// C[rows r0 .. r0 + 16·MT) = alpha · acc + beta · C, rows past m and columns past n skipped
+// (d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1)).
+template <int MT>
+__device__ __forceinline__ void ek_tc_store(float acc[MT][8][4], u64 r0, u64 m, int n,
+                                            real alpha, real beta, real* __restrict__ C,
+                                            int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  EK_UNROLL
+  for (int mt = 0; mt < MT; ++mt)
+    EK_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      u64 r = r0 + 16 * mt + 8 * h + g;
+      if (r >= m) continue;
+      EK_UNROLL
+      for (int j = 0; j < 8; ++j)
+        EK_UNROLL
+        for (int q = 0; q < 2; ++q) {
+          int col = 8 * j + 2 * t + q;
+          if (col < n) {
+            real* o = C + r * (u64)n + col;
+            *o = alpha * acc[mt][j][2 * h + q] + (beta != 0.0f ? beta * *o : 0.0f);
+          }
+        }
+    }
 }
 #endif
 
@@ -1249,35 +1334,7 @@ __device__ __forceinline__ void ek_gemm_tf32x3_nt_body(u64 m, int n, int k, real
       }
       __syncthreads();  // chunk c of B is in shared memory (every thread's copies)
       const float4* bs = (const float4*)ek_tc_b[q % 3];
-      // The chunk's 12 mma per tile go to a fresh accumulator, added to acc by FP32 adds:
-      // the tensor cores' accumulation truncates, and chained over k = 960 (360 mma) its
-      // bias grew to about one TF32 pass's error; 12 in a row keep it below FP32's.
-      float part[MT][8][4];
-      ek_tc_tiles_zero<MT>(part);
-      EK_UNROLL
-      for (int s = 0; s < 4; ++s) {
-        unsigned ahi[MT][4], alo[MT][4];
-        EK_UNROLL
-        for (int mt = 0; mt < MT; ++mt) {
-          // a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
-          ek_tc_split(cur[2 * mt][2 * s], &ahi[mt][0], &alo[mt][0]);
-          ek_tc_split(cur[2 * mt + 1][2 * s], &ahi[mt][1], &alo[mt][1]);
-          ek_tc_split(cur[2 * mt][2 * s + 1], &ahi[mt][2], &alo[mt][2]);
-          ek_tc_split(cur[2 * mt + 1][2 * s + 1], &ahi[mt][3], &alo[mt][3]);
-        }
-        EK_UNROLL
-        for (int j = 0; j < 8; ++j) {
-          float4 b = bs[(s * 8 + j) * 32 + lane];
-          EK_UNROLL
-          for (int mt = 0; mt < MT; ++mt) ek_mma3(part[mt][j], ahi[mt], alo[mt], b);
-        }
-      }
-      EK_UNROLL
-      for (int mt = 0; mt < MT; ++mt)
-        EK_UNROLL
-        for (int j = 0; j < 8; ++j)
-          EK_UNROLL
-          for (int r = 0; r < 4; ++r) acc[mt][j][r] += part[mt][j][r];
+      ek_tc_chunk<MT>(EkTcRegs<MT>{cur}, bs, lane, acc);
       if (c + 1 < chunks) {
         EK_UNROLL
         for (int i = 0; i < 2 * MT; ++i)
@@ -1285,24 +1342,7 @@ __device__ __forceinline__ void ek_gemm_tf32x3_nt_body(u64 m, int n, int k, real
           for (int q = 0; q < 8; ++q) cur[i][q] = nxt[i][q];
       }
     }
-    // d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1)
-    EK_UNROLL
-    for (int mt = 0; mt < MT; ++mt)
-      EK_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        u64 r = r0 + 16 * mt + 8 * h + g;
-        if (r >= m) continue;
-        EK_UNROLL
-        for (int j = 0; j < 8; ++j)
-          EK_UNROLL
-          for (int q = 0; q < 2; ++q) {
-            int col = 8 * j + 2 * t + q;
-            if (col < n) {
-              real* o = C + r * (u64)n + col;
-              *o = alpha * acc[mt][j][2 * h + q] + (beta != 0.0f ? beta * *o : 0.0f);
-            }
-          }
-      }
+    ek_tc_store<MT>(acc, r0, m, n, alpha, beta, C, lane);
   }
 }
 #endif
@@ -1314,6 +1354,94 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
   __shared__ __align__(16) float ek_tc_b[3][EK_TC_CHUNK];
   ek_gemm_tf32x3_nt_body<2>(m, n, k, alpha, A, bp, beta, C, ek_tc_b, prefetch);
+#endif
+}
+
+// ek_gemm_tf32x3_nt's product (the same B pack, fragment order and per-chunk partial sums),
+// with every warp on its own: a warp owns 32 rows at a time (tiles grid-strided over warps),
+// its rows stream by cp.async into a ring of EK_NTP_STAGES shared-memory stages of its own
+// (EK_NTP_STAGES − 1 chunks in flight while one computes, held by no register, the ring
+// running on across the warp's tiles), B's fragments are read through L1 (every warp of the
+// SM reads the same pack), and no block barrier ties the warps together.
+// Why: ek_gemm_tf32x3_nt (one chunk ahead in registers, a block barrier per chunk) runs at
+// 2.6 ms for 917,504 × 960 → 64 on the H100, 40 % of its DRAM floor, latency-bound.
+// Needs k % 4 == 0 and A 16-byte aligned (the host checks; ek_gemm_tf32x3_nt otherwise);
+// rows past m and columns past k are zero-filled copies. Dynamic shared memory:
+// EK_BLOCK / 32 warps × EK_NTP_STAGES × 4 KB (set by the host per launch).
+// Stage layout: row r (0..31) of the tile at r·32 floats, its float4 segment s at
+// (s ^ 4·(r & 1)): a quarter-warp's 16-byte reads (rows g, g+1, segments t or t + 4) then
+// fall on distinct banks.
+#define EK_NTP_STAGE 1024
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+// The lane's A values of a stage, read where used (row slot i: row 8i + g; q < 4: segment t,
+// else t + 4), so that no register holds a chunk ahead of its use.
+struct EkNtpRows {
+  const float* st;
+  int g, t;
+  __device__ __forceinline__ float operator()(int i, int q) const {
+    const int r = 8 * i + g, seg = (q < 4 ? t : t + 4) ^ ((r & 1) << 2);
+    return st[r * 32 + 4 * seg + (q & 3)];
+  }
+};
+// A warp's place in its sequence of (tile, chunk) items: the tile's first row, the chunk and
+// the ring stage. Items advance chunk by chunk, tile by tile (the warp's tiles are ws·32
+// rows apart), with no division.
+struct EkNtpCursor {
+  u64 row0;
+  int c, stage;
+  __device__ __forceinline__ void next(int chunks, u64 step) {
+    stage = stage + 1 == EK_NTP_STAGES ? 0 : stage + 1;
+    if (++c == chunks) c = 0, row0 += step;
+  }
+};
+// Copies the cursor's item (if its tile starts before m) into its stage: one commit group per
+// call, empty past the warp's last item, so the wait count stays uniform.
+__device__ __forceinline__ void ek_ntp_issue(float* ring, const float* A, u64 m, int k,
+                                             const EkNtpCursor& it, int lane) {
+  if (it.row0 < m) {
+    const int seg = lane & 7;
+    const int col = 32 * it.c + 4 * seg;
+    float* st = ring + it.stage * EK_NTP_STAGE;
+    EK_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      const int r = (lane >> 3) + 4 * j;
+      const u64 row = it.row0 + r;
+      const bool ok = row < m && col < k;
+      ek_cp_async16_zfill(st + r * 32 + 4 * (seg ^ ((r & 1) << 2)),
+                          ok ? A + row * (u64)k + col : A, ok);
+    }
+  }
+  ek_cp_async_commit();
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
+    ek_gemm_tf32x3_nt_pipe(u64 m, int n, int k, real alpha, const real* __restrict__ A,
+                           const real* __restrict__ bp, real beta, real* __restrict__ C) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  EK_DYN_SHARED(float, ek_ntp_smem, EK_BLOCK / 32 * EK_NTP_STAGES * EK_NTP_STAGE);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  float* ring = ek_ntp_smem + warp * (EK_NTP_STAGES * EK_NTP_STAGE);
+  const int chunks = (k + 31) / 32;
+  const u64 step = 32ull * gridDim.x * (blockDim.x >> 5);
+  EkNtpCursor use{32ull * (blockIdx.x * (blockDim.x >> 5) + warp), 0, 0};
+  EkNtpCursor fill = use;
+  for (int f = 0; f + 1 < EK_NTP_STAGES; ++f, fill.next(chunks, step))
+    ek_ntp_issue(ring, A, m, k, fill, lane);
+  float acc[2][8][4];
+  for (; use.row0 < m; use.next(chunks, step), fill.next(chunks, step)) {
+    // refills the stage the previous item was read from (every lane passed its __syncwarp)
+    ek_ntp_issue(ring, A, m, k, fill, lane);
+    ek_cp_async_wait<EK_NTP_STAGES - 1>();
+    __syncwarp();  // every lane's copies of this item have landed
+    if (use.c == 0) ek_tc_tiles_zero<2>(acc);
+    ek_tc_chunk<2>(EkNtpRows{ring + use.stage * EK_NTP_STAGE, g, t},
+                   (const float4*)bp + use.c * (EK_TC_CHUNK / 4), lane, acc);
+    if (use.c + 1 == chunks) ek_tc_store<2>(acc, use.row0, m, n, alpha, beta, C, lane);
+    __syncwarp();  // every lane has read the stage
+  }
+  ek_cp_async_wait<0>();
 #endif
 }
 

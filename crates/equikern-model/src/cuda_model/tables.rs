@@ -27,6 +27,11 @@ pub fn gemm_iterations(m: usize, n: usize) -> u64 {
 /// Threads per block of every launch (`cuda_model::BLOCK`; `EK_BLOCK`, the fused MLP
 /// kernels' `__launch_bounds__`).
 pub const BLOCK_THREADS: u32 = 256;
+/// Shared-memory stages per warp of `ek_gemm_tf32x3_nt_pipe` (one 32-row × 32-column chunk
+/// of A each: `NT_PIPE_STAGES − 1` chunks in flight while one computes).
+pub const NT_PIPE_STAGES: u32 = 4;
+/// `ek_gemm_tf32x3_nt_pipe`'s dynamic shared memory per block: every warp's ring.
+pub const NT_PIPE_SMEM_BYTES: u32 = BLOCK_THREADS / 32 * NT_PIPE_STAGES * 32 * 32 * 4;
 
 /// Largest spherical-harmonics degree the edge kernels are generated for.
 pub const MAX_SH_L: u32 = 6;
@@ -94,6 +99,7 @@ pub fn kernel_source_with<T: Scalar>(lmax: u32, mlp: &MlpKernels) -> Result<Stri
     let _ = writeln!(s, "#define EK_LIN_NODES {LINEAR_ROWS}");
     let _ = writeln!(s, "#define EK_LIN_COLS {LINEAR_COLS}");
     let _ = writeln!(s, "#define EK_BLOCK {BLOCK_THREADS}");
+    let _ = writeln!(s, "#define EK_NTP_STAGES {NT_PIPE_STAGES}");
     mlp.prelude::<T>(&mut s)?;
     let list = |v: Vec<String>| {
         if v.is_empty() {
