@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Session 13's device call: `ek_gemm_tf32x3_nt_pipe` (EQUIKERN_MODEL_NT_PIPE=1: the radial
-# backward product with per-warp cp.async rings, B through L1, no block barriers) A/B against
+# Session 13's device calls: `ek_gemm_tf32x3_nt_pipe` (EQUIKERN_MODEL_NT_PIPE=1: the radial
+# backward product with A and B streamed by cp.async into 4-stage shared-memory rings; in
+# call 2 its first form, B through L1 and no block barriers) A/B against
 # `ek_gemm_tf32x3_nt` in the same binary, Si 4,096 and 32,768, two interleaved rounds (picked
 # at 0.3 %); the GPU tests (both kernels alone against f64 and timed; the resident rows; sevenn
 # float64 with the pipe on); the profile of the pick at 32,768; Nsight Compute on both
@@ -35,6 +36,6 @@ sed -n '/== .*report/,$p' "$OUT/model/run.log"
 stage "ncu: both backward product kernels"
 EQUIKERN_MODEL_NT_PIPE=1 COUNT=2 NCU_T=80 NCU_NAME=ncu_pipe KERNELS="ek_gemm_tf32x3_nt_pipe" \
   bash benches/h100_ncu_model.sh | tail -30
-EQUIKERN_MODEL_NT_PIPE=0 COUNT=2 NCU_T=80 NCU_NAME=ncu_nt KERNELS="ek_gemm_tf32x3_nt" \
-  bash benches/h100_ncu_model.sh | tail -30
+[ -n "${NCU_OLD:-}" ] && EQUIKERN_MODEL_NT_PIPE=0 COUNT=2 NCU_T=80 NCU_NAME=ncu_nt \
+  KERNELS="ek_gemm_tf32x3_nt" bash benches/h100_ncu_model.sh | tail -30
 stage done

@@ -86,7 +86,7 @@ extern "C" void t_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* A,
     real beta, real* C) {
   grid_threads(((m + 255) / 256) * 256, [&] { ek_gemm_tf32x3_nt(m, n, k, alpha, A, bp, beta, C, 1); });
 }
-// two blocks (16 warps): with m > 512 a warp's ring runs on into its second tile
+// two blocks: with m > 512 a block's rings run on into its second 256-row tile
 extern "C" void t_gemm_tf32x3_nt_pipe(u64 m, int n, int k, real alpha, const real* A,
     const real* bp, real beta, real* C) {
   grid_threads(2 * 256, [&] { ek_gemm_tf32x3_nt_pipe(m, n, k, alpha, A, bp, beta, C); });
@@ -1625,8 +1625,9 @@ fn rel_l2(c: &[f32], want: &[f64]) -> f64 {
 /// sentinel rows past m that must stay; and the split must be there: the same product with
 /// one TF32 pass (host, f64 sums of the rounded factors) and the kernel with the B pack's
 /// `lo` halves zeroed must each be ≥ 20× worse. The same for `ek_gemm_tf32x3_nt_pipe` (its
-/// per-warp `cp.async` rings, zero-filled rows past m and columns past k, two blocks so that
-/// warps run several tiles and some none; k % 4 == 0 only, as the host launches it).
+/// `cp.async` rings of A and B, zero-filled rows past m and columns past k, two blocks so
+/// that blocks run several tiles and some warps only zeros; k % 4 == 0 only, as the host
+/// launches it).
 #[test]
 fn tf32x3_nt_gemm_emulated() {
     let dir = tmpdir("tc");

@@ -386,12 +386,13 @@ pub const MLP_TC_FWD_ENV: &str = "EQUIKERN_MODEL_MLP_TC_FWD";
 pub const PREFETCH_ENV: &str = "EQUIKERN_MODEL_PREFETCH";
 
 /// Environment variable: `1` runs the radial MLP's backward product `gw · W_lastᵀ` (3xTF32 on
-/// tensor cores, [`TF32X3_BWD_ENV`]) by `ek_gemm_tf32x3_nt_pipe` — each warp streaming its
-/// own rows through a 4-stage `cp.async` ring in shared memory, B through L1, no block
-/// barriers — instead of `ek_gemm_tf32x3_nt` (one chunk ahead in registers, a block barrier
-/// per chunk: 2.6 ms per call at Si 32,768 atoms on the H100, 40 % of its DRAM floor).
-/// Needs 128 KB of shared memory per block (sm_80, sm_90; not sm_86/89) and `k % 4 == 0`;
-/// elsewhere the older kernel runs. Opt-in until timed.
+/// tensor cores, [`TF32X3_BWD_ENV`]) by `ek_gemm_tf32x3_nt_pipe` — A (each warp its rows)
+/// and B streamed by `cp.async` into 4-stage rings in shared memory, three chunks in flight —
+/// instead of `ek_gemm_tf32x3_nt` (its next chunk of A in registers: 2.6 ms per call at Si
+/// 32,768 atoms on the H100, 44 % of its DRAM floor). Needs 192 KB of shared memory per
+/// block (sm_90; not sm_80/86/89) and `k % 4 == 0`; elsewhere the older kernel runs.
+/// Opt-in until timed (session 13's first form, B read through L1 without barriers,
+/// measured 3.05 ms per call against 2.59 and lost).
 pub const NT_PIPE_ENV: &str = "EQUIKERN_MODEL_NT_PIPE";
 
 /// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation

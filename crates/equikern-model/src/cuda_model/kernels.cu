@@ -1357,18 +1357,18 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 #endif
 }
 
-// ek_gemm_tf32x3_nt's product (the same B pack, fragment order and per-chunk partial sums),
-// with every warp on its own: a warp owns 32 rows at a time (tiles grid-strided over warps),
-// its rows stream by cp.async into a ring of EK_NTP_STAGES shared-memory stages of its own
-// (EK_NTP_STAGES − 1 chunks in flight while one computes, held by no register, the ring
-// running on across the warp's tiles), B's fragments are read through L1 (every warp of the
-// SM reads the same pack), and no block barrier ties the warps together.
-// Why: ek_gemm_tf32x3_nt (one chunk ahead in registers, a block barrier per chunk) runs at
-// 2.6 ms for 917,504 × 960 → 64 on the H100, 40 % of its DRAM floor, latency-bound.
+// ek_gemm_tf32x3_nt's product (the same B pack, fragment order and per-chunk partial sums)
+// with both operands streamed by cp.async into rings of EK_NTP_STAGES shared-memory stages,
+// EK_NTP_STAGES − 1 chunks in flight while one computes: each warp's 32 rows of A into a
+// ring of its own, the block's chunk of B into a shared one; one block barrier per chunk.
+// Why: ek_gemm_tf32x3_nt (its next chunk of A in registers, one ahead) runs at 2.6 ms for
+// 917,504 × 960 → 64 on the H100, 44 % of its DRAM floor, with a third of its warps' stalls
+// on those loads (Nsight Compute); a first form of this kernel with B read through L1 and
+// no barriers measured 3.05 ms (L1 hit rate 69 %: half of its stalls on B's loads).
 // Needs k % 4 == 0 and A 16-byte aligned (the host checks; ek_gemm_tf32x3_nt otherwise);
 // rows past m and columns past k are zero-filled copies. Dynamic shared memory:
-// EK_BLOCK / 32 warps × EK_NTP_STAGES × 4 KB (set by the host per launch).
-// Stage layout: row r (0..31) of the tile at r·32 floats, its float4 segment s at
+// EK_NTP_STAGES × (EK_BLOCK / 32 warps × 4 KB of A + 16 KB of B), set by the host.
+// A stage's layout: row r (0..31) of the warp's rows at r·32 floats, its float4 segment s at
 // (s ^ 4·(r & 1)): a quarter-warp's 16-byte reads (rows g, g+1, segments t or t + 4) then
 // fall on distinct banks.
 #define EK_NTP_STAGE 1024
@@ -1383,9 +1383,8 @@ struct EkNtpRows {
     return st[r * 32 + 4 * seg + (q & 3)];
   }
 };
-// A warp's place in its sequence of (tile, chunk) items: the tile's first row, the chunk and
-// the ring stage. Items advance chunk by chunk, tile by tile (the warp's tiles are ws·32
-// rows apart), with no division.
+// The block's place in its sequence of (tile, chunk) items: the tile's first row (tiles of
+// EK_BLOCK rows, gridDim.x · EK_BLOCK apart), the chunk and the ring stage; no division.
 struct EkNtpCursor {
   u64 row0;
   int c, stage;
@@ -1394,10 +1393,12 @@ struct EkNtpCursor {
     if (++c == chunks) c = 0, row0 += step;
   }
 };
-// Copies the cursor's item (if its tile starts before m) into its stage: one commit group per
-// call, empty past the warp's last item, so the wait count stays uniform.
-__device__ __forceinline__ void ek_ntp_issue(float* ring, const float* A, u64 m, int k,
-                                             const EkNtpCursor& it, int lane) {
+// Copies the cursor's item (if its tile starts before m) into its stage — the warp's rows
+// of A into `ring`, the chunk of B (by the whole block) into `bring` — as one commit group
+// per call (empty past the last item, so the wait count stays uniform).
+__device__ __forceinline__ void ek_ntp_issue(float* ring, float* bring, const float* A,
+                                             const float* bp, u64 m, int k,
+                                             const EkNtpCursor& it, int warp, int lane) {
   if (it.row0 < m) {
     const int seg = lane & 7;
     const int col = 32 * it.c + 4 * seg;
@@ -1405,11 +1406,15 @@ __device__ __forceinline__ void ek_ntp_issue(float* ring, const float* A, u64 m,
     EK_UNROLL
     for (int j = 0; j < 8; ++j) {
       const int r = (lane >> 3) + 4 * j;
-      const u64 row = it.row0 + r;
+      const u64 row = it.row0 + 32 * warp + r;
       const bool ok = row < m && col < k;
       ek_cp_async16_zfill(st + r * 32 + 4 * (seg ^ ((r & 1) << 2)),
                           ok ? A + row * (u64)k + col : A, ok);
     }
+    const float* src = bp + (u64)it.c * EK_TC_CHUNK;
+    float* dst = bring + it.stage * EK_TC_CHUNK;
+    for (int i = threadIdx.x; i < EK_TC_CHUNK / 4; i += blockDim.x)
+      ek_cp_async16(dst + 4 * i, src + 4 * i);
   }
   ek_cp_async_commit();
 }
@@ -1419,27 +1424,29 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
     ek_gemm_tf32x3_nt_pipe(u64 m, int n, int k, real alpha, const real* __restrict__ A,
                            const real* __restrict__ bp, real beta, real* __restrict__ C) {
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-  EK_DYN_SHARED(float, ek_ntp_smem, EK_BLOCK / 32 * EK_NTP_STAGES * EK_NTP_STAGE);
+  EK_DYN_SHARED(float, ek_ntp_smem, EK_NTP_STAGES * (EK_BLOCK / 32 * EK_NTP_STAGE + EK_TC_CHUNK));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  float* ring = ek_ntp_smem + warp * (EK_NTP_STAGES * EK_NTP_STAGE);
+  float* bring = ek_ntp_smem;
+  float* ring = ek_ntp_smem + EK_NTP_STAGES * EK_TC_CHUNK + warp * (EK_NTP_STAGES * EK_NTP_STAGE);
   const int chunks = (k + 31) / 32;
-  const u64 step = 32ull * gridDim.x * (blockDim.x >> 5);
-  EkNtpCursor use{32ull * (blockIdx.x * (blockDim.x >> 5) + warp), 0, 0};
+  const u64 step = (u64)gridDim.x * blockDim.x;
+  EkNtpCursor use{(u64)blockIdx.x * blockDim.x, 0, 0};
   EkNtpCursor fill = use;
   for (int f = 0; f + 1 < EK_NTP_STAGES; ++f, fill.next(chunks, step))
-    ek_ntp_issue(ring, A, m, k, fill, lane);
+    ek_ntp_issue(ring, bring, A, bp, m, k, fill, warp, lane);
   float acc[2][8][4];
   for (; use.row0 < m; use.next(chunks, step), fill.next(chunks, step)) {
-    // refills the stage the previous item was read from (every lane passed its __syncwarp)
-    ek_ntp_issue(ring, A, m, k, fill, lane);
-    ek_cp_async_wait<EK_NTP_STAGES - 1>();
-    __syncwarp();  // every lane's copies of this item have landed
+    ek_cp_async_wait<EK_NTP_STAGES - 2>();
+    // this item's copies (every thread's) have landed, and every warp is done with the
+    // previous item's stage, which the issue below refills
+    __syncthreads();
+    ek_ntp_issue(ring, bring, A, bp, m, k, fill, warp, lane);
     if (use.c == 0) ek_tc_tiles_zero<2>(acc);
     ek_tc_chunk<2>(EkNtpRows{ring + use.stage * EK_NTP_STAGE, g, t},
-                   (const float4*)bp + use.c * (EK_TC_CHUNK / 4), lane, acc);
-    if (use.c + 1 == chunks) ek_tc_store<2>(acc, use.row0, m, n, alpha, beta, C, lane);
-    __syncwarp();  // every lane has read the stage
+                   (const float4*)(bring + use.stage * EK_TC_CHUNK), lane, acc);
+    if (use.c + 1 == chunks)
+      ek_tc_store<2>(acc, use.row0 + 32 * warp, m, n, alpha, beta, C, lane);
   }
   ek_cp_async_wait<0>();
 #endif

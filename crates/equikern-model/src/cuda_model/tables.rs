@@ -27,11 +27,14 @@ pub fn gemm_iterations(m: usize, n: usize) -> u64 {
 /// Threads per block of every launch (`cuda_model::BLOCK`; `EK_BLOCK`, the fused MLP
 /// kernels' `__launch_bounds__`).
 pub const BLOCK_THREADS: u32 = 256;
-/// Shared-memory stages per warp of `ek_gemm_tf32x3_nt_pipe` (one 32-row × 32-column chunk
-/// of A each: `NT_PIPE_STAGES − 1` chunks in flight while one computes).
+/// Shared-memory stages of `ek_gemm_tf32x3_nt_pipe`'s rings (per stage: each warp's 32 rows
+/// × 32 columns of A, the block's chunk of the B pack: `NT_PIPE_STAGES − 1` chunks in
+/// flight while one computes).
 pub const NT_PIPE_STAGES: u32 = 4;
-/// `ek_gemm_tf32x3_nt_pipe`'s dynamic shared memory per block: every warp's ring.
-pub const NT_PIPE_SMEM_BYTES: u32 = BLOCK_THREADS / 32 * NT_PIPE_STAGES * 32 * 32 * 4;
+/// `ek_gemm_tf32x3_nt_pipe`'s dynamic shared memory per block: the rings of A and B
+/// (192 KB: H100's 227 KB per block allow it, sm_86/89's 99 KB do not).
+pub const NT_PIPE_SMEM_BYTES: u32 =
+    NT_PIPE_STAGES * (BLOCK_THREADS / 32 * 32 * 32 + TC_CHUNK as u32) * 4;
 
 /// Largest spherical-harmonics degree the edge kernels are generated for.
 pub const MAX_SH_L: u32 = 6;
