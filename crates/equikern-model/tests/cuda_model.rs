@@ -195,7 +195,7 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
         ev.set_mlp_tc_fwd(mlp_tc);
         // ... with the kernels' L1 prefetches (opt-in)
         ev.set_prefetch(mlp_tc);
-        // the backward product by `ek_gemm_tf32x3_nt_pipe` (opt-in) with the cuBLAS MLP and
+        // the backward product by `ek_gemm_tf32x3_nt_pipe` (the default) with the cuBLAS MLP and
         // with the `W ⊗ I` Linears; by `ek_gemm_tf32x3_nt` in the other tensor-core rows
         let nt_pipe = tc_bwd && (!fused || !paths);
         ev.set_nt_pipe(nt_pipe);

@@ -469,7 +469,10 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         self.timed(
             || match (k, args) {
                 // the product's shape in the profile, like cuBLAS's entries
-                (Kern::GemmTf32x3Nt, [Arg::U64(m), Arg::I32(n), Arg::I32(kk), ..]) => {
+                (
+                    Kern::GemmTf32x3Nt | Kern::GemmTf32x3NtPipe,
+                    [Arg::U64(m), Arg::I32(n), Arg::I32(kk), ..],
+                ) => {
                     format!("{} m{m} n{n} k{kk} B^T", k.name())
                 }
                 (

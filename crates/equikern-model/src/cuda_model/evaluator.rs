@@ -4,8 +4,10 @@
 //! Radial MLP: its hidden layers run fused (default; [`MLP_ENV`]): `ek_mlp_hidden` computes
 //! the last hidden activation `[E, h_K]` from the edge embedding in one launch, the last
 //! product is cuBLAS (or 3xTF32), and the backward is `gw · W_lastᵀ` into the same `[E, h_K]`
-//! buffer — with 3xTF32 on, `ek_gemm_tf32x3_nt` (tensor cores, `gw` split into TF32 hi/lo in
-//! registers; [`TF32X3_BWD_ENV`]`=0` keeps cuBLAS FP32), else cuBLAS — +
+//! buffer — with 3xTF32 on, `ek_gemm_tf32x3_nt_pipe` (tensor cores, `gw` and the weight
+//! streamed through shared-memory rings, `gw` split into TF32 hi/lo as it is used;
+//! [`NT_PIPE_ENV`]) or `ek_gemm_tf32x3_nt` ([`TF32X3_BWD_ENV`]`=0` keeps cuBLAS FP32), else
+//! cuBLAS — +
 //! `ek_mlp_hidden_backward`, which recomputes the hidden layers per edge from the embedding. Nothing but that one `[E, h_K]` buffer is held for the MLP.
 //! With `EQUIKERN_MODEL_MLP=cublas` each hidden layer is a cuBLAS product + `ek_act` and its
 //! pre-activations `[E, hidden]` are kept for the backward (the path before the fusion).
@@ -385,14 +387,15 @@ pub const MLP_TC_FWD_ENV: &str = "EQUIKERN_MODEL_MLP_TC_FWD";
 /// `benches/h100_prefetch.sh` is its A/B.
 pub const PREFETCH_ENV: &str = "EQUIKERN_MODEL_PREFETCH";
 
-/// Environment variable: `1` runs the radial MLP's backward product `gw · W_lastᵀ` (3xTF32 on
-/// tensor cores, [`TF32X3_BWD_ENV`]) by `ek_gemm_tf32x3_nt_pipe` — A (each warp its rows)
-/// and B streamed by `cp.async` into 4-stage rings in shared memory, three chunks in flight —
-/// instead of `ek_gemm_tf32x3_nt` (its next chunk of A in registers: 2.6 ms per call at Si
-/// 32,768 atoms on the H100, 44 % of its DRAM floor). Needs 192 KB of shared memory per
-/// block (sm_90; not sm_80/86/89) and `k % 4 == 0`; elsewhere the older kernel runs.
-/// Opt-in until timed (session 13's first form, B read through L1 without barriers,
-/// measured 3.05 ms per call against 2.59 and lost).
+/// Environment variable: unless `0`, the radial MLP's backward product `gw · W_lastᵀ` (3xTF32
+/// on tensor cores, [`TF32X3_BWD_ENV`]) runs by `ek_gemm_tf32x3_nt_pipe` — A (each warp its
+/// rows) and B streamed by `cp.async` into 4-stage rings in shared memory, three chunks in
+/// flight — where it can, instead of `ek_gemm_tf32x3_nt` (its next chunk of A in registers).
+/// Measured on the H100 (session 13): 2.01 vs 2.63 ms per call at 917,504 × 960 → 64 (55 %
+/// of DRAM instead of 44 %), the step 66.61 → 64.15 ms at Si 32,768 atoms and 9.90 → 9.54 at
+/// 4,096; a first form with B read through L1 and no barriers had lost (3.05 ms, L1 hit rate
+/// 69 %). Needs 192 KB of shared memory per block (sm_90; not sm_80/86/89) and `k % 4 == 0`;
+/// elsewhere the older kernel runs.
 pub const NT_PIPE_ENV: &str = "EQUIKERN_MODEL_NT_PIPE";
 
 /// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation
@@ -704,7 +707,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             mlp_tc: std::env::var(MLP_TC_ENV).as_deref() != Ok("0"),
             mlp_tc_fwd: std::env::var(MLP_TC_FWD_ENV).as_deref() == Ok("1"),
             prefetch: std::env::var(PREFETCH_ENV).as_deref() == Ok("1"),
-            nt_pipe: std::env::var(NT_PIPE_ENV).as_deref() == Ok("1"),
+            nt_pipe: std::env::var(NT_PIPE_ENV).as_deref() != Ok("0"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
