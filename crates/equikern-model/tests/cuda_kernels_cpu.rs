@@ -95,6 +95,11 @@ extern "C" void t_mlp_backward_tc(u64 E, int nb, const real* emb, const float4* 
     const real* gl, real* ge, int acc) {
   grid_threads(((E + 15) / 16) * 32, [&] { ek_mlp_backward_tc(E, nb, emb, bp, c, gl, ge, acc, 1); });
 }
+// two blocks striding over the tiles, as the host launches it (a few per SM)
+extern "C" void t_mlp_backward_tc_smem(u64 E, int nb, const real* emb, const float4* bp, real c,
+    const real* gl, real* ge, int acc) {
+  grid_threads(2 * 256, [&] { ek_mlp_backward_tc_smem(E, nb, emb, bp, c, gl, ge, acc, 1); });
+}
 extern "C" void t_mlp_forward_tc(u64 E, int nb, const real* emb, const float4* bp, real c,
     real* out, real* cat) {
   grid_threads(((E + 15) / 16) * 32, [&] { ek_mlp_forward_tc(E, nb, emb, bp, c, out, cat); });
@@ -1377,7 +1382,9 @@ type MlpTcFn =
 /// widths [8, 64, 64] (SevenNet's) and [5, 64, 64] (emb columns padded in the k step and
 /// masked in the output), on 1000 edges (a partial last tile) and 7, overwrite and
 /// accumulate; poisoned outputs must be written. ≤ 1e-5 relative: one TF32 pass would be
-/// ~1e-3, so the split must be there. The pack is checked for shapes it must refuse.
+/// ~1e-3, so the split must be there. The pack is checked for shapes it must refuse. The
+/// same for `ek_mlp_backward_tc_smem` (the pack copied into shared memory per block, two
+/// blocks striding over the tiles).
 #[test]
 fn mlp_backward_tc_emulated() {
     use equikern_model::cuda_model::tables::{mlp_tc_iterations, mlp_tc_pack};
@@ -1387,9 +1394,21 @@ fn mlp_backward_tc_emulated() {
         return;
     };
     let k_ = f32_kernels(&lib);
-    let f = sym!(k_, b"t_mlp_backward_tc", MlpTcFn);
+    let kernels = [
+        (
+            "ek_mlp_backward_tc",
+            sym!(k_, b"t_mlp_backward_tc", MlpTcFn),
+        ),
+        (
+            "ek_mlp_backward_tc_smem",
+            sym!(k_, b"t_mlp_backward_tc_smem", MlpTcFn),
+        ),
+    ];
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(19);
-    for (nb, ne) in [(8usize, 1000usize), (5, 1000), (8, 7)] {
+    for ((nb, ne), (name, f)) in [(8usize, 1000usize), (5, 1000), (8, 7)]
+        .into_iter()
+        .flat_map(|s| kernels.map(|kf| (s, kf)))
+    {
         let b = 96;
         let mut w = |n: usize| -> Vec<f64> { (0..n).map(|_| r.random_range(-1.7..1.7)).collect() };
         let net = FullyConnectedNet {
@@ -1447,7 +1466,7 @@ fn mlp_backward_tc_emulated() {
             };
             rel(
                 &format!(
-                    "ek_mlp_backward_tc nb {nb} E {ne} acc {acc} ({} thr)",
+                    "{name} nb {nb} E {ne} acc {acc} ({} thr)",
                     mlp_tc_iterations(ne)
                 ),
                 &ge,

@@ -199,12 +199,16 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
         // with the `W ⊗ I` Linears; by `ek_gemm_tf32x3_nt` in the other tensor-core rows
         let nt_pipe = tc_bwd && (!fused || !paths);
         ev.set_nt_pipe(nt_pipe);
+        // ... and the tensor-core MLP backward with its pack in shared memory (opt-in) where
+        // the Linears run as 3xTF32 too
+        let mlp_tc_smem = mlp_tc && lin;
+        ev.set_mlp_tc_smem(mlp_tc_smem);
         if tf32 && T::NAME != "f32" {
             continue;
         }
         let tol = if tf32 { TF32X3_TOL_FACTOR * tol } else { tol };
         println!(
-            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}, l > 0 paths by kernel: {paths}, hidden kept: {keep_h}, MLP forward and backward on tensor cores: {mlp_tc}, pipelined backward product: {nt_pipe}]",
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}, l > 0 paths by kernel: {paths}, hidden kept: {keep_h}, MLP forward and backward on tensor cores: {mlp_tc}, pipelined backward product: {nt_pipe}, MLP backward's pack in shared memory: {mlp_tc_smem}]",
             ev.describe()
         );
         for (name, s) in structures() {
@@ -597,7 +601,7 @@ fn tf32x3_nt_kernel_matches_f64() {
             };
             ex.launch(kern, tc_gemm_iterations(m), &args).unwrap()
         };
-    let kernels: Vec<bool> = if ex.nt_pipe() {
+    let kernels: Vec<bool> = if ex.staged(Kern::GemmTf32x3NtPipe) {
         vec![false, true]
     } else {
         println!("ek_gemm_tf32x3_nt_pipe: not on this device (shared memory per block)");

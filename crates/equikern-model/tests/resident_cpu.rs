@@ -62,6 +62,7 @@ extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A
 extern "C" void l_ek_radial_last_tf32x3(void** p, u64 it) { grid_threads(it, [&] { ek_radial_last_tf32x3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,RF), A(5,real), A(6,W)); }); }
 extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32(A(0,u64), A(1,int), A(2,R), A(3,W)); }); }
 extern "C" void l_ek_mlp_backward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_backward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,R), A(6,W), A(7,int), A(8,int)); }); }
+extern "C" void l_ek_mlp_backward_tc_smem(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_backward_tc_smem(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,R), A(6,W), A(7,int), A(8,int)); }); }
 extern "C" void l_ek_mlp_forward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_forward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,W), A(6,W)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W), A(8,int)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt_pipe(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt_pipe(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
@@ -122,8 +123,10 @@ struct HostExec<T> {
     mh_launches: std::cell::Cell<usize>,
     /// ... of them `ek_split_tf32`.
     split_launches: std::cell::Cell<usize>,
-    /// ... of them `ek_mlp_backward_tc`.
+    /// ... of them `ek_mlp_backward_tc` or `ek_mlp_backward_tc_smem`.
     mlp_tc_launches: std::cell::Cell<usize>,
+    /// ... of them `ek_mlp_backward_tc_smem`.
+    mlp_tc_smem_launches: std::cell::Cell<usize>,
     /// ... of them `ek_mlp_forward_tc` (counted in `mh_launches` too).
     mlp_tc_fwd_launches: std::cell::Cell<usize>,
     /// Whether `gemm_strided` runs (the linears as products, like cuBLAS) or declines (the
@@ -199,6 +202,7 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         mh_launches: std::cell::Cell::new(0),
         split_launches: std::cell::Cell::new(0),
         mlp_tc_launches: std::cell::Cell::new(0),
+        mlp_tc_smem_launches: std::cell::Cell::new(0),
         mlp_tc_fwd_launches: std::cell::Cell::new(0),
         strided: false,
         counts: std::cell::Cell::new([0; 3]),
@@ -358,8 +362,12 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         if k == Kern::SplitTf32 {
             self.split_launches.set(self.split_launches.get() + 1);
         }
-        if k == Kern::MlpBackwardTc {
+        if matches!(k, Kern::MlpBackwardTc | Kern::MlpBackwardTcSmem) {
             self.mlp_tc_launches.set(self.mlp_tc_launches.get() + 1);
+        }
+        if k == Kern::MlpBackwardTcSmem {
+            self.mlp_tc_smem_launches
+                .set(self.mlp_tc_smem_launches.get() + 1);
         }
         if matches!(k, Kern::LinearPath3 | Kern::LinearPath5 | Kern::LinearPath7) {
             self.lp_launches.set(self.lp_launches.get() + 1);
@@ -529,8 +537,9 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         true
     }
 
-    /// ... and `ek_gemm_tf32x3_nt_pipe` (its `cp.async` copies immediate).
-    fn nt_pipe(&self) -> bool {
+    /// ... and the shared-memory-staged kernels (`cp.async` copies immediate, one block's
+    /// shared memory at a time).
+    fn staged(&self, _k: Kern) -> bool {
         true
     }
 }
@@ -676,8 +685,10 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         ev.set_mlp_tc_fwd(mlp_tc_fwd);
         // mode 0: with the L1 prefetches' argument on (no-ops here: the launch carries it)
         ev.set_prefetch(mode == 0);
-        // mode 0: the backward product by `ek_gemm_tf32x3_nt_pipe` where k % 4 == 0
+        // mode 0: the backward product by `ek_gemm_tf32x3_nt_pipe` where k % 4 == 0, and the
+        // tensor-core MLP backward with its pack in shared memory
         ev.set_nt_pipe(mode == 0);
+        ev.set_mlp_tc_smem(mode == 0);
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         // f32: the radial MLP's last product and the Linear products as 3xTF32 factors with
         // one memory mode
@@ -739,6 +750,13 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
             assert_eq!(mlp_tc_n, 0, "ek_mlp_backward_tc launched with it off");
         } else if label == "7net-0" {
             assert!(mlp_tc_n > 0, "7net-0: no ek_mlp_backward_tc launch");
+        }
+        // ... in mode 0 every one of them with the pack in shared memory, elsewhere none
+        let smem_n = ev.exec().mlp_tc_smem_launches.get();
+        if mode == 0 {
+            assert_eq!(smem_n, mlp_tc_n, "mode 0: ek_mlp_backward_tc_smem launches");
+        } else {
+            assert_eq!(smem_n, 0, "ek_mlp_backward_tc_smem launched in mode {mode}");
         }
         let fwd_n = ev.exec().mlp_tc_fwd_launches.get();
         println!("  {fwd_n} launches of ek_mlp_forward_tc");

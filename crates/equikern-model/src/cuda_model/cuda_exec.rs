@@ -5,8 +5,8 @@
 use super::buffers::drv;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::{DevReal, Gemmer};
-use super::launch_cfg;
-use super::tables::{model_kernel_source, NT_PIPE_SMEM_BYTES};
+use super::tables::{model_kernel_source, MLP_TC_PACK_BYTES, NT_PIPE_SMEM_BYTES};
+use super::{launch_cfg, BLOCK};
 use crate::error::{ModelError, Result};
 use crate::sevennet::SevenNet;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, PushKernelArg};
@@ -25,10 +25,10 @@ pub struct CudaExec<T> {
     device: Device,
     stream: Arc<CudaStream>,
     funcs: Vec<CudaFunction>,
-    /// Blocks of `ek_gemm_tf32x3_nt_pipe` per launch (one per SM: it strides over its
-    /// tiles by warps); 0 where it may not run (no tensor cores, or too little shared
-    /// memory per block for its rings).
-    nt_pipe_blocks: u32,
+    /// Per kernel of [`STAGED`]: its blocks per launch (as many as the device keeps resident:
+    /// it strides over its tiles); 0 where it may not run (no tensor cores, or too little
+    /// shared memory).
+    staged_blocks: Vec<u32>,
     gemm: Gemmer,
     ops: Vec<ConvOp>,
     /// With `EQUIKERN_MODEL_PROFILE` set: each launch, product and convolution is waited
@@ -42,9 +42,18 @@ pub struct CudaExec<T> {
     _t: PhantomData<T>,
 }
 
-/// One block per SM for `ek_gemm_tf32x3_nt_pipe` where the device has TF32 tensor cores and
-/// lets a block opt in to its rings' shared memory (raised on `f` here); else 0.
-fn nt_pipe_blocks(cuda: &equikern::cuda_runtime::CudaDevice, f: &CudaFunction) -> u32 {
+/// The kernels that stage operands in dynamic shared memory beyond the default 48 KB, with
+/// their bytes per block: launched with that much, on a grid of the blocks the device keeps
+/// resident (they stride over their tiles).
+const STAGED: [(Kern, u32); 2] = [
+    (Kern::GemmTf32x3NtPipe, NT_PIPE_SMEM_BYTES),
+    (Kern::MlpBackwardTcSmem, MLP_TC_PACK_BYTES),
+];
+
+/// Blocks per launch of `f` with `bytes` of dynamic shared memory (resident blocks per SM ×
+/// SMs), raising its limit to `bytes` here, where the device has TF32 tensor cores and room
+/// for at least one such block per SM; else 0.
+fn staged_blocks(cuda: &equikern::cuda_runtime::CudaDevice, f: &CudaFunction, bytes: u32) -> u32 {
     use cudarc::driver::sys::{CUdevice_attribute as A, CUfunction_attribute as F};
     if cuda.compute_capability().0 < 8 {
         return 0;
@@ -56,14 +65,19 @@ fn nt_pipe_blocks(cuda: &equikern::cuda_runtime::CudaDevice, f: &CudaFunction) -
     ) else {
         return 0;
     };
-    let bytes = NT_PIPE_SMEM_BYTES as i32;
-    if optin < bytes
-        || f.set_attribute(F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
-            .is_err()
+    if optin < bytes as i32
+        || f.set_attribute(
+            F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .is_err()
     {
         return 0;
     }
-    u32::try_from(sms).unwrap_or(0)
+    let per_sm = f
+        .occupancy_max_active_blocks_per_multiprocessor(BLOCK, bytes as usize, None)
+        .unwrap_or(0);
+    per_sm * u32::try_from(sms).unwrap_or(0)
 }
 
 impl<T> CudaExec<T> {
@@ -161,9 +175,12 @@ impl<T: DevReal> CudaExec<T> {
             })
             .collect::<Result<Vec<_>>>()?;
         let profile = std::env::var_os("EQUIKERN_MODEL_PROFILE").map(|_| Mutex::default());
-        let nt_pipe_blocks = nt_pipe_blocks(cuda, &funcs[Kern::GemmTf32x3NtPipe.index()]);
+        let staged_blocks = STAGED
+            .iter()
+            .map(|&(k, bytes)| staged_blocks(cuda, &funcs[k.index()], bytes))
+            .collect();
         Ok(CudaExec {
-            nt_pipe_blocks,
+            staged_blocks,
             profile,
             gemm: Gemmer::new(&stream),
             device,
@@ -622,8 +639,11 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
             .is_some_and(|d| d.compute_capability().0 >= 8)
     }
 
-    fn nt_pipe(&self) -> bool {
-        self.nt_pipe_blocks > 0
+    fn staged(&self, k: Kern) -> bool {
+        STAGED
+            .iter()
+            .position(|s| s.0 == k)
+            .is_some_and(|i| self.staged_blocks[i] > 0)
     }
 
     /// The first step of a key runs as launched; the second is captured into a CUDA graph
@@ -771,15 +791,15 @@ impl<T: DevReal> CudaExec<T> {
         // SAFETY: the step sizes every buffer for the iterations it launches (see
         // `Resident::ensure`); the arguments follow the kernel's parameter list.
         let mut cfg = launch_cfg(iterations);
-        if k == Kern::GemmTf32x3NtPipe {
-            if self.nt_pipe_blocks == 0 {
+        if let Some(i) = STAGED.iter().position(|s| s.0 == k) {
+            if self.staged_blocks[i] == 0 {
                 return Err(ModelError::backend(
                     "cuda",
-                    "ek_gemm_tf32x3_nt_pipe on a device that cannot run it (Exec::nt_pipe)",
+                    format!("{} on a device that cannot run it (Exec::staged)", k.name()),
                 ));
             }
-            cfg.grid_dim.0 = cfg.grid_dim.0.min(self.nt_pipe_blocks);
-            cfg.shared_mem_bytes = NT_PIPE_SMEM_BYTES;
+            cfg.grid_dim.0 = cfg.grid_dim.0.min(self.staged_blocks[i]);
+            cfg.shared_mem_bytes = STAGED[i].1;
         }
         unsafe { b.launch(cfg) }
             .map_err(|e| ModelError::backend("cuda", format!("launching {}: {e}", k.name())))?;

@@ -40,7 +40,8 @@ use super::gemm::DevReal;
 use super::tables::{
     kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape, mlp_pack, mlp_tc_fits,
     mlp_tc_iterations, mlp_tc_pack, tc_gemm_iterations, tf32x3_mma_fragments, tf32x3_nt_pack,
-    tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS, TC_MAX_N,
+    tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS, MLP_TC_PACK_BYTES,
+    TC_MAX_N,
 };
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
@@ -266,6 +267,9 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     prefetch: bool,
     /// The backward `gw · Wᵀ` by `ek_gemm_tf32x3_nt_pipe` where it can run ([`NT_PIPE_ENV`]).
     nt_pipe: bool,
+    /// `ek_mlp_backward_tc` with its pack in shared memory where it can run
+    /// ([`MLP_TC_SMEM_ENV`]).
+    mlp_tc_smem: bool,
     /// Fused MLP, `w` recomputed: keep each layer's last hidden activation ([`KEEP_H_ENV`]).
     keep_h: bool,
 }
@@ -397,6 +401,14 @@ pub const PREFETCH_ENV: &str = "EQUIKERN_MODEL_PREFETCH";
 /// 69 %). Needs 192 KB of shared memory per block (sm_90; not sm_80/86/89) and `k % 4 == 0`;
 /// elsewhere the older kernel runs.
 pub const NT_PIPE_ENV: &str = "EQUIKERN_MODEL_NT_PIPE";
+
+/// Environment variable: `1` runs the radial MLP's backward on tensor cores ([`MLP_TC_ENV`])
+/// by `ek_mlp_backward_tc_smem`: the weight pack (72 KB, read whole by every warp per 16
+/// edges) copied once per block into shared memory and read from there instead of through
+/// L1, at most two blocks per SM striding over the tiles. Needs 106 KB of shared memory per
+/// block (two per SM: sm_80, sm_90); elsewhere `ek_mlp_backward_tc` runs. Opt-in until
+/// timed.
+pub const MLP_TC_SMEM_ENV: &str = "EQUIKERN_MODEL_MLP_TC_SMEM";
 
 /// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation
 /// directly as the 3xTF32 product's split rows `[hi | hi | lo]` (into `gw`, as
@@ -708,6 +720,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             mlp_tc_fwd: std::env::var(MLP_TC_FWD_ENV).as_deref() == Ok("1"),
             prefetch: std::env::var(PREFETCH_ENV).as_deref() == Ok("1"),
             nt_pipe: std::env::var(NT_PIPE_ENV).as_deref() != Ok("0"),
+            mlp_tc_smem: std::env::var(MLP_TC_SMEM_ENV).as_deref() == Ok("1"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
@@ -794,6 +807,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         self.nt_pipe = on;
     }
 
+    /// The tensor-core MLP backward with its pack in shared memory where it can run (see
+    /// [`MLP_TC_SMEM_ENV`]).
+    pub fn set_mlp_tc_smem(&mut self, on: bool) {
+        self.mlp_tc_smem = on;
+    }
+
     /// Whether the radial MLP's hidden layers run fused.
     pub fn mlp_fused(&self) -> bool {
         self.mlp_fused
@@ -819,7 +838,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (true, true, true) => ", 3xTF32 radial+linears",
         };
         let pipe = T::NAME == "f32" && self.tf32x3 && self.tf32x3_bwd && self.nt_pipe;
-        let tf32 = if pipe && self.d.nt_pipe() {
+        let tf32 = if pipe && self.d.staged(Kern::GemmTf32x3NtPipe) {
             format!("{tf32}, pipelined backward product")
         } else {
             tf32.to_string()
@@ -832,6 +851,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (false, true) => " (backward on tensor cores)",
             (false, false) => "",
         };
+        let mlp_tc =
+            if tc && self.mlp_tc && self.mlp_tc_smem && self.d.staged(Kern::MlpBackwardTcSmem) {
+                format!("{mlp_tc} (its weights in shared memory)")
+            } else {
+                mlp_tc.to_string()
+            };
         format!(
             "{} {} (resident, {}, radial MLP {}{}, l > 0 linear paths {}{tf32})",
             self.d.describe(),
@@ -1105,6 +1130,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
             (self.linear_paths, ws.keep_h, self.mlp_split).hash(&mut h);
             (self.mlp_tc, self.mlp_tc_fwd, self.prefetch, self.nt_pipe).hash(&mut h);
+            self.mlp_tc_smem.hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -1581,8 +1607,16 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             self.last_backward(l, ne, &ws.gw.s, &mut ws.hl.s)?;
             if let (Some(pack), true) = (&l.mlp_tc, self.mlp_tc && self.d.tensor_cores()) {
                 let nb = l.mlp[0].0;
+                // the shared-memory form copies the whole pack per block
+                let smem = self.mlp_tc_smem
+                    && self.d.staged(Kern::MlpBackwardTcSmem)
+                    && D::capacity(&pack.s) * 4 >= MLP_TC_PACK_BYTES as usize;
                 return self.d.launch(
-                    Kern::MlpBackwardTc,
+                    if smem {
+                        Kern::MlpBackwardTcSmem
+                    } else {
+                        Kern::MlpBackwardTc
+                    },
                     mlp_tc_iterations(ne),
                     &[
                         Arg::U64(ne as u64),
@@ -1686,7 +1720,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 Arg::Real(out, 0),
             ];
             // the pipelined kernel copies A in 16-byte pieces (gw starts each buffer)
-            if self.nt_pipe && self.d.nt_pipe() && b % 4 == 0 {
+            if self.nt_pipe && self.d.staged(Kern::GemmTf32x3NtPipe) && b % 4 == 0 {
                 return self
                     .d
                     .launch(Kern::GemmTf32x3NtPipe, tc_gemm_iterations(ne), &args);

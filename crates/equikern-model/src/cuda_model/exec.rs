@@ -52,6 +52,7 @@ pub enum Kern {
     GemmTf32x3Nt,
     GemmTf32x3NtPipe,
     MlpBackwardTc,
+    MlpBackwardTcSmem,
     MlpForwardTc,
     SplitTf32Rows,
     Readout,
@@ -61,7 +62,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 29] = [
+    pub const ALL: [Kern; 30] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -85,6 +86,7 @@ impl Kern {
         Kern::GemmTf32x3Nt,
         Kern::GemmTf32x3NtPipe,
         Kern::MlpBackwardTc,
+        Kern::MlpBackwardTcSmem,
         Kern::MlpForwardTc,
         Kern::SplitTf32Rows,
         Kern::Readout,
@@ -119,6 +121,7 @@ impl Kern {
             Kern::GemmTf32x3Nt => "ek_gemm_tf32x3_nt",
             Kern::GemmTf32x3NtPipe => "ek_gemm_tf32x3_nt_pipe",
             Kern::MlpBackwardTc => "ek_mlp_backward_tc",
+            Kern::MlpBackwardTcSmem => "ek_mlp_backward_tc_smem",
             Kern::MlpForwardTc => "ek_mlp_forward_tc",
             Kern::SplitTf32Rows => "ek_split_tf32_rows",
             Kern::Readout => "ek_readout",
@@ -244,9 +247,11 @@ pub trait Exec<T: Pod>: Memory {
     fn tensor_cores(&self) -> bool {
         false
     }
-    /// Whether `ek_gemm_tf32x3_nt_pipe` may run: tensor cores, and a block may have
-    /// [`super::tables::NT_PIPE_SMEM_BYTES`] of dynamic shared memory (set up for it).
-    fn nt_pipe(&self) -> bool {
+    /// Whether `k`, a kernel staging operands in dynamic shared memory beyond the default
+    /// 48 KB (`ek_gemm_tf32x3_nt_pipe`: [`super::tables::NT_PIPE_SMEM_BYTES`],
+    /// `ek_mlp_backward_tc_smem`: [`super::tables::MLP_TC_PACK_BYTES`]), may run: tensor
+    /// cores, and room for its blocks (set up for it).
+    fn staged(&self, _k: Kern) -> bool {
         false
     }
     /// [`Self::gemm_strided`] with operands already exact in TF32 (the 3xTF32 factors of

@@ -1618,11 +1618,16 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
-    ek_mlp_backward_tc(u64 edges, int nb, const real* __restrict__ emb,
-                       const float4* __restrict__ bp, real c, const real* __restrict__ g_last,
-                       real* g_emb, int accumulate, int prefetch) {
+// The pack's float4 count: W1 (1 k step × 8 n tiles), W2 (8 × 8), W2ᵀ (8 × 8), W1ᵀ (8 × 1),
+// 32 lanes each (73,728 bytes).
+#define EK_TC_MLP_PACK (144 * 32)
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+__device__ __forceinline__ void ek_mlp_backward_tc_body(u64 edges, int nb,
+                                                        const real* __restrict__ emb,
+                                                        const float4* __restrict__ bp, real c,
+                                                        const real* __restrict__ g_last,
+                                                        real* g_emb, int accumulate,
+                                                        int prefetch) {
   __shared__ __align__(16) float ek_tc_mlp_tile[EK_BLOCK / 32][16 * EK_TC_MLP_LD];
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float* T = ek_tc_mlp_tile[threadIdx.x >> 5];
@@ -1693,6 +1698,35 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
       }
     }
   }
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
+    ek_mlp_backward_tc(u64 edges, int nb, const real* __restrict__ emb,
+                       const float4* __restrict__ bp, real c, const real* __restrict__ g_last,
+                       real* g_emb, int accumulate, int prefetch) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  ek_mlp_backward_tc_body(edges, nb, emb, bp, c, g_last, g_emb, accumulate, prefetch);
+#endif
+}
+
+// ek_mlp_backward_tc with the pack copied once per block into shared memory (dynamic,
+// EK_TC_MLP_PACK float4 = 72 KB, beside the 34 KB of warp tiles: two blocks per SM), its B
+// fragments then read from there instead of through L1; launched with at most two blocks
+// per SM, which stride over all the tiles. Why: every warp reads the whole pack per 16
+// edges (73.7 KB); the radial backward product's first pipelined form, with its B read
+// through L1 the same way, spent half its stalls on those loads (session 13).
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
+    ek_mlp_backward_tc_smem(u64 edges, int nb, const real* __restrict__ emb,
+                            const float4* __restrict__ bp, real c,
+                            const real* __restrict__ g_last, real* g_emb, int accumulate,
+                            int prefetch) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  EK_DYN_SHARED(float4, ek_tc_mlp_pack, EK_TC_MLP_PACK);
+  for (int i = threadIdx.x; i < EK_TC_MLP_PACK; i += blockDim.x) ek_tc_mlp_pack[i] = bp[i];
+  __syncthreads();
+  ek_mlp_backward_tc_body(edges, nb, emb, ek_tc_mlp_pack, c, g_last, g_emb, accumulate,
+                          prefetch);
 #endif
 }
 
