@@ -199,7 +199,7 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
         // with the `W ⊗ I` Linears; by `ek_gemm_tf32x3_nt` in the other tensor-core rows
         let nt_pipe = tc_bwd && (!fused || !paths);
         ev.set_nt_pipe(nt_pipe);
-        // ... and the tensor-core MLP backward with its pack in shared memory (opt-in) where
+        // ... and the tensor-core MLP backward with its pack in shared memory (the default) where
         // the Linears run as 3xTF32 too
         let mlp_tc_smem = mlp_tc && lin;
         ev.set_mlp_tc_smem(mlp_tc_smem);
