@@ -104,6 +104,10 @@ extern "C" void t_mlp_forward_tc(u64 E, int nb, const real* emb, const float4* b
     real* out, real* cat) {
   grid_threads(((E + 15) / 16) * 32, [&] { ek_mlp_forward_tc(E, nb, emb, bp, c, out, cat); });
 }
+extern "C" void t_mlp_forward_tc_smem(u64 E, int nb, const real* emb, const float4* bp, real c,
+    real* out, real* cat) {
+  grid_threads(2 * 256, [&] { ek_mlp_forward_tc_smem(E, nb, emb, bp, c, out, cat); });
+}
 extern "C" void t_accumulate(u64 n, real* dst, const real* src, int first) {
   grid(n, [&] { ek_accumulate(n, dst, src, first); });
 }
@@ -1496,7 +1500,8 @@ type MlpTcFwdFn = unsafe extern "C" fn(u64, i32, *const f32, *const f32, f32, *m
 /// edges (a partial last tile) and 7: h alone, the split rows alone and both. ≤ 1e-6
 /// relative (one TF32 pass would be ~1e-3); the split rows are [tf32(h) | tf32(h) |
 /// tf32(h − tf32(h))] of the h written beside them, bit for bit, and the same without h;
-/// poisoned rows must all be written, rows past `edges` never.
+/// poisoned rows must all be written, rows past `edges` never. The same for
+/// `ek_mlp_forward_tc_smem` (W1, W2 in shared memory per block, two blocks striding).
 #[test]
 fn mlp_forward_tc_emulated() {
     use equikern_model::cuda_model::tables::mlp_tc_pack;
@@ -1506,11 +1511,23 @@ fn mlp_forward_tc_emulated() {
         return;
     };
     let k_ = f32_kernels(&lib);
-    let f = sym!(k_, b"t_mlp_forward_tc", MlpTcFwdFn);
+    let kernels = [
+        (
+            "ek_mlp_forward_tc",
+            sym!(k_, b"t_mlp_forward_tc", MlpTcFwdFn),
+        ),
+        (
+            "ek_mlp_forward_tc_smem",
+            sym!(k_, b"t_mlp_forward_tc_smem", MlpTcFwdFn),
+        ),
+    ];
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(23);
     let silu = |x: f64| x / (1.0 + (-x).exp());
     let tf32 = |x: f32| f32::from_bits((x.to_bits().wrapping_add(0x1000)) & 0xffff_e000);
-    for (nb, ne) in [(8usize, 1000usize), (5, 1000), (8, 7)] {
+    for ((nb, ne), (name, f)) in [(8usize, 1000usize), (5, 1000), (8, 7)]
+        .into_iter()
+        .flat_map(|s| kernels.map(|kf| (s, kf)))
+    {
         let mut w = |n: usize| -> Vec<f64> { (0..n).map(|_| r.random_range(-1.7..1.7)).collect() };
         let net = FullyConnectedNet {
             layers: vec![
@@ -1574,7 +1591,7 @@ fn mlp_forward_tc_emulated() {
         };
         let (h_only, _) = run(true, false);
         rel(
-            &format!("ek_mlp_forward_tc nb {nb} E {ne} h"),
+            &format!("{name} nb {nb} E {ne} h"),
             &h_only[..ne * 64],
             &want,
             1e-6,

@@ -63,6 +63,7 @@ extern "C" void l_ek_radial_last_tf32x3(void** p, u64 it) { grid_threads(it, [&]
 extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32(A(0,u64), A(1,int), A(2,R), A(3,W)); }); }
 extern "C" void l_ek_mlp_backward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_backward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,R), A(6,W), A(7,int), A(8,int)); }); }
 extern "C" void l_ek_mlp_backward_tc_smem(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_backward_tc_smem(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,R), A(6,W), A(7,int), A(8,int)); }); }
+extern "C" void l_ek_mlp_forward_tc_smem(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_forward_tc_smem(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,W), A(6,W)); }); }
 extern "C" void l_ek_mlp_forward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_forward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,W), A(6,W)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W), A(8,int)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt_pipe(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt_pipe(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
@@ -125,9 +126,9 @@ struct HostExec<T> {
     split_launches: std::cell::Cell<usize>,
     /// ... of them `ek_mlp_backward_tc` or `ek_mlp_backward_tc_smem`.
     mlp_tc_launches: std::cell::Cell<usize>,
-    /// ... of them `ek_mlp_backward_tc_smem`.
+    /// ... of them `ek_mlp_backward_tc_smem` or `ek_mlp_forward_tc_smem`.
     mlp_tc_smem_launches: std::cell::Cell<usize>,
-    /// ... of them `ek_mlp_forward_tc` (counted in `mh_launches` too).
+    /// ... of them `ek_mlp_forward_tc[_smem]` (counted in `mh_launches` too).
     mlp_tc_fwd_launches: std::cell::Cell<usize>,
     /// Whether `gemm_strided` runs (the linears as products, like cuBLAS) or declines (the
     /// linears by `ek_linear`, like the kernel fallback).
@@ -352,10 +353,13 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         if k == Kern::GemmTf32x3NtPipe {
             self.ntp_launches.set(self.ntp_launches.get() + 1);
         }
-        if matches!(k, Kern::MlpHidden | Kern::MlpForwardTc) {
+        if matches!(
+            k,
+            Kern::MlpHidden | Kern::MlpForwardTc | Kern::MlpForwardTcSmem
+        ) {
             self.mh_launches.set(self.mh_launches.get() + 1);
         }
-        if k == Kern::MlpForwardTc {
+        if matches!(k, Kern::MlpForwardTc | Kern::MlpForwardTcSmem) {
             self.mlp_tc_fwd_launches
                 .set(self.mlp_tc_fwd_launches.get() + 1);
         }
@@ -365,7 +369,7 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         if matches!(k, Kern::MlpBackwardTc | Kern::MlpBackwardTcSmem) {
             self.mlp_tc_launches.set(self.mlp_tc_launches.get() + 1);
         }
-        if k == Kern::MlpBackwardTcSmem {
+        if matches!(k, Kern::MlpBackwardTcSmem | Kern::MlpForwardTcSmem) {
             self.mlp_tc_smem_launches
                 .set(self.mlp_tc_smem_launches.get() + 1);
         }
@@ -751,10 +755,16 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         } else if label == "7net-0" {
             assert!(mlp_tc_n > 0, "7net-0: no ek_mlp_backward_tc launch");
         }
-        // ... in mode 0 every one of them with the pack in shared memory, elsewhere none
+        // ... in mode 0 every one of them, forward and backward, with the pack in shared
+        // memory, elsewhere none
         let smem_n = ev.exec().mlp_tc_smem_launches.get();
         if mode == 0 {
-            assert_eq!(smem_n, mlp_tc_n, "mode 0: ek_mlp_backward_tc_smem launches");
+            let fwd_n = ev.exec().mlp_tc_fwd_launches.get();
+            assert_eq!(
+                smem_n,
+                mlp_tc_n + fwd_n,
+                "mode 0: shared-memory MLP launches"
+            );
         } else {
             assert_eq!(smem_n, 0, "ek_mlp_backward_tc_smem launched in mode {mode}");
         }

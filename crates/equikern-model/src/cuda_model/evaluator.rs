@@ -41,7 +41,7 @@ use super::tables::{
     kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape, mlp_pack, mlp_tc_fits,
     mlp_tc_iterations, mlp_tc_pack, tc_gemm_iterations, tf32x3_mma_fragments, tf32x3_nt_pack,
     tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS, MLP_TC_PACK_BYTES,
-    TC_MAX_N,
+    MLP_TC_PACK_FWD_BYTES, TC_MAX_N,
 };
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
@@ -409,6 +409,8 @@ pub const NT_PIPE_ENV: &str = "EQUIKERN_MODEL_NT_PIPE";
 /// the tiles. Measured on the H100 (session 13): 0.59 vs 0.69 ms per call at 917,504 edges;
 /// the step 64.27 → 64.03 ms at Si 32,768 atoms and 9.57 → 9.46 at 4,096 (two rounds, faster
 /// in each). Needs 106 KB of shared memory per block; elsewhere `ek_mlp_backward_tc` runs.
+/// The forward on tensor cores ([`MLP_TC_FWD_ENV`]) then reads its W1, W2 from shared memory
+/// the same way (`ek_mlp_forward_tc_smem`).
 pub const MLP_TC_SMEM_ENV: &str = "EQUIKERN_MODEL_MLP_TC_SMEM";
 
 /// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation
@@ -1489,7 +1491,15 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             };
             match (&l.mlp_tc, self.mlp_tc_fwd && self.d.tensor_cores()) {
                 (Some(pack), true) => self.d.launch(
-                    Kern::MlpForwardTc,
+                    // the pack in shared memory where the backward's is too (MLP_TC_SMEM_ENV)
+                    if self.mlp_tc_smem
+                        && self.d.staged(Kern::MlpForwardTcSmem)
+                        && D::capacity(&pack.s) * 4 >= MLP_TC_PACK_FWD_BYTES as usize
+                    {
+                        Kern::MlpForwardTcSmem
+                    } else {
+                        Kern::MlpForwardTc
+                    },
                     mlp_tc_iterations(ne),
                     &[
                         Arg::U64(ne as u64),

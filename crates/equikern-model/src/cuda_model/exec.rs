@@ -54,6 +54,7 @@ pub enum Kern {
     MlpBackwardTc,
     MlpBackwardTcSmem,
     MlpForwardTc,
+    MlpForwardTcSmem,
     SplitTf32Rows,
     Readout,
     Forces,
@@ -62,7 +63,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 30] = [
+    pub const ALL: [Kern; 31] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -88,6 +89,7 @@ impl Kern {
         Kern::MlpBackwardTc,
         Kern::MlpBackwardTcSmem,
         Kern::MlpForwardTc,
+        Kern::MlpForwardTcSmem,
         Kern::SplitTf32Rows,
         Kern::Readout,
         Kern::Forces,
@@ -123,6 +125,7 @@ impl Kern {
             Kern::MlpBackwardTc => "ek_mlp_backward_tc",
             Kern::MlpBackwardTcSmem => "ek_mlp_backward_tc_smem",
             Kern::MlpForwardTc => "ek_mlp_forward_tc",
+            Kern::MlpForwardTcSmem => "ek_mlp_forward_tc_smem",
             Kern::SplitTf32Rows => "ek_split_tf32_rows",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",
@@ -249,7 +252,8 @@ pub trait Exec<T: Pod>: Memory {
     }
     /// Whether `k`, a kernel staging operands in dynamic shared memory beyond the default
     /// 48 KB (`ek_gemm_tf32x3_nt_pipe`: [`super::tables::NT_PIPE_SMEM_BYTES`],
-    /// `ek_mlp_backward_tc_smem`: [`super::tables::MLP_TC_PACK_BYTES`]), may run: tensor
+    /// `ek_mlp_backward_tc_smem`: [`super::tables::MLP_TC_PACK_BYTES`],
+    /// `ek_mlp_forward_tc_smem`: [`super::tables::MLP_TC_PACK_FWD_BYTES`]), may run: tensor
     /// cores, and room for its blocks (set up for it).
     fn staged(&self, _k: Kern) -> bool {
         false

@@ -1477,6 +1477,11 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 // tensor cores' accumulation truncates; see ek_gemm_tf32x3_nt). Rows past `edges` read zeros
 // and are not written. f32 with TF32 mma only (the host launches it nowhere else).
 #define EK_TC_MLP_LD 68
+// The pack's float4 count: W1 (1 k step × 8 n tiles), W2 (8 × 8), W2ᵀ (8 × 8), W1ᵀ (8 × 1),
+// 32 lanes each (73,728 bytes).
+#define EK_TC_MLP_PACK (144 * 32)
+// ... of which the forward's (W1, W2).
+#define EK_TC_MLP_PACK_FWD (72 * 32)
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
 // A fragment of k step ks of the warp's tile T [16][EK_TC_MLP_LD], split.
 __device__ __forceinline__ void ek_tc_afrag(const float* T, int ks, int g, int t, unsigned hi[4],
@@ -1578,10 +1583,11 @@ __device__ __forceinline__ void ek_tc_mlp_pre(const real* __restrict__ emb, int 
 // 4.6k multiply-adds per edge on the FP32 pipes, bound by them and its broadcast weight loads
 // (0.53 ms per call at 917,504 edges, H100, session 11), twice its store floor. The rows
 // leave through the warp's tile: a warp store covers two whole rows (2 × 256 contiguous bytes).
-extern "C" __global__ void __launch_bounds__(EK_BLOCK)
-    ek_mlp_forward_tc(u64 edges, int nb, const real* __restrict__ emb,
-                      const float4* __restrict__ bp, real c, real* out, real* cat) {
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+__device__ __forceinline__ void ek_mlp_forward_tc_body(u64 edges, int nb,
+                                                       const real* __restrict__ emb,
+                                                       const float4* __restrict__ bp, real c,
+                                                       real* out, real* cat) {
   __shared__ __align__(16) float ek_tc_mlp_tile[EK_BLOCK / 32][16 * EK_TC_MLP_LD];
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float* T = ek_tc_mlp_tile[threadIdx.x >> 5];
@@ -1615,12 +1621,17 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
       }
     }
   }
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(EK_BLOCK)
+    ek_mlp_forward_tc(u64 edges, int nb, const real* __restrict__ emb,
+                      const float4* __restrict__ bp, real c, real* out, real* cat) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  ek_mlp_forward_tc_body(edges, nb, emb, bp, c, out, cat);
 #endif
 }
 
-// The pack's float4 count: W1 (1 k step × 8 n tiles), W2 (8 × 8), W2ᵀ (8 × 8), W1ᵀ (8 × 1),
-// 32 lanes each (73,728 bytes).
-#define EK_TC_MLP_PACK (144 * 32)
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
 __device__ __forceinline__ void ek_mlp_backward_tc_body(u64 edges, int nb,
                                                         const real* __restrict__ emb,
@@ -1727,6 +1738,19 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
   __syncthreads();
   ek_mlp_backward_tc_body(edges, nb, emb, ek_tc_mlp_pack, c, g_last, g_emb, accumulate,
                           prefetch);
+#endif
+}
+
+// ek_mlp_forward_tc with the pack's W1 and W2 (36 KB) in shared memory, as
+// ek_mlp_backward_tc_smem: copied once per block, the resident blocks striding over the tiles.
+extern "C" __global__ void __launch_bounds__(EK_BLOCK)
+    ek_mlp_forward_tc_smem(u64 edges, int nb, const real* __restrict__ emb,
+                           const float4* __restrict__ bp, real c, real* out, real* cat) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  EK_DYN_SHARED(float4, ek_tc_mlp_pack, EK_TC_MLP_PACK_FWD);
+  for (int i = threadIdx.x; i < EK_TC_MLP_PACK_FWD; i += blockDim.x) ek_tc_mlp_pack[i] = bp[i];
+  __syncthreads();
+  ek_mlp_forward_tc_body(edges, nb, emb, ek_tc_mlp_pack, c, out, cat);
 #endif
 }
 

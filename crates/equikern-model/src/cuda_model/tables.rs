@@ -34,6 +34,8 @@ pub const NT_PIPE_STAGES: u32 = 4;
 /// `ek_mlp_backward_tc_smem`'s dynamic shared memory per block: [`mlp_tc_pack`]'s 144 (k
 /// step, n tile) pairs × 32 lanes × a float4.
 pub const MLP_TC_PACK_BYTES: u32 = 144 * 32 * 16;
+/// `ek_mlp_forward_tc_smem`'s: the pack's first 72 pairs (W1, W2).
+pub const MLP_TC_PACK_FWD_BYTES: u32 = 72 * 32 * 16;
 /// `ek_gemm_tf32x3_nt_pipe`'s dynamic shared memory per block: the rings of A and B
 /// (192 KB: H100's 227 KB per block allow it, sm_86/89's 99 KB do not).
 pub const NT_PIPE_SMEM_BYTES: u32 =
