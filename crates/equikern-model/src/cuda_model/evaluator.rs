@@ -1,14 +1,16 @@
 //! [`CudaSevenNet`]: the whole SevenNet step on one CUDA device (see the module docs of
 //! `cuda_model`).
 //!
-//! Radial MLP: its hidden layers run fused (default; [`MLP_ENV`]): `ek_mlp_hidden` computes
-//! the last hidden activation `[E, h_K]` from the edge embedding in one launch, the last
-//! product is cuBLAS (or 3xTF32), and the backward is `gw · W_lastᵀ` into the same `[E, h_K]`
-//! buffer — with 3xTF32 on, `ek_gemm_tf32x3_nt_pipe` (tensor cores, `gw` and the weight
-//! streamed through shared-memory rings, `gw` split into TF32 hi/lo as it is used;
-//! [`NT_PIPE_ENV`]) or `ek_gemm_tf32x3_nt` ([`TF32X3_BWD_ENV`]`=0` keeps cuBLAS FP32), else
-//! cuBLAS — +
-//! `ek_mlp_hidden_backward`, which recomputes the hidden layers per edge from the embedding. Nothing but that one `[E, h_K]` buffer is held for the MLP.
+//! Radial MLP: its hidden layers run fused (default; [`MLP_ENV`]): `ek_mlp_hidden` (or, in
+//! f32 with TF32 `mma` and widths `[nb ≤ 8, 64, 64]`, `ek_mlp_forward_tc_smem`;
+//! [`MLP_TC_FWD_ENV`]) computes the last hidden activation `[E, h_K]` from the edge embedding
+//! in one launch, the last product is cuBLAS (or 3xTF32), and the backward is `gw · W_lastᵀ`
+//! into the same `[E, h_K]` buffer — with 3xTF32 on, `ek_gemm_tf32x3_nt_pipe` (tensor cores,
+//! `gw` and the weight streamed through shared-memory rings, `gw` split into TF32 hi/lo as it
+//! is used; [`NT_PIPE_ENV`]) or `ek_gemm_tf32x3_nt` ([`TF32X3_BWD_ENV`]`=0` keeps cuBLAS
+//! FP32), else cuBLAS — + `ek_mlp_hidden_backward` (or `ek_mlp_backward_tc_smem`;
+//! [`MLP_TC_ENV`]), which recomputes the hidden layers per edge from the embedding. Nothing
+//! but that one `[E, h_K]` buffer is held for the MLP.
 //! With `EQUIKERN_MODEL_MLP=cublas` each hidden layer is a cuBLAS product + `ek_act` and its
 //! pre-activations `[E, hidden]` are kept for the backward (the path before the fusion).
 //!
@@ -375,12 +377,15 @@ fn linear_paths_enabled() -> bool {
 /// sevenn float64 2.6e-5 eV/Å. On by default since.
 pub const MLP_TC_ENV: &str = "EQUIKERN_MODEL_MLP_TC";
 
-/// Environment variable: `1` runs the fused radial MLP's forward (`[nb ≤ 8, 64, 64]`, f32,
-/// TF32 `mma`) by `ek_mlp_forward_tc` (3xTF32 on tensor cores, a warp per 16 edges, the same
-/// pack as [`MLP_TC_ENV`]'s) instead of `ek_mlp_hidden` (FP32 pipes: 0.53 ms per call at
-/// 917,504 edges on the H100, bound by its multiply-adds and broadcast weight loads, about
-/// twice its store floor). Opt-in: it lost on the H100 (session 12: 0.62 ms per call against
-/// 0.53, the step +0.4 ms at Si 32,768 atoms; 128 registers, 16 warps per SM, latency-bound).
+/// Environment variable: unless `0`, the fused radial MLP's forward (`[nb ≤ 8, 64, 64]`, f32,
+/// TF32 `mma`) runs on tensor cores (3xTF32, a warp per 16 edges, the same pack as
+/// [`MLP_TC_ENV`]'s) instead of by `ek_mlp_hidden` (FP32 pipes: 0.53 ms per call at 917,504
+/// edges on the H100, bound by its broadcast weight loads from shared memory, Nsight Compute
+/// session 13): by `ek_mlp_forward_tc_smem`, W1 and W2 in shared memory per block
+/// ([`MLP_TC_SMEM_ENV`]): 0.40 ms per call at 71 % of DRAM, the step 64.53 → 63.93 ms at Si
+/// 32,768 atoms and 9.54 → 9.43 at 4,096 (session 13, two rounds, faster in each; default
+/// since). With `EQUIKERN_MODEL_MLP_TC_SMEM=0`, by `ek_mlp_forward_tc`, the pack read through
+/// L1, which lost (session 12: 0.62 ms per call against 0.53).
 pub const MLP_TC_FWD_ENV: &str = "EQUIKERN_MODEL_MLP_TC_FWD";
 
 /// Environment variable: `1` has the tensor-core radial backward kernels prefetch into L1
@@ -720,7 +725,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             linear_paths: linear_paths_enabled(),
             mlp_split: mlp_split_enabled(),
             mlp_tc: std::env::var(MLP_TC_ENV).as_deref() != Ok("0"),
-            mlp_tc_fwd: std::env::var(MLP_TC_FWD_ENV).as_deref() == Ok("1"),
+            mlp_tc_fwd: std::env::var(MLP_TC_FWD_ENV).as_deref() != Ok("0"),
             prefetch: std::env::var(PREFETCH_ENV).as_deref() == Ok("1"),
             nt_pipe: std::env::var(NT_PIPE_ENV).as_deref() != Ok("0"),
             mlp_tc_smem: std::env::var(MLP_TC_SMEM_ENV).as_deref() != Ok("0"),
