@@ -1189,39 +1189,13 @@ __device__ __forceinline__ void ek_mma3(float d[4], const unsigned ahi[4], const
   ek_mma_m16n8k8_tf32(d, ahi, blo);
   ek_mma_m16n8k8_tf32(d, ahi, bhi);
 }
-// The order of a product's mma over its 8 n tiles (EK_MMA_ORDER, from the generated prelude):
-// 0 tile by tile (each tile's three 3xTF32 mma back to back on its accumulator), 1 pass by
-// pass (the 8 tiles' A_lo·B_hi, then their A_hi·B_lo, then A_hi·B_hi: 8 independent mma
-// between two on one accumulator, the 8 B fragments held meanwhile).
-#ifndef EK_MMA_ORDER
-#define EK_MMA_ORDER 0
-#endif
-// d[j] += A·B_j for the 8 n tiles j (3xTF32; B_j = b[j · stride]) in EK_MMA_ORDER's order.
+// d[j] += A·B_j for the 8 n tiles j (3xTF32; B_j = b[j · stride]), tile by tile. (Issuing
+// them pass by pass instead — the 8 tiles' A_lo·B_hi, then A_hi·B_lo, then A_hi·B_hi — gave
+// ptxas the same registers and the step the same time on the H100, session 13.)
 __device__ __forceinline__ void ek_mma3_x8(float d[8][4], const unsigned ahi[4],
                                            const unsigned alo[4], const float4* b, int stride) {
-#if EK_MMA_ORDER == 1
-  float4 bj[8];
-  EK_UNROLL
-  for (int j = 0; j < 8; ++j) bj[j] = b[j * stride];
-  EK_UNROLL
-  for (int j = 0; j < 8; ++j) {
-    unsigned bhi[2] = {__float_as_uint(bj[j].x), __float_as_uint(bj[j].y)};
-    ek_mma_m16n8k8_tf32(d[j], alo, bhi);
-  }
-  EK_UNROLL
-  for (int j = 0; j < 8; ++j) {
-    unsigned blo[2] = {__float_as_uint(bj[j].z), __float_as_uint(bj[j].w)};
-    ek_mma_m16n8k8_tf32(d[j], ahi, blo);
-  }
-  EK_UNROLL
-  for (int j = 0; j < 8; ++j) {
-    unsigned bhi[2] = {__float_as_uint(bj[j].x), __float_as_uint(bj[j].y)};
-    ek_mma_m16n8k8_tf32(d[j], ahi, bhi);
-  }
-#else
   EK_UNROLL
   for (int j = 0; j < 8; ++j) ek_mma3(d[j], ahi, alo, b[j * stride]);
-#endif
 }
 // hi, lo of x as TF32 bit patterns (ek_tf32's rounding).
 __device__ __forceinline__ void ek_tc_split(float x, unsigned* hi, unsigned* lo) {
@@ -1275,17 +1249,12 @@ __device__ __forceinline__ void ek_tc_chunk(const AV& cur, const float4* bs, int
       ek_tc_split(cur(2 * mt, 2 * s + 1), &ahi[mt][2], &alo[mt][2]);
       ek_tc_split(cur(2 * mt + 1, 2 * s + 1), &ahi[mt][3], &alo[mt][3]);
     }
-#if EK_MMA_ORDER == 1
-    EK_UNROLL
-    for (int mt = 0; mt < MT; ++mt) ek_mma3_x8(part[mt], ahi[mt], alo[mt], bs + s * 8 * 32 + lane, 32);
-#else
     EK_UNROLL
     for (int j = 0; j < 8; ++j) {
       float4 b = bs[(s * 8 + j) * 32 + lane];
       EK_UNROLL
       for (int mt = 0; mt < MT; ++mt) ek_mma3(part[mt][j], ahi[mt], alo[mt], b);
     }
-#endif
   }
   EK_UNROLL
   for (int mt = 0; mt < MT; ++mt)

@@ -31,18 +31,6 @@ pub const BLOCK_THREADS: u32 = 256;
 /// × 32 columns of A, the block's chunk of the B pack: `NT_PIPE_STAGES − 1` chunks in
 /// flight while one computes).
 pub const NT_PIPE_STAGES: u32 = 4;
-/// Environment variable: `1` has the tensor-core kernels issue each product's 3xTF32 `mma`
-/// pass by pass over the 8 n tiles (the tiles' `A_lo·B_hi`, then `A_hi·B_lo`, then
-/// `A_hi·B_hi`: independent `mma` between two on one accumulator) instead of tile by tile
-/// (`EK_MMA_ORDER` in the kernel text; an experiment: Nsight Compute showed the radial
-/// backward kernels stalled on dependencies, session 13). Opt-in until timed.
-pub const MMA_ORDER_ENV: &str = "EQUIKERN_MODEL_MMA_ORDER";
-
-/// `EK_MMA_ORDER` of the kernel text ([`MMA_ORDER_ENV`]).
-fn mma_order() -> u32 {
-    u32::from(std::env::var(MMA_ORDER_ENV).as_deref() == Ok("1"))
-}
-
 /// `ek_mlp_backward_tc_smem`'s dynamic shared memory per block: [`mlp_tc_pack`]'s 144 (k
 /// step, n tile) pairs × 32 lanes × a float4.
 pub const MLP_TC_PACK_BYTES: u32 = 144 * 32 * 16;
@@ -120,7 +108,6 @@ pub fn kernel_source_with<T: Scalar>(lmax: u32, mlp: &MlpKernels) -> Result<Stri
     let _ = writeln!(s, "#define EK_LIN_COLS {LINEAR_COLS}");
     let _ = writeln!(s, "#define EK_BLOCK {BLOCK_THREADS}");
     let _ = writeln!(s, "#define EK_NTP_STAGES {NT_PIPE_STAGES}");
-    let _ = writeln!(s, "#define EK_MMA_ORDER {}", mma_order());
     mlp.prelude::<T>(&mut s)?;
     let list = |v: Vec<String>| {
         if v.is_empty() {
