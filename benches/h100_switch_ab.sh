@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Session 13's fourth and fifth device calls: a model switch (SWITCH, default
-# EQUIKERN_MODEL_MLP_TC_SMEM: the tensor-core radial MLP with its weight pack in shared
-# memory; call 5: SWITCH=EQUIKERN_MODEL_MLP_TC_FWD, the hidden layers' forward on tensor cores
-# with it) A/B, 0 against 1, in the same binary, Si 4,096 and 32,768, two interleaved rounds
+# One device call for a model switch: SWITCH (an EQUIKERN_MODEL_* variable; default
+# EQUIKERN_MODEL_MLP_TC_SMEM, session 13's fourth call; its fifth and sixth ran
+# SWITCH=EQUIKERN_MODEL_MLP_TC_FWD and EQUIKERN_MODEL_MMA_ORDER) A/B, 0 against 1, in the
+# same binary, Si 4,096 and 32,768, two interleaved rounds
 # (picked at 0.3 %); the GPU tests with it on; the profiles of the pick at 32,768 and 4,096;
 # the side-by-side with both peers when it wins (or with FORCE_SIDE); Nsight Compute stall
 # reasons of the kernels matching KERNELS with the switch off and on. Carry [".carry",
