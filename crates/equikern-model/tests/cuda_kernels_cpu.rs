@@ -14,8 +14,8 @@ use equikern_core::conv::{Csr, End};
 use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
 use equikern_model::cuda_model::tables::{
     kernel_source, kernel_source_with, kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape,
-    mlp_pack, tc_gemm_iterations, tf32, tf32x3_mma_fragments, tf32x3_nt_pack, tf32x3_nt_pack_bf16,
-    GateTable, LinearTable, MlpKernels, LINEAR_PATH_DIMS, MLP_MAX_WIDTH,
+    mlp_pack, tc_gemm_iterations, tf32, tf32x3_mma_fragments, tf32x3_nt_pack, GateTable,
+    LinearTable, MlpKernels, LINEAR_PATH_DIMS, MLP_MAX_WIDTH,
 };
 use equikern_model::nn::{BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
 use equikern_model::{Scalar, SevenNet};
@@ -90,10 +90,6 @@ extern "C" void t_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* A,
 extern "C" void t_gemm_tf32x3_nt_pipe(u64 m, int n, int k, real alpha, const real* A,
     const real* bp, real beta, real* C) {
   grid_threads(2 * 256, [&] { ek_gemm_tf32x3_nt_pipe(m, n, k, alpha, A, bp, beta, C); });
-}
-extern "C" void t_gemm_tf32x3_nt_pipe_bf(u64 m, int n, int k, real alpha, const real* A,
-    const real* bp, real beta, real* C) {
-  grid_threads(2 * 256, [&] { ek_gemm_tf32x3_nt_pipe_bf(m, n, k, alpha, A, bp, beta, C); });
 }
 extern "C" void t_mlp_backward_tc(u64 E, int nb, const real* emb, const float4* bp, real c,
     const real* gl, real* ge, int acc) {
@@ -1681,10 +1677,6 @@ fn tf32x3_nt_gemm_emulated() {
             "ek_gemm_tf32x3_nt_pipe",
             sym!(k_, b"t_gemm_tf32x3_nt_pipe", TcGemmFn),
         ),
-        (
-            "ek_gemm_tf32x3_nt_pipe_bf",
-            sym!(k_, b"t_gemm_tf32x3_nt_pipe_bf", TcGemmFn),
-        ),
     ];
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     const GUARD: usize = 5;
@@ -1702,16 +1694,8 @@ fn tf32x3_nt_gemm_emulated() {
     ]
     .into_iter()
     .flat_map(|s| kernels.map(|kf| (s, kf)))
-    .filter(|((_, _, k), (name, _))| k % 4 == 0 || !name.contains("pipe"))
+    .filter(|((_, _, k), (name, _))| k % 4 == 0 || !name.ends_with("pipe"))
     {
-        // the BF16-correction kernel reads its own pack
-        let pack_of = |b: &[f32], lo: bool| {
-            if name.ends_with("_bf") {
-                tf32x3_nt_pack_bf16(b, n, k, lo).unwrap()
-            } else {
-                tf32x3_nt_pack(b, n, k, lo).unwrap()
-            }
-        };
         let alpha = 0.125f32;
         // A: gradients of mixed scales (as gw is), B: weights ~ N(0, 1)-like
         let a: Vec<f32> = (0..m * k)
@@ -1762,7 +1746,7 @@ fn tf32x3_nt_gemm_emulated() {
         }
         let mut poisoned = vec![f32::NAN; m * n];
         poisoned.extend(std::iter::repeat_n(-7.25f32, GUARD * n));
-        let pack = pack_of(&b, true);
+        let pack = tf32x3_nt_pack(&b, n, k, true).unwrap();
         let c = run(&pack, 0.0, &poisoned);
         let bad = c.iter().position(|x| !x.is_finite());
         assert!(
@@ -1774,7 +1758,7 @@ fn tf32x3_nt_gemm_emulated() {
             &one_pass.iter().map(|&x| x as f32).collect::<Vec<_>>(),
             &want,
         );
-        let c_nolo = run(&pack_of(&b, false), 0.0, &poisoned);
+        let c_nolo = run(&tf32x3_nt_pack(&b, n, k, false).unwrap(), 0.0, &poisoned);
         let e2 = rel_l2(&c_nolo, &want);
         // beta = 1 accumulates onto C (the small cases: the emulated barriers are slow)
         let ea = if k <= 64 {

@@ -203,15 +203,12 @@ fn resident_vs_cpu<T: DevReal>(dev: &Device, model: &SevenNet, tol: f64, label: 
         // the Linears run as 3xTF32 too
         let mlp_tc_smem = mlp_tc && lin;
         ev.set_mlp_tc_smem(mlp_tc_smem);
-        // ... the pipelined product's corrections as BF16 mma (opt-in) with the cuBLAS MLP
-        let nt_bf16 = nt_pipe && !fused;
-        ev.set_nt_bf16(nt_bf16);
         if tf32 && T::NAME != "f32" {
             continue;
         }
         let tol = if tf32 { TF32X3_TOL_FACTOR * tol } else { tol };
         println!(
-            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}, l > 0 paths by kernel: {paths}, hidden kept: {keep_h}, MLP forward and backward on tensor cores: {mlp_tc}, pipelined backward product: {nt_pipe}, MLP backward's pack in shared memory: {mlp_tc_smem}, BF16 corrections: {nt_bf16}]",
+            "{} [{label}, radial outputs kept: {keep}, MLP fused: {fused}, two-pass: {two_pass}, 3xTF32: {tf32}, its backward on tensor cores: {tc_bwd}, linears too: {lin}, l > 0 paths by kernel: {paths}, hidden kept: {keep_h}, MLP forward and backward on tensor cores: {mlp_tc}, pipelined backward product: {nt_pipe}, MLP backward's pack in shared memory: {mlp_tc_smem}]",
             ev.describe()
         );
         for (name, s) in structures() {
@@ -563,9 +560,7 @@ fn tf32x3_within_the_f32_tolerance() {
 #[test]
 fn tf32x3_nt_kernel_matches_f64() {
     use equikern_model::cuda_model::exec::{Arg, Exec, Kern, Memory};
-    use equikern_model::cuda_model::tables::{
-        tc_gemm_iterations, tf32, tf32x3_nt_pack, tf32x3_nt_pack_bf16,
-    };
+    use equikern_model::cuda_model::tables::{tc_gemm_iterations, tf32, tf32x3_nt_pack};
     use equikern_model::cuda_model::CudaExec;
     use rand::{Rng, SeedableRng};
     let Some(dev) = cuda_device() else { return };
@@ -585,10 +580,9 @@ fn tf32x3_nt_kernel_matches_f64() {
         (num / den.max(1e-300)).sqrt()
     };
     type Dev = cudarc::driver::CudaSlice<f32>;
-    // one of the three kernels (`ek_gemm_tf32x3_nt` with its prefetch argument on), `bp` the
-    // pack it reads (`packs`)
+    // `ek_gemm_tf32x3_nt` (its prefetch argument on), or `ek_gemm_tf32x3_nt_pipe` with `pipe`
     let launch =
-        |kern: Kern, m: usize, n: usize, k: usize, alpha: f32, a: &Dev, bp: &Dev, c: &Dev| {
+        |pipe: bool, m: usize, n: usize, k: usize, alpha: f32, a: &Dev, bp: &Dev, c: &Dev| {
             let mut args = vec![
                 Arg::U64(m as u64),
                 Arg::I32(n as i32),
@@ -599,37 +593,26 @@ fn tf32x3_nt_kernel_matches_f64() {
                 Arg::Val(0.0),
                 Arg::Real(c, 0),
             ];
-            if kern == Kern::GemmTf32x3Nt {
+            let kern = if pipe {
+                Kern::GemmTf32x3NtPipe
+            } else {
                 args.push(Arg::I32(1));
-            }
+                Kern::GemmTf32x3Nt
+            };
             ex.launch(kern, tc_gemm_iterations(m), &args).unwrap()
         };
-    let mut kernels = vec![Kern::GemmTf32x3Nt];
-    for kern in [Kern::GemmTf32x3NtPipe, Kern::GemmTf32x3NtPipeBf] {
-        if ex.staged(kern) {
-            kernels.push(kern);
+    let kernels: Vec<bool> = if ex.staged(Kern::GemmTf32x3NtPipe) {
+        vec![false, true]
+    } else {
+        println!("ek_gemm_tf32x3_nt_pipe: not on this device (shared memory per block)");
+        vec![false]
+    };
+    let name = |pipe: bool| {
+        if pipe {
+            "ek_gemm_tf32x3_nt_pipe"
         } else {
-            println!(
-                "{}: not on this device (shared memory per block)",
-                kern.name()
-            );
+            "ek_gemm_tf32x3_nt"
         }
-    }
-    // each kernel's pack of B, on the device
-    let packs = |b: &[f32], n: usize, k: usize| -> Vec<Dev> {
-        kernels
-            .iter()
-            .map(|&kern| {
-                let pack = if kern == Kern::GemmTf32x3NtPipeBf {
-                    tf32x3_nt_pack_bf16(b, n, k, true).unwrap()
-                } else {
-                    tf32x3_nt_pack(b, n, k, true).unwrap()
-                };
-                let mut dp = ex.alloc::<f32>(pack.len()).unwrap();
-                ex.upload(&pack, &mut dp).unwrap();
-                dp
-            })
-            .collect()
     };
     for (m, n, k) in [
         (20_001, 64, 960),
@@ -647,19 +630,17 @@ fn tf32x3_nt_kernel_matches_f64() {
             .collect();
         let mut da = ex.alloc::<f32>(m * k).unwrap();
         ex.upload(&a, &mut da).unwrap();
-        let dps = packs(&b, n, k);
+        let pack = tf32x3_nt_pack(&b, n, k, true).unwrap();
+        let mut dp = ex.alloc::<f32>(pack.len()).unwrap();
+        ex.upload(&pack, &mut dp).unwrap();
         let mut db = ex.alloc::<f32>(n * k).unwrap();
         ex.upload(&b, &mut db).unwrap();
         let mut dc = ex.alloc::<f32>(m * n).unwrap();
         let mut outs = vec![];
-        for (&kern, dp) in kernels.iter().zip(&dps) {
-            // the pipelined kernels take k % 4 == 0 only (as the host launches them)
-            if kern != Kern::GemmTf32x3Nt && k % 4 != 0 {
-                continue;
-            }
+        for &pipe in kernels.iter().filter(|&&p| !p || k % 4 == 0) {
             ex.upload(&vec![f32::NAN; m * n], &mut dc).unwrap();
-            launch(kern, m, n, k, alpha, &da, dp, &dc);
-            outs.push((kern, ex.stream().clone_dtoh(&dc).unwrap()));
+            launch(pipe, m, n, k, alpha, &da, &dp, &dc);
+            outs.push((pipe, ex.stream().clone_dtoh(&dc).unwrap()));
         }
         ex.gemm((m, n, k), alpha, &da, &db, true, 0.0, &mut dc)
             .unwrap();
@@ -677,8 +658,8 @@ fn tf32x3_nt_kernel_matches_f64() {
                 one[i * n + j] = (f64::from(alpha) * s1) as f32;
             }
         }
-        for (kern, c) in &outs {
-            let kn = kern.name();
+        for (pipe, c) in &outs {
+            let kn = name(*pipe);
             let bad = c.iter().position(|x| !x.is_finite());
             assert!(
                 bad.is_none(),
@@ -704,7 +685,9 @@ fn tf32x3_nt_kernel_matches_f64() {
     let b: Vec<f32> = (0..n * k)
         .map(|_| r.random_range(-1.7..1.7) as f32)
         .collect();
-    let dps = packs(&b, n, k);
+    let pack = tf32x3_nt_pack(&b, n, k, true).unwrap();
+    let mut dp = ex.alloc::<f32>(pack.len()).unwrap();
+    ex.upload(&pack, &mut dp).unwrap();
     let mut db = ex.alloc::<f32>(n * k).unwrap();
     ex.upload(&b, &mut db).unwrap();
     let da = ex.alloc::<f32>(m * k).unwrap();
@@ -719,19 +702,14 @@ fn tf32x3_nt_kernel_matches_f64() {
     let alpha = 0.125f32;
     // each tensor-core kernel, then cuBLAS FP32 (None): best of 5 after a warm-up, host wall
     // clock around a synchronised launch (≈ 10 µs of a 1–3 ms kernel)
-    let runs: Vec<Option<(Kern, &Dev)>> = kernels
-        .iter()
-        .zip(&dps)
-        .map(|(&kern, dp)| Some((kern, dp)))
-        .chain([None])
-        .collect();
+    let runs: Vec<Option<bool>> = kernels.iter().map(|&p| Some(p)).chain([None]).collect();
     for run in runs {
         let mut best = f64::MAX;
         for rep in 0..6 {
             ex.synchronize().unwrap();
             let t0 = std::time::Instant::now();
             match run {
-                Some((kern, dp)) => launch(kern, m, n, k, alpha, &da, dp, &dc),
+                Some(pipe) => launch(pipe, m, n, k, alpha, &da, &dp, &dc),
                 None => ex
                     .gemm((m, n, k), alpha, &da, &db, true, 0.0, &mut dc)
                     .unwrap(),
@@ -752,14 +730,13 @@ fn tf32x3_nt_kernel_matches_f64() {
                 let got = f64::from(c[i * n + j]);
                 assert!(
                     (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-                    "{} row {i} col {j}: {got} vs {want}",
-                    run.map_or("cuBLAS", |r| r.0.name())
+                    "{run:?} row {i} col {j}: {got} vs {want}"
                 );
             }
         }
         println!(
             "m {m} n {n} k {k}: {} {:.3} ms ({:.0} GB/s of A; floor at 3.35 TB/s {:.3} ms)",
-            run.map_or("cuBLAS FP32", |r| r.0.name()),
+            run.map_or("cuBLAS FP32", name),
             best * 1e3,
             (m * k * 4) as f64 / best / 1e9,
             (m * (k + n) * 4) as f64 / 3.35e12 * 1e3

@@ -66,7 +66,6 @@ extern "C" void l_ek_mlp_backward_tc_smem(void** p, u64 it) { grid_threads(it, [
 extern "C" void l_ek_mlp_forward_tc_smem(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_forward_tc_smem(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,W), A(6,W)); }); }
 extern "C" void l_ek_mlp_forward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_forward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,W), A(6,W)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W), A(8,int)); }); }
-extern "C" void l_ek_gemm_tf32x3_nt_pipe_bf(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt_pipe_bf(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt_pipe(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt_pipe(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
 extern "C" void l_ek_split_tf32_rows(void** p, u64 it) { grid(it, [&] { ek_split_tf32_rows(A(0,u64), A(1,int), A(2,R), A(3,u64), A(4,W), A(5,u64)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
@@ -117,10 +116,8 @@ struct HostExec<T> {
     launches: std::cell::Cell<usize>,
     /// ... of them `ek_gemm_tf32x3_nt` or `ek_gemm_tf32x3_nt_pipe`.
     tc_launches: std::cell::Cell<usize>,
-    /// ... of them `ek_gemm_tf32x3_nt_pipe[_bf]`.
+    /// ... of them `ek_gemm_tf32x3_nt_pipe`.
     ntp_launches: std::cell::Cell<usize>,
-    /// ... of them `ek_gemm_tf32x3_nt_pipe_bf`.
-    ntp_bf_launches: std::cell::Cell<usize>,
     /// ... of them `ek_linear_path`.
     lp_launches: std::cell::Cell<usize>,
     /// ... of them `ek_mlp_hidden`.
@@ -202,7 +199,6 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         launches: std::cell::Cell::new(0),
         tc_launches: std::cell::Cell::new(0),
         ntp_launches: std::cell::Cell::new(0),
-        ntp_bf_launches: std::cell::Cell::new(0),
         lp_launches: std::cell::Cell::new(0),
         mh_launches: std::cell::Cell::new(0),
         split_launches: std::cell::Cell::new(0),
@@ -351,17 +347,11 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
             .map(|s| s as *mut u64 as *mut c_void)
             .collect();
         self.launches.set(self.launches.get() + 1);
-        if matches!(
-            k,
-            Kern::GemmTf32x3Nt | Kern::GemmTf32x3NtPipe | Kern::GemmTf32x3NtPipeBf
-        ) {
+        if matches!(k, Kern::GemmTf32x3Nt | Kern::GemmTf32x3NtPipe) {
             self.tc_launches.set(self.tc_launches.get() + 1);
         }
-        if matches!(k, Kern::GemmTf32x3NtPipe | Kern::GemmTf32x3NtPipeBf) {
+        if k == Kern::GemmTf32x3NtPipe {
             self.ntp_launches.set(self.ntp_launches.get() + 1);
-        }
-        if k == Kern::GemmTf32x3NtPipeBf {
-            self.ntp_bf_launches.set(self.ntp_bf_launches.get() + 1);
         }
         if matches!(
             k,
@@ -700,11 +690,9 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         // mode 0: with the L1 prefetches' argument on (no-ops here: the launch carries it)
         ev.set_prefetch(mode == 0);
         // mode 0: the backward product by `ek_gemm_tf32x3_nt_pipe` where k % 4 == 0, and the
-        // tensor-core MLP backward with its pack in shared memory; mode 3: the product by
-        // `ek_gemm_tf32x3_nt_pipe_bf` (its corrections as BF16 mma, opt-in)
-        ev.set_nt_pipe(mode == 0 || mode == 3);
+        // tensor-core MLP backward with its pack in shared memory
+        ev.set_nt_pipe(mode == 0);
         ev.set_mlp_tc_smem(mode == 0);
-        ev.set_nt_bf16(mode == 3);
         ev.set_keep_w_bytes(if keep { u64::MAX } else { 0 });
         // f32: the radial MLP's last product and the Linear products as 3xTF32 factors with
         // one memory mode
@@ -813,26 +801,13 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
             T::NAME == "f32" && keep && tc_bwd,
             "ek_gemm_tf32x3_nt launches: {tc}"
         );
-        // ... the pipelined kernel in modes 0 and 3 only (7net-0's widths are multiples of 4:
-        // all of its products), with BF16 corrections in mode 3
-        let (ntp, bf) = (
-            ev.exec().ntp_launches.get(),
-            ev.exec().ntp_bf_launches.get(),
-        );
-        println!("  {ntp} launches of ek_gemm_tf32x3_nt_pipe, {bf} of them _bf");
-        if ![0, 3].contains(&mode) || T::NAME != "f32" {
+        // ... the pipelined kernel in mode 0 (7net-0's widths are multiples of 4) only
+        let ntp = ev.exec().ntp_launches.get();
+        println!("  {ntp} launches of ek_gemm_tf32x3_nt_pipe");
+        if mode != 0 || T::NAME != "f32" {
             assert_eq!(ntp, 0, "ek_gemm_tf32x3_nt_pipe ran in mode {mode}");
-        }
-        assert_eq!(
-            bf,
-            if mode == 3 { ntp } else { 0 },
-            "mode {mode}: _bf launches"
-        );
-        if label == "7net-0" && [0, 3].contains(&mode) && T::NAME == "f32" {
-            assert_eq!(
-                ntp, tc,
-                "7net-0 mode {mode}: every backward product pipelined"
-            );
+        } else if label == "7net-0" {
+            assert_eq!(ntp, tc, "7net-0 mode 0: every backward product pipelined");
         }
         let lp = ev.exec().lp_launches.get();
         println!("  {lp} launches of ek_linear_path");

@@ -47,9 +47,8 @@ pub struct CudaExec<T> {
 /// The kernels that stage operands in dynamic shared memory beyond the default 48 KB, with
 /// their bytes per block: launched with that much, on a grid of the blocks the device keeps
 /// resident (they stride over their tiles).
-const STAGED: [(Kern, u32); 4] = [
+const STAGED: [(Kern, u32); 3] = [
     (Kern::GemmTf32x3NtPipe, NT_PIPE_SMEM_BYTES),
-    (Kern::GemmTf32x3NtPipeBf, NT_PIPE_SMEM_BYTES),
     (Kern::MlpBackwardTcSmem, MLP_TC_PACK_BYTES),
     (Kern::MlpForwardTcSmem, MLP_TC_PACK_FWD_BYTES),
 ];
@@ -491,7 +490,7 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
             || match (k, args) {
                 // the product's shape in the profile, like cuBLAS's entries
                 (
-                    Kern::GemmTf32x3Nt | Kern::GemmTf32x3NtPipe | Kern::GemmTf32x3NtPipeBf,
+                    Kern::GemmTf32x3Nt | Kern::GemmTf32x3NtPipe,
                     [Arg::U64(m), Arg::I32(n), Arg::I32(kk), ..],
                 ) => {
                     format!("{} m{m} n{n} k{kk} B^T", k.name())

@@ -42,8 +42,8 @@ use super::gemm::DevReal;
 use super::tables::{
     kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape, mlp_pack, mlp_tc_fits,
     mlp_tc_iterations, mlp_tc_pack, tc_gemm_iterations, tf32x3_mma_fragments, tf32x3_nt_pack,
-    tf32x3_nt_pack_bf16, tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS,
-    MLP_TC_PACK_BYTES, MLP_TC_PACK_FWD_BYTES, TC_MAX_N,
+    tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS, MLP_TC_PACK_BYTES,
+    MLP_TC_PACK_FWD_BYTES, TC_MAX_N,
 };
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
@@ -145,8 +145,6 @@ struct DevLayer<T: Pod, D: Memory> {
     /// f32: the last MLP weight `W [a, b]` as `ek_gemm_tf32x3_nt`'s right factor
     /// (`tables::tf32x3_nt_pack`, `a ≤ 64`): the backward's `gw · Wᵀ` on tensor cores.
     mlp_last_nt: Option<Buf<T, D>>,
-    /// ... as `ek_gemm_tf32x3_nt_pipe_bf`'s (`tables::tf32x3_nt_pack_bf16`).
-    mlp_last_nt_bf: Option<Buf<T, D>>,
     act_cst: T,
     gate: DevGate<D>,
     gate_cst: T,
@@ -274,8 +272,6 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     /// `ek_mlp_backward_tc` with its pack in shared memory where it can run
     /// ([`MLP_TC_SMEM_ENV`]).
     mlp_tc_smem: bool,
-    /// The pipelined backward product's correction terms as BF16 `mma` ([`NT_BF16_ENV`]).
-    nt_bf16: bool,
     /// Fused MLP, `w` recomputed: keep each layer's last hidden activation ([`KEEP_H_ENV`]).
     keep_h: bool,
 }
@@ -421,15 +417,6 @@ pub const NT_PIPE_ENV: &str = "EQUIKERN_MODEL_NT_PIPE";
 /// The forward on tensor cores ([`MLP_TC_FWD_ENV`]) then reads its W1, W2 from shared memory
 /// the same way (`ek_mlp_forward_tc_smem`).
 pub const MLP_TC_SMEM_ENV: &str = "EQUIKERN_MODEL_MLP_TC_SMEM";
-
-/// Environment variable: `1` runs the pipelined radial backward product ([`NT_PIPE_ENV`]) by
-/// `ek_gemm_tf32x3_nt_pipe_bf`: the two 3xTF32 correction terms (`A_lo·B_hi`, `A_hi·B_lo`,
-/// each ≈ 2^-11 of the product) as BF16 `mma.m16n8k16`, one per two k steps — four tensor
-/// instructions per pair of k steps and tile instead of six, where Nsight Compute showed
-/// `ek_gemm_tf32x3_nt_pipe` throttled by the tensor pipe (session 13). Relative L2 error
-/// 6.2e-7 in the CPU emulation against 1.4e-7 for 3xTF32 (one TF32 pass: 2.8e-4). Opt-in
-/// until timed.
-pub const NT_BF16_ENV: &str = "EQUIKERN_MODEL_NT_BF16";
 
 /// Environment variable: unless `0`, `ek_mlp_hidden` writes the last hidden activation
 /// directly as the 3xTF32 product's split rows `[hi | hi | lo]` (into `gw`, as
@@ -616,24 +603,17 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 }
                 _ => None,
             };
-            let nt_pack = |bf: bool| -> Result<Option<Buf<T, D>>> {
-                match (l.weight_nn.layers.last(), T::NAME == "f32") {
-                    (Some((a, b, w)), true) if *a <= TC_MAX_N => {
-                        let w32: Vec<f32> = w.iter().map(|v| v.to_f64() as f32).collect();
-                        let pack = if bf {
-                            tf32x3_nt_pack_bf16(&w32, *a, *b, true)?
-                        } else {
-                            tf32x3_nt_pack(&w32, *a, *b, true)?
-                        };
-                        // (f32 → f64 → f32 keeps every word's bits: the BF16 pairs are finite)
-                        let pack: Vec<f64> = pack.into_iter().map(f64::from).collect();
-                        Ok(Some(Buf::from_host(&d, &mem, &cast::<T>(&pack))?))
-                    }
-                    _ => Ok(None),
+            let mlp_last_nt = match (l.weight_nn.layers.last(), T::NAME == "f32") {
+                (Some((a, b, w)), true) if *a <= TC_MAX_N => {
+                    let w32: Vec<f32> = w.iter().map(|v| v.to_f64() as f32).collect();
+                    let pack: Vec<f64> = tf32x3_nt_pack(&w32, *a, *b, true)?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect();
+                    Some(Buf::from_host(&d, &mem, &cast::<T>(&pack))?)
                 }
+                _ => None,
             };
-            let mlp_last_nt = nt_pack(false)?;
-            let mlp_last_nt_bf = nt_pack(true)?;
             let mlp_tc = match (mlp_hidden_shape(&l.weight_nn), T::NAME == "f32") {
                 (Ok(w), true) if mlp_tc_fits(&w) => {
                     let pack: Vec<f64> = mlp_tc_pack(&l.weight_nn)?
@@ -650,7 +630,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 mlp_last_tf32,
                 mlp_last_frag,
                 mlp_last_nt,
-                mlp_last_nt_bf,
                 sc: DevLinear::fwd(&d, &mem, &l.sc)?,
                 sc_t: DevLinear::bwd(&d, &mem, &l.sc)?,
                 lin1: DevLinear::fwd(&d, &mem, &l.lin1)?,
@@ -750,7 +729,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             prefetch: std::env::var(PREFETCH_ENV).as_deref() == Ok("1"),
             nt_pipe: std::env::var(NT_PIPE_ENV).as_deref() != Ok("0"),
             mlp_tc_smem: std::env::var(MLP_TC_SMEM_ENV).as_deref() != Ok("0"),
-            nt_bf16: std::env::var(NT_BF16_ENV).as_deref() == Ok("1"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
@@ -843,12 +821,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         self.mlp_tc_smem = on;
     }
 
-    /// The pipelined backward product's correction terms as BF16 `mma` where it runs (see
-    /// [`NT_BF16_ENV`]).
-    pub fn set_nt_bf16(&mut self, on: bool) {
-        self.nt_bf16 = on;
-    }
-
     /// Whether the radial MLP's hidden layers run fused.
     pub fn mlp_fused(&self) -> bool {
         self.mlp_fused
@@ -875,12 +847,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         };
         let pipe = T::NAME == "f32" && self.tf32x3 && self.tf32x3_bwd && self.nt_pipe;
         let tf32 = if pipe && self.d.staged(Kern::GemmTf32x3NtPipe) {
-            let bf = if self.nt_bf16 && self.d.staged(Kern::GemmTf32x3NtPipeBf) {
-                " (corrections in BF16)"
-            } else {
-                ""
-            };
-            format!("{tf32}, pipelined backward product{bf}")
+            format!("{tf32}, pipelined backward product")
         } else {
             tf32.to_string()
         };
@@ -1171,7 +1138,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
             (self.linear_paths, ws.keep_h, self.mlp_split).hash(&mut h);
             (self.mlp_tc, self.mlp_tc_fwd, self.prefetch, self.nt_pipe).hash(&mut h);
-            (self.mlp_tc_smem, self.nt_bf16).hash(&mut h);
+            self.mlp_tc_smem.hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -1770,15 +1737,6 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             ];
             // the pipelined kernel copies A in 16-byte pieces (gw starts each buffer)
             if self.nt_pipe && self.d.staged(Kern::GemmTf32x3NtPipe) && b % 4 == 0 {
-                if let (true, Some(bf)) = (
-                    self.nt_bf16 && self.d.staged(Kern::GemmTf32x3NtPipeBf),
-                    &l.mlp_last_nt_bf,
-                ) {
-                    args[5] = Arg::Real(&bf.s, 0);
-                    return self
-                        .d
-                        .launch(Kern::GemmTf32x3NtPipeBf, tc_gemm_iterations(ne), &args);
-                }
                 return self
                     .d
                     .launch(Kern::GemmTf32x3NtPipe, tc_gemm_iterations(ne), &args);

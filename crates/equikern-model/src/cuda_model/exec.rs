@@ -51,7 +51,6 @@ pub enum Kern {
     RadialLastTf32,
     GemmTf32x3Nt,
     GemmTf32x3NtPipe,
-    GemmTf32x3NtPipeBf,
     MlpBackwardTc,
     MlpBackwardTcSmem,
     MlpForwardTc,
@@ -64,7 +63,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 32] = [
+    pub const ALL: [Kern; 31] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -87,7 +86,6 @@ impl Kern {
         Kern::RadialLastTf32,
         Kern::GemmTf32x3Nt,
         Kern::GemmTf32x3NtPipe,
-        Kern::GemmTf32x3NtPipeBf,
         Kern::MlpBackwardTc,
         Kern::MlpBackwardTcSmem,
         Kern::MlpForwardTc,
@@ -124,7 +122,6 @@ impl Kern {
             Kern::RadialLastTf32 => "ek_radial_last_tf32x3",
             Kern::GemmTf32x3Nt => "ek_gemm_tf32x3_nt",
             Kern::GemmTf32x3NtPipe => "ek_gemm_tf32x3_nt_pipe",
-            Kern::GemmTf32x3NtPipeBf => "ek_gemm_tf32x3_nt_pipe_bf",
             Kern::MlpBackwardTc => "ek_mlp_backward_tc",
             Kern::MlpBackwardTcSmem => "ek_mlp_backward_tc_smem",
             Kern::MlpForwardTc => "ek_mlp_forward_tc",
@@ -254,7 +251,7 @@ pub trait Exec<T: Pod>: Memory {
         false
     }
     /// Whether `k`, a kernel staging operands in dynamic shared memory beyond the default
-    /// 48 KB (`ek_gemm_tf32x3_nt_pipe[_bf]`: [`super::tables::NT_PIPE_SMEM_BYTES`],
+    /// 48 KB (`ek_gemm_tf32x3_nt_pipe`: [`super::tables::NT_PIPE_SMEM_BYTES`],
     /// `ek_mlp_backward_tc_smem`: [`super::tables::MLP_TC_PACK_BYTES`],
     /// `ek_mlp_forward_tc_smem`: [`super::tables::MLP_TC_PACK_FWD_BYTES`]), may run: tensor
     /// cores, and room for its blocks (set up for it).

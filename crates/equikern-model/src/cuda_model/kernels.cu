@@ -1115,18 +1115,6 @@ __device__ __forceinline__ void ek_mma_m16n8k8_tf32(float d[4], const unsigned a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
-// D = A·B + D, BF16 inputs, FP32 accumulation: a [4], b [2] registers of two BF16 each (the
-// lower half the lower k) in the PTX ISA's m16n8k16 layout (lane = 4g + t: a0 (g, 2t..2t+1),
-// a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..); b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g);
-// d as in m16n8k8).
-__device__ __forceinline__ void ek_mma_m16n8k16_bf16(float d[4], const unsigned a[4],
-                                                     const unsigned b[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 __device__ __forceinline__ void ek_cp_async16(void* smem, const void* gmem) {
   unsigned s = (unsigned)__cvta_generic_to_shared(smem);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
@@ -1266,79 +1254,6 @@ __device__ __forceinline__ void ek_tc_chunk(const AV& cur, const float4* bs, int
       float4 b = bs[(s * 8 + j) * 32 + lane];
       EK_UNROLL
       for (int mt = 0; mt < MT; ++mt) ek_mma3(part[mt][j], ahi[mt], alo[mt], b);
-    }
-  }
-  EK_UNROLL
-  for (int mt = 0; mt < MT; ++mt)
-    EK_UNROLL
-    for (int j = 0; j < 8; ++j)
-      EK_UNROLL
-      for (int r = 0; r < 4; ++r) acc[mt][j][r] += part[mt][j][r];
-}
-// Two floats as BF16 (round to nearest even; finite inputs), packed lower first.
-__device__ __forceinline__ unsigned ek_bf16x2(float lo, float hi) {
-  unsigned a = __float_as_uint(lo), b = __float_as_uint(hi);
-  a = (a + 0x7fffu + ((a >> 16) & 1u)) >> 16;
-  b = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
-  return a | (b << 16);
-}
-// ek_tc_chunk with the two 3xTF32 correction terms (A_lo·B_hi and A_hi·B_lo, each ≈ 2^-11 of
-// the product) as BF16 m16n8k16 mma, one per two k steps: per pair of k steps and tile, two
-// TF32 mma (A_hi·B_hi) and two BF16 ones instead of six TF32. A lane's BF16 k positions
-// 2t, 2t+1, 2t+8, 2t+9 are the physical columns it holds for the TF32 steps s, s + 1 (t and
-// t + 4 of each), so the A values need no exchange; the pack (`tables::tf32x3_nt_pack_bf16`)
-// carries per (pair, tile, lane) B_hi's TF32 fragments of both steps and B_lo, B_hi as BF16
-// pairs in the same order. Error per correction term ≈ 2^-20 of |A||B| (BF16 rounding of a
-// 2^-11-sized term) against 3xTF32's dropped A_lo·B_lo at 2^-22.
-template <int MT, class AV>
-__device__ __forceinline__ void ek_tc_chunk_bf(const AV& cur, const float4* bs, int lane,
-                                               float acc[MT][8][4]) {
-  float part[MT][8][4];
-  ek_tc_tiles_zero<MT>(part);
-  EK_UNROLL
-  for (int p = 0; p < 2; ++p) {
-    // per m tile: A_hi (TF32) of both steps, and BF16 pairs of A_hi and A_lo
-    unsigned ahi[MT][2][4], bh[MT][4], bl[MT][4];
-    EK_UNROLL
-    for (int mt = 0; mt < MT; ++mt) {
-      float h[2][4], l[2][4];  // [step][a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)]
-      EK_UNROLL
-      for (int st = 0; st < 2; ++st) {
-        const int s = 2 * p + st;
-        const float v[4] = {cur(2 * mt, 2 * s), cur(2 * mt + 1, 2 * s), cur(2 * mt, 2 * s + 1),
-                            cur(2 * mt + 1, 2 * s + 1)};
-        EK_UNROLL
-        for (int r = 0; r < 4; ++r) {
-          h[st][r] = ek_tf32(v[r]);
-          l[st][r] = v[r] - h[st][r];
-          ahi[mt][st][r] = __float_as_uint(h[st][r]);
-        }
-      }
-      // BF16 a0 (g, 2t..2t+1) = step s's (g, t), (g, t+4); a1 the same for g + 8; a2, a3 step s + 1
-      bh[mt][0] = ek_bf16x2(h[0][0], h[0][2]);
-      bh[mt][1] = ek_bf16x2(h[0][1], h[0][3]);
-      bh[mt][2] = ek_bf16x2(h[1][0], h[1][2]);
-      bh[mt][3] = ek_bf16x2(h[1][1], h[1][3]);
-      bl[mt][0] = ek_bf16x2(l[0][0], l[0][2]);
-      bl[mt][1] = ek_bf16x2(l[0][1], l[0][3]);
-      bl[mt][2] = ek_bf16x2(l[1][0], l[1][2]);
-      bl[mt][3] = ek_bf16x2(l[1][1], l[1][3]);
-    }
-    EK_UNROLL
-    for (int j = 0; j < 8; ++j) {
-      const float4 q0 = bs[((p * 8 + j) * 32 + lane) * 2];
-      const float4 q1 = bs[((p * 8 + j) * 32 + lane) * 2 + 1];
-      const unsigned b0[2] = {__float_as_uint(q0.x), __float_as_uint(q0.y)};
-      const unsigned b1[2] = {__float_as_uint(q0.z), __float_as_uint(q0.w)};
-      const unsigned blo[2] = {__float_as_uint(q1.x), __float_as_uint(q1.y)};
-      const unsigned bhi[2] = {__float_as_uint(q1.z), __float_as_uint(q1.w)};
-      EK_UNROLL
-      for (int mt = 0; mt < MT; ++mt) {
-        ek_mma_m16n8k16_bf16(part[mt][j], bl[mt], bhi);
-        ek_mma_m16n8k16_bf16(part[mt][j], bh[mt], blo);
-        ek_mma_m16n8k8_tf32(part[mt][j], ahi[mt][0], b0);
-        ek_mma_m16n8k8_tf32(part[mt][j], ahi[mt][1], b1);
-      }
     }
   }
   EK_UNROLL
@@ -1513,13 +1428,10 @@ __device__ __forceinline__ void ek_ntp_issue(float* ring, float* bring, const fl
 }
 #endif
 
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
+    ek_gemm_tf32x3_nt_pipe(u64 m, int n, int k, real alpha, const real* __restrict__ A,
+                           const real* __restrict__ bp, real beta, real* __restrict__ C) {
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-// BF: the correction terms as BF16 mma (ek_tc_chunk_bf; its pack), else 3xTF32.
-template <bool BF>
-__device__ __forceinline__ void ek_gemm_tf32x3_nt_pipe_body(u64 m, int n, int k, real alpha,
-                                                            const real* __restrict__ A,
-                                                            const real* __restrict__ bp,
-                                                            real beta, real* __restrict__ C) {
   EK_DYN_SHARED(float, ek_ntp_smem, EK_NTP_STAGES * (EK_BLOCK / 32 * EK_NTP_STAGE + EK_TC_CHUNK));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -1539,35 +1451,12 @@ __device__ __forceinline__ void ek_gemm_tf32x3_nt_pipe_body(u64 m, int n, int k,
     __syncthreads();
     ek_ntp_issue(ring, bring, A, bp, m, k, fill, warp, lane);
     if (use.c == 0) ek_tc_tiles_zero<2>(acc);
-    const EkNtpRows rows{ring + use.stage * EK_NTP_STAGE, g, t};
-    const float4* bs = (const float4*)(bring + use.stage * EK_TC_CHUNK);
-    if (BF) {
-      ek_tc_chunk_bf<2>(rows, bs, lane, acc);
-    } else {
-      ek_tc_chunk<2>(rows, bs, lane, acc);
-    }
+    ek_tc_chunk<2>(EkNtpRows{ring + use.stage * EK_NTP_STAGE, g, t},
+                   (const float4*)(bring + use.stage * EK_TC_CHUNK), lane, acc);
     if (use.c + 1 == chunks)
       ek_tc_store<2>(acc, use.row0 + 32 * warp, m, n, alpha, beta, C, lane);
   }
   ek_cp_async_wait<0>();
-}
-#endif
-
-extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
-    ek_gemm_tf32x3_nt_pipe(u64 m, int n, int k, real alpha, const real* __restrict__ A,
-                           const real* __restrict__ bp, real beta, real* __restrict__ C) {
-#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-  ek_gemm_tf32x3_nt_pipe_body<false>(m, n, k, alpha, A, bp, beta, C);
-#endif
-}
-
-// ek_gemm_tf32x3_nt_pipe with the correction terms as BF16 mma (ek_tc_chunk_bf): its B pack
-// is `tables::tf32x3_nt_pack_bf16`'s.
-extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
-    ek_gemm_tf32x3_nt_pipe_bf(u64 m, int n, int k, real alpha, const real* __restrict__ A,
-                              const real* __restrict__ bp, real beta, real* __restrict__ C) {
-#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-  ek_gemm_tf32x3_nt_pipe_body<true>(m, n, k, alpha, A, bp, beta, C);
 #endif
 }
 

@@ -518,58 +518,6 @@ pub fn tf32x3_nt_pack(b: &[f32], n: usize, k: usize, lo_terms: bool) -> Result<V
     Ok(out)
 }
 
-/// `x` as BF16 bits (round to nearest even; finite `x`), as the kernels' `ek_bf16x2` rounds.
-pub fn bf16_bits(x: f32) -> u32 {
-    let u = x.to_bits();
-    (u.wrapping_add(0x7fff + ((u >> 16) & 1))) >> 16
-}
-
-/// `B [n, k]` as `ek_gemm_tf32x3_nt_pipe_bf` reads it (the correction terms as BF16 `mma`):
-/// `ceil(k / 32)` chunks of [`TC_CHUNK`] words, per (pair `p` of k steps `s = 2p, 2p + 1`,
-/// n-tile `j`, lane `4g + t`) eight 32-bit words: `B_hi`'s TF32 fragments of step `s`
-/// (`b0`, `b1` as in [`tf32x3_nt_pack`]) and of step `s + 1`, then two BF16 pairs of `B_lo`
-/// (step `s`'s `b0`, `b1` in the lower and upper half; step `s + 1`'s) and two of `B_hi`
-/// likewise — the m16n8k16 B fragment whose k positions `2t, 2t+1, 2t+8, 2t+9` are those
-/// physical columns. The words are stored as `f32` bit patterns (finite). `lo_terms = false`
-/// zeroes `B_lo` (tests).
-pub fn tf32x3_nt_pack_bf16(b: &[f32], n: usize, k: usize, lo_terms: bool) -> Result<Vec<f32>> {
-    let plain = tf32x3_nt_pack(b, n, k, lo_terms)?;
-    let mut out = vec![0.0f32; plain.len()];
-    for ch in 0..plain.len() / TC_CHUNK {
-        for p in 0..2 {
-            for j in 0..8 {
-                for lane in 0..32 {
-                    // the plain pack's float4 of step s: [b0 hi, b1 hi, b0 lo, b1 lo]
-                    let q = |s: usize| {
-                        let base = ch * TC_CHUNK + ((s * 8 + j) * 32 + lane) * 4;
-                        [
-                            plain[base],
-                            plain[base + 1],
-                            plain[base + 2],
-                            plain[base + 3],
-                        ]
-                    };
-                    let (a, c) = (q(2 * p), q(2 * p + 1));
-                    let pair = |x: f32, y: f32| f32::from_bits(bf16_bits(x) | (bf16_bits(y) << 16));
-                    let w = [
-                        a[0],
-                        a[1],
-                        c[0],
-                        c[1],
-                        pair(a[2], a[3]),
-                        pair(c[2], c[3]),
-                        pair(a[0], a[1]),
-                        pair(c[0], c[1]),
-                    ];
-                    let base = ch * TC_CHUNK + ((p * 8 + j) * 32 + lane) * 8;
-                    out[base..base + 8].copy_from_slice(&w);
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Hidden widths `ek_mlp_backward_tc` takes: `[nb ≤ 8, 64, 64]`.
 pub fn mlp_tc_fits(widths: &[usize]) -> bool {
     matches!(widths, [nb, 64, 64] if (1..=8).contains(nb))

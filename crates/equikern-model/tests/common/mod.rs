@@ -320,35 +320,6 @@ static inline void ek_mma_m16n8k8_tf32(float d[4], const unsigned a[4], const un
     d[i] = (float)acc;
   }
 }
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 the same way: a [4], b [2] registers
-// of two BF16 each (lower half = lower k): a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..),
-// a3 (g+8, 2t+8..); b0 (k 2t..2t+1, col g), b1 (k 2t+8.., col g); d as above.
-static unsigned ek_mma16_a[32][2][32][4], ek_mma16_b[32][2][32][2];
-static thread_local int ek_mma16_slot = 0;
-static inline double ek_bf16_in(unsigned u, int half) {
-  return (double)__uint_as_float(half ? (u & 0xffff0000u) : (u << 16));
-}
-static inline void ek_mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
-  unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
-  int s = ek_mma16_slot;
-  ek_mma16_slot ^= 1;
-  for (int i = 0; i < 4; ++i) ek_mma16_a[w][s][l][i] = a[i];
-  for (int i = 0; i < 2; ++i) ek_mma16_b[w][s][l][i] = b[i];
-  __syncwarp();
-  unsigned g = l / 4, t = l % 4;
-  for (int i = 0; i < 4; ++i) {
-    unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
-    double acc = d[i];
-    for (unsigned k = 0; k < 16; ++k) {
-      // k → the lane (4·(row % 8) + (k % 8) / 2), register (row ≥ 8) + 2·(k ≥ 8), half k % 2
-      unsigned a_lane = (row % 8) * 4 + (k % 8) / 2, a_reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
-      unsigned b_lane = col * 4 + (k % 8) / 2, b_reg = k >= 8 ? 1 : 0;
-      acc += ek_bf16_in(ek_mma16_a[w][s][a_lane][a_reg], k % 2) *
-             ek_bf16_in(ek_mma16_b[w][s][b_lane][b_reg], k % 2);
-    }
-    d[i] = (float)acc;
-  }
-}
 #define __global__
 #define __device__
 #define __forceinline__ inline
