@@ -1213,11 +1213,15 @@ __device__ __forceinline__ void ek_tc_tiles_zero(float t[MT][8][4]) {
       EK_UNROLL
       for (int q = 0; q < 4; ++q) t[mt][j][q] = 0.0f;
 }
-// Chunk c of the B pack (EK_TC_CHUNK floats) into shared `dst`, by the whole CTA.
-__device__ __forceinline__ void ek_tc_stage(float* dst, const float* __restrict__ bp, int c) {
+// Chunk c of the B pack (EK_TC_CHUNK floats) into shared `dst` by cp.async, by the whole CTA.
+__device__ __forceinline__ void ek_tc_copy_chunk(float* dst, const float* __restrict__ bp, int c) {
   const float* src = bp + (u64)c * EK_TC_CHUNK;
   for (int i = threadIdx.x; i < EK_TC_CHUNK / 4; i += blockDim.x)
     ek_cp_async16(dst + 4 * i, src + 4 * i);
+}
+// ... as its own commit group.
+__device__ __forceinline__ void ek_tc_stage(float* dst, const float* __restrict__ bp, int c) {
+  ek_tc_copy_chunk(dst, bp, c);
   ek_cp_async_commit();
 }
 // A values held in registers (ek_gemm_tf32x3_nt's chunk ahead), as ek_tc_chunk reads them.
@@ -1419,10 +1423,7 @@ __device__ __forceinline__ void ek_ntp_issue(float* ring, float* bring, const fl
       ek_cp_async16_zfill(st + r * 32 + 4 * (seg ^ ((r & 1) << 2)),
                           ok ? A + row * (u64)k + col : A, ok);
     }
-    const float* src = bp + (u64)it.c * EK_TC_CHUNK;
-    float* dst = bring + it.stage * EK_TC_CHUNK;
-    for (int i = threadIdx.x; i < EK_TC_CHUNK / 4; i += blockDim.x)
-      ek_cp_async16(dst + 4 * i, src + 4 * i);
+    ek_tc_copy_chunk(bring + it.stage * EK_TC_CHUNK, bp, it.c);
   }
   ek_cp_async_commit();
 }
@@ -1490,6 +1491,12 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 #define EK_TC_MLP_PACK (144 * 32)
 // ... of which the forward's (W1, W2).
 #define EK_TC_MLP_PACK_FWD (72 * 32)
+// The first n float4 of the pack into the block's shared copy, behind one barrier.
+__device__ __forceinline__ void ek_tc_pack_to_shared(float4* dst, const float4* __restrict__ bp,
+                                                     int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = bp[i];
+  __syncthreads();
+}
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
 // A fragment of k step ks of the warp's tile T [16][EK_TC_MLP_LD], split.
 __device__ __forceinline__ void ek_tc_afrag(const float* T, int ks, int g, int t, unsigned hi[4],
@@ -1741,8 +1748,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
                             int prefetch) {
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
   EK_DYN_SHARED(float4, ek_tc_mlp_pack, EK_TC_MLP_PACK);
-  for (int i = threadIdx.x; i < EK_TC_MLP_PACK; i += blockDim.x) ek_tc_mlp_pack[i] = bp[i];
-  __syncthreads();
+  ek_tc_pack_to_shared(ek_tc_mlp_pack, bp, EK_TC_MLP_PACK);
   ek_mlp_backward_tc_body(edges, nb, emb, ek_tc_mlp_pack, c, g_last, g_emb, accumulate,
                           prefetch);
 #endif
@@ -1755,8 +1761,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK)
                            const float4* __restrict__ bp, real c, real* out, real* cat) {
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
   EK_DYN_SHARED(float4, ek_tc_mlp_pack, EK_TC_MLP_PACK_FWD);
-  for (int i = threadIdx.x; i < EK_TC_MLP_PACK_FWD; i += blockDim.x) ek_tc_mlp_pack[i] = bp[i];
-  __syncthreads();
+  ek_tc_pack_to_shared(ek_tc_mlp_pack, bp, EK_TC_MLP_PACK_FWD);
   ek_mlp_forward_tc_body(edges, nb, emb, ek_tc_mlp_pack, c, out, cat);
 #endif
 }
