@@ -15,7 +15,7 @@ use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
 use equikern_model::cuda_model::tables::{
     kernel_source, kernel_source_with, kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape,
     mlp_pack, tc_gemm_iterations, tf32, tf32x3_mma_fragments, tf32x3_nt_pack, GateTable,
-    LinearTable, MlpKernels, LINEAR_PATH_DIMS, MLP_MAX_WIDTH,
+    LinearTable, LinearTc, MlpKernels, LINEAR_PATH_DIMS, MLP_MAX_WIDTH,
 };
 use equikern_model::nn::{BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
 use equikern_model::{Scalar, SevenNet};
@@ -108,6 +108,12 @@ extern "C" void t_mlp_forward_tc_smem(u64 E, int nb, const real* emb, const floa
     real* out, real* cat) {
   grid_threads(2 * 256, [&] { ek_mlp_forward_tc_smem(E, nb, emb, bp, c, out, cat); });
 }
+// ek_linear_tc as the host launches it (a block per item; the emulated grid's 3 blocks stride
+// over them)
+extern "C" void t_linear_tc(u64 it, u64 N, int njobs, const int* tab, const float4* wp,
+    const real* x, u64 ldx, real alpha, int acc, real* y, u64 ldy) {
+  grid_threads(it, [&] { ek_linear_tc(N, njobs, tab, wp, x, ldx, alpha, acc, y, ldy); });
+}
 extern "C" void t_accumulate(u64 n, real* dst, const real* src, int first) {
   grid(n, [&] { ek_accumulate(n, dst, src, first); });
 }
@@ -182,7 +188,7 @@ fn tmpdir(tag: &str) -> PathBuf {
 
 /// Relative L2 error of `a` against `b`, with the largest absolute difference and its index
 /// (the first bad element is what a failing kernel needs to be debugged).
-fn rel<A: Scalar, B: Scalar>(what: &str, a: &[A], b: &[B], tol: f64) {
+fn rel<A: Scalar, B: Scalar>(what: &str, a: &[A], b: &[B], tol: f64) -> f64 {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     let (mut num, mut den, mut worst, mut at) = (0.0f64, 0.0f64, 0.0f64, 0usize);
     let mut first_nan = None;
@@ -218,6 +224,7 @@ fn rel<A: Scalar, B: Scalar>(what: &str, a: &[A], b: &[B], tol: f64) {
         a[at].to_f64(),
         b[at].to_f64()
     );
+    r
 }
 
 fn rnd(r: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<f64> {
@@ -624,6 +631,115 @@ fn check_linears_tf32x3(k: &K<f32>, m: &SevenNet<f32>, r: &mut rand_chacha::ChaC
         }
     }
     println!("  3xTF32 right factors of the Linears (forward and transposed): {bytes} bytes");
+}
+
+type LinearTcFn = unsafe extern "C" fn(
+    u64,
+    u64,
+    i32,
+    *const i32,
+    *const f32,
+    *const f32,
+    u64,
+    f32,
+    i32,
+    *mut f32,
+    u64,
+);
+
+/// Every Linear of the model (forward and transposed) by one `ek_linear_tc` launch (the
+/// emulated tensor cores, 3xTF32): node counts off the kernel's tiles (1, 37, and 300 for the
+/// small models: items beyond the grid's blocks), overwriting a NaN-poisoned output and
+/// accumulating onto random values with alpha: every element within the f32 tolerance of
+/// the host Linear; and the split must be there: the B pack with its `lo` halves zeroed is
+/// ≥ 20× worse. The small models' rows are not 16-byte aligned (the kernel's scalar copies),
+/// 7net-0's are (`cp.async`; multiplicities past one 32-channel chunk and one 64-channel
+/// column tile, several paths into one output block).
+fn check_linears_tc(k: &K<f32>, name: &str, m: &SevenNet<f32>, r: &mut rand_chacha::ChaCha8Rng) {
+    let f = sym!(k, b"t_linear_tc", LinearTcFn);
+    let mut all: Vec<(String, &Linear<f32>)> = vec![
+        ("embed".into(), &m.embed),
+        ("readout_hidden".into(), &m.readout_hidden),
+        ("readout_energy".into(), &m.readout_energy),
+    ];
+    for (t, l) in m.layers.iter().enumerate() {
+        all.push((format!("{t}.sc"), &l.sc));
+        all.push((format!("{t}.lin1"), &l.lin1));
+        all.push((format!("{t}.lin2"), &l.lin2));
+    }
+    let sizes: &[usize] = if name == "7net-0" {
+        &[1, 37]
+    } else {
+        &[1, 37, 300]
+    };
+    let mut worst = 0.0f64;
+    for (lname, l) in all {
+        for transpose in [false, true] {
+            let t = if transpose {
+                LinearTable::transpose(l).unwrap()
+            } else {
+                LinearTable::forward(l).unwrap()
+            };
+            let Some((gemms, kron)) = &t.kron else {
+                continue;
+            };
+            let tc = LinearTc::new(gemms, kron)
+                .unwrap()
+                .expect("dims ≤ 7 have tiles");
+            let nolo: Vec<f32> = tc
+                .pack
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| if i % 4 >= 2 { 0.0 } else { v })
+                .collect();
+            for &n in sizes {
+                let x: Vec<f32> = cast(&rnd(r, n * t.dim_in));
+                let host = if transpose {
+                    l.backward(&x)
+                } else {
+                    l.forward(&x)
+                };
+                let run = |pack: &[f32], alpha: f32, acc: bool, y0: &[f32]| -> Vec<f32> {
+                    let mut y = y0.to_vec();
+                    // SAFETY: x [n, dim_in], y [n, dim_out], the table and pack of `tc`.
+                    unsafe {
+                        f(
+                            tc.iterations(n),
+                            n as u64,
+                            tc.jobs() as i32,
+                            tc.tab.as_ptr(),
+                            pack.as_ptr(),
+                            x.as_ptr(),
+                            t.dim_in as u64,
+                            alpha,
+                            i32::from(acc),
+                            y.as_mut_ptr(),
+                            t.dim_out as u64,
+                        )
+                    };
+                    y
+                };
+                let tr = if transpose { " transposed" } else { "" };
+                let what = format!("ek_linear_tc {lname}{tr} n {n}");
+                let y = run(&tc.pack, 1.0, false, &vec![f32::NAN; n * t.dim_out]);
+                let e = rel(&what, &y, &host, tol::<f32>());
+                worst = worst.max(e);
+                let y0: Vec<f32> = cast(&rnd(r, n * t.dim_out));
+                let y = run(&tc.pack, 0.7, true, &y0);
+                let want: Vec<f32> = host.iter().zip(&y0).map(|(h, a)| 0.7 * h + a).collect();
+                worst = worst.max(rel(&format!("{what} (alpha, +=)"), &y, &want, tol::<f32>()));
+                if n == 37 {
+                    let y = run(&nolo, 1.0, false, &vec![f32::NAN; n * t.dim_out]);
+                    let e2 = rel_l2(&y, &host.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+                    assert!(
+                        e2 >= 20.0 * e.max(1e-9),
+                        "{what}: the split does not show: 3xTF32 {e:.2e}, without B lo {e2:.2e}"
+                    );
+                }
+            }
+        }
+    }
+    println!("  ek_linear_tc: every Linear forward and transposed, worst rel L2 {worst:.2e}");
 }
 
 fn check_gates<T: Scalar>(k: &K<T>, gates: &[&Gate<T>], r: &mut rand_chacha::ChaCha8Rng) {
@@ -1322,6 +1438,7 @@ fn run_all<T: Scalar>(models: &[(&str, SevenNet<T>)]) {
             check_linears(&k, m, &mut r);
             if let Some(k32) = &k32 {
                 check_linears_tf32x3(k32, &m.cast::<f32>(), &mut r);
+                check_linears_tc(k32, name, &m.cast::<f32>(), &mut r);
             }
             let gates: Vec<&Gate<T>> = m.layers.iter().map(|l| &l.gate).collect();
             check_gates(&k, &gates, &mut r);
@@ -1926,6 +2043,20 @@ fn mlp_kernels_registers_sm90() {
                     x[i + 5..].split(' ').next()?.parse::<u32>().ok()
                 });
                 assert!(regs.is_some_and(|r| r <= 128), "{l}: registers {regs:?}");
+            }
+            if l.contains("Compiling entry function 'ek_linear_tc") && name == "f32" {
+                // 32 accumulators + 32 partials + fragments per lane within the 128 registers
+                // of its two blocks per SM (`__launch_bounds__(EK_BLOCK, 2)`): sm_90 spills 40
+                // bytes (the item's table values, outside the k loop); kilobytes would mean
+                // the accumulators went to memory
+                let block: Vec<&str> = lines[i..].iter().take(5).copied().collect();
+                println!("{name}: {}", block.join("\n    "));
+                let spill = spill_bytes(&block);
+                assert!(
+                    spill <= 64,
+                    "{l}: {spill} bytes spilled: {}",
+                    block.join(" | ")
+                );
             }
             if l.contains("Compiling entry function 'ek_gemm_tf32x3_nt") {
                 let block: Vec<&str> = lines[i..].iter().take(5).copied().collect();

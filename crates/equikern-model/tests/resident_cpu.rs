@@ -67,6 +67,7 @@ extern "C" void l_ek_mlp_forward_tc_smem(void** p, u64 it) { grid_threads(it, [&
 extern "C" void l_ek_mlp_forward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_forward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,W), A(6,W)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W), A(8,int)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt_pipe(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt_pipe(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
+extern "C" void l_ek_linear_tc(void** p, u64 it) { grid_threads(it, [&] { ek_linear_tc(A(0,u64), A(1,int), A(2,const int*), (const float4*)A(3,R), A(4,R), A(5,u64), A(6,real), A(7,int), A(8,W), A(9,u64)); }); }
 extern "C" void l_ek_split_tf32_rows(void** p, u64 it) { grid(it, [&] { ek_split_tf32_rows(A(0,u64), A(1,int), A(2,R), A(3,u64), A(4,W), A(5,u64)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
 extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }
@@ -120,6 +121,8 @@ struct HostExec<T> {
     ntp_launches: std::cell::Cell<usize>,
     /// ... of them `ek_linear_path`.
     lp_launches: std::cell::Cell<usize>,
+    /// ... of them `ek_linear_tc`.
+    ltc_launches: std::cell::Cell<usize>,
     /// ... of them `ek_mlp_hidden`.
     mh_launches: std::cell::Cell<usize>,
     /// ... of them `ek_split_tf32`.
@@ -200,6 +203,7 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         tc_launches: std::cell::Cell::new(0),
         ntp_launches: std::cell::Cell::new(0),
         lp_launches: std::cell::Cell::new(0),
+        ltc_launches: std::cell::Cell::new(0),
         mh_launches: std::cell::Cell::new(0),
         split_launches: std::cell::Cell::new(0),
         mlp_tc_launches: std::cell::Cell::new(0),
@@ -375,6 +379,9 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         }
         if matches!(k, Kern::LinearPath3 | Kern::LinearPath5 | Kern::LinearPath7) {
             self.lp_launches.set(self.lp_launches.get() + 1);
+        }
+        if k == Kern::LinearTc {
+            self.ltc_launches.set(self.ltc_launches.get() + 1);
         }
         // SAFETY: the launcher reads the parameters in the kernel's order; the step sized
         // every buffer (the same code as on the GPU).
@@ -707,6 +714,10 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         // mode 1 (fused, recomputing): the last hidden activations kept for the recomputation
         let keep_h = mode == 1;
         ev.set_keep_h(keep_h);
+        // the recomputing modes (1, 2, 4): every f32 Linear by one `ek_linear_tc` launch
+        // (the shipped default); the others keep the per-path products and `ek_linear`
+        let linear_tc = !keep;
+        ev.set_linear_tc(linear_tc);
         println!(
             "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}, two-pass: {two_pass}, tensor-core backward: {tc_bwd}, 3xTF32 forward mma: {}]",
             ev.describe(),
@@ -808,6 +819,13 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
             assert_eq!(ntp, 0, "ek_gemm_tf32x3_nt_pipe ran in mode {mode}");
         } else if label == "7net-0" {
             assert_eq!(ntp, tc, "7net-0 mode 0: every backward product pipelined");
+        }
+        let ltc = ev.exec().ltc_launches.get();
+        println!("  {ltc} launches of ek_linear_tc");
+        if linear_tc && T::NAME == "f32" {
+            assert!(ltc > 0, "no ek_linear_tc launch with it on");
+        } else {
+            assert_eq!(ltc, 0, "ek_linear_tc launched in mode {mode} ({})", T::NAME);
         }
         let lp = ev.exec().lp_launches.get();
         println!("  {lp} launches of ek_linear_path");

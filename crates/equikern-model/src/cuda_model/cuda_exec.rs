@@ -499,6 +499,9 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
                     Kern::LinearPath3 | Kern::LinearPath5 | Kern::LinearPath7,
                     [Arg::U64(m), Arg::I32(mi), Arg::I32(mo), ..],
                 ) => format!("{} m{m} {mi} -> {mo}", k.name()),
+                (Kern::LinearTc, [Arg::U64(m), Arg::I32(jobs), .., Arg::U64(ldy)]) => {
+                    format!("{} m{m} jobs{jobs} ->{ldy}", k.name())
+                }
                 _ => k.name().to_string(),
             },
             || self.launch_now(k, iterations, args),

@@ -42,8 +42,8 @@ use super::gemm::DevReal;
 use super::tables::{
     kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape, mlp_pack, mlp_tc_fits,
     mlp_tc_iterations, mlp_tc_pack, tc_gemm_iterations, tf32x3_mma_fragments, tf32x3_nt_pack,
-    tf32x3_right, GateTable, KronGemm, LinearTable, MlpKernels, LINEAR_ROWS, MLP_TC_PACK_BYTES,
-    MLP_TC_PACK_FWD_BYTES, TC_MAX_N,
+    tf32x3_right, GateTable, KronGemm, LinearTable, LinearTc, MlpKernels, LINEAR_ROWS,
+    MLP_TC_PACK_BYTES, MLP_TC_PACK_FWD_BYTES, TC_MAX_N,
 };
 use crate::backend::DeviceCounters;
 use crate::error::{ModelError, Result};
@@ -106,6 +106,16 @@ struct DevLinear<T: Pod, D: Memory> {
     /// f32 with the 3xTF32 Linears on ([`TF32X3_LINEAR_ENV`]): each product's right factor
     /// `[K_hi; K_lo; K_hi]` (`tables::kron_tf32x3_right`): per-product offsets and the buffer.
     kron_tf32: Option<(Vec<usize>, Buf<T, D>)>,
+    /// f32: the map as one `ek_linear_tc` launch (`tables::LinearTc`: table, B pack, nodes
+    /// per item of each job); `None` where a block's dimension has no tile.
+    tc: Option<DevLinearTc<T, D>>,
+}
+
+/// `tables::LinearTc` on the device: its table and B pack, and each job's nodes per item.
+struct DevLinearTc<T: Pod, D: Memory> {
+    tab: Buf<i32, D>,
+    pack: Buf<T, D>,
+    nodes_per_item: Vec<usize>,
 }
 
 /// A radial MLP's hidden layers as `ek_mlp_hidden[_backward]` read them.
@@ -274,6 +284,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     mlp_tc_smem: bool,
     /// Fused MLP, `w` recomputed: keep each layer's last hidden activation ([`KEEP_H_ENV`]).
     keep_h: bool,
+    /// f32 Linears by `ek_linear_tc` where they have its table ([`LINEAR_TC_ENV`]).
+    linear_tc: bool,
 }
 
 /// SevenNet resident on one CUDA device (see the module docs).
@@ -407,6 +419,14 @@ pub const PREFETCH_ENV: &str = "EQUIKERN_MODEL_PREFETCH";
 /// elsewhere the older kernel runs.
 pub const NT_PIPE_ENV: &str = "EQUIKERN_MODEL_NT_PIPE";
 
+/// Environment variable: unless `0`, each f32 e3nn Linear (blocks of dim ≤ 8) runs as one
+/// `ek_linear_tc` launch — every path on tensor cores (3xTF32) as `dim` products over the
+/// nodes, the input rows staged through shared memory — where the device has TF32 `mma`,
+/// instead of one cuBLAS product per path with `W ⊗ I_dim` (dim times the multiply-adds;
+/// at Si 4,096 atoms 74 products per step ≈ 1.9 ms, at 32,768 ≈ 10 ms in the session-13
+/// profiles).
+pub const LINEAR_TC_ENV: &str = "EQUIKERN_MODEL_LINEAR_TC";
+
 /// Environment variable: unless `0`, the radial MLP's backward on tensor cores
 /// ([`MLP_TC_ENV`]) runs by `ek_mlp_backward_tc_smem`: the weight pack (72 KB, read whole by
 /// every warp per 16 edges) copied once per block into shared memory and read from there
@@ -466,6 +486,20 @@ fn cast<T: DevReal>(v: &[f64]) -> Vec<T> {
 
 impl<T: DevReal, D: Memory> DevLinear<T, D> {
     fn new(d: &D, mem: &Arc<Mem>, t: LinearTable) -> Result<Self> {
+        let tc = match &t.kron {
+            Some((g, k)) if T::NAME == "f32" => match LinearTc::new(g, k)? {
+                Some(tc) => {
+                    let pack: Vec<f64> = tc.pack.iter().map(|&v| f64::from(v)).collect();
+                    Some(DevLinearTc {
+                        tab: Buf::from_host(d, mem, &tc.tab)?,
+                        pack: Buf::from_host(d, mem, &cast::<T>(&pack))?,
+                        nodes_per_item: tc.nodes_per_item,
+                    })
+                }
+                None => None,
+            },
+            _ => None,
+        };
         // Only products whose rows start 16-byte aligned (cuBLAS's vectorised kernels); the
         // others (the 89-wide one-hot embedding, the 64 → 1 readout) are small and stay on
         // `ek_linear`. (Their slow first profile, 6.3 ms, was cuBLAS's one-time set-up
@@ -492,6 +526,7 @@ impl<T: DevReal, D: Memory> DevLinear<T, D> {
             },
             // made by `Resident::place_linear_tf32` while the 3xTF32 Linears are on
             kron_tf32: None,
+            tc,
         })
     }
     fn fwd(d: &D, mem: &Arc<Mem>, l: &Linear<T>) -> Result<Self> {
@@ -730,6 +765,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             nt_pipe: std::env::var(NT_PIPE_ENV).as_deref() != Ok("0"),
             mlp_tc_smem: std::env::var(MLP_TC_SMEM_ENV).as_deref() != Ok("0"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
+            linear_tc: std::env::var(LINEAR_TC_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -813,6 +849,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// [`NT_PIPE_ENV`]).
     pub fn set_nt_pipe(&mut self, on: bool) {
         self.nt_pipe = on;
+    }
+
+    /// The f32 Linears by `ek_linear_tc` where they can run (see [`LINEAR_TC_ENV`]).
+    pub fn set_linear_tc(&mut self, on: bool) {
+        self.linear_tc = on;
     }
 
     /// The tensor-core MLP backward with its pack in shared memory where it can run (see
@@ -1138,7 +1179,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
             (self.linear_paths, ws.keep_h, self.mlp_split).hash(&mut h);
             (self.mlp_tc, self.mlp_tc_fwd, self.prefetch, self.nt_pipe).hash(&mut h);
-            self.mlp_tc_smem.hash(&mut h);
+            (self.mlp_tc_smem, self.linear_tc).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -1319,6 +1360,31 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         }
         if D::capacity(x) < n * l.dim_in || D::capacity(y) < n * l.dim_out {
             return Err(err("linear: workspace too small"));
+        }
+        // One tensor-core launch for the whole map where it can run.
+        if let Some(tc) =
+            l.tc.as_ref()
+                .filter(|_| self.linear_tc && self.d.tensor_cores())
+        {
+            let y: &D::Buf<T> = y;
+            let per_item = &tc.nodes_per_item;
+            let iterations = LinearTc::iterations_of(per_item, n);
+            return self.d.launch(
+                Kern::LinearTc,
+                iterations,
+                &[
+                    Arg::U64(n as u64),
+                    Arg::I32(per_item.len() as i32),
+                    Arg::I32s(&tc.tab.s),
+                    Arg::Real(&tc.pack.s, 0),
+                    Arg::Real(x, 0),
+                    Arg::U64(l.dim_in as u64),
+                    Arg::Val(alpha),
+                    Arg::I32(i32::from(accumulate)),
+                    Arg::Real(y, 0),
+                    Arg::U64(l.dim_out as u64),
+                ],
+            );
         }
         // Dense products where the device has them.
         if let Some((gemms, kron)) = &l.kron {

@@ -56,6 +56,7 @@ pub enum Kern {
     MlpForwardTc,
     MlpForwardTcSmem,
     SplitTf32Rows,
+    LinearTc,
     Readout,
     Forces,
     VirialPartial,
@@ -63,7 +64,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 31] = [
+    pub const ALL: [Kern; 32] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -91,6 +92,7 @@ impl Kern {
         Kern::MlpForwardTc,
         Kern::MlpForwardTcSmem,
         Kern::SplitTf32Rows,
+        Kern::LinearTc,
         Kern::Readout,
         Kern::Forces,
         Kern::VirialPartial,
@@ -127,6 +129,7 @@ impl Kern {
             Kern::MlpForwardTc => "ek_mlp_forward_tc",
             Kern::MlpForwardTcSmem => "ek_mlp_forward_tc_smem",
             Kern::SplitTf32Rows => "ek_split_tf32_rows",
+            Kern::LinearTc => "ek_linear_tc",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",
             Kern::VirialPartial => "ek_virial_partial",

@@ -1462,6 +1462,183 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 }
 
 // ---------------------------------------------------------------------------------------
+// A whole e3nn Linear in one launch on tensor cores (3xTF32): y[:, out blocks] (+)= alpha ·
+// Σ_paths x[:, in block] · (coef·W_path ⊗ I_dim), each path done as `dim` products over the
+// nodes with the component m fixed (A[node, u] = x[node, in_off + u·dim + m]), so the
+// identity's zeros are never multiplied (cuBLAS's `W ⊗ I_dim` products do dim times the
+// work) and a Linear is one launch instead of one per path (7net-0 at 4,096 atoms: 74
+// products per step, ≈ 1.9 ms, each only a few microseconds of work).
+// A block item is (a tile of `nb` nodes, a job: an output block's column tile of ≤ 64
+// channels and the paths into it); its warps take one (16-node sub-tile, m) each ((nb/16) ·
+// dim ≤ 8: the host's choice of nb). The paths' input rows go through shared memory in
+// chunks of 32 input channels (all components: 32·dim contiguous floats per node; cp.async
+// where 16-byte aligned, zeros past the path's channels and past the last node),
+// double-buffered; each lane reads its A values from the stage where they are used (row
+// stride ≡ 4·dim mod 32 words: a warp's 32 reads fall on distinct banks for odd dim) and
+// its B values pre-split from the pack (`tables::linear_tc`: per path, k step and n tile a
+// float4 per lane, read through L1). Each chunk's 3xTF32 products go to a fresh partial sum
+// added in FP32 (as in ek_tc_chunk). The output tile goes through shared memory so that
+// each node's part of the block is written contiguously (added to y with `accumulate`).
+// Table: EK_LTC_JOB ints per job (out_off, dim, v0, nv, nb, first path, end path, 0), then
+// EK_LTC_PATH ints per path (in_off, mul_in, mul_out, pack offset in float4s). f32 with TF32
+// mma only (the host launches it nowhere else).
+#define EK_LTC_STAGE 4608
+#define EK_LTC_JOB 8
+#define EK_LTC_PATH 4
+// Row padding of the input stage (32·dim + pad floats) and the output tile (64·dim + pad).
+__device__ __forceinline__ int ek_ltc_pad(int dim) { return (4 * dim) & 31; }
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+// Chunk c of a path's input rows (nodes node0 .. node0 + nb) into stage `st` (row stride S),
+// as one commit group.
+__device__ __forceinline__ void ek_ltc_issue(float* st, const float* __restrict__ x, u64 ldx,
+                                             u64 nodes, u64 node0, int nb, int dim, int S,
+                                             int in_off, int mul_in, int c) {
+  const int left = mul_in - 32 * c;
+  const int len = (left < 32 ? left : 32) * dim;  // the path's floats of a row in this chunk
+  const int w = 32 * dim;                          // floats of a staged row
+  const float* src = x + (u64)in_off + (u64)(32 * c) * dim;
+  if ((ldx & 3) == 0 && ((u64)src & 15) == 0 && (len & 3) == 0) {
+    const int q = w / 4;
+    for (int i = threadIdx.x; i < nb * q; i += blockDim.x) {
+      const int r = i / q, col = 4 * (i - r * q);
+      const u64 node = node0 + r;
+      float* d = st + r * S + col;
+      if (node < nodes && col < len) {
+        ek_cp_async16(d, src + node * ldx + col);
+      } else {
+        *(float4*)d = float4{0.0f, 0.0f, 0.0f, 0.0f};
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < nb * w; i += blockDim.x) {
+      const int r = i / w, col = i - r * w;
+      const u64 node = node0 + r;
+      st[r * S + col] = node < nodes && col < len ? src[node * ldx + col] : 0.0f;
+    }
+  }
+  ek_cp_async_commit();
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
+    ek_linear_tc(u64 nodes, int njobs, const int* __restrict__ tab,
+                 const float4* __restrict__ wp, const real* __restrict__ x, u64 ldx, real alpha,
+                 int accumulate, real* __restrict__ y, u64 ldy) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  __shared__ __align__(16) float ek_ltc_smem[2 * EK_LTC_STAGE];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int* paths = tab + EK_LTC_JOB * njobs;
+  u64 items = 0;
+  for (int j = 0; j < njobs; ++j) {
+    const u64 nb = (u64)tab[EK_LTC_JOB * j + 4];
+    items += (nodes + nb - 1) / nb;
+  }
+  for (u64 item = blockIdx.x; item < items; item += gridDim.x) {
+    int j = 0;
+    u64 tile = item;
+    for (;; ++j) {
+      const u64 nb = (u64)tab[EK_LTC_JOB * j + 4], tiles = (nodes + nb - 1) / nb;
+      if (tile < tiles) break;
+      tile -= tiles;
+    }
+    const int* J = tab + EK_LTC_JOB * j;
+    const int out_off = J[0], dim = J[1], v0 = J[2], nv = J[3], nb = J[4], p0 = J[5], p1 = J[6];
+    const u64 node0 = tile * (u64)nb;
+    const int S = 32 * dim + ek_ltc_pad(dim);
+    const int sub = warp / dim, m = warp - sub * dim;
+    const bool active = sub < nb / 16;
+    const int nts = (nv + 7) / 8;
+    int stages = 0;
+    for (int p = p0; p < p1; ++p) stages += (paths[EK_LTC_PATH * p + 1] + 31) / 32;
+    float acc[8][4];
+    EK_UNROLL
+    for (int jn = 0; jn < 8; ++jn)
+      EK_UNROLL
+      for (int q = 0; q < 4; ++q) acc[jn][q] = 0.0f;
+    int ip = p0, ic = 0;  // the stage being multiplied: path, chunk
+    int fp = p0, fc = 0;  // the next stage to copy
+    for (int s = -1; s < stages; ++s) {
+      // copy stage s + 1 (stage 0 before the first product)
+      if (s + 1 < stages) {
+        const int* P = paths + EK_LTC_PATH * fp;
+        ek_ltc_issue(ek_ltc_smem + ((s + 1) & 1) * EK_LTC_STAGE, x, ldx, nodes, node0, nb, dim,
+                     S, P[0], P[1], fc);
+        if (32 * ++fc >= P[1]) fc = 0, ++fp;
+      }
+      if (s < 0) continue;
+      if (s + 1 < stages) {
+        ek_cp_async_wait<1>();
+      } else {
+        ek_cp_async_wait<0>();
+      }
+      __syncthreads();  // stage s is in shared memory (every thread's copies)
+      if (active) {
+        const int* P = paths + EK_LTC_PATH * ip;
+        const int left = P[1] - 32 * ic;
+        const int ksn = ((left < 32 ? left : 32) + 7) / 8;
+        const int ntt = (P[2] + 7) / 8;  // n tiles of the path's pack
+        const float* st = ek_ltc_smem + (s & 1) * EK_LTC_STAGE + (16 * sub + g) * S + m;
+        const float4* bp = wp + (u64)P[3] + (u64)(4 * ic * ntt + v0 / 8) * 32 + lane;
+        float part[8][4];
+        EK_UNROLL
+        for (int jn = 0; jn < 8; ++jn)
+          EK_UNROLL
+          for (int q = 0; q < 4; ++q) part[jn][q] = 0.0f;
+        for (int ks = 0; ks < ksn; ++ks) {
+          unsigned ahi[4], alo[4];
+          const int u = 8 * ks + t;
+          // a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
+          ek_tc_split(st[u * dim], &ahi[0], &alo[0]);
+          ek_tc_split(st[8 * S + u * dim], &ahi[1], &alo[1]);
+          ek_tc_split(st[(u + 4) * dim], &ahi[2], &alo[2]);
+          ek_tc_split(st[8 * S + (u + 4) * dim], &ahi[3], &alo[3]);
+          const float4* b = bp + (u64)ks * ntt * 32;
+          EK_UNROLL
+          for (int jn = 0; jn < 8; ++jn)
+            if (jn < nts) ek_mma3(part[jn], ahi, alo, b[jn * 32]);
+        }
+        EK_UNROLL
+        for (int jn = 0; jn < 8; ++jn)
+          EK_UNROLL
+          for (int q = 0; q < 4; ++q) acc[jn][q] += part[jn][q];
+      }
+      __syncthreads();  // every warp is done with stage s: the next copy refills its buffer
+      if (32 * ++ic >= paths[EK_LTC_PATH * ip + 1]) ic = 0, ++ip;
+    }
+    // alpha · acc into the output tile (row stride So; d0 (g, 2t), d1 (g, 2t+1), d2 (g+8,
+    // 2t), d3 (g+8, 2t+1)), then the tile's rows into y, contiguous per node
+    const int So = 64 * dim + ek_ltc_pad(dim);
+    if (active) {
+      float* o = ek_ltc_smem + (16 * sub + g) * So + m;
+      EK_UNROLL
+      for (int jn = 0; jn < 8; ++jn)
+        EK_UNROLL
+        for (int h = 0; h < 2; ++h)
+          EK_UNROLL
+          for (int q = 0; q < 2; ++q) {
+            const int v = 8 * jn + 2 * t + q;
+            if (v < nv) o[8 * h * So + v * dim] = alpha * acc[jn][2 * h + q];
+          }
+    }
+    __syncthreads();
+    const int w = nv * dim;
+    real* yb = y + (u64)out_off + (u64)v0 * dim;
+    for (int i = threadIdx.x; i < nb * w; i += blockDim.x) {
+      const int r = i / w, col = i - r * w;
+      const u64 node = node0 + r;
+      if (node < nodes) {
+        real* d = yb + node * ldy + col;
+        const float v = ek_ltc_smem[r * So + col];
+        *d = accumulate ? *d + v : v;
+      }
+    }
+    __syncthreads();  // the tile is read before the next item's first copy
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
 // The fused radial MLP's backward on tensor cores (3xTF32), for hidden shape [nb ≤ 8, 64, 64]
 // (SevenNet's): from g_last = ∂/∂h2 [E, 64] and emb [E, nb] to g_emb [E, nb] (+= with
 // `accumulate`), recomputing the forward, with every product a warp-wide `mma.m16n8k8`:

@@ -613,6 +613,148 @@ pub fn kron_tf32x3_right(gemms: &[KronGemm], kron: &[f64]) -> Result<(Vec<usize>
     Ok((off, out))
 }
 
+/// Floats of one of `ek_linear_tc`'s two input stages (`EK_LTC_STAGE`; the output tile
+/// reuses both).
+pub const LINEAR_TC_STAGE: usize = 4608;
+
+/// Input channels per stage of `ek_linear_tc` (its k chunk).
+const LINEAR_TC_KC: usize = 32;
+
+/// Output channels per `ek_linear_tc` job (a column tile: 8 n tiles of 8).
+const LINEAR_TC_COLS: usize = 64;
+
+/// `ek_linear_tc`'s row padding (`ek_ltc_pad`): strides ≡ 4·dim (mod 32 words).
+fn linear_tc_pad(dim: usize) -> usize {
+    (4 * dim) & 31
+}
+
+/// Nodes per block item of `ek_linear_tc` for blocks of irrep dimension `dim`: 16 per warp
+/// and component, as many 16-node sub-tiles as fill the block's 8 warps, if the input stage
+/// and the output tile fit; `None` beyond (dim > 8: the host keeps the library products).
+pub fn linear_tc_nodes(dim: usize) -> Option<usize> {
+    let warps = (BLOCK_THREADS / 32) as usize;
+    if dim == 0 || dim > warps {
+        return None;
+    }
+    let nb = 16 * (warps / dim);
+    let stage = nb * (LINEAR_TC_KC * dim + linear_tc_pad(dim));
+    let tile = nb * (LINEAR_TC_COLS * dim + linear_tc_pad(dim));
+    (stage <= LINEAR_TC_STAGE && tile <= 2 * LINEAR_TC_STAGE).then_some(nb)
+}
+
+/// A Linear as `ek_linear_tc` runs it (see kernels.cu): the job and path table, the B pack
+/// (`coef · W` per path, per k step, n tile and lane the float4 `hi(b0), hi(b1), lo(b0),
+/// lo(b1)` of `b0 = B[8s + t][8c + g]`, `b1 = B[8s + t + 4][8c + g]`, zeros past the path's
+/// channels) and each job's nodes per item.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearTc {
+    pub tab: Vec<i32>,
+    pub pack: Vec<f32>,
+    pub nodes_per_item: Vec<usize>,
+}
+
+impl LinearTc {
+    /// Jobs in the table.
+    pub fn jobs(&self) -> usize {
+        self.nodes_per_item.len()
+    }
+
+    /// Grid-stride iterations of a launch over `nodes` rows: a block per item.
+    pub fn iterations(&self, nodes: usize) -> u64 {
+        Self::iterations_of(&self.nodes_per_item, nodes)
+    }
+
+    /// [`Self::iterations`] from the jobs' nodes per item.
+    pub fn iterations_of(nodes_per_item: &[usize], nodes: usize) -> u64 {
+        let items: usize = nodes_per_item.iter().map(|&nb| nodes.div_ceil(nb)).sum();
+        (items * BLOCK_THREADS as usize) as u64
+    }
+
+    /// The table of the products `gemms` (in output-block order, [`LinearTable::kron`]) over
+    /// the `kron` buffer (the path weights are read back from `W ⊗ I` at `m = 0`); `None`
+    /// if some block's dimension has no [`linear_tc_nodes`].
+    pub fn new(gemms: &[KronGemm], kron: &[f64]) -> Result<Option<Self>> {
+        let mut jobs: Vec<[i32; 8]> = Vec::new();
+        let mut paths: Vec<[i32; 4]> = Vec::new();
+        let mut pack: Vec<f32> = Vec::new();
+        let mut nodes_per_item = Vec::new();
+        let mut i = 0;
+        while i < gemms.len() {
+            let g0 = &gemms[i];
+            let end = i + 1 + gemms[i + 1..].iter().take_while(|g| !g.first).count();
+            let Some(nb) = linear_tc_nodes(g0.dim) else {
+                return Ok(None);
+            };
+            let p0 = paths.len();
+            for (j, g) in gemms[i..end].iter().enumerate() {
+                if g.out_off != g0.out_off || g.dim != g0.dim || g.mul_out != g0.mul_out {
+                    return Err(ModelError::Unsupported(format!(
+                        "linear product {}: output block {} differs from its group's {}",
+                        i + j,
+                        g.out_off,
+                        g0.out_off
+                    )));
+                }
+                if kron.len() < g.k_off + g.k * g.n || g.k != g.mul_in * g.dim {
+                    return Err(ModelError::Unsupported(format!(
+                        "linear product {}: K [{}, {}] at {} past the kron buffer ({})",
+                        i + j,
+                        g.k,
+                        g.n,
+                        g.k_off,
+                        kron.len()
+                    )));
+                }
+                let w = |u: usize, v: usize| -> f32 {
+                    if u < g.mul_in && v < g.mul_out {
+                        (g.coef * kron[g.k_off + u * g.dim * g.n + v * g.dim]) as f32
+                    } else {
+                        0.0
+                    }
+                };
+                let off = pack.len() / 4;
+                for s in 0..g.mul_in.div_ceil(8) {
+                    for c in 0..g.mul_out.div_ceil(8) {
+                        for l in 0..32 {
+                            let (gg, t) = (l / 4, l % 4);
+                            let (b0, b1) = (w(8 * s + t, 8 * c + gg), w(8 * s + t + 4, 8 * c + gg));
+                            let (h0, h1) = (tf32(b0), tf32(b1));
+                            pack.extend([h0, h1, tf32(b0 - h0), tf32(b1 - h1)]);
+                        }
+                    }
+                }
+                paths.push([
+                    i32_of(g.in_off, "linear input offset")?,
+                    i32_of(g.mul_in, "linear multiplicity")?,
+                    i32_of(g.mul_out, "linear multiplicity")?,
+                    i32_of(off, "linear pack offset")?,
+                ]);
+            }
+            for v0 in (0..g0.mul_out).step_by(LINEAR_TC_COLS) {
+                jobs.push([
+                    i32_of(g0.out_off, "linear output offset")?,
+                    g0.dim as i32,
+                    v0 as i32,
+                    (g0.mul_out - v0).min(LINEAR_TC_COLS) as i32,
+                    nb as i32,
+                    p0 as i32,
+                    paths.len() as i32,
+                    0,
+                ]);
+                nodes_per_item.push(nb);
+            }
+            i = end;
+        }
+        let mut tab: Vec<i32> = jobs.concat();
+        tab.extend(paths.concat());
+        Ok(Some(LinearTc {
+            tab,
+            pack,
+            nodes_per_item,
+        }))
+    }
+}
+
 /// Widest radial-MLP layer (input or hidden) the fused kernels are generated for.
 pub const MLP_MAX_WIDTH: usize = 128;
 
