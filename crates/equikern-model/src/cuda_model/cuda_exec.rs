@@ -6,7 +6,8 @@ use super::buffers::drv;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::{DevReal, Gemmer};
 use super::tables::{
-    model_kernel_source, MLP_TC_PACK_BYTES, MLP_TC_PACK_FWD_BYTES, NT_PIPE_SMEM_BYTES,
+    model_kernel_source, LINEAR_TC_SMEM_BYTES, MLP_TC_PACK_BYTES, MLP_TC_PACK_FWD_BYTES,
+    NT_PIPE_SMEM_BYTES,
 };
 use super::{launch_cfg, BLOCK};
 use crate::error::{ModelError, Result};
@@ -47,10 +48,11 @@ pub struct CudaExec<T> {
 /// The kernels that stage operands in dynamic shared memory beyond the default 48 KB, with
 /// their bytes per block: launched with that much, on a grid of the blocks the device keeps
 /// resident (they stride over their tiles).
-const STAGED: [(Kern, u32); 3] = [
+const STAGED: [(Kern, u32); 4] = [
     (Kern::GemmTf32x3NtPipe, NT_PIPE_SMEM_BYTES),
     (Kern::MlpBackwardTcSmem, MLP_TC_PACK_BYTES),
     (Kern::MlpForwardTcSmem, MLP_TC_PACK_FWD_BYTES),
+    (Kern::LinearTc, LINEAR_TC_SMEM_BYTES),
 ];
 
 /// Blocks per launch of `f` with `bytes` of dynamic shared memory (resident blocks per SM ×

@@ -1364,7 +1364,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         // One tensor-core launch for the whole map where it can run.
         if let Some(tc) =
             l.tc.as_ref()
-                .filter(|_| self.linear_tc && self.d.tensor_cores())
+                .filter(|_| self.linear_tc && self.d.staged(Kern::LinearTc))
         {
             let y: &D::Buf<T> = y;
             let per_item = &tc.nodes_per_item;

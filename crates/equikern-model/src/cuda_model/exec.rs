@@ -256,7 +256,8 @@ pub trait Exec<T: Pod>: Memory {
     /// Whether `k`, a kernel staging operands in dynamic shared memory beyond the default
     /// 48 KB (`ek_gemm_tf32x3_nt_pipe`: [`super::tables::NT_PIPE_SMEM_BYTES`],
     /// `ek_mlp_backward_tc_smem`: [`super::tables::MLP_TC_PACK_BYTES`],
-    /// `ek_mlp_forward_tc_smem`: [`super::tables::MLP_TC_PACK_FWD_BYTES`]), may run: tensor
+    /// `ek_mlp_forward_tc_smem`: [`super::tables::MLP_TC_PACK_FWD_BYTES`], `ek_linear_tc`:
+    /// [`super::tables::LINEAR_TC_SMEM_BYTES`]), may run: tensor
     /// cores, and room for its blocks (set up for it).
     fn staged(&self, _k: Kern) -> bool {
         false

@@ -1470,33 +1470,45 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 // products per step, ≈ 1.9 ms, each only a few microseconds of work).
 // A block item is (a tile of `nb` nodes, a job: an output block's column tile of ≤ 64
 // channels and the paths into it); its warps take one (16-node sub-tile, m) each ((nb/16) ·
-// dim ≤ 8: the host's choice of nb). The paths' input rows go through shared memory in
-// chunks of 32 input channels (all components: 32·dim contiguous floats per node; cp.async
-// where 16-byte aligned, zeros past the path's channels and past the last node),
-// double-buffered; each lane reads its A values from the stage where they are used (row
-// stride ≡ 4·dim mod 32 words: a warp's 32 reads fall on distinct banks for odd dim) and
-// its B values pre-split from the pack (`tables::linear_tc`: per path, k step and n tile a
-// float4 per lane, read through L1). Each chunk's 3xTF32 products go to a fresh partial sum
-// added in FP32 (as in ek_tc_chunk). The output tile goes through shared memory so that
-// each node's part of the block is written contiguously (added to y with `accumulate`).
+// dim ≤ 8: the host's choice of nb). The item's (path, 32-channel chunk) stages stream
+// through a ring of EK_LTC_STAGES shared-memory stages by cp.async, two in flight while one
+// computes, one block barrier per stage: the chunk's input rows (32·dim contiguous floats
+// per node; zeros past the path's channels and past the last node; plain copies where not
+// 16-byte aligned) and its 16 KB of the B pack (`tables::linear_tc`: per path, k step and n
+// tile a float4 per lane, b0/b1 hi and lo, pre-split; zero-padded to whole chunks and
+// 64-column tiles so that every stage is 4 k steps × 8 n tiles of mma without branches).
+// A values are read from the stage where used (row stride ≡ 4·dim mod 32 words: a warp's
+// 32 reads fall on distinct banks for odd dim). Each chunk's 3xTF32 products go to a fresh
+// partial sum added in FP32 (as in ek_tc_chunk). The output tile goes through shared memory
+// so that each node's part of the block is written contiguously (added with `accumulate`).
+// (A first form with B read through L1 per mma and two stages lost to cuBLAS's W ⊗ I
+// products on the H100: 65.7 vs 64.2 ms per step at 32,768 atoms, long-scoreboard and
+// fixed-latency stalls first.)
 // Table: EK_LTC_JOB ints per job (out_off, dim, v0, nv, nb, first path, end path, 0), then
-// EK_LTC_PATH ints per path (in_off, mul_in, mul_out, pack offset in float4s). f32 with TF32
-// mma only (the host launches it nowhere else).
-#define EK_LTC_STAGE 4608
+// EK_LTC_PATH ints per path (in_off, mul_in, mul_out, pack offset in float4s). Dynamic shared
+// memory EK_LTC_STAGES × EK_LTC_STAGE floats (the host sets it). f32 with TF32 mma only.
+#define EK_LTC_A 4608
+#define EK_LTC_B (4 * 8 * 32 * 4)
+#define EK_LTC_STAGE (EK_LTC_A + EK_LTC_B)
+#define EK_LTC_STAGES 3
 #define EK_LTC_JOB 8
 #define EK_LTC_PATH 4
 // Row padding of the input stage (32·dim + pad floats) and the output tile (64·dim + pad).
 __device__ __forceinline__ int ek_ltc_pad(int dim) { return (4 * dim) & 31; }
+// n tiles per k step of a path's pack: whole 64-column tiles.
+__device__ __forceinline__ int ek_ltc_ntiles(int mul_out) { return 8 * ((mul_out + 63) / 64); }
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-// Chunk c of a path's input rows (nodes node0 .. node0 + nb) into stage `st` (row stride S),
-// as one commit group.
+// Chunk c of a path `P` (rows of nodes node0 .. node0 + nb, row stride S; B of column tile
+// v0) into stage `st`, as one commit group.
 __device__ __forceinline__ void ek_ltc_issue(float* st, const float* __restrict__ x, u64 ldx,
-                                             u64 nodes, u64 node0, int nb, int dim, int S,
-                                             int in_off, int mul_in, int c) {
+                                             const float4* __restrict__ wp, u64 nodes,
+                                             u64 node0, int nb, int dim, int S, int v0,
+                                             const int* P, int c) {
+  const int mul_in = P[1];
   const int left = mul_in - 32 * c;
   const int len = (left < 32 ? left : 32) * dim;  // the path's floats of a row in this chunk
   const int w = 32 * dim;                          // floats of a staged row
-  const float* src = x + (u64)in_off + (u64)(32 * c) * dim;
+  const float* src = x + (u64)P[0] + (u64)(32 * c) * dim;
   if ((ldx & 3) == 0 && ((u64)src & 15) == 0 && (len & 3) == 0) {
     const int q = w / 4;
     for (int i = threadIdx.x; i < nb * q; i += blockDim.x) {
@@ -1516,6 +1528,14 @@ __device__ __forceinline__ void ek_ltc_issue(float* st, const float* __restrict_
       st[r * S + col] = node < nodes && col < len ? src[node * ldx + col] : 0.0f;
     }
   }
+  // B: k steps 4c .. 4c + 3, n tiles v0/8 .. v0/8 + 7 (8 · 32 float4 contiguous per k step)
+  const int ntt = ek_ltc_ntiles(P[2]);
+  const float4* b = wp + (u64)P[3] + ((u64)(4 * c) * ntt + v0 / 8) * 32;
+  float* sb = st + EK_LTC_A;
+  for (int i = threadIdx.x; i < 4 * 8 * 32; i += blockDim.x) {
+    const int ks = i >> 8, r = i & 255;
+    ek_cp_async16(sb + 4 * i, b + (u64)ks * ntt * 32 + r);
+  }
   ek_cp_async_commit();
 }
 #endif
@@ -1525,7 +1545,7 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
                  const float4* __restrict__ wp, const real* __restrict__ x, u64 ldx, real alpha,
                  int accumulate, real* __restrict__ y, u64 ldy) {
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-  __shared__ __align__(16) float ek_ltc_smem[2 * EK_LTC_STAGE];
+  EK_DYN_SHARED(float, ek_ltc_smem, EK_LTC_STAGES * EK_LTC_STAGE);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int* paths = tab + EK_LTC_JOB * njobs;
@@ -1548,7 +1568,6 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
     const int S = 32 * dim + ek_ltc_pad(dim);
     const int sub = warp / dim, m = warp - sub * dim;
     const bool active = sub < nb / 16;
-    const int nts = (nv + 7) / 8;
     int stages = 0;
     for (int p = p0; p < p1; ++p) stages += (paths[EK_LTC_PATH * p + 1] + 31) / 32;
     float acc[8][4];
@@ -1556,36 +1575,44 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
     for (int jn = 0; jn < 8; ++jn)
       EK_UNROLL
       for (int q = 0; q < 4; ++q) acc[jn][q] = 0.0f;
-    int ip = p0, ic = 0;  // the stage being multiplied: path, chunk
-    int fp = p0, fc = 0;  // the next stage to copy
-    for (int s = -1; s < stages; ++s) {
-      // copy stage s + 1 (stage 0 before the first product)
-      if (s + 1 < stages) {
+    int fp = p0, fc = 0;  // the next stage to copy: path, chunk
+    // the first EK_LTC_STAGES − 1 stages in flight (empty groups past the last: the wait
+    // count below stays uniform)
+    for (int f = 0; f + 1 < EK_LTC_STAGES; ++f) {
+      if (f < stages) {
         const int* P = paths + EK_LTC_PATH * fp;
-        ek_ltc_issue(ek_ltc_smem + ((s + 1) & 1) * EK_LTC_STAGE, x, ldx, nodes, node0, nb, dim,
-                     S, P[0], P[1], fc);
+        ek_ltc_issue(ek_ltc_smem + f * EK_LTC_STAGE, x, ldx, wp, nodes, node0, nb, dim, S, v0,
+                     P, fc);
         if (32 * ++fc >= P[1]) fc = 0, ++fp;
-      }
-      if (s < 0) continue;
-      if (s + 1 < stages) {
-        ek_cp_async_wait<1>();
       } else {
-        ek_cp_async_wait<0>();
+        ek_cp_async_commit();
       }
-      __syncthreads();  // stage s is in shared memory (every thread's copies)
+    }
+    for (int s = 0; s < stages; ++s) {
+      ek_cp_async_wait<EK_LTC_STAGES - 2>();
+      // stage s is in shared memory (every thread's copies), and every warp is done with
+      // stage s − 1, whose buffer the copy below refills
+      __syncthreads();
+      const int f = s + EK_LTC_STAGES - 1;
+      if (f < stages) {
+        const int* P = paths + EK_LTC_PATH * fp;
+        ek_ltc_issue(ek_ltc_smem + (f % EK_LTC_STAGES) * EK_LTC_STAGE, x, ldx, wp, nodes, node0,
+                     nb, dim, S, v0, P, fc);
+        if (32 * ++fc >= P[1]) fc = 0, ++fp;
+      } else {
+        ek_cp_async_commit();
+      }
       if (active) {
-        const int* P = paths + EK_LTC_PATH * ip;
-        const int left = P[1] - 32 * ic;
-        const int ksn = ((left < 32 ? left : 32) + 7) / 8;
-        const int ntt = (P[2] + 7) / 8;  // n tiles of the path's pack
-        const float* st = ek_ltc_smem + (s & 1) * EK_LTC_STAGE + (16 * sub + g) * S + m;
-        const float4* bp = wp + (u64)P[3] + (u64)(4 * ic * ntt + v0 / 8) * 32 + lane;
+        const float* stage = ek_ltc_smem + (s % EK_LTC_STAGES) * EK_LTC_STAGE;
+        const float* st = stage + (16 * sub + g) * S + m;
+        const float4* bs = (const float4*)(stage + EK_LTC_A) + lane;
         float part[8][4];
         EK_UNROLL
         for (int jn = 0; jn < 8; ++jn)
           EK_UNROLL
           for (int q = 0; q < 4; ++q) part[jn][q] = 0.0f;
-        for (int ks = 0; ks < ksn; ++ks) {
+        EK_UNROLL
+        for (int ks = 0; ks < 4; ++ks) {
           unsigned ahi[4], alo[4];
           const int u = 8 * ks + t;
           // a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
@@ -1593,19 +1620,16 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
           ek_tc_split(st[8 * S + u * dim], &ahi[1], &alo[1]);
           ek_tc_split(st[(u + 4) * dim], &ahi[2], &alo[2]);
           ek_tc_split(st[8 * S + (u + 4) * dim], &ahi[3], &alo[3]);
-          const float4* b = bp + (u64)ks * ntt * 32;
-          EK_UNROLL
-          for (int jn = 0; jn < 8; ++jn)
-            if (jn < nts) ek_mma3(part[jn], ahi, alo, b[jn * 32]);
+          ek_mma3_x8(part, ahi, alo, bs + ks * 8 * 32, 32);
         }
         EK_UNROLL
         for (int jn = 0; jn < 8; ++jn)
           EK_UNROLL
           for (int q = 0; q < 4; ++q) acc[jn][q] += part[jn][q];
       }
-      __syncthreads();  // every warp is done with stage s: the next copy refills its buffer
-      if (32 * ++ic >= paths[EK_LTC_PATH * ip + 1]) ic = 0, ++ip;
     }
+    ek_cp_async_wait<0>();  // (only empty groups remain)
+    __syncthreads();        // every warp is done with the stages: the output tile reuses them
     // alpha · acc into the output tile (row stride So; d0 (g, 2t), d1 (g, 2t+1), d2 (g+8,
     // 2t), d3 (g+8, 2t+1)), then the tile's rows into y, contiguous per node
     const int So = 64 * dim + ek_ltc_pad(dim);

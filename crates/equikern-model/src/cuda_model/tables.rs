@@ -613,9 +613,19 @@ pub fn kron_tf32x3_right(gemms: &[KronGemm], kron: &[f64]) -> Result<(Vec<usize>
     Ok((off, out))
 }
 
-/// Floats of one of `ek_linear_tc`'s two input stages (`EK_LTC_STAGE`; the output tile
-/// reuses both).
+/// Floats of the input rows in one of `ek_linear_tc`'s stages (`EK_LTC_A`).
 pub const LINEAR_TC_STAGE: usize = 4608;
+
+/// Floats of one `ek_linear_tc` stage: the input rows and a chunk of the B pack (4 k steps ×
+/// 8 n tiles × 32 lanes × a float4); `EK_LTC_STAGE`.
+const LINEAR_TC_STAGE_FLOATS: usize = LINEAR_TC_STAGE + 4 * 8 * 32 * 4;
+
+/// `ek_linear_tc`'s ring of stages (`EK_LTC_STAGES`).
+const LINEAR_TC_STAGES: usize = 3;
+
+/// `ek_linear_tc`'s dynamic shared memory per block (its ring; the output tile reuses it):
+/// 104,448 bytes, two blocks per SM on sm_80/90.
+pub const LINEAR_TC_SMEM_BYTES: u32 = (LINEAR_TC_STAGES * LINEAR_TC_STAGE_FLOATS * 4) as u32;
 
 /// Input channels per stage of `ek_linear_tc` (its k chunk).
 const LINEAR_TC_KC: usize = 32;
@@ -639,13 +649,14 @@ pub fn linear_tc_nodes(dim: usize) -> Option<usize> {
     let nb = 16 * (warps / dim);
     let stage = nb * (LINEAR_TC_KC * dim + linear_tc_pad(dim));
     let tile = nb * (LINEAR_TC_COLS * dim + linear_tc_pad(dim));
-    (stage <= LINEAR_TC_STAGE && tile <= 2 * LINEAR_TC_STAGE).then_some(nb)
+    (stage <= LINEAR_TC_STAGE && tile <= LINEAR_TC_STAGES * LINEAR_TC_STAGE_FLOATS).then_some(nb)
 }
 
 /// A Linear as `ek_linear_tc` runs it (see kernels.cu): the job and path table, the B pack
 /// (`coef · W` per path, per k step, n tile and lane the float4 `hi(b0), hi(b1), lo(b0),
-/// lo(b1)` of `b0 = B[8s + t][8c + g]`, `b1 = B[8s + t + 4][8c + g]`, zeros past the path's
-/// channels) and each job's nodes per item.
+/// lo(b1)` of `b0 = B[8s + t][8c + g]`, `b1 = B[8s + t + 4][8c + g]`; k steps padded to
+/// whole 32-channel chunks and n tiles to whole 64-column tiles, with zeros) and each job's
+/// nodes per item.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinearTc {
     pub tab: Vec<i32>,
@@ -713,8 +724,8 @@ impl LinearTc {
                     }
                 };
                 let off = pack.len() / 4;
-                for s in 0..g.mul_in.div_ceil(8) {
-                    for c in 0..g.mul_out.div_ceil(8) {
+                for s in 0..4 * g.mul_in.div_ceil(LINEAR_TC_KC) {
+                    for c in 0..8 * g.mul_out.div_ceil(LINEAR_TC_COLS) {
                         for l in 0..32 {
                             let (gg, t) = (l / 4, l % 4);
                             let (b0, b1) = (w(8 * s + t, 8 * c + gg), w(8 * s + t + 4, 8 * c + gg));
