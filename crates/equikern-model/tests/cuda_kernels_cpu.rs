@@ -648,7 +648,7 @@ type LinearTcFn = unsafe extern "C" fn(
 );
 
 /// Every Linear of the model (forward and transposed) by one `ek_linear_tc` launch (the
-/// emulated tensor cores, 3xTF32): node counts off the kernel's tiles (1, 37, and 300 for the
+/// emulated tensor cores, 3xTF32): node counts off the kernel's tiles (37; 1 and 300 for the
 /// small models: items beyond the grid's blocks), overwriting a NaN-poisoned output and
 /// accumulating onto random values with alpha: every element within the f32 tolerance of
 /// the host Linear; and the split must be there: the B pack with its `lo` halves zeroed is
@@ -667,8 +667,10 @@ fn check_linears_tc(k: &K<f32>, name: &str, m: &SevenNet<f32>, r: &mut rand_chac
         all.push((format!("{t}.lin1"), &l.lin1));
         all.push((format!("{t}.lin2"), &l.lin2));
     }
+    // (7net-0's one-node case costs its 37-node case's emulated stages: the small models
+    // cover it)
     let sizes: &[usize] = if name == "7net-0" {
-        &[1, 37]
+        &[37]
     } else {
         &[1, 37, 300]
     };
