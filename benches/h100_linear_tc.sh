@@ -2,8 +2,8 @@
 # Session 14's second call: `ek_linear_tc` (EQUIKERN_MODEL_LINEAR_TC) A/B, 0 against 1 in the
 # same binary, Si 4,096 and 32,768, two interleaved rounds; the profiles with it on at both
 # sizes (its per-call times next to the products it replaces); Nsight Compute on its
-# launches at 32,768. Then, if SIDE is set, benches/h100_switch_ab.sh's GPU tests and
-# side-by-side are left to the next call. Carry as h100_switch_ab.sh.
+# launches at 32,768; the GPU tests with it on. The side-by-side with the peers is
+# benches/h100_switch_ab.sh's. Carry as h100_switch_ab.sh.
 set -uo pipefail
 source benches/device_prelude.sh
 for round in 1 2; do
@@ -13,6 +13,10 @@ for round in 1 2; do
       --systems si:4096,si:32768 --reps 10 --warmup 2 --json "$OUT/aux/ms${round}_$v.json" 2>&1 | tail -3
   done
 done 2>&1 | tee "$OUT/ab.log"
+stage "GPU tests (EQUIKERN_MODEL_LINEAR_TC=1)"
+EQUIKERN_MODEL_LINEAR_TC=1 timeout 200 b/cuda_model --test-threads 1 --nocapture 2>&1 \
+  | grep -v "^\s*$" | grep -v "^\s*\(Si\|H\|C\|N\|O\)[0-9]* " | tail -60 > "$OUT/test_cuda_model.log"
+grep -E "worst|test result|panicked|triclinic" "$OUT/test_cuda_model.log"
 for sys in 32768 4096; do
   stage "profile at $sys (EQUIKERN_MODEL_LINEAR_TC=1)"
   EQUIKERN_MODEL_LINEAR_TC=1 EQUIKERN_MODEL_PROFILE=1 timeout 30 b/equikern bench --model "$CKPT" \

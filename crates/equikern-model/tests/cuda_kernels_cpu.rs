@@ -2048,9 +2048,9 @@ fn mlp_kernels_registers_sm90() {
             }
             if l.contains("Compiling entry function 'ek_linear_tc") && name == "f32" {
                 // 32 accumulators + 32 partials + fragments per lane within the 128 registers
-                // of its two blocks per SM (`__launch_bounds__(EK_BLOCK, 2)`): sm_90 spills 24
-                // bytes (the item's table values, outside the k loop); kilobytes would mean
-                // the accumulators went to memory
+                // of its two blocks per SM (`__launch_bounds__(EK_BLOCK, 2)`): sm_90 122 registers,
+                // no spill (its k steps unrolled spilled 96 bytes); kilobytes would mean the
+                // accumulators went to memory
                 let block: Vec<&str> = lines[i..].iter().take(5).copied().collect();
                 println!("{name}: {}", block.join("\n    "));
                 let spill = spill_bytes(&block);

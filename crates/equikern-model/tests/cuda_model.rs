@@ -549,6 +549,50 @@ fn tf32x3_within_the_f32_tolerance() {
     }
 }
 
+/// The e3nn Linears by `ek_linear_tc` (one tensor-core launch per Linear) against sevenn
+/// float64 on the reference structures, beside the same evaluator with the per-path products:
+/// f32's bounds of `resident_matches_sevenn_float64` (forces 2e-4 eV/Å, energy 2e-5 eV/atom,
+/// stress 2e-6 eV/Å³) for both (the energy and stress, sums over atoms and edges, are where a
+/// truncating tensor-core accumulation shows first).
+#[test]
+fn linear_tc_within_the_f32_tolerance() {
+    use equikern_model::cuda_model::exec::{Exec, Kern};
+    let Some(dev) = cuda_device() else { return };
+    let (Some(refs), Some(model)) = (sevenn_references(), real_model()) else {
+        return;
+    };
+    let m32: SevenNet<f32> = model.cast();
+    for on in [false, true] {
+        let mut ev = CudaSevenNet::<f32>::new(&m32, dev.clone()).unwrap();
+        if on && !ev.exec().staged(Kern::LinearTc) {
+            println!("SKIP: ek_linear_tc cannot run here (tensor cores, 104 KB per block)");
+            return;
+        }
+        ev.set_linear_tc(on);
+        let (mut wf, mut we, mut ws) = (0.0f64, 0.0f64, 0.0f64);
+        for r in &refs {
+            let p = ev.evaluate(&r.structure).unwrap();
+            let n = r.structure.positions.len().max(1) as f64;
+            for (a, b) in p.forces.iter().zip(&r.forces) {
+                for c in 0..3 {
+                    wf = wf.max((a[c] - b[c]).abs());
+                }
+            }
+            we = we.max((p.energy - r.energy).abs() / n);
+            if let (Some(sr), Some(ss)) = (&r.stress, p.stress) {
+                ws = ss.iter().zip(sr).fold(ws, |m, (a, b)| m.max((a - b).abs()));
+            }
+        }
+        println!(
+            "Linears by ek_linear_tc {on}: worst vs sevenn f64 dF {wf:.2e} eV/A, dE {we:.2e} eV/atom, dS {ws:.2e}"
+        );
+        assert!(
+            wf <= 2e-4 && we <= 2e-5 && ws <= 2e-6,
+            "ek_linear_tc {on}: dF {wf:.2e} dE {we:.2e} dS {ws:.2e}"
+        );
+    }
+}
+
 /// `ek_gemm_tf32x3_nt`, and `ek_gemm_tf32x3_nt_pipe` where it runs (k % 4 == 0), alone on
 /// the GPU (sm_80+): `C = alpha · A · Wᵀ` against an f64 host
 /// product on random data of SevenNet-0's backward shapes (a = 64; k = 960, 384, 224) and

@@ -419,12 +419,18 @@ pub const PREFETCH_ENV: &str = "EQUIKERN_MODEL_PREFETCH";
 /// elsewhere the older kernel runs.
 pub const NT_PIPE_ENV: &str = "EQUIKERN_MODEL_NT_PIPE";
 
-/// Environment variable: unless `0`, each f32 e3nn Linear (blocks of dim ≤ 8) runs as one
+/// Environment variable: `1` runs each f32 e3nn Linear (blocks of dim ≤ 8) as one
 /// `ek_linear_tc` launch — every path on tensor cores (3xTF32) as `dim` products over the
-/// nodes, the input rows staged through shared memory — where the device has TF32 `mma`,
-/// instead of one cuBLAS product per path with `W ⊗ I_dim` (dim times the multiply-adds;
-/// at Si 4,096 atoms 74 products per step ≈ 1.9 ms, at 32,768 ≈ 10 ms in the session-13
-/// profiles).
+/// nodes, input rows and weights streamed through a shared-memory ring — where the device
+/// has TF32 `mma` and 104 KB per block, instead of one cuBLAS product per path with
+/// `W ⊗ I_dim` (dim times the multiply-adds; at Si 4,096 atoms 74 products per step ≈ 1.9
+/// ms, at 32,768 ≈ 10 ms in the session-13 profiles). Opt-in: its first form lost on the
+/// H100 (session 14, call 1: 65.7 vs 64.2 ms per step at 32,768 atoms, 9.56 vs 9.45 at
+/// 4,096; B read through L1 per `mma`, two stages) and, with 12 tensor-core products chained
+/// per partial sum, left the triclinic cell's stress 4.1e-6 eV/Å³ from sevenn float64
+/// (bound 2e-6); this form (B staged with the rows, three stages, a fresh partial per k
+/// step) is checked by the CPU emulation and NVRTC (122 registers, no spill) but untimed:
+/// `benches/h100_linear_tc.sh` is its A/B and GPU tests.
 pub const LINEAR_TC_ENV: &str = "EQUIKERN_MODEL_LINEAR_TC";
 
 /// Environment variable: unless `0`, the radial MLP's backward on tensor cores
@@ -765,7 +771,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             nt_pipe: std::env::var(NT_PIPE_ENV).as_deref() != Ok("0"),
             mlp_tc_smem: std::env::var(MLP_TC_SMEM_ENV).as_deref() != Ok("0"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
-            linear_tc: std::env::var(LINEAR_TC_ENV).as_deref() != Ok("0"),
+            linear_tc: std::env::var(LINEAR_TC_ENV).as_deref() == Ok("1"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())

@@ -1478,8 +1478,8 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
 // tile a float4 per lane, b0/b1 hi and lo, pre-split; zero-padded to whole chunks and
 // 64-column tiles so that every stage is 4 k steps × 8 n tiles of mma without branches).
 // A values are read from the stage where used (row stride ≡ 4·dim mod 32 words: a warp's
-// 32 reads fall on distinct banks for odd dim). Each chunk's 3xTF32 products go to a fresh
-// partial sum added in FP32 (as in ek_tc_chunk). The output tile goes through shared memory
+// 32 reads fall on distinct banks for odd dim). Each k step's three products go to a fresh
+// partial sum added in FP32 (ek_tc_chunk's remedy, per k step here). The output tile goes through shared memory
 // so that each node's part of the block is written contiguously (added with `accumulate`).
 // (A first form with B read through L1 per mma and two stages lost to cuBLAS's W ⊗ I
 // products on the H100: 65.7 vs 64.2 ms per step at 32,768 atoms, long-scoreboard and
@@ -1606,12 +1606,8 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
         const float* stage = ek_ltc_smem + (s % EK_LTC_STAGES) * EK_LTC_STAGE;
         const float* st = stage + (16 * sub + g) * S + m;
         const float4* bs = (const float4*)(stage + EK_LTC_A) + lane;
-        float part[8][4];
-        EK_UNROLL
-        for (int jn = 0; jn < 8; ++jn)
-          EK_UNROLL
-          for (int q = 0; q < 4; ++q) part[jn][q] = 0.0f;
-        EK_UNROLL
+        // (k steps not unrolled: unrolled, ptxas hoists their loads and spills at 128)
+        EK_NO_UNROLL
         for (int ks = 0; ks < 4; ++ks) {
           unsigned ahi[4], alo[4];
           const int u = 8 * ks + t;
@@ -1620,12 +1616,22 @@ extern "C" __global__ void __launch_bounds__(EK_BLOCK, 2)
           ek_tc_split(st[8 * S + u * dim], &ahi[1], &alo[1]);
           ek_tc_split(st[(u + 4) * dim], &ahi[2], &alo[2]);
           ek_tc_split(st[8 * S + (u + 4) * dim], &ahi[3], &alo[3]);
-          ek_mma3_x8(part, ahi, alo, bs + ks * 8 * 32, 32);
-        }
-        EK_UNROLL
-        for (int jn = 0; jn < 8; ++jn)
+          // each k step's three products into a fresh partial, added in FP32: the chained
+          // sums of the tensor cores truncate, and the step's energy and stress (sums over
+          // atoms and edges) gather that bias (H100, call 1: 12 products chained per
+          // partial left the triclinic cell's stress 4.1e-6 from sevenn float64 against
+          // 1.8e-6 with cuBLAS FP32 products)
+          float part[8][4];
           EK_UNROLL
-          for (int q = 0; q < 4; ++q) acc[jn][q] += part[jn][q];
+          for (int jn = 0; jn < 8; ++jn)
+            EK_UNROLL
+            for (int q = 0; q < 4; ++q) part[jn][q] = 0.0f;
+          ek_mma3_x8(part, ahi, alo, bs + ks * 8 * 32, 32);
+          EK_UNROLL
+          for (int jn = 0; jn < 8; ++jn)
+            EK_UNROLL
+            for (int q = 0; q < 4; ++q) acc[jn][q] += part[jn][q];
+        }
       }
     }
     ek_cp_async_wait<0>();  // (only empty groups remain)
