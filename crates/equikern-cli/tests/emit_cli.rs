@@ -7,9 +7,13 @@ const SPEC: &str = r#"{"irreps_in1": "2x0e+2x1o", "irreps_in2": "1x0e+3x1o",
   "instructions": [[0, 1, 0, "uvu", true, 1.0], [1, 1, 1, "uvw", true, 1.0]]}"#;
 
 fn emit(args: &[&str]) -> (i32, String, String) {
+    // One file per call: the tests run in parallel threads of one process, and a shared
+    // file was truncated by one while the other's child read it (CI, session 14).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("equikern-emit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let spec = dir.join("spec.json");
+    let spec = dir.join(format!("spec-{call}.json"));
     std::fs::write(&spec, SPEC).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_equikern"))
         .arg("emit")
