@@ -714,9 +714,11 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         // mode 1 (fused, recomputing): the last hidden activations kept for the recomputation
         let keep_h = mode == 1;
         ev.set_keep_h(keep_h);
-        // the recomputing modes (1, 2, 4): every f32 Linear by one `ek_linear_tc` launch
-        // (the shipped default); the others keep the per-path products and `ek_linear`
-        let linear_tc = !keep;
+        // the recomputing modes (1, 2, 4): every f32 Linear by one `ek_linear_tc` launch; the
+        // others keep the per-path products and `ek_linear` (7net-0's ≈ 200 emulated launches
+        // only with EQUIKERN_EMULATION_FULL=1: 10 min of CI; `cuda_kernels_cpu` checks the
+        // kernel on each of its Linears)
+        let linear_tc = !keep && (label != "7net-0" || full);
         ev.set_linear_tc(linear_tc);
         println!(
             "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}, two-pass: {two_pass}, tensor-core backward: {tc_bwd}, 3xTF32 forward mma: {}]",
