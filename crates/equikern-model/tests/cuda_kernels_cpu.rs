@@ -647,7 +647,8 @@ type LinearTcFn = unsafe extern "C" fn(
     u64,
 );
 
-/// Every Linear of the model (forward and transposed) by one `ek_linear_tc` launch (the
+/// Every Linear of the model (forward and transposed; 7net-0's middle layers, copies of
+/// layer 1's shapes, with EQUIKERN_EMULATION_FULL=1) by one `ek_linear_tc` launch (the
 /// emulated tensor cores, 3xTF32): node counts off the kernel's tiles (37; 1 and 300 for the
 /// small models: items beyond the grid's blocks), overwriting a NaN-poisoned output and
 /// accumulating onto random values with alpha: every element within the f32 tolerance of
@@ -662,7 +663,14 @@ fn check_linears_tc(k: &K<f32>, name: &str, m: &SevenNet<f32>, r: &mut rand_chac
         ("readout_hidden".into(), &m.readout_hidden),
         ("readout_energy".into(), &m.readout_energy),
     ];
+    // 7net-0's layers 2 and 3 repeat layer 1's shapes: with EQUIKERN_EMULATION_FULL=1 only
+    // (CI time)
+    let full = std::env::var("EQUIKERN_EMULATION_FULL").is_ok_and(|v| v == "1");
+    let last = m.layers.len() - 1;
     for (t, l) in m.layers.iter().enumerate() {
+        if name == "7net-0" && !full && (2..last).contains(&t) {
+            continue;
+        }
         all.push((format!("{t}.sc"), &l.sc));
         all.push((format!("{t}.lin1"), &l.lin1));
         all.push((format!("{t}.lin2"), &l.lin2));
