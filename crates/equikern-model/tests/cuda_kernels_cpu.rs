@@ -355,19 +355,28 @@ fn tol<T: Scalar>() -> f64 {
     }
 }
 
-/// Every Linear of the model, forward (with alpha and a residual) and transposed.
-fn check_linears<T: Scalar>(k: &K<T>, m: &SevenNet<T>, r: &mut rand_chacha::ChaCha8Rng) {
+/// The model's Linears with their names: embedding, readouts, then each layer's `sc`, `lin1`,
+/// `lin2` for the layers `keep` admits.
+fn model_linears<T: Scalar>(
+    m: &SevenNet<T>,
+    keep: impl Fn(usize) -> bool,
+) -> Vec<(String, &Linear<T>)> {
     let mut all: Vec<(String, &Linear<T>)> = vec![
         ("embed".into(), &m.embed),
         ("readout_hidden".into(), &m.readout_hidden),
         ("readout_energy".into(), &m.readout_energy),
     ];
-    for (t, l) in m.layers.iter().enumerate() {
+    for (t, l) in m.layers.iter().enumerate().filter(|(t, _)| keep(*t)) {
         all.push((format!("{t}.sc"), &l.sc));
         all.push((format!("{t}.lin1"), &l.lin1));
         all.push((format!("{t}.lin2"), &l.lin2));
     }
-    for (name, l) in all {
+    all
+}
+
+/// Every Linear of the model, forward (with alpha and a residual) and transposed.
+fn check_linears<T: Scalar>(k: &K<T>, m: &SevenNet<T>, r: &mut rand_chacha::ChaCha8Rng) {
+    for (name, l) in model_linears(m, |_| true) {
         for n in [1usize, 4, 9] {
             let x: Vec<T> = cast(&rnd(r, n * l.dim_in));
             let add: Vec<T> = cast(&rnd(r, n * l.dim_out));
@@ -658,23 +667,11 @@ type LinearTcFn = unsafe extern "C" fn(
 /// column tile, several paths into one output block).
 fn check_linears_tc(k: &K<f32>, name: &str, m: &SevenNet<f32>, r: &mut rand_chacha::ChaCha8Rng) {
     let f = sym!(k, b"t_linear_tc", LinearTcFn);
-    let mut all: Vec<(String, &Linear<f32>)> = vec![
-        ("embed".into(), &m.embed),
-        ("readout_hidden".into(), &m.readout_hidden),
-        ("readout_energy".into(), &m.readout_energy),
-    ];
     // 7net-0's layers 2 and 3 repeat layer 1's shapes: with EQUIKERN_EMULATION_FULL=1 only
     // (CI time)
     let full = std::env::var("EQUIKERN_EMULATION_FULL").is_ok_and(|v| v == "1");
     let last = m.layers.len() - 1;
-    for (t, l) in m.layers.iter().enumerate() {
-        if name == "7net-0" && !full && (2..last).contains(&t) {
-            continue;
-        }
-        all.push((format!("{t}.sc"), &l.sc));
-        all.push((format!("{t}.lin1"), &l.lin1));
-        all.push((format!("{t}.lin2"), &l.lin2));
-    }
+    let all = model_linears(m, |t| name != "7net-0" || full || !(2..last).contains(&t));
     // (7net-0's one-node case costs its 37-node case's emulated stages: the small models
     // cover it)
     let sizes: &[usize] = if name == "7net-0" {
