@@ -12,10 +12,12 @@ mod common;
 use common::*;
 use equikern_core::conv::{Csr, End};
 use equikern_core::so3::{spherical_harmonics_with_grad, ShNormalization};
+use equikern_model::cuda_model::radial_conv::RadialConvKernels;
 use equikern_model::cuda_model::tables::{
-    kernel_source, kernel_source_with, kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape,
-    mlp_pack, tc_gemm_iterations, tf32, tf32x3_mma_fragments, tf32x3_nt_pack, GateTable,
-    LinearTable, LinearTc, MlpKernels, LINEAR_PATH_DIMS, MLP_MAX_WIDTH,
+    kernel_source, kernel_source_full, kernel_source_with, kron_tf32x3_right,
+    linear_path_iterations, mlp_hidden_shape, mlp_pack, tc_gemm_iterations, tf32,
+    tf32x3_mma_fragments, tf32x3_nt_pack, GateTable, LinearTable, LinearTc, MlpKernels,
+    LINEAR_PATH_DIMS, MLP_MAX_WIDTH,
 };
 use equikern_model::nn::{BesselBasis, Cutoff, FullyConnectedNet, Gate, Linear};
 use equikern_model::{Scalar, SevenNet};
@@ -75,6 +77,15 @@ extern "C" void t_mlp_hidden_backward2(u64 E, int shape, const real* emb, const 
 extern "C" void t_radial_last(u64 rows, int k, int n, const real* h, const float4* wf,
     real alpha, real* out) {
   grid_threads(((rows + 255) / 256) * 256, [&] { ek_radial_last_tf32x3(rows, k, n, h, wf, alpha, out); });
+}
+#endif
+#ifdef EK_REAL_F32
+// ek_conv_radial_bwd as the host launches it: a warp per sender node (the emulated grid's 3
+// blocks stride over them)
+extern "C" void t_conv_radial_bwd(int v, u64 nodes, u64 edges, const unsigned* csr, const real* x,
+    const real* y, const real* h, const real* w2, const real* gz, real alpha, int first, real* gx,
+    real* gy, real* gh) {
+  grid_threads(nodes * 32, [&] { ek_conv_radial_bwd(v, nodes, edges, csr, x, y, h, w2, gz, alpha, first, gx, gy, gh); });
 }
 #endif
 extern "C" int t_unsynced_barriers() { return ek_unsynced_barriers; }
@@ -145,15 +156,25 @@ fn compiler() -> Option<&'static str> {
 }
 
 fn build_lib<T: Scalar>(dir: &Path, lmax: u32, mlp: &MlpKernels) -> Option<libloading::Library> {
+    build_lib_full::<T>(dir, lmax, mlp, &RadialConvKernels::none(), "")
+}
+
+fn build_lib_full<T: Scalar>(
+    dir: &Path,
+    lmax: u32,
+    mlp: &MlpKernels,
+    rcb: &RadialConvKernels,
+    tag: &str,
+) -> Option<libloading::Library> {
     let cxx = compiler().or_else(|| {
         println!("SKIP: no C++ compiler (c++, g++, clang++)");
         None
     })?;
     let src = format!(
         "{KERNEL_SHIM}{}{GRID_WALKER}{GRID_THREADS}{HARNESS}",
-        kernel_source_with::<T>(lmax, mlp).expect("kernel source")
+        kernel_source_full::<T>(lmax, mlp, rcb).expect("kernel source")
     );
-    let name = format!("ek_model_{}_l{lmax}_smem{}", T::NAME, mlp.smem);
+    let name = format!("ek_model_{}_l{lmax}_smem{}{tag}", T::NAME, mlp.smem);
     let cpp = dir.join(format!("{name}.cpp"));
     let so = dir.join(format!("{name}.so"));
     std::fs::write(&cpp, &src).unwrap();
@@ -1931,6 +1952,174 @@ fn models() -> Vec<(&'static str, SevenNet)> {
     v
 }
 
+type RcbFn = unsafe extern "C" fn(
+    i32,
+    u64,
+    u64,
+    *const u32,
+    *const f32,
+    *const f32,
+    *const f32,
+    *const f32,
+    *const f32,
+    f32,
+    i32,
+    *mut f32,
+    *mut f32,
+    *mut f32,
+);
+
+/// `ek_conv_radial_bwd` (the convolution backward with the radial network's last product
+/// fused in) against the host on every distinct fused layer of the synthetic model and of
+/// 7net-0 (layer 1 only unless EQUIKERN_EMULATION_FULL=1): `w = α·h·W`, the TP
+/// backward of the core oracle per edge (f64), `g_x` summed per sender, `g_h = α·g_w·Wᵀ`;
+/// random inputs, NaN-poisoned outputs, a graph with a node of no outgoing edge and one of
+/// more than 16 (two edge tiles); the group launches in order (the first writes `g_y`,
+/// `g_h`, later ones add). f32 ≤ 1e-5 relative.
+#[test]
+fn conv_radial_bwd_matches_host() {
+    let mut models: Vec<(&str, SevenNet<f32>)> = vec![("synthetic", rcb_model().cast())];
+    if let Some(m) = real_model() {
+        models.push(("7net-0", m.cast()));
+    }
+    let mut rcb = RadialConvKernels::none();
+    for (_, m) in &models {
+        for s in RadialConvKernels::of(m).shapes {
+            if !rcb.shapes.contains(&s) {
+                rcb.shapes.push(s);
+            }
+        }
+    }
+    assert!(
+        rcb.variants(&models[0].1.layers[1]).is_some(),
+        "the synthetic model's layer 1 takes the fused backward"
+    );
+    let dir = tmpdir("rcb");
+    let Some(lib) = build_lib_full::<f32>(&dir, 2, &MlpKernels::none::<f32>(), &rcb, "_rcb") else {
+        return;
+    };
+    let k = K::<f32> {
+        lib: &lib,
+        _t: std::marker::PhantomData,
+    };
+    let f = sym!(k, b"t_conv_radial_bwd", RcbFn);
+    let full = std::env::var("EQUIKERN_EMULATION_FULL").is_ok_and(|v| v == "1");
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    for (name, m) in &models {
+        let mut seen: Vec<Vec<i32>> = vec![];
+        for (t, l) in m.layers.iter().enumerate() {
+            let Some(vars) = rcb.variants(l) else {
+                println!("  {name} layer {t}: not fused");
+                continue;
+            };
+            // (7net-0: layer 1's three groups, the shape of layers 1-3, unless FULL)
+            if seen.contains(&vars) || (*name == "7net-0" && !full && t != 1) {
+                continue;
+            }
+            seen.push(vars.clone());
+            let tp = &l.product;
+            let (a, b, w2) = l.weight_nn.layers.last().unwrap();
+            let (a, b) = (*a, *b);
+            // 7 nodes: node 0 sends nothing, node 1 sends 21 edges, the others 1..5
+            let n = 7usize;
+            let mut sender = vec![];
+            let mut receiver = vec![];
+            for s in 1..n {
+                let deg = if s == 1 { 21 } else { r.random_range(1..6) };
+                for _ in 0..deg {
+                    sender.push(s as u32);
+                    receiver.push(r.random_range(0..n as u32));
+                }
+            }
+            // edge ids not grouped by sender
+            let e = sender.len();
+            for i in (1..e).rev() {
+                let j = r.random_range(0..=i);
+                sender.swap(i, j);
+                receiver.swap(i, j);
+            }
+            let csr = Csr::build(n, &receiver, &sender).unwrap();
+            let packed = csr.packed(End::Sender);
+            let (dx, dy, dz) = (tp.dim_in1, tp.dim_in2, tp.dim_out);
+            let x = rnd(&mut r, n * dx);
+            let y = rnd(&mut r, e * dy);
+            let h = rnd(&mut r, e * a);
+            let gz = rnd(&mut r, n * dz);
+            let w2: Vec<f64> = w2.iter().map(|&v| f64::from(v)).collect();
+            let alpha = 1.0 / (a as f64).sqrt();
+            // the host: w = α h W, the oracle's backward per edge, g_h = α g_w Wᵀ
+            let mut w = vec![0.0f64; e * b];
+            for ei in 0..e {
+                for q in 0..a {
+                    let hq = alpha * h[ei * a + q];
+                    for c in 0..b {
+                        w[ei * b + c] += hq * w2[q * b + c];
+                    }
+                }
+            }
+            let xs: Vec<f64> = (0..e)
+                .flat_map(|ei| x[sender[ei] as usize * dx..][..dx].to_vec())
+                .collect();
+            let gzs: Vec<f64> = (0..e)
+                .flat_map(|ei| gz[receiver[ei] as usize * dz..][..dz].to_vec())
+                .collect();
+            let g = equikern_core::oracle::backward(tp, e, &xs, &y, &w, &gzs).unwrap();
+            let mut gx_want = vec![0.0f64; n * dx];
+            for (ei, &s) in sender.iter().enumerate() {
+                let s = s as usize;
+                for i in 0..dx {
+                    gx_want[s * dx + i] += g.gx[ei * dx + i];
+                }
+            }
+            let mut gh_want = vec![0.0f64; e * a];
+            for ei in 0..e {
+                for q in 0..a {
+                    let mut acc = 0.0;
+                    for c in 0..b {
+                        acc += g.gw[ei * b + c] * w2[q * b + c];
+                    }
+                    gh_want[ei * a + q] = alpha * acc;
+                }
+            }
+            let f32s = |v: &[f64]| -> Vec<f32> { cast(v) };
+            let (x32, y32, h32, gz32, w32) = (f32s(&x), f32s(&y), f32s(&h), f32s(&gz), f32s(&w2));
+            let mut gx = vec![f32::NAN; n * dx];
+            let mut gy = vec![f32::NAN; e * dy];
+            let mut gh = vec![f32::NAN; e * a];
+            for (i, &v) in vars.iter().enumerate() {
+                // SAFETY: the packed sender view of `n` nodes and `e` edges; every array has
+                // the layer's dims.
+                unsafe {
+                    f(
+                        v,
+                        n as u64,
+                        e as u64,
+                        packed.as_ptr(),
+                        x32.as_ptr(),
+                        y32.as_ptr(),
+                        h32.as_ptr(),
+                        w32.as_ptr(),
+                        gz32.as_ptr(),
+                        alpha as f32,
+                        i32::from(i == 0),
+                        gx.as_mut_ptr(),
+                        gy.as_mut_ptr(),
+                        gh.as_mut_ptr(),
+                    )
+                };
+            }
+            let what = format!(
+                "ek_conv_radial_bwd {name} layer {t} ({} groups)",
+                vars.len()
+            );
+            rel(&format!("{what} g_x"), &gx, &gx_want, 1e-5);
+            rel(&format!("{what} g_y"), &gy, &g.gy, 1e-5);
+            rel(&format!("{what} g_h"), &gh, &gh_want, 1e-5);
+        }
+        assert!(!seen.is_empty(), "{name}: no fused layer");
+    }
+}
+
 #[test]
 fn kernels_match_host_f64() {
     run_all::<f64>(&models());
@@ -1985,14 +2174,22 @@ fn mlp_kernels_registers_sm90() {
         println!("SKIP: libnvrtc not found");
         return;
     }
+    // with the fused convolution backward's variants of the synthetic model and 7net-0
+    let mut rcb = RadialConvKernels::of(&rcb_model().cast::<f32>());
+    if let Some(m) = real_model() {
+        rcb.shapes
+            .extend(RadialConvKernels::of(&m.cast::<f32>()).shapes);
+    }
     for (name, src) in [
         (
             "f32",
-            kernel_source_with::<f32>(2, &MlpKernels::new::<f32>(vec![vec![8, 64, 64]])).unwrap(),
+            kernel_source_full::<f32>(2, &MlpKernels::new::<f32>(vec![vec![8, 64, 64]]), &rcb)
+                .unwrap(),
         ),
         (
             "f64",
-            kernel_source_with::<f64>(2, &MlpKernels::new::<f64>(vec![vec![8, 64, 64]])).unwrap(),
+            kernel_source_full::<f64>(2, &MlpKernels::new::<f64>(vec![vec![8, 64, 64]]), &rcb)
+                .unwrap(),
         ),
     ] {
         if let Some(d) = std::env::var_os("EK_DUMP_MLP_SOURCE") {
@@ -2029,6 +2226,27 @@ fn mlp_kernels_registers_sm90() {
                     "ek_linear_path spills: {}",
                     block.join(" | ")
                 );
+            }
+            if l.contains("Compiling entry function 'ek_conv_radial_bwd") && name == "f32" {
+                // per lane: the g_h tile (32), a slice's w fragments (≤ 16), g_x partials
+                // (≤ 16), two rows' g_y (2 × 9) within the 128 registers of two blocks per SM;
+                // sm_90: 128 registers; 72 bytes of spill with 7net-0's variants alone, 164
+                // with the synthetic model's in the same kernel, 232 once each 3xTF32 product
+                // went into a fresh partial (session 15). Kilobytes would mean the
+                // accumulators went to memory.
+                let block: Vec<&str> = lines[i..].iter().take(5).copied().collect();
+                println!("{name}: {}", block.join("\n    "));
+                let spill = spill_bytes(&block);
+                assert!(
+                    spill <= 256,
+                    "{l}: {spill} bytes spilled: {}",
+                    block.join(" | ")
+                );
+                let regs = block.iter().find_map(|x| {
+                    let i = x.find("Used ")?;
+                    x[i + 5..].split(' ').next()?.parse::<u32>().ok()
+                });
+                assert!(regs.is_some_and(|r| r <= 128), "{l}: registers {regs:?}");
             }
             if (l.contains("Compiling entry function 'ek_mlp_backward_tc")
                 || l.contains("Compiling entry function 'ek_mlp_forward_tc"))

@@ -593,6 +593,49 @@ fn linear_tc_within_the_f32_tolerance() {
     }
 }
 
+/// The convolution backward fused with the radial last product (`ek_conv_radial_bwd`) off
+/// and on: forces, energy and stress against sevenn's float64 within the f32 bounds of
+/// `resident_matches_sevenn_float64` (forces 2e-4 eV/Å, energy 2e-5 eV/atom, stress 2e-6).
+#[test]
+fn conv_radial_within_the_f32_tolerance() {
+    use equikern_model::cuda_model::exec::{Exec, Kern};
+    let Some(dev) = cuda_device() else { return };
+    let (Some(refs), Some(model)) = (sevenn_references(), real_model()) else {
+        return;
+    };
+    let m32: SevenNet<f32> = model.cast();
+    for on in [false, true] {
+        let mut ev = CudaSevenNet::<f32>::new(&m32, dev.clone()).unwrap();
+        if on && !ev.exec().staged(Kern::ConvRadialBwd) {
+            println!("SKIP: ek_conv_radial_bwd cannot run here (tensor cores, 113 KB per block)");
+            return;
+        }
+        ev.set_conv_radial(on);
+        println!("{}", ev.describe());
+        let (mut wf, mut we, mut ws) = (0.0f64, 0.0f64, 0.0f64);
+        for r in &refs {
+            let p = ev.evaluate(&r.structure).unwrap();
+            let n = r.structure.positions.len().max(1) as f64;
+            for (a, b) in p.forces.iter().zip(&r.forces) {
+                for c in 0..3 {
+                    wf = wf.max((a[c] - b[c]).abs());
+                }
+            }
+            we = we.max((p.energy - r.energy).abs() / n);
+            if let (Some(sr), Some(ss)) = (&r.stress, p.stress) {
+                ws = ss.iter().zip(sr).fold(ws, |m, (a, b)| m.max((a - b).abs()));
+            }
+        }
+        println!(
+            "convolution backward fused with the radial product {on}: worst vs sevenn f64 dF {wf:.2e} eV/A, dE {we:.2e} eV/atom, dS {ws:.2e}"
+        );
+        assert!(
+            wf <= 2e-4 && we <= 2e-5 && ws <= 2e-6,
+            "conv_radial {on}: dF {wf:.2e} dE {we:.2e} dS {ws:.2e}"
+        );
+    }
+}
+
 /// `ek_gemm_tf32x3_nt`, and `ek_gemm_tf32x3_nt_pipe` where it runs (k % 4 == 0), alone on
 /// the GPU (sm_80+): `C = alpha · A · Wᵀ` against an f64 host
 /// product on random data of SevenNet-0's backward shapes (a = 64; k = 960, 384, 224) and

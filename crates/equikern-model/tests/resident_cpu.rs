@@ -68,6 +68,11 @@ extern "C" void l_ek_mlp_forward_tc(void** p, u64 it) { grid_threads(it, [&] { e
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W), A(8,int)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt_pipe(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt_pipe(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
 extern "C" void l_ek_linear_tc(void** p, u64 it) { grid_threads(it, [&] { ek_linear_tc(A(0,u64), A(1,int), A(2,const int*), (const float4*)A(3,R), A(4,R), A(5,u64), A(6,real), A(7,int), A(8,W), A(9,u64)); }); }
+#ifdef EK_REAL_F32
+extern "C" void l_ek_conv_radial_bwd(void** p, u64 it) { grid_threads(it, [&] { ek_conv_radial_bwd(A(0,int), A(1,u64), A(2,u64), A(3,U), A(4,R), A(5,R), A(6,R), A(7,R), A(8,R), A(9,real), A(10,int), A(11,W), A(12,W), A(13,W)); }); }
+#else
+extern "C" void l_ek_conv_radial_bwd(void** p, u64 it) { (void)p; (void)it; }
+#endif
 extern "C" void l_ek_split_tf32_rows(void** p, u64 it) { grid(it, [&] { ek_split_tf32_rows(A(0,u64), A(1,int), A(2,R), A(3,u64), A(4,W), A(5,u64)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
 extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }
@@ -123,6 +128,8 @@ struct HostExec<T> {
     lp_launches: std::cell::Cell<usize>,
     /// ... of them `ek_linear_tc`.
     ltc_launches: std::cell::Cell<usize>,
+    /// ... of them `ek_conv_radial_bwd`.
+    rcb_launches: std::cell::Cell<usize>,
     /// ... of them `ek_mlp_hidden`.
     mh_launches: std::cell::Cell<usize>,
     /// ... of them `ek_split_tf32`.
@@ -204,6 +211,7 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         ntp_launches: std::cell::Cell::new(0),
         lp_launches: std::cell::Cell::new(0),
         ltc_launches: std::cell::Cell::new(0),
+        rcb_launches: std::cell::Cell::new(0),
         mh_launches: std::cell::Cell::new(0),
         split_launches: std::cell::Cell::new(0),
         mlp_tc_launches: std::cell::Cell::new(0),
@@ -382,6 +390,9 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         }
         if k == Kern::LinearTc {
             self.ltc_launches.set(self.ltc_launches.get() + 1);
+        }
+        if k == Kern::ConvRadialBwd {
+            self.rcb_launches.set(self.rcb_launches.get() + 1);
         }
         // SAFETY: the launcher reads the parameters in the kernel's order; the step sized
         // every buffer (the same code as on the GPU).
@@ -894,6 +905,57 @@ fn resident_step_matches_host_7net0() {
     // 7net-0's products are all ≥ 64 wide (the default minimum): 160 leaves the 128- and
     // 64-wide ones plain, so one step has both kinds
     run::<f32>(&model, "7net-0", 1e-5, 160, true);
+}
+
+/// The convolution backward fused with the radial last product (`ek_conv_radial_bwd`,
+/// `set_conv_radial`) in the resident step — f32, fused radial MLP, `w` recomputed with the
+/// hidden activations kept — on the synthetic model whose layers all qualify (widths 64 /
+/// 16 / 8, hidden 16), against the host model (1e-5), with it off and on: one launch per
+/// group of every layer but the last with it on, none off.
+#[test]
+fn resident_step_conv_radial() {
+    use equikern_model::cuda_model::radial_conv::RadialConvKernels;
+    let model = rcb_model();
+    let mt: SevenNet<f32> = model.cast();
+    let rk = RadialConvKernels::of(&mt);
+    let nl = mt.layers.len();
+    let groups: usize = mt.layers[..nl - 1]
+        .iter()
+        .map(|l| rk.variants(l).expect("every layer qualifies").len())
+        .sum();
+    let dir = tmpdir("f32-rcb");
+    for on in [false, true] {
+        let Some(exec) = build(&mt, &dir) else {
+            return;
+        };
+        let mut ev = Resident::with_exec(&mt, exec).unwrap();
+        ev.set_mlp_fused(true).unwrap();
+        ev.set_keep_w_bytes(0);
+        ev.set_keep_h(true);
+        ev.set_conv_radial(on);
+        println!("{} [conv_radial {on}]", ev.describe());
+        for (name, s) in [("triclinic", triclinic()), ("molecule", molecule())] {
+            let r = model.evaluate(&s).unwrap();
+            let n0 = ev.exec().rcb_launches.get();
+            ev.poison_workspace().unwrap();
+            let p = ev.evaluate(&s).unwrap();
+            let n = ev.exec().rcb_launches.get() - n0;
+            assert!(edge_count(&model, &s) > 0);
+            assert_eq!(
+                n,
+                if on { groups } else { 0 },
+                "{name}: ek_conv_radial_bwd launches"
+            );
+            check(
+                &format!("f32 synthetic {name} conv_radial={on}"),
+                &model,
+                &s,
+                &p,
+                &r,
+                1e-5,
+            );
+        }
+    }
 }
 
 /// The 3xTF32 Linears' right factors exist on the device only while that switch is on: the

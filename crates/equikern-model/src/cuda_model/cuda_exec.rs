@@ -48,11 +48,12 @@ pub struct CudaExec<T> {
 /// The kernels that stage operands in dynamic shared memory beyond the default 48 KB, with
 /// their bytes per block: launched with that much, on a grid of the blocks the device keeps
 /// resident (they stride over their tiles).
-const STAGED: [(Kern, u32); 4] = [
+const STAGED: [(Kern, u32); 5] = [
     (Kern::GemmTf32x3NtPipe, NT_PIPE_SMEM_BYTES),
     (Kern::MlpBackwardTcSmem, MLP_TC_PACK_BYTES),
     (Kern::MlpForwardTcSmem, MLP_TC_PACK_FWD_BYTES),
     (Kern::LinearTc, LINEAR_TC_SMEM_BYTES),
+    (Kern::ConvRadialBwd, super::radial_conv::RCB_SMEM_BYTES),
 ];
 
 /// Blocks per launch of `f` with `bytes` of dynamic shared memory (resident blocks per SM ×
@@ -504,6 +505,7 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
                 (Kern::LinearTc, [Arg::U64(m), Arg::I32(jobs), .., Arg::U64(ldy)]) => {
                     format!("{} m{m} jobs{jobs} ->{ldy}", k.name())
                 }
+                (Kern::ConvRadialBwd, [Arg::I32(v), ..]) => format!("{} v{v}", k.name()),
                 _ => k.name().to_string(),
             },
             || self.launch_now(k, iterations, args),

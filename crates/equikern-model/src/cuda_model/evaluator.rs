@@ -39,6 +39,7 @@ use super::buffers::{Buf, Mem};
 use super::cuda_exec::CudaExec;
 use super::exec::{Arg, Exec, Kern, Memory, Pod};
 use super::gemm::DevReal;
+use super::radial_conv::RadialConvKernels;
 use super::tables::{
     kron_tf32x3_right, linear_path_iterations, mlp_hidden_shape, mlp_pack, mlp_tc_fits,
     mlp_tc_iterations, mlp_tc_pack, tc_gemm_iterations, tf32x3_mma_fragments, tf32x3_nt_pack,
@@ -155,6 +156,9 @@ struct DevLayer<T: Pod, D: Memory> {
     /// f32: the last MLP weight `W [a, b]` as `ek_gemm_tf32x3_nt`'s right factor
     /// (`tables::tf32x3_nt_pack`, `a ≤ 64`): the backward's `gw · Wᵀ` on tensor cores.
     mlp_last_nt: Option<Buf<T, D>>,
+    /// f32: `ek_conv_radial_bwd`'s variant ids of this layer's groups, in launch order
+    /// (`radial_conv::RadialConvKernels`, the same as the compiled source's).
+    rcb: Option<Vec<i32>>,
     act_cst: T,
     gate: DevGate<D>,
     gate_cst: T,
@@ -286,6 +290,9 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     keep_h: bool,
     /// f32 Linears by `ek_linear_tc` where they have its table ([`LINEAR_TC_ENV`]).
     linear_tc: bool,
+    /// The convolution backward with the radial last product fused in, where a layer has
+    /// it ([`CONV_RADIAL_ENV`]).
+    conv_radial: bool,
 }
 
 /// SevenNet resident on one CUDA device (see the module docs).
@@ -432,6 +439,16 @@ pub const NT_PIPE_ENV: &str = "EQUIKERN_MODEL_NT_PIPE";
 /// step) is checked by the CPU emulation and NVRTC (122 registers, no spill) but untimed:
 /// `benches/h100_linear_tc.sh` is its A/B and GPU tests.
 pub const LINEAR_TC_ENV: &str = "EQUIKERN_MODEL_LINEAR_TC";
+
+/// Environment variable: `1` runs each interaction layer's convolution backward fused with
+/// its radial network's last product (`ek_conv_radial_bwd`, `radial_conv.rs`): the per-edge
+/// weights are recomputed on tensor cores from the kept last hidden activation inside the
+/// convolution, and the product's input gradient leaves it, so neither `w` nor `g_w`
+/// (`[E, 960]` for SevenNet-0's layers 1-3) is written. Where it runs: f32, TF32 tensor
+/// cores with 113 KB of shared memory per block, the fused radial MLP with its last hidden
+/// activation kept (layers before the last), and a layer shape that qualifies
+/// (`RcbShape::of`). Opt-in until timed.
+pub const CONV_RADIAL_ENV: &str = "EQUIKERN_MODEL_CONV_RADIAL";
 
 /// Environment variable: unless `0`, the radial MLP's backward on tensor cores
 /// ([`MLP_TC_ENV`]) runs by `ek_mlp_backward_tc_smem`: the weight pack (72 KB, read whole by
@@ -581,6 +598,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         // The fused MLP kernels of this model's source (the same shapes as `CudaExec` and the
         // emulation compile: `tables::model_kernel_source`).
         let mk = MlpKernels::of(model);
+        let rk = RadialConvKernels::of(model);
         let mut layers = Vec::new();
         for (t, l) in model.layers.iter().enumerate() {
             let (d1, d2, dmid, numel) = l.tp_dims;
@@ -671,6 +689,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 mlp_last_tf32,
                 mlp_last_frag,
                 mlp_last_nt,
+                rcb: if T::NAME == "f32" {
+                    rk.variants(l)
+                } else {
+                    None
+                },
                 sc: DevLinear::fwd(&d, &mem, &l.sc)?,
                 sc_t: DevLinear::bwd(&d, &mem, &l.sc)?,
                 lin1: DevLinear::fwd(&d, &mem, &l.lin1)?,
@@ -772,6 +795,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             mlp_tc_smem: std::env::var(MLP_TC_SMEM_ENV).as_deref() != Ok("0"),
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             linear_tc: std::env::var(LINEAR_TC_ENV).as_deref() == Ok("1"),
+            conv_radial: std::env::var(CONV_RADIAL_ENV).as_deref() == Ok("1"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -862,6 +886,24 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         self.linear_tc = on;
     }
 
+    /// The convolution backward fused with the radial last product where it can run (see
+    /// [`CONV_RADIAL_ENV`]).
+    pub fn set_conv_radial(&mut self, on: bool) {
+        self.conv_radial = on;
+    }
+
+    /// Whether every layer but the last takes `ek_conv_radial_bwd` (when it recomputes `w`).
+    fn rcb_everywhere(&self) -> bool {
+        let l = &self.params.layers;
+        self.conv_radial
+            && self.mlp_fused
+            && self.keep_h
+            && self.d.staged(Kern::ConvRadialBwd)
+            && l.iter()
+                .take(l.len().saturating_sub(1))
+                .all(|l| l.rcb.is_some())
+    }
+
     /// The tensor-core MLP backward with its pack in shared memory where it can run (see
     /// [`MLP_TC_SMEM_ENV`]).
     pub fn set_mlp_tc_smem(&mut self, on: bool) {
@@ -912,6 +954,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             } else {
                 mlp_tc.to_string()
             };
+        let tf32 = if T::NAME == "f32" && self.rcb_everywhere() {
+            format!("{tf32}, radial last product fused into the convolution backward")
+        } else {
+            tf32
+        };
         format!(
             "{} {} (resident, {}, radial MLP {}{}, l > 0 linear paths {}{tf32})",
             self.d.describe(),
@@ -1185,7 +1232,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
             (self.linear_paths, ws.keep_h, self.mlp_split).hash(&mut h);
             (self.mlp_tc, self.mlp_tc_fwd, self.prefetch, self.nt_pipe).hash(&mut h);
-            (self.mlp_tc_smem, self.linear_tc).hash(&mut h);
+            (self.mlp_tc_smem, self.linear_tc, self.conv_radial).hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -1267,7 +1314,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 }
             })
             .sum();
-        ws.keep = ne as u64 * per_edge * es <= self.keep_w_bytes;
+        // With the fused convolution backward on every layer that recomputes, the backward
+        // never reads `w`: keep the last hidden activations instead (less memory, same work)
+        ws.keep = !self.rcb_everywhere() && ne as u64 * per_edge * es <= self.keep_w_bytes;
         for (t, l) in p.layers.iter().enumerate() {
             ws.hs[t].ensure(d, n * l.d1)?;
             ws.ys[t].ensure(d, n * l.sc.dim_out)?;
@@ -1687,12 +1736,16 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         t: usize,
         ne: usize,
         first: bool,
+        g_last_ready: bool,
     ) -> Result<()> {
         let l = &self.params.layers[t];
         let last = l.mlp.len() - 1;
         if self.mlp_fused {
             let f = self.fused(l)?;
-            self.last_backward(l, ne, &ws.gw.s, &mut ws.hl.s)?;
+            // (`ek_conv_radial_bwd` wrote ∂/∂h of the last product into `hl` itself)
+            if !g_last_ready {
+                self.last_backward(l, ne, &ws.gw.s, &mut ws.hl.s)?;
+            }
             if let (Some(pack), true) = (&l.mlp_tc, self.mlp_tc && self.d.tensor_cores()) {
                 let nb = l.mlp[0].0;
                 // the shared-memory form copies the whole pack per block
@@ -2020,7 +2073,60 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 false,
                 &mut ws.gw.s,
             )?;
-            if ne > 0 {
+            // the convolution backward with the radial last product fused in: w and g_w never
+            // stored (the kept last hidden activation and W go in, ∂/∂h comes out into `hl`)
+            let fused_rcb = match &l.rcb {
+                Some(v)
+                    if self.conv_radial
+                        && self.mlp_fused
+                        && ws.keep_h
+                        && t + 1 < ws.hk.len()
+                        && ne > 0
+                        && d.staged(Kern::ConvRadialBwd) =>
+                {
+                    Some(v)
+                }
+                _ => None,
+            };
+            if let Some(vars) = fused_rcb {
+                let (_, send) = D::graph_views(cg);
+                let (a, _, wk) = &l.mlp[l.mlp.len() - 1];
+                let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
+                for (i, &v) in vars.iter().enumerate() {
+                    d.launch(
+                        Kern::ConvRadialBwd,
+                        n64 * 32,
+                        &[
+                            Arg::I32(v),
+                            Arg::U64(n64),
+                            Arg::U64(ne64),
+                            Arg::U32s(send, 0),
+                            Arg::Real(&ws.hs[t].s, 0),
+                            Arg::Real(&ws.sh.s, 0),
+                            Arg::Real(&ws.hk[t].s, 0),
+                            Arg::Real(&wk.s, 0),
+                            Arg::Real(&ws.g_agg.s, 0),
+                            Arg::Val(alpha),
+                            Arg::I32(i32::from(i == 0)),
+                            Arg::Real(&ws.gxc.s, 0),
+                            Arg::Real(&ws.gsh_l.s, 0),
+                            Arg::Real(&ws.hl.s, 0),
+                        ],
+                    )?;
+                }
+                let len = ne64 * self.sh_dim as u64;
+                d.launch(
+                    Kern::Accumulate,
+                    len,
+                    &[
+                        Arg::U64(len),
+                        Arg::Real(&ws.g_sh.s, 0),
+                        Arg::Real(&ws.gsh_l.s, 0),
+                        Arg::I32(i32::from(t + 1 == nl)),
+                    ],
+                )?;
+                self.mlp_backward(ws, t, ne, t + 1 == nl, true)?;
+            } else if ne > 0 {
                 if !ws.keep && t + 1 != nl {
                     // w was not kept: recompute this layer's radial MLP.
                     self.mlp_forward(ws, t, ne, true)?;
@@ -2054,7 +2160,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                         Arg::I32(i32::from(t + 1 == nl)),
                     ],
                 )?;
-                self.mlp_backward(ws, t, ne, t + 1 == nl)?;
+                self.mlp_backward(ws, t, ne, t + 1 == nl, false)?;
             } else {
                 d.zero(&mut ws.gxc.s)?;
             }

@@ -57,6 +57,7 @@ pub enum Kern {
     MlpForwardTcSmem,
     SplitTf32Rows,
     LinearTc,
+    ConvRadialBwd,
     Readout,
     Forces,
     VirialPartial,
@@ -64,7 +65,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 32] = [
+    pub const ALL: [Kern; 33] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -93,6 +94,7 @@ impl Kern {
         Kern::MlpForwardTcSmem,
         Kern::SplitTf32Rows,
         Kern::LinearTc,
+        Kern::ConvRadialBwd,
         Kern::Readout,
         Kern::Forces,
         Kern::VirialPartial,
@@ -130,6 +132,7 @@ impl Kern {
             Kern::MlpForwardTcSmem => "ek_mlp_forward_tc_smem",
             Kern::SplitTf32Rows => "ek_split_tf32_rows",
             Kern::LinearTc => "ek_linear_tc",
+            Kern::ConvRadialBwd => "ek_conv_radial_bwd",
             Kern::Readout => "ek_readout",
             Kern::Forces => "ek_forces",
             Kern::VirialPartial => "ek_virial_partial",

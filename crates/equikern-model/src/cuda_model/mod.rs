@@ -17,6 +17,7 @@
 //! * [`tables`] — the kernel source and the host-built tables (no GPU needed: the CPU
 //!   emulation test compiles the same text as C++).
 
+pub mod radial_conv;
 pub mod tables;
 
 #[cfg(feature = "cuda")]

@@ -3,6 +3,7 @@
 //! CPU-emulation test (`tests/cuda_kernels_cpu.rs`) compiles exactly this source and these
 //! tables as C++.
 
+use super::radial_conv::RadialConvKernels;
 use crate::error::{ModelError, Result};
 use crate::nn::{FullyConnectedNet, Gate, Linear};
 use crate::scalar::Scalar;
@@ -75,16 +76,33 @@ pub fn kernel_source<T: Scalar>(lmax: u32) -> Result<String> {
     kernel_source_with::<T>(lmax, &MlpKernels::none::<T>())
 }
 
+/// [`kernel_source_with`] followed by the fused convolution backward's variants
+/// ([`RadialConvKernels::source`]).
+pub fn kernel_source_full<T: Scalar>(
+    lmax: u32,
+    mlp: &MlpKernels,
+    rcb: &RadialConvKernels,
+) -> Result<String> {
+    let mut s = base_source::<T>(lmax, mlp)?;
+    s.push_str(&rcb.source());
+    Ok(s)
+}
+
 /// The kernel source of `model` in `T`: [`kernel_source_with`] for the model's lmax and the
 /// radial-MLP shapes of its layers ([`MlpKernels::of`]).
 pub fn model_kernel_source<T: Scalar>(model: &SevenNet<T>) -> Result<String> {
     let lmax = model.sh_ls.iter().copied().max().unwrap_or(0);
-    kernel_source_with::<T>(lmax, &MlpKernels::of(model))
+    kernel_source_full::<T>(lmax, &MlpKernels::of(model), &RadialConvKernels::of(model))
 }
 
 /// [`kernel_source`] with the fused radial-MLP kernels (`ek_mlp_hidden`,
 /// `ek_mlp_hidden_backward`) specialised on the hidden shapes of `mlp`.
+/// (`ek_conv_radial_bwd` without variants.)
 pub fn kernel_source_with<T: Scalar>(lmax: u32, mlp: &MlpKernels) -> Result<String> {
+    kernel_source_full::<T>(lmax, mlp, &RadialConvKernels::none())
+}
+
+fn base_source<T: Scalar>(lmax: u32, mlp: &MlpKernels) -> Result<String> {
     if lmax > MAX_SH_L {
         return Err(ModelError::Unsupported(format!(
             "spherical harmonics up to l = {lmax}: the CUDA evaluator supports l ≤ {MAX_SH_L}"

@@ -131,6 +131,43 @@ pub fn small_model(cutoff_function: &str, seed: u64) -> SevenNet {
     .unwrap()
 }
 
+/// A model whose convolutions take the fused backward with several slices and n tiles per
+/// slice (`64x0e`: 2 slices of 4 n tiles; `16x1e`: 1 of 2; `8x2e`: 1 of 1), radial hidden
+/// width 16.
+pub fn rcb_model() -> SevenNet {
+    let equikern_model::Value::Dict(mut d) = small_config("XPLOR") else {
+        unreachable!("a dict")
+    };
+    let st = |x: &str| equikern_model::Value::Str(x.to_string());
+    for (k, v) in d.iter_mut() {
+        match k {
+            equikern_model::Value::Str(n) if n == "irreps_manual" => {
+                *v = equikern_model::Value::List(vec![
+                    st("8x0e"),
+                    st("64x0e+16x1e+8x2e"),
+                    st("64x0e+16x1e+8x2e"),
+                    st("8x0e"),
+                ])
+            }
+            equikern_model::Value::Str(n) if n == "weight_nn_hidden_neurons" => {
+                *v = equikern_model::Value::List(vec![
+                    equikern_model::Value::Int(16),
+                    equikern_model::Value::Int(16),
+                ])
+            }
+            _ => {}
+        }
+    }
+    SevenNet::random(
+        &equikern_model::Value::Dict(d),
+        equikern_model::sevennet::Options {
+            silu_cst: 1.679176792398926,
+        },
+        7,
+    )
+    .unwrap()
+}
+
 /// Triclinic cell smaller than 2·cutoff (several images of every pair), H/C/N/O.
 pub fn triclinic() -> Structure {
     Structure {
@@ -319,6 +356,18 @@ static inline void ek_mma_m16n8k8_tf32(float d[4], const unsigned a[4], const un
     }
     d[i] = (float)acc;
   }
+}
+// __shfl_xor_sync of one warp: each lane posts its value, waits for the other 31 and reads
+// its partner's (two alternating slots, as the mma's staging above).
+static float ek_shfl_v[32][2][32];
+static thread_local int ek_shfl_slot = 0;
+static inline float __shfl_xor_sync(unsigned, float v, int o) {
+  unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
+  int s = ek_shfl_slot;
+  ek_shfl_slot ^= 1;
+  ek_shfl_v[w][s][l] = v;
+  __syncwarp();
+  return ek_shfl_v[w][s][l ^ (unsigned)o];
 }
 #define __global__
 #define __device__
