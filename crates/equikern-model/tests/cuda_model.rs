@@ -552,8 +552,9 @@ fn tf32x3_within_the_f32_tolerance() {
 /// The e3nn Linears by `ek_linear_tc` (one tensor-core launch per Linear) against sevenn
 /// float64 on the reference structures, beside the same evaluator with the per-path products:
 /// f32's bounds of `resident_matches_sevenn_float64` (forces 2e-4 eV/Å, energy 2e-5 eV/atom,
-/// stress 2e-6 eV/Å³) for both (the energy and stress, sums over atoms and edges, are where a
-/// truncating tensor-core accumulation shows first).
+/// stress 2e-6 eV/Å³) without it; with it the same but stress 3e-6 (measured 2.53e-6: why it
+/// is opt-in; the energy and stress, sums over atoms and edges, are where a truncating
+/// tensor-core accumulation shows first).
 #[test]
 fn linear_tc_within_the_f32_tolerance() {
     use equikern_model::cuda_model::exec::{Exec, Kern};
@@ -586,11 +587,63 @@ fn linear_tc_within_the_f32_tolerance() {
         println!(
             "Linears by ek_linear_tc {on}: worst vs sevenn f64 dF {wf:.2e} eV/A, dE {we:.2e} eV/atom, dS {ws:.2e}"
         );
+        // on: the stress bound of the default (2e-6) is what keeps it opt-in (H100, session
+        // 15: 2.53e-6, every Linear's sums truncated by the tensor cores); pinned at 3e-6 so
+        // that a worse form shows
+        let stress = if on { 3e-6 } else { 2e-6 };
         assert!(
-            wf <= 2e-4 && we <= 2e-5 && ws <= 2e-6,
+            wf <= 2e-4 && we <= 2e-5 && ws <= stress,
             "ek_linear_tc {on}: dF {wf:.2e} dE {we:.2e} dS {ws:.2e}"
         );
     }
+}
+
+/// A Linear's output blocks on concurrent lanes (`set_lanes`, CUDA streams recorded into the
+/// step's graph as branches) against one lane, f32 and f64: the same products in the same
+/// order per block, so the same numbers (≤ 1e-12 relative: a missing dependency between the
+/// lanes would read half-written blocks), over replayed steps of an 8,000-atom crystal and
+/// the water box.
+#[test]
+fn lanes_match_one_lane() {
+    let Some(dev) = cuda_device() else { return };
+    let Some(model) = real_model() else { return };
+    let systems = [rattled(si_diamond(10)), water_box(7, 3)];
+    fn run<T: DevReal>(m: &SevenNet<T>, dev: &Device, s: &[Structure]) {
+        let mut one = CudaSevenNet::<T>::new(m, dev.clone()).unwrap();
+        one.set_lanes(false);
+        let mut many = CudaSevenNet::<T>::new(m, dev.clone()).unwrap();
+        many.set_lanes(true);
+        for st in s {
+            let a = one.evaluate(st).unwrap();
+            for rep in 0..3 {
+                let b = many.evaluate(st).unwrap();
+                let fmax = a
+                    .forces
+                    .iter()
+                    .flatten()
+                    .fold(0.0f64, |m, v| m.max(v.abs()));
+                let df = a
+                    .forces
+                    .iter()
+                    .flatten()
+                    .zip(b.forces.iter().flatten())
+                    .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+                let de = (a.energy - b.energy).abs() / a.energy.abs();
+                println!(
+                    "{} {} atoms, step {rep}: |dE|/|E| {de:.1e}, max|dF|/max|F| {:.1e}",
+                    T::NAME,
+                    st.positions.len(),
+                    df / fmax
+                );
+                assert!(
+                    de <= 1e-12 && df <= 1e-12 * fmax,
+                    "lanes differ from one lane"
+                );
+            }
+        }
+    }
+    run::<f32>(&model.cast(), &dev, &systems);
+    run::<f64>(&model, &dev, &systems);
 }
 
 /// The convolution backward fused with the radial last product (`ek_conv_radial_bwd`) off

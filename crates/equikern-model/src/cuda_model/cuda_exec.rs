@@ -33,6 +33,12 @@ pub struct CudaExec<T> {
     /// shared memory).
     staged_blocks: Vec<u32>,
     gemm: Gemmer,
+    /// Extra lanes (streams, each with its products' handle) for independent work
+    /// ([`Exec::fork`]); the lane in use (0: `stream`) and how many the open fork has.
+    lanes: Vec<(Arc<CudaStream>, Gemmer)>,
+    lane: std::sync::atomic::AtomicUsize,
+    forked: std::sync::atomic::AtomicUsize,
+    side: std::sync::atomic::AtomicBool,
     ops: Vec<ConvOp>,
     /// With `EQUIKERN_MODEL_PROFILE` set: each launch, product and convolution is waited
     /// for and its host wall time summed by name (count, seconds); printed when dropped.
@@ -86,7 +92,22 @@ fn staged_blocks(cuda: &equikern::cuda_runtime::CudaDevice, f: &CudaFunction, by
     per_sm * u32::try_from(sms).unwrap_or(0)
 }
 
+/// Extra lanes of a [`CudaExec`]: two for [`Exec::fork`], the side lane
+/// ([`Exec::fork_side`]).
+const LANES: usize = 3;
+
 impl<T> CudaExec<T> {
+    /// The stream and products' handle of the lane in use.
+    fn cur(&self) -> (&Arc<CudaStream>, &Gemmer) {
+        match self.lane.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => (&self.stream, &self.gemm),
+            i => {
+                let (s, g) = &self.lanes[i - 1];
+                (s, g)
+            }
+        }
+    }
+
     fn timed<R>(&self, name: impl FnOnce() -> String, f: impl FnOnce() -> Result<R>) -> Result<R> {
         let Some(p) = &self.profile else { return f() };
         self.stream.synchronize().map_err(drv)?;
@@ -185,10 +206,21 @@ impl<T: DevReal> CudaExec<T> {
             .iter()
             .map(|&(k, bytes)| staged_blocks(cuda, &funcs[k.index()], bytes))
             .collect();
+        let lanes = (0..LANES)
+            .map(|_| {
+                let s = stream.fork().map_err(drv)?;
+                let g = Gemmer::new(&s);
+                Ok((s, g))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(CudaExec {
             staged_blocks,
             profile,
             gemm: Gemmer::new(&stream),
+            lanes,
+            lane: Default::default(),
+            forked: Default::default(),
+            side: Default::default(),
             device,
             stream,
             funcs,
@@ -536,8 +568,9 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
                 // cuBLAS runs in the thread's current context (launches and copies bind it
                 // themselves; a cuBLAS call alone does not).
                 self.bind()?;
-                self.gemm.gemm(
-                    &self.stream,
+                let (st, gm) = self.cur();
+                gm.gemm(
+                    st,
                     &self.funcs[Kern::Gemm.index()],
                     dims,
                     alpha,
@@ -552,7 +585,7 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
     }
 
     fn gemm_tf32_available(&self) -> bool {
-        matches!(self.gemm, Gemmer::Blas(_))
+        matches!(self.cur().1, Gemmer::Blas(_))
     }
 
     fn gemm_tf32(
@@ -568,8 +601,9 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
             || format!("gemm 3xtf32 m{} n{} k{}", dims.0, dims.1, dims.2),
             || {
                 self.bind()?;
-                self.gemm.gemm_tf32(
-                    &self.stream,
+                let (st, gm) = self.cur();
+                gm.gemm_tf32(
+                    st,
                     &self.funcs[Kern::Gemm.index()],
                     dims,
                     alpha,
@@ -595,7 +629,7 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
             || format!("gemm strided m{} n{} k{}", dims.0, dims.1, dims.2),
             || {
                 self.bind()?;
-                self.gemm.gemm_strided(dims, alpha, a, b, beta, c)
+                self.cur().1.gemm_strided(dims, alpha, a, b, beta, c)
             },
         )
     }
@@ -613,7 +647,7 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
             || format!("gemm strided 3xtf32 m{} n{} k{}", dims.0, dims.1, dims.2),
             || {
                 self.bind()?;
-                self.gemm.gemm_strided_tf32(dims, alpha, a, b, beta, c)
+                self.cur().1.gemm_strided_tf32(dims, alpha, a, b, beta, c)
             },
         )
     }
@@ -640,6 +674,71 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
 
     fn gemm_name(&self) -> &'static str {
         self.gemm.name()
+    }
+
+    fn fork(&self, n: usize) -> Result<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // (the profile times each call on the main stream alone; the last lane is the side's)
+        let n = n.min(self.lanes.len() - 1);
+        if n == 0 || self.profile.is_some() || self.forked.load(Relaxed) != 0 {
+            return Ok(0);
+        }
+        let ev = self.stream.record_event(None).map_err(drv)?;
+        for (s, _) in &self.lanes[..n] {
+            s.wait(&ev).map_err(drv)?;
+        }
+        self.forked.store(n, Relaxed);
+        Ok(n)
+    }
+
+    fn set_lane(&self, i: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.lane.store(i.min(self.forked.load(Relaxed)), Relaxed);
+    }
+
+    fn join(&self) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.forked.swap(0, Relaxed);
+        self.lane.store(0, Relaxed);
+        for (s, _) in &self.lanes[..n] {
+            let ev = s.record_event(None).map_err(drv)?;
+            self.stream.wait(&ev).map_err(drv)?;
+        }
+        Ok(())
+    }
+
+    fn fork_side(&self) -> Result<bool> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.profile.is_some() || self.side.load(Relaxed) {
+            return Ok(false);
+        }
+        let ev = self.stream.record_event(None).map_err(drv)?;
+        self.lanes[self.lanes.len() - 1].0.wait(&ev).map_err(drv)?;
+        self.side.store(true, Relaxed);
+        Ok(true)
+    }
+
+    fn set_side(&self, on: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = if on && self.side.load(Relaxed) {
+            self.lanes.len()
+        } else {
+            0
+        };
+        self.lane.store(i, Relaxed);
+    }
+
+    fn join_side(&self) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.lane.store(0, Relaxed);
+        if self.side.swap(false, Relaxed) {
+            let ev = self.lanes[self.lanes.len() - 1]
+                .0
+                .record_event(None)
+                .map_err(drv)?;
+            self.stream.wait(&ev).map_err(drv)?;
+        }
+        Ok(())
     }
 
     /// sm_80 and later (the kernels are compiled for the device's own arch).
@@ -755,7 +854,7 @@ impl<T: DevReal> CudaExec<T> {
         if iterations == 0 {
             return Ok(());
         }
-        let st = &self.stream;
+        let (st, _) = self.cur();
         let mut guards = Vec::new();
         let mut vals: Vec<Val<T>> = Vec::with_capacity(args.len());
         for a in args {

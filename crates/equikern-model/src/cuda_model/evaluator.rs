@@ -293,6 +293,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     /// The convolution backward with the radial last product fused in, where a layer has
     /// it ([`CONV_RADIAL_ENV`]).
     conv_radial: bool,
+    /// A Linear's products into different output blocks on concurrent lanes ([`LANES_ENV`]).
+    lanes: bool,
 }
 
 /// SevenNet resident on one CUDA device (see the module docs).
@@ -449,6 +451,18 @@ pub const LINEAR_TC_ENV: &str = "EQUIKERN_MODEL_LINEAR_TC";
 /// activation kept (layers before the last), and a layer shape that qualifies
 /// (`RcbShape::of`). Opt-in until timed.
 pub const CONV_RADIAL_ENV: &str = "EQUIKERN_MODEL_CONV_RADIAL";
+
+/// Environment variable: `1` runs a Linear's plain products into different output blocks
+/// (SevenNet-0: the `0e`, `1e`, `2e` blocks) on concurrent lanes — CUDA streams forked from
+/// the step's and joined after the Linear, recorded into the step's graph as parallel
+/// branches. Why: at Si 4,096 atoms each product is ≈ 100 blocks of 25 µs (below one wave of
+/// the H100's 132 SMs) and a step has 74 of them, one after another (≈ 1.9 ms). Off under
+/// `EQUIKERN_MODEL_PROFILE` (it times calls on the main stream). Opt-in until timed.
+pub const LANES_ENV: &str = "EQUIKERN_MODEL_LANES";
+
+/// Most rows of a Linear whose output blocks take separate lanes (beyond, each product
+/// fills the GPU by itself).
+pub const LANES_MAX_ROWS: usize = 8192;
 
 /// Environment variable: unless `0`, the radial MLP's backward on tensor cores
 /// ([`MLP_TC_ENV`]) runs by `ek_mlp_backward_tc_smem`: the weight pack (72 KB, read whole by
@@ -796,6 +810,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             linear_tc: std::env::var(LINEAR_TC_ENV).as_deref() == Ok("1"),
             conv_radial: std::env::var(CONV_RADIAL_ENV).as_deref() == Ok("1"),
+            lanes: std::env::var(LANES_ENV).as_deref() == Ok("1"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -890,6 +905,18 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// [`CONV_RADIAL_ENV`]).
     pub fn set_conv_radial(&mut self, on: bool) {
         self.conv_radial = on;
+    }
+
+    /// A Linear's products into different output blocks on concurrent lanes where the device
+    /// has them (see [`LANES_ENV`]).
+    pub fn set_lanes(&mut self, on: bool) {
+        self.lanes = on;
+    }
+
+    /// Whether the radial network runs on the side lane beside the node-side work (the
+    /// lanes on, and no 3xTF32 Linear: those use the radial product's split scratch `gw`).
+    fn side_lane(&self) -> bool {
+        self.lanes && !self.linear_tf32()
     }
 
     /// Whether every layer but the last takes `ek_conv_radial_bwd` (when it recomputes `w`).
@@ -1232,7 +1259,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             (self.mlp_fused, self.mlp_two_pass).hash(&mut h);
             (self.linear_paths, ws.keep_h, self.mlp_split).hash(&mut h);
             (self.mlp_tc, self.mlp_tc_fwd, self.prefetch, self.nt_pipe).hash(&mut h);
-            (self.mlp_tc_smem, self.linear_tc, self.conv_radial).hash(&mut h);
+            (
+                self.mlp_tc_smem,
+                self.linear_tc,
+                self.conv_radial,
+                self.lanes,
+            )
+                .hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
@@ -1454,83 +1487,107 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .filter(|_| self.linear_tf32() && D::capacity(split) >= n * ld3);
             let mut split_blocks: Vec<usize> = Vec::new();
             let min = self.tf32x3_linear_min;
-            let mut done = true;
-            for (i, g) in gemms.iter().enumerate() {
-                // a block's first product overwrites it unless accumulating
-                let over = g.first && !accumulate;
-                let beta = if over { T::ZERO } else { T::ONE };
-                let alpha_g = alpha * T::from_f64(g.coef);
-                let mut ok = false;
-                if let Some(k) = Kern::linear_path(g.dim).filter(|_| self.linear_paths) {
-                    let y: &D::Buf<T> = y;
-                    self.d.launch(
-                        k,
-                        linear_path_iterations(n, g.mul_out),
-                        &[
-                            Arg::U64(n as u64),
-                            Arg::I32(g.mul_in as i32),
-                            Arg::I32(g.mul_out as i32),
-                            Arg::Real(x, g.in_off),
-                            Arg::U64(l.dim_in as u64),
-                            Arg::Real(&l.w.s, g.w_off),
-                            Arg::Val(alpha_g),
-                            Arg::I32(i32::from(!over)),
-                            Arg::Real(y, g.out_off),
-                            Arg::U64(l.dim_out as u64),
-                        ],
-                    )?;
-                    continue;
-                }
-                if let Some((off, k3)) = tf32.filter(|_| g.k >= min && g.n >= min) {
-                    if !split_blocks.contains(&g.in_off) {
-                        let s: &D::Buf<T> = split;
-                        self.d.launch(
-                            Kern::SplitTf32Rows,
-                            (n * g.k) as u64,
-                            &[
-                                Arg::U64(n as u64),
-                                Arg::I32(g.k as i32),
-                                Arg::Real(x, g.in_off),
-                                Arg::U64(l.dim_in as u64),
-                                Arg::Real(s, 3 * g.in_off),
-                                Arg::U64(ld3 as u64),
-                            ],
-                        )?;
-                        split_blocks.push(g.in_off);
-                    }
-                    ok = self.d.gemm_strided_tf32(
-                        (n, g.n, 3 * g.k),
-                        alpha_g,
-                        (&*split, 3 * g.in_off, ld3),
-                        (&k3.s, off[i], g.n),
-                        beta,
-                        (&mut *y, g.out_off, l.dim_out),
-                    )?;
-                    if !ok {
-                        // no tensor-core product on this device: plain ones from here on
-                        tf32 = None;
-                    }
-                }
-                if !ok {
-                    ok = self.d.gemm_strided(
-                        (n, g.n, g.k),
-                        alpha_g,
-                        (x, g.in_off, l.dim_in),
-                        (&kron.s, g.k_off, g.n),
-                        beta,
-                        (&mut *y, g.out_off, l.dim_out),
-                    )?;
-                }
-                if !ok && i > 0 && accumulate {
-                    // `y` already holds some products: the fallback below would add them twice
-                    return Err(err("linear: the device refused a product midway"));
-                }
-                done &= ok;
-                if !done {
-                    break;
+            // Independent output blocks on separate lanes (plain products: the 3xTF32 ones
+            // share the split rows): small products fill a fraction of the GPU each.
+            let mut blocks: Vec<usize> = vec![];
+            for g in gemms {
+                if !blocks.contains(&g.out_off) {
+                    blocks.push(g.out_off);
                 }
             }
-            if done {
+            let lanes = if self.lanes && tf32.is_none() && blocks.len() > 1 && n <= LANES_MAX_ROWS {
+                self.d.fork(blocks.len() - 1)?
+            } else {
+                0
+            };
+            let mut products = || -> Result<bool> {
+                let mut done = true;
+                for (i, g) in gemms.iter().enumerate() {
+                    if lanes > 0 {
+                        let b = blocks.iter().position(|&o| o == g.out_off).unwrap_or(0);
+                        self.d.set_lane(b % (lanes + 1));
+                    }
+                    // a block's first product overwrites it unless accumulating
+                    let over = g.first && !accumulate;
+                    let beta = if over { T::ZERO } else { T::ONE };
+                    let alpha_g = alpha * T::from_f64(g.coef);
+                    let mut ok = false;
+                    if let Some(k) = Kern::linear_path(g.dim).filter(|_| self.linear_paths) {
+                        let y: &D::Buf<T> = y;
+                        self.d.launch(
+                            k,
+                            linear_path_iterations(n, g.mul_out),
+                            &[
+                                Arg::U64(n as u64),
+                                Arg::I32(g.mul_in as i32),
+                                Arg::I32(g.mul_out as i32),
+                                Arg::Real(x, g.in_off),
+                                Arg::U64(l.dim_in as u64),
+                                Arg::Real(&l.w.s, g.w_off),
+                                Arg::Val(alpha_g),
+                                Arg::I32(i32::from(!over)),
+                                Arg::Real(y, g.out_off),
+                                Arg::U64(l.dim_out as u64),
+                            ],
+                        )?;
+                        continue;
+                    }
+                    if let Some((off, k3)) = tf32.filter(|_| g.k >= min && g.n >= min) {
+                        if !split_blocks.contains(&g.in_off) {
+                            let s: &D::Buf<T> = split;
+                            self.d.launch(
+                                Kern::SplitTf32Rows,
+                                (n * g.k) as u64,
+                                &[
+                                    Arg::U64(n as u64),
+                                    Arg::I32(g.k as i32),
+                                    Arg::Real(x, g.in_off),
+                                    Arg::U64(l.dim_in as u64),
+                                    Arg::Real(s, 3 * g.in_off),
+                                    Arg::U64(ld3 as u64),
+                                ],
+                            )?;
+                            split_blocks.push(g.in_off);
+                        }
+                        ok = self.d.gemm_strided_tf32(
+                            (n, g.n, 3 * g.k),
+                            alpha_g,
+                            (&*split, 3 * g.in_off, ld3),
+                            (&k3.s, off[i], g.n),
+                            beta,
+                            (&mut *y, g.out_off, l.dim_out),
+                        )?;
+                        if !ok {
+                            // no tensor-core product on this device: plain ones from here on
+                            tf32 = None;
+                        }
+                    }
+                    if !ok {
+                        ok = self.d.gemm_strided(
+                            (n, g.n, g.k),
+                            alpha_g,
+                            (x, g.in_off, l.dim_in),
+                            (&kron.s, g.k_off, g.n),
+                            beta,
+                            (&mut *y, g.out_off, l.dim_out),
+                        )?;
+                    }
+                    if !ok && i > 0 && accumulate {
+                        // `y` already holds some products: the fallback below would add them twice
+                        return Err(err("linear: the device refused a product midway"));
+                    }
+                    done &= ok;
+                    if !done {
+                        break;
+                    }
+                }
+                Ok(done)
+            };
+            let done = products();
+            if lanes > 0 {
+                self.d.join()?;
+            }
+            if done? {
                 return Ok(());
             }
         }
@@ -1973,6 +2030,14 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         )?;
         // ---- interaction blocks
         for (t, l) in p.layers.iter().enumerate() {
+            // the radial network (edges only) on the side lane beside the two Linears
+            let side = ne > 0 && self.side_lane() && d.fork_side()?;
+            if side {
+                d.set_side(true);
+                let r = self.mlp_forward(ws, t, ne, false);
+                d.set_side(false);
+                r?;
+            }
             // the self-connection first, into the block's output: the Linear after the
             // convolution adds to it
             self.linear(&l.sc, n, &ws.x.s, &mut ws.ys[t].s, one, false, &mut ws.gw.s)?;
@@ -1985,8 +2050,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 false,
                 &mut ws.gw.s,
             )?;
+            if side {
+                d.join_side()?;
+            }
             if ne > 0 {
-                self.mlp_forward(ws, t, ne, false)?;
+                if !side {
+                    self.mlp_forward(ws, t, ne, false)?;
+                }
                 let slot = ws.slot(t);
                 use Tensor::*;
                 d.conv(
@@ -2063,6 +2133,15 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         )?;
         for t in (0..nl).rev() {
             let l = &p.layers[t];
+            // w recomputed on the side lane beside the gate's backward and lin2ᵀ
+            let recompute = ne > 0 && !ws.keep && t + 1 != nl;
+            let side = recompute && !self.rcb_everywhere() && self.side_lane() && d.fork_side()?;
+            if side {
+                d.set_side(true);
+                let r = self.mlp_forward(ws, t, ne, true);
+                d.set_side(false);
+                r?;
+            }
             self.gate_backward(l, n, &ws.ys[t].s, &ws.gx.s, &ws.gy.s)?;
             self.linear(
                 &l.lin2_t,
@@ -2089,6 +2168,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 _ => None,
             };
             if let Some(vars) = fused_rcb {
+                if side {
+                    d.join_side()?;
+                }
                 let (_, send) = D::graph_views(cg);
                 let (a, _, wk) = &l.mlp[l.mlp.len() - 1];
                 let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
@@ -2127,7 +2209,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 )?;
                 self.mlp_backward(ws, t, ne, t + 1 == nl, true)?;
             } else if ne > 0 {
-                if !ws.keep && t + 1 != nl {
+                if side {
+                    d.join_side()?;
+                } else if recompute {
                     // w was not kept: recompute this layer's radial MLP.
                     self.mlp_forward(ws, t, ne, true)?;
                 }

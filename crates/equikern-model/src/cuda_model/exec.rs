@@ -291,6 +291,37 @@ pub trait Exec<T: Pod>: Memory {
     ) -> Result<()>;
     /// What runs the products (e.g. `"cuBLAS"`).
     fn gemm_name(&self) -> &'static str;
+    /// Lets the work queued next run on up to `n` more lanes (streams) besides the main one,
+    /// each starting after everything queued so far; returns how many it opened (0: one
+    /// lane only, the default). Work goes to the lane [`Self::set_lane`] names until
+    /// [`Self::join`].
+    fn fork(&self, n: usize) -> Result<usize> {
+        let _ = n;
+        Ok(0)
+    }
+    /// Sends the next launches and products to lane `i` (0: the main one; `i ≤` what
+    /// [`Self::fork`] opened). Work on one lane keeps its order; lanes run concurrently.
+    fn set_lane(&self, i: usize) {
+        let _ = i;
+    }
+    /// The main lane waits for every forked lane's work; later work goes to it.
+    fn join(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Opens the side lane, a stream after everything queued so far that runs beside the
+    /// main lane (and beside [`Self::fork`]'s lanes) until [`Self::join_side`]; `false`:
+    /// none (one lane only, the default).
+    fn fork_side(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Sends the next launches and products to the side lane (`true`) or the main one.
+    fn set_side(&self, on: bool) {
+        let _ = on;
+    }
+    /// The main lane waits for the side lane's work.
+    fn join_side(&self) -> Result<()> {
+        Ok(())
+    }
     /// Runs `f` (the launches of one step), or a recording of them: `key` names everything
     /// the launches depend on (sizes, buffer addresses), so equal keys mean identical
     /// launches; `None`: not recordable. Default: runs `f`.
