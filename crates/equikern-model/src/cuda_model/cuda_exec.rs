@@ -707,6 +707,10 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         Ok(())
     }
 
+    fn fork_side_available(&self) -> bool {
+        self.profile.is_none() && !self.lanes.is_empty()
+    }
+
     fn fork_side(&self) -> Result<bool> {
         use std::sync::atomic::Ordering::Relaxed;
         if self.profile.is_some() || self.side.load(Relaxed) {

@@ -452,12 +452,17 @@ pub const LINEAR_TC_ENV: &str = "EQUIKERN_MODEL_LINEAR_TC";
 /// (`RcbShape::of`). Opt-in until timed.
 pub const CONV_RADIAL_ENV: &str = "EQUIKERN_MODEL_CONV_RADIAL";
 
-/// Environment variable: `1` runs a Linear's plain products into different output blocks
-/// (SevenNet-0: the `0e`, `1e`, `2e` blocks) on concurrent lanes — CUDA streams forked from
-/// the step's and joined after the Linear, recorded into the step's graph as parallel
-/// branches. Why: at Si 4,096 atoms each product is ≈ 100 blocks of 25 µs (below one wave of
-/// the H100's 132 SMs) and a step has 74 of them, one after another (≈ 1.9 ms). Off under
-/// `EQUIKERN_MODEL_PROFILE` (it times calls on the main stream). Opt-in until timed.
+/// Environment variable: unless `0`, a Linear's plain products into different output blocks
+/// (SevenNet-0: the `0e`, `1e`, `2e` blocks) run on concurrent lanes — CUDA streams forked
+/// from the step's and joined after the Linear, recorded into the step's graph as parallel
+/// branches — up to [`LANES_MAX_ROWS`] rows, and the radial network (edges only) runs on a
+/// side lane beside the node-side work: in the forward beside the self-connection and the
+/// first Linear, in the backward (its recomputation) beside the gate's backward and lin2ᵀ.
+/// Why: at Si 4,096 atoms each Linear product is ≈ 100 blocks of 25 µs (below one wave of
+/// the H100's 132 SMs) and a step has 74 of them, one after another (≈ 1.9 ms). Measured on
+/// the H100 (session 15, two rounds, same binary): Si 4,096 9.42 → 9.21 ms per step, water
+/// 1,029 5.66 → 5.40, Si 32,768 64.07 → 64.05; results bitwise equal (`lanes_match_one_lane`).
+/// Off under `EQUIKERN_MODEL_PROFILE` (it times calls on the main stream). On by default.
 pub const LANES_ENV: &str = "EQUIKERN_MODEL_LANES";
 
 /// Most rows of a Linear whose output blocks take separate lanes (beyond, each product
@@ -810,7 +815,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             keep_h: std::env::var(KEEP_H_ENV).as_deref() != Ok("0"),
             linear_tc: std::env::var(LINEAR_TC_ENV).as_deref() == Ok("1"),
             conv_radial: std::env::var(CONV_RADIAL_ENV).as_deref() == Ok("1"),
-            lanes: std::env::var(LANES_ENV).as_deref() == Ok("1"),
+            lanes: std::env::var(LANES_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -981,6 +986,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             } else {
                 mlp_tc.to_string()
             };
+        // (lanes where the device has them: the CPU emulation runs one)
+        let tf32 = if self.lanes && self.d.fork_side_available() {
+            format!("{tf32}, concurrent lanes")
+        } else {
+            tf32
+        };
         let tf32 = if T::NAME == "f32" && self.rcb_everywhere() {
             format!("{tf32}, radial last product fused into the convolution backward")
         } else {

@@ -308,6 +308,10 @@ pub trait Exec<T: Pod>: Memory {
     fn join(&self) -> Result<()> {
         Ok(())
     }
+    /// Whether [`Self::fork`] and [`Self::fork_side`] may open lanes (outside profiling).
+    fn fork_side_available(&self) -> bool {
+        false
+    }
     /// Opens the side lane, a stream after everything queued so far that runs beside the
     /// main lane (and beside [`Self::fork`]'s lanes) until [`Self::join_side`]; `false`:
     /// none (one lane only, the default).
