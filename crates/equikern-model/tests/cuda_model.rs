@@ -531,8 +531,8 @@ fn tf32x3_within_the_f32_tolerance() {
         let on = match (on, bwd, lin, mma) {
             (false, ..) => "off",
             (true, false, false, false) => "radial",
-            (true, true, false, false) => "radial+backward",
-            (true, true, true, false) => "radial+backward+linears (default)",
+            (true, true, false, false) => "radial+backward (default)",
+            (true, true, true, false) => "radial+backward+linears",
             _ => "radial+backward+linears+forward mma kernel",
         };
         let mut wf = 0.0f64;
@@ -602,7 +602,8 @@ fn linear_tc_within_the_f32_tolerance() {
 /// step's graph as branches) against one lane, f32 and f64: the same products in the same
 /// order per block, so the same numbers (≤ 1e-12 relative: a missing dependency between the
 /// lanes would read half-written blocks), over replayed steps of an 8,000-atom crystal and
-/// the water box.
+/// the water box. With the lanes, the radial network's forward, recomputation and MLP
+/// backward run on the side lane (`set_side_mlp_bwd`, default on).
 #[test]
 fn lanes_match_one_lane() {
     let Some(dev) = cuda_device() else { return };
