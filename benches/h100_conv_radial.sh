@@ -1,23 +1,11 @@
 #!/usr/bin/env bash
 # Session 15: `ek_conv_radial_bwd` (EQUIKERN_MODEL_CONV_RADIAL: the convolution backward with
-# the radial last product fused in) A/B, 0 against 1 in the same binary, Si 4,096, water
-# 1,029 and Si 32,768, two interleaved rounds; the GPU tests with it on
-# (`conv_radial_within_the_f32_tolerance` runs it off and on); the profiles with it on;
-# Nsight Compute on its launches at 4,096. Carry as h100_switch_ab.sh.
+# the radial last product fused in): h100_ab.sh's A/B and GPU tests for it
+# (`conv_radial_within_the_f32_tolerance` runs it off and on); then the profiles with it on
+# and Nsight Compute on its launches at 4,096. Carry as h100_switch_ab.sh.
 set -uo pipefail
+SWITCH=EQUIKERN_MODEL_CONV_RADIAL bash benches/h100_ab.sh
 source benches/device_prelude.sh
-SYS=${SYS:-si:4096,water:1029,si:32768}
-for round in 1 2; do
-  for v in 0 1; do
-    stage "EQUIKERN_MODEL_CONV_RADIAL=$v (round $round)"
-    EQUIKERN_MODEL_CONV_RADIAL=$v timeout 60 b/equikern bench --model "$CKPT" --backend cuda \
-      --systems "$SYS" --reps 10 --warmup 2 --json "$OUT/aux/ms${round}_$v.json" 2>&1 | tail -4
-  done
-done 2>&1 | tee "$OUT/ab.log"
-stage "GPU tests (EQUIKERN_MODEL_CONV_RADIAL=1)"
-EQUIKERN_MODEL_CONV_RADIAL=1 timeout 200 b/cuda_model --test-threads 1 --nocapture 2>&1 \
-  | grep -v "^\s*$" | grep -v "^\s*\(Si\|H\|C\|N\|O\)[0-9]* " > "$OUT/test_cuda_model.log"
-grep -E "worst|test result|panicked|triclinic|fused with the radial|FAILED|failures" "$OUT/test_cuda_model.log" | head -30
 for sys in 4096 32768; do
   stage "profile at $sys (EQUIKERN_MODEL_CONV_RADIAL=1)"
   EQUIKERN_MODEL_CONV_RADIAL=1 EQUIKERN_MODEL_PROFILE=1 timeout 30 b/equikern bench --model "$CKPT" \

@@ -1775,6 +1775,14 @@ fn mlp_forward_tc_emulated() {
 
 /// Spill-store bytes in a ptxas report block (`u64::MAX` when it has no such line).
 #[cfg(feature = "cuda")]
+/// Registers per thread in a ptxas entry block ("Used N registers").
+fn registers(block: &[&str]) -> Option<u32> {
+    block.iter().find_map(|x| {
+        let i = x.find("Used ")?;
+        x[i + 5..].split(' ').next()?.parse::<u32>().ok()
+    })
+}
+
 fn spill_bytes(block: &[&str]) -> u64 {
     block
         .iter()
@@ -2242,10 +2250,7 @@ fn mlp_kernels_registers_sm90() {
                     "{l}: {spill} bytes spilled: {}",
                     block.join(" | ")
                 );
-                let regs = block.iter().find_map(|x| {
-                    let i = x.find("Used ")?;
-                    x[i + 5..].split(' ').next()?.parse::<u32>().ok()
-                });
+                let regs = registers(&block);
                 assert!(regs.is_some_and(|r| r <= 128), "{l}: registers {regs:?}");
             }
             if (l.contains("Compiling entry function 'ek_mlp_backward_tc")
@@ -2263,10 +2268,7 @@ fn mlp_kernels_registers_sm90() {
                     "{l}: {spill} bytes spilled: {}",
                     block.join(" | ")
                 );
-                let regs = block.iter().find_map(|x| {
-                    let i = x.find("Used ")?;
-                    x[i + 5..].split(' ').next()?.parse::<u32>().ok()
-                });
+                let regs = registers(&block);
                 assert!(regs.is_some_and(|r| r <= 128), "{l}: registers {regs:?}");
             }
             if l.contains("Compiling entry function 'ek_linear_tc") && name == "f32" {

@@ -549,6 +549,26 @@ fn tf32x3_within_the_f32_tolerance() {
     }
 }
 
+/// The worst force (eV/Å), energy per atom (eV) and stress (eV/Å³) differences of `ev` from
+/// sevenn's float64 over `refs`.
+fn worst_vs_references(ev: &CudaSevenNet<f32>, refs: &[Reference]) -> (f64, f64, f64) {
+    let (mut wf, mut we, mut ws) = (0.0f64, 0.0f64, 0.0f64);
+    for r in refs {
+        let p = ev.evaluate(&r.structure).unwrap();
+        let n = r.structure.positions.len().max(1) as f64;
+        for (a, b) in p.forces.iter().zip(&r.forces) {
+            for c in 0..3 {
+                wf = wf.max((a[c] - b[c]).abs());
+            }
+        }
+        we = we.max((p.energy - r.energy).abs() / n);
+        if let (Some(sr), Some(ss)) = (&r.stress, p.stress) {
+            ws = ss.iter().zip(sr).fold(ws, |m, (a, b)| m.max((a - b).abs()));
+        }
+    }
+    (wf, we, ws)
+}
+
 /// The e3nn Linears by `ek_linear_tc` (one tensor-core launch per Linear) against sevenn
 /// float64 on the reference structures, beside the same evaluator with the per-path products:
 /// f32's bounds of `resident_matches_sevenn_float64` (forces 2e-4 eV/Å, energy 2e-5 eV/atom,
@@ -570,20 +590,7 @@ fn linear_tc_within_the_f32_tolerance() {
             return;
         }
         ev.set_linear_tc(on);
-        let (mut wf, mut we, mut ws) = (0.0f64, 0.0f64, 0.0f64);
-        for r in &refs {
-            let p = ev.evaluate(&r.structure).unwrap();
-            let n = r.structure.positions.len().max(1) as f64;
-            for (a, b) in p.forces.iter().zip(&r.forces) {
-                for c in 0..3 {
-                    wf = wf.max((a[c] - b[c]).abs());
-                }
-            }
-            we = we.max((p.energy - r.energy).abs() / n);
-            if let (Some(sr), Some(ss)) = (&r.stress, p.stress) {
-                ws = ss.iter().zip(sr).fold(ws, |m, (a, b)| m.max((a - b).abs()));
-            }
-        }
+        let (wf, we, ws) = worst_vs_references(&ev, &refs);
         println!(
             "Linears by ek_linear_tc {on}: worst vs sevenn f64 dF {wf:.2e} eV/A, dE {we:.2e} eV/atom, dS {ws:.2e}"
         );
@@ -666,20 +673,7 @@ fn conv_radial_within_the_f32_tolerance() {
         }
         ev.set_conv_radial(on);
         println!("{}", ev.describe());
-        let (mut wf, mut we, mut ws) = (0.0f64, 0.0f64, 0.0f64);
-        for r in &refs {
-            let p = ev.evaluate(&r.structure).unwrap();
-            let n = r.structure.positions.len().max(1) as f64;
-            for (a, b) in p.forces.iter().zip(&r.forces) {
-                for c in 0..3 {
-                    wf = wf.max((a[c] - b[c]).abs());
-                }
-            }
-            we = we.max((p.energy - r.energy).abs() / n);
-            if let (Some(sr), Some(ss)) = (&r.stress, p.stress) {
-                ws = ss.iter().zip(sr).fold(ws, |m, (a, b)| m.max((a - b).abs()));
-            }
-        }
+        let (wf, we, ws) = worst_vs_references(&ev, &refs);
         println!(
             "convolution backward fused with the radial product {on}: worst vs sevenn f64 dF {wf:.2e} eV/A, dE {we:.2e} eV/atom, dS {ws:.2e}"
         );

@@ -68,11 +68,7 @@ extern "C" void l_ek_mlp_forward_tc(void** p, u64 it) { grid_threads(it, [&] { e
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W), A(8,int)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt_pipe(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt_pipe(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
 extern "C" void l_ek_linear_tc(void** p, u64 it) { grid_threads(it, [&] { ek_linear_tc(A(0,u64), A(1,int), A(2,const int*), (const float4*)A(3,R), A(4,R), A(5,u64), A(6,real), A(7,int), A(8,W), A(9,u64)); }); }
-#ifdef EK_REAL_F32
 extern "C" void l_ek_conv_radial_bwd(void** p, u64 it) { grid_threads(it, [&] { ek_conv_radial_bwd(A(0,int), A(1,u64), A(2,u64), A(3,U), A(4,R), A(5,R), A(6,R), A(7,R), A(8,R), A(9,real), A(10,int), A(11,W), A(12,W), A(13,W)); }); }
-#else
-extern "C" void l_ek_conv_radial_bwd(void** p, u64 it) { (void)p; (void)it; }
-#endif
 extern "C" void l_ek_split_tf32_rows(void** p, u64 it) { grid(it, [&] { ek_split_tf32_rows(A(0,u64), A(1,int), A(2,R), A(3,u64), A(4,W), A(5,u64)); }); }
 extern "C" void l_ek_fill_f64(void** p, u64 it) { grid(it, [&] { ek_fill_f64(A(0,u64), A(1,double*), A(2,double)); }); }
 extern "C" void l_ek_readout(void** p, u64 it) { grid(it, [&] { ek_readout(A(0,u64), A(1,R), A(2,U), A(3,D), A(4,D), A(5,double*), A(6,W)); }); }

@@ -2208,67 +2208,61 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 }
                 _ => None,
             };
-            if let Some(vars) = fused_rcb {
-                let (_, send) = D::graph_views(cg);
-                let (a, _, wk) = &l.mlp[l.mlp.len() - 1];
-                let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
-                for (i, &v) in vars.iter().enumerate() {
-                    d.launch(
-                        Kern::ConvRadialBwd,
-                        n64 * 32,
+            if ne > 0 {
+                // ∂/∂h of the radial last product: in `hl` from the fused kernel, else from
+                // `g_w` in the MLP backward
+                let g_last_ready = if let Some(vars) = fused_rcb {
+                    let (_, send) = D::graph_views(cg);
+                    let (a, _, wk) = &l.mlp[l.mlp.len() - 1];
+                    let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
+                    for (i, &v) in vars.iter().enumerate() {
+                        d.launch(
+                            Kern::ConvRadialBwd,
+                            n64 * 32,
+                            &[
+                                Arg::I32(v),
+                                Arg::U64(n64),
+                                Arg::U64(ne64),
+                                Arg::U32s(send, 0),
+                                Arg::Real(&ws.hs[t].s, 0),
+                                Arg::Real(&ws.sh.s, 0),
+                                Arg::Real(&ws.hk[t].s, 0),
+                                Arg::Real(&wk.s, 0),
+                                Arg::Real(&ws.g_agg.s, 0),
+                                Arg::Val(alpha),
+                                Arg::I32(i32::from(i == 0)),
+                                Arg::Real(&ws.gxc.s, 0),
+                                Arg::Real(&ws.gsh_l.s, 0),
+                                Arg::Real(&ws.hl.s, 0),
+                            ],
+                        )?;
+                    }
+                    true
+                } else {
+                    if recompute && !side {
+                        // w was not kept: recompute this layer's radial MLP.
+                        self.mlp_forward(ws, t, ne, true)?;
+                    }
+                    let slot = ws.slot(t);
+                    use Tensor::*;
+                    d.conv(
+                        t,
+                        Direction::Backward,
+                        cg,
                         &[
-                            Arg::I32(v),
-                            Arg::U64(n64),
-                            Arg::U64(ne64),
-                            Arg::U32s(send, 0),
-                            Arg::Real(&ws.hs[t].s, 0),
-                            Arg::Real(&ws.sh.s, 0),
-                            Arg::Real(&ws.hk[t].s, 0),
-                            Arg::Real(&wk.s, 0),
-                            Arg::Real(&ws.g_agg.s, 0),
-                            Arg::Val(alpha),
-                            Arg::I32(i32::from(i == 0)),
-                            Arg::Real(&ws.gxc.s, 0),
-                            Arg::Real(&ws.gsh_l.s, 0),
-                            Arg::Real(&ws.hl.s, 0),
+                            (X, &ws.hs[t].s),
+                            (Y, &ws.sh.s),
+                            (W, &ws.w[slot].s),
+                            (GZ, &ws.g_agg.s),
+                        ],
+                        &mut [
+                            (GX, &mut ws.gxc.s),
+                            (GY, &mut ws.gsh_l.s),
+                            (GW, &mut ws.gw.s),
                         ],
                     )?;
-                }
-                let len = ne64 * self.sh_dim as u64;
-                d.launch(
-                    Kern::Accumulate,
-                    len,
-                    &[
-                        Arg::U64(len),
-                        Arg::Real(&ws.g_sh.s, 0),
-                        Arg::Real(&ws.gsh_l.s, 0),
-                        Arg::I32(i32::from(t + 1 == nl)),
-                    ],
-                )?;
-                self.mlp_backward(ws, t, ne, t + 1 == nl, true)?;
-            } else if ne > 0 {
-                if recompute && !side {
-                    // w was not kept: recompute this layer's radial MLP.
-                    self.mlp_forward(ws, t, ne, true)?;
-                }
-                let slot = ws.slot(t);
-                use Tensor::*;
-                d.conv(
-                    t,
-                    Direction::Backward,
-                    cg,
-                    &[
-                        (X, &ws.hs[t].s),
-                        (Y, &ws.sh.s),
-                        (W, &ws.w[slot].s),
-                        (GZ, &ws.g_agg.s),
-                    ],
-                    &mut [
-                        (GX, &mut ws.gxc.s),
-                        (GY, &mut ws.gsh_l.s),
-                        (GW, &mut ws.gw.s),
-                    ],
-                )?;
+                    false
+                };
                 let len = ne64 * self.sh_dim as u64;
                 d.launch(
                     Kern::Accumulate,
@@ -2282,14 +2276,20 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 )?;
                 // the MLP backward (edges only) on the side lane beside sc_t, lin1_t and the
                 // next layer's gate backward and lin2ᵀ
-                if self.side_mlp_bwd && self.mlp_fused && self.side_lane() && d.fork_side()? {
+                let first = t + 1 == nl;
+                if !g_last_ready
+                    && self.side_mlp_bwd
+                    && self.mlp_fused
+                    && self.side_lane()
+                    && d.fork_side()?
+                {
                     side_open = true;
                     d.set_side(true);
-                    let r = self.mlp_backward(ws, t, ne, t + 1 == nl, false);
+                    let r = self.mlp_backward(ws, t, ne, first, false);
                     d.set_side(false);
                     r?;
                 } else {
-                    self.mlp_backward(ws, t, ne, t + 1 == nl, false)?;
+                    self.mlp_backward(ws, t, ne, first, g_last_ready)?;
                 }
             } else {
                 d.zero(&mut ws.gxc.s)?;
