@@ -56,6 +56,8 @@ pub struct ConvGraph {
     nodes: usize,
     edges: usize,
     dev: GraphDev,
+    /// See [`ConvGraph::with_weight_fold`] (0: a weight row per edge).
+    weight_fold: usize,
 }
 
 enum GraphDev {
@@ -90,6 +92,7 @@ impl ConvGraph {
             DeviceInner::Cuda(d) => GraphDev::Cuda(equikern_cuda::CudaGraph::new(d, csr.clone())),
         };
         ConvGraph {
+            weight_fold: 0,
             nodes: csr.nodes,
             edges: csr.edges(),
             csr: Some(csr),
@@ -121,6 +124,7 @@ impl ConvGraph {
             r => r?,
         };
         Ok(ConvGraph {
+            weight_fold: 0,
             csr: None,
             nodes: nodes as usize,
             edges: edges as usize,
@@ -169,6 +173,7 @@ impl ConvGraph {
             r => r?,
         };
         Ok(ConvGraph {
+            weight_fold: 0,
             csr: None,
             nodes: nodes as usize,
             edges: edges as usize,
@@ -203,6 +208,7 @@ impl ConvGraph {
             r => r?,
         };
         Ok(ConvGraph {
+            weight_fold: 0,
             csr: None,
             nodes: nodes as usize,
             edges: edges as usize,
@@ -233,6 +239,7 @@ impl ConvGraph {
         // SAFETY: the caller's contract, passed on.
         let g = unsafe { equikern_cuda::CudaGraph::with_device_tables(d, csr.clone(), tables) }?;
         Ok(ConvGraph {
+            weight_fold: 0,
             nodes: csr.nodes,
             edges: csr.edges(),
             csr: Some(csr),
@@ -260,6 +267,48 @@ impl ConvGraph {
         self.edges
     }
 
+    /// The graph with edges sharing weight rows: edge `e ≥ fold` reads row `e − fold` of the
+    /// per-edge weights (`fold` ≤ edges; 0: none), e.g. a list of pairs whose second
+    /// direction comes `fold` after the first and whose weights depend on the length alone
+    /// (see `equikern_plan::conv::GraphSize::weight_fold`). Weight gradients keep a row per
+    /// edge. CUDA graphs and channel-fused plans only.
+    pub fn with_weight_fold(self, fold: usize) -> Result<Self> {
+        if fold == 0 {
+            return Ok(ConvGraph {
+                weight_fold: 0,
+                ..self
+            });
+        }
+        match self.dev {
+            #[cfg(feature = "cuda")]
+            GraphDev::Cuda(g) => Ok(ConvGraph {
+                dev: GraphDev::Cuda(g.with_weight_fold(fold as u64)?),
+                weight_fold: fold,
+                ..self
+            }),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::Unsupported(
+                "weight_fold: shared weight rows run on CUDA graphs only".into(),
+            )),
+        }
+    }
+
+    /// See [`Self::with_weight_fold`].
+    pub fn weight_fold(&self) -> usize {
+        self.weight_fold
+    }
+
+    /// Rows of per-edge weights on this graph: the edge count, or with a weight fold `f`
+    /// `max(f, edges − f)`.
+    pub fn weight_rows(&self) -> usize {
+        let (e, f) = (self.edges, self.weight_fold);
+        if f == 0 || f >= e {
+            e
+        } else {
+            f.max(e - f)
+        }
+    }
+
     /// The validated indices and both CSR views, when the graph was built on the host.
     pub fn csr(&self) -> Option<&Arc<Csr>> {
         self.csr.as_ref()
@@ -268,7 +317,10 @@ impl ConvGraph {
     /// The graph's sizes for a convolution plan (piece counts need a host-built graph).
     pub fn graph_size(&self, plan: &KernelPlan) -> Result<equikern_plan::conv::GraphSize> {
         if let Some(c) = &self.csr {
-            return Ok(plan.graph_size(c));
+            return Ok(equikern_plan::conv::GraphSize {
+                weight_fold: self.weight_fold as u64,
+                ..plan.graph_size(c)
+            });
         }
         match &self.dev {
             #[cfg(feature = "wgpu")]
@@ -538,6 +590,12 @@ impl ConvOp {
             Z | GZ | DGZ => (n, self.tp.dim_out, "nodes × dim_out"),
             Y | GY | HY | DY => (e, self.tp.dim_in2, "edges × dim_in2"),
             _ if self.shared_weights() => (1, self.tp.weight_numel, "shared weights: weight_numel"),
+            // (edges sharing weight rows: see ConvGraph::with_weight_fold)
+            W | HW => (
+                g.weight_rows(),
+                self.tp.weight_numel,
+                "weight rows × weight_numel",
+            ),
             _ => (e, self.tp.weight_numel, "edges × weight_numel"),
         };
         rows.checked_mul(per)
@@ -552,6 +610,12 @@ impl ConvOp {
             Z | GZ | DGZ => format!("nodes {n} × dim_out {}", self.tp.dim_out),
             Y | GY | HY | DY => format!("edges {e} × dim_in2 {}", self.tp.dim_in2),
             _ if self.shared_weights() => "shared weights: weight_numel".into(),
+            W | HW if g.weight_fold() > 0 => format!(
+                "weight rows {} (edges {e}, weight fold {}) × weight_numel {}",
+                g.weight_rows(),
+                g.weight_fold(),
+                self.tp.weight_numel
+            ),
             _ => format!("edges {e} × weight_numel {}", self.tp.weight_numel),
         }
     }

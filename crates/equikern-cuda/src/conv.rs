@@ -52,6 +52,8 @@ pub struct CudaGraph {
     csr: Option<Arc<Csr>>,
     nodes: u64,
     edges: u64,
+    /// See `GraphSize::weight_fold` (0: a weight row per edge).
+    weight_fold: u64,
     tables: Mutex<Tables>,
 }
 
@@ -66,6 +68,7 @@ impl CudaGraph {
             nodes: csr.nodes as u64,
             edges: csr.edges() as u64,
             csr: Some(csr),
+            weight_fold: 0,
             tables: Mutex::new(BTreeMap::new()),
         }
     }
@@ -90,6 +93,7 @@ impl CudaGraph {
             csr: None,
             nodes: t.nodes as u64,
             edges: t.edges as u64,
+            weight_fold: 0,
             tables: Mutex::new(tables),
         }
     }
@@ -113,6 +117,7 @@ impl CudaGraph {
             csr: None,
             nodes: nodes as u64,
             edges: edges as u64,
+            weight_fold: 0,
             tables: Mutex::new(tables),
         }
     }
@@ -158,8 +163,24 @@ impl CudaGraph {
             nodes: n as u64,
             edges: e as u64,
             csr: Some(csr),
+            weight_fold: 0,
             tables: Mutex::new(map),
         })
+    }
+
+    /// The graph with edges sharing weight rows: edge `e ≥ fold` reads row `e − fold` of
+    /// `W` (e.g. each pair's two directions `fold` apart, their weights a function of the
+    /// length alone; see `GraphSize::weight_fold`); `fold` ≤ the edge count, 0 for none.
+    /// Only channel-fused plans run on such a graph (`check_graph` says so).
+    pub fn with_weight_fold(mut self, fold: u64) -> Result<Self> {
+        if fold > self.edges {
+            return Err(CudaError::Plan(format!(
+                "weight_fold {fold}: more than the graph's {} edges",
+                self.edges
+            )));
+        }
+        self.weight_fold = fold;
+        Ok(self)
     }
 
     /// The host-side graph, if it was built on the host.
@@ -173,19 +194,26 @@ impl CudaGraph {
 
     /// The graph's sizes for `plan` (piece counts need the host-built graph).
     pub fn graph_size(&self, plan: &KernelPlan) -> Result<GraphSize> {
-        match &self.csr {
-            Some(c) => Ok(plan.graph_size(c)),
-            None if plan.conv.and_then(|c| c.max_piece_edges).is_some() => Err(CudaError::Plan(
-                "a graph built on the device has no pieces: use the CSR mode (max_piece_edges None)"
-                    .into(),
-            )),
-            None => Ok(GraphSize {
+        let gs = match &self.csr {
+            Some(c) => plan.graph_size(c),
+            None if plan.conv.and_then(|c| c.max_piece_edges).is_some() => {
+                return Err(CudaError::Plan(
+                    "a graph built on the device has no pieces: use the CSR mode (max_piece_edges None)"
+                        .into(),
+                ))
+            }
+            None => GraphSize {
                 nodes: self.nodes,
                 edges: self.edges,
                 recv_pieces: 0,
                 send_pieces: 0,
-            }),
-        }
+                weight_fold: 0,
+            },
+        };
+        Ok(GraphSize {
+            weight_fold: self.weight_fold,
+            ..gs
+        })
     }
 
     /// Bytes of the index tables held so far.
@@ -512,7 +540,7 @@ impl CudaConvPlan {
             for a in &tail {
                 b.arg(a);
             }
-            // SAFETY: pointers in the emitted parameter order, then the six u32 of
+            // SAFETY: pointers in the emitted parameter order, then the seven u32 of
             // `Param::Conv`; every buffer holds `conv_buffer_len` elements (checked above).
             unsafe { b.launch(cfg) }?;
         }
@@ -525,13 +553,13 @@ impl CudaConvPlan {
     }
 }
 
-/// One launch of a convolution plan's kernel: invocations and the six `Param::Conv` words
-/// `[num_samples, num_chunks, unit_base, num_nodes, num_edges, num_pieces]`.
+/// One launch of a convolution plan's kernel: invocations and the seven `Param::Conv` words
+/// `[num_samples, num_chunks, unit_base, num_nodes, num_edges, num_pieces, weight_fold]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvLaunch {
     pub kernel: usize,
     pub invocations: u64,
-    pub tail: [u32; 6],
+    pub tail: [u32; 7],
 }
 
 /// Every launch of `plan` for a graph of size `gs`, in order (empty launches dropped).
@@ -593,6 +621,7 @@ pub fn conv_launches(plan: &KernelPlan, gs: &GraphSize) -> Vec<ConvLaunch> {
                     gs.nodes as u32,
                     gs.edges as u32,
                     num_pieces,
+                    gs.weight_fold as u32,
                 ],
             });
         }

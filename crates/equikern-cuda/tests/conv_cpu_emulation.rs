@@ -119,7 +119,7 @@ fn build(plan: &KernelPlan, dir: &Path) -> Option<PathBuf> {
                 Param::Input(t) | Param::Output(t) => Some(format!("T_{}", name(*t))),
                 _ => None,
             })
-            .chain((0..6).map(|j| format!("a[{j}]")))
+            .chain((0..7).map(|j| format!("a[{j}]")))
             .collect();
         let _ = writeln!(src, "    case {i}: {}({}); break;", k.name, args.join(", "));
     }
@@ -154,8 +154,8 @@ fn build(plan: &KernelPlan, dir: &Path) -> Option<PathBuf> {
         );
     }
     src.push_str(
-        "    f = fopen(\"launches.txt\", \"r\");\n    unsigned k, gx, gy, bd, a[6];\n    \
-         while (fscanf(f, \"%u %u %u %u %u %u %u %u %u %u\", &k, &gx, &gy, &bd, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]) == 10) {\n        \
+        "    f = fopen(\"launches.txt\", \"r\");\n    unsigned k, gx, gy, bd, a[7];\n    \
+         while (fscanf(f, \"%u %u %u %u %u %u %u %u %u %u %u\", &k, &gx, &gy, &bd, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6]) == 11) {\n        \
          gridDim = {gx, gy, 1};\n        \
          if (threaded[k]) {\n            \
          for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) {\n                \
@@ -208,8 +208,23 @@ fn run(
     g: &Csr,
     inp: &BTreeMap<Tensor, Vec<f64>>,
 ) -> BTreeMap<Tensor, Vec<f64>> {
+    run_folded(plan, exe, g, inp, 0)
+}
+
+/// [`run`] on a graph whose edges from `fold` on share weight rows (`W` has
+/// `GraphSize::weight_rows` rows).
+fn run_folded(
+    plan: &KernelPlan,
+    exe: &Path,
+    g: &Csr,
+    inp: &BTreeMap<Tensor, Vec<f64>>,
+    fold: u64,
+) -> BTreeMap<Tensor, Vec<f64>> {
     let dir = exe.parent().unwrap();
-    let gs = plan.graph_size(g);
+    let gs = equikern_plan::conv::GraphSize {
+        weight_fold: fold,
+        ..plan.graph_size(g)
+    };
     let idx = conv_index_tensors(plan, g);
     for t in bound(plan) {
         let bytes: Vec<u8> = if let Some(v) = idx.get(&t) {
@@ -237,8 +252,8 @@ fn run(
         let t = c.tail;
         let _ = writeln!(
             l,
-            "{} {gx} {gy} {} {} {} {} {} {} {}",
-            c.kernel, k.workgroup_size, t[0], t[1], t[2], t[3], t[4], t[5]
+            "{} {gx} {gy} {} {} {} {} {} {} {} {}",
+            c.kernel, k.workgroup_size, t[0], t[1], t[2], t[3], t[4], t[5], t[6]
         );
     }
     std::fs::write(dir.join("launches.txt"), l).unwrap();
@@ -365,6 +380,87 @@ fn emitted_cuda_runs_right_on_a_cpu_schedule() {
     }
     let _ = std::fs::remove_dir_all(&root);
     println!("{case} plans, worst rel L2 {worst:.2e}");
+}
+
+/// Edges sharing weight rows (`GraphSize::weight_fold`): the channel-fused forward and
+/// backward read row `e − fold` for `e ≥ fold` — the oracle gets those rows expanded to one
+/// per edge; `GW` keeps a row per edge. Half and a third of the edges folded; plans with
+/// other kernels refuse a fold.
+#[test]
+fn channel_kernels_fold_shared_weight_rows() {
+    let d = radius_graph(&diamond([2, 2, 3], DIAMOND_A), 2.6).unwrap();
+    let (rr, ss) = random_skewed(60, 500, 1.3, 11).unwrap();
+    let graphs = [
+        ("diamond", Csr::build(96, &d.receiver, &d.sender).unwrap()),
+        ("skewed", Csr::build(60, &rr, &ss).unwrap()),
+    ];
+    let root = std::env::temp_dir().join(format!("equikern_conv_fold_{}", std::process::id()));
+    let mut case = 0;
+    for (tn, tp) in [
+        ("per-edge", uvu_channels()),
+        ("sevennet-like", uvu_sevennet_like()),
+    ] {
+        for dir in [Direction::Forward, Direction::Backward] {
+            let plan = lower_conv(&tp, dir, Dtype::F64, &caps(), ConvOptions::default()).unwrap();
+            assert!(
+                matches!(plan.kernels[0].work, equikern_plan::Work::Channels(_)),
+                "{tn} {dir:?}: not fused"
+            );
+            case += 1;
+            let Some(exe) = build(&plan, &root.join(case.to_string())) else {
+                println!("skipped: no C++ compiler");
+                return;
+            };
+            for (gn, g) in &graphs {
+                let e = g.edges() as u64;
+                for fold in [e / 2, e / 3] {
+                    let gs = equikern_plan::conv::GraphSize {
+                        weight_fold: fold,
+                        ..plan.graph_size(g)
+                    };
+                    let (rows, numel) = (gs.weight_rows() as usize, tp.weight_numel);
+                    let mut inp = inputs(&tp, g, 11);
+                    let w_rows = inp[&Tensor::W][..rows * numel].to_vec();
+                    let w_full: Vec<f64> = (0..e)
+                        .flat_map(|k| {
+                            let r = if k >= fold { k - fold } else { k } as usize;
+                            w_rows[r * numel..(r + 1) * numel].to_vec()
+                        })
+                        .collect();
+                    inp.insert(Tensor::W, w_full);
+                    let want = oracle(&tp, g, dir, &inp);
+                    inp.insert(Tensor::W, w_rows);
+                    let got = run_folded(&plan, &exe, g, &inp, fold);
+                    for (t, w) in &want {
+                        let err = rel_l2(&got[t], w);
+                        assert!(err <= 1e-12, "{tn} {dir:?} {gn} fold {fold} {t:?}: {err:e}");
+                    }
+                }
+            }
+        }
+    }
+    // a plan of row kernels (the atomic mode) refuses a fold
+    let plan = lower_conv(
+        &uvu_per_edge(),
+        Direction::Forward,
+        Dtype::F64,
+        &caps(),
+        ConvOptions {
+            atomic: true,
+            max_piece_edges: None,
+        },
+    )
+    .unwrap();
+    let (_, g) = &graphs[0];
+    let gs = equikern_plan::conv::GraphSize {
+        weight_fold: 3,
+        ..plan.graph_size(g)
+    };
+    let e = plan.check_graph(&gs).unwrap_err().to_string();
+    assert!(e.contains("weight_fold 3"), "{e}");
+    assert!(plan.check_graph(&plan.graph_size(g)).is_ok());
+    let _ = std::fs::remove_dir_all(&root);
+    println!("{case} plans with folded weight rows");
 }
 
 /// The channel-fused backward (one kernel over the sender view, barriers and workgroup

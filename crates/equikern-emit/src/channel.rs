@@ -102,6 +102,19 @@ impl Dialect {
     }
 }
 
+/// `we`, edge `e`'s weight row: `e − weight_fold` from the fold on (edges sharing rows,
+/// `GraphSize::weight_fold`; 0 folds nothing), else `e`.
+fn weight_row(dia: &Dialect) -> String {
+    match dia {
+        Dialect::Cuda => {
+            "const unsigned int we = e - (e >= weight_fold ? weight_fold : 0u); (void)we;".into()
+        }
+        Dialect::Wgsl { .. } => {
+            "let we = e - select(0u, P.weight_fold, e >= P.weight_fold);".into()
+        }
+    }
+}
+
 /// Structural checks, so a malformed plan cannot print out-of-range code.
 pub(crate) fn check(plan: &KernelPlan, k: &Kernel, c: &ChannelWork) -> Result<(), String> {
     let d = &plan.dims;
@@ -1399,7 +1412,7 @@ fn conv_backward_body(
                 .w_offset
                 .map(|o| format!("{}u + {row} * {}u", o + v, pth.y_mul));
             if let Some(wi) = &widx {
-                let e = el(Tensor::W, "e", wlen, wi)?;
+                let e = el(Tensor::W, "we", wlen, wi)?;
                 ln(s, ind + 4, &dia.let_(dt, "wv", &e));
             }
             ln(s, ind + 4, &dia.var(dt, "a", &zero));
@@ -1463,6 +1476,7 @@ fn conv_backward_body(
         // butterfly (lane 0 holds the pairwise tree), stored by lane 0.
         ln(&mut s, 4, "for (unsigned int t = 0u; lo + t < hi; ++t) {");
         ln(&mut s, 8, &dia.let_u("e", &tab("ids + lo + t")?));
+        ln(&mut s, 8, &weight_row(dia));
         ln(&mut s, 8, &dia.let_u("rcv", &tab("oth + lo + t")?));
         for j in 0..c.y_len {
             ln(&mut s, 8, &dia.var(dt, &format!("gy{j}"), &zero));
@@ -1516,6 +1530,7 @@ fn conv_backward_body(
     // Threads past the dispatch have lo = hi = 0.
     ln(&mut s, 8, "if (lo + t < hi) {");
     ln(&mut s, 12, &dia.let_u("e", &tab("ids + lo + t")?));
+    ln(&mut s, 12, &weight_row(dia));
     ln(&mut s, 12, &dia.let_u("rcv", &tab("oth + lo + t")?));
     if lane_grouped {
         for (gi, grp) in c.lane_groups().iter().enumerate() {
@@ -1930,6 +1945,7 @@ fn conv_forward_body(
             }
             ln(&mut s, 12, kloop);
             ln(&mut s, 16, &dia.let_u("e", &tab("ids + k")?));
+            ln(&mut s, 16, &weight_row(dia));
             ln(&mut s, 16, &dia.let_u("snd", &tab("oth + k")?));
             // The y components the group's terms read, once.
             let mut ys: Vec<u32> = paths
@@ -2001,7 +2017,7 @@ fn conv_forward_body(
                             match pth.w_offset {
                                 Some(o) => {
                                     let wi = format!("{}u + ch * {}u", o + v, pth.y_mul);
-                                    let e = el(Tensor::W, "e", wlen, &wi)?;
+                                    let e = el(Tensor::W, "we", wlen, &wi)?;
                                     ln(&mut s, ind + 4, &dia.let_(dt, "wv", &e));
                                     for k in 0..l {
                                         ln(&mut s, ind + 4, &format!("za{b}_{k} += wv * zv{k};"));

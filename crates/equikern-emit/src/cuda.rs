@@ -35,9 +35,10 @@ pub enum Param {
     NumSamples,
     /// Chunks summed by a [`Work::ReduceChunks`] kernel.
     NumChunks,
-    /// Convolution kernels (every kernel of a conv plan): six `unsigned int`s
+    /// Convolution kernels (every kernel of a conv plan): seven `unsigned int`s
     /// `num_samples` (units of this launch), `num_chunks` (reductions), `unit_base` (global
-    /// first unit), `num_nodes`, `num_edges`, `num_pieces` (of the bound piece table, else 0).
+    /// first unit), `num_nodes`, `num_edges`, `num_pieces` (of the bound piece table, else 0),
+    /// `weight_fold` (edges from it on read weight row `e − weight_fold`; 0: none).
     Conv,
 }
 

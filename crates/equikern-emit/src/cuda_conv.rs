@@ -79,12 +79,14 @@ fn signature(src: &mut String, plan: &KernelPlan, k: &Kernel) -> Vec<Param> {
     src.push_str(
         "    const unsigned int num_samples, const unsigned int num_chunks,\n    \
          const unsigned int unit_base, const unsigned int num_nodes,\n    \
-         const unsigned int num_edges, const unsigned int num_pieces)\n{\n",
+         const unsigned int num_edges, const unsigned int num_pieces,\n    \
+         const unsigned int weight_fold)\n{\n",
     );
     params.push(Param::Conv);
     let _ = writeln!(
         src,
         "    (void)num_chunks; (void)num_nodes; (void)num_edges; (void)num_pieces; (void)unit_base;\n    \
+         (void)weight_fold;\n    \
          const unsigned int g = (blockIdx.y * gridDim.x + blockIdx.x) * {}u + threadIdx.x;",
         k.workgroup_size
     );

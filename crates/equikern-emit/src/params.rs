@@ -7,8 +7,9 @@
 
 /// Where each run-time parameter sits in the uniform block (all `u32` words).
 /// Convolution kernels (`conv`) have an 8-word header: the TP's 4 words (`num_samples` counts
-/// the dispatch's units: nodes, edges or pieces), then `unit_base` (global id of the first
-/// unit), `num_nodes`, `num_edges`, `num_pieces` (of the table the kernel binds, else 0).
+/// the dispatch's units: nodes, edges or pieces; word 3 is `weight_fold`), then `unit_base`
+/// (global id of the first unit), `num_nodes`, `num_edges`, `num_pieces` (of the table the
+/// kernel binds, else 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamsLayout {
     pub binding: u32,
@@ -23,6 +24,9 @@ pub struct ConvParams {
     pub num_nodes: u32,
     pub num_edges: u32,
     pub num_pieces: u32,
+    /// Edges `≥ weight_fold` read weight row `e − weight_fold` (0: none; see
+    /// `equikern_plan::conv::GraphSize::weight_fold`). Word 3 of the conv header.
+    pub weight_fold: u32,
 }
 
 /// Run-time values for one dispatch.
@@ -73,6 +77,7 @@ impl ParamsLayout {
     pub fn encode_conv(&self, p: DispatchParams, c: ConvParams, bases: &[u32]) -> Vec<u32> {
         let mut v = self.encode(p, bases);
         if self.conv {
+            v[3] = c.weight_fold;
             v[4] = c.unit_base;
             v[5] = c.num_nodes;
             v[6] = c.num_edges;

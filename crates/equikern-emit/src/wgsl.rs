@@ -224,7 +224,14 @@ fn emit_kernel(plan: &KernelPlan, kernel: &Kernel) -> Result<EmittedKernel, Emit
         "// equikern {:?} kernel `{}` (generated from the kernel plan)\n",
         plan.direction, kernel.name
     );
-    src.push_str("struct Params {\n    num_samples: u32,\n    chunk_base: u32,\n    num_chunks: u32,\n    pad0: u32,\n");
+    src.push_str(
+        "struct Params {\n    num_samples: u32,\n    chunk_base: u32,\n    num_chunks: u32,\n",
+    );
+    src.push_str(if conv {
+        "    weight_fold: u32,\n"
+    } else {
+        "    pad0: u32,\n"
+    });
     if conv {
         src.push_str(
             "    unit_base: u32,\n    num_nodes: u32,\n    num_edges: u32,\n    num_pieces: u32,\n",

@@ -7,8 +7,8 @@
 //! within reach, unwrapping periodic bin indices into image shifts, so several images of a
 //! pair come out naturally: O(N) for fixed density. [`Graph::build_all_pairs`] is the
 //! O(N²·images) reference (exact image range per pair from `|Δf_k + S_k|·d_k ≤ |r|`, `d_k` =
-//! spacing of the lattice planes ⊥ direction k). Both return edges sorted by
-//! `(src, dst, shift)`.
+//! spacing of the lattice planes ⊥ direction k), which returns edges sorted by
+//! `(src, dst, shift)`; [`Graph::build`] returns the same edges in pair order (see [`Graph`]).
 
 use crate::error::{ModelError, Result};
 use std::collections::HashMap;
@@ -25,12 +25,24 @@ pub struct Structure {
 }
 
 /// Edges `center → neighbour`: `src[e] = i`, `dst[e] = j`, `vec[e] = pos_j − pos_i + S·cell`.
+///
+/// [`Graph::build`] lists them in pairs: its first `pairs` edges are the *leads* (`i < j`, or
+/// `i = j` with a shift lexicographically above zero) sorted by `(i, j, S)`, and edge
+/// `pairs + p` is lead `p` reversed (`j → i`, `−S`, `−vec` exactly). The two edges of a pair
+/// have one length, so a radial network needs one row per pair; `pairs = 0`: no such order
+/// (e.g. [`Graph::build_all_pairs`] or a hand-made graph).
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub src: Vec<usize>,
     pub dst: Vec<usize>,
     pub shift: Vec<[i64; 3]>,
     pub vec: Vec<V3>,
+    pub pairs: usize,
+}
+
+/// Whether edge `i → j` with shift `sh` leads its pair (its reverse is `j → i`, `−sh`).
+pub(crate) fn leads(i: usize, j: usize, sh: [i64; 3]) -> bool {
+    j > i || (j == i && sh > [0, 0, 0])
 }
 
 fn cross(a: V3, b: V3) -> V3 {
@@ -243,6 +255,38 @@ impl Graph {
         self.src.is_empty()
     }
 
+    /// Whether the edges are in [`Graph::build`]'s pair order (checked, not trusted: edge
+    /// `pairs + p` must be lead `p` reversed with the exact negated vector).
+    pub fn paired(&self) -> bool {
+        let (np, ne) = (self.pairs, self.len());
+        np > 0
+            && 2 * np == ne
+            && self.dst.len() == ne
+            && self.shift.len() == ne
+            && self.vec.len() == ne
+            && (0..np).all(|p| {
+                let f = np + p;
+                leads(self.src[p], self.dst[p], self.shift[p])
+                    && self.src[f] == self.dst[p]
+                    && self.dst[f] == self.src[p]
+                    && self.shift[f] == self.shift[p].map(|x| -x)
+                    && self.vec[f] == self.vec[p].map(|x| -x)
+            })
+    }
+
+    /// The edges sorted by `(i, j, S)` (pairs = 0): the order of [`Graph::build_all_pairs`].
+    pub fn sorted(&self) -> Graph {
+        let mut ix: Vec<usize> = (0..self.len()).collect();
+        ix.sort_by_key(|&e| (self.src[e], self.dst[e], self.shift[e]));
+        Graph {
+            src: ix.iter().map(|&e| self.src[e]).collect(),
+            dst: ix.iter().map(|&e| self.dst[e]).collect(),
+            shift: ix.iter().map(|&e| self.shift[e]).collect(),
+            vec: ix.iter().map(|&e| self.vec[e]).collect(),
+            pairs: 0,
+        }
+    }
+
     /// All edges shorter than `cutoff` (strictly), by cell lists.
     pub fn build(s: &Structure, cutoff: f64) -> Result<Graph> {
         let geo = Geometry::new(s, cutoff)?;
@@ -320,13 +364,25 @@ impl Graph {
                 }
             }
         }
+        // the leads in (i, j, S) order, then each reversed: the cutoff test and the edge
+        // vector are exactly antisymmetric (IEEE negation), so the reverses are the others
+        edges.retain(|e| leads(e.0, e.1, e.2));
         edges.sort_by_key(|e| (e.0, e.1, e.2));
-        let mut g = Graph::default();
-        for (i, j, sh, v) in edges {
+        let mut g = Graph {
+            pairs: edges.len(),
+            ..Graph::default()
+        };
+        for &(i, j, sh, v) in &edges {
             g.src.push(i);
             g.dst.push(j);
             g.shift.push(sh);
             g.vec.push(v);
+        }
+        for (i, j, sh, v) in edges {
+            g.src.push(j);
+            g.dst.push(i);
+            g.shift.push(sh.map(|x| -x));
+            g.vec.push(v.map(|x| -x));
         }
         Ok(g)
     }
@@ -481,7 +537,12 @@ mod tests {
                         cell,
                         pbc,
                     };
-                    let a = Graph::build(&s, cutoff).unwrap();
+                    let paired = Graph::build(&s, cutoff).unwrap();
+                    assert!(
+                        paired.is_empty() || paired.paired(),
+                        "{cell:?} {pbc:?} n={n}"
+                    );
+                    let a = paired.sorted();
                     let b = Graph::build_all_pairs(&s, cutoff).unwrap();
                     assert_eq!(
                         (&a.src, &a.dst, &a.shift),

@@ -32,7 +32,7 @@ extern "C" void t_edge_geometry(u64 E, const double* vec, const double* coeffs, 
 }
 extern "C" void t_edge_force(u64 E, const double* vec, const double* coeffs, int nb, double cutoff,
     int kind, double r_on, double p, const real* g_emb, const real* g_sh, double* fe) {
-  grid(E, [&] { ek_edge_force(E, vec, coeffs, nb, cutoff, kind, r_on, p, g_emb, g_sh, fe); });
+  grid(E, [&] { ek_edge_force(E, vec, coeffs, nb, cutoff, kind, r_on, p, g_emb, g_sh, fe, 0); });
 }
 extern "C" void t_one_hot(u64 N, const unsigned* types, int ns, real* out) {
   grid(N * ns, [&] { ek_one_hot(N, types, ns, out); });
@@ -100,7 +100,15 @@ extern "C" void t_gemm_tf32x3_nt(u64 m, int n, int k, real alpha, const real* A,
 // two blocks: with m > 512 a block's rings run on into its second 256-row tile
 extern "C" void t_gemm_tf32x3_nt_pipe(u64 m, int n, int k, real alpha, const real* A,
     const real* bp, real beta, real* C) {
-  grid_threads(2 * 256, [&] { ek_gemm_tf32x3_nt_pipe(m, n, k, alpha, A, bp, beta, C); });
+  grid_threads(2 * 256, [&] { ek_gemm_tf32x3_nt_pipe(m, n, k, alpha, A, bp, beta, C, 0); });
+}
+// the pair form: A given as two halves (A/2 each, exact) m rows apart, summed as read
+extern "C" void t_gemm_tf32x3_nt_pair(u64 m, int n, int k, real alpha, const real* A,
+    const real* bp, real beta, real* C) {
+  std::vector<real> a2(2 * m * (u64)k);
+  for (u64 i = 0; i < m * (u64)k; ++i) a2[i] = a2[i + m * (u64)k] = A[i] * 0.5f;
+  const real* p = a2.data();
+  grid_threads(2 * 256, [&] { ek_gemm_tf32x3_nt_pipe(m, n, k, alpha, p, bp, beta, C, m); });
 }
 extern "C" void t_mlp_backward_tc(u64 E, int nb, const real* emb, const float4* bp, real c,
     const real* gl, real* ge, int acc) {
@@ -1830,6 +1838,10 @@ fn tf32x3_nt_gemm_emulated() {
             "ek_gemm_tf32x3_nt_pipe",
             sym!(k_, b"t_gemm_tf32x3_nt_pipe", TcGemmFn),
         ),
+        (
+            "ek_gemm_tf32x3_nt_pipe (pair)",
+            sym!(k_, b"t_gemm_tf32x3_nt_pair", TcGemmFn),
+        ),
     ];
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     const GUARD: usize = 5;
@@ -1847,7 +1859,7 @@ fn tf32x3_nt_gemm_emulated() {
     ]
     .into_iter()
     .flat_map(|s| kernels.map(|kf| (s, kf)))
-    .filter(|((_, _, k), (name, _))| k % 4 == 0 || !name.ends_with("pipe"))
+    .filter(|((_, _, k), (name, _))| k % 4 == 0 || !name.contains("pipe"))
     {
         let alpha = 0.125f32;
         // A: gradients of mixed scales (as gw is), B: weights ~ N(0, 1)-like

@@ -42,7 +42,7 @@ const LAUNCHERS: &str = r#"
 #define RF const real*
 #endif
 extern "C" void l_ek_edge_geometry(void** p, u64 it) { grid(it, [&] { ek_edge_geometry(A(0,u64), A(1,D), A(2,D), A(3,int), A(4,double), A(5,int), A(6,double), A(7,double), A(8,W), A(9,W)); }); }
-extern "C" void l_ek_edge_force(void** p, u64 it) { grid(it, [&] { ek_edge_force(A(0,u64), A(1,D), A(2,D), A(3,int), A(4,double), A(5,int), A(6,double), A(7,double), A(8,R), A(9,R), A(10,double*)); }); }
+extern "C" void l_ek_edge_force(void** p, u64 it) { grid(it, [&] { ek_edge_force(A(0,u64), A(1,D), A(2,D), A(3,int), A(4,double), A(5,int), A(6,double), A(7,double), A(8,R), A(9,R), A(10,double*), A(11,u64)); }); }
 extern "C" void l_ek_one_hot(void** p, u64 it) { grid(it, [&] { ek_one_hot(A(0,u64), A(1,U), A(2,int), A(3,W)); }); }
 extern "C" void l_ek_linear(void** p, u64 it) { grid(it, [&] { ek_linear(A(0,u64), A(1,R), A(2,int), A(3,W), A(4,int), A(5,R), A(6,const int*), A(7,R), A(8,real), A(9,R), A(10,int)); }); }
 extern "C" void l_ek_linear_path3(void** p, u64 it) { grid(it, [&] { ek_linear_path3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,u64), A(5,R), A(6,real), A(7,int), A(8,W), A(9,u64)); }); }
@@ -58,6 +58,7 @@ extern "C" void l_ek_mlp_hidden_backward2(void** p, u64 it) { grid_threads(it, [
 extern "C" int unsynced_barriers() { return ek_unsynced_barriers; }
 extern "C" void l_ek_gemm(void** p, u64 it) { grid(it, [&] { ek_gemm(A(0,u64), A(1,u64), A(2,u64), A(3,real), A(4,R), A(5,R), A(6,int), A(7,real), A(8,W)); }); }
 extern "C" void l_ek_accumulate(void** p, u64 it) { grid(it, [&] { ek_accumulate(A(0,u64), A(1,W), A(2,R), A(3,int)); }); }
+extern "C" void l_ek_pair_sum(void** p, u64 it) { grid(it, [&] { ek_pair_sum(A(0,u64), A(1,W)); }); }
 extern "C" void l_ek_fill(void** p, u64 it) { grid(it, [&] { ek_fill(A(0,u64), A(1,W), A(2,real)); }); }
 extern "C" void l_ek_radial_last_tf32x3(void** p, u64 it) { grid_threads(it, [&] { ek_radial_last_tf32x3(A(0,u64), A(1,int), A(2,int), A(3,R), A(4,RF), A(5,real), A(6,W)); }); }
 extern "C" void l_ek_split_tf32(void** p, u64 it) { grid(it, [&] { ek_split_tf32(A(0,u64), A(1,int), A(2,R), A(3,W)); }); }
@@ -66,7 +67,7 @@ extern "C" void l_ek_mlp_backward_tc_smem(void** p, u64 it) { grid_threads(it, [
 extern "C" void l_ek_mlp_forward_tc_smem(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_forward_tc_smem(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,W), A(6,W)); }); }
 extern "C" void l_ek_mlp_forward_tc(void** p, u64 it) { grid_threads(it, [&] { ek_mlp_forward_tc(A(0,u64), A(1,int), A(2,R), (const float4*)A(3,R), A(4,real), A(5,W), A(6,W)); }); }
 extern "C" void l_ek_gemm_tf32x3_nt(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W), A(8,int)); }); }
-extern "C" void l_ek_gemm_tf32x3_nt_pipe(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt_pipe(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W)); }); }
+extern "C" void l_ek_gemm_tf32x3_nt_pipe(void** p, u64 it) { grid_threads(it, [&] { ek_gemm_tf32x3_nt_pipe(A(0,u64), A(1,int), A(2,int), A(3,real), A(4,R), A(5,R), A(6,real), A(7,W), A(8,u64)); }); }
 extern "C" void l_ek_linear_tc(void** p, u64 it) { grid_threads(it, [&] { ek_linear_tc(A(0,u64), A(1,int), A(2,const int*), (const float4*)A(3,R), A(4,R), A(5,u64), A(6,real), A(7,int), A(8,W), A(9,u64)); }); }
 extern "C" void l_ek_conv_radial_bwd(void** p, u64 it) { grid_threads(it, [&] { ek_conv_radial_bwd(A(0,int), A(1,u64), A(2,u64), A(3,U), A(4,R), A(5,R), A(6,R), A(7,R), A(8,R), A(9,real), A(10,int), A(11,W), A(12,W), A(13,W)); }); }
 extern "C" void l_ek_split_tf32_rows(void** p, u64 it) { grid(it, [&] { ek_split_tf32_rows(A(0,u64), A(1,int), A(2,R), A(3,u64), A(4,W), A(5,u64)); }); }
@@ -103,6 +104,8 @@ struct HostGraph {
     csr: Arc<Csr>,
     recv: HostBuf<u32>,
     send: HostBuf<u32>,
+    /// Edges from `fold` on read the weight rows `fold` before them (0: none).
+    fold: usize,
 }
 
 type TpDims = (usize, usize, usize, usize);
@@ -126,6 +129,9 @@ struct HostExec<T> {
     ltc_launches: std::cell::Cell<usize>,
     /// ... of them `ek_conv_radial_bwd`.
     rcb_launches: std::cell::Cell<usize>,
+    /// ... of them summing an edge pair's `g_w` rows: `ek_pair_sum`, or
+    /// `ek_gemm_tf32x3_nt_pipe` in its pair form.
+    pair_launches: std::cell::Cell<usize>,
     /// ... of them `ek_mlp_hidden`.
     mh_launches: std::cell::Cell<usize>,
     /// ... of them `ek_split_tf32`.
@@ -208,6 +214,7 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         lp_launches: std::cell::Cell::new(0),
         ltc_launches: std::cell::Cell::new(0),
         rcb_launches: std::cell::Cell::new(0),
+        pair_launches: std::cell::Cell::new(0),
         mh_launches: std::cell::Cell::new(0),
         split_launches: std::cell::Cell::new(0),
         mlp_tc_launches: std::cell::Cell::new(0),
@@ -316,7 +323,12 @@ impl<T: DevReal> Memory for HostExec<T> {
             recv: view(csr.packed(End::Receiver)),
             send: view(csr.packed(End::Sender)),
             csr,
+            fold: 0,
         })
+    }
+    fn fold_weights(&self, g: HostGraph, fold: usize) -> Result<HostGraph> {
+        assert!(fold <= g.csr.edges(), "fold {fold} past the edges");
+        Ok(HostGraph { fold, ..g })
     }
     fn graph_views(g: &HostGraph) -> (&HostBuf<u32>, &HostBuf<u32>) {
         (&g.recv, &g.send)
@@ -389,6 +401,10 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         }
         if k == Kern::ConvRadialBwd {
             self.rcb_launches.set(self.rcb_launches.get() + 1);
+        }
+        // a pair's g_w rows summed: by ek_pair_sum, or by the pipelined product's pair form
+        if k == Kern::PairSum || (k == Kern::GemmTf32x3NtPipe && slots[8] != 0) {
+            self.pair_launches.set(self.pair_launches.get() + 1);
         }
         // SAFETY: the launcher reads the parameters in the kernel's order; the step sized
         // every buffer (the same code as on the GPU).
@@ -517,6 +533,7 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         outputs: &mut [(Tensor, &mut HostBuf<T>)],
     ) -> Result<()> {
         let (op, (d1, d2, dmid, numel)) = &self.convs[layer];
+        let fold = g.fold;
         let g = &g.csr;
         let (nodes, edges) = (g.nodes, g.edges());
         let get = |t: Tensor, n: usize| {
@@ -526,7 +543,20 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         };
         let x = get(Tensor::X, nodes * d1);
         let y = get(Tensor::Y, edges * d2);
-        let w = get(Tensor::W, edges * numel);
+        // shared weight rows expanded to one per edge for the oracle (only the rows the
+        // fold names are read: a buffer of exactly those rows passes)
+        let rows = if fold > 0 {
+            fold.max(edges - fold)
+        } else {
+            edges
+        };
+        let w_rows = get(Tensor::W, rows * numel);
+        let w: Vec<T> = (0..edges)
+            .flat_map(|e| {
+                let r = if fold > 0 && e >= fold { e - fold } else { e };
+                w_rows[r * numel..(r + 1) * numel].to_vec()
+            })
+            .collect();
         let mut put = |t: Tensor, v: Vec<T>| {
             let b = &mut outputs.iter_mut().find(|(u, _)| *u == t).expect("output").1;
             assert!(b.len() >= v.len());
@@ -727,6 +757,9 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
         // kernel on each of its Linears)
         let linear_tc = !keep && (label != "7net-0" || full);
         ev.set_linear_tc(linear_tc);
+        // a radial row per edge pair (Graph::build's pair order) except in mode 2
+        let pairs = mode != 2;
+        ev.set_pair_rows(pairs);
         println!(
             "{} [{label}, radial outputs kept: {keep}, linears as products: {keep}, MLP fused: {fused}, two-pass: {two_pass}, tensor-core backward: {tc_bwd}, 3xTF32 forward mma: {}]",
             ev.describe(),
@@ -754,6 +787,19 @@ fn run<T: DevReal>(model: &SevenNet, label: &str, tol: f64, linear_min: usize, m
             ev.poison_workspace().unwrap();
             let p = ev.evaluate(s).unwrap();
             assert_eq!(p, p0, "{name}: a run on a poisoned workspace differs");
+            // the pair rows' gradient sum, once per layer's convolution backward (by
+            // ek_pair_sum or in the pipelined product)
+            let pair_n = ev.exec().pair_launches.get();
+            ev.exec().pair_launches.set(0);
+            let want = if pairs && edge_count(model, s) > 0 {
+                2 * model.layers.len()
+            } else {
+                0
+            };
+            assert_eq!(
+                pair_n, want,
+                "{name}: ek_pair_sum launches (pair rows {pairs})"
+            );
             check(
                 &format!(
                     "{} {label} {name} keep={keep} fused={fused}{}{}",

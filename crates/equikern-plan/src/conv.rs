@@ -20,7 +20,7 @@
 //!   row; `Chunk` kernels: `WPartial[global chunk]`, reduced in ascending order.
 
 use crate::lower::elem_size;
-use crate::{Addressing, KernelPlan, PlanError, SampleMode, Tensor, Work};
+use crate::{Addressing, Kernel, KernelPlan, PlanError, SampleMode, Tensor, Work};
 use equikern_core::conv::{Csr, End};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,23 @@ pub struct GraphSize {
     /// Pieces of the receiver / sender views (0 unless the plan uses pieces).
     pub recv_pieces: u64,
     pub send_pieces: u64,
+    /// Edges that share weight rows: edge `e` reads row `e − f` of `W` when `e ≥ f`
+    /// (`f = weight_fold`), else row `e` — e.g. a graph listing each pair's two directions
+    /// `f` apart, whose per-edge weights depend on the length alone. 0: a row per edge.
+    /// Gradients (`GW`) keep a row per edge. Channel-fused kernels only.
+    pub weight_fold: u64,
+}
+
+impl GraphSize {
+    /// Rows of per-edge weight tensors (`W`, `HW`): see [`Self::weight_fold`].
+    pub fn weight_rows(&self) -> u64 {
+        let (e, f) = (self.edges, self.weight_fold);
+        if f == 0 || f >= e {
+            e
+        } else {
+            f.max(e - f)
+        }
+    }
 }
 
 /// What a kernel's invocations (units) run over.
@@ -128,6 +145,7 @@ impl KernelPlan {
             edges: g.edges() as u64,
             recv_pieces: pieces(End::Receiver),
             send_pieces: pieces(End::Sender),
+            weight_fold: 0,
         }
     }
 
@@ -150,6 +168,7 @@ impl KernelPlan {
             Tensor::Receiver | Tensor::Sender => edges,
             Tensor::WPartial => self.conv_num_chunks(edges) * d.weight_numel as u64,
             t if t.is_node() => nodes * d.per_sample_len(t) as u64,
+            Tensor::W | Tensor::HW if !d.shared_weights => g.weight_rows() * d.weight_numel as u64,
             t => match d.per_sample_len(t) {
                 0 => d.weight_numel as u64,
                 len => edges * len as u64,
@@ -164,6 +183,23 @@ impl KernelPlan {
             return Err(PlanError::NotConv);
         }
         let es = elem_size(self.dtype);
+        if g.weight_fold > 0 {
+            // only the channel-fused printers index W through the fold
+            let per_edge_w = |k: &Kernel| {
+                !self.dims.shared_weights
+                    && k.inputs.iter().any(|t| matches!(t, Tensor::W | Tensor::HW))
+            };
+            if let Some(k) = self
+                .kernels
+                .iter()
+                .find(|k| per_edge_w(k) && !matches!(k.work, Work::Channels(_)))
+            {
+                return Err(PlanError::Unsupported(format!(
+                    "kernel {}: shared weight rows (weight_fold {}) need channel-fused kernels",
+                    k.name, g.weight_fold
+                )));
+            }
+        }
         for k in &self.kernels {
             for &t in k.inputs.iter().chain(&k.outputs) {
                 let bytes = if t.is_index() { 4 } else { es };

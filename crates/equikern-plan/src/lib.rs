@@ -453,6 +453,8 @@ pub enum PlanError {
     },
     #[error("not a convolution plan")]
     NotConv,
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 impl Dims {

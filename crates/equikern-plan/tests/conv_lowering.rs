@@ -257,6 +257,7 @@ fn graph_too_large_for_a_binding() {
         edges: 1,
         recv_pieces: 0,
         send_pieces: 0,
+        weight_fold: 0,
     };
     assert!(plan.check_graph(&one).is_ok());
 }

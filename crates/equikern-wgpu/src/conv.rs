@@ -258,6 +258,7 @@ impl Runtime {
                     num_nodes: gs.nodes as u32,
                     num_edges: gs.edges as u32,
                     num_pieces,
+                    weight_fold: gs.weight_fold as u32,
                 };
                 let bases = vec![0u32; e.bindings.len()];
                 let words = e.params.encode_conv(p, c, &bases);
@@ -400,6 +401,7 @@ impl WgpuGraph {
                 edges: self.edges,
                 recv_pieces: 0,
                 send_pieces: 0,
+                weight_fold: 0,
             }),
         }
     }

@@ -501,6 +501,13 @@ impl<T: DevReal> Memory for CudaExec<T> {
         self.graph_from_slices(n, receiver.len(), up(receiver)?, up(sender)?)
     }
 
+    fn fold_weights(&self, g: CudaGraphTables, fold: usize) -> Result<CudaGraphTables> {
+        Ok(CudaGraphTables {
+            conv: g.conv.with_weight_fold(fold).map_err(err)?,
+            ..g
+        })
+    }
+
     fn graph_views(g: &CudaGraphTables) -> (&CudaSlice<u32>, &CudaSlice<u32>) {
         (&g.recv, &g.send)
     }

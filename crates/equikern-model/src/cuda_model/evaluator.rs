@@ -297,6 +297,8 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     lanes: bool,
     /// ... and each layer's radial MLP backward on the side lane ([`SIDE_MLP_BWD_ENV`]).
     side_mlp_bwd: bool,
+    /// One radial row per edge pair on graphs in pair order ([`PAIR_ROWS_ENV`]).
+    pair_rows: bool,
 }
 
 /// SevenNet resident on one CUDA device (see the module docs).
@@ -474,6 +476,15 @@ pub const LANES_ENV: &str = "EQUIKERN_MODEL_LANES";
 /// rounds): Si 4,096 9.16 → 8.92 ms per step, water 1,029 5.41 → 5.30, Si 32,768 63.56 →
 /// 63.49; results bitwise equal to one lane. On by default.
 pub const SIDE_MLP_BWD_ENV: &str = "EQUIKERN_MODEL_SIDE_MLP_BWD";
+
+/// Environment variable: unless `0`, a graph in pair order (`Graph::build`'s and the CUDA
+/// neighbour list's: edge `pairs + p` is edge `p` reversed) gets one radial row per pair. The
+/// radial network's input is the edge length alone, so both directions of a pair have the
+/// same weights `w`: the MLP and its last product run on half the rows, `w` takes half the
+/// memory, the convolutions read row `e − pairs` for `e ≥ pairs` (the plan's weight fold),
+/// the pair's gradient is the sum of its two edges' `g_w` rows (`ek_pair_sum`) and each edge
+/// takes half of the pair's radial force. Not with [`CONV_RADIAL_ENV`]. On by default.
+pub const PAIR_ROWS_ENV: &str = "EQUIKERN_MODEL_PAIR_ROWS";
 
 /// Most rows of a Linear whose output blocks take separate lanes (beyond, each product
 /// fills the GPU by itself).
@@ -827,6 +838,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             conv_radial: std::env::var(CONV_RADIAL_ENV).as_deref() == Ok("1"),
             lanes: std::env::var(LANES_ENV).as_deref() != Ok("0"),
             side_mlp_bwd: std::env::var(SIDE_MLP_BWD_ENV).as_deref() != Ok("0"),
+            pair_rows: std::env::var(PAIR_ROWS_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -931,6 +943,21 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
 
     /// With the lanes on, each layer's radial MLP backward on the side lane too (see
     /// [`SIDE_MLP_BWD_ENV`]).
+    /// One radial row per edge pair on paired graphs (see [`PAIR_ROWS_ENV`]).
+    pub fn set_pair_rows(&mut self, on: bool) {
+        self.pair_rows = on;
+    }
+
+    /// The weight fold of a graph of `ne` edges whose first `pairs` lead pairs (0: not in
+    /// pair order): `pairs` where one radial row per pair applies, else 0.
+    fn fold_of(&self, ne: usize, pairs: usize) -> usize {
+        if self.pair_rows && !self.conv_radial && pairs > 0 && 2 * pairs == ne {
+            pairs
+        } else {
+            0
+        }
+    }
+
     pub fn set_side_mlp_bwd(&mut self, on: bool) {
         self.side_mlp_bwd = on;
     }
@@ -1006,6 +1033,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         // (lanes where the device has them: the CPU emulation runs one)
         let tf32 = if self.lanes && self.d.fork_side_available() {
             format!("{tf32}, concurrent lanes")
+        } else {
+            tf32
+        };
+        let tf32 = if self.pair_rows && !self.conv_radial {
+            format!("{tf32}, a radial row per edge pair")
         } else {
             tf32
         };
@@ -1224,9 +1256,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let (receiver, sender) = edge_lists(n, &g.src, &g.dst)?;
         let vec: Vec<f64> = g.vec.iter().flatten().copied().collect();
         let mut ws = self.lock();
+        let fold = self.fold_of(ne, if g.paired() { g.pairs } else { 0 });
         let cg = self.d.graph(n, &receiver, &sender)?;
+        let cg = self.d.fold_weights(cg, fold)?;
         let graph_s = t0.elapsed().as_secs_f64();
-        self.ensure(&mut ws, n, ne)?;
+        self.ensure(&mut ws, n, ne, fold)?;
         let t_up = Instant::now();
         self.d.upload(&vec, &mut ws.vec.s)?;
         let up_s = t_up.elapsed().as_secs_f64();
@@ -1234,7 +1268,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             .up
             .fetch_add((vec.len() * 8 + 8 * ne) as u64, Ordering::Relaxed);
         let (p, prof, min_r2) =
-            self.run_step(&mut ws, s, &types, &cg, ne, None, t0, graph_s, up_s)?;
+            self.run_step(&mut ws, s, &types, &cg, ne, fold, None, t0, graph_s, up_s)?;
         drop(ws);
         if min_r2 < MIN_DISTANCE * MIN_DISTANCE {
             check_overlap(g)?;
@@ -1254,6 +1288,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         types: &[usize],
         cg: &D::Graph,
         ne: usize,
+        fold: usize,
         graph_key: Option<u64>,
         t0: Instant,
         graph_s: f64,
@@ -1277,6 +1312,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 g,
                 n,
                 ne,
+                fold,
                 ws.keep,
                 self.tf32x3,
                 self.tf32x3_mma,
@@ -1298,7 +1334,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
             h.finish()
         });
-        self.d.run_step(key, &mut || self.step(ws, cg, n, ne))?;
+        self.d
+            .run_step(key, &mut || self.step(ws, cg, n, ne, fold))?;
         // The one synchronisation: results back.
         let len = 4 * n + RESULT_TAIL;
         let res = self.d.download(&ws.result.s, len)?;
@@ -1332,8 +1369,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
 
     /// Sizes every workspace buffer for `n` atoms and `ne` edges (grow-only; decides whether
     /// the radial-MLP outputs are kept).
-    fn ensure(&self, ws: &mut Workspace<T, D>, n: usize, ne: usize) -> Result<()> {
+    /// `fold`: the graph's weight fold (0 or `ne / 2`: a radial row per pair, see
+    /// [`PAIR_ROWS_ENV`]).
+    fn ensure(&self, ws: &mut Workspace<T, D>, n: usize, ne: usize, fold: usize) -> Result<()> {
         let d = &self.d;
+        // rows of the radial network's tensors
+        let nw = if fold > 0 { ne - fold } else { ne };
         let m = &self.model;
         let nb = m.bessel.coeffs.len();
         let p = &self.params;
@@ -1377,7 +1418,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             })
             .sum();
         // With the fused convolution backward on every layer that recomputes, the backward
-        // never reads `w`: keep the last hidden activations instead (less memory, same work)
+        // never reads `w`: keep the last hidden activations instead (less memory, same work).
+        // (Judged per edge, not per row: pair rows halve `w` but keep the same choice, so the
+        // peak memory halves too.)
         ws.keep = !self.rcb_everywhere() && ne as u64 * per_edge * es <= self.keep_w_bytes;
         for (t, l) in p.layers.iter().enumerate() {
             ws.hs[t].ensure(d, n * l.d1)?;
@@ -1392,11 +1435,11 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                     b.release(d)?;
                 }
             }
-            ws.w[slot].ensure(d, ne * l.numel)?;
+            ws.w[slot].ensure(d, nw * l.numel)?;
             if !fused {
                 for (k, (_, h_out, _)) in l.mlp.iter().enumerate().take(l.mlp.len() - 1) {
-                    ws.pre[slot][k].ensure(d, ne * h_out)?;
-                    ws.act[k].ensure(d, ne * h_out)?;
+                    ws.pre[slot][k].ensure(d, nw * h_out)?;
+                    ws.act[k].ensure(d, nw * h_out)?;
                 }
             }
         }
@@ -1410,7 +1453,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 .map(|l| l.mlp.last().map_or(0, |x| x.0))
                 .max()
                 .unwrap_or(0);
-            ws.hl.ensure(d, ne * h_last)?;
+            ws.hl.ensure(d, nw * h_last)?;
         } else {
             ws.hl.release(d)?;
         }
@@ -1420,7 +1463,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let nl = p.layers.len();
         for (t, l) in p.layers.iter().enumerate() {
             if ws.keep_h && t + 1 < nl {
-                ws.hk[t].ensure(d, ne * l.mlp.last().map_or(0, |x| x.0))?;
+                ws.hk[t].ensure(d, nw * l.mlp.last().map_or(0, |x| x.0))?;
             } else {
                 ws.hk[t].release(d)?;
             }
@@ -1823,6 +1866,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         ne: usize,
         first: bool,
         g_last_ready: bool,
+        pair: usize,
     ) -> Result<()> {
         let l = &self.params.layers[t];
         let last = l.mlp.len() - 1;
@@ -1830,7 +1874,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             let f = self.fused(l)?;
             // (`ek_conv_radial_bwd` wrote ∂/∂h of the last product into `hl` itself)
             if !g_last_ready {
-                self.last_backward(l, ne, &ws.gw.s, &mut ws.hl.s)?;
+                self.last_backward(l, ne, &ws.gw.s, &mut ws.hl.s, pair)?;
             }
             if let (Some(pack), true) = (&l.mlp_tc, self.mlp_tc && self.d.tensor_cores()) {
                 let nb = l.mlp[0].0;
@@ -1887,7 +1931,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 // g_act[k-1] = G · W_kᵀ / √a, G = gw (k = last) or g_pre[k]
                 let (lo, hi) = ws.act.split_at_mut(k);
                 if k == last {
-                    self.last_backward(l, ne, &ws.gw.s, &mut lo[k - 1].s)?;
+                    self.last_backward(l, ne, &ws.gw.s, &mut lo[k - 1].s, pair)?;
                 } else {
                     self.d.gemm(
                         (ne, *a, *b),
@@ -1916,15 +1960,32 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         Ok(())
     }
 
+    /// Whether layer `l`'s `g_w · W_lastᵀ` runs as `ek_gemm_tf32x3_nt_pipe` (f32, 3xTF32 and
+    /// its backward on, tensor cores, the kernel staged, `b % 4 == 0`: it copies A in 16-byte
+    /// pieces); it then also sums an edge pair's two `g_w` rows itself.
+    fn nt_pipe_for(&self, l: &DevLayer<T, D>) -> bool {
+        let b = l.mlp[l.mlp.len() - 1].1;
+        l.mlp_last_nt.is_some()
+            && self.tf32x3
+            && self.tf32x3_bwd
+            && self.d.tensor_cores()
+            && self.nt_pipe
+            && self.d.staged(Kern::GemmTf32x3NtPipe)
+            && b.is_multiple_of(4)
+    }
+
     /// `out [ne, a] = gw [ne, b] · W_lastᵀ / √a` (the last MLP product's input gradient):
     /// `ek_gemm_tf32x3_nt` on tensor cores (f32, 3xTF32 and its backward on, `a ≤ 64`,
     /// sm_80+), else cuBLAS.
+    /// `pair` > 0: row r of `gw` is the sum of rows r and r + pair (only where
+    /// [`Self::nt_pipe_for`]: elsewhere the caller summed them with `ek_pair_sum`).
     fn last_backward(
         &self,
         l: &DevLayer<T, D>,
         ne: usize,
         gw: &D::Buf<T>,
         out: &mut D::Buf<T>,
+        pair: usize,
     ) -> Result<()> {
         let (a, b, wk) = &l.mlp[l.mlp.len() - 1];
         let alpha = T::from_f64(1.0 / (*a as f64).sqrt());
@@ -1932,7 +1993,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             &l.mlp_last_nt,
             self.tf32x3 && self.tf32x3_bwd && self.d.tensor_cores(),
         ) {
-            if D::capacity(gw) < ne * b || D::capacity(out) < ne * a {
+            if D::capacity(gw) < (ne + pair) * b || D::capacity(out) < ne * a {
                 return Err(err("radial MLP backward: workspace too small"));
             }
             let out: &D::Buf<T> = out;
@@ -1946,12 +2007,16 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 Arg::Val(T::ZERO),
                 Arg::Real(out, 0),
             ];
-            // the pipelined kernel copies A in 16-byte pieces (gw starts each buffer)
-            if self.nt_pipe && self.d.staged(Kern::GemmTf32x3NtPipe) && b % 4 == 0 {
+            if self.nt_pipe_for(l) {
+                // (the pair form sums the pair's two g_w rows as it reads them)
+                args.push(Arg::U64(pair as u64));
+                // (the pair form's tiles are half as tall)
+                let rows = if pair > 0 { 2 * ne } else { ne };
                 return self
                     .d
-                    .launch(Kern::GemmTf32x3NtPipe, tc_gemm_iterations(ne), &args);
+                    .launch(Kern::GemmTf32x3NtPipe, tc_gemm_iterations(rows), &args);
             }
+            debug_assert_eq!(pair, 0, "the pair sum runs before any other product");
             args.push(Arg::I32(i32::from(self.prefetch)));
             return self
                 .d
@@ -2022,8 +2087,19 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     }
 
     /// The whole step on the device (no synchronisation).
-    fn step(&self, ws: &mut Workspace<T, D>, cg: &D::Graph, n: usize, ne: usize) -> Result<()> {
+    /// One step on a graph of `n` atoms and `ne` edges whose edges from `fold` on share the
+    /// radial rows of the edges `fold` before them (0: a row per edge).
+    fn step(
+        &self,
+        ws: &mut Workspace<T, D>,
+        cg: &D::Graph,
+        n: usize,
+        ne: usize,
+        fold: usize,
+    ) -> Result<()> {
         let m = &self.model;
+        // rows of the radial network (the first `nw` edges' lengths)
+        let nw = if fold > 0 { ne - fold } else { ne };
         let p = &self.params;
         let d = &self.d;
         let (n64, ne64) = (n as u64, ne as u64);
@@ -2063,7 +2139,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             let side = ne > 0 && self.side_lane() && d.fork_side()?;
             if side {
                 d.set_side(true);
-                let r = self.mlp_forward(ws, t, ne, false);
+                let r = self.mlp_forward(ws, t, nw, false);
                 d.set_side(false);
                 r?;
             }
@@ -2084,7 +2160,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             }
             if ne > 0 {
                 if !side {
-                    self.mlp_forward(ws, t, ne, false)?;
+                    self.mlp_forward(ws, t, nw, false)?;
                 }
                 let slot = ws.slot(t);
                 use Tensor::*;
@@ -2174,7 +2250,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             side_open |= side;
             if side {
                 d.set_side(true);
-                let r = self.mlp_forward(ws, t, ne, true);
+                let r = self.mlp_forward(ws, t, nw, true);
                 d.set_side(false);
                 r?;
             }
@@ -2241,7 +2317,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 } else {
                     if recompute && !side {
                         // w was not kept: recompute this layer's radial MLP.
-                        self.mlp_forward(ws, t, ne, true)?;
+                        self.mlp_forward(ws, t, nw, true)?;
                     }
                     let slot = ws.slot(t);
                     use Tensor::*;
@@ -2261,6 +2337,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                             (GW, &mut ws.gw.s),
                         ],
                     )?;
+                    if fold > 0 && !self.nt_pipe_for(l) {
+                        // a pair's gradient: its two edges' rows, edge e + fold onto e (the
+                        // pipelined product sums them as it reads them)
+                        let len = (nw * l.numel) as u64;
+                        d.launch(Kern::PairSum, len, &[Arg::U64(len), Arg::Real(&ws.gw.s, 0)])?;
+                    }
                     false
                 };
                 let len = ne64 * self.sh_dim as u64;
@@ -2285,11 +2367,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 {
                     side_open = true;
                     d.set_side(true);
-                    let r = self.mlp_backward(ws, t, ne, first, false);
+                    let pair = if self.nt_pipe_for(l) { fold } else { 0 };
+                    let r = self.mlp_backward(ws, t, nw, first, false, pair);
                     d.set_side(false);
                     r?;
                 } else {
-                    self.mlp_backward(ws, t, ne, first, g_last_ready)?;
+                    let pair = if self.nt_pipe_for(l) { fold } else { 0 };
+                    self.mlp_backward(ws, t, nw, first, g_last_ready, pair)?;
                 }
             } else {
                 d.zero(&mut ws.gxc.s)?;
@@ -2316,6 +2400,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 Arg::Real(&ws.g_emb.s, 0),
                 Arg::Real(&ws.g_sh.s, 0),
                 Arg::F64s(&ws.fe.s, 0),
+                Arg::U64(fold as u64),
             ]);
             d.launch(Kern::EdgeForce, ne64, &args)?;
         }
@@ -2433,18 +2518,20 @@ impl<T: DevReal> Resident<T, CudaExec<T>> {
         }
         let ne = list.edges();
         let mut ws = self.lock();
+        let fold = self.fold_of(ne, list.pairs());
         let cg = self
             .d
             .graph_on_device(n, ne, list.receiver(), list.sender())?;
+        let cg = self.d.fold_weights(cg, fold)?;
         let graph_s = t0.elapsed().as_secs_f64();
-        self.ensure(&mut ws, n, ne)?;
+        self.ensure(&mut ws, n, ne, fold)?;
         if let Some(v) = list.vectors() {
             self.d.copy_view(&v, &mut ws.vec.s)?;
         }
         // The tables come from the exec's grow-only pool: same addresses, same key.
         let key = Some(cg.table_key());
         let (p, prof, min_r2) =
-            self.run_step(&mut ws, s, &types, &cg, ne, key, t0, graph_s, 0.0)?;
+            self.run_step(&mut ws, s, &types, &cg, ne, fold, key, t0, graph_s, 0.0)?;
         // The graph shares the pool's tables: gone before another thread's step may build.
         drop(cg);
         drop(ws);

@@ -45,6 +45,7 @@ pub enum Kern {
     MlpHiddenBackward2,
     Gemm,
     Accumulate,
+    PairSum,
     Fill,
     FillF64,
     SplitTf32,
@@ -65,7 +66,7 @@ pub enum Kern {
 }
 
 impl Kern {
-    pub const ALL: [Kern; 33] = [
+    pub const ALL: [Kern; 34] = [
         Kern::EdgeGeometry,
         Kern::EdgeForce,
         Kern::OneHot,
@@ -82,6 +83,7 @@ impl Kern {
         Kern::MlpHiddenBackward2,
         Kern::Gemm,
         Kern::Accumulate,
+        Kern::PairSum,
         Kern::Fill,
         Kern::FillF64,
         Kern::SplitTf32,
@@ -120,6 +122,7 @@ impl Kern {
             Kern::MlpHiddenBackward2 => "ek_mlp_hidden_backward2",
             Kern::Gemm => "ek_gemm",
             Kern::Accumulate => "ek_accumulate",
+            Kern::PairSum => "ek_pair_sum",
             Kern::Fill => "ek_fill",
             Kern::FillF64 => "ek_fill_f64",
             Kern::SplitTf32 => "ek_split_tf32",
@@ -193,6 +196,9 @@ pub trait Memory: Sized {
     /// The graph of `n` atoms with these edges (sender → receiver), its CSR views on the
     /// device.
     fn graph(&self, n: usize, receiver: &[u32], sender: &[u32]) -> Result<Self::Graph>;
+    /// `g` with its edges from `fold` on reading the weight rows `fold` before them (a
+    /// radial row per edge pair; 0: a row per edge).
+    fn fold_weights(&self, g: Self::Graph, fold: usize) -> Result<Self::Graph>;
     /// The graph's packed CSR views on the device, by receiver and by sender (the layout of
     /// `Csr::packed`).
     fn graph_views(g: &Self::Graph) -> (&Self::Buf<u32>, &Self::Buf<u32>);

@@ -136,8 +136,12 @@ extern "C" __global__ void ek_edge_force(u64 edges, const double* __restrict__ v
                                          const double* __restrict__ coeffs, int nb,
                                          double cutoff, int env_kind, double r_on, double p,
                                          const real* __restrict__ g_emb,
-                                         const real* __restrict__ g_sh, double* fe) {
+                                         const real* __restrict__ g_sh, double* fe, u64 fold) {
   EK_FOR(e, edges) {
+    // pair rows (fold > 0): edges e and e + fold share row e of g_emb (the pair's radial
+    // gradient) and take half of it each
+    const u64 row = e >= fold ? e - fold : e;
+    const double share = fold ? 0.5 : 1.0;
     double v[3] = {vec[3 * e], vec[3 * e + 1], vec[3 * e + 2]};
     double r = sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
     double f, df;
@@ -149,8 +153,9 @@ extern "C" __global__ void ek_edge_force(u64 edges, const double* __restrict__ v
       double s = sin(c * r), co = cos(c * r);
       double b = pre * s / r;
       double db = pre * (c * co / r - s / (r * r));
-      g_r += (double)g_emb[e * nb + k] * (db * f + b * df);
+      g_r += (double)g_emb[row * nb + k] * (db * f + b * df);
     }
+    g_r *= share;
     double scale = r > 1e-12 ? r : 1e-12;
     double u[3] = {v[0] / scale, v[1] / scale, v[2] / scale};
     double jac[3][3];
@@ -1038,6 +1043,12 @@ extern "C" __global__ void ek_accumulate(u64 n, real* dst, const real* __restric
   EK_FOR(i, n) dst[i] = first ? src[i] : dst[i] + src[i];
 }
 
+// A radial row per edge pair (edges e and e + pairs share row e): the pair's weight
+// gradient, the first n elements (pairs rows) plus the next n (the reversed edges' rows).
+extern "C" __global__ void ek_pair_sum(u64 n, real* g) {
+  EK_FOR(i, n) g[i] += g[i + n];
+}
+
 // TF32 split for the radial MLP's last product: see ek_tf32 (above).
 extern "C" __global__ void ek_split_tf32(u64 rows, int k, const real* __restrict__ a,
                                          real* __restrict__ cat) {
@@ -1395,8 +1406,20 @@ struct EkNtpRows {
     return st[r * 32 + 4 * seg + (q & 3)];
   }
 };
+// The pair form's A values (`pair` > 0: A row r is A[r] + A[r + pair], a radial row per edge
+// pair): the stage holds the warp's 16 rows in slots 0..15 and their partners in 16..31;
+// row slot i (0, 1) is row 8i + g, summed with its partner where used.
+struct EkNtpPairRows {
+  const float* st;
+  int g, t;
+  __device__ __forceinline__ float operator()(int i, int q) const {
+    const int r = 8 * i + g, seg = (q < 4 ? t : t + 4) ^ ((r & 1) << 2);
+    return st[r * 32 + 4 * seg + (q & 3)] + st[(r + 16) * 32 + 4 * seg + (q & 3)];
+  }
+};
 // The block's place in its sequence of (tile, chunk) items: the tile's first row (tiles of
-// EK_BLOCK rows, gridDim.x · EK_BLOCK apart), the chunk and the ring stage; no division.
+// EK_BLOCK rows, or EK_BLOCK / 2 in the pair form; gridDim.x tiles apart), the chunk and the
+// ring stage; no division.
 struct EkNtpCursor {
   u64 row0;
   int c, stage;
@@ -1408,9 +1431,11 @@ struct EkNtpCursor {
 // Copies the cursor's item (if its tile starts before m) into its stage — the warp's rows
 // of A into `ring`, the chunk of B (by the whole block) into `bring` — as one commit group
 // per call (empty past the last item, so the wait count stays uniform).
+// Pair form (pair > 0): the warp's 16 rows in slots 0..15, rows + pair in 16..31.
 __device__ __forceinline__ void ek_ntp_issue(float* ring, float* bring, const float* A,
                                              const float* bp, u64 m, int k,
-                                             const EkNtpCursor& it, int warp, int lane) {
+                                             const EkNtpCursor& it, int warp, int lane,
+                                             u64 pair) {
   if (it.row0 < m) {
     const int seg = lane & 7;
     const int col = 32 * it.c + 4 * seg;
@@ -1418,8 +1443,9 @@ __device__ __forceinline__ void ek_ntp_issue(float* ring, float* bring, const fl
     EK_UNROLL
     for (int j = 0; j < 8; ++j) {
       const int r = (lane >> 3) + 4 * j;
-      const u64 row = it.row0 + 32 * warp + r;
-      const bool ok = row < m && col < k;
+      const u64 own = pair ? it.row0 + 16 * warp + (r & 15) : it.row0 + 32 * warp + r;
+      const u64 row = pair && r >= 16 ? own + pair : own;
+      const bool ok = own < m && col < k;
       ek_cp_async16_zfill(st + r * 32 + 4 * (seg ^ ((r & 1) << 2)),
                           ok ? A + row * (u64)k + col : A, ok);
     }
@@ -1429,35 +1455,55 @@ __device__ __forceinline__ void ek_ntp_issue(float* ring, float* bring, const fl
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
-    ek_gemm_tf32x3_nt_pipe(u64 m, int n, int k, real alpha, const real* __restrict__ A,
-                           const real* __restrict__ bp, real beta, real* __restrict__ C) {
 #if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
-  EK_DYN_SHARED(float, ek_ntp_smem, EK_NTP_STAGES * (EK_BLOCK / 32 * EK_NTP_STAGE + EK_TC_CHUNK));
+// MT = 2: rows of A as they are (32 per warp); MT = 1: the pair form (16 per warp, each the
+// sum of two rows `pair` apart).
+// (The shared memory comes from the kernel: a static in a template would be one object for
+// every library that instantiates it in the CPU emulation, which loads several at once.)
+template <int MT, class Rows>
+__device__ __forceinline__ void ek_ntp_body(float* ek_ntp_smem, u64 m, int n, int k, real alpha,
+                                            const real* A, const real* bp, real beta, real* C,
+                                            u64 pair) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   float* bring = ek_ntp_smem;
   float* ring = ek_ntp_smem + EK_NTP_STAGES * EK_TC_CHUNK + warp * (EK_NTP_STAGES * EK_NTP_STAGE);
   const int chunks = (k + 31) / 32;
-  const u64 step = (u64)gridDim.x * blockDim.x;
-  EkNtpCursor use{(u64)blockIdx.x * blockDim.x, 0, 0};
+  const int tile = 16 * MT * (EK_BLOCK / 32);
+  const u64 step = (u64)gridDim.x * tile;
+  EkNtpCursor use{(u64)blockIdx.x * tile, 0, 0};
   EkNtpCursor fill = use;
   for (int f = 0; f + 1 < EK_NTP_STAGES; ++f, fill.next(chunks, step))
-    ek_ntp_issue(ring, bring, A, bp, m, k, fill, warp, lane);
-  float acc[2][8][4];
+    ek_ntp_issue(ring, bring, A, bp, m, k, fill, warp, lane, pair);
+  float acc[MT][8][4];
   for (; use.row0 < m; use.next(chunks, step), fill.next(chunks, step)) {
     ek_cp_async_wait<EK_NTP_STAGES - 2>();
     // this item's copies (every thread's) have landed, and every warp is done with the
     // previous item's stage, which the issue below refills
     __syncthreads();
-    ek_ntp_issue(ring, bring, A, bp, m, k, fill, warp, lane);
-    if (use.c == 0) ek_tc_tiles_zero<2>(acc);
-    ek_tc_chunk<2>(EkNtpRows{ring + use.stage * EK_NTP_STAGE, g, t},
-                   (const float4*)(bring + use.stage * EK_TC_CHUNK), lane, acc);
+    ek_ntp_issue(ring, bring, A, bp, m, k, fill, warp, lane, pair);
+    if (use.c == 0) ek_tc_tiles_zero<MT>(acc);
+    ek_tc_chunk<MT>(Rows{ring + use.stage * EK_NTP_STAGE, g, t},
+                    (const float4*)(bring + use.stage * EK_TC_CHUNK), lane, acc);
     if (use.c + 1 == chunks)
-      ek_tc_store<2>(acc, use.row0 + 32 * warp, m, n, alpha, beta, C, lane);
+      ek_tc_store<MT>(acc, use.row0 + 16 * MT * warp, m, n, alpha, beta, C, lane);
   }
   ek_cp_async_wait<0>();
+}
+#endif
+
+// pair > 0: A row r (r < m) is A[r] + A[r + pair] (a radial row per edge pair: the pair's
+// gradient summed as the rows are read, instead of a pass over them first).
+extern "C" __global__ void __launch_bounds__(EK_BLOCK, 1)
+    ek_gemm_tf32x3_nt_pipe(u64 m, int n, int k, real alpha, const real* __restrict__ A,
+                           const real* __restrict__ bp, real beta, real* __restrict__ C,
+                           u64 pair) {
+#if defined(EK_HAS_MMA_TF32) && defined(EK_REAL_F32)
+  EK_DYN_SHARED(float, ek_ntp_smem, EK_NTP_STAGES * (EK_BLOCK / 32 * EK_NTP_STAGE + EK_TC_CHUNK));
+  if (pair)
+    ek_ntp_body<1, EkNtpPairRows>(ek_ntp_smem, m, n, k, alpha, A, bp, beta, C, pair);
+  else
+    ek_ntp_body<2, EkNtpRows>(ek_ntp_smem, m, n, k, alpha, A, bp, beta, C, 0);
 #endif
 }
 

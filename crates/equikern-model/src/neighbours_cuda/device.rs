@@ -321,7 +321,9 @@ impl CudaNeighbourList {
             .arg(&mut *total);
         // SAFETY: counts n, offsets n + 1, total 1.
         unsafe { b.launch(one_block()) }.map_err(dev_err)?;
-        let e64 = stream.clone_dtoh(&total.slice(0..1)).map_err(dev_err)?[0];
+        // the lead edges; the list is them and their reverses
+        let l64 = stream.clone_dtoh(&total.slice(0..1)).map_err(dev_err)?[0];
+        let e64 = 2 * l64;
         if e64 >= u32::MAX as u64 {
             return Err(ModelError::input(
                 "cutoff",
@@ -329,10 +331,10 @@ impl CudaNeighbourList {
             ));
         }
         let e = e64 as usize;
-        let e32 = e as u32;
-        let ssrc = self.ssrc.at_least(&stream, e)?;
-        let sdst = self.sdst.at_least(&stream, e)?;
-        let sshift = self.sshift.at_least(&stream, 3 * e)?;
+        let (l, l32) = (l64 as usize, l64 as u32);
+        let ssrc = self.ssrc.at_least(&stream, l)?;
+        let sdst = self.sdst.at_least(&stream, l)?;
+        let sshift = self.sshift.at_least(&stream, 3 * l)?;
         if e > 0 {
             let mut b = stream.launch_builder(&f.write);
             b.arg(pos)
@@ -347,7 +349,7 @@ impl CudaNeighbourList {
                 .arg(&mut *ssrc)
                 .arg(&mut *sdst)
                 .arg(&mut *sshift);
-            // SAFETY: atom i writes offsets[i] .. offsets[i + 1] ≤ e (the same visit as count).
+            // SAFETY: atom i writes offsets[i] .. offsets[i + 1] ≤ l (the same visit as count).
             unsafe { b.launch(grid(n)) }.map_err(dev_err)?;
         }
         let src = self.src.at_least(&stream, e)?;
@@ -358,7 +360,7 @@ impl CudaNeighbourList {
             let mut b = stream.launch_builder(&f.order);
             b.arg(pos)
                 .arg(p)
-                .arg(&e32)
+                .arg(&l32)
                 .arg(&*offsets)
                 .arg(&*ssrc)
                 .arg(&*sdst)
@@ -367,8 +369,9 @@ impl CudaNeighbourList {
                 .arg(&mut *dst)
                 .arg(&mut *shift)
                 .arg(&mut *vec);
-            // SAFETY: each staged edge goes to lo + rank < offsets[i + 1] ≤ e.
-            unsafe { b.launch(grid(e)) }.map_err(dev_err)?;
+            // SAFETY: each staged lead goes to p = lo + rank < offsets[i + 1] ≤ l and its
+            // reverse to l + p < 2l = e.
+            unsafe { b.launch(grid(l)) }.map_err(dev_err)?;
         }
         self.edges = e;
         Ok(e)
@@ -382,6 +385,12 @@ impl CudaNeighbourList {
     /// Edges of the last build.
     pub fn edges(&self) -> usize {
         self.edges
+    }
+
+    /// Lead edges of the last build: the list is in [`Graph::build`]'s pair order (edge
+    /// `pairs + p` is edge `p` reversed), `edges = 2 · pairs`.
+    pub fn pairs(&self) -> usize {
+        self.edges / 2
     }
 
     fn view<T: DeviceRepr + ValidAsZeroBits>(g: &Grow<T>, len: usize) -> Option<CudaView<'_, T>> {
@@ -451,6 +460,7 @@ impl CudaNeighbourList {
             dst: dst.into_iter().map(|j| j as usize).collect(),
             shift: shift.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect(),
             vec: vec.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect(),
+            pairs: e / 2,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The radius graph of [`Graph::build`] built on a CUDA device, for large systems: the same
-//! edges in the same order (sorted by centre, neighbour, shift), the same shifts and
-//! bit-identical edge vectors.
+//! edges in the same order (the pair order: lead edges sorted by centre, neighbour, shift,
+//! then each reversed), the same shifts and bit-identical edge vectors.
 //!
 //! The kernels (`neighbours.cu`, hand-written CUDA compiled by NVRTC through
 //! `equikern-cuda`'s module cache) do what [`Graph::build`] does with the same f64
@@ -15,9 +15,10 @@
 //!    budget ([`bin_budget`]), contiguous runs of host bins are merged (`b' = b·n'/n`, the
 //!    reach scaled up to cover the same bins): every candidate the host visits is visited;
 //! 3. per atom, the bins within reach with their periodic images (several per axis when the
-//!    cell is thinner than the cutoff): count the edges (`|v|² < r_c²`), scan the counts,
-//!    then write them (so the output is exactly sized); a last kernel puts each atom's edges
-//!    in `(neighbour, shift)` order by rank and computes the edge vectors there.
+//!    cell is thinner than the cutoff): count the lead edges (`|v|² < r_c²`, `j > i` or
+//!    `j = i` with a positive shift), scan the counts, then write them (so the output is
+//!    exactly sized); a last kernel puts each atom's leads in `(neighbour, shift)` order by
+//!    rank, computes the edge vectors there, and writes each lead's reverse `pairs` later.
 //!
 //! Nothing is specialised on atom or edge counts: one module, buffers that only grow
 //! ([`CudaNeighbourList`] owns them, for MD), one 8-byte download per call (the edge count;

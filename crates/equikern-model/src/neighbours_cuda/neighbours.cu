@@ -1,7 +1,7 @@
 // equikern: the periodic radius graph (cell lists) on a CUDA device, edge for edge the list of
-// `Graph::build` (crates/equikern-model/src/graph.rs): same edges, same order (sorted by
-// (centre, neighbour, shift)), same shifts, and edge vectors with the same f64 operations in
-// the same order. Every floating-point operation is an explicit round-to-nearest intrinsic
+// `Graph::build` (crates/equikern-model/src/graph.rs): same edges, same order (the lead
+// edges sorted by (centre, neighbour, shift), then each reversed), same shifts, and edge
+// vectors with the same f64 operations in the same order. Every floating-point operation is an explicit round-to-nearest intrinsic
 // (no FMA contraction whatever the compiler flags), so the device computes what the host does.
 //
 // Parameters (filled by the host from the same `Geometry`/`BinLayout` as `Graph::build`):
@@ -162,8 +162,9 @@ static __device__ __forceinline__ long long ek_nl_floordiv(long long a, long lon
   return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
-// Visits the bins within reach of atom i; counts its edges, and writes them from `base` when
-// `sdst` is not null (in visiting order: ek_nl_order sorts them).
+// Visits the bins within reach of atom i; counts its lead edges (j > i, or j = i with a
+// shift lexicographically above zero: Graph::build's pair order), and writes them from `base`
+// when `sdst` is not null (in visiting order: ek_nl_order sorts them and adds the reverses).
 static __device__ unsigned ek_nl_visit(const double* __restrict__ pos,
                                        const double* __restrict__ P,
                                        const long long* __restrict__ Q, unsigned i,
@@ -217,7 +218,9 @@ static __device__ unsigned ek_nl_visit(const double* __restrict__ pos,
           unsigned j = members[m];
           long long sh[3];
           for (int k = 0; k < 3; ++k) sh[k] = img[k] + wrap[3ull * j + k] - wi[k];
-          if (i == j && sh[0] == 0 && sh[1] == 0 && sh[2] == 0) continue;
+          const bool lead =
+              j > i || (j == i && (sh[0] > 0 || (sh[0] == 0 && (sh[1] > 0 || (sh[1] == 0 && sh[2] > 0)))));
+          if (!lead) continue;
           double v[3];
           ek_nl_vec(pos, P, i, j, sh, v);
           double r2 = __dadd_rn(__dadd_rn(__dmul_rn(v[0], v[0]), __dmul_rn(v[1], v[1])),
@@ -270,17 +273,18 @@ extern "C" __global__ void ek_nl_write(const double* __restrict__ pos,
   }
 }
 
-// Per staged edge: its rank among its centre's edges by (neighbour, shift) gives its place;
-// the edge vector is computed there.
+// Per staged (lead) edge: its rank among its centre's leads by (neighbour, shift) gives its
+// place p; the edge vector is computed there, and lead p reversed (j → i, −shift, −vector:
+// exactly what the visit from j would compute) goes to `leads + p`.
 extern "C" __global__ void ek_nl_order(const double* __restrict__ pos,
-                                       const double* __restrict__ P, unsigned edges,
+                                       const double* __restrict__ P, unsigned leads,
                                        const unsigned* __restrict__ offsets,
                                        const unsigned* __restrict__ ssrc,
                                        const unsigned* __restrict__ sdst,
                                        const long long* __restrict__ sshift, unsigned* src,
                                        unsigned* dst, long long* shift, double* vec) {
   for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-       t < edges; t += (unsigned long long)gridDim.x * blockDim.x) {
+       t < leads; t += (unsigned long long)gridDim.x * blockDim.x) {
     unsigned i = ssrc[t], j = sdst[t];
     const long long sh[3] = {sshift[3 * t], sshift[3 * t + 1], sshift[3 * t + 2]};
     unsigned lo = offsets[i], hi = offsets[i + 1], rank = 0;
@@ -304,5 +308,14 @@ extern "C" __global__ void ek_nl_order(const double* __restrict__ pos,
     vec[3 * p] = v[0];
     vec[3 * p + 1] = v[1];
     vec[3 * p + 2] = v[2];
+    const unsigned long long r = p + leads;
+    src[r] = j;
+    dst[r] = i;
+    shift[3 * r] = -sh[0];
+    shift[3 * r + 1] = -sh[1];
+    shift[3 * r + 2] = -sh[2];
+    vec[3 * r] = -v[0];
+    vec[3 * r + 1] = -v[1];
+    vec[3 * r + 2] = -v[2];
   }
 }
