@@ -570,6 +570,26 @@ impl ConvOp {
         }
     }
 
+    /// Whether this convolution's forward and backward in `dtype` (CSR and pieces alike) run
+    /// on graphs whose edges share weight rows ([`ConvGraph::with_weight_fold`]): every
+    /// kernel reading per-edge weights is channel-fused. `false` on the CPU oracle.
+    pub fn folds_weights(&self, dtype: Dtype) -> bool {
+        let Some(caps) = self.device.capabilities() else {
+            return false;
+        };
+        let pieces = ConvOptions {
+            max_piece_edges: Some(AUTO_PIECE_EDGES),
+            ..self.opts
+        };
+        [Direction::Forward, Direction::Backward]
+            .into_iter()
+            .flat_map(|d| [(d, self.opts), (d, pieces)])
+            .all(|(d, o)| {
+                lower_conv_with(&self.tp, d, dtype, &caps, o, self.lower)
+                    .is_ok_and(|p| p.folds_weights())
+            })
+    }
+
     /// The plan of one direction in `dtype` for this device (lowered, not cached).
     pub fn plan(&self, direction: Direction, dtype: Dtype) -> Result<KernelPlan> {
         let caps = self

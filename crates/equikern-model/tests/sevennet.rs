@@ -233,3 +233,54 @@ fn real_sevennet0_silicon() {
     let ws = check_stress_fd(&m, &r, 1e-5);
     println!("rattled Si: worst force rel err {wf:.2e}, stress {ws:.2e}");
 }
+
+/// The resident CUDA step gives an edge pair one radial row only where every convolution
+/// plan reads the weights through the fold (`KernelPlan::folds_weights`; the evaluator asks
+/// `ConvOp::folds_weights` on the device). 7net-0's plans do — f32 and f64, CSR and pieces,
+/// forward and backward, with an H100's capabilities — so its default step keeps the pair
+/// rows; the predicate has teeth: the row-kernel (atomic) plans refuse.
+#[test]
+fn sevennet_plans_fold_weight_rows_on_cuda() {
+    use equikern::plan::{lower_conv_with, Capabilities, ConvOptions, Direction, Dtype};
+    let Some(model) = real_model() else {
+        println!("SKIP: no 7net-0 checkpoint (models/checkpoint_sevennet_0.pth)");
+        return;
+    };
+    // an H100's (sm_90) capabilities, as equikern-cuda reads them from the driver
+    let caps = Capabilities {
+        subgroup_size: 32,
+        subgroups: true,
+        warp_shuffles: true,
+        max_invocations_per_workgroup: 1024,
+        max_workgroup_size_x: 1024,
+        workgroup_memory_bytes: 232_448,
+        max_storage_binding_bytes: 80 << 30,
+        max_workgroups_per_dim: 65_535,
+        max_storage_buffers_per_stage: 256,
+        f64: true,
+        float_atomics: true,
+    };
+    let csr = ConvOptions::default();
+    let pieces = ConvOptions {
+        max_piece_edges: Some(equikern::AUTO_PIECE_EDGES),
+        ..csr
+    };
+    let atomic = ConvOptions {
+        atomic: true,
+        max_piece_edges: None,
+    };
+    for (t, l) in model.layers.iter().enumerate() {
+        for dtype in [Dtype::F32, Dtype::F64] {
+            for d in [Direction::Forward, Direction::Backward] {
+                for (name, o) in [("csr", csr), ("pieces", pieces)] {
+                    let p = lower_conv_with(&l.product, d, dtype, &caps, o, Default::default())
+                        .unwrap();
+                    assert!(p.folds_weights(), "layer {t} {dtype:?} {d:?} {name}");
+                }
+                let p = lower_conv_with(&l.product, d, dtype, &caps, atomic, Default::default())
+                    .unwrap();
+                assert!(!p.folds_weights(), "layer {t} {dtype:?} {d:?} atomic");
+            }
+        }
+    }
+}

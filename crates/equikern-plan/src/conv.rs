@@ -176,6 +176,24 @@ impl KernelPlan {
         }
     }
 
+    /// The first kernel that reads per-edge weights without the weight fold (only the
+    /// channel-fused printers index `W` through it; see [`GraphSize::weight_fold`]).
+    fn kernel_without_fold(&self) -> Option<&Kernel> {
+        let per_edge_w = |k: &Kernel| {
+            !self.dims.shared_weights
+                && k.inputs.iter().any(|t| matches!(t, Tensor::W | Tensor::HW))
+        };
+        self.kernels
+            .iter()
+            .find(|k| per_edge_w(k) && !matches!(k.work, Work::Channels(_)))
+    }
+
+    /// Whether this plan runs on graphs whose edges share weight rows
+    /// ([`GraphSize::weight_fold`] > 0).
+    pub fn folds_weights(&self) -> bool {
+        self.kernel_without_fold().is_none()
+    }
+
     /// Errors unless every tensor the plan binds fits one storage binding and `u32` element
     /// indices for graph `g`.
     pub fn check_graph(&self, g: &GraphSize) -> Result<(), PlanError> {
@@ -184,16 +202,7 @@ impl KernelPlan {
         }
         let es = elem_size(self.dtype);
         if g.weight_fold > 0 {
-            // only the channel-fused printers index W through the fold
-            let per_edge_w = |k: &Kernel| {
-                !self.dims.shared_weights
-                    && k.inputs.iter().any(|t| matches!(t, Tensor::W | Tensor::HW))
-            };
-            if let Some(k) = self
-                .kernels
-                .iter()
-                .find(|k| per_edge_w(k) && !matches!(k.work, Work::Channels(_)))
-            {
+            if let Some(k) = self.kernel_without_fold() {
                 return Err(PlanError::Unsupported(format!(
                     "kernel {}: shared weight rows (weight_fold {}) need channel-fused kernels",
                     k.name, g.weight_fold

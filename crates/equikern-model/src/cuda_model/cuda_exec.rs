@@ -40,6 +40,8 @@ pub struct CudaExec<T> {
     forked: std::sync::atomic::AtomicUsize,
     side: std::sync::atomic::AtomicBool,
     ops: Vec<ConvOp>,
+    /// Whether every layer's convolution runs on graphs whose edges share weight rows.
+    fold_ok: bool,
     /// With `EQUIKERN_MODEL_PROFILE` set: each launch, product and convolution is waited
     /// for and its host wall time summed by name (count, seconds); printed when dropped.
     /// For finding the slow part of a step, never for timing one.
@@ -201,6 +203,7 @@ impl<T: DevReal> CudaExec<T> {
                 .map_err(err)
             })
             .collect::<Result<Vec<_>>>()?;
+        let fold_ok = ops.iter().all(|op| op.folds_weights(T::DTYPE));
         let profile = std::env::var_os("EQUIKERN_MODEL_PROFILE").map(|_| Mutex::default());
         let staged_blocks = STAGED
             .iter()
@@ -225,6 +228,7 @@ impl<T: DevReal> CudaExec<T> {
             stream,
             funcs,
             ops,
+            fold_ok,
             csr_pool: Mutex::new(None),
             recorded: Mutex::new(StepRecording {
                 off: std::env::var(GRAPH_ENV).is_ok_and(|v| v.trim() == "0"),
@@ -499,6 +503,10 @@ impl<T: DevReal> Memory for CudaExec<T> {
             Ok(b)
         };
         self.graph_from_slices(n, receiver.len(), up(receiver)?, up(sender)?)
+    }
+
+    fn weight_fold_ok(&self) -> bool {
+        self.fold_ok
     }
 
     fn fold_weights(&self, g: CudaGraphTables, fold: usize) -> Result<CudaGraphTables> {

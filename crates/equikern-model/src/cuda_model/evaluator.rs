@@ -951,7 +951,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// The weight fold of a graph of `ne` edges whose first `pairs` lead pairs (0: not in
     /// pair order): `pairs` where one radial row per pair applies, else 0.
     fn fold_of(&self, ne: usize, pairs: usize) -> usize {
-        if self.pair_rows && !self.conv_radial && pairs > 0 && 2 * pairs == ne {
+        if self.pair_rows
+            && !self.conv_radial
+            && pairs > 0
+            && 2 * pairs == ne
+            && self.d.weight_fold_ok()
+        {
             pairs
         } else {
             0
@@ -1036,7 +1041,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         } else {
             tf32
         };
-        let tf32 = if self.pair_rows && !self.conv_radial {
+        let tf32 = if self.pair_rows && !self.conv_radial && self.d.weight_fold_ok() {
             format!("{tf32}, a radial row per edge pair")
         } else {
             tf32

@@ -199,6 +199,11 @@ pub trait Memory: Sized {
     /// `g` with its edges from `fold` on reading the weight rows `fold` before them (a
     /// radial row per edge pair; 0: a row per edge).
     fn fold_weights(&self, g: Self::Graph, fold: usize) -> Result<Self::Graph>;
+    /// Whether [`Self::fold_weights`] may fold (every convolution's kernels index weights
+    /// through the fold); default: yes.
+    fn weight_fold_ok(&self) -> bool {
+        true
+    }
     /// The graph's packed CSR views on the device, by receiver and by sender (the layout of
     /// `Csr::packed`).
     fn graph_views(g: &Self::Graph) -> (&Self::Buf<u32>, &Self::Buf<u32>);
