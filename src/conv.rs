@@ -301,12 +301,7 @@ impl ConvGraph {
     /// Rows of per-edge weights on this graph: the edge count, or with a weight fold `f`
     /// `max(f, edges − f)`.
     pub fn weight_rows(&self) -> usize {
-        let (e, f) = (self.edges, self.weight_fold);
-        if f == 0 || f >= e {
-            e
-        } else {
-            f.max(e - f)
-        }
+        equikern_plan::conv::weight_rows(self.edges as u64, self.weight_fold as u64) as usize
     }
 
     /// The validated indices and both CSR views, when the graph was built on the host.

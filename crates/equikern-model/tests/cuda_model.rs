@@ -28,6 +28,35 @@ fn cuda_device() -> Option<Device> {
 
 /// `s` with every coordinate moved by up to 0.05 Å (deterministically): a perfect crystal's
 /// forces vanish by symmetry, leaving only rounding noise to compare.
+/// Between two predictions of step `rep` on `st`: `|dE|/|E|`, the largest force difference
+/// and the largest force (printed as their ratio).
+fn step_gaps<T: DevReal>(
+    a: &Prediction,
+    b: &Prediction,
+    st: &Structure,
+    rep: usize,
+) -> (f64, f64, f64) {
+    let fmax = a
+        .forces
+        .iter()
+        .flatten()
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    let df = a
+        .forces
+        .iter()
+        .flatten()
+        .zip(b.forces.iter().flatten())
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    let de = (a.energy - b.energy).abs() / a.energy.abs();
+    println!(
+        "{} {} atoms, step {rep}: |dE|/|E| {de:.1e}, max|dF|/max|F| {:.1e}",
+        T::NAME,
+        st.positions.len(),
+        df / fmax
+    );
+    (de, df, fmax)
+}
+
 fn rattled(mut s: Structure) -> Structure {
     for (i, p) in s.positions.iter_mut().enumerate() {
         for (c, x) in p.iter_mut().enumerate() {
@@ -625,24 +654,7 @@ fn lanes_match_one_lane() {
             let a = one.evaluate(st).unwrap();
             for rep in 0..3 {
                 let b = many.evaluate(st).unwrap();
-                let fmax = a
-                    .forces
-                    .iter()
-                    .flatten()
-                    .fold(0.0f64, |m, v| m.max(v.abs()));
-                let df = a
-                    .forces
-                    .iter()
-                    .flatten()
-                    .zip(b.forces.iter().flatten())
-                    .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-                let de = (a.energy - b.energy).abs() / a.energy.abs();
-                println!(
-                    "{} {} atoms, step {rep}: |dE|/|E| {de:.1e}, max|dF|/max|F| {:.1e}",
-                    T::NAME,
-                    st.positions.len(),
-                    df / fmax
-                );
+                let (de, df, fmax) = step_gaps::<T>(&a, &b, st, rep);
                 assert!(
                     de <= 1e-12 && df <= 1e-12 * fmax,
                     "lanes differ from one lane"
@@ -674,24 +686,7 @@ fn pair_rows_match_edge_rows() {
             let a = edges.evaluate(st).unwrap();
             for rep in 0..2 {
                 let b = pairs.evaluate(st).unwrap();
-                let fmax = a
-                    .forces
-                    .iter()
-                    .flatten()
-                    .fold(0.0f64, |m, v| m.max(v.abs()));
-                let df = a
-                    .forces
-                    .iter()
-                    .flatten()
-                    .zip(b.forces.iter().flatten())
-                    .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-                let de = (a.energy - b.energy).abs() / a.energy.abs();
-                println!(
-                    "{} {} atoms, step {rep}: |dE|/|E| {de:.1e}, max|dF|/max|F| {:.1e}",
-                    T::NAME,
-                    st.positions.len(),
-                    df / fmax
-                );
+                let (de, df, fmax) = step_gaps::<T>(&a, &b, st, rep);
                 assert!(
                     de <= tol && df <= tol * fmax,
                     "pair rows differ from edge rows"

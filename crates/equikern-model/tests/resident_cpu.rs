@@ -545,11 +545,7 @@ impl<T: DevReal> Exec<T> for HostExec<T> {
         let y = get(Tensor::Y, edges * d2);
         // shared weight rows expanded to one per edge for the oracle (only the rows the
         // fold names are read: a buffer of exactly those rows passes)
-        let rows = if fold > 0 {
-            fold.max(edges - fold)
-        } else {
-            edges
-        };
+        let rows = equikern::plan::conv::weight_rows(edges as u64, fold as u64) as usize;
         let w_rows = get(Tensor::W, rows * numel);
         let w: Vec<T> = (0..edges)
             .flat_map(|e| {

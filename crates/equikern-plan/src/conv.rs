@@ -58,15 +58,20 @@ pub struct GraphSize {
     pub weight_fold: u64,
 }
 
+/// Weight rows of `edges` edges folded at `fold` (see [`GraphSize::weight_fold`]): the edge
+/// count, or `max(fold, edges − fold)`.
+pub fn weight_rows(edges: u64, fold: u64) -> u64 {
+    if fold == 0 || fold >= edges {
+        edges
+    } else {
+        fold.max(edges - fold)
+    }
+}
+
 impl GraphSize {
     /// Rows of per-edge weight tensors (`W`, `HW`): see [`Self::weight_fold`].
     pub fn weight_rows(&self) -> u64 {
-        let (e, f) = (self.edges, self.weight_fold);
-        if f == 0 || f >= e {
-            e
-        } else {
-            f.max(e - f)
-        }
+        weight_rows(self.edges, self.weight_fold)
     }
 }
 

@@ -1379,7 +1379,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     fn ensure(&self, ws: &mut Workspace<T, D>, n: usize, ne: usize, fold: usize) -> Result<()> {
         let d = &self.d;
         // rows of the radial network's tensors
-        let nw = if fold > 0 { ne - fold } else { ne };
+        let nw = equikern::plan::conv::weight_rows(ne as u64, fold as u64) as usize;
         let m = &self.model;
         let nb = m.bessel.coeffs.len();
         let p = &self.params;
@@ -2104,7 +2104,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     ) -> Result<()> {
         let m = &self.model;
         // rows of the radial network (the first `nw` edges' lengths)
-        let nw = if fold > 0 { ne - fold } else { ne };
+        let nw = equikern::plan::conv::weight_rows(ne as u64, fold as u64) as usize;
         let p = &self.params;
         let d = &self.d;
         let (n64, ne64) = (n as u64, ne as u64);
