@@ -639,7 +639,9 @@ fn linear_tc_within_the_f32_tolerance() {
 /// order per block, so the same numbers (≤ 1e-12 relative: a missing dependency between the
 /// lanes would read half-written blocks), over replayed steps of an 8,000-atom crystal and
 /// the water box. With the lanes, the radial network's forward, recomputation and MLP
-/// backward run on the side lane (`set_side_mlp_bwd`, default on).
+/// backward run on the side lane (`set_side_mlp_bwd`, default on); the forward's radial
+/// network started ahead (`set_radial_ahead`) and `w` recomputed two layers ahead in two
+/// buffers (`set_recompute_ahead`), both default on, and neither.
 #[test]
 fn lanes_match_one_lane() {
     let Some(dev) = cuda_device() else { return };
@@ -650,15 +652,27 @@ fn lanes_match_one_lane() {
         one.set_lanes(false);
         let mut many = CudaSevenNet::<T>::new(m, dev.clone()).unwrap();
         many.set_lanes(true);
+        // the radial network started ahead and `w` recomputed two layers ahead (the
+        // defaults), and neither (session 16's schedule)
+        let mut behind = CudaSevenNet::<T>::new(m, dev.clone()).unwrap();
+        behind.set_lanes(true);
+        behind.set_radial_ahead(false);
+        behind.set_recompute_ahead(false);
         for st in s {
             let a = one.evaluate(st).unwrap();
             for rep in 0..3 {
-                let b = many.evaluate(st).unwrap();
-                let (de, df, fmax) = step_gaps::<T>(&a, &b, st, rep);
-                assert!(
-                    de <= 1e-12 && df <= 1e-12 * fmax,
-                    "lanes differ from one lane"
-                );
+                for (lanes, what) in [(&many, "lanes"), (&behind, "lanes, nothing ahead")] {
+                    let b = lanes.evaluate(st).unwrap();
+                    if st.positions.len() >= 8000 && std::ptr::eq(lanes, &many) {
+                        // (8,000 Si atoms: beyond the keep budget, w recomputed)
+                        assert!(many.recomputed_ahead(), "w not recomputed ahead");
+                    }
+                    let (de, df, fmax) = step_gaps::<T>(&a, &b, st, rep);
+                    assert!(
+                        de <= 1e-12 && df <= 1e-12 * fmax,
+                        "{what} differ from one lane"
+                    );
+                }
             }
         }
     }

@@ -147,6 +147,9 @@ struct HostExec<T> {
     strided: bool,
     /// Products run so far: `gemm_strided` (plain), `gemm_strided_tf32`, `gemm_tf32`.
     counts: std::cell::Cell<[usize; 3]>,
+    /// Whether side lanes open (run in order on the one emulated stream): the step then
+    /// takes the paths that depend on them (the two `w` slots), not their concurrency.
+    sides: bool,
 }
 
 fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
@@ -222,6 +225,7 @@ fn build<T: DevReal>(model: &SevenNet<T>, dir: &Path) -> Option<HostExec<T>> {
         mlp_tc_fwd_launches: std::cell::Cell::new(0),
         strided: false,
         counts: std::cell::Cell::new([0; 3]),
+        sides: false,
     })
 }
 
@@ -339,6 +343,12 @@ impl<T: DevReal> Memory for HostExec<T> {
 }
 
 impl<T: DevReal> Exec<T> for HostExec<T> {
+    fn fork_side_available(&self) -> bool {
+        self.sides
+    }
+    fn fork_side(&self, _: equikern_model::cuda_model::exec::Side) -> Result<bool> {
+        Ok(self.sides)
+    }
     fn launch(&self, k: Kern, iterations: u64, args: &[Arg<'_, T, Self>]) -> Result<()> {
         if iterations == 0 {
             return Ok(());
@@ -994,6 +1004,71 @@ fn resident_step_conv_radial() {
             );
         }
     }
+}
+
+/// The backward recomputing `w` two layers ahead in two alternating buffers
+/// (`set_recompute_ahead`, with side lanes: here run in order) — f32 with 3xTF32 (its split
+/// rows in their own scratch) and f64, fused radial MLP, `w` recomputed from kept hidden
+/// activations — against the host model and bitwise against the one-buffer schedule, on a
+/// poisoned workspace.
+#[test]
+fn resident_step_recompute_ahead() {
+    fn run<T: DevReal>(model: &SevenNet, tol: f64) {
+        let mt: SevenNet<T> = model.cast();
+        let dir = tmpdir(&format!("{}-ahead", T::NAME));
+        let systems = [("triclinic", triclinic()), ("molecule", molecule())];
+        let mut got: Vec<Vec<Prediction>> = vec![];
+        for ahead in [false, true] {
+            let Some(mut exec) = build(&mt, &dir) else {
+                return;
+            };
+            exec.sides = true;
+            let mut ev = Resident::with_exec(&mt, exec).unwrap();
+            ev.set_mlp_fused(true).unwrap();
+            ev.set_keep_w_bytes(0);
+            ev.set_keep_h(true);
+            ev.set_tf32x3(true);
+            ev.set_tf32x3_linear(false, 0).unwrap();
+            ev.set_lanes(true);
+            ev.set_recompute_ahead(ahead);
+            println!("{} [recompute ahead {ahead}]", ev.describe());
+            let mut preds = vec![];
+            for (name, s) in &systems {
+                assert!(edge_count(model, s) > 0);
+                let r = model.evaluate(s).unwrap();
+                ev.poison_workspace().unwrap();
+                let splits = ev.exec().split_launches.get();
+                let p = ev.evaluate(s).unwrap();
+                assert!(ev.kept_hidden());
+                assert_eq!(ev.recomputed_ahead(), ahead, "{name}");
+                if T::NAME == "f32" {
+                    // split rows: every layer's forward, each recomputed layer's (all but
+                    // the last)
+                    assert_eq!(
+                        ev.exec().split_launches.get() - splits,
+                        2 * model.layers.len() - 1,
+                        "{name}: ek_split_tf32 launches"
+                    );
+                }
+                check(
+                    &format!("{} {name} recompute ahead {ahead}", T::NAME),
+                    model,
+                    s,
+                    &p,
+                    &r,
+                    tol,
+                );
+                preds.push(p);
+            }
+            got.push(preds);
+        }
+        if got.len() == 2 {
+            assert_eq!(got[0], got[1], "two w slots differ from one");
+        }
+    }
+    let model = small_model("XPLOR", 3);
+    run::<f32>(&model, 1e-5);
+    run::<f64>(&model, 1e-12);
 }
 
 /// The 3xTF32 Linears' right factors exist on the device only while that switch is on: the

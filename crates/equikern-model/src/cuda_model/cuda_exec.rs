@@ -3,7 +3,7 @@
 //! `equikern::ConvOp` for the convolutions, all on equikern-cuda's one stream.
 
 use super::buffers::drv;
-use super::exec::{Arg, Exec, Kern, Memory, Pod};
+use super::exec::{Arg, Exec, Kern, Memory, Pod, Side};
 use super::gemm::{DevReal, Gemmer};
 use super::tables::{
     model_kernel_source, LINEAR_TC_SMEM_BYTES, MLP_TC_PACK_BYTES, MLP_TC_PACK_FWD_BYTES,
@@ -38,7 +38,8 @@ pub struct CudaExec<T> {
     lanes: Vec<(Arc<CudaStream>, Gemmer)>,
     lane: std::sync::atomic::AtomicUsize,
     forked: std::sync::atomic::AtomicUsize,
-    side: std::sync::atomic::AtomicBool,
+    /// Which side lanes ([`Side::index`]) are open.
+    side: [std::sync::atomic::AtomicBool; Side::COUNT],
     ops: Vec<ConvOp>,
     /// Whether every layer's convolution runs on graphs whose edges share weight rows.
     fold_ok: bool,
@@ -94,9 +95,10 @@ fn staged_blocks(cuda: &equikern::cuda_runtime::CudaDevice, f: &CudaFunction, by
     per_sm * u32::try_from(sms).unwrap_or(0)
 }
 
-/// Extra lanes of a [`CudaExec`]: two for [`Exec::fork`], the side lane
+/// Extra lanes of a [`CudaExec`]: two for [`Exec::fork`], then the side lanes
 /// ([`Exec::fork_side`]).
-const LANES: usize = 3;
+const FORK_LANES: usize = 2;
+const LANES: usize = FORK_LANES + Side::COUNT;
 
 impl<T> CudaExec<T> {
     /// The stream and products' handle of the lane in use.
@@ -693,8 +695,8 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
 
     fn fork(&self, n: usize) -> Result<usize> {
         use std::sync::atomic::Ordering::Relaxed;
-        // (the profile times each call on the main stream alone; the last lane is the side's)
-        let n = n.min(self.lanes.len() - 1);
+        // (the profile times each call on the main stream alone; the side lanes come last)
+        let n = n.min(FORK_LANES);
         if n == 0 || self.profile.is_some() || self.forked.load(Relaxed) != 0 {
             return Ok(0);
         }
@@ -726,32 +728,47 @@ impl<T: DevReal> Exec<T> for CudaExec<T> {
         self.profile.is_none() && !self.lanes.is_empty()
     }
 
-    fn fork_side(&self) -> Result<bool> {
+    fn fork_side(&self, s: Side) -> Result<bool> {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.profile.is_some() || self.side.load(Relaxed) {
+        let i = s.index();
+        if self.profile.is_some() || self.side[i].load(Relaxed) {
             return Ok(false);
         }
         let ev = self.stream.record_event(None).map_err(drv)?;
-        self.lanes[self.lanes.len() - 1].0.wait(&ev).map_err(drv)?;
-        self.side.store(true, Relaxed);
+        self.lanes[FORK_LANES + i].0.wait(&ev).map_err(drv)?;
+        self.side[i].store(true, Relaxed);
         Ok(true)
     }
 
-    fn set_side(&self, on: bool) {
+    fn set_side(&self, s: Option<Side>) {
         use std::sync::atomic::Ordering::Relaxed;
-        let i = if on && self.side.load(Relaxed) {
-            self.lanes.len()
-        } else {
-            0
+        // (lane j > 0 is `self.lanes[j - 1]`)
+        let lane = match s {
+            Some(s) if self.side[s.index()].load(Relaxed) => FORK_LANES + s.index() + 1,
+            _ => 0,
         };
-        self.lane.store(i, Relaxed);
+        self.lane.store(lane, Relaxed);
     }
 
-    fn join_side(&self) -> Result<()> {
+    fn side_waits(&self, s: Side, on: Side) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (i, j) = (s.index(), on.index());
+        if i != j && self.side[i].load(Relaxed) && self.side[j].load(Relaxed) {
+            let ev = self.lanes[FORK_LANES + j]
+                .0
+                .record_event(None)
+                .map_err(drv)?;
+            self.lanes[FORK_LANES + i].0.wait(&ev).map_err(drv)?;
+        }
+        Ok(())
+    }
+
+    fn join_side(&self, s: Side) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
         self.lane.store(0, Relaxed);
-        if self.side.swap(false, Relaxed) {
-            let ev = self.lanes[self.lanes.len() - 1]
+        let i = s.index();
+        if self.side[i].swap(false, Relaxed) {
+            let ev = self.lanes[FORK_LANES + i]
                 .0
                 .record_event(None)
                 .map_err(drv)?;

@@ -27,7 +27,8 @@
 //! f32 keeps them up to ≈ 2,700 Si atoms; 4,096 atoms would need 1.6 GB). Beyond it (917,504 edges:
 //! 3,488 weights per edge would be 12.8 GB in f32) they are recomputed: the backward reruns
 //! each layer's radial MLP from the edge embedding (the last layer's is still in place), one
-//! `w` buffer of `E × max(weight_numel)` serves all layers, and the MLP's part of the peak
+//! `w` buffer of `E × max(weight_numel)` serves all layers (two, alternating, where the
+//! backward recomputes two layers ahead: [`RECOMPUTE_AHEAD_ENV`]), and the MLP's part of the peak
 //! is `w` + `gw` + one `[E, 64]` ≈ 7.3 GB at 917,504 edges (f32; the cuBLAS path holds 4
 //! hidden `[E, 64]`, 0.70 GB more); by default ([`KEEP_H_ENV`]) the recomputed layers' last
 //! hidden activations are kept (4 × 0.23 GB there) and the recomputation is the last product
@@ -37,7 +38,7 @@
 
 use super::buffers::{Buf, Mem};
 use super::cuda_exec::CudaExec;
-use super::exec::{Arg, Exec, Kern, Memory, Pod};
+use super::exec::{Arg, Exec, Kern, Memory, Pod, Side};
 use super::gemm::DevReal;
 use super::radial_conv::RadialConvKernels;
 use super::tables::{
@@ -231,6 +232,9 @@ struct Workspace<T: Pod, D: Memory> {
     /// ... per layer while `keep_h`: each recomputed layer's last hidden activation, kept
     /// from the forward so the recomputation of `w` is only the last product.
     hk: Vec<Buf<T, D>>,
+    /// While `alt_w`: the recomputed layers' 3xTF32 split rows `[E, 3·h_K]` (the
+    /// recomputation runs beside the convolution backward, which writes `gw`).
+    rsplit: Buf<T, D>,
     gw: Buf<T, D>,
     gsh_l: Buf<T, D>,
     g_sh: Buf<T, D>,
@@ -242,6 +246,9 @@ struct Workspace<T: Pod, D: Memory> {
     keep: bool,
     /// Whether it recomputes `w` from kept last hidden activations (`hk`).
     keep_h: bool,
+    /// Whether recomputed `w` alternates between two slots (`w[0]`, `w[1]`), the backward
+    /// recomputing each layer's two layers ahead ([`RECOMPUTE_AHEAD_ENV`]).
+    alt_w: bool,
 }
 
 /// SevenNet with every layer resident on a device `D` (CUDA: [`CudaSevenNet`]; the CPU
@@ -297,6 +304,10 @@ pub struct Resident<T: DevReal, D: Exec<T>> {
     lanes: bool,
     /// ... and each layer's radial MLP backward on the side lane ([`SIDE_MLP_BWD_ENV`]).
     side_mlp_bwd: bool,
+    /// [`RADIAL_AHEAD_ENV`].
+    radial_ahead: bool,
+    /// [`RECOMPUTE_AHEAD_ENV`].
+    recompute_ahead: bool,
     /// One radial row per edge pair on graphs in pair order ([`PAIR_ROWS_ENV`]).
     pair_rows: bool,
 }
@@ -476,6 +487,23 @@ pub const LANES_ENV: &str = "EQUIKERN_MODEL_LANES";
 /// rounds): Si 4,096 9.16 → 8.92 ms per step, water 1,029 5.41 → 5.30, Si 32,768 63.56 →
 /// 63.49; results bitwise equal to one lane. On by default.
 pub const SIDE_MLP_BWD_ENV: &str = "EQUIKERN_MODEL_SIDE_MLP_BWD";
+
+/// Environment variable: unless `0` (with the lanes on, where `w` is recomputed from kept
+/// last hidden activations), recomputed `w` alternates between two buffers, so that the
+/// backward recomputes each layer's `w` two layers ahead, on a side lane of its own
+/// (`Side::Ahead`) beside the convolution backward in between, instead of beside the gate's
+/// backward and lin2ᵀ after the previous layer's MLP backward, where the convolution waited
+/// for it. Costs one more `w` buffer and the split rows' scratch (Si 4,096 atoms: 220 + 44
+/// MB). Measured on the H100 (session 17): keeping every `w` (no recomputation, 0.54 of
+/// cuEquivariance's peak memory: beyond the target) took Si 4,096 from 8.07 to 7.34 ms.
+pub const RECOMPUTE_AHEAD_ENV: &str = "EQUIKERN_MODEL_RECOMPUTE_AHEAD";
+
+/// Environment variable: unless `0` (with the lanes on), the forward starts each layer's
+/// radial network on the side lane as soon as its inputs and `w`'s buffer are free: layer 0's
+/// right after the edge geometry (beside the embedding, `sc` and `lin1`), layer `t + 1`'s
+/// right after layer `t`'s convolution has read `w` (beside `lin2`, the gate, the next `sc`
+/// and `lin1`) — instead of beside `sc` and `lin1` alone, where the convolution waited for it.
+pub const RADIAL_AHEAD_ENV: &str = "EQUIKERN_MODEL_RADIAL_AHEAD";
 
 /// Environment variable: unless `0`, a graph in pair order (`Graph::build`'s and the CUDA
 /// neighbour list's: edge `pairs + p` is edge `p` reversed) gets one radial row per pair. The
@@ -801,6 +829,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             act: many(hidden)?,
             hl: b()?,
             hk: many(nl)?,
+            rsplit: b()?,
             gw: b()?,
             gsh_l: b()?,
             g_sh: b()?,
@@ -810,6 +839,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             result: Buf::new(&d, &mem)?,
             keep: false,
             keep_h: false,
+            alt_w: false,
         };
         let mut r = Resident {
             mlp_fused: false,
@@ -838,6 +868,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             conv_radial: std::env::var(CONV_RADIAL_ENV).as_deref() == Ok("1"),
             lanes: std::env::var(LANES_ENV).as_deref() != Ok("0"),
             side_mlp_bwd: std::env::var(SIDE_MLP_BWD_ENV).as_deref() != Ok("0"),
+            radial_ahead: std::env::var(RADIAL_AHEAD_ENV).as_deref() != Ok("0"),
+            recompute_ahead: std::env::var(RECOMPUTE_AHEAD_ENV).as_deref() != Ok("0"),
             pair_rows: std::env::var(PAIR_ROWS_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
@@ -965,6 +997,16 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
 
     pub fn set_side_mlp_bwd(&mut self, on: bool) {
         self.side_mlp_bwd = on;
+    }
+
+    /// [`RADIAL_AHEAD_ENV`] for this model.
+    pub fn set_radial_ahead(&mut self, on: bool) {
+        self.radial_ahead = on;
+    }
+
+    /// [`RECOMPUTE_AHEAD_ENV`] for this model (from the next structure on).
+    pub fn set_recompute_ahead(&mut self, on: bool) {
+        self.recompute_ahead = on;
     }
 
     /// Whether the radial network runs on the side lane beside the node-side work (the
@@ -1102,6 +1144,12 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
     /// Whether the last structure kept the recomputed layers' last hidden activations.
     pub fn kept_hidden(&self) -> bool {
         self.lock().keep_h
+    }
+
+    /// Whether the last structure's backward recomputed `w` two layers ahead, in two
+    /// alternating buffers ([`RECOMPUTE_AHEAD_ENV`]).
+    pub fn recomputed_ahead(&self) -> bool {
+        self.lock().alt_w
     }
 
     /// Sets the byte budget for keeping radial-MLP outputs (default [`KEEP_W_ENV`] or
@@ -1334,6 +1382,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 self.conv_radial,
                 self.lanes,
                 self.side_mlp_bwd,
+                self.radial_ahead,
+                self.recompute_ahead,
+                ws.alt_w,
             )
                 .hash(&mut h);
             self.mem.generation.load(Ordering::Relaxed).hash(&mut h);
@@ -1427,19 +1478,37 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         // (Judged per edge, not per row: pair rows halve `w` but keep the same choice, so the
         // peak memory halves too.)
         ws.keep = !self.rcb_everywhere() && ne as u64 * per_edge * es <= self.keep_w_bytes;
+        // The layers whose `w` the backward recomputes (all but the last) keep their last
+        // hidden activation: the recomputation is then the last product alone.
+        ws.keep_h = fused && !ws.keep && self.keep_h;
+        let nl = p.layers.len();
+        // ... two layers ahead, beside the convolution backward (on a lane of its own)
+        ws.alt_w = ws.keep_h
+            && nl >= 2
+            && self.recompute_ahead
+            && self.side_lane()
+            && !self.conv_radial
+            && self.d.fork_side_available();
+        let slots = if ws.keep {
+            nl
+        } else if ws.alt_w {
+            2
+        } else {
+            1
+        };
         for (t, l) in p.layers.iter().enumerate() {
             ws.hs[t].ensure(d, n * l.d1)?;
             ws.ys[t].ensure(d, n * l.sc.dim_out)?;
-            let slot = if ws.keep { t } else { 0 };
+            if t >= slots {
+                ws.w[t].release(d)?;
+            }
             if (!ws.keep && t > 0) || fused {
                 // recomputing: the other layers' slots are not used; fused: no pre-activations
-                if !ws.keep && t > 0 {
-                    ws.w[t].release(d)?;
-                }
                 for b in &mut ws.pre[t] {
                     b.release(d)?;
                 }
             }
+            let slot = ws.slot(t);
             ws.w[slot].ensure(d, nw * l.numel)?;
             if !fused {
                 for (k, (_, h_out, _)) in l.mlp.iter().enumerate().take(l.mlp.len() - 1) {
@@ -1462,16 +1531,20 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         } else {
             ws.hl.release(d)?;
         }
-        // The layers whose `w` the backward recomputes (all but the last) keep their last
-        // hidden activation: the recomputation is then the last product alone.
-        ws.keep_h = fused && !ws.keep && self.keep_h;
-        let nl = p.layers.len();
+        let mut h_kept = 0;
         for (t, l) in p.layers.iter().enumerate() {
             if ws.keep_h && t + 1 < nl {
-                ws.hk[t].ensure(d, nw * l.mlp.last().map_or(0, |x| x.0))?;
+                let h = l.mlp.last().map_or(0, |x| x.0);
+                h_kept = h_kept.max(h);
+                ws.hk[t].ensure(d, nw * h)?;
             } else {
                 ws.hk[t].release(d)?;
             }
+        }
+        if ws.alt_w && self.tf32x3 {
+            ws.rsplit.ensure(d, nw * 3 * h_kept)?;
+        } else {
+            ws.rsplit.release(d)?;
         }
         let hdim = p.readout_hidden.dim_out;
         ws.hid.ensure(d, n * hdim)?;
@@ -1835,7 +1908,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                     ],
                 );
             }
-            if D::capacity(&ws.gw.s) >= ne * 3 * a {
+            // (recomputing two layers ahead: its own scratch, `gw` is the convolution's then)
+            let split = if recompute && ws.alt_w {
+                &ws.rsplit.s
+            } else {
+                &ws.gw.s
+            };
+            if D::capacity(split) >= ne * 3 * a {
                 self.d.launch(
                     Kern::SplitTf32,
                     (ne * a) as u64,
@@ -1843,13 +1922,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                         Arg::U64(ne as u64),
                         Arg::I32(*a as i32),
                         Arg::Real(input, 0),
-                        Arg::Real(&ws.gw.s, 0),
+                        Arg::Real(split, 0),
                     ],
                 )?;
                 let out = &mut ws.w[slot].s;
                 if self
                     .d
-                    .gemm_tf32((ne, *b, 3 * a), alpha, &ws.gw.s, &cat.s, T::ZERO, out)?
+                    .gemm_tf32((ne, *b, 3 * a), alpha, split, &cat.s, T::ZERO, out)?
                 {
                     return Ok(());
                 }
@@ -1858,6 +1937,38 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         let out = &mut ws.w[slot].s;
         self.d
             .gemm((ne, *b, *a), alpha, input, &wk.s, false, T::ZERO, out)
+    }
+
+    /// [`Self::mlp_forward`] on side lane `side`, forked from the main stream here (and
+    /// after side lane `after`'s work so far) and left open (the caller joins it before `w`
+    /// is read); false where it did not open (nothing ran).
+    fn mlp_forward_side(
+        &self,
+        ws: &mut Workspace<T, D>,
+        t: usize,
+        nw: usize,
+        recompute: bool,
+        side: Side,
+        after: Option<Side>,
+    ) -> Result<bool> {
+        if !self.d.fork_side(side)? {
+            return Ok(false);
+        }
+        if let Some(on) = after {
+            self.d.side_waits(side, on)?;
+        }
+        self.d.set_side(Some(side));
+        let r = self.mlp_forward(ws, t, nw, recompute);
+        self.d.set_side(None);
+        r.map(|()| true)
+    }
+
+    /// Layer `t`'s `w` recomputed on its slot's Ahead lane (after the other slot's: they
+    /// share the split rows' scratch); false where the lane did not open (nothing ran).
+    fn recompute_ahead(&self, ws: &mut Workspace<T, D>, t: usize, nw: usize) -> Result<bool> {
+        let slot = ws.slot(t);
+        let other = Side::Ahead(1 - slot);
+        self.mlp_forward_side(ws, t, nw, true, Side::Ahead(slot), Some(other))
     }
 
     /// `g_emb (+)= ∂⟨gw, w⟩/∂emb` of layer `t`'s MLP (input gradient only). Fused: the last
@@ -2117,6 +2228,9 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             args.extend([Arg::Real(&ws.emb.s, 0), Arg::Real(&ws.sh.s, 0)]);
             d.launch(Kern::EdgeGeometry, ne64, &args)?;
         }
+        // layer 0's radial network (edges only) on the side lane beside the embedding
+        let ahead = ne > 0 && self.radial_ahead && self.side_lane();
+        let mut started = ahead && self.mlp_forward_side(ws, 0, nw, false, Side::Radial, None)?;
         // ---- embedding
         let ns = m.num_species;
         d.launch(
@@ -2140,14 +2254,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         )?;
         // ---- interaction blocks
         for (t, l) in p.layers.iter().enumerate() {
-            // the radial network (edges only) on the side lane beside the two Linears
-            let side = ne > 0 && self.side_lane() && d.fork_side()?;
-            if side {
-                d.set_side(true);
-                let r = self.mlp_forward(ws, t, nw, false);
-                d.set_side(false);
-                r?;
-            }
+            // the radial network (edges only) on the side lane: started ahead, or now beside
+            // the two Linears
+            let side = std::mem::take(&mut started)
+                || (ne > 0
+                    && !ahead
+                    && self.side_lane()
+                    && self.mlp_forward_side(ws, t, nw, false, Side::Radial, None)?);
             // the self-connection first, into the block's output: the Linear after the
             // convolution adds to it
             self.linear(&l.sc, n, &ws.x.s, &mut ws.ys[t].s, one, false, &mut ws.gw.s)?;
@@ -2161,11 +2274,15 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 &mut ws.gw.s,
             )?;
             if side {
-                d.join_side()?;
+                d.join_side(Side::Radial)?;
             }
             if ne > 0 {
                 if !side {
                     self.mlp_forward(ws, t, nw, false)?;
+                }
+                // two `w` slots: the next layer's radial network beside this convolution
+                if ahead && ws.alt_w && t + 1 < nl {
+                    started = self.mlp_forward_side(ws, t + 1, nw, false, Side::Radial, None)?;
                 }
                 let slot = ws.slot(t);
                 use Tensor::*;
@@ -2178,6 +2295,10 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                 )?;
             } else {
                 d.zero(&mut ws.agg.s)?;
+            }
+            // the next layer's radial network, now that the convolution has read `w`
+            if ahead && !ws.alt_w && t + 1 < nl {
+                started = self.mlp_forward_side(ws, t + 1, nw, false, Side::Radial, None)?;
             }
             self.linear(
                 &l.lin2,
@@ -2244,19 +2365,28 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
         // the side lane carries the radial network's edge-only work: a layer's MLP backward,
         // then the next layer's recomputed w, beside the node-side Linears between them
         let mut side_open = false;
+        // Two `w` slots: layer t's `w` is recomputed on its slot's Ahead lane once layer
+        // t + 2's convolution backward has read that slot (the first one, t = nl − 2, into
+        // the slot the forward's last layer did not use, now).
+        let ahead_bwd = ne > 0 && ws.alt_w;
+        let mut issued = vec![false; nl];
+        if ahead_bwd && nl >= 2 {
+            issued[nl - 2] = self.recompute_ahead(ws, nl - 2, nw)?;
+        }
         for t in (0..nl).rev() {
             let l = &p.layers[t];
             // w recomputed on the side lane beside the gate's backward and lin2ᵀ
             let recompute = ne > 0 && !ws.keep && t + 1 != nl;
             let side = recompute
+                && !ahead_bwd
                 && !self.rcb_everywhere()
                 && self.side_lane()
-                && (side_open || d.fork_side()?);
+                && (side_open || d.fork_side(Side::Radial)?);
             side_open |= side;
             if side {
-                d.set_side(true);
+                d.set_side(Some(Side::Radial));
                 let r = self.mlp_forward(ws, t, nw, true);
-                d.set_side(false);
+                d.set_side(None);
                 r?;
             }
             self.gate_backward(l, n, &ws.ys[t].s, &ws.gx.s, &ws.gy.s)?;
@@ -2271,8 +2401,18 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             )?;
             // the convolution reads w and overwrites g_w: the side lane's work first
             if side_open {
-                d.join_side()?;
+                d.join_side(Side::Radial)?;
                 side_open = false;
+            }
+            if ahead_bwd && recompute {
+                if issued[t] {
+                    d.join_side(Side::Ahead(ws.slot(t)))?;
+                } else {
+                    // (not issued ahead: on the main lane, after any use of the split scratch)
+                    d.join_side(Side::Ahead(0))?;
+                    d.join_side(Side::Ahead(1))?;
+                    self.mlp_forward(ws, t, nw, true)?;
+                }
             }
             // the convolution backward with the radial last product fused in: w and g_w never
             // stored (the kept last hidden activation and W go in, ∂/∂h comes out into `hl`)
@@ -2320,7 +2460,7 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                     }
                     true
                 } else {
-                    if recompute && !side {
+                    if recompute && !side && !ahead_bwd {
                         // w was not kept: recompute this layer's radial MLP.
                         self.mlp_forward(ws, t, nw, true)?;
                     }
@@ -2342,6 +2482,10 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                             (GW, &mut ws.gw.s),
                         ],
                     )?;
+                    // this layer's slot is read: layer t − 2's `w` goes into it
+                    if ahead_bwd && t >= 2 {
+                        issued[t - 2] = self.recompute_ahead(ws, t - 2, nw)?;
+                    }
                     if fold > 0 && !self.nt_pipe_for(l) {
                         // a pair's gradient: its two edges' rows, edge e + fold onto e (the
                         // pipelined product sums them as it reads them)
@@ -2368,13 +2512,13 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
                     && self.side_mlp_bwd
                     && self.mlp_fused
                     && self.side_lane()
-                    && d.fork_side()?
+                    && d.fork_side(Side::Radial)?
                 {
                     side_open = true;
-                    d.set_side(true);
+                    d.set_side(Some(Side::Radial));
                     let pair = if self.nt_pipe_for(l) { fold } else { 0 };
                     let r = self.mlp_backward(ws, t, nw, first, false, pair);
-                    d.set_side(false);
+                    d.set_side(None);
                     r?;
                 } else {
                     let pair = if self.nt_pipe_for(l) { fold } else { 0 };
@@ -2395,8 +2539,10 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             )?;
         }
         if side_open {
-            d.join_side()?;
+            d.join_side(Side::Radial)?;
         }
+        d.join_side(Side::Ahead(0))?;
+        d.join_side(Side::Ahead(1))?;
         // ---- edge forces, forces, virial
         if ne > 0 {
             let mut args = vec![Arg::U64(ne64), Arg::F64s(&ws.vec.s, 0)];
@@ -2454,6 +2600,9 @@ impl<T: Pod, D: Memory> Workspace<T, D> {
     fn slot(&self, t: usize) -> usize {
         if self.keep {
             t
+        } else if self.alt_w {
+            // the last layer's `w` (read first by the backward) in slot 0
+            (self.w.len() - 1 - t) % 2
         } else {
             0
         }
@@ -2488,6 +2637,7 @@ impl<T: Pod, D: Memory> Workspace<T, D> {
                 .chain(&self.act),
         );
         a.push(&self.hl);
+        a.push(&self.rsplit);
         a.extend(&self.hk);
         a.extend(self.pre.iter().flatten());
         (a, vec![&self.vec, &self.fe, &self.vpart, &self.result])

@@ -211,6 +211,29 @@ pub trait Memory: Sized {
     fn graph_bytes(g: &Self::Graph) -> u64;
 }
 
+/// The side lanes beside the main one ([`Exec::fork_side`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The radial network: its forward, its MLP backward, the recomputed `w` beside them.
+    Radial,
+    /// The backward's recomputed `w` two layers ahead, one lane per `w` slot (0 or 1), so
+    /// that waiting for one layer's `w` does not wait for the next one's.
+    Ahead(usize),
+}
+
+impl Side {
+    /// How many side lanes there are.
+    pub const COUNT: usize = 3;
+
+    /// This side lane's place among them.
+    pub fn index(self) -> usize {
+        match self {
+            Side::Radial => 0,
+            Side::Ahead(slot) => 1 + slot.min(1),
+        }
+    }
+}
+
 /// Launches, products and convolutions in precision `T`.
 pub trait Exec<T: Pod>: Memory {
     /// Runs kernel `k` over `iterations` grid-stride iterations with `args` in its
@@ -323,18 +346,26 @@ pub trait Exec<T: Pod>: Memory {
     fn fork_side_available(&self) -> bool {
         false
     }
-    /// Opens the side lane, a stream after everything queued so far that runs beside the
-    /// main lane (and beside [`Self::fork`]'s lanes) until [`Self::join_side`]; `false`:
-    /// none (one lane only, the default).
-    fn fork_side(&self) -> Result<bool> {
+    /// Opens side lane `s`, a stream after everything queued so far that runs beside the
+    /// main lane (and beside [`Self::fork`]'s lanes and the other side lanes) until
+    /// [`Self::join_side`]; `false`: none (it is open already, or one lane only, the default).
+    fn fork_side(&self, s: Side) -> Result<bool> {
+        let _ = s;
         Ok(false)
     }
-    /// Sends the next launches and products to the side lane (`true`) or the main one.
-    fn set_side(&self, on: bool) {
-        let _ = on;
+    /// Sends the next launches and products to side lane `s` (if open) or the main one.
+    fn set_side(&self, s: Option<Side>) {
+        let _ = s;
     }
-    /// The main lane waits for the side lane's work.
-    fn join_side(&self) -> Result<()> {
+    /// Side lane `s`'s later work waits for side lane `on`'s work so far (both open; else
+    /// nothing: one lane keeps its order anyway).
+    fn side_waits(&self, s: Side, on: Side) -> Result<()> {
+        let _ = (s, on);
+        Ok(())
+    }
+    /// The main lane waits for side lane `s`'s work (if open) and closes it.
+    fn join_side(&self, s: Side) -> Result<()> {
+        let _ = s;
         Ok(())
     }
     /// Runs `f` (the launches of one step), or a recording of them: `key` names everything
