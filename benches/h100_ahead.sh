@@ -5,8 +5,11 @@
 # water 1,029 and Si 32,768, two interleaved rounds; the GPU tests; a profile at Si 4,096;
 # then the side-by-side with both peers (h100_model.sh). Everything under $OUT/work, packed
 # as one results.tgz. Carry [".carry", ".peers", ".whl", "models/checkpoint_sevennet_0.pth"],
-# .carry/bins.tar.xz holding equikern and cuda_model (stripped).
+# .carry/bins.tar.xz holding equikern and cuda_model (stripped). Short form (little device
+# time left): SIDE=0 skips the side-by-side, TEST_FILTER picks the GPU tests (a name part).
 set -uo pipefail
+SIDE=${SIDE:-1}
+TEST_FILTER=${TEST_FILTER:-}
 FINAL=$OUT
 OUT=$FINAL/work
 source benches/device_prelude.sh
@@ -26,11 +29,13 @@ for round in 1 2; do
   done
 done 2>&1 | tee "$OUT/ab.log" | grep -E "^--|^si|^water"
 stage "GPU tests"
-timeout 300 b/cuda_model --test-threads 1 --nocapture 2>&1 \
+timeout 300 b/cuda_model --test-threads 1 --nocapture $TEST_FILTER 2>&1 \
   | grep -v "^\s*$" | grep -v "^\s*\(Si\|H\|C\|N\|O\)[0-9]* " > "$OUT/test_cuda_model.log"
 grep -E "worst|test result|panicked|FAILED|failures" "$OUT/test_cuda_model.log" | head -30
-stage "side by side"
-SKIP=test OUT=$OUT/model bash benches/h100_model.sh > "$OUT/model.log" 2>&1
-tail -12 "$OUT/model.log"
+if [ "$SIDE" = 1 ]; then
+  stage "side by side"
+  SKIP=test OUT=$OUT/model bash benches/h100_model.sh > "$OUT/model.log" 2>&1
+  tail -12 "$OUT/model.log"
+fi
 stage done
 tar -C "$FINAL" -czf "$FINAL/results.tgz" work && rm -rf "$FINAL/work"

@@ -641,7 +641,7 @@ fn linear_tc_within_the_f32_tolerance() {
 /// the water box. With the lanes, the radial network's forward, recomputation and MLP
 /// backward run on the side lane (`set_side_mlp_bwd`, default on); the forward's radial
 /// network started ahead (`set_radial_ahead`) and `w` recomputed two layers ahead in two
-/// buffers (`set_recompute_ahead`), both default on, and neither.
+/// buffers (`set_recompute_ahead`), and neither.
 #[test]
 fn lanes_match_one_lane() {
     let Some(dev) = cuda_device() else { return };
@@ -652,8 +652,10 @@ fn lanes_match_one_lane() {
         one.set_lanes(false);
         let mut many = CudaSevenNet::<T>::new(m, dev.clone()).unwrap();
         many.set_lanes(true);
-        // the radial network started ahead and `w` recomputed two layers ahead (the
-        // defaults), and neither (session 16's schedule)
+        many.set_radial_ahead(true);
+        many.set_recompute_ahead(true);
+        // the radial network started ahead and `w` recomputed two layers ahead, and neither
+        // (session 16's schedule)
         let mut behind = CudaSevenNet::<T>::new(m, dev.clone()).unwrap();
         behind.set_lanes(true);
         behind.set_radial_ahead(false);

@@ -488,21 +488,28 @@ pub const LANES_ENV: &str = "EQUIKERN_MODEL_LANES";
 /// 63.49; results bitwise equal to one lane. On by default.
 pub const SIDE_MLP_BWD_ENV: &str = "EQUIKERN_MODEL_SIDE_MLP_BWD";
 
-/// Environment variable: unless `0` (with the lanes on, where `w` is recomputed from kept
-/// last hidden activations), recomputed `w` alternates between two buffers, so that the
-/// backward recomputes each layer's `w` two layers ahead, on a side lane of its own
-/// (`Side::Ahead`) beside the convolution backward in between, instead of beside the gate's
-/// backward and lin2ᵀ after the previous layer's MLP backward, where the convolution waited
-/// for it. Costs one more `w` buffer and the split rows' scratch (Si 4,096 atoms: 220 + 44
-/// MB). Measured on the H100 (session 17): keeping every `w` (no recomputation, 0.54 of
-/// cuEquivariance's peak memory: beyond the target) took Si 4,096 from 8.07 to 7.34 ms.
+/// Environment variable: `1` (with the lanes on, where `w` is recomputed from kept last
+/// hidden activations): recomputed `w` alternates between two buffers, so that the backward
+/// recomputes each layer's `w` two layers ahead, on a side lane of its own (`Side::Ahead`)
+/// beside the convolution backward in between, instead of beside the gate's backward and
+/// lin2ᵀ after the previous layer's MLP backward. Costs one more `w` buffer and the split
+/// rows' scratch (Si 4,096 atoms: 220 + 44 MB; 32,768: 2.0 GB). Why it was tried: keeping
+/// every `w` (no recomputation; 0.54 of cuEquivariance's peak memory, beyond the target) took
+/// Si 4,096 from 8.07 to 7.34 ms (H100, session 17). Measured (H100, session 17, two rounds,
+/// with [`RADIAL_AHEAD_ENV`] on): Si 4,096 7.99 / 7.90 → 7.92 / 7.89 ms, water 1,029 4.66 /
+/// 4.64 → 4.64 / 4.61, Si 32,768 52.48 / 52.59 → 52.59 / 52.49 — no gain for the memory: the
+/// recomputation's cost is its share of a saturated GPU, not a wait. Off by default.
 pub const RECOMPUTE_AHEAD_ENV: &str = "EQUIKERN_MODEL_RECOMPUTE_AHEAD";
 
-/// Environment variable: unless `0` (with the lanes on), the forward starts each layer's
-/// radial network on the side lane as soon as its inputs and `w`'s buffer are free: layer 0's
-/// right after the edge geometry (beside the embedding, `sc` and `lin1`), layer `t + 1`'s
-/// right after layer `t`'s convolution has read `w` (beside `lin2`, the gate, the next `sc`
-/// and `lin1`) — instead of beside `sc` and `lin1` alone, where the convolution waited for it.
+/// Environment variable: `1` (with the lanes on): the forward starts each layer's radial
+/// network on the side lane as soon as its inputs and `w`'s buffer are free: layer 0's right
+/// after the edge geometry (beside the embedding, `sc` and `lin1`), layer `t + 1`'s right
+/// after layer `t`'s convolution has read `w` (before it, with [`RECOMPUTE_AHEAD_ENV`]'s two
+/// buffers) — instead of beside `sc` and `lin1` alone. Measured on the H100 (session 17, two
+/// rounds, both switches: on / on, on / off, off / on, off / off): Si 4,096 7.92 / 7.89,
+/// 7.99 / 7.90, 8.01 / 8.03, 7.96 / 8.01 ms; water 1,029 4.64 / 4.61, 4.66 / 4.64, 4.70 /
+/// 4.69, 4.68 / 4.73; Si 32,768 52.59 / 52.49, 52.48 / 52.59, 52.31 / 52.27, 52.29 / 52.70 —
+/// ≤ 1 % either way (0.1 ms faster at 4,096, 0.25 slower at 32,768). Off by default.
 pub const RADIAL_AHEAD_ENV: &str = "EQUIKERN_MODEL_RADIAL_AHEAD";
 
 /// Environment variable: unless `0`, a graph in pair order (`Graph::build`'s and the CUDA
@@ -868,8 +875,8 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             conv_radial: std::env::var(CONV_RADIAL_ENV).as_deref() == Ok("1"),
             lanes: std::env::var(LANES_ENV).as_deref() != Ok("0"),
             side_mlp_bwd: std::env::var(SIDE_MLP_BWD_ENV).as_deref() != Ok("0"),
-            radial_ahead: std::env::var(RADIAL_AHEAD_ENV).as_deref() != Ok("0"),
-            recompute_ahead: std::env::var(RECOMPUTE_AHEAD_ENV).as_deref() != Ok("0"),
+            radial_ahead: std::env::var(RADIAL_AHEAD_ENV).as_deref() == Ok("1"),
+            recompute_ahead: std::env::var(RECOMPUTE_AHEAD_ENV).as_deref() == Ok("1"),
             pair_rows: std::env::var(PAIR_ROWS_ENV).as_deref() != Ok("0"),
             keep_w_bytes: std::env::var(KEEP_W_ENV)
                 .ok()
@@ -1079,7 +1086,15 @@ impl<T: DevReal, D: Exec<T>> Resident<T, D> {
             };
         // (lanes where the device has them: the CPU emulation runs one)
         let tf32 = if self.lanes && self.d.fork_side_available() {
-            format!("{tf32}, concurrent lanes")
+            let ahead = match (self.radial_ahead, self.recompute_ahead) {
+                (false, false) => "",
+                (true, false) => " (the radial network started ahead)",
+                (false, true) => " (w recomputed two layers ahead)",
+                (true, true) => {
+                    " (the radial network started ahead, w recomputed two layers ahead)"
+                }
+            };
+            format!("{tf32}, concurrent lanes{ahead}")
         } else {
             tf32
         };
