@@ -14,3 +14,11 @@ take_build() {
   cp "$1" b/equikern
   mkdir -p /tmp/ob && cp "$1" /tmp/ob/equikern && tar -C /tmp/ob -cJf .carry/bins.tar.xz .
 }
+# The carried GPU tests (b/cuda_model; "$@": libtest filters) into $OUT/test_cuda_model.log,
+# the per-structure lines dropped; prints the summary lines. TESTS_T: timeout (s).
+cuda_model_tests() {
+  timeout "${TESTS_T:-300}" b/cuda_model --test-threads 1 --nocapture "$@" 2>&1 \
+    | grep -v "^\s*$" | grep -v "^\s*\(Si\|H\|C\|N\|O\)[0-9]* " > "$OUT/test_cuda_model.log"
+  grep -E "worst|test result|panicked|step [0-9]:|fused with the radial|FAILED|failures|f32 energy" \
+    "$OUT/test_cuda_model.log" | head -40
+}

@@ -17,8 +17,5 @@ for round in 1 2; do
   done
 done 2>&1 | tee "$OUT/ab.log"
 stage "GPU tests ($SWITCH=1)"
-env "$SWITCH=1" timeout 240 b/cuda_model --test-threads 1 --nocapture 2>&1 \
-  | grep -v "^\s*$" | grep -v "^\s*\(Si\|H\|C\|N\|O\)[0-9]* " > "$OUT/test_cuda_model.log"
-grep -E "worst|test result|panicked|step [0-9]:|fused with the radial|FAILED|failures|f32 energy" \
-  "$OUT/test_cuda_model.log" | head -40
+(export "$SWITCH=1"; TESTS_T=240 cuda_model_tests)
 stage done

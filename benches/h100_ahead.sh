@@ -29,9 +29,8 @@ for round in 1 2; do
   done
 done 2>&1 | tee "$OUT/ab.log" | grep -E "^--|^si|^water"
 stage "GPU tests"
-timeout 300 b/cuda_model --test-threads 1 --nocapture $TEST_FILTER 2>&1 \
-  | grep -v "^\s*$" | grep -v "^\s*\(Si\|H\|C\|N\|O\)[0-9]* " > "$OUT/test_cuda_model.log"
-grep -E "worst|test result|panicked|FAILED|failures" "$OUT/test_cuda_model.log" | head -30
+# shellcheck disable=SC2086 # (filters: none, one or several words)
+cuda_model_tests $TEST_FILTER
 if [ "$SIDE" = 1 ]; then
   stage "side by side"
   SKIP=test OUT=$OUT/model bash benches/h100_model.sh > "$OUT/model.log" 2>&1

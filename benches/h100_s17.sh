@@ -15,9 +15,7 @@ stage "neighbours_cuda"
 timeout 120 b/neighbours_cuda --test-threads 1 --nocapture 2>&1 | grep -v "^\s*$" | tail -30 > "$OUT/test_neighbours_cuda.log"
 grep -E "test result|panicked|FAILED" "$OUT/test_neighbours_cuda.log"
 stage "cuda_model"
-timeout 300 b/cuda_model --test-threads 1 --nocapture 2>&1 \
-  | grep -v "^\s*$" | grep -v "^\s*\(Si\|H\|C\|N\|O\)[0-9]* " > "$OUT/test_cuda_model.log"
-grep -E "worst|test result|panicked|FAILED|failures|f32 energy" "$OUT/test_cuda_model.log" | head -40
+cuda_model_tests
 stage "profile (Si 4,096)"
 EQUIKERN_MODEL_PROFILE=1 timeout 60 b/equikern bench --model "$CKPT" --backend cuda \
   --systems si:4096 --reps 5 --warmup 1 > "$OUT/prof_4096.txt" 2>&1

@@ -32,12 +32,7 @@ fn compare(ev: &Evaluator, refs: &[Reference]) -> Worst {
         assert_eq!(p.num_edges, r.num_edges, "{}: edge count", r.name);
         let n = r.structure.positions.len().max(1) as f64;
         let de = (p.energy - r.energy).abs() / n;
-        let df = p
-            .forces
-            .iter()
-            .flatten()
-            .zip(r.forces.iter().flatten())
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let df = force_gap(&p.forces, &r.forces);
         let ds = match (&r.stress, p.stress) {
             (Some(sr), Some(ss)) => ss
                 .iter()
@@ -166,20 +161,7 @@ fn cuda_matches_sevenn_float64() {
 
 /// Largest |a − b| over forces, and |ΔE|.
 fn diff(a: &Prediction, b: &Prediction) -> (f64, f64) {
-    let df = a
-        .forces
-        .iter()
-        .flatten()
-        .zip(b.forces.iter().flatten())
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    (df, (a.energy - b.energy).abs())
-}
-
-fn fmax(p: &Prediction) -> f64 {
-    p.forces
-        .iter()
-        .flatten()
-        .fold(0.0f64, |m, x| m.max(x.abs()))
+    (force_gap(&a.forces, &b.forces), (a.energy - b.energy).abs())
 }
 
 /// `E − Σ shift`: the part of the energy the network computes (the per-species shifts are
@@ -485,12 +467,7 @@ fn check_device_traffic(dev: Device, dtype: Dtype, elem: u64) {
     assert_eq!(c2.uploaded_bytes - c1.uploaded_bytes, up);
     assert_eq!(c2.live_bytes, tables);
     assert_eq!(p2.energy, p.energy);
-    let df = p
-        .forces
-        .iter()
-        .flatten()
-        .zip(cpu.forces.iter().flatten())
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let df = force_gap(&p.forces, &cpu.forces);
     assert!(df < 1e-3, "{df}");
 }
 

@@ -36,17 +36,8 @@ fn step_gaps<T: DevReal>(
     st: &Structure,
     rep: usize,
 ) -> (f64, f64, f64) {
-    let fmax = a
-        .forces
-        .iter()
-        .flatten()
-        .fold(0.0f64, |m, v| m.max(v.abs()));
-    let df = a
-        .forces
-        .iter()
-        .flatten()
-        .zip(b.forces.iter().flatten())
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    let fmax = fmax(a);
+    let df = force_gap(&a.forces, &b.forces);
     let de = (a.energy - b.energy).abs() / a.energy.abs();
     println!(
         "{} {} atoms, step {rep}: |dE|/|E| {de:.1e}, max|dF|/max|F| {:.1e}",
@@ -111,13 +102,6 @@ fn diff(a: &Prediction, b: &Prediction) -> Diff {
         assert!(e.is_finite(), "atomic energy {i} is {e}");
     }
     d
-}
-
-fn fmax(p: &Prediction) -> f64 {
-    p.forces
-        .iter()
-        .flatten()
-        .fold(0.0f64, |m, x| m.max(x.abs()))
 }
 
 fn smax(p: &Prediction) -> f64 {

@@ -424,3 +424,19 @@ template <class F> static void grid_threads(u64 n, F f) {
   }
 }
 "#;
+
+/// The largest force component, |F|.
+pub fn fmax(p: &equikern_model::Prediction) -> f64 {
+    p.forces
+        .iter()
+        .flatten()
+        .fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
+/// The largest force component difference between two lists, |F_a − F_b|.
+pub fn force_gap(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+}
